@@ -1,0 +1,1 @@
+//! Graph transformations over the kiln dialect.
