@@ -38,7 +38,7 @@ pub use pack::{BitOrder, PackError, pack, unpack};
 /// * `e8m0`: the nearest power of two in the linear domain, clamped to
 ///   `2^-127 ..= 2^127`; NaN and negative numbers give `0xFF`.
 /// * integers: round half to even, then saturate to the range; NaN gives 0.
-/// * `bool`: 1 if `x` is neither zero nor NaN, else 0.
+/// * `bool`: 1 if `x != 0` (NaN included, as NumPy's `astype(bool)`), else 0.
 ///
 /// Negative zero and negative values that round to zero keep the sign bit
 /// in the types that have one.
@@ -46,7 +46,7 @@ pub fn encode(dtype: DType, x: f64) -> u64 {
     match dtype {
         DType::F64 => x.to_bits(),
         DType::F32 => u64::from((x as f32).to_bits()),
-        DType::Bool => u64::from(x != 0.0 && !x.is_nan()),
+        DType::Bool => u64::from(x != 0.0),
         DType::E8M0 => minifloat::encode_e8m0(x),
         _ => match Minifloat::of(dtype) {
             Some(f) => f.encode(x),

@@ -471,7 +471,7 @@ define_ops! {
     Gather "gather" [x, indices] { axis: i64 = 0 };
     /// Rows of `table [V, D]` at integer `ids`: result `ids.shape + [D]`.
     Embedding "embedding" [table, ids];
-    /// Pads with `pads = [begin_0,  many, begin_n-1, end_0,  many, end_n-1]` by `mode`.
+    /// Pads with `pads = [begin_0, ..., begin_n-1, end_0, ..., end_n-1]` by `mode`.
     Pad "pad" [x] { pads: Vec<i64>, mode: PadMode = PadMode::Constant, value: f64 = 0.0 };
     /// Removes size-1 `axes`.
     Squeeze "squeeze" [x] { axes: Vec<i64> };
@@ -479,7 +479,7 @@ define_ops! {
     Unsqueeze "unsqueeze" [x] { axes: Vec<i64> };
 
     // ---- transformer helpers -------------------------------------------
-    /// Rotary embedding on the last axis of `x [ many, S, D]` with `cos`, `sin` of `[S, D/2]`: rotates halves (`interleaved = false`) or adjacent pairs.
+    /// Rotary embedding on the last axis of `x [..., S, D]` with `cos`, `sin` of `[S, D/2]`: rotates halves (`interleaved = false`) or adjacent pairs.
     Rope "rope" [x, cos, sin] { interleaved: bool = false };
 
     // ---- quantization --------------------------------------------------

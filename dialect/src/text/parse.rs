@@ -238,9 +238,15 @@ impl Parser {
             }
             self.end_of_line()?;
         }
-        self.trivia();
-        if self.peek().is_some() {
-            return self.err("end of file after the graph");
+        self.skip_nl();
+        if let Some(t) = self.peek() {
+            return Err(ParseError {
+                span: self.span(),
+                message: format!("found {} after the graph's closing `}}`", t.describe()),
+                notes: vec![
+                    "a file holds one graph; comments go above the graph or inside it".into(),
+                ],
+            });
         }
         Ok(g)
     }
@@ -356,9 +362,8 @@ impl Parser {
         self.expect(&Tok::Eq)?;
         let op_span = self.span();
         let mnemonic = self.ident("an op name")?;
-        self.expect(&Tok::LParen)?;
         let mut operands = Vec::new();
-        if !self.eat(&Tok::RParen) {
+        if self.eat(&Tok::LParen) && !self.eat(&Tok::RParen) {
             loop {
                 operands.push(self.value_use()?);
                 if self.eat(&Tok::RParen) {

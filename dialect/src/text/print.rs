@@ -38,14 +38,19 @@ pub fn print(g: &Graph) -> String {
             }
             let _ = write!(out, "{}: {}", value_token(&r.name), r.ty);
         }
-        let _ = write!(out, " = {}(", node.op.mnemonic());
-        for (i, v) in g.operands(id).iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
+        let _ = write!(out, " = {}", node.op.mnemonic());
+        let operands = g.operands(id);
+        // Ops that take no operands (`constant`, `iota`) print without parentheses.
+        if !(operands.is_empty() && node.op.spec().operands.is_empty()) {
+            out.push('(');
+            for (i, v) in operands.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&value_token(g.value_name(*v)));
             }
-            out.push_str(&value_token(g.value_name(*v)));
+            out.push(')');
         }
-        out.push(')');
         let attrs = node.op.attrs();
         if !attrs.is_empty() {
             out.push_str(" {");

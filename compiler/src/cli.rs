@@ -1,0 +1,226 @@
+//! The `kiln` command line. Exit codes: 0 success, 1 a user error (message
+//! on stderr, no backtrace), 2 an internal error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_dialect::interp;
+
+use crate::data::{self, InputSpec, WeightSource};
+use crate::error::KilnError;
+use crate::model;
+
+/// kiln: a compiler for neural-network models.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where `kiln run` evaluates a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The reference interpreter: exact, slow, the oracle of every backend.
+    Interp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and verify a model; print its interface, or its errors (exit 1).
+    Check {
+        /// The model: graph IR text (.kir).
+        model: PathBuf,
+        /// Also print the graph in canonical .kir form.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Run a model on given or random inputs and print a summary of each
+    /// output (type, sum, mean |x|, checksum).
+    Run {
+        /// The model: graph IR text (.kir).
+        model: PathBuf,
+        /// An input from a .npy file, as NAME=FILE.npy (repeatable). A float
+        /// file may feed any float input; it is rounded to the input's type.
+        #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_pair)]
+        inputs: Vec<(String, String)>,
+        /// Draw every input not given with --input from a seeded generator
+        /// (standard normal floats, integers in 0..4).
+        #[arg(long, value_name = "SEED")]
+        random_inputs: Option<u64>,
+        /// Bind weights by name from a .safetensors file.
+        #[arg(long, value_name = "W.safetensors", conflicts_with = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Draw all weights from a seeded generator (the same seed always
+        /// gives the same weights).
+        #[arg(long, value_name = "SEED")]
+        random_weights: Option<u64>,
+        /// The size of a symbolic dimension for random inputs, as NAME=N
+        /// (repeatable); input files bind sizes by themselves.
+        #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = Device::Interp)]
+        device: Device,
+        /// Write each output to DIR/<name>.npy (floats as f32 unless
+        /// --keep-dtype; characters outside [A-Za-z0-9_.-] in names become _).
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Write outputs in their own element type instead of f32.
+        #[arg(long, requires = "output_dir")]
+        keep_dtype: bool,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=FILE, found `{s}`")),
+    }
+}
+
+fn parse_dim(s: &str) -> Result<(String, usize), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=N, found `{s}`"))?;
+    let n = v
+        .parse::<usize>()
+        .map_err(|_| format!("expected a size after `{k}=`, found `{v}`"))?;
+    if k.is_empty() {
+        return Err(format!("expected NAME=N, found `{s}`"));
+    }
+    Ok((k.to_string(), n))
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    // An internal error (a panic) prints one line and exits 2, with no backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("internal error in kiln: {info}");
+        eprintln!("this is a bug in kiln; please report it with the model that caused it");
+    }));
+    match std::panic::catch_unwind(|| execute(cli.command)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            if msg.starts_with("error") {
+                eprint!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
+            1
+        }
+        Err(_) => 2,
+    }
+}
+
+fn execute(cmd: Command) -> Result<(), KilnError> {
+    match cmd {
+        Command::Check { model: path, print } => check(&path, print),
+        Command::Run {
+            model: path,
+            inputs,
+            random_inputs,
+            weights,
+            random_weights,
+            dims,
+            device,
+            output_dir,
+            keep_dtype,
+        } => {
+            let dims: BTreeMap<String, usize> = dims.into_iter().collect();
+            let spec = InputSpec {
+                files: &inputs,
+                random_seed: random_inputs,
+                dims: &dims,
+            };
+            let wsrc = match (&weights, random_weights) {
+                (Some(p), _) => WeightSource::File(p),
+                (None, Some(seed)) => WeightSource::Random(seed),
+                (None, None) => {
+                    return Err(KilnError::Usage(
+                        "the model's weights need a source: pass --weights W.safetensors or --random-weights SEED".into(),
+                    ));
+                }
+            };
+            run(
+                &path,
+                &spec,
+                &wsrc,
+                device,
+                output_dir.as_deref(),
+                keep_dtype,
+            )
+        }
+    }
+}
+
+fn check(path: &Path, print: bool) -> Result<(), KilnError> {
+    let m = model::load(path)?;
+    let g = &m.graph;
+    if print {
+        print!("{}", kiln_dialect::text::print(g));
+        return Ok(());
+    }
+    println!(
+        "{}: graph `{}` is well formed ({} nodes)",
+        path.display(),
+        g.name,
+        g.node_count()
+    );
+    for v in g.inputs() {
+        println!("  input  {}: {}", g.value_name(v), g.value_type(v));
+    }
+    for v in g.weights() {
+        println!("  weight {}: {}", g.value_name(v), g.value_type(v));
+    }
+    for o in g.outputs() {
+        println!("  output {}: {}", o.name, g.value_type(o.value));
+    }
+    Ok(())
+}
+
+fn run(
+    path: &Path,
+    inputs: &InputSpec,
+    weights: &WeightSource,
+    device: Device,
+    output_dir: Option<&Path>,
+    keep_dtype: bool,
+) -> Result<(), KilnError> {
+    let m = model::load(path)?;
+    let bindings = data::bind(&m.graph, inputs, weights)?;
+    let outputs = match device {
+        Device::Interp => interp::run(&m.graph, &bindings)?,
+    };
+    if let Some(dir) = output_dir {
+        std::fs::create_dir_all(dir).map_err(|source| KilnError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    for (name, t) in &outputs {
+        println!("{}", data::summary(name, t));
+        if let Some(dir) = output_dir {
+            let t = if keep_dtype || !t.dtype.is_float() {
+                t.clone()
+            } else {
+                interp::Tensor::new(kiln_dialect::DType::F32, &t.shape, t.data.clone())
+            };
+            kiln_runtime::npy::write(
+                &dir.join(data::output_file_name(name)),
+                &data::from_interp(&t),
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Binding inputs and weights: from `.npy` and `.safetensors` files or from
+//! deterministic random generators; and summaries of results.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use kiln_dialect::interp::Tensor;
+use kiln_dialect::shape::fmt_concrete;
+use kiln_dialect::suggest::closest;
+use kiln_dialect::{DType, DTypeClass, Graph, TensorType};
+use kiln_runtime::HostTensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::error::KilnError;
+
+/// Which declaration a tensor binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Input,
+    Weight,
+}
+
+fn role_error(role: Role, name: &str, message: String) -> KilnError {
+    match role {
+        Role::Input => KilnError::Input {
+            name: name.into(),
+            message,
+        },
+        Role::Weight => KilnError::Weight {
+            name: name.into(),
+            message,
+        },
+    }
+}
+
+/// A host tensor as the interpreter's exact values.
+pub fn to_interp(t: &HostTensor) -> Tensor {
+    Tensor {
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        data: t.to_values(),
+    }
+}
+
+/// The interpreter's values packed as a host tensor.
+pub fn from_interp(t: &Tensor) -> HostTensor {
+    HostTensor::from_values(t.dtype, &t.shape, &t.data)
+}
+
+/// Converts a tensor read from a file to the declared element type: equal
+/// types pass; a float file feeds any float declaration (rounded to nearest
+/// even); anything else is an error naming both types.
+pub fn convert(
+    t: HostTensor,
+    role: Role,
+    name: &str,
+    want: DType,
+) -> Result<HostTensor, KilnError> {
+    if t.dtype == want {
+        return Ok(t);
+    }
+    if t.dtype.is_float() && want.is_float() {
+        return Ok(HostTensor::from_values(want, &t.shape, &t.to_values()));
+    }
+    Err(role_error(
+        role,
+        name,
+        format!("expected element type {want}, found {}", t.dtype),
+    ))
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A deterministic random tensor for a declaration: the same seed and name
+/// always give the same values.
+///
+/// Floats are standard normal; weights of rank 2 and more are scaled by
+/// `1/sqrt(fan_in)` (fan-in is the second-to-last axis for matrices and
+/// `C*KH*KW` for 4-D convolution weights) so activations stay O(1).
+/// Integers are uniform in `0..4`, bools fair coins; integer codes uniform
+/// over their range, `e8m0` scales powers of two from 2^-8 to 1, minifloats
+/// standard normal rounded to the type.
+pub fn random_tensor(
+    seed: u64,
+    name: &str,
+    role: Role,
+    dtype: DType,
+    shape: &[usize],
+) -> HostTensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
+    let n: usize = shape.iter().product();
+    let scale = match (role, shape.len()) {
+        (Role::Weight, 4) => 1.0 / ((shape[1] * shape[2] * shape[3]).max(1) as f64).sqrt(),
+        (Role::Weight, r) if r >= 2 => 1.0 / (shape[r - 2].max(1) as f64).sqrt(),
+        _ => 1.0,
+    };
+    let values: Vec<f64> = (0..n)
+        .map(|_| match dtype.class() {
+            DTypeClass::Float => rng.sample::<f64, _>(StandardNormal) * scale,
+            DTypeClass::Int => rng.random_range(0..4) as f64,
+            DTypeClass::Bool => rng.random_range(0..2) as f64,
+            DTypeClass::Storage => match dtype.int_range() {
+                // integer codes: uniform over the range
+                Some((lo, hi)) => rng.random_range(lo..=hi) as f64,
+                // power-of-two scales: 2^-8 ..= 2^0
+                None if dtype == DType::E8M0 => (-(rng.random_range(0..=8) as f64)).exp2(),
+                // minifloat codes or scales: normal, rounded (saturating) to the type
+                None => rng.sample::<f64, _>(StandardNormal),
+            },
+        })
+        .collect();
+    HostTensor::from_values(dtype, shape, &values)
+}
+
+/// Where the inputs of a run come from.
+pub struct InputSpec<'a> {
+    /// `NAME=FILE.npy` pairs.
+    pub files: &'a [(String, String)],
+    /// Seed for inputs not given as files.
+    pub random_seed: Option<u64>,
+    /// Sizes of symbolic dims for random inputs.
+    pub dims: &'a BTreeMap<String, usize>,
+}
+
+/// Where the weights of a run come from.
+pub enum WeightSource<'a> {
+    File(&'a Path),
+    Random(u64),
+}
+
+fn concrete_shape(
+    ty: &TensorType,
+    dims: &BTreeMap<String, usize>,
+    role: Role,
+    name: &str,
+) -> Result<Vec<usize>, KilnError> {
+    let map: HashMap<String, usize> = dims.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    ty.shape.resolve(&map).map_err(|sym| {
+        role_error(
+            role,
+            name,
+            format!("its type {ty} has symbolic dim `{sym}`; give its size with --dim {sym}=N"),
+        )
+    })
+}
+
+/// Binds every input and weight of the graph. Inputs come from files or
+/// random; weights from a safetensors file or random.
+pub fn bind(
+    g: &Graph,
+    inputs: &InputSpec,
+    weights: &WeightSource,
+) -> Result<HashMap<String, Tensor>, KilnError> {
+    let mut out = HashMap::new();
+    let input_names: Vec<String> = g
+        .inputs()
+        .iter()
+        .map(|v| g.value_name(*v).to_string())
+        .collect();
+    for (name, _) in inputs.files {
+        if !input_names.contains(name) {
+            let hint = closest(name, input_names.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            return Err(KilnError::Usage(format!(
+                "--input {name}=...: the model has no input `{name}` (its inputs: {}){hint}",
+                input_names.join(", ")
+            )));
+        }
+    }
+    let mut dims = inputs.dims.clone();
+    // File inputs first, so their shapes bind symbols for random ones.
+    let mut bound_syms: HashMap<String, usize> = HashMap::new();
+    for v in g.inputs() {
+        let (name, ty) = (g.value_name(v), g.value_type(v));
+        if let Some((_, file)) = inputs.files.iter().find(|(n, _)| n == name) {
+            let t = kiln_runtime::npy::read(Path::new(file))?;
+            let t = convert(t, Role::Input, name, ty.dtype)?;
+            ty.shape
+                .bind(&t.shape, &mut bound_syms)
+                .map_err(|m| role_error(Role::Input, name, format!("{m} (from {file})")))?;
+            out.insert(name.to_string(), to_interp(&t));
+        }
+    }
+    for (k, v) in &bound_syms {
+        if let Some(given) = dims.get(k)
+            && given != v
+        {
+            return Err(KilnError::Usage(format!(
+                "--dim {k}={given} disagrees with the input files, which give {k} = {v}"
+            )));
+        }
+        dims.insert(k.clone(), *v);
+    }
+    for v in g.inputs() {
+        let (name, ty) = (g.value_name(v), g.value_type(v));
+        if out.contains_key(name) {
+            continue;
+        }
+        let Some(seed) = inputs.random_seed else {
+            return Err(role_error(
+                Role::Input,
+                name,
+                format!(
+                    "no value given for {ty}; pass --input {name}=FILE.npy or --random-inputs SEED"
+                ),
+            ));
+        };
+        let shape = concrete_shape(ty, &dims, Role::Input, name)?;
+        out.insert(
+            name.to_string(),
+            to_interp(&random_tensor(seed, name, Role::Input, ty.dtype, &shape)),
+        );
+    }
+    let stored = match weights {
+        WeightSource::File(p) => Some(kiln_runtime::safetensors::read(p)?),
+        WeightSource::Random(_) => None,
+    };
+    for v in g.weights() {
+        let (name, ty) = (g.value_name(v), g.value_type(v));
+        let shape = concrete_shape(ty, &dims, Role::Weight, name)?;
+        let t = match (&stored, weights) {
+            (Some(map), WeightSource::File(p)) => {
+                let st = map.get(name).ok_or_else(|| {
+                    let hint = closest(name, map.keys().map(String::as_str))
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    role_error(
+                        Role::Weight,
+                        name,
+                        format!("{} has no tensor `{name}` ({ty}){hint}", p.display()),
+                    )
+                })?;
+                let host = st.to_host(ty.dtype, &shape).map_err(|m| {
+                    role_error(Role::Weight, name, format!("{m} in {}", p.display()))
+                })?;
+                to_interp(&host)
+            }
+            (_, WeightSource::Random(seed)) => {
+                to_interp(&random_tensor(*seed, name, Role::Weight, ty.dtype, &shape))
+            }
+            (None, WeightSource::File(_)) => unreachable!("a weights file is read above"),
+        };
+        out.insert(name.to_string(), t);
+    }
+    Ok(out)
+}
+
+/// One line about a result: type, sum, mean absolute value, and a hash of
+/// its bytes (equal for bit-identical results).
+pub fn summary(name: &str, t: &Tensor) -> String {
+    let n = t.data.len().max(1) as f64;
+    let sum: f64 = t.data.iter().sum();
+    let mean_abs: f64 = t.data.iter().map(|v| v.abs()).sum::<f64>() / n;
+    format!(
+        "{name}: {}{}  sum {sum:.6e}  mean|x| {mean_abs:.6e}  checksum {:016x}",
+        t.dtype,
+        fmt_concrete(&t.shape),
+        from_interp(t).checksum()
+    )
+}
+
+/// The file name an output is written under: every character outside
+/// `[A-Za-z0-9_.-]` replaced by `_`.
+pub fn output_file_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{s}.npy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_tensors_are_deterministic_and_not_zero() {
+        let a = random_tensor(7, "w1", Role::Weight, DType::F32, &[64, 8]);
+        let b = random_tensor(7, "w1", Role::Weight, DType::F32, &[64, 8]);
+        let c = random_tensor(7, "w2", Role::Weight, DType::F32, &[64, 8]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let v = a.to_values();
+        assert!(v.iter().all(|x| *x != 0.0));
+        // scaled by 1/sqrt(64): the standard deviation is near 1/8
+        let sd = (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+        assert!((0.09..0.16).contains(&sd), "{sd}");
+        let q = random_tensor(1, "q", Role::Weight, DType::I4, &[100]).to_values();
+        assert!(q.iter().all(|x| (-8.0..=7.0).contains(x)) && q.iter().any(|x| *x < 0.0));
+    }
+
+    #[test]
+    fn output_names_are_sanitized() {
+        assert_eq!(output_file_name("logits:0/a b"), "logits_0_a_b.npy");
+        assert_eq!(output_file_name("y.1-x"), "y.1-x.npy");
+    }
+}

@@ -1,0 +1,31 @@
+//! The errors a user of `kiln` can meet. Each says what was expected and
+//! what was found; rendered diagnostics point at the source line.
+
+use kiln_dialect::interp::InterpError;
+use kiln_runtime::npy::NpyError;
+use kiln_runtime::safetensors::WeightsError;
+
+/// A user-facing error (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum KilnError {
+    /// Diagnostics already rendered against the source.
+    #[error("{0}")]
+    Diagnostics(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Npy(#[from] NpyError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+    #[error("input `{name}`: {message}")]
+    Input { name: String, message: String },
+    #[error("weight `{name}`: {message}")]
+    Weight { name: String, message: String },
+}

@@ -1,0 +1,343 @@
+//! The `kiln` command line, run as a user runs it: exit codes, messages,
+//! files in and out.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run kiln")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A user error: exit code 1, a message containing `want` on stderr, and
+/// no sign of a panic.
+fn user_error(out: &Output, want: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(want), "expected `{want}` in:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A little-endian `.npy` file written byte by byte from the format's
+/// definition (version 1.0 header padded to 64 bytes).
+fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Reads back an f32 `.npy` written by kiln: checks the magic and descr and
+/// returns the data after the header.
+fn read_f32_npy(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).expect("read npy");
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    let hlen = match b[6] {
+        1 => u16::from_le_bytes([b[8], b[9]]) as usize + 10,
+        _ => u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize + 12,
+    };
+    let header = text(&b[..hlen]);
+    assert!(header.contains("'<f4'"), "{header}");
+    b[hlen..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn help_lists_exactly_the_working_subcommands() {
+    let out = kiln(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["check", "run", "help"]);
+    for sub in ["check", "run"] {
+        let out = kiln(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");
+    }
+}
+
+#[test]
+fn readme_main_job_runs_and_is_deterministic() {
+    let args = [
+        "run",
+        "examples/ir/mlp.kir",
+        "--random-inputs",
+        "1",
+        "--random-weights",
+        "1",
+        "--dim",
+        "batch=4",
+    ];
+    let a = kiln(&args);
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    let line = text(&a.stdout);
+    assert!(line.starts_with("y: bf16[4, 1024]  sum "), "{line}");
+    assert!(line.contains("checksum "), "{line}");
+    assert_eq!(text(&kiln(&args).stdout), line, "same seeds, same output");
+    let other = kiln(&[
+        "run",
+        "examples/ir/mlp.kir",
+        "--random-inputs",
+        "2",
+        "--random-weights",
+        "1",
+        "--dim",
+        "batch=4",
+    ]);
+    assert_ne!(
+        text(&other.stdout),
+        line,
+        "another input seed changes the result"
+    );
+}
+
+#[test]
+fn check_reports_interface_and_errors() {
+    let ok = kiln(&["check", "examples/ir/quantized_linear.kir"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let s = text(&ok.stdout);
+    assert!(
+        s.contains("weight w: i4[256, 512] quant<group(32, axis = 0), scale = bf16>"),
+        "{s}"
+    );
+    assert!(s.contains("output y: bf16[m, 512]"), "{s}");
+    let printed = kiln(&["check", "--print", "examples/ir/mlp.kir"]);
+    assert_eq!(
+        text(&printed.stdout),
+        std::fs::read_to_string(root().join("examples/ir/mlp.kir")).unwrap()
+    );
+
+    let bad = kiln(&["check", "tests/filetests/verify/matmul-contraction.kir"]);
+    user_error(&bad, "contraction sizes differ");
+    assert!(
+        text(&bad.stderr).contains("matmul-contraction.kir:5:3"),
+        "{}",
+        text(&bad.stderr)
+    );
+    user_error(
+        &kiln(&["check", "tests/filetests/parse/unknown-op.kir"]),
+        "did you mean `matmul`?",
+    );
+    user_error(&kiln(&["check", "no/such/model.kir"]), "no/such/model.kir");
+    user_error(
+        &kiln(&["check", "README.md"]),
+        "expected a model file ending in .kir",
+    );
+}
+
+#[test]
+fn run_reads_npy_inputs_and_writes_named_outputs() {
+    let dir = scratch("io");
+    std::fs::write(
+        dir.join("m.kir"),
+        "graph m {\n  input %x: f32[n, 3]\n  %d: f32[n, 3] = add(%x, %x)\n  %s: f32[n] = reduce_sum(%d) {axes = [1]}\n  output \"out:0\" = %d\n  output total = %s\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("x.npy"),
+        npy_bytes("<f4", &[2, 3], &f32_bytes(&[1.0, 2.0, 3.0, -4.0, 0.5, 6.0])),
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    let m = dir.join("m.kir");
+    let x = format!("x={}", dir.join("x.npy").display());
+    let out = kiln(&[
+        "run",
+        m.to_str().unwrap(),
+        "--input",
+        &x,
+        "--random-weights",
+        "0",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        read_f32_npy(&out_dir.join("out_0.npy")),
+        vec![2.0, 4.0, 6.0, -8.0, 1.0, 12.0]
+    );
+    assert_eq!(read_f32_npy(&out_dir.join("total.npy")), vec![12.0, 5.0]);
+    assert!(
+        text(&out.stdout).contains("out:0: f32[2, 3]  sum 1.700000e1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // bad inputs: each a clear error
+    let i32x = dir.join("i.npy");
+    std::fs::write(&i32x, npy_bytes("<i4", &[2, 3], &[0u8; 24])).unwrap();
+    let arg = format!("x={}", i32x.display());
+    user_error(
+        &kiln(&[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            &arg,
+            "--random-weights",
+            "0",
+        ]),
+        "expected element type f32, found i32",
+    );
+    let wrong_rank = dir.join("r.npy");
+    std::fs::write(
+        &wrong_rank,
+        npy_bytes("<f4", &[3], &f32_bytes(&[1.0, 2.0, 3.0])),
+    )
+    .unwrap();
+    let arg = format!("x={}", wrong_rank.display());
+    user_error(
+        &kiln(&[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            &arg,
+            "--random-weights",
+            "0",
+        ]),
+        "expected rank 2 ([n, 3]), found rank 1 ([3])",
+    );
+    let junk = dir.join("junk.npy");
+    std::fs::write(&junk, b"\x93NUMPY garbage").unwrap();
+    let arg = format!("x={}", junk.display());
+    user_error(
+        &kiln(&[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            &arg,
+            "--random-weights",
+            "0",
+        ]),
+        "not a readable .npy file",
+    );
+    user_error(
+        &kiln(&[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            "y=a.npy",
+            "--random-weights",
+            "0",
+        ]),
+        "the model has no input `y`",
+    );
+    user_error(
+        &kiln(&["run", m.to_str().unwrap(), "--random-weights", "0"]),
+        "pass --input x=FILE.npy or --random-inputs SEED",
+    );
+    user_error(
+        &kiln(&[
+            "run",
+            m.to_str().unwrap(),
+            "--random-inputs",
+            "3",
+            "--random-weights",
+            "0",
+        ]),
+        "give its size with --dim n=N",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_binds_weights_from_safetensors() {
+    let dir = scratch("weights");
+    let m = dir.join("lin.kir");
+    std::fs::write(
+        &m,
+        "graph lin {\n  input %x: f32[1, 2]\n  weight %layers.0.w: f32[2, 2]\n  %y: f32[1, 2] = matmul(%x, %layers.0.w)\n  output y = %y\n}\n",
+    )
+    .unwrap();
+    let w = f32_bytes(&[1.0, 2.0, 3.0, 4.0]);
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &w).unwrap();
+    let good = dir.join("w.safetensors");
+    safetensors::serialize_to_file([("layers.0.w", view.clone())], None, &good).unwrap();
+    std::fs::write(
+        dir.join("x.npy"),
+        npy_bytes("<f4", &[1, 2], &f32_bytes(&[1.0, -1.0])),
+    )
+    .unwrap();
+    let x = format!("x={}", dir.join("x.npy").display());
+    let out_dir = dir.join("out");
+    let out = kiln(&[
+        "run",
+        m.to_str().unwrap(),
+        "--input",
+        &x,
+        "--weights",
+        good.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // [1, -1] @ [[1, 2], [3, 4]] = [-2, -2]
+    assert_eq!(read_f32_npy(&out_dir.join("y.npy")), vec![-2.0, -2.0]);
+
+    let misnamed = dir.join("bad.safetensors");
+    safetensors::serialize_to_file([("layers.0.ww", view)], None, &misnamed).unwrap();
+    user_error(
+        &kiln(&[
+            "run",
+            m.to_str().unwrap(),
+            "--input",
+            &x,
+            "--weights",
+            misnamed.to_str().unwrap(),
+        ]),
+        "has no tensor `layers.0.w` (f32[2, 2]); did you mean `layers.0.ww`?",
+    );
+    user_error(
+        &kiln(&["run", m.to_str().unwrap(), "--input", &x]),
+        "pass --weights W.safetensors or --random-weights SEED",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
