@@ -2,7 +2,7 @@
 //! source line, a caret under the span, the message, notes).
 
 use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label};
-use codespan_reporting::files::SimpleFile;
+use codespan_reporting::files::SimpleFiles;
 use codespan_reporting::term::{self, Config};
 
 use crate::graph::Span;
@@ -55,7 +55,16 @@ impl Diagnostic {
 
 /// Renders several diagnostics for one file, without colour.
 pub fn render_all(diags: &[Diagnostic], file_name: &str, source: &str) -> String {
-    let file = SimpleFile::new(file_name, source);
+    render_files(diags, &[(file_name.to_string(), source.to_string())])
+}
+
+/// Renders diagnostics whose spans point into several files (`Span::file`
+/// indexes `files`, each a name and its text), without colour.
+pub fn render_files(diags: &[Diagnostic], files: &[(String, String)]) -> String {
+    let mut db = SimpleFiles::new();
+    for (name, src) in files {
+        db.add(name.as_str(), src.as_str());
+    }
     let config = Config::default();
     let mut out = String::new();
     for d in diags {
@@ -63,19 +72,19 @@ pub fn render_all(diags: &[Diagnostic], file_name: &str, source: &str) -> String
             Severity::Error => CsDiagnostic::error(),
             Severity::Warning => CsDiagnostic::warning(),
         };
-        let clamp = |s: Span| {
-            let end = s.end.min(source.len());
-            s.start.min(end)..end
-        };
         let labels = d
             .labels
             .iter()
             .enumerate()
+            .filter(|(_, (span, _))| (span.file as usize) < files.len())
             .map(|(i, (span, msg))| {
+                let len = files[span.file as usize].1.len();
+                let end = span.end.min(len);
+                let range = span.start.min(end)..end;
                 let l = if i == 0 {
-                    Label::primary((), clamp(*span))
+                    Label::primary(span.file as usize, range)
                 } else {
-                    Label::secondary((), clamp(*span))
+                    Label::secondary(span.file as usize, range)
                 };
                 l.with_message(msg.clone())
             })
@@ -85,7 +94,7 @@ pub fn render_all(diags: &[Diagnostic], file_name: &str, source: &str) -> String
             .with_labels(labels)
             .with_notes(d.notes.clone());
         let mut w = term::termcolor::NoColor::new(Vec::<u8>::new());
-        match term::emit(&mut w, &config, &file, &cs) {
+        match term::emit(&mut w, &config, &db, &cs) {
             Ok(()) => out.push_str(&String::from_utf8_lossy(&w.into_inner())),
             Err(_) => out.push_str(&format!("error: {}\n", d.message)),
         }

@@ -20,16 +20,37 @@ use crate::types::TensorType;
 /// A node's index in its graph.
 pub type NodeId = NodeIndex<u32>;
 
-/// A byte range in a source text.
+/// A byte range in a source file. `file` numbers the files of one
+/// compilation (0 is the main file; imports get the next numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Span {
+    pub file: u32,
     pub start: usize,
     pub end: usize,
 }
 
 impl Span {
+    /// A range in the main file.
     pub fn new(start: usize, end: usize) -> Span {
-        Span { start, end }
+        Span {
+            file: 0,
+            start,
+            end,
+        }
+    }
+
+    /// A range in file number `file`.
+    pub fn in_file(file: u32, start: usize, end: usize) -> Span {
+        Span { file, start, end }
+    }
+
+    /// The smallest span covering both (same file).
+    pub fn to(self, other: Span) -> Span {
+        Span {
+            file: self.file,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -175,7 +196,7 @@ impl Graph {
             .into_iter()
             .enumerate()
             .map(|(i, ty)| ValueInfo {
-                name: self.fresh_name(base + i),
+                name: self.fresh_name_from(base + i),
                 ty,
             })
             .collect::<Vec<_>>();
@@ -189,7 +210,12 @@ impl Graph {
         Ok(self.add_op(op, operands)?[0])
     }
 
-    fn fresh_name(&self, mut n: usize) -> String {
+    /// A value name that no result of the graph has yet: a number.
+    pub fn fresh_name(&self) -> String {
+        self.fresh_name_from(self.g.node_count())
+    }
+
+    fn fresh_name_from(&self, mut n: usize) -> String {
         let taken: BTreeSet<&str> = self
             .g
             .node_weights()

@@ -151,7 +151,21 @@ pub fn infer(
             {
                 return Err(cx.attr("min", format!("({lo}) is above `max` ({hi})")));
             }
-            one(cx.numeric(0)?.plain())
+            let x = cx.numeric(0)?;
+            if x.dtype.is_int() {
+                for (name, b) in [("min", min), ("max", max)] {
+                    if let Some(v) = b
+                        && v.fract() != 0.0
+                        && v.is_finite()
+                    {
+                        return Err(cx.attr(
+                            name,
+                            format!("({v}) must be a whole number to clamp {}", x.dtype),
+                        ));
+                    }
+                }
+            }
+            one(x.plain())
         }
         Op::Not => one(cx.bool(0)?.plain()),
 

@@ -1,6 +1,6 @@
 //! Contractions: matmul, convolutions, attention; and rotary embedding.
 
-use super::tensor::{Tensor, broadcast_strides, for_each_broadcast};
+use super::tensor::{Tensor, broadcast_strides, for_each_broadcast, wrap_i128};
 
 /// Batched matmul with NumPy's rules (1-D operands promoted and the added
 /// axis dropped; batch axes broadcast) and optional transposes of the last
@@ -37,11 +37,15 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Tensor {
     let nb: usize = batch.iter().product();
     let mut out = vec![0.0; nb * m * n];
     let (amat, bmat) = (ar * ac, br * bc);
+    // Integers accumulate exactly (wrapping i128, then wrapped to the width):
+    // an `f64` accumulator would lose low bits past 2^53 before the wrap.
+    let int = a.dtype.is_int();
     for_each_broadcast(&batch, &[sa, sb], |bi, offs| {
         let (ao, bo) = (offs[0] * amat, offs[1] * bmat);
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0.0;
+                let mut iacc = 0i128;
                 for p in 0..k {
                     let av = if ta {
                         a.data[ao + p * ac + i]
@@ -53,9 +57,13 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Tensor {
                     } else {
                         b.data[bo + p * bc + j]
                     };
-                    acc += av * bv;
+                    if int {
+                        iacc = iacc.wrapping_add((av as i128).wrapping_mul(bv as i128));
+                    } else {
+                        acc += av * bv;
+                    }
                 }
-                out[(bi * m + i) * n + j] = acc;
+                out[(bi * m + i) * n + j] = if int { wrap_i128(a.dtype, iacc) } else { acc };
             }
         }
     });

@@ -1,6 +1,6 @@
 //! Reductions, softmax, normalizations and pooling.
 
-use super::tensor::{Tensor, strides, unravel};
+use super::tensor::{Tensor, strides, unravel, wrap_i128};
 use crate::shape::normalize_axis;
 
 /// A reduction.
@@ -90,11 +90,30 @@ fn drop_axes(kept: &[usize], axes: &[usize], keepdim: bool) -> Vec<usize> {
 pub fn reduce(x: &Tensor, axes: &[i64], keepdim: bool, kind: Reduce) -> Tensor {
     let axes = norm_axes(axes, x.shape.len());
     let (kept, gs) = groups(x, &axes);
+    let shape = drop_axes(&kept, &axes, keepdim);
+    if x.dtype.is_int() && matches!(kind, Reduce::Sum | Reduce::Prod) {
+        // Integer sums and products are exact (an `f64` accumulator loses
+        // the low bits past 2^53 before the wrap): wrapping i128 arithmetic
+        // agrees with the final wrap to the type's width.
+        let data = gs
+            .iter()
+            .map(|g| {
+                let vals = g.iter().map(|&i| x.data[i] as i128);
+                let acc = if matches!(kind, Reduce::Prod) {
+                    vals.fold(1i128, i128::wrapping_mul)
+                } else {
+                    vals.fold(0i128, i128::wrapping_add)
+                };
+                wrap_i128(x.dtype, acc)
+            })
+            .collect();
+        return Tensor::new(x.dtype, &shape, data);
+    }
     let data = gs
         .iter()
         .map(|g| reduce_values(kind, g.iter().map(|&i| x.data[i])))
         .collect();
-    Tensor::new(x.dtype, &drop_axes(&kept, &axes, keepdim), data)
+    Tensor::new(x.dtype, &shape, data)
 }
 
 pub fn arg_max(x: &Tensor, axis: i64, keepdim: bool) -> Tensor {

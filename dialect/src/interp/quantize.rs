@@ -26,9 +26,10 @@ fn params<'a>(
     }
 }
 
-/// `q = encode(x / (scale * global) + zero)`: integer codes round half to
-/// even and saturate to the type's range; float codes use the type's
-/// encoding (round to nearest even, saturating).
+/// Integer codes: `q = saturate(round_half_even(x / (scale * global)) + zero)`
+/// (ONNX `QuantizeLinear`'s order: round, then add the zero point). Float
+/// codes: `q = encode(x / (scale * global))` (round to nearest even,
+/// saturating); they have no zero point.
 pub fn quantize(args: &[&Tensor], dtype: DType, scheme: &QuantScheme) -> Tensor {
     let x = args[0];
     let p = params(args, scheme, &x.shape);
@@ -37,7 +38,12 @@ pub fn quantize(args: &[&Tensor], dtype: DType, scheme: &QuantScheme) -> Tensor 
         .map(|f| {
             unravel(f, &x.shape, &mut idx);
             let (s, z, g) = p(&idx);
-            let v = x.data[f] / (s * g) + z;
+            let v = x.data[f] / (s * g);
+            let v = if dtype.has_integer_values() {
+                numeric::round_half_even(v) + z
+            } else {
+                v
+            };
             numeric::decode(dtype, numeric::encode(dtype, v))
         })
         .collect();

@@ -161,6 +161,12 @@ pub fn wrap_int(dtype: DType, x: f64) -> f64 {
 
 /// Wraps an exact integer to the width of an integer type (two's complement).
 pub fn wrap_i128(dtype: DType, v: i128) -> f64 {
+    // An i64 is held as its nearest f64, so i64::MAX is held as 2^63 (as
+    // `numeric::decode` gives it): keep that value instead of wrapping it
+    // to i64::MIN, so that rounding a held i64 leaves it unchanged.
+    if dtype == DType::I64 && v == 1i128 << 63 {
+        return v as f64;
+    }
     let bits = dtype.bits();
     let m = 1i128 << bits;
     let mut w = v.rem_euclid(m);

@@ -483,7 +483,7 @@ define_ops! {
     Rope "rope" [x, cos, sin] { interleaved: bool = false };
 
     // ---- quantization --------------------------------------------------
-    /// Quantizes to codes of `dtype` under `scheme`: `encode(x / (scale * global) + zero)`, saturating (docs/ir.md).
+    /// Quantizes to codes of `dtype` under `scheme`: `saturate(round(x / (scale * global)) + zero)` for integer codes, the type's saturating encoding for float codes (docs/ir.md).
     Quantize "quantize" [x, scale, zero opt, global opt] { dtype: DType, scheme: QuantScheme };
     /// Dequantizes codes to `dtype` under their type's scheme: `(q - zero) * scale * global`.
     Dequantize "dequantize" [q, scale, zero opt, global opt] { dtype: DType };
