@@ -96,8 +96,8 @@ fn help_lists_exactly_the_working_subcommands() {
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["check", "run", "help"]);
-    for sub in ["check", "run"] {
+    assert_eq!(commands, ["check", "compile", "run", "help"]);
+    for sub in ["check", "compile", "run"] {
         let out = kiln(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");
@@ -169,7 +169,7 @@ fn check_reports_interface_and_errors() {
     user_error(&kiln(&["check", "no/such/model.kir"]), "no/such/model.kir");
     user_error(
         &kiln(&["check", "README.md"]),
-        "expected a model file ending in .kir",
+        "expected a model file ending in .kiln (model language) or .kir",
     );
 }
 

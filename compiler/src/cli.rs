@@ -10,6 +10,7 @@ use kiln_dialect::interp;
 use crate::data::{self, InputSpec, WeightSource};
 use crate::error::KilnError;
 use crate::model;
+use crate::pipeline::{self, Stage};
 
 /// kiln: a compiler for neural-network models.
 #[derive(Debug, Parser)]
@@ -30,16 +31,33 @@ pub enum Device {
 pub enum Command {
     /// Parse and verify a model; print its interface, or its errors (exit 1).
     Check {
-        /// The model: graph IR text (.kir).
+        /// The model: model language (.kiln) or graph IR text (.kir).
         model: PathBuf,
         /// Also print the graph in canonical .kir form.
         #[arg(long)]
         print: bool,
     },
+    /// Compile a model through the pipeline's stages and print the ones
+    /// asked for with --emit.
+    Compile {
+        /// The model: model language (.kiln) or graph IR text (.kir).
+        model: PathBuf,
+        /// Stages to print, comma-separated: ast (the syntax tree, every
+        /// binary expression parenthesized), graph (as lowered), graph-opt
+        /// (after CSE and dead-code removal).
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "STAGES")]
+        emit: Vec<Stage>,
+        /// Write each emitted stage to a file in DIR instead of stdout.
+        #[arg(long, value_name = "DIR", requires = "emit")]
+        emit_dir: Option<PathBuf>,
+        /// Print the time each stage took (on stderr).
+        #[arg(long)]
+        timings: bool,
+    },
     /// Run a model on given or random inputs and print a summary of each
     /// output (type, sum, mean |x|, checksum).
     Run {
-        /// The model: graph IR text (.kir).
+        /// The model: model language (.kiln) or graph IR text (.kir).
         model: PathBuf,
         /// An input from a .npy file, as NAME=FILE.npy (repeatable). A float
         /// file may feed any float input; it is rounded to the input's type.
@@ -126,6 +144,29 @@ pub fn main() -> i32 {
 fn execute(cmd: Command) -> Result<(), KilnError> {
     match cmd {
         Command::Check { model: path, print } => check(&path, print),
+        Command::Compile {
+            model: path,
+            emit,
+            emit_dir,
+            timings,
+        } => {
+            let c = pipeline::compile(&path, &emit)?;
+            pipeline::write_emitted(&c, emit_dir.as_deref())?;
+            if emit.is_empty() {
+                println!(
+                    "{}: compiled graph `{}` ({} nodes)",
+                    path.display(),
+                    c.graph.name,
+                    c.graph.node_count()
+                );
+            }
+            if timings {
+                for (stage, d) in &c.timings {
+                    eprintln!("{stage:>24}: {:.3} ms", d.as_secs_f64() * 1e3);
+                }
+            }
+            Ok(())
+        }
         Command::Run {
             model: path,
             inputs,

@@ -6,44 +6,70 @@ use kiln_dialect::Graph;
 use kiln_dialect::verify::{render, verify};
 
 use crate::error::KilnError;
+use crate::frontend::{self, ast};
 
 /// A verified graph with the file it came from.
 #[derive(Debug)]
 pub struct Model {
     pub graph: Graph,
     pub path: PathBuf,
-    pub source: String,
+    /// The syntax tree, for models written in the model language.
+    pub ast: Option<ast::File>,
 }
 
-/// The model formats `kiln` reads at this stage.
-pub const MODEL_EXTENSIONS: &[&str] = &["kir"];
+/// The model formats `kiln` reads.
+pub const MODEL_EXTENSIONS: &[&str] = &["kiln", "kir"];
 
-/// Reads, parses and verifies a model. Errors come rendered against the
-/// source, like a compiler's.
+/// Reads, parses and verifies a model: `.kiln` (the model language) or
+/// `.kir` (graph IR text). Errors come rendered against the source, like a
+/// compiler's.
 pub fn load(path: &Path) -> Result<Model, KilnError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !MODEL_EXTENSIONS.contains(&ext) {
-        return Err(KilnError::Usage(format!(
-            "{}: expected a model file ending in .kir (graph IR text), found {}",
-            path.display(),
+    let name = path.display().to_string();
+    match ext {
+        "kiln" => {
+            if !path.exists() {
+                return Err(KilnError::Io {
+                    path: name,
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            let c = frontend::compile_file(path).map_err(|f| KilnError::Diagnostics(f.render()))?;
+            // The lowering infers every type, so this only guards kiln itself.
+            if let Err(errs) = verify(&c.graph) {
+                let text = kiln_dialect::text::print(&c.graph);
+                panic!(
+                    "the lowering of {name} made a graph that does not verify:\n{}",
+                    render(&errs, "lowered.kir", &text)
+                );
+            }
+            Ok(Model {
+                graph: c.graph,
+                path: path.to_path_buf(),
+                ast: Some(c.ast),
+            })
+        }
+        "kir" => {
+            let source = std::fs::read_to_string(path).map_err(|source| KilnError::Io {
+                path: name.clone(),
+                source,
+            })?;
+            let graph = kiln_dialect::text::parse(&source)
+                .map_err(|e| KilnError::Diagnostics(e.diagnostic().render(&name, &source)))?;
+            verify(&graph).map_err(|errs| KilnError::Diagnostics(render(&errs, &name, &source)))?;
+            Ok(Model {
+                graph,
+                path: path.to_path_buf(),
+                ast: None,
+            })
+        }
+        _ => Err(KilnError::Usage(format!(
+            "{name}: expected a model file ending in .kiln (model language) or .kir (graph IR text), found {}",
             if ext.is_empty() {
                 "no extension".to_string()
             } else {
                 format!("`.{ext}`")
             }
-        )));
+        ))),
     }
-    let source = std::fs::read_to_string(path).map_err(|source| KilnError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let name = path.display().to_string();
-    let graph = kiln_dialect::text::parse(&source)
-        .map_err(|e| KilnError::Diagnostics(e.diagnostic().render(&name, &source)))?;
-    verify(&graph).map_err(|errs| KilnError::Diagnostics(render(&errs, &name, &source)))?;
-    Ok(Model {
-        graph,
-        path: path.to_path_buf(),
-        source,
-    })
 }

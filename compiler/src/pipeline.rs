@@ -1,0 +1,131 @@
+//! The compilation pipeline, top to bottom. Each stage can print its
+//! output (`kiln compile --emit`), the verifier runs between stages, and
+//! every stage is timed (`--timings`).
+//!
+//! ```text
+//! .kiln ──parse──▶ AST ──lower──▶ graph ──verify──▶ cleanup (CSE, DCE) ──▶ graph-opt
+//! .kir  ──parse─────────────────▶ graph ──verify──▶ ...
+//! ```
+//!
+//! The optimizer, the kernel plan and the backends extend this file as they
+//! land.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_dialect::Graph;
+use kiln_dialect::verify::verify;
+use kiln_passes::cleanup;
+
+use crate::error::KilnError;
+use crate::model;
+
+/// A stage whose output can be printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// The syntax tree (model-language files only), every binary expression parenthesized.
+    Ast,
+    /// The graph as lowered from the source, in .kir text.
+    Graph,
+    /// The graph after the cleanup passes (CSE, dead-code removal).
+    GraphOpt,
+}
+
+impl Stage {
+    /// The name used by `--emit` and for files in `--emit-dir`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ast => "ast",
+            Stage::Graph => "graph",
+            Stage::GraphOpt => "graph-opt",
+        }
+    }
+
+    fn file_name(self, model: &str) -> String {
+        match self {
+            Stage::Ast => format!("{model}.ast.kiln"),
+            Stage::Graph => format!("{model}.kir"),
+            Stage::GraphOpt => format!("{model}.opt.kir"),
+        }
+    }
+}
+
+/// What came out of each stage, and how long each took.
+pub struct Compilation {
+    pub emitted: Vec<(Stage, String)>,
+    pub timings: Vec<(&'static str, Duration)>,
+    pub graph: Graph,
+}
+
+/// Runs the pipeline on a model file, keeping the text of the `emit` stages.
+pub fn compile(path: &Path, emit: &[Stage]) -> Result<Compilation, KilnError> {
+    let mut timings = Vec::new();
+    let mut emitted = Vec::new();
+    let t = Instant::now();
+    let m = model::load(path)?;
+    timings.push(("parse + lower + verify", t.elapsed()));
+    if emit.contains(&Stage::Ast) {
+        match &m.ast {
+            Some(ast) => emitted.push((Stage::Ast, ast.to_string())),
+            None => {
+                return Err(KilnError::Usage(format!(
+                    "--emit ast: {} is graph IR and has no syntax tree",
+                    path.display()
+                )));
+            }
+        }
+    }
+    if emit.contains(&Stage::Graph) {
+        emitted.push((Stage::Graph, kiln_dialect::text::print(&m.graph)));
+    }
+    let mut g = m.graph;
+    let t = Instant::now();
+    cleanup::common_subexpressions(&mut g);
+    cleanup::dead_code(&mut g);
+    timings.push(("cleanup", t.elapsed()));
+    if let Err(errs) = verify(&g) {
+        let text = kiln_dialect::text::print(&g);
+        panic!(
+            "cleanup produced a graph that does not verify:\n{}",
+            kiln_dialect::verify::render(&errs, "cleanup.kir", &text)
+        );
+    }
+    if emit.contains(&Stage::GraphOpt) {
+        emitted.push((Stage::GraphOpt, kiln_dialect::text::print(&g)));
+    }
+    Ok(Compilation {
+        emitted,
+        timings,
+        graph: g,
+    })
+}
+
+/// Writes emitted stages to stdout (with a header per stage when there are
+/// several) or to files in `dir`.
+pub fn write_emitted(c: &Compilation, dir: Option<&Path>) -> Result<(), KilnError> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| KilnError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            for (stage, text) in &c.emitted {
+                let p = dir.join(stage.file_name(&c.graph.name));
+                std::fs::write(&p, text).map_err(|source| KilnError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        None => {
+            let many = c.emitted.len() > 1;
+            for (stage, text) in &c.emitted {
+                if many {
+                    println!("// ---- {} ----", stage.name());
+                }
+                print!("{text}");
+            }
+        }
+    }
+    Ok(())
+}
