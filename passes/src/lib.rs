@@ -1,7 +1,12 @@
 //! Graph transformations over the kiln dialect.
 //!
-//! Today: the cleanup passes every pipeline runs ([`cleanup`]). The e-graph
-//! optimizer (fusion, quantization lowering and layout selection under one
-//! cost model) and the lowering to kernel plans join this crate next.
+//! - [`cleanup`]: dead-code and common-subexpression elimination.
+//! - [`egraph`] and [`rules`]: equality saturation with egg; rules are named
+//!   data, one file per family.
+//! - [`optimize`]: the optimizer's phases, top to bottom.
 
 pub mod cleanup;
+pub mod egraph;
+pub mod optimize;
+pub mod rules;
+pub mod stats;

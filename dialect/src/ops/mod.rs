@@ -489,7 +489,115 @@ define_ops! {
     Dequantize "dequantize" [q, scale, zero opt, global opt] { dtype: DType };
 }
 
+/// What kind of computation an op is: the families that fusion, the cost
+/// model and the kernel templates reason about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    /// `input`, `weight`, `constant`, `iota`: values that exist before any kernel.
+    Source,
+    /// One output element from the same element of each operand (with broadcasting).
+    Elementwise,
+    /// Reduces whole axes (`reduce_*`, `arg_max`, global pools).
+    Reduce,
+    /// A reduction over trailing axes broadcast back over them (`softmax`, `log_softmax`, `layer_norm`, `rms_norm`).
+    RowNorm,
+    /// Per-channel statistics on axis 1 (`batch_norm` uses given ones, `group_norm` computes them).
+    ChannelNorm,
+    /// `matmul`.
+    Matmul,
+    /// `conv2d`, `conv_transpose2d`.
+    Conv,
+    /// `attention`.
+    Attention,
+    /// `max_pool2d`, `avg_pool2d`.
+    Pool,
+    /// Moves or selects elements without arithmetic (reshape, transpose, slice, concat, gather, pad, ...).
+    Movement,
+    /// `quantize`, `dequantize`: elementwise with per-group parameters.
+    Quant,
+}
+
 impl Op {
+    /// The family this op belongs to.
+    pub fn class(&self) -> OpClass {
+        match self {
+            Op::Input | Op::Weight | Op::Constant { .. } | Op::Iota { .. } => OpClass::Source,
+            Op::Neg
+            | Op::Abs
+            | Op::Exp
+            | Op::Log
+            | Op::Sqrt
+            | Op::Rsqrt
+            | Op::Reciprocal
+            | Op::Tanh
+            | Op::Sigmoid
+            | Op::Relu
+            | Op::Relu6
+            | Op::LeakyRelu { .. }
+            | Op::Gelu { .. }
+            | Op::Silu
+            | Op::Hardswish
+            | Op::Hardsigmoid { .. }
+            | Op::Softplus
+            | Op::Erf
+            | Op::Sin
+            | Op::Cos
+            | Op::Floor
+            | Op::Ceil
+            | Op::Round
+            | Op::Sign
+            | Op::Not
+            | Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Pow
+            | Op::Max
+            | Op::Min
+            | Op::Eq
+            | Op::Ne
+            | Op::Lt
+            | Op::Le
+            | Op::Gt
+            | Op::Ge
+            | Op::And
+            | Op::Or
+            | Op::Where
+            | Op::Cast { .. }
+            | Op::Clamp { .. }
+            | Op::Rope { .. } => OpClass::Elementwise,
+            Op::ReduceSum { .. }
+            | Op::ReduceMean { .. }
+            | Op::ReduceMax { .. }
+            | Op::ReduceMin { .. }
+            | Op::ReduceProd { .. }
+            | Op::ArgMax { .. }
+            | Op::GlobalAvgPool
+            | Op::GlobalMaxPool => OpClass::Reduce,
+            Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::LayerNorm { .. }
+            | Op::RmsNorm { .. } => OpClass::RowNorm,
+            Op::BatchNorm { .. } | Op::GroupNorm { .. } => OpClass::ChannelNorm,
+            Op::Matmul { .. } => OpClass::Matmul,
+            Op::Conv2d { .. } | Op::ConvTranspose2d { .. } => OpClass::Conv,
+            Op::Attention { .. } => OpClass::Attention,
+            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } => OpClass::Pool,
+            Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Expand { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Gather { .. }
+            | Op::Embedding
+            | Op::Pad { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. } => OpClass::Movement,
+            Op::Quantize { .. } | Op::Dequantize { .. } => OpClass::Quant,
+        }
+    }
+
     /// Whether this op is a graph source printed as a declaration
     /// (`input` or `weight`) rather than as `%v = op(...)`.
     pub fn is_declaration(&self) -> bool {

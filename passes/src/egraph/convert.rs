@@ -1,0 +1,240 @@
+//! Between the dialect graph and the e-graph.
+
+use std::collections::HashMap;
+
+use egg::Id;
+use kiln_dialect::graph::{Graph, Value, ValueInfo};
+use kiln_dialect::ops::Op;
+use kiln_dialect::{Dim, Shape};
+
+use super::analysis::{KGraph, Meta, add_op};
+use super::lang::{Head, KNode};
+
+/// A graph loaded into an e-graph.
+pub struct Loaded {
+    pub egraph: KGraph,
+    /// Each output's name and class.
+    pub outputs: Vec<(String, Id)>,
+    /// The graph's inputs and weights, in order (kept even when unused).
+    pub sources: Vec<Id>,
+    /// The name each value had in the graph, by class.
+    pub names: HashMap<Id, String>,
+    pub graph_name: String,
+}
+
+/// Loads a verified graph. With `mats`, every use of an op's result goes
+/// through a `mat` node (the starting point of fusion: one kernel per op).
+/// `split` becomes one `slice` per piece.
+pub fn load(g: &Graph, mats: bool) -> Loaded {
+    let mut egraph = KGraph::new(Meta::default());
+    let mut class: HashMap<Value, Id> = HashMap::new();
+    let mut names = HashMap::new();
+    let mut sources = Vec::new();
+    let order = g.topo_order().expect("a verified graph is acyclic");
+    let use_of = |egraph: &mut KGraph, id: Id| -> Id {
+        let is_op_result = egraph[id].nodes.iter().any(|n| match n.head {
+            Head::Op(o) => !matches!(
+                egraph.analysis.ops.get(o).op.class(),
+                kiln_dialect::ops::OpClass::Source
+            ),
+            Head::Mat => false,
+        });
+        if mats && is_op_result {
+            egraph.add(KNode::mat(id))
+        } else {
+            id
+        }
+    };
+    for id in order {
+        let node = g.node(id);
+        let operands: Vec<Id> = g.operands(id).iter().map(|v| class[v]).collect();
+        let args: Vec<Id> = operands.iter().map(|&a| use_of(&mut egraph, a)).collect();
+        match &node.op {
+            Op::Split { axis, sizes } => {
+                let rank = g.value_type(g.operands(id)[0]).rank();
+                let a =
+                    kiln_dialect::shape::normalize_axis(*axis, rank).expect("verified axis") as i64;
+                let mut start = 0;
+                for (port, &n) in sizes.iter().enumerate() {
+                    let slice = Op::Slice {
+                        axes: vec![a],
+                        starts: vec![start],
+                        ends: vec![start + n],
+                        steps: vec![],
+                    };
+                    start += n;
+                    let c = add_op(&mut egraph, slice, args.clone())
+                        .expect("split pieces are well typed");
+                    class.insert(
+                        Value {
+                            node: id,
+                            port: port as u32,
+                        },
+                        c,
+                    );
+                    names
+                        .entry(c)
+                        .or_insert_with(|| node.results[port].name.clone());
+                }
+            }
+            op => {
+                let r = &node.results[0];
+                let (name, declared) = if let kiln_dialect::ops::OpClass::Source = op.class() {
+                    (
+                        if let Op::Input | Op::Weight = op {
+                            Some(r.name.clone())
+                        } else {
+                            None
+                        },
+                        Some(r.ty.clone()),
+                    )
+                } else {
+                    (None, None)
+                };
+                let oid = egraph.analysis.ops.intern(op.clone(), name, declared);
+                let c = egraph.add(KNode::op(oid, args));
+                if let Op::Input | Op::Weight = op {
+                    sources.push(c);
+                }
+                class.insert(Value::of(id), c);
+                names.entry(c).or_insert_with(|| r.name.clone());
+            }
+        }
+    }
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|o| {
+            let c = class[&o.value];
+            (o.name.clone(), use_of(&mut egraph, c))
+        })
+        .collect();
+    egraph.rebuild();
+    Loaded {
+        egraph,
+        outputs,
+        sources,
+        names,
+        graph_name: g.name.clone(),
+    }
+}
+
+/// Builds a dialect graph from chosen e-nodes (one per reachable class;
+/// `mat` nodes are skipped: they mark kernel boundaries, not values).
+/// Returns the graph and, for each created node, the class it computes.
+pub fn to_graph(l: &Loaded, choice: &HashMap<Id, KNode>) -> (Graph, HashMap<Id, Value>) {
+    let eg = &l.egraph;
+    let mut g = Graph::new(&l.graph_name);
+    let mut made: HashMap<Id, Value> = HashMap::new();
+    let mut used_names: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let hints: HashMap<Id, String> = l
+        .names
+        .iter()
+        .map(|(k, n)| (eg.find(*k), n.clone()))
+        .collect();
+    // The interface first, in its order.
+    for &s in &l.sources {
+        let s = eg.find(s);
+        emit(eg, s, choice, &mut g, &mut made, &hints, &mut used_names);
+    }
+    for (_, c) in &l.outputs {
+        emit(
+            eg,
+            eg.find(*c),
+            choice,
+            &mut g,
+            &mut made,
+            &hints,
+            &mut used_names,
+        );
+    }
+    for (name, c) in &l.outputs {
+        let v = made[&unmat(eg, eg.find(*c), choice)];
+        g.add_output(name, v);
+    }
+    (g, made)
+}
+
+/// The class a value really lives in: through `mat` nodes.
+fn unmat(eg: &KGraph, c: Id, choice: &HashMap<Id, KNode>) -> Id {
+    match choice.get(&c) {
+        Some(KNode {
+            head: Head::Mat,
+            args,
+        }) => unmat(eg, eg.find(args[0]), choice),
+        _ => c,
+    }
+}
+
+fn emit(
+    eg: &KGraph,
+    c: Id,
+    choice: &HashMap<Id, KNode>,
+    g: &mut Graph,
+    made: &mut HashMap<Id, Value>,
+    hints: &HashMap<Id, String>,
+    used: &mut std::collections::HashSet<String>,
+) -> Value {
+    // iterative post-order, so deep graphs do not overflow the stack
+    let mut stack = vec![(c, false)];
+    while let Some((c, ready)) = stack.pop() {
+        let c = eg.find(c);
+        if made.contains_key(&c) {
+            continue;
+        }
+        let node = choice
+            .get(&c)
+            .unwrap_or_else(|| panic!("no choice for class {c}"));
+        if !ready {
+            stack.push((c, true));
+            for a in &node.args {
+                let a = eg.find(*a);
+                if !made.contains_key(&a) {
+                    stack.push((a, false));
+                }
+            }
+            continue;
+        }
+        match node.head {
+            Head::Mat => {
+                let v = made[&eg.find(node.args[0])];
+                made.insert(c, v);
+            }
+            Head::Op(o) => {
+                let e = eg.analysis.ops.get(o);
+                let operands: Vec<Value> = node.args.iter().map(|a| made[&eg.find(*a)]).collect();
+                let ty = eg[c].data.ty.clone();
+                let name = match &e.name {
+                    Some(n) => n.clone(),
+                    None => match hints.get(&c) {
+                        Some(n) if !used.contains(n) => n.clone(),
+                        _ => g.fresh_name(),
+                    },
+                };
+                let name = if used.contains(&name) {
+                    g.fresh_name()
+                } else {
+                    name
+                };
+                used.insert(name.clone());
+                let id = g.add_node(e.op.clone(), &operands, vec![ValueInfo { name, ty }]);
+                made.insert(c, Value::of(id));
+            }
+        }
+    }
+    made[&c]
+}
+
+/// A fully static shape's dims as i64 (for rules that compute attributes).
+pub fn static_dims(s: &Shape) -> Option<Vec<i64>> {
+    s.dims()
+        .iter()
+        .map(|d| {
+            if let Dim::Static(n) = d {
+                Some(*n as i64)
+            } else {
+                None
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,160 @@
+//! The optimizer, phase by phase.
+//!
+//! 1. **Algebra** ([`algebra`]): saturate with the algebra rules on the
+//!    plain graph and extract the cheapest equal graph (fewest, cheapest
+//!    ops; weight-only work is free, it happens when weights are bound).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use egg::{CostFunction, Extractor, Id, Language, Runner};
+use kiln_dialect::graph::Graph;
+use kiln_dialect::ops::OpClass;
+
+use crate::egraph::analysis::{KGraph, Meta};
+use crate::egraph::convert::{self, Loaded};
+use crate::egraph::lang::{Head, KNode};
+use crate::rules::{self, Rule};
+
+/// Bounds on equality saturation.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub iterations: usize,
+    pub nodes: usize,
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            iterations: 16,
+            nodes: 200_000,
+            time: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What one saturation did.
+#[derive(Clone, Debug, Default)]
+pub struct SaturationReport {
+    pub iterations: usize,
+    pub nodes: usize,
+    pub classes: usize,
+    pub stop_reason: String,
+    /// Per rule: times it fired (new unions) and search time.
+    pub rules: Vec<(String, usize, Duration)>,
+    pub time: Duration,
+}
+
+/// Saturates an e-graph with a rule family within the limits.
+pub fn saturate(egraph: KGraph, rules: &[Rule], limits: Limits) -> (KGraph, SaturationReport) {
+    let t = Instant::now();
+    crate::stats::take_search_times();
+    let runner = Runner::default()
+        .with_egraph(egraph)
+        .with_iter_limit(limits.iterations)
+        .with_node_limit(limits.nodes)
+        .with_time_limit(limits.time)
+        .run(&rules::rewrites(rules));
+    let mut fired: HashMap<String, usize> = HashMap::new();
+    for it in &runner.iterations {
+        for (name, n) in &it.applied {
+            *fired.entry(name.to_string()).or_default() += n;
+        }
+    }
+    let times = crate::stats::take_search_times();
+    let report = SaturationReport {
+        iterations: runner.iterations.len(),
+        nodes: runner.egraph.total_number_of_nodes(),
+        classes: runner.egraph.number_of_classes(),
+        stop_reason: match &runner.stop_reason {
+            Some(egg::StopReason::Saturated) => "saturated".into(),
+            Some(egg::StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
+            Some(egg::StopReason::NodeLimit(n)) => format!("node limit ({n})"),
+            Some(egg::StopReason::TimeLimit(s)) => format!("time limit ({s:.2} s)"),
+            Some(egg::StopReason::Other(s)) => s.clone(),
+            None => "not run".into(),
+        },
+        rules: rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.to_string(),
+                    fired.get(r.name).copied().unwrap_or(0),
+                    times.get(r.name).copied().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        time: t.elapsed(),
+    };
+    (runner.egraph, report)
+}
+
+/// The algebra phase's cost: a count of ops weighted by kind; weight-only
+/// values and sources cost nothing (they exist before the model runs).
+struct OpCount<'a> {
+    eg: &'a KGraph,
+}
+
+impl CostFunction<KNode> for OpCount<'_> {
+    type Cost = f64;
+
+    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &KNode, mut costs: C) -> f64 {
+        let weight_only = self
+            .eg
+            .lookup(enode.clone())
+            .is_some_and(|c| self.eg[c].data.weight_only);
+        let own = if weight_only {
+            0.0
+        } else {
+            match enode.head {
+                Head::Mat => 0.0,
+                Head::Op(id) => match self.eg.analysis.ops.get(id).op.class() {
+                    OpClass::Source => 0.0,
+                    OpClass::Movement => 1.0,
+                    OpClass::Elementwise | OpClass::Quant => 2.0,
+                    OpClass::Reduce | OpClass::RowNorm | OpClass::ChannelNorm | OpClass::Pool => {
+                        4.0
+                    }
+                    OpClass::Matmul | OpClass::Conv | OpClass::Attention => 8.0,
+                },
+            }
+        };
+        enode.fold(own, |acc, c| acc + costs(c))
+    }
+}
+
+/// Extracts the cheapest term of every output (and source) under the
+/// algebra cost, as a choice of one node per class.
+fn extract_simple(l: &Loaded) -> HashMap<Id, KNode> {
+    let eg = &l.egraph;
+    let ex = Extractor::new(eg, OpCount { eg });
+    let mut choice = HashMap::new();
+    let mut stack: Vec<Id> = l
+        .outputs
+        .iter()
+        .map(|(_, c)| *c)
+        .chain(l.sources.iter().copied())
+        .collect();
+    while let Some(c) = stack.pop() {
+        let c = eg.find(c);
+        if choice.contains_key(&c) {
+            continue;
+        }
+        let node = ex.find_best_node(c).clone();
+        stack.extend(node.args.iter().copied());
+        choice.insert(c, node);
+    }
+    choice
+}
+
+/// Phase 1: algebra. Returns the simplified graph and the saturation report.
+pub fn algebra(g: &Graph, limits: Limits) -> (Graph, SaturationReport) {
+    let mut l = convert::load(g, false);
+    let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
+    let (eg, report) = saturate(eg, rules::algebra::RULES, limits);
+    l.egraph = eg;
+    let choice = extract_simple(&l);
+    let (out, _) = convert::to_graph(&l, &choice);
+    (out, report)
+}

@@ -1,0 +1,273 @@
+//! Every rule, checked against the reference interpreter on an instance of
+//! its left-hand side with fresh random inputs. A rule without a sample here
+//! fails `every_rule_has_a_sample`.
+
+use super::check::check_rule;
+use super::{Rule, algebra};
+
+/// (rule name, a graph whose output is the rule's left-hand side, relative tolerance)
+const SAMPLES: &[(&str, &str, f64)] = &[
+    (
+        "transpose-transpose",
+        "graph t {
+  input %x: f32[2, 3, 4]
+  %a: f32[3, 4, 2] = transpose(%x) {perm = [1, 2, 0]}
+  %b: f32[4, 2, 3] = transpose(%a) {perm = [1, 2, 0]}
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "transpose-transpose",
+        "graph t {
+  input %x: f32[5, 3]
+  %a: f32[3, 5] = transpose(%x) {perm = [1, 0]}
+  %b: f32[5, 3] = transpose(%a) {perm = [-1, 0]}
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "transpose-transpose",
+        "graph t {
+  input %x: f32[2, 3, 4]
+  %a: f32[3, 2, 4] = transpose(%x) {perm = [1, 0, 2]}
+  %b: f32[3, 4, 2] = transpose(%a) {perm = [0, 2, 1]}
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "transpose-identity",
+        "graph t {
+  input %x: f32[2, 3]
+  %a: f32[2, 3] = transpose(%x) {perm = [0, 1]}
+  output y = %a
+}
+",
+        0.0,
+    ),
+    (
+        "reshape-reshape",
+        "graph t {
+  input %x: f32[2, 6]
+  %a: f32[3, 4] = reshape(%x) {shape = [3, 4]}
+  %b: f32[12] = reshape(%a) {shape = [12]}
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "view-identity",
+        "graph t {
+  input %x: f32[batch, 3]
+  %a: f32[batch, 3] = reshape(%x) {shape = [batch, 3]}
+  output y = %a
+}
+",
+        0.0,
+    ),
+    (
+        "view-identity",
+        "graph t {
+  input %x: f32[2, 3]
+  %a: f32[2, 3] = expand(%x) {shape = [2, 3]}
+  output y = %a
+}
+",
+        0.0,
+    ),
+    (
+        "unary-transpose-sink",
+        "graph t {
+  input %x: f32[2, 3]
+  %a: f32[3, 2] = transpose(%x) {perm = [1, 0]}
+  %b: f32[3, 2] = tanh(%a)
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "binary-transpose-sink",
+        "graph t {
+  input %x: f32[2, 3, 5]
+  input %z: f32[2, 3, 5]
+  %a: f32[5, 2, 3] = transpose(%x) {perm = [2, 0, 1]}
+  %b: f32[5, 2, 3] = transpose(%z) {perm = [2, 0, 1]}
+  %c: f32[5, 2, 3] = mul(%a, %b)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "broadcast-fold",
+        "graph t {
+  input %x: f32[4, 3]
+  input %b: f32[3]
+  %e: f32[4, 3] = expand(%b) {shape = [4, 3]}
+  %c: f32[4, 3] = add(%e, %x)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "mul-one",
+        "graph t {
+  input %x: f32[4, 3]
+  %one: f32[] = constant {value = 1}
+  %c: f32[4, 3] = mul(%x, %one)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "div-one",
+        "graph t {
+  input %x: bf16[7]
+  %one: bf16[] = constant {value = 1}
+  %c: bf16[7] = div(%x, %one)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "add-zero",
+        "graph t {
+  input %x: f32[4, 3]
+  %z: f32[3] = constant {value = 0}
+  %c: f32[4, 3] = add(%z, %x)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "add-zero",
+        "graph t {
+  input %x: i32[5]
+  %z: i32[] = constant {value = 0}
+  %c: i32[5] = sub(%x, %z)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "sub-self-int",
+        "graph t {
+  input %x: i32[2, 5]
+  %c: i32[2, 5] = sub(%x, %x)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "neg-neg",
+        "graph t {
+  input %x: f16[9]
+  %a: f16[9] = neg(%x)
+  %b: f16[9] = neg(%a)
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "matmul-scale-out",
+        "graph t {
+  input %a: f32[m, 16]
+  weight %b: f32[16, 8]
+  %s: f32[] = constant {value = 0.125}
+  %as: f32[m, 16] = mul(%a, %s)
+  %c: f32[m, 8] = matmul(%as, %b)
+  output y = %c
+}
+",
+        1e-6,
+    ),
+    (
+        "scale-into-weight",
+        "graph t {
+  input %x: f32[m, 16]
+  weight %w: f32[16, 8]
+  weight %s: f32[8]
+  %c: f32[m, 8] = matmul(%x, %w)
+  %d: f32[m, 8] = mul(%c, %s)
+  output y = %d
+}
+",
+        1e-6,
+    ),
+    (
+        "conv-batchnorm-fold",
+        "graph t {
+  input %x: f32[2, 3, 9, 9]
+  weight %w: f32[4, 3, 3, 3]
+  weight %b: f32[4]
+  weight %gamma: f32[4]
+  weight %beta: f32[4]
+  weight %mean: f32[4]
+  weight %var: f32[4]
+  %v: f32[4] = abs(%var)
+  %c: f32[2, 4, 7, 7] = conv2d(%x, %w, %b)
+  %n: f32[2, 4, 7, 7] = batch_norm(%c, %gamma, %beta, %mean, %v)
+  output y = %n
+}
+",
+        1e-5,
+    ),
+];
+
+fn all_rules() -> Vec<&'static Rule> {
+    algebra::RULES.iter().collect()
+}
+
+#[test]
+fn every_rule_has_a_sample() {
+    for r in all_rules() {
+        assert!(
+            SAMPLES.iter().any(|(n, _, _)| *n == r.name),
+            "rule `{}` has no sample in rules/tests.rs",
+            r.name
+        );
+    }
+    let mut names: Vec<_> = all_rules().iter().map(|r| r.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all_rules().len(), "rule names are unique");
+}
+
+#[test]
+fn every_rule_is_an_identity_on_random_inputs() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    let rules = all_rules();
+    let mut failures = Vec::new();
+    for (i, (name, src, tol)) in SAMPLES.iter().enumerate() {
+        let rule = rules
+            .iter()
+            .find(|r| r.name == *name)
+            .unwrap_or_else(|| panic!("no rule `{name}`"));
+        match check_rule(rule, src, seed.wrapping_add(i as u64)) {
+            Ok(c) if c.max_rel_diff <= *tol => {}
+            Ok(c) => failures.push(format!(
+                "{name} (sample {i}): relative difference {} > {tol} (seed {})",
+                c.max_rel_diff, c.seed
+            )),
+            Err(e) => failures.push(format!("{name} (sample {i}): {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
