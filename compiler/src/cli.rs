@@ -20,6 +20,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The targets `kiln compile` plans for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// NVIDIA Hopper (H100): wgmma and TMA.
+    #[value(name = "sm_90")]
+    Sm90,
+    /// NVIDIA Ampere (A100): mma.sync.
+    #[value(name = "sm_80")]
+    Sm80,
+    /// The host CPU.
+    Cpu,
+}
+
+impl TargetArg {
+    pub fn target(self) -> &'static kiln_passes::cost::Target {
+        match self {
+            TargetArg::Sm90 => &kiln_passes::cost::SM90,
+            TargetArg::Sm80 => &kiln_passes::cost::SM80,
+            TargetArg::Cpu => &kiln_passes::cost::CPU,
+        }
+    }
+}
+
 /// Where `kiln run` evaluates a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
@@ -44,9 +67,17 @@ pub enum Command {
         model: PathBuf,
         /// Stages to print, comma-separated: ast (the syntax tree, every
         /// binary expression parenthesized), graph (as lowered), graph-opt
-        /// (after CSE and dead-code removal).
+        /// (after cleanup and the algebra rules), plan (the kernels, one
+        /// line each).
         #[arg(long, value_enum, value_delimiter = ',', value_name = "STAGES")]
         emit: Vec<Stage>,
+        /// The target the kernels are planned and priced for.
+        #[arg(long, value_enum, default_value_t = TargetArg::Sm90)]
+        target: TargetArg,
+        /// The size of a symbolic dimension to plan for, as NAME=N
+        /// (repeatable); unbound symbols are priced at the target's default.
+        #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
         /// Write each emitted stage to a file in DIR instead of stdout.
         #[arg(long, value_name = "DIR", requires = "emit")]
         emit_dir: Option<PathBuf>,
@@ -144,23 +175,31 @@ pub fn main() -> i32 {
 fn execute(cmd: Command) -> Result<(), KilnError> {
     match cmd {
         Command::Check { model: path, print } => check(&path, print),
-        Command::Compile {
-            model: path,
-            emit,
-            emit_dir,
-            timings,
-        } => {
-            let c = pipeline::compile(&path, &emit)?;
+        Command::Compile { model: path, emit, emit_dir, timings, target, dims } => {
+            let opts = pipeline::Options {
+                target: target.target(),
+                dims: dims.into_iter().map(|(k, v)| (k, v as u64)).collect(),
+                ..pipeline::Options::default()
+            };
+            let c = pipeline::compile(&path, &emit, &opts)?;
             pipeline::write_emitted(&c, emit_dir.as_deref())?;
             if emit.is_empty() {
                 println!(
-                    "{}: compiled graph `{}` ({} nodes)",
+                    "{}: compiled `{}` for {}: {} kernel(s), {:.3} us estimated",
                     path.display(),
                     c.graph.name,
-                    c.graph.node_count()
+                    c.plan.target,
+                    c.plan.run_kernels().count(),
+                    c.plan.seconds * 1e6
                 );
             }
             if timings {
+                for (phase, r) in [("algebra", &c.algebra), ("fusion", &c.fusion)] {
+                    eprintln!(
+                        "{phase:>24}: {} iterations, {} e-nodes, {} e-classes, stopped: {}",
+                        r.iterations, r.nodes, r.classes, r.stop_reason
+                    );
+                }
                 for (stage, d) in &c.timings {
                     eprintln!("{stage:>24}: {:.3} ms", d.as_secs_f64() * 1e3);
                 }

@@ -3,7 +3,7 @@
 //! every stage is timed (`--timings`).
 //!
 //! ```text
-//! .kiln ──parse──▶ AST ──lower──▶ graph ──verify──▶ cleanup (CSE, DCE) ──▶ graph-opt
+//! .kiln ──parse──▶ AST ──lower──▶ graph ──verify──▶ cleanup (CSE, DCE) ──algebra──▶ graph-opt ──kernels──▶ plan
 //! .kir  ──parse─────────────────▶ graph ──verify──▶ ...
 //! ```
 //!
@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use kiln_dialect::Graph;
 use kiln_dialect::verify::verify;
 use kiln_passes::cleanup;
+use kiln_passes::cost::Target;
+use kiln_passes::optimize::{self, Limits, SaturationReport};
+use kiln_passes::plan::Plan;
+use std::collections::HashMap;
 
 use crate::error::KilnError;
 use crate::model;
@@ -27,8 +31,10 @@ pub enum Stage {
     Ast,
     /// The graph as lowered from the source, in .kir text.
     Graph,
-    /// The graph after the cleanup passes (CSE, dead-code removal).
+    /// The graph after the cleanup passes and the algebra rules.
     GraphOpt,
+    /// The kernel plan: one line per kernel (`kernel ...`), weight transforms as `transform ...`.
+    Plan,
 }
 
 impl Stage {
@@ -38,6 +44,7 @@ impl Stage {
             Stage::Ast => "ast",
             Stage::Graph => "graph",
             Stage::GraphOpt => "graph-opt",
+            Stage::Plan => "plan",
         }
     }
 
@@ -46,6 +53,7 @@ impl Stage {
             Stage::Ast => format!("{model}.ast.kiln"),
             Stage::Graph => format!("{model}.kir"),
             Stage::GraphOpt => format!("{model}.opt.kir"),
+            Stage::Plan => format!("{model}.plan"),
         }
     }
 }
@@ -54,11 +62,31 @@ impl Stage {
 pub struct Compilation {
     pub emitted: Vec<(Stage, String)>,
     pub timings: Vec<(&'static str, Duration)>,
+    /// The graph after algebra.
     pub graph: Graph,
+    pub plan: Plan,
+    pub algebra: SaturationReport,
+    pub fusion: SaturationReport,
+}
+
+/// Options of a compilation.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The target the cost model and the plan are for.
+    pub target: &'static Target,
+    /// Sizes of symbolic dims the plan is priced at (a shape bucket).
+    pub dims: HashMap<String, u64>,
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { target: &kiln_passes::cost::SM90, dims: HashMap::new(), limits: Limits::default() }
+    }
 }
 
 /// Runs the pipeline on a model file, keeping the text of the `emit` stages.
-pub fn compile(path: &Path, emit: &[Stage]) -> Result<Compilation, KilnError> {
+pub fn compile(path: &Path, emit: &[Stage], opts: &Options) -> Result<Compilation, KilnError> {
     let mut timings = Vec::new();
     let mut emitted = Vec::new();
     let t = Instant::now();
@@ -90,14 +118,19 @@ pub fn compile(path: &Path, emit: &[Stage]) -> Result<Compilation, KilnError> {
             kiln_dialect::verify::render(&errs, "cleanup.kir", &text)
         );
     }
+    let t = Instant::now();
+    let (g, algebra) = optimize::algebra(&g, opts.limits);
+    timings.push(("algebra", t.elapsed()));
     if emit.contains(&Stage::GraphOpt) {
         emitted.push((Stage::GraphOpt, kiln_dialect::text::print(&g)));
     }
-    Ok(Compilation {
-        emitted,
-        timings,
-        graph: g,
-    })
+    let t = Instant::now();
+    let (plan, fusion) = optimize::kernels(&g, opts.target, &opts.dims, opts.limits);
+    timings.push(("kernels", t.elapsed()));
+    if emit.contains(&Stage::Plan) {
+        emitted.push((Stage::Plan, plan.to_text()));
+    }
+    Ok(Compilation { emitted, timings, graph: g, plan, algebra, fusion })
 }
 
 /// Writes emitted stages to stdout (with a header per stage when there are

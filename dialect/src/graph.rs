@@ -6,7 +6,7 @@
 //! nodes too (`Op::Input`, `Op::Weight`), named by their result; outputs are
 //! named references to values.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use petgraph::Direction;
@@ -121,6 +121,8 @@ pub struct Graph {
     pub end_doc: Vec<Trivia>,
     g: StableDiGraph<Node, Use, u32>,
     outputs: Vec<Output>,
+    /// Every result name ever added, so [`Graph::fresh_name`] is O(1).
+    reserved: HashSet<String>,
 }
 
 /// The graph has a cycle through the named value.
@@ -139,6 +141,9 @@ impl Graph {
 
     /// Adds a node. Each operand must be a value of this graph.
     pub fn add_node(&mut self, op: Op, operands: &[Value], results: Vec<ValueInfo>) -> NodeId {
+        for r in &results {
+            self.reserved.insert(r.name.clone());
+        }
         let id = self.g.add_node(Node {
             op,
             results,
@@ -216,14 +221,9 @@ impl Graph {
     }
 
     fn fresh_name_from(&self, mut n: usize) -> String {
-        let taken: BTreeSet<&str> = self
-            .g
-            .node_weights()
-            .flat_map(|w| w.results.iter().map(|r| r.name.as_str()))
-            .collect();
         loop {
             let name = n.to_string();
-            if !taken.contains(name.as_str()) {
+            if !self.reserved.contains(&name) {
                 return name;
             }
             n += 1;

@@ -6,7 +6,10 @@
 //! - [`optimize`]: the optimizer's phases, top to bottom.
 
 pub mod cleanup;
+pub mod cost;
 pub mod egraph;
+pub mod extract;
 pub mod optimize;
+pub mod plan;
 pub mod rules;
 pub mod stats;

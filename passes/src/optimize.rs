@@ -3,17 +3,26 @@
 //! 1. **Algebra** ([`algebra`]): saturate with the algebra rules on the
 //!    plain graph and extract the cheapest equal graph (fewest, cheapest
 //!    ops; weight-only work is free, it happens when weights are bound).
+//! 2. **Kernels** ([`kernels`]): load that graph with a `mat` on every use
+//!    (one kernel per op), saturate with the fusion rules, and extract under
+//!    the target's roofline cost with kernel kinds ([`crate::extract`]);
+//!    the result is a [`Plan`].
+//!
+//! [`optimize`] runs both.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use egg::{CostFunction, Extractor, Id, Language, Runner};
+use egg::{CostFunction, Id, Language, Runner};
 use kiln_dialect::graph::Graph;
 use kiln_dialect::ops::OpClass;
 
+use crate::cost::{Sizes, Target};
 use crate::egraph::analysis::{KGraph, Meta};
 use crate::egraph::convert::{self, Loaded};
 use crate::egraph::lang::{Head, KNode};
+use crate::extract;
+use crate::plan::{self, Plan};
 use crate::rules::{self, Rule};
 
 /// Bounds on equality saturation.
@@ -125,10 +134,33 @@ impl CostFunction<KNode> for OpCount<'_> {
 }
 
 /// Extracts the cheapest term of every output (and source) under the
-/// algebra cost, as a choice of one node per class.
+/// algebra cost, as a choice of one node per class. Classes are visited in
+/// id order (operands were added first), so a pass settles almost all of
+/// the graph and the fixed point comes in a few passes.
 fn extract_simple(l: &Loaded) -> HashMap<Id, KNode> {
     let eg = &l.egraph;
-    let ex = Extractor::new(eg, OpCount { eg });
+    let mut cf = OpCount { eg };
+    let mut ids: Vec<Id> = eg.classes().map(|c| c.id).collect();
+    ids.sort();
+    let mut best: HashMap<Id, (f64, KNode)> = HashMap::new();
+    loop {
+        let mut changed = false;
+        for &c in &ids {
+            for n in &eg[c].nodes {
+                if !n.args.iter().all(|a| best.contains_key(&eg.find(*a))) {
+                    continue;
+                }
+                let cost = cf.cost(n, |a| best[&eg.find(a)].0);
+                if best.get(&c).is_none_or(|(b, _)| cost < *b) {
+                    best.insert(c, (cost, n.clone()));
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
     let mut choice = HashMap::new();
     let mut stack: Vec<Id> = l
         .outputs
@@ -141,7 +173,7 @@ fn extract_simple(l: &Loaded) -> HashMap<Id, KNode> {
         if choice.contains_key(&c) {
             continue;
         }
-        let node = ex.find_best_node(c).clone();
+        let node = best[&c].1.clone();
         stack.extend(node.args.iter().copied());
         choice.insert(c, node);
     }
@@ -157,4 +189,50 @@ pub fn algebra(g: &Graph, limits: Limits) -> (Graph, SaturationReport) {
     let choice = extract_simple(&l);
     let (out, _) = convert::to_graph(&l, &choice);
     (out, report)
+}
+
+/// Phase 2: kernels. Fusion under the target's cost model.
+pub fn kernels(
+    g: &Graph,
+    target: &'static Target,
+    symbols: &HashMap<String, u64>,
+    limits: Limits,
+) -> (Plan, SaturationReport) {
+    let mut l = convert::load(g, true);
+    let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
+    let (eg, report) = saturate(eg, rules::fusion::RULES, limits);
+    l.egraph = eg;
+    let sizes = Sizes {
+        target,
+        symbols: symbols.clone(),
+    };
+    let ex = extract::extract(&l.egraph, &sizes);
+    (plan::build(&l, &ex, target), report)
+}
+
+/// Everything the optimizer did.
+#[derive(Debug)]
+pub struct Optimized {
+    /// The graph after algebra (before kernel formation).
+    pub graph: Graph,
+    pub plan: Plan,
+    pub algebra: SaturationReport,
+    pub fusion: SaturationReport,
+}
+
+/// Runs the whole optimizer for a target.
+pub fn optimize(
+    g: &Graph,
+    target: &'static Target,
+    symbols: &HashMap<String, u64>,
+    limits: Limits,
+) -> Optimized {
+    let (graph, algebra_report) = algebra(g, limits);
+    let (plan, fusion) = kernels(&graph, target, symbols, limits);
+    Optimized {
+        graph,
+        plan,
+        algebra: algebra_report,
+        fusion,
+    }
 }

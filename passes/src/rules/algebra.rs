@@ -199,8 +199,11 @@ fn view_identity(eg: &KGraph, n: &KNode) -> Option<Rhs> {
         o,
         Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Expand { .. }
     );
+    if !is_view {
+        return None;
+    }
     let (out, x) = (&eg[eg.lookup(n.clone())?].data.ty, ty(eg, n.args[0]));
-    (is_view && out.shape == x.shape && out.dtype == x.dtype).then(|| Rhs::Class(n.args[0]))
+    (out.shape == x.shape && out.dtype == x.dtype).then(|| Rhs::Class(n.args[0]))
 }
 
 fn unary_transpose_sink(eg: &KGraph, n: &KNode) -> Option<Rhs> {

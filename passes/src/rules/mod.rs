@@ -9,6 +9,7 @@
 pub mod algebra;
 #[cfg(test)]
 pub mod check;
+pub mod fusion;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,214 @@
+//! The roofline cost model: one table of figures per target, and the work
+//! of each op (bytes and arithmetic by unit). A kernel's time is its launch
+//! cost plus the larger of its memory time (bytes read and written over the
+//! bandwidth) and its compute time (each unit's work over its peak).
+
+use std::collections::HashMap;
+
+use kiln_dialect::ops::{Op, OpClass};
+use kiln_dialect::{DType, Dim, Shape, TensorType};
+
+/// A target's figures.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: &'static str,
+    /// Memory bandwidth, bytes per second (bytes read plus bytes written).
+    pub bandwidth: f64,
+    /// Dense tensor-core (or wide SIMD) throughput for 16-bit floats, FLOP/s.
+    pub matmul_f16: f64,
+    /// The same for f32 inputs (TF32 tensor cores on GPUs).
+    pub matmul_f32: f64,
+    /// The same for 8-bit inputs (int8 or fp8), op/s.
+    pub matmul_i8: f64,
+    /// Plain fused multiply-add throughput (CUDA cores / SIMD), FLOP/s.
+    pub fma: f64,
+    /// Transcendental throughput (exp, tanh, erf), op/s.
+    pub special: f64,
+    /// Cost of one kernel launch, seconds.
+    pub launch: f64,
+    /// The size assumed for a symbolic dim that no binding gives.
+    pub default_symbol: u64,
+}
+
+/// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
+/// TFLOP/s bf16 measured (cuBLAS), about 1000 TOPS fp8/int8 dense.
+pub static SM90: Target = Target {
+    name: "sm_90",
+    bandwidth: 2.9e12,
+    matmul_f16: 750e12,
+    matmul_f32: 370e12,
+    matmul_i8: 900e12,
+    fma: 60e12,
+    special: 4e12,
+    launch: 2.5e-6,
+    default_symbol: 512,
+};
+
+/// An A100-class GPU (sm_80): mma.sync only.
+pub static SM80: Target = Target {
+    name: "sm_80",
+    bandwidth: 1.9e12,
+    matmul_f16: 280e12,
+    matmul_f32: 140e12,
+    matmul_i8: 560e12,
+    fma: 19e12,
+    special: 1.5e12,
+    launch: 3e-6,
+    default_symbol: 512,
+};
+
+/// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
+pub static CPU: Target = Target {
+    name: "cpu",
+    bandwidth: 15e9,
+    matmul_f16: 40e9,
+    matmul_f32: 40e9,
+    matmul_i8: 40e9,
+    fma: 40e9,
+    special: 4e9,
+    launch: 5e-6,
+    default_symbol: 64,
+};
+
+/// The target named `name` (`sm_90`, `sm_80`, `cpu`).
+pub fn target(name: &str) -> Option<&'static Target> {
+    [&SM90, &SM80, &CPU].into_iter().find(|t| t.name == name)
+}
+
+/// Concrete sizes for cost estimates: bound symbols, else the target's default.
+#[derive(Clone, Debug)]
+pub struct Sizes<'a> {
+    pub target: &'a Target,
+    pub symbols: HashMap<String, u64>,
+}
+
+impl Sizes<'_> {
+    pub fn dim(&self, d: &Dim) -> f64 {
+        match d {
+            Dim::Static(n) => *n as f64,
+            Dim::Sym(s) => self
+                .symbols
+                .get(s)
+                .copied()
+                .unwrap_or(self.target.default_symbol) as f64,
+        }
+    }
+
+    pub fn numel(&self, s: &Shape) -> f64 {
+        s.dims().iter().map(|d| self.dim(d)).product()
+    }
+
+    /// Bytes of a tensor in memory.
+    pub fn bytes(&self, t: &TensorType) -> f64 {
+        self.numel(&t.shape) * t.dtype.bits() as f64 / 8.0
+    }
+}
+
+fn is_special(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Exp
+            | Op::Log
+            | Op::Tanh
+            | Op::Sigmoid
+            | Op::Gelu { .. }
+            | Op::Silu
+            | Op::Softplus
+            | Op::Erf
+            | Op::Sin
+            | Op::Cos
+            | Op::Pow
+            | Op::Rsqrt
+            | Op::Sqrt
+            | Op::Div
+            | Op::Reciprocal
+            | Op::Rope { .. }
+    )
+}
+
+fn matmul_peak(t: &Target, dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 | DType::BF16 => t.matmul_f16,
+        DType::F32 | DType::F64 => t.matmul_f32,
+        DType::I8 | DType::U8 | DType::I32 | DType::F8E4M3 | DType::F8E5M2 => t.matmul_i8,
+        _ => t.fma,
+    }
+}
+
+/// Seconds of arithmetic for one op producing `out` from `ins`.
+pub fn compute_seconds(sz: &Sizes, op: &Op, ins: &[&TensorType], out: &TensorType) -> f64 {
+    let t = sz.target;
+    let n_out = sz.numel(&out.shape);
+    match op.class() {
+        OpClass::Source | OpClass::Movement => 0.0,
+        OpClass::Elementwise => {
+            if is_special(op) {
+                n_out / t.special + n_out / t.fma
+            } else {
+                n_out / t.fma
+            }
+        }
+        OpClass::Quant => 2.0 * n_out / t.fma,
+        OpClass::Reduce | OpClass::ChannelNorm | OpClass::RowNorm => {
+            let n_in = ins.first().map(|x| sz.numel(&x.shape)).unwrap_or(n_out);
+            let special = if let Op::Softmax { .. } | Op::LogSoftmax { .. } = op {
+                n_in / t.special
+            } else {
+                0.0
+            };
+            4.0 * n_in / t.fma + special
+        }
+        OpClass::Matmul => {
+            let a = ins[0];
+            // 2 * (output elements) * K
+            let k = match op {
+                Op::Matmul {
+                    transpose_a: true, ..
+                } => a
+                    .shape
+                    .dims()
+                    .get(a.rank().saturating_sub(2))
+                    .map(|d| sz.dim(d))
+                    .unwrap_or(1.0),
+                _ => a.shape.dims().last().map(|d| sz.dim(d)).unwrap_or(1.0),
+            };
+            2.0 * n_out * k / matmul_peak(t, a.dtype)
+        }
+        OpClass::Conv => {
+            let w = ins[1];
+            let per_out: f64 = w.shape.dims()[1..].iter().map(|d| sz.dim(d)).product();
+            let depthwise = sz.dim(&w.shape.dims()[1]) == 1.0;
+            let peak = if depthwise {
+                t.fma
+            } else {
+                matmul_peak(t, w.dtype)
+            };
+            2.0 * n_out * per_out / peak
+        }
+        OpClass::Attention => {
+            let (q, k) = (ins[0], ins[1]);
+            let skv = sz.dim(&k.shape.dims()[2]);
+            let d = sz.dim(&q.shape.dims()[3]);
+            let rows = sz.numel(&q.shape) / d;
+            let causal = if let Op::Attention { causal: true, .. } = op {
+                0.5
+            } else {
+                1.0
+            };
+            causal * (4.0 * rows * skv * d / matmul_peak(t, q.dtype) + rows * skv / t.special)
+        }
+        OpClass::Pool => {
+            let window = if let Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } = op {
+                kernel.iter().product::<i64>() as f64
+            } else {
+                1.0
+            };
+            n_out * window / t.fma
+        }
+    }
+}
+
+/// Time of a kernel that moves `bytes` and computes for `compute` seconds.
+pub fn kernel_seconds(t: &Target, bytes: f64, compute: f64) -> f64 {
+    t.launch + (bytes / t.bandwidth).max(compute)
+}

@@ -1,0 +1,515 @@
+//! Extraction with kernel kinds: the cheapest equal program whose every
+//! kernel has a shape the code generators can emit.
+//!
+//! Each e-class is priced in each [`Kind`] it can take: `Mem` (the value is
+//! in memory: a source, or a `mat` closing a kernel) or one of the kernel
+//! templates, meaning "computed inside the kernel of a consumer, as a tree
+//! of this kind". A node's legal kinds follow from its op class and its
+//! operands' kinds (an elementwise op extends a contraction as an epilogue;
+//! a contraction takes elementwise prologues; ...). Costs are the roofline
+//! times of the kernels closed below a node plus the estimate of the open
+//! one. A value in memory shared by several consumers is paid once: each of
+//! its `n` consumer classes is charged `1/n` of it (DAG-aware, in linear
+//! time), while a value fused into several kernels is paid in each
+//! (recompute).
+
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+
+use egg::Id;
+use kiln_dialect::ops::{Op, OpClass};
+
+use crate::cost::{Sizes, compute_seconds, kernel_seconds};
+use crate::egraph::analysis::KGraph;
+use crate::egraph::lang::{Head, KNode};
+
+/// The state a class is extracted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// In memory: a source, or the output of a kernel.
+    Mem,
+    /// An elementwise tree (with index-mapped loads for data movement).
+    Elem,
+    /// A row reduction (`softmax`, norms, `reduce_*`) with elementwise prologue and epilogue.
+    Row,
+    /// A matmul or convolution with elementwise prologues per operand and an epilogue.
+    Contract,
+    /// Fused attention with elementwise prologues (rope, scale) and an epilogue.
+    Attn,
+    /// A pooling window with prologue and epilogue.
+    Window,
+    /// A fused MobileNetV2 inverted bottleneck: 1x1 expand, depthwise, 1x1 project.
+    Block,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Mem,
+        Kind::Elem,
+        Kind::Row,
+        Kind::Contract,
+        Kind::Attn,
+        Kind::Window,
+        Kind::Block,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Mem => "mem",
+            Kind::Elem => "elementwise",
+            Kind::Row => "row-reduce",
+            Kind::Contract => "contraction",
+            Kind::Attn => "attention",
+            Kind::Window => "window",
+            Kind::Block => "conv-block",
+        }
+    }
+}
+
+/// The price of extracting a class in some kind.
+#[derive(Clone, Debug)]
+pub struct Cost {
+    /// Seconds of the kernels completed below (shared ones in part).
+    pub below: f64,
+    /// For an in-memory choice that closes a kernel: that kernel's seconds.
+    pub kernel: f64,
+    /// Classes the open kernel reads from memory.
+    pub reads: Rc<BTreeSet<Id>>,
+    /// Arithmetic seconds of the open kernel.
+    pub compute: f64,
+    /// Seconds of everything: completed kernels plus the open one as if closed.
+    pub total: f64,
+}
+
+/// The chosen node of a (class, kind), and the kind of each operand.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub node: KNode,
+    pub kinds: Vec<Kind>,
+    pub cost: Cost,
+}
+
+/// The extraction: the best choice per (class, kind).
+pub struct Extraction {
+    pub best: HashMap<(Id, Kind), Choice>,
+}
+
+struct Ctx<'a> {
+    eg: &'a KGraph,
+    sizes: &'a Sizes<'a>,
+    /// How many classes use each class as an operand.
+    fanout: HashMap<Id, usize>,
+}
+
+impl Ctx<'_> {
+    fn bytes(&self, c: Id) -> f64 {
+        self.sizes.bytes(&self.eg[c].data.ty)
+    }
+
+    fn estimate(&self, below: f64, reads: &BTreeSet<Id>, compute: f64) -> f64 {
+        let read_bytes: f64 = reads.iter().map(|&r| self.bytes(r)).sum();
+        let open = if reads.is_empty() && compute == 0.0 {
+            0.0
+        } else {
+            kernel_seconds(self.sizes.target, read_bytes, compute)
+        };
+        below + open
+    }
+}
+
+fn union_set(a: &Rc<BTreeSet<Id>>, b: &Rc<BTreeSet<Id>>) -> Rc<BTreeSet<Id>> {
+    if b.is_empty() || Rc::ptr_eq(a, b) {
+        return a.clone();
+    }
+    if a.is_empty() {
+        return b.clone();
+    }
+    let mut s = (**a).clone();
+    s.extend(b.iter().copied());
+    Rc::new(s)
+}
+
+/// The kinds an op node can have given the kinds of its unmaterialized
+/// operands: for each target kind, which operand kinds are allowed.
+fn op_kind(op: &Op) -> Kind {
+    match op.class() {
+        OpClass::Source => Kind::Mem,
+        OpClass::Elementwise | OpClass::Movement | OpClass::Quant => Kind::Elem,
+        OpClass::ChannelNorm => {
+            if let Op::BatchNorm { .. } = op {
+                Kind::Elem
+            } else {
+                Kind::Row
+            }
+        }
+        OpClass::Reduce | OpClass::RowNorm => Kind::Row,
+        OpClass::Matmul | OpClass::Conv => Kind::Contract,
+        OpClass::Attention => Kind::Attn,
+        OpClass::Pool => Kind::Window,
+    }
+}
+
+/// Ops that may extend a kernel as its epilogue: elementwise arithmetic and
+/// views (the store is index-mapped).
+fn epilogue_ok(op: &Op) -> bool {
+    match op.class() {
+        OpClass::Elementwise | OpClass::Quant => true,
+        OpClass::Movement => matches!(
+            op,
+            Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Transpose { .. }
+        ),
+        OpClass::ChannelNorm => matches!(op, Op::BatchNorm { .. }),
+        OpClass::Source
+        | OpClass::Reduce
+        | OpClass::RowNorm
+        | OpClass::Matmul
+        | OpClass::Conv
+        | OpClass::Attention
+        | OpClass::Pool => false,
+    }
+}
+
+fn is_conv(eg: &KGraph, c: Id, depthwise: bool) -> bool {
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            if let Op::Conv2d { groups, .. } = &eg.analysis.ops.get(id).op {
+                let w = &eg[n.args[1]].data.ty;
+                let pointwise = w.shape.dims()[2..].iter().all(|d| d.as_static() == Some(1));
+                if depthwise {
+                    *groups > 1 && w.shape.dims()[1].as_static() == Some(1)
+                } else {
+                    pointwise && *groups == 1
+                }
+            } else {
+                false
+            }
+        }
+        Head::Mat => false,
+    })
+}
+
+/// Whether the value class computes a row norm over its last axis (the
+/// norms that may run as a matmul prologue).
+fn is_last_axis_norm(eg: &KGraph, c: Id) -> bool {
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            if let Op::LayerNorm { axis, .. } | Op::RmsNorm { axis, .. } =
+                &eg.analysis.ops.get(id).op
+            {
+                *axis == -1 || *axis == eg[c].data.ty.rank() as i64 - 1
+            } else {
+                false
+            }
+        }
+        Head::Mat => false,
+    })
+}
+
+/// How many times a prologue on operand `i` of a contraction is recomputed
+/// (once per tile of the other operand's free dimension).
+fn recompute_factor(ctx: &Ctx, op: &Op, node: &KNode, i: usize, out: Id) -> f64 {
+    let tile = 128.0;
+    let t = &ctx.eg[out].data.ty;
+    let dims = t.shape.dims();
+    let d = |k: usize| {
+        dims.get(dims.len().wrapping_sub(k))
+            .map(|d| ctx.sizes.dim(d))
+            .unwrap_or(1.0)
+    };
+    match op.class() {
+        OpClass::Matmul => {
+            if i == 0 {
+                (d(1) / tile).ceil().max(1.0)
+            } else {
+                (d(2) / tile).ceil().max(1.0)
+            }
+        }
+        OpClass::Attention => {
+            if i == 0 {
+                1.0
+            } else {
+                let q = &ctx.eg[node.args[0]].data.ty;
+                (ctx.sizes.dim(&q.shape.dims()[2]) / tile).ceil().max(1.0)
+            }
+        }
+        OpClass::Conv => {
+            if i == 0 {
+                1.0
+            } else {
+                let n = ctx.sizes.dim(&dims[0]) * ctx.sizes.dim(&dims[2]) * ctx.sizes.dim(&dims[3]);
+                (n / tile).ceil().max(1.0)
+            }
+        }
+        OpClass::Source
+        | OpClass::Elementwise
+        | OpClass::Movement
+        | OpClass::Quant
+        | OpClass::Reduce
+        | OpClass::RowNorm
+        | OpClass::ChannelNorm
+        | OpClass::Pool => 1.0,
+    }
+}
+
+/// Runs the extraction to a fixed point.
+pub fn extract(eg: &KGraph, sizes: &Sizes) -> Extraction {
+    let mut parents: HashMap<Id, BTreeSet<Id>> = HashMap::new();
+    for c in eg.classes() {
+        for n in &c.nodes {
+            for a in &n.args {
+                parents.entry(eg.find(*a)).or_default().insert(c.id);
+            }
+        }
+    }
+    let fanout = parents.into_iter().map(|(k, v)| (k, v.len())).collect();
+    let ctx = Ctx { eg, sizes, fanout };
+    let mut best: HashMap<(Id, Kind), Choice> = HashMap::new();
+    // Classes are numbered as they were added, operands first, so one pass in
+    // id order settles most of the graph; further passes settle cycles and
+    // the nodes that rules added later.
+    let mut classes: Vec<Id> = eg.classes().map(|c| c.id).collect();
+    classes.sort();
+    for _pass in 0..1000 {
+        let mut changed = false;
+        for &c in &classes {
+            for node in &eg[c].nodes {
+                for (kind, choice) in candidates(&ctx, &best, c, node) {
+                    let better = best
+                        .get(&(c, kind))
+                        .is_none_or(|b| choice.cost.total < b.cost.total - 1e-15);
+                    if better {
+                        best.insert((c, kind), choice);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Extraction { best }
+}
+
+/// Every (kind, choice) a node offers, given the current best operands.
+fn candidates(
+    ctx: &Ctx,
+    best: &HashMap<(Id, Kind), Choice>,
+    c: Id,
+    node: &KNode,
+) -> Vec<(Kind, Choice)> {
+    let eg = ctx.eg;
+    match node.head {
+        Head::Mat => {
+            // close the cheapest open kernel of the value
+            let v = eg.find(node.args[0]);
+            let mut out: Option<Choice> = None;
+            for k in Kind::ALL {
+                if k == Kind::Mem {
+                    continue;
+                }
+                let Some(ch) = best.get(&(v, k)) else {
+                    continue;
+                };
+                let free = eg[v].data.weight_only;
+                let read_bytes: f64 = ch.cost.reads.iter().map(|&r| ctx.bytes(r)).sum();
+                let secs = if free {
+                    0.0
+                } else {
+                    kernel_seconds(ctx.sizes.target, read_bytes + ctx.bytes(v), ch.cost.compute)
+                };
+                let total = ch.cost.below + secs;
+                let cost = Cost {
+                    below: ch.cost.below,
+                    kernel: secs,
+                    reads: Rc::new(BTreeSet::new()),
+                    compute: 0.0,
+                    total,
+                };
+                if out.as_ref().is_none_or(|o| cost.total < o.cost.total) {
+                    out = Some(Choice {
+                        node: node.clone(),
+                        kinds: vec![k],
+                        cost,
+                    });
+                }
+            }
+            out.map(|ch| vec![(Kind::Mem, ch)]).unwrap_or_default()
+        }
+        Head::Op(id) => {
+            let op = &eg.analysis.ops.get(id).op;
+            if let OpClass::Source = op.class() {
+                let cost = Cost {
+                    below: 0.0,
+                    kernel: 0.0,
+                    reads: Rc::default(),
+                    compute: 0.0,
+                    total: 0.0,
+                };
+                return vec![(
+                    Kind::Mem,
+                    Choice {
+                        node: node.clone(),
+                        kinds: vec![],
+                        cost,
+                    },
+                )];
+            }
+            let ins: Vec<&kiln_dialect::TensorType> =
+                node.args.iter().map(|a| &eg[*a].data.ty).collect();
+            let own = if eg[c].data.weight_only {
+                0.0
+            } else {
+                compute_seconds(ctx.sizes, op, &ins, &eg[c].data.ty)
+            };
+            let native = op_kind(op);
+            let mut out = Vec::new();
+            // Target kinds: the op's own kind, and (for epilogue ops) the kind
+            // of one operand it extends.
+            let mut targets = vec![native];
+            if epilogue_ok(op) {
+                targets.extend([
+                    Kind::Row,
+                    Kind::Contract,
+                    Kind::Attn,
+                    Kind::Window,
+                    Kind::Block,
+                ]);
+            }
+            if let OpClass::Conv = op.class() {
+                targets.push(Kind::Block);
+            }
+            for target in targets {
+                if let Some(ch) = combine(ctx, best, c, node, op, native, target, own) {
+                    out.push((target, ch));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The operand kinds allowed for operand `i` when the node is extracted in
+/// `target` (Mem is always allowed: a load).
+#[allow(clippy::too_many_arguments)]
+fn combine(
+    ctx: &Ctx,
+    best: &HashMap<(Id, Kind), Choice>,
+    c: Id,
+    node: &KNode,
+    op: &Op,
+    native: Kind,
+    target: Kind,
+    own: f64,
+) -> Option<Choice> {
+    let eg = ctx.eg;
+    let n = node.args.len();
+    // which operand carries a non-elementwise kind into this node (for epilogues and special prologues)
+    let carriers: Vec<Option<usize>> = if target == native {
+        // a matmul may also take a row norm over its first operand as prologue
+        if native == Kind::Contract && matches!(op, Op::Matmul { .. }) {
+            vec![None, Some(0)]
+        } else {
+            vec![None]
+        }
+    } else {
+        (0..n).map(Some).collect()
+    };
+    let mut best_choice: Option<Choice> = None;
+    for carrier in carriers {
+        let mut kinds = Vec::with_capacity(n);
+        let mut below = 0.0;
+        let mut reads: Rc<BTreeSet<Id>> = Rc::default();
+        let mut compute = own;
+        let mut ok = true;
+        for (i, a) in node.args.iter().enumerate() {
+            let a = eg.find(*a);
+            // allowed non-Mem kinds for this operand
+            let allowed: Vec<Kind> = if Some(i) == carrier {
+                match (native, target) {
+                    (Kind::Elem, t) if t != Kind::Elem => {
+                        // epilogue: the carried kernel's output must be this node's iteration space
+                        let same = ctx.sizes.numel(&eg[a].data.ty.shape)
+                            == ctx.sizes.numel(&eg[c].data.ty.shape);
+                        if same { vec![t] } else { vec![] }
+                    }
+                    (Kind::Contract, Kind::Contract) if i == 0 && is_last_axis_norm(eg, a) => {
+                        vec![Kind::Row]
+                    }
+                    (Kind::Contract, Kind::Block) if i == 0 => {
+                        // depthwise over a 1x1 expansion, or a 1x1 projection over the depthwise stage
+                        if is_conv(eg, c, true) && !is_conv(eg, a, true) {
+                            vec![Kind::Contract]
+                        } else if is_conv(eg, c, false) {
+                            vec![Kind::Block]
+                        } else {
+                            vec![]
+                        }
+                    }
+                    _ => vec![],
+                }
+            } else {
+                vec![Kind::Elem]
+            };
+            // pick the cheapest: the value in memory, or one allowed open kind
+            let mut pick: Option<(Kind, &Choice, f64)> = None;
+            if let Some(m) = best.get(&(a, Kind::Mem)) {
+                pick = Some((Kind::Mem, m, m.cost.total));
+            }
+            let factor = recompute_factor(ctx, op, node, i, c);
+            for k in &allowed {
+                if let Some(ch) = best.get(&(a, *k)) {
+                    let extra = ch.cost.compute * (factor - 1.0);
+                    let t = ch.cost.total + extra;
+                    if pick.is_none_or(|(_, _, pt)| t < pt) {
+                        pick = Some((*k, ch, t));
+                    }
+                }
+            }
+            // the carrier must really carry its kind
+            if Some(i) == carrier
+                && target != native
+                && !pick.is_some_and(|(k, _, _)| {
+                    k == target || (target == Kind::Block && k != Kind::Mem)
+                })
+            {
+                ok = false;
+                break;
+            }
+            let Some((k, ch, _)) = pick else {
+                ok = false;
+                break;
+            };
+            kinds.push(k);
+            if k == Kind::Mem {
+                below += ch.cost.total / ctx.fanout.get(&a).copied().unwrap_or(1).max(1) as f64;
+                let mut s = (*reads).clone();
+                s.insert(a);
+                reads = Rc::new(s);
+            } else {
+                below += ch.cost.below;
+                reads = union_set(&reads, &ch.cost.reads);
+                compute += ch.cost.compute * factor;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let total = ctx.estimate(below, &reads, compute);
+        let ch = Choice {
+            node: node.clone(),
+            kinds,
+            cost: Cost {
+                below,
+                kernel: 0.0,
+                reads,
+                compute,
+                total,
+            },
+        };
+        if best_choice.as_ref().is_none_or(|b| total < b.cost.total) {
+            best_choice = Some(ch);
+        }
+    }
+    best_choice
+}
