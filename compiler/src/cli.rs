@@ -142,6 +142,16 @@ fn parse_dim(s: &str) -> Result<(String, usize), String> {
     Ok((k.to_string(), n))
 }
 
+/// Handles a failed write to stdout: a closed pipe ends the program with
+/// success (the reader has what it wanted); anything else is an error.
+pub fn stdout_failed(e: std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -175,7 +185,14 @@ pub fn main() -> i32 {
 fn execute(cmd: Command) -> Result<(), KilnError> {
     match cmd {
         Command::Check { model: path, print } => check(&path, print),
-        Command::Compile { model: path, emit, emit_dir, timings, target, dims } => {
+        Command::Compile {
+            model: path,
+            emit,
+            emit_dir,
+            timings,
+            target,
+            dims,
+        } => {
             let opts = pipeline::Options {
                 target: target.target(),
                 dims: dims.into_iter().map(|(k, v)| (k, v as u64)).collect(),
@@ -184,7 +201,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             let c = pipeline::compile(&path, &emit, &opts)?;
             pipeline::write_emitted(&c, emit_dir.as_deref())?;
             if emit.is_empty() {
-                println!(
+                crate::outln!(
                     "{}: compiled `{}` for {}: {} kernel(s), {:.3} us estimated",
                     path.display(),
                     c.graph.name,
@@ -248,23 +265,23 @@ fn check(path: &Path, print: bool) -> Result<(), KilnError> {
     let m = model::load(path)?;
     let g = &m.graph;
     if print {
-        print!("{}", kiln_dialect::text::print(g));
+        crate::out!("{}", kiln_dialect::text::print(g));
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{}: graph `{}` is well formed ({} nodes)",
         path.display(),
         g.name,
         g.node_count()
     );
     for v in g.inputs() {
-        println!("  input  {}: {}", g.value_name(v), g.value_type(v));
+        crate::outln!("  input  {}: {}", g.value_name(v), g.value_type(v));
     }
     for v in g.weights() {
-        println!("  weight {}: {}", g.value_name(v), g.value_type(v));
+        crate::outln!("  weight {}: {}", g.value_name(v), g.value_type(v));
     }
     for o in g.outputs() {
-        println!("  output {}: {}", o.name, g.value_type(o.value));
+        crate::outln!("  output {}: {}", o.name, g.value_type(o.value));
     }
     Ok(())
 }
@@ -289,7 +306,7 @@ fn run(
         })?;
     }
     for (name, t) in &outputs {
-        println!("{}", data::summary(name, t));
+        crate::outln!("{}", data::summary(name, t));
         if let Some(dir) = output_dir {
             let t = if keep_dtype || !t.dtype.is_float() {
                 t.clone()

@@ -4,6 +4,29 @@
 //! graph IR text (`.kir`); [`pipeline`] runs the stages. The ONNX importer,
 //! the optimizer and the backends join the same pipeline as they land.
 
+/// Writes to stdout; when the reader has gone away (`kiln ... | head`),
+/// exits quietly instead of failing.
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
+/// [`out!`] with a newline.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
 pub mod cli;
 pub mod data;
 pub mod error;

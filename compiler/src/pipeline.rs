@@ -81,7 +81,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { target: &kiln_passes::cost::SM90, dims: HashMap::new(), limits: Limits::default() }
+        Options {
+            target: &kiln_passes::cost::SM90,
+            dims: HashMap::new(),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -130,7 +134,14 @@ pub fn compile(path: &Path, emit: &[Stage], opts: &Options) -> Result<Compilatio
     if emit.contains(&Stage::Plan) {
         emitted.push((Stage::Plan, plan.to_text()));
     }
-    Ok(Compilation { emitted, timings, graph: g, plan, algebra, fusion })
+    Ok(Compilation {
+        emitted,
+        timings,
+        graph: g,
+        plan,
+        algebra,
+        fusion,
+    })
 }
 
 /// Writes emitted stages to stdout (with a header per stage when there are
@@ -154,9 +165,9 @@ pub fn write_emitted(c: &Compilation, dir: Option<&Path>) -> Result<(), KilnErro
             let many = c.emitted.len() > 1;
             for (stage, text) in &c.emitted {
                 if many {
-                    println!("// ---- {} ----", stage.name());
+                    crate::outln!("// ---- {} ----", stage.name());
                 }
-                print!("{text}");
+                crate::out!("{text}");
             }
         }
     }

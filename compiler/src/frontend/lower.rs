@@ -192,7 +192,9 @@ impl<'a> Lowerer<'a> {
                     );
                     return Returned::Nothing;
                 }
-                let Some(mut t) = self.tensor_type(ty, scopes) else {
+                let Some(mut t) = self.tensor_type(ty, scopes, true) else {
+                    // bound anyway, so its uses do not report it again
+                    self.bind_new(scopes, name, Val::Poison);
                     return Returned::Nothing;
                 };
                 for m in mods {
@@ -282,7 +284,7 @@ impl<'a> Lowerer<'a> {
                     return Returned::Nothing;
                 };
                 if let Some(te) = ty
-                    && let Some(want) = self.tensor_type(te, scopes)
+                    && let Some(want) = self.tensor_type(te, scopes, false)
                     && &want != self.g.value_type(t)
                 {
                     let found = self.g.value_type(t).clone();
@@ -322,6 +324,7 @@ impl<'a> Lowerer<'a> {
             Stmt::Assign { names, value, .. } => {
                 let v = self.expr(value, scopes, frame);
                 for (n, v) in self.destructure(names, v, value.span) {
+                    self.name_value(&v, &join(&frame.prefix, &n.name));
                     match scopes
                         .iter_mut()
                         .rev()
@@ -488,7 +491,15 @@ impl<'a> Lowerer<'a> {
 
     // ---- declarations --------------------------------------------------
 
-    fn tensor_type(&mut self, te: &TypeExpr, scopes: &[Scope]) -> Option<TensorType> {
+    /// A declared type. Only a model `input` may introduce a new symbolic
+    /// dim (`new_symbols`); elsewhere a name that is not a constant must be a
+    /// symbol the inputs introduced, so a misspelt constant is an error.
+    fn tensor_type(
+        &mut self,
+        te: &TypeExpr,
+        scopes: &[Scope],
+        new_symbols: bool,
+    ) -> Option<TensorType> {
         let Some(dtype) = dtype_named(&te.dtype.name) else {
             let hint = closest(&te.dtype.name, all_dtype_names())
                 .map(|s| format!("did you mean `{s}`?"))
@@ -504,6 +515,27 @@ impl<'a> Lowerer<'a> {
         for d in &te.dims {
             match &d.kind {
                 ExprKind::Name(n) if self.lookup(n, scopes).is_none() => {
+                    if !self.symbols.contains(n) {
+                        let mut known: Vec<String> = self.globals.keys().cloned().collect();
+                        known.extend(scopes.iter().flat_map(|s| s.vars.keys().cloned()));
+                        known.extend(self.symbols.iter().cloned());
+                        let near = closest(n, known.iter().map(String::as_str)).map(str::to_string);
+                        let typo = n.chars().count() >= 3
+                            && near
+                                .as_ref()
+                                .is_some_and(|k| strsim::osa_distance(k, n) <= 1);
+                        if !new_symbols || typo {
+                            let hint = near
+                                .map(|k| format!("did you mean `{k}`? "))
+                                .unwrap_or_default();
+                            self.error(
+                                d.span,
+                                format!("unknown size `{n}`"),
+                                format!("{hint}a size is a number, a constant, or a symbol that a model input introduces"),
+                            );
+                            return None;
+                        }
+                    }
                     self.symbols.insert(n.clone());
                     dims.push(Dim::Sym(n.clone()));
                 }
@@ -535,7 +567,7 @@ impl<'a> Lowerer<'a> {
         span: Span,
         scopes: &[Scope],
     ) -> Val {
-        let Some(mut t) = self.tensor_type(te, scopes) else {
+        let Some(mut t) = self.tensor_type(te, scopes, false) else {
             return Val::Poison;
         };
         let q = match self.modifiers(mods, &mut t, te) {
@@ -1600,7 +1632,7 @@ impl<'a> Lowerer<'a> {
                     return Val::Poison;
                 };
                 let found = self.g.value_type(t).clone();
-                if let Some(want) = self.tensor_type(te, &[])
+                if let Some(want) = self.tensor_type(te, &[], true)
                     && !type_matches(&want, &found)
                 {
                     self.error(
