@@ -29,18 +29,23 @@ pub struct Checked {
 
 /// Applies `rule` to the node computing `src`'s single output (the graph
 /// must contain the rule's left-hand side there) and compares both sides on
-/// random inputs drawn from `seed`. Symbolic dims are bound to 3.
-pub fn check_rule(rule: &Rule, src: &str, seed: u64) -> Result<Checked, String> {
+/// random inputs drawn from `seed`. Symbolic dims are bound to 3. With
+/// `mats`, the graph is loaded as for kernel formation (every use through
+/// `mat`), for the fusion rules.
+pub fn check_rule(rule: &Rule, src: &str, seed: u64, mats: bool) -> Result<Checked, String> {
     let g = kiln_dialect::text::parse(src).map_err(|e| e.to_string())?;
     verify(&g).map_err(|e| format!("{e:?}"))?;
-    let l = convert::load(&g, false);
-    let out = l.egraph.find(l.outputs[0].1);
+    let l = convert::load(&g, mats);
+    let mut out = l.egraph.find(l.outputs[0].1);
     // every class of a freshly loaded graph has exactly one node
     let choice: HashMap<Id, KNode> = l
         .egraph
         .classes()
         .map(|c| (c.id, c.nodes[0].clone()))
         .collect();
+    if is_mat(&choice[&out]) {
+        out = l.egraph.find(choice[&out].args[0]);
+    }
     let node = choice[&out].clone();
     let rhs = (rule.apply)(&l.egraph, &node).ok_or_else(|| {
         format!(

@@ -3,7 +3,7 @@
 //! fails `every_rule_has_a_sample`.
 
 use super::check::check_rule;
-use super::{Rule, algebra};
+use super::{Rule, algebra, fusion};
 
 /// (rule name, a graph whose output is the rule's left-hand side, relative tolerance)
 const SAMPLES: &[(&str, &str, f64)] = &[
@@ -228,18 +228,78 @@ const SAMPLES: &[(&str, &str, f64)] = &[
     ),
 ];
 
+/// Fusion rules apply to graphs loaded with `mat` boundaries.
+const FUSION_SAMPLES: &[(&str, &str)] = &[
+    (
+        "fuse-elementwise",
+        "graph t {
+  input %x: f32[4, 5]
+  %a: f32[4, 5] = exp(%x)
+  %b: f32[4, 5] = mul(%a, %x)
+  output y = %b
+}
+",
+    ),
+    (
+        "fuse-epilogue",
+        "graph t {
+  input %x: f32[3, 8]
+  weight %w: f32[8, 5]
+  weight %b: f32[5]
+  %m: f32[3, 5] = matmul(%x, %w)
+  %c: f32[3, 5] = add(%m, %b)
+  output y = %c
+}
+",
+    ),
+    (
+        "fuse-prologue",
+        "graph t {
+  input %x: bf16[3, 64]
+  weight %q: i4[64, 8] quant<group(32, axis = 0), scale = bf16>
+  weight %s: bf16[2, 8]
+  %w: bf16[64, 8] = dequantize(%q, %s) {dtype = bf16}
+  %c: bf16[3, 8] = matmul(%x, %w)
+  output y = %c
+}
+",
+    ),
+    (
+        "fuse-norm-prologue",
+        "graph t {
+  input %x: f32[3, 16]
+  weight %g: f32[16]
+  weight %w: f32[16, 4]
+  %n: f32[3, 16] = rms_norm(%x, %g)
+  %c: f32[3, 4] = matmul(%n, %w)
+  output y = %c
+}
+",
+    ),
+    (
+        "fuse-conv-chain",
+        "graph t {
+  input %x: f32[1, 4, 6, 6]
+  weight %we: f32[8, 4, 1, 1]
+  weight %wd: f32[8, 1, 3, 3]
+  %e: f32[1, 8, 6, 6] = conv2d(%x, %we)
+  %d: f32[1, 8, 6, 6] = conv2d(%e, %wd) {padding = [1, 1, 1, 1], groups = 8}
+  output y = %d
+}
+",
+    ),
+];
+
 fn all_rules() -> Vec<&'static Rule> {
-    algebra::RULES.iter().collect()
+    algebra::RULES.iter().chain(fusion::RULES).collect()
 }
 
 #[test]
 fn every_rule_has_a_sample() {
     for r in all_rules() {
-        assert!(
-            SAMPLES.iter().any(|(n, _, _)| *n == r.name),
-            "rule `{}` has no sample in rules/tests.rs",
-            r.name
-        );
+        let sampled = SAMPLES.iter().any(|(n, _, _)| *n == r.name)
+            || FUSION_SAMPLES.iter().any(|(n, _)| *n == r.name);
+        assert!(sampled, "rule `{}` has no sample in rules/tests.rs", r.name);
     }
     let mut names: Vec<_> = all_rules().iter().map(|r| r.name).collect();
     names.sort();
@@ -260,13 +320,28 @@ fn every_rule_is_an_identity_on_random_inputs() {
             .iter()
             .find(|r| r.name == *name)
             .unwrap_or_else(|| panic!("no rule `{name}`"));
-        match check_rule(rule, src, seed.wrapping_add(i as u64)) {
+        match check_rule(rule, src, seed.wrapping_add(i as u64), false) {
             Ok(c) if c.max_rel_diff <= *tol => {}
             Ok(c) => failures.push(format!(
                 "{name} (sample {i}): relative difference {} > {tol} (seed {})",
                 c.max_rel_diff, c.seed
             )),
             Err(e) => failures.push(format!("{name} (sample {i}): {e}")),
+        }
+    }
+    for (i, (name, src)) in FUSION_SAMPLES.iter().enumerate() {
+        let rule = rules
+            .iter()
+            .find(|r| r.name == *name)
+            .unwrap_or_else(|| panic!("no rule `{name}`"));
+        // `mat` is the identity on values, so both sides are exactly equal
+        match check_rule(rule, src, seed.wrapping_add(100 + i as u64), true) {
+            Ok(c) if c.max_rel_diff == 0.0 => {}
+            Ok(c) => failures.push(format!(
+                "{name}: relative difference {} (seed {})",
+                c.max_rel_diff, c.seed
+            )),
+            Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
