@@ -216,6 +216,15 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                         "{phase:>24}: {} iterations, {} e-nodes, {} e-classes, stopped: {}",
                         r.iterations, r.nodes, r.classes, r.stop_reason
                     );
+                    for (rule, n, t) in &r.rules {
+                        if *n > 0 {
+                            eprintln!(
+                                "{:>24}  {rule}: {n} ({:.3} ms searching)",
+                                "",
+                                t.as_secs_f64() * 1e3
+                            );
+                        }
+                    }
                 }
                 for (stage, d) in &c.timings {
                     eprintln!("{stage:>24}: {:.3} ms", d.as_secs_f64() * 1e3);

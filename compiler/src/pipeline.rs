@@ -123,13 +123,15 @@ pub fn compile(path: &Path, emit: &[Stage], opts: &Options) -> Result<Compilatio
         );
     }
     let t = Instant::now();
-    let (g, algebra) = optimize::algebra(&g, opts.limits);
-    timings.push(("algebra", t.elapsed()));
+    let rewritten = optimize::rewrite(&g, opts.limits);
+    let algebra = rewritten.report.clone();
+    let g = rewritten.graph();
+    timings.push(("rewrites", t.elapsed()));
     if emit.contains(&Stage::GraphOpt) {
         emitted.push((Stage::GraphOpt, kiln_dialect::text::print(&g)));
     }
     let t = Instant::now();
-    let (plan, fusion) = optimize::kernels(&g, opts.target, &opts.dims, opts.limits);
+    let (plan, fusion) = optimize::kernels(&rewritten, opts.target, &opts.dims, opts.limits);
     timings.push(("kernels", t.elapsed()));
     if emit.contains(&Stage::Plan) {
         emitted.push((Stage::Plan, plan.to_text()));

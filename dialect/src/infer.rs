@@ -488,6 +488,16 @@ pub fn infer(
             one(x.plain())
         }
 
+        Op::Relayout { layout } => {
+            let x = cx.ty(0);
+            layout
+                .check_rank(x.rank())
+                .map_err(|m| cx.attr("layout", m))?;
+            one(TensorType {
+                layout: layout.clone(),
+                ..x.clone()
+            })
+        }
         Op::Quantize { dtype, scheme } => {
             let x = cx.float(0)?;
             scheme

@@ -28,6 +28,12 @@ pub struct Target {
     pub launch: f64,
     /// The size assumed for a symbolic dim that no binding gives.
     pub default_symbol: u64,
+    /// Extra traffic, as a fraction of its bytes, when a contraction reads a
+    /// weight in plain row-major order instead of its packed fragment order.
+    pub unpacked_weight: f64,
+    /// Extra traffic, as a fraction of its bytes, when a convolution reads
+    /// activations in NCHW instead of channels-last.
+    pub nchw_conv: f64,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -42,6 +48,8 @@ pub static SM90: Target = Target {
     special: 4e12,
     launch: 2.5e-6,
     default_symbol: 512,
+    unpacked_weight: 0.25,
+    nchw_conv: 0.5,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -55,6 +63,8 @@ pub static SM80: Target = Target {
     special: 1.5e12,
     launch: 3e-6,
     default_symbol: 512,
+    unpacked_weight: 0.25,
+    nchw_conv: 0.5,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -68,6 +78,8 @@ pub static CPU: Target = Target {
     special: 4e9,
     launch: 5e-6,
     default_symbol: 64,
+    unpacked_weight: 0.15,
+    nchw_conv: 0.3,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

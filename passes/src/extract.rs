@@ -8,12 +8,12 @@
 //! operands' kinds (an elementwise op extends a contraction as an epilogue;
 //! a contraction takes elementwise prologues; ...). Costs are the roofline
 //! times of the kernels closed below a node plus the estimate of the open
-//! one. A value in memory shared by several consumers is paid once: each of
-//! its `n` consumer classes is charged `1/n` of it (DAG-aware, in linear
-//! time), while a value fused into several kernels is paid in each
-//! (recompute).
+//! one. Each choice carries the set of kernels (in-memory classes) it
+//! needs, so a kernel read by several consumers is counted once (the cost
+//! of a DAG, greedily), while a value fused into several kernels is paid in
+//! each (recompute).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
 use egg::Id;
@@ -69,15 +69,25 @@ impl Kind {
 /// The price of extracting a class in some kind.
 #[derive(Clone, Debug)]
 pub struct Cost {
-    /// Seconds of the kernels completed below (shared ones in part).
-    pub below: f64,
+    /// The in-memory classes whose kernels this choice needs (itself
+    /// included, for a choice that closes a kernel), sorted: the cost of a
+    /// DAG counts each kernel once, however many consumers read it.
+    pub kernels: Rc<Vec<Id>>,
     /// For an in-memory choice that closes a kernel: that kernel's seconds.
     pub kernel: f64,
     /// Classes the open kernel reads from memory.
     pub reads: Rc<BTreeSet<Id>>,
     /// Arithmetic seconds of the open kernel.
     pub compute: f64,
-    /// Seconds of everything: completed kernels plus the open one as if closed.
+    /// Extra bytes the open kernel moves for reading operands in a layout
+    /// it handles poorly.
+    pub extra: f64,
+    /// How many weight-only values the open kernel recomputes from the
+    /// original weights instead of reading their bind-time form: a
+    /// tie-breaker, so transforms the rules chose (packing) are used.
+    pub rebind: u32,
+    /// Seconds of everything: the kernels needed plus the open one as if
+    /// closed.
     pub total: f64,
 }
 
@@ -97,8 +107,6 @@ pub struct Extraction {
 struct Ctx<'a> {
     eg: &'a KGraph,
     sizes: &'a Sizes<'a>,
-    /// How many classes use each class as an operand.
-    fanout: HashMap<Id, usize>,
 }
 
 impl Ctx<'_> {
@@ -106,14 +114,53 @@ impl Ctx<'_> {
         self.sizes.bytes(&self.eg[c].data.ty)
     }
 
-    fn estimate(&self, below: f64, reads: &BTreeSet<Id>, compute: f64) -> f64 {
-        let read_bytes: f64 = reads.iter().map(|&r| self.bytes(r)).sum();
+    fn estimate(&self, below: f64, reads: &BTreeSet<Id>, compute: f64, extra: f64) -> f64 {
+        // `below`: the seconds of the kernels the choice needs
+        let read_bytes: f64 = reads.iter().map(|&r| self.bytes(r)).sum::<f64>() + extra;
         let open = if reads.is_empty() && compute == 0.0 {
             0.0
         } else {
             kernel_seconds(self.sizes.target, read_bytes, compute)
         };
         below + open
+    }
+}
+
+/// The union of two sorted sets of classes.
+fn merge(a: &Rc<Vec<Id>>, b: &Rc<Vec<Id>>) -> Rc<Vec<Id>> {
+    if b.is_empty() || Rc::ptr_eq(a, b) {
+        return a.clone();
+    }
+    if a.is_empty() {
+        return b.clone();
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    if out.len() == a.len() {
+        a.clone()
+    } else if out.len() == b.len() {
+        b.clone()
+    } else {
+        Rc::new(out)
     }
 }
 
@@ -252,18 +299,66 @@ fn recompute_factor(ctx: &Ctx, op: &Op, node: &KNode, i: usize, out: Id) -> f64 
 }
 
 /// Runs the extraction to a fixed point.
-pub fn extract(eg: &KGraph, sizes: &Sizes) -> Extraction {
-    let mut parents: HashMap<Id, BTreeSet<Id>> = HashMap::new();
-    for c in eg.classes() {
-        for n in &c.nodes {
-            for a in &n.args {
-                parents.entry(eg.find(*a)).or_default().insert(c.id);
+///
+/// DAG costs are not monotone along a cycle of the e-graph, so choices that
+/// form a cycle are found from `roots`, the offending node banned, and the
+/// extraction run again (rarely more than a round or two).
+pub fn extract(eg: &KGraph, sizes: &Sizes, roots: &[Id]) -> Extraction {
+    let mut banned: HashSet<(Id, KNode)> = HashSet::new();
+    for _round in 0..64 {
+        let ex = extract_once(eg, sizes, &banned);
+        match find_cycle(eg, &ex, roots) {
+            None => return ex,
+            Some((c, node)) => {
+                banned.insert((c, node));
             }
         }
     }
-    let fanout = parents.into_iter().map(|(k, v)| (k, v.len())).collect();
-    let ctx = Ctx { eg, sizes, fanout };
+    extract_once(eg, sizes, &banned)
+}
+
+/// A (class, node) whose choice lies on a cycle of choices reachable from
+/// the roots in memory, if any.
+fn find_cycle(eg: &KGraph, ex: &Extraction, roots: &[Id]) -> Option<(Id, KNode)> {
+    // iterative DFS with colours: 1 = on the stack, 2 = done
+    let mut colour: HashMap<(Id, Kind), u8> = HashMap::new();
+    for &r in roots {
+        let start = (eg.find(r), Kind::Mem);
+        if colour.contains_key(&start) {
+            continue;
+        }
+        let mut stack: Vec<((Id, Kind), usize)> = vec![(start, 0)];
+        colour.insert(start, 1);
+        while let Some(&mut (key, ref mut next)) = stack.last_mut() {
+            let Some(ch) = ex.best.get(&key) else {
+                colour.insert(key, 2);
+                stack.pop();
+                continue;
+            };
+            if *next < ch.node.args.len() {
+                let child = (eg.find(ch.node.args[*next]), ch.kinds[*next]);
+                *next += 1;
+                match colour.get(&child) {
+                    Some(1) => return Some((key.0, ch.node.clone())),
+                    Some(_) => {}
+                    None => {
+                        colour.insert(child, 1);
+                        stack.push((child, 0));
+                    }
+                }
+            } else {
+                colour.insert(key, 2);
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+fn extract_once(eg: &KGraph, sizes: &Sizes, banned: &HashSet<(Id, KNode)>) -> Extraction {
+    let ctx = Ctx { eg, sizes };
     let mut best: HashMap<(Id, Kind), Choice> = HashMap::new();
+    let mut secs: HashMap<Id, f64> = HashMap::new();
     // Classes are numbered as they were added, operands first, so one pass in
     // id order settles most of the graph; further passes settle cycles and
     // the nodes that rules added later.
@@ -273,11 +368,19 @@ pub fn extract(eg: &KGraph, sizes: &Sizes) -> Extraction {
         let mut changed = false;
         for &c in &classes {
             for node in &eg[c].nodes {
-                for (kind, choice) in candidates(&ctx, &best, c, node) {
-                    let better = best
-                        .get(&(c, kind))
-                        .is_none_or(|b| choice.cost.total < b.cost.total - 1e-15);
+                if !banned.is_empty() && banned.contains(&(c, node.clone())) {
+                    continue;
+                }
+                for (kind, choice) in candidates(&ctx, &best, &secs, c, node) {
+                    let better = best.get(&(c, kind)).is_none_or(|b| {
+                        choice.cost.total < b.cost.total - 1e-15
+                            || (choice.cost.total <= b.cost.total + 1e-15
+                                && choice.cost.rebind < b.cost.rebind)
+                    });
                     if better {
+                        if kind == Kind::Mem {
+                            secs.insert(c, choice.cost.kernel);
+                        }
                         best.insert((c, kind), choice);
                         changed = true;
                     }
@@ -295,6 +398,7 @@ pub fn extract(eg: &KGraph, sizes: &Sizes) -> Extraction {
 fn candidates(
     ctx: &Ctx,
     best: &HashMap<(Id, Kind), Choice>,
+    secs: &HashMap<Id, f64>,
     c: Id,
     node: &KNode,
 ) -> Vec<(Kind, Choice)> {
@@ -312,19 +416,34 @@ fn candidates(
                     continue;
                 };
                 let free = eg[v].data.weight_only;
-                let read_bytes: f64 = ch.cost.reads.iter().map(|&r| ctx.bytes(r)).sum();
-                let secs = if free {
+                let read_bytes: f64 =
+                    ch.cost.reads.iter().map(|&r| ctx.bytes(r)).sum::<f64>() + ch.cost.extra;
+                let own = if free {
                     0.0
                 } else {
                     kernel_seconds(ctx.sizes.target, read_bytes + ctx.bytes(v), ch.cost.compute)
                 };
-                let total = ch.cost.below + secs;
+                let mut kernels: Vec<Id> = ch
+                    .cost
+                    .kernels
+                    .iter()
+                    .copied()
+                    .filter(|&k| k != c)
+                    .collect();
+                let below: f64 = kernels
+                    .iter()
+                    .map(|k| secs.get(k).copied().unwrap_or(0.0))
+                    .sum();
+                let at = kernels.binary_search(&c).unwrap_or_else(|e| e);
+                kernels.insert(at, c);
                 let cost = Cost {
-                    below: ch.cost.below,
-                    kernel: secs,
+                    kernels: Rc::new(kernels),
+                    kernel: own,
                     reads: Rc::new(BTreeSet::new()),
                     compute: 0.0,
-                    total,
+                    extra: 0.0,
+                    rebind: 0,
+                    total: below + own,
                 };
                 if out.as_ref().is_none_or(|o| cost.total < o.cost.total) {
                     out = Some(Choice {
@@ -340,10 +459,12 @@ fn candidates(
             let op = &eg.analysis.ops.get(id).op;
             if let OpClass::Source = op.class() {
                 let cost = Cost {
-                    below: 0.0,
+                    kernels: Rc::default(),
                     kernel: 0.0,
                     reads: Rc::default(),
                     compute: 0.0,
+                    extra: 0.0,
+                    rebind: 0,
                     total: 0.0,
                 };
                 return vec![(
@@ -380,7 +501,7 @@ fn candidates(
                 targets.push(Kind::Block);
             }
             for target in targets {
-                if let Some(ch) = combine(ctx, best, c, node, op, native, target, own) {
+                if let Some(ch) = combine(ctx, best, secs, c, node, op, native, target, own) {
                     out.push((target, ch));
                 }
             }
@@ -395,6 +516,7 @@ fn candidates(
 fn combine(
     ctx: &Ctx,
     best: &HashMap<(Id, Kind), Choice>,
+    secs: &HashMap<Id, f64>,
     c: Id,
     node: &KNode,
     op: &Op,
@@ -418,9 +540,11 @@ fn combine(
     let mut best_choice: Option<Choice> = None;
     for carrier in carriers {
         let mut kinds = Vec::with_capacity(n);
-        let mut below = 0.0;
+        let mut kernels: Rc<Vec<Id>> = Rc::default();
         let mut reads: Rc<BTreeSet<Id>> = Rc::default();
         let mut compute = own;
+        let mut extra = 0.0;
+        let mut rebind = 0u32;
         let mut ok = true;
         for (i, a) in node.args.iter().enumerate() {
             let a = eg.find(*a);
@@ -457,11 +581,21 @@ fn combine(
                 pick = Some((Kind::Mem, m, m.cost.total));
             }
             let factor = recompute_factor(ctx, op, node, i, c);
+            // A weight-only value in memory was made at bind time, in the form
+            // (layout) the rules chose for it: on a tie it wins over redoing
+            // its computation from the original weights.
+            let margin = if eg[a].data.weight_only { 1e-12 } else { 0.0 };
             for k in &allowed {
                 if let Some(ch) = best.get(&(a, *k)) {
                     let extra = ch.cost.compute * (factor - 1.0);
                     let t = ch.cost.total + extra;
-                    if pick.is_none_or(|(_, _, pt)| t < pt) {
+                    if pick.is_none_or(|(pk, _, pt)| {
+                        if pk == Kind::Mem {
+                            t < pt - margin
+                        } else {
+                            t < pt
+                        }
+                    }) {
                         pick = Some((*k, ch, t));
                     }
                 }
@@ -481,29 +615,38 @@ fn combine(
                 break;
             };
             kinds.push(k);
+            extra += layout_penalty(ctx, op, i, a, k, &ch.cost);
             if k == Kind::Mem {
-                below += ch.cost.total / ctx.fanout.get(&a).copied().unwrap_or(1).max(1) as f64;
+                kernels = merge(&kernels, &ch.cost.kernels);
                 let mut s = (*reads).clone();
                 s.insert(a);
                 reads = Rc::new(s);
             } else {
-                below += ch.cost.below;
+                kernels = merge(&kernels, &ch.cost.kernels);
                 reads = union_set(&reads, &ch.cost.reads);
                 compute += ch.cost.compute * factor;
+                extra += ch.cost.extra;
+                rebind += ch.cost.rebind + u32::from(eg[a].data.weight_only);
             }
         }
         if !ok {
             continue;
         }
-        let total = ctx.estimate(below, &reads, compute);
+        let below: f64 = kernels
+            .iter()
+            .map(|k| secs.get(k).copied().unwrap_or(0.0))
+            .sum();
+        let total = ctx.estimate(below, &reads, compute, extra);
         let ch = Choice {
             node: node.clone(),
             kinds,
             cost: Cost {
-                below,
+                kernels,
                 kernel: 0.0,
                 reads,
                 compute,
+                extra,
+                rebind,
                 total,
             },
         };
@@ -512,4 +655,32 @@ fn combine(
         }
     }
     best_choice
+}
+
+/// Extra bytes for reading operand `i` of `op` (in kind `k`, with cost `c`)
+/// in a layout the kernel handles poorly: a contraction's weight in plain
+/// row-major order, a convolution's activation in NCHW.
+fn layout_penalty(ctx: &Ctx, op: &Op, i: usize, a: Id, k: Kind, c: &Cost) -> f64 {
+    let eg = ctx.eg;
+    let t = ctx.sizes.target;
+    let (fraction, bad): (f64, fn(&KGraph, Id) -> bool) = match (op.class(), i) {
+        (OpClass::Matmul, 1) => (t.unpacked_weight, |eg, r| {
+            let ty = &eg[r].data.ty;
+            eg[r].data.weight_only && ty.rank() >= 2 && ty.layout == kiln_dialect::Layout::RowMajor
+        }),
+        (OpClass::Conv, 0) => (t.nchw_conv, |eg, r| {
+            let ty = &eg[r].data.ty;
+            ty.rank() == 4 && ty.layout != kiln_dialect::Layout::Nhwc
+        }),
+        _ => return 0.0,
+    };
+    let mem: Vec<Id> = if k == Kind::Mem {
+        vec![a]
+    } else {
+        c.reads.iter().copied().collect()
+    };
+    mem.into_iter()
+        .filter(|&r| bad(eg, r))
+        .map(|r| fraction * ctx.bytes(r))
+        .sum()
 }

@@ -1,12 +1,12 @@
 //! The optimizer, phase by phase.
 //!
-//! 1. **Algebra** ([`algebra`]): saturate with the algebra rules on the
-//!    plain graph and extract the cheapest equal graph (fewest, cheapest
-//!    ops; weight-only work is free, it happens when weights are bound).
-//! 2. **Kernels** ([`kernels`]): load that graph with a `mat` on every use
+//! 1. **Rewrites** ([`rewrite`]): saturate the plain graph with the algebra
+//!    and layout rules. Nothing is chosen yet.
+//! 2. **Kernels** ([`kernels`]): copy that e-graph with a `mat` on every use
 //!    (one kernel per op), saturate with the fusion rules, and extract under
-//!    the target's roofline cost with kernel kinds ([`crate::extract`]);
-//!    the result is a [`Plan`].
+//!    the target's roofline cost with kernel kinds ([`crate::extract`]):
+//!    fusion, layouts and the algebraic forms are chosen together, in one
+//!    e-graph, by one cost model. The result is a [`Plan`].
 //!
 //! [`optimize`] runs both.
 
@@ -180,25 +180,46 @@ fn extract_simple(l: &Loaded) -> HashMap<Id, KNode> {
     choice
 }
 
-/// Phase 1: algebra. Returns the simplified graph and the saturation report.
-pub fn algebra(g: &Graph, limits: Limits) -> (Graph, SaturationReport) {
-    let mut l = convert::load(g, false);
-    let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
-    let (eg, report) = saturate(eg, rules::algebra::RULES, limits);
-    l.egraph = eg;
-    let choice = extract_simple(&l);
-    let (out, _) = convert::to_graph(&l, &choice);
-    (out, report)
+/// The result of the rewrite phase: an e-graph holding the source graph
+/// and every equal form the algebra and layout rules found.
+pub struct Rewritten {
+    pub loaded: Loaded,
+    pub report: SaturationReport,
 }
 
-/// Phase 2: kernels. Fusion under the target's cost model.
+impl Rewritten {
+    /// The cheapest graph of the e-graph under a simple op count (for
+    /// `--emit graph-opt`; kernel formation keeps all the alternatives).
+    pub fn graph(&self) -> Graph {
+        convert::to_graph(&self.loaded, &extract_simple(&self.loaded)).0
+    }
+}
+
+/// Phase 1: rewrites. Saturates the plain graph (no kernel boundaries yet)
+/// with the algebra and layout rules.
+pub fn rewrite(g: &Graph, limits: Limits) -> Rewritten {
+    let mut l = convert::load(g, false);
+    let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
+    let family: Vec<Rule> = rules::algebra::RULES
+        .iter()
+        .chain(rules::layout::RULES)
+        .copied()
+        .collect();
+    let (eg, report) = saturate(eg, &family, limits);
+    l.egraph = eg;
+    Rewritten { loaded: l, report }
+}
+
+/// Phase 2: kernels. Every use goes through `mat`, the fusion rules offer
+/// the fused alternatives, and extraction under the target's cost model
+/// chooses among everything the two phases found.
 pub fn kernels(
-    g: &Graph,
+    r: &Rewritten,
     target: &'static Target,
     symbols: &HashMap<String, u64>,
     limits: Limits,
 ) -> (Plan, SaturationReport) {
-    let mut l = convert::load(g, true);
+    let mut l = convert::with_mats(&r.loaded);
     let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
     let (eg, report) = saturate(eg, rules::fusion::RULES, limits);
     l.egraph = eg;
@@ -206,17 +227,23 @@ pub fn kernels(
         target,
         symbols: symbols.clone(),
     };
-    let ex = extract::extract(&l.egraph, &sizes);
+    let roots: Vec<Id> = l
+        .outputs
+        .iter()
+        .map(|(_, c)| *c)
+        .chain(l.sources.iter().copied())
+        .collect();
+    let ex = extract::extract(&l.egraph, &sizes, &roots);
     (plan::build(&l, &ex, target), report)
 }
 
 /// Everything the optimizer did.
 #[derive(Debug)]
 pub struct Optimized {
-    /// The graph after algebra (before kernel formation).
+    /// The cheapest rewritten graph by op count (for display).
     pub graph: Graph,
     pub plan: Plan,
-    pub algebra: SaturationReport,
+    pub rewrite: SaturationReport,
     pub fusion: SaturationReport,
 }
 
@@ -227,12 +254,12 @@ pub fn optimize(
     symbols: &HashMap<String, u64>,
     limits: Limits,
 ) -> Optimized {
-    let (graph, algebra_report) = algebra(g, limits);
-    let (plan, fusion) = kernels(&graph, target, symbols, limits);
+    let r = rewrite(g, limits);
+    let (plan, fusion) = kernels(&r, target, symbols, limits);
     Optimized {
-        graph,
+        graph: r.graph(),
         plan,
-        algebra: algebra_report,
+        rewrite: r.report,
         fusion,
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::DType;
+use crate::layout::Layout;
 use crate::quant::QuantScheme;
 use crate::shape::Dim;
 
@@ -195,6 +196,27 @@ impl Attribute for DType {
             | AttrValue::Bool(_)
             | AttrValue::List(_)
             | AttrValue::Quant(_) => None,
+        }
+    }
+}
+
+impl Attribute for Layout {
+    const EXPECTED: &'static str = "a layout: row_major, nchw, nhwc or packed(NAME)";
+    fn to_attr(&self) -> AttrValue {
+        AttrValue::Ident(self.to_string())
+    }
+    fn from_attr(v: &AttrValue) -> Option<Self> {
+        let AttrValue::Ident(s) = v else { return None };
+        match s.as_str() {
+            "row_major" => Some(Layout::RowMajor),
+            "nchw" => Some(Layout::Nchw),
+            "nhwc" => Some(Layout::Nhwc),
+            other => {
+                let name = other.strip_prefix("packed(")?.strip_suffix(')')?;
+                let ok =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                ok.then(|| Layout::Packed(name.to_string()))
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod attr;
 pub use attr::{AttrValue, Attribute, GeluApprox, Literal, PadMode};
 
 use crate::DType;
+use crate::layout::Layout;
 use crate::quant::QuantScheme;
 use crate::shape::Dim;
 
@@ -478,6 +479,9 @@ define_ops! {
     /// Inserts size-1 axes at `axes` (positions in the result).
     Unsqueeze "unsqueeze" [x] { axes: Vec<i64> };
 
+    /// Changes the physical layout, values unchanged: `nchw` <-> `nhwc` for activations, or a weight to a packed layout (a compile-time transform).
+    Relayout "relayout" [x] { layout: Layout };
+
     // ---- transformer helpers -------------------------------------------
     /// Rotary embedding on the last axis of `x [..., S, D]` with `cos`, `sin` of `[S, D/2]`: rotates halves (`interleaved = false`) or adjacent pairs.
     Rope "rope" [x, cos, sin] { interleaved: bool = false };
@@ -593,7 +597,8 @@ impl Op {
             | Op::Embedding
             | Op::Pad { .. }
             | Op::Squeeze { .. }
-            | Op::Unsqueeze { .. } => OpClass::Movement,
+            | Op::Unsqueeze { .. }
+            | Op::Relayout { .. } => OpClass::Movement,
             Op::Quantize { .. } | Op::Dequantize { .. } => OpClass::Quant,
         }
     }

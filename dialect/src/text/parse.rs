@@ -459,6 +459,13 @@ impl Parser {
     }
 
     fn attr_value(&mut self) -> R<AttrValue> {
+        self.attr_value_at(0)
+    }
+
+    /// An attribute value inside `depth` enclosing lists. Nesting is bounded
+    /// so that deeply nested text is an error rather than a stack overflow.
+    fn attr_value_at(&mut self, depth: usize) -> R<AttrValue> {
+        const MAX_DEPTH: usize = 16;
         match self.peek().cloned() {
             Some(Tok::Minus | Tok::Int(_) | Tok::Float(_)) => self.number(),
             Some(Tok::Ident(s)) if s == "inf" || s == "nan" => self.number(),
@@ -467,10 +474,22 @@ impl Parser {
                 Ok(AttrValue::Bool(s == "true"))
             }
             Some(Tok::Ident(s)) if s == "quant" => Ok(AttrValue::Quant(self.quant()?)),
+            Some(Tok::Ident(s)) if s == "packed" => {
+                self.pos += 1;
+                self.expect(&Tok::LParen)?;
+                let name = self.ident("a packed layout name")?;
+                self.expect(&Tok::RParen)?;
+                Ok(AttrValue::Ident(format!("packed({name})")))
+            }
             Some(Tok::Ident(s)) => {
                 self.pos += 1;
                 Ok(AttrValue::Ident(s))
             }
+            Some(Tok::LBracket) if depth >= MAX_DEPTH => Err(ParseError {
+                span: self.span(),
+                message: format!("attribute lists nest more than {MAX_DEPTH} deep"),
+                notes: vec![],
+            }),
             Some(Tok::LBracket) => {
                 self.pos += 1;
                 let mut items = Vec::new();
@@ -478,7 +497,7 @@ impl Parser {
                 if !self.eat(&Tok::RBracket) {
                     loop {
                         self.skip_nl();
-                        items.push(self.attr_value()?);
+                        items.push(self.attr_value_at(depth + 1)?);
                         self.skip_nl();
                         if self.eat(&Tok::RBracket) {
                             break;

@@ -479,3 +479,28 @@ fn squeeze_unsqueeze() {
     let y = unary_to("unsqueeze(%x) {axes = [0, 1]}", &r0, "f64[1, 1]");
     assert_exact(&y, F64, &[1, 1], &[2.5]);
 }
+
+#[test]
+fn relayout_keeps_every_value() {
+    // layouts are physical only: relayout is the identity on values
+    let src = "graph t {
+  input %x: f32[1, 2, 3, 1]
+  %y: f32[1, 2, 3, 1] nhwc = relayout(%x) {layout = nhwc}
+  %z: f32[1, 2, 3, 1] = relayout(%y) {layout = row_major}
+  output z = %z
+}
+";
+    let g = kiln_dialect::text::parse(src).unwrap();
+    let x = kiln_dialect::interp::Tensor::new(
+        kiln_dialect::DType::F32,
+        &[1, 2, 3, 1],
+        vec![1.5, -2.0, 3.25, 0.5, 7.0, -1.0],
+    );
+    let out = kiln_dialect::interp::run(
+        &g,
+        &std::collections::HashMap::from([("x".to_string(), x.clone())]),
+    )
+    .unwrap();
+    assert_eq!(out[0].1.data, vec![1.5, -2.0, 3.25, 0.5, 7.0, -1.0]);
+    assert_eq!(out[0].1.shape, vec![1, 2, 3, 1]);
+}

@@ -238,3 +238,112 @@ pub fn static_dims(s: &Shape) -> Option<Vec<i64>> {
         })
         .collect()
 }
+
+/// The same e-graph with every use of an op's result through `mat`: the
+/// start of kernel formation, keeping every alternative the rewrite phase
+/// found. Each class gets the same nodes with their non-source operands
+/// wrapped; nodes that only close a cycle (reachable from themselves) are
+/// left out, since an acyclic node of the class always computes the same.
+pub fn with_mats(l: &Loaded) -> Loaded {
+    let old = &l.egraph;
+    let mut eg = KGraph::new(Meta {
+        ops: old.analysis.ops.clone(),
+    });
+    let mut map: HashMap<Id, Id> = HashMap::new();
+    let is_source = |n: &KNode| match n.head {
+        Head::Op(o) => matches!(
+            old.analysis.ops.get(o).op.class(),
+            kiln_dialect::ops::OpClass::Source
+        ),
+        Head::Mat => false,
+    };
+    let mut pending: Vec<(Id, KNode)> = old
+        .classes()
+        .flat_map(|c| c.nodes.iter().map(move |n| (c.id, n.clone())))
+        .collect();
+    pending.sort_by_key(|(c, _)| *c);
+    loop {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for (c, n) in pending {
+            if !n.args.iter().all(|a| map.contains_key(&old.find(*a))) {
+                rest.push((c, n));
+                continue;
+            }
+            let args: Vec<Id> = n
+                .args
+                .iter()
+                .map(|a| {
+                    let a = old.find(*a);
+                    let new = map[&a];
+                    if old[a].nodes.iter().any(is_source) {
+                        new
+                    } else {
+                        eg.add(KNode::mat(new))
+                    }
+                })
+                .collect();
+            let id = eg.add(KNode {
+                head: n.head.clone(),
+                args,
+            });
+            match map.get(&c) {
+                Some(&prev) => {
+                    eg.union(prev, id);
+                }
+                None => {
+                    map.insert(c, id);
+                }
+            }
+        }
+        pending = rest;
+        if pending.is_empty() || pending.len() == before {
+            break;
+        }
+    }
+    eg.rebuild();
+    let outputs: Vec<(String, Id)> = l
+        .outputs
+        .iter()
+        .map(|(n, c)| (n.clone(), eg.find(map[&old.find(*c)])))
+        .collect();
+    let outputs = outputs
+        .into_iter()
+        .map(|(n, c)| {
+            let wrapped = if eg[c].nodes.iter().any(is_source_in(&eg)) {
+                c
+            } else {
+                eg.add(KNode::mat(c))
+            };
+            (n, wrapped)
+        })
+        .collect();
+    let sources = l
+        .sources
+        .iter()
+        .map(|&s| eg.find(map[&old.find(s)]))
+        .collect();
+    let names = l
+        .names
+        .iter()
+        .filter_map(|(k, v)| map.get(&old.find(*k)).map(|&n| (n, v.clone())))
+        .collect();
+    eg.rebuild();
+    Loaded {
+        egraph: eg,
+        outputs,
+        sources,
+        names,
+        graph_name: l.graph_name.clone(),
+    }
+}
+
+fn is_source_in(eg: &KGraph) -> impl Fn(&KNode) -> bool + '_ {
+    move |n| match n.head {
+        Head::Op(o) => matches!(
+            eg.analysis.ops.get(o).op.class(),
+            kiln_dialect::ops::OpClass::Source
+        ),
+        Head::Mat => false,
+    }
+}

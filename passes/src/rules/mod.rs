@@ -10,6 +10,7 @@ pub mod algebra;
 #[cfg(test)]
 pub mod check;
 pub mod fusion;
+pub mod layout;
 #[cfg(test)]
 mod tests;
 
