@@ -196,7 +196,7 @@ impl Rewritten {
 }
 
 /// Phase 1: rewrites. Saturates the plain graph (no kernel boundaries yet)
-/// with the algebra and layout rules.
+/// with the algebra, layout and quantization rules.
 pub fn rewrite(g: &Graph, limits: Limits) -> Rewritten {
     let mut l = convert::load(g, false);
     let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));

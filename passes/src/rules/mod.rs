@@ -11,6 +11,7 @@ pub mod algebra;
 pub mod check;
 pub mod fusion;
 pub mod layout;
+pub mod quant;
 #[cfg(test)]
 mod tests;
 

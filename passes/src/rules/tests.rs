@@ -3,7 +3,7 @@
 //! fails `every_rule_has_a_sample`.
 
 use super::check::check_rule;
-use super::{Rule, algebra, fusion};
+use super::{Rule, algebra, fusion, layout, quant};
 
 /// (rule name, a graph whose output is the rule's left-hand side, relative tolerance)
 const SAMPLES: &[(&str, &str, f64)] = &[
@@ -226,6 +226,131 @@ const SAMPLES: &[(&str, &str, f64)] = &[
 ",
         1e-5,
     ),
+    (
+        "conv-channels-last",
+        "graph t {
+  input %x: f32[2, 3, 7, 7]
+  weight %w: f32[4, 3, 3, 3]
+  %c: f32[2, 4, 5, 5] = conv2d(%x, %w)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "relayout-relayout",
+        "graph t {
+  input %x: f32[1, 3, 2, 4]
+  %a: f32[1, 3, 2, 4] nhwc = relayout(%x) {layout = nhwc}
+  %b: f32[1, 3, 2, 4] = relayout(%a) {layout = row_major}
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "relayout-identity",
+        "graph t {
+  input %x: f32[1, 3, 2, 4] nhwc
+  %a: f32[1, 3, 2, 4] nhwc = relayout(%x) {layout = nhwc}
+  output y = %a
+}
+",
+        0.0,
+    ),
+    (
+        "unary-relayout-sink",
+        "graph t {
+  input %x: f32[1, 3, 2, 4]
+  %a: f32[1, 3, 2, 4] nhwc = relayout(%x) {layout = nhwc}
+  %b: f32[1, 3, 2, 4] nhwc = relu6(%a)
+  output y = %b
+}
+",
+        0.0,
+    ),
+    (
+        "binary-relayout-sink",
+        "graph t {
+  input %x: f32[1, 3, 2, 4]
+  input %z: f32[1, 3, 2, 4]
+  %a: f32[1, 3, 2, 4] nhwc = relayout(%x) {layout = nhwc}
+  %b: f32[1, 3, 2, 4] nhwc = relayout(%z) {layout = nhwc}
+  %c: f32[1, 3, 2, 4] nhwc = sub(%a, %b)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "weight-packed",
+        "graph t {
+  input %x: bf16[m, 32]
+  weight %w: bf16[32, 8]
+  %c: bf16[m, 8] = matmul(%x, %w)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    (
+        "weight-packed",
+        "graph t {
+  input %x: bf16[m, 64]
+  weight %q: i4[64, 8] quant<group(32, axis = 0), scale = bf16>
+  weight %s: bf16[2, 8]
+  %w: bf16[64, 8] = dequantize(%q, %s) {dtype = bf16}
+  %c: bf16[m, 8] = matmul(%x, %w)
+  output y = %c
+}
+",
+        0.0,
+    ),
+    // the integer product is exact; the dequantize-then-multiply side rounds
+    // each dequantized element to f32 first: agreement to f32 precision
+    (
+        "w8a8-int8-matmul",
+        "graph t {
+  input %xq: i8[m, 32] quant<per_channel(axis = 0), scale = f32>
+  input %sx: f32[m]
+  weight %wq: i8[32, 8] quant<per_channel(axis = 1), scale = f32>
+  weight %sw: f32[8]
+  %x: f32[m, 32] = dequantize(%xq, %sx) {dtype = f32}
+  %w: f32[32, 8] = dequantize(%wq, %sw) {dtype = f32}
+  %c: f32[m, 8] = matmul(%x, %w)
+  output y = %c
+}
+",
+        1e-6,
+    ),
+    (
+        "fp8-matmul",
+        "graph t {
+  input %aq: f8e4m3[3, 16] quant<per_tensor, scale = f32>
+  input %sa: f32[]
+  weight %bq: f8e4m3[16, 4] quant<per_tensor, scale = f32>
+  weight %sb: f32[]
+  %a: f32[3, 16] = dequantize(%aq, %sa) {dtype = f32}
+  %b: f32[16, 4] = dequantize(%bq, %sb) {dtype = f32}
+  %c: f32[3, 4] = matmul(%a, %b)
+  output y = %c
+}
+",
+        1e-6,
+    ),
+    (
+        "group-scale-after-sums",
+        "graph t {
+  input %x: f32[3, 64]
+  weight %q: i4[64, 8] quant<group(32, axis = 0), scale = f32>
+  weight %s: f32[2, 8]
+  %w: f32[64, 8] = dequantize(%q, %s) {dtype = f32}
+  %c: f32[3, 8] = matmul(%x, %w)
+  output y = %c
+}
+",
+        1e-6,
+    ),
 ];
 
 /// Fusion rules apply to graphs loaded with `mat` boundaries.
@@ -291,7 +416,12 @@ const FUSION_SAMPLES: &[(&str, &str)] = &[
 ];
 
 fn all_rules() -> Vec<&'static Rule> {
-    algebra::RULES.iter().chain(fusion::RULES).collect()
+    algebra::RULES
+        .iter()
+        .chain(fusion::RULES)
+        .chain(layout::RULES)
+        .chain(quant::RULES)
+        .collect()
 }
 
 #[test]
