@@ -240,7 +240,16 @@ pub fn bind(
                 let host = st.to_host(ty.dtype, &shape).map_err(|m| {
                     role_error(Role::Weight, name, format!("{m} in {}", p.display()))
                 })?;
-                to_interp(&host)
+                // sub-byte codes are read in the bit order their scheme declares
+                let order = ty
+                    .quant
+                    .as_ref()
+                    .map_or(kiln_dialect::numeric::BitOrder::LsbFirst, |q| q.packing);
+                Tensor {
+                    dtype: host.dtype,
+                    shape: host.shape.clone(),
+                    data: host.to_values_in(order),
+                }
             }
             (_, WeightSource::Random(seed)) => {
                 to_interp(&random_tensor(*seed, name, Role::Weight, ty.dtype, &shape))

@@ -196,15 +196,15 @@ impl Graph {
     pub fn add_op(&mut self, op: Op, operands: &[Value]) -> Result<Vec<Value>, TypeError> {
         let tys: Vec<&TensorType> = operands.iter().map(|v| self.value_type(*v)).collect();
         let results = infer(&op, &tys, None)?;
-        let base = self.g.node_count();
-        let infos = results
-            .into_iter()
-            .enumerate()
-            .map(|(i, ty)| ValueInfo {
-                name: self.fresh_name_from(base + i),
-                ty,
-            })
-            .collect::<Vec<_>>();
+        // distinct fresh names for every result (none is reserved until the
+        // node is added, so each starts after the previous one)
+        let mut next = self.g.node_count();
+        let mut infos = Vec::with_capacity(results.len());
+        for ty in results {
+            let name = self.fresh_name_from(next);
+            next = name.parse::<usize>().map_or(next, |n| n + 1);
+            infos.push(ValueInfo { name, ty });
+        }
         let n = infos.len();
         let id = self.add_node(op, operands, infos);
         Ok((0..n as u32).map(|port| Value { node: id, port }).collect())

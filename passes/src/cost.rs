@@ -138,6 +138,11 @@ fn is_special(op: &Op) -> bool {
     )
 }
 
+/// The contraction throughput of a target for inputs of `dtype`.
+pub fn matmul_rate(t: &Target, dtype: DType) -> f64 {
+    matmul_peak(t, dtype)
+}
+
 fn matmul_peak(t: &Target, dtype: DType) -> f64 {
     match dtype {
         DType::F16 | DType::BF16 => t.matmul_f16,

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use egg::Id;
 use kiln_dialect::ops::{Op, OpClass};
 
-use crate::cost::{Sizes, compute_seconds, kernel_seconds};
+use crate::cost::{Sizes, compute_seconds, kernel_seconds, matmul_rate};
 use crate::egraph::analysis::KGraph;
 use crate::egraph::lang::{Head, KNode};
 
@@ -480,6 +480,14 @@ fn candidates(
                 node.args.iter().map(|a| &eg[*a].data.ty).collect();
             let own = if eg[c].data.weight_only {
                 0.0
+            } else if let Op::Matmul { .. } = op
+                && node.args.iter().all(|a| eight_bit_codes(eg, *a))
+            {
+                // both operands are 8-bit codes widened for the arithmetic:
+                // the kernel feeds the codes to the 8-bit tensor cores
+                let t = ctx.sizes.target;
+                compute_seconds(ctx.sizes, op, &ins, &eg[c].data.ty) * matmul_rate(t, ins[0].dtype)
+                    / t.matmul_i8
             } else {
                 compute_seconds(ctx.sizes, op, &ins, &eg[c].data.ty)
             };
@@ -626,7 +634,12 @@ fn combine(
                 reads = union_set(&reads, &ch.cost.reads);
                 compute += ch.cost.compute * factor;
                 extra += ch.cost.extra;
-                rebind += ch.cost.rebind + u32::from(eg[a].data.weight_only);
+                // recomputing a weight-only value counts against a choice when
+                // its bind-time form is no larger than what it is made from
+                // (a repacking, not a widening)
+                let read_bytes: f64 = ch.cost.reads.iter().map(|&r| ctx.bytes(r)).sum();
+                let rework = eg[a].data.weight_only && ctx.bytes(a) <= read_bytes;
+                rebind += ch.cost.rebind + u32::from(rework);
             }
         }
         if !ok {
@@ -683,4 +696,28 @@ fn layout_penalty(ctx: &Ctx, op: &Op, i: usize, a: Id, k: Kind, c: &Cost) -> f64
         .filter(|&r| bad(eg, r))
         .map(|r| fraction * ctx.bytes(r))
         .sum()
+}
+
+/// Whether a class is (also) an 8-bit code tensor cast to a wider type.
+fn eight_bit_codes(eg: &KGraph, c: Id) -> bool {
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            if let Op::Cast { .. } = &eg.analysis.ops.get(id).op {
+                eg[n.args[0]].data.ty.dtype.bits() == 8
+            } else {
+                false
+            }
+        }
+        Head::Mat => n.args.iter().any(|a| eight_bit_codes_direct(eg, *a)),
+    })
+}
+
+fn eight_bit_codes_direct(eg: &KGraph, c: Id) -> bool {
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            matches!(&eg.analysis.ops.get(id).op, Op::Cast { .. })
+                && eg[n.args[0]].data.ty.dtype.bits() == 8
+        }
+        Head::Mat => false,
+    })
 }

@@ -38,7 +38,13 @@ impl HostTensor {
 
     /// The exact value of every element.
     pub fn to_values(&self) -> Vec<f64> {
-        match numeric::unpack(self.dtype, &self.data, self.numel(), BitOrder::LsbFirst) {
+        self.to_values_in(BitOrder::LsbFirst)
+    }
+
+    /// The exact value of every element, with sub-byte codes packed in
+    /// `order` (a quantization scheme may declare `msb_first`).
+    pub fn to_values_in(&self, order: BitOrder) -> Vec<f64> {
+        match numeric::unpack(self.dtype, &self.data, self.numel(), order) {
             Ok(codes) => codes
                 .into_iter()
                 .map(|c| numeric::decode(self.dtype, c))

@@ -147,17 +147,14 @@ impl fmt::Display for Tok {
 
 impl Tok {
     /// Whether a statement can end after this token.
-    fn can_end_statement(&self) -> bool {
+    pub fn can_end_statement(&self) -> bool {
         match self {
             Tok::Ident(_) | Tok::Int(_) | Tok::Float(_) | Tok::Str(_) => true,
             Tok::RParen | Tok::RBracket | Tok::RBrace => true,
             Tok::Return => true,
+            // the declaration keywords are also names (`x @ weight`)
+            Tok::Model | Tok::Block | Tok::Input | Tok::Weight | Tok::Output => true,
             Tok::Newline
-            | Tok::Model
-            | Tok::Block
-            | Tok::Input
-            | Tok::Weight
-            | Tok::Output
             | Tok::Let
             | Tok::Const
             | Tok::For
@@ -208,15 +205,27 @@ impl Tok {
     }
 }
 
+/// What is wrong with a character sequence that is not a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LexErrorKind {
+    /// A character that starts no token (`$`, `^`, `;`, ...).
+    Unexpected,
+    /// An integer literal beyond `i64::MAX`.
+    IntTooLarge,
+}
+
 /// A character sequence that is not a token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LexError {
     pub span: Span,
     pub text: String,
+    pub kind: LexErrorKind,
 }
 
 /// Tokenizes a file, applying the newline rule. Returns the tokens with
-/// their byte ranges, and every unrecognized character sequence.
+/// their byte ranges, and every unrecognized character sequence. An integer
+/// too large for `i64` is an error and still yields an `Int` token, so the
+/// parser does not report the same place again.
 pub fn lex(src: &str, file: u32) -> (Vec<(usize, Tok, usize)>, Vec<LexError>) {
     let mut raw = Vec::new();
     let mut errors = Vec::new();
@@ -225,10 +234,20 @@ pub fn lex(src: &str, file: u32) -> (Vec<(usize, Tok, usize)>, Vec<LexError>) {
         let r = lexer.span();
         match t {
             Ok(t) => raw.push((r.start, t, r.end)),
-            Err(()) => errors.push(LexError {
-                span: Span::in_file(file, r.start, r.end),
-                text: lexer.slice().to_string(),
-            }),
+            Err(()) => {
+                let text = lexer.slice().to_string();
+                let kind = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                    raw.push((r.start, Tok::Int(i64::MAX), r.end));
+                    LexErrorKind::IntTooLarge
+                } else {
+                    LexErrorKind::Unexpected
+                };
+                errors.push(LexError {
+                    span: Span::in_file(file, r.start, r.end),
+                    text,
+                    kind,
+                });
+            }
         }
     }
     let mut out: Vec<(usize, Tok, usize)> = Vec::with_capacity(raw.len());
@@ -315,5 +334,38 @@ mod tests {
         let (_, errs) = lex("let a = $b", 0);
         assert_eq!(errs[0].text, "$");
         assert_eq!(errs[0].span, Span::new(8, 9));
+        assert_eq!(errs[0].kind, LexErrorKind::Unexpected);
+    }
+
+    #[test]
+    fn a_declaration_keyword_used_as_a_name_ends_a_line() {
+        use Tok::*;
+        assert_eq!(
+            kinds("let h = x @ weight\noutput y = h"),
+            vec![
+                Let,
+                Ident("h".into()),
+                Assign,
+                Ident("x".into()),
+                At,
+                Weight,
+                Newline,
+                Output,
+                Ident("y".into()),
+                Assign,
+                Ident("h".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_integer_too_large_is_one_error_and_still_a_token() {
+        use Tok::*;
+        let (toks, errs) = lex("x * 99999999999999999999\n", 0);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].kind, LexErrorKind::IntTooLarge);
+        assert_eq!(errs[0].span, Span::new(4, 24));
+        let kinds: Vec<Tok> = toks.into_iter().map(|(_, t, _)| t).collect();
+        assert_eq!(kinds, vec![Ident("x".into()), Star, Int(i64::MAX), Newline]);
     }
 }

@@ -84,6 +84,7 @@ pub fn lower(p: &Program) -> Result<Graph, Vec<Diagnostic>> {
         stack: Vec::new(),
         weights: HashMap::new(),
         inputs: HashMap::new(),
+        word_hints: HashMap::new(),
         symbols: BTreeSet::new(),
         names: BTreeSet::new(),
     };
@@ -133,6 +134,9 @@ struct Lowerer<'a> {
     /// Full weight names declared so far: where, and the value bound.
     weights: HashMap<String, (Span, Val)>,
     inputs: HashMap<String, Span>,
+    /// "Did you mean" for names that failed to resolve, by span start, from
+    /// the scope they were written in.
+    word_hints: HashMap<(u32, usize), String>,
     symbols: BTreeSet<String>,
     names: BTreeSet<String>,
 }
@@ -152,6 +156,11 @@ impl<'a> Lowerer<'a> {
         if !help.is_empty() {
             d = d.with_notes([format!("help: {help}")]);
         }
+        self.push(d);
+    }
+
+    /// Adds a diagnostic, labelled with the block instantiations it is inside.
+    fn push(&mut self, mut d: Diagnostic) {
         for (block, call) in self.stack.iter().rev() {
             d = d.with_label(*call, format!("in block `{block}`, instantiated here"));
         }
@@ -251,6 +260,7 @@ impl<'a> Lowerer<'a> {
                     .map(|(_, call)| *call)
                     .unwrap_or(name.span);
                 if let Some((prev, v)) = self.weights.get(&full).cloned() {
+                    // labelled at the instantiations already: no block labels
                     self.diags.push(
                         Diagnostic::error(format!("weight `{full}` is declared twice"))
                             .with_label(site, "declared again here")
@@ -260,6 +270,12 @@ impl<'a> Lowerer<'a> {
                     // bind the first declaration, so later uses do not fail too
                     self.bind_new(scopes, name, v);
                     return Returned::Nothing;
+                }
+                // a value named like this weight (a `let` in a block instance
+                // of the same name) yields the name: weight names are the
+                // weights file's keys
+                if self.names.contains(&full) {
+                    self.rename_value(&full);
                 }
                 let v = self.weight(&full, ty, mods, *span, scopes);
                 self.weights.insert(full, (site, v.clone()));
@@ -316,6 +332,10 @@ impl<'a> Lowerer<'a> {
             }
             Stmt::Let { names, value, .. } => {
                 let v = self.expr(value, scopes, frame);
+                if let Val::Word(w, s) = &v {
+                    let (w, s) = (w.clone(), *s);
+                    self.unknown_name(&w, s);
+                }
                 for (n, v) in self.destructure(names, v, value.span) {
                     self.name_value(&v, &join(&frame.prefix, &n.name));
                     self.bind_new(scopes, &n, v);
@@ -332,6 +352,13 @@ impl<'a> Lowerer<'a> {
                     {
                         Some(scope) => {
                             scope.vars.insert(n.name.clone(), (v, n.span));
+                        }
+                        None if self.globals.contains_key(&n.name) => {
+                            self.error(
+                                n.span,
+                                format!("cannot assign to `{}`: it is a constant", n.name),
+                                format!("define a variable instead: `let {} = ...`", n.name),
+                            );
                         }
                         None => {
                             let hint = self
@@ -401,7 +428,7 @@ impl<'a> Lowerer<'a> {
             && prev.file == name.span.file
         {
             let prev = *prev;
-            self.diags.push(
+            self.push(
                 Diagnostic::error(format!("`{}` is already defined here", name.name))
                     .with_label(name.span, "defined again")
                     .with_label(prev, "first defined here")
@@ -473,6 +500,21 @@ impl<'a> Lowerer<'a> {
         }
         let fresh = self.unique_name(name);
         self.g.node_mut(t.node).results[t.port as usize].name = fresh;
+    }
+
+    /// Gives the value named `name` another name.
+    fn rename_value(&mut self, name: &str) {
+        let found = self.g.node_ids().find_map(|id| {
+            let n = self.g.node(id);
+            n.results
+                .iter()
+                .position(|r| r.name == name)
+                .map(|p| (id, p))
+        });
+        if let Some((id, port)) = found {
+            let fresh = self.unique_name(&format!("{name}.value"));
+            self.g.node_mut(id).results[port].name = fresh;
+        }
     }
 
     fn unique_name(&mut self, base: &str) -> String {
@@ -592,6 +634,18 @@ impl<'a> Lowerer<'a> {
             self.error(
                 te.span,
                 format!("the quantization of weight `{full}` does not fit its type {t}: {e}"),
+                "",
+            );
+            return Val::Poison;
+        }
+        let codes_ty = TensorType {
+            quant: Some(scheme.clone()),
+            ..t.clone()
+        };
+        if let Err(e) = codes_ty.check_well_formed() {
+            self.error(
+                te.span,
+                format!("invalid type for weight `{full}`: {e}"),
                 "",
             );
             return Val::Poison;
@@ -837,6 +891,7 @@ impl<'a> Lowerer<'a> {
                 (zero.is_some(), "zero"),
                 (global.is_some(), "global"),
                 (axis.is_some(), "axis"),
+                (packing == BitOrder::MsbFirst, "msb_first"),
                 (to.is_some(), "to"),
             ] {
                 if present {
@@ -904,9 +959,15 @@ impl<'a> Lowerer<'a> {
 
     fn expr(&mut self, e: &Expr, scopes: &[Scope], frame: &Frame) -> Val {
         match &e.kind {
-            ExprKind::Name(n) => self
-                .lookup(n, scopes)
-                .unwrap_or_else(|| Val::Word(n.clone(), e.span)),
+            ExprKind::Name(n) => match self.lookup(n, scopes) {
+                Some(v) => v,
+                None => {
+                    if let Some(s) = self.suggest_var(n, scopes) {
+                        self.word_hints.insert((e.span.file, e.span.start), s);
+                    }
+                    Val::Word(n.clone(), e.span)
+                }
+            },
             ExprKind::Int(i) => Val::Int(*i),
             ExprKind::Float(x) => Val::Float(*x),
             ExprKind::List(items) => {
@@ -999,8 +1060,9 @@ impl<'a> Lowerer<'a> {
     fn unknown_name(&mut self, w: &str, span: Span) {
         let mut known: Vec<String> = self.globals.keys().cloned().collect();
         known.extend(self.inputs.keys().cloned());
-        known.extend(self.names.iter().cloned());
-        let hint = closest(w, known.iter().map(String::as_str))
+        let in_scope = self.word_hints.get(&(span.file, span.start)).cloned();
+        let hint = in_scope
+            .or_else(|| closest(w, known.iter().map(String::as_str)).map(str::to_string))
             .map(|s| format!("did you mean `{s}`?"))
             .unwrap_or_default();
         self.error(span, format!("unknown name `{w}`"), hint);
@@ -1121,14 +1183,26 @@ impl<'a> Lowerer<'a> {
         });
         let mut operands = Vec::new();
         for (v, s) in args {
-            match (v, dtype) {
-                (Val::Int(_) | Val::Float(_), Some(dt)) => {
-                    operands.push(self.scalar(num(v), dt, *s))
-                }
-                _ => operands.push(self.tensor_of(v, *s, what)?),
-            }
+            operands.push(self.operand(v, *s, dtype, what)?);
         }
         Some(self.add(op, &operands, span, what))
+    }
+
+    /// An operand: a tensor, or a number made a scalar constant of `dtype`
+    /// (the type of the op's tensors). A fraction for an integer type, or a
+    /// number with no tensor to take a type from, is an error.
+    fn operand(&mut self, v: &Val, span: Span, dtype: Option<DType>, what: &str) -> Option<Value> {
+        match (v, dtype) {
+            (Val::Int(_) | Val::Float(_), Some(dt)) => {
+                let x = num(v);
+                if !dt.is_float() && x.fract() != 0.0 {
+                    self.error(span, format!("{what}: {x} is not a whole number, so it cannot be a scalar of type {dt}"), "cast the tensor to a float type first, or write a whole number");
+                    return None;
+                }
+                Some(self.scalar(x, dt, span))
+            }
+            _ => self.tensor_of(v, span, what),
+        }
     }
 
     fn scalar(&mut self, x: f64, dtype: DType, span: Span) -> Value {
@@ -1182,11 +1256,23 @@ impl<'a> Lowerer<'a> {
             return self.instantiate(b, callee, args, instance, span, scopes, frame);
         }
         if let Some(path) = instance {
-            self.error(
-                path.span,
-                format!("`as` names block instances, and `{}` is an op", callee.name),
-                "",
-            );
+            if OP_TABLE.iter().any(|s| s.mnemonic == callee.name) {
+                self.error(
+                    path.span,
+                    format!("`as` names block instances, and `{}` is an op", callee.name),
+                    "",
+                );
+            } else {
+                let hint = closest(&callee.name, self.blocks.keys().map(String::as_str))
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.error(
+                    callee.span,
+                    format!("unknown block `{}`", callee.name),
+                    hint,
+                );
+                return Val::Poison;
+            }
         }
         let Some(spec) = OP_TABLE.iter().find(|s| s.mnemonic == callee.name) else {
             let names = OP_TABLE
@@ -1276,6 +1362,11 @@ impl<'a> Lowerer<'a> {
                                 variadic.push((v, s));
                                 continue;
                             }
+                            if let Val::Tuple(ts) = &v {
+                                // several values (a `split`, a block) fill a variadic operand
+                                variadic.extend(ts.iter().map(|t| (Val::Tensor(*t), s)));
+                                continue;
+                            }
                             slot += 1;
                         } else {
                             operands[slot] = Some((v, s));
@@ -1285,7 +1376,14 @@ impl<'a> Lowerer<'a> {
                     }
                     let Some(a) = spec.attrs.get(attr_slot) else {
                         let n = spec.operands.len() + spec.attrs.len();
-                        self.error(s, format!("`{op_name}` takes at most {n} arguments ({}), this is one too many", describe_params(spec)), "");
+                        self.error(
+                            s,
+                            format!(
+                                "`{op_name}` takes at most {n} arguments {}, this is one too many",
+                                describe_params(spec)
+                            ),
+                            "",
+                        );
                         return None;
                     };
                     attr_slot += 1;
@@ -1351,6 +1449,20 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
+        // numbers given for operands become scalars of the first tensor's type
+        let dtype = operands
+            .iter()
+            .flatten()
+            .chain(variadic.iter())
+            .find_map(|(v, _)| match v {
+                Val::Tensor(t) => Some(self.g.value_type(*t).dtype),
+                Val::Int(_)
+                | Val::Float(_)
+                | Val::List(_)
+                | Val::Tuple(_)
+                | Val::Word(..)
+                | Val::Poison => None,
+            });
         let mut values = Vec::new();
         for (i, o) in spec.operands.iter().enumerate() {
             match (o.kind, operands[i].take()) {
@@ -1364,12 +1476,13 @@ impl<'a> Lowerer<'a> {
                         return None;
                     }
                     for (v, s) in std::mem::take(&mut variadic) {
-                        values.push(self.tensor_of(&v, s, &format!("`{op_name}`"))?);
+                        values.push(self.operand(&v, s, dtype, &format!("`{op_name}`"))?);
                     }
                 }
-                (_, Some((v, s))) => values.push(self.tensor_of(
+                (_, Some((v, s))) => values.push(self.operand(
                     &v,
                     s,
+                    dtype,
                     &format!("operand `{}` of `{op_name}`", o.name),
                 )?),
                 (OperandKind::Required, None) => {
@@ -1504,7 +1617,12 @@ impl<'a> Lowerer<'a> {
             Val::Int(i) => Some(AttrValue::Int(*i)),
             Val::Float(x) => Some(AttrValue::Float(*x)),
             Val::Word(w, _) if w == "true" || w == "false" => Some(AttrValue::Bool(w == "true")),
-            Val::Word(w, _) => Some(AttrValue::Ident(w.clone())),
+            // type aliases (`int8`) mean the dialect's names (`i8`)
+            Val::Word(w, _) => Some(AttrValue::Ident(
+                dtype_named(w)
+                    .map(|d| d.name().to_string())
+                    .unwrap_or_else(|| w.clone()),
+            )),
             Val::List(items) => items
                 .iter()
                 .map(|i| self.attr_value(i, span, op, attr))
@@ -1668,10 +1786,22 @@ impl<'a> Lowerer<'a> {
             Returned::Values(vs) if vs.len() == 1 => vs.into_iter().next().unwrap_or(Val::Poison),
             Returned::Values(vs) => {
                 let mut out = Vec::new();
-                for v in vs {
+                for (i, v) in vs.into_iter().enumerate() {
                     match v {
                         Val::Tensor(t) => out.push(t),
-                        _ => return Val::Poison,
+                        Val::Poison => return Val::Poison,
+                        Val::Int(_)
+                        | Val::Float(_)
+                        | Val::List(_)
+                        | Val::Tuple(_)
+                        | Val::Word(..) => {
+                            self.error(
+                                span,
+                                format!("block `{}` returns several values, and value {} is not a tensor", b.name.name, i + 1),
+                                "a block that returns several values returns tensors only",
+                            );
+                            return Val::Poison;
+                        }
                     }
                 }
                 Val::Tuple(out)

@@ -64,13 +64,14 @@ impl Failed {
 /// Compiles a `.kiln` file (and what it imports) to a graph.
 pub fn compile_file(path: &Path) -> Result<Compiled, Failed> {
     let mut loader = Loader::default();
-    let main = loader.load(path, None);
+    let main = loader.load(path, &path.display().to_string(), None);
     finish(loader, main)
 }
 
 /// Compiles source text; imports resolve relative to `dir`.
 pub fn compile_source(name: &str, src: &str, dir: &Path) -> Result<Compiled, Failed> {
     let mut loader = Loader::default();
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let main = loader.add(name, src.to_string(), dir.join(name));
     finish(loader, Some(main))
 }
@@ -144,11 +145,17 @@ fn finish(mut loader: Loader, main: Option<usize>) -> Result<Compiled, Failed> {
     let model = match models.as_slice() {
         [m] => Some(*m),
         [] => {
+            let end = loader.files[main].text.trim_end().len();
             diags.push(
-                Diagnostic::error(format!("{main_name} has no `model`")).with_notes([
-                    "help: declare one: `model NAME { input x: f32[4] ... output y = ... }`"
-                        .to_string(),
-                ]),
+                Diagnostic::error(format!("{main_name} has no `model`"))
+                    .with_label(
+                        Span::in_file(main as u32, end, end),
+                        "no `model` in this file",
+                    )
+                    .with_notes([
+                        "help: declare one: `model NAME { input x: f32[4] ... output y = ... }`"
+                            .to_string(),
+                    ]),
             );
             None
         }
@@ -216,8 +223,10 @@ struct Loader {
 }
 
 impl Loader {
-    /// Loads a file; `from` is the import that asked for it.
-    fn load(&mut self, path: &Path, from: Option<Span>) -> Option<usize> {
+    /// Loads a file; `from` is the import that asked for it. `name` is how
+    /// diagnostics call the file: the path as given for the main file, the
+    /// importing file's name joined with the import's path for the others.
+    fn load(&mut self, path: &Path, name: &str, from: Option<Span>) -> Option<usize> {
         let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         if let Some(&id) = self.by_path.get(&canon) {
             if let Some(pos) = self.loading.iter().position(|&f| f == id) {
@@ -225,18 +234,18 @@ impl Loader {
                     .iter()
                     .map(|&f| self.files[f].name.clone())
                     .collect();
+                let help = match chain.len() {
+                    1 => "help: remove the import; a file sees its own blocks and constants",
+                    2 => "help: move what both files need into a third file that both import",
+                    _ => "help: move what these files share into a file that imports none of them",
+                };
                 chain.push(self.files[id].name.clone());
                 let d = Diagnostic::error(format!("import cycle: {}", chain.join(" → ")));
                 let d = match from {
                     Some(s) => d.with_label(s, "this import closes the cycle"),
                     None => d,
                 };
-                self.diags.push(
-                    d.with_notes([
-                        "help: move what both files need into a third file that both import"
-                            .to_string(),
-                    ]),
-                );
+                self.diags.push(d.with_notes([help.to_string()]));
                 return None;
             }
             return Some(id);
@@ -244,7 +253,7 @@ impl Loader {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                let d = Diagnostic::error(format!("cannot read {}: {e}", path.display()));
+                let d = Diagnostic::error(format!("cannot read {name}: {e}"));
                 self.diags.push(match from {
                     Some(s) => d.with_label(s, "imported here"),
                     None => d,
@@ -252,7 +261,7 @@ impl Loader {
                 return None;
             }
         };
-        Some(self.add(&path.display().to_string(), text, canon))
+        Some(self.add(name, text, canon))
     }
 
     fn add(&mut self, name: &str, text: String, canon: PathBuf) -> usize {
@@ -272,9 +281,14 @@ impl Loader {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default();
+            let shown_dir = Path::new(&self.files[id].name)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             for item in &ast.items {
                 if let Item::Import { path, span } = item {
-                    self.load(&dir.join(path), Some(*span));
+                    let shown = shown_dir.join(path).display().to_string();
+                    self.load(&dir.join(path), &shown, Some(*span));
                 }
             }
         }
@@ -290,49 +304,173 @@ impl Loader {
 fn parse(src: &str, file: u32, diags: &mut Vec<Diagnostic>) -> Option<File> {
     let (tokens, lex_errors) = lexer::lex(src, file);
     for e in &lex_errors {
-        diags.push(
-            Diagnostic::error(format!("unexpected character `{}`", e.text))
-                .with_label(e.span, "not part of the language"),
-        );
+        diags.push(lex_error(e));
     }
+    let all: Vec<(usize, Tok, usize)> = tokens.clone();
     let mut recovered = Vec::new();
     let result =
         grammar::FileParser::new().parse(file, &mut recovered, tokens.into_iter().map(Ok::<_, ()>));
+    let cx = SyntaxContext {
+        src,
+        file,
+        tokens: &all,
+    };
     for r in recovered {
-        diags.push(syntax_error(r.error, file, src.len()));
+        diags.push(cx.error(r.error));
     }
     match result {
         Ok(f) if lex_errors.is_empty() => Some(f),
         Ok(_) => None,
         Err(e) => {
-            diags.push(syntax_error(e, file, src.len()));
+            diags.push(cx.error(e));
             None
         }
     }
 }
 
-fn syntax_error(e: ParseError<usize, Tok, ()>, file: u32, len: usize) -> Diagnostic {
-    match e {
-        ParseError::UnrecognizedToken {
-            token: (l, t, r),
-            expected,
-        } => Diagnostic::error(format!(
-            "expected {}, found {t}",
-            describe_expected(&expected)
-        ))
-        .with_label(Span::in_file(file, l, r), ""),
-        ParseError::UnrecognizedEof { location, expected } => Diagnostic::error(format!(
-            "expected {}, found the end of the file",
-            describe_expected(&expected)
-        ))
-        .with_label(Span::in_file(file, location.min(len), len), ""),
-        ParseError::ExtraToken { token: (l, t, r) } => {
-            Diagnostic::error(format!("unexpected {t}")).with_label(Span::in_file(file, l, r), "")
-        }
-        ParseError::InvalidToken { location } => Diagnostic::error("invalid token")
-            .with_label(Span::in_file(file, location, location + 1), ""),
-        ParseError::User { error: () } => Diagnostic::error("syntax error"),
+fn lex_error(e: &lexer::LexError) -> Diagnostic {
+    if e.kind == lexer::LexErrorKind::IntTooLarge {
+        return Diagnostic::error(format!("integer `{}` is too large", e.text))
+            .with_label(e.span, format!("the largest integer is {}", i64::MAX));
     }
+    let help = match e.text.as_str() {
+        "^" => Some("for a power, call `pow(a, b)`"),
+        "!" => Some("for a logical not, call `not(x)`; `!=` compares"),
+        "&" => Some("for a logical and, call `and(a, b)`"),
+        "|" => Some("for a logical or, call `or(a, b)`"),
+        ";" => Some("a statement ends at the end of its line; remove the `;`"),
+        "#" => Some("comments start with `//`"),
+        "'" => Some("strings (in `import`) use double quotes"),
+        _ => None,
+    };
+    let d = Diagnostic::error(format!("unexpected character `{}`", e.text))
+        .with_label(e.span, "not part of the language");
+    match help {
+        Some(h) => d.with_notes([format!("help: {h}")]),
+        None => d,
+    }
+}
+
+/// What syntax errors are rendered against: the text, and the tokens of
+/// the file (to point at a bracket left open or a line left unfinished).
+struct SyntaxContext<'a> {
+    src: &'a str,
+    file: u32,
+    tokens: &'a [(usize, Tok, usize)],
+}
+
+impl SyntaxContext<'_> {
+    fn error(&self, e: ParseError<usize, Tok, ()>) -> Diagnostic {
+        let len = self.src.len();
+        match e {
+            ParseError::UnrecognizedToken {
+                token: (l, t, r),
+                expected,
+            } => {
+                let d = Diagnostic::error(format!(
+                    "expected {}, found {t}",
+                    describe_expected(&expected)
+                ))
+                .with_label(Span::in_file(self.file, l, r), "");
+                let d = self.unclosed(d, l);
+                let mut notes = Vec::new();
+                let at_line_start = self.starts_line(l);
+                if let Some(prev) = self.unfinished_line_before(l) {
+                    notes.push(format!(
+                        "help: the line before ends with {prev}, so the statement goes on to this line"
+                    ));
+                } else if is_reserved(&t) && expected.iter().any(|e| e == "Ident") {
+                    notes.push(format!("help: {t} is a reserved word; choose another name"));
+                }
+                if t == Tok::Minus && at_line_start {
+                    notes.push("help: a line that starts with `-` begins a new statement; to continue the expression, end the previous line with the `-`".to_string());
+                }
+                d.with_notes(notes)
+            }
+            ParseError::UnrecognizedEof { location, expected } => {
+                let d = Diagnostic::error(format!(
+                    "expected {}, found the end of the file",
+                    describe_expected(&expected)
+                ))
+                .with_label(Span::in_file(self.file, location.min(len), len), "");
+                self.unclosed(d, len)
+            }
+            ParseError::ExtraToken { token: (l, t, r) } => {
+                Diagnostic::error(format!("unexpected {t}"))
+                    .with_label(Span::in_file(self.file, l, r), "")
+            }
+            ParseError::InvalidToken { location } => Diagnostic::error("invalid token").with_label(
+                Span::in_file(self.file, location.min(len), (location + 1).min(len)),
+                "",
+            ),
+            ParseError::User { error: () } => Diagnostic::error("syntax error"),
+        }
+    }
+
+    /// Adds a label at the innermost `(` or `[` before `at` that is never
+    /// closed in the file.
+    fn unclosed(&self, d: Diagnostic, at: usize) -> Diagnostic {
+        let mut open: Vec<&(usize, Tok, usize)> = Vec::new();
+        for b in self.tokens {
+            match b.1 {
+                Tok::LParen | Tok::LBracket => open.push(b),
+                Tok::RParen | Tok::RBracket => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+        match open.iter().rev().find(|(l, _, _)| *l < at) {
+            Some((l, t, r)) => d.with_label(
+                Span::in_file(self.file, *l, *r),
+                format!("this {t} is never closed"),
+            ),
+            None => d,
+        }
+    }
+
+    /// The last token of the line before the one holding byte `at`, when
+    /// that line left its statement open (it ends with a token that cannot
+    /// end a statement, outside brackets), so the newline was not an end.
+    fn unfinished_line_before(&self, at: usize) -> Option<&Tok> {
+        let line_start = self.src[..at.min(self.src.len())].rfind('\n')? + 1;
+        let mut depth = 0i32;
+        let mut prev = None;
+        for (_, t, r) in self.tokens.iter().take_while(|(_, _, r)| *r <= line_start) {
+            match t {
+                Tok::LParen | Tok::LBracket => depth += 1,
+                Tok::RParen | Tok::RBracket => depth -= 1,
+                _ => {}
+            }
+            prev = Some((t, *r));
+        }
+        let (t, r) = prev?;
+        // the token must be on an earlier line, with nothing but the line
+        // break (and comments or blanks) after it
+        let on_earlier_line = self.src[r..line_start].contains('\n');
+        // (after `{` a body starts: its first line is no continuation)
+        let continues = !t.can_end_statement() && !matches!(t, Tok::Newline | Tok::LBrace);
+        (on_earlier_line && depth <= 0 && continues).then_some(t)
+    }
+
+    /// Whether only blanks come before byte `at` on its line (and it is not
+    /// the first line).
+    fn starts_line(&self, at: usize) -> bool {
+        let before = &self.src[..at.min(self.src.len())];
+        match before.rfind('\n') {
+            Some(nl) => before[nl + 1..].chars().all(|c| c == ' ' || c == '\t'),
+            None => false,
+        }
+    }
+}
+
+/// Keywords that are never names. (`model`, `block`, `input`, `weight`
+/// and `output` are names where a name is expected.)
+fn is_reserved(t: &Tok) -> bool {
+    matches!(
+        t,
+        Tok::Let | Tok::Const | Tok::For | Tok::In | Tok::Return | Tok::Import | Tok::As
+    )
 }
 
 /// Turns the parser's terminal names into words: `"("` -> `` `(` ``,
@@ -342,6 +480,8 @@ fn describe_expected(expected: &[String]) -> String {
         .iter()
         .map(|e| match e.as_str() {
             "Ident" => "a name".to_string(),
+            // an integer is a number: say "a number" when both are expected
+            "Int" if expected.iter().any(|e| e == "Float") => "a number".to_string(),
             "Int" => "an integer".to_string(),
             "Float" => "a number".to_string(),
             "Str" => "a string".to_string(),
@@ -352,6 +492,15 @@ fn describe_expected(expected: &[String]) -> String {
             s => s.to_string(),
         })
         .collect();
+    // the declaration keywords are names too: "a name" covers them
+    if expected.iter().any(|e| e == "Ident") {
+        words.retain(|w| {
+            !matches!(
+                w.as_str(),
+                "`model`" | "`block`" | "`input`" | "`weight`" | "`output`"
+            )
+        });
+    }
     words.sort();
     words.dedup();
     match words.len() {
