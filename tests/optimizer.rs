@@ -12,7 +12,10 @@ use kiln_dialect::interp;
 use kiln_passes::cost;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
@@ -27,7 +30,13 @@ fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
 
 /// Benchmarks with tens of millions of weights: planned and checked against
 /// their golden plans, but not evaluated by the interpreter in this test.
-const TOO_BIG_TO_EVALUATE: &[&str] = &["w3.kiln", "w3d.kiln", "w4.kiln", "w5_int8.kiln", "w5_fp8.kiln"];
+const TOO_BIG_TO_EVALUATE: &[&str] = &[
+    "w3.kiln",
+    "w3d.kiln",
+    "w4.kiln",
+    "w5_int8.kiln",
+    "w5_fp8.kiln",
+];
 
 /// Kernel-count bounds on sm_90 at the benchmark sizes.
 const KERNEL_BOUNDS: &[(&str, usize)] = &[("w1", 1), ("w1b", 1), ("w2", 3), ("w3", 8), ("w6", 2)];
@@ -52,7 +61,10 @@ fn bench_dims(path: &Path) -> HashMap<String, u64> {
 }
 
 fn seed() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(3)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(3)
 }
 
 /// Evaluates the source graph once, then each target's plan graph, on the
@@ -60,7 +72,11 @@ fn seed() -> u64 {
 /// to each output's largest magnitude, failing when an output's difference
 /// passes its dtype's tolerance (f32: 1e-5, 16-bit floats: 2^-6, integers
 /// and bools: exact).
-fn equivalence(path: &Path, targets: &[&'static cost::Target], seed: u64) -> Result<Vec<f64>, String> {
+fn equivalence(
+    path: &Path,
+    targets: &[&'static cost::Target],
+    seed: u64,
+) -> Result<Vec<f64>, String> {
     let source = kiln::model::load(path).map_err(|e| e.to_string())?.graph;
     let mut dims = BTreeMap::new();
     for v in source.inputs().into_iter().chain(source.weights()) {
@@ -68,20 +84,36 @@ fn equivalence(path: &Path, targets: &[&'static cost::Target], seed: u64) -> Res
             dims.insert(s.to_string(), if path.ends_with("w6.kiln") { 1 } else { 3 });
         }
     }
-    let spec = InputSpec { files: &[], random_seed: Some(seed), dims: &dims };
-    let bindings = data::bind(&source, &spec, &WeightSource::Random(seed ^ 9)).map_err(|e| e.to_string())?;
+    let spec = InputSpec {
+        files: &[],
+        random_seed: Some(seed),
+        dims: &dims,
+    };
+    let bindings =
+        data::bind(&source, &spec, &WeightSource::Random(seed ^ 9)).map_err(|e| e.to_string())?;
     let a = interp::run(&source, &bindings).map_err(|e| format!("source: {e}"))?;
     let mut out = Vec::new();
     for target in targets {
-        let opts = Options { target, ..Options::default() };
+        let opts = Options {
+            target,
+            ..Options::default()
+        };
         let c = pipeline::compile(path, &[], &opts).map_err(|e| e.to_string())?;
-        let b = interp::run(&c.plan.graph, &bindings).map_err(|e| format!("plan for {}: {e}", target.name))?;
+        let b = interp::run(&c.plan.graph, &bindings)
+            .map_err(|e| format!("plan for {}: {e}", target.name))?;
         let mut worst = 0.0f64;
         for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
             if na != nb || ta.shape != tb.shape || ta.dtype != tb.dtype {
-                return Err(format!("output {na}: {}{:?} vs {nb}: {}{:?}", ta.dtype, ta.shape, tb.dtype, tb.shape));
+                return Err(format!(
+                    "output {na}: {}{:?} vs {nb}: {}{:?}",
+                    ta.dtype, ta.shape, tb.dtype, tb.shape
+                ));
             }
-            let scale = ta.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+            let scale = ta
+                .data
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs()))
+                .max(1e-12);
             let tol = match ta.dtype {
                 kiln_dialect::DType::F32 | kiln_dialect::DType::F64 => 1e-5,
                 kiln_dialect::DType::F16 | kiln_dialect::DType::BF16 => 1.6e-2,
@@ -89,7 +121,10 @@ fn equivalence(path: &Path, targets: &[&'static cost::Target], seed: u64) -> Res
             };
             let d = ta.max_abs_diff(tb) / scale;
             if d > tol {
-                return Err(format!("{}: output {na} differs by {d} of its range (tolerance {tol})", target.name));
+                return Err(format!(
+                    "{}: output {na} differs by {d} of its range (tolerance {tol})",
+                    target.name
+                ));
             }
             worst = worst.max(d);
         }
@@ -108,7 +143,11 @@ fn plans_compute_what_the_source_computes() {
     let mut paths = files("examples", "kiln");
     paths.extend(files("examples/ir", "kir"));
     paths.extend(files("tests/filetests/graphs", "kir"));
-    paths.extend(files("bench", "kiln").into_iter().filter(|p| !TOO_BIG_TO_EVALUATE.iter().any(|b| p.ends_with(b))));
+    paths.extend(
+        files("bench", "kiln")
+            .into_iter()
+            .filter(|p| !TOO_BIG_TO_EVALUATE.iter().any(|b| p.ends_with(b))),
+    );
     let mut failures = Vec::new();
     for p in &paths {
         let targets = [&cost::SM90, &cost::CPU];
@@ -127,8 +166,16 @@ fn plans_compute_what_the_source_computes() {
 fn benchmark_plans_are_golden_and_within_bounds() {
     let mut failures = Vec::new();
     for p in files("bench", "kiln") {
-        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        let opts = Options { target: &cost::SM90, dims: bench_dims(&p), ..Options::default() };
+        let stem = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let opts = Options {
+            target: &cost::SM90,
+            dims: bench_dims(&p),
+            ..Options::default()
+        };
         let c = match pipeline::compile(&p, &[], &opts) {
             Ok(c) => c,
             Err(e) => {
@@ -140,10 +187,15 @@ fn benchmark_plans_are_golden_and_within_bounds() {
         if let Some((_, bound)) = KERNEL_BOUNDS.iter().find(|(n, _)| *n == stem)
             && kernels > *bound
         {
-            failures.push(format!("{stem}: {kernels} kernels, the bound is {bound}\n{}", c.plan.to_text()));
+            failures.push(format!(
+                "{stem}: {kernels} kernels, the bound is {bound}\n{}",
+                c.plan.to_text()
+            ));
         }
         let text = c.plan.to_text();
-        let golden = root().join("tests/filetests/plan").join(format!("{stem}.plan"));
+        let golden = root()
+            .join("tests/filetests/plan")
+            .join(format!("{stem}.plan"));
         if std::env::var("KILN_BLESS").is_ok_and(|v| v == "1") {
             std::fs::create_dir_all(golden.parent().expect("dir")).expect("mkdir");
             std::fs::write(&golden, &text).expect("write golden");
@@ -151,7 +203,10 @@ fn benchmark_plans_are_golden_and_within_bounds() {
         }
         match std::fs::read_to_string(&golden) {
             Ok(want) if want == text => {}
-            Ok(want) => failures.push(format!("{stem}: plan differs from {}\n--- expected\n{want}--- actual\n{text}", golden.display())),
+            Ok(want) => failures.push(format!(
+                "{stem}: plan differs from {}\n--- expected\n{want}--- actual\n{text}",
+                golden.display()
+            )),
             Err(_) => failures.push(format!("{stem}: no golden plan; run with KILN_BLESS=1")),
         }
     }
