@@ -212,3 +212,48 @@ fn benchmark_plans_are_golden_and_within_bounds() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A repeated block is saturated once: the later layers of `tiny_llama`
+/// are not searched by the rewrite rules but receive a copy of what the
+/// first layer's saturation found (here, the packed layouts of its
+/// weights), so every layer gets the same kernels.
+#[test]
+fn repeated_layers_get_the_first_layers_rewrites() {
+    let path = root().join("examples/tiny_llama.kiln");
+    let dims = HashMap::from([("seq".to_string(), 1)]);
+    let c = pipeline::compile(
+        &path,
+        &[],
+        &Options {
+            target: &cost::SM90,
+            dims,
+            ..Options::default()
+        },
+    )
+    .expect("compiles");
+    let text = c.plan.to_text();
+    let per_layer: Vec<(usize, usize)> = (0..4)
+        .map(|i| {
+            let tag = format!("%layers.{i}.");
+            let kernels = text
+                .lines()
+                .filter(|l| l.starts_with("kernel ") && l.contains(&tag))
+                .count();
+            let packed = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("transform ") && l.contains("packed(mma_b)") && l.contains(&tag)
+                })
+                .count();
+            (kernels, packed)
+        })
+        .collect();
+    assert!(
+        per_layer[0].1 >= 7,
+        "the first layer's projections are packed:\n{text}"
+    );
+    assert!(
+        per_layer.iter().all(|p| *p == per_layer[0]),
+        "every layer like the first: {per_layer:?}\n{text}"
+    );
+}

@@ -123,6 +123,22 @@ pub struct Graph {
     outputs: Vec<Output>,
     /// Every result name ever added, so [`Graph::fresh_name`] is O(1).
     reserved: HashSet<String>,
+    /// Instances of repeated blocks, as the front-end made them (metadata
+    /// for the optimizer; not part of the text form or of equality).
+    pub regions: Vec<Region>,
+}
+
+/// The nodes one instance of a block made (`decoder(x) as layers[3]`): the
+/// optimizer saturates one instance of a block and reuses the result for
+/// the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Region {
+    /// The block's name.
+    pub block: String,
+    /// The instance's name prefix (`layers.3`).
+    pub instance: String,
+    /// Its nodes, in the order they were made.
+    pub nodes: Vec<NodeId>,
 }
 
 /// The graph has a cycle through the named value.

@@ -107,6 +107,7 @@ pub struct Extraction {
 struct Ctx<'a> {
     eg: &'a KGraph,
     sizes: &'a Sizes<'a>,
+    sealed: &'a HashSet<Id>,
 }
 
 impl Ctx<'_> {
@@ -303,10 +304,14 @@ fn recompute_factor(ctx: &Ctx, op: &Op, node: &KNode, i: usize, out: Id) -> f64 
 /// DAG costs are not monotone along a cycle of the e-graph, so choices that
 /// form a cycle are found from `roots`, the offending node banned, and the
 /// extraction run again (rarely more than a round or two).
-pub fn extract(eg: &KGraph, sizes: &Sizes, roots: &[Id]) -> Extraction {
+///
+/// `sealed` classes (the outputs of repeated block instances) are read from
+/// memory only, and their consumers do not count what computed them: it is
+/// the same for every choice downstream.
+pub fn extract(eg: &KGraph, sizes: &Sizes, roots: &[Id], sealed: &HashSet<Id>) -> Extraction {
     let mut banned: HashSet<(Id, KNode)> = HashSet::new();
     for _round in 0..64 {
-        let ex = extract_once(eg, sizes, &banned);
+        let ex = extract_once(eg, sizes, &banned, sealed);
         match find_cycle(eg, &ex, roots) {
             None => return ex,
             Some((c, node)) => {
@@ -314,7 +319,7 @@ pub fn extract(eg: &KGraph, sizes: &Sizes, roots: &[Id]) -> Extraction {
             }
         }
     }
-    extract_once(eg, sizes, &banned)
+    extract_once(eg, sizes, &banned, sealed)
 }
 
 /// A (class, node) whose choice lies on a cycle of choices reachable from
@@ -355,8 +360,13 @@ fn find_cycle(eg: &KGraph, ex: &Extraction, roots: &[Id]) -> Option<(Id, KNode)>
     None
 }
 
-fn extract_once(eg: &KGraph, sizes: &Sizes, banned: &HashSet<(Id, KNode)>) -> Extraction {
-    let ctx = Ctx { eg, sizes };
+fn extract_once(
+    eg: &KGraph,
+    sizes: &Sizes,
+    banned: &HashSet<(Id, KNode)>,
+    sealed: &HashSet<Id>,
+) -> Extraction {
+    let ctx = Ctx { eg, sizes, sealed };
     let mut best: HashMap<(Id, Kind), Choice> = HashMap::new();
     let mut secs: HashMap<Id, f64> = HashMap::new();
     // Classes are numbered as they were added, operands first, so one pass in
@@ -589,6 +599,12 @@ fn combine(
                 pick = Some((Kind::Mem, m, m.cost.total));
             }
             let factor = recompute_factor(ctx, op, node, i, c);
+            // a sealed value (a block instance's output) is only read from memory
+            let allowed = if ctx.sealed.contains(&a) {
+                Vec::new()
+            } else {
+                allowed
+            };
             // A weight-only value in memory was made at bind time, in the form
             // (layout) the rules chose for it: on a tie it wins over redoing
             // its computation from the original weights.
@@ -625,7 +641,9 @@ fn combine(
             kinds.push(k);
             extra += layout_penalty(ctx, op, i, a, k, &ch.cost);
             if k == Kind::Mem {
-                kernels = merge(&kernels, &ch.cost.kernels);
+                if !ctx.sealed.contains(&a) {
+                    kernels = merge(&kernels, &ch.cost.kernels);
+                }
                 let mut s = (*reads).clone();
                 s.insert(a);
                 reads = Rc::new(s);

@@ -11,5 +11,6 @@ pub mod egraph;
 pub mod extract;
 pub mod optimize;
 pub mod plan;
+pub mod regions;
 pub mod rules;
 pub mod stats;

@@ -13,8 +13,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
 use egg::{CostFunction, Id, Language, Runner};
-use kiln_dialect::graph::Graph;
+use kiln_dialect::graph::{Graph, Value};
 use kiln_dialect::ops::OpClass;
 
 use crate::cost::{Sizes, Target};
@@ -23,6 +26,7 @@ use crate::egraph::convert::{self, Loaded};
 use crate::egraph::lang::{Head, KNode};
 use crate::extract;
 use crate::plan::{self, Plan};
+use crate::regions;
 use crate::rules::{self, Rule};
 
 /// Bounds on equality saturation.
@@ -57,6 +61,16 @@ pub struct SaturationReport {
 
 /// Saturates an e-graph with a rule family within the limits.
 pub fn saturate(egraph: KGraph, rules: &[Rule], limits: Limits) -> (KGraph, SaturationReport) {
+    saturate_except(egraph, rules, limits, &Arc::new(HashSet::new()))
+}
+
+/// [`saturate`], not searching the `frozen` classes.
+pub fn saturate_except(
+    egraph: KGraph,
+    rules: &[Rule],
+    limits: Limits,
+    frozen: &Arc<HashSet<Id>>,
+) -> (KGraph, SaturationReport) {
     let t = Instant::now();
     crate::stats::take_search_times();
     let runner = Runner::default()
@@ -64,7 +78,7 @@ pub fn saturate(egraph: KGraph, rules: &[Rule], limits: Limits) -> (KGraph, Satu
         .with_iter_limit(limits.iterations)
         .with_node_limit(limits.nodes)
         .with_time_limit(limits.time)
-        .run(&rules::rewrites(rules));
+        .run(&rules::rewrites_except(rules, frozen));
     let mut fired: HashMap<String, usize> = HashMap::new();
     for it in &runner.iterations {
         for (name, n) in &it.applied {
@@ -185,6 +199,9 @@ fn extract_simple(l: &Loaded) -> HashMap<Id, KNode> {
 pub struct Rewritten {
     pub loaded: Loaded,
     pub report: SaturationReport,
+    /// The values that leave an instance of a repeated block: kernel
+    /// boundaries, where extraction prices each instance on its own.
+    pub boundaries: Vec<Value>,
 }
 
 impl Rewritten {
@@ -199,15 +216,110 @@ impl Rewritten {
 /// with the algebra, layout and quantization rules.
 pub fn rewrite(g: &Graph, limits: Limits) -> Rewritten {
     let mut l = convert::load(g, false);
+    let reps = regions::repeated(g);
+    // Instances after the first of each repeated block are not searched...
+    let mut frozen: HashSet<Id> = HashSet::new();
+    let mut first: HashSet<Id> = HashSet::new();
+    for rep in &reps {
+        for (i, inst) in rep.instances.iter().enumerate() {
+            for &n in inst {
+                for port in 0..g.node(n).results.len() as u32 {
+                    if let Some(&c) = l.values.get(&Value { node: n, port }) {
+                        if i == 0 {
+                            first.insert(c)
+                        } else {
+                            frozen.insert(c)
+                        };
+                    }
+                }
+            }
+        }
+    }
+    let outside: HashSet<Id> = l
+        .values
+        .iter()
+        .filter(|(v, _)| {
+            !reps
+                .iter()
+                .any(|r| r.instances.iter().any(|i| i.contains(&v.node)))
+        })
+        .map(|(_, c)| *c)
+        .collect();
+    frozen.retain(|c| !first.contains(c) && !outside.contains(c));
+    let frozen = Arc::new(frozen);
     let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
     let family: Vec<Rule> = rules::algebra::RULES
         .iter()
         .chain(rules::layout::RULES)
+        .chain(rules::quant::RULES)
         .copied()
         .collect();
-    let (eg, report) = saturate(eg, &family, limits);
+    let (mut eg, report) = saturate_except(eg, &family, limits, &frozen);
+    // ...they get a copy of what the first one's saturation found.
+    for rep in &reps {
+        let local = instance_classes(&eg, &l, g, &rep.instances[0]);
+        for inst in &rep.instances[1..] {
+            let corr: HashMap<Id, Id> = regions::correspondence(g, &rep.instances[0], inst)
+                .into_iter()
+                .filter_map(|(a, b)| {
+                    Some((eg.find(*l.values.get(&a)?), eg.find(*l.values.get(&b)?)))
+                })
+                .collect();
+            regions::copy_instance(&mut eg, &corr, &local);
+        }
+    }
+    for c in l.values.values_mut() {
+        *c = eg.find(*c);
+    }
     l.egraph = eg;
-    Rewritten { loaded: l, report }
+    let boundaries = reps
+        .iter()
+        .flat_map(|r| {
+            r.instances
+                .iter()
+                .flat_map(|i| regions::boundary_values(g, i))
+        })
+        .collect();
+    Rewritten {
+        loaded: l,
+        report,
+        boundaries,
+    }
+}
+
+/// Every class of an instance after saturation: its nodes' classes and the
+/// classes rules made under them, up to the values it reads from outside.
+fn instance_classes(
+    eg: &KGraph,
+    l: &Loaded,
+    g: &Graph,
+    nodes: &[kiln_dialect::NodeId],
+) -> BTreeSet<Id> {
+    // every class of an original node outside the instance: what it reads,
+    // and what rules reached through that
+    let inside: HashSet<kiln_dialect::NodeId> = nodes.iter().copied().collect();
+    let outside: HashSet<Id> = l
+        .values
+        .iter()
+        .filter(|(v, _)| !inside.contains(&v.node))
+        .map(|(_, c)| eg.find(*c))
+        .collect();
+    let mut local = BTreeSet::new();
+    let mut stack: Vec<Id> = nodes
+        .iter()
+        .flat_map(|&n| (0..g.node(n).results.len() as u32).map(move |port| Value { node: n, port }))
+        .filter_map(|v| l.values.get(&v))
+        .map(|c| eg.find(*c))
+        .collect();
+    while let Some(c) = stack.pop() {
+        if outside.contains(&c) || !local.insert(c) {
+            continue;
+        }
+        for n in &eg[c].nodes {
+            stack.extend(n.args.iter().map(|a| eg.find(*a)));
+        }
+    }
+    local
 }
 
 /// Phase 2: kernels. Every use goes through `mat`, the fusion rules offer
@@ -233,7 +345,15 @@ pub fn kernels(
         .map(|(_, c)| *c)
         .chain(l.sources.iter().copied())
         .collect();
-    let ex = extract::extract(&l.egraph, &sizes, &roots);
+    // an instance's outputs are written to memory, and what reads them sees
+    // only that write: each instance is priced (and chosen) on its own
+    let sealed: HashSet<Id> = r
+        .boundaries
+        .iter()
+        .filter_map(|v| l.values.get(v))
+        .filter_map(|&c| l.egraph.lookup(KNode::mat(c)))
+        .collect();
+    let ex = extract::extract(&l.egraph, &sizes, &roots, &sealed);
     (plan::build(&l, &ex, target), report)
 }
 

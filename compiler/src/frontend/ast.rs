@@ -212,6 +212,8 @@ pub struct Arg {
     pub value: Expr,
 }
 
+// a range holds three optional expressions; items are few and short-lived
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum IndexItem {
     /// `i`: one index, the axis is removed.

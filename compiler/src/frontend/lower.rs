@@ -36,6 +36,9 @@ enum Val {
     Poison,
 }
 
+/// The `shape` and `dtype` arguments of a `constant` or `iota` call.
+type SourceType = (Option<(Val, Span)>, Option<(Val, Span)>);
+
 /// Type names accepted besides the dialect's own (`int4` for `i4`, ...).
 const DTYPE_ALIASES: &[(&str, DType)] = &[
     ("int64", DType::I64),
@@ -1343,7 +1346,7 @@ impl<'a> Lowerer<'a> {
         let mut operands: Vec<Option<(Val, Span)>> = vec![None; spec.operands.len()];
         let mut variadic: Vec<(Val, Span)> = Vec::new();
         let mut attrs: Vec<(String, AttrValue, Span)> = Vec::new();
-        let mut source_ty: (Option<(Val, Span)>, Option<(Val, Span)>) = (None, None);
+        let mut source_ty: SourceType = (None, None);
         let mut slot = 0usize;
         let mut attr_slot = 0usize;
         for (name, v, s) in args {
@@ -1539,12 +1542,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// `constant(value, shape = [...], dtype = DT)` and `iota(..., shape, dtype)`.
-    fn source_op(
-        &mut self,
-        op: Op,
-        ty: (Option<(Val, Span)>, Option<(Val, Span)>),
-        span: Span,
-    ) -> Val {
+    fn source_op(&mut self, op: Op, ty: SourceType, span: Span) -> Val {
         let name = op.mnemonic();
         let dims = match ty.0 {
             Some((v, s)) => match self.dims_of(&v, s) {
@@ -1766,13 +1764,29 @@ impl<'a> Lowerer<'a> {
             }
             scope.vars.insert(p.name.name.clone(), (v, p.name.span));
         }
+        let top_level = self.stack.is_empty();
+        let first_node = self.g.node_count();
         self.stack.push((b.name.name.clone(), span));
         let inner = Frame {
-            prefix,
+            prefix: prefix.clone(),
             in_block: Some(b.name.name.clone()),
         };
         let mut block_scopes = vec![scope];
         let r = self.stmts(&b.body, &mut block_scopes, &inner);
+        if top_level {
+            // the nodes this instance made (nothing is removed while lowering,
+            // so they are the ids from `first_node` on)
+            let nodes = self
+                .g
+                .node_ids()
+                .filter(|n| n.index() >= first_node)
+                .collect();
+            self.g.regions.push(kiln_dialect::graph::Region {
+                block: b.name.name.clone(),
+                instance: prefix,
+                nodes,
+            });
+        }
         self.stack.pop();
         match r {
             Returned::Nothing => {

@@ -19,6 +19,8 @@ pub struct Loaded {
     pub sources: Vec<Id>,
     /// The name each value had in the graph, by class.
     pub names: HashMap<Id, String>,
+    /// The class of each value of the loaded graph.
+    pub values: HashMap<Value, Id>,
     pub graph_name: String,
 }
 
@@ -110,11 +112,16 @@ pub fn load(g: &Graph, mats: bool) -> Loaded {
         })
         .collect();
     egraph.rebuild();
+    let values = class
+        .into_iter()
+        .map(|(v, c)| (v, egraph.find(c)))
+        .collect();
     Loaded {
         egraph,
         outputs,
         sources,
         names,
+        values,
         graph_name: g.name.clone(),
     }
 }
@@ -329,11 +336,17 @@ pub fn with_mats(l: &Loaded) -> Loaded {
         .filter_map(|(k, v)| map.get(&old.find(*k)).map(|&n| (n, v.clone())))
         .collect();
     eg.rebuild();
+    let values = l
+        .values
+        .iter()
+        .filter_map(|(v, c)| map.get(&old.find(*c)).map(|n| (*v, eg.find(*n))))
+        .collect();
     Loaded {
         egraph: eg,
         outputs,
         sources,
         names,
+        values,
         graph_name: l.graph_name.clone(),
     }
 }

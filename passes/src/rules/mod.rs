@@ -15,6 +15,8 @@ pub mod quant;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use egg::{Applier, Id, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
@@ -70,8 +72,9 @@ pub fn instantiate(eg: &mut KGraph, rhs: &Rhs) -> Option<Id> {
 }
 
 /// A rule as an egg searcher: matches the classes holding a node the rule
-/// applies to.
-struct RuleSearcher(Rule);
+/// applies to. Classes in the set are not searched: they belong to repeated
+/// block instances, which get a copy of the first instance's results.
+struct RuleSearcher(Rule, Arc<HashSet<Id>>);
 
 impl Searcher<KNode, Meta> for RuleSearcher {
     fn search_eclass_with_limit(
@@ -80,6 +83,9 @@ impl Searcher<KNode, Meta> for RuleSearcher {
         eclass: Id,
         _limit: usize,
     ) -> Option<SearchMatches<'_, KNode>> {
+        if self.1.contains(&eclass) {
+            return None;
+        }
         let t = Instant::now();
         let hit = egraph[eclass]
             .nodes
@@ -135,10 +141,16 @@ impl Applier<KNode, Meta> for RuleApplier {
 
 /// A family of rules as egg rewrites.
 pub fn rewrites(rules: &[Rule]) -> Vec<Rewrite<KNode, Meta>> {
+    rewrites_except(rules, &Arc::new(HashSet::new()))
+}
+
+/// A family of rules as egg rewrites that do not search `frozen` classes.
+pub fn rewrites_except(rules: &[Rule], frozen: &Arc<HashSet<Id>>) -> Vec<Rewrite<KNode, Meta>> {
     rules
         .iter()
         .map(|r| {
-            Rewrite::new(r.name, RuleSearcher(*r), RuleApplier(*r)).expect("rule names are unique")
+            Rewrite::new(r.name, RuleSearcher(*r, frozen.clone()), RuleApplier(*r))
+                .expect("rule names are unique")
         })
         .collect()
 }
