@@ -96,8 +96,8 @@ fn help_lists_exactly_the_working_subcommands() {
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["check", "compile", "run", "help"]);
-    for sub in ["check", "compile", "run"] {
+    assert_eq!(commands, ["check", "compile", "explain", "run", "help"]);
+    for sub in ["check", "compile", "explain", "run"] {
         let out = kiln(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");
@@ -340,4 +340,38 @@ fn run_binds_weights_from_safetensors() {
         "pass --weights W.safetensors or --random-weights SEED",
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn explain_shows_kernels_rewrites_and_rules() {
+    let out = kiln(&["explain", "examples/resnet_block.kiln"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    // the folded batch norm: a rewrite with its explanation
+    assert!(
+        s.contains("conv2d: from the source by conv-batchnorm-fold"),
+        "{s}"
+    );
+    // a fused kernel with the roles of its ops and the unfused comparison
+    assert!(
+        s.contains("conv2d (root)") && s.contains("(epilogue)"),
+        "{s}"
+    );
+    assert!(s.contains("kernel(s) would take"), "{s}");
+    // per-rule counts in both phases
+    assert!(
+        s.contains("rewrite phase (algebra, layout, quantization)")
+            && s.contains("kernel phase (fusion)"),
+        "{s}"
+    );
+    let fired = s
+        .lines()
+        .find(|l| l.trim_start().starts_with("conv-batchnorm-fold "))
+        .expect("rule line");
+    let n: usize = fired
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("count");
+    assert!(n >= 3, "three batch norms fold: {fired}");
 }

@@ -1,7 +1,7 @@
 //! The `kiln` command line. Exit codes: 0 success, 1 a user error (message
 //! on stderr, no backtrace), 2 an internal error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -84,6 +84,20 @@ pub enum Command {
         /// Print the time each stage took (on stderr).
         #[arg(long)]
         timings: bool,
+    },
+    /// Show the optimizer's decisions: each kernel of the plan, the ops it
+    /// fuses and their roles, what they would cost as separate kernels, the
+    /// rewrites (with egg's explanations) that produced ops not in the
+    /// source, and per-rule match counts and search times.
+    Explain {
+        /// The model: model language (.kiln) or graph IR text (.kir).
+        model: PathBuf,
+        /// The target to plan for.
+        #[arg(long, value_enum, default_value_t = TargetArg::Sm90)]
+        target: TargetArg,
+        /// The size of a symbolic dimension to plan for, as NAME=N (repeatable).
+        #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
     },
     /// Run a model on given or random inputs and print a summary of each
     /// output (type, sum, mean |x|, checksum).
@@ -185,6 +199,16 @@ pub fn main() -> i32 {
 fn execute(cmd: Command) -> Result<(), KilnError> {
     match cmd {
         Command::Check { model: path, print } => check(&path, print),
+        Command::Explain {
+            model: path,
+            target,
+            dims,
+        } => {
+            let dims: HashMap<String, u64> = dims.into_iter().map(|(k, v)| (k, v as u64)).collect();
+            let text = pipeline::explain(&path, target.target(), &dims)?;
+            crate::out!("{text}");
+            Ok(())
+        }
         Command::Compile {
             model: path,
             emit,

@@ -175,3 +175,21 @@ pub fn write_emitted(c: &Compilation, dir: Option<&Path>) -> Result<(), KilnErro
     }
     Ok(())
 }
+
+/// The optimizer's report for a model (`kiln explain`).
+pub fn explain(
+    path: &Path,
+    target: &'static Target,
+    dims: &HashMap<String, u64>,
+) -> Result<String, KilnError> {
+    let m = model::load(path)?;
+    let mut g = m.graph;
+    cleanup::common_subexpressions(&mut g);
+    cleanup::dead_code(&mut g);
+    Ok(kiln_passes::explain::explain(
+        &g,
+        target,
+        dims,
+        Limits::default(),
+    ))
+}

@@ -8,6 +8,7 @@
 pub mod cleanup;
 pub mod cost;
 pub mod egraph;
+pub mod explain;
 pub mod extract;
 pub mod optimize;
 pub mod plan;

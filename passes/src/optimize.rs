@@ -202,6 +202,8 @@ pub struct Rewritten {
     /// The values that leave an instance of a repeated block: kernel
     /// boundaries, where extraction prices each instance on its own.
     pub boundaries: Vec<Value>,
+    /// Each value's e-node id as loaded (before any union).
+    pub original: HashMap<Value, Id>,
 }
 
 impl Rewritten {
@@ -215,7 +217,20 @@ impl Rewritten {
 /// Phase 1: rewrites. Saturates the plain graph (no kernel boundaries yet)
 /// with the algebra, layout and quantization rules.
 pub fn rewrite(g: &Graph, limits: Limits) -> Rewritten {
-    let mut l = convert::load(g, false);
+    rewrite_with(g, limits, false)
+}
+
+/// [`rewrite`], optionally recording egg explanations (for `kiln explain`).
+pub fn rewrite_with(g: &Graph, limits: Limits, explanations: bool) -> Rewritten {
+    let egraph = if explanations {
+        KGraph::new(Meta::default()).with_explanations_enabled()
+    } else {
+        KGraph::new(Meta::default())
+    };
+    let mut l = convert::load_into(g, false, egraph);
+    // each value's own e-node (with explanations on, its id names the node
+    // as loaded, which explanations start from)
+    let original = l.values.clone();
     let reps = regions::repeated(g);
     // Instances after the first of each repeated block are not searched...
     let mut frozen: HashSet<Id> = HashSet::new();
@@ -284,6 +299,7 @@ pub fn rewrite(g: &Graph, limits: Limits) -> Rewritten {
         loaded: l,
         report,
         boundaries,
+        original,
     }
 }
 
@@ -331,9 +347,22 @@ pub fn kernels(
     symbols: &HashMap<String, u64>,
     limits: Limits,
 ) -> (Plan, SaturationReport) {
+    let (plan, report, _) = kernels_full(r, target, symbols, limits);
+    (plan, report)
+}
+
+/// [`kernels`], also returning the kernel e-graph the plan was extracted
+/// from (for explanations).
+pub fn kernels_full(
+    r: &Rewritten,
+    target: &'static Target,
+    symbols: &HashMap<String, u64>,
+    limits: Limits,
+) -> (Plan, SaturationReport, Loaded) {
     let mut l = convert::with_mats(&r.loaded);
     let eg = std::mem::replace(&mut l.egraph, KGraph::new(Meta::default()));
     let (eg, report) = saturate(eg, rules::fusion::RULES, limits);
+    l.origin = l.origin.iter().map(|(b, a)| (eg.find(*b), *a)).collect();
     l.egraph = eg;
     let sizes = Sizes {
         target,
@@ -354,7 +383,8 @@ pub fn kernels(
         .filter_map(|&c| l.egraph.lookup(KNode::mat(c)))
         .collect();
     let ex = extract::extract(&l.egraph, &sizes, &roots, &sealed);
-    (plan::build(&l, &ex, target), report)
+    let plan = plan::build(&l, &ex, target);
+    (plan, report, l)
 }
 
 /// Everything the optimizer did.

@@ -35,6 +35,9 @@ pub struct Kernel {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub graph: Graph,
+    /// The e-class and e-node of the kernel e-graph each op node was
+    /// extracted from (for explanations).
+    pub made_from: HashMap<NodeId, (Id, crate::egraph::lang::KNode)>,
     pub kernels: Vec<Kernel>,
     pub target: &'static str,
     pub seconds: f64,
@@ -55,6 +58,7 @@ struct Builder<'a> {
     names: HashMap<Id, String>,
     /// Result names given so far.
     used: std::collections::HashSet<String>,
+    made_from: HashMap<NodeId, (Id, crate::egraph::lang::KNode)>,
 }
 
 /// Builds the plan of an extraction, from the outputs down.
@@ -75,6 +79,7 @@ pub fn build(l: &Loaded, ex: &Extraction, target: &Target) -> Plan {
         inner: HashMap::new(),
         names,
         used: Default::default(),
+        made_from: HashMap::new(),
     };
     for &s in &l.sources {
         b.mem_value(eg.find(s));
@@ -91,6 +96,7 @@ pub fn build(l: &Loaded, ex: &Extraction, target: &Target) -> Plan {
     let seconds = kernels.iter().map(|k| k.seconds).sum();
     Plan {
         graph: b.g,
+        made_from: b.made_from,
         kernels,
         target: target.name,
         seconds,
@@ -192,6 +198,7 @@ impl Builder<'_> {
         let node = self
             .g
             .add_node(e.op.clone(), &operands, vec![ValueInfo { name, ty }]);
+        self.made_from.insert(node, (c, choice.node.clone()));
         let kernel = &mut self.kernels[k];
         kernel.nodes.push(node);
         for r in reads {

@@ -3,6 +3,8 @@
 //! weights and constants only (then it is computed when weights are bound,
 //! never at run time).
 
+use std::collections::HashMap;
+
 use egg::{DidMerge, EGraph, Id};
 use kiln_dialect::TensorType;
 use kiln_dialect::infer::infer;
@@ -25,6 +27,9 @@ pub struct ClassData {
 #[derive(Clone, Debug, Default)]
 pub struct Meta {
     pub ops: OpTable,
+    /// The rule that made each class a rule's right-hand side created (for
+    /// `kiln explain`; keys are the class ids at creation).
+    pub made_by: HashMap<Id, &'static str>,
 }
 
 /// The e-graph of the optimizer.

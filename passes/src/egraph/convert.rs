@@ -21,6 +21,9 @@ pub struct Loaded {
     pub names: HashMap<Id, String>,
     /// The class of each value of the loaded graph.
     pub values: HashMap<Value, Id>,
+    /// For an e-graph made by [`with_mats`]: each class's class in the
+    /// e-graph it was copied from.
+    pub origin: HashMap<Id, Id>,
     pub graph_name: String,
 }
 
@@ -28,7 +31,12 @@ pub struct Loaded {
 /// through a `mat` node (the starting point of fusion: one kernel per op).
 /// `split` becomes one `slice` per piece.
 pub fn load(g: &Graph, mats: bool) -> Loaded {
-    let mut egraph = KGraph::new(Meta::default());
+    load_into(g, mats, KGraph::new(Meta::default()))
+}
+
+/// [`load`] into a given (empty) e-graph, e.g. one with egg explanations
+/// enabled.
+pub fn load_into(g: &Graph, mats: bool, mut egraph: KGraph) -> Loaded {
     let mut class: HashMap<Value, Id> = HashMap::new();
     let mut names = HashMap::new();
     let mut sources = Vec::new();
@@ -122,6 +130,7 @@ pub fn load(g: &Graph, mats: bool) -> Loaded {
         sources,
         names,
         values,
+        origin: HashMap::new(),
         graph_name: g.name.clone(),
     }
 }
@@ -255,6 +264,7 @@ pub fn with_mats(l: &Loaded) -> Loaded {
     let old = &l.egraph;
     let mut eg = KGraph::new(Meta {
         ops: old.analysis.ops.clone(),
+        made_by: HashMap::new(),
     });
     let mut map: HashMap<Id, Id> = HashMap::new();
     let is_source = |n: &KNode| match n.head {
@@ -341,12 +351,14 @@ pub fn with_mats(l: &Loaded) -> Loaded {
         .iter()
         .filter_map(|(v, c)| map.get(&old.find(*c)).map(|n| (*v, eg.find(*n))))
         .collect();
+    let origin = map.iter().map(|(a, b)| (eg.find(*b), *a)).collect();
     Loaded {
         egraph: eg,
         outputs,
         sources,
         names,
         values,
+        origin,
         graph_name: l.graph_name.clone(),
     }
 }

@@ -57,16 +57,27 @@ pub struct Rule {
 /// Adds an [`Rhs`] to the e-graph, type-checking each new node; `None` if
 /// some node would be ill-typed (the rule then does not fire).
 pub fn instantiate(eg: &mut KGraph, rhs: &Rhs) -> Option<Id> {
+    instantiate_by(eg, rhs, "")
+}
+
+/// [`instantiate`], recording `rule` as the maker of each new class.
+fn instantiate_by(eg: &mut KGraph, rhs: &Rhs, rule: &'static str) -> Option<Id> {
     match rhs {
         Rhs::Class(c) => Some(*c),
         Rhs::Scalar(x, dt) => Some(crate::egraph::analysis::add_scalar(eg, *x, *dt)),
         Rhs::Op(op, args) => {
             let ids = args
                 .iter()
-                .map(|a| instantiate(eg, a))
+                .map(|a| instantiate_by(eg, a, rule))
                 .collect::<Option<Vec<_>>>()?;
             let oid = eg.analysis.ops.intern(op.clone(), None, None);
-            add_checked(eg, KNode::op(oid, ids))
+            let node = KNode::op(oid, ids);
+            let existed = eg.lookup(node.clone()).is_some();
+            let id = add_checked(eg, node)?;
+            if !existed && !rule.is_empty() {
+                eg.analysis.made_by.insert(id, rule);
+            }
+            Some(id)
         }
     }
 }
@@ -124,7 +135,7 @@ impl Applier<KNode, Meta> for RuleApplier {
             let Some(rhs) = (self.0.apply)(egraph, &n) else {
                 continue;
             };
-            let Some(new) = instantiate(egraph, &rhs) else {
+            let Some(new) = instantiate_by(egraph, &rhs, self.0.name) else {
                 continue;
             };
             let (a, b) = (egraph.find(eclass), egraph.find(new));
