@@ -148,7 +148,8 @@ fn matmul_peak(t: &Target, dtype: DType) -> f64 {
         DType::F16 | DType::BF16 => t.matmul_f16,
         DType::F32 | DType::F64 => t.matmul_f32,
         DType::I8 | DType::U8 | DType::I32 | DType::F8E4M3 | DType::F8E5M2 => t.matmul_i8,
-        _ => t.fma,
+        DType::I64 | DType::Bool => t.fma,
+        DType::I4 | DType::U4 | DType::I3 | DType::I6 | DType::F4E2M1 | DType::E8M0 => t.fma,
     }
 }
 
@@ -178,17 +179,19 @@ pub fn compute_seconds(sz: &Sizes, op: &Op, ins: &[&TensorType], out: &TensorTyp
         OpClass::Matmul => {
             let a = ins[0];
             // 2 * (output elements) * K
-            let k = match op {
+            let transpose_a = matches!(
+                op,
                 Op::Matmul {
-                    transpose_a: true, ..
-                } => a
-                    .shape
-                    .dims()
-                    .get(a.rank().saturating_sub(2))
-                    .map(|d| sz.dim(d))
-                    .unwrap_or(1.0),
-                _ => a.shape.dims().last().map(|d| sz.dim(d)).unwrap_or(1.0),
+                    transpose_a: true,
+                    ..
+                }
+            );
+            let k_axis = if transpose_a {
+                a.rank().saturating_sub(2)
+            } else {
+                a.rank().saturating_sub(1)
             };
+            let k = a.shape.dims().get(k_axis).map(|d| sz.dim(d)).unwrap_or(1.0);
             2.0 * n_out * k / matmul_peak(t, a.dtype)
         }
         OpClass::Conv => {

@@ -104,6 +104,12 @@ pub static RULES: &[Rule] = &[
         identity: "bn(conv(x, w, b)) = conv(x, w*f, (b-mean)*f + beta), f = gamma/sqrt(var+eps)",
         apply: conv_batchnorm_fold,
     },
+    // softmax(q @ k^T * s [+ mask]) @ v = attention(q, k, v [, mask]) {scale = s}: decomposed attention (an imported graph) as the one fused op
+    Rule {
+        name: "attention-pattern",
+        identity: "softmax(q @ kT * s + mask) @ v = attention(q, k, v, mask) {scale = s}",
+        apply: attention_pattern,
+    },
 ];
 
 // ---- helpers ---------------------------------------------------------------
@@ -468,5 +474,92 @@ fn conv_batchnorm_fold(eg: &KGraph, n: &KNode) -> Option<Rhs> {
             vec![Rhs::Op(Op::Mul, vec![shifted, f]), Rhs::Class(bias)],
         );
         Some(Rhs::Op(conv_op.clone(), vec![Rhs::Class(x), w2, b2]))
+    })
+}
+
+/// `matmul(softmax(scores, axis = -1), v)` where the scores are
+/// `q @ k^T` (a transposed operand or `transpose_b`), times or divided by a
+/// scalar constant, plus an optional additive mask: the attention op, on
+/// rank-4 `[B, H, S, D]` operands.
+fn attention_pattern(eg: &KGraph, n: &KNode) -> Option<Rhs> {
+    let Op::Matmul {
+        transpose_a: false,
+        transpose_b: false,
+    } = op(eg, n)?
+    else {
+        return None;
+    };
+    let (p, v) = (n.args[0], n.args[1]);
+    if ty(eg, v).rank() != 4 {
+        return None;
+    }
+    ops_in(eg, p).find_map(|(o, sm)| {
+        let Op::Softmax { axis } = o else { return None };
+        if *axis != -1 && *axis != 3 {
+            return None;
+        }
+        let scores = sm.args[0];
+        // an additive mask, or none
+        let mut candidates: Vec<(Id, Option<Id>)> = vec![(scores, None)];
+        for (o, a) in ops_in(eg, scores) {
+            if let Op::Add = o {
+                candidates.push((a.args[0], Some(a.args[1])));
+                candidates.push((a.args[1], Some(a.args[0])));
+            }
+        }
+        candidates.into_iter().find_map(|(scaled, mask)| {
+            if mask.is_some_and(|m| ty(eg, m).dtype != ty(eg, v).dtype) {
+                return None;
+            }
+            // the scale: `* s` or `/ s` with a scalar constant s
+            ops_in(eg, scaled).find_map(|(o, m)| {
+                let scalar = |c: Id| splat(eg, c).filter(|_| ty(eg, c).rank() == 0);
+                let (qk, s) = if let Op::Mul = o {
+                    let (a, b) = (m.args[0], m.args[1]);
+                    match scalar(b) {
+                        Some(s) => (a, s),
+                        None => (b, scalar(a)?),
+                    }
+                } else if let Op::Div = o {
+                    (m.args[0], 1.0 / scalar(m.args[1])?)
+                } else {
+                    return None;
+                };
+                ops_in(eg, qk).find_map(|(o, mm)| {
+                    let Op::Matmul {
+                        transpose_a: false,
+                        transpose_b,
+                    } = o
+                    else {
+                        return None;
+                    };
+                    let (q, k) = if *transpose_b {
+                        (mm.args[0], mm.args[1])
+                    } else {
+                        let k = ops_in(eg, mm.args[1]).find_map(|(o, t)| {
+                            let Op::Transpose { perm } = o else {
+                                return None;
+                            };
+                            (normalized_perm(perm) == [0, 1, 3, 2]).then_some(t.args[0])
+                        })?;
+                        (mm.args[0], k)
+                    };
+                    if ty(eg, q).rank() != 4 || ty(eg, k).rank() != 4 {
+                        return None;
+                    }
+                    let mut args = vec![Rhs::Class(q), Rhs::Class(k), Rhs::Class(v)];
+                    if let Some(m) = mask {
+                        args.push(Rhs::Class(m));
+                    }
+                    Some(Rhs::Op(
+                        Op::Attention {
+                            causal: false,
+                            scale: Some(s),
+                        },
+                        args,
+                    ))
+                })
+            })
+        })
     })
 }

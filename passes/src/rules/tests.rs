@@ -351,6 +351,26 @@ const SAMPLES: &[(&str, &str, f64)] = &[
 ",
         1e-6,
     ),
+    // the attention op sums in the same order as the decomposed form
+    (
+        "attention-pattern",
+        "graph t {
+  input %q: f32[1, 2, 5, 4]
+  input %k: f32[1, 2, 7, 4]
+  input %v: f32[1, 2, 7, 3]
+  input %mask: f32[1, 1, 5, 7]
+  %kt: f32[1, 2, 4, 7] = transpose(%k) {perm = [0, 1, 3, 2]}
+  %qk: f32[1, 2, 5, 7] = matmul(%q, %kt)
+  %s: f32[] = constant {value = 0.5}
+  %sc: f32[1, 2, 5, 7] = mul(%qk, %s)
+  %m: f32[1, 2, 5, 7] = add(%sc, %mask)
+  %p: f32[1, 2, 5, 7] = softmax(%m)
+  %o: f32[1, 2, 5, 3] = matmul(%p, %v)
+  output y = %o
+}
+",
+        1e-6,
+    ),
 ];
 
 /// Fusion rules apply to graphs loaded with `mat` boundaries.
