@@ -67,7 +67,7 @@ pub enum Command {
         model: PathBuf,
         /// Stages to print, comma-separated: ast (the syntax tree, every
         /// binary expression parenthesized), graph (as lowered), graph-opt
-        /// (after cleanup and the algebra rules), plan (the kernels, one
+        /// (after cleanup and the algebra, layout and quantization rules), plan (the kernels, one
         /// line each).
         #[arg(long, value_enum, value_delimiter = ',', value_name = "STAGES")]
         emit: Vec<Stage>,

@@ -3,7 +3,7 @@
 //! every stage is timed (`--timings`).
 //!
 //! ```text
-//! .kiln ──parse──▶ AST ──lower──▶ graph ──verify──▶ cleanup (CSE, DCE) ──algebra──▶ graph-opt ──kernels──▶ plan
+//! .kiln ──parse──▶ AST ──lower──▶ graph ──verify──▶ cleanup (CSE, DCE) ──rewrites──▶ graph-opt ──kernels──▶ plan
 //! .kir  ──parse─────────────────▶ graph ──verify──▶ ...
 //! ```
 //!
@@ -31,7 +31,7 @@ pub enum Stage {
     Ast,
     /// The graph as lowered from the source, in .kir text.
     Graph,
-    /// The graph after the cleanup passes and the algebra rules.
+    /// The graph after the cleanup passes and the algebra, layout and quantization rules.
     GraphOpt,
     /// The kernel plan: one line per kernel (`kernel ...`), weight transforms as `transform ...`.
     Plan,
