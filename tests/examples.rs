@@ -16,15 +16,14 @@ use kiln_dialect::interp::{self, Tensor};
 use kiln_dialect::text::{parse, print};
 use kiln_dialect::verify::{VerifyError, verify};
 
-/// Benchmark files whose weights are too large for the interpreter in a
-/// quick test (tens of millions of elements, several seconds each to draw
-/// and multiply in a debug build): they are compiled, verified, printed and
-/// parsed back, and checked by the `kiln` binary, but not evaluated.
+/// Benchmark files with tens of millions of weight elements (a few seconds
+/// each to draw and run): each is evaluated by a test of its own, so that
+/// they run side by side, rather than in `every_model_evaluates_without_nan`.
 ///
 /// - `w3` and `w3d`: 51M weight elements (d 2048, ffn 5632);
 /// - `w4`: 45M int4 codes (4096x11008);
 /// - `w5_int8`, `w5_fp8`: 16.8M weight elements (4096x4096).
-const NOT_EVALUATED: &[&str] = &[
+const LARGE: &[&str] = &[
     "bench/w3.kiln",
     "bench/w3d.kiln",
     "bench/w4.kiln",
@@ -34,8 +33,15 @@ const NOT_EVALUATED: &[&str] = &[
 
 /// Sizes of symbolic dims other than the default 3, per file: the W6
 /// activation is 24x56x56 per image, so one image keeps the convolutions
-/// quick.
-const DIMS: &[(&str, &str, usize)] = &[("bench/w6.kiln", "n", 1)];
+/// quick; the large files run one token or one row.
+const DIMS: &[(&str, &str, usize)] = &[
+    ("bench/w6.kiln", "n", 1),
+    ("bench/w3.kiln", "seq", 2),
+    ("bench/w3d.kiln", "batch", 1),
+    ("bench/w4.kiln", "m", 1),
+    ("bench/w5_int8.kiln", "m", 1),
+    ("bench/w5_fp8.kiln", "m", 1),
+];
 
 /// Files that must exist (a missing one fails instead of being skipped).
 const EXPECTED: &[&str] = &[
@@ -199,33 +205,53 @@ fn bench_files_name_their_binding() {
 
 #[test]
 fn every_model_evaluates_without_nan() {
-    let seed = seed();
     let files: Vec<PathBuf> = model_files()
         .into_iter()
-        .filter(|p| !NOT_EVALUATED.contains(&rel(p).as_str()))
+        .filter(|p| !LARGE.contains(&rel(p).as_str()))
         .collect();
-    check_all(&files, |path| {
-        let name = rel(path);
-        let g = compile(path)?;
-        let bindings = bind_random(&g, &name, seed)?;
-        let outs = interp::run(&g, &bindings).map_err(|e| format!("{name}: seed {seed}: {e}"))?;
-        if outs.len() != g.outputs().len() {
-            return Err(format!(
-                "{name}: {} outputs, {} declared",
-                outs.len(),
-                g.outputs().len()
-            ));
+    check_all(&files, evaluates_without_nan);
+}
+
+#[test]
+fn large_prefill_block_evaluates_without_nan() {
+    check_all(&[root().join(LARGE[0])], evaluates_without_nan);
+}
+
+#[test]
+fn large_decode_block_evaluates_without_nan() {
+    check_all(&[root().join(LARGE[1])], evaluates_without_nan);
+}
+
+#[test]
+fn large_quantized_linears_evaluate_without_nan() {
+    let files: Vec<PathBuf> = LARGE[2..].iter().map(|f| root().join(f)).collect();
+    check_all(&files, evaluates_without_nan);
+}
+
+/// Runs a model file on random inputs and weights in the interpreter: every
+/// output is non-empty and free of NaN.
+fn evaluates_without_nan(path: &Path) -> Result<(), String> {
+    let seed = seed();
+    let name = rel(path);
+    let g = compile(path)?;
+    let bindings = bind_random(&g, &name, seed)?;
+    let outs = interp::run(&g, &bindings).map_err(|e| format!("{name}: seed {seed}: {e}"))?;
+    if outs.len() != g.outputs().len() {
+        return Err(format!(
+            "{name}: {} outputs, {} declared",
+            outs.len(),
+            g.outputs().len()
+        ));
+    }
+    for (out, t) in outs {
+        if t.data.is_empty() {
+            return Err(format!("{name}: output {out} is empty"));
         }
-        for (out, t) in outs {
-            if t.data.is_empty() {
-                return Err(format!("{name}: output {out} is empty"));
-            }
-            if t.data.iter().any(|v| v.is_nan()) {
-                return Err(format!("{name}: seed {seed}: output {out} has NaN"));
-            }
+        if t.data.iter().any(|v| v.is_nan()) {
+            return Err(format!("{name}: seed {seed}: output {out} has NaN"));
         }
-        Ok(())
-    });
+    }
+    Ok(())
 }
 
 /// `examples/mlp.kiln` computes `layer_norm(x + gelu(x @ w1 + b1) @ w2 + b2)`

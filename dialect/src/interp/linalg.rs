@@ -40,30 +40,57 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Tensor {
     // Integers accumulate exactly (wrapping i128, then wrapped to the width):
     // an `f64` accumulator would lose low bits past 2^53 before the wrap.
     let int = a.dtype.is_int();
+    // Every output element sums its products in order of `p`; the loops run
+    // over a whole output row at a time so that B is read along its rows.
+    let mut facc = vec![0.0f64; n];
+    let mut iacc = vec![0i128; n];
     for_each_broadcast(&batch, &[sa, sb], |bi, offs| {
         let (ao, bo) = (offs[0] * amat, offs[1] * bmat);
+        let a_at = |i: usize, p: usize| {
+            if ta {
+                a.data[ao + p * ac + i]
+            } else {
+                a.data[ao + i * ac + p]
+            }
+        };
         for i in 0..m {
-            for j in 0..n {
-                let mut acc = 0.0;
-                let mut iacc = 0i128;
+            let row = &mut out[(bi * m + i) * n..][..n];
+            if int {
+                iacc.fill(0);
                 for p in 0..k {
-                    let av = if ta {
-                        a.data[ao + p * ac + i]
-                    } else {
-                        a.data[ao + i * ac + p]
-                    };
-                    let bv = if tb {
-                        b.data[bo + j * bc + p]
-                    } else {
-                        b.data[bo + p * bc + j]
-                    };
-                    if int {
-                        iacc = iacc.wrapping_add((av as i128).wrapping_mul(bv as i128));
-                    } else {
-                        acc += av * bv;
+                    let av = a_at(i, p) as i128;
+                    for (j, acc) in iacc.iter_mut().enumerate() {
+                        let bv = if tb {
+                            b.data[bo + j * bc + p]
+                        } else {
+                            b.data[bo + p * bc + j]
+                        };
+                        *acc = acc.wrapping_add(av.wrapping_mul(bv as i128));
                     }
                 }
-                out[(bi * m + i) * n + j] = if int { wrap_i128(a.dtype, iacc) } else { acc };
+                for (o, &acc) in row.iter_mut().zip(&iacc) {
+                    *o = wrap_i128(a.dtype, acc);
+                }
+            } else if tb {
+                // B stored as [n, k]: each output is a dot product of two rows.
+                for (j, o) in row.iter_mut().enumerate() {
+                    let brow = &b.data[bo + j * bc..][..k];
+                    let mut acc = 0.0;
+                    for (p, &bv) in brow.iter().enumerate() {
+                        acc += a_at(i, p) * bv;
+                    }
+                    *o = acc;
+                }
+            } else {
+                facc.fill(0.0);
+                for p in 0..k {
+                    let av = a_at(i, p);
+                    let brow = &b.data[bo + p * bc..][..n];
+                    for (acc, &bv) in facc.iter_mut().zip(brow) {
+                        *acc += av * bv;
+                    }
+                }
+                row.copy_from_slice(&facc);
             }
         }
     });

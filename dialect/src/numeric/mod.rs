@@ -48,11 +48,46 @@ pub fn encode(dtype: DType, x: f64) -> u64 {
         DType::F32 => u64::from((x as f32).to_bits()),
         DType::Bool => u64::from(x != 0.0),
         DType::E8M0 => minifloat::encode_e8m0(x),
+        DType::BF16 => encode_ieee_normal(x, 7, 127)
+            .unwrap_or_else(|| Minifloat::of(dtype).expect("bf16").encode(x)),
+        DType::F16 => encode_ieee_normal(x, 10, 15)
+            .unwrap_or_else(|| Minifloat::of(dtype).expect("f16").encode(x)),
         _ => match Minifloat::of(dtype) {
             Some(f) => f.encode(x),
             None => encode_int(dtype, x),
         },
     }
+}
+
+/// The fast path of [`encode`] for an IEEE format with `mant` fraction bits
+/// and exponent `bias` (`f16`, `bf16`): `x` whose exponent is in the
+/// format's normal range rounds on its `f64` bits, ties to even. A rounding
+/// carry runs into the exponent, up to the infinity code past the largest
+/// finite value, as IEEE says. `None` for zeros, subnormals, values beyond
+/// the range, infinities and NaN.
+fn encode_ieee_normal(x: f64, mant: u32, bias: i64) -> Option<u64> {
+    let bits = x.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    if !(1 - bias..=bias).contains(&exp) {
+        return None;
+    }
+    let drop = 52 - mant;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mut m, rest, half) = (
+        frac >> drop,
+        frac & ((1u64 << drop) - 1),
+        1u64 << (drop - 1),
+    );
+    if rest > half || (rest == half && m & 1 == 1) {
+        m += 1;
+    }
+    let sign = (bits >> 63) << (mant + exp_bits(bias));
+    Some(sign | ((((exp + bias) as u64) << mant) + m))
+}
+
+/// The exponent field width of an IEEE format with this bias.
+fn exp_bits(bias: i64) -> u32 {
+    (bias as u64 + 1).trailing_zeros() + 1
 }
 
 /// The exact value of a code of `dtype`: NaN for NaN codes (with the code's
@@ -68,6 +103,9 @@ pub fn decode(dtype: DType, code: u64) -> f64 {
         DType::F32 => f64::from(f32::from_bits(code as u32)),
         DType::Bool => (code & 1) as f64,
         DType::E8M0 => minifloat::decode_e8m0(code),
+        // bf16 is the high half of an f32.
+        DType::BF16 => f64::from(f32::from_bits((code as u32) << 16)),
+        DType::F16 => decode_f16(code as u16),
         _ => match Minifloat::of(dtype) {
             Some(f) => f.decode(code),
             None => decode_int(dtype, code),
@@ -108,6 +146,24 @@ pub fn max_finite(dtype: DType) -> f64 {
     }
 }
 
+/// The value of an IEEE binary16 code.
+fn decode_f16(code: u16) -> f64 {
+    let exp = i32::from((code >> 10) & 0x1f);
+    let frac = f64::from(code & 0x3ff);
+    let magnitude = match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        _ => (1024.0 + frac) * 2f64.powi(exp - 25),
+    };
+    // negation, not a product, carries the sign onto NaN
+    if code & 0x8000 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
 /// A mask of the low `bits` bits.
 fn mask(bits: u32) -> u64 {
     if bits >= 64 {
@@ -120,8 +176,15 @@ fn mask(bits: u32) -> u64 {
 /// Integer types: round half to even, saturate, truncate to `bits` bits.
 fn encode_int(dtype: DType, x: f64) -> u64 {
     let (lo, hi) = dtype.int_range().unwrap_or((i64::MIN, i64::MAX));
-    // `as i64` saturates at the i64 range and maps NaN to 0.
-    let v = (x.round_ties_even() as i64).clamp(lo, hi);
+    // `as i64` truncates, saturates at the i64 range and maps NaN to 0; a
+    // value it keeps exactly is an integer already and needs no rounding.
+    let t = x as i64;
+    let v = if t as f64 == x {
+        t
+    } else {
+        x.round_ties_even() as i64
+    };
+    let v = v.clamp(lo, hi);
     (v as u64) & mask(dtype.bits())
 }
 
