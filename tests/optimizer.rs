@@ -28,9 +28,10 @@ fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Benchmarks with tens of millions of weights: planned and checked against
-/// their golden plans, but not evaluated by the interpreter in this test.
-const TOO_BIG_TO_EVALUATE: &[&str] = &[
+/// Benchmarks with tens of millions of weights (a few seconds per
+/// interpreter run): each has a test of its own, so that they run side by
+/// side, and is checked for the sm_90 plan only.
+const LARGE: &[&str] = &[
     "w3.kiln",
     "w3d.kiln",
     "w4.kiln",
@@ -92,6 +93,11 @@ fn equivalence(
     let bindings =
         data::bind(&source, &spec, &WeightSource::Random(seed ^ 9)).map_err(|e| e.to_string())?;
     let a = interp::run(&source, &bindings).map_err(|e| format!("source: {e}"))?;
+    for (name, t) in &a {
+        if t.data.is_empty() || t.data.iter().any(|v| v.is_nan()) {
+            return Err(format!("source output {name} is empty or has NaN"));
+        }
+    }
     let mut out = Vec::new();
     for target in targets {
         let opts = Options {
@@ -146,7 +152,7 @@ fn plans_compute_what_the_source_computes() {
     paths.extend(
         files("bench", "kiln")
             .into_iter()
-            .filter(|p| !TOO_BIG_TO_EVALUATE.iter().any(|b| p.ends_with(b))),
+            .filter(|p| !LARGE.iter().any(|b| p.ends_with(b))),
     );
     let mut failures = Vec::new();
     for p in &paths {
@@ -157,6 +163,35 @@ fn plans_compute_what_the_source_computes() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn large_plan_computes_what_the_source_computes(file: &str) {
+    let s = seed();
+    let p = root().join("bench").join(file);
+    if let Err(e) = equivalence(&p, &[&cost::SM90], s) {
+        panic!("{} (seed {s}): {e}", p.display());
+    }
+}
+
+#[test]
+fn large_plan_w3_computes_what_the_source_computes() {
+    large_plan_computes_what_the_source_computes(LARGE[0]);
+}
+
+#[test]
+fn large_plan_w3d_computes_what_the_source_computes() {
+    large_plan_computes_what_the_source_computes(LARGE[1]);
+}
+
+#[test]
+fn large_plan_w4_computes_what_the_source_computes() {
+    large_plan_computes_what_the_source_computes(LARGE[2]);
+}
+
+#[test]
+fn large_plans_w5_compute_what_the_source_computes() {
+    large_plan_computes_what_the_source_computes(LARGE[3]);
+    large_plan_computes_what_the_source_computes(LARGE[4]);
 }
 
 /// The sm_90 plans of the benchmarks, at their benchmark sizes, as golden
