@@ -28,4 +28,12 @@ pub enum KilnError {
     Input { name: String, message: String },
     #[error("weight `{name}`: {message}")]
     Weight { name: String, message: String },
+    /// A compiler stage broke an invariant: a bug in kiln, not in the model.
+    #[error(
+        "internal error after {stage}: {message}\n(this is a bug in kiln, not in the model; please report it with the model)"
+    )]
+    Internal {
+        stage: &'static str,
+        message: String,
+    },
 }

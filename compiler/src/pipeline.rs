@@ -117,10 +117,13 @@ pub fn compile(path: &Path, emit: &[Stage], opts: &Options) -> Result<Compilatio
     timings.push(("cleanup", t.elapsed()));
     if let Err(errs) = verify(&g) {
         let text = kiln_dialect::text::print(&g);
-        panic!(
-            "cleanup produced a graph that does not verify:\n{}",
-            kiln_dialect::verify::render(&errs, "cleanup.kir", &text)
-        );
+        return Err(KilnError::Internal {
+            stage: "cleanup",
+            message: format!(
+                "the graph does not verify:\n{}",
+                kiln_dialect::verify::render(&errs, "cleanup.kir", &text)
+            ),
+        });
     }
     let t = Instant::now();
     let rewritten = optimize::rewrite(&g, opts.limits);

@@ -524,6 +524,9 @@ pub fn infer(
             if !dtype.is_float() {
                 return Err(cx.attr("dtype", format!("must be a float type, found {dtype}")));
             }
+            scheme
+                .check(q.dtype, &q.shape)
+                .map_err(|err| TypeError::Quant { op: cx.name, err })?;
             cx.scale_operands(scheme, &q.shape)?;
             one(TensorType {
                 dtype: *dtype,
@@ -552,14 +555,23 @@ pub fn slice_range(n: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
     if step > 0 {
         let s = s.clamp(0, n);
         let e = e.clamp(0, n);
-        (s, if e > s { (e - s + step - 1) / step } else { 0 })
+        // e - s <= n, so the count is a ceiling division that cannot overflow.
+        (
+            s,
+            if e > s {
+                ((e - s) as u64).div_ceil(step as u64) as i64
+            } else {
+                0
+            },
+        )
     } else {
         let s = s.clamp(-1, n - 1);
         let e = e.clamp(-1, n - 1);
         (
             s,
             if s > e {
-                (s - e + (-step) - 1) / (-step)
+                // unsigned_abs also covers step == i64::MIN, which has no negation.
+                ((s - e) as u64).div_ceil(step.unsigned_abs()) as i64
             } else {
                 0
             },

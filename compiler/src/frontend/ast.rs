@@ -140,6 +140,88 @@ impl Modifier {
 pub struct Expr {
     pub kind: ExprKind,
     pub span: Span,
+    /// Nesting depth: 1 for a name or a number, one more than the deepest
+    /// sub-expression otherwise. Bounded by [`MAX_EXPR_DEPTH`].
+    pub depth: u32,
+}
+
+/// The deepest expression the parser builds. Every later stage walks
+/// expressions recursively; the bound keeps a pathological input (a sum of
+/// ten thousand terms) from overflowing the stack.
+pub const MAX_EXPR_DEPTH: u32 = 256;
+
+/// An expression nested deeper than [`MAX_EXPR_DEPTH`]: the parser's
+/// user error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooDeep {
+    pub span: Span,
+}
+
+impl Expr {
+    /// A name or a number.
+    pub fn leaf(kind: ExprKind, span: Span) -> Expr {
+        Expr {
+            kind,
+            span,
+            depth: 1,
+        }
+    }
+
+    /// An expression over sub-expressions, or [`TooDeep`] past the bound.
+    pub fn nest(kind: ExprKind, span: Span) -> Result<Expr, TooDeep> {
+        let depth = kind.child_depth() + 1;
+        if depth > MAX_EXPR_DEPTH {
+            return Err(TooDeep { span });
+        }
+        Ok(Expr { kind, span, depth })
+    }
+}
+
+/// [`Expr::nest`] for the grammar's actions.
+pub fn nest<L, T>(
+    kind: ExprKind,
+    span: Span,
+) -> Result<Expr, lalrpop_util::ParseError<L, T, TooDeep>> {
+    Expr::nest(kind, span).map_err(|error| lalrpop_util::ParseError::User { error })
+}
+
+impl ExprKind {
+    /// The depth of the deepest direct sub-expression (0 for none).
+    fn child_depth(&self) -> u32 {
+        let opt = |e: &Option<Expr>| e.as_ref().map_or(0, |e| e.depth);
+        match self {
+            ExprKind::Name(_) | ExprKind::Int(_) | ExprKind::Float(_) => 0,
+            ExprKind::List(items) => items.iter().map(|e| e.depth).max().unwrap_or(0),
+            ExprKind::Neg(e) | ExprKind::Transpose(e) => e.depth,
+            ExprKind::Binary { lhs, rhs, .. } => lhs.depth.max(rhs.depth),
+            ExprKind::Call { args, instance, .. } => {
+                let path = instance
+                    .iter()
+                    .flat_map(|p| &p.parts)
+                    .map(|part| match part {
+                        PathPart::Name(_) => 0,
+                        PathPart::Index(e) => e.depth,
+                    });
+                args.iter()
+                    .map(|a| a.value.depth)
+                    .chain(path)
+                    .max()
+                    .unwrap_or(0)
+            }
+            ExprKind::Index { base, items } => items
+                .iter()
+                .map(|i| match i {
+                    IndexItem::At(e) => e.depth,
+                    IndexItem::Range {
+                        start, end, step, ..
+                    } => opt(start).max(opt(end)).max(opt(step)),
+                    IndexItem::Ellipsis(_) => 0,
+                })
+                .chain([base.depth])
+                .max()
+                .unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

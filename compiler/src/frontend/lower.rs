@@ -90,6 +90,7 @@ pub fn lower(p: &Program) -> Result<Graph, Vec<Diagnostic>> {
         word_hints: HashMap::new(),
         symbols: BTreeSet::new(),
         names: BTreeSet::new(),
+        unrolled: 0,
     };
     for c in &p.consts {
         let v = cx.const_value(&c.value, &[]);
@@ -142,7 +143,14 @@ struct Lowerer<'a> {
     word_hints: HashMap<(u32, usize), String>,
     symbols: BTreeSet<String>,
     names: BTreeSet<String>,
+    /// Loop iterations and block instances unrolled so far.
+    unrolled: u64,
 }
+
+/// Loops and blocks are unrolled at compile time: the most loop iterations
+/// plus block instances one model may unroll in all, so that a runaway loop
+/// is an error rather than a hang.
+pub const MAX_UNROLLED: u64 = 1 << 20;
 
 /// What a block body returns.
 enum Returned {
@@ -386,7 +394,7 @@ impl<'a> Lowerer<'a> {
                 start,
                 end,
                 body,
-                ..
+                span,
             } => {
                 let (Some(a), Some(b)) = (
                     self.int_of(start, scopes, "a loop bound"),
@@ -394,6 +402,14 @@ impl<'a> Lowerer<'a> {
                 ) else {
                     return Returned::Nothing;
                 };
+                let trips = if b > a { b.abs_diff(a) } else { 0 };
+                if !self.spend(
+                    trips,
+                    *span,
+                    &format!("this loop runs {trips} times, which"),
+                ) {
+                    return Returned::Nothing;
+                }
                 for i in a..b {
                     scopes.push(Scope::default());
                     scopes
@@ -977,7 +993,7 @@ impl<'a> Lowerer<'a> {
                 Val::List(items.iter().map(|i| self.expr(i, scopes, frame)).collect())
             }
             ExprKind::Neg(inner) => match self.expr(inner, scopes, frame) {
-                Val::Int(i) => Val::Int(-i),
+                Val::Int(i) => self.negate_int(i, e.span),
                 Val::Float(x) => Val::Float(-x),
                 v => self.op_on(Op::Neg, &[(v, inner.span)], e.span, "`-`"),
             },
@@ -1127,6 +1143,38 @@ impl<'a> Lowerer<'a> {
         self.op_on(dialect_op, &[a, b], span, &what)
     }
 
+    /// Counts `units` of unrolling against [`MAX_UNROLLED`]; false (after
+    /// one error for the whole model) once the budget is spent.
+    fn spend(&mut self, units: u64, span: Span, what: &str) -> bool {
+        if self.unrolled > MAX_UNROLLED {
+            return false;
+        }
+        self.unrolled = self.unrolled.saturating_add(units);
+        if self.unrolled > MAX_UNROLLED {
+            self.error(
+                span,
+                format!("{what} takes the model past {MAX_UNROLLED} unrolled loop iterations and block instances"),
+                "loops and blocks are unrolled at compile time; a model of real layers needs far fewer",
+            );
+            return false;
+        }
+        true
+    }
+
+    fn negate_int(&mut self, i: i64, span: Span) -> Val {
+        match i.checked_neg() {
+            Some(n) => Val::Int(n),
+            None => {
+                self.error(
+                    span,
+                    format!("`-({i})` does not fit in a 64-bit integer"),
+                    "",
+                );
+                Val::Poison
+            }
+        }
+    }
+
     fn fold_int(&mut self, op: BinOp, x: i64, y: i64, span: Span) -> Val {
         let r = match op {
             BinOp::Add => x.checked_add(y),
@@ -1137,11 +1185,11 @@ impl<'a> Lowerer<'a> {
                     self.error(span, "division by zero in a constant", "");
                     return Val::Poison;
                 }
-                if x % y != 0 {
+                if x.checked_rem(y).is_some_and(|r| r != 0) {
                     self.error(span, format!("`{x} / {y}` does not divide exactly"), "integer constants divide exactly; write a float (`10.0 / 3`) for a fraction");
                     return Val::Poison;
                 }
-                Some(x / y)
+                x.checked_div(y)
             }
             BinOp::MatMul
             | BinOp::Eq
@@ -1764,6 +1812,13 @@ impl<'a> Lowerer<'a> {
             }
             scope.vars.insert(p.name.name.clone(), (v, p.name.span));
         }
+        if !self.spend(
+            1,
+            span,
+            &format!("this instance of block `{}`", b.name.name),
+        ) {
+            return Val::Poison;
+        }
         let top_level = self.stack.is_empty();
         let first_node = self.g.node_count();
         self.stack.push((b.name.name.clone(), span));
@@ -1884,7 +1939,19 @@ impl<'a> Lowerer<'a> {
                     }
                     axes.push(axis as i64);
                     starts.push(i);
-                    ends.push(if i == -1 { i64::MAX } else { i + 1 });
+                    let Some(end) = (if i == -1 {
+                        Some(i64::MAX)
+                    } else {
+                        i.checked_add(1)
+                    }) else {
+                        self.error(
+                            e.span,
+                            format!("index {i} is out of range for axis {axis} in {ty}"),
+                            "",
+                        );
+                        return None;
+                    };
+                    ends.push(end);
                     steps.push(1);
                     squeeze.push(axis as i64);
                     axis += 1;
@@ -1976,7 +2043,7 @@ impl<'a> Lowerer<'a> {
                 }
             },
             ExprKind::Neg(inner) => match self.const_value(inner, scopes) {
-                Val::Int(i) => Val::Int(-i),
+                Val::Int(i) => self.negate_int(i, e.span),
                 Val::Float(x) => Val::Float(-x),
                 v => v,
             },

@@ -23,7 +23,7 @@ use lalrpop_util::ParseError;
 
 pub use lower::dtype_named;
 
-use self::ast::{File, Item};
+use self::ast::{File, Item, MAX_EXPR_DEPTH, TooDeep};
 use self::lexer::Tok;
 
 /// The files of one compilation: names (as given) and texts, indexed by
@@ -222,6 +222,9 @@ struct Loader {
     diags: Vec<Diagnostic>,
 }
 
+/// The longest chain of imports (a imports b imports c ...) accepted.
+const MAX_IMPORT_DEPTH: usize = 64;
+
 impl Loader {
     /// Loads a file; `from` is the import that asked for it. `name` is how
     /// diagnostics call the file: the path as given for the main file, the
@@ -249,6 +252,16 @@ impl Loader {
                 return None;
             }
             return Some(id);
+        }
+        if self.loading.len() >= MAX_IMPORT_DEPTH {
+            let d = Diagnostic::error(format!(
+                "imports are chained more than {MAX_IMPORT_DEPTH} files deep"
+            ));
+            self.diags.push(match from {
+                Some(s) => d.with_label(s, ""),
+                None => d,
+            });
+            return None;
         }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -306,10 +319,17 @@ fn parse(src: &str, file: u32, diags: &mut Vec<Diagnostic>) -> Option<File> {
     for e in &lex_errors {
         diags.push(lex_error(e));
     }
+    if let Some(d) = too_many_braces(&tokens, file) {
+        diags.push(d);
+        return None;
+    }
     let all: Vec<(usize, Tok, usize)> = tokens.clone();
     let mut recovered = Vec::new();
-    let result =
-        grammar::FileParser::new().parse(file, &mut recovered, tokens.into_iter().map(Ok::<_, ()>));
+    let result = grammar::FileParser::new().parse(
+        file,
+        &mut recovered,
+        tokens.into_iter().map(Ok::<_, TooDeep>),
+    );
     let cx = SyntaxContext {
         src,
         file,
@@ -326,6 +346,33 @@ fn parse(src: &str, file: u32, diags: &mut Vec<Diagnostic>) -> Option<File> {
             None
         }
     }
+}
+
+/// The deepest `{ ... }` nesting (loops in blocks in models) the parser
+/// accepts; like [`MAX_EXPR_DEPTH`], it bounds the recursion of later stages.
+pub const MAX_BRACE_DEPTH: usize = 64;
+
+/// An error at the first `{` nested deeper than [`MAX_BRACE_DEPTH`].
+fn too_many_braces(tokens: &[(usize, Tok, usize)], file: u32) -> Option<Diagnostic> {
+    let mut depth = 0usize;
+    for (l, t, r) in tokens {
+        match t {
+            Tok::LBrace => {
+                depth += 1;
+                if depth > MAX_BRACE_DEPTH {
+                    return Some(
+                        Diagnostic::error(format!(
+                            "`{{ ... }}` nested more than {MAX_BRACE_DEPTH} deep"
+                        ))
+                        .with_label(Span::in_file(file, *l, *r), ""),
+                    );
+                }
+            }
+            Tok::RBrace => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn lex_error(e: &lexer::LexError) -> Diagnostic {
@@ -360,7 +407,7 @@ struct SyntaxContext<'a> {
 }
 
 impl SyntaxContext<'_> {
-    fn error(&self, e: ParseError<usize, Tok, ()>) -> Diagnostic {
+    fn error(&self, e: ParseError<usize, Tok, TooDeep>) -> Diagnostic {
         let len = self.src.len();
         match e {
             ParseError::UnrecognizedToken {
@@ -403,7 +450,13 @@ impl SyntaxContext<'_> {
                 Span::in_file(self.file, location.min(len), (location + 1).min(len)),
                 "",
             ),
-            ParseError::User { error: () } => Diagnostic::error("syntax error"),
+            ParseError::User {
+                error: TooDeep { span },
+            } => Diagnostic::error(format!(
+                "this expression is nested more than {MAX_EXPR_DEPTH} levels deep"
+            ))
+            .with_label(span, "")
+            .with_notes(["help: name parts of it with `let`".to_string()]),
         }
     }
 
