@@ -8,6 +8,7 @@ pub mod dtype;
 pub mod graph;
 pub mod infer;
 pub mod interp;
+pub mod kernel;
 pub mod layout;
 pub mod numeric;
 pub mod ops;
