@@ -20,6 +20,34 @@ pub struct Model {
 /// The model formats `kiln` reads.
 pub const MODEL_EXTENSIONS: &[&str] = &["kiln", "kir"];
 
+/// Parses and verifies model-language source held in memory; `name` is how
+/// diagnostics call it, and imports resolve against the current directory.
+pub fn load_source(name: &str, src: &str) -> Result<Model, KilnError> {
+    let c = frontend::compile_source(name, src, Path::new("."))
+        .map_err(|f| KilnError::Diagnostics(f.render()))?;
+    from_frontend(c, Path::new(name))
+}
+
+fn from_frontend(c: frontend::Compiled, path: &Path) -> Result<Model, KilnError> {
+    // The lowering infers every type, so this only guards kiln itself.
+    if let Err(errs) = verify(&c.graph) {
+        let text = kiln_dialect::text::print(&c.graph);
+        return Err(KilnError::Internal {
+            stage: "the front-end's lowering",
+            message: format!(
+                "the graph of {} does not verify:\n{}",
+                path.display(),
+                render(&errs, "lowered.kir", &text)
+            ),
+        });
+    }
+    Ok(Model {
+        graph: c.graph,
+        path: path.to_path_buf(),
+        ast: Some(c.ast),
+    })
+}
+
 /// Reads, parses and verifies a model: `.kiln` (the model language) or
 /// `.kir` (graph IR text). Errors come rendered against the source, like a
 /// compiler's.
@@ -35,19 +63,7 @@ pub fn load(path: &Path) -> Result<Model, KilnError> {
                 });
             }
             let c = frontend::compile_file(path).map_err(|f| KilnError::Diagnostics(f.render()))?;
-            // The lowering infers every type, so this only guards kiln itself.
-            if let Err(errs) = verify(&c.graph) {
-                let text = kiln_dialect::text::print(&c.graph);
-                panic!(
-                    "the lowering of {name} made a graph that does not verify:\n{}",
-                    render(&errs, "lowered.kir", &text)
-                );
-            }
-            Ok(Model {
-                graph: c.graph,
-                path: path.to_path_buf(),
-                ast: Some(c.ast),
-            })
+            from_frontend(c, path)
         }
         "kir" => {
             let source = std::fs::read_to_string(path).map_err(|source| KilnError::Io {

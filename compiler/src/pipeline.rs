@@ -91,11 +91,22 @@ impl Default for Options {
 
 /// Runs the pipeline on a model file, keeping the text of the `emit` stages.
 pub fn compile(path: &Path, emit: &[Stage], opts: &Options) -> Result<Compilation, KilnError> {
-    let mut timings = Vec::new();
-    let mut emitted = Vec::new();
     let t = Instant::now();
     let m = model::load(path)?;
-    timings.push(("parse + lower + verify", t.elapsed()));
+    compile_model(m, t.elapsed(), emit, opts)
+}
+
+/// Runs the pipeline from a loaded model (`load_time`: how long loading took).
+pub fn compile_model(
+    m: model::Model,
+    load_time: Duration,
+    emit: &[Stage],
+    opts: &Options,
+) -> Result<Compilation, KilnError> {
+    let path = m.path.clone();
+    let path = path.as_path();
+    let mut timings = vec![("parse + lower + verify", load_time)];
+    let mut emitted = Vec::new();
     if emit.contains(&Stage::Ast) {
         match &m.ast {
             Some(ast) => emitted.push((Stage::Ast, ast.to_string())),
