@@ -947,6 +947,22 @@ mod tests {
         }
     }
 
+    /// Calls of `total` (only one test uses it).
+    static TOTAL_CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// `out[] = sum of every a[i, j]` (a rank-0 output); counts the calls
+    /// that compute it in `TOTAL_CALLS`; dims `[m, n]`.
+    unsafe extern "C" fn total(args: *const *mut u8, dims: *const i64, begin: i64, end: i64) {
+        unsafe {
+            let (a, out) = (*args, *args.add(1));
+            if begin == 0 && end >= 1 {
+                let count = (*dims * *dims.add(1)) as usize;
+                store(out, 0, (0..count).map(|k| load(a, k)).sum());
+                TOTAL_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
     fn buf(name: &str, dims: &[&str]) -> Buffer {
         Buffer {
             name: name.into(),
@@ -1336,6 +1352,58 @@ mod tests {
             run((&[2, 3], 6), 2).unwrap_err().to_string(),
             "dim `n3` (needed by kernel `k_r`) is not bound by any input or weight shape"
         );
+    }
+
+    #[test]
+    fn rank_zero_outputs_are_computed_once() {
+        let bufs = vec![buf("x", &["m", "n"]), buf("t", &[])];
+        let program = Program {
+            name: "total".into(),
+            buffers: bufs.clone(),
+            inputs: vec![0],
+            weights: vec![],
+            constants: vec![],
+            outputs: vec![("t".into(), 1)],
+            dims: vec!["m".into(), "n".into()],
+            launches: vec![launch(&bufs, &[0], 1, &["m", "n"], false)],
+        };
+        let exe = CpuExecutable::with_pool(program, vec![total], Box::new(()), ThreadPool::new(4))
+            .unwrap();
+        let (m, n) = (300, 200); // cost far above the parallel bar
+        let a = random(m * n);
+        let out = exe.run(&inputs(m, &a)).unwrap();
+        assert_eq!(out[0].1.shape, Vec::<usize>::new());
+        close(&out[0].1.to_values(), &[a.iter().sum()]);
+        assert_eq!(TOTAL_CALLS.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn executables_can_be_shared_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<CpuExecutable>();
+        let (mut exe, c) = executable(2);
+        let w = random(6);
+        exe.bind_weights(&weights(&w)).unwrap();
+        std::thread::scope(|s| {
+            for m in [2usize, 3, 4, 5] {
+                let exe = &exe;
+                let w = &w;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        let x = random(m * 6);
+                        let out = exe.run(&inputs(m, &x)).unwrap();
+                        let y: Vec<f64> = (0..m)
+                            .map(|i| {
+                                (0..6)
+                                    .map(|j| (x[i * 6 + j] + 2.0 * w[j]) * (c as f32 as f64))
+                                    .sum()
+                            })
+                            .collect();
+                        close(&out[0].1.to_values(), &y);
+                    }
+                });
+            }
+        });
     }
 
     #[test]
