@@ -963,6 +963,27 @@ mod tests {
         }
     }
 
+    /// Chunks of `to_u4` that started inside a byte.
+    static SPLIT_BYTES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// `out[i, j] = x[i, j] & 15` into a packed `u4[m, n]` output (LSB-first
+    /// nibbles, read-modify-write of whole bytes); dims `[m, n]`.
+    unsafe extern "C" fn to_u4(args: *const *mut u8, dims: *const i64, begin: i64, end: i64) {
+        unsafe {
+            let (x, out) = (*args, *args.add(1));
+            let n = *dims.add(1) as usize;
+            if !(begin as usize * n * 4).is_multiple_of(8) {
+                SPLIT_BYTES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            for k in begin as usize * n..end as usize * n {
+                let code = *x.add(k) & 15;
+                let byte = out.add(k / 2);
+                let shift = (k % 2) * 4;
+                *byte = (*byte & !(15 << shift)) | (code << shift);
+            }
+        }
+    }
+
     fn buf(name: &str, dims: &[&str]) -> Buffer {
         Buffer {
             name: name.into(),
@@ -1375,6 +1396,37 @@ mod tests {
         assert_eq!(out[0].1.shape, Vec::<usize>::new());
         close(&out[0].1.to_values(), &[a.iter().sum()]);
         assert_eq!(TOTAL_CALLS.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sub_byte_outputs_are_split_at_whole_bytes() {
+        let mut bufs = vec![buf("x", &["m", "n"]), buf("q", &["m", "n"])];
+        bufs[0].dtype = DType::U8;
+        bufs[1].dtype = DType::U4;
+        let program = Program {
+            name: "u4".into(),
+            buffers: bufs.clone(),
+            inputs: vec![0],
+            weights: vec![],
+            constants: vec![],
+            outputs: vec![("q".into(), 1)],
+            dims: vec!["m".into(), "n".into()],
+            launches: vec![launch(&bufs, &[0], 1, &["m", "n"], false)],
+        };
+        let exe = CpuExecutable::with_pool(program, vec![to_u4], Box::new(()), ThreadPool::new(4))
+            .unwrap();
+        let mut rng = rand::rng();
+        // Rows of 3 nibbles: 1.5 bytes, so chunks may start at even rows only.
+        for (m, n) in [(9001usize, 3usize), (4001, 5), (20001, 1)] {
+            let codes: Vec<f64> = (0..m * n)
+                .map(|_| rng.random_range(0..256) as f64)
+                .collect();
+            let x = HostTensor::from_values(DType::U8, &[m, n], &codes);
+            let out = exe.run(&HashMap::from([("x".to_string(), x)])).unwrap();
+            let expected: Vec<f64> = codes.iter().map(|&c| (c as u32 & 15) as f64).collect();
+            assert_eq!(out[0].1.to_values(), expected, "m {m}, n {n}");
+        }
+        assert_eq!(SPLIT_BYTES.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]
