@@ -45,8 +45,6 @@ pub enum RunError {
     WeightsNotBound,
     #[error("missing weight `{name}`")]
     MissingWeight { name: String },
-    #[error("unknown weight `{name}`: the program has no weight of that name")]
-    UnknownWeight { name: String },
     #[error("weight `{name}`: expected element type {expected}, found {found}")]
     WeightDType {
         name: String,
@@ -389,23 +387,12 @@ impl CpuExecutable {
 
     /// Checks every weight against the program (name, element type, shape,
     /// byte count), copies them, binds the dims their shapes name, and runs
-    /// the bind-time launches. Replaces weights bound earlier; after an
-    /// error no weights are bound.
+    /// the bind-time launches. Tensors the program does not use are ignored
+    /// (a weights file may hold more, and the optimizer drops dead weights).
+    /// Replaces weights bound earlier; after an error no weights are bound.
     pub fn bind_weights(&mut self, weights: &HashMap<String, HostTensor>) -> Result<(), RunError> {
         self.bound = false;
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        let mut names: Vec<&String> = weights.keys().collect();
-        names.sort();
-        for name in names {
-            let known = self
-                .program
-                .weights
-                .iter()
-                .any(|&b| &self.program.buffers[b].name == name);
-            if !known {
-                return Err(RunError::UnknownWeight { name: name.clone() });
-            }
-        }
         let mut dims: Bindings = HashMap::new();
         for &b in &self.program.weights {
             let buffer = &self.program.buffers[b];
@@ -1240,12 +1227,6 @@ mod tests {
             exe.bind_weights(&HashMap::new()).unwrap_err(),
             RunError::MissingWeight { name: "w".into() }
         );
-        let mut extra = weights(&random(4));
-        extra.insert("v".into(), f32_tensor(&[1], &[1.0]));
-        assert_eq!(
-            exe.bind_weights(&extra).unwrap_err(),
-            RunError::UnknownWeight { name: "v".into() }
-        );
         let wrong_type = HashMap::from([(
             "w".to_string(),
             HostTensor::from_values(DType::F64, &[4], &random(4)),
@@ -1272,6 +1253,11 @@ mod tests {
             exe.run(&inputs(1, &random(4))).unwrap_err(),
             RunError::WeightsNotBound
         );
+        // Tensors the program does not use are ignored.
+        let mut extra = weights(&random(4));
+        extra.insert("unused".into(), f32_tensor(&[1], &[1.0]));
+        exe.bind_weights(&extra).unwrap();
+        assert!(exe.run(&inputs(1, &random(4))).is_ok());
     }
 
     #[test]
