@@ -198,7 +198,11 @@ struct RunPlan {
     launches: Vec<LaunchPlan>,
 }
 
+/// Bound dims: value, and where it was bound (for error messages).
 type Bindings = HashMap<String, (usize, String)>;
+
+/// Every bound dim and its value, sorted: the key of the plan cache.
+type DimValues = Vec<(String, usize)>;
 
 /// A program ready to run on the CPU; see the module docs.
 pub struct CpuExecutable {
@@ -213,7 +217,7 @@ pub struct CpuExecutable {
     /// Dims bound by the weights' shapes, with where each came from.
     weight_dims: Bindings,
     bound: bool,
-    plans: Mutex<HashMap<Vec<usize>, Arc<RunPlan>>>,
+    plans: Mutex<HashMap<DimValues, Arc<RunPlan>>>,
     /// The arena of an earlier run, kept for the next one.
     spare_arena: Mutex<AlignedBytes>,
     last: Mutex<ExecStats>,
@@ -630,12 +634,10 @@ impl CpuExecutable {
 
     /// The plan at these bindings, from the cache or made now.
     fn plan_for(&self, bindings: &Bindings) -> Result<Arc<RunPlan>, RunError> {
-        let key: Vec<usize> = self
-            .program
-            .dims
-            .iter()
-            .map(|d| bindings.get(d).map_or(usize::MAX, |(v, _)| *v))
-            .collect();
+        // Every bound dim, not only `Program::dims`: a plan must never be
+        // reused at other sizes.
+        let mut key: DimValues = bindings.iter().map(|(d, (v, _))| (d.clone(), *v)).collect();
+        key.sort_unstable();
         if let Some(plan) = self
             .plans
             .lock()
