@@ -326,6 +326,28 @@ mod tests {
         assert!(place(&[life(usize::MAX - 3, 0, 0)]).is_none());
     }
 
+    /// A random program: buffer 0 is the input; launch `i` writes buffer
+    /// `i + 1` from one to three earlier buffers; some buffers are outputs.
+    fn random_program() -> impl Strategy<Value = (Program, Vec<usize>)> {
+        (1usize..14).prop_flat_map(|launches| {
+            let reads = prop::collection::vec(
+                prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+                launches,
+            );
+            let sizes = prop::collection::vec(0usize..3000, launches + 1);
+            let outputs = prop::collection::vec(any::<bool>(), launches + 1);
+            (reads, sizes, outputs).prop_map(move |(reads, sizes, outputs)| {
+                let chain: Vec<(Vec<usize>, usize, bool)> = reads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.iter().map(|x| x.index(i + 1)).collect(), i + 1, false))
+                    .collect();
+                let outs: Vec<usize> = (1..=launches).filter(|&b| outputs[b]).collect();
+                (program(&vec![1; launches + 1], &chain, &outs), sizes)
+            })
+        })
+    }
+
     proptest! {
         #[test]
         fn live_buffers_never_overlap(
@@ -359,6 +381,39 @@ mod tests {
                     );
                 }
             }
+        }
+
+        #[test]
+        fn buffers_needed_at_the_same_launch_never_share_bytes((p, sizes) in random_program()) {
+            let plan = plan(&p, &sizes).unwrap();
+            let steps = p.launches.len();
+            // Independent of `lifetimes`: buffer b (written by launch b - 1)
+            // is needed at step t if written at t, or written before t and
+            // read at t or later or a model output.
+            let needed = |b: usize, t: usize| {
+                b >= 1
+                    && (b - 1 == t
+                        || b - 1 < t
+                            && (p.outputs.iter().any(|&(_, o)| o == b)
+                                || p.launches[t..].iter().any(|l| l.args.contains(&b))))
+            };
+            for t in 0..steps {
+                let live: Vec<usize> = (0..p.buffers.len()).filter(|&b| needed(b, t)).collect();
+                for &a in &live {
+                    let oa = plan.offsets[a].expect("written buffers are in the arena");
+                    prop_assert!(oa + sizes[a] <= plan.peak_bytes);
+                    for &b in &live {
+                        let ob = plan.offsets[b].unwrap();
+                        if a < b && sizes[a] > 0 && sizes[b] > 0 {
+                            prop_assert!(
+                                oa + sizes[a] <= ob || ob + sizes[b] <= oa,
+                                "step {}: t{} at {} overlaps t{} at {}", t, a, oa, b, ob
+                            );
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(plan.offsets[0], None);
         }
     }
 }
