@@ -12,7 +12,9 @@ The formulas follow bench/w1.kiln, bench/w2.kiln and bench/w6.kiln exactly:
   ReLU6, 1x1 conv back to 24, scale, residual. No biases.
 
 Usage: python3 ort_models.py [--threads 2] [--json]
-Prints one line per workload: name, median ms, runs.
+Prints one line per workload: name, median ms, runs, and the largest
+relative difference of onnxruntime's output from a NumPy float64 reference
+of the formula (the run fails above 1e-3).
 """
 
 import argparse
@@ -145,6 +147,50 @@ def c3(rng, n=8, c=24, size=56):
     return model, feeds
 
 
+# NumPy float64 references of the three formulas, to check the ONNX graphs.
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def np_gelu(x):
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+def np_layer_norm(x, g=1.0, beta=0.0, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * g + beta
+
+
+def weights_of(model):
+    return {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+
+
+def reference(key, model, feeds):
+    w = weights_of(model)
+    x = feeds["x"].astype(np.float64)
+    if key == "C1":
+        return np_layer_norm(np_gelu(x * w["s"] + w["b"]), w["g"], w["beta"])
+    if key == "C2":
+        h = np_gelu(x @ w["w1"] + w["b1"])
+        return np_layer_norm(x + h @ w["w2"] + w["b2"])
+    # C3: 1x1 convolutions as channel contractions, the depthwise 3x3 as a
+    # sum of nine shifted windows of the zero-padded input.
+    relu6 = lambda v: np.clip(v, 0.0, 6.0)  # noqa: E731
+    e = np.einsum("oc,nchw->nohw", w["w_expand"][:, :, 0, 0], x) * w["s_expand"]
+    h = relu6(e)
+    size = h.shape[-1]
+    padded = np.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    dw = np.zeros_like(h)
+    for dy in range(3):
+        for dx in range(3):
+            k = w["w_dw"][:, 0, dy, dx][None, :, None, None]
+            dw += k * padded[:, :, dy : dy + size, dx : dx + size]
+    h = relu6(dw * w["s_dw"])
+    p = np.einsum("oc,nchw->nohw", w["w_project"][:, :, 0, 0], h) * w["s_project"]
+    return x + p
+
+
 WORKLOADS = {
     "C1": ("W1 at 1024x4096", c1, 200),
     "C2": ("W2 at 512x1024x4096", c2, 40),
@@ -164,12 +210,13 @@ def time_session(model, feeds, threads, runs, warmup=10):
     for _ in range(warmup):
         out = sess.run(None, feeds)
     assert all(np.isfinite(o).all() for o in out), "non-finite output"
+    result = out[0]
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         sess.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), min(times), runs
+    return statistics.median(times), min(times), runs, result
 
 
 def main():
@@ -183,10 +230,26 @@ def main():
     for key in args.only:
         desc, build, runs = WORKLOADS[key]
         model, feeds = build(rng)
-        median, best, n = time_session(model, feeds, args.threads, runs)
-        results.append({"id": key, "workload": desc, "median_ms": median, "min_ms": best, "runs": n})
+        median, best, n, out = time_session(model, feeds, args.threads, runs)
+        ref = reference(key, model, feeds)
+        err = float(np.max(np.abs(out - ref) / (1.0 + np.abs(ref))))
+        assert err < 1e-3, f"{key}: onnxruntime differs from the NumPy reference by {err}"
+        results.append(
+            {
+                "id": key,
+                "workload": desc,
+                "median_ms": median,
+                "min_ms": best,
+                "runs": n,
+                "max_rel_err_vs_numpy": err,
+            }
+        )
         if not args.json:
-            print(f"{key} {desc}: median {median:.3f} ms (min {best:.3f} ms, {n} runs)", flush=True)
+            print(
+                f"{key} {desc}: median {median:.3f} ms (min {best:.3f} ms, {n} runs; "
+                f"max rel. error vs NumPy {err:.1e})",
+                flush=True,
+            )
     if args.json:
         json.dump(
             {"onnxruntime": ort.__version__, "threads": args.threads, "results": results},

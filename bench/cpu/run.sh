@@ -97,13 +97,14 @@ lines = [
     f"Machine: {cpu}, {os.cpu_count()} logical CPUs ({platform.system()} {platform.release()}).",
     f"onnxruntime {ort['onnxruntime']}, CPUExecutionProvider, ORT_ENABLE_ALL, "
     f"{ort['threads']} intra-op threads, sequential execution; f32, random normal "
-    "inputs; median of the runs listed after 10 warm-up runs (bench/cpu/ort_models.py).",
+    "inputs; median of the runs listed after 10 warm-up runs (bench/cpu/ort_models.py); "
+    "each output checked against a NumPy float64 reference of the formula.",
     f"Load average when the table was written: {os.getloadavg()[0]:.2f} (1 min); the "
     "machine may be shared, so compare figures from one run only.",
     "",
     "| id | workload | onnxruntime median (min) | BENCHMARKS.md onnxruntime | kiln median "
-    "| kiln / onnxruntime |",
-    "|---|---|---|---|---|---|",
+    "| kiln / onnxruntime | onnxruntime vs NumPy (max rel. error) |",
+    "|---|---|---|---|---|---|---|",
 ]
 missing = False
 for r in ort["results"]:
@@ -119,8 +120,17 @@ for r in ort["results"]:
     ratio = f"{kiln / r['median_ms']:.2f}x" if kiln is not None else "n/a"
     lines.append(
         f"| {r['id']} | {r['workload']} | {r['median_ms']:.3f} ms ({r['min_ms']:.3f} ms, "
-        f"{r['runs']} runs) | {REFERENCE.get(r['id'], 'n/a')} | {k} | {ratio} |"
+        f"{r['runs']} runs) | {REFERENCE.get(r['id'], 'n/a')} | {k} | {ratio} | "
+        f"{r['max_rel_err_vs_numpy']:.1e} |"
     )
+load = os.getloadavg()[0]
+if load > 0.75 * (os.cpu_count() or 1):
+    lines += [
+        "",
+        f"The machine was busy (load average {load:.1f} on {os.cpu_count()} CPUs): these "
+        "figures include contention from other processes and are not comparable with "
+        "those of a quiet machine (BENCHMARKS.md column).",
+    ]
 if missing:
     lines += ["", "kiln: CPU device not available yet (or its run failed), no kiln figures."]
 open(out, "w").write("\n".join(lines) + "\n")
