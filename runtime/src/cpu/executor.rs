@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex};
 use kiln_dialect::kernel::Program;
 use kiln_dialect::{DType, Dim, Shape};
 
+use super::aligned::AlignedBytes;
 use super::arena::{self, ArenaPlan};
 use super::pool::{ThreadPool, Work};
+use super::program_check::{Origin, check_program};
 use crate::HostTensor;
 
 /// A compiled kernel (temporary twin of the JIT's definition; the two are
@@ -110,60 +112,6 @@ pub struct ExecStats {
     pub bind_time_launches: usize,
     /// Threads that run kernels, the caller included.
     pub threads: usize,
-}
-
-/// Where a buffer's bytes come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    Input,
-    Weight,
-    Constant,
-    BindTime,
-    RunTime,
-    /// Neither bound nor written: no launch reads it and it is no output.
-    Unused,
-}
-
-/// 64 bytes, 64-byte aligned: the unit of owned tensor storage.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Block([u8; 64]);
-
-/// Owned bytes with 64-byte alignment.
-#[derive(Clone, Default)]
-struct AlignedBytes {
-    blocks: Vec<Block>,
-    len: usize,
-}
-
-impl AlignedBytes {
-    fn zeroed(len: usize) -> AlignedBytes {
-        AlignedBytes {
-            blocks: vec![Block([0; 64]); len.div_ceil(64)],
-            len,
-        }
-    }
-
-    fn from_slice(bytes: &[u8]) -> AlignedBytes {
-        let mut out = AlignedBytes::zeroed(bytes.len());
-        out.as_mut_slice().copy_from_slice(bytes);
-        out
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: `blocks` holds at least `len` initialized bytes (Block is a
-        // plain byte array), borrowed immutably for the slice's lifetime.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<u8>(), self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.blocks.as_mut_ptr().cast::<u8>(), self.len) }
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.blocks.as_mut_ptr().cast::<u8>()
-    }
 }
 
 /// A tensor the executable owns: a weight, a constant or a bind-time result.
@@ -495,7 +443,7 @@ impl CpuExecutable {
 
         let mut arena =
             std::mem::take(&mut *self.spare_arena.lock().unwrap_or_else(|e| e.into_inner()));
-        if arena.len < plan.arena.peak_bytes {
+        if arena.len() < plan.arena.peak_bytes {
             arena = AlignedBytes::zeroed(plan.arena.peak_bytes);
         }
         let base = arena.as_mut_ptr();
@@ -764,113 +712,6 @@ fn check_bytes(name: &str, t: &HostTensor) -> Result<(), RunError> {
         });
     }
     Ok(())
-}
-
-/// Checks the program's structure; returns the origin of every buffer.
-fn check_program(p: &Program, kernels: usize) -> Result<Vec<Origin>, RunError> {
-    let n = p.buffers.len();
-    if kernels != p.launches.len() {
-        return Err(invalid(format!(
-            "{} launches but {kernels} compiled kernels",
-            p.launches.len()
-        )));
-    }
-    let index = |b: usize, what: &str| -> Result<usize, RunError> {
-        if b < n {
-            Ok(b)
-        } else {
-            Err(invalid(format!("{what} refers to buffer {b} of {n}")))
-        }
-    };
-    let mut origins: Vec<Option<Origin>> = vec![None; n];
-    let assign = |origins: &mut Vec<Option<Origin>>, b: usize, o: Origin, what: &str| {
-        let b = index(b, what)?;
-        if let Some(prev) = origins[b] {
-            return Err(invalid(format!(
-                "buffer `{}` is both {prev:?} and {o:?} ({what})",
-                p.buffers[b].name
-            )));
-        }
-        origins[b] = Some(o);
-        Ok(())
-    };
-    for &b in &p.inputs {
-        assign(&mut origins, b, Origin::Input, "an input")?;
-    }
-    for &b in &p.weights {
-        assign(&mut origins, b, Origin::Weight, "a weight")?;
-    }
-    for (b, _) in &p.constants {
-        assign(&mut origins, *b, Origin::Constant, "a constant")?;
-    }
-    for (i, launch) in p.launches.iter().enumerate() {
-        let what = format!("launch {i} (`{}`)", launch.kernel.name);
-        if launch.args.len() != launch.kernel.inputs.len() {
-            return Err(invalid(format!(
-                "{what} passes {} arguments to a kernel of {} inputs",
-                launch.args.len(),
-                launch.kernel.inputs.len()
-            )));
-        }
-        let declared = launch
-            .kernel
-            .inputs
-            .iter()
-            .chain(std::iter::once(&launch.kernel.output));
-        for (&b, decl) in launch
-            .args
-            .iter()
-            .chain(std::iter::once(&launch.out))
-            .zip(declared)
-        {
-            let buffer = &p.buffers[index(b, &what)?];
-            if buffer.dtype != decl.dtype || buffer.shape.rank() != decl.shape.rank() {
-                return Err(invalid(format!(
-                    "{what}: buffer `{}` is {}{} but the kernel declares {}{}",
-                    buffer.name, buffer.dtype, buffer.shape, decl.dtype, decl.shape
-                )));
-            }
-        }
-        if launch.args.contains(&launch.out) {
-            return Err(invalid(format!("{what} reads the buffer it writes")));
-        }
-        for &a in &launch.args {
-            match origins[a] {
-                None => {
-                    return Err(invalid(format!(
-                        "{what} reads `{}` before anything writes it",
-                        p.buffers[a].name
-                    )));
-                }
-                Some(Origin::Input | Origin::RunTime) if launch.bind_time => {
-                    return Err(invalid(format!(
-                        "bind-time {what} reads `{}`, which is known only at run time",
-                        p.buffers[a].name
-                    )));
-                }
-                Some(_) => {}
-            }
-        }
-        let o = if launch.bind_time {
-            Origin::BindTime
-        } else {
-            Origin::RunTime
-        };
-        assign(&mut origins, launch.out, o, &what)?;
-    }
-    for (name, b) in &p.outputs {
-        let b = index(*b, "an output")?;
-        if origins[b].is_none() {
-            return Err(invalid(format!(
-                "output `{name}` is buffer `{}`, which nothing writes",
-                p.buffers[b].name
-            )));
-        }
-    }
-    Ok(origins
-        .into_iter()
-        .map(|o| o.unwrap_or(Origin::Unused))
-        .collect())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! [`Program`](kiln_dialect::kernel::Program) compiled to native functions.
 //! docs/runtime.md describes the kernel ABI, planning, threading and errors.
 
+mod aligned;
 pub mod arena;
 pub mod executor;
 // The Cranelift JIT (`jit.rs`, with `KernelFn` and `JitModule`) is written
@@ -10,6 +11,7 @@ pub mod executor;
 // `KernelFn` of `executor.rs` in favour of `jit::KernelFn`.
 // pub mod jit;
 pub mod pool;
+mod program_check;
 
 pub use executor::{CpuExecutable, ExecStats, KernelFn, RunError};
 pub use pool::ThreadPool;
