@@ -449,6 +449,24 @@ mod tests {
         }
     }
 
+    /// Prints the cost of a split launch of a trivial kernel (run with
+    /// `--ignored --nocapture`); checks only that every row ran.
+    #[test]
+    #[ignore]
+    fn launch_overhead() {
+        for threads in [1, 2, 4] {
+            let pool = ThreadPool::new(threads);
+            let launches = 20_000;
+            let start = std::time::Instant::now();
+            for i in 0..launches {
+                let (counts, _) = run_counted(&pool, 64, usize::MAX, i);
+                assert!(counts.iter().all(|&c| c == 1));
+            }
+            let per = start.elapsed().as_secs_f64() / launches as f64 * 1e6;
+            println!("{threads} threads: {per:.2} us per launch of 64 rows");
+        }
+    }
+
     #[test]
     fn thread_count_comes_from_the_environment_when_set() {
         // Only reads: the variable is not set by the test harness.
