@@ -1,0 +1,17 @@
+//! The CPU backend's run time: the memory planner ([`arena`]), the thread
+//! pool ([`pool`]) and the executor ([`executor`]) that runs a kernel
+//! [`Program`](kiln_dialect::kernel::Program) compiled to native functions.
+//! docs/runtime.md describes the kernel ABI, planning, threading and errors.
+
+mod aligned;
+pub mod arena;
+pub mod executor;
+// The Cranelift JIT (`jit.rs`, with `KernelFn` and `JitModule`) is written
+// on another branch; uncomment when it merges, and drop the temporary
+// `KernelFn` of `executor.rs` in favour of `jit::KernelFn`.
+// pub mod jit;
+pub mod pool;
+mod program_check;
+
+pub use executor::{CpuExecutable, ExecStats, KernelFn, RunError};
+pub use pool::ThreadPool;
