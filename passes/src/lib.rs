@@ -10,6 +10,7 @@ pub mod cost;
 pub mod egraph;
 pub mod explain;
 pub mod extract;
+pub mod lower;
 pub mod optimize;
 pub mod plan;
 pub mod regions;

@@ -2,7 +2,9 @@
 //! interpreter tensors, one output element at a time, exactly as the
 //! module documentation says. Float arithmetic in an f32 kernel is rounded
 //! to f32 after every operation; transcendental functions are computed in
-//! f64 and rounded.
+//! f64 and rounded. A reduction whose variables have not changed since it
+//! was last evaluated is not folded again (the hoisting backends do), so
+//! `exp(x - max_row) / sum_row` costs a row per row, not per element.
 
 use std::collections::HashMap;
 
@@ -61,6 +63,11 @@ struct Ctx<'a> {
     dims: Vec<i64>,
     vars: Vec<i64>,
     acc: Option<V>,
+    /// Per reduction (by address): the variables it depends on, or `None`
+    /// when it reads the accumulator.
+    free: HashMap<*const Expr, Option<Vec<Var>>>,
+    /// Per reduction: its last value and the values of its variables then.
+    cache: HashMap<*const Expr, (Vec<i64>, V)>,
 }
 
 /// Evaluates `k` on `inputs` (one tensor per [`Kernel::inputs`], with
@@ -121,7 +128,25 @@ pub fn run(
         dims: dim_values,
         vars: Vec::new(),
         acc: None,
+        free: HashMap::new(),
+        cache: HashMap::new(),
     };
+    match &k.body {
+        Body::Map { expr } => {
+            free_vars(expr, &mut cx.free);
+        }
+        Body::Contract {
+            extent,
+            a,
+            b,
+            epilogue,
+            ..
+        } => {
+            for e in [extent, a, b, epilogue] {
+                free_vars(e, &mut cx.free);
+            }
+        }
+    }
     let r = out_shape.len();
     let n: usize = out_shape.iter().product();
     let mut data = Vec::with_capacity(n);
@@ -332,30 +357,62 @@ impl Ctx<'_> {
                 extent,
                 body,
             } => {
-                let n = self.int(extent)?;
-                let mut acc: Option<V> = None;
-                for p in 0..n.max(0) {
-                    self.set(*var, p);
-                    let v = self.eval(body)?;
-                    acc = Some(match acc {
-                        None => v,
-                        Some(s) => self.binary(
-                            match op {
-                                Reduction::Sum => Binary::Add,
-                                Reduction::Prod => Binary::Mul,
-                                Reduction::Max => Binary::Max,
-                                Reduction::Min => Binary::Min,
-                            },
-                            s,
-                            v,
-                        )?,
-                    });
+                // A reduction whose variables have not changed since its
+                // last evaluation has the same value: reuse it (the
+                // hoisting a backend does; values are unchanged).
+                let key: Option<Vec<i64>> = match self.free.get(&(e as *const Expr)) {
+                    Some(Some(vars)) => Some(
+                        vars.iter()
+                            .map(|v| self.vars.get(v.0 as usize).copied().unwrap_or(0))
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                if let Some(key) = &key
+                    && let Some((k, v)) = self.cache.get(&(e as *const Expr))
+                    && k == key
+                {
+                    return Ok(*v);
                 }
-                match acc {
-                    Some(v) => v,
-                    None => self.identity(*op),
+                let v = self.fold(*op, *var, extent, body)?;
+                if let Some(key) = key {
+                    self.cache.insert(e as *const Expr, (key, v));
                 }
+                v
             }
+        })
+    }
+
+    /// The fold of `body` over `var` in `0 .. extent`.
+    fn fold(
+        &mut self,
+        op: Reduction,
+        var: Var,
+        extent: &Expr,
+        body: &Expr,
+    ) -> Result<V, EvalError> {
+        let n = self.int(extent)?;
+        let mut acc: Option<V> = None;
+        for p in 0..n.max(0) {
+            self.set(var, p);
+            let v = self.eval(body)?;
+            acc = Some(match acc {
+                None => v,
+                Some(s) => self.binary(
+                    match op {
+                        Reduction::Sum => Binary::Add,
+                        Reduction::Prod => Binary::Mul,
+                        Reduction::Max => Binary::Max,
+                        Reduction::Min => Binary::Min,
+                    },
+                    s,
+                    v,
+                )?,
+            });
+        }
+        Ok(match acc {
+            Some(v) => v,
+            None => self.identity(op),
         })
     }
 
@@ -474,6 +531,37 @@ impl Ctx<'_> {
             }
         })
     }
+}
+
+/// Records, for every reduction in `e` (by address), the variables it
+/// depends on (those it uses minus its own), or `None` when it reads the
+/// accumulator; returns the variables `e` uses and whether it reads `acc`.
+fn free_vars(
+    e: &Expr,
+    out: &mut HashMap<*const Expr, Option<Vec<Var>>>,
+) -> (std::collections::BTreeSet<Var>, bool) {
+    let mut vars = std::collections::BTreeSet::new();
+    let mut acc = false;
+    match e {
+        Expr::Var(v) => {
+            vars.insert(*v);
+        }
+        Expr::Acc => acc = true,
+        _ => {}
+    }
+    e.for_each_child(|c| {
+        let (v, a) = free_vars(c, out);
+        vars.extend(v);
+        acc |= a;
+    });
+    if let Expr::Reduce { var, .. } = e {
+        vars.remove(var);
+        out.insert(
+            e as *const Expr,
+            (!acc).then(|| vars.iter().copied().collect()),
+        );
+    }
+    (vars, acc)
 }
 
 /// Integer power, wrapping; a negative exponent gives 0 unless the base is

@@ -446,3 +446,41 @@ impl fmt::Display for Kernel {
         f.write_str("}\n")
     }
 }
+
+impl fmt::Display for Program {
+    /// The buffers (inputs, weights, constants marked), the launches with
+    /// their kernels, and the outputs: the text of golden files.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "program {} dims [{}] {{", self.name, self.dims.join(", "))?;
+        for (i, b) in self.buffers.iter().enumerate() {
+            let role = if self.inputs.contains(&i) {
+                "input"
+            } else if self.weights.contains(&i) {
+                "weight"
+            } else if self.constants.iter().any(|(c, _)| *c == i) {
+                "constant"
+            } else {
+                "buffer"
+            };
+            writeln!(f, "  {role} b{i} %{}: {}{}", b.name, b.dtype, b.shape)?;
+        }
+        for l in &self.launches {
+            let args: Vec<String> = l.args.iter().map(|a| format!("b{a}")).collect();
+            let when = if l.bind_time { "bind-time " } else { "" };
+            writeln!(
+                f,
+                "  {when}launch {}({}) -> b{}",
+                l.kernel.name,
+                args.join(", "),
+                l.out
+            )?;
+            for line in l.kernel.to_string().lines() {
+                writeln!(f, "    {line}")?;
+            }
+        }
+        for (name, b) in &self.outputs {
+            writeln!(f, "  output {name} = b{b}")?;
+        }
+        f.write_str("}\n")
+    }
+}
