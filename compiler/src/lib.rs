@@ -28,6 +28,7 @@ macro_rules! outln {
 }
 
 pub mod cli;
+pub mod codegen;
 pub mod data;
 pub mod error;
 pub mod frontend;

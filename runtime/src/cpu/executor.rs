@@ -25,18 +25,8 @@ use super::pool::{ThreadPool, Work};
 use super::program_check::{Origin, check_program};
 use crate::HostTensor;
 
-/// A compiled kernel (temporary twin of the JIT's definition; the two are
-/// unified when the JIT lands).
-///
-/// * `args[i]` points at the bytes of the launch's input `i` (row-major, in
-///   its storage type as [`HostTensor`] holds them), `args[n_inputs]` at the
-///   output's bytes;
-/// * `dims[j]` is the run-time value of `kernel.dims[j]`;
-/// * the call computes the output elements whose axis-0 index is in
-///   `[begin, end)` (a rank-0 output: its one element when `begin == 0 &&
-///   end >= 1`).
-pub type KernelFn =
-    unsafe extern "C" fn(args: *const *mut u8, dims: *const i64, begin: i64, end: i64);
+/// A compiled kernel: see [`super::jit::KernelFn`] for the ABI.
+pub use super::jit::KernelFn;
 
 /// Why a program cannot be built, bound or run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

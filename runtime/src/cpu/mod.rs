@@ -6,10 +6,7 @@
 mod aligned;
 pub mod arena;
 pub mod executor;
-// The Cranelift JIT (`jit.rs`, with `KernelFn` and `JitModule`) is written
-// on another branch; uncomment when it merges, and drop the temporary
-// `KernelFn` of `executor.rs` in favour of `jit::KernelFn`.
-// pub mod jit;
+pub mod jit;
 pub mod pool;
 mod program_check;
 

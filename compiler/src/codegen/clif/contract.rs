@@ -1,0 +1,307 @@
+//! [`Body::Contract`]: a register-blocked f32x4 loop nest where the
+//! operands are plain f32 loads with `n` contiguous in `b`, else a scalar
+//! loop per element; the epilogue per element either way.
+//!
+//! The blocked path keeps a 4 x 8 tile of the output in eight f32x4
+//! accumulators over the whole `k` range (one splat of `a` per row, two
+//! vector loads of `b` per step, fused multiply-adds where the ISA has
+//! them), then evaluates the epilogue on each lane. Rows and columns that
+//! do not fill a tile, batch axes and transposed `a` are handled; the sums
+//! run in `k` order, so without FMA they equal the evaluator's exactly.
+//!
+//! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
+
+use cranelift_codegen::ir::{InstBuilder, Value, types};
+use kiln_dialect::DType;
+use kiln_dialect::kernel::{Binary, Expr, Var};
+
+use super::CodegenError;
+use super::expr::{Emitter, T, mem};
+use super::loops::emit_nest;
+
+/// The rows and columns of a register tile.
+const MR: usize = 4;
+const NR: usize = 8;
+
+pub(super) fn emit_contract(
+    em: &mut Emitter,
+    kv: Var,
+    extent: &Expr,
+    a: &Expr,
+    b: &Expr,
+    epilogue: &Expr,
+) -> Result<(), CodegenError> {
+    let rank = em.k.output.shape.rank();
+    let fast = if em.fty == types::F32 && rank >= 2 {
+        operand(em, a, kv, rank, false).zip(operand(em, b, kv, rank, true))
+    } else {
+        None
+    };
+    match fast {
+        Some((oa, ob)) => emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+            tiles(em, kv, extent, a, b, epilogue, &oa, &ob)
+        }),
+        None => emit_nest(em, &[extent, epilogue], rank, &mut |em| {
+            element(em, kv, extent, a, b, epilogue)
+        }),
+    }
+}
+
+/// A plain load operand of the blocked path: its input and, per output or
+/// contracted variable, the sum of the strides of the axes it indexes,
+/// plus a constant element offset.
+struct Operand {
+    input: usize,
+    /// `(var, axis)` for every axis indexed by a variable.
+    var_axes: Vec<(Var, usize)>,
+    /// `(constant, axis)` for every axis indexed by a constant.
+    const_axes: Vec<(i64, usize)>,
+}
+
+/// `e` as an [`Operand`] when it is an unguarded f32 load whose indices are
+/// variables or constants; `a` may not use `n`, `b` may not use `m`, and
+/// `b` must have `n` as its last index (contiguous columns) and nowhere
+/// else.
+fn operand(em: &Emitter, e: &Expr, kv: Var, rank: usize, is_b: bool) -> Option<Operand> {
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = e
+    else {
+        return None;
+    };
+    if em.k.inputs.get(*input)?.dtype != DType::F32 || index.len() != em.shapes[*input].len() {
+        return None;
+    }
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let mut op = Operand {
+        input: *input,
+        var_axes: Vec::new(),
+        const_axes: Vec::new(),
+    };
+    for (axis, ie) in index.iter().enumerate() {
+        match ie {
+            Expr::Var(v) => {
+                let ok = *v == kv || v.0 < rank as u32 - 2 || *v == if is_b { n } else { m };
+                if !ok {
+                    return None;
+                }
+                op.var_axes.push((*v, axis));
+            }
+            Expr::Int(c) => op.const_axes.push((*c, axis)),
+            _ => return None,
+        }
+    }
+    if is_b {
+        let last = index.len().checked_sub(1)?;
+        let n_axes: Vec<usize> = op
+            .var_axes
+            .iter()
+            .filter(|(v, _)| *v == n)
+            .map(|&(_, a)| a)
+            .collect();
+        if n_axes != [last] {
+            return None;
+        }
+    }
+    Some(op)
+}
+
+impl Operand {
+    /// The byte address of the element at `k = 0`, `m = 0` / `n = 0` and
+    /// the bound batch variables, and the byte strides along `skip` (the
+    /// row or column variable) and `kv`.
+    fn addressing(&self, em: &mut Emitter, skip: Var, kv: Var) -> (Value, Value, Value) {
+        let mut off = em.iconst(0);
+        let mut s_skip = em.iconst(0);
+        let mut s_k = em.iconst(0);
+        for &(c, axis) in &self.const_axes {
+            let t = em.b.ins().imul_imm(em.strides[self.input][axis], c);
+            off = em.b.ins().iadd(off, t);
+        }
+        for &(v, axis) in &self.var_axes {
+            let st = em.strides[self.input][axis];
+            if v == skip {
+                s_skip = em.b.ins().iadd(s_skip, st);
+            } else if v == kv {
+                s_k = em.b.ins().iadd(s_k, st);
+            } else {
+                // An unbound variable reads as 0, as in the evaluator.
+                let Some(&x) = em.vars.get(&v) else { continue };
+                let t = em.b.ins().imul(x, st);
+                off = em.b.ins().iadd(off, t);
+            }
+        }
+        let off = em.b.ins().ishl_imm(off, 2);
+        let base = em.b.ins().iadd(em.bases[self.input], off);
+        let s_skip = em.b.ins().ishl_imm(s_skip, 2);
+        let s_k = em.b.ins().ishl_imm(s_k, 2);
+        (base, s_skip, s_k)
+    }
+}
+
+/// The `m`, `n` loops of one batch index: full tiles, then the columns
+/// and rows left over.
+#[allow(clippy::too_many_arguments)]
+fn tiles(
+    em: &mut Emitter,
+    kv: Var,
+    extent: &Expr,
+    a: &Expr,
+    b: &Expr,
+    epilogue: &Expr,
+    oa: &Operand,
+    ob: &Operand,
+) -> Result<(), CodegenError> {
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let out = em.k.inputs.len();
+    let (mlo, mhi) = if rank == 2 {
+        em.range0
+    } else {
+        let zero = em.iconst(0);
+        (zero, em.shapes[out][rank - 2])
+    };
+    let ncols = em.shapes[out][rank - 1];
+    let (kn, kt) = em.emit(extent)?;
+    if kt != T::I {
+        return Err(em.type_err(extent, "the extent is not an integer"));
+    }
+    let (pa, am, ak) = oa.addressing(em, m, kv);
+    let (pb, bn, bk) = ob.addressing(em, n, kv);
+    let _ = bn; // 4 bytes: `n` is the last axis of `b`
+    let row_off: Vec<Value> = (0..MR as i64).map(|r| em.b.ins().imul_imm(am, r)).collect();
+    let zero = em.iconst(0);
+    let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+        let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
+            let zf = em.b.ins().f32const(0.0);
+            let zv = em.b.ins().splat(types::F32X4, zf);
+            let t = em.b.ins().imul(mb, am);
+            let pa0 = em.b.ins().iadd(pa, t);
+            let t = em.b.ins().ishl_imm(nb, 2);
+            let pb0 = em.b.ins().iadd(pb, t);
+            let mut init = vec![pa0, pb0];
+            init.extend(std::iter::repeat_n(zv, MR * NR / 4));
+            let (_, acc) = em.for_loop(zero, kn, 1, &init, |em, _, c| {
+                let (pa, pb) = (c[0], c[1]);
+                let bv: Vec<Value> = (0..NR / 4)
+                    .map(|j| em.b.ins().load(types::F32X4, mem(), pb, 16 * j as i32))
+                    .collect();
+                let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
+                for (r, &ro) in row_off.iter().enumerate() {
+                    let addr = em.b.ins().iadd(pa, ro);
+                    let x = em.b.ins().load(types::F32, mem(), addr, 0);
+                    let xs = em.b.ins().splat(types::F32X4, x);
+                    for (j, &bj) in bv.iter().enumerate() {
+                        let acc = c[2 + r * (NR / 4) + j];
+                        next.push(if em.fma {
+                            em.b.ins().fma(xs, bj, acc)
+                        } else {
+                            let p = em.b.ins().fmul(xs, bj);
+                            em.b.ins().fadd(acc, p)
+                        });
+                    }
+                }
+                Ok(next)
+            })?;
+            for r in 0..MR {
+                let mv = em.b.ins().iadd_imm(mb, r as i64);
+                em.vars.insert(m, mv);
+                for col in 0..NR {
+                    let nv = em.b.ins().iadd_imm(nb, col as i64);
+                    em.vars.insert(n, nv);
+                    let v = acc[2 + r * (NR / 4) + col / 4];
+                    let lane = em.b.ins().extractlane(v, (col % 4) as u8);
+                    epilogue_at(em, lane, T::F, epilogue)?;
+                }
+            }
+            em.vars.remove(&n);
+            em.vars.remove(&m);
+            Ok(vec![])
+        })?;
+        em.for_loop(nb_end, ncols, 1, &[], |em, nv, _| {
+            em.vars.insert(n, nv);
+            for r in 0..MR {
+                let mv = em.b.ins().iadd_imm(mb, r as i64);
+                em.vars.insert(m, mv);
+                element(em, kv, extent, a, b, epilogue)?;
+            }
+            em.vars.remove(&n);
+            em.vars.remove(&m);
+            Ok(vec![])
+        })?;
+        Ok(vec![])
+    })?;
+    em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+        em.vars.insert(m, mv);
+        em.for_loop(zero, ncols, 1, &[], |em, nv, _| {
+            em.vars.insert(n, nv);
+            element(em, kv, extent, a, b, epilogue)?;
+            em.vars.remove(&n);
+            Ok(vec![])
+        })?;
+        em.vars.remove(&m);
+        Ok(vec![])
+    })?;
+    Ok(())
+}
+
+/// Evaluates the epilogue with `acc` and stores it at the bound output
+/// variables.
+fn epilogue_at(em: &mut Emitter, acc: Value, t: T, epilogue: &Expr) -> Result<(), CodegenError> {
+    em.acc = Some((acc, t));
+    em.push_scope();
+    let v = em.emit(epilogue);
+    let r = v.and_then(|v| {
+        let flat = em.out_flat();
+        em.store_out(epilogue, flat, v)
+    });
+    em.pop_scope();
+    em.acc = None;
+    r
+}
+
+/// One output element the scalar way: `acc = sum over k of a * b` in `k`
+/// order, then the epilogue.
+fn element(
+    em: &mut Emitter,
+    kv: Var,
+    extent: &Expr,
+    a: &Expr,
+    b: &Expr,
+    epilogue: &Expr,
+) -> Result<(), CodegenError> {
+    if em.vars.contains_key(&kv) {
+        return Err(em.unsupported(a, format!("the contracted variable {kv} is already bound")));
+    }
+    let (n, nt) = em.emit(extent)?;
+    if nt != T::I {
+        return Err(em.type_err(extent, "the extent is not an integer"));
+    }
+    let t = em.type_of(a)?;
+    let init = match t {
+        T::F => em.fconst(0.0),
+        T::I => em.iconst(0),
+        T::B => return Err(em.type_err(a, "a contraction of bools")),
+    };
+    let mut bound = em.bound();
+    bound.remove(&kv);
+    em.hoist(a, &bound)?;
+    em.hoist(b, &bound)?;
+    let zero = em.iconst(0);
+    let prod = Expr::bin(Binary::Mul, a.clone(), b.clone());
+    let (_, acc) = em.for_loop(zero, n, 1, &[init], |em, i, c| {
+        em.vars.insert(kv, i);
+        let (p, pt) = em.emit(&prod)?;
+        if pt != t {
+            return Err(em.type_err(&prod, "the product's type is not the operands'"));
+        }
+        em.vars.remove(&kv);
+        Ok(vec![match t {
+            T::F => em.b.ins().fadd(c[0], p),
+            _ => em.b.ins().iadd(c[0], p),
+        }])
+    })?;
+    epilogue_at(em, acc[0], t, epilogue)
+}

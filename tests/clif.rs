@@ -1,0 +1,657 @@
+//! The Cranelift backend against the kernel dialect's reference evaluator:
+//! hand-built kernels covering every expression form, operation, storage
+//! type, guards, reductions, softmax and layer_norm rows and contractions,
+//! compiled, JIT-linked, run over several `[begin, end)` splits of axis 0
+//! and compared with `kernel::eval::run` on fresh random inputs.
+//!
+//! Tolerances: exact (bit-equal values, NaN matching NaN) for f32, f64,
+//! integer and bool results, transcendental helpers included (they compute
+//! in f64 and round, as the evaluator does); contractions through the
+//! blocked path with FMA: 1e-5 relative to the output's largest magnitude
+//! (the products are not rounded before the add). The seed is printed on
+//! failure; `KILN_SEED` reruns one.
+
+use std::collections::HashMap;
+
+use kiln::codegen::{clif_text, compile_kernel};
+use kiln_dialect::interp::Tensor;
+use kiln_dialect::kernel::{Binary, Body, Buffer, Expr, Kernel, Reduction, Ty, Unary, Var};
+use kiln_dialect::{DType, Dim, Shape, numeric};
+use kiln_runtime::HostTensor;
+use kiln_runtime::cpu::jit::{JitModule, host_isa};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const ALL: [DType; 17] = [
+    DType::F64,
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::I64,
+    DType::I32,
+    DType::I8,
+    DType::U8,
+    DType::Bool,
+    DType::I4,
+    DType::U4,
+    DType::I3,
+    DType::I6,
+    DType::F8E4M3,
+    DType::F8E5M2,
+    DType::F4E2M1,
+    DType::E8M0,
+];
+
+fn rng() -> (ChaCha8Rng, u64) {
+    let seed = std::env::var("KILN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    (ChaCha8Rng::seed_from_u64(seed), seed)
+}
+
+fn v(i: u32) -> Expr {
+    Expr::Var(Var(i))
+}
+
+fn ld(input: usize, index: Vec<Expr>) -> Expr {
+    Expr::load(input, index)
+}
+
+fn bin(op: Binary, a: Expr, b: Expr) -> Expr {
+    Expr::bin(op, a, b)
+}
+
+fn un(op: Unary, a: Expr) -> Expr {
+    Expr::un(op, a)
+}
+
+fn fl(x: f64) -> Expr {
+    Expr::Float(x)
+}
+
+fn buf(name: &str, dtype: DType, shape: &[usize]) -> Buffer {
+    Buffer {
+        name: name.into(),
+        dtype,
+        shape: Shape(shape.iter().map(|&n| Dim::Static(n as u64)).collect()),
+    }
+}
+
+fn map(name: &str, float: Ty, inputs: Vec<Buffer>, output: Buffer, expr: Expr) -> Kernel {
+    Kernel {
+        name: name.into(),
+        inputs,
+        output,
+        dims: vec![],
+        float,
+        body: Body::Map { expr },
+    }
+}
+
+/// Random values of `dtype`: every code of the small types (NaN and
+/// infinities included), floats in [-3, 3) rounded to the type, integers
+/// over their range (i64 within 2^40), never all zeros.
+fn values(rng: &mut ChaCha8Rng, dtype: DType, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| match dtype {
+            DType::F64 | DType::F32 | DType::F16 | DType::BF16 => {
+                numeric::round_to(dtype, rng.random_range(-3.0..3.0))
+            }
+            DType::I64 => rng.random_range(-(1i64 << 40)..(1i64 << 40)) as f64,
+            _ if dtype.has_integer_values() => {
+                let (lo, hi) = dtype.int_range().unwrap_or((0, 1));
+                rng.random_range(lo..=hi) as f64
+            }
+            _ => numeric::decode(dtype, rng.random_range(0..(1u64 << dtype.bits()))),
+        })
+        .collect()
+}
+
+/// Compiles and runs `k` through the JIT over several ranges of axis 0 and
+/// compares with the evaluator. `tol` is relative to the largest finite
+/// expected magnitude (at least 1); 0 asks for equal values.
+fn check_with(k: &Kernel, dims: &[(&str, usize)], tol: f64, inputs: Option<Vec<Vec<f64>>>) {
+    let (mut rng, seed) = rng();
+    let dmap: HashMap<String, usize> = dims.iter().map(|&(s, n)| (s.to_string(), n)).collect();
+    let shapes: Vec<Vec<usize>> = k.inputs.iter().map(|b| b.shape.resolve(&dmap).unwrap()).collect();
+    let vals = inputs.unwrap_or_else(|| {
+        k.inputs
+            .iter()
+            .zip(&shapes)
+            .map(|(b, s)| values(&mut rng, b.dtype, s.iter().product()))
+            .collect()
+    });
+    let tensors: Vec<Tensor> = k
+        .inputs
+        .iter()
+        .zip(&shapes)
+        .zip(&vals)
+        .map(|((b, s), x)| Tensor::new(b.dtype, s, x.clone()))
+        .collect();
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let want = kiln_dialect::kernel::eval::run(k, &refs, &dmap)
+        .unwrap_or_else(|e| panic!("evaluator: {e}"));
+
+    let isa = host_isa().unwrap();
+    let ck = compile_kernel(k, isa.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    let text = clif_text(&ck);
+    let jit = JitModule::new(isa.clone(), vec![ck.into()])
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let f = jit.get(&k.name).unwrap();
+    let hosts: Vec<HostTensor> = k
+        .inputs
+        .iter()
+        .zip(&shapes)
+        .zip(&vals)
+        .map(|((b, s), x)| HostTensor::from_values(b.dtype, s, x))
+        .collect();
+    let oshape = k.output.shape.resolve(&dmap).unwrap();
+    let n: usize = oshape.iter().product();
+    let mut out = HostTensor {
+        dtype: k.output.dtype,
+        shape: oshape.clone(),
+        data: vec![0u8; k.output.dtype.storage_bytes(n)],
+    };
+    let dimv: Vec<i64> = k.dims.iter().map(|d| dmap[d] as i64).collect();
+    let n0 = oshape.first().copied().unwrap_or(1) as i64;
+    // Ranges: out-of-range ends are clamped; sub-byte outputs run in order.
+    let s1 = rng.random_range(0..=n0);
+    let s2 = rng.random_range(s1..=n0);
+    let ranges = [(-3, s1), (s1, s2), (s2, n0 + 5)];
+    for (lo, hi) in ranges {
+        let mut args: Vec<*mut u8> = hosts.iter().map(|h| h.data.as_ptr() as *mut u8).collect();
+        args.push(out.data.as_mut_ptr());
+        // SAFETY: the buffers have the kernel's shapes and types.
+        unsafe { f(args.as_ptr(), dimv.as_ptr(), lo, hi) };
+    }
+    let got = out.to_values();
+    let scale = want
+        .data
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(1.0f64, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(&want.data).enumerate() {
+        let ok = (g.is_nan() && w.is_nan()) || g == w || (tol > 0.0 && (g - w).abs() <= tol * scale);
+        assert!(
+            ok,
+            "kernel `{}` (seed {seed}): element {i} of {oshape:?}: got {g}, want {w} \
+             (ranges {ranges:?})\n{k}",
+            k.name
+        );
+    }
+}
+
+fn check(k: &Kernel, tol: f64) {
+    check_with(k, &[], tol, None)
+}
+
+const SIZES: [(usize, usize); 5] = [(1, 783), (3, 50), (50, 3), (783, 1), (1, 1)];
+
+#[test]
+fn unary_ops_f32_and_f64() {
+    use Unary::*;
+    for float in [Ty::F32, Ty::F64] {
+        let d = if float == Ty::F32 { DType::F32 } else { DType::F64 };
+        for op in [Neg, Abs, Exp, Log, Sqrt, Tanh, Erf, Sin, Cos, Floor, Ceil, Round] {
+            for (r, c) in SIZES {
+                let x = bin(Binary::Mul, ld(0, vec![v(0), v(1)]), fl(1.75));
+                let k = map(
+                    &format!("u_{}", op.name()),
+                    float,
+                    vec![buf("x", d, &[r, c])],
+                    buf("y", d, &[r, c]),
+                    un(op, x),
+                );
+                check(&k, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn unary_ops_on_integers_and_bools() {
+    use Unary::*;
+    for op in [Neg, Abs, Floor, Ceil, Round] {
+        let k = map(
+            "ui",
+            Ty::F32,
+            vec![buf("x", DType::I64, &[3, 50])],
+            buf("y", DType::I64, &[3, 50]),
+            un(op, ld(0, vec![v(0), v(1)])),
+        );
+        check(&k, 0.0);
+    }
+    let k = map(
+        "not",
+        Ty::F32,
+        vec![buf("x", DType::Bool, &[50, 3])],
+        buf("y", DType::Bool, &[50, 3]),
+        un(Not, ld(0, vec![v(0), v(1)])),
+    );
+    check(&k, 0.0);
+}
+
+#[test]
+fn binary_ops_every_type() {
+    use Binary::*;
+    let arith = [Add, Sub, Mul, Div, Pow, Max, Min];
+    let cmp = [Eq, Ne, Lt, Le, Gt, Ge];
+    for float in [Ty::F32, Ty::F64] {
+        let d = if float == Ty::F32 { DType::F32 } else { DType::F64 };
+        for op in arith.iter().chain(&cmp) {
+            for (r, c) in [(3, 50), (783, 1)] {
+                let out = if cmp.contains(op) { DType::Bool } else { d };
+                // rounded inputs make equal operands common
+                let a = un(Unary::Round, ld(0, vec![v(0), v(1)]));
+                let b = un(Unary::Round, ld(1, vec![v(0), v(1)]));
+                let k = map(
+                    &format!("b_{}", op.name()),
+                    float,
+                    vec![buf("a", d, &[r, c]), buf("b", d, &[r, c])],
+                    buf("y", out, &[r, c]),
+                    bin(*op, a, b),
+                );
+                check(&k, 0.0);
+            }
+        }
+    }
+    for op in [Add, Sub, Mul, Div, Rem, Pow, Max, Min].iter().chain(&cmp) {
+        for dt in [DType::I8, DType::I64] {
+            let out = if cmp.contains(op) { DType::Bool } else { DType::I64 };
+            let k = map(
+                &format!("i_{}", op.name()),
+                Ty::F32,
+                vec![buf("a", dt, &[50, 3]), buf("b", DType::I4, &[50, 3])],
+                buf("y", out, &[50, 3]),
+                bin(*op, ld(0, vec![v(0), v(1)]), ld(1, vec![v(0), v(1)])),
+            );
+            check(&k, 0.0);
+        }
+    }
+    for op in [And, Or, Eq, Ne] {
+        let k = map(
+            "bools",
+            Ty::F32,
+            vec![buf("a", DType::Bool, &[3, 50]), buf("b", DType::Bool, &[3, 50])],
+            buf("y", DType::Bool, &[3, 50]),
+            bin(op, ld(0, vec![v(0), v(1)]), ld(1, vec![v(0), v(1)])),
+        );
+        check(&k, 0.0);
+    }
+}
+
+#[test]
+fn loads_of_every_storage_type() {
+    for dt in ALL {
+        for float in [Ty::F32, Ty::F64] {
+            let fd = if float == Ty::F32 { DType::F32 } else { DType::F64 };
+            let out = if dt == DType::Bool {
+                DType::Bool
+            } else if dt.has_integer_values() {
+                DType::I64
+            } else {
+                fd
+            };
+            for (r, c) in [(3, 50), (1, 783), (783, 1)] {
+                let k = map(
+                    &format!("load_{dt}"),
+                    float,
+                    vec![buf("x", dt, &[r, c])],
+                    buf("y", out, &[r, c]),
+                    ld(0, vec![v(0), v(1)]),
+                );
+                check(&k, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn stores_of_common_types() {
+    use DType::*;
+    for out in [F32, F64, BF16, F16, I64, I32, I8, U8, Bool, I4, I3, I6, U4, F8E4M3, F4E2M1, E8M0] {
+        for float in [Ty::F32, Ty::F64] {
+            let fd = if float == Ty::F32 { F32 } else { F64 };
+            // floats: scaled to reach the integer and f16 ranges
+            let x = bin(Binary::Mul, ld(0, vec![v(0), v(1)]), fl(23.7));
+            for (r, c) in [(3, 50), (783, 1), (1, 3)] {
+                let k = map(
+                    &format!("store_{out}"),
+                    float,
+                    vec![buf("x", fd, &[r, c])],
+                    buf("y", out, &[r, c]),
+                    x.clone(),
+                );
+                check(&k, 0.0);
+                let k = map(
+                    &format!("store_int_{out}"),
+                    float,
+                    vec![buf("x", I32, &[r, c])],
+                    buf("y", out, &[r, c]),
+                    ld(0, vec![v(0), v(1)]),
+                );
+                check(&k, 0.0);
+            }
+        }
+    }
+    // f16 and bf16 edges: overflow, subnormals, ties
+    let edges = vec![
+        65504.0, 65519.0, 65520.0, 1e6, -1e6, 6.0e-8, 3.0e-8, 2.9e-8, 1e-5, -1e-7, 0.0, -0.0, 1.0,
+        f64::INFINITY, f64::NAN, 3.4e38, 1.00390625, 1.01171875, 1e-40, -2.5e-39,
+    ];
+    let n = edges.len();
+    for out in [BF16, F16] {
+        let k = map(
+            "edges",
+            Ty::F32,
+            vec![buf("x", F32, &[n])],
+            buf("y", out, &[n]),
+            ld(0, vec![v(0)]),
+        );
+        let xs = edges.iter().map(|&x| numeric::round_to(F32, x)).collect();
+        check_with(&k, &[], 0.0, Some(vec![xs]));
+    }
+}
+
+#[test]
+fn rounds_and_casts() {
+    use DType::*;
+    for d in [BF16, F16, F8E4M3, F8E5M2, F4E2M1, E8M0, F32, F64, I8, I4, U8, I32, Bool] {
+        for float in [Ty::F32, Ty::F64] {
+            let fd = if float == Ty::F32 { F32 } else { F64 };
+            let x = bin(Binary::Mul, ld(0, vec![v(0), v(1)]), fl(7.3));
+            let k = map(
+                &format!("round_{d}"),
+                float,
+                vec![buf("x", fd, &[50, 3])],
+                buf("y", F64, &[50, 3]),
+                Expr::Round(d, Box::new(x)),
+            );
+            check(&k, 0.0);
+        }
+        let k = map(
+            &format!("wrap_{d}"),
+            Ty::F32,
+            vec![buf("x", I64, &[3, 50])],
+            buf("y", I64, &[3, 50]),
+            Expr::Round(d, Box::new(ld(0, vec![v(0), v(1)]))),
+        );
+        check(&k, 0.0);
+    }
+    for (src, scale) in [(F32, Some(1e10)), (I32, None), (Bool, None)] {
+        for to in [Ty::F32, Ty::F64, Ty::I64, Ty::Bool] {
+            for float in [Ty::F32, Ty::F64] {
+                let mut x = ld(0, vec![v(0), v(1)]);
+                if let Some(s) = scale {
+                    x = bin(Binary::Mul, un(Unary::Exp, bin(Binary::Mul, x, fl(8.0))), fl(s));
+                }
+                let out = match to {
+                    Ty::Bool => Bool,
+                    Ty::I64 => I64,
+                    _ => F64,
+                };
+                let k = map(
+                    "cast",
+                    float,
+                    vec![buf("x", src, &[50, 3])],
+                    buf("y", out, &[50, 3]),
+                    Expr::Cast(to, Box::new(x)),
+                );
+                check(&k, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn select_dims_guards_and_rank0() {
+    // y[i, j] = x[i, j - 1] padded, where x > 0 else -x; n is symbolic
+    let (r, c) = (Dim::Static(3), Dim::sym("n"));
+    let j1 = bin(Binary::Sub, v(1), Expr::Int(1));
+    let guard = bin(
+        Binary::And,
+        bin(Binary::Ge, j1.clone(), Expr::Int(0)),
+        bin(Binary::Lt, j1.clone(), Expr::Dim(0)),
+    );
+    let x = Expr::Load {
+        input: 0,
+        index: vec![v(0), j1],
+        guard: Some(Box::new(guard)),
+    };
+    let sel = Expr::select(bin(Binary::Gt, x.clone(), fl(0.0)), x.clone(), un(Unary::Neg, x));
+    let k = Kernel {
+        name: "pad_select".into(),
+        inputs: vec![Buffer {
+            name: "x".into(),
+            dtype: DType::BF16,
+            shape: Shape(vec![r.clone(), c.clone()]),
+        }],
+        output: Buffer {
+            name: "y".into(),
+            dtype: DType::F32,
+            shape: Shape(vec![r, Dim::sym("m")]),
+        },
+        dims: vec!["n".into(), "m".into()],
+        float: Ty::F32,
+        body: Body::Map {
+            expr: bin(Binary::Add, sel, Expr::Cast(Ty::F32, Box::new(Expr::Dim(1)))),
+        },
+    };
+    for n in [1, 3, 50, 783] {
+        check_with(&k, &[("n", n), ("m", n + 2)], 0.0, None);
+    }
+    // rank 0: a full sum of a tensor, and a constant
+    let k = map(
+        "rank0",
+        Ty::F64,
+        vec![buf("x", DType::F64, &[50, 3])],
+        buf("y", DType::F64, &[]),
+        Expr::reduce(
+            Reduction::Sum,
+            Var(0),
+            Expr::Int(50),
+            Expr::reduce(Reduction::Sum, Var(1), Expr::Int(3), ld(0, vec![v(0), v(1)])),
+        ),
+    );
+    check(&k, 0.0);
+}
+
+#[test]
+fn reductions_every_op() {
+    for op in [Reduction::Sum, Reduction::Prod, Reduction::Max, Reduction::Min] {
+        for (dt, float) in [(DType::F32, Ty::F32), (DType::F64, Ty::F64), (DType::I8, Ty::F32)] {
+            for (r, c) in SIZES {
+                let body = ld(0, vec![v(0), v(2)]);
+                let k = map(
+                    &format!("red_{}", op.name()),
+                    float,
+                    vec![buf("x", dt, &[r, c])],
+                    buf("y", if dt == DType::I8 { DType::I64 } else { dt }, &[r, 1]),
+                    Expr::reduce(op, Var(2), Expr::Int(c as i64), body),
+                );
+                check(&k, 0.0);
+            }
+        }
+    }
+}
+
+fn softmax(r: usize, c: usize) -> Kernel {
+    let x = |col: Expr| ld(0, vec![v(0), col]);
+    let m = Expr::reduce(Reduction::Max, Var(2), Expr::Int(c as i64), x(v(2)));
+    let e = |col: Expr| un(Unary::Exp, bin(Binary::Sub, x(col), m.clone()));
+    let s = Expr::reduce(Reduction::Sum, Var(2), Expr::Int(c as i64), e(v(2)));
+    map(
+        "softmax",
+        Ty::F32,
+        vec![buf("x", DType::F32, &[r, c])],
+        buf("y", DType::F32, &[r, c]),
+        bin(Binary::Div, e(v(1)), s),
+    )
+}
+
+fn layer_norm(r: usize, c: usize) -> Kernel {
+    let n = Expr::Int(c as i64);
+    let nf = fl(c as f64);
+    let x = |col: Expr| ld(0, vec![v(0), col]);
+    // The mean's reduction has a variable of its own: the evaluator does
+    // not restore a reduction variable, so a nested reduction over the same
+    // one would clobber the outer's.
+    let mean = bin(
+        Binary::Div,
+        Expr::reduce(Reduction::Sum, Var(3), n.clone(), x(v(3))),
+        nf.clone(),
+    );
+    let d = |col: Expr| bin(Binary::Sub, x(col), mean.clone());
+    let var = bin(
+        Binary::Div,
+        Expr::reduce(Reduction::Sum, Var(2), n, bin(Binary::Mul, d(v(2)), d(v(2)))),
+        nf,
+    );
+    let inv = bin(Binary::Div, fl(1.0), un(Unary::Sqrt, bin(Binary::Add, var, fl(1e-5))));
+    let y = bin(
+        Binary::Add,
+        bin(Binary::Mul, bin(Binary::Mul, d(v(1)), inv), ld(1, vec![v(1)])),
+        ld(2, vec![v(1)]),
+    );
+    map(
+        "layer_norm",
+        Ty::F32,
+        vec![
+            buf("x", DType::F32, &[r, c]),
+            buf("g", DType::F32, &[c]),
+            buf("b", DType::BF16, &[c]),
+        ],
+        buf("y", DType::F32, &[r, c]),
+        y,
+    )
+}
+
+#[test]
+fn softmax_and_layer_norm_rows() {
+    // The evaluator recomputes a row's statistics per element (layer_norm
+    // cubically): rows stay short enough for it.
+    for (r, c) in SIZES {
+        check(&softmax(r, c), 0.0);
+    }
+    for (r, c) in [(3, 50), (50, 3), (783, 1), (1, 1), (2, 150)] {
+        check(&layer_norm(r, c), 0.0);
+    }
+}
+
+fn gelu(x: Expr) -> Expr {
+    let t = un(Unary::Erf, bin(Binary::Mul, x.clone(), fl(std::f64::consts::FRAC_1_SQRT_2)));
+    bin(Binary::Mul, bin(Binary::Mul, x, fl(0.5)), bin(Binary::Add, t, fl(1.0)))
+}
+
+/// `out[b.., m, n] = gelu(sum_k a * b + bias[n])`, with `a` transposed
+/// (stored `[k, m]`) or `b` transposed (stored `[n, k]`) on request.
+fn matmul(batch: Option<usize>, m: usize, n: usize, k: usize, ta: bool, tb: bool, dt: DType) -> Kernel {
+    let float = if dt == DType::F64 { Ty::F64 } else { Ty::F32 };
+    let bv: Vec<Expr> = batch.map(|_| vec![v(0)]).unwrap_or_default();
+    let bs: Vec<usize> = batch.into_iter().collect();
+    let r = bs.len() as u32;
+    let (mv, nv, kv) = (v(r), v(r + 1), Var(r + 2));
+    let cat = |a: Vec<Expr>, b: Vec<Expr>| [bv.clone(), a, b].concat();
+    let shape = |a: usize, b: usize| [bs.clone(), vec![a, b]].concat();
+    let (ai, ash) = if ta {
+        (cat(vec![Expr::Var(kv)], vec![mv.clone()]), shape(k, m))
+    } else {
+        (cat(vec![mv.clone()], vec![Expr::Var(kv)]), shape(m, k))
+    };
+    let (bi, bsh) = if tb {
+        (cat(vec![nv.clone()], vec![Expr::Var(kv)]), shape(n, k))
+    } else {
+        (cat(vec![Expr::Var(kv)], vec![nv.clone()]), shape(k, n))
+    };
+    let epi = if dt.has_integer_values() {
+        bin(Binary::Add, Expr::Acc, ld(2, vec![nv]))
+    } else {
+        gelu(bin(Binary::Add, Expr::Acc, ld(2, vec![nv])))
+    };
+    Kernel {
+        name: "matmul".into(),
+        inputs: vec![buf("a", dt, &ash), buf("b", dt, &bsh), buf("bias", dt, &[n])],
+        output: buf("c", dt, &shape(m, n)),
+        dims: vec![],
+        float,
+        body: Body::Contract {
+            k: kv,
+            extent: Expr::Int(k as i64),
+            a: ld(0, ai),
+            b: ld(1, bi),
+            epilogue: epi,
+        },
+    }
+}
+
+#[test]
+fn contractions() {
+    let f = DType::F32;
+    for (m, n, k) in [(1, 1, 1), (3, 50, 783), (50, 3, 3), (783, 3, 1), (9, 17, 5), (64, 96, 200)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+            check(&matmul(None, m, n, k, ta, tb, f), 1e-5);
+        }
+    }
+    for batch in [1, 3] {
+        check(&matmul(Some(batch), 13, 20, 31, false, false, f), 1e-5);
+        check(&matmul(Some(batch), 5, 9, 7, true, true, f), 1e-5);
+        check(&matmul(Some(batch), 6, 16, 4, false, false, DType::F64), 1e-12);
+        check(&matmul(Some(batch), 6, 16, 4, false, false, DType::I32), 0.0);
+    }
+}
+
+#[test]
+fn conv_like_guarded_reduction() {
+    // y[b, p] = sum_{r < 3} x[b, p + r - 1] * w[r], zero padded
+    for (bsz, len) in [(1, 783), (3, 50), (50, 3), (783, 1)] {
+        let pos = bin(Binary::Sub, bin(Binary::Add, v(1), v(2)), Expr::Int(1));
+        let guard = bin(
+            Binary::And,
+            bin(Binary::Ge, pos.clone(), Expr::Int(0)),
+            bin(Binary::Lt, pos.clone(), Expr::Int(len as i64)),
+        );
+        let x = Expr::Load {
+            input: 0,
+            index: vec![v(0), pos],
+            guard: Some(Box::new(guard)),
+        };
+        let k = map(
+            "conv1d",
+            Ty::F32,
+            vec![buf("x", DType::F32, &[bsz, len]), buf("w", DType::F32, &[3])],
+            buf("y", DType::F32, &[bsz, len]),
+            Expr::reduce(
+                Reduction::Sum,
+                Var(2),
+                Expr::Int(3),
+                bin(Binary::Mul, x, ld(1, vec![v(2)])),
+            ),
+        );
+        check(&k, 0.0);
+    }
+}
+
+#[test]
+fn errors_not_panics() {
+    let isa = host_isa().unwrap();
+    let bad = [
+        bin(Binary::Add, fl(1.0), Expr::Int(1)),
+        un(Unary::Exp, Expr::Int(1)),
+        Expr::Acc,
+        ld(3, vec![]),
+        ld(0, vec![v(0)]),
+        Expr::Dim(4),
+        Expr::select(Expr::Int(1), fl(1.0), fl(2.0)),
+        Expr::reduce(Reduction::Max, Var(5), Expr::Int(2), Expr::Bool(true)),
+    ];
+    for e in bad {
+        let k = map("bad", Ty::F32, vec![buf("x", DType::F32, &[2, 2])], buf("y", DType::F32, &[2]), e);
+        assert!(compile_kernel(&k, isa.as_ref()).is_err(), "{k}");
+    }
+}
