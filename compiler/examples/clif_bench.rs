@@ -80,7 +80,11 @@ fn layer_norm(r: usize, c: usize) -> Kernel {
     );
     let y = bin(
         Binary::Add,
-        bin(Binary::Mul, bin(Binary::Mul, d(v(1)), inv), Expr::load(1, vec![v(1)])),
+        bin(
+            Binary::Mul,
+            bin(Binary::Mul, d(v(1)), inv),
+            Expr::load(1, vec![v(1)]),
+        ),
         Expr::load(2, vec![v(1)]),
     );
     Kernel {
@@ -126,7 +130,15 @@ fn main() {
     let (r, c) = (1024, 4096);
     let bytes = (2 * r * c * 4) as f64;
     let t = time(&softmax(r, c), &[r * c], r * c, r as i64, 5);
-    println!("softmax {r}x{c} f32: {:.4} s, {:.2} GB/s", t, bytes / t / 1e9);
+    println!(
+        "softmax {r}x{c} f32: {:.4} s, {:.2} GB/s",
+        t,
+        bytes / t / 1e9
+    );
     let t = time(&layer_norm(r, c), &[r * c, c, c], r * c, r as i64, 5);
-    println!("layer_norm {r}x{c} f32: {:.4} s, {:.2} GB/s", t, bytes / t / 1e9);
+    println!(
+        "layer_norm {r}x{c} f32: {:.4} s, {:.2} GB/s",
+        t,
+        bytes / t / 1e9
+    );
 }

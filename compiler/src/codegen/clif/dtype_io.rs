@@ -76,7 +76,9 @@ impl Emitter<'_, '_> {
             T::I => self.iconst(0),
             T::B => self.b.ins().iconst(types::I8, 0),
         };
-        self.b.ins().brif(g, then, &[], merge, &super::expr::args(&[zero]));
+        self.b
+            .ins()
+            .brif(g, then, &[], merge, &super::expr::args(&[zero]));
         self.b.switch_to_block(then);
         self.push_scope();
         let v = self.load_at(e, input, index);
@@ -88,7 +90,12 @@ impl Emitter<'_, '_> {
     }
 
     /// The flat element index of `index` in `input`.
-    fn flat_index(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Value, CodegenError> {
+    fn flat_index(
+        &mut self,
+        e: &Expr,
+        input: usize,
+        index: &[Expr],
+    ) -> Result<Value, CodegenError> {
         let mut flat = None;
         for (a, ie) in index.iter().enumerate() {
             let (v, t) = self.emit(ie)?;
@@ -116,7 +123,9 @@ impl Emitter<'_, '_> {
         let off = if size == 1 {
             flat
         } else {
-            self.b.ins().ishl_imm(flat, i64::from(size.trailing_zeros()))
+            self.b
+                .ins()
+                .ishl_imm(flat, i64::from(size.trailing_zeros()))
         };
         self.b.ins().iadd(base, off)
     }
@@ -253,7 +262,10 @@ impl Emitter<'_, '_> {
         let normal = self.b.ins().bor(e32, m32);
         // subnormal: man * 2^(1 - bias - man), exact in f32
         let mf = self.b.ins().fcvt_from_uint(types::F32, man);
-        let scale = self.b.ins().f32const(2f32.powi(1 - f.bias as i32 - f.man as i32));
+        let scale = self
+            .b
+            .ins()
+            .f32const(2f32.powi(1 - f.bias as i32 - f.man as i32));
         let sub = self.b.ins().fmul(mf, scale);
         let sub = self.b.ins().bitcast(types::I32, MemFlagsData::new(), sub);
         let is_sub = self.b.ins().icmp_imm(IntCC::Equal, exp, 0);
@@ -266,7 +278,10 @@ impl Emitter<'_, '_> {
         }
         if f.nan_only {
             let nan = self.b.ins().iconst(types::I32, 0x7FC0_0000);
-            let is_nan = self.b.ins().icmp_imm(IntCC::Equal, mag, (1i64 << width) - 1);
+            let is_nan = self
+                .b
+                .ins()
+                .icmp_imm(IntCC::Equal, mag, (1i64 << width) - 1);
             bits = self.b.ins().select(is_nan, nan, bits);
         }
         let bits = self.b.ins().bor(bits, sign);
@@ -289,7 +304,10 @@ impl Emitter<'_, '_> {
         let sign = self.b.ins().ushr_imm(u, 16);
         let sign = self.b.ins().band_imm(sign, 0x8000);
         let a = self.b.ins().band_imm(u, 0x7FFF_FFFF);
-        let is_nan = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThan, a, 0x7F80_0000);
+        let is_nan = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::UnsignedGreaterThan, a, 0x7F80_0000);
         let code = if d == DType::BF16 {
             let lsb = self.b.ins().ushr_imm(a, 16);
             let lsb = self.b.ins().band_imm(lsb, 1);
@@ -313,10 +331,15 @@ impl Emitter<'_, '_> {
             let q = self.b.ins().nearest(q);
             let sub = self.b.ins().fcvt_to_uint_sat(types::I32, q);
             let is_normal =
-                self.b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, a, 0x3880_0000);
+                self.b
+                    .ins()
+                    .icmp_imm(IntCC::UnsignedGreaterThanOrEqual, a, 0x3880_0000);
             let c = self.b.ins().select(is_normal, normal, sub);
             let inf = self.b.ins().iconst(types::I32, 0x7C00);
-            let is_inf = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, a, 0x477F_F000);
+            let is_inf = self
+                .b
+                .ins()
+                .icmp_imm(IntCC::UnsignedGreaterThanOrEqual, a, 0x477F_F000);
             let c = self.b.ins().select(is_inf, inf, c);
             let nan = self.b.ins().iconst(types::I32, 0x7E00);
             self.b.ins().select(is_nan, nan, c)
@@ -350,7 +373,12 @@ impl Emitter<'_, '_> {
             _ => {
                 let x = self.to_f64(x);
                 let id = self.b.ins().iconst(types::I32, i64::from(dtype_id(d)));
-                let y = self.call("kiln_round_to", &[types::I32, types::F64], types::F64, &[id, x]);
+                let y = self.call(
+                    "kiln_round_to",
+                    &[types::I32, types::F64],
+                    types::F64,
+                    &[id, x],
+                );
                 self.from_f64(y)
             }
         }
@@ -420,7 +448,12 @@ impl Emitter<'_, '_> {
                         self.b.ins().fpromote(types::F64, x)
                     };
                     let id = self.b.ins().iconst(types::I32, i64::from(dtype_id(d)));
-                    self.call("kiln_encode", &[types::I32, types::F64], types::I64, &[id, x])
+                    self.call(
+                        "kiln_encode",
+                        &[types::I32, types::F64],
+                        types::I64,
+                        &[id, x],
+                    )
                 };
                 self.store_code(d, base, flat, code);
             }

@@ -120,7 +120,10 @@ impl<'a, 'f> Emitter<'a, 'f> {
         } else {
             types::F64
         };
-        let fma = isa.isa_flags().iter().any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
+        let fma = isa
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
         let ret = b.create_block();
         Ok(Emitter {
             k,
@@ -257,9 +260,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
             Expr::Unary(Unary::Not, _) => T::B,
             Expr::Unary(_, x) | Expr::Round(_, x) => self.type_of(x)?,
             Expr::Binary(op, a, _) => match op {
-                Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge => {
-                    T::B
-                }
+                Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge => T::B,
                 _ => self.type_of(a)?,
             },
             Expr::Select(_, a, _) => self.type_of(a)?,
@@ -362,7 +363,12 @@ impl<'a, 'f> Emitter<'a, 'f> {
         Ok(v)
     }
 
-    fn unary(&mut self, e: &Expr, op: Unary, (x, t): (Value, T)) -> Result<(Value, T), CodegenError> {
+    fn unary(
+        &mut self,
+        e: &Expr,
+        op: Unary,
+        (x, t): (Value, T),
+    ) -> Result<(Value, T), CodegenError> {
         Ok(match (op, t) {
             (Unary::Not, T::B) => (self.b.ins().icmp_imm(IntCC::Equal, x, 0), T::B),
             (Unary::Neg, T::I) => (self.b.ins().ineg(x), T::I),
@@ -374,7 +380,10 @@ impl<'a, 'f> Emitter<'a, 'f> {
             (Unary::Floor, T::F) => (self.b.ins().floor(x), T::F),
             (Unary::Ceil, T::F) => (self.b.ins().ceil(x), T::F),
             (Unary::Round, T::F) => (self.b.ins().nearest(x), T::F),
-            (Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos, T::F) => {
+            (
+                Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos,
+                T::F,
+            ) => {
                 let name = format!("kiln_{}_{}", op.name(), self.fty);
                 let fty = self.fty;
                 (self.call(&name, &[fty], fty, &[x]), T::F)
@@ -423,7 +432,10 @@ impl<'a, 'f> Emitter<'a, 'f> {
                 Div | Rem => (self.int_div(op == Div, a, b), T::I),
                 Max => (self.b.ins().smax(a, b), T::I),
                 Min => (self.b.ins().smin(a, b), T::I),
-                Pow => (self.call("kiln_ipow", &[types::I64; 2], types::I64, &[a, b]), T::I),
+                Pow => (
+                    self.call("kiln_ipow", &[types::I64; 2], types::I64, &[a, b]),
+                    T::I,
+                ),
                 Eq => icmp(self, IntCC::Equal),
                 Ne => icmp(self, IntCC::NotEqual),
                 Lt => icmp(self, IntCC::SignedLessThan),
@@ -512,7 +524,12 @@ impl<'a, 'f> Emitter<'a, 'f> {
         }
     }
 
-    fn round(&mut self, e: &Expr, d: DType, (x, t): (Value, T)) -> Result<(Value, T), CodegenError> {
+    fn round(
+        &mut self,
+        e: &Expr,
+        d: DType,
+        (x, t): (Value, T),
+    ) -> Result<(Value, T), CodegenError> {
         match t {
             T::F => Ok((self.round_float(d, x), T::F)),
             T::I => Ok((self.wrap_int(d, x), T::I)),

@@ -136,7 +136,9 @@ pub(super) fn emit_nest<'a, 'f>(
     let rank = em.k.output.shape.rank();
     if rank == 0 {
         let zero = em.iconst(0);
-        let a = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, em.begin, zero);
+        let a =
+            em.b.ins()
+                .icmp(IntCC::SignedLessThanOrEqual, em.begin, zero);
         let b = em.b.ins().icmp(IntCC::SignedGreaterThan, em.end, zero);
         let go = em.b.ins().band(a, b);
         em.return_unless(go);
