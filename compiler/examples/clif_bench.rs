@@ -101,6 +101,14 @@ fn layer_norm(r: usize, c: usize) -> Kernel {
 fn time(k: &Kernel, sizes: &[usize], out: usize, rows: i64, reps: usize) -> f64 {
     let isa = host_isa().expect("host ISA");
     let ck = compile_kernel(k, isa.as_ref()).expect("compile");
+    if std::env::var_os("KILN_DISASM").is_some() {
+        let mut ctx = cranelift_codegen::Context::for_function(ck.func.clone());
+        ctx.set_disasm(true);
+        let mut ctrl = cranelift_codegen::control::ControlPlane::default();
+        if let Ok(code) = ctx.compile(isa.as_ref(), &mut ctrl) {
+            println!("{}", code.vcode.clone().unwrap_or_default());
+        }
+    }
     let jit = JitModule::new(isa.clone(), vec![ck.into()]).expect("jit");
     let f = jit.get(&k.name).expect("kernel");
     let mut bufs: Vec<Vec<f32>> = sizes

@@ -117,7 +117,7 @@ impl Operand {
         let mut s_skip = em.iconst(0);
         let mut s_k = em.iconst(0);
         for &(c, axis) in &self.const_axes {
-            let t = em.b.ins().imul_imm(em.strides[self.input][axis], c);
+            let t = em.b.ins().imul_imm_s(em.strides[self.input][axis], c);
             off = em.b.ins().iadd(off, t);
         }
         for &(v, axis) in &self.var_axes {
@@ -133,10 +133,10 @@ impl Operand {
                 off = em.b.ins().iadd(off, t);
             }
         }
-        let off = em.b.ins().ishl_imm(off, 2);
+        let off = em.b.ins().ishl_imm_s(off, 2);
         let base = em.b.ins().iadd(em.bases[self.input], off);
-        let s_skip = em.b.ins().ishl_imm(s_skip, 2);
-        let s_k = em.b.ins().ishl_imm(s_k, 2);
+        let s_skip = em.b.ins().ishl_imm_s(s_skip, 2);
+        let s_k = em.b.ins().ishl_imm_s(s_k, 2);
         (base, s_skip, s_k)
     }
 }
@@ -171,7 +171,9 @@ fn tiles(
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let (pb, bn, bk) = ob.addressing(em, n, kv);
     let _ = bn; // 4 bytes: `n` is the last axis of `b`
-    let row_off: Vec<Value> = (0..MR as i64).map(|r| em.b.ins().imul_imm(am, r)).collect();
+    let row_off: Vec<Value> = (0..MR as i64)
+        .map(|r| em.b.ins().imul_imm_s(am, r))
+        .collect();
     let zero = em.iconst(0);
     let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
         let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
@@ -179,7 +181,7 @@ fn tiles(
             let zv = em.b.ins().splat(types::F32X4, zf);
             let t = em.b.ins().imul(mb, am);
             let pa0 = em.b.ins().iadd(pa, t);
-            let t = em.b.ins().ishl_imm(nb, 2);
+            let t = em.b.ins().ishl_imm_s(nb, 2);
             let pb0 = em.b.ins().iadd(pb, t);
             let mut init = vec![pa0, pb0];
             init.extend(std::iter::repeat_n(zv, MR * NR / 4));
@@ -206,10 +208,10 @@ fn tiles(
                 Ok(next)
             })?;
             for r in 0..MR {
-                let mv = em.b.ins().iadd_imm(mb, r as i64);
+                let mv = em.b.ins().iadd_imm_s(mb, r as i64);
                 em.vars.insert(m, mv);
                 for col in 0..NR {
-                    let nv = em.b.ins().iadd_imm(nb, col as i64);
+                    let nv = em.b.ins().iadd_imm_s(nb, col as i64);
                     em.vars.insert(n, nv);
                     let v = acc[2 + r * (NR / 4) + col / 4];
                     let lane = em.b.ins().extractlane(v, (col % 4) as u8);
@@ -223,7 +225,7 @@ fn tiles(
         em.for_loop(nb_end, ncols, 1, &[], |em, nv, _| {
             em.vars.insert(n, nv);
             for r in 0..MR {
-                let mv = em.b.ins().iadd_imm(mb, r as i64);
+                let mv = em.b.ins().iadd_imm_s(mb, r as i64);
                 em.vars.insert(m, mv);
                 element(em, kv, extent, a, b, epilogue)?;
             }

@@ -31,7 +31,6 @@ pub(super) struct Emitter<'a, 'f> {
     pub b: FunctionBuilder<'f>,
     /// The float compute type: `f32` for f32 kernels, else `f64`.
     pub fty: Type,
-    pub ptr: Type,
     pub call_conv: CallConv,
     /// Whether the ISA has fused multiply-add.
     pub fma: bool,
@@ -129,7 +128,6 @@ impl<'a, 'f> Emitter<'a, 'f> {
             k,
             b,
             fty,
-            ptr,
             call_conv: isa.default_call_conv(),
             fma,
             begin,
@@ -370,7 +368,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
         (x, t): (Value, T),
     ) -> Result<(Value, T), CodegenError> {
         Ok(match (op, t) {
-            (Unary::Not, T::B) => (self.b.ins().icmp_imm(IntCC::Equal, x, 0), T::B),
+            (Unary::Not, T::B) => (self.b.ins().icmp_imm_s(IntCC::Equal, x, 0), T::B),
             (Unary::Neg, T::I) => (self.b.ins().ineg(x), T::I),
             (Unary::Abs, T::I) => (self.b.ins().iabs(x), T::I),
             (Unary::Floor | Unary::Ceil | Unary::Round, T::I) => (x, T::I),
@@ -457,8 +455,8 @@ impl<'a, 'f> Emitter<'a, 'f> {
     /// i64 division (toward zero) or remainder that never traps: 0 for a
     /// zero divisor, wrapping for `MIN / -1`.
     fn int_div(&mut self, div: bool, a: Value, b: Value) -> Value {
-        let zero = self.b.ins().icmp_imm(IntCC::Equal, b, 0);
-        let m1 = self.b.ins().icmp_imm(IntCC::Equal, b, -1);
+        let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+        let m1 = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
         let special = self.b.ins().bor(zero, m1);
         let one = self.iconst(1);
         let safe = self.b.ins().select(special, one, b);
@@ -490,7 +488,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
                 let z = self.fconst(0.0);
                 (self.b.ins().fcmp(FloatCC::NotEqual, x, z), T::B)
             }
-            (Ty::Bool, T::I) => (self.b.ins().icmp_imm(IntCC::NotEqual, x, 0), T::B),
+            (Ty::Bool, T::I) => (self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0), T::B),
             (Ty::Bool, T::B) => (x, T::B),
         }
     }
@@ -507,7 +505,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
     }
 
     /// The compute float as f64.
-    pub fn to_f64(&mut self, x: Value) -> Value {
+    pub fn f64_of_compute(&mut self, x: Value) -> Value {
         if self.fty == types::F32 {
             self.b.ins().fpromote(types::F64, x)
         } else {
@@ -516,7 +514,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
     }
 
     /// An f64 as the compute float.
-    pub fn from_f64(&mut self, x: Value) -> Value {
+    pub fn compute_of_f64(&mut self, x: Value) -> Value {
         if self.fty == types::F32 {
             self.b.ins().fdemote(types::F32, x)
         } else {
@@ -540,7 +538,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
     /// Wraps an i64 to the width of `d` as the evaluator does.
     pub fn wrap_int(&mut self, d: DType, x: Value) -> Value {
         if d == DType::Bool {
-            let c = self.b.ins().icmp_imm(IntCC::NotEqual, x, 0);
+            let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0);
             return self.b.ins().uextend(types::I64, c);
         }
         let bits = d.bits();
@@ -548,11 +546,11 @@ impl<'a, 'f> Emitter<'a, 'f> {
             return x;
         }
         let shift = i64::from(64 - bits);
-        let up = self.b.ins().ishl_imm(x, shift);
+        let up = self.b.ins().ishl_imm_s(x, shift);
         if d.int_range().is_some_and(|(lo, _)| lo < 0) {
-            self.b.ins().sshr_imm(up, shift)
+            self.b.ins().sshr_imm_s(up, shift)
         } else {
-            self.b.ins().ushr_imm(up, shift)
+            self.b.ins().ushr_imm_s(up, shift)
         }
     }
 
