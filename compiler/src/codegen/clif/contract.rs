@@ -185,27 +185,13 @@ fn tiles(
             let pb0 = em.b.ins().iadd(pb, t);
             let mut init = vec![pa0, pb0];
             init.extend(std::iter::repeat_n(zv, MR * NR / 4));
-            let (_, acc) = em.for_loop(zero, kn, 1, &init, |em, _, c| {
-                let (pa, pb) = (c[0], c[1]);
-                let bv: Vec<Value> = (0..NR / 4)
-                    .map(|j| em.b.ins().load(types::F32X4, mem(), pb, 16 * j as i32))
-                    .collect();
-                let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
-                for (r, &ro) in row_off.iter().enumerate() {
-                    let addr = em.b.ins().iadd(pa, ro);
-                    let x = em.b.ins().load(types::F32, mem(), addr, 0);
-                    let xs = em.b.ins().splat(types::F32X4, x);
-                    for (j, &bj) in bv.iter().enumerate() {
-                        let acc = c[2 + r * (NR / 4) + j];
-                        next.push(if em.fma {
-                            em.b.ins().fma(xs, bj, acc)
-                        } else {
-                            let p = em.b.ins().fmul(xs, bj);
-                            em.b.ins().fadd(acc, p)
-                        });
-                    }
-                }
-                Ok(next)
+            // Two steps of k per iteration, then the odd one.
+            let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
+                let c = step(em, c, ak, bk, &row_off);
+                Ok(step(em, &c, ak, bk, &row_off))
+            })?;
+            let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| {
+                Ok(step(em, c, ak, bk, &row_off))
             })?;
             for r in 0..MR {
                 let mv = em.b.ins().iadd_imm_s(mb, r as i64);
@@ -247,6 +233,31 @@ fn tiles(
         Ok(vec![])
     })?;
     Ok(())
+}
+
+/// One step of `k` on a register tile: `c` is the `a` and `b` pointers
+/// and the accumulators; gives their next values.
+fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) -> Vec<Value> {
+    let (pa, pb) = (c[0], c[1]);
+    let bv: Vec<Value> = (0..NR / 4)
+        .map(|j| em.b.ins().load(types::F32X4, mem(), pb, 16 * j as i32))
+        .collect();
+    let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
+    for (r, &ro) in row_off.iter().enumerate() {
+        let addr = em.b.ins().iadd(pa, ro);
+        let x = em.b.ins().load(types::F32, mem(), addr, 0);
+        let xs = em.b.ins().splat(types::F32X4, x);
+        for (j, &bj) in bv.iter().enumerate() {
+            let acc = c[2 + r * (NR / 4) + j];
+            next.push(if em.fma {
+                em.b.ins().fma(bj, xs, acc)
+            } else {
+                let p = em.b.ins().fmul(xs, bj);
+                em.b.ins().fadd(acc, p)
+            });
+        }
+    }
+    next
 }
 
 /// Evaluates the epilogue with `acc` and stores it at the bound output
