@@ -7,7 +7,9 @@
 //! vector loads of `b` per step, fused multiply-adds where the ISA has
 //! them), then evaluates the epilogue on each lane. Rows and columns that
 //! do not fill a tile, batch axes and transposed `a` are handled; the sums
-//! run in `k` order, so without FMA they equal the evaluator's exactly.
+//! run in `k` order, so without FMA they equal the evaluator's exactly; with
+//! FMA the rows and columns outside full tiles use it too, so results do not
+//! depend on how axis 0 is split.
 //!
 //! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
 
@@ -42,7 +44,7 @@ pub(super) fn emit_contract(
             tiles(em, kv, extent, a, b, epilogue, &oa, &ob)
         }),
         None => emit_nest(em, &[extent, epilogue], rank, &mut |em| {
-            element(em, kv, extent, a, b, epilogue)
+            element(em, kv, extent, a, b, epilogue, false)
         }),
     }
 }
@@ -213,7 +215,7 @@ fn tiles(
             for r in 0..MR {
                 let mv = em.b.ins().iadd_imm_s(mb, r as i64);
                 em.vars.insert(m, mv);
-                element(em, kv, extent, a, b, epilogue)?;
+                element(em, kv, extent, a, b, epilogue, em.fma)?;
             }
             em.vars.remove(&n);
             em.vars.remove(&m);
@@ -225,7 +227,7 @@ fn tiles(
         em.vars.insert(m, mv);
         em.for_loop(zero, ncols, 1, &[], |em, nv, _| {
             em.vars.insert(n, nv);
-            element(em, kv, extent, a, b, epilogue)?;
+            element(em, kv, extent, a, b, epilogue, em.fma)?;
             em.vars.remove(&n);
             Ok(vec![])
         })?;
@@ -277,6 +279,8 @@ fn epilogue_at(em: &mut Emitter, acc: Value, t: T, epilogue: &Expr) -> Result<()
 
 /// One output element the scalar way: `acc = sum over k of a * b` in `k`
 /// order, then the epilogue.
+/// With `fused`, products are added with fused multiply-adds, as the
+/// tiles add them (so a split of the rows never changes a result).
 fn element(
     em: &mut Emitter,
     kv: Var,
@@ -284,6 +288,7 @@ fn element(
     a: &Expr,
     b: &Expr,
     epilogue: &Expr,
+    fused: bool,
 ) -> Result<(), CodegenError> {
     if em.vars.contains_key(&kv) {
         return Err(em.unsupported(a, format!("the contracted variable {kv} is already bound")));
@@ -306,6 +311,15 @@ fn element(
     let prod = Expr::bin(Binary::Mul, a.clone(), b.clone());
     let (_, acc) = em.for_loop(zero, n, 1, &[init], |em, i, c| {
         em.vars.insert(kv, i);
+        if fused && t == T::F {
+            let (x, _) = em.emit(a)?;
+            let (y, yt) = em.emit(b)?;
+            if yt != T::F {
+                return Err(em.type_err(&prod, "the operands' types differ"));
+            }
+            em.vars.remove(&kv);
+            return Ok(vec![em.b.ins().fma(x, y, c[0])]);
+        }
         let (p, pt) = em.emit(&prod)?;
         if pt != t {
             return Err(em.type_err(&prod, "the product's type is not the operands'"));
