@@ -119,7 +119,11 @@ fn values(rng: &mut ChaCha8Rng, dtype: DType, n: usize) -> Vec<f64> {
 fn check_with(k: &Kernel, dims: &[(&str, usize)], tol: f64, inputs: Option<Vec<Vec<f64>>>) {
     let (mut rng, seed) = rng();
     let dmap: HashMap<String, usize> = dims.iter().map(|&(s, n)| (s.to_string(), n)).collect();
-    let shapes: Vec<Vec<usize>> = k.inputs.iter().map(|b| b.shape.resolve(&dmap).unwrap()).collect();
+    let shapes: Vec<Vec<usize>> = k
+        .inputs
+        .iter()
+        .map(|b| b.shape.resolve(&dmap).unwrap())
+        .collect();
     let vals = inputs.unwrap_or_else(|| {
         k.inputs
             .iter()
@@ -141,8 +145,8 @@ fn check_with(k: &Kernel, dims: &[(&str, usize)], tol: f64, inputs: Option<Vec<V
     let isa = host_isa().unwrap();
     let ck = compile_kernel(k, isa.as_ref()).unwrap_or_else(|e| panic!("{e}"));
     let text = clif_text(&ck);
-    let jit = JitModule::new(isa.clone(), vec![ck.into()])
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let jit =
+        JitModule::new(isa.clone(), vec![ck.into()]).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let f = jit.get(&k.name).unwrap();
     let hosts: Vec<HostTensor> = k
         .inputs
@@ -177,7 +181,8 @@ fn check_with(k: &Kernel, dims: &[(&str, usize)], tol: f64, inputs: Option<Vec<V
         .filter(|x| x.is_finite())
         .fold(1.0f64, |m, x| m.max(x.abs()));
     for (i, (g, w)) in got.iter().zip(&want.data).enumerate() {
-        let ok = (g.is_nan() && w.is_nan()) || g == w || (tol > 0.0 && (g - w).abs() <= tol * scale);
+        let ok =
+            (g.is_nan() && w.is_nan()) || g == w || (tol > 0.0 && (g - w).abs() <= tol * scale);
         assert!(
             ok,
             "kernel `{}` (seed {seed}): element {i} of {oshape:?}: got {g}, want {w} \
@@ -197,8 +202,14 @@ const SIZES: [(usize, usize); 5] = [(1, 783), (3, 50), (50, 3), (783, 1), (1, 1)
 fn unary_ops_f32_and_f64() {
     use Unary::*;
     for float in [Ty::F32, Ty::F64] {
-        let d = if float == Ty::F32 { DType::F32 } else { DType::F64 };
-        for op in [Neg, Abs, Exp, Log, Sqrt, Tanh, Erf, Sin, Cos, Floor, Ceil, Round] {
+        let d = if float == Ty::F32 {
+            DType::F32
+        } else {
+            DType::F64
+        };
+        for op in [
+            Neg, Abs, Exp, Log, Sqrt, Tanh, Erf, Sin, Cos, Floor, Ceil, Round,
+        ] {
             for (r, c) in SIZES {
                 let x = bin(Binary::Mul, ld(0, vec![v(0), v(1)]), fl(1.75));
                 let k = map(
@@ -243,7 +254,11 @@ fn binary_ops_every_type() {
     let arith = [Add, Sub, Mul, Div, Pow, Max, Min];
     let cmp = [Eq, Ne, Lt, Le, Gt, Ge];
     for float in [Ty::F32, Ty::F64] {
-        let d = if float == Ty::F32 { DType::F32 } else { DType::F64 };
+        let d = if float == Ty::F32 {
+            DType::F32
+        } else {
+            DType::F64
+        };
         for op in arith.iter().chain(&cmp) {
             for (r, c) in [(3, 50), (783, 1)] {
                 let out = if cmp.contains(op) { DType::Bool } else { d };
@@ -263,7 +278,11 @@ fn binary_ops_every_type() {
     }
     for op in [Add, Sub, Mul, Div, Rem, Pow, Max, Min].iter().chain(&cmp) {
         for dt in [DType::I8, DType::I64] {
-            let out = if cmp.contains(op) { DType::Bool } else { DType::I64 };
+            let out = if cmp.contains(op) {
+                DType::Bool
+            } else {
+                DType::I64
+            };
             let k = map(
                 &format!("i_{}", op.name()),
                 Ty::F32,
@@ -278,7 +297,10 @@ fn binary_ops_every_type() {
         let k = map(
             "bools",
             Ty::F32,
-            vec![buf("a", DType::Bool, &[3, 50]), buf("b", DType::Bool, &[3, 50])],
+            vec![
+                buf("a", DType::Bool, &[3, 50]),
+                buf("b", DType::Bool, &[3, 50]),
+            ],
             buf("y", DType::Bool, &[3, 50]),
             bin(op, ld(0, vec![v(0), v(1)]), ld(1, vec![v(0), v(1)])),
         );
@@ -290,7 +312,11 @@ fn binary_ops_every_type() {
 fn loads_of_every_storage_type() {
     for dt in ALL {
         for float in [Ty::F32, Ty::F64] {
-            let fd = if float == Ty::F32 { DType::F32 } else { DType::F64 };
+            let fd = if float == Ty::F32 {
+                DType::F32
+            } else {
+                DType::F64
+            };
             let out = if dt == DType::Bool {
                 DType::Bool
             } else if dt.has_integer_values() {
@@ -315,7 +341,9 @@ fn loads_of_every_storage_type() {
 #[test]
 fn stores_of_common_types() {
     use DType::*;
-    for out in [F32, F64, BF16, F16, I64, I32, I8, U8, Bool, I4, I3, I6, U4, F8E4M3, F4E2M1, E8M0] {
+    for out in [
+        F32, F64, BF16, F16, I64, I32, I8, U8, Bool, I4, I3, I6, U4, F8E4M3, F4E2M1, E8M0,
+    ] {
         for float in [Ty::F32, Ty::F64] {
             let fd = if float == Ty::F32 { F32 } else { F64 };
             // floats: scaled to reach the integer and f16 ranges
@@ -342,8 +370,26 @@ fn stores_of_common_types() {
     }
     // f16 and bf16 edges: overflow, subnormals, ties
     let edges = vec![
-        65504.0, 65519.0, 65520.0, 1e6, -1e6, 6.0e-8, 3.0e-8, 2.9e-8, 1e-5, -1e-7, 0.0, -0.0, 1.0,
-        f64::INFINITY, f64::NAN, 3.4e38, 1.00390625, 1.01171875, 1e-40, -2.5e-39,
+        65504.0,
+        65519.0,
+        65520.0,
+        1e6,
+        -1e6,
+        6.0e-8,
+        3.0e-8,
+        2.9e-8,
+        1e-5,
+        -1e-7,
+        0.0,
+        -0.0,
+        1.0,
+        f64::INFINITY,
+        f64::NAN,
+        3.4e38,
+        1.00390625,
+        1.01171875,
+        1e-40,
+        -2.5e-39,
     ];
     let n = edges.len();
     for out in [BF16, F16] {
@@ -362,7 +408,9 @@ fn stores_of_common_types() {
 #[test]
 fn rounds_and_casts() {
     use DType::*;
-    for d in [BF16, F16, F8E4M3, F8E5M2, F4E2M1, E8M0, F32, F64, I8, I4, U8, I32, Bool] {
+    for d in [
+        BF16, F16, F8E4M3, F8E5M2, F4E2M1, E8M0, F32, F64, I8, I4, U8, I32, Bool,
+    ] {
         for float in [Ty::F32, Ty::F64] {
             let fd = if float == Ty::F32 { F32 } else { F64 };
             let x = bin(Binary::Mul, ld(0, vec![v(0), v(1)]), fl(7.3));
@@ -389,7 +437,11 @@ fn rounds_and_casts() {
             for float in [Ty::F32, Ty::F64] {
                 let mut x = ld(0, vec![v(0), v(1)]);
                 if let Some(s) = scale {
-                    x = bin(Binary::Mul, un(Unary::Exp, bin(Binary::Mul, x, fl(8.0))), fl(s));
+                    x = bin(
+                        Binary::Mul,
+                        un(Unary::Exp, bin(Binary::Mul, x, fl(8.0))),
+                        fl(s),
+                    );
                 }
                 let out = match to {
                     Ty::Bool => Bool,
@@ -424,7 +476,11 @@ fn select_dims_guards_and_rank0() {
         index: vec![v(0), j1],
         guard: Some(Box::new(guard)),
     };
-    let sel = Expr::select(bin(Binary::Gt, x.clone(), fl(0.0)), x.clone(), un(Unary::Neg, x));
+    let sel = Expr::select(
+        bin(Binary::Gt, x.clone(), fl(0.0)),
+        x.clone(),
+        un(Unary::Neg, x),
+    );
     let k = Kernel {
         name: "pad_select".into(),
         inputs: vec![Buffer {
@@ -440,7 +496,11 @@ fn select_dims_guards_and_rank0() {
         dims: vec!["n".into(), "m".into()],
         float: Ty::F32,
         body: Body::Map {
-            expr: bin(Binary::Add, sel, Expr::Cast(Ty::F32, Box::new(Expr::Dim(1)))),
+            expr: bin(
+                Binary::Add,
+                sel,
+                Expr::Cast(Ty::F32, Box::new(Expr::Dim(1))),
+            ),
         },
     };
     for n in [1, 3, 50, 783] {
@@ -456,7 +516,12 @@ fn select_dims_guards_and_rank0() {
             Reduction::Sum,
             Var(0),
             Expr::Int(50),
-            Expr::reduce(Reduction::Sum, Var(1), Expr::Int(3), ld(0, vec![v(0), v(1)])),
+            Expr::reduce(
+                Reduction::Sum,
+                Var(1),
+                Expr::Int(3),
+                ld(0, vec![v(0), v(1)]),
+            ),
         ),
     );
     check(&k, 0.0);
@@ -464,8 +529,17 @@ fn select_dims_guards_and_rank0() {
 
 #[test]
 fn reductions_every_op() {
-    for op in [Reduction::Sum, Reduction::Prod, Reduction::Max, Reduction::Min] {
-        for (dt, float) in [(DType::F32, Ty::F32), (DType::F64, Ty::F64), (DType::I8, Ty::F32)] {
+    for op in [
+        Reduction::Sum,
+        Reduction::Prod,
+        Reduction::Max,
+        Reduction::Min,
+    ] {
+        for (dt, float) in [
+            (DType::F32, Ty::F32),
+            (DType::F64, Ty::F64),
+            (DType::I8, Ty::F32),
+        ] {
             for (r, c) in SIZES {
                 let body = ld(0, vec![v(0), v(2)]);
                 let k = map(
@@ -510,13 +584,26 @@ fn layer_norm(r: usize, c: usize) -> Kernel {
     let d = |col: Expr| bin(Binary::Sub, x(col), mean.clone());
     let var = bin(
         Binary::Div,
-        Expr::reduce(Reduction::Sum, Var(2), n, bin(Binary::Mul, d(v(2)), d(v(2)))),
+        Expr::reduce(
+            Reduction::Sum,
+            Var(2),
+            n,
+            bin(Binary::Mul, d(v(2)), d(v(2))),
+        ),
         nf,
     );
-    let inv = bin(Binary::Div, fl(1.0), un(Unary::Sqrt, bin(Binary::Add, var, fl(1e-5))));
+    let inv = bin(
+        Binary::Div,
+        fl(1.0),
+        un(Unary::Sqrt, bin(Binary::Add, var, fl(1e-5))),
+    );
     let y = bin(
         Binary::Add,
-        bin(Binary::Mul, bin(Binary::Mul, d(v(1)), inv), ld(1, vec![v(1)])),
+        bin(
+            Binary::Mul,
+            bin(Binary::Mul, d(v(1)), inv),
+            ld(1, vec![v(1)]),
+        ),
         ld(2, vec![v(1)]),
     );
     map(
@@ -545,13 +632,28 @@ fn softmax_and_layer_norm_rows() {
 }
 
 fn gelu(x: Expr) -> Expr {
-    let t = un(Unary::Erf, bin(Binary::Mul, x.clone(), fl(std::f64::consts::FRAC_1_SQRT_2)));
-    bin(Binary::Mul, bin(Binary::Mul, x, fl(0.5)), bin(Binary::Add, t, fl(1.0)))
+    let t = un(
+        Unary::Erf,
+        bin(Binary::Mul, x.clone(), fl(std::f64::consts::FRAC_1_SQRT_2)),
+    );
+    bin(
+        Binary::Mul,
+        bin(Binary::Mul, x, fl(0.5)),
+        bin(Binary::Add, t, fl(1.0)),
+    )
 }
 
 /// `out[b.., m, n] = gelu(sum_k a * b + bias[n])`, with `a` transposed
 /// (stored `[k, m]`) or `b` transposed (stored `[n, k]`) on request.
-fn matmul(batch: Option<usize>, m: usize, n: usize, k: usize, ta: bool, tb: bool, dt: DType) -> Kernel {
+fn matmul(
+    batch: Option<usize>,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    dt: DType,
+) -> Kernel {
     let float = if dt == DType::F64 { Ty::F64 } else { Ty::F32 };
     let bv: Vec<Expr> = batch.map(|_| vec![v(0)]).unwrap_or_default();
     let bs: Vec<usize> = batch.into_iter().collect();
@@ -576,7 +678,11 @@ fn matmul(batch: Option<usize>, m: usize, n: usize, k: usize, ta: bool, tb: bool
     };
     Kernel {
         name: "matmul".into(),
-        inputs: vec![buf("a", dt, &ash), buf("b", dt, &bsh), buf("bias", dt, &[n])],
+        inputs: vec![
+            buf("a", dt, &ash),
+            buf("b", dt, &bsh),
+            buf("bias", dt, &[n]),
+        ],
         output: buf("c", dt, &shape(m, n)),
         dims: vec![],
         float,
@@ -593,7 +699,14 @@ fn matmul(batch: Option<usize>, m: usize, n: usize, k: usize, ta: bool, tb: bool
 #[test]
 fn contractions() {
     let f = DType::F32;
-    for (m, n, k) in [(1, 1, 1), (3, 50, 783), (50, 3, 3), (783, 3, 1), (9, 17, 5), (64, 96, 200)] {
+    for (m, n, k) in [
+        (1, 1, 1),
+        (3, 50, 783),
+        (50, 3, 3),
+        (783, 3, 1),
+        (9, 17, 5),
+        (64, 96, 200),
+    ] {
         for (ta, tb) in [(false, false), (true, false), (false, true)] {
             check(&matmul(None, m, n, k, ta, tb, f), 1e-5);
         }
@@ -601,8 +714,14 @@ fn contractions() {
     for batch in [1, 3] {
         check(&matmul(Some(batch), 13, 20, 31, false, false, f), 1e-5);
         check(&matmul(Some(batch), 5, 9, 7, true, true, f), 1e-5);
-        check(&matmul(Some(batch), 6, 16, 4, false, false, DType::F64), 1e-12);
-        check(&matmul(Some(batch), 6, 16, 4, false, false, DType::I32), 0.0);
+        check(
+            &matmul(Some(batch), 6, 16, 4, false, false, DType::F64),
+            1e-12,
+        );
+        check(
+            &matmul(Some(batch), 6, 16, 4, false, false, DType::I32),
+            0.0,
+        );
     }
 }
 
@@ -624,7 +743,10 @@ fn conv_like_guarded_reduction() {
         let k = map(
             "conv1d",
             Ty::F32,
-            vec![buf("x", DType::F32, &[bsz, len]), buf("w", DType::F32, &[3])],
+            vec![
+                buf("x", DType::F32, &[bsz, len]),
+                buf("w", DType::F32, &[3]),
+            ],
             buf("y", DType::F32, &[bsz, len]),
             Expr::reduce(
                 Reduction::Sum,
@@ -651,7 +773,69 @@ fn errors_not_panics() {
         Expr::reduce(Reduction::Max, Var(5), Expr::Int(2), Expr::Bool(true)),
     ];
     for e in bad {
-        let k = map("bad", Ty::F32, vec![buf("x", DType::F32, &[2, 2])], buf("y", DType::F32, &[2]), e);
+        let k = map(
+            "bad",
+            Ty::F32,
+            vec![buf("x", DType::F32, &[2, 2])],
+            buf("y", DType::F32, &[2]),
+            e,
+        );
         assert!(compile_kernel(&k, isa.as_ref()).is_err(), "{k}");
+    }
+}
+
+/// Ranges of axis 0 run on threads at the same time write disjoint
+/// elements: the result equals one sequential run's.
+#[test]
+fn concurrent_ranges() {
+    let (mut rng, seed) = rng();
+    for k in [
+        softmax(50, 37),
+        matmul(None, 50, 37, 29, false, false, DType::F32),
+    ] {
+        let isa = host_isa().unwrap();
+        let ck = compile_kernel(&k, isa.as_ref()).unwrap();
+        let jit = JitModule::new(isa.clone(), vec![ck.into()]).unwrap();
+        let f = jit.get(&k.name).unwrap();
+        let ins: Vec<Vec<f32>> = k
+            .inputs
+            .iter()
+            .map(|b| {
+                let n: usize = b
+                    .shape
+                    .0
+                    .iter()
+                    .map(|d| d.as_static().unwrap() as usize)
+                    .product();
+                (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect()
+            })
+            .collect();
+        let run = |ranges: &[(i64, i64)]| {
+            let mut out = vec![0f32; 50 * 37];
+            let mut args: Vec<usize> = ins.iter().map(|v| v.as_ptr() as usize).collect();
+            args.push(out.as_mut_ptr() as usize);
+            std::thread::scope(|s| {
+                for &(lo, hi) in ranges {
+                    let args = &args;
+                    s.spawn(move || {
+                        let p: Vec<*mut u8> = args.iter().map(|&a| a as *mut u8).collect();
+                        // SAFETY: disjoint ranges of an f32 output; inputs are read only.
+                        unsafe { f(p.as_ptr(), [].as_ptr(), lo, hi) };
+                    });
+                }
+            });
+            out
+        };
+        let whole = run(&[(0, 50)]);
+        let split = run(&[(0, 7), (7, 8), (8, 31), (31, 50)]);
+        let bad = whole
+            .iter()
+            .zip(&split)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(
+            bad.is_none(),
+            "kernel `{}` (seed {seed}): element {bad:?} differs between a whole run and a split one",
+            k.name
+        );
     }
 }

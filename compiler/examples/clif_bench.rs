@@ -80,7 +80,11 @@ fn layer_norm(r: usize, c: usize) -> Kernel {
     );
     let y = bin(
         Binary::Add,
-        bin(Binary::Mul, bin(Binary::Mul, d(v(1)), inv), Expr::load(1, vec![v(1)])),
+        bin(
+            Binary::Mul,
+            bin(Binary::Mul, d(v(1)), inv),
+            Expr::load(1, vec![v(1)]),
+        ),
         Expr::load(2, vec![v(1)]),
     );
     Kernel {
@@ -97,6 +101,14 @@ fn layer_norm(r: usize, c: usize) -> Kernel {
 fn time(k: &Kernel, sizes: &[usize], out: usize, rows: i64, reps: usize) -> f64 {
     let isa = host_isa().expect("host ISA");
     let ck = compile_kernel(k, isa.as_ref()).expect("compile");
+    if std::env::var_os("KILN_DISASM").is_some() {
+        let mut ctx = cranelift_codegen::Context::for_function(ck.func.clone());
+        ctx.set_disasm(true);
+        let mut ctrl = cranelift_codegen::control::ControlPlane::default();
+        if let Ok(code) = ctx.compile(isa.as_ref(), &mut ctrl) {
+            println!("{}", code.vcode.clone().unwrap_or_default());
+        }
+    }
     let jit = JitModule::new(isa.clone(), vec![ck.into()]).expect("jit");
     let f = jit.get(&k.name).expect("kernel");
     let mut bufs: Vec<Vec<f32>> = sizes
@@ -126,7 +138,15 @@ fn main() {
     let (r, c) = (1024, 4096);
     let bytes = (2 * r * c * 4) as f64;
     let t = time(&softmax(r, c), &[r * c], r * c, r as i64, 5);
-    println!("softmax {r}x{c} f32: {:.4} s, {:.2} GB/s", t, bytes / t / 1e9);
+    println!(
+        "softmax {r}x{c} f32: {:.4} s, {:.2} GB/s",
+        t,
+        bytes / t / 1e9
+    );
     let t = time(&layer_norm(r, c), &[r * c, c, c], r * c, r as i64, 5);
-    println!("layer_norm {r}x{c} f32: {:.4} s, {:.2} GB/s", t, bytes / t / 1e9);
+    println!(
+        "layer_norm {r}x{c} f32: {:.4} s, {:.2} GB/s",
+        t,
+        bytes / t / 1e9
+    );
 }

@@ -128,10 +128,12 @@ impl JitModule {
                 .map_err(|e| err(format!("{e:?}")))?;
             ids.push((f.name, id));
         }
-        module.finalize_definitions().map_err(|e| JitError::Module {
-            name: "<module>".into(),
-            message: e.to_string(),
-        })?;
+        module
+            .finalize_definitions()
+            .map_err(|e| JitError::Module {
+                name: "<module>".into(),
+                message: e.to_string(),
+            })?;
         let mut fns = HashMap::new();
         for (name, id) in ids {
             let ptr = module.get_finalized_function(id);

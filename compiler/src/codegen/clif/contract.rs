@@ -7,7 +7,9 @@
 //! vector loads of `b` per step, fused multiply-adds where the ISA has
 //! them), then evaluates the epilogue on each lane. Rows and columns that
 //! do not fill a tile, batch axes and transposed `a` are handled; the sums
-//! run in `k` order, so without FMA they equal the evaluator's exactly.
+//! run in `k` order, so without FMA they equal the evaluator's exactly; with
+//! FMA the rows and columns outside full tiles use it too, so results do not
+//! depend on how axis 0 is split.
 //!
 //! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
 
@@ -42,7 +44,7 @@ pub(super) fn emit_contract(
             tiles(em, kv, extent, a, b, epilogue, &oa, &ob)
         }),
         None => emit_nest(em, &[extent, epilogue], rank, &mut |em| {
-            element(em, kv, extent, a, b, epilogue)
+            element(em, kv, extent, a, b, epilogue, false)
         }),
     }
 }
@@ -117,7 +119,7 @@ impl Operand {
         let mut s_skip = em.iconst(0);
         let mut s_k = em.iconst(0);
         for &(c, axis) in &self.const_axes {
-            let t = em.b.ins().imul_imm(em.strides[self.input][axis], c);
+            let t = em.b.ins().imul_imm_s(em.strides[self.input][axis], c);
             off = em.b.ins().iadd(off, t);
         }
         for &(v, axis) in &self.var_axes {
@@ -133,10 +135,10 @@ impl Operand {
                 off = em.b.ins().iadd(off, t);
             }
         }
-        let off = em.b.ins().ishl_imm(off, 2);
+        let off = em.b.ins().ishl_imm_s(off, 2);
         let base = em.b.ins().iadd(em.bases[self.input], off);
-        let s_skip = em.b.ins().ishl_imm(s_skip, 2);
-        let s_k = em.b.ins().ishl_imm(s_k, 2);
+        let s_skip = em.b.ins().ishl_imm_s(s_skip, 2);
+        let s_k = em.b.ins().ishl_imm_s(s_k, 2);
         (base, s_skip, s_k)
     }
 }
@@ -171,7 +173,9 @@ fn tiles(
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let (pb, bn, bk) = ob.addressing(em, n, kv);
     let _ = bn; // 4 bytes: `n` is the last axis of `b`
-    let row_off: Vec<Value> = (0..MR as i64).map(|r| em.b.ins().imul_imm(am, r)).collect();
+    let row_off: Vec<Value> = (0..MR as i64)
+        .map(|r| em.b.ins().imul_imm_s(am, r))
+        .collect();
     let zero = em.iconst(0);
     let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
         let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
@@ -179,37 +183,23 @@ fn tiles(
             let zv = em.b.ins().splat(types::F32X4, zf);
             let t = em.b.ins().imul(mb, am);
             let pa0 = em.b.ins().iadd(pa, t);
-            let t = em.b.ins().ishl_imm(nb, 2);
+            let t = em.b.ins().ishl_imm_s(nb, 2);
             let pb0 = em.b.ins().iadd(pb, t);
             let mut init = vec![pa0, pb0];
             init.extend(std::iter::repeat_n(zv, MR * NR / 4));
-            let (_, acc) = em.for_loop(zero, kn, 1, &init, |em, _, c| {
-                let (pa, pb) = (c[0], c[1]);
-                let bv: Vec<Value> = (0..NR / 4)
-                    .map(|j| em.b.ins().load(types::F32X4, mem(), pb, 16 * j as i32))
-                    .collect();
-                let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
-                for (r, &ro) in row_off.iter().enumerate() {
-                    let addr = em.b.ins().iadd(pa, ro);
-                    let x = em.b.ins().load(types::F32, mem(), addr, 0);
-                    let xs = em.b.ins().splat(types::F32X4, x);
-                    for (j, &bj) in bv.iter().enumerate() {
-                        let acc = c[2 + r * (NR / 4) + j];
-                        next.push(if em.fma {
-                            em.b.ins().fma(xs, bj, acc)
-                        } else {
-                            let p = em.b.ins().fmul(xs, bj);
-                            em.b.ins().fadd(acc, p)
-                        });
-                    }
-                }
-                Ok(next)
+            // Two steps of k per iteration, then the odd one.
+            let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
+                let c = step(em, c, ak, bk, &row_off);
+                Ok(step(em, &c, ak, bk, &row_off))
+            })?;
+            let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| {
+                Ok(step(em, c, ak, bk, &row_off))
             })?;
             for r in 0..MR {
-                let mv = em.b.ins().iadd_imm(mb, r as i64);
+                let mv = em.b.ins().iadd_imm_s(mb, r as i64);
                 em.vars.insert(m, mv);
                 for col in 0..NR {
-                    let nv = em.b.ins().iadd_imm(nb, col as i64);
+                    let nv = em.b.ins().iadd_imm_s(nb, col as i64);
                     em.vars.insert(n, nv);
                     let v = acc[2 + r * (NR / 4) + col / 4];
                     let lane = em.b.ins().extractlane(v, (col % 4) as u8);
@@ -223,9 +213,9 @@ fn tiles(
         em.for_loop(nb_end, ncols, 1, &[], |em, nv, _| {
             em.vars.insert(n, nv);
             for r in 0..MR {
-                let mv = em.b.ins().iadd_imm(mb, r as i64);
+                let mv = em.b.ins().iadd_imm_s(mb, r as i64);
                 em.vars.insert(m, mv);
-                element(em, kv, extent, a, b, epilogue)?;
+                element(em, kv, extent, a, b, epilogue, em.fma)?;
             }
             em.vars.remove(&n);
             em.vars.remove(&m);
@@ -237,7 +227,7 @@ fn tiles(
         em.vars.insert(m, mv);
         em.for_loop(zero, ncols, 1, &[], |em, nv, _| {
             em.vars.insert(n, nv);
-            element(em, kv, extent, a, b, epilogue)?;
+            element(em, kv, extent, a, b, epilogue, em.fma)?;
             em.vars.remove(&n);
             Ok(vec![])
         })?;
@@ -245,6 +235,31 @@ fn tiles(
         Ok(vec![])
     })?;
     Ok(())
+}
+
+/// One step of `k` on a register tile: `c` is the `a` and `b` pointers
+/// and the accumulators; gives their next values.
+fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) -> Vec<Value> {
+    let (pa, pb) = (c[0], c[1]);
+    let bv: Vec<Value> = (0..NR / 4)
+        .map(|j| em.b.ins().load(types::F32X4, mem(), pb, 16 * j as i32))
+        .collect();
+    let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
+    for (r, &ro) in row_off.iter().enumerate() {
+        let addr = em.b.ins().iadd(pa, ro);
+        let x = em.b.ins().load(types::F32, mem(), addr, 0);
+        let xs = em.b.ins().splat(types::F32X4, x);
+        for (j, &bj) in bv.iter().enumerate() {
+            let acc = c[2 + r * (NR / 4) + j];
+            next.push(if em.fma {
+                em.b.ins().fma(bj, xs, acc)
+            } else {
+                let p = em.b.ins().fmul(xs, bj);
+                em.b.ins().fadd(acc, p)
+            });
+        }
+    }
+    next
 }
 
 /// Evaluates the epilogue with `acc` and stores it at the bound output
@@ -264,6 +279,8 @@ fn epilogue_at(em: &mut Emitter, acc: Value, t: T, epilogue: &Expr) -> Result<()
 
 /// One output element the scalar way: `acc = sum over k of a * b` in `k`
 /// order, then the epilogue.
+/// With `fused`, products are added with fused multiply-adds, as the
+/// tiles add them (so a split of the rows never changes a result).
 fn element(
     em: &mut Emitter,
     kv: Var,
@@ -271,6 +288,7 @@ fn element(
     a: &Expr,
     b: &Expr,
     epilogue: &Expr,
+    fused: bool,
 ) -> Result<(), CodegenError> {
     if em.vars.contains_key(&kv) {
         return Err(em.unsupported(a, format!("the contracted variable {kv} is already bound")));
@@ -293,6 +311,15 @@ fn element(
     let prod = Expr::bin(Binary::Mul, a.clone(), b.clone());
     let (_, acc) = em.for_loop(zero, n, 1, &[init], |em, i, c| {
         em.vars.insert(kv, i);
+        if fused && t == T::F {
+            let (x, _) = em.emit(a)?;
+            let (y, yt) = em.emit(b)?;
+            if yt != T::F {
+                return Err(em.type_err(&prod, "the operands' types differ"));
+            }
+            em.vars.remove(&kv);
+            return Ok(vec![em.b.ins().fma(x, y, c[0])]);
+        }
         let (p, pt) = em.emit(&prod)?;
         if pt != t {
             return Err(em.type_err(&prod, "the product's type is not the operands'"));

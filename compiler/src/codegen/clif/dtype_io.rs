@@ -76,7 +76,9 @@ impl Emitter<'_, '_> {
             T::I => self.iconst(0),
             T::B => self.b.ins().iconst(types::I8, 0),
         };
-        self.b.ins().brif(g, then, &[], merge, &super::expr::args(&[zero]));
+        self.b
+            .ins()
+            .brif(g, then, &[], merge, &super::expr::args(&[zero]));
         self.b.switch_to_block(then);
         self.push_scope();
         let v = self.load_at(e, input, index);
@@ -88,7 +90,12 @@ impl Emitter<'_, '_> {
     }
 
     /// The flat element index of `index` in `input`.
-    fn flat_index(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Value, CodegenError> {
+    fn flat_index(
+        &mut self,
+        e: &Expr,
+        input: usize,
+        index: &[Expr],
+    ) -> Result<Value, CodegenError> {
         let mut flat = None;
         for (a, ie) in index.iter().enumerate() {
             let (v, t) = self.emit(ie)?;
@@ -116,7 +123,9 @@ impl Emitter<'_, '_> {
         let off = if size == 1 {
             flat
         } else {
-            self.b.ins().ishl_imm(flat, i64::from(size.trailing_zeros()))
+            self.b
+                .ins()
+                .ishl_imm_s(flat, i64::from(size.trailing_zeros()))
         };
         self.b.ins().iadd(base, off)
     }
@@ -130,42 +139,42 @@ impl Emitter<'_, '_> {
             DType::F64 => {
                 let a = self.addr(base, flat, 8);
                 let x = self.b.ins().load(types::F64, m, a, 0);
-                self.from_f64(x)
+                self.compute_of_f64(x)
             }
             DType::F32 => {
                 let a = self.addr(base, flat, 4);
                 let x = self.b.ins().load(types::F32, m, a, 0);
-                self.from_f32(x)
+                self.compute_of_f32(x)
             }
             DType::BF16 => {
                 let a = self.addr(base, flat, 2);
                 let c = self.b.ins().uload16(types::I32, m, a, 0);
-                let bits = self.b.ins().ishl_imm(c, 16);
+                let bits = self.b.ins().ishl_imm_s(c, 16);
                 let x = self.b.ins().bitcast(types::F32, MemFlagsData::new(), bits);
-                self.from_f32(x)
+                self.compute_of_f32(x)
             }
             DType::F16 => {
                 let a = self.addr(base, flat, 2);
                 let c = self.b.ins().uload16(types::I32, m, a, 0);
                 let x = self.decode_mini(dtype, c);
-                self.from_f32(x)
+                self.compute_of_f32(x)
             }
             DType::F8E4M3 | DType::F8E5M2 => {
                 let a = self.addr(base, flat, 1);
                 let c = self.b.ins().uload8(types::I32, m, a, 0);
                 let x = self.decode_mini(dtype, c);
-                self.from_f32(x)
+                self.compute_of_f32(x)
             }
             DType::E8M0 => {
                 let a = self.addr(base, flat, 1);
                 let c = self.b.ins().uload8(i64t, m, a, 0);
-                let e = self.b.ins().iadd_imm(c, 1023 - 127);
-                let bits = self.b.ins().ishl_imm(e, 52);
+                let e = self.b.ins().iadd_imm_s(c, 1023 - 127);
+                let bits = self.b.ins().ishl_imm_s(e, 52);
                 let x = self.b.ins().bitcast(types::F64, MemFlagsData::new(), bits);
                 let nan = self.b.ins().f64const(f64::NAN);
-                let is_nan = self.b.ins().icmp_imm(IntCC::Equal, c, 0xFF);
+                let is_nan = self.b.ins().icmp_imm_s(IntCC::Equal, c, 0xFF);
                 let x = self.b.ins().select(is_nan, nan, x);
-                self.from_f64(x)
+                self.compute_of_f64(x)
             }
             DType::I64 => {
                 let a = self.addr(base, flat, 8);
@@ -186,7 +195,7 @@ impl Emitter<'_, '_> {
             DType::Bool => {
                 let a = self.addr(base, flat, 1);
                 let c = self.b.ins().load(types::I8, m, a, 0);
-                self.b.ins().icmp_imm(IntCC::NotEqual, c, 0)
+                self.b.ins().icmp_imm_s(IntCC::NotEqual, c, 0)
             }
             DType::I4 | DType::U4 | DType::I3 | DType::I6 | DType::F4E2M1 => {
                 let code = self.load_bits(dtype.bits(), base, flat);
@@ -194,13 +203,13 @@ impl Emitter<'_, '_> {
                     DType::F4E2M1 => {
                         let c = self.b.ins().ireduce(types::I32, code);
                         let x = self.decode_mini(dtype, c);
-                        self.from_f32(x)
+                        self.compute_of_f32(x)
                     }
                     DType::U4 => code,
                     _ => {
                         let shift = i64::from(64 - dtype.bits());
-                        let up = self.b.ins().ishl_imm(code, shift);
-                        self.b.ins().sshr_imm(up, shift)
+                        let up = self.b.ins().ishl_imm_s(code, shift);
+                        self.b.ins().sshr_imm_s(up, shift)
                     }
                 }
             }
@@ -212,9 +221,9 @@ impl Emitter<'_, '_> {
     /// touches.
     fn load_bits(&mut self, bits: u32, base: Value, flat: Value) -> Value {
         let m = mem();
-        let pos = self.b.ins().imul_imm(flat, i64::from(bits));
-        let byte = self.b.ins().ushr_imm(pos, 3);
-        let sh = self.b.ins().band_imm(pos, 7);
+        let pos = self.b.ins().imul_imm_s(flat, i64::from(bits));
+        let byte = self.b.ins().ushr_imm_s(pos, 3);
+        let sh = self.b.ins().band_imm_s(pos, 7);
         let a0 = self.b.ins().iadd(base, byte);
         let b0 = self.b.ins().uload8(types::I64, m, a0, 0);
         let w = if 8 % bits == 0 {
@@ -222,16 +231,16 @@ impl Emitter<'_, '_> {
         } else {
             // An element that straddles two bytes reads the next one too;
             // one that does not reads its own byte twice.
-            let end = self.b.ins().iadd_imm(sh, i64::from(bits));
-            let straddles = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThan, end, 8);
-            let a1 = self.b.ins().iadd_imm(a0, 1);
+            let end = self.b.ins().iadd_imm_s(sh, i64::from(bits));
+            let straddles = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, end, 8);
+            let a1 = self.b.ins().iadd_imm_s(a0, 1);
             let a1 = self.b.ins().select(straddles, a1, a0);
             let b1 = self.b.ins().uload8(types::I64, m, a1, 0);
-            let hi = self.b.ins().ishl_imm(b1, 8);
+            let hi = self.b.ins().ishl_imm_s(b1, 8);
             self.b.ins().bor(b0, hi)
         };
         let v = self.b.ins().ushr(w, sh);
-        self.b.ins().band_imm(v, (1i64 << bits) - 1)
+        self.b.ins().band_imm_s(v, (1i64 << bits) - 1)
     }
 
     /// Decodes the code `c` (i32) of a small float format to f32, exactly.
@@ -240,33 +249,39 @@ impl Emitter<'_, '_> {
             return self.b.ins().f32const(0.0);
         };
         let width = f.exp + f.man;
-        let sign = self.b.ins().ushr_imm(c, i64::from(width));
-        let sign = self.b.ins().band_imm(sign, 1);
-        let sign = self.b.ins().ishl_imm(sign, 31);
-        let mag = self.b.ins().band_imm(c, (1i64 << width) - 1);
-        let exp = self.b.ins().ushr_imm(mag, i64::from(f.man));
-        let man = self.b.ins().band_imm(mag, (1i64 << f.man) - 1);
+        let sign = self.b.ins().ushr_imm_s(c, i64::from(width));
+        let sign = self.b.ins().band_imm_s(sign, 1);
+        let sign = self.b.ins().ishl_imm_s(sign, 31);
+        let mag = self.b.ins().band_imm_s(c, (1i64 << width) - 1);
+        let exp = self.b.ins().ushr_imm_s(mag, i64::from(f.man));
+        let man = self.b.ins().band_imm_s(mag, (1i64 << f.man) - 1);
         // normal: rebias the exponent, align the mantissa
-        let e32 = self.b.ins().iadd_imm(exp, 127 - f.bias);
-        let e32 = self.b.ins().ishl_imm(e32, 23);
-        let m32 = self.b.ins().ishl_imm(man, i64::from(23 - f.man));
+        let e32 = self.b.ins().iadd_imm_s(exp, 127 - f.bias);
+        let e32 = self.b.ins().ishl_imm_s(e32, 23);
+        let m32 = self.b.ins().ishl_imm_s(man, i64::from(23 - f.man));
         let normal = self.b.ins().bor(e32, m32);
         // subnormal: man * 2^(1 - bias - man), exact in f32
         let mf = self.b.ins().fcvt_from_uint(types::F32, man);
-        let scale = self.b.ins().f32const(2f32.powi(1 - f.bias as i32 - f.man as i32));
+        let scale = self
+            .b
+            .ins()
+            .f32const(2f32.powi(1 - f.bias as i32 - f.man as i32));
         let sub = self.b.ins().fmul(mf, scale);
         let sub = self.b.ins().bitcast(types::I32, MemFlagsData::new(), sub);
-        let is_sub = self.b.ins().icmp_imm(IntCC::Equal, exp, 0);
+        let is_sub = self.b.ins().icmp_imm_s(IntCC::Equal, exp, 0);
         let mut bits = self.b.ins().select(is_sub, sub, normal);
         if f.ieee {
             let all = (1i64 << f.exp) - 1;
-            let special = self.b.ins().bor_imm(m32, 0x7F80_0000);
-            let is_special = self.b.ins().icmp_imm(IntCC::Equal, exp, all);
+            let special = self.b.ins().bor_imm_s(m32, 0x7F80_0000);
+            let is_special = self.b.ins().icmp_imm_s(IntCC::Equal, exp, all);
             bits = self.b.ins().select(is_special, special, bits);
         }
         if f.nan_only {
             let nan = self.b.ins().iconst(types::I32, 0x7FC0_0000);
-            let is_nan = self.b.ins().icmp_imm(IntCC::Equal, mag, (1i64 << width) - 1);
+            let is_nan = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::Equal, mag, (1i64 << width) - 1);
             bits = self.b.ins().select(is_nan, nan, bits);
         }
         let bits = self.b.ins().bor(bits, sign);
@@ -274,7 +289,7 @@ impl Emitter<'_, '_> {
     }
 
     /// An f32 as the compute float.
-    pub fn from_f32(&mut self, x: Value) -> Value {
+    pub fn compute_of_f32(&mut self, x: Value) -> Value {
         if self.fty == types::F32 {
             x
         } else {
@@ -286,26 +301,29 @@ impl Emitter<'_, '_> {
     /// with IEEE overflow to infinity and NaN as the canonical quiet NaN.
     fn encode_half(&mut self, d: DType, x: Value) -> Value {
         let u = self.b.ins().bitcast(types::I32, MemFlagsData::new(), x);
-        let sign = self.b.ins().ushr_imm(u, 16);
-        let sign = self.b.ins().band_imm(sign, 0x8000);
-        let a = self.b.ins().band_imm(u, 0x7FFF_FFFF);
-        let is_nan = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThan, a, 0x7F80_0000);
+        let sign = self.b.ins().ushr_imm_s(u, 16);
+        let sign = self.b.ins().band_imm_s(sign, 0x8000);
+        let a = self.b.ins().band_imm_s(u, 0x7FFF_FFFF);
+        let is_nan = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::UnsignedGreaterThan, a, 0x7F80_0000);
         let code = if d == DType::BF16 {
-            let lsb = self.b.ins().ushr_imm(a, 16);
-            let lsb = self.b.ins().band_imm(lsb, 1);
-            let r = self.b.ins().iadd_imm(a, 0x7FFF);
+            let lsb = self.b.ins().ushr_imm_s(a, 16);
+            let lsb = self.b.ins().band_imm_s(lsb, 1);
+            let r = self.b.ins().iadd_imm_s(a, 0x7FFF);
             let r = self.b.ins().iadd(r, lsb);
-            let r = self.b.ins().ushr_imm(r, 16);
+            let r = self.b.ins().ushr_imm_s(r, 16);
             let nan = self.b.ins().iconst(types::I32, 0x7FC0);
             self.b.ins().select(is_nan, nan, r)
         } else {
             // normal f16: rebias and round away 13 bits
-            let r = self.b.ins().iadd_imm(a, -0x3800_0000);
-            let lsb = self.b.ins().ushr_imm(r, 13);
-            let lsb = self.b.ins().band_imm(lsb, 1);
-            let r = self.b.ins().iadd_imm(r, 0xFFF);
+            let r = self.b.ins().iadd_imm_s(a, -0x3800_0000);
+            let lsb = self.b.ins().ushr_imm_s(r, 13);
+            let lsb = self.b.ins().band_imm_s(lsb, 1);
+            let r = self.b.ins().iadd_imm_s(r, 0xFFF);
             let r = self.b.ins().iadd(r, lsb);
-            let normal = self.b.ins().ushr_imm(r, 13);
+            let normal = self.b.ins().ushr_imm_s(r, 13);
             // subnormal f16: |x| / 2^-24 rounded to an integer, ties to even
             let ax = self.b.ins().fabs(x);
             let s = self.b.ins().f32const(16_777_216.0);
@@ -313,10 +331,15 @@ impl Emitter<'_, '_> {
             let q = self.b.ins().nearest(q);
             let sub = self.b.ins().fcvt_to_uint_sat(types::I32, q);
             let is_normal =
-                self.b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, a, 0x3880_0000);
+                self.b
+                    .ins()
+                    .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, a, 0x3880_0000);
             let c = self.b.ins().select(is_normal, normal, sub);
             let inf = self.b.ins().iconst(types::I32, 0x7C00);
-            let is_inf = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, a, 0x477F_F000);
+            let is_inf = self
+                .b
+                .ins()
+                .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, a, 0x477F_F000);
             let c = self.b.ins().select(is_inf, inf, c);
             let nan = self.b.ins().iconst(types::I32, 0x7E00);
             self.b.ins().select(is_nan, nan, c)
@@ -340,18 +363,23 @@ impl Emitter<'_, '_> {
             DType::BF16 | DType::F16 if self.fty == types::F32 => {
                 let c = self.encode_half(d, x);
                 let y = if d == DType::BF16 {
-                    let bits = self.b.ins().ishl_imm(c, 16);
+                    let bits = self.b.ins().ishl_imm_s(c, 16);
                     self.b.ins().bitcast(types::F32, MemFlagsData::new(), bits)
                 } else {
                     self.decode_mini(d, c)
                 };
-                self.from_f32(y)
+                self.compute_of_f32(y)
             }
             _ => {
-                let x = self.to_f64(x);
+                let x = self.f64_of_compute(x);
                 let id = self.b.ins().iconst(types::I32, i64::from(dtype_id(d)));
-                let y = self.call("kiln_round_to", &[types::I32, types::F64], types::F64, &[id, x]);
-                self.from_f64(y)
+                let y = self.call(
+                    "kiln_round_to",
+                    &[types::I32, types::F64],
+                    types::F64,
+                    &[id, x],
+                );
+                self.compute_of_f64(y)
             }
         }
     }
@@ -420,7 +448,12 @@ impl Emitter<'_, '_> {
                         self.b.ins().fpromote(types::F64, x)
                     };
                     let id = self.b.ins().iconst(types::I32, i64::from(dtype_id(d)));
-                    self.call("kiln_encode", &[types::I32, types::F64], types::I64, &[id, x])
+                    self.call(
+                        "kiln_encode",
+                        &[types::I32, types::F64],
+                        types::I64,
+                        &[id, x],
+                    )
                 };
                 self.store_code(d, base, flat, code);
             }
@@ -444,10 +477,10 @@ impl Emitter<'_, '_> {
         }
         // Sub-byte: read-modify-write of the byte(s) the element covers.
         let mask = (1i64 << bits) - 1;
-        let code = self.b.ins().band_imm(code, mask);
-        let pos = self.b.ins().imul_imm(flat, i64::from(bits));
-        let byte = self.b.ins().ushr_imm(pos, 3);
-        let sh = self.b.ins().band_imm(pos, 7);
+        let code = self.b.ins().band_imm_s(code, mask);
+        let pos = self.b.ins().imul_imm_s(flat, i64::from(bits));
+        let byte = self.b.ins().ushr_imm_s(pos, 3);
+        let sh = self.b.ins().band_imm_s(pos, 7);
         let a0 = self.b.ins().iadd(base, byte);
         let old = self.b.ins().uload8(types::I64, m, a0, 0);
         let mk = self.iconst(mask);
@@ -458,8 +491,8 @@ impl Emitter<'_, '_> {
         let new = self.b.ins().bor(keep, put);
         self.b.ins().istore8(m, new, a0, 0);
         if 8 % bits != 0 {
-            let end = self.b.ins().iadd_imm(sh, i64::from(bits));
-            let straddles = self.b.ins().icmp_imm(IntCC::UnsignedGreaterThan, end, 8);
+            let end = self.b.ins().iadd_imm_s(sh, i64::from(bits));
+            let straddles = self.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, end, 8);
             let then = self.b.create_block();
             let done = self.b.create_block();
             self.b.ins().brif(straddles, then, &[], done, &[]);
@@ -469,7 +502,7 @@ impl Emitter<'_, '_> {
             let hi = self.b.ins().ushr(code, down);
             let mk = self.iconst(mask);
             let mk = self.b.ins().ushr(mk, down);
-            let a1 = self.b.ins().iadd_imm(a0, 1);
+            let a1 = self.b.ins().iadd_imm_s(a0, 1);
             let old = self.b.ins().uload8(types::I64, m, a1, 0);
             let keep = self.b.ins().band_not(old, mk);
             let new = self.b.ins().bor(keep, hi);

@@ -31,7 +31,6 @@ pub(super) struct Emitter<'a, 'f> {
     pub b: FunctionBuilder<'f>,
     /// The float compute type: `f32` for f32 kernels, else `f64`.
     pub fty: Type,
-    pub ptr: Type,
     pub call_conv: CallConv,
     /// Whether the ISA has fused multiply-add.
     pub fma: bool,
@@ -120,13 +119,15 @@ impl<'a, 'f> Emitter<'a, 'f> {
         } else {
             types::F64
         };
-        let fma = isa.isa_flags().iter().any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
+        let fma = isa
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
         let ret = b.create_block();
         Ok(Emitter {
             k,
             b,
             fty,
-            ptr,
             call_conv: isa.default_call_conv(),
             fma,
             begin,
@@ -257,9 +258,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
             Expr::Unary(Unary::Not, _) => T::B,
             Expr::Unary(_, x) | Expr::Round(_, x) => self.type_of(x)?,
             Expr::Binary(op, a, _) => match op {
-                Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge => {
-                    T::B
-                }
+                Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge => T::B,
                 _ => self.type_of(a)?,
             },
             Expr::Select(_, a, _) => self.type_of(a)?,
@@ -362,9 +361,14 @@ impl<'a, 'f> Emitter<'a, 'f> {
         Ok(v)
     }
 
-    fn unary(&mut self, e: &Expr, op: Unary, (x, t): (Value, T)) -> Result<(Value, T), CodegenError> {
+    fn unary(
+        &mut self,
+        e: &Expr,
+        op: Unary,
+        (x, t): (Value, T),
+    ) -> Result<(Value, T), CodegenError> {
         Ok(match (op, t) {
-            (Unary::Not, T::B) => (self.b.ins().icmp_imm(IntCC::Equal, x, 0), T::B),
+            (Unary::Not, T::B) => (self.b.ins().icmp_imm_s(IntCC::Equal, x, 0), T::B),
             (Unary::Neg, T::I) => (self.b.ins().ineg(x), T::I),
             (Unary::Abs, T::I) => (self.b.ins().iabs(x), T::I),
             (Unary::Floor | Unary::Ceil | Unary::Round, T::I) => (x, T::I),
@@ -374,7 +378,10 @@ impl<'a, 'f> Emitter<'a, 'f> {
             (Unary::Floor, T::F) => (self.b.ins().floor(x), T::F),
             (Unary::Ceil, T::F) => (self.b.ins().ceil(x), T::F),
             (Unary::Round, T::F) => (self.b.ins().nearest(x), T::F),
-            (Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos, T::F) => {
+            (
+                Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos,
+                T::F,
+            ) => {
                 let name = format!("kiln_{}_{}", op.name(), self.fty);
                 let fty = self.fty;
                 (self.call(&name, &[fty], fty, &[x]), T::F)
@@ -423,7 +430,10 @@ impl<'a, 'f> Emitter<'a, 'f> {
                 Div | Rem => (self.int_div(op == Div, a, b), T::I),
                 Max => (self.b.ins().smax(a, b), T::I),
                 Min => (self.b.ins().smin(a, b), T::I),
-                Pow => (self.call("kiln_ipow", &[types::I64; 2], types::I64, &[a, b]), T::I),
+                Pow => (
+                    self.call("kiln_ipow", &[types::I64; 2], types::I64, &[a, b]),
+                    T::I,
+                ),
                 Eq => icmp(self, IntCC::Equal),
                 Ne => icmp(self, IntCC::NotEqual),
                 Lt => icmp(self, IntCC::SignedLessThan),
@@ -445,8 +455,8 @@ impl<'a, 'f> Emitter<'a, 'f> {
     /// i64 division (toward zero) or remainder that never traps: 0 for a
     /// zero divisor, wrapping for `MIN / -1`.
     fn int_div(&mut self, div: bool, a: Value, b: Value) -> Value {
-        let zero = self.b.ins().icmp_imm(IntCC::Equal, b, 0);
-        let m1 = self.b.ins().icmp_imm(IntCC::Equal, b, -1);
+        let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+        let m1 = self.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
         let special = self.b.ins().bor(zero, m1);
         let one = self.iconst(1);
         let safe = self.b.ins().select(special, one, b);
@@ -478,7 +488,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
                 let z = self.fconst(0.0);
                 (self.b.ins().fcmp(FloatCC::NotEqual, x, z), T::B)
             }
-            (Ty::Bool, T::I) => (self.b.ins().icmp_imm(IntCC::NotEqual, x, 0), T::B),
+            (Ty::Bool, T::I) => (self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0), T::B),
             (Ty::Bool, T::B) => (x, T::B),
         }
     }
@@ -495,7 +505,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
     }
 
     /// The compute float as f64.
-    pub fn to_f64(&mut self, x: Value) -> Value {
+    pub fn f64_of_compute(&mut self, x: Value) -> Value {
         if self.fty == types::F32 {
             self.b.ins().fpromote(types::F64, x)
         } else {
@@ -504,7 +514,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
     }
 
     /// An f64 as the compute float.
-    pub fn from_f64(&mut self, x: Value) -> Value {
+    pub fn compute_of_f64(&mut self, x: Value) -> Value {
         if self.fty == types::F32 {
             self.b.ins().fdemote(types::F32, x)
         } else {
@@ -512,7 +522,12 @@ impl<'a, 'f> Emitter<'a, 'f> {
         }
     }
 
-    fn round(&mut self, e: &Expr, d: DType, (x, t): (Value, T)) -> Result<(Value, T), CodegenError> {
+    fn round(
+        &mut self,
+        e: &Expr,
+        d: DType,
+        (x, t): (Value, T),
+    ) -> Result<(Value, T), CodegenError> {
         match t {
             T::F => Ok((self.round_float(d, x), T::F)),
             T::I => Ok((self.wrap_int(d, x), T::I)),
@@ -523,7 +538,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
     /// Wraps an i64 to the width of `d` as the evaluator does.
     pub fn wrap_int(&mut self, d: DType, x: Value) -> Value {
         if d == DType::Bool {
-            let c = self.b.ins().icmp_imm(IntCC::NotEqual, x, 0);
+            let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0);
             return self.b.ins().uextend(types::I64, c);
         }
         let bits = d.bits();
@@ -531,11 +546,11 @@ impl<'a, 'f> Emitter<'a, 'f> {
             return x;
         }
         let shift = i64::from(64 - bits);
-        let up = self.b.ins().ishl_imm(x, shift);
+        let up = self.b.ins().ishl_imm_s(x, shift);
         if d.int_range().is_some_and(|(lo, _)| lo < 0) {
-            self.b.ins().sshr_imm(up, shift)
+            self.b.ins().sshr_imm_s(up, shift)
         } else {
-            self.b.ins().ushr_imm(up, shift)
+            self.b.ins().ushr_imm_s(up, shift)
         }
     }
 

@@ -58,9 +58,7 @@ pub(super) fn invariants<'e>(e: &'e Expr, bound: &BTreeSet<Var>, out: &mut Vec<&
         return;
     }
     match e {
-        Expr::Load {
-            guard: Some(g), ..
-        } => invariants(g, bound, out),
+        Expr::Load { guard: Some(g), .. } => invariants(g, bound, out),
         _ => {
             for c in children(e) {
                 invariants(c, bound, out);
@@ -72,12 +70,9 @@ pub(super) fn invariants<'e>(e: &'e Expr, bound: &BTreeSet<Var>, out: &mut Vec<&
 /// The direct sub-expressions of `e`.
 fn children(e: &Expr) -> Vec<&Expr> {
     match e {
-        Expr::Float(_)
-        | Expr::Int(_)
-        | Expr::Bool(_)
-        | Expr::Var(_)
-        | Expr::Dim(_)
-        | Expr::Acc => vec![],
+        Expr::Float(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Var(_) | Expr::Dim(_) | Expr::Acc => {
+            vec![]
+        }
         Expr::Load { index, guard, .. } => index.iter().chain(guard.as_deref()).collect(),
         Expr::Unary(_, x) | Expr::Cast(_, x) | Expr::Round(_, x) => vec![x],
         Expr::Binary(_, a, b) => vec![a, b],

@@ -46,7 +46,7 @@ impl Emitter<'_, '_> {
         let cond = if step == 1 {
             self.b.ins().icmp(IntCC::SignedLessThan, i, hi)
         } else {
-            let last = self.b.ins().iadd_imm(i, step);
+            let last = self.b.ins().iadd_imm_s(i, step);
             self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, hi)
         };
         self.b.ins().brif(cond, bodyb, &[], exit, &args(&params));
@@ -55,7 +55,7 @@ impl Emitter<'_, '_> {
         let next = body(self, i, &params[1..]);
         self.pop_scope();
         let mut next = next?;
-        let i2 = self.b.ins().iadd_imm(i, step);
+        let i2 = self.b.ins().iadd_imm_s(i, step);
         next.insert(0, i2);
         self.b.ins().jump(header, &args(&next));
         self.b.switch_to_block(exit);
@@ -83,7 +83,7 @@ impl Emitter<'_, '_> {
         for &d in &shape {
             numel = self.b.ins().imul(numel, d);
         }
-        let some = self.b.ins().icmp_imm(IntCC::SignedGreaterThan, numel, 0);
+        let some = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, numel, 0);
         let nonempty = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
         let go = self.b.ins().band(some, nonempty);
         self.return_unless(go);
@@ -136,7 +136,9 @@ pub(super) fn emit_nest<'a, 'f>(
     let rank = em.k.output.shape.rank();
     if rank == 0 {
         let zero = em.iconst(0);
-        let a = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, em.begin, zero);
+        let a =
+            em.b.ins()
+                .icmp(IntCC::SignedLessThanOrEqual, em.begin, zero);
         let b = em.b.ins().icmp(IntCC::SignedGreaterThan, em.end, zero);
         let go = em.b.ins().band(a, b);
         em.return_unless(go);
