@@ -215,3 +215,34 @@ fn lowered_kernels_are_golden() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The models too slow to run in the evaluator still lower, for both
+/// targets, without an error.
+#[test]
+fn slow_models_lower() {
+    let files = [
+        "examples/mobilenet_v2_block.kiln",
+        "examples/ir/inverted_bottleneck.kir",
+        "bench/w3.kiln",
+        "bench/w3d.kiln",
+        "bench/w4.kiln",
+        "bench/w5_int8.kiln",
+        "bench/w5_fp8.kiln",
+        "bench/w6.kiln",
+    ];
+    let mut failures = Vec::new();
+    for file in files {
+        for target in [&cost::SM90, &cost::CPU] {
+            let opts = Options {
+                target,
+                ..Options::default()
+            };
+            let c = pipeline::compile(&root().join(file), &[], &opts).expect("compiles");
+            match lower_plan(&c.plan) {
+                Ok(p) => eprintln!("{file} for {}: {} launches", target.name, p.launches.len()),
+                Err(e) => failures.push(format!("{file} for {}: {e}", target.name)),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
