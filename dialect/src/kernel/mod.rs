@@ -451,7 +451,12 @@ impl fmt::Display for Program {
     /// The buffers (inputs, weights, constants marked), the launches with
     /// their kernels, and the outputs: the text of golden files.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "program {} dims [{}] {{", self.name, self.dims.join(", "))?;
+        writeln!(
+            f,
+            "program {} dims [{}] {{",
+            self.name,
+            self.dims.join(", ")
+        )?;
         for (i, b) in self.buffers.iter().enumerate() {
             let role = if self.inputs.contains(&i) {
                 "input"

@@ -5,12 +5,12 @@
 //! lowering here. The semantics are the reference interpreter's
 //! (`kiln_dialect::interp`), op by op.
 
+use kiln_dialect::DType;
 use kiln_dialect::graph::Value;
 use kiln_dialect::infer::gelu_is_tanh;
 use kiln_dialect::kernel::{Binary, Expr, Reduction, Ty, Unary};
 use kiln_dialect::ops::{Literal, Op};
 use kiln_dialect::shape::normalize_axis;
-use kiln_dialect::DType;
 
 use super::cx::{Cx, ty_of};
 use super::ex::{self, float, int};
@@ -46,10 +46,7 @@ pub fn define(cx: &mut Cx, v: Value, idx: &[Expr]) -> R<Expr> {
             if out_dt.has_integer_values() && integral {
                 Ok(ex::add(int(*start as i64), ex::mul(i, int(*step as i64))))
             } else {
-                let e = ex::add(
-                    float(*start),
-                    ex::mul(ex::cast(cx.float, i), float(*step)),
-                );
+                let e = ex::add(float(*start), ex::mul(ex::cast(cx.float, i), float(*step)));
                 Ok(from_float(cx, e, out_dt))
             }
         }
@@ -334,12 +331,7 @@ fn unary_num(cx: &mut Cx, v: Value, idx: &[Expr], f: impl FnOnce(&Cx, Expr) -> E
 }
 
 /// A unary op computed in the float type.
-fn unary_float(
-    cx: &mut Cx,
-    v: Value,
-    idx: &[Expr],
-    f: impl FnOnce(&Cx, Expr) -> Expr,
-) -> R<Expr> {
+fn unary_float(cx: &mut Cx, v: Value, idx: &[Expr], f: impl FnOnce(&Cx, Expr) -> Expr) -> R<Expr> {
     let ops = cx.operands(v.node);
     let x = cx.at_float(ops[0], idx)?;
     let y = f(cx, x);
@@ -358,13 +350,13 @@ fn gelu(x: Expr, tanh: bool) -> Expr {
     let half_x = ex::mul(float(0.5), x.clone());
     let inner = if tanh {
         let c = (2.0 / std::f64::consts::PI).sqrt();
-        let cube = ex::mul(ex::mul(ex::mul(float(0.044715), x.clone()), x.clone()), x.clone());
+        let cube = ex::mul(
+            ex::mul(ex::mul(float(0.044715), x.clone()), x.clone()),
+            x.clone(),
+        );
         ex::un(Unary::Tanh, ex::mul(float(c), ex::add(x, cube)))
     } else {
-        ex::un(
-            Unary::Erf,
-            ex::div(x, float(std::f64::consts::SQRT_2)),
-        )
+        ex::un(Unary::Erf, ex::div(x, float(std::f64::consts::SQRT_2)))
     };
     ex::mul(half_x, ex::add(float(1.0), inner))
 }
@@ -425,9 +417,7 @@ pub fn cast(cx: &Cx, e: Expr, from: DType, to: DType) -> Expr {
             Ty::F32 | Ty::F64 => {
                 let t = ex::cast(Ty::I64, e);
                 match to.int_range() {
-                    Some((lo, hi)) if to != DType::I64 => {
-                        ex::min(ex::max(t, int(lo)), int(hi))
-                    }
+                    Some((lo, hi)) if to != DType::I64 => ex::min(ex::max(t, int(lo)), int(hi)),
                     _ => t,
                 }
             }
@@ -539,9 +529,14 @@ fn arg_max(cx: &mut Cx, v: Value, idx: &[Expr], x: Value, axis: i64, keepdim: bo
         }
     }
     let n = cx.dims_of(x)[a].clone();
-    let m = fold_axes(cx, Reduction::Max, &base, &[a], std::slice::from_ref(&n), |cx, i| {
-        cx.at(x, i)
-    })?;
+    let m = fold_axes(
+        cx,
+        Reduction::Max,
+        &base,
+        &[a],
+        std::slice::from_ref(&n),
+        |cx, i| cx.at(x, i),
+    )?;
     let j = cx.fresh();
     let mut i = base.clone();
     i[a] = ex::var(j);
@@ -562,7 +557,9 @@ fn softmax(cx: &mut Cx, v: Value, idx: &[Expr], x: Value, axis: i64, log: bool) 
     let a = axis_of(cx, v, axis, r)?;
     let n = cx.dims_of(x)[a].clone();
     let ext = std::slice::from_ref(&n);
-    let m = fold_axes(cx, Reduction::Max, idx, &[a], ext, |cx, i| cx.at_float(x, i))?;
+    let m = fold_axes(cx, Reduction::Max, idx, &[a], ext, |cx, i| {
+        cx.at_float(x, i)
+    })?;
     let mc = m.clone();
     let s = fold_axes(cx, Reduction::Sum, idx, &[a], ext, |cx, i| {
         let xi = cx.at_float(x, i)?;
@@ -598,7 +595,9 @@ fn layer_norm(
     let mean = if rms {
         None
     } else {
-        let s = fold_axes(cx, Reduction::Sum, idx, &axes, &ext, |cx, i| cx.at_float(x, i))?;
+        let s = fold_axes(cx, Reduction::Sum, idx, &axes, &ext, |cx, i| {
+            cx.at_float(x, i)
+        })?;
         Some(ex::div(s, n.clone()))
     };
     let centered = |e: Expr, mean: &Option<Expr>| match mean {
@@ -610,10 +609,7 @@ fn layer_norm(
         Ok(ex::mul(d.clone(), d))
     })?;
     let var = ex::div(var, n);
-    let inv = ex::div(
-        float(1.0),
-        ex::un(Unary::Sqrt, ex::add(var, float(eps))),
-    );
+    let inv = ex::div(float(1.0), ex::un(Unary::Sqrt, ex::add(var, float(eps))));
     let xv = cx.at_float(x, idx)?;
     let mut y = ex::mul(centered(xv, &mean), inv);
     let inner = &idx[a..];
@@ -641,7 +637,11 @@ fn group_norm(
     let x = ops[0];
     let r = idx.len();
     if r < 2 || groups <= 0 {
-        return Err(LowerError::unsupported(cx, v, "group_norm needs [N, C, ...] and groups > 0"));
+        return Err(LowerError::unsupported(
+            cx,
+            v,
+            "group_norm needs [N, C, ...] and groups > 0",
+        ));
     }
     let sizes = cx.dims_of(x);
     let cg = ex::div(sizes[1].clone(), int(groups));
@@ -655,7 +655,9 @@ fn group_norm(
         i[1] = ex::add(group_start.clone(), i[1].clone());
         i
     };
-    let s = fold_axes(cx, Reduction::Sum, idx, &axes, &ext, |cx, i| cx.at_float(x, &shift(i)))?;
+    let s = fold_axes(cx, Reduction::Sum, idx, &axes, &ext, |cx, i| {
+        cx.at_float(x, &shift(i))
+    })?;
     let mean = ex::div(s, n.clone());
     let mc = mean.clone();
     let var = fold_axes(cx, Reduction::Sum, idx, &axes, &ext, |cx, i| {

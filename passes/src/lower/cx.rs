@@ -173,12 +173,7 @@ impl<'a> Cx<'a> {
     /// the index may be outside `v`'s shape only where `valid` is false. A
     /// value in memory is a guarded load; a computed one reads at the index
     /// clamped into the shape, and a select discards it.
-    pub fn at_guarded(
-        &mut self,
-        v: Value,
-        idx: &[Expr],
-        valid: Expr,
-    ) -> Result<Expr, LowerError> {
+    pub fn at_guarded(&mut self, v: Value, idx: &[Expr], valid: Expr) -> Result<Expr, LowerError> {
         if matches!(valid, Expr::Bool(true)) {
             return self.at(v, idx);
         }

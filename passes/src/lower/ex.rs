@@ -109,8 +109,13 @@ pub fn select(c: Expr, a: Expr, b: Expr) -> Expr {
     }
 }
 
+/// A conversion; an integer constant converted to a float is a float
+/// constant.
 pub fn cast(t: Ty, x: Expr) -> Expr {
-    Expr::Cast(t, Box::new(x))
+    match (t, x) {
+        (Ty::F32 | Ty::F64, Expr::Int(i)) => float(i as f64),
+        (t, x) => Expr::Cast(t, Box::new(x)),
+    }
 }
 
 /// `lo <= x <= hi` by comparisons, NaN passing through (the interpreter's

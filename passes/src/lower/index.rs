@@ -25,9 +25,9 @@ pub fn broadcast(idx: &[Expr], from: &[Dim]) -> Vec<Expr> {
 
 /// The row-major flat offset of `idx` in a tensor with axis sizes `dims`.
 pub fn flatten(idx: &[Expr], dims: &[Expr]) -> Expr {
-    idx.iter()
-        .zip(dims)
-        .fold(ex::int(0), |acc, (i, n)| ex::add(ex::mul(acc, n.clone()), i.clone()))
+    idx.iter().zip(dims).fold(ex::int(0), |acc, (i, n)| {
+        ex::add(ex::mul(acc, n.clone()), i.clone())
+    })
 }
 
 /// The multi-index of a row-major flat offset in a tensor with axis sizes
@@ -62,7 +62,10 @@ pub fn reshape(cx: &mut Cx, idx: &[Expr], to: &[Dim], from: &[Dim]) -> Vec<Expr>
         .filter(|&i| from[i] != Dim::Static(1))
         .collect();
     let same = keep_to.len() == keep_from.len()
-        && keep_to.iter().zip(&keep_from).all(|(&a, &b)| to[a] == from[b]);
+        && keep_to
+            .iter()
+            .zip(&keep_from)
+            .all(|(&a, &b)| to[a] == from[b]);
     if same {
         let mut out = vec![ex::int(0); from.len()];
         for (&a, &b) in keep_to.iter().zip(&keep_from) {

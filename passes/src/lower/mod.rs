@@ -26,11 +26,11 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 
+use kiln_dialect::DType;
 use kiln_dialect::graph::{Graph, NodeId, Value};
 use kiln_dialect::interp::tensor::round_value;
 use kiln_dialect::kernel::{self, Body, Buffer, Expr, Launch, Program, Ty};
 use kiln_dialect::ops::{Literal, Op};
-use kiln_dialect::DType;
 use thiserror::Error;
 
 use crate::extract::Kind;
@@ -212,11 +212,14 @@ pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
         });
     }
     for o in g.outputs() {
-        let b = buf_of.get(&o.value).copied().ok_or_else(|| LowerError::Plan {
-            kernel: 0,
-            value: o.name.clone(),
-            reason: "the output is computed by no kernel".into(),
-        })?;
+        let b = buf_of
+            .get(&o.value)
+            .copied()
+            .ok_or_else(|| LowerError::Plan {
+                kernel: 0,
+                value: o.name.clone(),
+                reason: "the output is computed by no kernel".into(),
+            })?;
         p.outputs.push((o.name.clone(), b));
     }
     for b in &p.buffers {

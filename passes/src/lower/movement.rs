@@ -4,9 +4,9 @@
 //! discards use indices clamped into the operand.
 
 use kiln_dialect::graph::Value;
+use kiln_dialect::infer::slice_range;
 use kiln_dialect::kernel::Expr;
 use kiln_dialect::ops::PadMode;
-use kiln_dialect::infer::slice_range;
 use kiln_dialect::shape::Dim;
 
 use super::LowerError;
@@ -47,7 +47,11 @@ pub fn slice(
         let a = axis_of(cx, v, a, r)?;
         let step = steps.get(k).copied().unwrap_or(1);
         let (Some(&start), Some(_)) = (starts.get(k), ends.get(k)) else {
-            return Err(LowerError::unsupported(cx, v, "slice attribute lengths differ"));
+            return Err(LowerError::unsupported(
+                cx,
+                v,
+                "slice attribute lengths differ",
+            ));
         };
         if step == 0 {
             return Err(LowerError::unsupported(cx, v, "slice step 0"));

@@ -15,7 +15,15 @@ type R<T> = Result<T, LowerError>;
 
 /// `matmul` as a sum over `k`: NumPy's rules (1-D operands promoted, batch
 /// axes broadcast), optional transposes of the last two axes.
-pub fn matmul(cx: &mut Cx, v: Value, idx: &[Expr], a: Value, b: Value, ta: bool, tb: bool) -> R<Expr> {
+pub fn matmul(
+    cx: &mut Cx,
+    v: Value,
+    idx: &[Expr],
+    a: Value,
+    b: Value,
+    ta: bool,
+    tb: bool,
+) -> R<Expr> {
     let k = cx.fresh();
     let (ai, bi, extent) = matmul_operands(cx, v, idx, a, b, ta, tb, ex::var(k))?;
     let x = cx.at(a, &ai)?;
@@ -45,7 +53,11 @@ pub fn matmul_operands(
     let (ash, bsh) = (cx.shape(a).dims().to_vec(), cx.shape(b).dims().to_vec());
     let (a1, b1) = (ash.len() == 1, bsh.len() == 1);
     if (a1 && ta) || (b1 && tb) || ash.is_empty() || bsh.is_empty() {
-        return Err(LowerError::unsupported(cx, v, "a transposed 1-D or a 0-D matmul operand"));
+        return Err(LowerError::unsupported(
+            cx,
+            v,
+            "a transposed 1-D or a 0-D matmul operand",
+        ));
     }
     let r = idx.len();
     // result axes: batch..., [m], [n]
@@ -106,7 +118,11 @@ impl ConvParams {
         groups: i64,
     ) -> R<ConvParams> {
         if stride.len() != 2 || padding.len() != 4 || dilation.len() != 2 || groups <= 0 {
-            return Err(LowerError::unsupported(cx, v, "conv parameters of the wrong length"));
+            return Err(LowerError::unsupported(
+                cx,
+                v,
+                "conv parameters of the wrong length",
+            ));
         }
         Ok(ConvParams {
             stride: [stride[0], stride[1]],
@@ -212,7 +228,11 @@ pub fn conv_transpose2d(
 ) -> R<Expr> {
     let (x, w) = (ops[0], ops[1]);
     if idx.len() != 4 || cx.shape(x).rank() != 4 || cx.shape(w).rank() != 4 {
-        return Err(LowerError::unsupported(cx, v, "conv_transpose2d needs 4-D operands"));
+        return Err(LowerError::unsupported(
+            cx,
+            v,
+            "conv_transpose2d needs 4-D operands",
+        ));
     }
     let xs = cx.dims_of(x);
     let ws = cx.dims_of(w);
@@ -234,7 +254,10 @@ pub fn conv_transpose2d(
         }
         ex::and(g, ex::lt(ex::div(t.clone(), int(s)), n.clone()))
     };
-    let guard = ex::and(hits(&ty, p.stride[0], &xs[2]), hits(&tx, p.stride[1], &xs[3]));
+    let guard = ex::and(
+        hits(&ty, p.stride[0], &xs[2]),
+        hits(&tx, p.stride[1], &xs[3]),
+    );
     let iy = ex::div(ty, int(p.stride[0]));
     let ix = ex::div(tx, int(p.stride[1]));
     let xv = cx.at_guarded(x, &[idx[0].clone(), ic.clone(), iy, ix], guard)?;
@@ -274,7 +297,11 @@ impl Window {
         dilation: &[i64],
     ) -> R<Window> {
         if kernel.len() != 2 || stride.len() != 2 || padding.len() != 4 || dilation.len() != 2 {
-            return Err(LowerError::unsupported(cx, v, "pool parameters of the wrong length"));
+            return Err(LowerError::unsupported(
+                cx,
+                v,
+                "pool parameters of the wrong length",
+            ));
         }
         Ok(Window {
             kernel: [kernel[0], kernel[1]],
@@ -396,7 +423,11 @@ pub fn attention(
 ) -> R<Expr> {
     let (q, k, val) = (ops[0], ops[1], ops[2]);
     if idx.len() != 4 || [q, k, val].iter().any(|&t| cx.shape(t).rank() != 4) {
-        return Err(LowerError::unsupported(cx, v, "attention needs 4-D q, k, v"));
+        return Err(LowerError::unsupported(
+            cx,
+            v,
+            "attention needs 4-D q, k, v",
+        ));
     }
     let qs = cx.dims_of(q);
     let ks = cx.dims_of(k);
@@ -414,7 +445,10 @@ pub fn attention(
     // the score of key `j` for this query
     let score = |cx: &mut Cx, j: Expr| -> R<Expr> {
         let t = cx.fresh();
-        let qv = cx.at_float(q, &[idx[0].clone(), idx[1].clone(), idx[2].clone(), ex::var(t)])?;
+        let qv = cx.at_float(
+            q,
+            &[idx[0].clone(), idx[1].clone(), idx[2].clone(), ex::var(t)],
+        )?;
         let kv = cx.at_float(k, &[idx[0].clone(), kh.clone(), j.clone(), ex::var(t)])?;
         let dot = ex::reduce(Reduction::Sum, t, d_extent.clone(), ex::mul(qv, kv));
         let mut s = ex::mul(dot, scale.clone());
@@ -442,7 +476,10 @@ pub fn attention(
     );
     let j = cx.fresh();
     let sj = score(cx, ex::var(j))?;
-    let vj = cx.at_float(val, &[idx[0].clone(), kh.clone(), ex::var(j), idx[3].clone()])?;
+    let vj = cx.at_float(
+        val,
+        &[idx[0].clone(), kh.clone(), ex::var(j), idx[3].clone()],
+    )?;
     let wj = ex::div(ex::un(Unary::Exp, ex::sub(sj, m.clone())), den);
     let out = ex::reduce(Reduction::Sum, j, skv, ex::mul(wj, vj));
     let all_masked = Expr::bin(Binary::Eq, m, float(f64::NEG_INFINITY));

@@ -2,10 +2,10 @@
 //! granularity: the scale (and zero point) of an element is read at the
 //! index its scheme assigns; a global scale is a one-element tensor.
 
+use kiln_dialect::DType;
 use kiln_dialect::graph::Value;
 use kiln_dialect::kernel::{Expr, Unary};
 use kiln_dialect::quant::{Granularity, QuantScheme};
-use kiln_dialect::DType;
 
 use super::LowerError;
 use super::compute::from_float;
@@ -87,7 +87,11 @@ pub fn quantize(
 /// `(q - zero) * scale * global`, under the scheme of `q`'s type.
 pub fn dequantize(cx: &mut Cx, v: Value, idx: &[Expr], ops: &[Value], dtype: DType) -> R<Expr> {
     let Some(scheme) = cx.ty(ops[0]).quant.clone() else {
-        return Err(LowerError::unsupported(cx, v, "dequantize of an unquantized tensor"));
+        return Err(LowerError::unsupported(
+            cx,
+            v,
+            "dequantize of an unquantized tensor",
+        ));
     };
     if ops.len() < 2 {
         return Err(LowerError::unsupported(cx, v, "dequantize without a scale"));

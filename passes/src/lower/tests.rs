@@ -68,7 +68,14 @@ fn per_op(g: &Graph) -> Plan {
             continue;
         }
         for port in 0..n.results.len() {
-            ks.push(kernel(kind_of(&n.op), Value { node: id, port: port as u32 }, vec![id]));
+            ks.push(kernel(
+                kind_of(&n.op),
+                Value {
+                    node: id,
+                    port: port as u32,
+                },
+                vec![id],
+            ));
         }
     }
     plan(g, ks)
@@ -120,7 +127,10 @@ fn check(g: &Graph, dims: &[(&str, usize)]) {
     let mut rng = ChaCha8Rng::seed_from_u64(s);
     let mut bindings = HashMap::new();
     for v in g.inputs().into_iter().chain(g.weights()) {
-        bindings.insert(g.value_name(v).to_string(), random(&mut rng, g.value_type(v), &dims));
+        bindings.insert(
+            g.value_name(v).to_string(),
+            random(&mut rng, g.value_type(v), &dims),
+        );
     }
     let want = interp::run(g, &bindings).expect("interpreter runs");
     for (how, p) in [("fused", fused(g)), ("per-op", per_op(g))] {
@@ -130,11 +140,24 @@ fn check(g: &Graph, dims: &[(&str, usize)]) {
             panic!("{how}: {e}\n{}", text.join(""))
         });
         for ((n, a), (_, b)) in want.iter().zip(&got) {
-            assert_eq!((a.dtype, &a.shape), (b.dtype, &b.shape), "{how}: output {n}");
+            assert_eq!(
+                (a.dtype, &a.shape),
+                (b.dtype, &b.shape),
+                "{how}: output {n}"
+            );
             let scale = a.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-            let tol = if a.dtype.has_integer_values() { 0.0 } else { 1e-5 };
+            let tol = if a.dtype.has_integer_values() {
+                0.0
+            } else {
+                1e-5
+            };
             let d = a.max_abs_diff(b) / scale;
-            if d > tol || a.data.iter().zip(&b.data).any(|(x, y)| x.is_nan() != y.is_nan()) {
+            if d > tol
+                || a.data
+                    .iter()
+                    .zip(&b.data)
+                    .any(|(x, y)| x.is_nan() != y.is_nan())
+            {
                 let text: Vec<String> =
                     prog.launches.iter().map(|l| l.kernel.to_string()).collect();
                 panic!(
@@ -161,13 +184,34 @@ fn reshape_index_math() {
     let mut g = Graph::new("reshape");
     let x = g.add_input("x", f32s(&[2, 3, 4]));
     let shape = |d: &[u64]| d.iter().map(|&n| Dim::Static(n)).collect::<Vec<_>>();
-    let a = op(&mut g, Op::Reshape { shape: shape(&[4, 6]) }, &[x]);
+    let a = op(
+        &mut g,
+        Op::Reshape {
+            shape: shape(&[4, 6]),
+        },
+        &[x],
+    );
     let t = op(&mut g, Op::Transpose { perm: vec![1, 0] }, &[a]);
-    let b = op(&mut g, Op::Reshape { shape: shape(&[3, 8]) }, &[t]);
+    let b = op(
+        &mut g,
+        Op::Reshape {
+            shape: shape(&[3, 8]),
+        },
+        &[t],
+    );
     let e = op(&mut g, Op::Exp, &[b]);
-    let c = op(&mut g, Op::Reshape { shape: shape(&[2, 1, 12]) }, &[e]);
+    let c = op(
+        &mut g,
+        Op::Reshape {
+            shape: shape(&[2, 1, 12]),
+        },
+        &[e],
+    );
     g.add_output("c", c);
-    let y = g.add_input("y", TensorType::new(DType::F32, Shape(vec![Dim::sym("n"), 6.into()])));
+    let y = g.add_input(
+        "y",
+        TensorType::new(DType::F32, Shape(vec![Dim::sym("n"), 6.into()])),
+    );
     let r = op(
         &mut g,
         Op::Reshape {
@@ -175,7 +219,13 @@ fn reshape_index_math() {
         },
         &[y],
     );
-    let rt = op(&mut g, Op::Transpose { perm: vec![2, 0, 1] }, &[r]);
+    let rt = op(
+        &mut g,
+        Op::Transpose {
+            perm: vec![2, 0, 1],
+        },
+        &[r],
+    );
     g.add_output("rt", rt);
     check(&g, &[("n", 3)]);
 }
@@ -184,7 +234,8 @@ fn reshape_index_math() {
 fn negative_step_slices() {
     let mut g = Graph::new("slices");
     let x = g.add_input("x", f32s(&[7, 6]));
-    let cases: [(&[i64], &[i64], &[i64], &[i64]); 5] = [
+    type Case<'a> = (&'a [i64], &'a [i64], &'a [i64], &'a [i64]);
+    let cases: [Case; 5] = [
         (&[0], &[-1], &[-8], &[-2]),
         (&[0, 1], &[5, 4], &[1, 0], &[-1, -3]),
         (&[1], &[10], &[-10], &[-1]),
@@ -205,7 +256,10 @@ fn negative_step_slices() {
         let n = op(&mut g, Op::Neg, &[s]);
         g.add_output(&format!("s{i}"), n);
     }
-    let y = g.add_input("y", TensorType::new(DType::F32, Shape(vec![Dim::sym("n"), 4.into()])));
+    let y = g.add_input(
+        "y",
+        TensorType::new(DType::F32, Shape(vec![Dim::sym("n"), 4.into()])),
+    );
     let s = op(
         &mut g,
         Op::Slice {
@@ -314,5 +368,31 @@ fn pooling_ceil_mode_and_padding() {
     }
     let gp = op(&mut g, Op::GlobalAvgPool, &[x]);
     g.add_output("gap", gp);
+    check(&g, &[]);
+}
+
+/// A padded, grouped convolution reads its input through a guarded load,
+/// never at an index outside it; printed for docs/kernels.md.
+#[test]
+fn padded_conv_is_a_guarded_load() {
+    let mut g = Graph::new("conv");
+    let x = g.add_input("x", f32s(&[1, 4, 5, 5]));
+    let w = g.add_weight("w", f32s(&[4, 2, 3, 3]));
+    let b = g.add_weight("b", f32s(&[4]));
+    let c = op(
+        &mut g,
+        Op::Conv2d {
+            stride: vec![1, 1],
+            padding: vec![1, 1, 1, 1],
+            dilation: vec![1, 1],
+            groups: 2,
+        },
+        &[x, w, b],
+    );
+    g.add_output("y", c);
+    let p = lower_plan(&fused(&g)).unwrap();
+    let text = p.launches[0].kernel.to_string();
+    println!("{text}");
+    assert!(text.contains(" if and("), "{text}");
     check(&g, &[]);
 }
