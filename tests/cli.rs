@@ -96,8 +96,11 @@ fn help_lists_exactly_the_working_subcommands() {
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["check", "compile", "explain", "run", "help"]);
-    for sub in ["check", "compile", "explain", "run"] {
+    assert_eq!(
+        commands,
+        ["check", "compile", "explain", "run", "bench", "help"]
+    );
+    for sub in ["check", "compile", "explain", "run", "bench"] {
         let out = kiln(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");
@@ -374,4 +377,68 @@ fn explain_shows_kernels_rewrites_and_rules() {
         .and_then(|n| n.parse().ok())
         .expect("count");
     assert!(n >= 3, "three batch norms fold: {fired}");
+}
+
+/// `kiln run --device cpu` writes what the interpreter writes, within the
+/// CPU backend's f32 tolerance (1e-4 of the largest magnitude).
+#[test]
+fn run_on_the_cpu_matches_the_interpreter() {
+    let mut results = Vec::new();
+    for device in ["interp", "cpu"] {
+        let dir = scratch(&format!("device-{device}"));
+        let out = kiln(&[
+            "run",
+            "examples/mlp.kiln",
+            "--device",
+            device,
+            "--random-inputs",
+            "4",
+            "--random-weights",
+            "5",
+            "--dim",
+            "batch=7",
+            "--output-dir",
+            dir.to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        results.push(read_f32_npy(&dir.join("y.npy")));
+    }
+    let (want, got) = (&results[0], &results[1]);
+    assert_eq!(want.len(), 7 * 64);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        assert!((w - g).abs() <= 1e-4 * scale, "y[{i}]: interp {w}, cpu {g}");
+    }
+}
+
+/// `kiln bench --json` prints one object with the median, minimum and 90th
+/// percentile, ordered as such.
+#[test]
+fn bench_prints_json_figures() {
+    let out = kiln(&[
+        "bench",
+        "examples/mlp.kiln",
+        "--dim",
+        "batch=4",
+        "--iters",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let field = |name: &str| -> f64 {
+        let rest = s
+            .split(&format!("\"{name}\": "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name} in {s}"));
+        rest.split([',', '}'])
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not a number in {s}"))
+    };
+    let (min, median, p90) = (field("min_ms"), field("median_ms"), field("p90_ms"));
+    assert!(0.0 < min && min <= median && median <= p90, "{s}");
+    assert!(s.contains("\"device\": \"cpu\""), "{s}");
 }

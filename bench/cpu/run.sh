@@ -46,6 +46,7 @@ if [ "$kiln_ok" = 1 ]; then
         sed 's/bf16/f32/g' "$root/bench/$file.kiln" > "$tmp/${file}_f32.kiln"
         echo "kiln $id..."
         if ! "$kiln" bench "$tmp/${file}_f32.kiln" --device cpu --dim "$dim" --json \
+            --iters "${KILN_ITERS:-20}" --warmup 2 \
             > "$tmp/kiln-$id.json" 2> "$tmp/kiln-$id.err"; then
             echo "kiln $id failed: $(tail -1 "$tmp/kiln-$id.err")"
             rm -f "$tmp/kiln-$id.json"

@@ -4,8 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln_dialect::interp;
+use kiln_runtime::HostTensor;
 
 use crate::data::{self, InputSpec, WeightSource};
 use crate::error::KilnError;
@@ -48,6 +51,18 @@ impl TargetArg {
 pub enum Device {
     /// The reference interpreter: exact, slow, the oracle of every backend.
     Interp,
+    /// Native code for the host CPU: the model optimized for the `cpu`
+    /// target, its kernels compiled with Cranelift, run on all cores.
+    Cpu,
+}
+
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::Interp => "interp",
+            Device::Cpu => "cpu",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +148,35 @@ pub enum Command {
         /// Write outputs in their own element type instead of f32.
         #[arg(long, requires = "output_dir")]
         keep_dtype: bool,
+    },
+    /// Time a model: compile it for the device, bind weights, then run it on
+    /// seeded random inputs and report the median, minimum and 90th
+    /// percentile of the run times (after warm-up runs).
+    Bench {
+        /// The model: model language (.kiln) or graph IR text (.kir).
+        model: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        /// Timed runs.
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// The size of a symbolic dimension, as NAME=N (repeatable).
+        #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
+        /// Bind weights by name from a .safetensors file (default: random
+        /// weights, seed 1).
+        #[arg(long, value_name = "W.safetensors", conflicts_with = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Draw all weights from a seeded generator.
+        #[arg(long, value_name = "SEED")]
+        random_weights: Option<u64>,
+        /// Print one JSON object instead of a line of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -291,7 +335,124 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                 keep_dtype,
             )
         }
+        Command::Bench {
+            model: path,
+            device,
+            iters,
+            warmup,
+            dims,
+            weights,
+            random_weights,
+            json,
+        } => {
+            let dims: BTreeMap<String, usize> = dims.into_iter().collect();
+            let spec = InputSpec {
+                files: &[],
+                random_seed: Some(1),
+                dims: &dims,
+            };
+            let wsrc = match &weights {
+                Some(p) => WeightSource::File(p),
+                None => WeightSource::Random(random_weights.unwrap_or(1)),
+            };
+            bench(&path, &spec, &wsrc, device, iters.max(1), warmup, json)
+        }
     }
+}
+
+/// A model compiled for the CPU with its inputs bound, split from one
+/// binding of the graph: the graph's inputs, and its weights (already
+/// bound to the model).
+fn cpu_model(
+    m: model::Model,
+    bindings: &HashMap<String, interp::Tensor>,
+    dims: &BTreeMap<String, usize>,
+) -> Result<(crate::jit::Model, HashMap<String, HostTensor>), KilnError> {
+    let g = &m.graph;
+    let input_names: Vec<String> = g
+        .inputs()
+        .into_iter()
+        .map(|v| g.value_name(v).to_string())
+        .collect();
+    let opts = crate::jit::JitOptions {
+        dims: dims.iter().map(|(k, &v)| (k.clone(), v as u64)).collect(),
+        ..crate::jit::JitOptions::default()
+    };
+    let mut inputs = HashMap::new();
+    let mut weights = HashMap::new();
+    for (name, t) in bindings {
+        let host = data::from_interp(t);
+        if input_names.contains(name) {
+            inputs.insert(name.clone(), host);
+        } else {
+            weights.insert(name.clone(), host);
+        }
+    }
+    let mut model = crate::jit::compile_loaded(m, &opts)?;
+    model.bind_weights(&weights)?;
+    Ok((model, inputs))
+}
+
+fn bench(
+    path: &Path,
+    inputs: &InputSpec,
+    weights: &WeightSource,
+    device: Device,
+    iters: usize,
+    warmup: usize,
+    json: bool,
+) -> Result<(), KilnError> {
+    let start = Instant::now();
+    let m = model::load(path)?;
+    let bindings = data::bind(&m.graph, inputs, weights)?;
+    let name = m.graph.name.clone();
+    let mut times = Vec::with_capacity(iters);
+    let mut threads = 1;
+    let mut peak = 0;
+    let compile_ms;
+    match device {
+        Device::Interp => {
+            compile_ms = start.elapsed().as_secs_f64() * 1e3;
+            for i in 0..warmup + iters {
+                let t = Instant::now();
+                interp::run(&m.graph, &bindings)?;
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        Device::Cpu => {
+            let (model, host) = cpu_model(m, &bindings, inputs.dims)?;
+            compile_ms = model.compile_time().as_secs_f64() * 1e3;
+            for i in 0..warmup + iters {
+                let t = Instant::now();
+                model.run(&host)?;
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let s = model.stats();
+            threads = s.threads;
+            peak = s.peak_arena_bytes;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (median, min, p90) = (at(0.5), times[0], at(0.9));
+    if json {
+        crate::outln!(
+            "{{\"model\": {:?}, \"device\": \"{}\", \"iters\": {iters}, \"median_ms\": {median:.6}, \"min_ms\": {min:.6}, \"p90_ms\": {p90:.6}, \"compile_ms\": {compile_ms:.3}, \"threads\": {threads}, \"peak_arena_bytes\": {peak}}}",
+            name,
+            device.name()
+        );
+    } else {
+        crate::outln!(
+            "{}: `{name}` on {}: median {median:.3} ms, min {min:.3} ms, p90 {p90:.3} ms over {iters} runs ({warmup} warm-up); compiled in {compile_ms:.1} ms; {threads} thread(s), arena {peak} bytes",
+            path.display(),
+            device.name()
+        );
+    }
+    Ok(())
 }
 
 fn check(path: &Path, print: bool) -> Result<(), KilnError> {
@@ -331,6 +492,14 @@ fn run(
     let bindings = data::bind(&m.graph, inputs, weights)?;
     let outputs = match device {
         Device::Interp => interp::run(&m.graph, &bindings)?,
+        Device::Cpu => {
+            let (model, host) = cpu_model(m, &bindings, inputs.dims)?;
+            model
+                .run(&host)?
+                .iter()
+                .map(|(n, t)| (n.clone(), data::to_interp(t)))
+                .collect()
+        }
     };
     if let Some(dir) = output_dir {
         std::fs::create_dir_all(dir).map_err(|source| KilnError::Io {

@@ -28,6 +28,19 @@ pub enum KilnError {
     Input { name: String, message: String },
     #[error("weight `{name}`: {message}")]
     Weight { name: String, message: String },
+    /// The kernel plan could not be lowered to kernels (an op the CPU and
+    /// GPU backends do not lower yet).
+    #[error(transparent)]
+    Lower(#[from] kiln_passes::lower::LowerError),
+    /// A kernel could not be compiled to native code.
+    #[error(transparent)]
+    Codegen(#[from] crate::codegen::clif::CodegenError),
+    /// The JIT could not make the native code runnable.
+    #[error(transparent)]
+    Jit(#[from] kiln_runtime::cpu::jit::JitError),
+    /// A compiled model refused its weights or inputs, or failed to run.
+    #[error(transparent)]
+    Run(#[from] kiln_runtime::cpu::RunError),
     /// A compiler stage broke an invariant: a bug in kiln, not in the model.
     #[error(
         "internal error after {stage}: {message}\n(this is a bug in kiln, not in the model; please report it with the model)"

@@ -32,6 +32,7 @@ pub mod codegen;
 pub mod data;
 pub mod error;
 pub mod frontend;
+pub mod jit;
 pub mod model;
 pub mod pipeline;
 

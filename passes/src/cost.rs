@@ -34,6 +34,11 @@ pub struct Target {
     /// Extra traffic, as a fraction of its bytes, when a convolution reads
     /// activations in NCHW instead of channels-last.
     pub nchw_conv: f64,
+    /// Whether the target's backend has a tiled kernel for a fused
+    /// inverted bottleneck (`Kind::Block`). Without one, a block kernel
+    /// would recompute the expansion for every output element, so
+    /// extraction does not offer it.
+    pub conv_block: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -50,6 +55,7 @@ pub static SM90: Target = Target {
     default_symbol: 512,
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
+    conv_block: true,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -65,6 +71,7 @@ pub static SM80: Target = Target {
     default_symbol: 512,
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
+    conv_block: true,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -80,6 +87,7 @@ pub static CPU: Target = Target {
     default_symbol: 64,
     unpacked_weight: 0.15,
     nchw_conv: 0.3,
+    conv_block: false,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -518,6 +518,9 @@ fn candidates(
             if let OpClass::Conv = op.class() {
                 targets.push(Kind::Block);
             }
+            if !ctx.sizes.target.conv_block {
+                targets.retain(|k| *k != Kind::Block);
+            }
             for target in targets {
                 if let Some(ch) = combine(ctx, best, secs, c, node, op, native, target, own) {
                     out.push((target, ch));

@@ -393,6 +393,9 @@ impl Ctx<'_> {
     ) -> Result<V, EvalError> {
         let n = self.int(extent)?;
         let mut acc: Option<V> = None;
+        // The variable is bound inside the fold only: a fold nested in
+        // another over the same variable leaves the outer one's value.
+        let outer = self.vars.get(var.0 as usize).copied();
         for p in 0..n.max(0) {
             self.set(var, p);
             let v = self.eval(body)?;
@@ -409,6 +412,9 @@ impl Ctx<'_> {
                     v,
                 )?,
             });
+        }
+        if let Some(x) = outer {
+            self.set(var, x);
         }
         Ok(match acc {
             Some(v) => v,

@@ -104,6 +104,9 @@ impl egg::Analysis<KNode> for Meta {
                 (splat, weight_only)
             }
         };
+        // A value whose shape names a symbolic dim is sized at run time, so
+        // it cannot be computed when weights are bound.
+        let weight_only = weight_only && ty.shape.as_static().is_some();
         ClassData {
             ty,
             splat,

@@ -1,0 +1,208 @@
+//! The host JIT API: compile a model (source text or a file) for the host
+//! CPU, bind its weights, and run it on host tensors. Every failure is an
+//! error value ([`KilnError`]); nothing here panics on a bad model, bad
+//! weights or bad inputs.
+//!
+//! ```no_run
+//! use std::collections::HashMap;
+//! use kiln::jit::{self, JitOptions};
+//! use kiln_runtime::HostTensor;
+//! use kiln_dialect::DType;
+//!
+//! # fn main() -> Result<(), kiln::KilnError> {
+//! let mut model = jit::compile_file("examples/mlp.kiln".as_ref(), &JitOptions::default())?;
+//! model.bind_random_weights(7)?;
+//! let x = HostTensor::from_values(DType::F32, &[2, 64], &vec![0.5; 128]);
+//! let outputs = model.run(&HashMap::from([("x".to_string(), x)]))?;
+//! println!("{}: {:?}", outputs[0].0, outputs[0].1.shape);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pipeline is the command line's: parse, verify, optimize for the
+//! `cpu` target, lower the kernel plan to the kernel dialect, compile each
+//! kernel with Cranelift, and hand the program to the runtime's CPU
+//! executor.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_dialect::TensorType;
+use kiln_dialect::kernel::Program;
+use kiln_passes::optimize::Limits;
+use kiln_runtime::HostTensor;
+use kiln_runtime::cpu::executor::{CpuExecutable, ExecStats, KernelFn};
+use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
+
+use crate::codegen::clif::compile_kernel;
+use crate::data::{self, Role};
+use crate::error::KilnError;
+use crate::model;
+use crate::pipeline::{self, Options};
+
+/// Options of a JIT compilation.
+#[derive(Clone, Debug, Default)]
+pub struct JitOptions {
+    /// Sizes of symbolic dims the plan is priced at; the compiled model runs
+    /// at any size.
+    pub dims: HashMap<String, u64>,
+    /// Bounds of the optimizer's saturation.
+    pub limits: Limits,
+}
+
+/// A model compiled for the host CPU.
+pub struct Model {
+    exe: CpuExecutable,
+    inputs: Vec<(String, TensorType)>,
+    weights: Vec<(String, TensorType)>,
+    outputs: Vec<(String, TensorType)>,
+    compile_time: Duration,
+}
+
+/// Compiles model-language source held in memory; `name` is how errors
+/// call it.
+pub fn compile_source(name: &str, src: &str, opts: &JitOptions) -> Result<Model, KilnError> {
+    let t = Instant::now();
+    let m = model::load_source(name, src)?;
+    build(m, t, opts)
+}
+
+/// Compiles a model file (`.kiln` or `.kir`).
+pub fn compile_file(path: &Path, opts: &JitOptions) -> Result<Model, KilnError> {
+    let t = Instant::now();
+    let m = model::load(path)?;
+    build(m, t, opts)
+}
+
+/// Compiles a model already loaded (and verified) by [`model::load`].
+pub fn compile_loaded(m: model::Model, opts: &JitOptions) -> Result<Model, KilnError> {
+    build(m, Instant::now(), opts)
+}
+
+/// Compiles a loaded model's program to native code and builds its
+/// executor.
+fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, KilnError> {
+    let g = &m.graph;
+    let typed = |vs: Vec<kiln_dialect::Value>| -> Vec<(String, TensorType)> {
+        vs.into_iter()
+            .map(|v| (g.value_name(v).to_string(), g.value_type(v).clone()))
+            .collect()
+    };
+    let inputs = typed(g.inputs());
+    let weights = typed(g.weights());
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|o| (o.name.clone(), g.value_type(o.value).clone()))
+        .collect();
+    let popts = Options {
+        target: &kiln_passes::cost::CPU,
+        dims: opts.dims.clone(),
+        limits: opts.limits,
+    };
+    let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;
+    let program = kiln_passes::lower::lower_plan(&c.plan)?;
+    let exe = native(program)?;
+    Ok(Model {
+        exe,
+        inputs,
+        weights,
+        outputs,
+        compile_time: start.elapsed(),
+    })
+}
+
+/// Compiles every kernel of `program` with Cranelift for the host and
+/// builds the executor that runs them.
+pub fn native(program: Program) -> Result<CpuExecutable, KilnError> {
+    let isa = host_isa()?;
+    let mut funcs: Vec<JitFunction> = Vec::with_capacity(program.launches.len());
+    for l in &program.launches {
+        funcs.push(compile_kernel(&l.kernel, &*isa)?.into());
+    }
+    let module = JitModule::new(isa, funcs)?;
+    let mut kernels: Vec<KernelFn> = Vec::with_capacity(program.launches.len());
+    for l in &program.launches {
+        let f = module
+            .get(&l.kernel.name)
+            .ok_or_else(|| KilnError::Internal {
+                stage: "the JIT",
+                message: format!("kernel `{}` was compiled but not defined", l.kernel.name),
+            })?;
+        kernels.push(f);
+    }
+    // The module is never used again, only kept alive: a mutex makes it Sync.
+    Ok(CpuExecutable::new(
+        program,
+        kernels,
+        Box::new(std::sync::Mutex::new(module)),
+    )?)
+}
+
+impl Model {
+    /// The model's inputs: names and types (symbolic dims bind at run time).
+    pub fn inputs(&self) -> &[(String, TensorType)] {
+        &self.inputs
+    }
+
+    /// The model's weights: names and types.
+    pub fn weights(&self) -> &[(String, TensorType)] {
+        &self.weights
+    }
+
+    /// The model's outputs, in the order [`Model::run`] returns them.
+    pub fn outputs(&self) -> &[(String, TensorType)] {
+        &self.outputs
+    }
+
+    /// How long compiling took, parsing to native code.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// The kernel program the model runs.
+    pub fn program(&self) -> &Program {
+        self.exe.program()
+    }
+
+    /// Figures of the last run: arena peak bytes, launches, threads.
+    pub fn stats(&self) -> ExecStats {
+        self.exe.stats()
+    }
+
+    /// Binds weights by name, checking each against the model; weight
+    /// transforms chosen by the optimizer run here, once.
+    pub fn bind_weights(&mut self, weights: &HashMap<String, HostTensor>) -> Result<(), KilnError> {
+        Ok(self.exe.bind_weights(weights)?)
+    }
+
+    /// Binds weights drawn from a seeded generator, the same as
+    /// `kiln run --random-weights SEED` draws them.
+    pub fn bind_random_weights(&mut self, seed: u64) -> Result<(), KilnError> {
+        let mut w = HashMap::new();
+        for (name, ty) in &self.weights {
+            let shape = ty.shape.as_static().ok_or_else(|| {
+                KilnError::Usage(format!(
+                    "weight `{name}` has symbolic shape {}; random weights need static shapes",
+                    ty.shape
+                ))
+            })?;
+            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            w.insert(
+                name.clone(),
+                data::random_tensor(seed, name, Role::Weight, ty.dtype, &shape),
+            );
+        }
+        self.bind_weights(&w)
+    }
+
+    /// Runs the model on named inputs; returns every output by name, in
+    /// the model's output order.
+    pub fn run(
+        &self,
+        inputs: &HashMap<String, HostTensor>,
+    ) -> Result<Vec<(String, HostTensor)>, KilnError> {
+        Ok(self.exe.run(inputs)?)
+    }
+}
