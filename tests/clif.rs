@@ -22,25 +22,7 @@ use kiln_runtime::cpu::jit::{JitModule, host_isa};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const ALL: [DType; 17] = [
-    DType::F64,
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::I64,
-    DType::I32,
-    DType::I8,
-    DType::U8,
-    DType::Bool,
-    DType::I4,
-    DType::U4,
-    DType::I3,
-    DType::I6,
-    DType::F8E4M3,
-    DType::F8E5M2,
-    DType::F4E2M1,
-    DType::E8M0,
-];
+const ALL: [DType; 17] = DType::ALL;
 
 fn rng() -> (ChaCha8Rng, u64) {
     let seed = std::env::var("KILN_SEED")

@@ -163,26 +163,8 @@ impl Drop for JitModule {
 }
 
 /// The element types, numbered as the `dtype` argument of [`kiln_encode`]
-/// and [`kiln_round_to`] takes them.
-pub const DTYPES: [DType; 17] = [
-    DType::F64,
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::I64,
-    DType::I32,
-    DType::I8,
-    DType::U8,
-    DType::Bool,
-    DType::I4,
-    DType::U4,
-    DType::I3,
-    DType::I6,
-    DType::F8E4M3,
-    DType::F8E5M2,
-    DType::F4E2M1,
-    DType::E8M0,
-];
+/// and [`kiln_round_to`] takes them: [`DType::ALL`]'s order.
+pub const DTYPES: [DType; 17] = DType::ALL;
 
 /// The number of `dtype` in [`DTYPES`].
 pub fn dtype_id(dtype: DType) -> i32 {
