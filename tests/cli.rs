@@ -442,3 +442,25 @@ fn bench_prints_json_figures() {
     assert!(0.0 < min && min <= median && median <= p90, "{s}");
     assert!(s.contains("\"device\": \"cpu\""), "{s}");
 }
+
+/// `--emit kernels,clif` prints the kernel dialect and the Cranelift IR of
+/// every kernel of the plan.
+#[test]
+fn compile_emits_kernels_and_clif() {
+    let out = kiln(&[
+        "compile",
+        "examples/mlp.kiln",
+        "--target",
+        "cpu",
+        "--emit",
+        "plan,kernels,clif",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let kernels = s.lines().filter(|l| l.starts_with("kernel ")).count();
+    assert!(kernels > 0, "{s}");
+    for i in 0..kernels {
+        assert!(s.contains(&format!("launch k{i}(")), "k{i}:\n{s}");
+        assert!(s.contains(&format!("function %k{i}(")), "k{i}:\n{s}");
+    }
+}

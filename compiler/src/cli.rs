@@ -83,7 +83,8 @@ pub enum Command {
         /// Stages to print, comma-separated: ast (the syntax tree, every
         /// binary expression parenthesized), graph (as lowered), graph-opt
         /// (after cleanup and the algebra, layout and quantization rules), plan (the kernels, one
-        /// line each).
+        /// line each), kernels (the plan lowered to the kernel dialect), clif (each kernel as
+        /// Cranelift IR for this CPU).
         #[arg(long, value_enum, value_delimiter = ',', value_name = "STAGES")]
         emit: Vec<Stage>,
         /// The target the kernels are planned and priced for.

@@ -35,6 +35,10 @@ pub enum Stage {
     GraphOpt,
     /// The kernel plan: one line per kernel (`kernel ...`), weight transforms as `transform ...`.
     Plan,
+    /// The plan lowered to the kernel dialect: each kernel's element expression.
+    Kernels,
+    /// Each kernel as Cranelift IR for the host CPU.
+    Clif,
 }
 
 impl Stage {
@@ -45,6 +49,8 @@ impl Stage {
             Stage::Graph => "graph",
             Stage::GraphOpt => "graph-opt",
             Stage::Plan => "plan",
+            Stage::Kernels => "kernels",
+            Stage::Clif => "clif",
         }
     }
 
@@ -54,6 +60,8 @@ impl Stage {
             Stage::Graph => format!("{model}.kir"),
             Stage::GraphOpt => format!("{model}.opt.kir"),
             Stage::Plan => format!("{model}.plan"),
+            Stage::Kernels => format!("{model}.kernels"),
+            Stage::Clif => format!("{model}.clif"),
         }
     }
 }
@@ -149,6 +157,26 @@ pub fn compile_model(
     timings.push(("kernels", t.elapsed()));
     if emit.contains(&Stage::Plan) {
         emitted.push((Stage::Plan, plan.to_text()));
+    }
+    if emit.contains(&Stage::Kernels) || emit.contains(&Stage::Clif) {
+        let t = Instant::now();
+        let program = kiln_passes::lower::lower_plan(&plan)?;
+        timings.push(("lower to kernels", t.elapsed()));
+        if emit.contains(&Stage::Kernels) {
+            emitted.push((Stage::Kernels, program.to_string()));
+        }
+        if emit.contains(&Stage::Clif) {
+            let t = Instant::now();
+            let isa = kiln_runtime::cpu::jit::host_isa()?;
+            let mut text = String::new();
+            for l in &program.launches {
+                let k = crate::codegen::clif::compile_kernel(&l.kernel, &*isa)?;
+                text.push_str(&crate::codegen::clif::clif_text(&k));
+                text.push('\n');
+            }
+            timings.push(("cranelift", t.elapsed()));
+            emitted.push((Stage::Clif, text));
+        }
     }
     Ok(Compilation {
         emitted,
