@@ -12,6 +12,7 @@ use kiln_dialect::graph::{Graph, NodeId, Value};
 use kiln_dialect::ops::Op;
 
 use crate::egraph::analysis::KGraph;
+use crate::egraph::convert::copy_node;
 use crate::egraph::lang::KNode;
 
 /// Instances of one block whose subgraphs are identical up to weight names
@@ -202,18 +203,7 @@ pub fn copy_instance(eg: &mut KGraph, corr: &HashMap<Id, Id>, local: &BTreeSet<I
                 rest.push((c, n));
                 continue;
             }
-            let id = eg.add(KNode {
-                head: n.head.clone(),
-                args,
-            });
-            match map.get(&c) {
-                Some(&t) => {
-                    eg.union(t, id);
-                }
-                None => {
-                    map.insert(c, id);
-                }
-            }
+            copy_node(eg, &mut map, c, n.head.clone(), args);
         }
         pending = rest;
         if pending.is_empty() || pending.len() == before {

@@ -300,18 +300,7 @@ pub fn with_mats(l: &Loaded) -> Loaded {
                     }
                 })
                 .collect();
-            let id = eg.add(KNode {
-                head: n.head.clone(),
-                args,
-            });
-            match map.get(&c) {
-                Some(&prev) => {
-                    eg.union(prev, id);
-                }
-                None => {
-                    map.insert(c, id);
-                }
-            }
+            copy_node(&mut eg, &mut map, c, n.head.clone(), args);
         }
         pending = rest;
         if pending.is_empty() || pending.len() == before {
@@ -360,6 +349,27 @@ pub fn with_mats(l: &Loaded) -> Loaded {
         values,
         origin,
         graph_name: l.graph_name.clone(),
+    }
+}
+
+/// Adds the copy of an e-node of class `c` (its head, its arguments already
+/// copied) to `eg`, in the class that earlier copies from `c` went to:
+/// `map` sends each copied class to its class in `eg`.
+pub(crate) fn copy_node(
+    eg: &mut KGraph,
+    map: &mut HashMap<Id, Id>,
+    c: Id,
+    head: Head,
+    args: Vec<Id>,
+) {
+    let id = eg.add(KNode { head, args });
+    match map.get(&c) {
+        Some(&prev) => {
+            eg.union(prev, id);
+        }
+        None => {
+            map.insert(c, id);
+        }
     }
 }
 
