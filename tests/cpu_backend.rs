@@ -37,7 +37,11 @@ fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
 /// Benchmarks with tens of millions of weights: each has a test of its own.
 const LARGE: &[&str] = &["w3", "w3d", "w4", "w5_int8", "w5_fp8"];
 
+/// A fresh seed per run; `KILN_SEED=N` repeats a failing one.
 fn seed() -> u64 {
+    if let Some(s) = std::env::var("KILN_SEED").ok().and_then(|s| s.parse().ok()) {
+        return s;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -118,6 +118,49 @@ pub fn random_tensor(
     HostTensor::from_values(dtype, shape, &values)
 }
 
+/// A random weight, as `--random-weights SEED` draws it, keeping
+/// activations O(1): [`random_tensor`] scales a float weight by
+/// 1/sqrt(fan-in), and the scale of an integer-coded quantized weight `P`
+/// (the weight `P.scale`, one row per group of G codes) is divided further
+/// by the largest code magnitude times sqrt(G), so that code times scale
+/// spreads like a float weight of P's fan-in. `type_of` gives the type of
+/// another weight by name.
+pub fn random_weight(
+    seed: u64,
+    name: &str,
+    dtype: DType,
+    shape: &[usize],
+    type_of: impl Fn(&str) -> Option<TensorType>,
+) -> HostTensor {
+    let t = random_tensor(seed, name, Role::Weight, dtype, shape);
+    let rows = |s: &[usize]| {
+        if s.len() >= 2 {
+            s[s.len() - 2].max(1)
+        } else {
+            1
+        }
+    };
+    let divisor = name
+        .strip_suffix(".scale")
+        .and_then(&type_of)
+        .filter(|codes| codes.quant.is_some())
+        .and_then(|codes| {
+            let (lo, hi) = codes.dtype.int_range()?;
+            let code_rows = codes.shape.as_static().map_or(1, |s| {
+                rows(&s.iter().map(|&d| d as usize).collect::<Vec<_>>())
+            });
+            let group = (code_rows / rows(shape)).max(1) as f64;
+            Some(lo.unsigned_abs().max(hi.unsigned_abs()) as f64 * group.sqrt())
+        });
+    match divisor {
+        Some(m) if m > 1.0 && dtype.is_float() => {
+            let values: Vec<f64> = t.to_values().iter().map(|v| v / m).collect();
+            HostTensor::from_values(dtype, shape, &values)
+        }
+        _ => t,
+    }
+}
+
 /// Where the inputs of a run come from.
 pub struct InputSpec<'a> {
     /// `NAME=FILE.npy` pairs.
@@ -252,7 +295,13 @@ pub fn bind(
                 }
             }
             (_, WeightSource::Random(seed)) => {
-                to_interp(&random_tensor(*seed, name, Role::Weight, ty.dtype, &shape))
+                let type_of = |n: &str| {
+                    g.weights()
+                        .into_iter()
+                        .find(|&w| g.value_name(w) == n)
+                        .map(|w| g.value_type(w).clone())
+                };
+                to_interp(&random_weight(*seed, name, ty.dtype, &shape, type_of))
             }
             (None, WeightSource::File(_)) => unreachable!("a weights file is read above"),
         };

@@ -36,7 +36,7 @@ use kiln_runtime::cpu::executor::{CpuExecutable, ExecStats, KernelFn};
 use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
 
 use crate::codegen::clif::compile_kernel;
-use crate::data::{self, Role};
+use crate::data;
 use crate::error::KilnError;
 use crate::model;
 use crate::pipeline::{self, Options};
@@ -191,7 +191,12 @@ impl Model {
             let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             w.insert(
                 name.clone(),
-                data::random_tensor(seed, name, Role::Weight, ty.dtype, &shape),
+                data::random_weight(seed, name, ty.dtype, &shape, |n| {
+                    self.weights
+                        .iter()
+                        .find(|(w, _)| w == n)
+                        .map(|(_, t)| t.clone())
+                }),
             );
         }
         self.bind_weights(&w)

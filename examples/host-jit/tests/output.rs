@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use kiln::data::{self, Role};
+use kiln::data;
 use kiln_dialect::DType;
 use kiln_dialect::interp;
 
@@ -54,7 +54,12 @@ fn printed_output_matches_the_interpreter() {
             .map(|&d| d as usize)
             .collect();
         let name = g.value_name(v).to_string();
-        let t = data::random_tensor(7, &name, Role::Weight, ty.dtype, &shape);
+        let t = data::random_weight(7, &name, ty.dtype, &shape, |n| {
+            g.weights()
+                .into_iter()
+                .find(|&w| g.value_name(w) == n)
+                .map(|w| g.value_type(w).clone())
+        });
         bindings.insert(name, data::to_interp(&t));
     }
     let x: Vec<f64> = (0..128)
