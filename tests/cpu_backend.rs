@@ -5,9 +5,12 @@
 //!
 //! Tolerances, relative to each output's largest magnitude: f32 and f64
 //! 1e-4 (kernels keep fused values in f32 and contract with FMA; the
-//! interpreter rounds every op); bf16 and f16 2^-6 (the interpreter rounds
-//! every intermediate value to the 16-bit type, kernels only at stores and
-//! casts); integers and bools exact.
+//! interpreter rounds every op); f16 2^-6 and bf16 2^-5 (the interpreter
+//! rounds every intermediate value to the 16-bit type, kernels only at
+//! stores and casts, so the two drift apart with depth: bf16 keeps 8
+//! significant bits, and through the two layers of tiny_llama, attention
+//! and softmax included, the gap reaches 1.9e-2 for some seeds, while its
+//! f32 version agrees to 1e-6); integers and bools exact.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,7 +54,8 @@ fn seed() -> u64 {
 fn tolerance(dtype: DType) -> f64 {
     match dtype {
         DType::F32 | DType::F64 => 1e-4,
-        DType::BF16 | DType::F16 => 1.0 / 64.0,
+        DType::F16 => 1.0 / 64.0,
+        DType::BF16 => 1.0 / 32.0,
         _ => 0.0,
     }
 }

@@ -34,6 +34,7 @@ use kiln_passes::optimize::Limits;
 use kiln_runtime::HostTensor;
 use kiln_runtime::cpu::executor::{CpuExecutable, ExecStats, KernelFn};
 use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
+use kiln_runtime::cpu::pool::ThreadPool;
 
 use crate::codegen::clif::compile_kernel;
 use crate::data;
@@ -102,7 +103,10 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
         limits: opts.limits,
     };
     let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;
-    let program = kiln_passes::lower::lower_plan(&c.plan)?;
+    let mut program = kiln_passes::lower::lower_plan(&c.plan)?;
+    if let Some(panel) = popts.target.weight_panel {
+        kiln_passes::lower::pack_contraction_weights(&mut program, panel);
+    }
     let exe = native(program)?;
     Ok(Model {
         exe,
@@ -116,6 +120,11 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
 /// Compiles every kernel of `program` with Cranelift for the host and
 /// builds the executor that runs them.
 pub fn native(program: Program) -> Result<CpuExecutable, KilnError> {
+    native_on(program, ThreadPool::from_env())
+}
+
+/// As [`native`], running on the given thread pool.
+pub fn native_on(program: Program, pool: ThreadPool) -> Result<CpuExecutable, KilnError> {
     let isa = host_isa()?;
     let mut funcs: Vec<JitFunction> = Vec::with_capacity(program.launches.len());
     for l in &program.launches {
@@ -133,10 +142,11 @@ pub fn native(program: Program) -> Result<CpuExecutable, KilnError> {
         kernels.push(f);
     }
     // The module is never used again, only kept alive: a mutex makes it Sync.
-    Ok(CpuExecutable::new(
+    Ok(CpuExecutable::with_pool(
         program,
         kernels,
         Box::new(std::sync::Mutex::new(module)),
+        pool,
     )?)
 }
 

@@ -160,7 +160,10 @@ pub fn compile_model(
     }
     if emit.contains(&Stage::Kernels) || emit.contains(&Stage::Clif) {
         let t = Instant::now();
-        let program = kiln_passes::lower::lower_plan(&plan)?;
+        let mut program = kiln_passes::lower::lower_plan(&plan)?;
+        if let Some(panel) = opts.target.weight_panel {
+            kiln_passes::lower::pack_contraction_weights(&mut program, panel);
+        }
         timings.push(("lower to kernels", t.elapsed()));
         if emit.contains(&Stage::Kernels) {
             emitted.push((Stage::Kernels, program.to_string()));

@@ -39,6 +39,9 @@ pub struct Target {
     /// would recompute the expansion for every output element, so
     /// extraction does not offer it.
     pub conv_block: bool,
+    /// When the backend's contraction kernels read a bind-time `b` operand
+    /// packed in column panels of this width (`lower::pack_contraction_weights`).
+    pub weight_panel: Option<usize>,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -56,6 +59,7 @@ pub static SM90: Target = Target {
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
     conv_block: true,
+    weight_panel: None,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -72,6 +76,7 @@ pub static SM80: Target = Target {
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
     conv_block: true,
+    weight_panel: None,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -88,6 +93,7 @@ pub static CPU: Target = Target {
     unpacked_weight: 0.15,
     nchw_conv: 0.3,
     conv_block: false,
+    weight_panel: Some(8),
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -19,6 +19,7 @@ mod ex;
 mod index;
 mod movement;
 mod nn;
+mod pack;
 mod quant;
 mod run;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use crate::extract::Kind;
 use crate::plan::Plan;
 
 pub use cx::ty_of;
+pub use pack::pack_contraction_weights;
 pub use run::{RunError, run_program};
 
 /// Why a plan could not be lowered.

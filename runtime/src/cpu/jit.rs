@@ -74,7 +74,7 @@ impl JitModule {
             builder.symbol(name, ptr);
         }
         let mut module = JITModule::new(builder);
-        let mut ids: Vec<(String, FuncId)> = Vec::new();
+        let mut ids: Vec<(String, FuncId, usize)> = Vec::new();
         let mut helper_ids: HashMap<String, FuncId> = HashMap::new();
         let known: HashMap<&str, *const u8> = helpers().into_iter().collect();
         for f in funcs {
@@ -126,7 +126,8 @@ impl JitModule {
             module
                 .define_function(id, &mut ctx)
                 .map_err(|e| err(format!("{e:?}")))?;
-            ids.push((f.name, id));
+            let size = ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
+            ids.push((f.name, id, size));
         }
         module
             .finalize_definitions()
@@ -135,11 +136,32 @@ impl JitModule {
                 message: e.to_string(),
             })?;
         let mut fns = HashMap::new();
-        for (name, id) in ids {
+        let profile = std::env::var_os("KILN_PERF_MAP").is_some();
+        let mut map = String::new();
+        for (name, id, size) in ids {
             let ptr = module.get_finalized_function(id);
+            if profile {
+                map.push_str(&format!("{:x} {size:x} kiln:{name}\n", ptr as usize));
+                let dump = std::env::temp_dir().join(format!("kiln-jit-{name}.bin"));
+                // SAFETY: the finalized function's code is `size` readable bytes.
+                let code = unsafe { std::slice::from_raw_parts(ptr, size) };
+                let _ = std::fs::write(dump, code);
+            }
             // SAFETY: the function was built with the kernel ABI's signature.
             let f: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
             fns.insert(name, f);
+        }
+        if profile {
+            // perf's map of JIT code: `perf report` names the kernels.
+            use std::io::Write;
+            let path = format!("/tmp/perf-{}.map", std::process::id());
+            if let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = file.write_all(map.as_bytes());
+            }
         }
         Ok(JitModule {
             module: Some(module),

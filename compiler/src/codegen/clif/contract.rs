@@ -1,6 +1,8 @@
 //! [`Body::Contract`]: a register-blocked f32x4 loop nest where the
-//! operands are plain f32 loads with `n` contiguous in `b`, else a scalar
-//! loop per element; the epilogue per element either way.
+//! operands are plain f32 loads with `n` contiguous in `b`, or `b` packed in
+//! column panels (`b[.., n / 8, k, n % 8]`, see
+//! `kiln_passes::lower::pack_contraction_weights`), else a scalar loop per
+//! element; the epilogue per element in every case.
 //!
 //! The blocked path keeps a 4 x 8 tile of the output in eight f32x4
 //! accumulators over the whole `k` range (one splat of `a` per row, two
@@ -13,12 +15,13 @@
 //!
 //! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value, types};
 use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Expr, Var};
 
 use super::CodegenError;
-use super::expr::{Emitter, T, mem};
+use super::expr::{Emitter, T, input_mem};
 use super::loops::emit_nest;
 
 /// The rows and columns of a register tile.
@@ -34,6 +37,13 @@ pub(super) fn emit_contract(
     epilogue: &Expr,
 ) -> Result<(), CodegenError> {
     let rank = em.k.output.shape.rank();
+    if em.fty == types::F32 && rank >= 2 {
+        if let Some((oa, pb)) = operand(em, a, kv, rank, false).zip(packed(em, b, kv, rank)) {
+            return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+                panels(em, kv, extent, epilogue, &oa, &pb)
+            });
+        }
+    }
     let fast = if em.fty == types::F32 && rank >= 2 {
         operand(em, a, kv, rank, false).zip(operand(em, b, kv, rank, true))
     } else {
@@ -242,12 +252,15 @@ fn tiles(
 fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) -> Vec<Value> {
     let (pa, pb) = (c[0], c[1]);
     let bv: Vec<Value> = (0..NR / 4)
-        .map(|j| em.b.ins().load(types::F32X4, mem(), pb, 16 * j as i32))
+        .map(|j| {
+            em.b.ins()
+                .load(types::F32X4, input_mem(), pb, 16 * j as i32)
+        })
         .collect();
     let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
     for (r, &ro) in row_off.iter().enumerate() {
         let addr = em.b.ins().iadd(pa, ro);
-        let x = em.b.ins().load(types::F32, mem(), addr, 0);
+        let x = em.b.ins().load(types::F32, input_mem(), addr, 0);
         let xs = em.b.ins().splat(types::F32X4, x);
         for (j, &bj) in bv.iter().enumerate() {
             let acc = c[2 + r * (NR / 4) + j];
@@ -331,4 +344,192 @@ fn element(
         }])
     })?;
     epilogue_at(em, acc[0], t, epilogue)
+}
+
+/// A `b` operand packed in column panels (`lower::pack_contraction_weights`):
+/// `b[.., n / NR, k, n % NR]` of an f32 buffer whose last axis is `NR`.
+struct Packed {
+    /// The leading axes as an [`Operand`] (batch variables and constants).
+    lead: Operand,
+    /// The panel axis.
+    panel_axis: usize,
+}
+
+/// `e` as a [`Packed`] operand.
+fn packed(em: &Emitter, e: &Expr, kv: Var, rank: usize) -> Option<Packed> {
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = e
+    else {
+        return None;
+    };
+    let buf = em.k.inputs.get(*input)?;
+    let r = index.len();
+    if buf.dtype != DType::F32 || r < 3 || r != buf.shape.rank() {
+        return None;
+    }
+    if buf.shape.0[r - 1].as_static() != Some(NR as u64) {
+        return None;
+    }
+    let n = Expr::Var(Var(rank as u32 - 1));
+    let nr = Expr::Int(NR as i64);
+    let div = Expr::bin(Binary::Div, n.clone(), nr.clone());
+    let rem = Expr::bin(Binary::Rem, n, nr);
+    if index[r - 3] != div || index[r - 2] != Expr::Var(kv) || index[r - 1] != rem {
+        return None;
+    }
+    let mut lead = Operand {
+        input: *input,
+        var_axes: Vec::new(),
+        const_axes: Vec::new(),
+    };
+    for (axis, ie) in index[..r - 3].iter().enumerate() {
+        match ie {
+            Expr::Var(v) if v.0 < rank as u32 - 2 => lead.var_axes.push((*v, axis)),
+            Expr::Int(c) => lead.const_axes.push((*c, axis)),
+            _ => return None,
+        }
+    }
+    Some(Packed {
+        lead,
+        panel_axis: r - 3,
+    })
+}
+
+/// Columns per chunk of the packed path: enough panels that a chunk of `b`
+/// (`k` rows of them) stays in a 512 KiB L2 with room for `a`'s rows.
+fn chunk_columns(k: Option<u64>) -> i64 {
+    let budget = 192 * 1024 / 4;
+    let cols = match k {
+        Some(k) if k > 0 => (budget / k as i64) / NR as i64 * NR as i64,
+        _ => 64,
+    };
+    cols.clamp(NR as i64, 512)
+}
+
+/// The `m`, `n` loops of one batch index with a panel-packed `b`: for each
+/// chunk of columns, every row tile of the range against every panel of
+/// the chunk (the chunk stays in cache while the rows stream), then the
+/// rows left over one at a time. Columns past `n` in the last panel are
+/// computed on the zero padding and not stored.
+fn panels(
+    em: &mut Emitter,
+    kv: Var,
+    extent: &Expr,
+    epilogue: &Expr,
+    oa: &Operand,
+    pb: &Packed,
+) -> Result<(), CodegenError> {
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let out = em.k.inputs.len();
+    let (mlo, mhi) = if rank == 2 {
+        em.range0
+    } else {
+        let zero = em.iconst(0);
+        (zero, em.shapes[out][rank - 2])
+    };
+    let ncols = em.shapes[out][rank - 1];
+    let (kn, kt) = em.emit(extent)?;
+    if kt != T::I {
+        return Err(em.type_err(extent, "the extent is not an integer"));
+    }
+    let (pa, am, ak) = oa.addressing(em, m, kv);
+    // The packed operand's base at the bound batch variables; panels are
+    // `strides[panel_axis]` elements apart, `k` rows NR elements apart.
+    let (pb0, _, _) = pb.lead.addressing(em, m, kv);
+    let panel_bytes =
+        em.b.ins()
+            .ishl_imm_s(em.strides[pb.lead.input][pb.panel_axis], 2);
+    let static_k = match extent {
+        Expr::Int(k) => Some(*k as u64),
+        _ => None,
+    };
+    let chunk = chunk_columns(static_k);
+    let zero = em.iconst(0);
+    let row_off: Vec<Value> = (0..MR as i64)
+        .map(|r| em.b.ins().imul_imm_s(am, r))
+        .collect();
+    let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
+    let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
+    em.for_loop(zero, chunks, 1, &[], |em, ci, _| {
+        let c0 = em.b.ins().imul_imm_s(ci, chunk);
+        let c1 = em.b.ins().iadd_imm_s(c0, chunk);
+        let c1 = em.b.ins().smin(c1, ncols);
+        let q0 = em.b.ins().sshr_imm_s(c0, NR.trailing_zeros() as i64);
+        let q1 = em.b.ins().iadd_imm_s(c1, NR as i64 - 1);
+        let q1 = em.b.ins().sshr_imm_s(q1, NR.trailing_zeros() as i64);
+        let rows = |em: &mut Emitter, mb: Value, count: usize| -> Result<(), CodegenError> {
+            em.for_loop(q0, q1, 1, &[], |em, q, _| {
+                let t = em.b.ins().imul(mb, am);
+                let pa0 = em.b.ins().iadd(pa, t);
+                let t = em.b.ins().imul(q, panel_bytes);
+                let pbq = em.b.ins().iadd(pb0, t);
+                let acc = tile_sums(em, count, pa0, ak, pbq, kn, &row_off)?;
+                let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
+                for (r, row) in acc.chunks(NR / 4).enumerate() {
+                    let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+                    em.vars.insert(m, mv);
+                    for col in 0..NR {
+                        let nv = em.b.ins().iadd_imm_s(nb, col as i64);
+                        em.vars.insert(n, nv);
+                        let inside = em.b.ins().icmp(IntCC::SignedLessThan, nv, ncols);
+                        let store = em.b.create_block();
+                        let next = em.b.create_block();
+                        em.b.ins().brif(inside, store, &[], next, &[]);
+                        em.b.switch_to_block(store);
+                        let lane = em.b.ins().extractlane(row[col / 4], (col % 4) as u8);
+                        epilogue_at(em, lane, T::F, epilogue)?;
+                        em.b.ins().jump(next, &[]);
+                        em.b.switch_to_block(next);
+                    }
+                }
+                em.vars.remove(&n);
+                em.vars.remove(&m);
+                Ok(vec![])
+            })?;
+            Ok(())
+        };
+        let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+            rows(em, mb, MR)?;
+            Ok(vec![])
+        })?;
+        em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+            rows(em, mv, 1)?;
+            Ok(vec![])
+        })?;
+        Ok(vec![])
+    })?;
+    Ok(())
+}
+
+/// The sums over `k < kn` of a tile of `rows` rows (1 to [`MR`]) by one
+/// panel of [`NR`] columns: `rows * NR / 4` f32x4 accumulators, row by row.
+/// `pa0` points at the tile's first row of `a` at `k = 0` (rows
+/// `row_off` bytes apart, `k` steps `ak` bytes), `pb` at the panel (`k`
+/// rows of NR contiguous floats).
+fn tile_sums(
+    em: &mut Emitter,
+    rows: usize,
+    pa0: Value,
+    ak: Value,
+    pb: Value,
+    kn: Value,
+    row_off: &[Value],
+) -> Result<Vec<Value>, CodegenError> {
+    let zero = em.iconst(0);
+    let zf = em.b.ins().f32const(0.0);
+    let zv = em.b.ins().splat(types::F32X4, zf);
+    let bk = em.iconst(4 * NR as i64);
+    let mut init = vec![pa0, pb];
+    init.extend(std::iter::repeat_n(zv, rows * NR / 4));
+    let offs = &row_off[..rows];
+    let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
+        let c = step(em, c, ak, bk, offs);
+        Ok(step(em, &c, ak, bk, offs))
+    })?;
+    let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| Ok(step(em, c, ak, bk, offs)))?;
+    Ok(acc[2..].to_vec())
 }

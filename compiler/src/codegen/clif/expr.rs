@@ -65,6 +65,14 @@ pub(super) fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Memory flags of a load from a kernel input: as [`mem`], and read-only
+/// while the kernel runs (a launch never writes a buffer it reads), so
+/// Cranelift may move the load to its use and fold it into the
+/// instruction there.
+pub(super) fn input_mem() -> MemFlagsData {
+    mem().with_readonly().with_can_move()
+}
+
 impl<'a, 'f> Emitter<'a, 'f> {
     /// Starts the function: the entry block reads the arguments, the dims,
     /// the tensor pointers and computes every shape and stride.
