@@ -20,6 +20,7 @@ mod index;
 mod movement;
 mod nn;
 mod pack;
+mod pointwise;
 mod quant;
 mod run;
 #[cfg(test)]
@@ -190,7 +191,7 @@ pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
         bind_time: k.bind_time,
     }));
     for (i, w) in work.iter().enumerate() {
-        let (kernel, inputs) = lower_kernel(g, w, &format!("k{i}"), &in_memory)?;
+        let (kernel, inputs, views) = lower_kernel(g, w, &format!("k{i}"), &in_memory)?;
         let mut args = Vec::with_capacity(inputs.len());
         for v in inputs {
             let b = buf_of.get(&v).copied().ok_or_else(|| LowerError::Plan {
@@ -200,11 +201,17 @@ pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
             })?;
             args.push(b);
         }
-        let kernel = kernel::Kernel {
+        let mut kernel = kernel::Kernel {
             inputs: args.iter().map(|&b| p.buffers[b].clone()).collect(),
             output: p.buffers[buf_of[&w.output]].clone(),
             ..kernel
         };
+        for view in views {
+            match view.input {
+                Some(slot) => kernel.inputs[slot].shape = view.shape,
+                None => kernel.output.shape = view.shape,
+            }
+        }
         let kernel = with_buffer_dims(kernel);
         p.launches.push(Launch {
             kernel,
@@ -267,14 +274,14 @@ fn float_type(g: &Graph, w: &Work) -> Ty {
     }
 }
 
-/// Lowers one kernel; returns it (with placeholder buffers) and the values
-/// its inputs are, in order.
+/// Lowers one kernel; returns it (with placeholder buffers), the values
+/// its inputs are, in order, and the buffers it sees through views.
 fn lower_kernel(
     g: &Graph,
     w: &Work,
     name: &str,
     in_memory: &HashSet<Value>,
-) -> Result<(kernel::Kernel, Vec<Value>), LowerError> {
+) -> Result<(kernel::Kernel, Vec<Value>, Vec<pointwise::View>), LowerError> {
     let inside: HashSet<NodeId> = w.nodes.iter().copied().collect();
     let float = float_type(g, w);
     let r = g.value_type(w.output).shape.rank();
@@ -284,12 +291,18 @@ fn lower_kernel(
     } else {
         None
     };
-    let (body, inputs, dims) = match contract {
-        Some(c) => c,
-        None => {
+    let conv = if w.kind == Kind::Contract && contract.is_none() {
+        pointwise::lower(g, w, &inside, in_memory, float)?
+    } else {
+        None
+    };
+    let (body, inputs, dims, views) = match (contract, conv) {
+        (Some((body, inputs, dims)), _) => (body, inputs, dims, Vec::new()),
+        (None, Some(c)) => c,
+        (None, None) => {
             let mut cx = cx::Cx::new(g, &inside, in_memory, float, r);
             let expr = cx.at(w.output, &idx)?;
-            (Body::Map { expr }, cx.inputs, cx.dims)
+            (Body::Map { expr }, cx.inputs, cx.dims, Vec::new())
         }
     };
     let placeholder = Buffer {
@@ -307,6 +320,7 @@ fn lower_kernel(
             body,
         },
         inputs,
+        views,
     ))
 }
 

@@ -204,7 +204,13 @@ fn product(cx: &Cx, a: Expr, av: Value, b: Expr, bv: Value) -> Expr {
     }
 }
 
-fn add_bias(cx: &mut Cx, v: Value, sum: Expr, bias: Option<Value>, ch: &Expr) -> R<Expr> {
+pub(super) fn add_bias(
+    cx: &mut Cx,
+    v: Value,
+    sum: Expr,
+    bias: Option<Value>,
+    ch: &Expr,
+) -> R<Expr> {
     let Some(bias) = bias else {
         return Ok(sum);
     };

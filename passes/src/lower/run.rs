@@ -3,8 +3,10 @@
 //! kernel dialect's evaluator (`kernel::eval::run`). Slow; for tests and
 //! for checking backends.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use kiln_dialect::Shape;
 use kiln_dialect::interp::Tensor;
 use kiln_dialect::kernel::{Program, eval};
 use thiserror::Error;
@@ -55,15 +57,16 @@ pub fn run_program(
     }
     for (i, l) in p.launches.iter().enumerate() {
         let mut args = Vec::with_capacity(l.args.len());
-        for &a in &l.args {
+        for (&a, decl) in l.args.iter().zip(&l.kernel.inputs) {
             let t = bufs[a].as_ref().ok_or_else(|| RunError::Unwritten {
                 launch: i,
                 name: p.buffers[a].name.clone(),
             })?;
-            args.push(t);
+            args.push(viewed(t, &decl.shape, &dims));
         }
+        let args: Vec<&Tensor> = args.iter().map(|t| t.as_ref()).collect();
         let out = eval::run(&l.kernel, &args, &dims)?;
-        bufs[l.out] = Some(out);
+        bufs[l.out] = Some(viewed(&out, &p.buffers[l.out].shape, &dims).into_owned());
     }
     p.outputs
         .iter()
@@ -74,4 +77,16 @@ pub fn run_program(
                 .ok_or_else(|| RunError::Missing(p.buffers[*b].name.clone()))
         })
         .collect()
+}
+
+/// `t` with the shape `shape` when that resolves to the same number of
+/// elements (a kernel's view of a buffer: the same row-major elements),
+/// else `t` unchanged for the evaluator to reject.
+fn viewed<'t>(t: &'t Tensor, shape: &Shape, dims: &HashMap<String, usize>) -> Cow<'t, Tensor> {
+    match shape.resolve(dims) {
+        Ok(s) if s != t.shape && s.iter().product::<usize>() == t.shape.iter().product() => {
+            Cow::Owned(Tensor::new(t.dtype, &s, t.data.clone()))
+        }
+        _ => Cow::Borrowed(t),
+    }
 }

@@ -98,7 +98,15 @@ fn fused(g: &Graph) -> Plan {
             continue;
         }
         let nodes: Vec<NodeId> = order.iter().copied().filter(|n| need.contains(n)).collect();
-        let kind = kind_of(&g.node(o.value.node).op);
+        // A contraction kernel when the tree holds one, as the planner says.
+        let kind = if nodes
+            .iter()
+            .any(|&n| kind_of(&g.node(n).op) == Kind::Contract)
+        {
+            Kind::Contract
+        } else {
+            Kind::Elem
+        };
         ks.push(kernel(kind, o.value, nodes));
     }
     plan(g, ks)
@@ -334,6 +342,42 @@ fn conv_groups_dilation_and_transposed() {
     );
     g.add_output("convt", ct);
     check(&g, &[]);
+}
+
+/// Pointwise convolutions become contractions over flat pixel views: with
+/// and without bias, with an epilogue that reads the input again (so `x`
+/// keeps its 4-D shape) and one that reads another tensor at the pixel.
+#[test]
+fn pointwise_conv_as_contraction() {
+    let pointwise = || Op::Conv2d {
+        stride: vec![1, 1],
+        padding: vec![0, 0, 0, 0],
+        dilation: vec![1, 1],
+        groups: 1,
+    };
+    let mut g = Graph::new("pointwise");
+    let x = g.add_input("x", f32s(&[2, 5, 3, 7]));
+    let w = g.add_weight("w", f32s(&[6, 5, 1, 1]));
+    let b = g.add_weight("b", f32s(&[6]));
+    let c = op(&mut g, pointwise(), &[x, w, b]);
+    let r = op(&mut g, Op::Relu, &[c]);
+    g.add_output("biased", r);
+    let w2 = g.add_weight("w2", f32s(&[5, 5, 1, 1]));
+    let c2 = op(&mut g, pointwise(), &[x, w2]);
+    let s = op(&mut g, Op::Add, &[c2, x]);
+    g.add_output("residual", s);
+    check(&g, &[]);
+    let fused = lower_plan(&fused(&g)).unwrap();
+    let text = fused.to_string();
+    assert_eq!(
+        text.matches("contract").count(),
+        2,
+        "both convs are contractions:\n{text}"
+    );
+    assert!(
+        text.contains("f32[2, 6, 21]"),
+        "a flat output view:\n{text}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! roles, argument types against the kernels' declarations, and that every
 //! launch reads only what exists by then.
 
+use kiln_dialect::Shape;
 use kiln_dialect::kernel::Program;
 
 use super::executor::RunError;
@@ -76,7 +77,7 @@ pub(crate) fn check_program(p: &Program, kernels: usize) -> Result<Vec<Origin>, 
             .zip(declared)
         {
             let buffer = &p.buffers[index(b, &what)?];
-            if buffer.dtype != decl.dtype || buffer.shape.rank() != decl.shape.rank() {
+            if buffer.dtype != decl.dtype || !same_elements(&buffer.shape, &decl.shape) {
                 return Err(invalid(format!(
                     "{what}: buffer `{}` is {}{} but the kernel declares {}{}",
                     buffer.name, buffer.dtype, buffer.shape, decl.dtype, decl.shape
@@ -127,4 +128,53 @@ pub(crate) fn check_program(p: &Program, kernels: usize) -> Result<Vec<Origin>, 
 
 fn invalid(message: String) -> RunError {
     RunError::InvalidProgram(message)
+}
+
+/// Whether a kernel may declare `buffer` as `decl`: a row-major view of the
+/// same elements (equal products of the static dims and the same symbolic
+/// dims), the shape itself included.
+fn same_elements(buffer: &Shape, decl: &Shape) -> bool {
+    let parts = |s: &Shape| {
+        let mut syms: Vec<String> =
+            s.0.iter()
+                .filter_map(|d| match d {
+                    kiln_dialect::Dim::Sym(x) => Some(x.to_string()),
+                    kiln_dialect::Dim::Static(_) => None,
+                })
+                .collect();
+        syms.sort();
+        let product =
+            s.0.iter()
+                .filter_map(|d| d.as_static())
+                .try_fold(1u64, |a, d| a.checked_mul(d));
+        (product, syms)
+    };
+    buffer == decl || parts(buffer) == parts(decl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_elements;
+    use kiln_dialect::{Dim, Shape};
+
+    fn shape(dims: &[&str]) -> Shape {
+        Shape(
+            dims.iter()
+                .map(|d| {
+                    d.parse()
+                        .map_or_else(|_| Dim::Sym((*d).into()), Dim::Static)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_kernel_may_view_a_buffer_with_the_same_elements_only() {
+        let b = shape(&["n", "24", "56", "56"]);
+        assert!(same_elements(&b, &b));
+        assert!(same_elements(&b, &shape(&["n", "24", "3136"])));
+        assert!(!same_elements(&b, &shape(&["n", "24", "3135"])));
+        assert!(!same_elements(&b, &shape(&["m", "24", "3136"])));
+        assert!(!same_elements(&b, &shape(&["n", "n", "24", "3136"])));
+    }
 }

@@ -205,6 +205,10 @@ fn tiles(
             let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| {
                 Ok(step(em, c, ak, bk, &row_off))
             })?;
+            if plain_store(em, epilogue) {
+                store_rows(em, mb, nb, &acc[2..]);
+                return Ok(vec![]);
+            }
             for r in 0..MR {
                 let mv = em.b.ins().iadd_imm_s(mb, r as i64);
                 em.vars.insert(m, mv);
@@ -423,7 +427,7 @@ fn panels(
     pb: &Packed,
 ) -> Result<(), CodegenError> {
     let rank = em.k.output.shape.rank();
-    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let m = Var(rank as u32 - 2);
     let out = em.k.inputs.len();
     let (mlo, mhi) = if rank == 2 {
         em.range0
@@ -469,29 +473,30 @@ fn panels(
                 let pbq = em.b.ins().iadd(pb0, t);
                 let acc = tile_sums(em, count, pa0, ak, pbq, kn, &row_off)?;
                 let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
-                for (r, row) in acc.chunks(NR / 4).enumerate() {
-                    let mv = em.b.ins().iadd_imm_s(mb, r as i64);
-                    em.vars.insert(m, mv);
-                    for col in 0..NR {
-                        let nv = em.b.ins().iadd_imm_s(nb, col as i64);
-                        em.vars.insert(n, nv);
-                        let inside = em.b.ins().icmp(IntCC::SignedLessThan, nv, ncols);
-                        let store = em.b.create_block();
-                        let next = em.b.create_block();
-                        em.b.ins().brif(inside, store, &[], next, &[]);
-                        em.b.switch_to_block(store);
-                        let lane = em.b.ins().extractlane(row[col / 4], (col % 4) as u8);
-                        epilogue_at(em, lane, T::F, epilogue)?;
-                        em.b.ins().jump(next, &[]);
-                        em.b.switch_to_block(next);
-                    }
+                if plain_store(em, epilogue) {
+                    // Whole panels store vectors; the last, partial one
+                    // goes lane by lane below.
+                    let end = em.b.ins().iadd_imm_s(nb, NR as i64);
+                    let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
+                    let vec_block = em.b.create_block();
+                    let lanes = em.b.create_block();
+                    let done = em.b.create_block();
+                    em.b.ins().brif(full, vec_block, &[], lanes, &[]);
+                    em.b.switch_to_block(vec_block);
+                    store_rows(em, mb, nb, &acc);
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(lanes);
+                    lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(done);
+                    return Ok(vec![]);
                 }
-                em.vars.remove(&n);
-                em.vars.remove(&m);
+                lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
                 Ok(vec![])
             })?;
             Ok(())
         };
+
         let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
             rows(em, mb, MR)?;
             Ok(vec![])
@@ -532,4 +537,65 @@ fn tile_sums(
     })?;
     let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| Ok(step(em, c, ak, bk, offs)))?;
     Ok(acc[2..].to_vec())
+}
+
+/// Whether the epilogue is the accumulator stored as it is into an f32
+/// output: the tiles then store whole vectors.
+fn plain_store(em: &Emitter, epilogue: &Expr) -> bool {
+    matches!(epilogue, Expr::Acc) && em.k.output.dtype == DType::F32
+}
+
+/// Stores a tile's accumulators (`NR / 4` vectors per row) at rows
+/// `mb ..` and columns `nb .. nb + NR`, all inside the output.
+fn store_rows(em: &mut Emitter, mb: Value, nb: Value, acc: &[Value]) {
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let out = em.k.inputs.len();
+    for (r, row) in acc.chunks(NR / 4).enumerate() {
+        let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+        em.vars.insert(m, mv);
+        em.vars.insert(n, nb);
+        let flat = em.out_flat();
+        let off = em.b.ins().ishl_imm_s(flat, 2);
+        let addr = em.b.ins().iadd(em.bases[out], off);
+        for (j, &v) in row.iter().enumerate() {
+            em.b.ins().store(super::expr::mem(), v, addr, 16 * j as i32);
+        }
+    }
+    em.vars.remove(&n);
+    em.vars.remove(&m);
+}
+
+/// The epilogue of each lane of a tile at rows `mb ..` and columns
+/// `nb .. nb + NR`, for the columns below `ncols`.
+fn lane_stores(
+    em: &mut Emitter,
+    mb: Value,
+    nb: Value,
+    acc: &[Value],
+    ncols: Value,
+    epilogue: &Expr,
+) -> Result<(), CodegenError> {
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    for (r, row) in acc.chunks(NR / 4).enumerate() {
+        let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+        em.vars.insert(m, mv);
+        for col in 0..NR {
+            let nv = em.b.ins().iadd_imm_s(nb, col as i64);
+            em.vars.insert(n, nv);
+            let inside = em.b.ins().icmp(IntCC::SignedLessThan, nv, ncols);
+            let store = em.b.create_block();
+            let next = em.b.create_block();
+            em.b.ins().brif(inside, store, &[], next, &[]);
+            em.b.switch_to_block(store);
+            let lane = em.b.ins().extractlane(row[col / 4], (col % 4) as u8);
+            epilogue_at(em, lane, T::F, epilogue)?;
+            em.b.ins().jump(next, &[]);
+            em.b.switch_to_block(next);
+        }
+    }
+    em.vars.remove(&n);
+    em.vars.remove(&m);
+    Ok(())
 }
