@@ -292,3 +292,35 @@ fn repeated_layers_get_the_first_layers_rewrites() {
         "every layer like the first: {per_layer:?}\n{text}"
     );
 }
+
+/// On the CPU, whose convolutions are direct loops, the depthwise
+/// convolution of W6 reads its input from memory: fused into its input,
+/// the expansion's scale and ReLU6 would be recomputed for each of the 9
+/// taps (`Target::direct_conv`), so they go to the expansion's epilogue.
+/// The plan is golden (tests/filetests/plan/cpu/w6.plan; `KILN_BLESS=1`).
+#[test]
+fn cpu_plan_of_w6_keeps_prologues_out_of_the_depthwise_conv() {
+    let p = root().join("bench/w6.kiln");
+    let opts = Options {
+        target: &cost::CPU,
+        dims: bench_dims(&p),
+        ..Options::default()
+    };
+    let text = pipeline::compile(&p, &[], &opts)
+        .expect("compiles")
+        .plan
+        .to_text();
+    let dw = text
+        .lines()
+        .find(|l| l.contains("groups = 144"))
+        .expect("a depthwise kernel");
+    assert!(dw.contains("(%h, %w_dw)"), "the depthwise reads %h: {dw}");
+    let golden = root().join("tests/filetests/plan/cpu/w6.plan");
+    if std::env::var("KILN_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(golden.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&golden, &text).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden plan; run with KILN_BLESS=1");
+    assert_eq!(want, text, "plan differs from {}", golden.display());
+}

@@ -42,6 +42,11 @@ pub struct Target {
     /// When the backend's contraction kernels read a bind-time `b` operand
     /// packed in column panels of this width (`lower::pack_contraction_weights`).
     pub weight_panel: Option<usize>,
+    /// Whether the backend runs convolutions as direct loops over the
+    /// output, so that an elementwise prologue fused into the input is
+    /// recomputed for every window tap that reads it (kh * kw / strides
+    /// times); tiled backends stage input tiles once.
+    pub direct_conv: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -60,6 +65,7 @@ pub static SM90: Target = Target {
     nchw_conv: 0.5,
     conv_block: true,
     weight_panel: None,
+    direct_conv: false,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -77,6 +83,7 @@ pub static SM80: Target = Target {
     nchw_conv: 0.5,
     conv_block: true,
     weight_panel: None,
+    direct_conv: false,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -94,6 +101,7 @@ pub static CPU: Target = Target {
     nchw_conv: 0.3,
     conv_block: false,
     weight_panel: Some(8),
+    direct_conv: true,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -253,8 +253,32 @@ fn is_last_axis_norm(eg: &KGraph, c: Id) -> bool {
     })
 }
 
+/// How many times a direct-loop convolution reads each input element: once
+/// per window tap (the window's size over the strides' product) for each
+/// output channel of its group (at least 1).
+fn window_taps(ctx: &Ctx, op: &Op, node: &KNode) -> f64 {
+    let (stride, groups): (f64, f64) = match op {
+        Op::Conv2d { stride, groups, .. } | Op::ConvTranspose2d { stride, groups, .. } => (
+            stride.iter().map(|&s| s.max(1) as f64).product(),
+            (*groups).max(1) as f64,
+        ),
+        _ => (1.0, 1.0),
+    };
+    let w = &ctx.eg[node.args[1]].data.ty;
+    let dims = w.shape.dims();
+    let window: f64 = dims.iter().skip(2).map(|d| ctx.sizes.dim(d)).product();
+    let per_group = match op {
+        // conv_transpose2d weights are [in, out / groups, kh, kw]
+        Op::ConvTranspose2d { .. } => dims.get(1).map_or(1.0, |d| ctx.sizes.dim(d)),
+        _ => dims.first().map_or(1.0, |d| ctx.sizes.dim(d)) / groups,
+    };
+    (window / stride * per_group).max(1.0)
+}
+
 /// How many times a prologue on operand `i` of a contraction is recomputed
-/// (once per tile of the other operand's free dimension).
+/// (once per tile of the other operand's free dimension; on a direct-loop
+/// backend, once per window tap and output channel for a convolution's
+/// input).
 fn recompute_factor(ctx: &Ctx, op: &Op, node: &KNode, i: usize, out: Id) -> f64 {
     let tile = 128.0;
     let t = &ctx.eg[out].data.ty;
@@ -282,7 +306,11 @@ fn recompute_factor(ctx: &Ctx, op: &Op, node: &KNode, i: usize, out: Id) -> f64 
         }
         OpClass::Conv => {
             if i == 0 {
-                1.0
+                if ctx.sizes.target.direct_conv {
+                    window_taps(ctx, op, node)
+                } else {
+                    1.0
+                }
             } else {
                 let n = ctx.sizes.dim(&dims[0]) * ctx.sizes.dim(&dims[2]) * ctx.sizes.dim(&dims[3]);
                 (n / tile).ceil().max(1.0)
