@@ -147,7 +147,22 @@ def c3(rng, n=8, c=24, size=56):
     return model, feeds
 
 
-# NumPy float64 references of the three formulas, to check the ONNX graphs.
+def g1(rng, m=512, k=1024, n=4096):
+    """C2's first matmul alone, for GFLOP/s: y = x @ w."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    inits = [const("w", rng.standard_normal((k, n)) / math.sqrt(k))]
+    model = model_of(
+        "g1",
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [m, k])],
+        [helper.make_tensor_value_info("y", F32, [m, n])],
+        inits,
+    )
+    feeds = {"x": rng.standard_normal((m, k)).astype(np.float32)}
+    return model, feeds
+
+
+# NumPy float64 references of the formulas, to check the ONNX graphs.
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -174,6 +189,8 @@ def reference(key, model, feeds):
     if key == "C2":
         h = np_gelu(x @ w["w1"] + w["b1"])
         return np_layer_norm(x + h @ w["w2"] + w["b2"])
+    if key == "G1":
+        return x @ w["w"]
     # C3: 1x1 convolutions as channel contractions, the depthwise 3x3 as a
     # sum of nine shifted windows of the zero-padded input.
     relu6 = lambda v: np.clip(v, 0.0, 6.0)  # noqa: E731
@@ -195,7 +212,11 @@ WORKLOADS = {
     "C1": ("W1 at 1024x4096", c1, 200),
     "C2": ("W2 at 512x1024x4096", c2, 40),
     "C3": ("W6 at 8x24x56x56", c3, 200),
+    "G1": ("C2's first matmul alone, 512x1024 @ 1024x4096", g1, 40),
 }
+
+# Floating-point work of each workload, for GFLOP/s (the matmuls only).
+FLOPS = {"C2": 2 * 2 * 512 * 1024 * 4096, "G1": 2 * 512 * 1024 * 4096}
 
 
 def time_session(model, feeds, threads, runs, warmup=10):
@@ -242,6 +263,7 @@ def main():
                 "min_ms": best,
                 "runs": n,
                 "max_rel_err_vs_numpy": err,
+                "flops": FLOPS.get(key),
             }
         )
         if not args.json:

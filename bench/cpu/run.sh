@@ -12,6 +12,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="$here/.venv"
 threads="${THREADS:-2}"
+export KILN_THREADS="$threads"
 tmp="$root/bench/results/tmp/cpu"
 mkdir -p "$tmp"
 
@@ -41,9 +42,11 @@ if [ -n "$kiln" ] && "$kiln" bench --help > "$tmp/bench-help.txt" 2>&1 \
 fi
 rm -f "$tmp"/kiln-*.json
 if [ "$kiln_ok" = 1 ]; then
-    for spec in "C1 w1 m=1024" "C2 w2 m=512" "C3 w6 n=8"; do
+    for spec in "C1 w1 m=1024" "C2 w2 m=512" "C3 w6 n=8" "G1 gemm m=512"; do
         read -r id file dim <<< "$spec"
-        sed 's/bf16/f32/g' "$root/bench/$file.kiln" > "$tmp/${file}_f32.kiln"
+        src="$root/bench/$file.kiln"
+        [ -f "$src" ] || src="$here/$file.kiln"
+        sed 's/bf16/f32/g' "$src" > "$tmp/${file}_f32.kiln"
         echo "kiln $id..."
         if ! "$kiln" bench "$tmp/${file}_f32.kiln" --device cpu --dim "$dim" --json \
             --iters "${KILN_ITERS:-20}" --warmup 2 \
@@ -63,7 +66,7 @@ import glob, json, os, platform, subprocess, sys, datetime
 tmp, out, threads = sys.argv[1], sys.argv[2], sys.argv[3]
 ort = json.load(open(os.path.join(tmp, "ort.json")))
 # The figures of shared/bench/BENCHMARKS.md (a quiet 2-core machine), for scale.
-REFERENCE = {"C1": "5.26 ms", "C2": "45.7 ms", "C3": "4.26 ms"}
+REFERENCE = {"C1": "5.26 ms", "C2": "45.7 ms", "C3": "4.26 ms", "G1": "n/a"}
 
 
 def kiln_median(doc):
@@ -108,6 +111,7 @@ lines = [
     "|---|---|---|---|---|---|---|",
 ]
 missing = False
+gflops = []
 for r in ort["results"]:
     path = os.path.join(tmp, f"kiln-{r['id']}.json")
     kiln = None
@@ -124,6 +128,13 @@ for r in ort["results"]:
         f"{r['runs']} runs) | {REFERENCE.get(r['id'], 'n/a')} | {k} | {ratio} | "
         f"{r['max_rel_err_vs_numpy']:.1e} |"
     )
+    if r.get("flops") and kiln is not None:
+        gflops.append(
+            f"- {r['id']}: kiln {r['flops'] / kiln / 1e6:.1f} GFLOP/s, onnxruntime "
+            f"{r['flops'] / r['median_ms'] / 1e6:.1f} GFLOP/s (matmul work over the median)."
+        )
+if gflops:
+    lines += ["", "Throughput of the matmul workloads:", ""] + gflops
 load = os.getloadavg()[0]
 if load > 0.75 * (os.cpu_count() or 1):
     lines += [
