@@ -186,6 +186,8 @@ fn packed_linear_matches_the_evaluator_at_odd_sizes() {
         (50, 37, 50),
         (9, 131, 783),
         (13, 1100, 20),
+        // k in blocks (k > 1024, n whole panels), rows left over
+        (6, 1500, 24),
     ] {
         check(linear(k, n, false), m, s);
     }
@@ -194,7 +196,7 @@ fn packed_linear_matches_the_evaluator_at_odd_sizes() {
 #[test]
 fn packed_batched_contraction_matches_the_evaluator() {
     let s = seed();
-    for (m, k, n) in [(1, 3, 5), (6, 16, 17), (5, 33, 64)] {
+    for (m, k, n) in [(1, 3, 5), (6, 16, 17), (5, 33, 64), (7, 1030, 16)] {
         check(linear(k, n, true), m, s);
     }
 }

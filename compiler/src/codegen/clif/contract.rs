@@ -27,6 +27,8 @@ use super::loops::emit_nest;
 /// The rows and columns of a register tile.
 const MR: usize = 4;
 const NR: usize = 8;
+/// The `k` block of the panel path (for long static `k`).
+const KC: u64 = 512;
 
 pub(super) fn emit_contract(
     em: &mut Emitter,
@@ -451,13 +453,27 @@ fn panels(
         Expr::Int(k) => Some(*k as u64),
         _ => None,
     };
-    let chunk = chunk_columns(static_k);
+    // Blocks of `k`: with a long static `k`, an f32 output whose rows are
+    // whole panels holds the partial sums between blocks, so a tile's rows
+    // of `a` stay in L1 and a chunk of `b` spans more panels.
+    let static_n = em.k.output.shape.0[rank - 1].as_static();
+    let kc = match (static_k, static_n) {
+        (Some(k), Some(n))
+            if k > 2 * KC && n % NR as u64 == 0 && em.k.output.dtype == DType::F32 =>
+        {
+            Some(KC)
+        }
+        _ => None,
+    };
+    let blocks = kc.map_or(1, |kc| static_k.unwrap_or(0).div_ceil(kc));
+    let chunk = chunk_columns(kc.or(static_k));
     let zero = em.iconst(0);
     let row_off: Vec<Value> = (0..MR as i64)
         .map(|r| em.b.ins().imul_imm_s(am, r))
         .collect();
     let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
     let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
+    let nblocks = em.iconst(blocks as i64);
     em.for_loop(zero, chunks, 1, &[], |em, ci, _| {
         let c0 = em.b.ins().imul_imm_s(ci, chunk);
         let c1 = em.b.ins().iadd_imm_s(c0, chunk);
@@ -465,44 +481,88 @@ fn panels(
         let q0 = em.b.ins().sshr_imm_s(c0, NR.trailing_zeros() as i64);
         let q1 = em.b.ins().iadd_imm_s(c1, NR as i64 - 1);
         let q1 = em.b.ins().sshr_imm_s(q1, NR.trailing_zeros() as i64);
-        let rows = |em: &mut Emitter, mb: Value, count: usize| -> Result<(), CodegenError> {
-            em.for_loop(q0, q1, 1, &[], |em, q, _| {
-                let t = em.b.ins().imul(mb, am);
-                let pa0 = em.b.ins().iadd(pa, t);
-                let t = em.b.ins().imul(q, panel_bytes);
-                let pbq = em.b.ins().iadd(pb0, t);
-                let acc = tile_sums(em, count, pa0, ak, pbq, kn, &row_off)?;
-                let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
-                if plain_store(em, epilogue) {
-                    // Whole panels store vectors; the last, partial one
-                    // goes lane by lane below.
-                    let end = em.b.ins().iadd_imm_s(nb, NR as i64);
-                    let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
-                    let vec_block = em.b.create_block();
-                    let lanes = em.b.create_block();
-                    let done = em.b.create_block();
-                    em.b.ins().brif(full, vec_block, &[], lanes, &[]);
-                    em.b.switch_to_block(vec_block);
-                    store_rows(em, mb, nb, &acc);
-                    em.b.ins().jump(done, &[]);
-                    em.b.switch_to_block(lanes);
+        let rows =
+            |em: &mut Emitter, mb: Value, count: usize, kb: Value| -> Result<(), CodegenError> {
+                // This block's `k` range.
+                let (k_lo, k_len) = match kc {
+                    Some(kc) => {
+                        let lo = em.b.ins().imul_imm_s(kb, kc as i64);
+                        let hi = em.b.ins().iadd_imm_s(lo, kc as i64);
+                        let hi = em.b.ins().smin(hi, kn);
+                        (lo, em.b.ins().isub(hi, lo))
+                    }
+                    None => (zero, kn),
+                };
+                em.for_loop(q0, q1, 1, &[], |em, q, _| {
+                    let t = em.b.ins().imul(mb, am);
+                    let pa0 = em.b.ins().iadd(pa, t);
+                    let t = em.b.ins().imul(k_lo, ak);
+                    let pa0 = em.b.ins().iadd(pa0, t);
+                    let t = em.b.ins().imul(q, panel_bytes);
+                    let pbq = em.b.ins().iadd(pb0, t);
+                    let t = em.b.ins().imul_imm_s(k_lo, 4 * NR as i64);
+                    let pbq = em.b.ins().iadd(pbq, t);
+                    let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
+                    let init = if kc.is_some() {
+                        Some(partial_sums(em, mb, nb, count, kb))
+                    } else {
+                        None
+                    };
+                    let acc = tile_sums(em, count, pa0, ak, pbq, k_len, &row_off, init)?;
+                    if kc.is_some() {
+                        // Not the last block: keep the partial sums in the output.
+                        let last = em.b.ins().iadd_imm_s(kb, 1);
+                        let last = em.b.ins().icmp(IntCC::Equal, last, nblocks);
+                        let keep = em.b.create_block();
+                        let finish = em.b.create_block();
+                        let done = em.b.create_block();
+                        em.b.ins().brif(last, finish, &[], keep, &[]);
+                        em.b.switch_to_block(keep);
+                        store_rows(em, mb, nb, &acc);
+                        em.b.ins().jump(done, &[]);
+                        em.b.switch_to_block(finish);
+                        if plain_store(em, epilogue) {
+                            store_rows(em, mb, nb, &acc);
+                        } else {
+                            lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                        }
+                        em.b.ins().jump(done, &[]);
+                        em.b.switch_to_block(done);
+                        return Ok(vec![]);
+                    }
+                    if plain_store(em, epilogue) {
+                        // Whole panels store vectors; the last, partial one
+                        // goes lane by lane below.
+                        let end = em.b.ins().iadd_imm_s(nb, NR as i64);
+                        let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
+                        let vec_block = em.b.create_block();
+                        let lanes = em.b.create_block();
+                        let done = em.b.create_block();
+                        em.b.ins().brif(full, vec_block, &[], lanes, &[]);
+                        em.b.switch_to_block(vec_block);
+                        store_rows(em, mb, nb, &acc);
+                        em.b.ins().jump(done, &[]);
+                        em.b.switch_to_block(lanes);
+                        lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                        em.b.ins().jump(done, &[]);
+                        em.b.switch_to_block(done);
+                        return Ok(vec![]);
+                    }
                     lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
-                    em.b.ins().jump(done, &[]);
-                    em.b.switch_to_block(done);
-                    return Ok(vec![]);
-                }
-                lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                    Ok(vec![])
+                })?;
+                Ok(())
+            };
+
+        em.for_loop(zero, nblocks, 1, &[], |em, kb, _| {
+            let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+                rows(em, mb, MR, kb)?;
                 Ok(vec![])
             })?;
-            Ok(())
-        };
-
-        let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
-            rows(em, mb, MR)?;
-            Ok(vec![])
-        })?;
-        em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
-            rows(em, mv, 1)?;
+            em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+                rows(em, mv, 1, kb)?;
+                Ok(vec![])
+            })?;
             Ok(vec![])
         })?;
         Ok(vec![])
@@ -510,11 +570,43 @@ fn panels(
     Ok(())
 }
 
+/// The starting accumulators of a tile in block `kb` of `k`: zeros in the
+/// first block, else the partial sums the previous block stored in the
+/// output (an f32 output whose rows are whole panels).
+fn partial_sums(em: &mut Emitter, mb: Value, nb: Value, rows: usize, kb: Value) -> Vec<Value> {
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let out = em.k.inputs.len();
+    let zf = em.b.ins().f32const(0.0);
+    let zv = em.b.ins().splat(types::F32X4, zf);
+    let first = em.b.ins().icmp_imm_s(IntCC::Equal, kb, 0);
+    let mut init = Vec::with_capacity(rows * NR / 4);
+    for r in 0..rows {
+        let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+        em.vars.insert(m, mv);
+        em.vars.insert(n, nb);
+        let flat = em.out_flat();
+        let off = em.b.ins().ishl_imm_s(flat, 2);
+        let addr = em.b.ins().iadd(em.bases[out], off);
+        for j in 0..NR / 4 {
+            let v =
+                em.b.ins()
+                    .load(types::F32X4, super::expr::mem(), addr, 16 * j as i32);
+            init.push(em.b.ins().select(first, zv, v));
+        }
+    }
+    em.vars.remove(&n);
+    em.vars.remove(&m);
+    init
+}
+
 /// The sums over `k < kn` of a tile of `rows` rows (1 to [`MR`]) by one
-/// panel of [`NR`] columns: `rows * NR / 4` f32x4 accumulators, row by row.
+/// panel of [`NR`] columns, added to `start` (zeros when `None`):
+/// `rows * NR / 4` f32x4 accumulators, row by row.
 /// `pa0` points at the tile's first row of `a` at `k = 0` (rows
 /// `row_off` bytes apart, `k` steps `ak` bytes), `pb` at the panel (`k`
 /// rows of NR contiguous floats).
+#[allow(clippy::too_many_arguments)]
 fn tile_sums(
     em: &mut Emitter,
     rows: usize,
@@ -523,13 +615,19 @@ fn tile_sums(
     pb: Value,
     kn: Value,
     row_off: &[Value],
+    start: Option<Vec<Value>>,
 ) -> Result<Vec<Value>, CodegenError> {
     let zero = em.iconst(0);
-    let zf = em.b.ins().f32const(0.0);
-    let zv = em.b.ins().splat(types::F32X4, zf);
     let bk = em.iconst(4 * NR as i64);
     let mut init = vec![pa0, pb];
-    init.extend(std::iter::repeat_n(zv, rows * NR / 4));
+    match start {
+        Some(s) => init.extend(s),
+        None => {
+            let zf = em.b.ins().f32const(0.0);
+            let zv = em.b.ins().splat(types::F32X4, zf);
+            init.extend(std::iter::repeat_n(zv, rows * NR / 4));
+        }
+    }
     let offs = &row_off[..rows];
     let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
         let c = step(em, c, ak, bk, offs);
