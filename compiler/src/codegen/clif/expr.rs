@@ -378,6 +378,9 @@ impl<'a, 'f> Emitter<'a, 'f> {
             (Unary::Floor, T::F) => (self.b.ins().floor(x), T::F),
             (Unary::Ceil, T::F) => (self.b.ins().ceil(x), T::F),
             (Unary::Round, T::F) => (self.b.ins().nearest(x), T::F),
+            (Unary::Exp, T::F) if self.fty == types::F32 => (self.exp_f32(x), T::F),
+            (Unary::Erf, T::F) if self.fty == types::F32 => (self.erf_f32(x), T::F),
+            (Unary::Tanh, T::F) if self.fty == types::F32 => (self.tanh_f32(x), T::F),
             (
                 Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos,
                 T::F,
@@ -585,8 +588,15 @@ impl<'a, 'f> Emitter<'a, 'f> {
         let mut bound = self.bound();
         bound.remove(&var);
         self.hoist(body, &bound)?;
-        let zero = self.iconst(0);
-        let out = self.for_loop(zero, n, 1, &[init], |s, i, acc| {
+        let (start, init) = if t == T::F
+            && matches!(op, Reduction::Sum | Reduction::Max | Reduction::Min)
+            && super::vmap::vectorizable(self, body, var)
+        {
+            self.vreduce(op, var, n, body, init)?
+        } else {
+            (self.iconst(0), init)
+        };
+        let out = self.for_loop(start, n, 1, &[init], |s, i, acc| {
             s.vars.insert(var, i);
             let (v, vt) = s.emit(body)?;
             if vt != t {
