@@ -1118,6 +1118,27 @@ fn vectorized_reductions() {
     }
 }
 
+/// Row buffers: a heavy sub-expression shared by the element and row
+/// reductions over the whole row is computed once per row into a stack
+/// buffer (softmax, the gelu in C1 below); a reduction over part of the row
+/// (`v3`) recomputes it. Static extents 1, 3, 50, 783.
+#[test]
+fn row_buffers() {
+    for (r, c) in SIZES {
+        let e = |col: u32| un(Unary::Exp, ld(0, vec![v(0), v(col)]));
+        let whole = Expr::reduce(Reduction::Sum, Var(2), Expr::Int(c as i64), e(2));
+        let half = Expr::reduce(Reduction::Max, Var(3), Expr::Int(c as i64 / 2), e(3));
+        let k = map(
+            "row_buf",
+            Ty::F32,
+            vec![buf("x", DType::F32, &[r, c])],
+            buf("y", DType::F32, &[r, c]),
+            bin(Binary::Div, e(1), bin(Binary::Add, whole, half)),
+        );
+        check(&k, 1e-5);
+    }
+}
+
 /// The C1 benchmark's kernel, `layer_norm(gelu(x * s + b), g, beta)` as
 /// `kiln compile --emit kernels` prints it (the statistics over the gelu
 /// recomputed per reduction), on short rows.

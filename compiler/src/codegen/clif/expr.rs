@@ -49,6 +49,10 @@ pub(super) struct Emitter<'a, 'f> {
     /// The contraction accumulator, inside an epilogue.
     pub acc: Option<(Value, T)>,
     memo: Vec<HashMap<String, (Value, T)>>,
+    /// Row buffers of the vector path: the key of a shared sub-expression
+    /// (written in a lane variable) to that variable and the buffer's
+    /// address; element `i` of the buffer holds its value at `var = i`.
+    pub scratch: HashMap<String, (Var, Value)>,
     imports: Vec<String>,
     funcs: HashMap<String, FuncRef>,
     /// The block that returns.
@@ -140,6 +144,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
             vars: HashMap::new(),
             acc: None,
             memo: vec![HashMap::new()],
+            scratch: HashMap::new(),
             imports: Vec::new(),
             funcs: HashMap::new(),
             ret,

@@ -32,13 +32,13 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{InstBuilder, Value, types};
-use kiln_dialect::DType;
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
 use kiln_dialect::kernel::{Binary, Expr, Reduction, Unary, Var};
+use kiln_dialect::{DType, Dim};
 
 use super::CodegenError;
 use super::expr::{Emitter, T, load_type, mem};
-use super::hoist::free_vars;
+use super::hoist::{children, free_vars};
 use super::loops::emit_nest;
 
 /// The vector form of an expression.
@@ -194,6 +194,15 @@ impl Emitter<'_, '_> {
         }
         let key = e.to_string();
         if let Some(&v) = memo.get(&key) {
+            return Ok(v);
+        }
+        if let Some(&(var, addr)) = self.scratch.get(&key)
+            && var == lane
+        {
+            let off = self.b.ins().ishl_imm_s(self.vars[&lane], 2);
+            let a = self.b.ins().iadd(addr, off);
+            let v = VVal::F(self.b.ins().load(types::F32X4, mem(), a, 0));
+            memo.insert(key, v);
             return Ok(v);
         }
         let v = match e {
@@ -384,14 +393,229 @@ impl Emitter<'_, '_> {
     }
 }
 
+/// The longest row kept in a stack buffer (elements).
+const MAX_ROW_BUFFER: u64 = 16384;
+
+/// Whether `e` computes `exp`, `erf` or `tanh`: worth a row buffer.
+fn heavy(e: &Expr) -> bool {
+    let mut h = matches!(e, Expr::Unary(Unary::Exp | Unary::Erf | Unary::Tanh, _));
+    e.for_each_child(|c| h = h || heavy(c));
+    h
+}
+
+/// `e` with the free occurrences of `from` replaced by `to`; `None` where
+/// a reduction inside binds `to` (it would capture them).
+fn rename(e: &Expr, from: Var, to: Var) -> Option<Expr> {
+    let r = |x: &Expr| rename(x, from, to).map(Box::new);
+    Some(match e {
+        Expr::Var(v) if *v == from => Expr::Var(to),
+        Expr::Float(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Var(_) | Expr::Dim(_) | Expr::Acc => {
+            e.clone()
+        }
+        Expr::Load {
+            input,
+            index,
+            guard,
+        } => Expr::Load {
+            input: *input,
+            index: index
+                .iter()
+                .map(|i| rename(i, from, to))
+                .collect::<Option<_>>()?,
+            guard: match guard {
+                Some(g) => Some(r(g)?),
+                None => None,
+            },
+        },
+        Expr::Unary(op, x) => Expr::Unary(*op, r(x)?),
+        Expr::Binary(op, a, b) => Expr::Binary(*op, r(a)?, r(b)?),
+        Expr::Select(c, a, b) => Expr::Select(r(c)?, r(a)?, r(b)?),
+        Expr::Cast(t, x) => Expr::Cast(*t, r(x)?),
+        Expr::Round(d, x) => Expr::Round(*d, r(x)?),
+        Expr::Reduce {
+            op,
+            var,
+            extent,
+            body,
+        } => {
+            let inner = if *var == from || !depends(body, from) {
+                body.clone()
+            } else if *var == to {
+                return None;
+            } else {
+                r(body)?
+            };
+            Expr::Reduce {
+                op: *op,
+                var: *var,
+                extent: r(extent)?,
+                body: inner,
+            }
+        }
+    })
+}
+
+/// The heavy sub-expressions of `e` that depend on `lane` and are
+/// vectorizable in it, written in `to` instead: their keys and forms.
+fn candidates(em: &Emitter, e: &Expr, lane: Var, to: Var, out: &mut HashMap<String, Expr>) {
+    if !depends(e, lane) {
+        return;
+    }
+    if heavy(e)
+        && vtype(em, e, lane) == Some(VT::F)
+        && let Some(r) = rename(e, lane, to)
+    {
+        out.insert(r.to_string(), r);
+    }
+    if !matches!(e, Expr::Reduce { .. }) {
+        e.for_each_child(|c| candidates(em, c, lane, to, out));
+    }
+}
+
+/// Every reduction in `e`, nested ones included.
+fn reductions<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    if matches!(e, Expr::Reduce { .. }) {
+        out.push(e);
+    }
+    for c in children(e) {
+        reductions(c, out);
+    }
+}
+
+/// A row buffer for a map kernel of rank >= 2 whose static innermost
+/// extent `n` is at most [`MAX_ROW_BUFFER`]: the heavy sub-expression `s`
+/// (written in the innermost variable) that appears in the most (two or
+/// more) of the element expression and the bodies of its vectorizable row
+/// reductions (over `n` elements, variable renamed), the largest of those.
+/// Returns `s`, `n` and the variables `s` appears under.
+fn row_buffer_plan(em: &Emitter, expr: &Expr) -> Option<(Expr, u64, Vec<Var>)> {
+    let rank = em.k.output.shape.rank();
+    if rank < 2 {
+        return None;
+    }
+    let Dim::Static(n) = em.k.output.shape.0[rank - 1] else {
+        return None;
+    };
+    if n == 0 || n > MAX_ROW_BUFFER {
+        return None;
+    }
+    let lane = Var(rank as u32 - 1);
+    let mut reds = Vec::new();
+    reductions(expr, &mut reds);
+    // Variables every reduction binding them runs over the whole row.
+    let mut vars: Vec<Var> = Vec::new();
+    let mut bad: Vec<Var> = vec![lane];
+    for r in &reds {
+        let Expr::Reduce {
+            op, var, extent, ..
+        } = r
+        else {
+            continue;
+        };
+        let whole = matches!(**extent, Expr::Int(m) if m == n as i64)
+            && matches!(op, Reduction::Sum | Reduction::Max | Reduction::Min)
+            && !depends(r, lane)
+            && var.0 >= rank as u32;
+        if whole {
+            vars.push(*var);
+        } else {
+            bad.push(*var);
+        }
+    }
+    vars.retain(|v| !bad.contains(v));
+    vars.sort();
+    vars.dedup();
+    let mut contexts = Vec::new();
+    let mut c = HashMap::new();
+    candidates(em, expr, lane, lane, &mut c);
+    contexts.push(c);
+    for r in &reds {
+        if let Expr::Reduce { var, body, .. } = r
+            && vars.contains(var)
+            && vectorizable(em, body, *var)
+        {
+            let mut c = HashMap::new();
+            candidates(em, body, *var, lane, &mut c);
+            contexts.push(c);
+        }
+    }
+    let outer = Emitter::out_vars(rank);
+    // The most shared, then the largest.
+    let mut best: Option<((usize, usize), &Expr)> = None;
+    for (key, s) in contexts.iter().flat_map(|c| c.iter()) {
+        let score = (
+            contexts.iter().filter(|c| c.contains_key(key)).count(),
+            key.len(),
+        );
+        if score.0 >= 2
+            && free_vars(s).is_subset(&outer)
+            && vectorizable(em, s, lane)
+            && best.is_none_or(|(b, _)| b < score)
+        {
+            best = Some((score, s));
+        }
+    }
+    let s = best?.1.clone();
+    vars.insert(0, lane);
+    Some((s, n, vars))
+}
+
+impl Emitter<'_, '_> {
+    /// Fills a stack buffer of `n` f32 with `s` at `lane = 0 .. n` (four
+    /// lanes at a time, the rest scalar); returns its address.
+    fn fill_row(&mut self, s: &Expr, lane: Var, n: u64) -> Result<Value, CodegenError> {
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (4 * n) as u32,
+            4,
+        ));
+        let ptr = self.b.func.dfg.value_type(self.bases[0]);
+        let addr = self.b.ins().stack_addr(ptr, slot, 0);
+        self.hoist(s, &Emitter::out_vars(lane.0 as usize))?;
+        let zero = self.iconst(0);
+        let hi = self.iconst(n as i64);
+        let (i, _) = self.for_loop(zero, hi, 4, &[], |em, i, _| {
+            let v = em.vemit_at(s, lane, i)?;
+            let off = em.b.ins().ishl_imm_s(i, 2);
+            let a = em.b.ins().iadd(addr, off);
+            em.b.ins().store(mem(), v, a, 0);
+            Ok(vec![])
+        })?;
+        self.for_loop(i, hi, 1, &[], |em, j, _| {
+            em.vars.insert(lane, j);
+            let v = em.emit(s);
+            em.vars.remove(&lane);
+            let (v, _) = v?;
+            let off = em.b.ins().ishl_imm_s(j, 2);
+            let a = em.b.ins().iadd(addr, off);
+            em.b.ins().store(mem(), v, a, 0);
+            Ok(vec![])
+        })?;
+        Ok(addr)
+    }
+}
+
 /// The loop nest of a vectorizable f32 map kernel with an f32 output: the
 /// scalar nest over the outer axes, then the innermost axis four elements
-/// at a time and its remainder with the scalar code.
+/// at a time and its remainder with the scalar code. With a row buffer
+/// ([`row_buffer_plan`]), each row first fills it, then computes its
+/// statistics and elements reading it.
 pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError> {
     let rank = em.k.output.shape.rank();
     let lane = Var(rank as u32 - 1);
     let out = em.k.inputs.len();
-    emit_nest(em, &[expr], rank - 1, &mut |em| {
+    let plan = row_buffer_plan(em, expr);
+    let hoists: Vec<&Expr> = if plan.is_some() { vec![] } else { vec![expr] };
+    emit_nest(em, &hoists, rank - 1, &mut |em| {
+        if let Some((s, n, vars)) = &plan {
+            let addr = em.fill_row(s, lane, *n)?;
+            for &v in vars {
+                if let Some(r) = rename(s, lane, v) {
+                    em.scratch.insert(r.to_string(), (v, addr));
+                }
+            }
+            em.hoist(expr, &Emitter::out_vars(rank - 1))?;
+        }
         let (lo, hi) = if rank == 1 {
             em.range0
         } else {
@@ -418,6 +642,7 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
             em.vars.remove(&lane);
             r.map(|()| vec![])
         })?;
+        em.scratch.clear();
         Ok(())
     })
 }
