@@ -18,8 +18,9 @@
 //!   (saturates to ±1 when the exponential overflows).
 //!
 //! Polynomials are evaluated by Estrin's scheme (short dependency chains:
-//! these kernels are latency-bound). The coefficients were fitted for this module (weighted least squares
-//! iterated toward minimax, `mpmath` references); with f32 rounding the
+//! these kernels are latency-bound). The coefficients were fitted for this
+//! module (weighted least squares iterated toward minimax, `mpmath`
+//! references); with f32 rounding the
 //! functions are within a few ulp (at most 2.4e-7 relative seen; tested in
 //! `tests/clif.rs` against Rust's f64 functions). NaN gives NaN; the
 //! clamps and branch selections are written so that a NaN input falls
@@ -77,13 +78,16 @@ const TANH_SPLIT: f64 = 0.625;
 
 impl Emitter<'_, '_> {
     /// An f32 constant of `x`'s type (`f32` or `f32x4`).
-    fn fc(&mut self, like: Value, c: f64) -> Value {
+    pub(super) fn fc(&mut self, like: Value, c: f64) -> Value {
         let ty = self.b.func.dfg.value_type(like);
-        let s = self.b.ins().f32const(c as f32);
         if ty.is_vector() {
-            self.b.ins().splat(ty, s)
+            // A constant-pool vector, which x64 folds into the instruction
+            // that reads it (a splat is a separate load).
+            let bytes: Vec<u8> = (0..4).flat_map(|_| (c as f32).to_le_bytes()).collect();
+            let h = self.b.func.dfg.constants.insert(bytes.into());
+            self.b.ins().vconst(ty, h)
         } else {
-            s
+            self.b.ins().f32const(c as f32)
         }
     }
 
@@ -99,11 +103,12 @@ impl Emitter<'_, '_> {
     /// An i32 constant shaped like `like` (an `i32` or `i32x4` value).
     fn ic(&mut self, like: Value, c: i64) -> Value {
         let ty = self.b.func.dfg.value_type(like);
-        let s = self.b.ins().iconst(types::I32, c);
         if ty.is_vector() {
-            self.b.ins().splat(ty, s)
+            let bytes: Vec<u8> = (0..4).flat_map(|_| (c as i32).to_le_bytes()).collect();
+            let h = self.b.func.dfg.constants.insert(bytes.into());
+            self.b.ins().vconst(ty, h)
         } else {
-            s
+            self.b.ins().iconst(types::I32, c)
         }
     }
 
