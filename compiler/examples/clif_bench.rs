@@ -1,7 +1,9 @@
 //! Single-threaded throughput of Cranelift-compiled kernels: a
 //! 512x1024x4096 f32 contraction (GFLOP/s) and 1024x4096 softmax,
 //! layer_norm and gelu-then-layer_norm (benchmark C1's kernel) rows (GB/s
-//! of input read plus output written). `KILN_BENCH=name` runs one only.
+//! of input read plus output written). `KILN_BENCH=name` runs one only;
+//! `KILN_DISASM=1` prints the machine code, `KILN_OPT_CLIF=1` the CLIF
+//! after Cranelift's optimizations.
 //!
 //! `cargo run --release -p kiln --example clif_bench`
 
@@ -180,6 +182,9 @@ fn time(k: &Kernel, sizes: &[usize], out: usize, rows: i64, reps: usize) -> f64 
         let mut ctrl = cranelift_codegen::control::ControlPlane::default();
         if let Ok(code) = ctx.compile(isa.as_ref(), &mut ctrl) {
             println!("{}", code.vcode.clone().unwrap_or_default());
+        }
+        if std::env::var_os("KILN_OPT_CLIF").is_some() {
+            println!("{}", ctx.func.display());
         }
     }
     let jit = JitModule::new(isa.clone(), vec![ck.into()]).expect("jit");

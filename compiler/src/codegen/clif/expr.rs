@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, BlockArg, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature,
-    Type, UserExternalName, Value, types,
+    StackSlot, StackSlotData, StackSlotKind, Type, UserExternalName, Value, types,
 };
 use cranelift_codegen::isa::{CallConv, TargetIsa};
 use cranelift_frontend::FunctionBuilder;
@@ -53,6 +53,8 @@ pub(super) struct Emitter<'a, 'f> {
     /// (written in a lane variable) to that variable and the buffer's
     /// address; element `i` of the buffer holds its value at `var = i`.
     pub scratch: HashMap<String, (Var, Value)>,
+    /// The slot [`Emitter::pin`] stores to.
+    pin_slot: Option<StackSlot>,
     imports: Vec<String>,
     funcs: HashMap<String, FuncRef>,
     /// The block that returns.
@@ -145,6 +147,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
             acc: None,
             memo: vec![HashMap::new()],
             scratch: HashMap::new(),
+            pin_slot: None,
             imports: Vec::new(),
             funcs: HashMap::new(),
             ret,
@@ -282,9 +285,33 @@ impl<'a, 'f> Emitter<'a, 'f> {
         let mut inv = Vec::new();
         hoist::invariants(e, bound, &mut inv);
         for x in inv {
-            self.emit(x)?;
+            let (v, _) = self.emit(x)?;
+            self.pin(v);
         }
         Ok(())
+    }
+
+    /// Stores `v` to a scratch stack slot, so that Cranelift computes it
+    /// here: its optimizer otherwise places a pure value at its first use,
+    /// and an invariant whose operands include a constant lands inside
+    /// every loop that uses it (constants are rematerialized per block,
+    /// which defeats the loop-invariant hoisting): the row statistics of
+    /// a layer norm were recomputed for every element.
+    fn pin(&mut self, v: Value) {
+        let slot = match self.pin_slot {
+            Some(s) => s,
+            None => {
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    16,
+                    4,
+                ));
+                self.pin_slot = Some(s);
+                s
+            }
+        };
+        let ptr = self.b.func.dfg.value_type(self.bases[0]);
+        self.b.ins().stack_store(ptr, v, slot, 0);
     }
 
     /// The variables bound now.
