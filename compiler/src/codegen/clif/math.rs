@@ -78,8 +78,8 @@ impl Emitter<'_, '_> {
     pub(super) fn fc(&mut self, like: Value, c: f64) -> Value {
         let ty = self.b.func.dfg.value_type(like);
         if ty.is_vector() {
-            // A constant-pool vector, which x64 folds into the instruction
-            // that reads it (a splat is a separate load).
+            // A constant-pool vector: one load where it is used (as a
+            // splat of a scalar constant becomes too).
             let bytes: Vec<u8> = (0..4).flat_map(|_| (c as f32).to_le_bytes()).collect();
             let h = self.b.func.dfg.constants.insert(bytes.into());
             self.b.ins().vconst(ty, h)
