@@ -25,8 +25,8 @@
 //! zero, which needs their loads to be in bounds too.
 //!
 //! In f32 kernels `exp`, `erf` and `tanh` are inline approximations
-//! ([`math`]); f32 map kernels and reductions that qualify run four lanes at
-//! a time ([`vmap`]). The other transcendental functions (and all of f64
+//! (`math.rs`); f32 map kernels and reductions that qualify run four lanes at
+//! a time (`vmap.rs`). The other transcendental functions (and all of f64
 //! kernels) call the runtime's helpers (`kiln_exp_f32`,
 //! ...), named in [`ClifKernel::imports`] and linked by
 //! `kiln_runtime::cpu::jit::JitModule`.
