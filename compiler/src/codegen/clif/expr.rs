@@ -292,11 +292,12 @@ impl<'a, 'f> Emitter<'a, 'f> {
     }
 
     /// Stores `v` to a scratch stack slot, so that Cranelift computes it
-    /// here: its optimizer otherwise places a pure value at its first use,
-    /// and an invariant whose operands include a constant lands inside
-    /// every loop that uses it (constants are rematerialized per block,
-    /// which defeats the loop-invariant hoisting): the row statistics of
-    /// a layer norm were recomputed for every element.
+    /// here: its optimizer places a pure value at its first use, and
+    /// without this it put invariants such as a layer norm's `sum / n` and
+    /// `1 / sqrt(var + eps)` inside every loop that used them (seen in the
+    /// optimized CLIF; the likely cause is that their constant operands
+    /// are rematerialized per block, which defeats the loop-invariant
+    /// hoisting), recomputing the row statistics for every element.
     fn pin(&mut self, v: Value) {
         let slot = match self.pin_slot {
             Some(s) => s,
