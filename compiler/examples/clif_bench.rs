@@ -1,6 +1,9 @@
 //! Single-threaded throughput of Cranelift-compiled kernels: a
-//! 512x1024x4096 f32 contraction (GFLOP/s) and 1024x4096 softmax and
-//! layer_norm rows (GB/s of input read plus output written).
+//! 512x1024x4096 f32 contraction (GFLOP/s) and 1024x4096 softmax,
+//! layer_norm and gelu-then-layer_norm (benchmark C1's kernel) rows (GB/s
+//! of input read plus output written). `KILN_BENCH=name` runs one only;
+//! `KILN_DISASM=1` prints the machine code, `KILN_OPT_CLIF=1` the CLIF
+//! after Cranelift's optimizations.
 //!
 //! `cargo run --release -p kiln --example clif_bench`
 
@@ -97,8 +100,80 @@ fn layer_norm(r: usize, c: usize) -> Kernel {
     }
 }
 
+/// Benchmark C1's kernel, `layer_norm(gelu(x * s + b), g, beta)`, as the
+/// planner emits it: the gelu recomputed in both statistics' bodies and in
+/// the element.
+fn gelu_layer_norm(r: usize, c: usize) -> Kernel {
+    let n = Expr::Int(c as i64);
+    let nf = Expr::Float(c as f64);
+    let g = |col: u32| {
+        let x = |col: u32| {
+            bin(
+                Binary::Add,
+                bin(
+                    Binary::Mul,
+                    Expr::load(0, vec![v(0), v(col)]),
+                    Expr::load(1, vec![v(col)]),
+                ),
+                Expr::load(2, vec![v(col)]),
+            )
+        };
+        let erf = Expr::un(
+            Unary::Erf,
+            bin(Binary::Div, x(col), Expr::Float(std::f64::consts::SQRT_2)),
+        );
+        bin(
+            Binary::Mul,
+            bin(Binary::Mul, Expr::Float(0.5), x(col)),
+            bin(Binary::Add, Expr::Float(1.0), erf),
+        )
+    };
+    let mean = bin(
+        Binary::Div,
+        Expr::reduce(Reduction::Sum, Var(2), n.clone(), g(2)),
+        nf.clone(),
+    );
+    let d = |col: u32| bin(Binary::Sub, g(col), mean.clone());
+    let var = bin(
+        Binary::Div,
+        Expr::reduce(Reduction::Sum, Var(3), n, bin(Binary::Mul, d(3), d(3))),
+        nf,
+    );
+    let inv = bin(
+        Binary::Div,
+        Expr::Float(1.0),
+        Expr::un(Unary::Sqrt, bin(Binary::Add, var, Expr::Float(1e-5))),
+    );
+    let y = bin(
+        Binary::Add,
+        bin(
+            Binary::Mul,
+            bin(Binary::Mul, d(1), inv),
+            Expr::load(3, vec![v(1)]),
+        ),
+        Expr::load(4, vec![v(1)]),
+    );
+    Kernel {
+        name: "gelu_layer_norm".into(),
+        inputs: vec![
+            buf("x", &[r, c]),
+            buf("s", &[c]),
+            buf("b", &[c]),
+            buf("g", &[c]),
+            buf("beta", &[c]),
+        ],
+        output: buf("y", &[r, c]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Map { expr: y },
+    }
+}
+
 /// Runs `k` once over all rows; returns the best of `reps` times in seconds.
 fn time(k: &Kernel, sizes: &[usize], out: usize, rows: i64, reps: usize) -> f64 {
+    if std::env::var("KILN_BENCH").is_ok_and(|b| b != k.name) {
+        return f64::NAN;
+    }
     let isa = host_isa().expect("host ISA");
     let ck = compile_kernel(k, isa.as_ref()).expect("compile");
     if std::env::var_os("KILN_DISASM").is_some() {
@@ -107,6 +182,9 @@ fn time(k: &Kernel, sizes: &[usize], out: usize, rows: i64, reps: usize) -> f64 
         let mut ctrl = cranelift_codegen::control::ControlPlane::default();
         if let Ok(code) = ctx.compile(isa.as_ref(), &mut ctrl) {
             println!("{}", code.vcode.clone().unwrap_or_default());
+        }
+        if std::env::var_os("KILN_OPT_CLIF").is_some() {
+            println!("{}", ctx.func.display());
         }
     }
     let jit = JitModule::new(isa.clone(), vec![ck.into()]).expect("jit");
@@ -146,6 +224,18 @@ fn main() {
     let t = time(&layer_norm(r, c), &[r * c, c, c], r * c, r as i64, 5);
     println!(
         "layer_norm {r}x{c} f32: {:.4} s, {:.2} GB/s",
+        t,
+        bytes / t / 1e9
+    );
+    let t = time(
+        &gelu_layer_norm(r, c),
+        &[r * c, c, c, c, c],
+        r * c,
+        r as i64,
+        5,
+    );
+    println!(
+        "gelu_layer_norm (C1) {r}x{c} f32: {:.4} s, {:.2} GB/s",
         t,
         bytes / t / 1e9
     );

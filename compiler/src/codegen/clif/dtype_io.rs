@@ -90,7 +90,7 @@ impl Emitter<'_, '_> {
     }
 
     /// The flat element index of `index` in `input`.
-    fn flat_index(
+    pub(super) fn flat_index(
         &mut self,
         e: &Expr,
         input: usize,

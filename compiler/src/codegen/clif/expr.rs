@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, BlockArg, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature,
-    Type, UserExternalName, Value, types,
+    StackSlot, StackSlotData, StackSlotKind, Type, UserExternalName, Value, types,
 };
 use cranelift_codegen::isa::{CallConv, TargetIsa};
 use cranelift_frontend::FunctionBuilder;
@@ -49,6 +49,12 @@ pub(super) struct Emitter<'a, 'f> {
     /// The contraction accumulator, inside an epilogue.
     pub acc: Option<(Value, T)>,
     memo: Vec<HashMap<String, (Value, T)>>,
+    /// Row buffers of the vector path: the key of a shared sub-expression
+    /// (written in a lane variable) to that variable and the buffer's
+    /// address; element `i` of the buffer holds its value at `var = i`.
+    pub scratch: HashMap<String, (Var, Value)>,
+    /// The slot [`Emitter::pin`] stores to.
+    pin_slot: Option<StackSlot>,
     imports: Vec<String>,
     funcs: HashMap<String, FuncRef>,
     /// The block that returns.
@@ -148,6 +154,8 @@ impl<'a, 'f> Emitter<'a, 'f> {
             vars: HashMap::new(),
             acc: None,
             memo: vec![HashMap::new()],
+            scratch: HashMap::new(),
+            pin_slot: None,
             imports: Vec::new(),
             funcs: HashMap::new(),
             ret,
@@ -285,9 +293,34 @@ impl<'a, 'f> Emitter<'a, 'f> {
         let mut inv = Vec::new();
         hoist::invariants(e, bound, &mut inv);
         for x in inv {
-            self.emit(x)?;
+            let (v, _) = self.emit(x)?;
+            self.pin(v);
         }
         Ok(())
+    }
+
+    /// Stores `v` to a scratch stack slot, so that Cranelift computes it
+    /// here: its optimizer places a pure value at its first use, and
+    /// without this it put invariants such as a layer norm's `sum / n` and
+    /// `1 / sqrt(var + eps)` inside every loop that used them (seen in the
+    /// optimized CLIF; the likely cause is that their constant operands
+    /// are rematerialized per block, which defeats the loop-invariant
+    /// hoisting), recomputing the row statistics for every element.
+    fn pin(&mut self, v: Value) {
+        let slot = match self.pin_slot {
+            Some(s) => s,
+            None => {
+                let s = self.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    16,
+                    4,
+                ));
+                self.pin_slot = Some(s);
+                s
+            }
+        };
+        let ptr = self.b.func.dfg.value_type(self.bases[0]);
+        self.b.ins().stack_store(ptr, v, slot, 0);
     }
 
     /// The variables bound now.
@@ -386,6 +419,9 @@ impl<'a, 'f> Emitter<'a, 'f> {
             (Unary::Floor, T::F) => (self.b.ins().floor(x), T::F),
             (Unary::Ceil, T::F) => (self.b.ins().ceil(x), T::F),
             (Unary::Round, T::F) => (self.b.ins().nearest(x), T::F),
+            (Unary::Exp, T::F) if self.fty == types::F32 => (self.exp_f32(x), T::F),
+            (Unary::Erf, T::F) if self.fty == types::F32 => (self.erf_f32(x), T::F),
+            (Unary::Tanh, T::F) if self.fty == types::F32 => (self.tanh_f32(x), T::F),
             (
                 Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos,
                 T::F,
@@ -593,8 +629,15 @@ impl<'a, 'f> Emitter<'a, 'f> {
         let mut bound = self.bound();
         bound.remove(&var);
         self.hoist(body, &bound)?;
-        let zero = self.iconst(0);
-        let out = self.for_loop(zero, n, 1, &[init], |s, i, acc| {
+        let (start, init) = if t == T::F
+            && matches!(op, Reduction::Sum | Reduction::Max | Reduction::Min)
+            && super::vmap::vectorizable(self, body, var)
+        {
+            self.vreduce(op, var, n, body, init)?
+        } else {
+            (self.iconst(0), init)
+        };
+        let out = self.for_loop(start, n, 1, &[init], |s, i, acc| {
             s.vars.insert(var, i);
             let (v, vt) = s.emit(body)?;
             if vt != t {

@@ -68,7 +68,7 @@ pub(super) fn invariants<'e>(e: &'e Expr, bound: &BTreeSet<Var>, out: &mut Vec<&
 }
 
 /// The direct sub-expressions of `e`.
-fn children(e: &Expr) -> Vec<&Expr> {
+pub(super) fn children(e: &Expr) -> Vec<&Expr> {
     match e {
         Expr::Float(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Var(_) | Expr::Dim(_) | Expr::Acc => {
             vec![]

@@ -112,8 +112,13 @@ impl Emitter<'_, '_> {
 
 /// The loop nest of a map kernel: one loop per output axis (axis 0 over
 /// `[begin, end)`), each preheader computing what does not depend on the
-/// inner axes, and the element's expression stored in the innermost.
+/// inner axes, and the element's expression stored in the innermost. A
+/// kernel that qualifies runs its innermost axis four lanes at a time
+/// ([`super::vmap`]).
 pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError> {
+    if super::vmap::map_qualifies(em, expr) {
+        return super::vmap::emit_map(em, expr);
+    }
     let rank = em.k.output.shape.rank();
     emit_nest(em, &[expr], rank, &mut |em| {
         let v = em.emit(expr)?;

@@ -24,7 +24,10 @@
 //! evaluates the invariant parts of a reduction's body when its extent is
 //! zero, which needs their loads to be in bounds too.
 //!
-//! Transcendental functions call the runtime's helpers (`kiln_exp_f32`,
+//! In f32 kernels `exp`, `erf` and `tanh` are inline approximations
+//! (`math.rs`); f32 map kernels and reductions that qualify run four lanes at
+//! a time (`vmap.rs`). The other transcendental functions (and all of f64
+//! kernels) call the runtime's helpers (`kiln_exp_f32`,
 //! ...), named in [`ClifKernel::imports`] and linked by
 //! `kiln_runtime::cpu::jit::JitModule`.
 
@@ -33,6 +36,8 @@ mod dtype_io;
 mod expr;
 mod hoist;
 mod loops;
+mod math;
+mod vmap;
 
 use cranelift_codegen::ir::{AbiParam, Function, Signature, UserFuncName, types};
 use cranelift_codegen::isa::TargetIsa;

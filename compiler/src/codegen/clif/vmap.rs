@@ -1,0 +1,656 @@
+//! Four-lane (`f32x4`) vectorization of f32 map kernels and reductions.
+//!
+//! A *lane variable* is vectorized: the innermost output axis of a map
+//! kernel, or the variable of a reduction. Four consecutive values of it
+//! are computed at once. An expression qualifies ([`vectorizable`]) when
+//! every sub-expression that depends on the lane variable is
+//!
+//! * an unguarded load of a float-valued input whose last index is the
+//!   lane variable plus a lane-invariant integer (`v`, `v + c`, `c + v`,
+//!   `v - c`, nested) and whose other indices do not depend on it: a
+//!   contiguous `f32x4` load for f32 storage, four decoded scalars for the
+//!   other float storage types;
+//! * `neg abs sqrt exp erf tanh` of a float, `add sub mul div max min` and
+//!   comparisons of floats, `and or not` of comparisons, and `select`
+//!   (a bitwise select on the comparison's lane mask).
+//!
+//! Sub-expressions that do not depend on the lane variable are emitted by
+//! the scalar [`Emitter`] (hoisted by the loop nest, reductions included)
+//! and splatted. Anything else (guarded or gathered loads, integer or bool
+//! arithmetic on the lane variable, casts, rounds, `pow`, `log`, `sin`,
+//! `cos`, `floor`, `ceil`, `round`, reductions that depend on the lane)
+//! keeps the scalar path.
+//!
+//! A vectorized map kernel runs its innermost axis four elements at a time
+//! with `f32x4` stores (f32 outputs only), then the remaining elements with
+//! the scalar code. A vectorized `sum`, `max` or `min` keeps two vector
+//! accumulators (eight elements per iteration), then one more vector step,
+//! combines the lanes and folds the rest with the scalar body. Sums are
+//! therefore added in a different order than the scalar loop's; `max` and
+//! `min` are exact (NaN-propagating, as the scalar path).
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
+use kiln_dialect::kernel::{Binary, Expr, Reduction, Unary, Var};
+use kiln_dialect::{DType, Dim};
+
+use super::CodegenError;
+use super::expr::{Emitter, T, load_type, mem};
+use super::hoist::{children, free_vars};
+use super::loops::emit_nest;
+
+/// The vector form of an expression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VT {
+    /// Does not depend on the lane variable: a scalar of this type.
+    Inv(T),
+    /// Four floats.
+    F,
+    /// A four-lane comparison mask.
+    M,
+}
+
+/// An emitted value.
+#[derive(Clone, Copy, Debug)]
+enum VVal {
+    Scalar(Value),
+    F(Value),
+    M(Value),
+}
+
+fn depends(e: &Expr, lane: Var) -> bool {
+    free_vars(e).contains(&lane)
+}
+
+/// Whether `e` is the lane variable plus a lane-invariant integer.
+fn unit_affine(em: &Emitter, e: &Expr, lane: Var) -> bool {
+    let inv_int = |x: &Expr| !depends(x, lane) && em.type_of(x).ok() == Some(T::I);
+    match e {
+        Expr::Var(v) => *v == lane,
+        Expr::Binary(Binary::Add, a, b) => {
+            (unit_affine(em, a, lane) && inv_int(b)) || (inv_int(a) && unit_affine(em, b, lane))
+        }
+        Expr::Binary(Binary::Sub, a, b) => unit_affine(em, a, lane) && inv_int(b),
+        _ => false,
+    }
+}
+
+/// The vector form of `e` in `lane`, or `None` when it does not qualify.
+fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
+    if !depends(e, lane) {
+        return em.type_of(e).ok().map(VT::Inv);
+    }
+    let is_f = |t: VT| matches!(t, VT::F | VT::Inv(T::F));
+    let is_m = |t: VT| matches!(t, VT::M | VT::Inv(T::B));
+    match e {
+        Expr::Load {
+            input,
+            index,
+            guard,
+        } => {
+            let buf = em.k.inputs.get(*input)?;
+            if guard.is_some()
+                || load_type(buf.dtype) != T::F
+                || index.len() != em.shapes[*input].len()
+            {
+                return None;
+            }
+            let (last, rest) = index.split_last()?;
+            if rest.iter().any(|i| depends(i, lane)) || !unit_affine(em, last, lane) {
+                return None;
+            }
+            Some(VT::F)
+        }
+        Expr::Unary(op, x) => {
+            let t = vtype(em, x, lane)?;
+            match op {
+                Unary::Neg | Unary::Abs | Unary::Sqrt | Unary::Exp | Unary::Erf | Unary::Tanh => {
+                    (t == VT::F).then_some(VT::F)
+                }
+                Unary::Not => (t == VT::M).then_some(VT::M),
+                Unary::Log
+                | Unary::Sin
+                | Unary::Cos
+                | Unary::Floor
+                | Unary::Ceil
+                | Unary::Round => None,
+            }
+        }
+        Expr::Binary(op, a, b) => {
+            let (ta, tb) = (vtype(em, a, lane)?, vtype(em, b, lane)?);
+            match op {
+                Binary::Add
+                | Binary::Sub
+                | Binary::Mul
+                | Binary::Div
+                | Binary::Max
+                | Binary::Min => (is_f(ta) && is_f(tb)).then_some(VT::F),
+                Binary::Eq | Binary::Ne | Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge => {
+                    (is_f(ta) && is_f(tb)).then_some(VT::M)
+                }
+                Binary::And | Binary::Or => (is_m(ta) && is_m(tb)).then_some(VT::M),
+                Binary::Rem | Binary::Pow => None,
+            }
+        }
+        Expr::Select(c, a, b) => {
+            let (tc, ta, tb) = (
+                vtype(em, c, lane)?,
+                vtype(em, a, lane)?,
+                vtype(em, b, lane)?,
+            );
+            (is_m(tc) && is_f(ta) && is_f(tb)).then_some(VT::F)
+        }
+        Expr::Float(_)
+        | Expr::Int(_)
+        | Expr::Bool(_)
+        | Expr::Var(_)
+        | Expr::Dim(_)
+        | Expr::Acc
+        | Expr::Cast(..)
+        | Expr::Round(..)
+        | Expr::Reduce { .. } => None,
+    }
+}
+
+/// Whether `e` is a float expression that depends on `lane` and can be
+/// computed four lanes at a time (f32 kernels only).
+pub(super) fn vectorizable(em: &Emitter, e: &Expr, lane: Var) -> bool {
+    em.fty == types::F32 && vtype(em, e, lane) == Some(VT::F)
+}
+
+impl Emitter<'_, '_> {
+    fn vec_f(&mut self, v: VVal) -> Value {
+        match v {
+            VVal::F(x) => x,
+            VVal::Scalar(x) => self.b.ins().splat(types::F32X4, x),
+            VVal::M(m) => m,
+        }
+    }
+
+    fn vec_m(&mut self, v: VVal) -> Value {
+        match v {
+            VVal::M(m) => m,
+            VVal::Scalar(x) => {
+                let w = self.b.ins().uextend(types::I32, x);
+                let w = self.b.ins().ineg(w);
+                self.b.ins().splat(types::I32X4, w)
+            }
+            VVal::F(x) => x,
+        }
+    }
+
+    /// Emits `e` with `lane` bound to the first of four consecutive values.
+    fn vemit(
+        &mut self,
+        e: &Expr,
+        lane: Var,
+        memo: &mut HashMap<String, VVal>,
+    ) -> Result<VVal, CodegenError> {
+        if !depends(e, lane) {
+            let (v, _) = self.emit(e)?;
+            return Ok(VVal::Scalar(v));
+        }
+        let key = e.to_string();
+        if let Some(&v) = memo.get(&key) {
+            return Ok(v);
+        }
+        if let Some(&(var, addr)) = self.scratch.get(&key)
+            && var == lane
+        {
+            let off = self.b.ins().ishl_imm_s(self.vars[&lane], 2);
+            let a = self.b.ins().iadd(addr, off);
+            let v = VVal::F(self.b.ins().load(types::F32X4, mem(), a, 0));
+            memo.insert(key, v);
+            return Ok(v);
+        }
+        let v = match e {
+            Expr::Load { input, index, .. } => VVal::F(self.vload(e, *input, index)?),
+            Expr::Unary(op, x) => {
+                let x = self.vemit(x, lane, memo)?;
+                match op {
+                    Unary::Not => {
+                        let m = self.vec_m(x);
+                        VVal::M(self.b.ins().bnot(m))
+                    }
+                    Unary::Neg
+                    | Unary::Abs
+                    | Unary::Sqrt
+                    | Unary::Exp
+                    | Unary::Erf
+                    | Unary::Tanh
+                    | Unary::Log
+                    | Unary::Sin
+                    | Unary::Cos
+                    | Unary::Floor
+                    | Unary::Ceil
+                    | Unary::Round => {
+                        let x = self.vec_f(x);
+                        VVal::F(match op {
+                            Unary::Neg => self.b.ins().fneg(x),
+                            Unary::Abs => self.b.ins().fabs(x),
+                            Unary::Sqrt => self.b.ins().sqrt(x),
+                            Unary::Exp => self.exp_f32(x),
+                            Unary::Erf => self.erf_f32(x),
+                            Unary::Tanh => self.tanh_f32(x),
+                            Unary::Not
+                            | Unary::Log
+                            | Unary::Sin
+                            | Unary::Cos
+                            | Unary::Floor
+                            | Unary::Ceil
+                            | Unary::Round => {
+                                return Err(self.unsupported(e, "not vectorized"));
+                            }
+                        })
+                    }
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let a = self.vemit(a, lane, memo)?;
+                let b = self.vemit(b, lane, memo)?;
+                match op {
+                    Binary::And | Binary::Or => {
+                        let (a, b) = (self.vec_m(a), self.vec_m(b));
+                        VVal::M(if *op == Binary::And {
+                            self.b.ins().band(a, b)
+                        } else {
+                            self.b.ins().bor(a, b)
+                        })
+                    }
+                    Binary::Add
+                    | Binary::Sub
+                    | Binary::Mul
+                    | Binary::Div
+                    | Binary::Max
+                    | Binary::Min
+                    | Binary::Eq
+                    | Binary::Ne
+                    | Binary::Lt
+                    | Binary::Le
+                    | Binary::Gt
+                    | Binary::Ge
+                    | Binary::Rem
+                    | Binary::Pow => {
+                        let (a, b) = (self.vec_f(a), self.vec_f(b));
+                        let cmp = |s: &mut Self, cc| VVal::M(s.b.ins().fcmp(cc, a, b));
+                        match op {
+                            Binary::Add => VVal::F(self.b.ins().fadd(a, b)),
+                            Binary::Sub => VVal::F(self.b.ins().fsub(a, b)),
+                            Binary::Mul => VVal::F(self.b.ins().fmul(a, b)),
+                            Binary::Div => VVal::F(self.b.ins().fdiv(a, b)),
+                            Binary::Max => VVal::F(self.b.ins().fmax(a, b)),
+                            Binary::Min => VVal::F(self.b.ins().fmin(a, b)),
+                            Binary::Eq => cmp(self, FloatCC::Equal),
+                            Binary::Ne => cmp(self, FloatCC::NotEqual),
+                            Binary::Lt => cmp(self, FloatCC::LessThan),
+                            Binary::Le => cmp(self, FloatCC::LessThanOrEqual),
+                            Binary::Gt => cmp(self, FloatCC::GreaterThan),
+                            Binary::Ge => cmp(self, FloatCC::GreaterThanOrEqual),
+                            Binary::And | Binary::Or | Binary::Rem | Binary::Pow => {
+                                return Err(self.unsupported(e, "not vectorized"));
+                            }
+                        }
+                    }
+                }
+            }
+            Expr::Select(c, a, b) => {
+                let c = self.vemit(c, lane, memo)?;
+                let a = self.vemit(a, lane, memo)?;
+                let b = self.vemit(b, lane, memo)?;
+                let (c, a, b) = (self.vec_m(c), self.vec_f(a), self.vec_f(b));
+                VVal::F(self.fsel(c, a, b))
+            }
+            Expr::Float(_)
+            | Expr::Int(_)
+            | Expr::Bool(_)
+            | Expr::Var(_)
+            | Expr::Dim(_)
+            | Expr::Acc
+            | Expr::Cast(..)
+            | Expr::Round(..)
+            | Expr::Reduce { .. } => return Err(self.unsupported(e, "not vectorized")),
+        };
+        memo.insert(key, v);
+        Ok(v)
+    }
+
+    /// Four consecutive elements of `input` from `index` (lane 0's).
+    fn vload(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Value, CodegenError> {
+        let flat = self.flat_index(e, input, index)?;
+        let dtype = self.k.inputs[input].dtype;
+        let base = self.bases[input];
+        if dtype == DType::F32 {
+            let off = self.b.ins().ishl_imm_s(flat, 2);
+            let a = self.b.ins().iadd(base, off);
+            return Ok(self.b.ins().load(types::F32X4, mem(), a, 0));
+        }
+        let mut v = None;
+        for j in 0..4u8 {
+            let f = self.b.ins().iadd_imm_s(flat, i64::from(j));
+            let x = self.decode(dtype, base, f);
+            v = Some(match v {
+                None => self.b.ins().scalar_to_vector(types::F32X4, x),
+                Some(v) => self.b.ins().insertlane(v, x, j),
+            });
+        }
+        Ok(v.expect("four lanes"))
+    }
+
+    /// `e` four lanes at a time with `lane = i`, in fresh memo scopes.
+    fn vemit_at(&mut self, e: &Expr, lane: Var, i: Value) -> Result<Value, CodegenError> {
+        self.push_scope();
+        self.vars.insert(lane, i);
+        let v = self.vemit(e, lane, &mut HashMap::new());
+        self.vars.remove(&lane);
+        self.pop_scope();
+        let v = v?;
+        Ok(self.vec_f(v))
+    }
+
+    fn combine(&mut self, op: Reduction, a: Value, b: Value) -> Value {
+        match op {
+            Reduction::Sum => self.b.ins().fadd(a, b),
+            Reduction::Prod => self.b.ins().fmul(a, b),
+            Reduction::Max => self.b.ins().fmax(a, b),
+            Reduction::Min => self.b.ins().fmin(a, b),
+        }
+    }
+
+    /// The vector part of a float reduction of `body` over `var` in
+    /// `0 .. n` from `init`: returns the first index it did not fold and
+    /// the partial result (a scalar); the caller folds the rest.
+    pub(super) fn vreduce(
+        &mut self,
+        op: Reduction,
+        var: Var,
+        n: Value,
+        body: &Expr,
+        init: Value,
+    ) -> Result<(Value, Value), CodegenError> {
+        let initv = self.b.ins().splat(types::F32X4, init);
+        let zero = self.iconst(0);
+        let (i, accs) = self.for_loop(zero, n, 8, &[initv, initv], |s, i, acc| {
+            let a = s.vemit_at(body, var, i)?;
+            let i4 = s.b.ins().iadd_imm_s(i, 4);
+            let b = s.vemit_at(body, var, i4)?;
+            let a = s.combine(op, acc[0], a);
+            let b = s.combine(op, acc[1], b);
+            Ok(vec![a, b])
+        })?;
+        let acc = self.combine(op, accs[0], accs[1]);
+        let (i, acc) = self.for_loop(i, n, 4, &[acc], |s, i, acc| {
+            let a = s.vemit_at(body, var, i)?;
+            Ok(vec![s.combine(op, acc[0], a)])
+        })?;
+        let l: Vec<Value> = (0..4u8)
+            .map(|j| self.b.ins().extractlane(acc[0], j))
+            .collect();
+        let lo = self.combine(op, l[0], l[1]);
+        let hi = self.combine(op, l[2], l[3]);
+        Ok((i, self.combine(op, lo, hi)))
+    }
+}
+
+/// The longest row kept in a stack buffer (elements).
+const MAX_ROW_BUFFER: u64 = 16384;
+
+/// Whether `e` computes `exp`, `erf` or `tanh`: worth a row buffer.
+fn heavy(e: &Expr) -> bool {
+    let mut h = matches!(e, Expr::Unary(Unary::Exp | Unary::Erf | Unary::Tanh, _));
+    e.for_each_child(|c| h = h || heavy(c));
+    h
+}
+
+/// `e` with the free occurrences of `from` replaced by `to`; `None` where
+/// a reduction inside binds `to` (it would capture them).
+fn rename(e: &Expr, from: Var, to: Var) -> Option<Expr> {
+    let r = |x: &Expr| rename(x, from, to).map(Box::new);
+    Some(match e {
+        Expr::Var(v) if *v == from => Expr::Var(to),
+        Expr::Float(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Var(_) | Expr::Dim(_) | Expr::Acc => {
+            e.clone()
+        }
+        Expr::Load {
+            input,
+            index,
+            guard,
+        } => Expr::Load {
+            input: *input,
+            index: index
+                .iter()
+                .map(|i| rename(i, from, to))
+                .collect::<Option<_>>()?,
+            guard: match guard {
+                Some(g) => Some(r(g)?),
+                None => None,
+            },
+        },
+        Expr::Unary(op, x) => Expr::Unary(*op, r(x)?),
+        Expr::Binary(op, a, b) => Expr::Binary(*op, r(a)?, r(b)?),
+        Expr::Select(c, a, b) => Expr::Select(r(c)?, r(a)?, r(b)?),
+        Expr::Cast(t, x) => Expr::Cast(*t, r(x)?),
+        Expr::Round(d, x) => Expr::Round(*d, r(x)?),
+        Expr::Reduce {
+            op,
+            var,
+            extent,
+            body,
+        } => {
+            let inner = if *var == from || !depends(body, from) {
+                body.clone()
+            } else if *var == to {
+                return None;
+            } else {
+                r(body)?
+            };
+            Expr::Reduce {
+                op: *op,
+                var: *var,
+                extent: r(extent)?,
+                body: inner,
+            }
+        }
+    })
+}
+
+/// The heavy sub-expressions of `e` that depend on `lane` and are
+/// vectorizable in it, written in `to` instead: their keys and forms.
+fn candidates(em: &Emitter, e: &Expr, lane: Var, to: Var, out: &mut HashMap<String, Expr>) {
+    if !depends(e, lane) {
+        return;
+    }
+    if heavy(e)
+        && vtype(em, e, lane) == Some(VT::F)
+        && let Some(r) = rename(e, lane, to)
+    {
+        out.insert(r.to_string(), r);
+    }
+    if !matches!(e, Expr::Reduce { .. }) {
+        e.for_each_child(|c| candidates(em, c, lane, to, out));
+    }
+}
+
+/// Every reduction in `e`, nested ones included.
+fn reductions<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    if matches!(e, Expr::Reduce { .. }) {
+        out.push(e);
+    }
+    for c in children(e) {
+        reductions(c, out);
+    }
+}
+
+/// A row buffer for a map kernel of rank >= 2 whose static innermost
+/// extent `n` is at most [`MAX_ROW_BUFFER`]: the heavy sub-expression `s`
+/// (written in the innermost variable) that appears in the most (two or
+/// more) of the element expression and the bodies of its vectorizable row
+/// reductions (over `n` elements, variable renamed), the largest of those.
+/// Returns `s`, `n` and the variables `s` appears under.
+fn row_buffer_plan(em: &Emitter, expr: &Expr) -> Option<(Expr, u64, Vec<Var>)> {
+    let rank = em.k.output.shape.rank();
+    if rank < 2 {
+        return None;
+    }
+    let Dim::Static(n) = em.k.output.shape.0[rank - 1] else {
+        return None;
+    };
+    if n == 0 || n > MAX_ROW_BUFFER {
+        return None;
+    }
+    let lane = Var(rank as u32 - 1);
+    let mut reds = Vec::new();
+    reductions(expr, &mut reds);
+    // Variables every reduction binding them runs over the whole row.
+    let mut vars: Vec<Var> = Vec::new();
+    let mut bad: Vec<Var> = vec![lane];
+    for r in &reds {
+        let Expr::Reduce {
+            op, var, extent, ..
+        } = r
+        else {
+            continue;
+        };
+        let whole = matches!(**extent, Expr::Int(m) if m == n as i64)
+            && matches!(op, Reduction::Sum | Reduction::Max | Reduction::Min)
+            && !depends(r, lane)
+            && var.0 >= rank as u32;
+        if whole {
+            vars.push(*var);
+        } else {
+            bad.push(*var);
+        }
+    }
+    vars.retain(|v| !bad.contains(v));
+    vars.sort();
+    vars.dedup();
+    let mut contexts = Vec::new();
+    let mut c = HashMap::new();
+    candidates(em, expr, lane, lane, &mut c);
+    contexts.push(c);
+    for r in &reds {
+        if let Expr::Reduce { var, body, .. } = r
+            && vars.contains(var)
+            && vectorizable(em, body, *var)
+        {
+            let mut c = HashMap::new();
+            candidates(em, body, *var, lane, &mut c);
+            contexts.push(c);
+        }
+    }
+    let outer = Emitter::out_vars(rank);
+    // The most shared, then the largest.
+    let mut best: Option<((usize, usize), &Expr)> = None;
+    for (key, s) in contexts.iter().flat_map(|c| c.iter()) {
+        let score = (
+            contexts.iter().filter(|c| c.contains_key(key)).count(),
+            key.len(),
+        );
+        if score.0 >= 2
+            && free_vars(s).is_subset(&outer)
+            && vectorizable(em, s, lane)
+            && best.is_none_or(|(b, _)| b < score)
+        {
+            best = Some((score, s));
+        }
+    }
+    let s = best?.1.clone();
+    vars.insert(0, lane);
+    Some((s, n, vars))
+}
+
+impl Emitter<'_, '_> {
+    /// Fills a stack buffer of `n` f32 with `s` at `lane = 0 .. n` (four
+    /// lanes at a time, the rest scalar); returns its address.
+    fn fill_row(&mut self, s: &Expr, lane: Var, n: u64) -> Result<Value, CodegenError> {
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (4 * n) as u32,
+            4,
+        ));
+        let ptr = self.b.func.dfg.value_type(self.bases[0]);
+        let addr = self.b.ins().stack_addr(ptr, slot, 0);
+        self.hoist(s, &Emitter::out_vars(lane.0 as usize))?;
+        let zero = self.iconst(0);
+        let hi = self.iconst(n as i64);
+        let (i, _) = self.for_loop(zero, hi, 4, &[], |em, i, _| {
+            let v = em.vemit_at(s, lane, i)?;
+            let off = em.b.ins().ishl_imm_s(i, 2);
+            let a = em.b.ins().iadd(addr, off);
+            em.b.ins().store(mem(), v, a, 0);
+            Ok(vec![])
+        })?;
+        self.for_loop(i, hi, 1, &[], |em, j, _| {
+            em.vars.insert(lane, j);
+            let v = em.emit(s);
+            em.vars.remove(&lane);
+            let (v, _) = v?;
+            let off = em.b.ins().ishl_imm_s(j, 2);
+            let a = em.b.ins().iadd(addr, off);
+            em.b.ins().store(mem(), v, a, 0);
+            Ok(vec![])
+        })?;
+        Ok(addr)
+    }
+}
+
+/// The loop nest of a vectorizable f32 map kernel with an f32 output: the
+/// scalar nest over the outer axes, then the innermost axis four elements
+/// at a time and its remainder with the scalar code. With a row buffer
+/// ([`row_buffer_plan`]), each row first fills it, then computes its
+/// statistics and elements reading it.
+pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError> {
+    let rank = em.k.output.shape.rank();
+    let lane = Var(rank as u32 - 1);
+    let out = em.k.inputs.len();
+    let plan = row_buffer_plan(em, expr);
+    let hoists: Vec<&Expr> = if plan.is_some() { vec![] } else { vec![expr] };
+    emit_nest(em, &hoists, rank - 1, &mut |em| {
+        if let Some((s, n, vars)) = &plan {
+            let addr = em.fill_row(s, lane, *n)?;
+            for &v in vars {
+                if let Some(r) = rename(s, lane, v) {
+                    em.scratch.insert(r.to_string(), (v, addr));
+                }
+            }
+            em.hoist(expr, &Emitter::out_vars(rank - 1))?;
+        }
+        let (lo, hi) = if rank == 1 {
+            em.range0
+        } else {
+            let zero = em.iconst(0);
+            (zero, em.shapes[out][rank - 1])
+        };
+        let (i, _) = em.for_loop(lo, hi, 4, &[], |em, i, _| {
+            let v = em.vemit_at(expr, lane, i)?;
+            em.vars.insert(lane, i);
+            let flat = em.out_flat();
+            em.vars.remove(&lane);
+            let off = em.b.ins().ishl_imm_s(flat, 2);
+            let a = em.b.ins().iadd(em.bases[out], off);
+            em.b.ins().store(mem(), v, a, 0);
+            Ok(vec![])
+        })?;
+        em.for_loop(i, hi, 1, &[], |em, j, _| {
+            em.vars.insert(lane, j);
+            let v = em.emit(expr);
+            let r = v.and_then(|v| {
+                let flat = em.out_flat();
+                em.store_out(expr, flat, v)
+            });
+            em.vars.remove(&lane);
+            r.map(|()| vec![])
+        })?;
+        em.scratch.clear();
+        Ok(())
+    })
+}
+
+/// Whether a map kernel takes the vector path: an f32 kernel with an f32
+/// output of rank at least 1 whose expression is [`vectorizable`] in the
+/// innermost output variable.
+pub(super) fn map_qualifies(em: &Emitter, expr: &Expr) -> bool {
+    let rank = em.k.output.shape.rank();
+    rank >= 1 && em.k.output.dtype == DType::F32 && vectorizable(em, expr, Var(rank as u32 - 1))
+}
