@@ -437,12 +437,38 @@ impl CpuExecutable {
             arena = AlignedBytes::zeroed(plan.arena.peak_bytes);
         }
         let base = arena.as_mut_ptr();
+        // Outputs computed by this run are written straight into the
+        // tensors returned, not copied out of the arena afterwards.
+        // Their bytes are left uninitialized (no memset of a large output
+        // on one thread): the launch that writes a buffer writes every
+        // byte of it, except sub-byte types, whose stores read and modify
+        // whole bytes and which start zeroed. `set_len` follows the
+        // launches.
+        let mut direct: HashMap<usize, Vec<u8>> = HashMap::new();
+        for (_, b) in &self.program.outputs {
+            if self.origins[*b] == Origin::RunTime && !direct.contains_key(b) {
+                let dtype = self.program.buffers[*b].dtype;
+                let shape = plan.shapes[*b].clone().unwrap_or_default();
+                let len = byte_size(dtype, &shape).unwrap_or(0);
+                let bytes = if dtype.bits() < 8 {
+                    vec![0u8; len]
+                } else {
+                    Vec::with_capacity(len)
+                };
+                direct.insert(*b, bytes);
+            }
+        }
         let mut args: Vec<*mut u8> = Vec::new();
         for lp in &plan.launches {
             let launch = &self.program.launches[lp.launch];
             args.clear();
             for &b in launch.args.iter().chain(std::iter::once(&launch.out)) {
-                args.push(self.pointer(b, inputs, base, &plan.arena));
+                args.push(match direct.get_mut(&b) {
+                    // A direct output read by a later launch has been
+                    // written by then (the program check orders them).
+                    Some(bytes) => bytes.as_mut_ptr(),
+                    None => self.pointer(b, inputs, base, &plan.arena),
+                });
             }
             // SAFETY: inputs were checked against their declared shapes and
             // byte counts, held tensors have their declared shapes, and arena
@@ -459,6 +485,13 @@ impl CpuExecutable {
             };
         }
 
+        for (b, bytes) in direct.iter_mut() {
+            let shape = plan.shapes[*b].clone().unwrap_or_default();
+            let len = byte_size(self.program.buffers[*b].dtype, &shape).unwrap_or(0);
+            // SAFETY: the capacity is `len`, and the launch that writes the
+            // buffer (every run-time buffer has one) wrote all its bytes.
+            unsafe { bytes.set_len(len) };
+        }
         let mut outputs = Vec::with_capacity(self.program.outputs.len());
         for (name, b) in &self.program.outputs {
             let tensor = match self.origins[*b] {
@@ -466,12 +499,20 @@ impl CpuExecutable {
                 Origin::RunTime => {
                     let buffer = &self.program.buffers[*b];
                     let shape = plan.shapes[*b].clone().unwrap_or_default();
-                    let offset = plan.arena.offsets[*b].unwrap_or(0);
-                    let len = byte_size(buffer.dtype, &shape).unwrap_or(0);
+                    // The last name of a buffer takes its bytes, earlier
+                    // ones a copy.
+                    let later = self.program.outputs[outputs.len() + 1..]
+                        .iter()
+                        .any(|(_, o)| o == b);
+                    let data = if later {
+                        direct.get(b).cloned().unwrap_or_default()
+                    } else {
+                        direct.remove(b).unwrap_or_default()
+                    };
                     HostTensor {
                         dtype: buffer.dtype,
                         shape,
-                        data: arena.as_slice()[offset..offset + len].to_vec(),
+                        data,
                     }
                 }
                 Origin::Weight | Origin::Constant | Origin::BindTime | Origin::Unused => {
