@@ -629,8 +629,12 @@ fn tile_sums(
         }
     }
     let offs = &row_off[..rows];
+    // Two steps of `k` per iteration, each in a block of its own: Cranelift
+    // places pure arithmetic at its first use, and within one block that
+    // would keep both steps' operands live at once and spill accumulators.
     let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
         let c = step(em, c, ak, bk, offs);
+        let c = block_edge(em, &c);
         Ok(step(em, &c, ak, bk, offs))
     })?;
     let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| Ok(step(em, c, ak, bk, offs)))?;
@@ -696,4 +700,17 @@ fn lane_stores(
     em.vars.remove(&n);
     em.vars.remove(&m);
     Ok(())
+}
+
+/// Ends the current block with a jump to a new one that takes `vs` as
+/// parameters; returns the parameters.
+fn block_edge(em: &mut Emitter, vs: &[Value]) -> Vec<Value> {
+    let next = em.b.create_block();
+    for &v in vs {
+        let t = em.b.func.dfg.value_type(v);
+        em.b.append_block_param(next, t);
+    }
+    em.b.ins().jump(next, &super::expr::args(vs));
+    em.b.switch_to_block(next);
+    em.b.block_params(next).to_vec()
 }
