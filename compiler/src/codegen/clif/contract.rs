@@ -39,12 +39,13 @@ pub(super) fn emit_contract(
     epilogue: &Expr,
 ) -> Result<(), CodegenError> {
     let rank = em.k.output.shape.rank();
-    if em.fty == types::F32 && rank >= 2 {
-        if let Some((oa, pb)) = operand(em, a, kv, rank, false).zip(packed(em, b, kv, rank)) {
-            return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
-                panels(em, kv, extent, epilogue, &oa, &pb)
-            });
-        }
+    if em.fty == types::F32
+        && rank >= 2
+        && let Some((oa, pb)) = operand(em, a, kv, rank, false).zip(packed(em, b, kv, rank))
+    {
+        return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+            panels(em, kv, extent, epilogue, &oa, &pb)
+        });
     }
     let fast = if em.fty == types::F32 && rank >= 2 {
         operand(em, a, kv, rank, false).zip(operand(em, b, kv, rank, true))

@@ -196,7 +196,7 @@ impl Emitter<'_, '_> {
         let t = self.mul_add(x, log2e, shifter);
         let n = self.b.ins().fsub(t, shifter);
         let neg_hi = self.fc(x, -0.693359375);
-        let neg_lo = self.fc(x, 2.12194440054690583e-4);
+        let neg_lo = self.fc(x, 2.121_944_400_546_905_7e-4);
         let r = self.mul_add(n, neg_hi, x);
         let r = self.mul_add(n, neg_lo, r);
         let p = self.poly(r, &EXP_P);
