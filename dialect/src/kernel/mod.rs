@@ -268,6 +268,48 @@ impl Expr {
         }
     }
 
+    /// `self` with every sub-expression for which `f` gives a replacement
+    /// replaced (outermost first; a replacement is not searched again).
+    pub fn substitute(&self, f: &dyn Fn(&Expr) -> Option<Expr>) -> Expr {
+        if let Some(r) = f(self) {
+            return r;
+        }
+        let s = |x: &Expr| Box::new(x.substitute(f));
+        match self {
+            Expr::Float(_)
+            | Expr::Int(_)
+            | Expr::Bool(_)
+            | Expr::Var(_)
+            | Expr::Dim(_)
+            | Expr::Acc => self.clone(),
+            Expr::Load {
+                input,
+                index,
+                guard,
+            } => Expr::Load {
+                input: *input,
+                index: index.iter().map(|i| i.substitute(f)).collect(),
+                guard: guard.as_deref().map(s),
+            },
+            Expr::Unary(op, x) => Expr::Unary(*op, s(x)),
+            Expr::Binary(op, a, b) => Expr::Binary(*op, s(a), s(b)),
+            Expr::Select(c, a, b) => Expr::Select(s(c), s(a), s(b)),
+            Expr::Cast(t, x) => Expr::Cast(*t, s(x)),
+            Expr::Round(d, x) => Expr::Round(*d, s(x)),
+            Expr::Reduce {
+                op,
+                var,
+                extent,
+                body,
+            } => Expr::Reduce {
+                op: *op,
+                var: *var,
+                extent: s(extent),
+                body: s(body),
+            },
+        }
+    }
+
     /// Calls `f` on every direct sub-expression.
     pub fn for_each_child(&self, mut f: impl FnMut(&Expr)) {
         match self {

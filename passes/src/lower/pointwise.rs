@@ -94,7 +94,7 @@ pub fn lower(
     cx.acc = None;
     // The accumulator is the sum; the conv's value adds its bias.
     let biased = super::nn::add_bias(&mut cx, cv, Expr::Acc, ops.get(2).copied(), &Expr::Var(m))?;
-    let epilogue = with_acc(&epilogue, &biased);
+    let epilogue = epilogue.substitute(&|e| matches!(e, Expr::Acc).then(|| biased.clone()));
     let k = cx.fresh();
     let a = cx.at(
         wt,
@@ -146,38 +146,4 @@ fn reads(e: &Expr, input: usize) -> bool {
     let mut found = matches!(e, Expr::Load { input: i, .. } if *i == input);
     e.for_each_child(|c| found |= reads(c, input));
     found
-}
-
-/// `e` with every [`Expr::Acc`] replaced by `acc`.
-fn with_acc(e: &Expr, acc: &Expr) -> Expr {
-    let r = |x: &Expr| Box::new(with_acc(x, acc));
-    match e {
-        Expr::Acc => acc.clone(),
-        Expr::Float(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Var(_) | Expr::Dim(_) => e.clone(),
-        Expr::Load {
-            input,
-            index,
-            guard,
-        } => Expr::Load {
-            input: *input,
-            index: index.iter().map(|i| with_acc(i, acc)).collect(),
-            guard: guard.as_deref().map(r),
-        },
-        Expr::Unary(op, x) => Expr::Unary(*op, r(x)),
-        Expr::Binary(op, a, b) => Expr::Binary(*op, r(a), r(b)),
-        Expr::Select(c, a, b) => Expr::Select(r(c), r(a), r(b)),
-        Expr::Cast(t, x) => Expr::Cast(*t, r(x)),
-        Expr::Round(d, x) => Expr::Round(*d, r(x)),
-        Expr::Reduce {
-            op,
-            var,
-            extent,
-            body,
-        } => Expr::Reduce {
-            op: *op,
-            var: *var,
-            extent: r(extent),
-            body: r(body),
-        },
-    }
 }

@@ -169,20 +169,14 @@ fn tiles(
     oa: &Operand,
     ob: &Operand,
 ) -> Result<(), CodegenError> {
-    let rank = em.k.output.shape.rank();
-    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
-    let out = em.k.inputs.len();
-    let (mlo, mhi) = if rank == 2 {
-        em.range0
-    } else {
-        let zero = em.iconst(0);
-        (zero, em.shapes[out][rank - 2])
-    };
-    let ncols = em.shapes[out][rank - 1];
-    let (kn, kt) = em.emit(extent)?;
-    if kt != T::I {
-        return Err(em.type_err(extent, "the extent is not an integer"));
-    }
+    let TileSpace {
+        m,
+        n,
+        mlo,
+        mhi,
+        ncols,
+        kn,
+    } = tile_space(em, extent)?;
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let (pb, bn, bk) = ob.addressing(em, n, kv);
     let _ = bn; // 4 bytes: `n` is the last axis of `b`
@@ -430,19 +424,14 @@ fn panels(
     pb: &Packed,
 ) -> Result<(), CodegenError> {
     let rank = em.k.output.shape.rank();
-    let m = Var(rank as u32 - 2);
-    let out = em.k.inputs.len();
-    let (mlo, mhi) = if rank == 2 {
-        em.range0
-    } else {
-        let zero = em.iconst(0);
-        (zero, em.shapes[out][rank - 2])
-    };
-    let ncols = em.shapes[out][rank - 1];
-    let (kn, kt) = em.emit(extent)?;
-    if kt != T::I {
-        return Err(em.type_err(extent, "the extent is not an integer"));
-    }
+    let TileSpace {
+        m,
+        mlo,
+        mhi,
+        ncols,
+        kn,
+        ..
+    } = tile_space(em, extent)?;
     let (pa, am, ak) = oa.addressing(em, m, kv);
     // The packed operand's base at the bound batch variables; panels are
     // `strides[panel_axis]` elements apart, `k` rows NR elements apart.
@@ -714,4 +703,39 @@ fn block_edge(em: &mut Emitter, vs: &[Value]) -> Vec<Value> {
     em.b.ins().jump(next, &super::expr::args(vs));
     em.b.switch_to_block(next);
     em.b.block_params(next).to_vec()
+}
+
+/// The row and column variables of a tiled contraction, its rows (the
+/// range of axis 0 for a matrix, all of them under batch axes), its
+/// columns and its `k` extent.
+struct TileSpace {
+    m: Var,
+    n: Var,
+    mlo: Value,
+    mhi: Value,
+    ncols: Value,
+    kn: Value,
+}
+
+fn tile_space(em: &mut Emitter, extent: &Expr) -> Result<TileSpace, CodegenError> {
+    let rank = em.k.output.shape.rank();
+    let out = em.k.inputs.len();
+    let (mlo, mhi) = if rank == 2 {
+        em.range0
+    } else {
+        let zero = em.iconst(0);
+        (zero, em.shapes[out][rank - 2])
+    };
+    let (kn, kt) = em.emit(extent)?;
+    if kt != T::I {
+        return Err(em.type_err(extent, "the extent is not an integer"));
+    }
+    Ok(TileSpace {
+        m: Var(rank as u32 - 2),
+        n: Var(rank as u32 - 1),
+        mlo,
+        mhi,
+        ncols: em.shapes[out][rank - 1],
+        kn,
+    })
 }
