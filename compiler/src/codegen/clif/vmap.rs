@@ -16,10 +16,28 @@
 //!
 //! Sub-expressions that do not depend on the lane variable are emitted by
 //! the scalar [`Emitter`] (hoisted by the loop nest, reductions included)
-//! and splatted. Anything else (guarded or gathered loads, integer or bool
-//! arithmetic on the lane variable, casts, rounds, `pow`, `log`, `sin`,
-//! `cos`, `floor`, `ceil`, `round`, reductions that depend on the lane)
-//! keeps the scalar path.
+//! and splatted.
+//!
+//! In the lane of a map kernel (not in a reduction's own variable) two
+//! more forms qualify:
+//!
+//! * a guarded load with the index rule above. When the guard is an `and`
+//!   tree of lane-invariant bools and `lt le gt ge` comparisons between
+//!   integers that are unit-affine in the lane or lane-invariant
+//!   ([`monotone_guard`]), it holds for all four lanes when it holds for
+//!   the first and the last: a runtime branch takes one `f32x4` load then,
+//!   else four scalar guarded loads (each lane emitted with the lane bound
+//!   to its value and a memo of its own) put together with `insertlane`.
+//!   Any other guard always takes the four-scalar form;
+//! * a `sum`, `max` or `min` whose body qualifies and whose extent does not
+//!   depend on the lane: a scalar loop over its variable carrying an
+//!   `f32x4` accumulator, the body emitted four lanes at a time with the
+//!   variable bound to the loop's scalar. Each lane combines in the scalar
+//!   loop's order, so the result is the scalar path's, bit for bit.
+//!
+//! Anything else (gathered loads, integer or bool arithmetic on the lane
+//! variable, casts, rounds, `pow`, `log`, `sin`, `cos`, `floor`, `ceil`,
+//! `round`, `prod` reductions of the lane) keeps the scalar path.
 //!
 //! A vectorized map kernel runs its innermost axis four elements at a time
 //! with `f32x4` stores (f32 outputs only), then the remaining elements with
