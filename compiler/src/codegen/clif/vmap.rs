@@ -32,7 +32,8 @@
 //! * a `sum`, `max` or `min` whose body qualifies and whose extent does not
 //!   depend on the lane: a scalar loop over its variable carrying an
 //!   `f32x4` accumulator, the body emitted four lanes at a time with the
-//!   variable bound to the loop's scalar. Each lane combines in the scalar
+//!   variable bound to the loop's scalar (unrolled for a static extent up
+//!   to [`MAX_UNROLL`]). Each lane combines in the scalar
 //!   loop's order, so the result is the scalar path's, bit for bit.
 //!
 //! Anything else (gathered loads, integer or bool arithmetic on the lane
@@ -528,6 +529,23 @@ impl Emitter<'_, '_> {
         bound.remove(&var);
         bound.remove(&lane);
         self.hoist(body, &bound)?;
+        if let Expr::Int(m) = extent
+            && (0..=MAX_UNROLL).contains(m)
+        {
+            // Unrolled: the same order, no loop.
+            let mut acc = initv;
+            for j in 0..*m {
+                let i = self.iconst(j);
+                self.push_scope();
+                self.vars.insert(var, i);
+                let v = self.vemit(body, lane, &mut HashMap::new());
+                self.vars.remove(&var);
+                self.pop_scope();
+                let v = self.vec_f(v?);
+                acc = self.combine(op, acc, v);
+            }
+            return Ok(acc);
+        }
         let zero = self.iconst(0);
         let (_, acc) = self.for_loop(zero, n, 1, &[initv], |s, i, acc| {
             s.vars.insert(var, i);
@@ -594,6 +612,10 @@ impl Emitter<'_, '_> {
         Ok((i, self.combine(op, lo, hi)))
     }
 }
+
+/// The largest static extent of a lane-dependent reduction that is
+/// unrolled ([`Emitter::vreduce_lanes`]).
+const MAX_UNROLL: i64 = 4;
 
 /// The longest row kept in a stack buffer (elements).
 const MAX_ROW_BUFFER: u64 = 16384;
