@@ -1222,3 +1222,152 @@ fn gelu_layer_norm_rows() {
         check(&k, 1e-4);
     }
 }
+
+/// `lo <= i < hi` for an index expression `i`.
+fn in_range(i: &Expr, hi: usize) -> Expr {
+    bin(
+        Binary::And,
+        bin(Binary::Ge, i.clone(), Expr::Int(0)),
+        bin(Binary::Lt, i.clone(), Expr::Int(hi as i64)),
+    )
+}
+
+/// `relu6(e * s)` written as the cpu target writes it (`s` loaded twice).
+fn relu6_scaled(e: &Expr, s: &Expr) -> Expr {
+    let x = bin(Binary::Mul, e.clone(), s.clone());
+    Expr::select(
+        bin(Binary::Lt, x.clone(), fl(0.0)),
+        fl(0.0),
+        Expr::select(bin(Binary::Gt, x.clone(), fl(6.0)), fl(6.0), x),
+    )
+}
+
+/// A depthwise 3x3 convolution with padding 1 (rows strided by `sy`), the
+/// form of the MobileNetV2 block's kernel: `out[n, c, y, x] = relu6(sum(
+/// v4 < 1: sum(v5 < 3: sum(v6 < 3: in0[n, c + v4, sy*y + v5 - 1, x + v6 -
+/// 1] if <in range> * in1[c, v4, v5, v6]))) * in2[c, 0, 0])`.
+fn depthwise(n: usize, c: usize, h: usize, w: usize, sy: usize) -> Kernel {
+    let ho = (h - 1) / sy + 1;
+    let iy = bin(
+        Binary::Sub,
+        bin(
+            Binary::Add,
+            bin(Binary::Mul, v(2), Expr::Int(sy as i64)),
+            v(5),
+        ),
+        Expr::Int(1),
+    );
+    let ix = bin(Binary::Sub, bin(Binary::Add, v(3), v(6)), Expr::Int(1));
+    let x = Expr::Load {
+        input: 0,
+        index: vec![v(0), bin(Binary::Add, v(1), v(4)), iy.clone(), ix.clone()],
+        guard: Some(Box::new(bin(
+            Binary::And,
+            in_range(&iy, h),
+            in_range(&ix, w),
+        ))),
+    };
+    let body = bin(Binary::Mul, x, ld(1, vec![v(1), v(4), v(5), v(6)]));
+    let s = Expr::reduce(
+        Reduction::Sum,
+        Var(4),
+        Expr::Int(1),
+        Expr::reduce(
+            Reduction::Sum,
+            Var(5),
+            Expr::Int(3),
+            Expr::reduce(Reduction::Sum, Var(6), Expr::Int(3), body),
+        ),
+    );
+    map(
+        "dw3x3",
+        Ty::F32,
+        vec![
+            buf("x", DType::F32, &[n, c, h, w]),
+            buf("w", DType::F32, &[c, 1, 3, 3]),
+            buf("s", DType::F32, &[c, 1, 1]),
+        ],
+        buf("y", DType::F32, &[n, c, ho, w]),
+        relu6_scaled(&s, &ld(2, vec![v(1), Expr::Int(0), Expr::Int(0)])),
+    )
+}
+
+/// Depthwise 3x3 convolutions (padding 1, row stride 1 and 2) take the
+/// vector path: reductions whose body depends on the lane, guarded loads
+/// (one vector load where the guard holds at both ends, four scalar loads
+/// at the borders). Exact: each lane adds in the scalar order.
+#[test]
+fn vectorized_depthwise() {
+    for w in [1, 3, 50, 783] {
+        for (n, c, h, sy) in [(3, 2, 5, 1), (2, 3, 4, 2), (1, 1, 1, 1)] {
+            let k = depthwise(n, c, h, w, sy);
+            assert!(clif_of(&k).contains("f32x4"), "dw3x3 is not vectorized");
+            check(&k, 0.0);
+        }
+    }
+}
+
+/// Lane-dependent reductions without guards (a sliding-window sum and
+/// max), with a non-monotone guard (each lane loaded as the scalar code
+/// does), and a guard that does not depend on the lane. Exact, but for
+/// the unguarded sum: the scalar remainder reduces it four elements of
+/// `v2` at a time ([`vectorized_reductions`]), in another order.
+#[test]
+fn vectorized_lane_reductions() {
+    for (b, len) in [(2, 1), (3, 3), (4, 50), (2, 783)] {
+        let pos = bin(Binary::Add, v(1), v(2));
+        let x = ld(0, vec![v(0), pos.clone()]);
+        let xw = bin(Binary::Mul, x.clone(), ld(1, vec![v(2)]));
+        let odd = Expr::Load {
+            input: 0,
+            index: vec![v(0), pos.clone()],
+            guard: Some(Box::new(bin(
+                Binary::Or,
+                bin(Binary::Ne, pos.clone(), Expr::Int(4)),
+                bin(Binary::Eq, v(0), Expr::Int(1)),
+            ))),
+        };
+        let rowg = Expr::Load {
+            input: 0,
+            index: vec![v(0), pos.clone()],
+            guard: Some(Box::new(bin(Binary::Gt, v(0), v(2)))),
+        };
+        let cases = [
+            (
+                "win_sum",
+                Expr::reduce(Reduction::Sum, Var(2), Expr::Int(5), xw),
+            ),
+            (
+                "win_max",
+                bin(
+                    Binary::Add,
+                    Expr::reduce(Reduction::Max, Var(2), Expr::Int(5), x.clone()),
+                    Expr::reduce(Reduction::Min, Var(2), Expr::Int(3), x),
+                ),
+            ),
+            (
+                "win_odd",
+                Expr::reduce(Reduction::Sum, Var(2), Expr::Int(5), odd),
+            ),
+            (
+                "win_row",
+                Expr::reduce(Reduction::Sum, Var(2), Expr::Int(5), rowg),
+            ),
+        ];
+        for (name, e) in cases {
+            let tol = if name == "win_sum" { 1e-6 } else { 0.0 };
+            let k = map(
+                name,
+                Ty::F32,
+                vec![
+                    buf("x", DType::F32, &[b, len + 4]),
+                    buf("w", DType::F32, &[5]),
+                ],
+                buf("y", DType::F32, &[b, len]),
+                e,
+            );
+            assert!(clif_of(&k).contains("f32x4"), "{name} is not vectorized");
+            check(&k, tol);
+        }
+    }
+}

@@ -198,6 +198,16 @@ impl<'a, 'f> Emitter<'a, 'f> {
         self.memo.pop();
     }
 
+    /// Sets the memo aside (for [`Emitter::restore_memo`]), leaving one
+    /// empty scope.
+    pub fn take_memo(&mut self) -> Vec<HashMap<String, (Value, T)>> {
+        std::mem::replace(&mut self.memo, vec![HashMap::new()])
+    }
+
+    pub fn restore_memo(&mut self, memo: Vec<HashMap<String, (Value, T)>>) {
+        self.memo = memo;
+    }
+
     fn lookup(&self, key: &str) -> Option<(Value, T)> {
         self.memo.iter().rev().find_map(|m| m.get(key).copied())
     }

@@ -16,10 +16,29 @@
 //!
 //! Sub-expressions that do not depend on the lane variable are emitted by
 //! the scalar [`Emitter`] (hoisted by the loop nest, reductions included)
-//! and splatted. Anything else (guarded or gathered loads, integer or bool
-//! arithmetic on the lane variable, casts, rounds, `pow`, `log`, `sin`,
-//! `cos`, `floor`, `ceil`, `round`, reductions that depend on the lane)
-//! keeps the scalar path.
+//! and splatted.
+//!
+//! In the lane of a map kernel (not in a reduction's own variable) two
+//! more forms qualify:
+//!
+//! * a guarded load with the index rule above. When the guard is an `and`
+//!   tree of lane-invariant bools and `lt le gt ge` comparisons between
+//!   integers that are unit-affine in the lane or lane-invariant
+//!   ([`monotone_guard`]), it holds for all four lanes when it holds for
+//!   the first and the last: a runtime branch takes one `f32x4` load then,
+//!   else four scalar guarded loads (each lane emitted with the lane bound
+//!   to its value and a memo of its own) put together with `insertlane`.
+//!   Any other guard always takes the four-scalar form;
+//! * a `sum`, `max` or `min` whose body qualifies and whose extent does not
+//!   depend on the lane: a scalar loop over its variable carrying an
+//!   `f32x4` accumulator, the body emitted four lanes at a time with the
+//!   variable bound to the loop's scalar (unrolled for a static extent up
+//!   to [`MAX_UNROLL`]). Each lane combines in the scalar
+//!   loop's order, so the result is the scalar path's, bit for bit.
+//!
+//! Anything else (gathered loads, integer or bool arithmetic on the lane
+//! variable, casts, rounds, `pow`, `log`, `sin`, `cos`, `floor`, `ceil`,
+//! `round`, `prod` reductions of the lane) keeps the scalar path.
 //!
 //! A vectorized map kernel runs its innermost axis four elements at a time
 //! with `f32x4` stores (f32 outputs only), then the remaining elements with
@@ -77,8 +96,53 @@ fn unit_affine(em: &Emitter, e: &Expr, lane: Var) -> bool {
     }
 }
 
+/// Whether the guard `g` of a load holds for four consecutive lanes when it
+/// holds for the first and the last: an `and` tree of lane-invariant
+/// bools and comparisons (`lt le gt ge`) of integers that are unit-affine
+/// in `lane` or lane-invariant (each comparison is monotone in the lane).
+fn monotone_guard(em: &Emitter, g: &Expr, lane: Var) -> bool {
+    if !depends(g, lane) {
+        return em.type_of(g).ok() == Some(T::B);
+    }
+    let side = |x: &Expr| {
+        unit_affine(em, x, lane) || (!depends(x, lane) && em.type_of(x).ok() == Some(T::I))
+    };
+    match g {
+        Expr::Binary(op, a, b) => match op {
+            Binary::And => monotone_guard(em, a, lane) && monotone_guard(em, b, lane),
+            Binary::Lt | Binary::Le | Binary::Gt | Binary::Ge => side(a) && side(b),
+            Binary::Add
+            | Binary::Sub
+            | Binary::Mul
+            | Binary::Div
+            | Binary::Rem
+            | Binary::Max
+            | Binary::Min
+            | Binary::Pow
+            | Binary::Eq
+            | Binary::Ne
+            | Binary::Or => false,
+        },
+        Expr::Float(_)
+        | Expr::Int(_)
+        | Expr::Bool(_)
+        | Expr::Var(_)
+        | Expr::Dim(_)
+        | Expr::Acc
+        | Expr::Load { .. }
+        | Expr::Unary(..)
+        | Expr::Select(..)
+        | Expr::Cast(..)
+        | Expr::Round(..)
+        | Expr::Reduce { .. } => false,
+    }
+}
+
 /// The vector form of `e` in `lane`, or `None` when it does not qualify.
-fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
+/// With `ext` (the lane of a map kernel), guarded loads and reductions
+/// whose body depends on the lane qualify too; reductions along their own
+/// variable ([`Emitter::vreduce`]) and row buffers keep to the rest.
+fn vtype(em: &Emitter, e: &Expr, lane: Var, ext: bool) -> Option<VT> {
     if !depends(e, lane) {
         return em.type_of(e).ok().map(VT::Inv);
     }
@@ -91,7 +155,9 @@ fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
             guard,
         } => {
             let buf = em.k.inputs.get(*input)?;
-            if guard.is_some()
+            if guard
+                .as_ref()
+                .is_some_and(|g| !ext || em.type_of(g).ok() != Some(T::B))
                 || load_type(buf.dtype) != T::F
                 || index.len() != em.shapes[*input].len()
             {
@@ -104,7 +170,7 @@ fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
             Some(VT::F)
         }
         Expr::Unary(op, x) => {
-            let t = vtype(em, x, lane)?;
+            let t = vtype(em, x, lane, ext)?;
             match op {
                 Unary::Neg | Unary::Abs | Unary::Sqrt | Unary::Exp | Unary::Erf | Unary::Tanh => {
                     (t == VT::F).then_some(VT::F)
@@ -119,7 +185,7 @@ fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
             }
         }
         Expr::Binary(op, a, b) => {
-            let (ta, tb) = (vtype(em, a, lane)?, vtype(em, b, lane)?);
+            let (ta, tb) = (vtype(em, a, lane, ext)?, vtype(em, b, lane, ext)?);
             match op {
                 Binary::Add
                 | Binary::Sub
@@ -136,11 +202,25 @@ fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
         }
         Expr::Select(c, a, b) => {
             let (tc, ta, tb) = (
-                vtype(em, c, lane)?,
-                vtype(em, a, lane)?,
-                vtype(em, b, lane)?,
+                vtype(em, c, lane, ext)?,
+                vtype(em, a, lane, ext)?,
+                vtype(em, b, lane, ext)?,
             );
             (is_m(tc) && is_f(ta) && is_f(tb)).then_some(VT::F)
+        }
+        Expr::Reduce {
+            op,
+            var,
+            extent,
+            body,
+        } => {
+            let ok = ext
+                && matches!(op, Reduction::Sum | Reduction::Max | Reduction::Min)
+                && *var != lane
+                && !depends(extent, lane)
+                && em.type_of(extent).ok() == Some(T::I)
+                && vtype(em, body, lane, ext)? == VT::F;
+            ok.then_some(VT::F)
         }
         Expr::Float(_)
         | Expr::Int(_)
@@ -149,15 +229,14 @@ fn vtype(em: &Emitter, e: &Expr, lane: Var) -> Option<VT> {
         | Expr::Dim(_)
         | Expr::Acc
         | Expr::Cast(..)
-        | Expr::Round(..)
-        | Expr::Reduce { .. } => None,
+        | Expr::Round(..) => None,
     }
 }
 
 /// Whether `e` is a float expression that depends on `lane` and can be
 /// computed four lanes at a time (f32 kernels only).
 pub(super) fn vectorizable(em: &Emitter, e: &Expr, lane: Var) -> bool {
-    em.fty == types::F32 && vtype(em, e, lane) == Some(VT::F)
+    em.fty == types::F32 && vtype(em, e, lane, false) == Some(VT::F)
 }
 
 impl Emitter<'_, '_> {
@@ -206,7 +285,16 @@ impl Emitter<'_, '_> {
             return Ok(v);
         }
         let v = match e {
-            Expr::Load { input, index, .. } => VVal::F(self.vload(e, *input, index)?),
+            Expr::Load {
+                input,
+                index,
+                guard: None,
+            } => VVal::F(self.vload(e, *input, index)?),
+            Expr::Load {
+                input,
+                index,
+                guard: Some(g),
+            } => VVal::F(self.vload_guarded(e, *input, index, g, lane)?),
             Expr::Unary(op, x) => {
                 let x = self.vemit(x, lane, memo)?;
                 match op {
@@ -309,8 +397,13 @@ impl Emitter<'_, '_> {
             | Expr::Dim(_)
             | Expr::Acc
             | Expr::Cast(..)
-            | Expr::Round(..)
-            | Expr::Reduce { .. } => return Err(self.unsupported(e, "not vectorized")),
+            | Expr::Round(..) => return Err(self.unsupported(e, "not vectorized")),
+            Expr::Reduce {
+                op,
+                var,
+                extent,
+                body,
+            } => VVal::F(self.vreduce_lanes(e, *op, *var, extent, body, lane)?),
         };
         memo.insert(key, v);
         Ok(v)
@@ -336,6 +429,133 @@ impl Emitter<'_, '_> {
             });
         }
         Ok(v.expect("four lanes"))
+    }
+
+    /// Runs `f` with `lane` bound to its value plus `j` and a memo of its
+    /// own: nothing emitted for one lane is reused for another, or after.
+    fn at_lane<R>(&mut self, lane: Var, j: i64, f: impl FnOnce(&mut Self) -> R) -> R {
+        let base = self.vars[&lane];
+        let i = self.b.ins().iadd_imm_s(base, j);
+        let saved = self.take_memo();
+        self.vars.insert(lane, i);
+        let r = f(self);
+        self.vars.insert(lane, base);
+        self.restore_memo(saved);
+        r
+    }
+
+    /// A guarded load four lanes at a time. With a guard that is monotone
+    /// in the lane ([`monotone_guard`]): where it holds at the first and the
+    /// last lane, one vector load; else, and for any other guard, each lane
+    /// as the scalar code loads it (0 where the guard fails).
+    fn vload_guarded(
+        &mut self,
+        e: &Expr,
+        input: usize,
+        index: &[Expr],
+        g: &Expr,
+        lane: Var,
+    ) -> Result<Value, CodegenError> {
+        if !monotone_guard(self, g, lane) {
+            return self.vload_lanes(e, lane);
+        }
+        let g0 = self.at_lane(lane, 0, |s| s.emit(g))?.0;
+        let g3 = self.at_lane(lane, 3, |s| s.emit(g))?.0;
+        let both = self.b.ins().band(g0, g3);
+        let fast = self.b.create_block();
+        let slow = self.b.create_block();
+        let merge = self.b.create_block();
+        self.b.append_block_param(merge, types::F32X4);
+        self.b.ins().brif(both, fast, &[], slow, &[]);
+        self.b.switch_to_block(fast);
+        self.push_scope();
+        let v = self.vload(e, input, index);
+        self.pop_scope();
+        let v = v?;
+        self.b.ins().jump(merge, &super::expr::args(&[v]));
+        self.b.switch_to_block(slow);
+        self.push_scope();
+        let v = self.vload_lanes(e, lane);
+        self.pop_scope();
+        let v = v?;
+        self.b.ins().jump(merge, &super::expr::args(&[v]));
+        self.b.switch_to_block(merge);
+        Ok(self.b.block_params(merge)[0])
+    }
+
+    /// The scalar load `e` (guard included) at each of the four lanes.
+    fn vload_lanes(&mut self, e: &Expr, lane: Var) -> Result<Value, CodegenError> {
+        let mut v = None;
+        for j in 0..4u8 {
+            let (x, t) = self.at_lane(lane, i64::from(j), |s| s.emit(e))?;
+            if t != T::F {
+                return Err(self.type_err(e, "not a float load"));
+            }
+            v = Some(match v {
+                None => self.b.ins().scalar_to_vector(types::F32X4, x),
+                Some(v) => self.b.ins().insertlane(v, x, j),
+            });
+        }
+        Ok(v.expect("four lanes"))
+    }
+
+    /// A reduction whose body depends on `lane`: a scalar loop over its
+    /// variable carrying a vector accumulator, the body four lanes at a
+    /// time; each lane adds in the scalar loop's order.
+    fn vreduce_lanes(
+        &mut self,
+        e: &Expr,
+        op: Reduction,
+        var: Var,
+        extent: &Expr,
+        body: &Expr,
+        lane: Var,
+    ) -> Result<Value, CodegenError> {
+        if self.vars.contains_key(&var) {
+            return Err(self.unsupported(e, format!("reduction variable {var} is already bound")));
+        }
+        let (n, nt) = self.emit(extent)?;
+        if nt != T::I {
+            return Err(self.type_err(e, "the extent is not an integer"));
+        }
+        let init = match op {
+            Reduction::Sum => self.fconst(0.0),
+            Reduction::Prod => self.fconst(1.0),
+            Reduction::Max => self.fconst(f64::NEG_INFINITY),
+            Reduction::Min => self.fconst(f64::INFINITY),
+        };
+        let initv = self.b.ins().splat(types::F32X4, init);
+        let mut bound = self.bound();
+        bound.remove(&var);
+        bound.remove(&lane);
+        self.hoist(body, &bound)?;
+        if let Expr::Int(m) = extent
+            && (0..=MAX_UNROLL).contains(m)
+        {
+            // Unrolled: the same order, no loop.
+            let mut acc = initv;
+            for j in 0..*m {
+                let i = self.iconst(j);
+                self.push_scope();
+                self.vars.insert(var, i);
+                let v = self.vemit(body, lane, &mut HashMap::new());
+                self.vars.remove(&var);
+                self.pop_scope();
+                let v = self.vec_f(v?);
+                acc = self.combine(op, acc, v);
+            }
+            return Ok(acc);
+        }
+        let zero = self.iconst(0);
+        let (_, acc) = self.for_loop(zero, n, 1, &[initv], |s, i, acc| {
+            s.vars.insert(var, i);
+            let v = s.vemit(body, lane, &mut HashMap::new());
+            s.vars.remove(&var);
+            let v = v?;
+            let v = s.vec_f(v);
+            Ok(vec![s.combine(op, acc[0], v)])
+        })?;
+        Ok(acc[0])
     }
 
     /// `e` four lanes at a time with `lane = i`, in fresh memo scopes.
@@ -392,6 +612,10 @@ impl Emitter<'_, '_> {
         Ok((i, self.combine(op, lo, hi)))
     }
 }
+
+/// The largest static extent of a lane-dependent reduction that is
+/// unrolled ([`Emitter::vreduce_lanes`]).
+const MAX_UNROLL: i64 = 4;
 
 /// The longest row kept in a stack buffer (elements).
 const MAX_ROW_BUFFER: u64 = 16384;
@@ -462,7 +686,7 @@ fn candidates(em: &Emitter, e: &Expr, lane: Var, to: Var, out: &mut HashMap<Stri
         return;
     }
     if heavy(e)
-        && vtype(em, e, lane) == Some(VT::F)
+        && vtype(em, e, lane, false) == Some(VT::F)
         && let Some(r) = rename(e, lane, to)
     {
         out.insert(r.to_string(), r);
@@ -652,5 +876,8 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
 /// innermost output variable.
 pub(super) fn map_qualifies(em: &Emitter, expr: &Expr) -> bool {
     let rank = em.k.output.shape.rank();
-    rank >= 1 && em.k.output.dtype == DType::F32 && vectorizable(em, expr, Var(rank as u32 - 1))
+    rank >= 1
+        && em.k.output.dtype == DType::F32
+        && em.fty == types::F32
+        && vtype(em, expr, Var(rank as u32 - 1), true) == Some(VT::F)
 }
