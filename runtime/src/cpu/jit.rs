@@ -39,11 +39,17 @@ pub enum JitError {
 
 /// The host's instruction set, with `opt_level = speed`.
 pub fn host_isa() -> Result<OwnedTargetIsa, JitError> {
+    host_isa_at("speed")
+}
+
+/// The host's instruction set at a Cranelift `opt_level` (`none`, `speed`,
+/// `speed_and_size`).
+pub fn host_isa_at(opt_level: &str) -> Result<OwnedTargetIsa, JitError> {
     let mut flags = settings::builder();
     let set = |f: &mut settings::Builder, k: &str, v: &str| {
         f.set(k, v).map_err(|e| JitError::Settings(e.to_string()))
     };
-    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "opt_level", opt_level)?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
     let isa = cranelift_native::builder().map_err(|e| JitError::Host(e.to_string()))?;
@@ -58,17 +64,57 @@ pub struct JitFunction {
     pub name: String,
     pub func: Function,
     pub imports: Vec<String>,
+    /// Whether Cranelift's optimizer runs on it. Off for the tiled
+    /// contractions: its loop-invariant code motion lifts an epilogue's
+    /// constants out of the whole loop nest, where they hold registers
+    /// across the `k` loop and its accumulators spill.
+    pub optimize: bool,
 }
 
 /// JIT-compiled kernels; the code stays valid while this value lives.
 pub struct JitModule {
-    module: Option<JITModule>,
+    modules: Vec<JITModule>,
     fns: HashMap<String, KernelFn>,
 }
 
 impl JitModule {
-    /// Compiles and links `funcs` for `isa` (normally [`host_isa`]).
+    /// Compiles and links `funcs` for `isa` (normally [`host_isa`]); the
+    /// functions not to optimize are compiled for the host at
+    /// `opt_level = none`, in a module of their own.
     pub fn new(isa: OwnedTargetIsa, funcs: Vec<JitFunction>) -> Result<JitModule, JitError> {
+        let (fast, plain): (Vec<JitFunction>, Vec<JitFunction>) =
+            funcs.into_iter().partition(|f| f.optimize);
+        let mut out = JitModule {
+            modules: Vec::new(),
+            fns: HashMap::new(),
+        };
+        for (isa, funcs) in [(Some(isa), fast), (None, plain)] {
+            if funcs.is_empty() {
+                continue;
+            }
+            let isa = match isa {
+                Some(isa) => isa,
+                None => host_isa_at("none")?,
+            };
+            let (module, fns) = link(isa, funcs)?;
+            out.modules.push(module);
+            out.fns.extend(fns);
+        }
+        Ok(out)
+    }
+
+    /// The kernel named `name`, valid while `self` lives.
+    pub fn get(&self, name: &str) -> Option<KernelFn> {
+        self.fns.get(name).copied()
+    }
+}
+
+/// Compiles and links `funcs` into one Cranelift JIT module.
+fn link(
+    isa: OwnedTargetIsa,
+    funcs: Vec<JitFunction>,
+) -> Result<(JITModule, HashMap<String, KernelFn>), JitError> {
+    {
         let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         for (name, ptr) in helpers() {
             builder.symbol(name, ptr);
@@ -163,21 +209,13 @@ impl JitModule {
                 let _ = file.write_all(map.as_bytes());
             }
         }
-        Ok(JitModule {
-            module: Some(module),
-            fns,
-        })
-    }
-
-    /// The kernel named `name`, valid while `self` lives.
-    pub fn get(&self, name: &str) -> Option<KernelFn> {
-        self.fns.get(name).copied()
+        Ok((module, fns))
     }
 }
 
 impl Drop for JitModule {
     fn drop(&mut self) {
-        if let Some(m) = self.module.take() {
+        for m in self.modules.drain(..) {
             // SAFETY: the pointers handed out are documented to die with `self`.
             unsafe { m.free_memory() };
         }

@@ -21,8 +21,9 @@ use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Expr, Var};
 
 use super::CodegenError;
-use super::expr::{Emitter, T, input_mem};
+use super::expr::{Emitter, T, input_mem, mem};
 use super::loops::emit_nest;
+use super::vmap;
 
 /// The rows and columns of a register tile.
 const MR: usize = 4;
@@ -202,8 +203,8 @@ fn tiles(
             let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| {
                 Ok(step(em, c, ak, bk, &row_off))
             })?;
-            if plain_store(em, epilogue) {
-                store_rows(em, mb, nb, &acc[2..]);
+            if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
+                whole_stores(em, mb, nb, &acc[2..], epilogue)?;
                 return Ok(vec![]);
             }
             for r in 0..MR {
@@ -426,11 +427,11 @@ fn panels(
     let rank = em.k.output.shape.rank();
     let TileSpace {
         m,
+        n,
         mlo,
         mhi,
         ncols,
         kn,
-        ..
     } = tile_space(em, extent)?;
     let (pa, am, ak) = oa.addressing(em, m, kv);
     // The packed operand's base at the bound batch variables; panels are
@@ -448,9 +449,7 @@ fn panels(
     // of `a` stay in L1 and a chunk of `b` spans more panels.
     let static_n = em.k.output.shape.0[rank - 1].as_static();
     let kc = match (static_k, static_n) {
-        (Some(k), Some(n))
-            if k > 2 * KC && n % NR as u64 == 0 && em.k.output.dtype == DType::F32 =>
-        {
+        (Some(k), Some(n)) if k > KC && n % NR as u64 == 0 && em.k.output.dtype == DType::F32 => {
             Some(KC)
         }
         _ => None,
@@ -511,8 +510,9 @@ fn panels(
                         store_rows(em, mb, nb, &acc);
                         em.b.ins().jump(done, &[]);
                         em.b.switch_to_block(finish);
-                        if plain_store(em, epilogue) {
-                            store_rows(em, mb, nb, &acc);
+                        if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n)
+                        {
+                            whole_stores(em, mb, nb, &acc, epilogue)?;
                         } else {
                             lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
                         }
@@ -520,7 +520,7 @@ fn panels(
                         em.b.switch_to_block(done);
                         return Ok(vec![]);
                     }
-                    if plain_store(em, epilogue) {
+                    if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
                         // Whole panels store vectors; the last, partial one
                         // goes lane by lane below.
                         let end = em.b.ins().iadd_imm_s(nb, NR as i64);
@@ -530,7 +530,7 @@ fn panels(
                         let done = em.b.create_block();
                         em.b.ins().brif(full, vec_block, &[], lanes, &[]);
                         em.b.switch_to_block(vec_block);
-                        store_rows(em, mb, nb, &acc);
+                        whole_stores(em, mb, nb, &acc, epilogue)?;
                         em.b.ins().jump(done, &[]);
                         em.b.switch_to_block(lanes);
                         lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
@@ -738,4 +738,43 @@ fn tile_space(em: &mut Emitter, extent: &Expr) -> Result<TileSpace, CodegenError
         ncols: em.shapes[out][rank - 1],
         kn,
     })
+}
+
+/// Stores a tile (rows `mb ..`, columns `nb .. nb + NR`, all inside the
+/// output) a vector at a time: the accumulators themselves when the
+/// epilogue is the bare accumulator, else the epilogue computed four
+/// columns at a time on the vector path.
+fn whole_stores(
+    em: &mut Emitter,
+    mb: Value,
+    nb: Value,
+    acc: &[Value],
+    epilogue: &Expr,
+) -> Result<(), CodegenError> {
+    if plain_store(em, epilogue) {
+        store_rows(em, mb, nb, acc);
+        return Ok(());
+    }
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let out = em.k.inputs.len();
+    for (r, row) in acc.chunks(NR / 4).enumerate() {
+        let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+        em.vars.insert(m, mv);
+        for (j, &a) in row.iter().enumerate() {
+            let nv = em.b.ins().iadd_imm_s(nb, 4 * j as i64);
+            em.vacc = Some(a);
+            let v = em.vemit_at(epilogue, n, nv);
+            em.vacc = None;
+            let v = v?;
+            em.vars.insert(n, nv);
+            let flat = em.out_flat();
+            em.vars.remove(&n);
+            let off = em.b.ins().ishl_imm_s(flat, 2);
+            let addr = em.b.ins().iadd(em.bases[out], off);
+            em.b.ins().store(mem(), v, addr, 0);
+        }
+    }
+    em.vars.remove(&m);
+    Ok(())
 }

@@ -48,6 +48,8 @@ pub(super) struct Emitter<'a, 'f> {
     pub vars: HashMap<Var, Value>,
     /// The contraction accumulator, inside an epilogue.
     pub acc: Option<(Value, T)>,
+    /// Four lanes of the accumulator, inside an epilogue on the vector path.
+    pub vacc: Option<Value>,
     memo: Vec<HashMap<String, (Value, T)>>,
     /// Row buffers of the vector path: the key of a shared sub-expression
     /// (written in a lane variable) to that variable and the buffer's
@@ -153,6 +155,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
             strides,
             vars: HashMap::new(),
             acc: None,
+            vacc: None,
             memo: vec![HashMap::new()],
             scratch: HashMap::new(),
             pin_slot: None,

@@ -58,6 +58,9 @@ pub struct ClifKernel {
     /// The runtime helpers the function calls: user external name
     /// `u0:i` is `imports[i]`.
     pub imports: Vec<String>,
+    /// Whether Cranelift's optimizer should run on it: not for
+    /// contractions (`JitFunction::optimize` says why).
+    pub optimize: bool,
 }
 
 impl From<ClifKernel> for JitFunction {
@@ -66,6 +69,7 @@ impl From<ClifKernel> for JitFunction {
             name: k.name,
             func: k.func,
             imports: k.imports,
+            optimize: k.optimize,
         }
     }
 }
@@ -130,6 +134,7 @@ pub fn compile_kernel(k: &Kernel, isa: &dyn TargetIsa) -> Result<ClifKernel, Cod
         name: k.name.clone(),
         func,
         imports,
+        optimize: matches!(k.body, Body::Map { .. }),
     })
 }
 

@@ -52,12 +52,12 @@ use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
-use kiln_dialect::kernel::{Binary, Expr, Reduction, Unary, Var};
+use kiln_dialect::kernel::{Binary, Body, Expr, Reduction, Unary, Var};
 use kiln_dialect::{DType, Dim};
 
 use super::CodegenError;
 use super::expr::{Emitter, T, load_type, mem};
-use super::hoist::{children, free_vars};
+use super::hoist::{ACC, children, free_vars};
 use super::loops::emit_nest;
 
 /// The vector form of an expression.
@@ -79,8 +79,12 @@ enum VVal {
     M(Value),
 }
 
+/// Whether `e` varies along the lane. The accumulator of a contraction's
+/// epilogue (the only place it appears) varies along its last axis, the
+/// lane of an epilogue.
 fn depends(e: &Expr, lane: Var) -> bool {
-    free_vars(e).contains(&lane)
+    let free = free_vars(e);
+    free.contains(&lane) || free.contains(&ACC)
 }
 
 /// Whether `e` is the lane variable plus a lane-invariant integer.
@@ -222,15 +226,24 @@ fn vtype(em: &Emitter, e: &Expr, lane: Var, ext: bool) -> Option<VT> {
                 && vtype(em, body, lane, ext)? == VT::F;
             ok.then_some(VT::F)
         }
+        // The accumulator of an f32 contraction: four lanes of its tile.
+        Expr::Acc => matches!(em.k.body, Body::Contract { .. }).then_some(VT::F),
         Expr::Float(_)
         | Expr::Int(_)
         | Expr::Bool(_)
         | Expr::Var(_)
         | Expr::Dim(_)
-        | Expr::Acc
         | Expr::Cast(..)
         | Expr::Round(..) => None,
     }
+}
+
+/// Whether a contraction's epilogue can run four columns at a time (f32
+/// kernels and outputs): the tiles then store whole vectors.
+pub(super) fn epilogue_vectorizable(em: &Emitter, epilogue: &Expr, lane: Var) -> bool {
+    em.fty == types::F32
+        && em.k.output.dtype == DType::F32
+        && vtype(em, epilogue, lane, false) == Some(VT::F)
 }
 
 /// Whether `e` is a float expression that depends on `lane` and can be
@@ -390,12 +403,15 @@ impl Emitter<'_, '_> {
                 let (c, a, b) = (self.vec_m(c), self.vec_f(a), self.vec_f(b));
                 VVal::F(self.fsel(c, a, b))
             }
+            Expr::Acc => match self.vacc {
+                Some(v) => VVal::F(v),
+                None => return Err(self.unsupported(e, "no vector accumulator here")),
+            },
             Expr::Float(_)
             | Expr::Int(_)
             | Expr::Bool(_)
             | Expr::Var(_)
             | Expr::Dim(_)
-            | Expr::Acc
             | Expr::Cast(..)
             | Expr::Round(..) => return Err(self.unsupported(e, "not vectorized")),
             Expr::Reduce {
@@ -559,7 +575,12 @@ impl Emitter<'_, '_> {
     }
 
     /// `e` four lanes at a time with `lane = i`, in fresh memo scopes.
-    fn vemit_at(&mut self, e: &Expr, lane: Var, i: Value) -> Result<Value, CodegenError> {
+    pub(super) fn vemit_at(
+        &mut self,
+        e: &Expr,
+        lane: Var,
+        i: Value,
+    ) -> Result<Value, CodegenError> {
         self.push_scope();
         self.vars.insert(lane, i);
         let v = self.vemit(e, lane, &mut HashMap::new());
