@@ -114,103 +114,99 @@ fn link(
     isa: OwnedTargetIsa,
     funcs: Vec<JitFunction>,
 ) -> Result<(JITModule, HashMap<String, KernelFn>), JitError> {
-    {
-        let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
-        for (name, ptr) in helpers() {
-            builder.symbol(name, ptr);
-        }
-        let mut module = JITModule::new(builder);
-        let mut ids: Vec<(String, FuncId, usize)> = Vec::new();
-        let mut helper_ids: HashMap<String, FuncId> = HashMap::new();
-        let known: HashMap<&str, *const u8> = helpers().into_iter().collect();
-        for f in funcs {
-            let err = |message: String| JitError::Module {
-                name: f.name.clone(),
-                message,
-            };
-            let mut func = f.func;
-            // Point each imported helper at its declaration in this module.
-            let refs: Vec<_> = func.params.user_named_funcs().keys().collect();
-            for r in refs {
-                let old = func.params.user_named_funcs()[r].clone();
-                let helper = f
-                    .imports
-                    .get(old.index as usize)
-                    .ok_or_else(|| err(format!("import {} has no name", old.index)))?;
-                if !known.contains_key(helper.as_str()) {
-                    return Err(JitError::UnknownHelper {
-                        name: f.name.clone(),
-                        helper: helper.clone(),
-                    });
-                }
-                let sig = func
-                    .dfg
-                    .ext_funcs
-                    .values()
-                    .find(|d| {
-                        matches!(d.name, cranelift_codegen::ir::ExternalName::User(u) if u == r)
-                    })
-                    .map(|d| func.dfg.signatures[d.signature].clone())
-                    .ok_or_else(|| err(format!("import `{helper}` is never called")))?;
-                let id = match helper_ids.get(helper) {
-                    Some(&id) => id,
-                    None => {
-                        let id = module
-                            .declare_function(helper, Linkage::Import, &sig)
-                            .map_err(|e| err(e.to_string()))?;
-                        helper_ids.insert(helper.clone(), id);
-                        id
-                    }
-                };
-                func.params
-                    .reset_user_func_name(r, UserExternalName::new(0, id.as_u32()));
-            }
-            let id = module
-                .declare_function(&f.name, Linkage::Local, &func.signature)
-                .map_err(|e| err(e.to_string()))?;
-            let mut ctx = Context::for_function(func);
-            module
-                .define_function(id, &mut ctx)
-                .map_err(|e| err(format!("{e:?}")))?;
-            let size = ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
-            ids.push((f.name, id, size));
-        }
-        module
-            .finalize_definitions()
-            .map_err(|e| JitError::Module {
-                name: "<module>".into(),
-                message: e.to_string(),
-            })?;
-        let mut fns = HashMap::new();
-        let profile = std::env::var_os("KILN_PERF_MAP").is_some();
-        let mut map = String::new();
-        for (name, id, size) in ids {
-            let ptr = module.get_finalized_function(id);
-            if profile {
-                map.push_str(&format!("{:x} {size:x} kiln:{name}\n", ptr as usize));
-                let dump = std::env::temp_dir().join(format!("kiln-jit-{name}.bin"));
-                // SAFETY: the finalized function's code is `size` readable bytes.
-                let code = unsafe { std::slice::from_raw_parts(ptr, size) };
-                let _ = std::fs::write(dump, code);
-            }
-            // SAFETY: the function was built with the kernel ABI's signature.
-            let f: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
-            fns.insert(name, f);
-        }
-        if profile {
-            // perf's map of JIT code: `perf report` names the kernels.
-            use std::io::Write;
-            let path = format!("/tmp/perf-{}.map", std::process::id());
-            if let Ok(mut file) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                let _ = file.write_all(map.as_bytes());
-            }
-        }
-        Ok((module, fns))
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    for (name, ptr) in helpers() {
+        builder.symbol(name, ptr);
     }
+    let mut module = JITModule::new(builder);
+    let mut ids: Vec<(String, FuncId, usize)> = Vec::new();
+    let mut helper_ids: HashMap<String, FuncId> = HashMap::new();
+    let known: HashMap<&str, *const u8> = helpers().into_iter().collect();
+    for f in funcs {
+        let err = |message: String| JitError::Module {
+            name: f.name.clone(),
+            message,
+        };
+        let mut func = f.func;
+        // Point each imported helper at its declaration in this module.
+        let refs: Vec<_> = func.params.user_named_funcs().keys().collect();
+        for r in refs {
+            let old = func.params.user_named_funcs()[r].clone();
+            let helper = f
+                .imports
+                .get(old.index as usize)
+                .ok_or_else(|| err(format!("import {} has no name", old.index)))?;
+            if !known.contains_key(helper.as_str()) {
+                return Err(JitError::UnknownHelper {
+                    name: f.name.clone(),
+                    helper: helper.clone(),
+                });
+            }
+            let sig = func
+                .dfg
+                .ext_funcs
+                .values()
+                .find(|d| matches!(d.name, cranelift_codegen::ir::ExternalName::User(u) if u == r))
+                .map(|d| func.dfg.signatures[d.signature].clone())
+                .ok_or_else(|| err(format!("import `{helper}` is never called")))?;
+            let id = match helper_ids.get(helper) {
+                Some(&id) => id,
+                None => {
+                    let id = module
+                        .declare_function(helper, Linkage::Import, &sig)
+                        .map_err(|e| err(e.to_string()))?;
+                    helper_ids.insert(helper.clone(), id);
+                    id
+                }
+            };
+            func.params
+                .reset_user_func_name(r, UserExternalName::new(0, id.as_u32()));
+        }
+        let id = module
+            .declare_function(&f.name, Linkage::Local, &func.signature)
+            .map_err(|e| err(e.to_string()))?;
+        let mut ctx = Context::for_function(func);
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
+        let size = ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
+        ids.push((f.name, id, size));
+    }
+    module
+        .finalize_definitions()
+        .map_err(|e| JitError::Module {
+            name: "<module>".into(),
+            message: e.to_string(),
+        })?;
+    let mut fns = HashMap::new();
+    let profile = std::env::var_os("KILN_PERF_MAP").is_some();
+    let mut map = String::new();
+    for (name, id, size) in ids {
+        let ptr = module.get_finalized_function(id);
+        if profile {
+            map.push_str(&format!("{:x} {size:x} kiln:{name}\n", ptr as usize));
+            let dump = std::env::temp_dir().join(format!("kiln-jit-{name}.bin"));
+            // SAFETY: the finalized function's code is `size` readable bytes.
+            let code = unsafe { std::slice::from_raw_parts(ptr, size) };
+            let _ = std::fs::write(dump, code);
+        }
+        // SAFETY: the function was built with the kernel ABI's signature.
+        let f: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+        fns.insert(name, f);
+    }
+    if profile {
+        // perf's map of JIT code: `perf report` names the kernels.
+        use std::io::Write;
+        let path = format!("/tmp/perf-{}.map", std::process::id());
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = file.write_all(map.as_bytes());
+        }
+    }
+    Ok((module, fns))
 }
 
 impl Drop for JitModule {

@@ -564,30 +564,36 @@ fn panels(
 /// first block, else the partial sums the previous block stored in the
 /// output (an f32 output whose rows are whole panels).
 fn partial_sums(em: &mut Emitter, mb: Value, nb: Value, rows: usize, kb: Value) -> Vec<Value> {
-    let rank = em.k.output.shape.rank();
-    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
-    let out = em.k.inputs.len();
     let zf = em.b.ins().f32const(0.0);
     let zv = em.b.ins().splat(types::F32X4, zf);
     let first = em.b.ins().icmp_imm_s(IntCC::Equal, kb, 0);
     let mut init = Vec::with_capacity(rows * NR / 4);
     for r in 0..rows {
         let mv = em.b.ins().iadd_imm_s(mb, r as i64);
-        em.vars.insert(m, mv);
-        em.vars.insert(n, nb);
-        let flat = em.out_flat();
-        let off = em.b.ins().ishl_imm_s(flat, 2);
-        let addr = em.b.ins().iadd(em.bases[out], off);
+        let addr = out_addr(em, mv, nb);
         for j in 0..NR / 4 {
-            let v =
-                em.b.ins()
-                    .load(types::F32X4, super::expr::mem(), addr, 16 * j as i32);
+            let v = em.b.ins().load(types::F32X4, mem(), addr, 16 * j as i32);
             init.push(em.b.ins().select(first, zv, v));
         }
     }
-    em.vars.remove(&n);
-    em.vars.remove(&m);
     init
+}
+
+/// The address of output element `[.., m, n]` (f32) at the bound batch
+/// variables.
+fn out_addr(em: &mut Emitter, m_at: Value, n_at: Value) -> Value {
+    let rank = em.k.output.shape.rank();
+    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
+    let saved = (em.vars.insert(m, m_at), em.vars.insert(n, n_at));
+    let flat = em.out_flat();
+    for (v, old) in [(m, saved.0), (n, saved.1)] {
+        match old {
+            Some(x) => em.vars.insert(v, x),
+            None => em.vars.remove(&v),
+        };
+    }
+    let off = em.b.ins().ishl_imm_s(flat, 2);
+    em.b.ins().iadd(em.bases[em.k.inputs.len()], off)
 }
 
 /// The sums over `k < kn` of a tile of `rows` rows (1 to [`MR`]) by one
@@ -640,22 +646,13 @@ fn plain_store(em: &Emitter, epilogue: &Expr) -> bool {
 /// Stores a tile's accumulators (`NR / 4` vectors per row) at rows
 /// `mb ..` and columns `nb .. nb + NR`, all inside the output.
 fn store_rows(em: &mut Emitter, mb: Value, nb: Value, acc: &[Value]) {
-    let rank = em.k.output.shape.rank();
-    let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
-    let out = em.k.inputs.len();
     for (r, row) in acc.chunks(NR / 4).enumerate() {
         let mv = em.b.ins().iadd_imm_s(mb, r as i64);
-        em.vars.insert(m, mv);
-        em.vars.insert(n, nb);
-        let flat = em.out_flat();
-        let off = em.b.ins().ishl_imm_s(flat, 2);
-        let addr = em.b.ins().iadd(em.bases[out], off);
+        let addr = out_addr(em, mv, nb);
         for (j, &v) in row.iter().enumerate() {
-            em.b.ins().store(super::expr::mem(), v, addr, 16 * j as i32);
+            em.b.ins().store(mem(), v, addr, 16 * j as i32);
         }
     }
-    em.vars.remove(&n);
-    em.vars.remove(&m);
 }
 
 /// The epilogue of each lane of a tile at rows `mb ..` and columns
@@ -757,7 +754,6 @@ fn whole_stores(
     }
     let rank = em.k.output.shape.rank();
     let (m, n) = (Var(rank as u32 - 2), Var(rank as u32 - 1));
-    let out = em.k.inputs.len();
     for (r, row) in acc.chunks(NR / 4).enumerate() {
         let mv = em.b.ins().iadd_imm_s(mb, r as i64);
         em.vars.insert(m, mv);
@@ -767,11 +763,7 @@ fn whole_stores(
             let v = em.vemit_at(epilogue, n, nv);
             em.vacc = None;
             let v = v?;
-            em.vars.insert(n, nv);
-            let flat = em.out_flat();
-            em.vars.remove(&n);
-            let off = em.b.ins().ishl_imm_s(flat, 2);
-            let addr = em.b.ins().iadd(em.bases[out], off);
+            let addr = out_addr(em, mv, nv);
             em.b.ins().store(mem(), v, addr, 0);
         }
     }
