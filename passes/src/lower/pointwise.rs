@@ -40,13 +40,14 @@ pub fn lower(
     in_memory: &HashSet<Value>,
     float: Ty,
 ) -> Result<Option<Lowered>, LowerError> {
-    let convs: Vec<NodeId> = w
+    // The kernel's contractions: exactly one, a conv2d.
+    let contractions: Vec<NodeId> = w
         .nodes
         .iter()
         .copied()
         .filter(|&n| matches!(g.node(n).op, Op::Conv2d { .. } | Op::Matmul { .. }))
         .collect();
-    let [c] = convs.as_slice() else {
+    let [c] = contractions.as_slice() else {
         return Ok(None);
     };
     let Op::Conv2d {

@@ -187,24 +187,13 @@ fn tiles(
     let zero = em.iconst(0);
     let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
         let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
-            let zf = em.b.ins().f32const(0.0);
-            let zv = em.b.ins().splat(types::F32X4, zf);
             let t = em.b.ins().imul(mb, am);
             let pa0 = em.b.ins().iadd(pa, t);
             let t = em.b.ins().ishl_imm_s(nb, 2);
             let pb0 = em.b.ins().iadd(pb, t);
-            let mut init = vec![pa0, pb0];
-            init.extend(std::iter::repeat_n(zv, MR * NR / 4));
-            // Two steps of k per iteration, then the odd one.
-            let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
-                let c = step(em, c, ak, bk, &row_off);
-                Ok(step(em, &c, ak, bk, &row_off))
-            })?;
-            let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| {
-                Ok(step(em, c, ak, bk, &row_off))
-            })?;
+            let acc = tile_sums(em, MR, pa0, ak, pb0, bk, kn, &row_off, None)?;
             if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
-                whole_stores(em, mb, nb, &acc[2..], epilogue)?;
+                whole_stores(em, mb, nb, &acc, epilogue)?;
                 return Ok(vec![]);
             }
             for r in 0..MR {
@@ -213,7 +202,7 @@ fn tiles(
                 for col in 0..NR {
                     let nv = em.b.ins().iadd_imm_s(nb, col as i64);
                     em.vars.insert(n, nv);
-                    let v = acc[2 + r * (NR / 4) + col / 4];
+                    let v = acc[r * (NR / 4) + col / 4];
                     let lane = em.b.ins().extractlane(v, (col % 4) as u8);
                     epilogue_at(em, lane, T::F, epilogue)?;
                 }
@@ -440,6 +429,7 @@ fn panels(
     let panel_bytes =
         em.b.ins()
             .ishl_imm_s(em.strides[pb.lead.input][pb.panel_axis], 2);
+    let bk = em.iconst(4 * NR as i64);
     let static_k = match extent {
         Expr::Int(k) => Some(*k as u64),
         _ => None,
@@ -497,7 +487,7 @@ fn panels(
                     } else {
                         None
                     };
-                    let acc = tile_sums(em, count, pa0, ak, pbq, k_len, &row_off, init)?;
+                    let acc = tile_sums(em, count, pa0, ak, pbq, bk, k_len, &row_off, init)?;
                     if kc.is_some() {
                         // Not the last block: keep the partial sums in the output.
                         let last = em.b.ins().iadd_imm_s(kb, 1);
@@ -600,8 +590,9 @@ fn out_addr(em: &mut Emitter, m_at: Value, n_at: Value) -> Value {
 /// panel of [`NR`] columns, added to `start` (zeros when `None`):
 /// `rows * NR / 4` f32x4 accumulators, row by row.
 /// `pa0` points at the tile's first row of `a` at `k = 0` (rows
-/// `row_off` bytes apart, `k` steps `ak` bytes), `pb` at the panel (`k`
-/// rows of NR contiguous floats).
+/// `row_off` bytes apart, `k` steps `ak` bytes), `pb` at the tile's NR
+/// contiguous columns of `b` at `k = 0` (`k` steps `bk` bytes: a packed
+/// panel's row, or a row of plain `b`).
 #[allow(clippy::too_many_arguments)]
 fn tile_sums(
     em: &mut Emitter,
@@ -609,12 +600,12 @@ fn tile_sums(
     pa0: Value,
     ak: Value,
     pb: Value,
+    bk: Value,
     kn: Value,
     row_off: &[Value],
     start: Option<Vec<Value>>,
 ) -> Result<Vec<Value>, CodegenError> {
     let zero = em.iconst(0);
-    let bk = em.iconst(4 * NR as i64);
     let mut init = vec![pa0, pb];
     match start {
         Some(s) => init.extend(s),
