@@ -5,6 +5,7 @@
 //! never on the optimizer or the front-ends.
 
 pub mod cpu;
+pub mod cuda;
 pub mod host;
 pub mod npy;
 pub mod safetensors;

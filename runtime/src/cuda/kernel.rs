@@ -1,0 +1,115 @@
+//! The contract between the PTX backend (`kiln::codegen::ptx`) and the CUDA
+//! executor: what one compiled kernel is, and how it is launched.
+//!
+//! A [`PtxKernel`] is a whole PTX module with one `.entry`. Its parameters,
+//! in order, are
+//!
+//! ```text
+//! .param .u64 in0, .., .param .u64 in(n-1),   // device pointers to the inputs
+//! .param .u64 out,                            // the output
+//! .param .s64 dim0, .., .param .s64 dim(d-1), // Kernel::dims, bound at run time
+//! .param .s64 units                           // work units of this launch
+//! ```
+//!
+//! Tensors are row-major in their storage types, exactly as `HostTensor`
+//! holds them (sub-byte types packed LSB first). Every buffer the executor
+//! allocates is 256-byte aligned; model inputs are copied into such buffers,
+//! so kernels may use vector loads when their own index arithmetic keeps
+//! the element offset aligned.
+//!
+//! The work is `units` independent units ([`Grid`]), and every kernel walks
+//! them with a grid-stride loop, so the executor may launch fewer blocks
+//! than units ([`launch_config`] caps the grid).
+
+/// How a kernel's work divides into units, and units into blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Grid {
+    /// One thread per `per_thread` consecutive output elements (row-major
+    /// order): `units = ceil(elements / per_thread)` threads, `block` of
+    /// them per block. A thread owns whole bytes of a sub-byte output.
+    Elements { per_thread: u32 },
+    /// One block per row: `units` is the product of the output's leading
+    /// axes, all but the last `inner_axes`; the block computes every output
+    /// element of its row (a softmax row, a reduced element).
+    Rows { inner_axes: u32 },
+}
+
+/// One kernel of the kernel dialect compiled to PTX.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxKernel {
+    /// The `.entry` name in [`PtxKernel::ptx`].
+    pub entry: String,
+    /// The module text: `.version`, `.target`, `.address_size 64`, one entry.
+    pub ptx: String,
+    /// The target it was written for (`sm_90a`, `sm_80`).
+    pub arch: String,
+    /// Threads per block: a multiple of 32, at most 1024.
+    pub block: u32,
+    pub grid: Grid,
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_bytes: u32,
+}
+
+/// The most blocks one launch uses; kernels loop over the rest.
+pub const MAX_BLOCKS: u64 = 1 << 20;
+
+impl PtxKernel {
+    /// The number of work units for an output of this shape.
+    pub fn units(&self, out_shape: &[usize]) -> u64 {
+        match self.grid {
+            Grid::Elements { per_thread } => {
+                let n: u64 = out_shape.iter().map(|&d| d as u64).product();
+                n.div_ceil(per_thread.max(1) as u64)
+            }
+            Grid::Rows { inner_axes } => {
+                let keep = out_shape.len().saturating_sub(inner_axes as usize);
+                out_shape[..keep].iter().map(|&d| d as u64).product()
+            }
+        }
+    }
+}
+
+/// Grid and block sizes (x only) for `units` units of `kernel`, or `None`
+/// when there is no work (an empty output: the launch is skipped).
+pub fn launch_config(kernel: &PtxKernel, units: u64) -> Option<(u32, u32)> {
+    if units == 0 {
+        return None;
+    }
+    let block = kernel.block.clamp(32, 1024);
+    let blocks = match kernel.grid {
+        Grid::Elements { .. } => units.div_ceil(block as u64),
+        Grid::Rows { .. } => units,
+    };
+    Some((blocks.min(MAX_BLOCKS) as u32, block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(grid: Grid, block: u32) -> PtxKernel {
+        PtxKernel {
+            entry: "k".into(),
+            ptx: String::new(),
+            arch: "sm_90a".into(),
+            block,
+            grid,
+            shared_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn units_and_config_by_hand() {
+        let e = k(Grid::Elements { per_thread: 4 }, 256);
+        // 3 * 5 * 7 = 105 elements, 4 per thread: 27 threads, one block.
+        assert_eq!(e.units(&[3, 5, 7]), 27);
+        assert_eq!(launch_config(&e, 27), Some((1, 256)));
+        assert_eq!(launch_config(&e, 257), Some((2, 256)));
+        let r = k(Grid::Rows { inner_axes: 1 }, 128);
+        assert_eq!(r.units(&[3, 5, 7]), 15);
+        assert_eq!(launch_config(&r, 15), Some((15, 128)));
+        assert_eq!(r.units(&[]), 1);
+        assert_eq!(launch_config(&r, 0), None);
+        assert_eq!(launch_config(&r, 1 << 40), Some((MAX_BLOCKS as u32, 128)));
+    }
+}
