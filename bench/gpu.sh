@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU benchmarks W1-W6 (shared/bench/BENCHMARKS.md): `kiln bench --device cuda`
+# and PyTorch (shared/bench/torch_baselines.py: eager, torch.compile and the
+# card's ceilings) in one invocation on one card. Runs on the GPU machine,
+# from the repository root, with binaries built elsewhere (docs/gpu.md).
+#
+# Usage: bench/gpu.sh [ID ...]     (IDs: W1 W1b W2 W3 W3d W4-M1 W4-M16
+#                                   W5-int8 W5-fp8 W6; default all)
+# Environment: KILN (the binary; default target/release/kiln), ITERS (timed
+# graph replays per workload, default 200), TORCH=0 to skip PyTorch,
+# TORCH_BASELINES (path of torch_baselines.py), OUT (a folder that receives
+# a copy of the report and the raw figures).
+# Writes bench/results/<date>-<card>.md.
+set -uo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+kiln="${KILN:-$root/target/release/kiln}"
+iters="${ITERS:-200}"
+tmp="$root/bench/results/tmp/gpu"
+mkdir -p "$tmp"
+rm -f "$tmp"/kiln-*.json "$tmp"/kiln-*.err "$tmp/gpu_baselines.json"
+
+all="W1:w1:m=8192 W1b:w1b:m=8192 W2:w2:m=8192 W3:w3:seq=2048 W3d:w3d:batch=1 \
+W4-M1:w4:m=1 W4-M16:w4:m=16 W5-int8:w5_int8:m=4096 W5-fp8:w5_fp8:m=4096 W6:w6:n=64"
+want="${*:-}"
+for spec in $all; do
+    IFS=: read -r id file dim <<< "$spec"
+    if [ -n "$want" ] && ! [[ " $want " == *" $id "* ]]; then
+        continue
+    fi
+    echo "kiln $id ($file, $dim)..."
+    if ! timeout 300 "$kiln" bench "$root/bench/$file.kiln" --device cuda --dim "$dim" \
+        --iters "$iters" --warmup 10 --json > "$tmp/kiln-$id.json" 2> "$tmp/kiln-$id.err"; then
+        echo "  failed: $(tail -1 "$tmp/kiln-$id.err")"
+        rm -f "$tmp/kiln-$id.json"
+    else
+        cat "$tmp/kiln-$id.json"
+    fi
+done
+
+if [ "${TORCH:-1}" != 0 ]; then
+    tb="${TORCH_BASELINES:-}"
+    for c in "$root/shared/bench/torch_baselines.py" "$root/../shared/bench/torch_baselines.py"; do
+        if [ -z "$tb" ] && [ -f "$c" ]; then tb="$c"; fi
+    done
+    if [ -n "$tb" ]; then
+        echo "PyTorch ($tb)..."
+        OUT="$tmp" python3 "$tb" || echo "torch_baselines.py failed"
+    else
+        echo "torch_baselines.py not found: set TORCH_BASELINES"
+    fi
+fi
+
+card="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+python3 "$root/bench/gpu/report.py" --tmp "$tmp" --card "${card:-unknown}" \
+    --commit "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --out-dir "$root/bench/results" --iters "$iters"
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    cp "$tmp"/*.json "$OUT"/ 2>/dev/null || true
+    cp "$root"/bench/results/"$(date -u +%F)"-*.md "$OUT"/ 2>/dev/null || true
+fi

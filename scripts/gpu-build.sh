@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs here (no GPU needed): builds the release `kiln` binary and the release
+# test binaries that the GPU machine runs, and puts them, stripped, in
+# gpu-bin/ (ignored by git) for the device call to carry. See docs/gpu.md.
+#
+# Usage: scripts/gpu-build.sh [TEST ...]   (default: the GPU test targets)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+tests="${*:-gpu_backend ptx cuda_exec}"
+out="$root/gpu-bin"
+rm -rf "$out"
+mkdir -p "$out"
+cargo build --release -p kiln --bin kiln
+cp target/release/kiln "$out/kiln"
+args=()
+for t in $tests; do args+=(--test "$t"); done
+cargo test --release --workspace --no-run --message-format=json "${args[@]}" 2>/dev/null \
+    | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
+        print("test binary", m["target"]["name"])
+' "$out"
+strip "$out"/* 2>/dev/null || true
+du -sh "$out"
+ls -la "$out"
