@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaFunction, CudaGraph, LaunchConfig, PushKernelArg};
@@ -510,15 +511,67 @@ impl CudaExecutable {
         &self,
         inputs: &HashMap<String, HostTensor>,
     ) -> Result<Vec<(String, HostTensor)>, CudaError> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let RunState { buckets, stats } = &mut *guard;
+        let bucket = self.prepare(buckets, stats, inputs)?;
+        self.enqueue(bucket, stats)?;
+        self.finish(bucket)?;
+        let outputs = self.outputs(bucket, inputs)?;
+        stats.peak_arena_bytes = bucket.peak_bytes;
+        stats.unshared_arena_bytes = bucket.unshared_bytes;
+        stats.kernels_launched = bucket.steps.len();
+        Ok(outputs)
+    }
+
+    /// Times the run-time launches alone, for benchmarks: takes the inputs
+    /// into their bucket once (capturing its graph if graphs are on), then,
+    /// `repeats` times, puts the launch sequence on the stream `batch` times
+    /// (a graph launch each, or every kernel launch) and waits for the
+    /// stream; returns the host time of each repeat.
+    pub fn time_launches(
+        &self,
+        inputs: &HashMap<String, HostTensor>,
+        repeats: usize,
+        batch: usize,
+    ) -> Result<Vec<Duration>, CudaError> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let RunState { buckets, stats } = &mut *guard;
+        let bucket = self.prepare(buckets, stats, inputs)?;
+        self.enqueue(bucket, stats)?;
+        self.finish(bucket)?;
+        let mut times = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let start = Instant::now();
+            for _ in 0..batch {
+                self.enqueue(bucket, stats)?;
+            }
+            self.finish(bucket)?;
+            times.push(start.elapsed());
+        }
+        stats.kernels_launched = bucket.steps.len();
+        Ok(times)
+    }
+
+    /// Checks the inputs, finds or makes their bucket, and copies them
+    /// into its buffers.
+    fn prepare<'a>(
+        &self,
+        buckets: &'a mut HashMap<DimValues, Bucket>,
+        stats: &mut CudaStats,
+        inputs: &HashMap<String, HostTensor>,
+    ) -> Result<&'a mut Bucket, CudaError> {
         if !self.bound {
             return Err(RunError::WeightsNotBound.into());
         }
         let bindings = check_inputs(&self.program, &self.weight_dims, inputs)?;
-        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let state = &mut *guard;
-        let bucket = match state.buckets.entry(dim_values(&bindings)) {
+        let known = buckets.len();
+        let bucket = match buckets.entry(dim_values(&bindings)) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.make_bucket(&bindings)?),
+            Entry::Vacant(e) => {
+                let bucket = e.insert(self.make_bucket(&bindings)?);
+                stats.buckets = known + 1;
+                bucket
+            }
         };
         let stream = &self.device.stream;
         for (b, buffer) in &mut bucket.inputs {
@@ -528,26 +581,36 @@ impl CudaExecutable {
                 .ok_or_else(|| RunError::MissingInput { name: name.clone() })?;
             buffer.upload(stream, 0, &t.data, &format!("input `{name}`"))?;
         }
-        if self.use_graphs && !bucket.steps.is_empty() {
-            if bucket.graph.is_none() {
-                bucket.graph = Some(self.capture(&bucket.steps)?);
-                state.stats.graph_captures += 1;
-            }
-            if let Some(graph) = &bucket.graph {
-                graph.0.launch().map_err(|e| {
-                    CudaError::driver(
-                        format!("launching the graph of program `{}`", self.program.name),
-                        e,
-                    )
-                })?;
-                state.stats.graph_replays += 1;
-            }
-        } else {
-            for step in &bucket.steps {
-                self.launch(step)?;
-            }
+        Ok(bucket)
+    }
+
+    /// Puts the bucket's launches on the stream once: its graph (captured
+    /// first if it has none) when graphs are on, else every launch.
+    fn enqueue(&self, bucket: &mut Bucket, stats: &mut CudaStats) -> Result<(), CudaError> {
+        if !self.use_graphs || bucket.steps.is_empty() {
+            return bucket.steps.iter().try_for_each(|step| self.launch(step));
         }
-        stream.synchronize().map_err(|e| {
+        let graph = match &mut bucket.graph {
+            Some(graph) => graph,
+            None => {
+                let graph = self.capture(&bucket.steps)?;
+                stats.graph_captures += 1;
+                bucket.graph.insert(graph)
+            }
+        };
+        graph.0.launch().map_err(|e| {
+            CudaError::driver(
+                format!("launching the graph of program `{}`", self.program.name),
+                e,
+            )
+        })?;
+        stats.graph_replays += 1;
+        Ok(())
+    }
+
+    /// Waits for the stream; a kernel that failed on the device shows here.
+    fn finish(&self, bucket: &Bucket) -> Result<(), CudaError> {
+        self.device.stream.synchronize().map_err(|e| {
             CudaError::driver(
                 format!(
                     "running the {} launches of program `{}` (one of them failed on the device)",
@@ -556,13 +619,7 @@ impl CudaExecutable {
                 ),
                 e,
             )
-        })?;
-        let outputs = self.outputs(bucket, inputs)?;
-        state.stats.peak_arena_bytes = bucket.peak_bytes;
-        state.stats.unshared_arena_bytes = bucket.unshared_bytes;
-        state.stats.kernels_launched = bucket.steps.len();
-        state.stats.buckets = state.buckets.len();
-        Ok(outputs)
+        })
     }
 
     /// Copies the outputs back (each buffer once, whatever its names).
