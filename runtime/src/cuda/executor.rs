@@ -117,6 +117,9 @@ struct RunState {
 
 /// A program ready to run on the GPU; see the module docs.
 pub struct CudaExecutable {
+    /// First, so it drops first: graphs go before the modules whose
+    /// functions they launch, and buffers before the stream is released.
+    state: Mutex<RunState>,
     program: Program,
     kernels: Vec<PtxKernel>,
     functions: Vec<CudaFunction>,
@@ -128,7 +131,6 @@ pub struct CudaExecutable {
     weight_dims: Bindings,
     bound: bool,
     use_graphs: bool,
-    state: Mutex<RunState>,
 }
 
 impl std::fmt::Debug for CudaExecutable {
@@ -223,6 +225,10 @@ impl CudaExecutable {
             ..CudaStats::default()
         };
         let mut exe = CudaExecutable {
+            state: Mutex::new(RunState {
+                buckets: HashMap::new(),
+                stats,
+            }),
             program,
             kernels,
             functions: loaded.functions,
@@ -232,10 +238,6 @@ impl CudaExecutable {
             weight_dims: HashMap::new(),
             bound: false,
             use_graphs: true,
-            state: Mutex::new(RunState {
-                buckets: HashMap::new(),
-                stats,
-            }),
         };
         if exe.program.weights.is_empty() {
             exe.bind_weights(&HashMap::new())?;
