@@ -27,10 +27,17 @@ pub enum CudaError {
         message: String,
     },
     /// The driver refused a kernel's PTX module or its entry.
-    #[error("loading the PTX of entry `{entry}` (kernel `{kernel}`) failed: {source}")]
+    /// `arch` is the target the kernel was written for, `device` the
+    /// device's (`sm_90`, or `unknown`).
+    #[error(
+        "loading the PTX of entry `{entry}` (kernel `{kernel}`, written for {arch}, \
+         on a {device} device) failed: {source}"
+    )]
     ModuleLoad {
         kernel: String,
         entry: String,
+        arch: String,
+        device: String,
         source: DriverError,
     },
     /// A device allocation failed for lack of memory.

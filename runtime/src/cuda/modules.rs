@@ -96,12 +96,18 @@ pub(crate) fn load(
     kernels: &[PtxKernel],
     launches: &[Launch],
 ) -> Result<LoadedKernels, CudaError> {
+    let device = match ctx.compute_capability() {
+        Ok((major, minor)) => format!("sm_{major}{minor}"),
+        Err(_) => "unknown".to_string(),
+    };
     let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
     let mut functions = Vec::with_capacity(kernels.len());
     for (kernel, launch) in kernels.iter().zip(launches) {
         let load_error = |source| CudaError::ModuleLoad {
             kernel: launch.kernel.name.clone(),
             entry: kernel.entry.clone(),
+            arch: kernel.arch.clone(),
+            device: device.clone(),
             source,
         };
         let module = match modules.get(kernel.ptx.as_str()) {
