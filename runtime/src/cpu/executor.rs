@@ -16,14 +16,17 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use kiln_dialect::DType;
 use kiln_dialect::kernel::Program;
-use kiln_dialect::{DType, Dim, Shape};
 
 use super::aligned::AlignedBytes;
 use super::arena::{self, ArenaPlan};
 use super::pool::{ThreadPool, Work};
 use super::program_check::{Origin, check_program};
 use crate::HostTensor;
+use crate::binding::{
+    Bindings, DimValues, byte_size, check_inputs, check_weights, dim_values, kernel_dims, resolve,
+};
 
 /// A compiled kernel: see [`super::jit::KernelFn`] for the ABI.
 pub use super::jit::KernelFn;
@@ -136,12 +139,6 @@ struct RunPlan {
     launches: Vec<LaunchPlan>,
 }
 
-/// Bound dims: value, and where it was bound (for error messages).
-type Bindings = HashMap<String, (usize, String)>;
-
-/// Every bound dim and its value, sorted: the key of the plan cache.
-type DimValues = Vec<(String, usize)>;
-
 /// A program ready to run on the CPU; see the module docs.
 pub struct CpuExecutable {
     program: Program,
@@ -174,81 +171,6 @@ impl std::fmt::Debug for CpuExecutable {
 
 fn invalid(message: String) -> RunError {
     RunError::InvalidProgram(message)
-}
-
-fn shape_text(shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("[{}]", dims.join(", "))
-}
-
-/// Bytes of `shape` elements of `dtype`, `None` on overflow.
-fn byte_size(dtype: DType, shape: &[usize]) -> Option<usize> {
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
-    Some(n.checked_mul(dtype.bits() as usize)?.div_ceil(8))
-}
-
-/// Binds the symbolic dims of `declared` from `actual`, checking static
-/// sizes; `what` names the tensor in errors (`input x`, `weight w`).
-fn bind_shape(
-    bindings: &mut Bindings,
-    name: &str,
-    what: &str,
-    declared: &Shape,
-    actual: &[usize],
-) -> Result<(), RunError> {
-    for (axis, (dim, &size)) in declared.dims().iter().zip(actual).enumerate() {
-        match dim {
-            Dim::Static(n) => {
-                if *n as usize != size || *n > usize::MAX as u64 {
-                    return Err(RunError::InputShape {
-                        name: name.to_string(),
-                        axis,
-                        expected: *n as usize,
-                        found: size,
-                    });
-                }
-            }
-            Dim::Sym(sym) => {
-                let source = format!("{what} `{name}` axis {axis}");
-                match bindings.get(sym) {
-                    Some((value, first)) if *value != size => {
-                        return Err(RunError::DimConflict {
-                            dim: sym.clone(),
-                            first: first.clone(),
-                            first_value: *value,
-                            second: source,
-                            second_value: size,
-                        });
-                    }
-                    Some(_) => {}
-                    None => {
-                        bindings.insert(sym.clone(), (size, source));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The concrete shape of a declared shape under the bindings.
-fn resolve(shape: &Shape, bindings: &Bindings, needed_by: &str) -> Result<Vec<usize>, RunError> {
-    shape
-        .dims()
-        .iter()
-        .map(|d| match d {
-            Dim::Static(n) => usize::try_from(*n).map_err(|_| RunError::SizeOverflow {
-                name: needed_by.to_string(),
-            }),
-            Dim::Sym(s) => bindings
-                .get(s)
-                .map(|(v, _)| *v)
-                .ok_or_else(|| RunError::UnboundDim {
-                    dim: s.clone(),
-                    needed_by: needed_by.to_string(),
-                }),
-        })
-        .collect()
 }
 
 impl CpuExecutable {
@@ -335,34 +257,7 @@ impl CpuExecutable {
     pub fn bind_weights(&mut self, weights: &HashMap<String, HostTensor>) -> Result<(), RunError> {
         self.bound = false;
         self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        let mut dims: Bindings = HashMap::new();
-        for &b in &self.program.weights {
-            let buffer = &self.program.buffers[b];
-            let name = &buffer.name;
-            let t = weights
-                .get(name)
-                .ok_or_else(|| RunError::MissingWeight { name: name.clone() })?;
-            if t.dtype != buffer.dtype {
-                return Err(RunError::WeightDType {
-                    name: name.clone(),
-                    expected: buffer.dtype,
-                    found: t.dtype,
-                });
-            }
-            let shape_error = || RunError::WeightShape {
-                name: name.clone(),
-                expected: buffer.shape.to_string(),
-                found: shape_text(&t.shape),
-            };
-            if t.shape.len() != buffer.shape.rank() {
-                return Err(shape_error());
-            }
-            match bind_shape(&mut dims, name, "weight", &buffer.shape, &t.shape) {
-                Err(RunError::InputShape { .. }) => return Err(shape_error()),
-                other => other?,
-            }
-            check_bytes(name, t)?;
-        }
+        let dims = check_weights(&self.program, weights)?;
         for &b in &self.program.weights {
             let t = &weights[&self.program.buffers[b].name];
             self.held[b] = Some(Held {
@@ -567,56 +462,12 @@ impl CpuExecutable {
 
     /// Checks the inputs and binds the dims their shapes name.
     fn bind_inputs(&self, inputs: &HashMap<String, HostTensor>) -> Result<Bindings, RunError> {
-        let names: Vec<&str> = self
-            .program
-            .inputs
-            .iter()
-            .map(|&b| self.program.buffers[b].name.as_str())
-            .collect();
-        let mut given: Vec<&String> = inputs.keys().collect();
-        given.sort();
-        for name in given {
-            if !names.contains(&name.as_str()) {
-                return Err(RunError::UnknownInput {
-                    name: name.clone(),
-                    known: names.join(", "),
-                });
-            }
-        }
-        let mut bindings = self.weight_dims.clone();
-        for &b in &self.program.inputs {
-            let buffer = &self.program.buffers[b];
-            let name = &buffer.name;
-            let t = inputs
-                .get(name)
-                .ok_or_else(|| RunError::MissingInput { name: name.clone() })?;
-            if t.dtype != buffer.dtype {
-                return Err(RunError::InputDType {
-                    name: name.clone(),
-                    expected: buffer.dtype,
-                    found: t.dtype,
-                });
-            }
-            if t.shape.len() != buffer.shape.rank() {
-                return Err(RunError::InputRank {
-                    name: name.clone(),
-                    shape: buffer.shape.to_string(),
-                    expected: buffer.shape.rank(),
-                    found: t.shape.len(),
-                });
-            }
-            bind_shape(&mut bindings, name, "input", &buffer.shape, &t.shape)?;
-            check_bytes(name, t)?;
-        }
-        Ok(bindings)
+        check_inputs(&self.program, &self.weight_dims, inputs)
     }
 
     /// The plan at these bindings, from the cache or made now.
     fn plan_for(&self, bindings: &Bindings) -> Result<Arc<RunPlan>, RunError> {
-        // Every bound dim, not only `Program::dims`: a plan must never be
-        // reused at other sizes.
-        let mut key: DimValues = bindings.iter().map(|(d, (v, _))| (d.clone(), *v)).collect();
-        key.sort_unstable();
+        let key = dim_values(bindings);
         if let Some(plan) = self
             .plans
             .lock()
@@ -679,20 +530,7 @@ fn launch_extent(
     shape: &[usize],
 ) -> Result<(Vec<i64>, Work), RunError> {
     let launch = &p.launches[i];
-    let kernel = &launch.kernel;
-    let dims = kernel
-        .dims
-        .iter()
-        .map(|d| match bindings.get(d) {
-            Some((v, _)) => {
-                i64::try_from(*v).map_err(|_| RunError::SizeOverflow { name: d.clone() })
-            }
-            None => Err(RunError::UnboundDim {
-                dim: d.clone(),
-                needed_by: format!("kernel `{}`", kernel.name),
-            }),
-        })
-        .collect::<Result<Vec<i64>, RunError>>()?;
+    let dims = kernel_dims(p, i, bindings)?;
     let out = &p.buffers[launch.out];
     let overflow = || RunError::SizeOverflow {
         name: out.name.clone(),
@@ -727,28 +565,11 @@ fn launch_extent(
     ))
 }
 
-fn check_bytes(name: &str, t: &HostTensor) -> Result<(), RunError> {
-    let expected = byte_size(t.dtype, &t.shape).ok_or_else(|| RunError::SizeOverflow {
-        name: name.to_string(),
-    })?;
-    if t.data.len() != expected {
-        return Err(RunError::TensorSize {
-            name: name.to_string(),
-            message: format!(
-                "shape {} of {} needs {expected} bytes, found {}",
-                shape_text(&t.shape),
-                t.dtype,
-                t.data.len()
-            ),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use kiln_dialect::kernel::{Body, Buffer, Expr, Kernel, Launch, Ty};
+    use kiln_dialect::{Dim, Shape};
     use rand::Rng;
 
     // Hand-written kernels with the ABI. Inputs may be unaligned (they are

@@ -8,7 +8,7 @@ pub mod arena;
 pub mod executor;
 pub mod jit;
 pub mod pool;
-mod program_check;
+pub(crate) mod program_check;
 
 pub use executor::{CpuExecutable, ExecStats, KernelFn, RunError};
 pub use pool::ThreadPool;

@@ -1,0 +1,223 @@
+//! Loading the kernels: each distinct PTX text becomes one driver module,
+//! loaded once (kernels with identical PTX share it), and each launch gets
+//! its entry function. Before any driver call, every kernel is checked
+//! against the contract of [`super::kernel`] and against its launch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+use kiln_dialect::kernel::Launch;
+
+use super::error::CudaError;
+use super::kernel::PtxKernel;
+
+/// Dynamic shared memory a block may use without opting in.
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
+
+/// The entry function of every launch, and how many modules were loaded.
+pub(crate) struct LoadedKernels {
+    pub functions: Vec<CudaFunction>,
+    pub modules: usize,
+}
+
+/// The number of `.param`s entry `entry` of `ptx` declares, or `None`
+/// when the text has no such `.entry` with a parameter list.
+pub(crate) fn entry_params(ptx: &str, entry: &str) -> Option<usize> {
+    let mut rest = ptx;
+    while let Some(at) = rest.find(".entry") {
+        let after = &rest[at + ".entry".len()..];
+        rest = after;
+        let trimmed = after.trim_start();
+        if trimmed.len() == after.len() {
+            continue; // `.entryfoo`: not the directive
+        }
+        let Some(tail) = trimmed.strip_prefix(entry) else {
+            continue;
+        };
+        let tail = tail.trim_start();
+        let Some(list) = tail.strip_prefix('(') else {
+            continue; // a longer name starting with `entry`
+        };
+        let close = list.find(')')?;
+        return Some(list[..close].matches(".param").count());
+    }
+    None
+}
+
+/// Checks kernel `kernel` of launch `index` against the contract: a
+/// usable entry name and PTX text, the block size, and the parameter list
+/// (inputs, output, dims, units) its launch implies.
+pub(crate) fn check_kernel(
+    index: usize,
+    kernel: &PtxKernel,
+    launch: &Launch,
+) -> Result<(), CudaError> {
+    let fail = |message: String| CudaError::InvalidKernel {
+        kernel: launch.kernel.name.clone(),
+        entry: kernel.entry.clone(),
+        message: format!("launch {index}: {message}"),
+    };
+    if kernel.entry.is_empty() || kernel.entry.contains('\0') {
+        return Err(fail("the entry name is empty or holds a NUL byte".into()));
+    }
+    if kernel.ptx.contains('\0') {
+        return Err(fail("the PTX text holds a NUL byte".into()));
+    }
+    if kernel.block == 0 || kernel.block > 1024 || !kernel.block.is_multiple_of(32) {
+        return Err(fail(format!(
+            "{} threads per block (the contract asks for a multiple of 32, at most 1024)",
+            kernel.block
+        )));
+    }
+    let expected = launch.kernel.inputs.len() + 1 + launch.kernel.dims.len() + 1;
+    match entry_params(&kernel.ptx, &kernel.entry) {
+        None => Err(fail(format!(
+            "the PTX has no `.entry {}(...)`",
+            kernel.entry
+        ))),
+        Some(found) if found != expected => Err(fail(format!(
+            "the entry declares {found} parameters, the launch passes {expected} \
+             ({} inputs, the output, {} dims, units)",
+            launch.kernel.inputs.len(),
+            launch.kernel.dims.len()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Loads one module per distinct PTX text and the entry of every kernel
+/// (in launch order); opts kernels into more than 48 KiB of dynamic shared
+/// memory where they ask for it.
+pub(crate) fn load(
+    ctx: &Arc<CudaContext>,
+    kernels: &[PtxKernel],
+    launches: &[Launch],
+) -> Result<LoadedKernels, CudaError> {
+    let device = match ctx.compute_capability() {
+        Ok((major, minor)) => format!("sm_{major}{minor}"),
+        Err(_) => "unknown".to_string(),
+    };
+    let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
+    let mut functions = Vec::with_capacity(kernels.len());
+    for (kernel, launch) in kernels.iter().zip(launches) {
+        let load_error = |source| CudaError::ModuleLoad {
+            kernel: launch.kernel.name.clone(),
+            entry: kernel.entry.clone(),
+            arch: kernel.arch.clone(),
+            device: device.clone(),
+            source,
+        };
+        let module = match modules.get(kernel.ptx.as_str()) {
+            Some(m) => Arc::clone(m),
+            None => {
+                let m = ctx
+                    .load_module(Ptx::from_src(kernel.ptx.as_str()))
+                    .map_err(load_error)?;
+                modules.insert(kernel.ptx.as_str(), Arc::clone(&m));
+                m
+            }
+        };
+        let function = module.load_function(&kernel.entry).map_err(load_error)?;
+        if kernel.shared_bytes > DEFAULT_DYNAMIC_SHARED {
+            function
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    i32::try_from(kernel.shared_bytes).unwrap_or(i32::MAX),
+                )
+                .map_err(|e| {
+                    CudaError::driver(
+                        format!(
+                            "allowing {} bytes of shared memory to entry `{}`",
+                            kernel.shared_bytes, kernel.entry
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        functions.push(function);
+    }
+    Ok(LoadedKernels {
+        functions,
+        modules: modules.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::kernel::Grid;
+    use kiln_dialect::kernel::{Body, Buffer, Expr, Kernel, Ty};
+    use kiln_dialect::{DType, Shape};
+
+    const PTX: &str = ".version 8.0\n.target sm_90a\n.address_size 64\n\n\
+        .visible .entry add_f32_1(\n  .param .u64 a,\n  .param .u64 b,\n  .param .u64 out,\n\
+        .param .s64 dim0,\n  .param .s64 units\n)\n{\n  ret;\n}\n\
+        .visible .entry add_f32(\n  .param .u64 a,\n  .param .u64 out,\n  .param .s64 units\n)\n{\n  ret;\n}\n";
+
+    fn launch(inputs: usize, dims: usize) -> Launch {
+        let b = Buffer {
+            name: "t".into(),
+            dtype: DType::F32,
+            shape: Shape::of(&[4]),
+        };
+        Launch {
+            kernel: Kernel {
+                name: "k".into(),
+                inputs: vec![b.clone(); inputs],
+                output: b,
+                dims: (0..dims).map(|d| format!("d{d}")).collect(),
+                float: Ty::F32,
+                body: Body::Map {
+                    expr: Expr::Float(0.0),
+                },
+            },
+            args: (0..inputs).collect(),
+            out: inputs,
+            bind_time: false,
+        }
+    }
+
+    fn kernel(entry: &str, block: u32) -> PtxKernel {
+        PtxKernel {
+            entry: entry.into(),
+            ptx: PTX.into(),
+            arch: "sm_90a".into(),
+            block,
+            grid: Grid::Elements { per_thread: 1 },
+            shared_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn parameters_are_counted_for_the_named_entry_only() {
+        assert_eq!(entry_params(PTX, "add_f32_1"), Some(5));
+        assert_eq!(entry_params(PTX, "add_f32"), Some(3));
+        assert_eq!(entry_params(PTX, "add"), None);
+        assert_eq!(entry_params("", "add"), None);
+    }
+
+    #[test]
+    fn kernels_that_break_the_contract_are_named() {
+        assert!(check_kernel(0, &kernel("add_f32_1", 256), &launch(2, 1)).is_ok());
+        assert!(check_kernel(0, &kernel("add_f32", 128), &launch(1, 0)).is_ok());
+        let err = check_kernel(3, &kernel("add_f32_1", 256), &launch(1, 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel `k` (entry `add_f32_1`): launch 3: the entry declares 5 parameters, \
+             the launch passes 4 (1 inputs, the output, 1 dims, units)"
+        );
+        let err = check_kernel(0, &kernel("mul", 256), &launch(1, 0)).unwrap_err();
+        assert!(
+            err.to_string().contains("has no `.entry mul(...)`"),
+            "{err}"
+        );
+        let err = check_kernel(0, &kernel("add_f32", 100), &launch(1, 0)).unwrap_err();
+        assert!(err.to_string().contains("100 threads per block"), "{err}");
+        let mut k = kernel("add_f32", 64);
+        k.ptx.push('\0');
+        assert!(check_kernel(0, &k, &launch(1, 0)).is_err());
+    }
+}
