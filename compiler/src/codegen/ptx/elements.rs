@@ -1,0 +1,406 @@
+//! The element grid ([`Grid::Elements`](kiln_runtime::cuda::kernel::Grid)):
+//! each thread computes `per_thread` consecutive output elements (one run),
+//! walking runs with a grid-stride loop. A full run of a byte-sized or wider
+//! output is stored with vector stores; inputs read at the output's own
+//! index (same shape) are loaded with vector loads for a full run. The
+//! last, partial run of the output uses scalar accesses.
+
+use kiln_dialect::kernel::{Expr, Var};
+
+use super::PtxError;
+use super::asm::Class;
+use super::dtype_io::{Code, code_class, code_width};
+use super::expr::{Em, Preload, Val, is_identity};
+
+/// Elements per thread for an output of `bits` per element: 16 bytes (at
+/// most 8 elements) for byte-sized and wider types, 8 for sub-byte types
+/// (whole bytes: 8 elements of 3, 4 or 6 bits are 3, 4 or 6 bytes).
+pub(super) fn per_thread(bits: u32) -> u32 {
+    if bits >= 8 { (128 / bits).min(8) } else { 8 }
+}
+
+/// The fewest elements per thread for an output of `bits` per element:
+/// one, or whole bytes of a sub-byte type. Kernels whose elements loop
+/// (reductions, contractions) use it: unrolling their runs buys nothing
+/// and costs registers.
+pub(super) fn min_per_thread(bits: u32) -> u32 {
+    if bits >= 8 { 1 } else { 8 }
+}
+
+/// The inputs that `e` reads at exactly the output's index, unguarded and
+/// not under a reduction that rebinds an output variable.
+pub(super) fn identity_inputs(em: &Em, e: &Expr, shadow: bool, out: &mut Vec<usize>) {
+    match e {
+        Expr::Load {
+            input,
+            index,
+            guard: None,
+        } if !shadow && is_identity(index) => {
+            if !out.contains(input) {
+                out.push(*input);
+            }
+        }
+        Expr::Reduce {
+            var, extent, body, ..
+        } => {
+            identity_inputs(em, extent, shadow, out);
+            let s = shadow || em.is_out_var(*var);
+            identity_inputs(em, body, s, out);
+            return;
+        }
+        Expr::Float(_)
+        | Expr::Int(_)
+        | Expr::Bool(_)
+        | Expr::Var(_)
+        | Expr::Dim(_)
+        | Expr::Acc
+        | Expr::Load { .. }
+        | Expr::Unary(..)
+        | Expr::Binary(..)
+        | Expr::Select(..)
+        | Expr::Cast(..)
+        | Expr::Round(..) => {}
+    }
+    e.for_each_child(|c| identity_inputs(em, c, shadow, out));
+}
+
+/// The thread's global index and the grid's thread count, as i64.
+pub(super) fn thread_index(em: &mut Em) -> (String, String) {
+    let (tid, ntid, cta, ncta) = (
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.u32 {tid}, %tid.x"));
+    em.ins(format!("mov.u32 {ntid}, %ntid.x"));
+    em.ins(format!("mov.u32 {cta}, %ctaid.x"));
+    em.ins(format!("mov.u32 {ncta}, %nctaid.x"));
+    let (unit, t, stride) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("mul.wide.u32 {unit}, {cta}, {ntid}"));
+    em.ins(format!("cvt.u64.u32 {t}, {tid}"));
+    em.ins(format!("add.s64 {unit}, {unit}, {t}"));
+    em.ins(format!("mul.wide.u32 {stride}, {ncta}, {ntid}"));
+    (unit, stride)
+}
+
+/// Binds `v0 .. v(n-1)` to the row-major index of `flat` over the first
+/// `n` output axes; returns their registers.
+pub(super) fn unravel(em: &mut Em, flat: &str, n: usize) -> Vec<String> {
+    let mut regs = vec![String::new(); n];
+    let mut t = flat.to_string();
+    for a in (0..n).rev() {
+        let d = em.out_shape[a].clone();
+        let v = em.reg(Class::D);
+        if a == 0 {
+            em.ins(format!("mov.b64 {v}, {t}"));
+        } else {
+            let q = if let Some(c) = super::expr::imm(&d) {
+                let q = em.reg(Class::D);
+                em.ins(format!("rem.u64 {v}, {t}, {c}"));
+                em.ins(format!("div.u64 {q}, {t}, {c}"));
+                q
+            } else {
+                let (q, r) = em.divmod_u64(&t, &d);
+                em.ins(format!("mov.b64 {v}, {r}"));
+                q
+            };
+            t = q;
+        }
+        em.bind(Var(a as u32), v.clone());
+        regs[a] = v;
+    }
+    regs
+}
+
+/// Loads of `w`-bit codes of one full run at `addr`, `lanes` elements, in
+/// 16-byte (or smaller) vectors into `dst`.
+fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
+    if w == 64 {
+        for (q, pair) in dst.chunks(2).enumerate() {
+            em.ins(format!(
+                "ld.global.v2.b64 {{{}, {}}}, [{addr}+{}]",
+                pair[0].r,
+                pair[1].r,
+                16 * q
+            ));
+        }
+        return;
+    }
+    let per_word = (32 / w) as usize;
+    let words: Vec<String> = (0..dst.len() / per_word)
+        .map(|_| em.reg(Class::R))
+        .collect();
+    let mut off = 0;
+    let mut i = 0;
+    while i < words.len() {
+        let n = match words.len() - i {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let regs = words[i..i + n].join(", ");
+        match n {
+            1 => em.ins(format!("ld.global.b32 {regs}, [{addr}+{off}]")),
+            _ => em.ins(format!("ld.global.v{n}.b32 {{{regs}}}, [{addr}+{off}]")),
+        }
+        off += 4 * n;
+        i += n;
+    }
+    for (j, c) in dst.iter().enumerate() {
+        let word = &words[j / per_word];
+        match w {
+            32 => em.ins(format!("mov.b32 {}, {word}", c.r)),
+            16 => {
+                let tmp = em.reg(Class::H);
+                let (lo, hi) = if j % 2 == 0 {
+                    (c.r.clone(), tmp)
+                } else {
+                    (tmp, c.r.clone())
+                };
+                em.ins(format!("mov.b32 {{{lo}, {hi}}}, {word}"));
+            }
+            _ => em.ins(format!("bfe.u32 {}, {word}, {}, 8", c.r, 8 * (j % 4))),
+        }
+    }
+}
+
+/// Vector stores of one full run of `w`-bit codes at `addr`.
+fn vector_store(em: &mut Em, addr: &str, w: u32, src: &[Code]) {
+    if w == 64 {
+        for (q, pair) in src.chunks(2).enumerate() {
+            em.ins(format!(
+                "st.global.v2.b64 [{addr}+{}], {{{}, {}}}",
+                16 * q,
+                pair[0].r,
+                pair[1].r
+            ));
+        }
+        return;
+    }
+    let per_word = (32 / w) as usize;
+    let mut words = Vec::new();
+    for chunk in src.chunks(per_word) {
+        let word = em.reg(Class::R);
+        match w {
+            32 => em.ins(format!("mov.b32 {word}, {}", chunk[0].r)),
+            16 => em.ins(format!(
+                "mov.b32 {word}, {{{}, {}}}",
+                chunk[0].r, chunk[1].r
+            )),
+            _ => {
+                em.ins(format!("mov.b32 {word}, {}", chunk[0].r));
+                for (j, c) in chunk.iter().enumerate().skip(1) {
+                    let t = em.reg(Class::R);
+                    em.ins(format!("shl.b32 {t}, {}, {}", c.r, 8 * j));
+                    em.ins(format!("or.b32 {word}, {word}, {t}"));
+                }
+            }
+        }
+        words.push(word);
+    }
+    let mut off = 0;
+    let mut i = 0;
+    while i < words.len() {
+        let n = match words.len() - i {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        let regs = words[i..i + n].join(", ");
+        match n {
+            1 => em.ins(format!("st.global.b32 [{addr}+{off}], {regs}")),
+            _ => em.ins(format!("st.global.v{n}.b32 [{addr}+{off}], {{{regs}}}")),
+        }
+        off += 4 * n;
+        i += n;
+    }
+}
+
+/// The memory type of a scalar access to a `w`-bit code.
+fn scalar_ty(w: u32) -> &'static str {
+    match w {
+        64 => "b64",
+        32 => "b32",
+        16 => "b16",
+        _ => "u8",
+    }
+}
+
+/// The `mov` type of a `w`-bit code's register.
+fn mov_ty(w: u32) -> &'static str {
+    match w {
+        64 => "b64",
+        16 => "b16",
+        _ => "b32",
+    }
+}
+
+/// Whether a run of `p` codes of `w` bits moves as whole 32-bit words or
+/// 16-byte pairs of 64-bit ones.
+fn vectorizable(p: u32, w: u32) -> bool {
+    let bytes = p * w / 8;
+    if w == 64 {
+        p >= 2 && p.is_multiple_of(2)
+    } else {
+        bytes >= 4 && bytes.is_multiple_of(4)
+    }
+}
+
+/// The element-grid body: `lane_value` computes the current element (its
+/// output variables bound).
+pub(super) fn emit_elements<'k>(
+    em: &mut Em<'k>,
+    p: u32,
+    units: &str,
+    identity: &[usize],
+    mut lane_value: impl FnMut(&mut Em<'k>) -> Result<Val, PtxError>,
+) -> Result<(), PtxError> {
+    let out = em.k.output.clone();
+    let rank = out.shape.rank();
+    let bits = out.dtype.bits();
+    let n = em.product(&em.out_shape.clone());
+    let n = em.in_reg(&n);
+    let (unit, stride) = thread_index(em);
+    let (top, done) = (em.a.label("unit"), em.a.label("exit"));
+    let pexit = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {pexit}, {unit}, {units}"));
+    em.ins(format!("@{pexit} bra {done}"));
+    let (start, rem) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("mul.lo.s64 {start}, {unit}, {p}"));
+    em.ins(format!("sub.s64 {rem}, {n}, {start}"));
+    let vars = unravel(em, &start, rank);
+    let ppart = em.reg(Class::P);
+    em.ins(format!("setp.lt.s64 {ppart}, {rem}, {p}"));
+
+    // Preloads.
+    em.preload.clear();
+    for &i in identity {
+        let b = &em.k.inputs[i];
+        if b.shape != out.shape || b.dtype.bits() < 8 {
+            continue;
+        }
+        let w = code_width(b.dtype);
+        if !vectorizable(p, w) {
+            continue;
+        }
+        let bytes = b.dtype.bits() / 8;
+        let lanes: Vec<Code> = (0..p)
+            .map(|_| Code {
+                r: em.reg(code_class(w)),
+                w,
+            })
+            .collect();
+        let addr = em.reg(Class::D);
+        let base = em.in_ptr[i].clone();
+        em.ins(format!("mad.lo.s64 {addr}, {start}, {bytes}, {base}"));
+        let (partial, loaded) = (em.a.label("ld_part"), em.a.label("ld_done"));
+        em.ins(format!("@{ppart} bra {partial}"));
+        vector_load(em, &addr, w, &lanes);
+        em.ins(format!("bra.uni {loaded}"));
+        em.a.place(&partial);
+        let pv = em.reg(Class::P);
+        for (j, c) in lanes.iter().enumerate() {
+            em.ins(format!("setp.gt.s64 {pv}, {rem}, {j}"));
+            em.ins(format!(
+                "@{pv} ld.global.{} {}, [{addr}+{}]",
+                scalar_ty(w),
+                c.r,
+                j as u32 * bytes
+            ));
+        }
+        em.a.place(&loaded);
+        em.preload.push(Preload { input: i, lanes });
+    }
+
+    // The run's elements.
+    let w = code_width(out.dtype);
+    let codes: Vec<Code> = (0..p)
+        .map(|_| Code {
+            r: em.reg(code_class(w)),
+            w,
+        })
+        .collect();
+    let pinv = em.reg(Class::P);
+    for (j, c) in codes.iter().enumerate() {
+        if j > 0 && rank > 0 {
+            let last = rank - 1;
+            em.ins(format!("add.s64 {}, {}, 1", vars[last], vars[last]));
+            let pc = em.reg(Class::P);
+            for a in (1..rank).rev() {
+                let d = em.out_shape[a].clone();
+                em.ins(format!("setp.ge.s64 {pc}, {}, {d}", vars[a]));
+                em.ins(format!("@{pc} mov.b64 {}, 0", vars[a]));
+                em.ins(format!("@{pc} add.s64 {}, {}, 1", vars[a - 1], vars[a - 1]));
+            }
+        }
+        em.ins(format!("mov.{} {}, 0", mov_ty(w), c.r));
+        let skip = em.a.label("lane");
+        if j > 0 {
+            em.ins(format!("setp.le.s64 {pinv}, {rem}, {j}"));
+            em.ins(format!("@{pinv} bra {skip}"));
+        }
+        em.lane = j;
+        let v = lane_value(em)?;
+        let code = em.encode(&v, out.dtype);
+        em.ins(format!("mov.{} {}, {}", mov_ty(w), c.r, code.r));
+        em.a.place(&skip);
+    }
+    em.preload.clear();
+
+    // Stores.
+    if bits < 8 {
+        let run_bytes = p * bits / 8;
+        let (acc, t) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("mov.b64 {acc}, 0"));
+        for (j, c) in codes.iter().enumerate() {
+            em.ins(format!("cvt.u64.u32 {t}, {}", c.r));
+            em.ins(format!("shl.b64 {t}, {t}, {}", j as u32 * bits));
+            em.ins(format!("or.b64 {acc}, {acc}, {t}"));
+        }
+        let (total, sb, addr) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("mul.lo.s64 {total}, {n}, {bits}"));
+        em.ins(format!("add.s64 {total}, {total}, 7"));
+        em.ins(format!("shr.u64 {total}, {total}, 3"));
+        em.ins(format!("mul.lo.s64 {sb}, {unit}, {run_bytes}"));
+        let outp = em.out_ptr.clone();
+        em.ins(format!("add.s64 {addr}, {outp}, {sb}"));
+        let (pb, byte, bt) = (em.reg(Class::P), em.reg(Class::R), em.reg(Class::D));
+        for b in 0..run_bytes {
+            em.ins(format!("add.s64 {bt}, {sb}, {b}"));
+            em.ins(format!("setp.lt.s64 {pb}, {bt}, {total}"));
+            em.ins(format!("shr.u64 {t}, {acc}, {}", 8 * b));
+            em.ins(format!("cvt.u32.u64 {byte}, {t}"));
+            em.ins(format!("@{pb} st.global.u8 [{addr}+{b}], {byte}"));
+        }
+    } else {
+        let bytes = bits / 8;
+        let addr = em.reg(Class::D);
+        let outp = em.out_ptr.clone();
+        em.ins(format!("mad.lo.s64 {addr}, {start}, {bytes}, {outp}"));
+        let (partial, stored) = (em.a.label("st_part"), em.a.label("st_done"));
+        if vectorizable(p, w) {
+            em.ins(format!("@{ppart} bra {partial}"));
+            vector_store(em, &addr, w, &codes);
+            em.ins(format!("bra.uni {stored}"));
+        }
+        em.a.place(&partial);
+        let pv = em.reg(Class::P);
+        for (j, c) in codes.iter().enumerate() {
+            em.ins(format!("setp.gt.s64 {pv}, {rem}, {j}"));
+            em.ins(format!(
+                "@{pv} st.global.{} [{addr}+{}], {}",
+                scalar_ty(w),
+                j as u32 * bytes,
+                c.r
+            ));
+        }
+        em.a.place(&stored);
+    }
+    em.ins(format!("add.s64 {unit}, {unit}, {stride}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&done);
+    em.ins("ret");
+    Ok(())
+}

@@ -1,0 +1,731 @@
+//! Scalar expressions to PTX: the emitter's state (variables, dims, shapes,
+//! the row reductions already computed) and one instruction sequence per
+//! expression node.
+
+use std::collections::{BTreeSet, HashMap};
+
+use kiln_dialect::kernel::{Binary, Expr, Kernel, Reduction, Ty, Unary, Var};
+use kiln_dialect::{DType, Dim};
+
+use super::PtxError;
+use super::asm::{Asm, Class, f32_imm, f64_imm};
+use super::dtype_io::Code;
+
+/// A computed scalar: its register and compute type.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Val {
+    pub r: String,
+    pub t: Ty,
+}
+
+/// The register class of a compute type.
+pub(super) fn class_of(t: Ty) -> Class {
+    match t {
+        Ty::F32 => Class::F,
+        Ty::F64 => Class::Fd,
+        Ty::I64 => Class::D,
+        Ty::Bool => Class::P,
+    }
+}
+
+/// The PTX type suffix of a compute type for arithmetic.
+pub(super) fn sfx(t: Ty) -> &'static str {
+    match t {
+        Ty::F32 => "f32",
+        Ty::F64 => "f64",
+        Ty::I64 => "s64",
+        Ty::Bool => "pred",
+    }
+}
+
+/// Lanes of identity-indexed loads already read for the current run of
+/// output elements (vectorized loads).
+pub(super) struct Preload {
+    pub input: usize,
+    pub lanes: Vec<Code>,
+}
+
+/// The state of one entry being emitted.
+pub(super) struct Em<'k> {
+    pub k: &'k Kernel,
+    pub a: Asm,
+    /// The kernel's float type.
+    pub fty: Ty,
+    /// The register of each bound variable.
+    pub vars: HashMap<Var, String>,
+    /// The registers of [`Kernel::dims`].
+    pub dims: Vec<String>,
+    /// Global base address of each input.
+    pub in_ptr: Vec<String>,
+    pub out_ptr: String,
+    /// Per input, per axis: its size and row-major stride (register or
+    /// immediate).
+    pub in_shape: Vec<Vec<String>>,
+    pub in_strides: Vec<Vec<String>>,
+    pub out_shape: Vec<String>,
+    /// Reductions computed once per row (row kernels), by structure.
+    pub cache: Vec<(Expr, Val)>,
+    /// The accumulator of a contraction's epilogue.
+    pub acc: Option<Val>,
+    pub preload: Vec<Preload>,
+    /// The lane of the current run whose preloaded values loads use.
+    pub lane: usize,
+    /// Nesting depth of reductions that rebind an output variable: inside
+    /// one, identity loads are not the preloaded ones.
+    pub shadowed: u32,
+}
+
+/// An immediate integer operand, if `s` is one.
+pub(super) fn imm(s: &str) -> Option<i64> {
+    s.parse().ok()
+}
+
+impl<'k> Em<'k> {
+    pub fn new(k: &'k Kernel) -> Em<'k> {
+        let fty = match k.float {
+            Ty::F64 => Ty::F64,
+            Ty::F32 | Ty::I64 | Ty::Bool => Ty::F32,
+        };
+        Em {
+            k,
+            a: Asm::default(),
+            fty,
+            vars: HashMap::new(),
+            dims: Vec::new(),
+            in_ptr: Vec::new(),
+            out_ptr: String::new(),
+            in_shape: Vec::new(),
+            in_strides: Vec::new(),
+            out_shape: Vec::new(),
+            cache: Vec::new(),
+            acc: None,
+            preload: Vec::new(),
+            lane: 0,
+            shadowed: 0,
+        }
+    }
+
+    pub fn kerr(&self, message: impl Into<String>) -> PtxError {
+        PtxError::Kernel {
+            kernel: self.k.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    pub fn type_err(&self, e: &Expr, message: impl Into<String>) -> PtxError {
+        PtxError::Type {
+            kernel: self.k.name.clone(),
+            expr: e.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn unsupported(&self, e: &Expr, message: impl Into<String>) -> PtxError {
+        PtxError::Unsupported {
+            kernel: self.k.name.clone(),
+            expr: e.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn reg(&mut self, c: Class) -> String {
+        self.a.reg(c)
+    }
+
+    pub fn ins(&mut self, s: impl AsRef<str>) {
+        self.a.ins(s)
+    }
+
+    /// A register holding `x` (an i64).
+    pub fn iconst(&mut self, x: i64) -> String {
+        let r = self.reg(Class::D);
+        self.ins(format!("mov.b64 {r}, {x}"));
+        r
+    }
+
+    /// A float constant in the kernel's float type.
+    pub fn fconst(&mut self, x: f64) -> Val {
+        self.fconst_as(self.fty, x)
+    }
+
+    pub fn fconst_as(&mut self, t: Ty, x: f64) -> Val {
+        let r = self.reg(class_of(t));
+        match t {
+            Ty::F64 => self.ins(format!("mov.f64 {r}, {}", f64_imm(x))),
+            Ty::F32 | Ty::I64 | Ty::Bool => self.ins(format!("mov.f32 {r}, {}", f32_imm(x))),
+        }
+        Val { r, t }
+    }
+
+    /// The operand for an axis size of a buffer.
+    pub fn dim_operand(&self, d: &Dim) -> Result<String, PtxError> {
+        match d {
+            Dim::Static(n) => Ok(n.to_string()),
+            Dim::Sym(s) => match self.k.dims.iter().position(|x| x == s) {
+                Some(i) => Ok(self.dims[i].clone()),
+                None => {
+                    Err(self.kerr(format!("symbolic dim `{s}` is not among the kernel's dims")))
+                }
+            },
+        }
+    }
+
+    /// `a * b` on i64 operands (immediates folded).
+    pub fn mul_op(&mut self, a: &str, b: &str) -> String {
+        match (imm(a), imm(b)) {
+            (Some(x), Some(y)) => x.wrapping_mul(y).to_string(),
+            (Some(1), None) => b.to_string(),
+            (None, Some(1)) => a.to_string(),
+            (Some(_), None) => {
+                let r = self.reg(Class::D);
+                self.ins(format!("mul.lo.s64 {r}, {b}, {a}"));
+                r
+            }
+            (None, Some(_)) | (None, None) => {
+                let r = self.reg(Class::D);
+                self.ins(format!("mul.lo.s64 {r}, {a}, {b}"));
+                r
+            }
+        }
+    }
+
+    /// Row-major strides of a shape given as operands.
+    pub fn strides_of(&mut self, shape: &[String]) -> Vec<String> {
+        let mut s = vec!["1".to_string(); shape.len()];
+        for a in (0..shape.len().saturating_sub(1)).rev() {
+            s[a] = self.mul_op(&s[a + 1], &shape[a + 1]);
+        }
+        s
+    }
+
+    /// The product of operands.
+    pub fn product(&mut self, shape: &[String]) -> String {
+        let mut p = "1".to_string();
+        for d in shape {
+            p = self.mul_op(&p, d);
+        }
+        p
+    }
+
+    /// A register (never an immediate) holding operand `s`.
+    pub fn in_reg(&mut self, s: &str) -> String {
+        if imm(s).is_some() {
+            self.iconst(imm(s).unwrap_or(0))
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// Emits `e`; its value's register and type.
+    pub fn emit(&mut self, e: &Expr) -> Result<Val, PtxError> {
+        match e {
+            Expr::Float(x) => Ok(self.fconst(*x)),
+            Expr::Int(i) => Ok(Val {
+                r: self.iconst(*i),
+                t: Ty::I64,
+            }),
+            Expr::Bool(b) => {
+                let r = self.reg(Class::P);
+                self.ins(format!("setp.ne.u32 {r}, {}, 0", u32::from(*b)));
+                Ok(Val { r, t: Ty::Bool })
+            }
+            Expr::Var(v) => match self.vars.get(v) {
+                Some(r) => Ok(Val {
+                    r: r.clone(),
+                    t: Ty::I64,
+                }),
+                None => Err(self.type_err(e, format!("variable {v} is not bound"))),
+            },
+            Expr::Dim(i) => match self.dims.get(*i as usize) {
+                Some(r) => Ok(Val {
+                    r: r.clone(),
+                    t: Ty::I64,
+                }),
+                None => Err(self.type_err(e, format!("dim{i} is not declared"))),
+            },
+            Expr::Acc => match &self.acc {
+                Some(v) => Ok(v.clone()),
+                None => Err(self.type_err(e, "`acc` outside a contraction epilogue")),
+            },
+            Expr::Load {
+                input,
+                index,
+                guard,
+            } => self.load(e, *input, index, guard.as_deref()),
+            Expr::Unary(op, x) => {
+                let x = self.emit(x)?;
+                self.unary(e, *op, x)
+            }
+            Expr::Binary(op, a, b) => {
+                let a = self.emit(a)?;
+                let b = self.emit(b)?;
+                self.binary(e, *op, a, b)
+            }
+            Expr::Select(c, a, b) => {
+                let c = self.emit(c)?;
+                let a = self.emit(a)?;
+                let b = self.emit(b)?;
+                if c.t != Ty::Bool || a.t != b.t {
+                    return Err(self.type_err(e, "select of mismatched types"));
+                }
+                Ok(self.select(&c.r, a, b))
+            }
+            Expr::Cast(t, x) => {
+                let x = self.emit(x)?;
+                Ok(self.cast(*t, x))
+            }
+            Expr::Round(d, x) => {
+                let x = self.emit(x)?;
+                self.round(e, *d, x)
+            }
+            Expr::Reduce {
+                op,
+                var,
+                extent,
+                body,
+            } => {
+                if let Some((_, v)) = self.cache.iter().find(|(c, _)| c == e) {
+                    return Ok(v.clone());
+                }
+                self.reduce_seq(e, *op, *var, extent, body)
+            }
+        }
+    }
+
+    /// `c ? a : b` for two values of one type.
+    pub fn select(&mut self, c: &str, a: Val, b: Val) -> Val {
+        let r = self.reg(class_of(a.t));
+        match a.t {
+            Ty::Bool => {
+                let (t1, t2, n) = (self.reg(Class::P), self.reg(Class::P), self.reg(Class::P));
+                self.ins(format!("and.pred {t1}, {c}, {}", a.r));
+                self.ins(format!("not.pred {n}, {c}"));
+                self.ins(format!("and.pred {t2}, {n}, {}", b.r));
+                self.ins(format!("or.pred {r}, {t1}, {t2}"));
+            }
+            Ty::F32 | Ty::F64 | Ty::I64 => {
+                let s = match a.t {
+                    Ty::F32 => "f32",
+                    Ty::F64 => "f64",
+                    Ty::I64 | Ty::Bool => "b64",
+                };
+                self.ins(format!("selp.{s} {r}, {}, {}, {c}", a.r, b.r));
+            }
+        }
+        Val { r, t: a.t }
+    }
+
+    /// A bool as 0 or 1 of type `t` (a number type).
+    fn bool_to(&mut self, p: &str, t: Ty) -> Val {
+        let r = self.reg(class_of(t));
+        match t {
+            Ty::F32 => self.ins(format!("selp.f32 {r}, 0f3F800000, 0f00000000, {p}")),
+            Ty::F64 => self.ins(format!(
+                "selp.f64 {r}, 0d3FF0000000000000, 0d0000000000000000, {p}"
+            )),
+            Ty::I64 | Ty::Bool => self.ins(format!("selp.b64 {r}, 1, 0, {p}")),
+        }
+        Val { r, t }
+    }
+
+    /// An i64 as a float of the kernel's type, rounded as `i as f64` and
+    /// then to the float type.
+    pub fn int_to_float(&mut self, r: &str) -> Val {
+        let d = self.reg(Class::Fd);
+        self.ins(format!("cvt.rn.f64.s64 {d}, {r}"));
+        self.narrow(Val { r: d, t: Ty::F64 })
+    }
+
+    /// A float value rounded to the kernel's float type.
+    pub fn narrow(&mut self, v: Val) -> Val {
+        if v.t == Ty::F64 && self.fty == Ty::F32 {
+            let r = self.reg(Class::F);
+            self.ins(format!("cvt.rn.f32.f64 {r}, {}", v.r));
+            Val { r, t: Ty::F32 }
+        } else {
+            v
+        }
+    }
+
+    /// [`Expr::Cast`].
+    pub fn cast(&mut self, t: Ty, x: Val) -> Val {
+        let fty = self.fty;
+        match (t, x.t) {
+            (Ty::F32 | Ty::F64, Ty::F32 | Ty::F64) => self.narrow(x),
+            (Ty::F32 | Ty::F64, Ty::I64) => self.int_to_float(&x.r),
+            (Ty::F32 | Ty::F64, Ty::Bool) => self.bool_to(&x.r, fty),
+            (Ty::I64, Ty::F32 | Ty::F64) => {
+                let r = self.reg(Class::D);
+                self.ins(format!("cvt.rzi.s64.{} {r}, {}", sfx(x.t), x.r));
+                Val { r, t: Ty::I64 }
+            }
+            (Ty::I64, Ty::I64) | (Ty::Bool, Ty::Bool) => x,
+            (Ty::I64, Ty::Bool) => self.bool_to(&x.r, Ty::I64),
+            (Ty::Bool, Ty::F32 | Ty::F64) => {
+                let r = self.reg(Class::P);
+                let z = if x.t == Ty::F32 {
+                    "0f00000000"
+                } else {
+                    "0d0000000000000000"
+                };
+                self.ins(format!("setp.neu.{} {r}, {}, {z}", sfx(x.t), x.r));
+                Val { r, t: Ty::Bool }
+            }
+            (Ty::Bool, Ty::I64) => {
+                let r = self.reg(Class::P);
+                self.ins(format!("setp.ne.s64 {r}, {}, 0", x.r));
+                Val { r, t: Ty::Bool }
+            }
+        }
+    }
+
+    /// [`Expr::Round`]: a float rounded to `d`'s values (encode, then
+    /// decode), or an integer wrapped to `d`'s width.
+    fn round(&mut self, e: &Expr, d: DType, x: Val) -> Result<Val, PtxError> {
+        match x.t {
+            Ty::F32 | Ty::F64 => {
+                if d == DType::F64 || (d == DType::F32 && x.t == Ty::F32) {
+                    return Ok(x);
+                }
+                let code = self.encode(&x, d);
+                let v = self.decode(d, &code);
+                Ok(match v.t {
+                    Ty::F32 | Ty::F64 => v,
+                    Ty::I64 => self.int_to_float(&v.r),
+                    Ty::Bool => {
+                        let fty = self.fty;
+                        self.bool_to(&v.r, fty)
+                    }
+                })
+            }
+            Ty::I64 => Ok(Val {
+                r: self.wrap(&x.r, d),
+                t: Ty::I64,
+            }),
+            Ty::Bool => Err(self.type_err(e, "round of a bool")),
+        }
+    }
+
+    /// An i64 wrapped to the width of `d` (two's complement; bool: `!= 0`).
+    pub fn wrap(&mut self, r: &str, d: DType) -> String {
+        let bits = d.bits();
+        let out = self.reg(Class::D);
+        if d == DType::Bool {
+            let p = self.reg(Class::P);
+            self.ins(format!("setp.ne.s64 {p}, {r}, 0"));
+            self.ins(format!("selp.b64 {out}, 1, 0, {p}"));
+        } else if bits >= 64 {
+            return r.to_string();
+        } else {
+            let signed = d.int_range().is_some_and(|(lo, _)| lo < 0);
+            let sh = 64 - bits;
+            let t = self.reg(Class::D);
+            self.ins(format!("shl.b64 {t}, {r}, {sh}"));
+            let s = if signed { "s64" } else { "u64" };
+            self.ins(format!("shr.{s} {out}, {t}, {sh}"));
+        }
+        out
+    }
+
+    /// The type `e` computes to (without emitting anything).
+    pub fn ty_of(&self, e: &Expr) -> Ty {
+        match e {
+            Expr::Float(_) => self.fty,
+            Expr::Int(_) | Expr::Var(_) | Expr::Dim(_) => Ty::I64,
+            Expr::Bool(_) => Ty::Bool,
+            Expr::Acc => self.acc.as_ref().map_or(self.fty, |v| v.t),
+            Expr::Load { input, .. } => {
+                let d = self.k.inputs.get(*input).map_or(DType::F32, |b| b.dtype);
+                self.load_ty(d)
+            }
+            Expr::Unary(op, x) => match op {
+                Unary::Not => Ty::Bool,
+                Unary::Neg
+                | Unary::Abs
+                | Unary::Exp
+                | Unary::Log
+                | Unary::Sqrt
+                | Unary::Tanh
+                | Unary::Erf
+                | Unary::Sin
+                | Unary::Cos
+                | Unary::Floor
+                | Unary::Ceil
+                | Unary::Round => self.ty_of(x),
+            },
+            Expr::Binary(op, a, _) => match op {
+                Binary::Eq
+                | Binary::Ne
+                | Binary::Lt
+                | Binary::Le
+                | Binary::Gt
+                | Binary::Ge
+                | Binary::And
+                | Binary::Or => Ty::Bool,
+                Binary::Add
+                | Binary::Sub
+                | Binary::Mul
+                | Binary::Div
+                | Binary::Rem
+                | Binary::Pow
+                | Binary::Max
+                | Binary::Min => self.ty_of(a),
+            },
+            Expr::Select(_, a, _) => self.ty_of(a),
+            Expr::Cast(t, _) => match t {
+                Ty::F32 | Ty::F64 => self.fty,
+                Ty::I64 | Ty::Bool => *t,
+            },
+            Expr::Round(_, x) => self.ty_of(x),
+            Expr::Reduce { body, .. } => self.ty_of(body),
+        }
+    }
+
+    /// The compute type a load of `d` gives.
+    pub fn load_ty(&self, d: DType) -> Ty {
+        if d == DType::Bool {
+            Ty::Bool
+        } else if d.has_integer_values() {
+            Ty::I64
+        } else {
+            self.fty
+        }
+    }
+
+    /// The identity of a reduction in type `t`.
+    pub fn identity(&mut self, op: Reduction, t: Ty) -> Val {
+        match t {
+            Ty::F32 | Ty::F64 => {
+                let x = match op {
+                    Reduction::Sum => 0.0,
+                    Reduction::Prod => 1.0,
+                    Reduction::Max => f64::NEG_INFINITY,
+                    Reduction::Min => f64::INFINITY,
+                };
+                self.fconst_as(t, x)
+            }
+            Ty::I64 | Ty::Bool => {
+                let x = match op {
+                    Reduction::Sum => 0,
+                    Reduction::Prod => 1,
+                    Reduction::Max => i64::MIN,
+                    Reduction::Min => i64::MAX,
+                };
+                Val {
+                    r: self.iconst(x),
+                    t: Ty::I64,
+                }
+            }
+        }
+    }
+
+    /// The binary operation that folds a reduction.
+    pub fn fold_op(op: Reduction) -> Binary {
+        match op {
+            Reduction::Sum => Binary::Add,
+            Reduction::Prod => Binary::Mul,
+            Reduction::Max => Binary::Max,
+            Reduction::Min => Binary::Min,
+        }
+    }
+
+    /// Binds `var` to `reg`; returns the previous binding.
+    pub fn bind(&mut self, var: Var, reg: String) -> Option<String> {
+        self.vars.insert(var, reg)
+    }
+
+    pub fn unbind(&mut self, var: Var, prev: Option<String>) {
+        match prev {
+            Some(r) => {
+                self.vars.insert(var, r);
+            }
+            None => {
+                self.vars.remove(&var);
+            }
+        }
+    }
+
+    /// Whether `var` is one of the output's loop variables.
+    pub fn is_out_var(&self, var: Var) -> bool {
+        (var.0 as usize) < self.k.output.shape.rank()
+    }
+
+    /// A reduction folded by this thread alone, in order.
+    fn reduce_seq(
+        &mut self,
+        e: &Expr,
+        op: Reduction,
+        var: Var,
+        extent: &Expr,
+        body: &Expr,
+    ) -> Result<Val, PtxError> {
+        let n = self.emit(extent)?;
+        if n.t != Ty::I64 {
+            return Err(self.type_err(e, "the extent is not an integer"));
+        }
+        let t = self.ty_of(body);
+        if t == Ty::Bool {
+            return Err(self.type_err(e, "a reduction of bools"));
+        }
+        let init = self.identity(op, t);
+        let acc = Val {
+            r: self.reg(class_of(t)),
+            t,
+        };
+        self.ins(format!("mov.{} {}, {}", mov_sfx(t), acc.r, init.r));
+        let i = self.reg(Class::D);
+        self.ins(format!("mov.b64 {i}, 0"));
+        let (top, done) = (self.a.label("red"), self.a.label("red_end"));
+        let p = self.reg(Class::P);
+        self.a.place(&top);
+        self.ins(format!("setp.ge.s64 {p}, {i}, {}", n.r));
+        self.ins(format!("@{p} bra {done}"));
+        let shadow = self.is_out_var(var);
+        self.shadowed += u32::from(shadow);
+        let prev = self.bind(var, i.clone());
+        let b = self.emit(body);
+        self.unbind(var, prev);
+        self.shadowed -= u32::from(shadow);
+        let b = b?;
+        let r = self.binary(e, Self::fold_op(op), acc.clone(), b)?;
+        self.ins(format!("mov.{} {}, {}", mov_sfx(t), acc.r, r.r));
+        self.ins(format!("add.s64 {i}, {i}, 1"));
+        self.ins(format!("bra.uni {top}"));
+        self.a.place(&done);
+        Ok(acc)
+    }
+
+    /// A load of `input` at `index`, with its guard.
+    fn load(
+        &mut self,
+        e: &Expr,
+        input: usize,
+        index: &[Expr],
+        guard: Option<&Expr>,
+    ) -> Result<Val, PtxError> {
+        let Some(buf) = self.k.inputs.get(input) else {
+            return Err(self.type_err(e, format!("no input {input}")));
+        };
+        let dtype = buf.dtype;
+        if index.len() != buf.shape.rank() {
+            return Err(self.type_err(e, "the index's rank is not the input's"));
+        }
+        if guard.is_none() && self.shadowed == 0 && is_identity(index) {
+            let lane = self.lane;
+            if let Some(p) = self.preload.iter().find(|p| p.input == input) {
+                let code = p.lanes[lane].clone();
+                return Ok(self.decode(dtype, &code));
+            }
+        }
+        let Some(g) = guard else {
+            return self.load_at(e, input, index);
+        };
+        let g = self.emit(g)?;
+        if g.t != Ty::Bool {
+            return Err(self.type_err(e, "the guard is not a bool"));
+        }
+        let t = self.load_ty(dtype);
+        let out = Val {
+            r: self.reg(class_of(t)),
+            t,
+        };
+        match t {
+            Ty::Bool => self.ins(format!("setp.ne.u32 {}, 0, 0", out.r)),
+            Ty::I64 => self.ins(format!("mov.b64 {}, 0", out.r)),
+            Ty::F32 | Ty::F64 => {
+                let z = self.fconst_as(t, 0.0);
+                self.ins(format!("mov.{} {}, {}", sfx(t), out.r, z.r));
+            }
+        }
+        let skip = self.a.label("guard");
+        self.ins(format!("@!{} bra {skip}", g.r));
+        let v = self.load_at(e, input, index)?;
+        self.ins(format!("mov.{} {}, {}", mov_sfx(t), out.r, v.r));
+        self.a.place(&skip);
+        Ok(out)
+    }
+
+    fn load_at(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Val, PtxError> {
+        let mut flat = "0".to_string();
+        for (a, ie) in index.iter().enumerate() {
+            let v = self.emit(ie)?;
+            if v.t != Ty::I64 {
+                return Err(self.type_err(e, "an index is not an integer"));
+            }
+            let stride = self.in_strides[input][a].clone();
+            let term = self.mul_op(&v.r, &stride);
+            flat = if flat == "0" {
+                term
+            } else {
+                let r = self.reg(Class::D);
+                self.ins(format!("add.s64 {r}, {flat}, {term}"));
+                r
+            };
+        }
+        let flat = self.in_reg(&flat);
+        let dtype = self.k.inputs[input].dtype;
+        let base = self.in_ptr[input].clone();
+        let code = self.load_code(dtype, &base, &flat);
+        Ok(self.decode(dtype, &code))
+    }
+}
+
+/// The `mov` suffix for a compute type.
+pub(super) fn mov_sfx(t: Ty) -> &'static str {
+    match t {
+        Ty::F32 => "f32",
+        Ty::F64 => "f64",
+        Ty::I64 => "b64",
+        Ty::Bool => "pred",
+    }
+}
+
+/// Whether `index` is `[v0, v1, .., v(r-1)]`.
+pub(super) fn is_identity(index: &[Expr]) -> bool {
+    index
+        .iter()
+        .enumerate()
+        .all(|(a, e)| matches!(e, Expr::Var(v) if v.0 as usize == a))
+}
+
+/// The variables `e` uses freely (bound by no reduction inside it).
+pub(super) fn free_vars(e: &Expr) -> BTreeSet<Var> {
+    let mut out = BTreeSet::new();
+    match e {
+        Expr::Var(v) => {
+            out.insert(*v);
+        }
+        Expr::Reduce {
+            var, extent, body, ..
+        } => {
+            out.extend(free_vars(extent));
+            let mut b = free_vars(body);
+            b.remove(var);
+            out.extend(b);
+            return out;
+        }
+        Expr::Float(_)
+        | Expr::Int(_)
+        | Expr::Bool(_)
+        | Expr::Dim(_)
+        | Expr::Acc
+        | Expr::Load { .. }
+        | Expr::Unary(..)
+        | Expr::Binary(..)
+        | Expr::Select(..)
+        | Expr::Cast(..)
+        | Expr::Round(..) => {}
+    }
+    e.for_each_child(|c| out.extend(free_vars(c)));
+    out
+}
+
+/// Whether `e` reads the contraction accumulator.
+pub(super) fn reads_acc(e: &Expr) -> bool {
+    if matches!(e, Expr::Acc) {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= reads_acc(c));
+    any
+}

@@ -1,0 +1,247 @@
+//! The PTX backend: each kernel of the kernel dialect becomes one PTX
+//! module with one `.entry`, launched by the CUDA executor as
+//! `kiln_runtime::cuda::kernel` specifies (parameter order, work units,
+//! grid-stride loops, [`Grid`]).
+//!
+//! Three kinds of kernels:
+//!
+//! * element maps ([`Grid::Elements`]): a thread computes a run of
+//!   consecutive output elements; reductions inside run sequentially in the
+//!   thread (`elements.rs`);
+//! * row maps ([`Grid::Rows`] with one inner axis): a map with reductions
+//!   that do not depend on the output's last variable (softmax, norms,
+//!   keepdim reductions over the last axis): one block per row, the
+//!   reductions computed cooperatively (`rows.rs`); byte-sized and wider
+//!   outputs only (a sub-byte row may share bytes with the next row);
+//! * contractions ([`Grid::Elements`]): one thread per output element (per
+//!   run), an in-order loop over `k` and the epilogue.
+//!
+//! Loads decode every storage type as the reference evaluator does and
+//! stores encode with round-to-nearest-even (`dtype_io.rs`); transcendental
+//! functions are inline approximations in f32 (`math.rs`); f64 kernels use
+//! f64 arithmetic, with their transcendental functions reported as
+//! unsupported.
+
+mod asm;
+mod dtype_io;
+mod elements;
+mod expr;
+mod math;
+mod ops;
+mod rows;
+
+use std::fmt::Write;
+
+use kiln_dialect::kernel::{Body, Kernel, Program};
+pub use kiln_runtime::cuda::kernel::{Grid, PtxKernel};
+use thiserror::Error;
+
+use asm::Class;
+use expr::Em;
+
+/// Threads per block of element-grid kernels.
+pub const ELEMENT_BLOCK: u32 = 256;
+
+/// The GPU architecture a module is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PtxArch {
+    /// Hopper with its architecture-specific features (`sm_90a`).
+    Sm90a,
+    /// Ampere (`sm_80`).
+    Sm80,
+}
+
+impl PtxArch {
+    /// The `.target` name.
+    pub fn target(self) -> &'static str {
+        match self {
+            PtxArch::Sm90a => "sm_90a",
+            PtxArch::Sm80 => "sm_80",
+        }
+    }
+}
+
+/// Why a kernel could not be compiled to PTX.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PtxError {
+    /// An ill-typed expression (which the evaluator would reject too).
+    #[error("kernel `{kernel}`: type error in `{expr}`: {message}")]
+    Type {
+        kernel: String,
+        expr: String,
+        message: String,
+    },
+    /// A form this backend does not compile.
+    #[error("kernel `{kernel}`: unsupported `{expr}`: {message}")]
+    Unsupported {
+        kernel: String,
+        expr: String,
+        message: String,
+    },
+    /// A shape or dim the kernel does not declare.
+    #[error("kernel `{kernel}`: {message}")]
+    Kernel { kernel: String, message: String },
+}
+
+/// 64-bit FNV-1a of `s`.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The kind of kernel `k` compiles to, with the row reductions of a row
+/// kernel.
+fn classify(k: &Kernel) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
+    match &k.body {
+        Body::Contract { .. } => ("contract", Vec::new()),
+        Body::Map { expr } => {
+            if k.output.dtype.bits() < 8 {
+                return ("map", Vec::new());
+            }
+            let reds = rows::row_reductions(expr, k.output.shape.rank());
+            if reds.is_empty() {
+                ("map", Vec::new())
+            } else {
+                ("row", reds)
+            }
+        }
+    }
+}
+
+/// Whether `e` contains a reduction.
+fn has_reduce(e: &kiln_dialect::kernel::Expr) -> bool {
+    if matches!(e, kiln_dialect::kernel::Expr::Reduce { .. }) {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= has_reduce(c));
+    any
+}
+
+/// The deterministic entry name of `k`: `{kind}_{dtype}_{hash}`, the hash
+/// an FNV-1a of the kernel's printed form.
+pub fn entry_name(k: &Kernel) -> String {
+    let (kind, _) = classify(k);
+    format!(
+        "{kind}_{}_{:016x}",
+        k.output.dtype.name(),
+        fnv1a(&k.to_string())
+    )
+}
+
+/// Compiles one kernel to a PTX module.
+pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> {
+    let (kind, reds) = classify(k);
+    let entry = format!(
+        "{kind}_{}_{:016x}",
+        k.output.dtype.name(),
+        fnv1a(&k.to_string())
+    );
+    let mut em = Em::new(k);
+    // Parameters.
+    for i in 0..k.inputs.len() {
+        let (p, g) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("ld.param.u64 {p}, [p_in{i}]"));
+        em.ins(format!("cvta.to.global.u64 {g}, {p}"));
+        em.in_ptr.push(g);
+    }
+    let (p, g) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("ld.param.u64 {p}, [p_out]"));
+    em.ins(format!("cvta.to.global.u64 {g}, {p}"));
+    em.out_ptr = g;
+    for i in 0..k.dims.len() {
+        let d = em.reg(Class::D);
+        em.ins(format!("ld.param.s64 {d}, [p_dim{i}]"));
+        em.dims.push(d);
+    }
+    let units = em.reg(Class::D);
+    em.ins(format!("ld.param.s64 {units}, [p_units]"));
+    for b in &k.inputs {
+        let shape = b
+            .shape
+            .0
+            .iter()
+            .map(|d| em.dim_operand(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let strides = em.strides_of(&shape);
+        em.in_shape.push(shape);
+        em.in_strides.push(strides);
+    }
+    em.out_shape = k
+        .output
+        .shape
+        .0
+        .iter()
+        .map(|d| em.dim_operand(d))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (block, grid, shared) = match &k.body {
+        Body::Map { expr } if kind == "row" => {
+            rows::emit_rows(&mut em, expr, &reds, &units)?;
+            (rows::ROW_BLOCK, Grid::Rows { inner_axes: 1 }, true)
+        }
+        Body::Map { expr } => {
+            let p = if has_reduce(expr) {
+                elements::min_per_thread(k.output.dtype.bits())
+            } else {
+                elements::per_thread(k.output.dtype.bits())
+            };
+            let mut ids = Vec::new();
+            elements::identity_inputs(&em, expr, false, &mut ids);
+            elements::emit_elements(&mut em, p, &units, &ids, |em| em.emit(expr))?;
+            (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
+        }
+        Body::Contract {
+            k: kv,
+            extent,
+            a,
+            b,
+            epilogue,
+        } => {
+            let p = elements::min_per_thread(k.output.dtype.bits());
+            elements::emit_elements(&mut em, p, &units, &[], |em| {
+                rows::contract_value(em, *kv, extent, a, b, epilogue)
+            })?;
+            (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
+        }
+    };
+
+    let mut ptx = String::new();
+    let _ = writeln!(ptx, "// kiln kernel `{}`", k.name);
+    let _ = writeln!(ptx, ".version 8.0");
+    let _ = writeln!(ptx, ".target {}", arch.target());
+    let _ = writeln!(ptx, ".address_size 64\n");
+    let _ = writeln!(ptx, ".visible .entry {entry}(");
+    let mut params: Vec<String> = (0..k.inputs.len())
+        .map(|i| format!("\t.param .u64 p_in{i}"))
+        .collect();
+    params.push("\t.param .u64 p_out".into());
+    params.extend((0..k.dims.len()).map(|i| format!("\t.param .s64 p_dim{i}")));
+    params.push("\t.param .s64 p_units".into());
+    let _ = writeln!(ptx, "{}\n)", params.join(",\n"));
+    // No `.maxntid`: with it ptxas caps registers at 64 and spills
+    // (row kernels assume exactly `block` threads, as the executor launches).
+    let _ = writeln!(ptx, "{{");
+    if shared {
+        let _ = writeln!(ptx, "\t.shared .align 8 .b8 kiln_red[{}];", rows::RED_BYTES);
+    }
+    ptx.push_str(&em.a.finish());
+    ptx.push_str("}\n");
+    Ok(PtxKernel {
+        entry,
+        ptx,
+        arch: arch.target().to_string(),
+        block,
+        grid,
+        shared_bytes: 0,
+    })
+}
+
+/// Compiles every launch of `p`, in launch order (one module per launch).
+pub fn compile_program(p: &Program, arch: PtxArch) -> Result<Vec<PtxKernel>, PtxError> {
+    p.launches
+        .iter()
+        .map(|l| compile_kernel(&l.kernel, arch))
+        .collect()
+}

@@ -1,0 +1,290 @@
+//! The row grid ([`Grid::Rows`](kiln_runtime::cuda::kernel::Grid) with one
+//! inner axis): one block per row of the output. Every reduction that does
+//! not depend on the output's last variable (softmax's max and sum, a
+//! norm's mean) is computed once per row by the whole block: each thread
+//! folds a strided part, the warp combines with `shfl.sync.bfly`, the warps
+//! through shared memory, and every thread reads the total. Then the
+//! threads compute and store the row's elements, strided.
+
+use std::collections::BTreeSet;
+
+use kiln_dialect::kernel::{Expr, Ty, Var};
+
+use super::PtxError;
+use super::asm::Class;
+use super::elements::unravel;
+use super::expr::{Em, Val, class_of, free_vars, mov_sfx, reads_acc};
+
+/// Threads per block of row kernels.
+pub(super) const ROW_BLOCK: u32 = 256;
+/// Bytes of the static shared array combining the warps' partial results.
+pub(super) const RED_BYTES: u32 = 8 * (ROW_BLOCK / 32);
+
+/// The reductions of `e` computable once per row of an output of rank
+/// `rank`: free variables among `v0 .. v(rank-2)`, none rebound by an
+/// enclosing reduction, no accumulator. Inner ones first, no duplicates.
+pub(super) fn row_reductions(e: &Expr, rank: usize) -> Vec<Expr> {
+    let mut out = Vec::new();
+    collect(e, rank, &BTreeSet::new(), &mut out);
+    out
+}
+
+fn collect(e: &Expr, rank: usize, bound: &BTreeSet<Var>, out: &mut Vec<Expr>) {
+    if let Expr::Reduce {
+        var, extent, body, ..
+    } = e
+    {
+        collect(extent, rank, bound, out);
+        let mut inner = bound.clone();
+        inner.insert(*var);
+        collect(body, rank, &inner, out);
+        let fv = free_vars(e);
+        let ok = fv
+            .iter()
+            .all(|v| (v.0 as usize) + 1 < rank && !bound.contains(v));
+        if ok && !reads_acc(e) && !out.contains(e) {
+            out.push(e.clone());
+        }
+        return;
+    }
+    e.for_each_child(|c| collect(c, rank, bound, out));
+}
+
+/// One value of type `t` exchanged with the lane `off` away (butterfly).
+fn shfl(em: &mut Em, v: &Val, off: u32) -> Val {
+    let out = Val {
+        r: em.reg(class_of(v.t)),
+        t: v.t,
+    };
+    match v.t {
+        Ty::F32 => {
+            let (a, b) = (em.reg(Class::R), em.reg(Class::R));
+            em.ins(format!("mov.b32 {a}, {}", v.r));
+            em.ins(format!("shfl.sync.bfly.b32 {b}, {a}, {off}, 31, -1"));
+            em.ins(format!("mov.b32 {}, {b}", out.r));
+        }
+        Ty::F64 | Ty::I64 | Ty::Bool => {
+            let (lo, hi, lo2, hi2) = (
+                em.reg(Class::R),
+                em.reg(Class::R),
+                em.reg(Class::R),
+                em.reg(Class::R),
+            );
+            em.ins(format!("mov.b64 {{{lo}, {hi}}}, {}", v.r));
+            em.ins(format!("shfl.sync.bfly.b32 {lo2}, {lo}, {off}, 31, -1"));
+            em.ins(format!("shfl.sync.bfly.b32 {hi2}, {hi}, {off}, 31, -1"));
+            em.ins(format!("mov.b64 {}, {{{lo2}, {hi2}}}", out.r));
+        }
+    }
+    out
+}
+
+/// Computes reduction `e` cooperatively by the block; every thread gets
+/// the result.
+fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Result<Val, PtxError> {
+    let Expr::Reduce {
+        op,
+        var,
+        extent,
+        body,
+    } = e
+    else {
+        return Err(em.type_err(e, "not a reduction"));
+    };
+    let n = em.emit(extent)?;
+    if n.t != Ty::I64 {
+        return Err(em.type_err(e, "the extent is not an integer"));
+    }
+    let t = em.ty_of(body);
+    if t == Ty::Bool {
+        return Err(em.type_err(e, "a reduction of bools"));
+    }
+    let op2 = Em::fold_op(*op);
+    let init = em.identity(*op, t);
+    let acc = Val {
+        r: em.reg(class_of(t)),
+        t,
+    };
+    let ms = mov_sfx(t);
+    em.ins(format!("mov.{ms} {}, {}", acc.r, init.r));
+    let i = em.reg(Class::D);
+    em.ins(format!("mov.b64 {i}, {tid}"));
+    let (top, end) = (em.a.label("bred"), em.a.label("bred_end"));
+    let p = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {p}, {i}, {}", n.r));
+    em.ins(format!("@{p} bra {end}"));
+    let shadow = em.is_out_var(*var);
+    em.shadowed += u32::from(shadow);
+    let prev = em.bind(*var, i.clone());
+    let b = em.emit(body);
+    em.unbind(*var, prev);
+    em.shadowed -= u32::from(shadow);
+    let b = b?;
+    let s = em.binary(e, op2, acc.clone(), b)?;
+    em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+    em.ins(format!("add.s64 {i}, {i}, {ntid}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&end);
+    for off in [16, 8, 4, 2, 1] {
+        let o = shfl(em, &acc, off);
+        let s = em.binary(e, op2, acc.clone(), o)?;
+        em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+    }
+    let (lane, warp, addr) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("and.b64 {lane}, {tid}, 31"));
+    em.ins(format!("shr.u64 {warp}, {tid}, 5"));
+    em.ins(format!("mad.lo.s64 {addr}, {warp}, 8, {smem}"));
+    let pl = em.reg(Class::P);
+    em.ins(format!("setp.eq.s64 {pl}, {lane}, 0"));
+    let st = match t {
+        Ty::F32 => "f32",
+        Ty::F64 => "f64",
+        Ty::I64 | Ty::Bool => "b64",
+    };
+    em.ins(format!("@{pl} st.shared.{st} [{addr}], {}", acc.r));
+    em.ins("bar.sync 0");
+    let res = em.identity(*op, t);
+    let out = Val {
+        r: em.reg(class_of(t)),
+        t,
+    };
+    em.ins(format!("mov.{ms} {}, {}", out.r, res.r));
+    for w in 0..ROW_BLOCK / 32 {
+        let x = Val {
+            r: em.reg(class_of(t)),
+            t,
+        };
+        em.ins(format!("ld.shared.{st} {}, [{smem}+{}]", x.r, 8 * w));
+        let s = em.binary(e, op2, out.clone(), x)?;
+        em.ins(format!("mov.{ms} {}, {}", out.r, s.r));
+    }
+    em.ins("bar.sync 0");
+    Ok(out)
+}
+
+/// The row-grid body for `expr` with the row reductions `reds`.
+pub(super) fn emit_rows(
+    em: &mut Em,
+    expr: &Expr,
+    reds: &[Expr],
+    units: &str,
+) -> Result<(), PtxError> {
+    let out = em.k.output.clone();
+    let rank = out.shape.rank();
+    let (tid32, ntid32, cta32, ncta32) = (
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.u32 {tid32}, %tid.x"));
+    em.ins(format!("mov.u32 {ntid32}, %ntid.x"));
+    em.ins(format!("mov.u32 {cta32}, %ctaid.x"));
+    em.ins(format!("mov.u32 {ncta32}, %nctaid.x"));
+    let (tid, ntid, row, nrows, smem) = (
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+    );
+    em.ins(format!("cvt.u64.u32 {tid}, {tid32}"));
+    em.ins(format!("cvt.u64.u32 {ntid}, {ntid32}"));
+    em.ins(format!("cvt.u64.u32 {row}, {cta32}"));
+    em.ins(format!("cvt.u64.u32 {nrows}, {ncta32}"));
+    em.ins(format!("mov.u64 {smem}, kiln_red"));
+    let n_last = if rank > 0 {
+        em.out_shape[rank - 1].clone()
+    } else {
+        "1".to_string()
+    };
+    let (top, done) = (em.a.label("row"), em.a.label("exit"));
+    let pexit = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {pexit}, {row}, {units}"));
+    em.ins(format!("@{pexit} bra {done}"));
+    unravel(em, &row, rank.saturating_sub(1));
+    em.cache.clear();
+    for r in reds {
+        let v = block_reduce(em, r, &tid, &ntid, &smem)?;
+        em.cache.push((r.clone(), v));
+    }
+    let (base, c) = (em.reg(Class::D), em.reg(Class::D));
+    let nl = em.in_reg(&n_last);
+    em.ins(format!("mul.lo.s64 {base}, {row}, {nl}"));
+    em.ins(format!("mov.b64 {c}, {tid}"));
+    let (ctop, cend) = (em.a.label("col"), em.a.label("col_end"));
+    let pc = em.reg(Class::P);
+    em.a.place(&ctop);
+    em.ins(format!("setp.ge.s64 {pc}, {c}, {nl}"));
+    em.ins(format!("@{pc} bra {cend}"));
+    if rank > 0 {
+        em.bind(Var(rank as u32 - 1), c.clone());
+    }
+    let v = em.emit(expr)?;
+    let code = em.encode(&v, out.dtype);
+    let flat = em.reg(Class::D);
+    em.ins(format!("add.s64 {flat}, {base}, {c}"));
+    em.store_code(out.dtype, &flat, &code);
+    em.ins(format!("add.s64 {c}, {c}, {ntid}"));
+    em.ins(format!("bra.uni {ctop}"));
+    em.a.place(&cend);
+    em.cache.clear();
+    em.ins(format!("add.s64 {row}, {row}, {nrows}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&done);
+    em.ins("ret");
+    Ok(())
+}
+
+/// The value of one output element of a contraction: the sum over `k` of
+/// `a * b` in order (each product and sum rounded, as the evaluator does),
+/// then the epilogue.
+pub(super) fn contract_value(
+    em: &mut Em,
+    kv: Var,
+    extent: &Expr,
+    a: &Expr,
+    b: &Expr,
+    epilogue: &Expr,
+) -> Result<Val, PtxError> {
+    let n = em.emit(extent)?;
+    if n.t != Ty::I64 {
+        return Err(em.type_err(extent, "the extent is not an integer"));
+    }
+    let t = em.ty_of(a);
+    if t == Ty::Bool {
+        return Err(em.type_err(a, "a contraction of bools"));
+    }
+    let zero = em.identity(kiln_dialect::kernel::Reduction::Sum, t);
+    let acc = Val {
+        r: em.reg(class_of(t)),
+        t,
+    };
+    let ms = mov_sfx(t);
+    em.ins(format!("mov.{ms} {}, {}", acc.r, zero.r));
+    let i = em.reg(Class::D);
+    em.ins(format!("mov.b64 {i}, 0"));
+    let (top, end) = (em.a.label("k"), em.a.label("k_end"));
+    let p = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {p}, {i}, {}", n.r));
+    em.ins(format!("@{p} bra {end}"));
+    let prev = em.bind(kv, i.clone());
+    let x = em.emit(a);
+    let y = x.and_then(|x| em.emit(b).map(|y| (x, y)));
+    em.unbind(kv, prev);
+    let (x, y) = y?;
+    let mul = Expr::bin(kiln_dialect::kernel::Binary::Mul, a.clone(), b.clone());
+    let prod = em.binary(&mul, kiln_dialect::kernel::Binary::Mul, x, y)?;
+    let s = em.binary(&mul, kiln_dialect::kernel::Binary::Add, acc.clone(), prod)?;
+    em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+    em.ins(format!("add.s64 {i}, {i}, 1"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&end);
+    em.acc = Some(acc);
+    let v = em.emit(epilogue);
+    em.acc = None;
+    v
+}

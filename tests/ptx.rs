@@ -1,0 +1,840 @@
+//! The PTX backend: kernels of every kind, dtype and expression form, from
+//! hand-built kernels and from the examples and benchmarks lowered to the
+//! kernel dialect, compiled to PTX and assembled by `ptxas` for `sm_90a`
+//! (and `sm_80` for Sm80 modules), failing on any ptxas error or any
+//! register spill. A table of registers and spills per kernel is printed.
+//!
+//! `ptxas` is `KILN_PTXAS`, else `ptxas` on the PATH; without one the
+//! assembly checks print a notice and pass, unless `KILN_REQUIRE_PTXAS=1`.
+//! Golden PTX of a few small kernels lives in `tests/filetests/ptx/`;
+//! `KILN_BLESS=1` rewrites it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln::codegen::ptx::{Grid, PtxArch, PtxError, PtxKernel, compile_kernel, compile_program};
+use kiln::pipeline::{self, Options};
+use kiln_dialect::kernel::{Binary, Body, Buffer, Expr, Kernel, Reduction, Ty, Unary, Var};
+use kiln_dialect::{DType, Dim, Shape};
+use kiln_passes::cost;
+use kiln_passes::lower::lower_plan;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn v(i: u32) -> Expr {
+    Expr::Var(Var(i))
+}
+
+fn ld(input: usize, index: Vec<Expr>) -> Expr {
+    Expr::load(input, index)
+}
+
+fn bin(op: Binary, a: Expr, b: Expr) -> Expr {
+    Expr::bin(op, a, b)
+}
+
+fn un(op: Unary, a: Expr) -> Expr {
+    Expr::un(op, a)
+}
+
+fn buf(name: &str, dtype: DType, shape: Vec<Dim>) -> Buffer {
+    Buffer {
+        name: name.into(),
+        dtype,
+        shape: Shape(shape),
+    }
+}
+
+fn st(n: u64) -> Dim {
+    Dim::Static(n)
+}
+
+fn map(name: &str, float: Ty, inputs: Vec<Buffer>, output: Buffer, expr: Expr) -> Kernel {
+    let mut dims = Vec::new();
+    for b in inputs.iter().chain([&output]) {
+        for d in &b.shape.0 {
+            if let Dim::Sym(s) = d
+                && !dims.contains(s)
+            {
+                dims.push(s.clone());
+            }
+        }
+    }
+    Kernel {
+        name: name.into(),
+        inputs,
+        output,
+        dims,
+        float,
+        body: Body::Map { expr },
+    }
+}
+
+/// The ptxas to use, or `None` (after a notice) when there is none.
+fn ptxas() -> Option<PathBuf> {
+    let path = std::env::var_os("KILN_PTXAS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("ptxas"))
+                    .find(|f| f.is_file())
+            })
+        });
+    match path {
+        Some(p) if p.is_file() => Some(p),
+        _ => {
+            assert!(
+                std::env::var("KILN_REQUIRE_PTXAS").as_deref() != Ok("1"),
+                "KILN_REQUIRE_PTXAS=1 but no ptxas (set KILN_PTXAS)"
+            );
+            eprintln!("notice: no ptxas found (KILN_PTXAS, PATH): PTX is not assembled");
+            None
+        }
+    }
+}
+
+/// Registers and spill bytes of one assembled kernel.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    regs: u32,
+    spill: u32,
+}
+
+/// Assembles `k` for its own arch; the usage ptxas reports, or its errors.
+fn assemble(ptxas: &Path, k: &PtxKernel) -> Result<Usage, String> {
+    let dir = std::env::temp_dir().join(format!("kiln-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let file = dir.join(format!("{}_{}.ptx", k.entry, k.arch));
+    std::fs::write(&file, &k.ptx).map_err(|e| e.to_string())?;
+    let out = Command::new(ptxas)
+        .arg(format!("-arch={}", k.arch))
+        .arg("-v")
+        .arg(&file)
+        .arg("-o")
+        .arg(dir.join(format!("{}_{}.cubin", k.entry, k.arch)))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(text);
+    }
+    let num_before = |key: &str| -> u32 {
+        text.lines()
+            .filter_map(|l| {
+                let i = l.find(key)?;
+                l[..i].split_whitespace().last()?.parse::<u32>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    Ok(Usage {
+        regs: num_before(" registers"),
+        spill: num_before(" bytes spill stores").max(num_before(" bytes spill loads")),
+    })
+}
+
+/// Compiles and assembles every kernel for both architectures; returns the
+/// table rows; panics listing every failure.
+fn check_all(label: &str, kernels: &[Kernel]) -> Vec<(String, String, Usage)> {
+    let tool = ptxas();
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    for k in kernels {
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = match compile_kernel(k, arch) {
+                Ok(pk) => pk,
+                Err(e) => {
+                    failures.push(format!("{label}: {e}"));
+                    break;
+                }
+            };
+            assert!(pk.ptx.contains(&format!(".target {}", arch.target())));
+            assert!(pk.block % 32 == 0 && pk.block <= 1024);
+            let Some(tool) = &tool else { continue };
+            match assemble(tool, &pk) {
+                Ok(u) => {
+                    if u.spill > 0 {
+                        failures.push(format!(
+                            "{label}: {} ({}) spills {} bytes",
+                            k.name, pk.arch, u.spill
+                        ));
+                    }
+                    let kind = match pk.grid {
+                        Grid::Elements { per_thread } => format!("elements/{per_thread}"),
+                        Grid::Rows { inner_axes } => format!("rows/{inner_axes}"),
+                    };
+                    rows.push((format!("{} {}", k.name, pk.arch), kind, u));
+                }
+                Err(e) => failures.push(format!(
+                    "{label}: ptxas rejects {} ({}):\n{e}\n{}",
+                    k.name, pk.arch, pk.ptx
+                )),
+            }
+        }
+    }
+    print_table(label, &rows);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    rows
+}
+
+fn print_table(label: &str, rows: &[(String, String, Usage)]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("{label}: {} kernels assembled", rows.len());
+    println!(
+        "{:<60} {:<12} {:>5} {:>6}",
+        "kernel", "grid", "regs", "spill"
+    );
+    for (name, kind, u) in rows {
+        println!("{name:<60} {kind:<12} {:>5} {:>6}", u.regs, u.spill);
+    }
+    let max = rows.iter().map(|r| r.2.regs).max().unwrap_or(0);
+    println!("{label}: max registers {max}");
+}
+
+/// Every element type loaded into f32 and stored from f32, and copied to
+/// itself (vector paths), with static and symbolic shapes.
+fn dtype_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    for d in DType::ALL {
+        let shape = vec![Dim::sym("n"), st(6)];
+        let id = || ld(0, vec![v(0), v(1)]);
+        ks.push(map(
+            &format!("copy_{d}"),
+            Ty::F32,
+            vec![buf("x", d, shape.clone())],
+            buf("y", d, shape.clone()),
+            id(),
+        ));
+        let to_float = if d.has_integer_values() {
+            Expr::Cast(Ty::F32, Box::new(id()))
+        } else {
+            id()
+        };
+        ks.push(map(
+            &format!("{d}_to_f32"),
+            Ty::F32,
+            vec![buf("x", d, shape.clone())],
+            buf("y", DType::F32, shape.clone()),
+            bin(Binary::Mul, to_float, Expr::Float(0.5)),
+        ));
+        ks.push(map(
+            &format!("f32_to_{d}"),
+            Ty::F32,
+            vec![buf("x", DType::F32, shape.clone())],
+            buf("y", d, shape.clone()),
+            bin(Binary::Add, id(), Expr::Float(0.25)),
+        ));
+        ks.push(map(
+            &format!("f64_to_{d}"),
+            Ty::F64,
+            vec![buf("x", DType::F64, vec![st(5)])],
+            buf("y", d, vec![st(5)]),
+            Expr::Round(d, Box::new(ld(0, vec![v(0)]))),
+        ));
+        ks.push(map(
+            &format!("i64_round_{d}"),
+            Ty::F32,
+            vec![buf("x", DType::I64, vec![st(7)])],
+            buf("y", DType::I64, vec![st(7)]),
+            Expr::Round(d, Box::new(ld(0, vec![v(0)]))),
+        ));
+    }
+    ks
+}
+
+/// Every unary and binary operation in f32 and f64, on integers and bools;
+/// casts, selects, guarded loads and sequential reductions.
+fn op_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    let x = || ld(0, vec![v(0)]);
+    let y = || ld(1, vec![v(0)]);
+    let shape = vec![st(37)];
+    let unaries = [
+        Unary::Neg,
+        Unary::Abs,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Sqrt,
+        Unary::Tanh,
+        Unary::Erf,
+        Unary::Sin,
+        Unary::Cos,
+        Unary::Floor,
+        Unary::Ceil,
+        Unary::Round,
+    ];
+    let binaries = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Pow,
+        Binary::Max,
+        Binary::Min,
+    ];
+    for (float, d) in [(Ty::F32, DType::F32), (Ty::F64, DType::F64)] {
+        let ins = || vec![buf("x", d, shape.clone()), buf("y", d, shape.clone())];
+        for op in unaries {
+            let k = map(
+                &format!("{}_{d}", op.name()),
+                float,
+                ins(),
+                buf("o", d, shape.clone()),
+                un(op, x()),
+            );
+            let transcendental = matches!(
+                op,
+                Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos
+            );
+            if float == Ty::F64 && transcendental {
+                assert!(matches!(
+                    compile_kernel(&k, PtxArch::Sm90a),
+                    Err(PtxError::Unsupported { .. })
+                ));
+                continue;
+            }
+            ks.push(k);
+        }
+        for op in binaries {
+            if float == Ty::F64 && op == Binary::Pow {
+                continue;
+            }
+            ks.push(map(
+                &format!("{}_{d}", op.name()),
+                float,
+                ins(),
+                buf("o", d, shape.clone()),
+                bin(op, x(), y()),
+            ));
+        }
+        ks.push(map(
+            &format!("square_{d}"),
+            float,
+            ins(),
+            buf("o", d, shape.clone()),
+            bin(Binary::Pow, x(), Expr::Float(2.0)),
+        ));
+        for op in [
+            Binary::Eq,
+            Binary::Ne,
+            Binary::Lt,
+            Binary::Le,
+            Binary::Gt,
+            Binary::Ge,
+        ] {
+            ks.push(map(
+                &format!("{}_{d}", op.name()),
+                float,
+                ins(),
+                buf("o", DType::Bool, shape.clone()),
+                bin(op, x(), y()),
+            ));
+        }
+        ks.push(map(
+            &format!("select_cast_{d}"),
+            float,
+            ins(),
+            buf("o", DType::I32, shape.clone()),
+            Expr::select(
+                bin(Binary::Lt, x(), y()),
+                Expr::Cast(Ty::I64, Box::new(x())),
+                Expr::Cast(
+                    Ty::I64,
+                    Box::new(Expr::Cast(
+                        Ty::Bool,
+                        Box::new(Expr::Cast(Ty::F64, Box::new(y()))),
+                    )),
+                ),
+            ),
+        ));
+    }
+    let ints = || {
+        vec![
+            buf("a", DType::I32, shape.clone()),
+            buf("b", DType::I8, shape.clone()),
+        ]
+    };
+    for op in [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Rem,
+        Binary::Pow,
+        Binary::Max,
+        Binary::Min,
+    ] {
+        ks.push(map(
+            &format!("{}_int", op.name()),
+            Ty::F32,
+            ints(),
+            buf("o", DType::I32, shape.clone()),
+            bin(op, x(), y()),
+        ));
+    }
+    for op in [
+        Unary::Neg,
+        Unary::Abs,
+        Unary::Floor,
+        Unary::Ceil,
+        Unary::Round,
+    ] {
+        ks.push(map(
+            &format!("{}_int", op.name()),
+            Ty::F32,
+            ints(),
+            buf("o", DType::I64, shape.clone()),
+            un(op, x()),
+        ));
+    }
+    let bools = || {
+        vec![
+            buf("a", DType::Bool, shape.clone()),
+            buf("b", DType::Bool, shape.clone()),
+        ]
+    };
+    for op in [Binary::And, Binary::Or, Binary::Eq, Binary::Ne] {
+        ks.push(map(
+            &format!("{}_bool", op.name()),
+            Ty::F32,
+            bools(),
+            buf("o", DType::Bool, shape.clone()),
+            bin(op, x(), un(Unary::Not, y())),
+        ));
+    }
+    ks.push(map(
+        "select_bool",
+        Ty::F32,
+        bools(),
+        buf("o", DType::Bool, shape.clone()),
+        Expr::select(x(), y(), Expr::Bool(true)),
+    ));
+    // Padding: out[i] = x[i - 1] where 1 <= i, with a dim and an int.
+    let i = bin(Binary::Sub, v(0), Expr::Int(1));
+    ks.push(map(
+        "pad_guarded",
+        Ty::F32,
+        vec![buf("x", DType::BF16, vec![Dim::sym("n")])],
+        buf("y", DType::BF16, vec![Dim::sym("m")]),
+        Expr::Load {
+            input: 0,
+            index: vec![bin(
+                Binary::Min,
+                i.clone(),
+                bin(Binary::Sub, Expr::Dim(0), Expr::Int(1)),
+            )],
+            guard: Some(Box::new(bin(Binary::Ge, i, Expr::Int(0)))),
+        },
+    ));
+    // A gather: the index is loaded.
+    ks.push(map(
+        "gather_i4",
+        Ty::F32,
+        vec![
+            buf("t", DType::F16, vec![st(100), st(8)]),
+            buf("ids", DType::I32, vec![Dim::sym("n")]),
+        ],
+        buf("y", DType::F16, vec![Dim::sym("n"), st(8)]),
+        ld(0, vec![ld(1, vec![v(0)]), v(1)]),
+    ));
+    // Sequential reductions of each kind, over the last axis, no keepdim.
+    for op in [
+        Reduction::Sum,
+        Reduction::Prod,
+        Reduction::Max,
+        Reduction::Min,
+    ] {
+        ks.push(map(
+            &format!("reduce_{}", op.name()),
+            Ty::F32,
+            vec![buf("x", DType::F32, vec![Dim::sym("n"), st(33)])],
+            buf("y", DType::F32, vec![Dim::sym("n")]),
+            Expr::reduce(op, Var(1), Expr::Int(33), ld(0, vec![v(0), v(1)])),
+        ));
+    }
+    ks.push(map(
+        "reduce_int_sum",
+        Ty::F32,
+        vec![buf("x", DType::I8, vec![st(3), st(33)])],
+        buf("y", DType::I64, vec![st(3)]),
+        Expr::reduce(
+            Reduction::Sum,
+            Var(1),
+            Expr::Int(33),
+            ld(0, vec![v(0), v(1)]),
+        ),
+    ));
+    // A quantizing store of a sub-byte output from a scale.
+    for d in [DType::I4, DType::U4, DType::I3, DType::I6, DType::F4E2M1] {
+        ks.push(map(
+            &format!("quant_{d}"),
+            Ty::F32,
+            vec![
+                buf("x", DType::BF16, vec![Dim::sym("n"), st(13)]),
+                buf("s", DType::E8M0, vec![Dim::sym("n")]),
+            ],
+            buf("q", d, vec![Dim::sym("n"), st(13)]),
+            bin(Binary::Div, ld(0, vec![v(0), v(1)]), ld(1, vec![v(0)])),
+        ));
+    }
+    ks
+}
+
+/// softmax, layer_norm, rms_norm, keepdim reductions: row kernels.
+fn row_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    for (d, float) in [
+        (DType::F32, Ty::F32),
+        (DType::BF16, Ty::F32),
+        (DType::F16, Ty::F32),
+        (DType::F64, Ty::F64),
+    ] {
+        let shape = vec![Dim::sym("b"), Dim::sym("n")];
+        let x = |c: Expr| ld(0, vec![v(0), c]);
+        let r = Var(2);
+        let n = Expr::Dim(1);
+        let m = Expr::reduce(Reduction::Max, r, n.clone(), x(v(2)));
+        let e = |c: Expr| {
+            let d = bin(Binary::Sub, x(c), m.clone());
+            if float == Ty::F64 {
+                bin(Binary::Mul, d.clone(), d)
+            } else {
+                un(Unary::Exp, d)
+            }
+        };
+        let s = Expr::reduce(Reduction::Sum, r, n.clone(), e(v(2)));
+        ks.push(map(
+            &format!("softmax_{d}"),
+            float,
+            vec![buf("x", d, shape.clone())],
+            buf("y", d, shape.clone()),
+            bin(Binary::Div, e(v(1)), s),
+        ));
+        // layer norm with a weight: (x - mean) * rsqrt(var + eps) * w
+        let nf = Expr::Cast(Ty::F32, Box::new(n.clone()));
+        let mean = bin(
+            Binary::Div,
+            Expr::reduce(Reduction::Sum, r, n.clone(), x(v(2))),
+            nf.clone(),
+        );
+        let dev = |c: Expr| bin(Binary::Sub, x(c), mean.clone());
+        let var = bin(
+            Binary::Div,
+            Expr::reduce(
+                Reduction::Sum,
+                r,
+                n.clone(),
+                bin(Binary::Mul, dev(v(2)), dev(v(2))),
+            ),
+            nf.clone(),
+        );
+        let inv = bin(
+            Binary::Div,
+            Expr::Float(1.0),
+            un(Unary::Sqrt, bin(Binary::Add, var, Expr::Float(1e-5))),
+        );
+        ks.push(map(
+            &format!("layer_norm_{d}"),
+            float,
+            vec![buf("x", d, shape.clone()), buf("w", d, vec![Dim::sym("n")])],
+            buf("y", d, shape.clone()),
+            bin(
+                Binary::Mul,
+                bin(Binary::Mul, dev(v(1)), inv),
+                ld(1, vec![v(1)]),
+            ),
+        ));
+        let ms = Expr::reduce(
+            Reduction::Sum,
+            r,
+            n.clone(),
+            bin(Binary::Pow, x(v(2)), Expr::Float(2.0)),
+        );
+        ks.push(map(
+            &format!("rms_norm_{d}"),
+            float,
+            vec![buf("x", d, shape.clone())],
+            buf("y", d, shape.clone()),
+            bin(
+                Binary::Div,
+                x(v(1)),
+                un(Unary::Sqrt, bin(Binary::Div, ms, nf)),
+            ),
+        ));
+        for op in [
+            Reduction::Sum,
+            Reduction::Max,
+            Reduction::Min,
+            Reduction::Prod,
+        ] {
+            ks.push(map(
+                &format!("keepdim_{}_{d}", op.name()),
+                float,
+                vec![buf("x", d, shape.clone())],
+                buf("y", d, vec![Dim::sym("b"), st(1)]),
+                Expr::reduce(op, r, n.clone(), x(v(2))),
+            ));
+        }
+    }
+    ks.push(map(
+        "row_int_max_to_i8",
+        Ty::F32,
+        vec![buf("x", DType::I8, vec![st(4), st(300)])],
+        buf("y", DType::I8, vec![st(4), st(300)]),
+        bin(
+            Binary::Sub,
+            ld(0, vec![v(0), v(1)]),
+            Expr::reduce(
+                Reduction::Max,
+                Var(2),
+                Expr::Int(300),
+                ld(0, vec![v(0), v(2)]),
+            ),
+        ),
+    ));
+    ks.push(map(
+        "total_sum_scalar",
+        Ty::F32,
+        vec![buf("x", DType::F32, vec![Dim::sym("n")])],
+        buf("y", DType::F32, vec![]),
+        Expr::reduce(Reduction::Sum, Var(0), Expr::Dim(0), ld(0, vec![v(0)])),
+    ));
+    ks
+}
+
+/// Contractions: plain, batched with an epilogue, integer, quantized.
+fn contract_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    let (m, n, k) = (Var(0), Var(1), Var(2));
+    for (da, db, dout, float) in [
+        (DType::F32, DType::F32, DType::F32, Ty::F32),
+        (DType::BF16, DType::BF16, DType::BF16, Ty::F32),
+        (DType::F16, DType::I4, DType::F16, Ty::F32),
+        (DType::F64, DType::F64, DType::F64, Ty::F64),
+        (DType::F8E4M3, DType::F8E5M2, DType::F32, Ty::F32),
+    ] {
+        ks.push(Kernel {
+            name: format!("mm_{da}_{db}_{dout}"),
+            inputs: vec![
+                buf("a", da, vec![Dim::sym("m"), st(64)]),
+                buf("b", db, vec![st(64), st(96)]),
+            ],
+            output: buf("c", dout, vec![Dim::sym("m"), st(96)]),
+            dims: vec!["m".into()],
+            float,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(64),
+                a: ld(0, vec![Expr::Var(m), Expr::Var(k)]),
+                b: if db.has_integer_values() {
+                    Expr::Cast(Ty::F32, Box::new(ld(1, vec![Expr::Var(k), Expr::Var(n)])))
+                } else {
+                    ld(1, vec![Expr::Var(k), Expr::Var(n)])
+                },
+                epilogue: bin(Binary::Max, Expr::Acc, Expr::Float(0.0)),
+            },
+        });
+    }
+    ks.push(Kernel {
+        name: "bmm_int8".into(),
+        inputs: vec![
+            buf("a", DType::I8, vec![st(2), Dim::sym("m"), Dim::sym("k")]),
+            buf("b", DType::I8, vec![st(2), Dim::sym("k"), st(16)]),
+        ],
+        output: buf("c", DType::I32, vec![st(2), Dim::sym("m"), st(16)]),
+        dims: vec!["m".into(), "k".into()],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: Var(3),
+            extent: Expr::Dim(1),
+            a: ld(0, vec![v(0), v(1), v(3)]),
+            b: ld(1, vec![v(0), v(3), v(2)]),
+            epilogue: Expr::Acc,
+        },
+    });
+    ks
+}
+
+#[test]
+fn every_dtype_loads_and_stores() {
+    check_all("dtypes", &dtype_kernels());
+}
+
+#[test]
+fn every_operation() {
+    check_all("ops", &op_kernels());
+}
+
+#[test]
+fn row_kernels_use_the_row_grid() {
+    let ks = row_kernels();
+    for k in &ks {
+        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
+        assert_eq!(pk.grid, Grid::Rows { inner_axes: 1 }, "{}", k.name);
+        assert!(pk.ptx.contains("shfl.sync.bfly"), "{}", k.name);
+    }
+    check_all("rows", &ks);
+}
+
+#[test]
+fn contractions() {
+    check_all("contractions", &contract_kernels());
+}
+
+#[test]
+fn vector_accesses_where_the_run_is_contiguous() {
+    let shape = vec![Dim::sym("n"), st(6)];
+    let k = map(
+        "add_f32",
+        Ty::F32,
+        vec![
+            buf("x", DType::F32, shape.clone()),
+            buf("y", DType::BF16, shape.clone()),
+        ],
+        buf("z", DType::F32, shape.clone()),
+        bin(
+            Binary::Add,
+            ld(0, vec![v(0), v(1)]),
+            ld(1, vec![v(0), v(1)]),
+        ),
+    );
+    let pk = compile_kernel(&k, PtxArch::Sm90a).unwrap();
+    assert_eq!(pk.grid, Grid::Elements { per_thread: 4 });
+    assert!(pk.ptx.contains("ld.global.v4.b32"), "{}", pk.ptx);
+    assert!(pk.ptx.contains("ld.global.v2.b32"), "{}", pk.ptx);
+    assert!(pk.ptx.contains("st.global.v4.b32"), "{}", pk.ptx);
+    // Entry names are deterministic and follow {kind}_{dtype}_{hash}.
+    let again = compile_kernel(&k, PtxArch::Sm90a).unwrap();
+    assert_eq!(pk.entry, again.entry);
+    assert!(pk.entry.starts_with("map_f32_"), "{}", pk.entry);
+}
+
+/// Golden PTX of small kernels: `tests/filetests/ptx/<name>.ptx`.
+#[test]
+fn golden_ptx() {
+    let shape = vec![Dim::sym("n")];
+    let add = map(
+        "add",
+        Ty::F32,
+        vec![
+            buf("x", DType::F32, shape.clone()),
+            buf("y", DType::F32, shape.clone()),
+        ],
+        buf("z", DType::F32, shape.clone()),
+        bin(Binary::Add, ld(0, vec![v(0)]), ld(1, vec![v(0)])),
+    );
+    let x = |c: Expr| ld(0, vec![v(0), c]);
+    let sum_rows = map(
+        "row_sum",
+        Ty::F32,
+        vec![buf("x", DType::BF16, vec![Dim::sym("b"), st(64)])],
+        buf("y", DType::BF16, vec![Dim::sym("b"), st(1)]),
+        Expr::reduce(Reduction::Sum, Var(2), Expr::Int(64), x(v(2))),
+    );
+    let mm = Kernel {
+        name: "mm".into(),
+        inputs: vec![
+            buf("a", DType::F32, vec![st(4), st(8)]),
+            buf("b", DType::F32, vec![st(8), st(4)]),
+        ],
+        output: buf("c", DType::F32, vec![st(4), st(4)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: Var(2),
+            extent: Expr::Int(8),
+            a: ld(0, vec![v(0), v(2)]),
+            b: ld(1, vec![v(2), v(1)]),
+            epilogue: Expr::Acc,
+        },
+    };
+    let dir = root().join("tests/filetests/ptx");
+    let bless = std::env::var("KILN_BLESS").is_ok_and(|v| v == "1");
+    let mut failures = Vec::new();
+    for k in [add, sum_rows, mm] {
+        let text = compile_kernel(&k, PtxArch::Sm90a).unwrap().ptx;
+        let path = dir.join(format!("{}.ptx", k.name));
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(want) if want == text => {}
+            Ok(_) => failures.push(format!(
+                "{}: differs; KILN_BLESS=1 rewrites it",
+                path.display()
+            )),
+            Err(_) => failures.push(format!(
+                "{}: missing; KILN_BLESS=1 writes it",
+                path.display()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The kernels of a model lowered for sm_90 (symbolic dims kept where the
+/// pipeline allows, else every dim bound to 2).
+fn model_kernels(file: &str) -> Vec<Kernel> {
+    let path = root().join(file);
+    let compile = |dims: BTreeMap<String, u64>| {
+        let opts = Options {
+            target: &cost::SM90,
+            dims: dims.into_iter().collect(),
+            ..Options::default()
+        };
+        let c = pipeline::compile(&path, &[], &opts).map_err(|e| e.to_string())?;
+        lower_plan(&c.plan).map_err(|e| e.to_string())
+    };
+    let program = compile(BTreeMap::new()).or_else(|_| {
+        let source = kiln::model::load(&path).expect("loads").graph;
+        let mut dims = BTreeMap::new();
+        for val in source.inputs().into_iter().chain(source.weights()) {
+            for s in source.value_type(val).shape.symbols() {
+                dims.insert(s.to_string(), 2);
+            }
+        }
+        compile(dims)
+    });
+    let program = program.unwrap_or_else(|e| panic!("{file}: {e}"));
+    // The whole-program entry point gives one module per launch.
+    let all = compile_program(&program, PtxArch::Sm90a).unwrap_or_else(|e| panic!("{file}: {e}"));
+    assert_eq!(all.len(), program.launches.len());
+    program.launches.into_iter().map(|l| l.kernel).collect()
+}
+
+fn models(dir: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "kiln"))
+        .map(|p| format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_example_and_benchmark_assembles() {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for file in models("examples").into_iter().chain(models("bench")) {
+        let ks = model_kernels(&file);
+        let rows = check_all(&file, &ks);
+        for (_, kind, _) in rows {
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    println!("grids over all models: {kinds:?}");
+}
