@@ -19,7 +19,8 @@
 //! Loads decode every storage type as the reference evaluator does and
 //! stores encode with round-to-nearest-even (`dtype_io.rs`); transcendental
 //! functions are inline approximations in f32 (`math.rs`); f64 kernels use
-//! f64 arithmetic, with their transcendental functions reported as
+//! f64 arithmetic, with `exp`, `log` and `pow` by range reduction and
+//! polynomials (`math64.rs`) and `tanh`, `erf`, `sin`, `cos` reported as
 //! unsupported.
 
 mod asm;
@@ -27,6 +28,7 @@ mod dtype_io;
 mod elements;
 mod expr;
 mod math;
+mod math64;
 mod ops;
 mod rows;
 

@@ -60,17 +60,12 @@ impl Em<'_> {
                     Unary::Floor => simple(self, &format!("cvt.rmi.{s}")),
                     Unary::Ceil => simple(self, &format!("cvt.rpi.{s}")),
                     Unary::Round => simple(self, &format!("cvt.rni.{s}")),
-                    Unary::Exp
-                    | Unary::Log
-                    | Unary::Tanh
-                    | Unary::Erf
-                    | Unary::Sin
-                    | Unary::Cos
-                        if t == Ty::F64 =>
-                    {
+                    Unary::Exp if t == Ty::F64 => self.exp_f64(&x.r),
+                    Unary::Log if t == Ty::F64 => self.log_f64(&x.r),
+                    Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos if t == Ty::F64 => {
                         return Err(self.unsupported(
                             e,
-                            "f64 transcendental functions are not implemented in the PTX backend",
+                            "f64 tanh, erf, sin and cos are not implemented in the PTX backend",
                         ));
                     }
                     Unary::Exp => self.exp_f32(&x.r),

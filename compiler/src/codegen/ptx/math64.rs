@@ -1,0 +1,172 @@
+//! f64 `exp`, `log` and `pow` by range reduction and polynomials (PTX has
+//! no f64 transcendental instructions).
+//!
+//! * `exp`: `n = rint(x / ln 2)`, `r = x - n ln 2` with a two-part `ln 2`
+//!   (fma), `e^r` by its Taylor series to degree 13 (`|r| <= 0.35`,
+//!   truncation below 1e-17), scaled by `2^n` in two factors: about 1 ulp.
+//! * `log`: `x = 2^e m` with `m` in `[sqrt(1/2), sqrt(2))` (subnormals
+//!   scaled by 2^54 first), `log m = 2 atanh(s)`, `s = (m-1)/(m+1)`, by the
+//!   odd series to `s^23` (`|s| <= 0.172`), plus `e ln 2` in two parts:
+//!   about 1 ulp.
+//! * `pow(x, y)`: `exp(y log|x|)` with the sign and NaN rules for a negative
+//!   base; relative error about `1e-16 (1 + |y log x|)`.
+
+use std::f64::consts::{LOG2_E, SQRT_2};
+
+use kiln_dialect::kernel::Ty;
+
+use super::asm::{Class, f64_imm};
+use super::expr::{Em, Val};
+
+/// `ln 2 - ln2_hi` to full precision (`ln2_hi` = 0x3FE62E42FEE00000 has 32
+/// significant bits, so `n ln2_hi` is exact for the `n` used here).
+const LN2_LO: u64 = 0x3DEA_39EF_3579_3C76;
+
+impl Em<'_> {
+    fn d(&mut self) -> String {
+        self.reg(Class::Fd)
+    }
+
+    fn fma64(&mut self, a: &str, b: &str, c: &str) -> String {
+        let r = self.d();
+        self.ins(format!("fma.rn.f64 {r}, {a}, {b}, {c}"));
+        r
+    }
+
+    fn horner64(&mut self, x: &str, c: &[f64]) -> String {
+        let mut acc = self.d();
+        self.ins(format!("mov.f64 {acc}, {}", f64_imm(c[c.len() - 1])));
+        for &ci in c.iter().rev().skip(1) {
+            acc = self.fma64(&acc, x, &f64_imm(ci));
+        }
+        acc
+    }
+
+    pub(super) fn exp_f64(&mut self, x: &str) -> Val {
+        let ln2_hi = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+        let ln2_lo = f64::from_bits(LN2_LO);
+        let (t, n, nn) = (self.d(), self.d(), self.d());
+        self.ins(format!("mul.rn.f64 {t}, {x}, {}", f64_imm(LOG2_E)));
+        self.ins(format!("cvt.rni.f64.f64 {n}, {t}"));
+        self.ins(format!("neg.f64 {nn}, {n}"));
+        let r = self.fma64(&nn, &f64_imm(ln2_hi), x);
+        let r = self.fma64(&nn, &f64_imm(ln2_lo), &r);
+        let mut c = vec![1.0];
+        for i in 1..=13 {
+            let prev = c[i - 1];
+            c.push(prev / i as f64);
+        }
+        let e = self.horner64(&r, &c);
+        let (ni, n1, n2) = (self.reg(Class::R), self.reg(Class::R), self.reg(Class::R));
+        self.ins(format!("cvt.rni.s32.f64 {ni}, {n}"));
+        self.ins(format!("min.s32 {ni}, {ni}, 2046"));
+        self.ins(format!("max.s32 {ni}, {ni}, -2044"));
+        self.ins(format!("shr.s32 {n1}, {ni}, 1"));
+        self.ins(format!("sub.s32 {n2}, {ni}, {n1}"));
+        let mut out = e;
+        for k in [n1, n2] {
+            let (kb, s) = (self.reg(Class::D), self.d());
+            self.ins(format!("add.s32 {k}, {k}, 1023"));
+            self.ins(format!("cvt.u64.u32 {kb}, {k}"));
+            self.ins(format!("shl.b64 {kb}, {kb}, 52"));
+            self.ins(format!("mov.b64 {s}, {kb}"));
+            let m = self.d();
+            self.ins(format!("mul.rn.f64 {m}, {out}, {s}"));
+            out = m;
+        }
+        let p = self.reg(Class::P);
+        self.ins(format!("setp.eq.f64 {p}, {x}, 0d7FF0000000000000"));
+        self.ins(format!("@{p} mov.f64 {out}, 0d7FF0000000000000"));
+        self.ins(format!("setp.eq.f64 {p}, {x}, 0dFFF0000000000000"));
+        self.ins(format!("@{p} mov.f64 {out}, 0d0000000000000000"));
+        Val { r: out, t: Ty::F64 }
+    }
+
+    pub(super) fn log_f64(&mut self, x: &str) -> Val {
+        // Subnormals: scale by 2^54.
+        let (xs, p) = (self.d(), self.reg(Class::P));
+        let (bias, bits, e, mb) = (
+            self.reg(Class::D),
+            self.reg(Class::D),
+            self.reg(Class::D),
+            self.reg(Class::D),
+        );
+        self.ins(format!("mov.f64 {xs}, {x}"));
+        self.ins(format!("mov.b64 {bias}, 1023"));
+        self.ins(format!("setp.lt.f64 {p}, {x}, 0d0010000000000000"));
+        self.ins(format!("@{p} mul.rn.f64 {xs}, {x}, 0d4350000000000000"));
+        self.ins(format!("@{p} mov.b64 {bias}, 1077"));
+        self.ins(format!("mov.b64 {bits}, {xs}"));
+        self.ins(format!("shr.u64 {e}, {bits}, 52"));
+        self.ins(format!("and.b64 {e}, {e}, 2047"));
+        self.ins(format!("sub.s64 {e}, {e}, {bias}"));
+        self.ins(format!("and.b64 {mb}, {bits}, 4503599627370495"));
+        self.ins(format!("or.b64 {mb}, {mb}, 4607182418800017408"));
+        let m = self.d();
+        self.ins(format!("mov.b64 {m}, {mb}"));
+        let q = self.reg(Class::P);
+        self.ins(format!("setp.gt.f64 {q}, {m}, {}", f64_imm(SQRT_2)));
+        self.ins(format!("@{q} mul.rn.f64 {m}, {m}, 0d3FE0000000000000"));
+        self.ins(format!("@{q} add.s64 {e}, {e}, 1"));
+        let (f, den, s, s2) = (self.d(), self.d(), self.d(), self.d());
+        self.ins(format!("sub.rn.f64 {f}, {m}, 0d3FF0000000000000"));
+        self.ins(format!("add.rn.f64 {den}, {m}, 0d3FF0000000000000"));
+        self.ins(format!("div.rn.f64 {s}, {f}, {den}"));
+        self.ins(format!("mul.rn.f64 {s2}, {s}, {s}"));
+        let c: Vec<f64> = (0..12).map(|k| 2.0 / (2 * k + 1) as f64).collect();
+        let poly = self.horner64(&s2, &c);
+        let lm = self.d();
+        self.ins(format!("mul.rn.f64 {lm}, {poly}, {s}"));
+        let ef = self.d();
+        self.ins(format!("cvt.rn.f64.s64 {ef}, {e}"));
+        let ln2_hi = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+        let ln2_lo = f64::from_bits(LN2_LO);
+        let lo = self.fma64(&ef, &f64_imm(ln2_lo), &lm);
+        let out = self.fma64(&ef, &f64_imm(ln2_hi), &lo);
+        // log(0) = -inf, log(inf) = inf, negative or NaN: NaN.
+        self.ins(format!("setp.eq.f64 {p}, {x}, 0d0000000000000000"));
+        self.ins(format!("@{p} mov.f64 {out}, 0dFFF0000000000000"));
+        self.ins(format!("setp.eq.f64 {p}, {x}, 0d7FF0000000000000"));
+        self.ins(format!("@{p} mov.f64 {out}, 0d7FF0000000000000"));
+        self.ins(format!("setp.ltu.f64 {p}, {x}, 0d0000000000000000"));
+        self.ins(format!("@{p} mov.f64 {out}, 0d7FF8000000000000"));
+        Val { r: out, t: Ty::F64 }
+    }
+
+    /// `pow` in f64 for a non-constant exponent.
+    pub(super) fn pow_f64(&mut self, x: &str, y: &str) -> Val {
+        let ax = self.d();
+        self.ins(format!("abs.f64 {ax}, {x}"));
+        let l = self.log_f64(&ax);
+        let m = self.d();
+        self.ins(format!("mul.rn.f64 {m}, {}, {y}", l.r));
+        let r = self.exp_f64(&m).r;
+        let (yi, h, hi, neg) = (self.d(), self.d(), self.d(), self.d());
+        let (pint, peven, pneg, p, q) = (
+            self.reg(Class::P),
+            self.reg(Class::P),
+            self.reg(Class::P),
+            self.reg(Class::P),
+            self.reg(Class::P),
+        );
+        self.ins(format!("cvt.rzi.f64.f64 {yi}, {y}"));
+        self.ins(format!("setp.eq.f64 {pint}, {yi}, {y}"));
+        self.ins(format!("mul.rn.f64 {h}, {y}, 0d3FE0000000000000"));
+        self.ins(format!("cvt.rzi.f64.f64 {hi}, {h}"));
+        self.ins(format!("setp.eq.f64 {peven}, {hi}, {h}"));
+        self.ins(format!("setp.lt.f64 {pneg}, {x}, 0d0000000000000000"));
+        self.ins(format!("neg.f64 {neg}, {r}"));
+        self.ins(format!("not.pred {q}, {peven}"));
+        self.ins(format!("and.pred {p}, {pneg}, {pint}"));
+        self.ins(format!("and.pred {p}, {p}, {q}"));
+        self.ins(format!("selp.f64 {r}, {neg}, {r}, {p}"));
+        self.ins(format!("not.pred {q}, {pint}"));
+        self.ins(format!("and.pred {p}, {pneg}, {q}"));
+        self.ins(format!("selp.f64 {r}, 0d7FF8000000000000, {r}, {p}"));
+        self.ins(format!("setp.eq.f64 {p}, {y}, 0d0000000000000000"));
+        self.ins(format!("selp.f64 {r}, 0d3FF0000000000000, {r}, {p}"));
+        self.ins(format!("setp.eq.f64 {p}, {x}, 0d3FF0000000000000"));
+        self.ins(format!("selp.f64 {r}, 0d3FF0000000000000, {r}, {p}"));
+        Val { r, t: Ty::F64 }
+    }
+}
