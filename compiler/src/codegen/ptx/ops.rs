@@ -145,10 +145,7 @@ impl Em<'_> {
                     let nb = self.reg(Class::P);
                     self.ins(format!("setp.lt.s64 {nb}, {d}, 0"));
                     self.ins(format!("xor.pred {nq}, {na}, {nb}"));
-                    let (src, neg) = match op {
-                        Binary::Div => (q, nq),
-                        _ => (rm, na),
-                    };
+                    let (src, neg) = if op == Binary::Div { (q, nq) } else { (rm, na) };
                     self.ins(format!("neg.s64 {r}, {src}"));
                     self.ins(format!("selp.b64 {r}, {r}, {src}, {neg}"));
                     self.ins(format!("selp.b64 {r}, 0, {r}, {p}"));
