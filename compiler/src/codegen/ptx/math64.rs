@@ -8,6 +8,9 @@
 //!   scaled by 2^54 first), `log m = 2 atanh(s)`, `s = (m-1)/(m+1)`, by the
 //!   odd series to `s^23` (`|s| <= 0.172`), plus `e ln 2` in two parts:
 //!   about 1 ulp.
+//! * `tanh`: its Taylor series to `x^23` for `|x| < 1/4` (truncation below
+//!   1e-17 relative), else `1 - 2 / (exp(2|x|) + 1)` with the sign of `x`:
+//!   a few ulp.
 //! * `pow(x, y)`: `exp(y log|x|)` with the sign and NaN rules for a negative
 //!   base; relative error about `1e-16 (1 + |y log x|)`.
 
@@ -131,6 +134,42 @@ impl Em<'_> {
         self.ins(format!("setp.ltu.f64 {p}, {x}, 0d0000000000000000"));
         self.ins(format!("@{p} mov.f64 {out}, 0d7FF8000000000000"));
         Val { r: out, t: Ty::F64 }
+    }
+
+    pub(super) fn tanh_f64(&mut self, x: &str) -> Val {
+        // The Taylor coefficients 2^2n (2^2n - 1) B_2n / (2n)!, n = 1..12.
+        const C: [f64; 12] = [
+            1.0,
+            -0.3333333333333333,
+            0.13333333333333333,
+            -0.05396825396825397,
+            0.021869488536155203,
+            -0.008863235529902197,
+            0.003592128036572481,
+            -0.0014558343870513183,
+            0.000590027440945586,
+            -0.00023912911424355248,
+            9.691537956929451e-05,
+            -3.927832388331683e-05,
+        ];
+        let (ax, x2) = (self.d(), self.d());
+        self.ins(format!("abs.f64 {ax}, {x}"));
+        self.ins(format!("mul.rn.f64 {x2}, {x}, {x}"));
+        let p = self.horner64(&x2, &C);
+        let small = self.d();
+        self.ins(format!("mul.rn.f64 {small}, {p}, {x}"));
+        let two = self.d();
+        self.ins(format!("add.rn.f64 {two}, {ax}, {ax}"));
+        let e = self.exp_f64(&two);
+        let (den, q, big) = (self.d(), self.d(), self.d());
+        self.ins(format!("add.rn.f64 {den}, {}, 0d3FF0000000000000", e.r));
+        self.ins(format!("div.rn.f64 {q}, 0d4000000000000000, {den}"));
+        self.ins(format!("sub.rn.f64 {big}, 0d3FF0000000000000, {q}"));
+        self.ins(format!("copysign.f64 {big}, {x}, {big}"));
+        let (r, ps) = (self.d(), self.reg(Class::P));
+        self.ins(format!("setp.lt.f64 {ps}, {ax}, 0d3FD0000000000000"));
+        self.ins(format!("selp.f64 {r}, {small}, {big}, {ps}"));
+        Val { r, t: Ty::F64 }
     }
 
     /// `pow` in f64 for a non-constant exponent.

@@ -62,10 +62,11 @@ impl Em<'_> {
                     Unary::Round => simple(self, &format!("cvt.rni.{s}")),
                     Unary::Exp if t == Ty::F64 => self.exp_f64(&x.r),
                     Unary::Log if t == Ty::F64 => self.log_f64(&x.r),
-                    Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos if t == Ty::F64 => {
+                    Unary::Tanh if t == Ty::F64 => self.tanh_f64(&x.r),
+                    Unary::Erf | Unary::Sin | Unary::Cos if t == Ty::F64 => {
                         return Err(self.unsupported(
                             e,
-                            "f64 tanh, erf, sin and cos are not implemented in the PTX backend",
+                            "f64 erf, sin and cos are not implemented in the PTX backend",
                         ));
                     }
                     Unary::Exp => self.exp_f32(&x.r),
