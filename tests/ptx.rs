@@ -292,7 +292,7 @@ fn op_kernels() -> Vec<Kernel> {
                 buf("o", d, shape.clone()),
                 un(op, x()),
             );
-            let transcendental = matches!(op, Unary::Erf | Unary::Sin | Unary::Cos);
+            let transcendental = matches!(op, Unary::Erf);
             if float == Ty::F64 && transcendental {
                 assert!(matches!(
                     compile_kernel(&k, PtxArch::Sm90a),

@@ -11,6 +11,11 @@
 //! * `tanh`: its Taylor series to `x^23` for `|x| < 1/4` (truncation below
 //!   1e-17 relative), else `1 - 2 / (exp(2|x|) + 1)` with the sign of `x`:
 //!   a few ulp.
+//! * `sin`, `cos`: `k = rint(x 2/pi)`, `r = x - k pi/2` with a three-part
+//!   `pi/2` (fma; exact products for `|k| < 2^20`), the Taylor series of
+//!   `sin r` to `r^17` and `cos r` to `r^18` (`|r| <= pi/4`), chosen and
+//!   negated by the quadrant `k mod 4`: a few ulp for `|x|` up to about
+//!   1e5, degrading beyond.
 //! * `pow(x, y)`: `exp(y log|x|)` with the sign and NaN rules for a negative
 //!   base; relative error about `1e-16 (1 + |y log x|)`.
 
@@ -170,6 +175,55 @@ impl Em<'_> {
         self.ins(format!("setp.lt.f64 {ps}, {ax}, 0d3FD0000000000000"));
         self.ins(format!("selp.f64 {r}, {small}, {big}, {ps}"));
         Val { r, t: Ty::F64 }
+    }
+
+    pub(super) fn sincos_f64(&mut self, x: &str, sin: bool) -> Val {
+        let p1 = f64::from_bits(0x3FF9_21FB_5440_0000);
+        let p2 = f64::from_bits(0x3DD0_B461_1A60_0000);
+        let p3 = f64::from_bits(0x3BA3_198A_2E03_7073);
+        let (t, k, nk) = (self.d(), self.d(), self.d());
+        self.ins(format!(
+            "mul.rn.f64 {t}, {x}, {}",
+            f64_imm(std::f64::consts::FRAC_2_PI)
+        ));
+        self.ins(format!("cvt.rni.f64.f64 {k}, {t}"));
+        self.ins(format!("neg.f64 {nk}, {k}"));
+        let r = self.fma64(&nk, &f64_imm(p1), x);
+        let r = self.fma64(&nk, &f64_imm(p2), &r);
+        let r = self.fma64(&nk, &f64_imm(p3), &r);
+        let r2 = self.d();
+        self.ins(format!("mul.rn.f64 {r2}, {r}, {r}"));
+        // sin r = r (1 - r^2/3! + ..), cos r = 1 - r^2/2! + ..
+        let mut sc = Vec::new();
+        let mut cc = Vec::new();
+        let mut f = 1.0;
+        for n in 0..=9u32 {
+            let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
+            if n > 0 {
+                f *= (2 * n - 1) as f64 * (2 * n) as f64;
+            }
+            cc.push(sign / f);
+            sc.push(sign / (f * (2 * n + 1) as f64));
+        }
+        sc.truncate(9);
+        let sp = self.horner64(&r2, &sc);
+        let sv = self.d();
+        self.ins(format!("mul.rn.f64 {sv}, {sp}, {r}"));
+        let cv = self.horner64(&r2, &cc);
+        let (q, b1, b2) = (self.reg(Class::D), self.reg(Class::D), self.reg(Class::D));
+        self.ins(format!("cvt.rni.s64.f64 {q}, {k}"));
+        if !sin {
+            self.ins(format!("add.s64 {q}, {q}, 1"));
+        }
+        self.ins(format!("and.b64 {b1}, {q}, 1"));
+        self.ins(format!("and.b64 {b2}, {q}, 2"));
+        let (podd, pneg, out, neg) = (self.reg(Class::P), self.reg(Class::P), self.d(), self.d());
+        self.ins(format!("setp.ne.s64 {podd}, {b1}, 0"));
+        self.ins(format!("setp.ne.s64 {pneg}, {b2}, 0"));
+        self.ins(format!("selp.f64 {out}, {cv}, {sv}, {podd}"));
+        self.ins(format!("neg.f64 {neg}, {out}"));
+        self.ins(format!("selp.f64 {out}, {neg}, {out}, {pneg}"));
+        Val { r: out, t: Ty::F64 }
     }
 
     /// `pow` in f64 for a non-constant exponent.

@@ -19,8 +19,8 @@
 //! Loads decode every storage type as the reference evaluator does and
 //! stores encode with round-to-nearest-even (`dtype_io.rs`); transcendental
 //! functions are inline approximations in f32 (`math.rs`); f64 kernels use
-//! f64 arithmetic, with `exp`, `log`, `tanh` and `pow` by range reduction
-//! and series (`math64.rs`) and `erf`, `sin`, `cos` reported as
+//! f64 arithmetic, with `exp`, `log`, `tanh`, `sin`, `cos` and `pow` by
+//! range reduction and series (`math64.rs`) and `erf` reported as
 //! unsupported.
 
 mod asm;

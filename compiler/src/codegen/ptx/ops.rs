@@ -63,11 +63,12 @@ impl Em<'_> {
                     Unary::Exp if t == Ty::F64 => self.exp_f64(&x.r),
                     Unary::Log if t == Ty::F64 => self.log_f64(&x.r),
                     Unary::Tanh if t == Ty::F64 => self.tanh_f64(&x.r),
-                    Unary::Erf | Unary::Sin | Unary::Cos if t == Ty::F64 => {
-                        return Err(self.unsupported(
-                            e,
-                            "f64 erf, sin and cos are not implemented in the PTX backend",
-                        ));
+                    Unary::Sin if t == Ty::F64 => self.sincos_f64(&x.r, true),
+                    Unary::Cos if t == Ty::F64 => self.sincos_f64(&x.r, false),
+                    Unary::Erf if t == Ty::F64 => {
+                        return Err(
+                            self.unsupported(e, "f64 erf is not implemented in the PTX backend")
+                        );
                     }
                     Unary::Exp => self.exp_f32(&x.r),
                     Unary::Log => self.log_f32(&x.r),
