@@ -65,11 +65,7 @@ impl Em<'_> {
                     Unary::Tanh if t == Ty::F64 => self.tanh_f64(&x.r),
                     Unary::Sin if t == Ty::F64 => self.sincos_f64(&x.r, true),
                     Unary::Cos if t == Ty::F64 => self.sincos_f64(&x.r, false),
-                    Unary::Erf if t == Ty::F64 => {
-                        return Err(
-                            self.unsupported(e, "f64 erf is not implemented in the PTX backend")
-                        );
-                    }
+                    Unary::Erf if t == Ty::F64 => self.erf_f64(&x.r),
                     Unary::Exp => self.exp_f32(&x.r),
                     Unary::Log => self.log_f32(&x.r),
                     Unary::Tanh => self.tanh_f32(&x.r),
