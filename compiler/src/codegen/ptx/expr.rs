@@ -120,14 +120,6 @@ impl<'k> Em<'k> {
         }
     }
 
-    pub fn unsupported(&self, e: &Expr, message: impl Into<String>) -> PtxError {
-        PtxError::Unsupported {
-            kernel: self.k.name.clone(),
-            expr: e.to_string(),
-            message: message.into(),
-        }
-    }
-
     pub fn reg(&mut self, c: Class) -> String {
         self.a.reg(c)
     }

@@ -208,10 +208,7 @@ impl Em<'_> {
             }
         }
         if t == Ty::F64 {
-            return Err(self.unsupported(
-                e,
-                "f64 pow with a non-constant exponent is not implemented in the PTX backend",
-            ));
+            return Ok(self.pow_f64(&a.r, &b.r));
         }
         let (x, y) = (&a.r, &b.r);
         let (ax, l, m, r) = (self.f(), self.f(), self.f(), self.f());

@@ -60,19 +60,12 @@ impl Em<'_> {
                     Unary::Floor => simple(self, &format!("cvt.rmi.{s}")),
                     Unary::Ceil => simple(self, &format!("cvt.rpi.{s}")),
                     Unary::Round => simple(self, &format!("cvt.rni.{s}")),
-                    Unary::Exp
-                    | Unary::Log
-                    | Unary::Tanh
-                    | Unary::Erf
-                    | Unary::Sin
-                    | Unary::Cos
-                        if t == Ty::F64 =>
-                    {
-                        return Err(self.unsupported(
-                            e,
-                            "f64 transcendental functions are not implemented in the PTX backend",
-                        ));
-                    }
+                    Unary::Exp if t == Ty::F64 => self.exp_f64(&x.r),
+                    Unary::Log if t == Ty::F64 => self.log_f64(&x.r),
+                    Unary::Tanh if t == Ty::F64 => self.tanh_f64(&x.r),
+                    Unary::Sin if t == Ty::F64 => self.sincos_f64(&x.r, true),
+                    Unary::Cos if t == Ty::F64 => self.sincos_f64(&x.r, false),
+                    Unary::Erf if t == Ty::F64 => self.erf_f64(&x.r),
                     Unary::Exp => self.exp_f32(&x.r),
                     Unary::Log => self.log_f32(&x.r),
                     Unary::Tanh => self.tanh_f32(&x.r),
@@ -150,10 +143,7 @@ impl Em<'_> {
                     let nb = self.reg(Class::P);
                     self.ins(format!("setp.lt.s64 {nb}, {d}, 0"));
                     self.ins(format!("xor.pred {nq}, {na}, {nb}"));
-                    let (src, neg) = match op {
-                        Binary::Div => (q, nq),
-                        _ => (rm, na),
-                    };
+                    let (src, neg) = if op == Binary::Div { (q, nq) } else { (rm, na) };
                     self.ins(format!("neg.s64 {r}, {src}"));
                     self.ins(format!("selp.b64 {r}, {r}, {src}, {neg}"));
                     self.ins(format!("selp.b64 {r}, 0, {r}, {p}"));
