@@ -13,6 +13,8 @@ rm -rf "$out"
 mkdir -p "$out"
 cargo build --release -p kiln --bin kiln
 cp target/release/kiln "$out/kiln"
+cargo build --release -p kiln-runtime --example cuda_launch_overhead
+cp target/release/examples/cuda_launch_overhead "$out/"
 args=()
 for t in $tests; do args+=(--test "$t"); done
 cargo test --release --workspace --no-run --message-format=json "${args[@]}" 2>/dev/null \

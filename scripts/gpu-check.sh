@@ -12,6 +12,8 @@ bin="${BIN:-$root/gpu-bin}"
 out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
 export KILN_REQUIRE_GPU=1
+# Test binaries built elsewhere find the checkout here.
+export KILN_ROOT="$root"
 if [ -z "${KILN_PTXAS:-}" ] && command -v ptxas >/dev/null 2>&1; then
     export KILN_PTXAS="$(command -v ptxas)"
 fi
@@ -21,7 +23,7 @@ status=0
 rows=()
 for t in "$bin"/*; do
     name="$(basename "$t")"
-    [ "$name" = kiln ] && continue
+    case "$name" in kiln | cuda_launch_overhead) continue ;; esac
     echo "== $name"
     start=$(date +%s.%N)
     "$t" --test-threads=1 > "$out/$name.log" 2>&1
@@ -37,6 +39,10 @@ for t in "$bin"/*; do
         grep -B2 -A25 -E "^---- .* stdout ----|panicked" "$out/$name.log" | head -120
     fi
 done
+if [ -x "$bin/cuda_launch_overhead" ]; then
+    echo "== launch overhead (20 small kernels)"
+    "$bin/cuda_launch_overhead" 2000 | tee "$out/launch_overhead.txt" || status=1
+fi
 echo
 echo "| test binary | passed | failed | exit | time |"
 echo "|---|---|---|---|---|"

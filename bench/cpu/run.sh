@@ -59,6 +59,14 @@ else
     echo "kiln: CPU device not available yet"
 fi
 
+# The FMA ceilings of this CPU per vector width (Cranelift emits 128-bit
+# vectors; onnxruntime uses the widest the CPU has).
+rm -f "$tmp/fma.txt"
+if cc -O2 -mavx512f -mfma -pthread "$here/fma_peak.c" -o "$tmp/fma_peak" 2> "$tmp/fma.err"; then
+    echo "FMA peaks..."
+    "$tmp/fma_peak" "$threads" > "$tmp/fma.txt" || rm -f "$tmp/fma.txt"
+fi
+
 out="$root/bench/results/$(date -u +%F)-cpu.md"
 "$venv/bin/python" - "$tmp" "$out" "$threads" <<'PY'
 import glob, json, os, platform, subprocess, sys, datetime
@@ -135,6 +143,11 @@ for r in ort["results"]:
         )
 if gflops:
     lines += ["", "Throughput of the matmul workloads:", ""] + gflops
+fma = os.path.join(tmp, "fma.txt")
+if os.path.exists(fma):
+    lines += ["", "FMA ceilings of this CPU in the same run (bench/cpu/fma_peak.c: 12 "
+              "independent accumulators per thread, best of 3):", ""]
+    lines += [f"- {l.strip()}" for l in open(fma) if l.strip()]
 load = os.getloadavg()[0]
 if load > 0.75 * (os.cpu_count() or 1):
     lines += [

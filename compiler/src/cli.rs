@@ -54,6 +54,10 @@ pub enum Device {
     /// Native code for the host CPU: the model optimized for the `cpu`
     /// target, its kernels compiled with Cranelift, run on all cores.
     Cpu,
+    /// The first NVIDIA GPU: the model optimized for the `sm_90` target, its
+    /// kernels emitted as PTX and run by the CUDA executor (CUDA graphs per
+    /// input shape). Needs the CUDA driver.
+    Cuda,
 }
 
 impl Device {
@@ -61,6 +65,7 @@ impl Device {
         match self {
             Device::Interp => "interp",
             Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
         }
     }
 }
@@ -361,13 +366,14 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
     }
 }
 
-/// A model compiled for the CPU with its inputs bound, split from one
-/// binding of the graph: the graph's inputs, and its weights (already
-/// bound to the model).
-fn cpu_model(
+/// A model compiled for the CPU or the GPU with its inputs bound, split
+/// from one binding of the graph: the graph's inputs, and its weights
+/// (already bound to the model).
+fn device_model(
     m: model::Model,
     bindings: &HashMap<String, interp::Tensor>,
     dims: &BTreeMap<String, usize>,
+    device: crate::jit::Device,
 ) -> Result<(crate::jit::Model, HashMap<String, HostTensor>), KilnError> {
     let g = &m.graph;
     let input_names: Vec<String> = g
@@ -376,6 +382,7 @@ fn cpu_model(
         .map(|v| g.value_name(v).to_string())
         .collect();
     let opts = crate::jit::JitOptions {
+        device,
         dims: dims.iter().map(|(k, &v)| (k.clone(), v as u64)).collect(),
         ..crate::jit::JitOptions::default()
     };
@@ -423,7 +430,7 @@ fn bench(
             }
         }
         Device::Cpu => {
-            let (model, host) = cpu_model(m, &bindings, inputs.dims)?;
+            let (model, host) = device_model(m, &bindings, inputs.dims, crate::jit::Device::Cpu)?;
             compile_ms = model.compile_time().as_secs_f64() * 1e3;
             for i in 0..warmup + iters {
                 let t = Instant::now();
@@ -435,6 +442,28 @@ fn bench(
             let s = model.stats();
             threads = s.threads;
             peak = s.peak_arena_bytes;
+        }
+        Device::Cuda => {
+            let (model, host) = device_model(m, &bindings, inputs.dims, crate::jit::Device::Cuda)?;
+            compile_ms = model.compile_time().as_secs_f64() * 1e3;
+            // The device work alone: inputs uploaded once, the run's CUDA
+            // graph replayed. A first run checks that the model runs; then
+            // enough replays per sample to fill about a millisecond, so
+            // that the wait for the device does not dominate short plans.
+            model.run(&host)?;
+            let once = model.time_runs(&host, warmup.max(1), 1)?;
+            let one = once
+                .iter()
+                .min()
+                .map_or(1e-3, |d| d.as_secs_f64())
+                .max(1e-7);
+            let batch = ((1e-3 / one).ceil() as usize).clamp(1, 100);
+            times = model
+                .time_runs(&host, iters, batch)?
+                .into_iter()
+                .map(|d| d.as_secs_f64() * 1e3)
+                .collect();
+            peak = model.stats().peak_arena_bytes;
         }
     }
     times.sort_by(f64::total_cmp);
@@ -493,8 +522,12 @@ fn run(
     let bindings = data::bind(&m.graph, inputs, weights)?;
     let outputs = match device {
         Device::Interp => interp::run(&m.graph, &bindings)?,
-        Device::Cpu => {
-            let (model, host) = cpu_model(m, &bindings, inputs.dims)?;
+        Device::Cpu | Device::Cuda => {
+            let d = match device {
+                Device::Cuda => crate::jit::Device::Cuda,
+                Device::Interp | Device::Cpu => crate::jit::Device::Cpu,
+            };
+            let (model, host) = device_model(m, &bindings, inputs.dims, d)?;
             model
                 .run(&host)?
                 .iter()

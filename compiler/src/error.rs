@@ -41,6 +41,13 @@ pub enum KilnError {
     /// A compiled model refused its weights or inputs, or failed to run.
     #[error(transparent)]
     Run(#[from] kiln_runtime::cpu::RunError),
+    /// A kernel could not be emitted as PTX.
+    #[error(transparent)]
+    Ptx(#[from] crate::codegen::ptx::PtxError),
+    /// The GPU path: no driver or device, a refused module, a failed
+    /// launch or allocation, or a model that refused its weights or inputs.
+    #[error(transparent)]
+    Cuda(#[from] kiln_runtime::cuda::CudaError),
     /// A compiler stage broke an invariant: a bug in kiln, not in the model.
     #[error(
         "internal error after {stage}: {message}\n(this is a bug in kiln, not in the model; please report it with the model)"

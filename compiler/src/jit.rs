@@ -1,5 +1,5 @@
 //! The host JIT API: compile a model (source text or a file) for the host
-//! CPU, bind its weights, and run it on host tensors. Every failure is an
+//! CPU or an NVIDIA GPU, bind its weights, and run it on host tensors. Every failure is an
 //! error value ([`KilnError`]); nothing here panics on a bad model, bad
 //! weights or bad inputs.
 //!
@@ -20,9 +20,9 @@
 //! ```
 //!
 //! The pipeline is the command line's: parse, verify, optimize for the
-//! `cpu` target, lower the kernel plan to the kernel dialect, compile each
-//! kernel with Cranelift, and hand the program to the runtime's CPU
-//! executor.
+//! device's target (`cpu`, or `sm_90` for [`Device::Cuda`]), lower the
+//! kernel plan to the kernel dialect, compile each kernel (Cranelift, or
+//! PTX), and hand the program to the runtime's CPU or CUDA executor.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +35,7 @@ use kiln_runtime::HostTensor;
 use kiln_runtime::cpu::executor::{CpuExecutable, ExecStats, KernelFn};
 use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
 use kiln_runtime::cpu::pool::ThreadPool;
+use kiln_runtime::cuda::{CudaExecutable, CudaStats};
 
 use crate::codegen::clif::compile_kernel;
 use crate::data;
@@ -42,9 +43,33 @@ use crate::error::KilnError;
 use crate::model;
 use crate::pipeline::{self, Options};
 
+/// Where a compiled model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The host CPU: kernels compiled with Cranelift, run on a thread pool.
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU of the machine: kernels emitted as PTX, run by
+    /// the CUDA executor (needs the CUDA driver at run time, nothing at
+    /// build time).
+    Cuda,
+}
+
+impl Device {
+    /// The name the command line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
 /// Options of a JIT compilation.
 #[derive(Clone, Debug, Default)]
 pub struct JitOptions {
+    /// Where the model runs.
+    pub device: Device,
     /// Sizes of symbolic dims the plan is priced at; the compiled model runs
     /// at any size.
     pub dims: HashMap<String, u64>,
@@ -52,9 +77,15 @@ pub struct JitOptions {
     pub limits: Limits,
 }
 
-/// A model compiled for the host CPU.
+/// The executor a model runs on.
+enum Exec {
+    Cpu(CpuExecutable),
+    Cuda(CudaExecutable),
+}
+
+/// A model compiled for a device.
 pub struct Model {
-    exe: CpuExecutable,
+    exe: Exec,
     inputs: Vec<(String, TensorType)>,
     weights: Vec<(String, TensorType)>,
     outputs: Vec<(String, TensorType)>,
@@ -97,8 +128,19 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
         .iter()
         .map(|o| (o.name.clone(), g.value_type(o.value).clone()))
         .collect();
+    let target = match opts.device {
+        Device::Cpu => &kiln_passes::cost::CPU,
+        Device::Cuda => {
+            // Before any work: a machine without the driver gets the error
+            // at once.
+            if !kiln_runtime::cuda::driver_present() {
+                return Err(kiln_runtime::cuda::no_driver().into());
+            }
+            &kiln_passes::cost::SM90
+        }
+    };
     let popts = Options {
-        target: &kiln_passes::cost::CPU,
+        target,
         dims: opts.dims.clone(),
         limits: opts.limits,
     };
@@ -107,7 +149,10 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
     if let Some(panel) = popts.target.weight_panel {
         kiln_passes::lower::pack_contraction_weights(&mut program, panel);
     }
-    let exe = native(program)?;
+    let exe = match opts.device {
+        Device::Cpu => Exec::Cpu(native(program)?),
+        Device::Cuda => Exec::Cuda(gpu(program)?),
+    };
     Ok(Model {
         exe,
         inputs,
@@ -150,6 +195,14 @@ pub fn native_on(program: Program, pool: ThreadPool) -> Result<CpuExecutable, Ki
     )?)
 }
 
+/// Emits every kernel of `program` as PTX for Hopper (`sm_90a`) and builds
+/// the CUDA executor that runs them.
+pub fn gpu(program: Program) -> Result<CudaExecutable, KilnError> {
+    let kernels =
+        crate::codegen::ptx::compile_program(&program, crate::codegen::ptx::PtxArch::Sm90a)?;
+    Ok(CudaExecutable::new(program, kernels)?)
+}
+
 impl Model {
     /// The model's inputs: names and types (symbolic dims bind at run time).
     pub fn inputs(&self) -> &[(String, TensorType)] {
@@ -173,18 +226,85 @@ impl Model {
 
     /// The kernel program the model runs.
     pub fn program(&self) -> &Program {
-        self.exe.program()
+        match &self.exe {
+            Exec::Cpu(e) => e.program(),
+            Exec::Cuda(e) => e.program(),
+        }
     }
 
-    /// Figures of the last run: arena peak bytes, launches, threads.
+    /// Where the model runs.
+    pub fn device(&self) -> Device {
+        match &self.exe {
+            Exec::Cpu(_) => Device::Cpu,
+            Exec::Cuda(_) => Device::Cuda,
+        }
+    }
+
+    /// Figures of the last run: arena peak bytes, launches, threads (on
+    /// the GPU: one, the host thread that launches).
     pub fn stats(&self) -> ExecStats {
-        self.exe.stats()
+        match &self.exe {
+            Exec::Cpu(e) => e.stats(),
+            Exec::Cuda(e) => {
+                let s = e.stats();
+                ExecStats {
+                    peak_arena_bytes: s.peak_arena_bytes,
+                    unshared_arena_bytes: s.unshared_arena_bytes,
+                    launches: s.launches,
+                    bind_time_launches: s.bind_time_launches,
+                    threads: 1,
+                }
+            }
+        }
+    }
+
+    /// The CUDA executor's figures (modules, buckets, graph captures and
+    /// replays), for a model compiled for [`Device::Cuda`].
+    pub fn cuda_stats(&self) -> Option<CudaStats> {
+        match &self.exe {
+            Exec::Cpu(_) => None,
+            Exec::Cuda(e) => Some(e.stats()),
+        }
+    }
+
+    /// Times the device work alone (for benchmarks): on the GPU, the inputs
+    /// are uploaded once and the run's CUDA graph is replayed `batch` times
+    /// per sample, each sample waiting for the device; on the CPU, whole
+    /// runs. Returns the time per run of each of `samples` samples.
+    pub fn time_runs(
+        &self,
+        inputs: &HashMap<String, HostTensor>,
+        samples: usize,
+        batch: usize,
+    ) -> Result<Vec<Duration>, KilnError> {
+        let batch = batch.max(1);
+        match &self.exe {
+            Exec::Cpu(e) => {
+                let mut times = Vec::with_capacity(samples);
+                for _ in 0..samples {
+                    let t = Instant::now();
+                    for _ in 0..batch {
+                        e.run(inputs)?;
+                    }
+                    times.push(t.elapsed() / batch as u32);
+                }
+                Ok(times)
+            }
+            Exec::Cuda(e) => Ok(e
+                .time_launches(inputs, samples, batch)?
+                .into_iter()
+                .map(|d| d / batch as u32)
+                .collect()),
+        }
     }
 
     /// Binds weights by name, checking each against the model; weight
     /// transforms chosen by the optimizer run here, once.
     pub fn bind_weights(&mut self, weights: &HashMap<String, HostTensor>) -> Result<(), KilnError> {
-        Ok(self.exe.bind_weights(weights)?)
+        match &mut self.exe {
+            Exec::Cpu(e) => Ok(e.bind_weights(weights)?),
+            Exec::Cuda(e) => Ok(e.bind_weights(weights)?),
+        }
     }
 
     /// Binds weights drawn from a seeded generator, the same as
@@ -218,6 +338,9 @@ impl Model {
         &self,
         inputs: &HashMap<String, HostTensor>,
     ) -> Result<Vec<(String, HostTensor)>, KilnError> {
-        Ok(self.exe.run(inputs)?)
+        match &self.exe {
+            Exec::Cpu(e) => Ok(e.run(inputs)?),
+            Exec::Cuda(e) => Ok(e.run(inputs)?),
+        }
     }
 }

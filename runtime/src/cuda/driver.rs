@@ -24,7 +24,7 @@ pub(crate) struct Device {
 }
 
 /// The error for a machine without the driver library.
-pub(crate) fn no_driver() -> CudaError {
+pub fn no_driver() -> CudaError {
     CudaError::NoDriver {
         reason: "the library could not be loaded under any of its names \
                  (install the NVIDIA driver, or add its directory to LD_LIBRARY_PATH)"

@@ -10,7 +10,7 @@ pub mod kernel;
 mod memory;
 mod modules;
 
-pub use driver::driver_present;
+pub use driver::{driver_present, no_driver};
 pub use error::CudaError;
 pub use executor::{CudaExecutable, CudaStats};
 pub use kernel::{Grid, PtxKernel, launch_config};
