@@ -26,7 +26,7 @@ for t in "$bin"/*; do
     case "$name" in kiln | cuda_launch_overhead) continue ;; esac
     echo "== $name"
     start=$(date +%s.%N)
-    "$t" --test-threads=1 > "$out/$name.log" 2>&1
+    "$t" --test-threads="${TEST_THREADS:-8}" > "$out/$name.log" 2>&1
     rc=$?
     secs=$(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')")
     grep -E "^test .* (ok|FAILED|ignored)$|GPU|ptxas|registers|skip" "$out/$name.log" | head -200

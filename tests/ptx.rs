@@ -742,10 +742,28 @@ fn golden_ptx() {
             epilogue: Expr::Acc,
         },
     };
+    // Rows of 300 with a static length: the row-resident path, two columns
+    // per thread (the second past the end for threads 44..255).
+    let y = |c: Expr| ld(0, vec![v(0), c]);
+    let centered = map(
+        "row_centered",
+        Ty::F32,
+        vec![buf("x", DType::F32, vec![Dim::sym("b"), st(300)])],
+        buf("y", DType::F32, vec![Dim::sym("b"), st(300)]),
+        bin(
+            Binary::Sub,
+            y(v(1)),
+            Expr::reduce(Reduction::Max, Var(2), Expr::Int(300), y(v(2))),
+        ),
+    );
+    // Each element is loaded once: the reduction's value at a column is
+    // reused by the output at that column.
+    let pk = compile_kernel(&centered, PtxArch::Sm90a).unwrap();
+    assert_eq!(pk.ptx.matches("ld.global").count(), 2, "{}", pk.ptx);
     let dir = root().join("tests/filetests/ptx");
     let bless = std::env::var("KILN_BLESS").is_ok_and(|v| v == "1");
     let mut failures = Vec::new();
-    for k in [add, sum_rows, mm] {
+    for k in [add, sum_rows, mm, centered] {
         let text = compile_kernel(&k, PtxArch::Sm90a).unwrap().ptx;
         let path = dir.join(format!("{}.ptx", k.name));
         if bless {

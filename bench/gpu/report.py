@@ -53,9 +53,12 @@ def main():
     lines = [
         f"# GPU benchmarks, {now:%Y-%m-%d %H:%M} UTC, {a.card}",
         "",
-        f"kiln commit {a.commit}; `bench/gpu.sh` ran `kiln bench --device cuda` (median of "
-        f"{a.iters} CUDA-graph replays, timed with CUDA events, inputs already on the device) "
-        "and `torch_baselines.py` (medians of 50) in one invocation on this card.",
+        f"kiln commit {a.commit}; `bench/gpu.sh` ran `kiln bench --device cuda` (inputs "
+        "uploaded once, the run's CUDA graph replayed in batches that fill about 1 ms, each "
+        "batch timed on the host up to a stream sync; the median over "
+        f"{a.iters} batches (fewer for workloads marked heavy in bench/gpu.sh) of the time per "
+        "replay) and `torch_baselines.py` (CUDA-event medians of 50) in one invocation on "
+        "this card.",
         "",
         f"Ceilings measured in this run: copy {fmt(ceil.get('copy_TBps'), ' TB/s')}, "
         f"bf16 matmul {fmt(peak, ' TFLOP/s')}. Floors are max(bytes / copy bandwidth, "

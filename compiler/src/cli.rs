@@ -89,7 +89,7 @@ pub enum Command {
         /// binary expression parenthesized), graph (as lowered), graph-opt
         /// (after cleanup and the algebra, layout and quantization rules), plan (the kernels, one
         /// line each), kernels (the plan lowered to the kernel dialect), clif (each kernel as
-        /// Cranelift IR for this CPU).
+        /// Cranelift IR for this CPU), ptx (each kernel as a PTX module for sm_90a).
         #[arg(long, value_enum, value_delimiter = ',', value_name = "STAGES")]
         emit: Vec<Stage>,
         /// The target the kernels are planned and priced for.

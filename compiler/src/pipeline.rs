@@ -39,6 +39,9 @@ pub enum Stage {
     Kernels,
     /// Each kernel as Cranelift IR for the host CPU.
     Clif,
+    /// Each kernel as a PTX module for Hopper (`sm_90a`), as the CUDA
+    /// executor loads it.
+    Ptx,
 }
 
 impl Stage {
@@ -51,6 +54,7 @@ impl Stage {
             Stage::Plan => "plan",
             Stage::Kernels => "kernels",
             Stage::Clif => "clif",
+            Stage::Ptx => "ptx",
         }
     }
 
@@ -62,6 +66,7 @@ impl Stage {
             Stage::Plan => format!("{model}.plan"),
             Stage::Kernels => format!("{model}.kernels"),
             Stage::Clif => format!("{model}.clif"),
+            Stage::Ptx => format!("{model}.ptx"),
         }
     }
 }
@@ -158,7 +163,7 @@ pub fn compile_model(
     if emit.contains(&Stage::Plan) {
         emitted.push((Stage::Plan, plan.to_text()));
     }
-    if emit.contains(&Stage::Kernels) || emit.contains(&Stage::Clif) {
+    if emit.contains(&Stage::Kernels) || emit.contains(&Stage::Clif) || emit.contains(&Stage::Ptx) {
         let t = Instant::now();
         let mut program = kiln_passes::lower::lower_plan(&plan)?;
         if let Some(panel) = opts.target.weight_panel {
@@ -179,6 +184,24 @@ pub fn compile_model(
             }
             timings.push(("cranelift", t.elapsed()));
             emitted.push((Stage::Clif, text));
+        }
+        if emit.contains(&Stage::Ptx) {
+            let t = Instant::now();
+            let kernels = crate::codegen::ptx::compile_program(
+                &program,
+                crate::codegen::ptx::PtxArch::Sm90a,
+            )?;
+            let mut text = String::new();
+            for k in &kernels {
+                text.push_str(&format!(
+                    "// ---- {} ({:?}, {} threads per block)\n",
+                    k.entry, k.grid, k.block
+                ));
+                text.push_str(&k.ptx);
+                text.push('\n');
+            }
+            timings.push(("ptx", t.elapsed()));
+            emitted.push((Stage::Ptx, text));
         }
     }
     Ok(Compilation {

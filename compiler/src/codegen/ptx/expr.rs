@@ -73,6 +73,12 @@ pub(super) struct Em<'k> {
     /// Nesting depth of reductions that rebind an output variable: inside
     /// one, identity loads are not the preloaded ones.
     pub shadowed: u32,
+    /// Values already computed in the current straight-line region, by
+    /// structure (the row-resident path keeps one per owned column): an
+    /// expression met again is not emitted again. Off (`None`) by default;
+    /// taken away inside loops and branches, whose values do not reach
+    /// the code after them.
+    pub memo: Option<Vec<(Expr, Val)>>,
 }
 
 /// An immediate integer operand, if `s` is one.
@@ -102,6 +108,7 @@ impl<'k> Em<'k> {
             preload: Vec::new(),
             lane: 0,
             shadowed: 0,
+            memo: None,
         }
     }
 
@@ -210,6 +217,25 @@ impl<'k> Em<'k> {
 
     /// Emits `e`; its value's register and type.
     pub fn emit(&mut self, e: &Expr) -> Result<Val, PtxError> {
+        let leaf = matches!(
+            e,
+            Expr::Float(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Var(_) | Expr::Dim(_) | Expr::Acc
+        );
+        let Some(memo) = self.memo.as_ref().filter(|_| !leaf) else {
+            return self.emit_new(e);
+        };
+        if let Some((_, v)) = memo.iter().rev().find(|(x, _)| x == e) {
+            return Ok(v.clone());
+        }
+        let v = self.emit_new(e)?;
+        if let Some(m) = self.memo.as_mut() {
+            m.push((e.clone(), v.clone()));
+        }
+        Ok(v)
+    }
+
+    /// [`Em::emit`] without the memo lookup.
+    fn emit_new(&mut self, e: &Expr) -> Result<Val, PtxError> {
         match e {
             Expr::Float(x) => Ok(self.fconst(*x)),
             Expr::Int(i) => Ok(Val {
@@ -279,7 +305,10 @@ impl<'k> Em<'k> {
                 if let Some((_, v)) = self.cache.iter().find(|(c, _)| c == e) {
                     return Ok(v.clone());
                 }
-                self.reduce_seq(e, *op, *var, extent, body)
+                let memo = self.memo.take();
+                let v = self.reduce_seq(e, *op, *var, extent, body);
+                self.memo = memo;
+                v
             }
         }
     }
@@ -631,7 +660,10 @@ impl<'k> Em<'k> {
         }
         let skip = self.a.label("guard");
         self.ins(format!("@!{} bra {skip}", g.r));
-        let v = self.load_at(e, input, index)?;
+        let memo = self.memo.take();
+        let v = self.load_at(e, input, index);
+        self.memo = memo;
+        let v = v?;
         self.ins(format!("mov.{} {}, {}", mov_sfx(t), out.r, v.r));
         self.a.place(&skip);
         Ok(out)

@@ -126,6 +126,23 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     em.ins(format!("add.s64 {i}, {i}, {ntid}"));
     em.ins(format!("bra.uni {top}"));
     em.a.place(&end);
+    combine(em, e, *op, acc, tid, smem)
+}
+
+/// Combines each thread's partial result `acc` of reduction `e` across
+/// the block: butterfly shuffles in each warp, then the warps' results
+/// through shared memory. Every thread gets the total.
+fn combine(
+    em: &mut Em,
+    e: &Expr,
+    op: kiln_dialect::kernel::Reduction,
+    acc: Val,
+    tid: &str,
+    smem: &str,
+) -> Result<Val, PtxError> {
+    let t = acc.t;
+    let op2 = Em::fold_op(op);
+    let ms = mov_sfx(t);
     for off in [16, 8, 4, 2, 1] {
         let o = shfl(em, &acc, off);
         let s = em.binary(e, op2, acc.clone(), o)?;
@@ -144,7 +161,7 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     };
     em.ins(format!("@{pl} st.shared.{st} [{addr}], {}", acc.r));
     em.ins("bar.sync 0");
-    let res = em.identity(*op, t);
+    let res = em.identity(op, t);
     let out = Val {
         r: em.reg(class_of(t)),
         t,
@@ -170,6 +187,9 @@ pub(super) fn emit_rows(
     reds: &[Expr],
     units: &str,
 ) -> Result<(), PtxError> {
+    if let Some(len) = resident_len(em, expr, reds) {
+        return emit_rows_resident(em, expr, reds, units, len);
+    }
     let out = em.k.output.clone();
     let rank = out.shape.rank();
     let (tid32, ntid32, cta32, ncta32) = (
@@ -287,4 +307,177 @@ pub(super) fn contract_value(
     let v = em.emit(epilogue);
     em.acc = None;
     v
+}
+
+/// Most columns one thread keeps in registers on the row-resident path.
+const MAX_SLOTS: u64 = 16;
+/// Larger expressions take the re-reading path: the memo's lookups grow
+/// with the square of the expression's size.
+const MAX_NODES: usize = 3000;
+/// The column variable of the row-resident path (no kernel numbers its
+/// variables this high).
+const COL: Var = Var(u32::MAX);
+
+fn nodes(e: &Expr) -> usize {
+    let mut n = 1;
+    e.for_each_child(|c| n += nodes(c));
+    n
+}
+
+/// The row length when the row-resident path applies: a static last axis
+/// of at most [`MAX_SLOTS`] columns per thread, every row reduction over
+/// exactly that axis's length, and expressions of moderate size.
+fn resident_len(em: &Em, expr: &Expr, reds: &[Expr]) -> Option<u64> {
+    let rank = em.k.output.shape.rank();
+    if rank == 0 {
+        return None;
+    }
+    let len = u64::try_from(super::expr::imm(&em.out_shape[rank - 1])?).ok()?;
+    if len == 0 || len > MAX_SLOTS * ROW_BLOCK as u64 {
+        return None;
+    }
+    let same = reds
+        .iter()
+        .all(|r| matches!(r, Expr::Reduce { extent, .. } if **extent == Expr::Int(len as i64)));
+    let size = nodes(expr) + reds.iter().map(nodes).sum::<usize>();
+    let only_rows = only_row_reductions(expr, reds);
+    (same && only_rows && size <= MAX_NODES).then_some(len)
+}
+
+/// Whether every reduction in `e` is one of the row reductions: a body
+/// with a reduction of its own per column (a dot product inside a softmax)
+/// has work enough per column that re-reading the row costs little, and
+/// unrolling it per owned column would make the kernel large.
+fn only_row_reductions(e: &Expr, reds: &[Expr]) -> bool {
+    if let Expr::Reduce { extent, body, .. } = e {
+        return reds.contains(e)
+            && only_row_reductions(extent, reds)
+            && only_row_reductions(body, reds);
+    }
+    let mut ok = true;
+    e.for_each_child(|c| ok &= only_row_reductions(c, reds));
+    ok
+}
+
+/// The row grid with the row in registers: thread `t` owns columns
+/// `t, t + B, t + 2B, ..` (B threads per block, loads coalesced across the
+/// warp), evaluates each reduction's body at its columns, folds and
+/// combines across the block, then evaluates the output at the same
+/// columns. A value computed for a column (a load, `gelu(x * s + b)`) is
+/// kept and reused by the later reductions and the output ([`Em::memo`]),
+/// so each input element is read from global memory once and each shared
+/// sub-expression computed once. Columns past the row's end (the last
+/// slot of a row that is not a multiple of B) evaluate at the last column
+/// (in bounds), fold as the identity and are not stored.
+fn emit_rows_resident(
+    em: &mut Em,
+    expr: &Expr,
+    reds: &[Expr],
+    units: &str,
+    len: u64,
+) -> Result<(), PtxError> {
+    let out = em.k.output.clone();
+    let rank = out.shape.rank();
+    let (tid32, cta32, ncta32) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("mov.u32 {tid32}, %tid.x"));
+    em.ins(format!("mov.u32 {cta32}, %ctaid.x"));
+    em.ins(format!("mov.u32 {ncta32}, %nctaid.x"));
+    let (tid, row, nrows, smem) = (
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+    );
+    em.ins(format!("cvt.u64.u32 {tid}, {tid32}"));
+    em.ins(format!("cvt.u64.u32 {row}, {cta32}"));
+    em.ins(format!("cvt.u64.u32 {nrows}, {ncta32}"));
+    em.ins(format!("mov.u64 {smem}, kiln_red"));
+    let block = ROW_BLOCK as u64;
+    let slots = len.div_ceil(block) as usize;
+    // Per slot: the column, the column loads use, and whether it exists.
+    let mut cols = Vec::with_capacity(slots);
+    for i in 0..slots {
+        let c = em.reg(Class::D);
+        em.ins(format!("add.s64 {c}, {tid}, {}", i as u64 * block));
+        if (i as u64 + 1) * block > len {
+            let (p, cc) = (em.reg(Class::P), em.reg(Class::D));
+            em.ins(format!("setp.lt.s64 {p}, {c}, {len}"));
+            em.ins(format!("min.s64 {cc}, {c}, {}", len - 1));
+            cols.push((c, cc, Some(p)));
+        } else {
+            cols.push((c.clone(), c, None));
+        }
+    }
+    let (top, done) = (em.a.label("row"), em.a.label("exit"));
+    let pexit = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {pexit}, {row}, {units}"));
+    em.ins(format!("@{pexit} bra {done}"));
+    unravel(em, &row, rank - 1);
+    em.cache.clear();
+    let mut memos: Vec<Vec<(Expr, Val)>> = vec![Vec::new(); slots];
+    for r in reds {
+        let Expr::Reduce { op, var, body, .. } = r else {
+            return Err(em.type_err(r, "not a reduction"));
+        };
+        let t = em.ty_of(body);
+        if t == Ty::Bool {
+            return Err(em.type_err(r, "a reduction of bools"));
+        }
+        let body = body.substitute(&|x| (*x == Expr::Var(*var)).then_some(Expr::Var(COL)));
+        let op2 = Em::fold_op(*op);
+        let init = em.identity(*op, t);
+        let acc = Val {
+            r: em.reg(class_of(t)),
+            t,
+        };
+        let ms = mov_sfx(t);
+        em.ins(format!("mov.{ms} {}, {}", acc.r, init.r));
+        for (i, (_, col, valid)) in cols.iter().enumerate() {
+            em.memo = Some(std::mem::take(&mut memos[i]));
+            let prev = em.bind(COL, col.clone());
+            let v = em.emit(&body);
+            em.unbind(COL, prev);
+            memos[i] = em.memo.take().unwrap_or_default();
+            let mut v = v?;
+            if let Some(p) = valid {
+                let id = em.identity(*op, t);
+                v = em.select(p, v, id);
+            }
+            let s = em.binary(r, op2, acc.clone(), v)?;
+            em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+        }
+        let total = combine(em, r, *op, acc, &tid, &smem)?;
+        em.cache.push((r.clone(), total));
+    }
+    let last = Var(rank as u32 - 1);
+    let expr = expr.substitute(&|x| (*x == Expr::Var(last)).then_some(Expr::Var(COL)));
+    let base = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {base}, {row}, {len}"));
+    for (i, (c, col, valid)) in cols.iter().enumerate() {
+        em.memo = Some(std::mem::take(&mut memos[i]));
+        let prev = em.bind(COL, col.clone());
+        let v = em.emit(&expr);
+        em.unbind(COL, prev);
+        em.memo = None;
+        let v = v?;
+        let code = em.encode(&v, out.dtype);
+        let flat = em.reg(Class::D);
+        em.ins(format!("add.s64 {flat}, {base}, {c}"));
+        match valid {
+            Some(p) => {
+                let skip = em.a.label("tail");
+                em.ins(format!("@!{p} bra {skip}"));
+                em.store_code(out.dtype, &flat, &code);
+                em.a.place(&skip);
+            }
+            None => em.store_code(out.dtype, &flat, &code),
+        }
+    }
+    em.cache.clear();
+    em.ins(format!("add.s64 {row}, {row}, {nrows}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&done);
+    em.ins("ret");
+    Ok(())
 }
