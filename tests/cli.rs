@@ -464,3 +464,29 @@ fn compile_emits_kernels_and_clif() {
         assert!(s.contains(&format!("function %k{i}(")), "k{i}:\n{s}");
     }
 }
+
+/// `--device cuda` where there is no CUDA driver: exit 1 and a message that
+/// says so and names the alternative (on a machine with a GPU the command
+/// runs, and this test only checks that it succeeds).
+#[test]
+fn cuda_without_a_driver_is_a_user_error() {
+    let model = root().join("examples/mlp.kiln");
+    let out = kiln(&[
+        "run",
+        model.to_str().expect("utf-8 path"),
+        "--device",
+        "cuda",
+        "--random-inputs",
+        "1",
+        "--random-weights",
+        "1",
+        "--dim",
+        "batch=2",
+    ]);
+    if kiln_runtime::cuda::driver_present() {
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        return;
+    }
+    user_error(&out, "no CUDA driver found");
+    assert!(text(&out.stderr).contains("--device cpu"), "{}", text(&out.stderr));
+}
