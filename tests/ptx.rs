@@ -112,38 +112,165 @@ struct Usage {
     spill: u32,
 }
 
-/// Assembles `k` for its own arch; the usage ptxas reports, or its errors.
-fn assemble(ptxas: &Path, k: &PtxKernel) -> Result<Usage, String> {
+/// The largest number before `key` on any line of `text` (0 if none).
+fn num_before(text: &str, key: &str) -> u32 {
+    text.lines()
+        .filter_map(|l| {
+            let i = l.find(key)?;
+            l[..i].split_whitespace().last()?.parse::<u32>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn usage_of(text: &str) -> Usage {
+    Usage {
+        regs: num_before(text, " registers"),
+        spill: num_before(text, " bytes spill stores").max(num_before(text, " bytes spill loads")),
+    }
+}
+
+/// Runs ptxas on one module text for `arch`; its `-v` output, or its errors.
+fn run_ptxas(ptxas: &Path, arch: &str, name: &str, ptx: &str) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("kiln-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let file = dir.join(format!("{}_{}.ptx", k.entry, k.arch));
-    std::fs::write(&file, &k.ptx).map_err(|e| e.to_string())?;
+    let file = dir.join(format!("{name}_{arch}.ptx"));
+    let cubin = dir.join(format!("{name}_{arch}.cubin"));
+    std::fs::write(&file, ptx).map_err(|e| e.to_string())?;
     let out = Command::new(ptxas)
-        .arg(format!("-arch={}", k.arch))
+        .arg(format!("-arch={arch}"))
         .arg("-v")
         .arg(&file)
         .arg("-o")
-        .arg(dir.join(format!("{}_{}.cubin", k.entry, k.arch)))
+        .arg(&cubin)
         .output()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&cubin);
+    let out = out?;
     let text =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(text);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
     }
-    let num_before = |key: &str| -> u32 {
-        text.lines()
-            .filter_map(|l| {
-                let i = l.find(key)?;
-                l[..i].split_whitespace().last()?.parse::<u32>().ok()
+}
+
+/// Assembles `k` alone for its own arch; the usage ptxas reports, or its
+/// errors.
+fn assemble(ptxas: &Path, k: &PtxKernel) -> Result<Usage, String> {
+    run_ptxas(ptxas, &k.arch, &k.entry, &k.ptx).map(|t| usage_of(&t))
+}
+
+/// The body of a module of one entry: everything after `.address_size`.
+fn module_body(ptx: &str) -> &str {
+    let i = ptx.find(".address_size 64").expect("a kiln PTX module");
+    &ptx[i + ".address_size 64".len()..]
+}
+
+/// Assembles kernels of one arch (distinct entry names) as one module
+/// and splits the `-v` report per entry; on any error, falls back to one
+/// ptxas run per kernel, so that the failing kernel is named.
+fn assemble_batch(ptxas: &Path, ks: &[&PtxKernel]) -> Vec<Result<Usage, String>> {
+    if ks.len() == 1 {
+        return vec![assemble(ptxas, ks[0])];
+    }
+    let arch = &ks[0].arch;
+    let mut ptx = format!(".version 8.0\n.target {arch}\n.address_size 64\n");
+    for k in ks {
+        assert_eq!(&k.arch, arch);
+        assert!(k.ptx.contains(&format!(".target {arch}\n")));
+        ptx.push_str(module_body(&k.ptx));
+    }
+    let name = format!("batch_{}", ks[0].entry);
+    let per_entry = run_ptxas(ptxas, arch, &name, &ptx).ok().and_then(|text| {
+        // `Function properties for E` starts the report of entry E.
+        let mut reports: BTreeMap<&str, String> = BTreeMap::new();
+        let mut cur: Option<&str> = None;
+        for l in text.lines() {
+            if let Some(i) = l.find("Function properties for ") {
+                cur = Some(l[i + "Function properties for ".len()..].trim());
+            } else if l.contains("Compiling entry function") {
+                cur = None;
+            }
+            if let Some(e) = cur {
+                let r = reports.entry(e).or_default();
+                r.push_str(l);
+                r.push('\n');
+            }
+        }
+        ks.iter()
+            .map(|k| {
+                let r = reports.get(k.entry.as_str())?;
+                r.contains(" registers").then(|| Ok(usage_of(r)))
             })
-            .max()
-            .unwrap_or(0)
-    };
-    Ok(Usage {
-        regs: num_before(" registers"),
-        spill: num_before(" bytes spill stores").max(num_before(" bytes spill loads")),
-    })
+            .collect::<Option<Vec<_>>>()
+    });
+    per_entry.unwrap_or_else(|| ks.iter().map(|k| assemble(ptxas, k)).collect())
+}
+
+/// PTX of at most this many bytes is batched with other kernels.
+const BATCH_SMALL: usize = 16 << 10;
+/// The most PTX bytes in one batched module.
+const BATCH_BYTES: usize = 64 << 10;
+
+/// Assembles every kernel (distinct entries per arch), batching small ones
+/// per arch and running the ptxas processes on every core, largest first;
+/// the results in the order of `ks`.
+fn assemble_all(ptxas: &Path, ks: &[PtxKernel]) -> Vec<Result<Usage, String>> {
+    let mut order: Vec<usize> = (0..ks.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ks[i].ptx.len()));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut open: BTreeMap<&str, (Vec<usize>, usize)> = BTreeMap::new();
+    for i in order {
+        let len = ks[i].ptx.len();
+        if len > BATCH_SMALL {
+            batches.push(vec![i]);
+            continue;
+        }
+        let (b, bytes) = open.entry(ks[i].arch.as_str()).or_default();
+        if *bytes + len > BATCH_BYTES && !b.is_empty() {
+            batches.push(std::mem::take(b));
+            *bytes = 0;
+        }
+        b.push(i);
+        *bytes += len;
+    }
+    batches.extend(open.into_values().map(|(b, _)| b).filter(|b| !b.is_empty()));
+    // Largest work first, so that the last ptxas runs are short ones.
+    batches.sort_by_key(|b| std::cmp::Reverse(b.iter().map(|&i| ks[i].ptx.len()).sum::<usize>()));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(vec![None; ks.len()]);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(batches.len()) {
+            s.spawn(|| {
+                loop {
+                    let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(batch) = batches.get(b) else { break };
+                    let refs: Vec<&PtxKernel> = batch.iter().map(|&i| &ks[i]).collect();
+                    let results = assemble_batch(ptxas, &refs);
+                    let mut done = done.lock().unwrap();
+                    for (&i, r) in batch.iter().zip(results) {
+                        done[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every kernel assembled"))
+        .collect()
+}
+
+fn grid_kind(pk: &PtxKernel) -> String {
+    match pk.grid {
+        Grid::Elements { per_thread } => format!("elements/{per_thread}"),
+        Grid::Rows { inner_axes } => format!("rows/{inner_axes}"),
+    }
 }
 
 /// Compiles and assembles every kernel for both architectures; returns the
@@ -151,7 +278,7 @@ fn assemble(ptxas: &Path, k: &PtxKernel) -> Result<Usage, String> {
 fn check_all(label: &str, kernels: &[Kernel]) -> Vec<(String, String, Usage)> {
     let tool = ptxas();
     let mut failures = Vec::new();
-    let mut rows = Vec::new();
+    let mut compiled = Vec::new();
     for k in kernels {
         for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
             let pk = match compile_kernel(k, arch) {
@@ -163,24 +290,29 @@ fn check_all(label: &str, kernels: &[Kernel]) -> Vec<(String, String, Usage)> {
             };
             assert!(pk.ptx.contains(&format!(".target {}", arch.target())));
             assert!(pk.block % 32 == 0 && pk.block <= 1024);
-            let Some(tool) = &tool else { continue };
-            match assemble(tool, &pk) {
+            compiled.push((k.name.clone(), pk));
+        }
+    }
+    let mut rows = Vec::new();
+    if let Some(tool) = &tool {
+        // Kernels of the same form share an entry name: assemble each once.
+        let mut seen = std::collections::BTreeSet::new();
+        compiled.retain(|(_, pk)| seen.insert((pk.entry.clone(), pk.arch.clone())));
+        let pks: Vec<PtxKernel> = compiled.iter().map(|(_, pk)| pk.clone()).collect();
+        for ((name, pk), r) in compiled.iter().zip(assemble_all(tool, &pks)) {
+            match r {
                 Ok(u) => {
                     if u.spill > 0 {
                         failures.push(format!(
-                            "{label}: {} ({}) spills {} bytes",
-                            k.name, pk.arch, u.spill
+                            "{label}: {name} ({}) spills {} bytes",
+                            pk.arch, u.spill
                         ));
                     }
-                    let kind = match pk.grid {
-                        Grid::Elements { per_thread } => format!("elements/{per_thread}"),
-                        Grid::Rows { inner_axes } => format!("rows/{inner_axes}"),
-                    };
-                    rows.push((format!("{} {}", k.name, pk.arch), kind, u));
+                    rows.push((format!("{name} {}", pk.arch), grid_kind(pk), u));
                 }
                 Err(e) => failures.push(format!(
-                    "{label}: ptxas rejects {} ({}):\n{e}\n{}",
-                    k.name, pk.arch, pk.ptx
+                    "{label}: ptxas rejects {name} ({}):\n{e}\n{}",
+                    pk.arch, pk.ptx
                 )),
             }
         }
@@ -828,15 +960,72 @@ fn models(dir: &str) -> Vec<String> {
     out
 }
 
+/// The kernels of every example and benchmark, compiled for sm_90a; each
+/// distinct kernel (the same PTX up to its entry name) is assembled once,
+/// all of them in one pool. A model's sm_80 PTX differs from its sm_90a
+/// PTX only in the `.target` line (checked here), so only the hand-built
+/// kernels above are assembled for sm_80 too.
 #[test]
 fn every_example_and_benchmark_assembles() {
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let tool = ptxas();
+    // Per model: (kernel name, index of its distinct PTX).
+    let mut per_model: Vec<(String, Vec<(String, usize)>)> = Vec::new();
+    let mut distinct: Vec<PtxKernel> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for file in models("examples").into_iter().chain(models("bench")) {
-        let ks = model_kernels(&file);
-        let rows = check_all(&file, &ks);
+        let mut ks = Vec::new();
+        for k in model_kernels(&file) {
+            let pk = compile_kernel(&k, PtxArch::Sm90a).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let pk80 = compile_kernel(&k, PtxArch::Sm80).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(pk.block.is_multiple_of(32) && pk.block <= 1024);
+            assert_eq!(
+                pk80.ptx,
+                pk.ptx.replace(".target sm_90a\n", ".target sm_80\n"),
+                "{file}: {}: sm_80 PTX differs beyond .target",
+                k.name
+            );
+            let body = module_body(&pk.ptx).replace(&pk.entry, "ENTRY");
+            let i = *index.entry(body).or_insert_with(|| {
+                distinct.push(pk);
+                distinct.len() - 1
+            });
+            ks.push((k.name.clone(), i));
+        }
+        per_model.push((file, ks));
+    }
+    let Some(tool) = tool else { return };
+    let results = assemble_all(&tool, &distinct);
+    let mut failures = Vec::new();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (file, ks) in &per_model {
+        let mut rows = Vec::new();
+        for (name, i) in ks {
+            let pk = &distinct[*i];
+            match &results[*i] {
+                Ok(u) => {
+                    if u.spill > 0 {
+                        failures.push(format!(
+                            "{file}: {name} ({}) spills {} bytes",
+                            pk.arch, u.spill
+                        ));
+                    }
+                    rows.push((format!("{name} {}", pk.arch), grid_kind(pk), *u));
+                }
+                Err(e) => failures.push(format!(
+                    "{file}: ptxas rejects {name} ({}):\n{e}\n{}",
+                    pk.arch, pk.ptx
+                )),
+            }
+        }
+        print_table(file, &rows);
         for (_, kind, _) in rows {
             *kinds.entry(kind).or_default() += 1;
         }
     }
+    println!(
+        "{} distinct kernels assembled for sm_90a over all models",
+        distinct.len()
+    );
     println!("grids over all models: {kinds:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
