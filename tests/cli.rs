@@ -488,5 +488,9 @@ fn cuda_without_a_driver_is_a_user_error() {
         return;
     }
     user_error(&out, "no CUDA driver found");
-    assert!(text(&out.stderr).contains("--device cpu"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--device cpu"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -180,18 +180,10 @@ fn combine(
     Ok(out)
 }
 
-/// The row-grid body for `expr` with the row reductions `reds`.
-pub(super) fn emit_rows(
-    em: &mut Em,
-    expr: &Expr,
-    reds: &[Expr],
-    units: &str,
-) -> Result<(), PtxError> {
-    if let Some(len) = resident_len(em, expr, reds) {
-        return emit_rows_resident(em, expr, reds, units, len);
-    }
-    let out = em.k.output.clone();
-    let rank = out.shape.rank();
+/// The registers every row kernel starts with, as 64-bit values: the
+/// thread's index in the block, the block size, the first row (the block's
+/// index), the row stride (the grid size) and the shared array's address.
+fn row_registers(em: &mut Em) -> (String, String, String, String, String) {
     let (tid32, ntid32, cta32, ncta32) = (
         em.reg(Class::R),
         em.reg(Class::R),
@@ -214,6 +206,22 @@ pub(super) fn emit_rows(
     em.ins(format!("cvt.u64.u32 {row}, {cta32}"));
     em.ins(format!("cvt.u64.u32 {nrows}, {ncta32}"));
     em.ins(format!("mov.u64 {smem}, kiln_red"));
+    (tid, ntid, row, nrows, smem)
+}
+
+/// The row-grid body for `expr` with the row reductions `reds`.
+pub(super) fn emit_rows(
+    em: &mut Em,
+    expr: &Expr,
+    reds: &[Expr],
+    units: &str,
+) -> Result<(), PtxError> {
+    if let Some(len) = resident_len(em, expr, reds) {
+        return emit_rows_resident(em, expr, reds, units, len);
+    }
+    let out = em.k.output.clone();
+    let rank = out.shape.rank();
+    let (tid, ntid, row, nrows, smem) = row_registers(em);
     let n_last = if rank > 0 {
         em.out_shape[rank - 1].clone()
     } else {
@@ -378,20 +386,7 @@ fn emit_rows_resident(
 ) -> Result<(), PtxError> {
     let out = em.k.output.clone();
     let rank = out.shape.rank();
-    let (tid32, cta32, ncta32) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
-    em.ins(format!("mov.u32 {tid32}, %tid.x"));
-    em.ins(format!("mov.u32 {cta32}, %ctaid.x"));
-    em.ins(format!("mov.u32 {ncta32}, %nctaid.x"));
-    let (tid, row, nrows, smem) = (
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
-    );
-    em.ins(format!("cvt.u64.u32 {tid}, {tid32}"));
-    em.ins(format!("cvt.u64.u32 {row}, {cta32}"));
-    em.ins(format!("cvt.u64.u32 {nrows}, {ncta32}"));
-    em.ins(format!("mov.u64 {smem}, kiln_red"));
+    let (tid, _, row, nrows, smem) = row_registers(em);
     let block = ROW_BLOCK as u64;
     let slots = len.div_ceil(block) as usize;
     // Per slot: the column, the column loads use, and whether it exists.
