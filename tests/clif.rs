@@ -17,6 +17,8 @@
 //! with FMA (the products are not rounded before the add). The seed is
 //! printed on failure; `KILN_SEED` reruns one.
 
+mod common;
+
 use std::collections::HashMap;
 
 use kiln::codegen::{clif_text, compile_kernel};
@@ -82,24 +84,7 @@ fn map(name: &str, float: Ty, inputs: Vec<Buffer>, output: Buffer, expr: Expr) -
     }
 }
 
-/// Random values of `dtype`: every code of the small types (NaN and
-/// infinities included), floats in [-3, 3) rounded to the type, integers
-/// over their range (i64 within 2^40), never all zeros.
-fn values(rng: &mut ChaCha8Rng, dtype: DType, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|_| match dtype {
-            DType::F64 | DType::F32 | DType::F16 | DType::BF16 => {
-                numeric::round_to(dtype, rng.random_range(-3.0..3.0))
-            }
-            DType::I64 => rng.random_range(-(1i64 << 40)..(1i64 << 40)) as f64,
-            _ if dtype.has_integer_values() => {
-                let (lo, hi) = dtype.int_range().unwrap_or((0, 1));
-                rng.random_range(lo..=hi) as f64
-            }
-            _ => numeric::decode(dtype, rng.random_range(0..(1u64 << dtype.bits()))),
-        })
-        .collect()
-}
+use common::values;
 
 /// Compiles and runs `k` through the JIT over several ranges of axis 0 and
 /// compares with the evaluator. `tol` is relative to the largest finite

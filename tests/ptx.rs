@@ -9,7 +9,9 @@
 //! Golden PTX of a few small kernels lives in `tests/filetests/ptx/`;
 //! `KILN_BLESS=1` rewrites it.
 
-use std::collections::BTreeMap;
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -1028,4 +1030,177 @@ fn every_example_and_benchmark_assembles() {
     );
     println!("grids over all models: {kinds:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The sizes symbolic dims take in the device runs: awkward ones.
+const RUN_SIZES: [usize; 4] = [3, 783, 50, 1];
+
+/// Runs the hand-built kernel `k` as a one-launch program on `backend`
+/// (the CPU executor, or the CUDA executor on the kernel's PTX) with fresh
+/// random inputs and compares with the kernel evaluator: exact for integer
+/// and bool outputs, else within `tol` of the largest finite expected
+/// magnitude (at least 1) plus one unit in the last place of the output
+/// type (the two sides may round a value at a tie differently after
+/// different approximations). `Ok(false)`: the evaluator refused the inputs
+/// (a gather with an index out of range) or a dim only the output names,
+/// nothing to compare.
+fn run_against_eval(k: &Kernel, rng: &mut impl rand::Rng, on_gpu: bool) -> Result<bool, String> {
+    use kiln_dialect::interp::Tensor;
+    use kiln_dialect::kernel::{Launch, Program};
+    use kiln_runtime::HostTensor;
+    let dims: HashMap<String, usize> = k
+        .dims
+        .iter()
+        .enumerate()
+        .map(|(j, d)| (d.clone(), RUN_SIZES[j % RUN_SIZES.len()]))
+        .collect();
+    let shapes: Vec<Vec<usize>> = k
+        .inputs
+        .iter()
+        .map(|b| b.shape.resolve(&dims).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let vals: Vec<Vec<f64>> = k
+        .inputs
+        .iter()
+        .zip(&shapes)
+        .map(|(b, s)| common::values(rng, b.dtype, s.iter().product()))
+        .collect();
+    let tensors: Vec<Tensor> = k
+        .inputs
+        .iter()
+        .zip(&shapes)
+        .zip(&vals)
+        .map(|((b, s), x)| Tensor::new(b.dtype, s, x.clone()))
+        .collect();
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let Ok(want) = kiln_dialect::kernel::eval::run(k, &refs, &dims) else {
+        return Ok(false);
+    };
+    // Executors bind dims from the inputs' shapes: a dim only the output
+    // names cannot run as a program of its own.
+    let bound = |d: &String| {
+        k.inputs
+            .iter()
+            .any(|b| b.shape.symbols().contains(&d.as_str()))
+    };
+    if !k.dims.iter().all(bound) {
+        return Ok(false);
+    }
+    // Buffers: the kernel's inputs (renamed apart), then its output.
+    let mut buffers: Vec<Buffer> = k
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Buffer {
+            name: format!("in{i}"),
+            ..b.clone()
+        })
+        .collect();
+    buffers.push(Buffer {
+        name: "out".into(),
+        ..k.output.clone()
+    });
+    let n = k.inputs.len();
+    let program = Program {
+        name: k.name.clone(),
+        buffers,
+        inputs: (0..n).collect(),
+        weights: vec![],
+        constants: vec![],
+        outputs: vec![("out".into(), n)],
+        dims: k.dims.clone(),
+        launches: vec![Launch {
+            kernel: k.clone(),
+            args: (0..n).collect(),
+            out: n,
+            bind_time: false,
+        }],
+    };
+    let inputs: HashMap<String, HostTensor> = vals
+        .iter()
+        .zip(&shapes)
+        .zip(&k.inputs)
+        .enumerate()
+        .map(|(i, ((x, s), b))| (format!("in{i}"), HostTensor::from_values(b.dtype, s, x)))
+        .collect();
+    let got = if on_gpu {
+        let exe = kiln::jit::gpu(program).map_err(|e| e.to_string())?;
+        exe.run(&inputs).map_err(|e| e.to_string())?
+    } else {
+        let exe = kiln::jit::native(program).map_err(|e| e.to_string())?;
+        exe.run(&inputs).map_err(|e| e.to_string())?
+    };
+    let got = got[0].1.to_values();
+    let d = k.output.dtype;
+    let scale = want
+        .data
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(1.0f64, |m, x| m.max(x.abs()));
+    let ulp = |w: f64| match d {
+        DType::F32 | DType::F64 => 0.0,
+        DType::F16 => w.abs() * (1.0 / 1024.0),
+        DType::BF16 => w.abs() * (1.0 / 128.0),
+        _ if d.is_float() => w.abs() * 0.25,
+        _ => 0.0,
+    };
+    let tol = if d.is_float() { 1e-4 } else { 0.0 };
+    for (i, (g, w)) in got.iter().zip(&want.data).enumerate() {
+        let ok = (g.is_nan() && w.is_nan())
+            || g == w
+            || (tol > 0.0 && (g - w).abs() <= tol * scale + ulp(*w));
+        if !ok {
+            return Err(format!(
+                "element {i} of {:?}: got {g}, want {w}",
+                want.shape
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// Every hand-built kernel of the tests above (each dtype, each operation,
+/// row kernels, contractions) run against the kernel evaluator on fresh
+/// random inputs at awkward sizes: on the CPU executor here (a check of the
+/// harness and of the Cranelift backend), and on the GPU through the PTX
+/// backend and the CUDA executor where a driver is present (without one the
+/// GPU half prints a notice, unless `KILN_REQUIRE_GPU=1`, which makes it
+/// fail).
+#[test]
+fn hand_built_kernels_run_as_the_evaluator_says() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let gpu = kiln_runtime::cuda::driver_present();
+    if !gpu {
+        assert!(
+            std::env::var("KILN_REQUIRE_GPU").map_or(true, |v| v != "1"),
+            "KILN_REQUIRE_GPU=1 but no CUDA driver was found"
+        );
+        eprintln!("no CUDA driver: the GPU half of this test is skipped");
+    }
+    let mut kernels = dtype_kernels();
+    kernels.extend(op_kernels());
+    kernels.extend(row_kernels());
+    kernels.extend(contract_kernels());
+    let (mut failures, mut compared, mut refused) = (Vec::new(), 0, 0);
+    for k in &kernels {
+        for on_gpu in [false, true] {
+            if on_gpu && !gpu {
+                continue;
+            }
+            let side = if on_gpu { "gpu" } else { "cpu" };
+            match run_against_eval(k, &mut rng, on_gpu) {
+                Ok(true) => compared += 1,
+                Ok(false) => refused += 1,
+                Err(e) => failures.push(format!("{} on the {side} (seed {seed}): {e}", k.name)),
+            }
+        }
+    }
+    eprintln!(
+        "{compared} runs compared with the evaluator, {refused} skipped (inputs the evaluator \
+         refuses, or dims only an output names)"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(compared > kernels.len() / 2, "too few kernels compared");
 }

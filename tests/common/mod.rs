@@ -151,3 +151,23 @@ pub fn check(paths: &[PathBuf], sizes: &[usize], opts: &JitOptions) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Random values of `dtype`: every code of the small types (NaN and
+/// infinities included), floats in [-3, 3) rounded to the type, integers
+/// over their range (i64 within 2^40), never all zeros.
+pub fn values(rng: &mut impl rand::Rng, dtype: DType, n: usize) -> Vec<f64> {
+    use kiln_dialect::numeric;
+    (0..n)
+        .map(|_| match dtype {
+            DType::F64 | DType::F32 | DType::F16 | DType::BF16 => {
+                numeric::round_to(dtype, rng.random_range(-3.0..3.0))
+            }
+            DType::I64 => rng.random_range(-(1i64 << 40)..(1i64 << 40)) as f64,
+            _ if dtype.has_integer_values() => {
+                let (lo, hi) = dtype.int_range().unwrap_or((0, 1));
+                rng.random_range(lo..=hi) as f64
+            }
+            _ => numeric::decode(dtype, rng.random_range(0..(1u64 << dtype.bits()))),
+        })
+        .collect()
+}
