@@ -100,13 +100,8 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
         return Err(em.type_err(e, "a reduction of bools"));
     }
     let op2 = Em::fold_op(*op);
-    let init = em.identity(*op, t);
-    let acc = Val {
-        r: em.reg(class_of(t)),
-        t,
-    };
+    let acc = accumulator(em, *op, t);
     let ms = mov_sfx(t);
-    em.ins(format!("mov.{ms} {}, {}", acc.r, init.r));
     let i = em.reg(Class::D);
     em.ins(format!("mov.b64 {i}, {tid}"));
     let (top, end) = (em.a.label("bred"), em.a.label("bred_end"));
@@ -127,6 +122,17 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     em.ins(format!("bra.uni {top}"));
     em.a.place(&end);
     combine(em, e, *op, acc, tid, smem)
+}
+
+/// A fresh accumulator register of type `t` holding `op`'s identity.
+fn accumulator(em: &mut Em, op: kiln_dialect::kernel::Reduction, t: Ty) -> Val {
+    let init = em.identity(op, t);
+    let acc = Val {
+        r: em.reg(class_of(t)),
+        t,
+    };
+    em.ins(format!("mov.{} {}, {}", mov_sfx(t), acc.r, init.r));
+    acc
 }
 
 /// Combines each thread's partial result `acc` of reduction `e` across
@@ -285,13 +291,8 @@ pub(super) fn contract_value(
     if t == Ty::Bool {
         return Err(em.type_err(a, "a contraction of bools"));
     }
-    let zero = em.identity(kiln_dialect::kernel::Reduction::Sum, t);
-    let acc = Val {
-        r: em.reg(class_of(t)),
-        t,
-    };
+    let acc = accumulator(em, kiln_dialect::kernel::Reduction::Sum, t);
     let ms = mov_sfx(t);
-    em.ins(format!("mov.{ms} {}, {}", acc.r, zero.r));
     let i = em.reg(Class::D);
     em.ins(format!("mov.b64 {i}, 0"));
     let (top, end) = (em.a.label("k"), em.a.label("k_end"));
@@ -421,13 +422,8 @@ fn emit_rows_resident(
         }
         let body = body.substitute(&|x| (*x == Expr::Var(*var)).then_some(Expr::Var(COL)));
         let op2 = Em::fold_op(*op);
-        let init = em.identity(*op, t);
-        let acc = Val {
-            r: em.reg(class_of(t)),
-            t,
-        };
+        let acc = accumulator(em, *op, t);
         let ms = mov_sfx(t);
-        em.ins(format!("mov.{ms} {}, {}", acc.r, init.r));
         for (i, (_, col, valid)) in cols.iter().enumerate() {
             em.memo = Some(std::mem::take(&mut memos[i]));
             let prev = em.bind(COL, col.clone());
