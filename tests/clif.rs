@@ -30,35 +30,13 @@ use kiln_runtime::cpu::jit::{JitModule, host_isa};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use common::{bin, ld, un, v, values};
+
 const ALL: [DType; 17] = DType::ALL;
 
 fn rng() -> (ChaCha8Rng, u64) {
-    let seed = std::env::var("KILN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = common::seed();
     (ChaCha8Rng::seed_from_u64(seed), seed)
-}
-
-fn v(i: u32) -> Expr {
-    Expr::Var(Var(i))
-}
-
-fn ld(input: usize, index: Vec<Expr>) -> Expr {
-    Expr::load(input, index)
-}
-
-fn bin(op: Binary, a: Expr, b: Expr) -> Expr {
-    Expr::bin(op, a, b)
-}
-
-fn un(op: Unary, a: Expr) -> Expr {
-    Expr::un(op, a)
 }
 
 fn fl(x: f64) -> Expr {
@@ -83,8 +61,6 @@ fn map(name: &str, float: Ty, inputs: Vec<Buffer>, output: Buffer, expr: Expr) -
         body: Body::Map { expr },
     }
 }
-
-use common::values;
 
 /// Compiles and runs `k` through the JIT over several ranges of axis 0 and
 /// compares with the evaluator. `tol` is relative to the largest finite

@@ -16,19 +16,6 @@ use common::{LARGE, files, root};
 use kiln::jit::{self, Device, JitOptions};
 use kiln_dialect::DType;
 
-/// Whether the GPU tests can run here; panics when they must and cannot.
-fn gpu() -> bool {
-    let present = kiln_runtime::cuda::driver_present();
-    if !present {
-        assert!(
-            std::env::var("KILN_REQUIRE_GPU").map_or(true, |v| v != "1"),
-            "KILN_REQUIRE_GPU=1 but no CUDA driver was found"
-        );
-        eprintln!("no CUDA driver: GPU test skipped");
-    }
-    present
-}
-
 fn opts() -> JitOptions {
     JitOptions {
         device: Device::Cuda,
@@ -37,7 +24,7 @@ fn opts() -> JitOptions {
 }
 
 fn check(paths: &[PathBuf], sizes: &[usize]) {
-    if gpu() {
+    if common::gpu_available() {
         common::check(paths, sizes, &opts());
     }
 }
@@ -88,7 +75,7 @@ fn large_quantized_linears_on_the_gpu() {
 /// Bad inputs are errors naming the input, not panics, on the GPU too.
 #[test]
 fn bad_inputs_are_errors_on_the_gpu() {
-    if !gpu() {
+    if !common::gpu_available() {
         return;
     }
     let mut model = jit::compile_file(&root().join("examples/mlp.kiln"), &opts()).expect("compile");

@@ -22,33 +22,7 @@ use kiln_dialect::{DType, Dim, Shape};
 use kiln_passes::cost;
 use kiln_passes::lower::lower_plan;
 
-fn root() -> PathBuf {
-    match std::env::var_os("KILN_ROOT") {
-        // A test binary carried to another machine (scripts/gpu-check.sh)
-        // finds the checkout there.
-        Some(r) => PathBuf::from(r),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf(),
-    }
-}
-
-fn v(i: u32) -> Expr {
-    Expr::Var(Var(i))
-}
-
-fn ld(input: usize, index: Vec<Expr>) -> Expr {
-    Expr::load(input, index)
-}
-
-fn bin(op: Binary, a: Expr, b: Expr) -> Expr {
-    Expr::bin(op, a, b)
-}
-
-fn un(op: Unary, a: Expr) -> Expr {
-    Expr::un(op, a)
-}
+use common::{bin, ld, root, un, v};
 
 fn buf(name: &str, dtype: DType, shape: Vec<Dim>) -> Buffer {
     Buffer {
@@ -1171,14 +1145,7 @@ fn hand_built_kernels_run_as_the_evaluator_says() {
     use rand::SeedableRng;
     let seed = common::seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let gpu = kiln_runtime::cuda::driver_present();
-    if !gpu {
-        assert!(
-            std::env::var("KILN_REQUIRE_GPU").map_or(true, |v| v != "1"),
-            "KILN_REQUIRE_GPU=1 but no CUDA driver was found"
-        );
-        eprintln!("no CUDA driver: the GPU half of this test is skipped");
-    }
+    let gpu = common::gpu_available();
     let mut kernels = dtype_kernels();
     kernels.extend(op_kernels());
     kernels.extend(row_kernels());

@@ -171,3 +171,42 @@ pub fn values(rng: &mut impl rand::Rng, dtype: DType, n: usize) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Builders of kernel expressions for the backend tests.
+pub fn v(i: u32) -> kiln_dialect::kernel::Expr {
+    kiln_dialect::kernel::Expr::Var(kiln_dialect::kernel::Var(i))
+}
+
+pub fn ld(input: usize, index: Vec<kiln_dialect::kernel::Expr>) -> kiln_dialect::kernel::Expr {
+    kiln_dialect::kernel::Expr::load(input, index)
+}
+
+pub fn bin(
+    op: kiln_dialect::kernel::Binary,
+    a: kiln_dialect::kernel::Expr,
+    b: kiln_dialect::kernel::Expr,
+) -> kiln_dialect::kernel::Expr {
+    kiln_dialect::kernel::Expr::bin(op, a, b)
+}
+
+pub fn un(
+    op: kiln_dialect::kernel::Unary,
+    a: kiln_dialect::kernel::Expr,
+) -> kiln_dialect::kernel::Expr {
+    kiln_dialect::kernel::Expr::un(op, a)
+}
+
+/// Whether the GPU half of a test can run here: a CUDA driver is present.
+/// Without one it prints a notice, and fails when `KILN_REQUIRE_GPU=1`
+/// (scripts/gpu-check.sh sets it on the GPU machine).
+pub fn gpu_available() -> bool {
+    let present = kiln_runtime::cuda::driver_present();
+    if !present {
+        assert!(
+            std::env::var("KILN_REQUIRE_GPU").map_or(true, |v| v != "1"),
+            "KILN_REQUIRE_GPU=1 but no CUDA driver was found"
+        );
+        eprintln!("no CUDA driver: GPU test skipped");
+    }
+    present
+}

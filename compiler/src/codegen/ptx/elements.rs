@@ -113,6 +113,24 @@ pub(super) fn unravel(em: &mut Em, flat: &str, n: usize) -> Vec<String> {
     regs
 }
 
+/// 32-bit words in accesses of 4, 2 or 1 words, in order: each access's
+/// byte offset, word count and register list.
+fn word_vectors(words: &[String]) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let (mut off, mut i) = (0, 0);
+    while i < words.len() {
+        let n = match words.len() - i {
+            4.. => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        out.push((off, n, words[i..i + n].join(", ")));
+        off += 4 * n;
+        i += n;
+    }
+    out
+}
+
 /// Loads of `w`-bit codes of one full run at `addr`, `lanes` elements, in
 /// 16-byte (or smaller) vectors into `dst`.
 fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
@@ -131,21 +149,11 @@ fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
     let words: Vec<String> = (0..dst.len() / per_word)
         .map(|_| em.reg(Class::R))
         .collect();
-    let mut off = 0;
-    let mut i = 0;
-    while i < words.len() {
-        let n = match words.len() - i {
-            4.. => 4,
-            2 | 3 => 2,
-            _ => 1,
-        };
-        let regs = words[i..i + n].join(", ");
+    for (off, n, regs) in word_vectors(&words) {
         match n {
             1 => em.ins(format!("ld.global.b32 {regs}, [{addr}+{off}]")),
             _ => em.ins(format!("ld.global.v{n}.b32 {{{regs}}}, [{addr}+{off}]")),
         }
-        off += 4 * n;
-        i += n;
     }
     for (j, c) in dst.iter().enumerate() {
         let word = &words[j / per_word];
@@ -199,21 +207,11 @@ fn vector_store(em: &mut Em, addr: &str, w: u32, src: &[Code]) {
         }
         words.push(word);
     }
-    let mut off = 0;
-    let mut i = 0;
-    while i < words.len() {
-        let n = match words.len() - i {
-            4.. => 4,
-            2 | 3 => 2,
-            _ => 1,
-        };
-        let regs = words[i..i + n].join(", ");
+    for (off, n, regs) in word_vectors(&words) {
         match n {
             1 => em.ins(format!("st.global.b32 [{addr}+{off}], {regs}")),
             _ => em.ins(format!("st.global.v{n}.b32 [{addr}+{off}], {{{regs}}}")),
         }
-        off += 4 * n;
-        i += n;
     }
 }
 
