@@ -423,6 +423,21 @@ fn op_kernels() -> Vec<Kernel> {
             buf("o", d, shape.clone()),
             bin(Binary::Pow, x(), Expr::Float(2.0)),
         ));
+        // Division by constants: a multiply by the reciprocal and one
+        // correction in f32 (1/sqrt(2) is not exact in either type).
+        for (name, c) in [
+            ("sqrt2", std::f64::consts::SQRT_2),
+            ("3", 3.0),
+            ("tiny", 1e-30),
+        ] {
+            ks.push(map(
+                &format!("div_by_{name}_{d}"),
+                float,
+                ins(),
+                buf("o", d, shape.clone()),
+                bin(Binary::Div, x(), Expr::Float(c)),
+            ));
+        }
         for op in [
             Binary::Eq,
             Binary::Ne,
@@ -678,6 +693,7 @@ fn row_kernels() -> Vec<Kernel> {
             ));
         }
     }
+    ks.extend(resident_row_kernels());
     ks.push(map(
         "row_int_max_to_i8",
         Ty::F32,
@@ -701,6 +717,104 @@ fn row_kernels() -> Vec<Kernel> {
         buf("y", DType::F32, vec![]),
         Expr::reduce(Reduction::Sum, Var(0), Expr::Dim(0), ld(0, vec![v(0)])),
     ));
+    ks
+}
+
+/// Rows of static lengths: the row-resident path, with groups of 8, 4, 2
+/// and 1 columns per vector access (4096, 1024 and 1000 split evenly over
+/// the block; 300 does not, so a thread's second column may be past the
+/// end), weights read at the column (loaded once per block), divisions by
+/// a row value (softmax's sum) and by a constant.
+fn resident_row_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    // Rows: `b` (3 at run time) or, for the last two, more rows than a
+    // grid of resident blocks has, so that blocks walk several rows with
+    // the next row's loads in flight.
+    for (rows, n, d) in [
+        (None, 4096, DType::BF16),
+        (None, 1024, DType::BF16),
+        (None, 300, DType::BF16),
+        (None, 1000, DType::F32),
+        (None, 4096, DType::F32),
+        (Some(2500), 256, DType::BF16),
+        (Some(1900), 512, DType::F32),
+    ] {
+        let (nn, r) = (Expr::Int(n), Var(2));
+        let b = rows.map_or(Dim::sym("b"), |m: u64| st(m));
+        let shape = vec![b, st(n as u64)];
+        let wshape = vec![st(n as u64)];
+        let x = |c: Expr| ld(0, vec![v(0), c.clone()]);
+        let w = |i: usize, c: Expr| ld(i, vec![c]);
+        // gelu(x * s + b), exact (erf) form.
+        let h = |c: Expr| {
+            let y = bin(
+                Binary::Add,
+                bin(Binary::Mul, x(c.clone()), w(1, c.clone())),
+                w(2, c),
+            );
+            bin(
+                Binary::Mul,
+                bin(Binary::Mul, Expr::Float(0.5), y.clone()),
+                bin(
+                    Binary::Add,
+                    Expr::Float(1.0),
+                    un(
+                        Unary::Erf,
+                        bin(Binary::Div, y, Expr::Float(std::f64::consts::SQRT_2)),
+                    ),
+                ),
+            )
+        };
+        let nf = Expr::Float(n as f64);
+        let mean = bin(
+            Binary::Div,
+            Expr::reduce(Reduction::Sum, r, nn.clone(), h(v(2))),
+            nf.clone(),
+        );
+        let dev = |c: Expr| bin(Binary::Sub, h(c), mean.clone());
+        let var = bin(
+            Binary::Div,
+            Expr::reduce(
+                Reduction::Sum,
+                r,
+                nn.clone(),
+                bin(Binary::Mul, dev(v(2)), dev(v(2))),
+            ),
+            nf,
+        );
+        let inv = bin(
+            Binary::Div,
+            Expr::Float(1.0),
+            un(Unary::Sqrt, bin(Binary::Add, var, Expr::Float(1e-5))),
+        );
+        let ln = bin(
+            Binary::Add,
+            bin(Binary::Mul, bin(Binary::Mul, dev(v(1)), inv), w(3, v(1))),
+            w(4, v(1)),
+        );
+        let mut ins = vec![buf("x", d, shape.clone())];
+        for name in ["s", "b", "g", "beta"] {
+            ins.push(buf(name, d, wshape.clone()));
+        }
+        ks.push(map(
+            &format!("resident_gelu_layer_norm_{}x{n}_{d}", rows.unwrap_or(3)),
+            Ty::F32,
+            ins,
+            buf("y", d, shape.clone()),
+            ln,
+        ));
+        let z = |c: Expr| bin(Binary::Mul, x(c), Expr::Float(0.125));
+        let m = Expr::reduce(Reduction::Max, r, nn.clone(), z(v(2)));
+        let e = |c: Expr| un(Unary::Exp, bin(Binary::Sub, z(c), m.clone()));
+        let sum = Expr::reduce(Reduction::Sum, r, nn.clone(), e(v(2)));
+        ks.push(map(
+            &format!("resident_softmax_{}x{n}_{d}", rows.unwrap_or(3)),
+            Ty::F32,
+            vec![buf("x", d, shape.clone())],
+            buf("y", d, shape.clone()),
+            bin(Binary::Div, e(v(1)), sum),
+        ));
+    }
     ks
 }
 
@@ -865,9 +979,11 @@ fn golden_ptx() {
         ),
     );
     // Each element is loaded once: the reduction's value at a column is
-    // reused by the output at that column.
+    // reused by the output at that column. The two loads of a thread's two
+    // columns appear twice in the text: the block's first row before the
+    // row loop, the next row's inside it (pipelined).
     let pk = compile_kernel(&centered, PtxArch::Sm90a).unwrap();
-    assert_eq!(pk.ptx.matches("ld.global").count(), 2, "{}", pk.ptx);
+    assert_eq!(pk.ptx.matches("ld.global").count(), 4, "{}", pk.ptx);
     let dir = root().join("tests/filetests/ptx");
     let bless = std::env::var("KILN_BLESS").is_ok_and(|v| v == "1");
     let mut failures = Vec::new();

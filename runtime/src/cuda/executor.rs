@@ -123,6 +123,8 @@ pub struct CudaExecutable {
     program: Program,
     kernels: Vec<PtxKernel>,
     functions: Vec<CudaFunction>,
+    /// Per launch: blocks of its kernel resident at once on the device.
+    resident: Vec<u32>,
     device: Device,
     origins: Vec<Origin>,
     /// Constants, weights and bind-time results, by buffer.
@@ -232,6 +234,7 @@ impl CudaExecutable {
             program,
             kernels,
             functions: loaded.functions,
+            resident: loaded.resident,
             device,
             origins,
             held,
@@ -364,7 +367,7 @@ impl CudaExecutable {
             return Ok(None);
         }
         let units = kernel.units(shape);
-        let Some((blocks, block)) = launch_config(kernel, units) else {
+        let Some((blocks, block)) = launch_config(kernel, units, self.resident[i]) else {
             return Ok(None);
         };
         Ok(Some(Step {

@@ -30,7 +30,9 @@ pub enum Grid {
     Elements { per_thread: u32 },
     /// One block per row: `units` is the product of the output's leading
     /// axes, all but the last `inner_axes`; the block computes every output
-    /// element of its row (a softmax row, a reduced element).
+    /// element of its row (a softmax row, a reduced element), then walks to
+    /// the row a grid further. The executor launches at most as many
+    /// blocks as the device keeps resident ([`launch_config`]).
     Rows { inner_axes: u32 },
 }
 
@@ -71,13 +73,19 @@ impl PtxKernel {
 
 /// Grid and block sizes (x only) for `units` units of `kernel`, or `None`
 /// when there is no work (an empty output: the launch is skipped).
-pub fn launch_config(kernel: &PtxKernel, units: u64) -> Option<(u32, u32)> {
+/// `resident` is how many blocks of this kernel the device runs at once
+/// (occupancy times multiprocessors; 0 when unknown): a row grid launches
+/// at most that many, so that each block walks several rows and what a row
+/// kernel keeps across rows (weights in registers, the next row's loads in
+/// flight) pays.
+pub fn launch_config(kernel: &PtxKernel, units: u64, resident: u32) -> Option<(u32, u32)> {
     if units == 0 {
         return None;
     }
     let block = kernel.block.clamp(32, 1024);
     let blocks = match kernel.grid {
         Grid::Elements { .. } => units.div_ceil(block as u64),
+        Grid::Rows { .. } if resident > 0 => units.min(u64::from(resident)),
         Grid::Rows { .. } => units,
     };
     Some((blocks.min(MAX_BLOCKS) as u32, block))
@@ -103,13 +111,21 @@ mod tests {
         let e = k(Grid::Elements { per_thread: 4 }, 256);
         // 3 * 5 * 7 = 105 elements, 4 per thread: 27 threads, one block.
         assert_eq!(e.units(&[3, 5, 7]), 27);
-        assert_eq!(launch_config(&e, 27), Some((1, 256)));
-        assert_eq!(launch_config(&e, 257), Some((2, 256)));
+        assert_eq!(launch_config(&e, 27, 0), Some((1, 256)));
+        assert_eq!(launch_config(&e, 257, 0), Some((2, 256)));
+        // Element grids are not capped by residency.
+        assert_eq!(launch_config(&e, 2570, 3), Some((11, 256)));
         let r = k(Grid::Rows { inner_axes: 1 }, 128);
         assert_eq!(r.units(&[3, 5, 7]), 15);
-        assert_eq!(launch_config(&r, 15), Some((15, 128)));
+        assert_eq!(launch_config(&r, 15, 0), Some((15, 128)));
+        // Row grids: at most the resident blocks, each walking rows.
+        assert_eq!(launch_config(&r, 15, 4), Some((4, 128)));
+        assert_eq!(launch_config(&r, 3, 4), Some((3, 128)));
         assert_eq!(r.units(&[]), 1);
-        assert_eq!(launch_config(&r, 0), None);
-        assert_eq!(launch_config(&r, 1 << 40), Some((MAX_BLOCKS as u32, 128)));
+        assert_eq!(launch_config(&r, 0, 4), None);
+        assert_eq!(
+            launch_config(&r, 1 << 40, 0),
+            Some((MAX_BLOCKS as u32, 128))
+        );
     }
 }

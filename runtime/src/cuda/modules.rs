@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 use kiln_dialect::kernel::Launch;
@@ -20,6 +20,9 @@ const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
 /// The entry function of every launch, and how many modules were loaded.
 pub(crate) struct LoadedKernels {
     pub functions: Vec<CudaFunction>,
+    /// Per launch: blocks of its kernel the device runs at once (0 when
+    /// the driver could not say).
+    pub resident: Vec<u32>,
     pub modules: usize,
 }
 
@@ -102,6 +105,10 @@ pub(crate) fn load(
     };
     let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
     let mut functions = Vec::with_capacity(kernels.len());
+    let mut resident = Vec::with_capacity(kernels.len());
+    let sms = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(0));
     for (kernel, launch) in kernels.iter().zip(launches) {
         let load_error = |source| CudaError::ModuleLoad {
             kernel: launch.kernel.name.clone(),
@@ -137,10 +144,19 @@ pub(crate) fn load(
                     )
                 })?;
         }
+        let per_sm = function
+            .occupancy_max_active_blocks_per_multiprocessor(
+                kernel.block,
+                kernel.shared_bytes as usize,
+                None,
+            )
+            .unwrap_or(0);
+        resident.push(per_sm.saturating_mul(sms));
         functions.push(function);
     }
     Ok(LoadedKernels {
         functions,
+        resident,
         modules: modules.len(),
     })
 }

@@ -133,7 +133,7 @@ fn word_vectors(words: &[String]) -> Vec<(usize, usize, String)> {
 
 /// Loads of `w`-bit codes of one full run at `addr`, `lanes` elements, in
 /// 16-byte (or smaller) vectors into `dst`.
-fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
+pub(super) fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
     if w == 64 {
         for (q, pair) in dst.chunks(2).enumerate() {
             em.ins(format!(
@@ -174,7 +174,7 @@ fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
 }
 
 /// Vector stores of one full run of `w`-bit codes at `addr`.
-fn vector_store(em: &mut Em, addr: &str, w: u32, src: &[Code]) {
+pub(super) fn vector_store(em: &mut Em, addr: &str, w: u32, src: &[Code]) {
     if w == 64 {
         for (q, pair) in src.chunks(2).enumerate() {
             em.ins(format!(
@@ -226,7 +226,7 @@ fn scalar_ty(w: u32) -> &'static str {
 }
 
 /// The `mov` type of a `w`-bit code's register.
-fn mov_ty(w: u32) -> &'static str {
+pub(super) fn mov_ty(w: u32) -> &'static str {
     match w {
         64 => "b64",
         16 => "b16",
@@ -236,7 +236,7 @@ fn mov_ty(w: u32) -> &'static str {
 
 /// Whether a run of `p` codes of `w` bits moves as whole 32-bit words or
 /// 16-byte pairs of 64-bit ones.
-fn vectorizable(p: u32, w: u32) -> bool {
+pub(super) fn vectorizable(p: u32, w: u32) -> bool {
     let bytes = p * w / 8;
     if w == 64 {
         p >= 2 && p.is_multiple_of(2)

@@ -79,6 +79,21 @@ pub(super) struct Em<'k> {
     /// taken away inside loops and branches, whose values do not reach
     /// the code after them.
     pub memo: Option<Vec<(Expr, Val)>>,
+    /// Codes already loaded for the current column of the row-resident
+    /// path (group loads), by the load expression: a load met here is
+    /// decoded from its code, not read again.
+    pub col_codes: Vec<(Expr, Code)>,
+    /// The column variable of the row-resident path while it evaluates a
+    /// column: values that do not read it (`1 / sqrt(var + eps)`) go to
+    /// [`Em::row_memo`], shared by the row's columns, and a division by
+    /// one becomes a multiply by its reciprocal, computed once per row.
+    pub col_var: Option<Var>,
+    /// Values of the current row shared by all its columns (see
+    /// [`Em::col_var`]).
+    pub row_memo: Vec<(Expr, Val)>,
+    /// Per divisor of the current row: its reciprocal and whether the
+    /// reciprocal path holds (see `div_by_row_value`).
+    pub row_recips: Vec<(Expr, String, String)>,
 }
 
 /// An immediate integer operand, if `s` is one.
@@ -109,6 +124,10 @@ impl<'k> Em<'k> {
             lane: 0,
             shadowed: 0,
             memo: None,
+            col_codes: Vec::new(),
+            col_var: None,
+            row_memo: Vec::new(),
+            row_recips: Vec::new(),
         }
     }
 
@@ -227,11 +246,104 @@ impl<'k> Em<'k> {
         if let Some((_, v)) = memo.iter().rev().find(|(x, _)| x == e) {
             return Ok(v.clone());
         }
+        if let Some((_, v)) = self.row_memo.iter().rev().find(|(x, _)| x == e) {
+            return Ok(v.clone());
+        }
         let v = self.emit_new(e)?;
-        if let Some(m) = self.memo.as_mut() {
+        let shared = self.col_var.is_some_and(|c| !free_vars(e).contains(&c));
+        if shared {
+            self.row_memo.push((e.clone(), v.clone()));
+        } else if let Some(m) = self.memo.as_mut() {
             m.push((e.clone(), v.clone()));
         }
         Ok(v)
+    }
+
+    /// `1 + erf(u)`, `erf(u) + 1` or `1 - erf(u)` in f32 with the erf
+    /// accurate in absolute terms only (see `erf_f32`); `None` for other
+    /// expressions.
+    fn one_plus_erf(
+        &mut self,
+        e: &Expr,
+        op: Binary,
+        a: &Expr,
+        b: &Expr,
+    ) -> Result<Option<Val>, PtxError> {
+        let one = |x: &Expr| matches!(x, Expr::Float(v) if *v == 1.0);
+        let erf_arg = |x: &Expr| match x {
+            Expr::Unary(Unary::Erf, u) => Some((**u).clone()),
+            _ => None,
+        };
+        let (u, erf_first) = match op {
+            Binary::Add if one(a) => (erf_arg(b), false),
+            Binary::Add if one(b) => (erf_arg(a), true),
+            Binary::Sub if one(a) => (erf_arg(b), false),
+            _ => (None, false),
+        };
+        let Some(u) = u else {
+            return Ok(None);
+        };
+        if self.fty != Ty::F32 || self.ty_of(&u) != Ty::F32 {
+            return Ok(None);
+        }
+        let uv = self.emit(&u)?;
+        let erf = self.erf_f32(&uv.r, true);
+        let onev = self.fconst_as(Ty::F32, 1.0);
+        let (x, y) = if erf_first { (erf, onev) } else { (onev, erf) };
+        self.binary(e, op, x, y).map(Some)
+    }
+
+    /// `a / b` in f32 for a divisor `b` the same for every column of the
+    /// row-resident path: `y = 1 / b` once per row (correctly rounded),
+    /// then per column `q = a y` and one fma-exact correction
+    /// `q + (a - q b) y`, the correctly rounded quotient (Markstein) while
+    /// `2^-125 < |b| < 2^125`; other divisors give `q` itself: exact for a
+    /// zero, infinite or NaN `b` (infinities and NaNs as division gives
+    /// them), less accurate for subnormal and huge ones (a row's sum or
+    /// norm out there is not met in practice). `None` off that path.
+    fn div_by_row_value(&mut self, a: &Expr, b: &Expr) -> Result<Option<Val>, PtxError> {
+        let Some(col) = self.col_var else {
+            return Ok(None);
+        };
+        if self.fty != Ty::F32 || self.memo.is_none() || free_vars(b).contains(&col) {
+            return Ok(None);
+        }
+        if matches!(b, Expr::Float(_)) || self.ty_of(b) != Ty::F32 {
+            return Ok(None);
+        }
+        let av = self.emit(a)?;
+        let bv = self.emit(b)?;
+        if av.t != Ty::F32 {
+            return Ok(None);
+        }
+        // The reciprocal, and whether the fast path holds for this row
+        // (2^-125 < |b| < 2^125), once per row and divisor.
+        let (y, p) = match self.row_recips.iter().find(|(x, _, _)| x == b) {
+            Some((_, y, p)) => (y.clone(), p.clone()),
+            None => {
+                let (y, ab) = (self.reg(Class::F), self.reg(Class::F));
+                let (p1, p) = (self.reg(Class::P), self.reg(Class::P));
+                self.ins(format!("div.rn.f32 {y}, 0f3F800000, {}", bv.r));
+                self.ins(format!("abs.f32 {ab}, {}", bv.r));
+                self.ins(format!("setp.gt.f32 {p1}, {ab}, 0f01000000"));
+                self.ins(format!("setp.lt.and.f32 {p}, {ab}, 0f7E000000, {p1}"));
+                self.row_recips.push((b.clone(), y.clone(), p.clone()));
+                (y, p)
+            }
+        };
+        let (q, nq, r, c, out) = (
+            self.reg(Class::F),
+            self.reg(Class::F),
+            self.reg(Class::F),
+            self.reg(Class::F),
+            self.reg(Class::F),
+        );
+        self.ins(format!("mul.rn.f32 {q}, {}, {y}", av.r));
+        self.ins(format!("neg.f32 {nq}, {q}"));
+        self.ins(format!("fma.rn.f32 {r}, {nq}, {}, {}", bv.r, av.r));
+        self.ins(format!("fma.rn.f32 {c}, {r}, {y}, {q}"));
+        self.ins(format!("selp.f32 {out}, {c}, {q}, {p}"));
+        Ok(Some(Val { r: out, t: Ty::F32 }))
     }
 
     /// [`Em::emit`] without the memo lookup.
@@ -275,6 +387,14 @@ impl<'k> Em<'k> {
                 self.unary(e, *op, x)
             }
             Expr::Binary(op, a, b) => {
+                if let Some(v) = self.one_plus_erf(e, *op, a, b)? {
+                    return Ok(v);
+                }
+                if *op == Binary::Div
+                    && let Some(q) = self.div_by_row_value(a, b)?
+                {
+                    return Ok(q);
+                }
                 let a = self.emit(a)?;
                 let b = self.emit(b)?;
                 self.binary(e, *op, a, b)
@@ -630,6 +750,13 @@ impl<'k> Em<'k> {
         let dtype = buf.dtype;
         if index.len() != buf.shape.rank() {
             return Err(self.type_err(e, "the index's rank is not the input's"));
+        }
+        if guard.is_none()
+            && self.shadowed == 0
+            && let Some((_, code)) = self.col_codes.iter().find(|(l, _)| l == e)
+        {
+            let code = code.clone();
+            return Ok(self.decode(dtype, &code));
         }
         if guard.is_none() && self.shadowed == 0 && is_identity(index) {
             let lane = self.lane;

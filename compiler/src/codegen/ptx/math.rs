@@ -12,8 +12,15 @@
 //! * `tanh`: `x + x^3 P(x^2)` (Taylor, degree 9) for `|x| < 1/4`, else
 //!   `1 - 2 / (exp(2|x|) + 1)` with the sign of `x`: about 1e-6 relative.
 //!   (`tanh.approx.f32` alone has a relative error of 2^-11, too coarse.)
-//! * `erf`: the Taylor series to `x^21` for `|x| < 1`; above, Abramowitz
-//!   and Stegun 7.1.26 (`1 - t P(t) e^(-x^2)`, absolute error 1.5e-7).
+//! * `erf`: the Taylor series to `x^11` for `|x| < 1/2`; above, Abramowitz
+//!   and Stegun 7.1.26 (`1 - t P(t) e^(-x^2)`, absolute error 1.5e-7) with
+//!   `rcp.approx` and `ex2.approx`: about 25 instructions, both sides
+//!   computed (a warp's lanes would take both anyway). Inside `1 + erf(x)`
+//!   or `1 - erf(x)` (GELU), where only absolute accuracy survives the
+//!   addition, the A&S form alone (about 15).
+//! * `x / c` for a constant `c`: a multiply by `1/c` and one fma-exact
+//!   correction, correctly rounded (Markstein) away from overflow and
+//!   underflow.
 //! * `sin`, `cos`: reduction by `2 pi` in three parts (fma), then
 //!   `sin.approx.f32` / `cos.approx.f32` (absolute error about 2^-20.9);
 //!   accurate for moderate arguments (|x| up to about 1e4).
@@ -52,37 +59,25 @@ impl Em<'_> {
     }
 
     pub(super) fn exp_f32(&mut self, x: &str) -> Val {
-        let hi = LOG2_E as f32 as f64;
-        let lo = LOG2_E - hi;
-        let (t, n, nn) = (self.f(), self.f(), self.f());
-        self.ins(format!("mul.rn.f32 {t}, {x}, {}", f32_imm(LOG2_E)));
-        self.ins(format!("cvt.rni.f32.f32 {n}, {t}"));
-        self.ins(format!("neg.f32 {nn}, {n}"));
-        let r = self.fma(x, &f32_imm(hi), &nn);
-        let r = self.fma(x, &f32_imm(lo), &r);
-        let e = self.f();
-        self.ins(format!("ex2.approx.f32 {e}, {r}"));
-        let (ni, n1, n2) = (self.reg(Class::R), self.reg(Class::R), self.reg(Class::R));
-        self.ins(format!("cvt.rni.s32.f32 {ni}, {n}"));
-        self.ins(format!("min.s32 {ni}, {ni}, 254"));
-        self.ins(format!("max.s32 {ni}, {ni}, -252"));
-        self.ins(format!("shr.s32 {n1}, {ni}, 1"));
-        self.ins(format!("sub.s32 {n2}, {ni}, {n1}"));
-        let mut out = e;
-        for k in [n1, n2] {
-            let s = self.f();
-            self.ins(format!("add.s32 {k}, {k}, 127"));
-            self.ins(format!("shl.b32 {k}, {k}, 23"));
-            self.ins(format!("mov.b32 {s}, {k}"));
-            let m = self.f();
-            self.ins(format!("mul.rn.f32 {m}, {out}, {s}"));
-            out = m;
-        }
+        // x log2 e = hi + lo: hi rounded, lo its error (fma-exact) plus x
+        // times the tail of log2 e; 2^hi from ex2.approx (which reduces its
+        // argument exactly and reaches subnormal results), then the factor
+        // 2^lo = 1 + lo ln 2 by one fma. An infinite x has no error term.
+        let l = LOG2_E as f32 as f64;
+        let (hi, nhi, lo0, lo, e, s) = (self.f(), self.f(), self.f(), self.f(), self.f(), self.f());
+        self.ins(format!("mul.rn.f32 {hi}, {x}, {}", f32_imm(l)));
+        self.ins(format!("neg.f32 {nhi}, {hi}"));
+        self.ins(format!("fma.rn.f32 {lo0}, {x}, {}, {nhi}", f32_imm(l)));
+        self.ins(format!(
+            "fma.rn.f32 {lo}, {x}, {}, {lo0}",
+            f32_imm(LOG2_E - l)
+        ));
         let p = self.reg(Class::P);
-        self.ins(format!("setp.eq.f32 {p}, {x}, 0f7F800000"));
-        self.ins(format!("@{p} mov.f32 {out}, 0f7F800000"));
-        self.ins(format!("setp.eq.f32 {p}, {x}, 0fFF800000"));
-        self.ins(format!("@{p} mov.f32 {out}, 0f00000000"));
+        self.ins(format!("testp.infinite.f32 {p}, {x}"));
+        self.ins(format!("@{p} mov.f32 {lo}, 0f00000000"));
+        self.ins(format!("ex2.approx.f32 {e}, {hi}"));
+        self.ins(format!("mul.rn.f32 {s}, {lo}, {}", f32_imm(LN_2)));
+        let out = self.fma(&e, &s, &e);
         Val { r: out, t: Ty::F32 }
     }
 
@@ -127,14 +122,22 @@ impl Em<'_> {
         Val { r, t: Ty::F32 }
     }
 
-    pub(super) fn erf_f32(&mut self, x: &str) -> Val {
+    /// `erf(x)`; with `absolute`, accurate in absolute terms only (about
+    /// 2e-7, the A&S form everywhere), which is all `1 + erf(x)` or
+    /// `1 - erf(x)` keep of it: adding to 1 rounds to 6e-8 anyway.
+    pub(super) fn erf_f32(&mut self, x: &str, absolute: bool) -> Val {
         let (ax, x2) = (self.f(), self.f());
         self.ins(format!("abs.f32 {ax}, {x}"));
         self.ins(format!("mul.rn.f32 {x2}, {x}, {x}"));
-        // Taylor: 2/sqrt(pi) sum (-1)^n x^(2n+1) / (n! (2n+1)).
+        if absolute {
+            let big = self.erf_big(x, &ax, &x2);
+            return Val { r: big, t: Ty::F32 };
+        }
+        // Taylor: 2/sqrt(pi) sum (-1)^n x^(2n+1) / (n! (2n+1)), to x^11:
+        // the first term left out is below 2e-8 for |x| < 1/2.
         let mut c = Vec::new();
         let mut fact = 1.0;
-        for n in 0..=10 {
+        for n in 0..=5 {
             if n > 0 {
                 fact *= n as f64;
             }
@@ -144,13 +147,27 @@ impl Em<'_> {
         let p = self.horner(&x2, &c);
         let small = self.f();
         self.ins(format!("mul.rn.f32 {small}, {p}, {x}"));
-        // 1 - t (a1 + t (a2 + ..)) e^(-x^2), t = 1 / (1 + 0.3275911 |x|).
-        let (d, t, nx2) = (self.f(), self.f(), self.f());
+        let big = self.erf_big(x, &ax, &x2);
+        let (r, ps) = (self.f(), self.reg(Class::P));
+        self.ins(format!("setp.lt.f32 {ps}, {ax}, 0f3F000000"));
+        self.ins(format!("selp.f32 {r}, {small}, {big}, {ps}"));
+        Val { r, t: Ty::F32 }
+    }
+
+    /// `erf(x)` by Abramowitz and Stegun 7.1.26 (`|x|` in `ax`, `x^2` in
+    /// `x2`): about 1.5e-7 absolute everywhere.
+    fn erf_big(&mut self, x: &str, ax: &str, x2: &str) -> String {
+        // 1 - t (a1 + t (a2 + ..)) e^(-x^2), t = 1 / (1 + 0.3275911 |x|):
+        // the reciprocal and the exponential from the approximate
+        // instructions (1 ulp; 2^-22 relative), which the formula's own
+        // 1.5e-7 absolute error dominates. ex2 flushes below 2^-126, where
+        // the term no longer changes 1.
+        let (d, t, ne) = (self.f(), self.f(), self.f());
         self.ins(format!(
             "fma.rn.f32 {d}, {ax}, {}, 0f3F800000",
             f32_imm(0.3275911)
         ));
-        self.ins(format!("div.rn.f32 {t}, 0f3F800000, {d}"));
+        self.ins(format!("rcp.approx.ftz.f32 {t}, {d}"));
         let a = [
             0.254829592,
             -0.284496736,
@@ -161,16 +178,40 @@ impl Em<'_> {
         let q = self.horner(&t, &a);
         let tq = self.f();
         self.ins(format!("mul.rn.f32 {tq}, {t}, {q}"));
-        self.ins(format!("neg.f32 {nx2}, {x2}"));
-        let e = self.exp_f32(&nx2);
+        self.ins(format!("mul.rn.f32 {ne}, {x2}, {}", f32_imm(-LOG2_E)));
+        let e = self.f();
+        self.ins(format!("ex2.approx.ftz.f32 {e}, {ne}"));
         let (m, big) = (self.f(), self.f());
-        self.ins(format!("mul.rn.f32 {m}, {tq}, {}", e.r));
+        self.ins(format!("mul.rn.f32 {m}, {tq}, {e}"));
         self.ins(format!("sub.rn.f32 {big}, 0f3F800000, {m}"));
         self.ins(format!("copysign.f32 {big}, {x}, {big}"));
-        let (r, ps) = (self.f(), self.reg(Class::P));
-        self.ins(format!("setp.lt.f32 {ps}, {ax}, 0f3F800000"));
-        self.ins(format!("selp.f32 {r}, {small}, {big}, {ps}"));
-        Val { r, t: Ty::F32 }
+        big
+    }
+
+    /// `x / c` for a constant `c` whose reciprocal `y` is a normal f32:
+    /// `q = x y`, then one correction `q + (x - q c) y` with the remainder
+    /// exact by fma, which gives the correctly rounded quotient (Markstein)
+    /// away from overflow and underflow; three instructions instead of the
+    /// division sequence. `None` when `c` does not qualify.
+    pub(super) fn div_by_const_f32(&mut self, x: &str, c: f64) -> Option<Val> {
+        // The constant as the kernel computes with it: rounded to f32.
+        let cf = c as f32;
+        if !cf.is_normal() {
+            return None;
+        }
+        let y = 1.0 / cf;
+        if !y.is_normal() || cf.abs() > 2f32.powi(100) || cf.abs() < 2f32.powi(-100) {
+            return None;
+        }
+        let (q, nq, r) = (self.f(), self.f(), self.f());
+        self.ins(format!("mul.rn.f32 {q}, {x}, {}", f32_imm(f64::from(y))));
+        self.ins(format!("neg.f32 {nq}, {q}"));
+        self.ins(format!(
+            "fma.rn.f32 {r}, {nq}, {}, {x}",
+            f32_imm(f64::from(cf))
+        ));
+        let out = self.fma(&r, &f32_imm(f64::from(y)), &q);
+        Some(Val { r: out, t: Ty::F32 })
     }
 
     pub(super) fn sincos_f32(&mut self, x: &str, sin: bool) -> Val {

@@ -69,7 +69,7 @@ impl Em<'_> {
                     Unary::Exp => self.exp_f32(&x.r),
                     Unary::Log => self.log_f32(&x.r),
                     Unary::Tanh => self.tanh_f32(&x.r),
-                    Unary::Erf => self.erf_f32(&x.r),
+                    Unary::Erf => self.erf_f32(&x.r, false),
                     Unary::Sin => self.sincos_f32(&x.r, true),
                     Unary::Cos => self.sincos_f32(&x.r, false),
                     Unary::Not => return Err(self.type_err(e, "not of a float")),
@@ -101,7 +101,20 @@ impl Em<'_> {
                     Binary::Add => arith(self, &format!("add.rn.{s}")),
                     Binary::Sub => arith(self, &format!("sub.rn.{s}")),
                     Binary::Mul => arith(self, &format!("mul.rn.{s}")),
-                    Binary::Div => arith(self, &format!("div.rn.{s}")),
+                    Binary::Div => match (t, e) {
+                        (Ty::F32, Expr::Binary(Binary::Div, _, c)) => match **c {
+                            Expr::Float(c) => match self.div_by_const_f32(&a.r, c) {
+                                Some(q) => q,
+                                None => arith(self, "div.rn.f32"),
+                            },
+                            _ => arith(self, "div.rn.f32"),
+                        },
+                        _ => arith(self, &format!("div.rn.{s}")),
+                    },
+                    Binary::Max | Binary::Min if t == Ty::F32 => {
+                        // NaN-propagating (sm_80 and later, every target).
+                        arith(self, &format!("{}.NaN.f32", op.name()))
+                    }
                     Binary::Max | Binary::Min => {
                         let m = arith(self, &format!("{}.{s}", op.name()));
                         let p = self.reg(Class::P);

@@ -12,7 +12,8 @@ use kiln_dialect::kernel::{Expr, Ty, Var};
 
 use super::PtxError;
 use super::asm::Class;
-use super::elements::unravel;
+use super::dtype_io::{Code, code_class, code_width};
+use super::elements::{mov_ty, unravel, vector_load, vector_store, vectorizable};
 use super::expr::{Em, Val, class_of, free_vars, mov_sfx, reads_acc};
 
 /// Threads per block of row kernels.
@@ -368,16 +369,136 @@ fn only_row_reductions(e: &Expr, reds: &[Expr]) -> bool {
     ok
 }
 
-/// The row grid with the row in registers: thread `t` owns columns
-/// `t, t + B, t + 2B, ..` (B threads per block, loads coalesced across the
-/// warp), evaluates each reduction's body at its columns, folds and
+/// Columns per group on the row-resident path: the widest of 8, 4, 2 that
+/// splits the row into whole groups, one or more for every thread of the
+/// block; else 1.
+fn group_width(len: u64) -> u64 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&g| len.is_multiple_of(g) && len / g >= ROW_BLOCK as u64)
+        .unwrap_or(1)
+}
+
+/// The loads of `e` the row-resident path reads a group of `g` columns at
+/// a time, with vector loads: unguarded, the last index exactly the column
+/// variable and no other index reading it, an input of whole-byte elements
+/// whose static last axis splits into whole groups (so a group never
+/// straddles a row and its address is aligned to the group's bytes, up to
+/// 16). Row reductions (computed before) are not searched.
+fn column_loads(em: &Em, e: &Expr, reds: &[Expr], g: u64, out: &mut Vec<Expr>) {
+    if matches!(e, Expr::Reduce { .. }) && reds.contains(e) {
+        return;
+    }
+    if let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = e
+        && let Some((last, rest)) = index.split_last()
+        && *last == Expr::Var(COL)
+        && rest.iter().all(|i| !free_vars(i).contains(&COL))
+        && let Some(buf) = em.k.inputs.get(*input)
+        && buf.dtype.bits() >= 8
+        && vectorizable(g as u32, code_width(buf.dtype))
+        && let Some(n) = em.in_shape[*input].last().and_then(|d| super::expr::imm(d))
+        && n > 0
+        && (n as u64).is_multiple_of(g)
+        && !out.contains(e)
+    {
+        out.push(e.clone());
+    }
+    e.for_each_child(|c| column_loads(em, c, reds, g, out));
+}
+
+/// The `g` codes of column load `l` (see [`column_loads`]) for the group
+/// of columns starting at `start`, by vector loads.
+fn group_load(em: &mut Em, l: &Expr, start: &str, g: u64) -> Result<Vec<Code>, PtxError> {
+    let Expr::Load { input, index, .. } = l else {
+        return Err(em.type_err(l, "not a load"));
+    };
+    let mut flat = start.to_string();
+    for (a, ie) in index[..index.len() - 1].iter().enumerate() {
+        let v = em.emit(ie)?;
+        if v.t != Ty::I64 {
+            return Err(em.type_err(l, "an index is not an integer"));
+        }
+        let stride = em.in_strides[*input][a].clone();
+        let term = em.mul_op(&v.r, &stride);
+        let term = em.in_reg(&term);
+        let r = em.reg(Class::D);
+        em.ins(format!("add.s64 {r}, {flat}, {term}"));
+        flat = r;
+    }
+    let dtype = em.k.inputs[*input].dtype;
+    let w = code_width(dtype);
+    let codes: Vec<Code> = (0..g)
+        .map(|_| Code {
+            r: em.reg(code_class(w)),
+            w,
+        })
+        .collect();
+    let addr = em.reg(Class::D);
+    let base = em.in_ptr[*input].clone();
+    em.ins(format!(
+        "mad.lo.s64 {addr}, {flat}, {}, {base}",
+        dtype.bits() / 8
+    ));
+    vector_load(em, &addr, w, &codes);
+    Ok(codes)
+}
+
+/// The group loads of `loads` for every group of the thread (their first
+/// columns `starts`), into the per-column tables `tables`.
+fn load_groups(
+    em: &mut Em,
+    loads: &[Expr],
+    starts: &[(String, Option<String>)],
+    g: u64,
+    tables: &mut [Vec<(Expr, Code)>],
+) -> Result<(), PtxError> {
+    for l in loads {
+        for (k, (start, _)) in starts.iter().enumerate() {
+            let codes = group_load(em, l, start, g)?;
+            for (j, c) in codes.into_iter().enumerate() {
+                tables[k * g as usize + j].push((l.clone(), c));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `e` with the column variable [`COL`] for `var`, except inside the row
+/// reductions (computed before, looked up whole; one of them may bind
+/// `var` itself).
+fn at_column(e: &Expr, var: Var, reds: &[Expr]) -> Expr {
+    e.substitute(&|x| {
+        if reds.contains(x) {
+            Some(x.clone())
+        } else {
+            (*x == Expr::Var(var)).then_some(Expr::Var(COL))
+        }
+    })
+}
+
+/// The row grid with the row in registers. Thread `t` owns groups of `g`
+/// consecutive columns ([`group_width`]): groups `t, t + B, t + 2B, ..`
+/// (B threads per block; a warp's groups are contiguous, so its accesses
+/// coalesce). The inputs read at the column ([`column_loads`]) are loaded a
+/// group at a time with vector loads: once before the row loop when their
+/// other indices do not depend on the row (weights: kept in registers while
+/// the block walks its rows), else a row ahead (the block's next row's
+/// loads are issued before the current row's work, so a block walking
+/// several rows, as the executor launches row grids, keeps loads in flight
+/// through its reductions).
+/// The thread evaluates each reduction's body at its columns, folds, and
 /// combines across the block, then evaluates the output at the same
-/// columns. A value computed for a column (a load, `gelu(x * s + b)`) is
-/// kept and reused by the later reductions and the output ([`Em::memo`]),
-/// so each input element is read from global memory once and each shared
-/// sub-expression computed once. Columns past the row's end (the last
-/// slot of a row that is not a multiple of B) evaluate at the last column
-/// (in bounds), fold as the identity and are not stored.
+/// columns and stores each group with vector stores. A value computed for
+/// a column (a load, `gelu(x * s + b)`) is kept and reused by the later
+/// reductions and the output ([`Em::memo`]), so each input element is
+/// read from global memory once and each shared sub-expression computed
+/// once. A thread's last group past the row's end (when the groups do not
+/// fill the block's slots evenly) evaluates at the last group (in
+/// bounds), folds as the identity and is not stored.
 fn emit_rows_resident(
     em: &mut Em,
     expr: &Expr,
@@ -389,48 +510,128 @@ fn emit_rows_resident(
     let rank = out.shape.rank();
     let (tid, _, row, nrows, smem) = row_registers(em);
     let block = ROW_BLOCK as u64;
-    let slots = len.div_ceil(block) as usize;
-    // Per slot: the column, the column loads use, and whether it exists.
-    let mut cols = Vec::with_capacity(slots);
-    for i in 0..slots {
-        let c = em.reg(Class::D);
-        em.ins(format!("add.s64 {c}, {tid}, {}", i as u64 * block));
-        if (i as u64 + 1) * block > len {
-            let (p, cc) = (em.reg(Class::P), em.reg(Class::D));
-            em.ins(format!("setp.lt.s64 {p}, {c}, {len}"));
-            em.ins(format!("min.s64 {cc}, {c}, {}", len - 1));
-            cols.push((c, cc, Some(p)));
+    let g = group_width(len);
+    let groups = len / g;
+    // Per group of the thread: its first column and whether it exists.
+    let mut starts = Vec::new();
+    for k in 0..groups.div_ceil(block) {
+        let (gi, start) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("add.s64 {gi}, {tid}, {}", k * block));
+        if (k + 1) * block > groups {
+            let (p, gc) = (em.reg(Class::P), em.reg(Class::D));
+            em.ins(format!("setp.lt.s64 {p}, {gi}, {groups}"));
+            em.ins(format!("min.s64 {gc}, {gi}, {}", groups - 1));
+            em.ins(format!("mul.lo.s64 {start}, {gc}, {g}"));
+            starts.push((start, Some(p)));
+        } else if g == 1 {
+            starts.push((gi, None));
         } else {
-            cols.push((c.clone(), c, None));
+            em.ins(format!("mul.lo.s64 {start}, {gi}, {g}"));
+            starts.push((start, None));
         }
     }
+    // Per column slot: its column and whether it exists.
+    let mut cols = Vec::new();
+    for (start, valid) in &starts {
+        for j in 0..g {
+            let c = if j == 0 {
+                start.clone()
+            } else {
+                let c = em.reg(Class::D);
+                em.ins(format!("add.s64 {c}, {start}, {j}"));
+                c
+            };
+            cols.push((c, valid.clone()));
+        }
+    }
+    let slots = cols.len();
+    let mut bodies = Vec::with_capacity(reds.len());
+    for r in reds {
+        let Expr::Reduce { var, body, .. } = r else {
+            return Err(em.type_err(r, "not a reduction"));
+        };
+        bodies.push(at_column(body, *var, reds));
+    }
+    let expr = at_column(expr, Var(rank as u32 - 1), reds);
+    let mut loads = Vec::new();
+    for b in bodies.iter().chain(std::iter::once(&expr)) {
+        column_loads(em, b, reds, g, &mut loads);
+    }
+    let (fixed, per_row): (Vec<Expr>, Vec<Expr>) = loads.into_iter().partition(|l| match l {
+        Expr::Load { index, .. } => index[..index.len() - 1]
+            .iter()
+            .all(|i| free_vars(i).is_empty()),
+        _ => false,
+    });
+    let mut fixed_codes = vec![Vec::new(); slots];
+    load_groups(em, &fixed, &starts, g, &mut fixed_codes)?;
+    // The per-row loads are pipelined: the block's first row is loaded
+    // before the loop, and each iteration issues the loads of the block's
+    // next row (its own row again when it has none: cache hits) before
+    // working on the current one, so their latency hides behind that work.
+    let mut current = vec![Vec::new(); slots];
+    if !per_row.is_empty() {
+        let first = em.reg(Class::D);
+        em.ins(format!("sub.s64 {first}, {units}, 1"));
+        em.ins(format!("min.s64 {first}, {first}, {row}"));
+        em.ins(format!("max.s64 {first}, {first}, 0"));
+        unravel(em, &first, rank - 1);
+        load_groups(em, &per_row, &starts, g, &mut current)?;
+    }
+
     let (top, done) = (em.a.label("row"), em.a.label("exit"));
     let pexit = em.reg(Class::P);
     em.a.place(&top);
     em.ins(format!("setp.ge.s64 {pexit}, {row}, {units}"));
     em.ins(format!("@{pexit} bra {done}"));
+    let mut next_codes = vec![Vec::new(); slots];
+    if !per_row.is_empty() {
+        let (next, pn, which) = (em.reg(Class::D), em.reg(Class::P), em.reg(Class::D));
+        em.ins(format!("add.s64 {next}, {row}, {nrows}"));
+        em.ins(format!("setp.lt.s64 {pn}, {next}, {units}"));
+        em.ins(format!("selp.b64 {which}, {next}, {row}, {pn}"));
+        unravel(em, &which, rank - 1);
+        load_groups(em, &per_row, &starts, g, &mut next_codes)?;
+    }
     unravel(em, &row, rank - 1);
     em.cache.clear();
+    let mut codes = fixed_codes.clone();
+    for (c, cur) in codes.iter_mut().zip(&current) {
+        c.extend(cur.iter().cloned());
+    }
     let mut memos: Vec<Vec<(Expr, Val)>> = vec![Vec::new(); slots];
-    for r in reds {
-        let Expr::Reduce { op, var, body, .. } = r else {
+    em.row_memo.clear();
+    em.row_recips.clear();
+    // Evaluates `e` at column slot `i` with its memo and loaded codes.
+    let at = |em: &mut Em,
+              e: &Expr,
+              i: usize,
+              memos: &mut [Vec<(Expr, Val)>],
+              codes: &mut [Vec<(Expr, Code)>]| {
+        em.memo = Some(std::mem::take(&mut memos[i]));
+        em.col_codes = std::mem::take(&mut codes[i]);
+        let prev = em.bind(COL, cols[i].0.clone());
+        em.col_var = Some(COL);
+        let v = em.emit(e);
+        em.col_var = None;
+        em.unbind(COL, prev);
+        memos[i] = em.memo.take().unwrap_or_default();
+        codes[i] = std::mem::take(&mut em.col_codes);
+        v
+    };
+    for (r, body) in reds.iter().zip(&bodies) {
+        let Expr::Reduce { op, .. } = r else {
             return Err(em.type_err(r, "not a reduction"));
         };
         let t = em.ty_of(body);
         if t == Ty::Bool {
             return Err(em.type_err(r, "a reduction of bools"));
         }
-        let body = body.substitute(&|x| (*x == Expr::Var(*var)).then_some(Expr::Var(COL)));
         let op2 = Em::fold_op(*op);
         let acc = accumulator(em, *op, t);
         let ms = mov_sfx(t);
-        for (i, (_, col, valid)) in cols.iter().enumerate() {
-            em.memo = Some(std::mem::take(&mut memos[i]));
-            let prev = em.bind(COL, col.clone());
-            let v = em.emit(&body);
-            em.unbind(COL, prev);
-            memos[i] = em.memo.take().unwrap_or_default();
-            let mut v = v?;
+        for (i, (_, valid)) in cols.iter().enumerate() {
+            let mut v = at(em, body, i, &mut memos, &mut codes)?;
             if let Some(p) = valid {
                 let id = em.identity(*op, t);
                 v = em.select(p, v, id);
@@ -441,31 +642,51 @@ fn emit_rows_resident(
         let total = combine(em, r, *op, acc, &tid, &smem)?;
         em.cache.push((r.clone(), total));
     }
-    let last = Var(rank as u32 - 1);
-    let expr = expr.substitute(&|x| (*x == Expr::Var(last)).then_some(Expr::Var(COL)));
     let base = em.reg(Class::D);
     em.ins(format!("mul.lo.s64 {base}, {row}, {len}"));
-    for (i, (c, col, valid)) in cols.iter().enumerate() {
-        em.memo = Some(std::mem::take(&mut memos[i]));
-        let prev = em.bind(COL, col.clone());
-        let v = em.emit(&expr);
-        em.unbind(COL, prev);
-        em.memo = None;
-        let v = v?;
-        let code = em.encode(&v, out.dtype);
-        let flat = em.reg(Class::D);
-        em.ins(format!("add.s64 {flat}, {base}, {c}"));
-        match valid {
-            Some(p) => {
-                let skip = em.a.label("tail");
-                em.ins(format!("@!{p} bra {skip}"));
-                em.store_code(out.dtype, &flat, &code);
-                em.a.place(&skip);
+    let w = code_width(out.dtype);
+    let vector = out.dtype.bits() >= 8 && vectorizable(g as u32, w);
+    for (k, (start, valid)) in starts.iter().enumerate() {
+        let mut group = Vec::with_capacity(g as usize);
+        for i in k * g as usize..(k + 1) * g as usize {
+            let v = at(em, &expr, i, &mut memos, &mut codes)?;
+            group.push(em.encode(&v, out.dtype));
+        }
+        let skip = em.a.label("tail");
+        if let Some(p) = valid {
+            em.ins(format!("@!{p} bra {skip}"));
+        }
+        if vector {
+            let (flat, addr) = (em.reg(Class::D), em.reg(Class::D));
+            em.ins(format!("add.s64 {flat}, {base}, {start}"));
+            let outp = em.out_ptr.clone();
+            em.ins(format!(
+                "mad.lo.s64 {addr}, {flat}, {}, {outp}",
+                out.dtype.bits() / 8
+            ));
+            vector_store(em, &addr, w, &group);
+        } else {
+            for (j, code) in group.iter().enumerate() {
+                let flat = em.reg(Class::D);
+                em.ins(format!(
+                    "add.s64 {flat}, {base}, {}",
+                    cols[k * g as usize + j].0
+                ));
+                em.store_code(out.dtype, &flat, code);
             }
-            None => em.store_code(out.dtype, &flat, &code),
+        }
+        em.a.place(&skip);
+    }
+    em.memo = None;
+    em.col_codes.clear();
+    em.row_memo.clear();
+    em.row_recips.clear();
+    em.cache.clear();
+    for (cur, next) in current.iter().zip(&next_codes) {
+        for ((_, c), (_, n)) in cur.iter().zip(next) {
+            em.ins(format!("mov.{} {}, {}", mov_ty(c.w), c.r, n.r));
         }
     }
-    em.cache.clear();
     em.ins(format!("add.s64 {row}, {row}, {nrows}"));
     em.ins(format!("bra.uni {top}"));
     em.a.place(&done);
