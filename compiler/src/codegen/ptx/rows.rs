@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use kiln_dialect::kernel::{Expr, Ty, Var};
+use kiln_dialect::kernel::{Binary, Expr, Reduction, Ty, Unary, Var};
 
 use super::PtxError;
 use super::asm::Class;
@@ -241,7 +241,17 @@ pub(super) fn emit_rows(
     em.ins(format!("@{pexit} bra {done}"));
     unravel(em, &row, rank.saturating_sub(1));
     em.cache.clear();
+    let pairs = softmax_pairs(em, reds);
     for r in reds {
+        if em.cache.iter().any(|(c, _)| c == r) {
+            continue;
+        }
+        if let Some((m, s)) = pairs.iter().find(|(m, _)| m == r) {
+            let (mv, sv) = block_online_softmax(em, m, &tid, &ntid, &smem)?;
+            em.cache.push((m.clone(), mv));
+            em.cache.push((s.clone(), sv));
+            continue;
+        }
         let v = block_reduce(em, r, &tid, &ntid, &smem)?;
         em.cache.push((r.clone(), v));
     }
@@ -271,6 +281,169 @@ pub(super) fn emit_rows(
     em.a.place(&done);
     em.ins("ret");
     Ok(())
+}
+
+/// Pairs of row reductions `m = max(v < n: f(v))`, `s = sum(w < n:
+/// exp(f(w) - m))` in f32: softmax's two statistics, which one pass over
+/// the row computes together (online softmax).
+fn softmax_pairs(em: &Em, reds: &[Expr]) -> Vec<(Expr, Expr)> {
+    let mut out = Vec::new();
+    for m in reds {
+        let Expr::Reduce {
+            op: Reduction::Max,
+            var: mv,
+            extent: me,
+            body: mb,
+        } = m
+        else {
+            continue;
+        };
+        if em.ty_of(mb) != Ty::F32 {
+            continue;
+        }
+        for s in reds {
+            let Expr::Reduce {
+                op: Reduction::Sum,
+                var: sv,
+                extent: se,
+                body: sb,
+            } = s
+            else {
+                continue;
+            };
+            let Expr::Unary(Unary::Exp, arg) = &**sb else {
+                continue;
+            };
+            let Expr::Binary(Binary::Sub, h, mm) = &**arg else {
+                continue;
+            };
+            let renamed = mb.substitute(&|x| (*x == Expr::Var(*mv)).then_some(Expr::Var(*sv)));
+            if me == se && **mm == *m && **h == renamed {
+                out.push((m.clone(), s.clone()));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Folds one element `x` into the running maximum `m` and sum `s` of
+/// `exp(. - m)`, with one exponential: `e = exp(min(m, x) - max(m, x))`,
+/// then `s = s e + 1` when `x` is the new maximum, else `s = s + e`. While
+/// the maximum is -inf the sum stays 0.
+fn online_push(em: &mut Em, m: &str, s: &str, x: &str) {
+    let (mn, lo, d) = (em.reg(Class::F), em.reg(Class::F), em.reg(Class::F));
+    em.ins(format!("max.NaN.f32 {mn}, {m}, {x}"));
+    em.ins(format!("min.NaN.f32 {lo}, {m}, {x}"));
+    em.ins(format!("sub.rn.f32 {d}, {lo}, {mn}"));
+    let e = em.exp_f32(&d).r;
+    let (a, b, t) = (em.reg(Class::F), em.reg(Class::F), em.reg(Class::F));
+    let (big, p) = (em.reg(Class::P), em.reg(Class::P));
+    em.ins(format!("setp.gt.f32 {big}, {x}, {m}"));
+    em.ins(format!("selp.f32 {a}, {e}, 0f3F800000, {big}"));
+    em.ins(format!("selp.f32 {b}, 0f3F800000, {e}, {big}"));
+    em.ins(format!("mul.rn.f32 {t}, {s}, {a}"));
+    em.ins(format!("add.rn.f32 {s}, {t}, {b}"));
+    em.ins(format!("setp.eq.f32 {p}, {mn}, 0fFF800000"));
+    em.ins(format!("@{p} mov.f32 {s}, 0f00000000"));
+    em.ins(format!("mov.f32 {m}, {mn}"));
+}
+
+/// Folds `(m, s)` with another thread's `(mx, sx)`: the larger maximum,
+/// and the sums rescaled to it. A maximum of -inf contributes nothing (no
+/// `exp(-inf - -inf)`).
+fn online_merge(em: &mut Em, m: &str, s: &str, mx: &str, sx: &str) {
+    let (mn, d1, d2) = (em.reg(Class::F), em.reg(Class::F), em.reg(Class::F));
+    em.ins(format!("max.NaN.f32 {mn}, {m}, {mx}"));
+    em.ins(format!("sub.rn.f32 {d1}, {m}, {mn}"));
+    em.ins(format!("sub.rn.f32 {d2}, {mx}, {mn}"));
+    let e1 = em.exp_f32(&d1).r;
+    let e2 = em.exp_f32(&d2).r;
+    let (a, b, p) = (em.reg(Class::F), em.reg(Class::F), em.reg(Class::P));
+    em.ins(format!("setp.eq.f32 {p}, {mn}, 0fFF800000"));
+    em.ins(format!("mul.rn.f32 {a}, {s}, {e1}"));
+    em.ins(format!("mul.rn.f32 {b}, {sx}, {e2}"));
+    em.ins(format!("add.rn.f32 {s}, {a}, {b}"));
+    em.ins(format!("@{p} mov.f32 {s}, 0f00000000"));
+    em.ins(format!("mov.f32 {m}, {mn}"));
+}
+
+/// Softmax's maximum `m` and sum `s` (a pair of [`softmax_pairs`]) in one
+/// pass over the row: each thread keeps a running maximum and a sum
+/// rescaled whenever the maximum grows, then the pairs combine across the
+/// warp (shuffles) and the warps (shared memory) the same way. Every
+/// thread gets both totals.
+fn block_online_softmax(
+    em: &mut Em,
+    m: &Expr,
+    tid: &str,
+    ntid: &str,
+    smem: &str,
+) -> Result<(Val, Val), PtxError> {
+    let Expr::Reduce {
+        var, extent, body, ..
+    } = m
+    else {
+        return Err(em.type_err(m, "not a reduction"));
+    };
+    let n = em.emit(extent)?;
+    if n.t != Ty::I64 {
+        return Err(em.type_err(m, "the extent is not an integer"));
+    }
+    let (rm, rs) = (em.reg(Class::F), em.reg(Class::F));
+    em.ins(format!("mov.f32 {rm}, 0fFF800000"));
+    em.ins(format!("mov.f32 {rs}, 0f00000000"));
+    let i = em.reg(Class::D);
+    em.ins(format!("mov.b64 {i}, {tid}"));
+    let (top, end) = (em.a.label("ored"), em.a.label("ored_end"));
+    let p = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {p}, {i}, {}", n.r));
+    em.ins(format!("@{p} bra {end}"));
+    let shadow = em.is_out_var(*var);
+    em.shadowed += u32::from(shadow);
+    let prev = em.bind(*var, i.clone());
+    let x = em.emit(body);
+    em.unbind(*var, prev);
+    em.shadowed -= u32::from(shadow);
+    let x = x?;
+    online_push(em, &rm, &rs, &x.r);
+    em.ins(format!("add.s64 {i}, {i}, {ntid}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&end);
+    for off in [16, 8, 4, 2, 1] {
+        let (a, b, c, d) = (
+            em.reg(Class::R),
+            em.reg(Class::R),
+            em.reg(Class::F),
+            em.reg(Class::F),
+        );
+        em.ins(format!("mov.b32 {a}, {rm}"));
+        em.ins(format!("shfl.sync.bfly.b32 {a}, {a}, {off}, 31, -1"));
+        em.ins(format!("mov.b32 {c}, {a}"));
+        em.ins(format!("mov.b32 {b}, {rs}"));
+        em.ins(format!("shfl.sync.bfly.b32 {b}, {b}, {off}, 31, -1"));
+        em.ins(format!("mov.b32 {d}, {b}"));
+        online_merge(em, &rm, &rs, &c, &d);
+    }
+    let (lane, warp, addr) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("and.b64 {lane}, {tid}, 31"));
+    em.ins(format!("shr.u64 {warp}, {tid}, 5"));
+    em.ins(format!("mad.lo.s64 {addr}, {warp}, 8, {smem}"));
+    let pl = em.reg(Class::P);
+    em.ins(format!("setp.eq.s64 {pl}, {lane}, 0"));
+    em.ins(format!("@{pl} st.shared.v2.f32 [{addr}], {{{rm}, {rs}}}"));
+    em.ins("bar.sync 0");
+    let (tm, ts) = (em.reg(Class::F), em.reg(Class::F));
+    em.ins(format!("mov.f32 {tm}, 0fFF800000"));
+    em.ins(format!("mov.f32 {ts}, 0f00000000"));
+    for w in 0..ROW_BLOCK / 32 {
+        let (c, d) = (em.reg(Class::F), em.reg(Class::F));
+        em.ins(format!("ld.shared.v2.f32 {{{c}, {d}}}, [{smem}+{}]", 8 * w));
+        online_merge(em, &tm, &ts, &c, &d);
+    }
+    em.ins("bar.sync 0");
+    Ok((Val { r: tm, t: Ty::F32 }, Val { r: ts, t: Ty::F32 }))
 }
 
 /// The value of one output element of a contraction: the sum over `k` of
