@@ -390,6 +390,29 @@ fn a_module_the_driver_refuses_names_its_entry() {
 }
 
 #[test]
+fn a_kernel_for_another_gpu_is_refused_before_loading() {
+    let (program, mut kernels) = model(2.0);
+    // No device is sm_99a's exact generation and also every other one.
+    kernels[2].arch = "sm_99a".into();
+    if !driver_present() && !gpu_required() {
+        notice("skipping a GPU test: no CUDA driver (libcuda.so) on this machine");
+        return;
+    }
+    match CudaExecutable::new(program, kernels) {
+        Err(e @ CudaError::ArchMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("k_h") && text.contains("sm_99a"), "{text}");
+            assert!(text.contains("--target"), "{text}");
+        }
+        Err(e) if e.is_unavailable() && !gpu_required() => {
+            notice(&format!("skipping a GPU test: {e}"));
+        }
+        Err(e) => panic!("expected an architecture mismatch, got {e}"),
+        Ok(_) => panic!("a kernel for sm_99a loaded"),
+    }
+}
+
+#[test]
 fn the_test_program_and_kernels_pass_the_checks_without_a_device() {
     let (program, kernels) = model(2.0);
     CudaExecutable::check(&program, &kernels).unwrap();

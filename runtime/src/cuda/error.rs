@@ -40,6 +40,19 @@ pub enum CudaError {
         device: String,
         source: DriverError,
     },
+    /// A kernel was compiled for a GPU this device is not: an
+    /// architecture-specific target (`sm_90a`) on another generation, or a
+    /// newer target than the device.
+    #[error(
+        "kernel `{kernel}` was compiled for {arch}, which this {device} device cannot run: \
+         compile for the device's target (`--target {suggest}`)"
+    )]
+    ArchMismatch {
+        kernel: String,
+        arch: String,
+        device: String,
+        suggest: String,
+    },
     /// A device allocation failed for lack of memory.
     #[error("out of device memory: {bytes} bytes for {what}")]
     OutOfMemory { what: String, bytes: usize },

@@ -26,6 +26,29 @@ pub(crate) struct LoadedKernels {
     pub modules: usize,
 }
 
+/// Whether PTX written for `arch` (`sm_XY`, or `sm_XYa` for the
+/// architecture-specific features of exactly that GPU) runs on a device of
+/// compute capability `major.minor`. An unparsable `arch` is left to the
+/// driver.
+pub(crate) fn runs_on(arch: &str, major: i32, minor: i32) -> bool {
+    let Some(digits) = arch.strip_prefix("sm_") else {
+        return true;
+    };
+    let (digits, specific) = match digits.strip_suffix('a') {
+        Some(d) => (d, true),
+        None => (digits, false),
+    };
+    let Ok(n) = digits.parse::<i32>() else {
+        return true;
+    };
+    let (want_major, want_minor) = (n / 10, n % 10);
+    if specific {
+        (major, minor) == (want_major, want_minor)
+    } else {
+        (major, minor) >= (want_major, want_minor)
+    }
+}
+
 /// The number of `.param`s entry `entry` of `ptx` declares, or `None`
 /// when the text has no such `.entry` with a parameter list.
 pub(crate) fn entry_params(ptx: &str, entry: &str) -> Option<usize> {
@@ -99,10 +122,23 @@ pub(crate) fn load(
     kernels: &[PtxKernel],
     launches: &[Launch],
 ) -> Result<LoadedKernels, CudaError> {
-    let device = match ctx.compute_capability() {
-        Ok((major, minor)) => format!("sm_{major}{minor}"),
-        Err(_) => "unknown".to_string(),
+    let cc = ctx.compute_capability().ok();
+    let device = match cc {
+        Some((major, minor)) => format!("sm_{major}{minor}"),
+        None => "unknown".to_string(),
     };
+    if let Some((major, minor)) = cc {
+        for (kernel, launch) in kernels.iter().zip(launches) {
+            if !runs_on(&kernel.arch, major, minor) {
+                return Err(CudaError::ArchMismatch {
+                    kernel: launch.kernel.name.clone(),
+                    arch: kernel.arch.clone(),
+                    device: device.clone(),
+                    suggest: if major >= 9 { "sm_90" } else { "sm_80" }.to_string(),
+                });
+            }
+        }
+    }
     let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
     let mut functions = Vec::with_capacity(kernels.len());
     let mut resident = Vec::with_capacity(kernels.len());
@@ -164,6 +200,24 @@ pub(crate) fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn architectures_by_hand() {
+        // sm_90a: exactly an sm_90 device.
+        assert!(runs_on("sm_90a", 9, 0));
+        assert!(!runs_on("sm_90a", 8, 0));
+        assert!(!runs_on("sm_90a", 10, 0));
+        // sm_80: any device from sm_80 on.
+        assert!(runs_on("sm_80", 8, 0));
+        assert!(runs_on("sm_80", 8, 6));
+        assert!(runs_on("sm_80", 9, 0));
+        assert!(!runs_on("sm_80", 7, 5));
+        assert!(runs_on("sm_86", 8, 9));
+        assert!(!runs_on("sm_86", 8, 0));
+        // Unknown spellings go to the driver.
+        assert!(runs_on("compute_90", 7, 0));
+        assert!(runs_on("sm_x", 7, 0));
+    }
     use crate::cuda::kernel::Grid;
     use kiln_dialect::kernel::{Body, Buffer, Expr, Kernel, Ty};
     use kiln_dialect::{DType, Shape};
