@@ -695,6 +695,18 @@ fn row_kernels() -> Vec<Kernel> {
     }
     ks.extend(resident_row_kernels());
     ks.push(map(
+        "long_row_sum_keepdim",
+        Ty::F32,
+        vec![buf("x", DType::BF16, vec![Dim::sym("b"), st(6000)])],
+        buf("y", DType::F32, vec![Dim::sym("b"), st(1)]),
+        Expr::reduce(
+            Reduction::Sum,
+            Var(2),
+            Expr::Int(6000),
+            ld(0, vec![v(0), v(2)]),
+        ),
+    ));
+    ks.push(map(
         "row_int_max_to_i8",
         Ty::F32,
         vec![buf("x", DType::I8, vec![st(4), st(300)])],
@@ -720,8 +732,9 @@ fn row_kernels() -> Vec<Kernel> {
     ks
 }
 
-/// Rows of static lengths: the row-resident path, with groups of 8, 4, 2
-/// and 1 columns per vector access (4096, 1024 and 1000 split evenly over
+/// Rows of static lengths: the row-resident path (and, past 4096 columns,
+/// the row-reading path), with groups of 8, 4, 2 and 1 columns per vector
+/// access (4096, 1024 and 1000 split evenly over
 /// the block; 300 does not, so a thread's second column may be past the
 /// end), weights read at the column (loaded once per block), divisions by
 /// a row value (softmax's sum) and by a constant.
@@ -738,6 +751,12 @@ fn resident_row_kernels() -> Vec<Kernel> {
         (None, 4096, DType::F32),
         (Some(2500), 256, DType::BF16),
         (Some(1900), 512, DType::F32),
+        // Longer than the row-resident form takes: the row read once per
+        // reduction (softmax's two at once) and for the output, in groups
+        // of 8, 8 and 2 columns.
+        (None, 8192, DType::BF16),
+        (None, 5000, DType::F32),
+        (None, 4098, DType::BF16),
     ] {
         let (nn, r) = (Expr::Int(n), Var(2));
         let b = rows.map_or(Dim::sym("b"), |m: u64| st(m));

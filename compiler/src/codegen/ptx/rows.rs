@@ -247,13 +247,52 @@ pub(super) fn emit_rows(
             continue;
         }
         if let Some((m, s)) = pairs.iter().find(|(m, _)| m == r) {
-            let (mv, sv) = block_online_softmax(em, m, &tid, &ntid, &smem)?;
+            let (mv, sv) = block_online_softmax(em, m, reds, &tid, &ntid, &smem)?;
             em.cache.push((m.clone(), mv));
             em.cache.push((s.clone(), sv));
             continue;
         }
-        let v = block_reduce(em, r, &tid, &ntid, &smem)?;
+        let v = match grouping(em, r, reds) {
+            Some(grouped) => block_reduce_grouped(em, r, &grouped, &tid, &ntid, &smem)?,
+            None => block_reduce(em, r, &tid, &ntid, &smem)?,
+        };
         em.cache.push((r.clone(), v));
+    }
+    if rank > 0
+        && let Some(n) = super::expr::imm(&n_last).and_then(|n| u64::try_from(n).ok())
+    {
+        let body = at_column(expr, Var(rank as u32 - 1), reds);
+        let g = long_group_width(n);
+        let mut loads = Vec::new();
+        column_loads(em, &body, g, &mut loads);
+        let w = code_width(out.dtype);
+        if g > 1 && out.dtype.bits() >= 8 && vectorizable(g as u32, w) {
+            let base = em.reg(Class::D);
+            em.ins(format!("mul.lo.s64 {base}, {row}, {n}"));
+            let grouped = Grouped { body, g, n, loads };
+            let mut codes = Vec::new();
+            group_loop(em, &grouped, &tid, &ntid, |em, start, j| {
+                let v = em.emit(&grouped.body)?;
+                codes.push(em.encode(&v, out.dtype));
+                if j + 1 == g as usize {
+                    let (flat, addr) = (em.reg(Class::D), em.reg(Class::D));
+                    em.ins(format!("add.s64 {flat}, {base}, {start}"));
+                    let outp = em.out_ptr.clone();
+                    em.ins(format!(
+                        "mad.lo.s64 {addr}, {flat}, {}, {outp}",
+                        out.dtype.bits() / 8
+                    ));
+                    vector_store(em, &addr, w, &std::mem::take(&mut codes));
+                }
+                Ok(())
+            })?;
+            em.cache.clear();
+            em.ins(format!("add.s64 {row}, {row}, {nrows}"));
+            em.ins(format!("bra.uni {top}"));
+            em.a.place(&done);
+            em.ins("ret");
+            return Ok(());
+        }
     }
     let (base, c) = (em.reg(Class::D), em.reg(Class::D));
     let nl = em.in_reg(&n_last);
@@ -281,6 +320,122 @@ pub(super) fn emit_rows(
     em.a.place(&done);
     em.ins("ret");
     Ok(())
+}
+
+/// Columns per group of a long row of `n` columns (outside the
+/// row-resident form): the widest of 8, 4, 2 that divides `n`, else 1.
+fn long_group_width(n: u64) -> u64 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&g| n.is_multiple_of(g))
+        .unwrap_or(1)
+}
+
+/// A loop over a row's columns a group at a time: the body at the column
+/// variable [`COL`], the group width, the row length and the body's
+/// column loads (vector loads per group).
+struct Grouped {
+    body: Expr,
+    g: u64,
+    n: u64,
+    loads: Vec<Expr>,
+}
+
+/// How reduction `r` (over a static extent) walks its columns in groups,
+/// when its body reads at least one input at the column: `None` for the
+/// scalar loop.
+fn grouping(em: &Em, r: &Expr, reds: &[Expr]) -> Option<Grouped> {
+    let Expr::Reduce {
+        var, extent, body, ..
+    } = r
+    else {
+        return None;
+    };
+    let Expr::Int(n) = **extent else {
+        return None;
+    };
+    let n = u64::try_from(n).ok().filter(|&n| n > 0)?;
+    let g = long_group_width(n);
+    if g == 1 {
+        return None;
+    }
+    let body = at_column(body, *var, reds);
+    let mut loads = Vec::new();
+    column_loads(em, &body, g, &mut loads);
+    (!loads.is_empty()).then_some(Grouped { body, g, n, loads })
+}
+
+/// Emits the group loop of `grouped`: thread `t` takes groups `t, t + B,
+/// ..` (B threads), loads each group's column loads with vector loads, then
+/// calls `each(em, start, j)` for its columns `start + j` in order, with
+/// [`COL`] bound and [`Em::col_codes`] holding the column's codes. No memo:
+/// nothing computed in the loop outlives an iteration.
+fn group_loop(
+    em: &mut Em,
+    grouped: &Grouped,
+    tid: &str,
+    ntid: &str,
+    mut each: impl FnMut(&mut Em, &str, usize) -> Result<(), PtxError>,
+) -> Result<(), PtxError> {
+    let (start, step) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("mul.lo.s64 {start}, {tid}, {}", grouped.g));
+    em.ins(format!("mul.lo.s64 {step}, {ntid}, {}", grouped.g));
+    let (top, end) = (em.a.label("grp"), em.a.label("grp_end"));
+    let p = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {p}, {start}, {}", grouped.n));
+    em.ins(format!("@{p} bra {end}"));
+    let memo = em.memo.take();
+    let starts = [(start.clone(), None)];
+    let mut tables = vec![Vec::new(); grouped.g as usize];
+    let loaded = load_groups(em, &grouped.loads, &starts, grouped.g, &mut tables);
+    let mut result = loaded;
+    for (j, table) in tables.into_iter().enumerate() {
+        if result.is_err() {
+            break;
+        }
+        let col = em.reg(Class::D);
+        em.ins(format!("add.s64 {col}, {start}, {j}"));
+        em.col_codes = table;
+        let prev = em.bind(COL, col);
+        result = each(em, &start, j);
+        em.unbind(COL, prev);
+        em.col_codes.clear();
+    }
+    em.memo = memo;
+    result?;
+    em.ins(format!("add.s64 {start}, {start}, {step}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&end);
+    Ok(())
+}
+
+/// [`block_reduce`] walking the columns in groups with vector loads.
+fn block_reduce_grouped(
+    em: &mut Em,
+    r: &Expr,
+    grouped: &Grouped,
+    tid: &str,
+    ntid: &str,
+    smem: &str,
+) -> Result<Val, PtxError> {
+    let Expr::Reduce { op, .. } = r else {
+        return Err(em.type_err(r, "not a reduction"));
+    };
+    let t = em.ty_of(&grouped.body);
+    if t == Ty::Bool {
+        return Err(em.type_err(r, "a reduction of bools"));
+    }
+    let op2 = Em::fold_op(*op);
+    let acc = accumulator(em, *op, t);
+    let ms = mov_sfx(t);
+    group_loop(em, grouped, tid, ntid, |em, _, _| {
+        let v = em.emit(&grouped.body)?;
+        let s = em.binary(r, op2, acc.clone(), v)?;
+        em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+        Ok(())
+    })?;
+    combine(em, r, *op, acc, tid, smem)
 }
 
 /// Pairs of row reductions `m = max(v < n: f(v))`, `s = sum(w < n:
@@ -376,6 +531,7 @@ fn online_merge(em: &mut Em, m: &str, s: &str, mx: &str, sx: &str) {
 fn block_online_softmax(
     em: &mut Em,
     m: &Expr,
+    reds: &[Expr],
     tid: &str,
     ntid: &str,
     smem: &str,
@@ -386,13 +542,21 @@ fn block_online_softmax(
     else {
         return Err(em.type_err(m, "not a reduction"));
     };
+    let (rm, rs) = (em.reg(Class::F), em.reg(Class::F));
+    em.ins(format!("mov.f32 {rm}, 0fFF800000"));
+    em.ins(format!("mov.f32 {rs}, 0f00000000"));
+    if let Some(grouped) = grouping(em, m, reds) {
+        group_loop(em, &grouped, tid, ntid, |em, _, _| {
+            let x = em.emit(&grouped.body)?;
+            online_push(em, &rm, &rs, &x.r);
+            Ok(())
+        })?;
+        return online_combine(em, rm, rs, tid, smem);
+    }
     let n = em.emit(extent)?;
     if n.t != Ty::I64 {
         return Err(em.type_err(m, "the extent is not an integer"));
     }
-    let (rm, rs) = (em.reg(Class::F), em.reg(Class::F));
-    em.ins(format!("mov.f32 {rm}, 0fFF800000"));
-    em.ins(format!("mov.f32 {rs}, 0f00000000"));
     let i = em.reg(Class::D);
     em.ins(format!("mov.b64 {i}, {tid}"));
     let (top, end) = (em.a.label("ored"), em.a.label("ored_end"));
@@ -411,6 +575,18 @@ fn block_online_softmax(
     em.ins(format!("add.s64 {i}, {i}, {ntid}"));
     em.ins(format!("bra.uni {top}"));
     em.a.place(&end);
+    online_combine(em, rm, rs, tid, smem)
+}
+
+/// Combines each thread's running maximum `rm` and sum `rs` across the
+/// warp (shuffles) and the block (shared memory); every thread gets both.
+fn online_combine(
+    em: &mut Em,
+    rm: String,
+    rs: String,
+    tid: &str,
+    smem: &str,
+) -> Result<(Val, Val), PtxError> {
     for off in [16, 8, 4, 2, 1] {
         let (a, b, c, d) = (
             em.reg(Class::R),
@@ -557,9 +733,12 @@ fn group_width(len: u64) -> u64 {
 /// variable and no other index reading it, an input of whole-byte elements
 /// whose static last axis splits into whole groups (so a group never
 /// straddles a row and its address is aligned to the group's bytes, up to
-/// 16). Row reductions (computed before) are not searched.
-fn column_loads(em: &Em, e: &Expr, reds: &[Expr], g: u64, out: &mut Vec<Expr>) {
-    if matches!(e, Expr::Reduce { .. }) && reds.contains(e) {
+/// 16). Reductions are not searched (row reductions are computed before;
+/// a load under another one may index by its variable).
+fn column_loads(em: &Em, e: &Expr, g: u64, out: &mut Vec<Expr>) {
+    // Row reductions are computed before; a load under another reduction
+    // may index by that reduction's variable.
+    if matches!(e, Expr::Reduce { .. }) {
         return;
     }
     if let Expr::Load {
@@ -580,7 +759,7 @@ fn column_loads(em: &Em, e: &Expr, reds: &[Expr], g: u64, out: &mut Vec<Expr>) {
     {
         out.push(e.clone());
     }
-    e.for_each_child(|c| column_loads(em, c, reds, g, out));
+    e.for_each_child(|c| column_loads(em, c, g, out));
 }
 
 /// The `g` codes of column load `l` (see [`column_loads`]) for the group
@@ -644,12 +823,22 @@ fn load_groups(
 /// reductions (computed before, looked up whole; one of them may bind
 /// `var` itself).
 fn at_column(e: &Expr, var: Var, reds: &[Expr]) -> Expr {
-    e.substitute(&|x| {
-        if reds.contains(x) {
-            Some(x.clone())
-        } else {
-            (*x == Expr::Var(var)).then_some(Expr::Var(COL))
-        }
+    e.substitute(&|x| match x {
+        _ if reds.contains(x) => Some(x.clone()),
+        Expr::Var(v) if *v == var => Some(Expr::Var(COL)),
+        // Another reduction binding `var`: its body means its own.
+        Expr::Reduce {
+            op,
+            var: v,
+            extent,
+            body,
+        } if *v == var => Some(Expr::Reduce {
+            op: *op,
+            var: *v,
+            extent: Box::new(at_column(extent, var, reds)),
+            body: body.clone(),
+        }),
+        _ => None,
     })
 }
 
@@ -728,7 +917,7 @@ fn emit_rows_resident(
     let expr = at_column(expr, Var(rank as u32 - 1), reds);
     let mut loads = Vec::new();
     for b in bodies.iter().chain(std::iter::once(&expr)) {
-        column_loads(em, b, reds, g, &mut loads);
+        column_loads(em, b, g, &mut loads);
     }
     let (fixed, per_row): (Vec<Expr>, Vec<Expr>) = loads.into_iter().partition(|l| match l {
         Expr::Load { index, .. } => index[..index.len() - 1]
