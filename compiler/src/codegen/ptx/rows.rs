@@ -92,10 +92,6 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     else {
         return Err(em.type_err(e, "not a reduction"));
     };
-    let n = em.emit(extent)?;
-    if n.t != Ty::I64 {
-        return Err(em.type_err(e, "the extent is not an integer"));
-    }
     let t = em.ty_of(body);
     if t == Ty::Bool {
         return Err(em.type_err(e, "a reduction of bools"));
@@ -103,6 +99,32 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     let op2 = Em::fold_op(*op);
     let acc = accumulator(em, *op, t);
     let ms = mov_sfx(t);
+    strided_columns(em, e, *var, extent, body, tid, ntid, |em, b| {
+        let s = em.binary(e, op2, acc.clone(), b)?;
+        em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+        Ok(())
+    })?;
+    combine(em, e, *op, acc, tid, smem)
+}
+
+/// The loop of reduction `e` (variable `var` over `extent`) with the
+/// thread's strided share of the columns, `tid, tid + B, ..` (B threads):
+/// `each` gets the body's value at each.
+#[allow(clippy::too_many_arguments)]
+fn strided_columns(
+    em: &mut Em,
+    e: &Expr,
+    var: Var,
+    extent: &Expr,
+    body: &Expr,
+    tid: &str,
+    ntid: &str,
+    mut each: impl FnMut(&mut Em, Val) -> Result<(), PtxError>,
+) -> Result<(), PtxError> {
+    let n = em.emit(extent)?;
+    if n.t != Ty::I64 {
+        return Err(em.type_err(e, "the extent is not an integer"));
+    }
     let i = em.reg(Class::D);
     em.ins(format!("mov.b64 {i}, {tid}"));
     let (top, end) = (em.a.label("bred"), em.a.label("bred_end"));
@@ -110,19 +132,17 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     em.a.place(&top);
     em.ins(format!("setp.ge.s64 {p}, {i}, {}", n.r));
     em.ins(format!("@{p} bra {end}"));
-    let shadow = em.is_out_var(*var);
+    let shadow = em.is_out_var(var);
     em.shadowed += u32::from(shadow);
-    let prev = em.bind(*var, i.clone());
+    let prev = em.bind(var, i.clone());
     let b = em.emit(body);
-    em.unbind(*var, prev);
+    em.unbind(var, prev);
     em.shadowed -= u32::from(shadow);
-    let b = b?;
-    let s = em.binary(e, op2, acc.clone(), b)?;
-    em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
+    each(em, b?)?;
     em.ins(format!("add.s64 {i}, {i}, {ntid}"));
     em.ins(format!("bra.uni {top}"));
     em.a.place(&end);
-    combine(em, e, *op, acc, tid, smem)
+    Ok(())
 }
 
 /// A fresh accumulator register of type `t` holding `op`'s identity.
@@ -553,28 +573,10 @@ fn block_online_softmax(
         })?;
         return online_combine(em, rm, rs, tid, smem);
     }
-    let n = em.emit(extent)?;
-    if n.t != Ty::I64 {
-        return Err(em.type_err(m, "the extent is not an integer"));
-    }
-    let i = em.reg(Class::D);
-    em.ins(format!("mov.b64 {i}, {tid}"));
-    let (top, end) = (em.a.label("ored"), em.a.label("ored_end"));
-    let p = em.reg(Class::P);
-    em.a.place(&top);
-    em.ins(format!("setp.ge.s64 {p}, {i}, {}", n.r));
-    em.ins(format!("@{p} bra {end}"));
-    let shadow = em.is_out_var(*var);
-    em.shadowed += u32::from(shadow);
-    let prev = em.bind(*var, i.clone());
-    let x = em.emit(body);
-    em.unbind(*var, prev);
-    em.shadowed -= u32::from(shadow);
-    let x = x?;
-    online_push(em, &rm, &rs, &x.r);
-    em.ins(format!("add.s64 {i}, {i}, {ntid}"));
-    em.ins(format!("bra.uni {top}"));
-    em.a.place(&end);
+    strided_columns(em, m, *var, extent, body, tid, ntid, |em, x| {
+        online_push(em, &rm, &rs, &x.r);
+        Ok(())
+    })?;
     online_combine(em, rm, rs, tid, smem)
 }
 
