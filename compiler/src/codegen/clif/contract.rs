@@ -16,7 +16,7 @@
 //! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, Value, types};
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
 use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Expr, Var};
 
@@ -46,6 +46,17 @@ pub(super) fn emit_contract(
     {
         return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
             panels(em, kv, extent, epilogue, &oa, &pb)
+        });
+    }
+    if em.fty == types::F32
+        && rank >= 2
+        && operand(em, b, kv, rank, true).is_none()
+        && em.type_of(b).ok() == Some(T::F)
+        && let Some(kc) = gather_k(extent)
+        && let Some(oa) = operand(em, a, kv, rank, false)
+    {
+        return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+            gathered(em, kv, kc, b, epilogue, &oa)
         });
     }
     let fast = if em.fty == types::F32 && rank >= 2 {
@@ -626,6 +637,145 @@ fn tile_sums(
     })?;
     let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| Ok(step(em, c, ak, bk, offs)))?;
     Ok(acc[2..].to_vec())
+}
+
+/// The most `b` elements a gathered contraction packs at once (128 KiB of
+/// stack frame).
+const GATHER_FLOATS: u64 = 32 * 1024;
+
+/// The static `k` extent of a contraction whose `b` operand can be packed
+/// into a stack buffer of at least one panel.
+fn gather_k(extent: &Expr) -> Option<u64> {
+    match extent {
+        Expr::Int(k) if *k > 0 && (*k as u64) * (NR as u64) <= GATHER_FLOATS => Some(*k as u64),
+        _ => None,
+    }
+}
+
+/// The `m`, `n` loops of one batch index when `b` is any f32 expression
+/// (an implicit GEMM's im2col gather): for each chunk of columns, `b` is
+/// evaluated once per element into panels on the stack (`[panel][k][NR]`,
+/// columns past `n` zero), then every row tile runs against each panel
+/// as in [`panels`], and rows left over run as one-row tiles.
+fn gathered(
+    em: &mut Emitter,
+    kv: Var,
+    kc: u64,
+    b: &Expr,
+    epilogue: &Expr,
+    oa: &Operand,
+) -> Result<(), CodegenError> {
+    let extent = Expr::Int(kc as i64);
+    let TileSpace {
+        m,
+        n,
+        mlo,
+        mhi,
+        ncols,
+        kn,
+    } = tile_space(em, &extent)?;
+    let (pa, am, ak) = oa.addressing(em, m, kv);
+    let chunk = ((GATHER_FLOATS / kc) / NR as u64 * NR as u64).max(NR as u64) as i64;
+    let slot = em.b.create_sized_stack_slot(StackSlotData::new(
+        StackSlotKind::ExplicitSlot,
+        (4 * chunk as u64 * kc) as u32,
+        4,
+    ));
+    let ptr = em.b.func.dfg.value_type(em.bases[0]);
+    let buf = em.b.ins().stack_addr(ptr, slot, 0);
+    let panel_bytes = em.iconst(4 * NR as i64 * kc as i64);
+    let bk = em.iconst(4 * NR as i64);
+    let zero = em.iconst(0);
+    let row_off: Vec<Value> = (0..MR as i64)
+        .map(|r| em.b.ins().imul_imm_s(am, r))
+        .collect();
+    let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
+    let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
+    let zf = em.fconst(0.0);
+    em.for_loop(zero, chunks, 1, &[], |em, ci, _| {
+        let c0 = em.b.ins().imul_imm_s(ci, chunk);
+        let c1 = em.b.ins().iadd_imm_s(c0, chunk);
+        let c1 = em.b.ins().smin(c1, ncols);
+        let cols = em.b.ins().isub(c1, c0);
+        let padded = em.b.ins().iadd_imm_s(cols, NR as i64 - 1);
+        let padded = em.b.ins().band_imm_s(padded, -(NR as i64));
+        // Fill: for each k, the chunk's columns (then the zero padding).
+        em.for_loop(zero, kn, 1, &[], |em, k, _| {
+            em.vars.insert(kv, k);
+            let r = (|| {
+                em.hoist(b, &em.bound())?;
+                let row = em.b.ins().imul_imm_s(k, 4 * NR as i64);
+                let row = em.b.ins().iadd(buf, row);
+                let at = |em: &mut Emitter, j: Value| {
+                    let q = em.b.ins().sshr_imm_s(j, NR.trailing_zeros() as i64);
+                    let q = em.b.ins().imul(q, panel_bytes);
+                    let l = em.b.ins().band_imm_s(j, NR as i64 - 1);
+                    let l = em.b.ins().ishl_imm_s(l, 2);
+                    let a = em.b.ins().iadd(row, q);
+                    em.b.ins().iadd(a, l)
+                };
+                let (j_end, _) = em.for_loop(zero, cols, 1, &[], |em, j, _| {
+                    let nv = em.b.ins().iadd(c0, j);
+                    em.vars.insert(n, nv);
+                    let v = em.emit(b);
+                    em.vars.remove(&n);
+                    let (v, _) = v?;
+                    let a = at(em, j);
+                    em.b.ins().store(mem(), v, a, 0);
+                    Ok(vec![])
+                })?;
+                em.for_loop(j_end, padded, 1, &[], |em, j, _| {
+                    let a = at(em, j);
+                    em.b.ins().store(mem(), zf, a, 0);
+                    Ok(vec![])
+                })?;
+                Ok::<(), CodegenError>(())
+            })();
+            em.vars.remove(&kv);
+            r.map(|()| vec![])
+        })?;
+        let npanels = em.b.ins().sshr_imm_s(padded, NR.trailing_zeros() as i64);
+        let rows = |em: &mut Emitter, mb: Value, count: usize| -> Result<(), CodegenError> {
+            em.for_loop(zero, npanels, 1, &[], |em, q, _| {
+                let t = em.b.ins().imul(mb, am);
+                let pa0 = em.b.ins().iadd(pa, t);
+                let t = em.b.ins().imul(q, panel_bytes);
+                let pbq = em.b.ins().iadd(buf, t);
+                let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
+                let nb = em.b.ins().iadd(c0, nb);
+                let acc = tile_sums(em, count, pa0, ak, pbq, bk, kn, &row_off, None)?;
+                if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
+                    let end = em.b.ins().iadd_imm_s(nb, NR as i64);
+                    let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
+                    let vec_block = em.b.create_block();
+                    let lanes = em.b.create_block();
+                    let done = em.b.create_block();
+                    em.b.ins().brif(full, vec_block, &[], lanes, &[]);
+                    em.b.switch_to_block(vec_block);
+                    whole_stores(em, mb, nb, &acc, epilogue)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(lanes);
+                    lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(done);
+                    return Ok(vec![]);
+                }
+                lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                Ok(vec![])
+            })?;
+            Ok(())
+        };
+        let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+            rows(em, mb, MR)?;
+            Ok(vec![])
+        })?;
+        em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+            rows(em, mv, 1)?;
+            Ok(vec![])
+        })?;
+        Ok(vec![])
+    })?;
+    Ok(())
 }
 
 /// Whether the epilogue is the accumulator stored as it is into an f32
