@@ -1272,7 +1272,7 @@ fn vectorized_depthwise() {
 }
 
 /// A guard of a window tap from its row and column indices and the width.
-type GuardFn = dyn Fn(&Expr, &Expr, usize) -> Expr;
+type GuardFn<'a> = dyn Fn(&Expr, &Expr, usize) -> Expr + 'a;
 
 /// A 2-D window over `x[n, h, w]` with a `kh x kw` kernel, dilation `d`
 /// and padding `p`: `op` over the taps of `body(x_tap, w[ky, kx])`, the
@@ -1335,7 +1335,7 @@ fn window(
 fn unrolled_windows_and_interior_rows() {
     let int = |i: i64| Expr::Int(i);
     let h = 5usize;
-    let guards: Vec<(&str, Box<GuardFn>)> = vec![
+    let guards: Vec<(&str, Box<GuardFn<'_>>)> = vec![
         (
             "lt_ge",
             Box::new(|iy, ix, w| bin(Binary::And, in_range(iy, h), in_range(ix, w))),
@@ -1521,8 +1521,9 @@ fn igemm(
 /// Implicit-GEMM convolutions take the gathered tile path (the im2col
 /// operand packed into panels on the stack, 4 x 8 register tiles): odd
 /// sizes, partial row tiles and panels, several column chunks (k = 576),
-/// strides, asymmetric padding, dilation and groups, against the
-/// evaluator within 1e-5 of the largest magnitude (fused multiply-adds).
+/// strides, asymmetric padding, dilation and groups, and a computed `b`
+/// without pixels, against the evaluator within 1e-5 of the largest
+/// magnitude (fused multiply-adds).
 #[test]
 fn implicit_gemm_convolutions() {
     let cases = [
@@ -1550,6 +1551,29 @@ fn implicit_gemm_convolutions() {
             text.contains("f32x4") && text.contains("stack_addr"),
             "the implicit GEMM does not take the gathered tile path:\n{k}"
         );
+        check(&k, 1e-5);
+    }
+    // A `b` computed per element without a pixel split (`2 * x[k, n]`),
+    // rows split over threads (rank 2): the gathered path's plain fill.
+    for (m, kk, n) in [(5, 7, 11), (9, 64, 3), (4, 1, 17)] {
+        let k = Kernel {
+            name: "gathered".into(),
+            inputs: vec![
+                buf("a", DType::F32, &[m, kk]),
+                buf("x", DType::F32, &[kk, n]),
+            ],
+            output: buf("y", DType::F32, &[m, n]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k: Var(2),
+                extent: Expr::Int(kk as i64),
+                a: ld(0, vec![v(0), v(2)]),
+                b: bin(Binary::Mul, ld(1, vec![v(2), v(1)]), fl(2.0)),
+                epilogue: Expr::Acc,
+            },
+        };
+        assert!(clif_of(&k).contains("stack_addr"), "not gathered:\n{k}");
         check(&k, 1e-5);
     }
 }

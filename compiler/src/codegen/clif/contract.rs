@@ -652,6 +652,41 @@ fn gather_k(extent: &Expr) -> Option<u64> {
     }
 }
 
+/// The row and column of a flattened pixel in a gathered `b` operand,
+/// bound while the panels are filled (see [`pixel_split`]).
+const PIX_Y: Var = Var(u32::MAX - 1);
+const PIX_X: Var = Var(u32::MAX - 2);
+
+/// When `b` reads its column `n` only as `n / w` and `n % w` for one
+/// static `w > 0` (an implicit GEMM's output row and column): `w` and `b`
+/// with those written [`PIX_Y`] and [`PIX_X`], which the fill carries from
+/// pixel to pixel.
+fn pixel_split(b: &Expr, n: Var) -> Option<(i64, Expr)> {
+    fn width(e: &Expr, n: Var, w: &mut Option<i64>) {
+        if let Expr::Binary(Binary::Div | Binary::Rem, a, c) = e
+            && **a == Expr::Var(n)
+            && let Expr::Int(c) = **c
+            && c > 0
+            && w.is_none()
+        {
+            *w = Some(c);
+        }
+        e.for_each_child(|c| width(c, n, w));
+    }
+    let mut w = None;
+    width(b, n, &mut w);
+    let w = w?;
+    let split = b.substitute(&|e| match e {
+        Expr::Binary(op @ (Binary::Div | Binary::Rem), a, c)
+            if **a == Expr::Var(n) && **c == Expr::Int(w) =>
+        {
+            Some(Expr::Var(if *op == Binary::Div { PIX_Y } else { PIX_X }))
+        }
+        _ => None,
+    });
+    Some((w, split))
+}
+
 /// The `m`, `n` loops of one batch index when `b` is any f32 expression
 /// (an implicit GEMM's im2col gather): for each chunk of columns, `b` is
 /// evaluated once per element into panels on the stack (`[panel][k][NR]`,
@@ -676,6 +711,7 @@ fn gathered(
     } = tile_space(em, &extent)?;
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let chunk = ((GATHER_FLOATS / kc) / NR as u64 * NR as u64).max(NR as u64) as i64;
+    let split = pixel_split(b, n);
     let slot = em.b.create_sized_stack_slot(StackSlotData::new(
         StackSlotKind::ExplicitSlot,
         (4 * chunk as u64 * kc) as u32,
@@ -699,6 +735,13 @@ fn gathered(
         let cols = em.b.ins().isub(c1, c0);
         let padded = em.b.ins().iadd_imm_s(cols, NR as i64 - 1);
         let padded = em.b.ins().band_imm_s(padded, -(NR as i64));
+        // The chunk's first pixel as `(n / w, n % w)`, carried by the fill
+        // instead of a division per element.
+        let pix0 = split.as_ref().map(|(wd, _)| {
+            let y = em.b.ins().sdiv_imm_s(c0, *wd);
+            let x = em.b.ins().srem_imm_s(c0, *wd);
+            (y, x)
+        });
         // Fill: for each k, the chunk's columns (then the zero padding).
         em.for_loop(zero, kn, 1, &[], |em, k, _| {
             em.vars.insert(kv, k);
@@ -714,16 +757,39 @@ fn gathered(
                     let a = em.b.ins().iadd(row, q);
                     em.b.ins().iadd(a, l)
                 };
-                let (j_end, _) = em.for_loop(zero, cols, 1, &[], |em, j, _| {
-                    let nv = em.b.ins().iadd(c0, j);
-                    em.vars.insert(n, nv);
-                    let v = em.emit(b);
-                    em.vars.remove(&n);
-                    let (v, _) = v?;
-                    let a = at(em, j);
-                    em.b.ins().store(mem(), v, a, 0);
-                    Ok(vec![])
-                })?;
+                let (j_end, _) = match (&split, pix0) {
+                    (Some((wd, bs)), Some((y0, x0))) => {
+                        em.for_loop(zero, cols, 1, &[y0, x0], |em, j, yx| {
+                            let nv = em.b.ins().iadd(c0, j);
+                            em.vars.insert(n, nv);
+                            em.vars.insert(PIX_Y, yx[0]);
+                            em.vars.insert(PIX_X, yx[1]);
+                            let v = em.emit(bs);
+                            em.vars.remove(&n);
+                            em.vars.remove(&PIX_Y);
+                            em.vars.remove(&PIX_X);
+                            let (v, _) = v?;
+                            let a = at(em, j);
+                            em.b.ins().store(mem(), v, a, 0);
+                            let x1 = em.b.ins().iadd_imm_s(yx[1], 1);
+                            let wrap = em.b.ins().icmp_imm_s(IntCC::Equal, x1, *wd);
+                            let y1 = em.b.ins().iadd_imm_s(yx[0], 1);
+                            let y = em.b.ins().select(wrap, y1, yx[0]);
+                            let x = em.b.ins().select(wrap, zero, x1);
+                            Ok(vec![y, x])
+                        })?
+                    }
+                    _ => em.for_loop(zero, cols, 1, &[], |em, j, _| {
+                        let nv = em.b.ins().iadd(c0, j);
+                        em.vars.insert(n, nv);
+                        let v = em.emit(b);
+                        em.vars.remove(&n);
+                        let (v, _) = v?;
+                        let a = at(em, j);
+                        em.b.ins().store(mem(), v, a, 0);
+                        Ok(vec![])
+                    })?,
+                };
                 em.for_loop(j_end, padded, 1, &[], |em, j, _| {
                     let a = at(em, j);
                     em.b.ins().store(mem(), zf, a, 0);
