@@ -653,6 +653,9 @@ fn matmul(
     }
 }
 
+/// Matrix products through the register tiles (column order where all of
+/// `a` is at most 32 KiB, row tiles first at 64 x 200), partial tiles,
+/// transposes and batches, against the evaluator (1e-5).
 #[test]
 fn contractions() {
     let f = DType::F32;

@@ -192,10 +192,16 @@ fn tiles(
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let (pb, bn, bk) = ob.addressing(em, n, kv);
     let _ = bn; // 4 bytes: `n` is the last axis of `b`
-    let row_off: Vec<Value> = (0..MR as i64)
-        .map(|r| em.b.ins().imul_imm_s(am, r))
-        .collect();
+    let row_off = row_offsets(em, oa, m, am);
     let zero = em.iconst(0);
+    if column_order(em, extent) {
+        return tiles_by_column(
+            em,
+            (kv, extent, a, b, epilogue),
+            (pa, am, ak, pb, bk),
+            &row_off,
+        );
+    }
     let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
         let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
             let t = em.b.ins().imul(mb, am);
@@ -249,9 +255,135 @@ fn tiles(
     Ok(())
 }
 
+/// The most bytes of `a` (all rows, all of `k`) for which the tiles run
+/// column panel by column panel (see [`column_order`]).
+const A_RESIDENT: u64 = 32 * 1024;
+
+/// Whether a contraction's tiles run column panel by column panel, all
+/// rows against one panel of `b` before the next: when the output's rows
+/// and `k` are static and all of `a` fits in [`A_RESIDENT`] bytes (the
+/// pointwise convolutions of C3: 24 x 144 and 144 x 24), so `a` and the
+/// panel stay in L1 while `b` is read once, instead of once per row tile.
+fn column_order(em: &Emitter, extent: &Expr) -> bool {
+    let rank = em.k.output.shape.rank();
+    let rows = if rank == 2 {
+        // Rows are split over threads: the whole extent bounds a range.
+        em.k.output.shape.0[0].as_static()
+    } else {
+        em.k.output.shape.0[rank - 2].as_static()
+    };
+    match (rows, extent) {
+        (Some(r), Expr::Int(k)) if *k > 0 => r * (*k as u64) * 4 <= A_RESIDENT,
+        _ => false,
+    }
+}
+
+/// [`tiles`] in column order: for each panel of [`NR`] columns, the row
+/// tiles, then the rows left over as one-row tiles (the same fused sums in
+/// `k` order as a full tile's rows); then the columns left over element by
+/// element.
+fn tiles_by_column(
+    em: &mut Emitter,
+    (kv, extent, a, b, epilogue): (Var, &Expr, &Expr, &Expr, &Expr),
+    (pa, am, ak, pb, bk): (Value, Value, Value, Value, Value),
+    row_off: &[Off],
+) -> Result<(), CodegenError> {
+    let TileSpace {
+        m,
+        n,
+        mlo,
+        mhi,
+        ncols,
+        kn,
+    } = tile_space(em, extent)?;
+    let zero = em.iconst(0);
+    let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
+        let t = em.b.ins().ishl_imm_s(nb, 2);
+        let pb0 = em.b.ins().iadd(pb, t);
+        let tile = |em: &mut Emitter, mb: Value, rows: usize| -> Result<(), CodegenError> {
+            let t = em.b.ins().imul(mb, am);
+            let pa0 = em.b.ins().iadd(pa, t);
+            let acc = tile_sums(em, rows, pa0, ak, pb0, bk, kn, row_off, None)?;
+            if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
+                return whole_stores(em, mb, nb, &acc, epilogue);
+            }
+            for r in 0..rows {
+                let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+                em.vars.insert(m, mv);
+                for col in 0..NR {
+                    let nv = em.b.ins().iadd_imm_s(nb, col as i64);
+                    em.vars.insert(n, nv);
+                    let v = acc[r * (NR / 4) + col / 4];
+                    let lane = em.b.ins().extractlane(v, (col % 4) as u8);
+                    epilogue_at(em, lane, T::F, epilogue)?;
+                }
+            }
+            em.vars.remove(&n);
+            em.vars.remove(&m);
+            Ok(())
+        };
+        let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+            tile(em, mb, MR)?;
+            Ok(vec![])
+        })?;
+        em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+            tile(em, mv, 1)?;
+            Ok(vec![])
+        })?;
+        Ok(vec![])
+    })?;
+    em.for_loop(mlo, mhi, 1, &[], |em, mv, _| {
+        em.vars.insert(m, mv);
+        em.for_loop(nb_end, ncols, 1, &[], |em, nv, _| {
+            em.vars.insert(n, nv);
+            element(em, kv, extent, a, b, epilogue, em.fma)?;
+            em.vars.remove(&n);
+            Ok(vec![])
+        })?;
+        em.vars.remove(&m);
+        Ok(vec![])
+    })?;
+    Ok(())
+}
+
+/// The byte offset of a tile's row `r` of `a` from its first: an
+/// immediate when `a`'s shape is static (folded into the load), else a
+/// value.
+#[derive(Clone, Copy, Debug)]
+enum Off {
+    Imm(i32),
+    Dyn(Value),
+}
+
+/// The offsets of rows `0 .. MR` of `a` (`am` bytes apart).
+fn row_offsets(em: &mut Emitter, oa: &Operand, m: Var, am: Value) -> Vec<Off> {
+    let shape = &em.k.inputs[oa.input].shape;
+    let stride = |axis: usize| -> Option<i64> {
+        shape.0[axis + 1..]
+            .iter()
+            .try_fold(1i64, |p, d| p.checked_mul(d.as_static()? as i64))
+    };
+    let st = oa
+        .var_axes
+        .iter()
+        .filter(|(v, _)| *v == m)
+        .try_fold(0i64, |s, &(_, axis)| s.checked_add(stride(axis)?));
+    (0..MR as i64)
+        .map(|r| {
+            match st
+                .and_then(|st| st.checked_mul(4 * r))
+                .and_then(|o| i32::try_from(o).ok())
+            {
+                Some(o) => Off::Imm(o),
+                None => Off::Dyn(em.b.ins().imul_imm_s(am, r)),
+            }
+        })
+        .collect()
+}
+
 /// One step of `k` on a register tile: `c` is the `a` and `b` pointers
 /// and the accumulators; gives their next values.
-fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) -> Vec<Value> {
+fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Off]) -> Vec<Value> {
     let (pa, pb) = (c[0], c[1]);
     let bv: Vec<Value> = (0..NR / 4)
         .map(|j| {
@@ -261,13 +393,21 @@ fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) 
         .collect();
     let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
     for (r, &ro) in row_off.iter().enumerate() {
-        let addr = em.b.ins().iadd(pa, ro);
-        let x = em.b.ins().load(types::F32, input_mem(), addr, 0);
+        let x = match ro {
+            Off::Imm(o) => em.b.ins().load(types::F32, input_mem(), pa, o),
+            Off::Dyn(o) => {
+                let addr = em.b.ins().iadd(pa, o);
+                em.b.ins().load(types::F32, input_mem(), addr, 0)
+            }
+        };
         let xs = em.b.ins().splat(types::F32X4, x);
         for (j, &bj) in bv.iter().enumerate() {
             let acc = c[2 + r * (NR / 4) + j];
+            // The splat first: x86-64's `fma` overwrites its first operand
+            // (a copy where it is used again), and a row's splat is used
+            // NR / 4 times where each `b` vector is used MR times.
             next.push(if em.fma {
-                em.b.ins().fma(bj, xs, acc)
+                em.b.ins().fma(xs, bj, acc)
             } else {
                 let p = em.b.ins().fmul(xs, bj);
                 em.b.ins().fadd(acc, p)
@@ -458,9 +598,7 @@ fn panels(
     let blocks = kc.map_or(1, |kc| static_k.unwrap_or(0).div_ceil(kc));
     let chunk = chunk_columns(kc.or(static_k));
     let zero = em.iconst(0);
-    let row_off: Vec<Value> = (0..MR as i64)
-        .map(|r| em.b.ins().imul_imm_s(am, r))
-        .collect();
+    let row_off = row_offsets(em, oa, m, am);
     let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
     let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
     let nblocks = em.iconst(blocks as i64);
@@ -613,7 +751,7 @@ fn tile_sums(
     pb: Value,
     bk: Value,
     kn: Value,
-    row_off: &[Value],
+    row_off: &[Off],
     start: Option<Vec<Value>>,
 ) -> Result<Vec<Value>, CodegenError> {
     let zero = em.iconst(0);
@@ -722,9 +860,7 @@ fn gathered(
     let panel_bytes = em.iconst(4 * NR as i64 * kc as i64);
     let bk = em.iconst(4 * NR as i64);
     let zero = em.iconst(0);
-    let row_off: Vec<Value> = (0..MR as i64)
-        .map(|r| em.b.ins().imul_imm_s(am, r))
-        .collect();
+    let row_off = row_offsets(em, oa, m, am);
     let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
     let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
     let zf = em.fconst(0.0);
