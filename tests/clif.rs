@@ -653,9 +653,10 @@ fn matmul(
     }
 }
 
-/// Matrix products through the register tiles (column order where all of
-/// `a` is at most 32 KiB, row tiles first at 64 x 200), partial tiles,
-/// transposes and batches, against the evaluator (1e-5).
+/// Matrix products through the register tiles (`b` copied into panels
+/// where all of `a` is at most 32 KiB, column order without the copy for
+/// `k` = 5000, row tiles first at 64 x 200), partial tiles, transposes and
+/// batches, against the evaluator (1e-5).
 #[test]
 fn contractions() {
     let f = DType::F32;
@@ -666,6 +667,7 @@ fn contractions() {
         (783, 3, 1),
         (9, 17, 5),
         (64, 96, 200),
+        (1, 9, 5000),
     ] {
         for (ta, tb) in [(false, false), (true, false), (false, true)] {
             check(&matmul(None, m, n, k, ta, tb, f), 1e-5);

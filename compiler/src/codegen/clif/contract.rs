@@ -56,7 +56,7 @@ pub(super) fn emit_contract(
         && let Some(oa) = operand(em, a, kv, rank, false)
     {
         return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
-            gathered(em, kv, kc, b, epilogue, &oa)
+            gathered(em, kv, kc, b, epilogue, &oa, None)
         });
     }
     let fast = if em.fty == types::F32 && rank >= 2 {
@@ -65,6 +65,12 @@ pub(super) fn emit_contract(
         None
     };
     match fast {
+        Some((oa, ob)) if column_order(em, extent) && gather_k(extent).is_some() => {
+            let kc = gather_k(extent).unwrap_or(1);
+            emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+                gathered(em, kv, kc, b, epilogue, &oa, Some(&ob))
+            })
+        }
         Some((oa, ob)) => emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
             tiles(em, kv, extent, a, b, epilogue, &oa, &ob)
         }),
@@ -837,6 +843,7 @@ fn gathered(
     b: &Expr,
     epilogue: &Expr,
     oa: &Operand,
+    plain_b: Option<&Operand>,
 ) -> Result<(), CodegenError> {
     let extent = Expr::Int(kc as i64);
     let TileSpace {
@@ -850,6 +857,12 @@ fn gathered(
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let chunk = ((GATHER_FLOATS / kc) / NR as u64 * NR as u64).max(NR as u64) as i64;
     let split = pixel_split(b, n);
+    // A plain `b` (contiguous columns): its address at `k = 0`, `n = 0`
+    // and its `k` step, for a fill by vectors.
+    let plain = plain_b.map(|ob| {
+        let (p, _, s) = ob.addressing(em, n, kv);
+        (p, s)
+    });
     let slot = em.b.create_sized_stack_slot(StackSlotData::new(
         StackSlotKind::ExplicitSlot,
         (4 * chunk as u64 * kc) as u32,
@@ -893,38 +906,66 @@ fn gathered(
                     let a = em.b.ins().iadd(row, q);
                     em.b.ins().iadd(a, l)
                 };
-                let (j_end, _) = match (&split, pix0) {
-                    (Some((wd, bs)), Some((y0, x0))) => {
-                        em.for_loop(zero, cols, 1, &[y0, x0], |em, j, yx| {
+                let (j_end, _) = match (plain, &split, pix0) {
+                    (Some((pb, bks)), _, _) => {
+                        // Whole panel rows as two vectors each, then the
+                        // rest of the chunk's columns one by one.
+                        let t = em.b.ins().imul(k, bks);
+                        let src = em.b.ins().iadd(pb, t);
+                        let t = em.b.ins().ishl_imm_s(c0, 2);
+                        let src = em.b.ins().iadd(src, t);
+                        let (j, _) = em.for_loop(zero, cols, NR as i64, &[], |em, j, _| {
+                            let t = em.b.ins().ishl_imm_s(j, 2);
+                            let s0 = em.b.ins().iadd(src, t);
+                            let d = at(em, j);
+                            for h in 0..(NR / 4) as i32 {
+                                let v = em.b.ins().load(types::F32X4, input_mem(), s0, 16 * h);
+                                em.b.ins().store(mem(), v, d, 16 * h);
+                            }
+                            Ok(vec![])
+                        })?;
+                        em.for_loop(j, cols, 1, &[], |em, j, _| {
+                            let t = em.b.ins().ishl_imm_s(j, 2);
+                            let s0 = em.b.ins().iadd(src, t);
+                            let v = em.b.ins().load(types::F32, input_mem(), s0, 0);
+                            let d = at(em, j);
+                            em.b.ins().store(mem(), v, d, 0);
+                            Ok(vec![])
+                        })?
+                    }
+                    (None, _, _) => match (&split, pix0) {
+                        (Some((wd, bs)), Some((y0, x0))) => {
+                            em.for_loop(zero, cols, 1, &[y0, x0], |em, j, yx| {
+                                let nv = em.b.ins().iadd(c0, j);
+                                em.vars.insert(n, nv);
+                                em.vars.insert(PIX_Y, yx[0]);
+                                em.vars.insert(PIX_X, yx[1]);
+                                let v = em.emit(bs);
+                                em.vars.remove(&n);
+                                em.vars.remove(&PIX_Y);
+                                em.vars.remove(&PIX_X);
+                                let (v, _) = v?;
+                                let a = at(em, j);
+                                em.b.ins().store(mem(), v, a, 0);
+                                let x1 = em.b.ins().iadd_imm_s(yx[1], 1);
+                                let wrap = em.b.ins().icmp_imm_s(IntCC::Equal, x1, *wd);
+                                let y1 = em.b.ins().iadd_imm_s(yx[0], 1);
+                                let y = em.b.ins().select(wrap, y1, yx[0]);
+                                let x = em.b.ins().select(wrap, zero, x1);
+                                Ok(vec![y, x])
+                            })?
+                        }
+                        _ => em.for_loop(zero, cols, 1, &[], |em, j, _| {
                             let nv = em.b.ins().iadd(c0, j);
                             em.vars.insert(n, nv);
-                            em.vars.insert(PIX_Y, yx[0]);
-                            em.vars.insert(PIX_X, yx[1]);
-                            let v = em.emit(bs);
+                            let v = em.emit(b);
                             em.vars.remove(&n);
-                            em.vars.remove(&PIX_Y);
-                            em.vars.remove(&PIX_X);
                             let (v, _) = v?;
                             let a = at(em, j);
                             em.b.ins().store(mem(), v, a, 0);
-                            let x1 = em.b.ins().iadd_imm_s(yx[1], 1);
-                            let wrap = em.b.ins().icmp_imm_s(IntCC::Equal, x1, *wd);
-                            let y1 = em.b.ins().iadd_imm_s(yx[0], 1);
-                            let y = em.b.ins().select(wrap, y1, yx[0]);
-                            let x = em.b.ins().select(wrap, zero, x1);
-                            Ok(vec![y, x])
-                        })?
-                    }
-                    _ => em.for_loop(zero, cols, 1, &[], |em, j, _| {
-                        let nv = em.b.ins().iadd(c0, j);
-                        em.vars.insert(n, nv);
-                        let v = em.emit(b);
-                        em.vars.remove(&n);
-                        let (v, _) = v?;
-                        let a = at(em, j);
-                        em.b.ins().store(mem(), v, a, 0);
-                        Ok(vec![])
-                    })?,
+                            Ok(vec![])
+                        })?,
+                    },
                 };
                 em.for_loop(j_end, padded, 1, &[], |em, j, _| {
                     let a = at(em, j);
