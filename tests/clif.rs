@@ -653,6 +653,10 @@ fn matmul(
     }
 }
 
+/// Matrix products through the register tiles (`b` copied into panels
+/// where all of `a` is at most 32 KiB, column order without the copy for
+/// `k` = 5000, row tiles first at 64 x 200), partial tiles, transposes and
+/// batches, against the evaluator (1e-5).
 #[test]
 fn contractions() {
     let f = DType::F32;
@@ -663,6 +667,7 @@ fn contractions() {
         (783, 3, 1),
         (9, 17, 5),
         (64, 96, 200),
+        (1, 9, 5000),
     ] {
         for (ta, tb) in [(false, false), (true, false), (false, true)] {
             check(&matmul(None, m, n, k, ta, tb, f), 1e-5);
@@ -712,7 +717,8 @@ fn conv_like_guarded_reduction() {
                 bin(Binary::Mul, x, ld(1, vec![v(2)])),
             ),
         );
-        check(&k, 0.0);
+        // The vector path unrolls the sum into fused multiply-adds.
+        check(&k, 1e-6);
     }
 }
 
@@ -1254,17 +1260,326 @@ fn depthwise(n: usize, c: usize, h: usize, w: usize, sy: usize) -> Kernel {
 }
 
 /// Depthwise 3x3 convolutions (padding 1, row stride 1 and 2) take the
-/// vector path: reductions whose body depends on the lane, guarded loads
-/// (one vector load where the guard holds at both ends, four scalar loads
-/// at the borders). Exact: each lane adds in the scalar order.
+/// vector path: the nine taps unrolled into fused multiply-adds, guarded
+/// loads (unguarded vector loads inside the row's interior, one vector
+/// load where the guard holds at both ends of a border vector, four scalar
+/// loads else). Within 1e-6 of the largest magnitude (another order and
+/// rounding than the evaluator's nested sums).
 #[test]
 fn vectorized_depthwise() {
     for w in [1, 3, 50, 783] {
         for (n, c, h, sy) in [(3, 2, 5, 1), (2, 3, 4, 2), (1, 1, 1, 1)] {
             let k = depthwise(n, c, h, w, sy);
             assert!(clif_of(&k).contains("f32x4"), "dw3x3 is not vectorized");
-            check(&k, 0.0);
+            check(&k, 1e-6);
         }
+    }
+}
+
+/// A guard of a window tap from its row and column indices and the width.
+type GuardFn<'a> = dyn Fn(&Expr, &Expr, usize) -> Expr + 'a;
+
+/// A 2-D window over `x[n, h, w]` with a `kh x kw` kernel, dilation `d`
+/// and padding `p`: `op` over the taps of `body(x_tap, w[ky, kx])`, the
+/// tap's load guarded by `guard(iy, ix)`.
+fn window(
+    name: &str,
+    (n, h, w): (usize, usize, usize),
+    (kh, kw, d, p): (usize, usize, i64, i64),
+    op: Reduction,
+    guard: &dyn Fn(&Expr, &Expr) -> Expr,
+    body: &dyn Fn(Expr, Expr) -> Expr,
+) -> Kernel {
+    let iy = bin(
+        Binary::Sub,
+        bin(Binary::Add, v(1), bin(Binary::Mul, v(3), Expr::Int(d))),
+        Expr::Int(p),
+    );
+    let ix = bin(
+        Binary::Sub,
+        bin(Binary::Add, v(2), bin(Binary::Mul, v(4), Expr::Int(d))),
+        Expr::Int(p),
+    );
+    let x = Expr::Load {
+        input: 0,
+        index: vec![v(0), iy.clone(), ix.clone()],
+        guard: Some(Box::new(guard(&iy, &ix))),
+    };
+    let e = Expr::reduce(
+        op,
+        Var(3),
+        Expr::Int(kh as i64),
+        Expr::reduce(
+            op,
+            Var(4),
+            Expr::Int(kw as i64),
+            body(x, ld(1, vec![v(3), v(4)])),
+        ),
+    );
+    map(
+        name,
+        Ty::F32,
+        vec![
+            buf("x", DType::F32, &[n, h, w]),
+            buf("w", DType::F32, &[kh, kw]),
+        ],
+        buf("y", DType::F32, &[n, h, w]),
+        e,
+    )
+}
+
+/// Small windows unrolled into the expression and run without guards in
+/// the interior of each row, against the evaluator: every way of writing
+/// a bound (`lt le gt ge`, the lane on either side), a row-invariant
+/// guard, dilation 2, 5x5 kernels (25 unrolled terms), 7x7 ones (49: kept
+/// as loops), max windows (exact) and sums (1e-6 of the largest
+/// magnitude: fused multiply-adds in one chain). Widths 1, 3, 8, 13, 50
+/// and 783 put the interior anywhere from empty to most of the row, and
+/// its ends on and off vector boundaries.
+#[test]
+fn unrolled_windows_and_interior_rows() {
+    let int = |i: i64| Expr::Int(i);
+    let h = 5usize;
+    let guards: Vec<(&str, Box<GuardFn<'_>>)> = vec![
+        (
+            "lt_ge",
+            Box::new(|iy, ix, w| bin(Binary::And, in_range(iy, h), in_range(ix, w))),
+        ),
+        (
+            "le_gt_mirrored",
+            Box::new(|iy, ix, w| {
+                bin(
+                    Binary::And,
+                    in_range(iy, h),
+                    bin(
+                        Binary::And,
+                        bin(Binary::Gt, ix.clone(), int(-1)),
+                        bin(Binary::Ge, int(w as i64 - 1), ix.clone()),
+                    ),
+                )
+            }),
+        ),
+        (
+            "mirrored",
+            Box::new(|iy, ix, w| {
+                bin(
+                    Binary::And,
+                    bin(
+                        Binary::And,
+                        bin(Binary::Le, int(0), iy.clone()),
+                        bin(Binary::Lt, iy.clone(), int(h as i64)),
+                    ),
+                    bin(
+                        Binary::And,
+                        bin(Binary::Lt, int(-1), ix.clone()),
+                        bin(Binary::Gt, int(w as i64), ix.clone()),
+                    ),
+                )
+            }),
+        ),
+    ];
+    let mul = |x: Expr, w: Expr| bin(Binary::Mul, x, w);
+    let add = |x: Expr, w: Expr| bin(Binary::Add, x, w);
+    for w in [1usize, 3, 8, 13, 50, 783] {
+        for (gname, g) in &guards {
+            let guard = |iy: &Expr, ix: &Expr| g(iy, ix, w);
+            for (kh, kw, d, p) in [(3, 3, 1, 1), (3, 3, 2, 2), (5, 5, 1, 2), (7, 7, 1, 3)] {
+                let k = window(
+                    gname,
+                    (2, h, w),
+                    (kh, kw, d, p),
+                    Reduction::Sum,
+                    &guard,
+                    &mul,
+                );
+                let text = clif_of(&k);
+                assert!(text.contains("f32x4"), "{gname} is not vectorized");
+                if kh * kw <= 32 {
+                    assert!(text.contains("fma"), "{gname} {kh}x{kw} is not unrolled");
+                }
+                check(&k, 1e-6);
+                let k = window(
+                    gname,
+                    (2, h, w),
+                    (kh, kw, d, p),
+                    Reduction::Max,
+                    &guard,
+                    &add,
+                );
+                check(&k, 0.0);
+            }
+        }
+        // A guard that does not depend on the lane (the rows are padded,
+        // the columns read from a wider input).
+        let iy = bin(Binary::Sub, bin(Binary::Add, v(1), v(3)), int(1));
+        let x = Expr::Load {
+            input: 0,
+            index: vec![v(0), iy.clone(), bin(Binary::Add, v(2), v(4))],
+            guard: Some(Box::new(in_range(&iy, h))),
+        };
+        let e = Expr::reduce(
+            Reduction::Sum,
+            Var(3),
+            int(3),
+            Expr::reduce(
+                Reduction::Sum,
+                Var(4),
+                int(3),
+                bin(Binary::Mul, x, ld(1, vec![v(3), v(4)])),
+            ),
+        );
+        let k = map(
+            "row_guard",
+            Ty::F32,
+            vec![
+                buf("x", DType::F32, &[2, h, w + 2]),
+                buf("w", DType::F32, &[3, 3]),
+            ],
+            buf("y", DType::F32, &[2, h, w]),
+            e,
+        );
+        assert!(clif_of(&k).contains("fma"), "row_guard is not unrolled");
+        check(&k, 1e-6);
+    }
+}
+
+/// An implicit-GEMM convolution as `lower::igemm` writes it: output view
+/// `[n, g, cog, oh*ow]`, weight view `[g, cog, cig*kh*kw]`, `b` the
+/// guarded im2col gather of `x[n, g*cig, h, w]`, epilogue `relu(acc +
+/// bias[g*cog + m])`.
+#[allow(clippy::too_many_arguments)]
+fn igemm(
+    n: usize,
+    g: usize,
+    (cig, cog): (usize, usize),
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    (sy, sx): (i64, i64),
+    (pt, pl, pb, pr): (i64, i64, i64, i64),
+    (dy, dx): (i64, i64),
+) -> Kernel {
+    let int = |i: i64| Expr::Int(i);
+    let oh = ((h as i64 + pt + pb - dy * (kh as i64 - 1) - 1) / sy + 1) as usize;
+    let ow = ((w as i64 + pl + pr - dx * (kw as i64 - 1) - 1) / sx + 1) as usize;
+    let k = v(4);
+    let (oy, ox) = (
+        bin(Binary::Div, v(3), int(ow as i64)),
+        bin(Binary::Rem, v(3), int(ow as i64)),
+    );
+    let ic = bin(Binary::Div, k.clone(), int((kh * kw) as i64));
+    let ky = bin(
+        Binary::Rem,
+        bin(Binary::Div, k.clone(), int(kw as i64)),
+        int(kh as i64),
+    );
+    let kx = bin(Binary::Rem, k.clone(), int(kw as i64));
+    let at = |o: Expr, s: i64, t: Expr, d: i64, p: i64| {
+        bin(
+            Binary::Sub,
+            bin(
+                Binary::Add,
+                bin(Binary::Mul, o, int(s)),
+                bin(Binary::Mul, t, int(d)),
+            ),
+            int(p),
+        )
+    };
+    let iy = at(oy, sy, ky, dy, pt);
+    let ix = at(ox, sx, kx, dx, pl);
+    let x = Expr::Load {
+        input: 1,
+        index: vec![
+            v(0),
+            bin(Binary::Add, bin(Binary::Mul, v(1), int(cig as i64)), ic),
+            iy.clone(),
+            ix.clone(),
+        ],
+        guard: Some(Box::new(bin(
+            Binary::And,
+            in_range(&iy, h),
+            in_range(&ix, w),
+        ))),
+    };
+    let co = bin(Binary::Add, bin(Binary::Mul, v(1), int(cog as i64)), v(2));
+    let pre = bin(Binary::Add, Expr::Acc, ld(2, vec![co]));
+    let epilogue = Expr::select(bin(Binary::Lt, pre.clone(), fl(0.0)), fl(0.0), pre);
+    Kernel {
+        name: "igemm".into(),
+        inputs: vec![
+            buf("w", DType::F32, &[g, cog, cig * kh * kw]),
+            buf("x", DType::F32, &[n, g * cig, h, w]),
+            buf("bias", DType::F32, &[g * cog]),
+        ],
+        output: buf("y", DType::F32, &[n, g, cog, oh * ow]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: Var(4),
+            extent: int((cig * kh * kw) as i64),
+            a: ld(0, vec![v(1), v(2), v(4)]),
+            b: x,
+            epilogue,
+        },
+    }
+}
+
+/// Implicit-GEMM convolutions take the gathered tile path (the im2col
+/// operand packed into panels on the stack, 4 x 8 register tiles): odd
+/// sizes, partial row tiles and panels, several column chunks (k = 576),
+/// strides, asymmetric padding, dilation and groups, and a computed `b`
+/// without pixels, against the evaluator within 1e-5 of the largest
+/// magnitude (fused multiply-adds).
+#[test]
+fn implicit_gemm_convolutions() {
+    let cases = [
+        (2, 1, (3, 8), (11, 13), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+        (1, 2, (3, 5), (9, 10), (3, 5), (2, 1), (0, 2, 1, 2), (2, 1)),
+        (1, 1, (5, 13), (7, 7), (7, 7), (1, 1), (3, 3, 3, 3), (1, 1)),
+        (
+            1,
+            1,
+            (64, 4),
+            (15, 15),
+            (3, 3),
+            (1, 1),
+            (1, 1, 1, 1),
+            (1, 1),
+        ),
+        (3, 3, (3, 4), (6, 6), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+        (2, 1, (16, 6), (8, 8), (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+        (1, 1, (2, 4), (1, 1), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ];
+    for (n, g, c, hw, kk, s, p, d) in cases {
+        let k = igemm(n, g, c, hw, kk, s, p, d);
+        let text = clif_of(&k);
+        assert!(
+            text.contains("f32x4") && text.contains("stack_addr"),
+            "the implicit GEMM does not take the gathered tile path:\n{k}"
+        );
+        check(&k, 1e-5);
+    }
+    // A `b` computed per element without a pixel split (`2 * x[k, n]`),
+    // rows split over threads (rank 2): the gathered path's plain fill.
+    for (m, kk, n) in [(5, 7, 11), (9, 64, 3), (4, 1, 17)] {
+        let k = Kernel {
+            name: "gathered".into(),
+            inputs: vec![
+                buf("a", DType::F32, &[m, kk]),
+                buf("x", DType::F32, &[kk, n]),
+            ],
+            output: buf("y", DType::F32, &[m, n]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k: Var(2),
+                extent: Expr::Int(kk as i64),
+                a: ld(0, vec![v(0), v(2)]),
+                b: bin(Binary::Mul, ld(1, vec![v(2), v(1)]), fl(2.0)),
+                epilogue: Expr::Acc,
+            },
+        };
+        assert!(clif_of(&k).contains("stack_addr"), "not gathered:\n{k}");
+        check(&k, 1e-5);
     }
 }
 

@@ -47,6 +47,11 @@ pub struct Target {
     /// recomputed for every window tap that reads it (kh * kw / strides
     /// times); tiled backends stage input tiles once.
     pub direct_conv: bool,
+    /// Whether convolutions other than pointwise and depthwise ones are
+    /// lowered as implicit GEMMs (`Body::Contract` over an im2col gather,
+    /// `lower::igemm`), which the backend tiles; else as map kernels with
+    /// reductions.
+    pub implicit_gemm_conv: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -66,6 +71,7 @@ pub static SM90: Target = Target {
     conv_block: true,
     weight_panel: None,
     direct_conv: false,
+    implicit_gemm_conv: false,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -84,6 +90,7 @@ pub static SM80: Target = Target {
     conv_block: true,
     weight_panel: None,
     direct_conv: false,
+    implicit_gemm_conv: false,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -102,6 +109,7 @@ pub static CPU: Target = Target {
     conv_block: false,
     weight_panel: Some(8),
     direct_conv: true,
+    implicit_gemm_conv: true,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -16,6 +16,7 @@
 mod compute;
 mod cx;
 mod ex;
+mod igemm;
 mod index;
 mod movement;
 mod nn;
@@ -96,6 +97,7 @@ struct Work<'a> {
 /// symbolic dim.
 pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
     let g = &plan.graph;
+    let igemm = crate::cost::target(plan.target).is_some_and(|t| t.implicit_gemm_conv);
     let order = g.topo_order().map_err(|e| LowerError::Plan {
         kernel: 0,
         value: String::new(),
@@ -191,7 +193,7 @@ pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
         bind_time: k.bind_time,
     }));
     for (i, w) in work.iter().enumerate() {
-        let (kernel, inputs, views) = lower_kernel(g, w, &format!("k{i}"), &in_memory)?;
+        let (kernel, inputs, views) = lower_kernel(g, w, &format!("k{i}"), &in_memory, igemm)?;
         let mut args = Vec::with_capacity(inputs.len());
         for v in inputs {
             let b = buf_of.get(&v).copied().ok_or_else(|| LowerError::Plan {
@@ -281,6 +283,7 @@ fn lower_kernel(
     w: &Work,
     name: &str,
     in_memory: &HashSet<Value>,
+    igemm: bool,
 ) -> Result<(kernel::Kernel, Vec<Value>, Vec<pointwise::View>), LowerError> {
     let inside: HashSet<NodeId> = w.nodes.iter().copied().collect();
     let float = float_type(g, w);
@@ -292,7 +295,11 @@ fn lower_kernel(
         None
     };
     let conv = if w.kind == Kind::Contract && contract.is_none() {
-        pointwise::lower(g, w, &inside, in_memory, float)?
+        match pointwise::lower(g, w, &inside, in_memory, float)? {
+            Some(c) => Some(c),
+            None if igemm => igemm::lower(g, w, &inside, in_memory, float)?,
+            None => None,
+        }
     } else {
         None
     };

@@ -135,7 +135,7 @@ impl ConvParams {
 
 /// The guard `0 <= i < n` (sides that cannot fail left out by the caller
 /// passing `check_low` / `check_high`).
-fn in_range(i: &Expr, n: &Expr, check_low: bool, check_high: bool) -> Expr {
+pub(super) fn in_range(i: &Expr, n: &Expr, check_low: bool, check_high: bool) -> Expr {
     let mut g = Expr::Bool(true);
     if check_low {
         g = ex::and(g, ex::ge(i.clone(), int(0)));

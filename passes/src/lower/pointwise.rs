@@ -143,7 +143,7 @@ pub fn lower(
 }
 
 /// Whether `e` loads from input `input`.
-fn reads(e: &Expr, input: usize) -> bool {
+pub(super) fn reads(e: &Expr, input: usize) -> bool {
     let mut found = matches!(e, Expr::Load { input: i, .. } if *i == input);
     e.for_each_child(|c| found |= reads(c, input));
     found

@@ -129,6 +129,11 @@ fn random(rng: &mut ChaCha8Rng, ty: &TensorType, dims: &HashMap<String, usize>) 
 
 /// Lowers `g` both ways, runs, compares every output with the interpreter.
 fn check(g: &Graph, dims: &[(&str, usize)]) {
+    check_for(g, dims, "test");
+}
+
+/// [`check`] with plans for `target` (whose cost table picks lowerings).
+fn check_for(g: &Graph, dims: &[(&str, usize)], target: &'static str) {
     kiln_dialect::verify::verify(g).expect("test graph verifies");
     let dims: HashMap<String, usize> = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let s = seed();
@@ -141,7 +146,8 @@ fn check(g: &Graph, dims: &[(&str, usize)]) {
         );
     }
     let want = interp::run(g, &bindings).expect("interpreter runs");
-    for (how, p) in [("fused", fused(g)), ("per-op", per_op(g))] {
+    for (how, mut p) in [("fused", fused(g)), ("per-op", per_op(g))] {
+        p.target = target;
         let prog = lower_plan(&p).unwrap_or_else(|e| panic!("{how}: {e}"));
         let got = run_program(&prog, &bindings).unwrap_or_else(|e| {
             let text: Vec<String> = prog.launches.iter().map(|l| l.kernel.to_string()).collect();
@@ -439,4 +445,72 @@ fn padded_conv_is_a_guarded_load() {
     println!("{text}");
     assert!(text.contains(" if and("), "{text}");
     check(&g, &[]);
+}
+
+/// Convolutions other than pointwise and depthwise ones become implicit
+/// GEMMs for the `cpu` target (contractions over an im2col gather, output
+/// and weight through views): odd sizes, strides, asymmetric padding,
+/// dilation, groups, bias and epilogues (relu, a residual read at the
+/// pixel), a strided 1x1 convolution, a symbolic batch; a depthwise
+/// convolution and a conv with 2 output channels per group stay maps.
+/// Against the interpreter through the evaluator (1e-5).
+#[test]
+fn implicit_gemm_convs() {
+    let conv = |stride: [i64; 2], padding: [i64; 4], dilation: [i64; 2], groups: i64| Op::Conv2d {
+        stride: stride.to_vec(),
+        padding: padding.to_vec(),
+        dilation: dilation.to_vec(),
+        groups,
+    };
+    let mut g = Graph::new("igemm");
+    let x = g.add_input(
+        "x",
+        TensorType {
+            dtype: DType::F32,
+            shape: Shape(vec![
+                Dim::Sym("n".into()),
+                Dim::Static(6),
+                Dim::Static(9),
+                Dim::Static(10),
+            ]),
+            layout: Default::default(),
+            quant: None,
+        },
+    );
+    let w1 = g.add_weight("w1", f32s(&[8, 6, 3, 3]));
+    let b1 = g.add_weight("b1", f32s(&[8]));
+    let c1 = op(&mut g, conv([1, 1], [1, 1, 1, 1], [1, 1], 1), &[x, w1, b1]);
+    let r1 = op(&mut g, Op::Relu, &[c1]);
+    g.add_output("relu", r1);
+    let w2 = g.add_weight("w2", f32s(&[10, 3, 3, 5]));
+    let c2 = op(&mut g, conv([2, 1], [0, 2, 1, 2], [2, 1], 2), &[x, w2]);
+    g.add_output("grouped", c2);
+    let w3 = g.add_weight("w3", f32s(&[6, 6, 3, 3]));
+    let c3 = op(&mut g, conv([1, 1], [1, 1, 1, 1], [1, 1], 1), &[x, w3]);
+    let s3 = op(&mut g, Op::Add, &[c3, x]);
+    g.add_output("residual", s3);
+    let w4 = g.add_weight("w4", f32s(&[5, 6, 1, 1]));
+    let c4 = op(&mut g, conv([2, 2], [0, 0, 0, 0], [1, 1], 1), &[x, w4]);
+    g.add_output("strided_1x1", c4);
+    let w5 = g.add_weight("w5", f32s(&[6, 1, 3, 3]));
+    let c5 = op(&mut g, conv([1, 1], [1, 1, 1, 1], [1, 1], 6), &[x, w5]);
+    g.add_output("depthwise", c5);
+    let w6 = g.add_weight("w6", f32s(&[6, 2, 3, 3]));
+    let c6 = op(&mut g, conv([1, 1], [1, 1, 1, 1], [1, 1], 3), &[x, w6]);
+    g.add_output("narrow_groups", c6);
+    for n in [1, 3] {
+        check_for(&g, &[("n", n)], "cpu");
+    }
+    let mut p = fused(&g);
+    p.target = "cpu";
+    let text = lower_plan(&p).unwrap().to_string();
+    assert_eq!(
+        text.matches(" contract ").count(),
+        4,
+        "four implicit GEMMs:\n{text}"
+    );
+    assert!(
+        text.contains("f32[n, 2, 5, 30]") && text.contains("f32[2, 5, 45]"),
+        "grouped output and weight views:\n{text}"
+    );
 }

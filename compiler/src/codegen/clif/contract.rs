@@ -16,7 +16,7 @@
 //! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, Value, types};
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
 use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Expr, Var};
 
@@ -48,12 +48,29 @@ pub(super) fn emit_contract(
             panels(em, kv, extent, epilogue, &oa, &pb)
         });
     }
+    if em.fty == types::F32
+        && rank >= 2
+        && operand(em, b, kv, rank, true).is_none()
+        && em.type_of(b).ok() == Some(T::F)
+        && let Some(kc) = gather_k(extent)
+        && let Some(oa) = operand(em, a, kv, rank, false)
+    {
+        return emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+            gathered(em, kv, kc, b, epilogue, &oa, None)
+        });
+    }
     let fast = if em.fty == types::F32 && rank >= 2 {
         operand(em, a, kv, rank, false).zip(operand(em, b, kv, rank, true))
     } else {
         None
     };
     match fast {
+        Some((oa, ob)) if column_order(em, extent) && gather_k(extent).is_some() => {
+            let kc = gather_k(extent).unwrap_or(1);
+            emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
+                gathered(em, kv, kc, b, epilogue, &oa, Some(&ob))
+            })
+        }
         Some((oa, ob)) => emit_nest(em, &[extent, epilogue], rank - 2, &mut |em| {
             tiles(em, kv, extent, a, b, epilogue, &oa, &ob)
         }),
@@ -181,10 +198,16 @@ fn tiles(
     let (pa, am, ak) = oa.addressing(em, m, kv);
     let (pb, bn, bk) = ob.addressing(em, n, kv);
     let _ = bn; // 4 bytes: `n` is the last axis of `b`
-    let row_off: Vec<Value> = (0..MR as i64)
-        .map(|r| em.b.ins().imul_imm_s(am, r))
-        .collect();
+    let row_off = row_offsets(em, oa, m, am);
     let zero = em.iconst(0);
+    if column_order(em, extent) {
+        return tiles_by_column(
+            em,
+            (kv, extent, a, b, epilogue),
+            (pa, am, ak, pb, bk),
+            &row_off,
+        );
+    }
     let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
         let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
             let t = em.b.ins().imul(mb, am);
@@ -238,9 +261,135 @@ fn tiles(
     Ok(())
 }
 
+/// The most bytes of `a` (all rows, all of `k`) for which the tiles run
+/// column panel by column panel (see [`column_order`]).
+const A_RESIDENT: u64 = 32 * 1024;
+
+/// Whether a contraction's tiles run column panel by column panel, all
+/// rows against one panel of `b` before the next: when the output's rows
+/// and `k` are static and all of `a` fits in [`A_RESIDENT`] bytes (the
+/// pointwise convolutions of C3: 24 x 144 and 144 x 24), so `a` and the
+/// panel stay in L1 while `b` is read once, instead of once per row tile.
+fn column_order(em: &Emitter, extent: &Expr) -> bool {
+    let rank = em.k.output.shape.rank();
+    let rows = if rank == 2 {
+        // Rows are split over threads: the whole extent bounds a range.
+        em.k.output.shape.0[0].as_static()
+    } else {
+        em.k.output.shape.0[rank - 2].as_static()
+    };
+    match (rows, extent) {
+        (Some(r), Expr::Int(k)) if *k > 0 => r * (*k as u64) * 4 <= A_RESIDENT,
+        _ => false,
+    }
+}
+
+/// [`tiles`] in column order: for each panel of [`NR`] columns, the row
+/// tiles, then the rows left over as one-row tiles (the same fused sums in
+/// `k` order as a full tile's rows); then the columns left over element by
+/// element.
+fn tiles_by_column(
+    em: &mut Emitter,
+    (kv, extent, a, b, epilogue): (Var, &Expr, &Expr, &Expr, &Expr),
+    (pa, am, ak, pb, bk): (Value, Value, Value, Value, Value),
+    row_off: &[Off],
+) -> Result<(), CodegenError> {
+    let TileSpace {
+        m,
+        n,
+        mlo,
+        mhi,
+        ncols,
+        kn,
+    } = tile_space(em, extent)?;
+    let zero = em.iconst(0);
+    let (nb_end, _) = em.for_loop(zero, ncols, NR as i64, &[], |em, nb, _| {
+        let t = em.b.ins().ishl_imm_s(nb, 2);
+        let pb0 = em.b.ins().iadd(pb, t);
+        let tile = |em: &mut Emitter, mb: Value, rows: usize| -> Result<(), CodegenError> {
+            let t = em.b.ins().imul(mb, am);
+            let pa0 = em.b.ins().iadd(pa, t);
+            let acc = tile_sums(em, rows, pa0, ak, pb0, bk, kn, row_off, None)?;
+            if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
+                return whole_stores(em, mb, nb, &acc, epilogue);
+            }
+            for r in 0..rows {
+                let mv = em.b.ins().iadd_imm_s(mb, r as i64);
+                em.vars.insert(m, mv);
+                for col in 0..NR {
+                    let nv = em.b.ins().iadd_imm_s(nb, col as i64);
+                    em.vars.insert(n, nv);
+                    let v = acc[r * (NR / 4) + col / 4];
+                    let lane = em.b.ins().extractlane(v, (col % 4) as u8);
+                    epilogue_at(em, lane, T::F, epilogue)?;
+                }
+            }
+            em.vars.remove(&n);
+            em.vars.remove(&m);
+            Ok(())
+        };
+        let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+            tile(em, mb, MR)?;
+            Ok(vec![])
+        })?;
+        em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+            tile(em, mv, 1)?;
+            Ok(vec![])
+        })?;
+        Ok(vec![])
+    })?;
+    em.for_loop(mlo, mhi, 1, &[], |em, mv, _| {
+        em.vars.insert(m, mv);
+        em.for_loop(nb_end, ncols, 1, &[], |em, nv, _| {
+            em.vars.insert(n, nv);
+            element(em, kv, extent, a, b, epilogue, em.fma)?;
+            em.vars.remove(&n);
+            Ok(vec![])
+        })?;
+        em.vars.remove(&m);
+        Ok(vec![])
+    })?;
+    Ok(())
+}
+
+/// The byte offset of a tile's row `r` of `a` from its first: an
+/// immediate when `a`'s shape is static (folded into the load), else a
+/// value.
+#[derive(Clone, Copy, Debug)]
+enum Off {
+    Imm(i32),
+    Dyn(Value),
+}
+
+/// The offsets of rows `0 .. MR` of `a` (`am` bytes apart).
+fn row_offsets(em: &mut Emitter, oa: &Operand, m: Var, am: Value) -> Vec<Off> {
+    let shape = &em.k.inputs[oa.input].shape;
+    let stride = |axis: usize| -> Option<i64> {
+        shape.0[axis + 1..]
+            .iter()
+            .try_fold(1i64, |p, d| p.checked_mul(d.as_static()? as i64))
+    };
+    let st = oa
+        .var_axes
+        .iter()
+        .filter(|(v, _)| *v == m)
+        .try_fold(0i64, |s, &(_, axis)| s.checked_add(stride(axis)?));
+    (0..MR as i64)
+        .map(|r| {
+            match st
+                .and_then(|st| st.checked_mul(4 * r))
+                .and_then(|o| i32::try_from(o).ok())
+            {
+                Some(o) => Off::Imm(o),
+                None => Off::Dyn(em.b.ins().imul_imm_s(am, r)),
+            }
+        })
+        .collect()
+}
+
 /// One step of `k` on a register tile: `c` is the `a` and `b` pointers
 /// and the accumulators; gives their next values.
-fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) -> Vec<Value> {
+fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Off]) -> Vec<Value> {
     let (pa, pb) = (c[0], c[1]);
     let bv: Vec<Value> = (0..NR / 4)
         .map(|j| {
@@ -250,13 +399,21 @@ fn step(em: &mut Emitter, c: &[Value], ak: Value, bk: Value, row_off: &[Value]) 
         .collect();
     let mut next = vec![em.b.ins().iadd(pa, ak), em.b.ins().iadd(pb, bk)];
     for (r, &ro) in row_off.iter().enumerate() {
-        let addr = em.b.ins().iadd(pa, ro);
-        let x = em.b.ins().load(types::F32, input_mem(), addr, 0);
+        let x = match ro {
+            Off::Imm(o) => em.b.ins().load(types::F32, input_mem(), pa, o),
+            Off::Dyn(o) => {
+                let addr = em.b.ins().iadd(pa, o);
+                em.b.ins().load(types::F32, input_mem(), addr, 0)
+            }
+        };
         let xs = em.b.ins().splat(types::F32X4, x);
         for (j, &bj) in bv.iter().enumerate() {
             let acc = c[2 + r * (NR / 4) + j];
+            // The splat first: x86-64's `fma` overwrites its first operand
+            // (a copy where it is used again), and a row's splat is used
+            // NR / 4 times where each `b` vector is used MR times.
             next.push(if em.fma {
-                em.b.ins().fma(bj, xs, acc)
+                em.b.ins().fma(xs, bj, acc)
             } else {
                 let p = em.b.ins().fmul(xs, bj);
                 em.b.ins().fadd(acc, p)
@@ -447,9 +604,7 @@ fn panels(
     let blocks = kc.map_or(1, |kc| static_k.unwrap_or(0).div_ceil(kc));
     let chunk = chunk_columns(kc.or(static_k));
     let zero = em.iconst(0);
-    let row_off: Vec<Value> = (0..MR as i64)
-        .map(|r| em.b.ins().imul_imm_s(am, r))
-        .collect();
+    let row_off = row_offsets(em, oa, m, am);
     let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
     let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
     let nblocks = em.iconst(blocks as i64);
@@ -602,7 +757,7 @@ fn tile_sums(
     pb: Value,
     bk: Value,
     kn: Value,
-    row_off: &[Value],
+    row_off: &[Off],
     start: Option<Vec<Value>>,
 ) -> Result<Vec<Value>, CodegenError> {
     let zero = em.iconst(0);
@@ -626,6 +781,244 @@ fn tile_sums(
     })?;
     let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| Ok(step(em, c, ak, bk, offs)))?;
     Ok(acc[2..].to_vec())
+}
+
+/// The most `b` elements a gathered contraction packs at once (128 KiB of
+/// stack frame).
+const GATHER_FLOATS: u64 = 32 * 1024;
+
+/// The static `k` extent of a contraction whose `b` operand can be packed
+/// into a stack buffer of at least one panel.
+fn gather_k(extent: &Expr) -> Option<u64> {
+    match extent {
+        Expr::Int(k) if *k > 0 && (*k as u64) * (NR as u64) <= GATHER_FLOATS => Some(*k as u64),
+        _ => None,
+    }
+}
+
+/// The row and column of a flattened pixel in a gathered `b` operand,
+/// bound while the panels are filled (see [`pixel_split`]).
+const PIX_Y: Var = Var(u32::MAX - 1);
+const PIX_X: Var = Var(u32::MAX - 2);
+
+/// When `b` reads its column `n` only as `n / w` and `n % w` for one
+/// static `w > 0` (an implicit GEMM's output row and column): `w` and `b`
+/// with those written [`PIX_Y`] and [`PIX_X`], which the fill carries from
+/// pixel to pixel.
+fn pixel_split(b: &Expr, n: Var) -> Option<(i64, Expr)> {
+    fn width(e: &Expr, n: Var, w: &mut Option<i64>) {
+        if let Expr::Binary(Binary::Div | Binary::Rem, a, c) = e
+            && **a == Expr::Var(n)
+            && let Expr::Int(c) = **c
+            && c > 0
+            && w.is_none()
+        {
+            *w = Some(c);
+        }
+        e.for_each_child(|c| width(c, n, w));
+    }
+    let mut w = None;
+    width(b, n, &mut w);
+    let w = w?;
+    let split = b.substitute(&|e| match e {
+        Expr::Binary(op @ (Binary::Div | Binary::Rem), a, c)
+            if **a == Expr::Var(n) && **c == Expr::Int(w) =>
+        {
+            Some(Expr::Var(if *op == Binary::Div { PIX_Y } else { PIX_X }))
+        }
+        _ => None,
+    });
+    Some((w, split))
+}
+
+/// The `m`, `n` loops of one batch index when `b` is any f32 expression
+/// (an implicit GEMM's im2col gather): for each chunk of columns, `b` is
+/// evaluated once per element into panels on the stack (`[panel][k][NR]`,
+/// columns past `n` zero), then every row tile runs against each panel
+/// as in [`panels`], and rows left over run as one-row tiles.
+fn gathered(
+    em: &mut Emitter,
+    kv: Var,
+    kc: u64,
+    b: &Expr,
+    epilogue: &Expr,
+    oa: &Operand,
+    plain_b: Option<&Operand>,
+) -> Result<(), CodegenError> {
+    let extent = Expr::Int(kc as i64);
+    let TileSpace {
+        m,
+        n,
+        mlo,
+        mhi,
+        ncols,
+        kn,
+    } = tile_space(em, &extent)?;
+    let (pa, am, ak) = oa.addressing(em, m, kv);
+    let chunk = ((GATHER_FLOATS / kc) / NR as u64 * NR as u64).max(NR as u64) as i64;
+    let split = pixel_split(b, n);
+    // A plain `b` (contiguous columns): its address at `k = 0`, `n = 0`
+    // and its `k` step, for a fill by vectors.
+    let plain = plain_b.map(|ob| {
+        let (p, _, s) = ob.addressing(em, n, kv);
+        (p, s)
+    });
+    let slot = em.b.create_sized_stack_slot(StackSlotData::new(
+        StackSlotKind::ExplicitSlot,
+        (4 * chunk as u64 * kc) as u32,
+        4,
+    ));
+    let ptr = em.b.func.dfg.value_type(em.bases[0]);
+    let buf = em.b.ins().stack_addr(ptr, slot, 0);
+    let panel_bytes = em.iconst(4 * NR as i64 * kc as i64);
+    let bk = em.iconst(4 * NR as i64);
+    let zero = em.iconst(0);
+    let row_off = row_offsets(em, oa, m, am);
+    let chunks = em.b.ins().iadd_imm_s(ncols, chunk - 1);
+    let chunks = em.b.ins().sdiv_imm_s(chunks, chunk);
+    let zf = em.fconst(0.0);
+    em.for_loop(zero, chunks, 1, &[], |em, ci, _| {
+        let c0 = em.b.ins().imul_imm_s(ci, chunk);
+        let c1 = em.b.ins().iadd_imm_s(c0, chunk);
+        let c1 = em.b.ins().smin(c1, ncols);
+        let cols = em.b.ins().isub(c1, c0);
+        let padded = em.b.ins().iadd_imm_s(cols, NR as i64 - 1);
+        let padded = em.b.ins().band_imm_s(padded, -(NR as i64));
+        // The chunk's first pixel as `(n / w, n % w)`, carried by the fill
+        // instead of a division per element.
+        let pix0 = split.as_ref().map(|(wd, _)| {
+            let y = em.b.ins().sdiv_imm_s(c0, *wd);
+            let x = em.b.ins().srem_imm_s(c0, *wd);
+            (y, x)
+        });
+        // Fill: for each k, the chunk's columns (then the zero padding).
+        em.for_loop(zero, kn, 1, &[], |em, k, _| {
+            em.vars.insert(kv, k);
+            let r = (|| {
+                em.hoist(b, &em.bound())?;
+                let row = em.b.ins().imul_imm_s(k, 4 * NR as i64);
+                let row = em.b.ins().iadd(buf, row);
+                let at = |em: &mut Emitter, j: Value| {
+                    let q = em.b.ins().sshr_imm_s(j, NR.trailing_zeros() as i64);
+                    let q = em.b.ins().imul(q, panel_bytes);
+                    let l = em.b.ins().band_imm_s(j, NR as i64 - 1);
+                    let l = em.b.ins().ishl_imm_s(l, 2);
+                    let a = em.b.ins().iadd(row, q);
+                    em.b.ins().iadd(a, l)
+                };
+                let (j_end, _) = match (plain, &split, pix0) {
+                    (Some((pb, bks)), _, _) => {
+                        // Whole panel rows as two vectors each, then the
+                        // rest of the chunk's columns one by one.
+                        let t = em.b.ins().imul(k, bks);
+                        let src = em.b.ins().iadd(pb, t);
+                        let t = em.b.ins().ishl_imm_s(c0, 2);
+                        let src = em.b.ins().iadd(src, t);
+                        let (j, _) = em.for_loop(zero, cols, NR as i64, &[], |em, j, _| {
+                            let t = em.b.ins().ishl_imm_s(j, 2);
+                            let s0 = em.b.ins().iadd(src, t);
+                            let d = at(em, j);
+                            for h in 0..(NR / 4) as i32 {
+                                let v = em.b.ins().load(types::F32X4, input_mem(), s0, 16 * h);
+                                em.b.ins().store(mem(), v, d, 16 * h);
+                            }
+                            Ok(vec![])
+                        })?;
+                        em.for_loop(j, cols, 1, &[], |em, j, _| {
+                            let t = em.b.ins().ishl_imm_s(j, 2);
+                            let s0 = em.b.ins().iadd(src, t);
+                            let v = em.b.ins().load(types::F32, input_mem(), s0, 0);
+                            let d = at(em, j);
+                            em.b.ins().store(mem(), v, d, 0);
+                            Ok(vec![])
+                        })?
+                    }
+                    (None, _, _) => match (&split, pix0) {
+                        (Some((wd, bs)), Some((y0, x0))) => {
+                            em.for_loop(zero, cols, 1, &[y0, x0], |em, j, yx| {
+                                let nv = em.b.ins().iadd(c0, j);
+                                em.vars.insert(n, nv);
+                                em.vars.insert(PIX_Y, yx[0]);
+                                em.vars.insert(PIX_X, yx[1]);
+                                let v = em.emit(bs);
+                                em.vars.remove(&n);
+                                em.vars.remove(&PIX_Y);
+                                em.vars.remove(&PIX_X);
+                                let (v, _) = v?;
+                                let a = at(em, j);
+                                em.b.ins().store(mem(), v, a, 0);
+                                let x1 = em.b.ins().iadd_imm_s(yx[1], 1);
+                                let wrap = em.b.ins().icmp_imm_s(IntCC::Equal, x1, *wd);
+                                let y1 = em.b.ins().iadd_imm_s(yx[0], 1);
+                                let y = em.b.ins().select(wrap, y1, yx[0]);
+                                let x = em.b.ins().select(wrap, zero, x1);
+                                Ok(vec![y, x])
+                            })?
+                        }
+                        _ => em.for_loop(zero, cols, 1, &[], |em, j, _| {
+                            let nv = em.b.ins().iadd(c0, j);
+                            em.vars.insert(n, nv);
+                            let v = em.emit(b);
+                            em.vars.remove(&n);
+                            let (v, _) = v?;
+                            let a = at(em, j);
+                            em.b.ins().store(mem(), v, a, 0);
+                            Ok(vec![])
+                        })?,
+                    },
+                };
+                em.for_loop(j_end, padded, 1, &[], |em, j, _| {
+                    let a = at(em, j);
+                    em.b.ins().store(mem(), zf, a, 0);
+                    Ok(vec![])
+                })?;
+                Ok::<(), CodegenError>(())
+            })();
+            em.vars.remove(&kv);
+            r.map(|()| vec![])
+        })?;
+        let npanels = em.b.ins().sshr_imm_s(padded, NR.trailing_zeros() as i64);
+        let rows = |em: &mut Emitter, mb: Value, count: usize| -> Result<(), CodegenError> {
+            em.for_loop(zero, npanels, 1, &[], |em, q, _| {
+                let t = em.b.ins().imul(mb, am);
+                let pa0 = em.b.ins().iadd(pa, t);
+                let t = em.b.ins().imul(q, panel_bytes);
+                let pbq = em.b.ins().iadd(buf, t);
+                let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
+                let nb = em.b.ins().iadd(c0, nb);
+                let acc = tile_sums(em, count, pa0, ak, pbq, bk, kn, &row_off, None)?;
+                if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
+                    let end = em.b.ins().iadd_imm_s(nb, NR as i64);
+                    let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
+                    let vec_block = em.b.create_block();
+                    let lanes = em.b.create_block();
+                    let done = em.b.create_block();
+                    em.b.ins().brif(full, vec_block, &[], lanes, &[]);
+                    em.b.switch_to_block(vec_block);
+                    whole_stores(em, mb, nb, &acc, epilogue)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(lanes);
+                    lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(done);
+                    return Ok(vec![]);
+                }
+                lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                Ok(vec![])
+            })?;
+            Ok(())
+        };
+        let (mb_end, _) = em.for_loop(mlo, mhi, MR as i64, &[], |em, mb, _| {
+            rows(em, mb, MR)?;
+            Ok(vec![])
+        })?;
+        em.for_loop(mb_end, mhi, 1, &[], |em, mv, _| {
+            rows(em, mv, 1)?;
+            Ok(vec![])
+        })?;
+        Ok(vec![])
+    })?;
+    Ok(())
 }
 
 /// Whether the epilogue is the accumulator stored as it is into an f32

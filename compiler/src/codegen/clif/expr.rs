@@ -55,6 +55,13 @@ pub(super) struct Emitter<'a, 'f> {
     /// (written in a lane variable) to that variable and the buffer's
     /// address; element `i` of the buffer holds its value at `var = i`.
     pub scratch: HashMap<String, (Var, Value)>,
+    /// Lane-invariant floats of the vector path broadcast once per row
+    /// (`interior::splat_candidates`): key to the stack slot holding the
+    /// `f32x4` value.
+    pub vsplat: HashMap<String, StackSlot>,
+    /// Keys of `add(x, mul(a, b))` nodes of unrolled sums the vector path
+    /// emits as one fused multiply-add (`interior::unroll`).
+    pub fused: std::collections::HashSet<String>,
     /// The slot [`Emitter::pin`] stores to.
     pin_slot: Option<StackSlot>,
     imports: Vec<String>,
@@ -158,6 +165,8 @@ impl<'a, 'f> Emitter<'a, 'f> {
             vacc: None,
             memo: vec![HashMap::new()],
             scratch: HashMap::new(),
+            vsplat: HashMap::new(),
+            fused: Default::default(),
             pin_slot: None,
             imports: Vec::new(),
             funcs: HashMap::new(),

@@ -47,8 +47,11 @@ pub(super) fn is_leaf(e: &Expr) -> bool {
 }
 
 /// The maximal sub-expressions of `e` that depend only on `bound` and are
-/// evaluated unconditionally (never the index of a guarded load, which is
-/// read only where its guard holds): what a loop's preheader computes once.
+/// safe to evaluate unconditionally: what a loop's preheader computes once.
+/// Inside the index of a guarded load (evaluated only where its guard
+/// holds) only load-free integer arithmetic qualifies, which cannot fault
+/// (integer division never traps), never a load (it could read outside its
+/// tensor where the guard fails).
 pub(super) fn invariants<'e>(e: &'e Expr, bound: &BTreeSet<Var>, out: &mut Vec<&'e Expr>) {
     if is_leaf(e) {
         return;
@@ -58,13 +61,43 @@ pub(super) fn invariants<'e>(e: &'e Expr, bound: &BTreeSet<Var>, out: &mut Vec<&
         return;
     }
     match e {
-        Expr::Load { guard: Some(g), .. } => invariants(g, bound, out),
+        Expr::Load {
+            index,
+            guard: Some(g),
+            ..
+        } => {
+            invariants(g, bound, out);
+            for i in index {
+                load_free_invariants(i, bound, out);
+            }
+        }
         _ => {
             for c in children(e) {
                 invariants(c, bound, out);
             }
         }
     }
+}
+
+/// [`invariants`] restricted to sub-expressions that read no tensor.
+fn load_free_invariants<'e>(e: &'e Expr, bound: &BTreeSet<Var>, out: &mut Vec<&'e Expr>) {
+    if is_leaf(e) {
+        return;
+    }
+    if free_vars(e).is_subset(bound) && !has_load(e) {
+        out.push(e);
+        return;
+    }
+    for c in children(e) {
+        load_free_invariants(c, bound, out);
+    }
+}
+
+/// Whether `e` reads a tensor.
+fn has_load(e: &Expr) -> bool {
+    let mut found = matches!(e, Expr::Load { .. });
+    e.for_each_child(|c| found = found || has_load(c));
+    found
 }
 
 /// The direct sub-expressions of `e`.

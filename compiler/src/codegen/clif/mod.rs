@@ -35,6 +35,7 @@ mod contract;
 mod dtype_io;
 mod expr;
 mod hoist;
+mod interior;
 mod loops;
 mod math;
 mod vmap;

@@ -58,6 +58,7 @@ use kiln_dialect::{DType, Dim};
 use super::CodegenError;
 use super::expr::{Emitter, T, load_type, mem};
 use super::hoist::{ACC, children, free_vars};
+use super::interior;
 use super::loops::emit_nest;
 
 /// The vector form of an expression.
@@ -281,11 +282,31 @@ impl Emitter<'_, '_> {
         memo: &mut HashMap<String, VVal>,
     ) -> Result<VVal, CodegenError> {
         if !depends(e, lane) {
+            if !self.vsplat.is_empty()
+                && let Some(&slot) = self.vsplat.get(&e.to_string())
+            {
+                let ptr = self.b.func.dfg.value_type(self.bases[0]);
+                let v = self.b.ins().stack_load(ptr, types::F32X4, slot, 0);
+                return Ok(VVal::F(v));
+            }
             let (v, _) = self.emit(e)?;
             return Ok(VVal::Scalar(v));
         }
         let key = e.to_string();
         if let Some(&v) = memo.get(&key) {
+            return Ok(v);
+        }
+        if self.fma
+            && let Expr::Binary(Binary::Add, acc, prod) = e
+            && let Expr::Binary(Binary::Mul, x, y) = &**prod
+            && self.fused.contains(&key)
+        {
+            let acc = self.vemit(acc, lane, memo)?;
+            let x = self.vemit(x, lane, memo)?;
+            let y = self.vemit(y, lane, memo)?;
+            let (acc, x, y) = (self.vec_f(acc), self.vec_f(x), self.vec_f(y));
+            let v = VVal::F(self.b.ins().fma(x, y, acc));
+            memo.insert(key, v);
             return Ok(v);
         }
         if let Some(&(var, addr)) = self.scratch.get(&key)
@@ -842,15 +863,36 @@ impl Emitter<'_, '_> {
 
 /// The loop nest of a vectorizable f32 map kernel with an f32 output: the
 /// scalar nest over the outer axes, then the innermost axis four elements
-/// at a time and its remainder with the scalar code. With a row buffer
+/// at a time and its remainder with the scalar code. Small lane-dependent
+/// reductions are unrolled first ([`interior::unroll`]). With a row buffer
 /// ([`row_buffer_plan`]), each row first fills it, then computes its
-/// statistics and elements reading it.
+/// statistics and elements reading it. Otherwise, when guards of vector
+/// loads are analyzable ([`interior::interior`]), each row computes the
+/// lane interval where they all hold and runs the vectors inside it
+/// without them. Lane-invariant float operands are splatted once per row.
 pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError> {
     let rank = em.k.output.shape.rank();
     let lane = Var(rank as u32 - 1);
     let out = em.k.inputs.len();
+    let (unrolled, fused) = interior::unroll(expr, lane);
+    let expr = &unrolled;
+    em.fused = fused;
     let plan = row_buffer_plan(em, expr);
-    let hoists: Vec<&Expr> = if plan.is_some() { vec![] } else { vec![expr] };
+    let outer = Emitter::out_vars(rank - 1);
+    let inner = match plan {
+        Some(_) => None,
+        None => interior::interior(em, expr, lane, &outer, &|x| unit_affine(em, x, lane)),
+    };
+    if let Some(i) = &inner {
+        let mut fused = std::mem::take(&mut em.fused);
+        interior::fused_keys(expr, &i.fast, &mut fused);
+        em.fused = fused;
+    }
+    let hoists: Vec<&Expr> = match (&plan, &inner) {
+        (Some(_), _) => vec![],
+        (None, Some(i)) => vec![expr, &i.fast],
+        (None, None) => vec![expr],
+    };
     emit_nest(em, &hoists, rank - 1, &mut |em| {
         if let Some((s, n, vars)) = &plan {
             let addr = em.fill_row(s, lane, *n)?;
@@ -867,16 +909,45 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
             let zero = em.iconst(0);
             (zero, em.shapes[out][rank - 1])
         };
-        let (i, _) = em.for_loop(lo, hi, 4, &[], |em, i, _| {
-            let v = em.vemit_at(expr, lane, i)?;
-            em.vars.insert(lane, i);
-            let flat = em.out_flat();
-            em.vars.remove(&lane);
-            let off = em.b.ins().ishl_imm_s(flat, 2);
-            let a = em.b.ins().iadd(em.bases[out], off);
-            em.b.ins().store(mem(), v, a, 0);
-            Ok(vec![])
-        })?;
+        let mut cands = Vec::new();
+        interior::splat_candidates(em, expr, lane, &outer, &mut cands);
+        if let Some(i) = &inner {
+            interior::splat_candidates(em, &i.fast, lane, &outer, &mut cands);
+        }
+        for c in cands {
+            let key = c.to_string();
+            if !em.vsplat.contains_key(&key) {
+                let (v, _) = em.emit(c)?;
+                let v = em.b.ins().splat(types::F32X4, v);
+                // Read back from a slot at each use: a splat value used
+                // inside the loops was broadcast again at every use by
+                // Cranelift's optimizer (from a spilled scalar), where a
+                // load from the stack can be an operand of the use.
+                let slot = em.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    16,
+                    4,
+                ));
+                let ptr = em.b.func.dfg.value_type(em.bases[0]);
+                em.b.ins().stack_store(ptr, v, slot, 0);
+                em.vsplat.insert(key, slot);
+            }
+        }
+        let i = match &inner {
+            None => vector_loop(em, expr, lane, lo, hi)?,
+            Some(int) => {
+                let (ok, l, h) = em.interior_bounds(&int.conds, lane, lo, hi)?;
+                // Border vectors (some lane below `l`), the interior
+                // (where the row's invariant conditions hold), the rest.
+                let l3 = em.b.ins().iadd_imm_s(l, 3);
+                let hi1 = em.b.ins().smin(hi, l3);
+                let i = vector_loop(em, expr, lane, lo, hi1)?;
+                let h = em.b.ins().smin(hi, h);
+                let hi2 = em.b.ins().select(ok, h, i);
+                let i = vector_loop(em, &int.fast, lane, i, hi2)?;
+                vector_loop(em, expr, lane, i, hi)?
+            }
+        };
         em.for_loop(i, hi, 1, &[], |em, j, _| {
             em.vars.insert(lane, j);
             let v = em.emit(expr);
@@ -888,8 +959,76 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
             r.map(|()| vec![])
         })?;
         em.scratch.clear();
+        em.vsplat.clear();
         Ok(())
     })
+}
+
+/// Stores `e` four lanes at a time for `lane` from `lo` while four more
+/// fit below `hi`; returns the first lane not stored.
+fn vector_loop(
+    em: &mut Emitter,
+    e: &Expr,
+    lane: Var,
+    lo: Value,
+    hi: Value,
+) -> Result<Value, CodegenError> {
+    let out = em.k.inputs.len();
+    let (i, _) = em.for_loop(lo, hi, 4, &[], |em, i, _| {
+        let v = em.vemit_at(e, lane, i)?;
+        em.vars.insert(lane, i);
+        let flat = em.out_flat();
+        em.vars.remove(&lane);
+        let off = em.b.ins().ishl_imm_s(flat, 2);
+        let a = em.b.ins().iadd(em.bases[out], off);
+        em.b.ins().store(mem(), v, a, 0);
+        Ok(vec![])
+    })?;
+    Ok(i)
+}
+
+impl Emitter<'_, '_> {
+    /// For the conditions of [`interior::interior`] in the current row:
+    /// whether the row-invariant ones hold, and the lane interval
+    /// `[l, h)` (within `[lo, hi)`) where the others do.
+    fn interior_bounds(
+        &mut self,
+        conds: &[interior::Cond],
+        lane: Var,
+        lo: Value,
+        hi: Value,
+    ) -> Result<(Value, Value, Value), CodegenError> {
+        let mut ok = self.b.ins().iconst(types::I8, 1);
+        let (mut l, mut h) = (lo, hi);
+        for c in conds {
+            match c {
+                interior::Cond::Inv(g) => {
+                    let (v, _) = self.emit(g)?;
+                    ok = self.b.ins().band(ok, v);
+                }
+                interior::Cond::Below(x, y, k) | interior::Cond::AtLeast(x, y, k) => {
+                    // `x` is `lane + x(0)`: the bound on the lane is
+                    // `y + k - x(0)`.
+                    let zero = self.iconst(0);
+                    let saved = self.take_memo();
+                    self.vars.insert(lane, zero);
+                    let x0 = self.emit(x);
+                    self.vars.remove(&lane);
+                    self.restore_memo(saved);
+                    let (x0, _) = x0?;
+                    let (y, _) = self.emit(y)?;
+                    let d = self.b.ins().isub(y, x0);
+                    let d = self.b.ins().iadd_imm_s(d, *k);
+                    if matches!(c, interior::Cond::Below(..)) {
+                        h = self.b.ins().smin(h, d);
+                    } else {
+                        l = self.b.ins().smax(l, d);
+                    }
+                }
+            }
+        }
+        Ok((ok, l, h))
+    }
 }
 
 /// Whether a map kernel takes the vector path: an f32 kernel with an f32
