@@ -172,7 +172,7 @@ fn check_reports_interface_and_errors() {
     user_error(&kiln(&["check", "no/such/model.kir"]), "no/such/model.kir");
     user_error(
         &kiln(&["check", "README.md"]),
-        "expected a model file ending in .kiln (model language) or .kir",
+        "expected a model file ending in .kiln (model language), .kir (graph IR text) or .onnx",
     );
 }
 

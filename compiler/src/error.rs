@@ -20,6 +20,9 @@ pub enum KilnError {
     Usage(String),
     #[error(transparent)]
     Npy(#[from] NpyError),
+    /// An ONNX model that cannot be imported.
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error(transparent)]
