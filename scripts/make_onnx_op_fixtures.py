@@ -229,6 +229,70 @@ def movement_cases():
     ], [("x", x)], [("y", F)], inits=[("zero", np.array(0, np.int64)), ("one", np.array(1, np.int64)), ("s", i64(3, 4))])
 
 
+def gpt2_block_case():
+    """A GPT-2-style decoder block (pre-norm, causal multi-head attention,
+    tanh-GELU MLP written with Pow and Tanh as exporters write it), with
+    head reshapes computed from Shape as exported models compute them."""
+    S, D, H = 5, 16, 2
+    hd = D // H
+    i64 = lambda *v: np.array(v, np.int64)
+    w = lambda *s: (rand(*s) / np.sqrt(s[0])).astype(np.float32)
+    mask = np.triu(np.full((S, S), -1e9, np.float32), 1)
+    inits = [
+        ("ln1_g", rand(D)), ("ln1_b", rand(D)), ("w_qkv", w(D, 3 * D)), ("b_qkv", rand(3 * D)),
+        ("w_o", w(D, D)), ("b_o", rand(D)), ("ln2_g", rand(D)), ("ln2_b", rand(D)),
+        ("w_fc", w(D, 4 * D)), ("b_fc", rand(4 * D)), ("w_proj", w(4 * D, D)), ("b_proj", rand(D)),
+        ("split", i64(D, D, D)), ("mask", mask), ("heads", i64(H, hd)), ("idx01", i64(0, 1)),
+        ("merged", i64(D)), ("scale", np.array(1 / np.sqrt(hd), np.float32)),
+        ("three", np.array(3.0, np.float32)), ("c0044", np.array(0.044715, np.float32)),
+        ("c_s2pi", np.array(np.sqrt(2 / np.pi), np.float32)), ("half", np.array(0.5, np.float32)),
+        ("one", np.array(1.0, np.float32)),
+    ]
+    nodes = [
+        node("LayerNormalization", ["x", "ln1_g", "ln1_b"], ["ln1"], epsilon=1e-5),
+        node("MatMul", ["ln1", "w_qkv"], ["qkv0"]),
+        node("Add", ["qkv0", "b_qkv"], ["qkv"]),
+        node("Split", ["qkv", "split"], ["q0", "k0", "v0"], axis=2),
+        node("Shape", ["x"], ["xs"]),
+        node("Gather", ["xs", "idx01"], ["bs"], axis=0),
+        node("Concat", ["bs", "heads"], ["head_shape"], axis=0),
+        node("Concat", ["bs", "merged"], ["merged_shape"], axis=0),
+    ]
+    for t in ["q", "k", "v"]:
+        nodes += [
+            node("Reshape", [f"{t}0", "head_shape"], [f"{t}1"]),
+            node("Transpose", [f"{t}1"], [f"{t}h"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]),
+        node("MatMul", ["qh", "kt"], ["s0"]),
+        node("Mul", ["s0", "scale"], ["s1"]),
+        node("Add", ["s1", "mask"], ["s2"]),
+        node("Softmax", ["s2"], ["p"], axis=-1),
+        node("MatMul", ["p", "vh"], ["a0"]),
+        node("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
+        node("Reshape", ["a1", "merged_shape"], ["a2"]),
+        node("MatMul", ["a2", "w_o"], ["o0"]),
+        node("Add", ["o0", "b_o"], ["o1"]),
+        node("Add", ["x", "o1"], ["r1"]),
+        node("LayerNormalization", ["r1", "ln2_g", "ln2_b"], ["ln2"], epsilon=1e-5),
+        node("MatMul", ["ln2", "w_fc"], ["f0"]),
+        node("Add", ["f0", "b_fc"], ["h"]),
+        node("Pow", ["h", "three"], ["h3"]),
+        node("Mul", ["h3", "c0044"], ["h3s"]),
+        node("Add", ["h", "h3s"], ["inner0"]),
+        node("Mul", ["inner0", "c_s2pi"], ["inner"]),
+        node("Tanh", ["inner"], ["t"]),
+        node("Add", ["t", "one"], ["t1"]),
+        node("Mul", ["h", "t1"], ["g0"]),
+        node("Mul", ["g0", "half"], ["g"]),
+        node("MatMul", ["g", "w_proj"], ["m0"]),
+        node("Add", ["m0", "b_proj"], ["m1"]),
+        node("Add", ["r1", "m1"], ["y"]),
+    ]
+    case("gpt2_block", 17, nodes, [("x", rand(1, S, D))], [("y", F)], inits=inits)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
@@ -238,6 +302,7 @@ def main():
     nn_cases()
     reduce_cases()
     movement_cases()
+    gpt2_block_case()
     with open(os.path.join(OUT, "cases.txt"), "w") as f:
         f.write("# case inputs... -> outputs... (written by scripts/make_onnx_op_fixtures.py)\n")
         f.write("\n".join(CASES) + "\n")
