@@ -613,3 +613,110 @@ fn the_generated_protobuf_code_is_current_with_the_vendored_schema() {
         "onnx.proto changed since onnx.rs was generated: run scripts/gen-onnx-proto.sh"
     );
 }
+
+/// `kiln import` of every per-op fixture and of a light model: the written
+/// `.kiln` file with its safetensors weights gives exactly the outputs of
+/// the `.onnx` file on the interpreter.
+#[test]
+fn imported_kiln_models_give_the_same_outputs_as_the_onnx_files() {
+    let dir = fixtures("ops");
+    let out = std::env::temp_dir().join(format!("kiln-onnx-import-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let list = std::fs::read_to_string(dir.join("cases.txt")).expect("cases.txt");
+    let mut cases: Vec<(PathBuf, Vec<(String, String)>)> = Vec::new();
+    for line in list
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (ins, _) = line.split_once(" -> ").expect("case line");
+        let mut words = ins.split_whitespace();
+        let case = words.next().expect("case name");
+        let inputs = words
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.to_string(),
+                    dir.join(format!("{case}.in{i}.npy")).display().to_string(),
+                )
+            })
+            .collect();
+        cases.push((dir.join(format!("{case}.onnx")), inputs));
+    }
+    let light = fixtures("light");
+    cases.push((
+        light.join("squeezenet.onnx"),
+        vec![(
+            "data_0".into(),
+            light.join("input_1x3x224x224.npy").display().to_string(),
+        )],
+    ));
+    let mut failures = Vec::new();
+    for (onnx_path, inputs) in &cases {
+        let stem = onnx_path.file_stem().unwrap().to_str().unwrap();
+        let kiln_path = out.join(format!("{stem}.kiln"));
+        let w_path = out.join(format!("{stem}.safetensors"));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "import",
+                onnx_path.to_str().unwrap(),
+                "-o",
+                kiln_path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        if !status.status.success() {
+            failures.push(format!(
+                "{stem}: import: {}",
+                String::from_utf8_lossy(&status.stderr)
+            ));
+            continue;
+        }
+        let want = match run(onnx_path, inputs, false) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{stem}: onnx: {e}"));
+                continue;
+            }
+        };
+        let m = match kiln::model::load(&kiln_path) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(format!("{stem}: the written model: {e}"));
+                continue;
+            }
+        };
+        let dims = BTreeMap::new();
+        let spec = InputSpec {
+            files: inputs,
+            random_seed: None,
+            dims: &dims,
+        };
+        let got = data::bind(&m.graph, &spec, &WeightSource::File(&w_path))
+            .map_err(|e| e.to_string())
+            .and_then(|b| interp::run(&m.graph, &b).map_err(|e| e.to_string()));
+        match got {
+            Err(e) => failures.push(format!("{stem}: the written model: {e}")),
+            Ok(got) => {
+                for ((_, a), (_, b)) in got.iter().zip(&want) {
+                    if a != b {
+                        failures.push(format!("{stem}: outputs differ"));
+                    }
+                }
+                if got.len() != want.len() {
+                    failures.push(format!(
+                        "{stem}: {} outputs, expected {}",
+                        got.len(),
+                        want.len()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

@@ -157,6 +157,18 @@ pub enum Command {
         #[arg(long, requires = "output_dir")]
         keep_dtype: bool,
     },
+    /// Import an ONNX model as an editable model-language file, with its
+    /// initializers as a safetensors file (names made into identifiers).
+    Import {
+        /// The ONNX model (.onnx).
+        model: PathBuf,
+        /// The model-language file to write.
+        #[arg(short = 'o', long = "output", value_name = "OUT.kiln")]
+        output: PathBuf,
+        /// The weights file to write (default: OUT.safetensors beside OUT.kiln).
+        #[arg(long, value_name = "W.safetensors")]
+        weights_out: Option<PathBuf>,
+    },
     /// Time a model: compile it for the device, bind weights, then run it on
     /// seeded random inputs and report the median, minimum and 90th
     /// percentile of the run times (after warm-up runs).
@@ -252,6 +264,11 @@ pub fn main() -> i32 {
 fn execute(cmd: Command) -> Result<(), KilnError> {
     match cmd {
         Command::Check { model: path, print } => check(&path, print),
+        Command::Import {
+            model: path,
+            output,
+            weights_out,
+        } => import(&path, &output, weights_out.as_deref()),
         Command::Explain {
             model: path,
             target,
@@ -486,6 +503,34 @@ fn bench(
             device.name()
         );
     }
+    Ok(())
+}
+
+fn import(path: &Path, output: &Path, weights_out: Option<&Path>) -> Result<(), KilnError> {
+    let m = model::load(path)?;
+    if path.extension().and_then(|e| e.to_str()) != Some("onnx") {
+        return Err(KilnError::Usage(format!(
+            "{}: `kiln import` reads ONNX models (.onnx)",
+            path.display()
+        )));
+    }
+    let (text, weights) = crate::onnx::to_kiln::to_kiln(&m.graph, &m.weights)?;
+    let wpath = weights_out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| output.with_extension("safetensors"));
+    std::fs::write(output, &text).map_err(|source| KilnError::Io {
+        path: output.display().to_string(),
+        source,
+    })?;
+    crate::onnx::to_kiln::write_safetensors(&wpath, &weights)?;
+    crate::outln!(
+        "{}: wrote {} ({} lines) and {} ({} weights)",
+        path.display(),
+        output.display(),
+        text.lines().count(),
+        wpath.display(),
+        weights.len()
+    );
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub mod ops;
 pub mod tensor;
 
 mod importer;
+pub mod to_kiln;
 
 /// The types generated from `proto/onnx.proto` by `tools/onnx-proto`.
 #[allow(clippy::all, missing_docs)]
