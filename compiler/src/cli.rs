@@ -507,13 +507,13 @@ fn bench(
 }
 
 fn import(path: &Path, output: &Path, weights_out: Option<&Path>) -> Result<(), KilnError> {
-    let m = model::load(path)?;
     if path.extension().and_then(|e| e.to_str()) != Some("onnx") {
         return Err(KilnError::Usage(format!(
             "{}: `kiln import` reads ONNX models (.onnx)",
             path.display()
         )));
     }
+    let m = model::load(path)?;
     let (text, weights) = crate::onnx::to_kiln::to_kiln(&m.graph, &m.weights)?;
     let wpath = weights_out
         .map(Path::to_path_buf)
