@@ -229,6 +229,38 @@ def movement_cases():
     ], [("x", x)], [("y", F)], inits=[("zero", np.array(0, np.int64)), ("one", np.array(1, np.int64)), ("s", i64(3, 4))])
 
 
+def quant_cases():
+    U8, I8, I32 = TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32
+    x = rand(2, 3, 4) * 4
+    case("quantize_u8_default_zp", 13, [node("QuantizeLinear", ["x", "s"], ["y"])], [("x", x)], [("y", U8)],
+         inits=[("s", np.array(0.05, np.float32))])
+    case("quantize_i8_per_axis", 13, [node("QuantizeLinear", ["x", "s", "z"], ["y"], axis=1)], [("x", x)], [("y", I8)],
+         inits=[("s", np.array([0.02, 0.05, 0.1], np.float32)), ("z", np.array([3, -2, 0], np.int8))])
+    case("quantize_op10", 10, [node("QuantizeLinear", ["x", "s", "z"], ["y"])], [("x", x)], [("y", U8)],
+         inits=[("s", np.array(0.03, np.float32)), ("z", np.array(128, np.uint8))])
+    q = RNG.integers(-128, 128, (2, 3, 4)).astype(np.int8)
+    case("dequantize_i8_per_axis", 13, [node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=-1)], [("q", q)], [("y", F)],
+         inits=[("s", np.array([0.1, 0.2, 0.05, 1.5], np.float32)), ("z", np.array([1, 0, -3, 7], np.int8))])
+    qu = RNG.integers(0, 256, (3, 5)).astype(np.uint8)
+    case("dequantize_u8_op10", 10, [node("DequantizeLinear", ["q", "s", "z"], ["y"])], [("q", qu)], [("y", F)],
+         inits=[("s", np.array(0.25, np.float32)), ("z", np.array(100, np.uint8))])
+    case("quantize_dequantize_matmul", 13, [
+        node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        node("DequantizeLinear", ["q", "s", "z"], ["xd"]),
+        node("DequantizeLinear", ["wq", "ws"], ["w"], axis=1),
+        node("MatMul", ["xd", "w"], ["y"]),
+    ], [("x", rand(3, 8))], [("y", F)], inits=[
+        ("s", np.array(0.02, np.float32)), ("z", np.array(0, np.int8)),
+        ("wq", RNG.integers(-127, 128, (8, 4)).astype(np.int8)), ("ws", np.array([0.01, 0.02, 0.03, 0.04], np.float32)),
+    ])
+    a = RNG.integers(0, 256, (3, 5)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (5, 4)).astype(np.int8)
+    case("matmulinteger_zero_points", 10, [node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])], [("a", a), ("b", b)],
+         [("y", I32)], inits=[("az", np.array(7, np.uint8)), ("bz", np.array([1, -2, 0, 3], np.int8))])
+    case("matmulinteger_plain", 10, [node("MatMulInteger", ["a", "b"], ["y"])],
+         [("a", a), ("b", RNG.integers(0, 256, (5, 2)).astype(np.uint8))], [("y", I32)])
+
+
 def gpt2_block_case():
     """A GPT-2-style decoder block (pre-norm, causal multi-head attention,
     tanh-GELU MLP written with Pow and Tanh as exporters write it), with
@@ -302,6 +334,7 @@ def main():
     nn_cases()
     reduce_cases()
     movement_cases()
+    quant_cases()
     gpt2_block_case()
     with open(os.path.join(OUT, "cases.txt"), "w") as f:
         f.write("# case inputs... -> outputs... (written by scripts/make_onnx_op_fixtures.py)\n")

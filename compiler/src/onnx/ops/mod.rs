@@ -5,6 +5,7 @@
 mod elementwise;
 mod movement;
 mod nn;
+mod quant;
 mod reduce;
 
 use super::error::OnnxError;
@@ -154,6 +155,9 @@ pub fn convert(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
         "InstanceNormalization" => one(nn::instance_norm(cx, n)?),
         "LayerNormalization" => nn::layer_norm(cx, n),
         "LRN" => one(nn::lrn(cx, n)?),
+        "DequantizeLinear" => one(quant::dequantize(cx, n)?),
+        "QuantizeLinear" => one(quant::quantize(cx, n)?),
+        "MatMulInteger" => one(quant::matmul_integer(cx, n)?),
         _ => Err(n.unsupported("")),
     }
 }
