@@ -121,6 +121,12 @@ def nn_cases():
          [("x", rand(2, 3, 11)), ("w", rand(5, 3, 3)), ("b", rand(5))], [("y", F)])
     case("conv_weight_initializer", 13, [node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
          [("x", rand(1, 3, 6, 6))], [("y", F)], inits=[("w", rand(4, 3, 3, 3))])
+    case("convtranspose_stride_pad", 11,
+         [node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], pads=[1, 0, 1, 1], output_padding=[1, 0])],
+         [("x", rand(1, 4, 5, 4)), ("w", rand(4, 3, 3, 3)), ("b", rand(3))], [("y", F)])
+    case("convtranspose_group_dilation", 11,
+         [node("ConvTranspose", ["x", "w"], ["y"], group=2, dilations=[2, 1])],
+         [("x", rand(2, 4, 3, 5)), ("w", rand(4, 2, 2, 3))], [("y", F)])
     case("maxpool_op10_ceil", 10, [node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)],
          [("x", rand(1, 2, 8, 7))], [("y", F)])
     case("maxpool_pads_dilation", 12,

@@ -98,9 +98,11 @@ fn help_lists_exactly_the_working_subcommands() {
         .collect();
     assert_eq!(
         commands,
-        ["check", "compile", "explain", "run", "bench", "help"]
+        [
+            "check", "compile", "explain", "run", "bench", "import", "help"
+        ]
     );
-    for sub in ["check", "compile", "explain", "run", "bench"] {
+    for sub in ["check", "compile", "explain", "run", "bench", "import"] {
         let out = kiln(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");

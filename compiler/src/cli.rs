@@ -157,18 +157,6 @@ pub enum Command {
         #[arg(long, requires = "output_dir")]
         keep_dtype: bool,
     },
-    /// Import an ONNX model as an editable model-language file, with its
-    /// initializers as a safetensors file (names made into identifiers).
-    Import {
-        /// The ONNX model (.onnx).
-        model: PathBuf,
-        /// The model-language file to write.
-        #[arg(short = 'o', long = "output", value_name = "OUT.kiln")]
-        output: PathBuf,
-        /// The weights file to write (default: OUT.safetensors beside OUT.kiln).
-        #[arg(long, value_name = "W.safetensors")]
-        weights_out: Option<PathBuf>,
-    },
     /// Time a model: compile it for the device, bind weights, then run it on
     /// seeded random inputs and report the median, minimum and 90th
     /// percentile of the run times (after warm-up runs).
@@ -198,6 +186,18 @@ pub enum Command {
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Import an ONNX model as an editable model-language file, with its
+    /// initializers as a safetensors file (names made into identifiers).
+    Import {
+        /// The ONNX model (.onnx).
+        model: PathBuf,
+        /// The model-language file to write.
+        #[arg(short = 'o', long = "output", value_name = "OUT.kiln")]
+        output: PathBuf,
+        /// The weights file to write (default: OUT.safetensors beside OUT.kiln).
+        #[arg(long, value_name = "W.safetensors")]
+        weights_out: Option<PathBuf>,
     },
 }
 

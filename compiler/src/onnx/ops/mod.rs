@@ -149,6 +149,7 @@ pub fn convert(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
         "MatMul" => one(nn::matmul(cx, n)?),
         "Gemm" => one(nn::gemm(cx, n)?),
         "Conv" => one(nn::conv(cx, n)?),
+        "ConvTranspose" => one(nn::conv_transpose(cx, n)?),
         "MaxPool" | "AveragePool" => nn::pool(cx, n),
         "GlobalAveragePool" | "GlobalMaxPool" => one(nn::global_pool(cx, n)?),
         "BatchNormalization" => nn::batch_norm(cx, n),

@@ -250,6 +250,47 @@ pub fn conv(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     Ok(y)
 }
 
+/// `ConvTranspose(x, w, b?) {dilations, group, kernel_shape,
+/// output_padding, pads, strides}` in 2-D; `w` is `[C, O/group, KH, KW]`
+/// as in the dialect. `auto_pad` and `output_shape` are not imported.
+pub fn conv_transpose(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
+    n.only(&[
+        "auto_pad",
+        "dilations",
+        "group",
+        "kernel_shape",
+        "output_padding",
+        "pads",
+        "strides",
+    ])?;
+    if n.string("auto_pad", "NOTSET")? != "NOTSET" {
+        return Err(n.unsupported("auto_pad other than NOTSET"));
+    }
+    let x = cx.value(n, 0)?;
+    let w = cx.value(n, 1)?;
+    let b = cx.opt_value(n, 2)?;
+    if spatial(cx, n, x)? != 2 {
+        return Err(n.unsupported("1-D transposed convolutions"));
+    }
+    let strides = n.ints("strides")?.unwrap_or_else(|| vec![1, 1]);
+    let dilations = n.ints("dilations")?.unwrap_or_else(|| vec![1, 1]);
+    let pads = n.ints("pads")?.unwrap_or_else(|| vec![0; 4]);
+    let output_padding = n.ints("output_padding")?.unwrap_or_else(|| vec![0, 0]);
+    let mut operands = vec![x, w];
+    operands.extend(b);
+    cx.add(
+        n,
+        Op::ConvTranspose2d {
+            stride: strides,
+            padding: pads,
+            output_padding,
+            dilation: dilations,
+            groups: n.int("group", 1)?,
+        },
+        &operands,
+    )
+}
+
 /// `MaxPool`, `AveragePool` over 2-D windows.
 pub fn pool(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
     let max = n.op == "MaxPool";
