@@ -757,3 +757,43 @@ fn every_listed_op_is_dispatched_and_refuses_bad_nodes_without_panicking() {
     );
     assert_eq!(err(&b), "unsupported ONNX op Einsum (node n, opset 13)");
 }
+
+/// Bytes of real models changed at random (seeded) are refused or
+/// imported, never a panic; a known input that would expand into a huge
+/// tensor is not folded.
+#[test]
+fn corrupted_models_never_panic() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for name in ["squeezenet", "shufflenet"] {
+        let full = std::fs::read(fixtures("light").join(format!("{name}.onnx"))).expect("model");
+        for _ in 0..150 {
+            let mut b = full.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+            }
+            let _ = import(&b);
+        }
+    }
+    let huge = proto::TensorProto {
+        name: Some("s".into()),
+        dims: vec![3],
+        data_type: Some(proto::tensor_proto::DataType::Int64 as i32),
+        int64_data: vec![1 << 20, 1 << 20, 1 << 10],
+        ..proto::TensorProto::default()
+    };
+    let b = model(
+        13,
+        vec![node("Expand", "e", &["one", "s"], &["y"], vec![])],
+        vec![f32_tensor("one", &[], &[1.0]), huge],
+        &[2],
+    );
+    let g = import(&b).expect("imported without folding").graph;
+    assert!(kiln_dialect::text::print(&g).contains("expand"));
+}

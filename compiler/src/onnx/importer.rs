@@ -27,6 +27,11 @@ pub enum Val {
 /// at most this many elements in all (the interpreter computes in f64).
 const FOLD_LIMIT: usize = 1 << 16;
 
+/// A fold whose results would hold more elements than this is not done
+/// (the node is imported as ops instead), so that a small known input
+/// cannot make the importer allocate a huge tensor.
+const FOLD_RESULT_LIMIT: u64 = 1 << 20;
+
 /// Known tensors up to this many elements become `constant` ops in the
 /// graph (with every element written out); larger ones become weights.
 const INLINE_LIMIT: usize = 64;
@@ -238,10 +243,10 @@ impl Cx {
             }
         }
         let fold = all_known && elements <= FOLD_LIMIT && !NO_FOLD.contains(&node.op);
-        let results = if fold {
-            self.fold(node, known)?
-        } else {
-            ops::convert(self, node)?
+        let folded = if fold { self.fold(node, known)? } else { None };
+        let results = match folded {
+            Some(r) => r,
+            None => ops::convert(self, node)?,
         };
         for (i, r) in results.into_iter().enumerate() {
             let Some(name) = node.output(i) else { continue };
@@ -266,12 +271,13 @@ impl Cx {
     }
 
     /// Maps the node into a scratch graph over its known inputs and runs
-    /// that graph with the reference interpreter.
+    /// that graph with the reference interpreter; `None` when the results
+    /// would be too large to hold.
     fn fold(
         &mut self,
         node: &NodeCx,
         known: Vec<(String, Rc<Tensor>)>,
-    ) -> Result<Vec<Val>, OnnxError> {
+    ) -> Result<Option<Vec<Val>>, OnnxError> {
         let mut scratch = Cx {
             g: Graph::new("fold"),
             vals: known.into_iter().map(|(n, t)| (n, Val::Const(t))).collect(),
@@ -282,6 +288,18 @@ impl Cx {
             opset: self.opset,
         };
         let results = ops::convert(&mut scratch, node)?;
+        let too_large = results.iter().any(|r| match r {
+            Val::Graph(v) => scratch
+                .g
+                .value_type(*v)
+                .shape
+                .numel()
+                .is_none_or(|n| n > FOLD_RESULT_LIMIT),
+            Val::Const(_) => false,
+        });
+        if too_large {
+            return Ok(None);
+        }
         let mut outs = Vec::new();
         for (i, r) in results.iter().enumerate() {
             if let Val::Graph(v) = r {
@@ -290,7 +308,7 @@ impl Cx {
             }
         }
         if outs.is_empty() {
-            return Ok(results);
+            return Ok(Some(results));
         }
         let computed = interp::run(&scratch.g, &HashMap::new()).map_err(|e| {
             node.error(
@@ -302,7 +320,7 @@ impl Cx {
         for (i, (_, t)) in outs.into_iter().zip(computed) {
             results[i] = Val::Const(Rc::new(t));
         }
-        Ok(results)
+        Ok(Some(results))
     }
 
     fn get_named(&self, node: &NodeCx, name: &str) -> Result<Val, OnnxError> {
