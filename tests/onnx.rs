@@ -797,3 +797,24 @@ fn corrupted_models_never_panic() {
     let g = import(&b).expect("imported without folding").graph;
     assert!(kiln_dialect::text::print(&g).contains("expand"));
 }
+
+/// The host JIT API compiles an ONNX file with its initializers bound.
+#[test]
+fn the_jit_api_runs_an_onnx_file_with_its_own_weights() {
+    let dir = fixtures("ops");
+    let opts = JitOptions {
+        device: jit::Device::Cpu,
+        ..JitOptions::default()
+    };
+    let model =
+        jit::compile_file(&dir.join("conv_weight_initializer.onnx"), &opts).expect("compile");
+    let x = kiln_runtime::npy::read(&dir.join("conv_weight_initializer.in0.npy")).expect("input");
+    let out = model
+        .run(&HashMap::from([("x".to_string(), x)]))
+        .expect("run");
+    let want = read_npy(&dir.join("conv_weight_initializer.out0.npy"));
+    assert_eq!(
+        mismatch(&data::to_interp(&out[0].1), &want, 1e-4, 1e-5),
+        None
+    );
+}
