@@ -818,3 +818,70 @@ fn the_jit_api_runs_an_onnx_file_with_its_own_weights() {
         None
     );
 }
+
+/// Absurd attribute values are errors or imported, never an arithmetic
+/// overflow.
+#[test]
+fn huge_attribute_values_do_not_overflow() {
+    let ints = |name: &str, v: &[i64]| proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(proto::attribute_proto::AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..proto::AttributeProto::default()
+    };
+    let int = |name: &str, v: i64| proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(v),
+        ..proto::AttributeProto::default()
+    };
+    let w = f32_tensor("w", &[1, 1, 1, 1], &[2.0]);
+    for big in [i64::MAX, i64::MIN, 1 << 40] {
+        let cases = vec![
+            node(
+                "Conv",
+                "c",
+                &["x", "w"],
+                &["y"],
+                vec![
+                    attr_s("auto_pad", "SAME_UPPER"),
+                    ints("dilations", &[big, big]),
+                ],
+            ),
+            node(
+                "Conv",
+                "c",
+                &["x", "w"],
+                &["y"],
+                vec![attr_s("auto_pad", "SAME_LOWER"), ints("strides", &[big, 1])],
+            ),
+            node(
+                "MaxPool",
+                "p",
+                &["x"],
+                &["y"],
+                vec![
+                    ints("kernel_shape", &[big, big]),
+                    attr_s("auto_pad", "SAME_UPPER"),
+                ],
+            ),
+            node(
+                "Split",
+                "s",
+                &["x"],
+                &["y"],
+                vec![int("num_outputs", big), int("axis", 1)],
+            ),
+            node("Flatten", "f", &["x"], &["y"], vec![int("axis", big)]),
+            node("LRN", "l", &["x"], &["y"], vec![int("size", big)]),
+            node("Softmax", "s", &["x"], &["y"], vec![int("axis", big)]),
+            node("ArgMax", "a", &["x"], &["y"], vec![int("axis", big)]),
+        ];
+        for nd in cases {
+            for opset in [11, 18] {
+                let b = model(opset, vec![nd.clone()], vec![w.clone()], &[1, 1, 3, 3]);
+                let _ = import(&b);
+            }
+        }
+    }
+}

@@ -212,7 +212,14 @@ pub fn reshape(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
         let mut known = 1u64;
         for d in dims.iter().flatten() {
             match d {
-                Dim::Static(s) => known *= *s,
+                Dim::Static(s) => {
+                    known = known.checked_mul(*s).ok_or_else(|| {
+                        n.error(
+                            format!("target shape {target:?} is too large"),
+                            cx.shapes(n),
+                        )
+                    })?
+                }
                 Dim::Sym(_) => {
                     return Err(n.unsupported("inferring a dim (-1) next to symbolic dims"));
                 }
@@ -238,10 +245,14 @@ fn group(n: &NodeCx, dims: &[Dim]) -> Result<Dim, OnnxError> {
     if dims.len() == 1 {
         return Ok(dims[0].clone());
     }
-    let mut p = 1;
+    let mut p = 1u64;
     for d in dims {
         match d {
-            Dim::Static(s) => p *= s,
+            Dim::Static(s) => {
+                p = p
+                    .checked_mul(*s)
+                    .ok_or_else(|| n.unsupported("a flattened size past 2^64"))?
+            }
             Dim::Sym(s) => {
                 return Err(n.unsupported(format!("flattening symbolic dim `{s}` with others")));
             }
@@ -376,7 +387,13 @@ pub fn split(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
                 Dim::Static(s) => s as i64,
                 Dim::Sym(_) => return Err(n.unsupported("splitting a symbolic axis")),
             };
-            let k = n.int("num_outputs", outputs as i64)?.max(1);
+            let k = n.int("num_outputs", outputs as i64)?;
+            if k != outputs as i64 || k < 1 {
+                return Err(n.error(
+                    format!("num_outputs = {k}, but the node has {outputs} outputs"),
+                    cx.shapes(n),
+                ));
+            }
             let chunk = (len + k - 1) / k;
             (0..k).map(|i| (len - i * chunk).clamp(0, chunk)).collect()
         }
@@ -505,7 +522,13 @@ pub fn tile(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     for (&d, &r) in dims.iter().zip(&reps) {
         split.extend([Dim::Static(1), Dim::Static(d)]);
         wide.extend([Dim::Static(r as u64), Dim::Static(d)]);
-        out.push(Dim::Static(r as u64 * d));
+        let size = (r as u64).checked_mul(d).ok_or_else(|| {
+            n.error(
+                format!("repeats {reps:?} make the result too large"),
+                cx.shapes(n),
+            )
+        })?;
+        out.push(Dim::Static(size));
     }
     let a = cx.add(n, Op::Reshape { shape: split }, &[x])?;
     let b = cx.add(n, Op::Expand { shape: wide }, &[a])?;

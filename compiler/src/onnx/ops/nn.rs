@@ -36,8 +36,13 @@ pub fn softmax(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
         return cx.add(n, make(-1), &[x]);
     }
     let dims = cx.static_dims(n, x)?;
-    let rows: u64 = dims[..a].iter().product();
-    let cols: u64 = dims[a..].iter().product();
+    let product = |ds: &[u64]| {
+        ds.iter()
+            .try_fold(1u64, |p, &d| p.checked_mul(d))
+            .ok_or_else(|| n.error("the input is too large", cx.shapes(n)))
+    };
+    let rows = product(&dims[..a])?;
+    let cols = product(&dims[a..])?;
     let flat = cx.add(
         n,
         Op::Reshape {
@@ -107,10 +112,16 @@ pub fn gemm(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
 
 /// The pads of one spatial axis under `auto_pad`: `[begin, end]`.
 fn auto_pad(mode: &str, size: u64, k: i64, stride: i64, dil: i64) -> Option<[i64; 2]> {
+    // in i128, so that absurd attribute values cannot overflow
+    let (k, stride, dil, size) = (
+        k as i128,
+        (stride as i128).max(1),
+        dil as i128,
+        size as i128,
+    );
     let eff = (k - 1) * dil + 1;
-    let size = size as i64;
     let out = (size + stride - 1) / stride;
-    let total = ((out - 1) * stride + eff - size).max(0);
+    let total = ((out - 1) * stride + eff - size).clamp(0, i64::MAX as i128) as i64;
     match mode {
         "SAME_UPPER" => Some([total / 2, total - total / 2]),
         "SAME_LOWER" => Some([total - total / 2, total / 2]),
@@ -437,7 +448,10 @@ pub fn lrn(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     if dims.len() < 3 {
         return Err(n.error("LRN needs an input of rank 3 or more", cx.shapes(n)));
     }
-    let rest: u64 = dims[2..].iter().product();
+    let rest = dims[2..]
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| n.error("the input is too large", cx.shapes(n)))?;
     let dt = ty.dtype;
     let sq = cx.add(n, Op::Mul, &[x, x])?;
     let r = cx.add(
