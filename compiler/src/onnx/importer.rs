@@ -260,7 +260,8 @@ impl Cx {
 
     /// Gives a graph result the ONNX name where it still has a number.
     fn name_result(&mut self, v: Value, name: &str) {
-        if self.scratch || name.parse::<u64>().is_ok() || name.chars().all(|c| c.is_ascii_digit()) {
+        // numbers are the graph's own fresh names: leave those to it
+        if self.scratch || name.chars().all(|c| c.is_ascii_digit()) {
             return;
         }
         let node = self.g.node_mut(v.node);
