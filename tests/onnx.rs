@@ -885,3 +885,44 @@ fn huge_attribute_values_do_not_overflow() {
         }
     }
 }
+
+/// A `dim_param` is a symbolic dim of that name, bound when the model runs.
+#[test]
+fn dim_params_are_symbolic_dims() {
+    use proto::tensor_shape_proto::{Dimension, dimension};
+    let mut b = proto::ModelProto::decode(
+        model(
+            13,
+            vec![node("Relu", "r", &["x"], &["y"], vec![])],
+            vec![],
+            &[1, 4],
+        )
+        .as_slice(),
+    )
+    .unwrap();
+    let g = b.graph.as_mut().unwrap();
+    if let Some(proto::type_proto::Value::TensorType(t)) =
+        g.input[0].r#type.as_mut().unwrap().value.as_mut()
+    {
+        t.shape.as_mut().unwrap().dim[0] = Dimension {
+            value: Some(dimension::Value::DimParam("batch".into())),
+            ..Dimension::default()
+        };
+    }
+    let imported = import(&b.encode_to_vec()).expect("import");
+    let text = kiln_dialect::text::print(&imported.graph);
+    assert!(text.contains("input %x: f32[batch, 4]"), "{text}");
+    let x = Tensor::new(
+        kiln_dialect::DType::F32,
+        &[3, 4],
+        (0..12).map(|i| i as f64 - 5.5).collect(),
+    );
+    let y = interp::run(&imported.graph, &HashMap::from([("x".to_string(), x)])).expect("run");
+    // relu by hand
+    assert_eq!(
+        y[0].1.data,
+        (0..12)
+            .map(|i| (i as f64 - 5.5).max(0.0))
+            .collect::<Vec<_>>()
+    );
+}
