@@ -21,7 +21,8 @@ fn main() {
     let check = std::env::args().any(|a| a == "--check");
     let dir = Path::new("compiler/src/onnx/proto");
     let proto = dir.join("onnx.proto");
-    let schema = std::fs::read(&proto).expect("run from the repository root: compiler/src/onnx/proto/onnx.proto not found");
+    let schema = std::fs::read(&proto)
+        .expect("run from the repository root: compiler/src/onnx/proto/onnx.proto not found");
     let fds = protox::compile([&proto], [dir]).expect("onnx.proto does not parse");
     let out = tempdir();
     prost_build::Config::new()
@@ -39,7 +40,10 @@ fn main() {
     if check {
         let old = std::fs::read_to_string(&target).unwrap_or_default();
         if old != text {
-            eprintln!("{} is not current: run scripts/gen-onnx-proto.sh", target.display());
+            eprintln!(
+                "{} is not current: run scripts/gen-onnx-proto.sh",
+                target.display()
+            );
             std::process::exit(1);
         }
         println!("{} is current", target.display());
