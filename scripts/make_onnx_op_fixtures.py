@@ -35,12 +35,14 @@ def rand(*shape, positive=False):
     return np.abs(x) + 0.1 if positive else x
 
 
-def case(name, opset, nodes, inputs, outputs, inits=()):
-    """inputs: list of (name, array); outputs: list of (name, elem_type)."""
+def case(name, opset, nodes, inputs, outputs, inits=(), dims=None):
+    """inputs: list of (name, array); outputs: list of (name, elem_type);
+    dims: declared input shapes where they differ from the arrays' (symbols)."""
+    dims = dims or {}
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs],
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), dims.get(n, a.shape)) for n, a in inputs],
         [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
         initializer=[numpy_helper.from_array(a, n) for n, a in inits],
     )
@@ -331,6 +333,56 @@ def gpt2_block_case():
     case("gpt2_block", 17, nodes, [("x", rand(1, S, D))], [("y", F)], inits=inits)
 
 
+def dynamic_attention_case():
+    """Multi-head self-attention over an input of symbolic shape [batch, seq,
+    16], its head reshapes computed from Shape as exporters with dynamic
+    axes write them (Shape, Gather, Unsqueeze, Slice, Concat, Reshape with 0
+    and -1), and a ConstantOfShape of the input's shape."""
+    D, H = 16, 2
+    hd = D // H
+    i64 = lambda *v: np.array(v, np.int64)
+    w = lambda *s: (rand(*s) / np.sqrt(s[0])).astype(np.float32)
+    inits = [
+        ("w_qkv", w(D, 3 * D)), ("w_o", w(D, D)), ("split", i64(D, D, D)), ("heads", i64(H, hd)),
+        ("i0", np.array(0, np.int64)), ("i1", np.array(1, np.int64)), ("ax0", i64(0)),
+        ("s0", i64(0)), ("s2", i64(2)), ("minus1", i64(-1)),
+        ("scale", np.array(1 / np.sqrt(hd), np.float32)), ("half", np.array(0.5, np.float32)),
+    ]
+    nodes = [
+        node("MatMul", ["x", "w_qkv"], ["qkv"]),
+        node("Split", ["qkv", "split"], ["q0", "k0", "v0"], axis=2),
+        node("Shape", ["x"], ["xs"]),
+        node("Slice", ["xs", "s0", "s2"], ["bs"]),
+        node("Concat", ["bs", "heads"], ["head_shape"], axis=0),
+        node("Gather", ["xs", "i0"], ["b"]),
+        node("Gather", ["xs", "i1"], ["t"]),
+        node("Unsqueeze", ["b", "ax0"], ["bu"]),
+        node("Unsqueeze", ["t", "ax0"], ["tu"]),
+        node("Concat", ["bu", "tu", "minus1"], ["merged_shape"], axis=0),
+    ]
+    for t in ["q", "k", "v"]:
+        nodes += [
+            node("Reshape", [f"{t}0", "head_shape"], [f"{t}1"]),
+            node("Transpose", [f"{t}1"], [f"{t}h"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]),
+        node("MatMul", ["qh", "kt"], ["s"]),
+        node("Mul", ["s", "scale"], ["ss"]),
+        node("Softmax", ["ss"], ["p"], axis=-1),
+        node("MatMul", ["p", "vh"], ["a0"]),
+        node("Transpose", ["a0"], ["a1"], perm=[0, 2, 1, 3]),
+        node("Reshape", ["a1", "merged_shape"], ["a2"]),
+        node("MatMul", ["a2", "w_o"], ["o"]),
+        node("ConstantOfShape", ["xs"], ["ones"], value=numpy_helper.from_array(np.array([1.0], np.float32))),
+        node("Mul", ["ones", "half"], ["halves"]),
+        node("Add", ["o", "halves"], ["o2"]),
+        node("Add", ["x", "o2"], ["y"]),
+    ]
+    case("dynamic_attention", 13, nodes, [("x", rand(2, 5, D))], [("y", F)], inits=inits,
+         dims={"x": ["batch", "seq", D]})
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
@@ -342,6 +394,7 @@ def main():
     movement_cases()
     quant_cases()
     gpt2_block_case()
+    dynamic_attention_case()
     with open(os.path.join(OUT, "cases.txt"), "w") as f:
         f.write("# case inputs... -> outputs... (written by scripts/make_onnx_op_fixtures.py)\n")
         f.write("\n".join(CASES) + "\n")

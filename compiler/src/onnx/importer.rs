@@ -16,11 +16,52 @@ use super::error::OnnxError;
 use super::node::NodeCx;
 use super::{Imported, OPSETS, ops, proto, tensor};
 
-/// An ONNX value: computed by the graph, or known at compile time.
+/// An ONNX value: computed by the graph, known at compile time, or a
+/// shape (or part of one) known up to symbolic dims.
 #[derive(Clone, Debug)]
 pub enum Val {
     Graph(Value),
     Const(Rc<Tensor>),
+    Dims(Rc<Dims>),
+}
+
+/// One element of a shape vector: a number or a symbolic dim.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SymInt {
+    Int(i64),
+    Sym(String),
+}
+
+/// An int64 vector (or scalar) whose elements are dims, some symbolic: what
+/// `Shape` gives for a symbolic shape, and what `Gather`, `Slice`,
+/// `Unsqueeze`, `Squeeze`, `Concat` and `Cast` make of it, until `Reshape`,
+/// `Expand` or `ConstantOfShape` use it as a shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dims {
+    pub items: Vec<SymInt>,
+    /// Rank 0 (one item) rather than rank 1.
+    pub scalar: bool,
+}
+
+impl Dims {
+    /// The value: a known tensor when no item is symbolic.
+    pub fn into_val(self) -> Val {
+        let ints: Option<Vec<f64>> = self
+            .items
+            .iter()
+            .map(|i| match i {
+                SymInt::Int(v) => Some(*v as f64),
+                SymInt::Sym(_) => None,
+            })
+            .collect();
+        match ints {
+            Some(v) if self.scalar && v.len() == 1 => {
+                Val::Const(Rc::new(Tensor::scalar(DType::I64, v[0])))
+            }
+            Some(v) => Val::Const(Rc::new(Tensor::new(DType::I64, &[v.len()], v))),
+            None => Val::Dims(Rc::new(self)),
+        }
+    }
 }
 
 /// Nodes whose inputs are all known are folded only when the inputs hold
@@ -211,6 +252,15 @@ pub fn import(
         let v = match cx.vals.get(o.name()) {
             Some(Val::Graph(v)) => *v,
             Some(Val::Const(_)) => cx.materialize(o.name())?,
+            Some(Val::Dims(_)) => {
+                return Err(model_err(
+                    path,
+                    format!(
+                        "graph output `{}` is a shape with symbolic dims, computed at run time",
+                        o.name()
+                    ),
+                ));
+            }
             None => {
                 return Err(model_err(
                     path,
@@ -239,7 +289,7 @@ impl Cx {
                     elements += t.numel();
                     known.push((name.to_string(), t));
                 }
-                Val::Graph(_) => all_known = false,
+                Val::Graph(_) | Val::Dims(_) => all_known = false,
             }
         }
         let fold = all_known && elements <= FOLD_LIMIT && !NO_FOLD.contains(&node.op);
@@ -296,7 +346,7 @@ impl Cx {
                 .shape
                 .numel()
                 .is_none_or(|n| n > FOLD_RESULT_LIMIT),
-            Val::Const(_) => false,
+            Val::Const(_) | Val::Dims(_) => false,
         });
         if too_large {
             return Ok(None);
@@ -358,6 +408,9 @@ impl Cx {
         match self.get_named(node, name)? {
             Val::Graph(v) => Ok(Some(v)),
             Val::Const(_) => self.materialize(name).map(Some),
+            Val::Dims(_) => Err(node.unsupported(format!(
+                "input `{name}` is a shape with symbolic dims; kiln uses such shapes only as the shapes of Reshape, Expand and ConstantOfShape"
+            ))),
         }
     }
 
@@ -375,6 +428,25 @@ impl Cx {
             Some(Val::Graph(_)) => Err(node.unsupported(format!(
                 "input `{what}` is computed at run time; kiln needs it known at compile time"
             ))),
+            Some(Val::Dims(_)) => Err(node.unsupported(format!(
+                "input `{what}` holds symbolic dims; kiln needs it known at compile time"
+            ))),
+        }
+    }
+
+    /// Input `i` as shape elements: a known integer tensor or a shape with
+    /// symbolic dims; `None` when absent.
+    pub fn known_shape(
+        &self,
+        node: &NodeCx,
+        i: usize,
+        what: &str,
+    ) -> Result<Option<Vec<SymInt>>, OnnxError> {
+        match self.get(node, i)? {
+            Some(Val::Dims(d)) => Ok(Some(d.items.clone())),
+            _ => Ok(self
+                .known_ints(node, i, what)?
+                .map(|v| v.into_iter().map(SymInt::Int).collect())),
         }
     }
 
@@ -403,6 +475,8 @@ impl Cx {
                 t.dtype,
                 &t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>(),
             ),
+            Val::Dims(d) if d.scalar => TensorType::of(DType::I64, &[]),
+            Val::Dims(d) => TensorType::of(DType::I64, &[d.items.len() as u64]),
         }
     }
 

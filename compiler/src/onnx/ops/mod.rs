@@ -105,6 +105,9 @@ pub const SUPPORTED: &[&str] = &[
 /// outputs the node does not name are ignored).
 pub fn convert(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
     let one = |v| Ok(vec![Val::Graph(v)]);
+    if let Some(v) = movement::on_dims(cx, n)? {
+        return Ok(vec![v]);
+    }
     match n.op {
         "Identity" => {
             n.only(&[])?;

@@ -11,7 +11,7 @@ use kiln_dialect::shape::{Dim, Shape};
 use kiln_dialect::{DType, Value};
 
 use super::super::error::OnnxError;
-use super::super::importer::{Cx, Val};
+use super::super::importer::{Cx, Dims, SymInt, Val};
 use super::super::node::NodeCx;
 use super::super::tensor;
 
@@ -29,6 +29,23 @@ fn ints_tensor(v: &[i64]) -> Tensor {
         &[v.len()],
         v.iter().map(|&x| x as f64).collect(),
     )
+}
+
+/// Input `i` when it is a shape with symbolic dims.
+fn dims_input(cx: &Cx, n: &NodeCx, i: usize) -> Result<Option<Rc<Dims>>, OnnxError> {
+    match cx.get(n, i)? {
+        Some(Val::Dims(d)) => Ok(Some(d)),
+        _ => Ok(None),
+    }
+}
+
+/// A dim of a target shape: a size or a symbol.
+fn dim_of(n: &NodeCx, cx: &Cx, e: &SymInt) -> Result<Dim, OnnxError> {
+    match e {
+        SymInt::Int(d) if *d >= 0 => Ok(Dim::Static(*d as u64)),
+        SymInt::Int(d) => Err(n.error(format!("negative dimension {d} in a shape"), cx.shapes(n))),
+        SymInt::Sym(s) => Ok(Dim::Sym(s.clone())),
+    }
 }
 
 /// Normalizes a possibly negative axis against `rank`.
@@ -71,8 +88,8 @@ pub fn constant(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
 /// `ConstantOfShape(shape) {value}`.
 pub fn constant_of_shape(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
     n.only(&["value"])?;
-    let dims = cx
-        .known_ints(n, 0, "shape")?
+    let entries = cx
+        .known_shape(n, 0, "shape")?
         .ok_or_else(|| n.error("input `shape` is required", cx.shapes(n)))?;
     let (dtype, x) = match n.tensor("value")? {
         None => (DType::F32, 0.0),
@@ -84,23 +101,28 @@ pub fn constant_of_shape(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError>
             (t.dtype, t.data[0])
         }
     };
-    if dims.iter().any(|&d| d < 0) {
-        return Err(n.error(
-            format!("negative dimension in shape {dims:?}"),
-            cx.shapes(n),
-        ));
+    let shape_dims = entries
+        .iter()
+        .map(|e| dim_of(n, cx, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ty = kiln_dialect::TensorType::new(dtype, Shape(shape_dims));
+    match ty.shape.as_static() {
+        Some(dims)
+            if dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .is_some_and(|c| c <= KNOWN_LIMIT as u64) =>
+        {
+            let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+            let count = shape.iter().product();
+            Ok(known(Tensor::new(dtype, &shape, vec![x; count])))
+        }
+        _ => Ok(vec![Val::Graph(cx.constant(Literal::Splat(x), ty))]),
     }
-    let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-    let count: usize = shape.iter().product();
-    if count <= KNOWN_LIMIT {
-        return Ok(known(Tensor::new(dtype, &shape, vec![x; count])));
-    }
-    let ty =
-        kiln_dialect::TensorType::of(dtype, &dims.iter().map(|&d| d as u64).collect::<Vec<_>>());
-    Ok(vec![Val::Graph(cx.constant(Literal::Splat(x), ty))])
 }
 
-/// `Shape(x) {start, end}`: known when the dims are static.
+/// `Shape(x) {start, end}`: known when the dims are static, else a shape
+/// with symbolic dims.
 pub fn shape(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
     n.only(&["start", "end"])?;
     let ty = cx
@@ -116,18 +138,24 @@ pub fn shape(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
     };
     let start = clampi(n.int("start", 0)?) as usize;
     let end = clampi(n.int("end", rank)?) as usize;
-    let mut dims = Vec::new();
-    for d in ty.shape.dims().get(start..end.max(start)).unwrap_or(&[]) {
-        match d {
-            Dim::Static(s) => dims.push(*s as i64),
-            Dim::Sym(s) => {
-                return Err(n.unsupported(format!(
-                    "the shape of {ty} has symbolic dim `{s}`; kiln folds shapes at compile time"
-                )));
-            }
+    let items = ty
+        .shape
+        .dims()
+        .get(start..end.max(start))
+        .unwrap_or(&[])
+        .iter()
+        .map(|d| match d {
+            Dim::Static(s) => SymInt::Int(*s as i64),
+            Dim::Sym(s) => SymInt::Sym(s.clone()),
+        })
+        .collect();
+    Ok(vec![
+        Dims {
+            items,
+            scalar: false,
         }
-    }
-    Ok(known(ints_tensor(&dims)))
+        .into_val(),
+    ])
 }
 
 /// `Size(x)`: the element count, known when the dims are static.
@@ -175,11 +203,12 @@ pub fn range(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
 /// `allowzero`), -1 is inferred.
 pub fn reshape(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     let x = cx.value(n, 0)?;
-    let target = if n.opset < 5 {
+    let target: Vec<SymInt> = if n.opset < 5 {
         n.ints("shape")?
+            .map(|v| v.into_iter().map(SymInt::Int).collect())
     } else {
         n.only(&["allowzero"])?;
-        cx.known_ints(n, 1, "shape")?
+        cx.known_shape(n, 1, "shape")?
     }
     .ok_or_else(|| n.error("the target shape is required", cx.shapes(n)))?;
     let allowzero = n.int("allowzero", 0)? != 0;
@@ -187,46 +216,60 @@ pub fn reshape(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     let in_dims = ty.shape.dims().to_vec();
     let mut dims: Vec<Option<Dim>> = Vec::new();
     let mut infer = None;
-    for (i, &d) in target.iter().enumerate() {
+    for (i, d) in target.iter().enumerate() {
         match d {
-            -1 if infer.is_none() => {
+            SymInt::Sym(s) => dims.push(Some(Dim::Sym(s.clone()))),
+            SymInt::Int(-1) if infer.is_none() => {
                 infer = Some(i);
                 dims.push(None);
             }
-            0 if !allowzero => dims.push(Some(in_dims.get(i).cloned().ok_or_else(|| {
-                n.error(
-                    format!("shape {target:?} copies dim {i}, which the input does not have"),
-                    cx.shapes(n),
-                )
-            })?)),
-            d if d >= 0 => dims.push(Some(Dim::Static(d as u64))),
-            _ => return Err(n.error(format!("invalid target shape {target:?}"), cx.shapes(n))),
+            SymInt::Int(0) if !allowzero => {
+                dims.push(Some(in_dims.get(i).cloned().ok_or_else(|| {
+                    n.error(
+                        format!("shape {target:?} copies dim {i}, which the input does not have"),
+                        cx.shapes(n),
+                    )
+                })?))
+            }
+            SymInt::Int(d) if *d >= 0 => dims.push(Some(Dim::Static(*d as u64))),
+            SymInt::Int(_) => {
+                return Err(n.error(format!("invalid target shape {target:?}"), cx.shapes(n)));
+            }
         }
     }
     if let Some(i) = infer {
-        let total = ty.shape.numel().ok_or_else(|| {
-            n.unsupported(format!(
-                "inferring a dim (-1) of a reshape of {ty} needs static dims"
-            ))
-        })?;
-        let mut known = 1u64;
-        for d in dims.iter().flatten() {
-            match d {
-                Dim::Static(s) => {
-                    known = known.checked_mul(*s).ok_or_else(|| {
-                        n.error(
-                            format!("target shape {target:?} is too large"),
-                            cx.shapes(n),
-                        )
-                    })?
-                }
-                Dim::Sym(_) => {
-                    return Err(n.unsupported("inferring a dim (-1) next to symbolic dims"));
-                }
-            }
+        // the symbols on both sides must cancel; the static parts divide
+        let mut in_syms: Vec<&str> = in_dims
+            .iter()
+            .filter_map(|d| match d {
+                Dim::Sym(s) => Some(s.as_str()),
+                Dim::Static(_) => None,
+            })
+            .collect();
+        let mut out_syms: Vec<&str> = dims
+            .iter()
+            .flatten()
+            .filter_map(|d| match d {
+                Dim::Sym(s) => Some(s.as_str()),
+                Dim::Static(_) => None,
+            })
+            .collect();
+        in_syms.sort_unstable();
+        out_syms.sort_unstable();
+        if in_syms != out_syms {
+            return Err(n.unsupported(format!(
+                "inferring a dim (-1) of a reshape of {ty} to {target:?}: the symbolic dims do not cancel"
+            )));
         }
+        let product = |ds: &mut dyn Iterator<Item = &Dim>| {
+            ds.filter_map(Dim::as_static)
+                .try_fold(1u64, |a, d| a.checked_mul(d))
+        };
+        let too_large = || n.error(format!("cannot reshape {ty} to {target:?}"), cx.shapes(n));
+        let total = product(&mut in_dims.iter()).ok_or_else(too_large)?;
+        let known = product(&mut dims.iter().flatten()).ok_or_else(too_large)?;
         if known == 0 || total % known != 0 {
-            return Err(n.error(format!("cannot reshape {ty} to {target:?}"), cx.shapes(n)));
+            return Err(too_large());
         }
         dims[i] = Some(Dim::Static(total / known));
     }
@@ -469,17 +512,15 @@ pub fn gather(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
 pub fn expand(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     n.only(&[])?;
     let x = cx.value(n, 0)?;
-    let dims = cx
-        .known_ints(n, 1, "shape")?
+    let entries = cx
+        .known_shape(n, 1, "shape")?
         .ok_or_else(|| n.error("input `shape` is required", cx.shapes(n)))?;
-    if dims.iter().any(|&d| d < 0) {
-        return Err(n.error(
-            format!("negative dimension in shape {dims:?}"),
-            cx.shapes(n),
-        ));
-    }
+    let dims = entries
+        .iter()
+        .map(|e| dim_of(n, cx, e))
+        .collect::<Result<Vec<_>, _>>()?;
     let ty = cx.ty(x);
-    let target = Shape::of(&dims.iter().map(|&d| d as u64).collect::<Vec<_>>());
+    let target = Shape(dims.clone());
     let shape = ty.shape.broadcast(&target).map_err(|e| {
         n.error(
             format!("{} does not broadcast with {dims:?}: {e}", ty.shape),
@@ -582,4 +623,145 @@ pub fn pad(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
         return Ok(x);
     }
     cx.add(n, Op::Pad { pads, mode, value }, &[x])
+}
+
+/// Shape arithmetic on shapes with symbolic dims: `Gather` with known
+/// indices, `Unsqueeze` of a scalar, `Squeeze` of one element, `Slice`
+/// with step 1, `Concat` with known integers, `Cast` to an integer type.
+/// `None` when no input of the node is such a shape, or the op uses it as
+/// a shape itself (`Reshape`, `Expand`, `ConstantOfShape`).
+pub fn on_dims(cx: &Cx, n: &NodeCx) -> Result<Option<Val>, OnnxError> {
+    let any = (0..n.input_count()).any(|i| matches!(cx.get(n, i), Ok(Some(Val::Dims(_)))));
+    if !any {
+        return Ok(None);
+    }
+    let Some(d) = dims_input(cx, n, 0)? else {
+        if n.op == "Concat" {
+            return concat_dims(cx, n).map(Some);
+        }
+        return Ok(None);
+    };
+    let items = &d.items;
+    let out = match n.op {
+        "Cast" => {
+            let to = n.int("to", 0)? as i32;
+            match tensor::dtype_of(to) {
+                Some(DType::I64 | DType::I32) => (*d).clone(),
+                _ => {
+                    return Err(
+                        n.unsupported("casting a shape with symbolic dims to a non-integer type")
+                    );
+                }
+            }
+        }
+        "Gather" => {
+            n.only(&["axis"])?;
+            let idx = cx
+                .known(n, 1, "indices")?
+                .ok_or_else(|| n.error("input `indices` is required", cx.shapes(n)))?;
+            if d.scalar || idx.shape.len() > 1 {
+                return Err(n.unsupported(
+                    "gathering from a shape with symbolic dims other than by a scalar or a vector",
+                ));
+            }
+            let len = items.len() as i64;
+            let mut picked = Vec::new();
+            for &i in &idx.data {
+                let i = i as i64;
+                let j = if i < 0 { i + len } else { i };
+                if !(0..len).contains(&j) {
+                    return Err(n.error(
+                        format!("index {i} is out of range for a shape of {len} dims"),
+                        cx.shapes(n),
+                    ));
+                }
+                picked.push(items[j as usize].clone());
+            }
+            Dims {
+                items: picked,
+                scalar: idx.shape.is_empty(),
+            }
+        }
+        "Unsqueeze" if d.scalar => {
+            let axes = if n.opset < 13 {
+                n.ints("axes")?
+            } else {
+                cx.known_ints(n, 1, "axes")?
+            };
+            if !matches!(axes.as_deref(), Some([0]) | Some([-1])) {
+                return Err(n.unsupported("unsqueezing a symbolic dim other than to a vector"));
+            }
+            Dims {
+                items: items.clone(),
+                scalar: false,
+            }
+        }
+        "Squeeze" if !d.scalar && items.len() == 1 => Dims {
+            items: items.clone(),
+            scalar: true,
+        },
+        "Slice" if !d.scalar => {
+            let (starts, ends, axes, steps) = if n.opset < 10 {
+                (n.ints("starts")?, n.ints("ends")?, n.ints("axes")?, None)
+            } else {
+                (
+                    cx.known_ints(n, 1, "starts")?,
+                    cx.known_ints(n, 2, "ends")?,
+                    cx.known_ints(n, 3, "axes")?,
+                    cx.known_ints(n, 4, "steps")?,
+                )
+            };
+            let (Some([start]), Some([end])) = (starts.as_deref(), ends.as_deref()) else {
+                return Err(
+                    n.unsupported("slicing a shape with symbolic dims other than on one axis")
+                );
+            };
+            if !matches!(axes.as_deref(), None | Some([0]) | Some([-1]))
+                || !matches!(steps.as_deref(), None | Some([1]))
+            {
+                return Err(
+                    n.unsupported("slicing a shape with symbolic dims other than with step 1")
+                );
+            }
+            let len = items.len() as i64;
+            let clampi = |v: i64| {
+                if v < 0 {
+                    (v.saturating_add(len)).clamp(0, len)
+                } else {
+                    v.clamp(0, len)
+                }
+            };
+            let (a, b) = (clampi(*start) as usize, clampi(*end) as usize);
+            Dims {
+                items: items.get(a..b.max(a)).unwrap_or(&[]).to_vec(),
+                scalar: false,
+            }
+        }
+        "Concat" => return concat_dims(cx, n).map(Some),
+        _ => return Ok(None),
+    };
+    Ok(Some(out.into_val()))
+}
+
+fn concat_dims(cx: &Cx, n: &NodeCx) -> Result<Val, OnnxError> {
+    let mut items = Vec::new();
+    for i in 0..n.input_count() {
+        match cx.get(n, i)? {
+            None => {}
+            Some(Val::Dims(d)) if !d.scalar => items.extend(d.items.iter().cloned()),
+            Some(Val::Const(t)) if t.shape.len() == 1 && t.dtype.is_int() => {
+                items.extend(t.data.iter().map(|&v| SymInt::Int(v as i64)))
+            }
+            Some(_) => {
+                return Err(n.unsupported(
+                    "concatenating a shape with symbolic dims with a value computed at run time",
+                ));
+            }
+        }
+    }
+    Ok(Dims {
+        items,
+        scalar: false,
+    }
+    .into_val())
 }
