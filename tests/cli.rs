@@ -98,9 +98,11 @@ fn help_lists_exactly_the_working_subcommands() {
         .collect();
     assert_eq!(
         commands,
-        ["check", "compile", "explain", "run", "bench", "help"]
+        [
+            "check", "compile", "explain", "run", "bench", "import", "help"
+        ]
     );
-    for sub in ["check", "compile", "explain", "run", "bench"] {
+    for sub in ["check", "compile", "explain", "run", "bench", "import"] {
         let out = kiln(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");
@@ -172,7 +174,7 @@ fn check_reports_interface_and_errors() {
     user_error(&kiln(&["check", "no/such/model.kir"]), "no/such/model.kir");
     user_error(
         &kiln(&["check", "README.md"]),
-        "expected a model file ending in .kiln (model language) or .kir",
+        "expected a model file ending in .kiln (model language), .kir (graph IR text) or .onnx",
     );
 }
 
@@ -492,5 +494,134 @@ fn cuda_without_a_driver_is_a_user_error() {
         text(&out.stderr).contains("--device cpu"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// Every command takes an ONNX model; its initializers are its weights
+/// unless `--weights` or `--random-weights` say otherwise; outputs are
+/// written under their names.
+#[test]
+fn onnx_models_work_in_every_command() {
+    let ops = "tests/fixtures/onnx/ops";
+    let m = format!("{ops}/conv_weight_initializer.onnx");
+    let out = kiln(&["check", &m]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("input  x: f32[1, 3, 6, 6]") && s.contains("weight w: f32[4, 3, 3, 3]"),
+        "{s}"
+    );
+    let out = kiln(&["compile", &m, "--target", "cpu", "--emit", "graph"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("conv2d(%x, %w)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = kiln(&["explain", &m, "--target", "cpu"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kiln(&["bench", &m, "--iters", "2", "--warmup", "0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("median"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // run: the model's own weights, then a weights file that overrides them
+    let dir = scratch("onnx");
+    let input = format!("x={ops}/conv_weight_initializer.in0.npy");
+    let own = dir.join("own");
+    let out = kiln(&[
+        "run",
+        &m,
+        "--device",
+        "cpu",
+        "--input",
+        &input,
+        "--output-dir",
+        own.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = kiln_runtime::npy::read(&own.join("y.npy")).expect("y.npy");
+    let want = kiln_runtime::npy::read(&root().join(ops).join("conv_weight_initializer.out0.npy"))
+        .expect("expected");
+    let diff = got
+        .to_values()
+        .iter()
+        .zip(want.to_values())
+        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-4, "{diff}");
+    let kiln_file = dir.join("conv.kiln");
+    let out = kiln(&["import", &m, "-o", kiln_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let w = dir.join("conv.safetensors");
+    assert!(w.exists());
+    let random = dir.join("random");
+    let out = kiln(&[
+        "run",
+        &m,
+        "--input",
+        &input,
+        "--random-weights",
+        "3",
+        "--output-dir",
+        random.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let filed = dir.join("filed");
+    let out = kiln(&[
+        "run",
+        &m,
+        "--input",
+        &input,
+        "--weights",
+        w.to_str().unwrap(),
+        "--output-dir",
+        filed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = |d: &Path| {
+        kiln_runtime::npy::read(&d.join("y.npy"))
+            .expect("y.npy")
+            .to_values()
+    };
+    assert_ne!(read(&random), read(&filed));
+    let interp = dir.join("interp");
+    let out = kiln(&[
+        "run",
+        &m,
+        "--input",
+        &input,
+        "--output-dir",
+        interp.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(read(&interp), read(&filed));
+
+    // names with characters outside [A-Za-z0-9_.-]: `--input gpu_0/data_0`, `gpu_0_softmax_1.npy`
+    let light = "tests/fixtures/onnx/light";
+    let named = dir.join("named");
+    let out = kiln(&[
+        "run",
+        &format!("{light}/shufflenet.onnx"),
+        "--device",
+        "cpu",
+        "--input",
+        &format!("gpu_0/data_0={light}/input_1x3x224x224.npy"),
+        "--output-dir",
+        named.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(named.join("gpu_0_softmax_1.npy").exists());
+    user_error(
+        &kiln(&[
+            "import",
+            "tests/filetests/parse/unknown-op.kir",
+            "-o",
+            "x.kiln",
+        ]),
+        "`kiln import` reads ONNX models (.onnx)",
     );
 }

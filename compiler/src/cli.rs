@@ -74,7 +74,7 @@ impl Device {
 pub enum Command {
     /// Parse and verify a model; print its interface, or its errors (exit 1).
     Check {
-        /// The model: model language (.kiln) or graph IR text (.kir).
+        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
         model: PathBuf,
         /// Also print the graph in canonical .kir form.
         #[arg(long)]
@@ -83,7 +83,7 @@ pub enum Command {
     /// Compile a model through the pipeline's stages and print the ones
     /// asked for with --emit.
     Compile {
-        /// The model: model language (.kiln) or graph IR text (.kir).
+        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
         model: PathBuf,
         /// Stages to print, comma-separated: ast (the syntax tree, every
         /// binary expression parenthesized), graph (as lowered), graph-opt
@@ -111,7 +111,7 @@ pub enum Command {
     /// rewrites (with egg's explanations) that produced ops not in the
     /// source, and per-rule match counts and search times.
     Explain {
-        /// The model: model language (.kiln) or graph IR text (.kir).
+        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
         model: PathBuf,
         /// The target to plan for.
         #[arg(long, value_enum, default_value_t = TargetArg::Sm90)]
@@ -123,7 +123,7 @@ pub enum Command {
     /// Run a model on given or random inputs and print a summary of each
     /// output (type, sum, mean |x|, checksum).
     Run {
-        /// The model: model language (.kiln) or graph IR text (.kir).
+        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
         model: PathBuf,
         /// An input from a .npy file, as NAME=FILE.npy (repeatable). A float
         /// file may feed any float input; it is rounded to the input's type.
@@ -133,7 +133,9 @@ pub enum Command {
         /// (standard normal floats, integers in 0..4).
         #[arg(long, value_name = "SEED")]
         random_inputs: Option<u64>,
-        /// Bind weights by name from a .safetensors file.
+        /// Bind weights by name from a .safetensors file (an ONNX model's
+        /// own initializers fill in the weights the file lacks; without
+        /// --weights or --random-weights, they are the weights).
         #[arg(long, value_name = "W.safetensors", conflicts_with = "random_weights")]
         weights: Option<PathBuf>,
         /// Draw all weights from a seeded generator (the same seed always
@@ -159,7 +161,7 @@ pub enum Command {
     /// seeded random inputs and report the median, minimum and 90th
     /// percentile of the run times (after warm-up runs).
     Bench {
-        /// The model: model language (.kiln) or graph IR text (.kir).
+        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
         model: PathBuf,
         /// Where to run.
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
@@ -173,8 +175,9 @@ pub enum Command {
         /// The size of a symbolic dimension, as NAME=N (repeatable).
         #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
-        /// Bind weights by name from a .safetensors file (default: random
-        /// weights, seed 1).
+        /// Bind weights by name from a .safetensors file (default: the
+        /// model's own, as an ONNX model carries them, else random weights,
+        /// seed 1).
         #[arg(long, value_name = "W.safetensors", conflicts_with = "random_weights")]
         weights: Option<PathBuf>,
         /// Draw all weights from a seeded generator.
@@ -183,6 +186,18 @@ pub enum Command {
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Import an ONNX model as an editable model-language file, with its
+    /// initializers as a safetensors file (names made into identifiers).
+    Import {
+        /// The ONNX model (.onnx).
+        model: PathBuf,
+        /// The model-language file to write.
+        #[arg(short = 'o', long = "output", value_name = "OUT.kiln")]
+        output: PathBuf,
+        /// The weights file to write (default: OUT.safetensors beside OUT.kiln).
+        #[arg(long, value_name = "W.safetensors")]
+        weights_out: Option<PathBuf>,
     },
 }
 
@@ -249,6 +264,11 @@ pub fn main() -> i32 {
 fn execute(cmd: Command) -> Result<(), KilnError> {
     match cmd {
         Command::Check { model: path, print } => check(&path, print),
+        Command::Import {
+            model: path,
+            output,
+            weights_out,
+        } => import(&path, &output, weights_out.as_deref()),
         Command::Explain {
             model: path,
             target,
@@ -326,11 +346,9 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             let wsrc = match (&weights, random_weights) {
                 (Some(p), _) => WeightSource::File(p),
                 (None, Some(seed)) => WeightSource::Random(seed),
-                (None, None) => {
-                    return Err(KilnError::Usage(
-                        "the model's weights need a source: pass --weights W.safetensors or --random-weights SEED".into(),
-                    ));
-                }
+                (None, None) => WeightSource::Model {
+                    fallback_seed: None,
+                },
             };
             run(
                 &path,
@@ -357,9 +375,12 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                 random_seed: Some(1),
                 dims: &dims,
             };
-            let wsrc = match &weights {
-                Some(p) => WeightSource::File(p),
-                None => WeightSource::Random(random_weights.unwrap_or(1)),
+            let wsrc = match (&weights, random_weights) {
+                (Some(p), _) => WeightSource::File(p),
+                (None, Some(seed)) => WeightSource::Random(seed),
+                (None, None) => WeightSource::Model {
+                    fallback_seed: Some(1),
+                },
             };
             bench(&path, &spec, &wsrc, device, iters.max(1), warmup, json)
         }
@@ -412,7 +433,7 @@ fn bench(
 ) -> Result<(), KilnError> {
     let start = Instant::now();
     let m = model::load(path)?;
-    let bindings = data::bind(&m.graph, inputs, weights)?;
+    let bindings = data::bind_with(&m.graph, inputs, weights, &m.weights)?;
     let name = m.graph.name.clone();
     let mut times = Vec::with_capacity(iters);
     let mut threads = 1;
@@ -485,6 +506,34 @@ fn bench(
     Ok(())
 }
 
+fn import(path: &Path, output: &Path, weights_out: Option<&Path>) -> Result<(), KilnError> {
+    if path.extension().and_then(|e| e.to_str()) != Some("onnx") {
+        return Err(KilnError::Usage(format!(
+            "{}: `kiln import` reads ONNX models (.onnx)",
+            path.display()
+        )));
+    }
+    let m = model::load(path)?;
+    let (text, weights) = crate::onnx::to_kiln::to_kiln(&m.graph, &m.weights)?;
+    let wpath = weights_out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| output.with_extension("safetensors"));
+    std::fs::write(output, &text).map_err(|source| KilnError::Io {
+        path: output.display().to_string(),
+        source,
+    })?;
+    crate::onnx::to_kiln::write_safetensors(&wpath, &weights)?;
+    crate::outln!(
+        "{}: wrote {} ({} lines) and {} ({} weights)",
+        path.display(),
+        output.display(),
+        text.lines().count(),
+        wpath.display(),
+        weights.len()
+    );
+    Ok(())
+}
+
 fn check(path: &Path, print: bool) -> Result<(), KilnError> {
     let m = model::load(path)?;
     let g = &m.graph;
@@ -519,7 +568,7 @@ fn run(
     keep_dtype: bool,
 ) -> Result<(), KilnError> {
     let m = model::load(path)?;
-    let bindings = data::bind(&m.graph, inputs, weights)?;
+    let bindings = data::bind_with(&m.graph, inputs, weights, &m.weights)?;
     let outputs = match device {
         Device::Interp => interp::run(&m.graph, &bindings)?,
         Device::Cpu | Device::Cuda => {

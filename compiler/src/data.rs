@@ -173,8 +173,14 @@ pub struct InputSpec<'a> {
 
 /// Where the weights of a run come from.
 pub enum WeightSource<'a> {
+    /// A safetensors file; weights it lacks come from the model's own data
+    /// (ONNX initializers) where it has them.
     File(&'a Path),
+    /// Seeded random weights, for every weight.
     Random(u64),
+    /// The model's own weight data; a weight it lacks is drawn from the
+    /// seed when there is one, else an error asks for a source.
+    Model { fallback_seed: Option<u64> },
 }
 
 fn concrete_shape(
@@ -199,6 +205,18 @@ pub fn bind(
     g: &Graph,
     inputs: &InputSpec,
     weights: &WeightSource,
+) -> Result<HashMap<String, Tensor>, KilnError> {
+    bind_with(g, inputs, weights, &HashMap::new())
+}
+
+/// [`bind`] for a model that carries weight data of its own (`embedded`,
+/// the initializers of an ONNX model): a weights file overrides it tensor
+/// by tensor, random weights replace all of it.
+pub fn bind_with(
+    g: &Graph,
+    inputs: &InputSpec,
+    weights: &WeightSource,
+    embedded: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, KilnError> {
     let mut out = HashMap::new();
     let input_names: Vec<String> = g
@@ -263,12 +281,56 @@ pub fn bind(
     }
     let stored = match weights {
         WeightSource::File(p) => Some(kiln_runtime::safetensors::read(p)?),
-        WeightSource::Random(_) => None,
+        WeightSource::Random(_) | WeightSource::Model { .. } => None,
+    };
+    let random = |seed: u64, name: &str, ty: &TensorType, shape: &[usize]| {
+        let type_of = |n: &str| {
+            g.weights()
+                .into_iter()
+                .find(|&w| g.value_name(w) == n)
+                .map(|w| g.value_type(w).clone())
+        };
+        to_interp(&random_weight(seed, name, ty.dtype, shape, type_of))
     };
     for v in g.weights() {
         let (name, ty) = (g.value_name(v), g.value_type(v));
         let shape = concrete_shape(ty, &dims, Role::Weight, name)?;
+        let own = embedded
+            .get(name)
+            .filter(|_| !matches!(weights, WeightSource::Random(_)));
+        let in_file = stored.as_ref().is_some_and(|m| m.contains_key(name));
+        if let Some(t) = own.filter(|_| !in_file) {
+            if t.dtype != ty.dtype || t.shape != shape {
+                return Err(role_error(
+                    Role::Weight,
+                    name,
+                    format!(
+                        "the model's data is {}{}, its declaration {ty}",
+                        t.dtype,
+                        fmt_concrete(&t.shape)
+                    ),
+                ));
+            }
+            out.insert(name.to_string(), t.clone());
+            continue;
+        }
         let t = match (&stored, weights) {
+            (
+                _,
+                WeightSource::Model {
+                    fallback_seed: Some(seed),
+                },
+            ) => random(*seed, name, ty, &shape),
+            (
+                _,
+                WeightSource::Model {
+                    fallback_seed: None,
+                },
+            ) => {
+                return Err(KilnError::Usage(
+                    "the model's weights need a source: pass --weights W.safetensors or --random-weights SEED".into(),
+                ));
+            }
             (Some(map), WeightSource::File(p)) => {
                 let st = map.get(name).ok_or_else(|| {
                     let hint = closest(name, map.keys().map(String::as_str))
@@ -294,15 +356,7 @@ pub fn bind(
                     data: host.to_values_in(order),
                 }
             }
-            (_, WeightSource::Random(seed)) => {
-                let type_of = |n: &str| {
-                    g.weights()
-                        .into_iter()
-                        .find(|&w| g.value_name(w) == n)
-                        .map(|w| g.value_type(w).clone())
-                };
-                to_interp(&random_weight(*seed, name, ty.dtype, &shape, type_of))
-            }
+            (_, WeightSource::Random(seed)) => random(*seed, name, ty, &shape),
             (None, WeightSource::File(_)) => unreachable!("a weights file is read above"),
         };
         out.insert(name.to_string(), t);

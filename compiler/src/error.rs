@@ -20,6 +20,12 @@ pub enum KilnError {
     Usage(String),
     #[error(transparent)]
     Npy(#[from] NpyError),
+    /// An ONNX model that cannot be imported.
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
+    /// An imported model could not be written as a `.kiln` file.
+    #[error(transparent)]
+    OnnxWrite(#[from] crate::onnx::to_kiln::WriteError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error(transparent)]

@@ -100,11 +100,21 @@ pub fn compile_source(name: &str, src: &str, opts: &JitOptions) -> Result<Model,
     build(m, t, opts)
 }
 
-/// Compiles a model file (`.kiln` or `.kir`).
+/// Compiles a model file (`.kiln`, `.kir` or `.onnx`). The weights an ONNX
+/// model carries (its initializers) are bound; [`Model::bind_weights`] may
+/// replace them.
 pub fn compile_file(path: &Path, opts: &JitOptions) -> Result<Model, KilnError> {
     let t = Instant::now();
-    let m = model::load(path)?;
-    build(m, t, opts)
+    let mut m = model::load(path)?;
+    let own: HashMap<String, HostTensor> = std::mem::take(&mut m.weights)
+        .iter()
+        .map(|(k, v)| (k.clone(), crate::data::from_interp(v)))
+        .collect();
+    let mut model = build(m, t, opts)?;
+    if !own.is_empty() {
+        model.bind_weights(&own)?;
+    }
+    Ok(model)
 }
 
 /// Compiles a model already loaded (and verified) by [`model::load`].

@@ -34,6 +34,7 @@ pub mod error;
 pub mod frontend;
 pub mod jit;
 pub mod model;
+pub mod onnx;
 pub mod pipeline;
 
 pub use error::KilnError;

@@ -1,8 +1,10 @@
 //! Loading a model file into a verified graph.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln_dialect::Graph;
+use kiln_dialect::interp::Tensor;
 use kiln_dialect::verify::{render, verify};
 
 use crate::error::KilnError;
@@ -15,10 +17,13 @@ pub struct Model {
     pub path: PathBuf,
     /// The syntax tree, for models written in the model language.
     pub ast: Option<ast::File>,
+    /// Weight data the model file carries (ONNX initializers), by name;
+    /// empty for the text formats.
+    pub weights: HashMap<String, Tensor>,
 }
 
 /// The model formats `kiln` reads.
-pub const MODEL_EXTENSIONS: &[&str] = &["kiln", "kir"];
+pub const MODEL_EXTENSIONS: &[&str] = &["kiln", "kir", "onnx"];
 
 /// Parses and verifies model-language source held in memory; `name` is how
 /// diagnostics call it, and imports resolve against the current directory.
@@ -45,11 +50,13 @@ fn from_frontend(c: frontend::Compiled, path: &Path) -> Result<Model, KilnError>
         graph: c.graph,
         path: path.to_path_buf(),
         ast: Some(c.ast),
+        weights: HashMap::new(),
     })
 }
 
-/// Reads, parses and verifies a model: `.kiln` (the model language) or
-/// `.kir` (graph IR text). Errors come rendered against the source, like a
+/// Reads, parses and verifies a model: `.kiln` (the model language),
+/// `.kir` (graph IR text) or `.onnx` (imported, with its initializers as
+/// [`Model::weights`]). Errors come rendered against the source, like a
 /// compiler's.
 pub fn load(path: &Path) -> Result<Model, KilnError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -77,10 +84,31 @@ pub fn load(path: &Path) -> Result<Model, KilnError> {
                 graph,
                 path: path.to_path_buf(),
                 ast: None,
+                weights: HashMap::new(),
+            })
+        }
+        "onnx" => {
+            let imported = crate::onnx::import_file(path)?;
+            if let Err(errs) = verify(&imported.graph) {
+                let text = kiln_dialect::text::print(&imported.graph);
+                return Err(KilnError::Internal {
+                    stage: "the ONNX import",
+                    message: format!(
+                        "the graph of {} does not verify:\n{}",
+                        path.display(),
+                        render(&errs, "imported.kir", &text)
+                    ),
+                });
+            }
+            Ok(Model {
+                graph: imported.graph,
+                path: path.to_path_buf(),
+                ast: None,
+                weights: imported.weights,
             })
         }
         _ => Err(KilnError::Usage(format!(
-            "{name}: expected a model file ending in .kiln (model language) or .kir (graph IR text), found {}",
+            "{name}: expected a model file ending in .kiln (model language), .kir (graph IR text) or .onnx, found {}",
             if ext.is_empty() {
                 "no extension".to_string()
             } else {

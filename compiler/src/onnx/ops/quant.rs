@@ -1,0 +1,150 @@
+//! Linear quantization: `DequantizeLinear`, `QuantizeLinear` (per tensor
+//! or per axis) and `MatMulInteger`, written with the dialect's elementwise
+//! ops, casts and `matmul` (block quantization, opset 21's `block_size`, is
+//! not imported yet).
+
+use kiln_dialect::ops::Op;
+use kiln_dialect::shape::Dim;
+use kiln_dialect::{DType, Value};
+
+use super::super::error::OnnxError;
+use super::super::importer::Cx;
+use super::super::node::NodeCx;
+use super::super::tensor;
+use super::movement::axis;
+
+/// A per-axis parameter (`[C]`) reshaped to broadcast along `axis` of a
+/// rank-`rank` tensor; scalars and one-element tensors pass unchanged.
+fn along(cx: &mut Cx, n: &NodeCx, p: Value, axis_: usize, rank: usize) -> Result<Value, OnnxError> {
+    let ty = cx.ty(p);
+    if ty.rank() == 0 || rank == 0 || ty.shape.numel() == Some(1) && ty.rank() <= 1 {
+        return Ok(p);
+    }
+    if ty.rank() != 1 {
+        return Err(n.unsupported("block quantization (scales of rank 2 or more)"));
+    }
+    let mut shape = vec![Dim::Static(1); rank];
+    shape[axis_] = ty.shape.dims()[0].clone();
+    cx.add(n, Op::Reshape { shape }, &[p])
+}
+
+fn check_block(n: &NodeCx) -> Result<(), OnnxError> {
+    if n.int("block_size", 0)? != 0 {
+        return Err(n.unsupported("block_size other than 0"));
+    }
+    Ok(())
+}
+
+/// `DequantizeLinear(x, scale, zero_point?) {axis = 1}`: `(x - zero_point) * scale`.
+pub fn dequantize(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
+    n.only(&["axis", "block_size", "output_dtype"])?;
+    check_block(n)?;
+    let x = cx.value(n, 0)?;
+    let scale = cx.value(n, 1)?;
+    let zp = cx.opt_value(n, 2)?;
+    let rank = cx.ty(x).rank();
+    let a = if rank == 0 {
+        0
+    } else {
+        axis(n, cx, n.int("axis", 1)?, rank)?
+    };
+    let dt = cx.ty(scale).dtype;
+    let scale = along(cx, n, scale, a, rank)?;
+    let mut v = cx.add(n, Op::Cast { dtype: dt }, &[x])?;
+    if let Some(z) = zp {
+        let z = along(cx, n, z, a, rank)?;
+        let z = cx.add(n, Op::Cast { dtype: dt }, &[z])?;
+        v = cx.add(n, Op::Sub, &[v, z])?;
+    }
+    cx.add(n, Op::Mul, &[v, scale])
+}
+
+/// `QuantizeLinear(x, scale, zero_point?) {axis = 1}`:
+/// `saturate(round(x / scale) + zero_point)` in the zero point's type
+/// (`uint8` without one), rounding half to even.
+pub fn quantize(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
+    n.only(&[
+        "axis",
+        "block_size",
+        "output_dtype",
+        "saturate",
+        "precision",
+    ])?;
+    check_block(n)?;
+    let x = cx.value(n, 0)?;
+    let scale = cx.value(n, 1)?;
+    let zp = cx.opt_value(n, 2)?;
+    let rank = cx.ty(x).rank();
+    let a = if rank == 0 {
+        0
+    } else {
+        axis(n, cx, n.int("axis", 1)?, rank)?
+    };
+    let out = match (zp, n.int("output_dtype", 0)?) {
+        (Some(z), _) => cx.ty(z).dtype,
+        (None, 0) => DType::U8,
+        (None, code) => tensor::dtype_of(code as i32).ok_or_else(|| {
+            n.unsupported(format!(
+                "output_dtype = {}",
+                tensor::dtype_name(code as i32)
+            ))
+        })?,
+    };
+    let (lo, hi) = match out {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        other => return Err(n.unsupported(format!("quantizing to {other}"))),
+    };
+    let dt = cx.ty(x).dtype;
+    let scale = along(cx, n, scale, a, rank)?;
+    let scale = if cx.ty(scale).dtype != dt {
+        cx.add(n, Op::Cast { dtype: dt }, &[scale])?
+    } else {
+        scale
+    };
+    let q = cx.add(n, Op::Div, &[x, scale])?;
+    let mut q = cx.add(n, Op::Round, &[q])?;
+    if let Some(z) = zp {
+        let z = along(cx, n, z, a, rank)?;
+        let z = cx.add(n, Op::Cast { dtype: dt }, &[z])?;
+        q = cx.add(n, Op::Add, &[q, z])?;
+    }
+    let q = cx.add(
+        n,
+        Op::Clamp {
+            min: Some(lo),
+            max: Some(hi),
+        },
+        &[q],
+    )?;
+    cx.add(n, Op::Cast { dtype: out }, &[q])
+}
+
+/// `MatMulInteger(a, b, a_zero_point?, b_zero_point?)`: `(a - za) @ (b - zb)`
+/// in i32 (`za` per row of `a` when it is a vector).
+pub fn matmul_integer(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
+    n.only(&[])?;
+    let mut a = cx.value(n, 0)?;
+    let mut b = cx.value(n, 1)?;
+    a = cx.add(n, Op::Cast { dtype: DType::I32 }, &[a])?;
+    b = cx.add(n, Op::Cast { dtype: DType::I32 }, &[b])?;
+    if let Some(z) = cx.opt_value(n, 2)? {
+        let mut z = cx.add(n, Op::Cast { dtype: DType::I32 }, &[z])?;
+        if cx.ty(z).rank() == 1 && cx.ty(z).shape.numel() != Some(1) {
+            z = cx.add(n, Op::Unsqueeze { axes: vec![1] }, &[z])?;
+        }
+        a = cx.add(n, Op::Sub, &[a, z])?;
+    }
+    if let Some(z) = cx.opt_value(n, 3)? {
+        let z = cx.add(n, Op::Cast { dtype: DType::I32 }, &[z])?;
+        b = cx.add(n, Op::Sub, &[b, z])?;
+    }
+    cx.add(
+        n,
+        Op::Matmul {
+            transpose_a: false,
+            transpose_b: false,
+        },
+        &[a, b],
+    )
+}
