@@ -27,7 +27,6 @@ use std::collections::HashSet;
 
 use kiln_dialect::graph::{Graph, NodeId, Value};
 use kiln_dialect::kernel::{Body, Expr, Ty, Var};
-use kiln_dialect::ops::Op;
 use kiln_dialect::{DType, Dim, Shape};
 
 use super::pointwise::{Lowered, View, reads};
@@ -47,24 +46,10 @@ pub fn lower(
     in_memory: &HashSet<Value>,
     float: Ty,
 ) -> Result<Option<Lowered>, LowerError> {
-    let contractions: Vec<NodeId> = w
-        .nodes
-        .iter()
-        .copied()
-        .filter(|&n| matches!(g.node(n).op, Op::Conv2d { .. } | Op::Matmul { .. }))
-        .collect();
-    let [c] = contractions.as_slice() else {
+    let Some((c, stride, padding, dilation, groups)) = super::pointwise::single_conv(g, w) else {
         return Ok(None);
     };
-    let Op::Conv2d {
-        stride,
-        padding,
-        dilation,
-        groups,
-    } = &g.node(*c).op
-    else {
-        return Ok(None);
-    };
+    let c = &c;
     let cv = Value::of(*c);
     let ops = g.operands(*c);
     let (x, wt) = (ops[0], ops[1]);

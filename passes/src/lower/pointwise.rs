@@ -27,6 +27,35 @@ pub struct View {
     pub shape: Shape,
 }
 
+/// The kernel's one contraction when it is a conv2d: the node, its
+/// stride, padding, dilation and groups. `None` for no contraction, several,
+/// or a matmul.
+#[allow(clippy::type_complexity)]
+pub(super) fn single_conv<'g>(
+    g: &'g Graph,
+    w: &Work,
+) -> Option<(NodeId, &'g [i64], &'g [i64], &'g [i64], &'g i64)> {
+    let contractions: Vec<NodeId> = w
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&n| matches!(g.node(n).op, Op::Conv2d { .. } | Op::Matmul { .. }))
+        .collect();
+    let [c] = contractions.as_slice() else {
+        return None;
+    };
+    let Op::Conv2d {
+        stride,
+        padding,
+        dilation,
+        groups,
+    } = &g.node(*c).op
+    else {
+        return None;
+    };
+    Some((*c, stride, padding, dilation, groups))
+}
+
 /// The lowered body, its inputs and dims, and the views it needs.
 pub type Lowered = (Body, Vec<Value>, Vec<String>, Vec<View>);
 
@@ -40,25 +69,10 @@ pub fn lower(
     in_memory: &HashSet<Value>,
     float: Ty,
 ) -> Result<Option<Lowered>, LowerError> {
-    // The kernel's contractions: exactly one, a conv2d.
-    let contractions: Vec<NodeId> = w
-        .nodes
-        .iter()
-        .copied()
-        .filter(|&n| matches!(g.node(n).op, Op::Conv2d { .. } | Op::Matmul { .. }))
-        .collect();
-    let [c] = contractions.as_slice() else {
+    let Some((c, stride, padding, dilation, groups)) = single_conv(g, w) else {
         return Ok(None);
     };
-    let Op::Conv2d {
-        stride,
-        padding,
-        dilation,
-        groups,
-    } = &g.node(*c).op
-    else {
-        return Ok(None);
-    };
+    let c = &c;
     let cv = Value::of(*c);
     let ops = g.operands(*c);
     let (x, wt) = (ops[0], ops[1]);
