@@ -718,7 +718,7 @@ fn conv_like_guarded_reduction() {
             ),
         );
         // The vector path unrolls the sum into fused multiply-adds.
-        check(&k, 1e-6);
+        check(&k, 1e-5);
     }
 }
 
@@ -1263,15 +1263,17 @@ fn depthwise(n: usize, c: usize, h: usize, w: usize, sy: usize) -> Kernel {
 /// vector path: the nine taps unrolled into fused multiply-adds, guarded
 /// loads (unguarded vector loads inside the row's interior, one vector
 /// load where the guard holds at both ends of a border vector, four scalar
-/// loads else). Within 1e-6 of the largest magnitude (another order and
-/// rounding than the evaluator's nested sums).
+/// loads else). Within 1e-5 of the largest magnitude: another order and
+/// one rounding per fma instead of the evaluator's two per term, so the two
+/// sums of nine products differ by up to about 9 x 2^-24 of the sum of the
+/// terms' magnitudes (a seed gave 2.6e-6 of the largest output).
 #[test]
 fn vectorized_depthwise() {
     for w in [1, 3, 50, 783] {
         for (n, c, h, sy) in [(3, 2, 5, 1), (2, 3, 4, 2), (1, 1, 1, 1)] {
             let k = depthwise(n, c, h, w, sy);
             assert!(clif_of(&k).contains("f32x4"), "dw3x3 is not vectorized");
-            check(&k, 1e-6);
+            check(&k, 1e-5);
         }
     }
 }
@@ -1332,8 +1334,8 @@ fn window(
 /// the interior of each row, against the evaluator: every way of writing
 /// a bound (`lt le gt ge`, the lane on either side), a row-invariant
 /// guard, dilation 2, 5x5 kernels (25 unrolled terms), 7x7 ones (49: kept
-/// as loops), max windows (exact) and sums (1e-6 of the largest
-/// magnitude: fused multiply-adds in one chain). Widths 1, 3, 8, 13, 50
+/// as loops), max windows (exact) and sums (1e-5 of the largest
+/// magnitude: fused multiply-adds in one chain, up to 49 terms). Widths 1, 3, 8, 13, 50
 /// and 783 put the interior anywhere from empty to most of the row, and
 /// its ends on and off vector boundaries.
 #[test]
@@ -1397,7 +1399,7 @@ fn unrolled_windows_and_interior_rows() {
                 if kh * kw <= 32 {
                     assert!(text.contains("fma"), "{gname} {kh}x{kw} is not unrolled");
                 }
-                check(&k, 1e-6);
+                check(&k, 1e-5);
                 let k = window(
                     gname,
                     (2, h, w),

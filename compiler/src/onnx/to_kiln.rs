@@ -71,12 +71,7 @@ impl Names {
 }
 
 fn number(x: f64) -> String {
-    let s = format_f64(x);
-    if s.starts_with('-') {
-        format!("-{}", &s[1..])
-    } else {
-        s
-    }
+    format_f64(x)
 }
 
 fn attr_text(v: &AttrValue) -> String {

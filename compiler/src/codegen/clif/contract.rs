@@ -665,25 +665,7 @@ fn panels(
                         em.b.switch_to_block(done);
                         return Ok(vec![]);
                     }
-                    if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
-                        // Whole panels store vectors; the last, partial one
-                        // goes lane by lane below.
-                        let end = em.b.ins().iadd_imm_s(nb, NR as i64);
-                        let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
-                        let vec_block = em.b.create_block();
-                        let lanes = em.b.create_block();
-                        let done = em.b.create_block();
-                        em.b.ins().brif(full, vec_block, &[], lanes, &[]);
-                        em.b.switch_to_block(vec_block);
-                        whole_stores(em, mb, nb, &acc, epilogue)?;
-                        em.b.ins().jump(done, &[]);
-                        em.b.switch_to_block(lanes);
-                        lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
-                        em.b.ins().jump(done, &[]);
-                        em.b.switch_to_block(done);
-                        return Ok(vec![]);
-                    }
-                    lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                    tile_stores(em, mb, nb, &acc, ncols, epilogue, n)?;
                     Ok(vec![])
                 })?;
                 Ok(())
@@ -987,23 +969,7 @@ fn gathered(
                 let nb = em.b.ins().ishl_imm_s(q, NR.trailing_zeros() as i64);
                 let nb = em.b.ins().iadd(c0, nb);
                 let acc = tile_sums(em, count, pa0, ak, pbq, bk, kn, &row_off, None)?;
-                if plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n) {
-                    let end = em.b.ins().iadd_imm_s(nb, NR as i64);
-                    let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
-                    let vec_block = em.b.create_block();
-                    let lanes = em.b.create_block();
-                    let done = em.b.create_block();
-                    em.b.ins().brif(full, vec_block, &[], lanes, &[]);
-                    em.b.switch_to_block(vec_block);
-                    whole_stores(em, mb, nb, &acc, epilogue)?;
-                    em.b.ins().jump(done, &[]);
-                    em.b.switch_to_block(lanes);
-                    lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
-                    em.b.ins().jump(done, &[]);
-                    em.b.switch_to_block(done);
-                    return Ok(vec![]);
-                }
-                lane_stores(em, mb, nb, &acc, ncols, epilogue)?;
+                tile_stores(em, mb, nb, &acc, ncols, epilogue, n)?;
                 Ok(vec![])
             })?;
             Ok(())
@@ -1023,6 +989,37 @@ fn gathered(
 
 /// Whether the epilogue is the accumulator stored as it is into an f32
 /// output: the tiles then store whole vectors.
+/// Stores a tile's accumulators at rows `mb ..` and columns `nb ..`: whole
+/// panels (inside `ncols`) with vectors where the epilogue allows (`n` the
+/// output's last variable), the last, partial one lane by lane.
+fn tile_stores(
+    em: &mut Emitter,
+    mb: Value,
+    nb: Value,
+    acc: &[Value],
+    ncols: Value,
+    epilogue: &Expr,
+    n: Var,
+) -> Result<(), CodegenError> {
+    if !(plain_store(em, epilogue) || vmap::epilogue_vectorizable(em, epilogue, n)) {
+        return lane_stores(em, mb, nb, acc, ncols, epilogue);
+    }
+    let end = em.b.ins().iadd_imm_s(nb, NR as i64);
+    let full = em.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, ncols);
+    let vec_block = em.b.create_block();
+    let lanes = em.b.create_block();
+    let done = em.b.create_block();
+    em.b.ins().brif(full, vec_block, &[], lanes, &[]);
+    em.b.switch_to_block(vec_block);
+    whole_stores(em, mb, nb, acc, epilogue)?;
+    em.b.ins().jump(done, &[]);
+    em.b.switch_to_block(lanes);
+    lane_stores(em, mb, nb, acc, ncols, epilogue)?;
+    em.b.ins().jump(done, &[]);
+    em.b.switch_to_block(done);
+    Ok(())
+}
+
 fn plain_store(em: &Emitter, epilogue: &Expr) -> bool {
     matches!(epilogue, Expr::Acc) && em.k.output.dtype == DType::F32
 }
