@@ -244,8 +244,13 @@ fn light_zfnet512() {
     light("zfnet512");
 }
 
+/// Its fused kernels hold chains of ops deep enough that building the plan
+/// recursively overflowed the stack: the planner now walks them with an
+/// explicit stack, and the model compiles (1.7 s, release). Running it on
+/// the CPU backend does not finish within a minute (release) and exhausts
+/// memory in a debug test.
 #[test]
-#[ignore = "the kernel planner recurses without end on this graph (kiln_passes::plan::Builder::open_value)"]
+#[ignore = "compiles, but its CPU run takes over a minute and more memory than a test has"]
 fn light_resnet50() {
     light("resnet50");
 }

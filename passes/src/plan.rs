@@ -13,7 +13,7 @@ use kiln_dialect::ops::OpClass;
 use crate::cost::Target;
 use crate::egraph::convert::Loaded;
 use crate::egraph::lang::Head;
-use crate::extract::{Extraction, Kind};
+use crate::extract::{Choice, Extraction, Kind};
 
 /// One kernel.
 #[derive(Clone, Debug)]
@@ -164,18 +164,65 @@ impl Builder<'_> {
         v
     }
 
-    /// The value of a class computed inside kernel `k` in `kind`.
+    /// The value of a class computed inside kernel `k` in `kind`. The
+    /// choices under it are built in post-order with an explicit stack (a
+    /// fused kernel's chain of ops can be thousands deep): each op's
+    /// operands in order, those read from memory through [`Self::mem_value`]
+    /// when their turn comes.
     fn open_value(&mut self, c: Id, kind: Kind, k: usize) -> Value {
-        if let Some(v) = self.inner.get(&(c, kind, k)) {
-            return *v;
+        enum Step {
+            /// Visit an open class: its operands first, then build it.
+            Open(Id, Kind),
+            /// Build an open class whose operands are all built.
+            Build(Id, Kind),
+            /// Materialize a class read from memory.
+            Mem(Id),
         }
-        let eg = &self.l.egraph;
-        let choice = self
-            .ex
+        let mut stack = vec![Step::Open(c, kind)];
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Mem(a) => {
+                    self.mem_value(a);
+                }
+                Step::Open(c, kind) => {
+                    if self.inner.contains_key(&(c, kind, k)) {
+                        continue;
+                    }
+                    let choice = self.choice(c, kind);
+                    stack.push(Step::Build(c, kind));
+                    for (a, ak) in choice.node.args.iter().zip(&choice.kinds).rev() {
+                        let a = self.l.egraph.find(*a);
+                        stack.push(if *ak == Kind::Mem {
+                            Step::Mem(a)
+                        } else {
+                            Step::Open(a, *ak)
+                        });
+                    }
+                }
+                Step::Build(c, kind) => {
+                    if !self.inner.contains_key(&(c, kind, k)) {
+                        self.build_open(c, kind, k);
+                    }
+                }
+            }
+        }
+        self.inner[&(c, kind, k)]
+    }
+
+    /// The extracted choice of class `c` in `kind`.
+    fn choice(&self, c: Id, kind: Kind) -> Choice {
+        self.ex
             .best
             .get(&(c, kind))
             .unwrap_or_else(|| panic!("class {c} has no {kind:?} choice"))
-            .clone();
+            .clone()
+    }
+
+    /// Adds the op chosen for open class `c` to kernel `k`, its operands
+    /// already built.
+    fn build_open(&mut self, c: Id, kind: Kind, k: usize) {
+        let eg = &self.l.egraph;
+        let choice = self.choice(c, kind);
         let Head::Op(id) = choice.node.head else {
             panic!("an open choice is an op")
         };
@@ -184,11 +231,11 @@ impl Builder<'_> {
         for (a, ak) in choice.node.args.iter().zip(&choice.kinds) {
             let a = eg.find(*a);
             let v = if *ak == Kind::Mem {
-                let v = self.mem_value(a);
+                let v = self.mem[&a];
                 reads.push(v);
                 v
             } else {
-                self.open_value(a, *ak, k)
+                self.inner[&(a, *ak, k)]
             };
             operands.push(v);
         }
@@ -206,9 +253,7 @@ impl Builder<'_> {
                 kernel.reads.push(r);
             }
         }
-        let v = Value::of(node);
-        self.inner.insert((c, kind, k), v);
-        v
+        self.inner.insert((c, kind, k), Value::of(node));
     }
 }
 
