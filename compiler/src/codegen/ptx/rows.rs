@@ -92,13 +92,7 @@ fn block_reduce(em: &mut Em, e: &Expr, tid: &str, ntid: &str, smem: &str) -> Res
     else {
         return Err(em.type_err(e, "not a reduction"));
     };
-    let t = em.ty_of(body);
-    if t == Ty::Bool {
-        return Err(em.type_err(e, "a reduction of bools"));
-    }
-    let op2 = Em::fold_op(*op);
-    let acc = accumulator(em, *op, t);
-    let ms = mov_sfx(t);
+    let (op2, acc, ms) = fold_start(em, e, *op, body)?;
     strided_columns(em, e, *var, extent, body, tid, ntid, |em, b| {
         let s = em.binary(e, op2, acc.clone(), b)?;
         em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
@@ -143,6 +137,22 @@ fn strided_columns(
     em.ins(format!("bra.uni {top}"));
     em.a.place(&end);
     Ok(())
+}
+
+/// The start of reduction `r` folding values of `body`: the binary
+/// operation that folds, a fresh accumulator holding the identity, and the
+/// accumulator's `mov` suffix. Bools do not reduce.
+fn fold_start(
+    em: &mut Em,
+    r: &Expr,
+    op: Reduction,
+    body: &Expr,
+) -> Result<(Binary, Val, &'static str), PtxError> {
+    let t = em.ty_of(body);
+    if t == Ty::Bool {
+        return Err(em.type_err(r, "a reduction of bools"));
+    }
+    Ok((Em::fold_op(op), accumulator(em, op, t), mov_sfx(t)))
 }
 
 /// A fresh accumulator register of type `t` holding `op`'s identity.
@@ -442,13 +452,7 @@ fn block_reduce_grouped(
     let Expr::Reduce { op, .. } = r else {
         return Err(em.type_err(r, "not a reduction"));
     };
-    let t = em.ty_of(&grouped.body);
-    if t == Ty::Bool {
-        return Err(em.type_err(r, "a reduction of bools"));
-    }
-    let op2 = Em::fold_op(*op);
-    let acc = accumulator(em, *op, t);
-    let ms = mov_sfx(t);
+    let (op2, acc, ms) = fold_start(em, r, *op, &grouped.body)?;
     group_loop(em, grouped, tid, ntid, |em, _, _| {
         let v = em.emit(&grouped.body)?;
         let s = em.binary(r, op2, acc.clone(), v)?;
@@ -987,13 +991,8 @@ fn emit_rows_resident(
         let Expr::Reduce { op, .. } = r else {
             return Err(em.type_err(r, "not a reduction"));
         };
-        let t = em.ty_of(body);
-        if t == Ty::Bool {
-            return Err(em.type_err(r, "a reduction of bools"));
-        }
-        let op2 = Em::fold_op(*op);
-        let acc = accumulator(em, *op, t);
-        let ms = mov_sfx(t);
+        let (op2, acc, ms) = fold_start(em, r, *op, body)?;
+        let t = acc.t;
         for (i, (_, valid)) in cols.iter().enumerate() {
             let mut v = at(em, body, i, &mut memos, &mut codes)?;
             if let Some(p) = valid {
