@@ -246,6 +246,7 @@ fn grid_kind(pk: &PtxKernel) -> String {
     match pk.grid {
         Grid::Elements { per_thread } => format!("elements/{per_thread}"),
         Grid::Rows { inner_axes } => format!("rows/{inner_axes}"),
+        Grid::Tiles { tile_m, tile_n } => format!("tiles/{tile_m}x{tile_n}"),
     }
 }
 
@@ -406,6 +407,17 @@ fn op_kernels() -> Vec<Kernel> {
                 un(op, x()),
             );
             ks.push(k);
+        }
+        // Arguments far outside the range where exp is finite: exp
+        // overflows to infinity (never NaN), tanh saturates at +-1.
+        for op in [Unary::Exp, Unary::Tanh] {
+            ks.push(map(
+                &format!("{}_wide_{d}", op.name()),
+                float,
+                ins(),
+                buf("o", d, shape.clone()),
+                un(op, bin(Binary::Mul, x(), Expr::Float(300.0))),
+            ));
         }
         for op in binaries {
             ks.push(map(
@@ -890,6 +902,213 @@ fn contract_kernels() -> Vec<Kernel> {
     ks
 }
 
+/// Contractions for the tensor-core path: both orientations of each
+/// operand, bf16 and f16, partial tiles on every axis (`m`, `n` not
+/// multiples of 128 nor, where the layout allows, of 8; `k` = 136, four
+/// steps of 32 and a partial one), a batch with a broadcast operand, and
+/// epilogues reading other inputs at the output's index.
+fn mma_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    for (elem, out) in [(DType::BF16, DType::BF16), (DType::F16, DType::F32)] {
+        for a_km in [false, true] {
+            for b_nk in [false, true] {
+                // A contiguous m or n must be a multiple of 8.
+                let rows = if a_km { 200 } else { 203 };
+                let cols = if b_nk { 261 } else { 264 };
+                let (a_shape, a_ix) = if a_km {
+                    (vec![st(136), st(rows)], vec![kk.clone(), m.clone()])
+                } else {
+                    (vec![st(rows), st(136)], vec![m.clone(), kk.clone()])
+                };
+                let (b_shape, b_ix) = if b_nk {
+                    (vec![st(cols), st(136)], vec![n.clone(), kk.clone()])
+                } else {
+                    (vec![st(136), st(cols)], vec![kk.clone(), n.clone()])
+                };
+                ks.push(Kernel {
+                    name: format!(
+                        "mma_{elem}_{}_{}",
+                        if a_km { "km" } else { "mk" },
+                        if b_nk { "nk" } else { "kn" }
+                    ),
+                    inputs: vec![
+                        buf("a", elem, a_shape),
+                        buf("b", elem, b_shape),
+                        buf("bias", DType::F32, vec![st(cols)]),
+                    ],
+                    output: buf("c", out, vec![st(rows), st(cols)]),
+                    dims: vec![],
+                    float: Ty::F32,
+                    body: Body::Contract {
+                        k,
+                        extent: Expr::Int(136),
+                        a: ld(0, a_ix),
+                        b: ld(1, b_ix),
+                        epilogue: bin(Binary::Add, Expr::Acc, ld(2, vec![n.clone()])),
+                    },
+                });
+            }
+        }
+    }
+    // Batched, `b` shared by the batch, a symbolic `m`, a residual and a
+    // tanh in the epilogue.
+    let (b0, m3, n3, k3) = (v(0), v(1), v(2), Var(3));
+    ks.push(Kernel {
+        name: "mma_bf16_batched".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(3), Dim::sym("m"), st(64)]),
+            buf("b", DType::BF16, vec![st(64), st(72)]),
+            buf("r", DType::BF16, vec![st(3), Dim::sym("m"), st(72)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(3), Dim::sym("m"), st(72)]),
+        dims: vec!["m".into()],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: k3,
+            extent: Expr::Int(64),
+            a: ld(0, vec![b0.clone(), m3.clone(), Expr::Var(k3)]),
+            b: ld(1, vec![Expr::Var(k3), n3.clone()]),
+            epilogue: bin(
+                Binary::Add,
+                ld(2, vec![b0, m3, n3]),
+                un(Unary::Tanh, Expr::Acc),
+            ),
+        },
+    });
+    // Wide outputs take 128x256 tiles: both orientations of `b`, a partial
+    // last tile of 8 columns.
+    for b_nk in [false, true] {
+        let (b_shape, b_ix) = if b_nk {
+            (vec![st(1032), st(64)], vec![n.clone(), kk.clone()])
+        } else {
+            (vec![st(64), st(1032)], vec![kk.clone(), n.clone()])
+        };
+        ks.push(Kernel {
+            name: format!("mma_bf16_wide_{}", if b_nk { "nk" } else { "kn" }),
+            inputs: vec![
+                buf("a", DType::BF16, vec![st(40), st(64)]),
+                buf("b", DType::BF16, b_shape),
+            ],
+            output: buf("c", DType::BF16, vec![st(40), st(1032)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(64),
+                a: ld(0, vec![m.clone(), kk.clone()]),
+                b: ld(1, b_ix),
+                epilogue: Expr::Acc,
+            },
+        });
+    }
+    // A symbolic `k` (rows of `b` contiguous in `n`, `a` stored [k, m]).
+    ks.push(Kernel {
+        name: "mma_f16_symbolic_k".into(),
+        inputs: vec![
+            buf("a", DType::F16, vec![Dim::sym("k"), st(136)]),
+            buf("b", DType::F16, vec![Dim::sym("k"), st(16)]),
+        ],
+        output: buf("c", DType::F32, vec![st(136), st(16)]),
+        dims: vec!["k".into()],
+        float: Ty::F32,
+        body: Body::Contract {
+            k,
+            extent: Expr::Dim(0),
+            a: ld(0, vec![kk.clone(), m.clone()]),
+            b: ld(1, vec![kk.clone(), n.clone()]),
+            epilogue: Expr::Acc,
+        },
+    });
+    ks
+}
+
+#[test]
+fn tensor_core_contractions() {
+    let ks = mma_kernels();
+    for k in &ks {
+        let Body::Contract { .. } = &k.body else {
+            unreachable!()
+        };
+        let n = k.output.shape.0.last().and_then(|d| d.as_static()).unwrap();
+        // sm_90a: warpgroup tiles, 128x256 for outputs at least 256 wide.
+        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
+        let tile_n = if n >= 256 { 256 } else { 128 };
+        assert_eq!(
+            pk.grid,
+            Grid::Tiles {
+                tile_m: 128,
+                tile_n
+            },
+            "{}",
+            k.name
+        );
+        assert!(
+            pk.ptx
+                .contains(&format!("wgmma.mma_async.sync.aligned.m64n{tile_n}k16"))
+        );
+        assert!(
+            pk.ptx.contains("fence.proxy.async.shared::cta"),
+            "{}",
+            k.name
+        );
+        // sm_80: mma.sync, 128x256 tiles from 1024 columns.
+        let pk = compile_kernel(k, PtxArch::Sm80).unwrap();
+        let tile_n = if n >= 1024 { 256 } else { 128 };
+        assert_eq!(
+            pk.grid,
+            Grid::Tiles {
+                tile_m: 128,
+                tile_n
+            },
+            "{}",
+            k.name
+        );
+        assert!(pk.ptx.contains("mma.sync.aligned.m16n8k16"), "{}", k.name);
+        assert!(pk.ptx.contains("cp.async.cg.shared.global"), "{}", k.name);
+        assert!(pk.shared_bytes > 48 * 1024, "{}", k.name);
+    }
+    // A contiguous `k` whose extent is not a multiple of 8 is not aligned
+    // for 16-byte copies: the generic path.
+    let mut odd = ks[0].clone();
+    if let Body::Contract { extent, .. } = &mut odd.body {
+        *extent = Expr::Int(130);
+    }
+    let pk = compile_kernel(&odd, PtxArch::Sm90a).unwrap();
+    assert_eq!(pk.grid, Grid::Elements { per_thread: 1 });
+    check_all("tensor cores", &ks);
+}
+
+/// The tensor-core contractions against the evaluator, on the GPU where
+/// there is one, both as sm_90a (warpgroup) and sm_80 (`mma.sync`) modules
+/// (and on the CPU executor, a check of the kernels).
+#[test]
+fn tensor_core_contractions_run_as_the_evaluator_says() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let gpu = common::gpu_available();
+    let mut failures = Vec::new();
+    for k in &mma_kernels() {
+        let sides = [
+            (false, PtxArch::Sm90a),
+            (true, PtxArch::Sm90a),
+            (true, PtxArch::Sm80),
+        ];
+        for (on_gpu, arch) in sides {
+            if on_gpu && !gpu {
+                continue;
+            }
+            if let Err(e) = run_against_eval_for(k, &mut rng, on_gpu, arch) {
+                let side = if on_gpu { arch.target() } else { "cpu" };
+                failures.push(format!("{} ({side}, seed {seed}): {e}", k.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn every_dtype_loads_and_stores() {
     check_all("dtypes", &dtype_kernels());
@@ -1006,7 +1225,12 @@ fn golden_ptx() {
     let dir = root().join("tests/filetests/ptx");
     let bless = std::env::var("KILN_BLESS").is_ok_and(|v| v == "1");
     let mut failures = Vec::new();
-    for k in [add, sum_rows, mm, centered] {
+    // The tensor-core path: a batched bf16 contraction with a residual.
+    let mma = mma_kernels()
+        .into_iter()
+        .find(|k| k.name == "mma_bf16_batched")
+        .unwrap();
+    for k in [add, sum_rows, mm, centered, mma] {
         let text = compile_kernel(&k, PtxArch::Sm90a).unwrap().ptx;
         let path = dir.join(format!("{}.ptx", k.name));
         if bless {
@@ -1074,8 +1298,9 @@ fn models(dir: &str) -> Vec<String> {
 /// The kernels of every example and benchmark, compiled for sm_90a; each
 /// distinct kernel (the same PTX up to its entry name) is assembled once,
 /// all of them in one pool. A model's sm_80 PTX differs from its sm_90a
-/// PTX only in the `.target` line (checked here), so only the hand-built
-/// kernels above are assembled for sm_80 too.
+/// PTX only in the `.target` line (checked here), except for tensor-core
+/// contractions (warpgroup instructions on sm_90a, `mma.sync` on sm_80),
+/// which are assembled for both.
 #[test]
 fn every_example_and_benchmark_assembles() {
     let tool = ptxas();
@@ -1089,12 +1314,25 @@ fn every_example_and_benchmark_assembles() {
             let pk = compile_kernel(&k, PtxArch::Sm90a).unwrap_or_else(|e| panic!("{file}: {e}"));
             let pk80 = compile_kernel(&k, PtxArch::Sm80).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(pk.block.is_multiple_of(32) && pk.block <= 1024);
-            assert_eq!(
-                pk80.ptx,
-                pk.ptx.replace(".target sm_90a\n", ".target sm_80\n"),
-                "{file}: {}: sm_80 PTX differs beyond .target",
-                k.name
-            );
+            if matches!(pk.grid, Grid::Tiles { .. }) {
+                // Tensor-core contractions: warpgroup instructions on
+                // sm_90a, `mma.sync` on sm_80; both are assembled.
+                assert!(pk.ptx.contains("wgmma.mma_async"), "{file}: {}", k.name);
+                assert!(pk80.ptx.contains("mma.sync.aligned"), "{file}: {}", k.name);
+                let body = module_body(&pk80.ptx).replace(&pk80.entry, "ENTRY");
+                let i = *index.entry(body).or_insert_with(|| {
+                    distinct.push(pk80);
+                    distinct.len() - 1
+                });
+                ks.push((k.name.clone(), i));
+            } else {
+                assert_eq!(
+                    pk80.ptx,
+                    pk.ptx.replace(".target sm_90a\n", ".target sm_80\n"),
+                    "{file}: {}: sm_80 PTX differs beyond .target",
+                    k.name
+                );
+            }
             let body = module_body(&pk.ptx).replace(&pk.entry, "ENTRY");
             let i = *index.entry(body).or_insert_with(|| {
                 distinct.push(pk);
@@ -1154,6 +1392,16 @@ const RUN_SIZES: [usize; 4] = [3, 783, 50, 1];
 /// (a gather with an index out of range) or a dim only the output names,
 /// nothing to compare.
 fn run_against_eval(k: &Kernel, rng: &mut impl rand::Rng, on_gpu: bool) -> Result<bool, String> {
+    run_against_eval_for(k, rng, on_gpu, PtxArch::Sm90a)
+}
+
+/// [`run_against_eval`] with the GPU's kernels written for `arch`.
+fn run_against_eval_for(
+    k: &Kernel,
+    rng: &mut impl rand::Rng,
+    on_gpu: bool,
+    arch: PtxArch,
+) -> Result<bool, String> {
     use kiln_dialect::interp::Tensor;
     use kiln_dialect::kernel::{Launch, Program};
     use kiln_runtime::HostTensor;
@@ -1233,7 +1481,7 @@ fn run_against_eval(k: &Kernel, rng: &mut impl rand::Rng, on_gpu: bool) -> Resul
         .map(|(i, ((x, s), b))| (format!("in{i}"), HostTensor::from_values(b.dtype, s, x)))
         .collect();
     let got = if on_gpu {
-        let exe = kiln::jit::gpu(program).map_err(|e| e.to_string())?;
+        let exe = kiln::jit::gpu_for(program, arch).map_err(|e| e.to_string())?;
         exe.run(&inputs).map_err(|e| e.to_string())?
     } else {
         let exe = kiln::jit::native(program).map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ WORKLOADS = [
     ("W5-int8", "w5_int8", "m=4096", "W5"),
     ("W5-fp8", "w5_fp8", "m=4096", "W5"),
     ("W6", "w6", "n=64", "W6 inv-bottleneck NHWC"),
+    ("GEMM", "gemm", "m=4096", "W5"),
 ]
 
 
@@ -97,6 +98,17 @@ def main():
                 f"- {wid}: 'eager' is the bf16 matmul and 'torch.compile' "
                 + ("`torch._int_mm`." if wid == "W5-int8" else "`torch._scaled_mm` (fp8 e4m3).")
             )
+        if wid == "GEMM":
+            flops = 2 * 4096**3
+            floor = flops / (peak * 1e12) * 1e3 if peak else None
+            eager = t.get("bf16_ms")
+            comp = None
+            if kmed and eager:
+                notes.append(
+                    f"- GEMM: 4096^3 bf16, 'eager' is torch.matmul; kiln reaches "
+                    f"{eager / kmed * 100:.0f}% of its throughput "
+                    f"({flops / kmed / 1e9:.0f} TFLOP/s)."
+                )
         if k is None:
             err = os.path.join(a.tmp, f"kiln-{wid}.err")
             why = ""

@@ -208,8 +208,16 @@ pub fn native_on(program: Program, pool: ThreadPool) -> Result<CpuExecutable, Ki
 /// Emits every kernel of `program` as PTX for Hopper (`sm_90a`) and builds
 /// the CUDA executor that runs them.
 pub fn gpu(program: Program) -> Result<CudaExecutable, KilnError> {
-    let kernels =
-        crate::codegen::ptx::compile_program(&program, crate::codegen::ptx::PtxArch::Sm90a)?;
+    gpu_for(program, crate::codegen::ptx::PtxArch::Sm90a)
+}
+
+/// [`gpu`] with the kernels written for `arch` (sm_80 modules run on later
+/// GPUs too: the driver compiles their PTX for the device).
+pub fn gpu_for(
+    program: Program,
+    arch: crate::codegen::ptx::PtxArch,
+) -> Result<CudaExecutable, KilnError> {
+    let kernels = crate::codegen::ptx::compile_program(&program, arch)?;
     Ok(CudaExecutable::new(program, kernels)?)
 }
 

@@ -34,6 +34,12 @@ pub enum Grid {
     /// the row a grid further. The executor launches at most as many
     /// blocks as the device keeps resident ([`launch_config`]).
     Rows { inner_axes: u32 },
+    /// One block per output tile of a contraction: the output's last two
+    /// axes (`m`, `n`) are cut into `tile_m x tile_n` tiles and `units` is
+    /// the product of the leading (batch) axes times the tiles of one
+    /// matrix; the block computes its tile, then walks to the tile a grid
+    /// further.
+    Tiles { tile_m: u32, tile_n: u32 },
 }
 
 /// One kernel of the kernel dialect compiled to PTX.
@@ -67,6 +73,16 @@ impl PtxKernel {
                 let keep = out_shape.len().saturating_sub(inner_axes as usize);
                 out_shape[..keep].iter().map(|&d| d as u64).product()
             }
+            Grid::Tiles { tile_m, tile_n } => {
+                let r = out_shape.len();
+                if r < 2 {
+                    return 0;
+                }
+                let batch: u64 = out_shape[..r - 2].iter().map(|&d| d as u64).product();
+                let tm = (out_shape[r - 2] as u64).div_ceil(u64::from(tile_m.max(1)));
+                let tn = (out_shape[r - 1] as u64).div_ceil(u64::from(tile_n.max(1)));
+                batch * tm * tn
+            }
         }
     }
 }
@@ -86,7 +102,7 @@ pub fn launch_config(kernel: &PtxKernel, units: u64, resident: u32) -> Option<(u
     let blocks = match kernel.grid {
         Grid::Elements { .. } => units.div_ceil(block as u64),
         Grid::Rows { .. } if resident > 0 => units.min(u64::from(resident)),
-        Grid::Rows { .. } => units,
+        Grid::Rows { .. } | Grid::Tiles { .. } => units,
     };
     Some((blocks.min(MAX_BLOCKS) as u32, block))
 }
@@ -127,5 +143,18 @@ mod tests {
             launch_config(&r, 1 << 40, 0),
             Some((MAX_BLOCKS as u32, 128))
         );
+        // Tiles: batch 2, m = 300 (3 tiles of 128), n = 129 (2 tiles).
+        let t = k(
+            Grid::Tiles {
+                tile_m: 128,
+                tile_n: 128,
+            },
+            256,
+        );
+        assert_eq!(t.units(&[2, 300, 129]), 12);
+        assert_eq!(t.units(&[128, 128]), 1);
+        assert_eq!(t.units(&[0, 128]), 0);
+        assert_eq!(t.units(&[5]), 0);
+        assert_eq!(launch_config(&t, 12, 4), Some((12, 256)));
     }
 }

@@ -78,6 +78,11 @@ impl Em<'_> {
         self.ins(format!("ex2.approx.f32 {e}, {hi}"));
         self.ins(format!("mul.rn.f32 {s}, {lo}, {}", f32_imm(LN_2)));
         let out = self.fma(&e, &s, &e);
+        // Past the f32 range 2^hi is infinite, and infinity times a
+        // correction of either sign (or zero) must stay infinite, not NaN.
+        let over = self.reg(Class::P);
+        self.ins(format!("testp.infinite.f32 {over}, {e}"));
+        self.ins(format!("selp.f32 {out}, {e}, {out}, {over}"));
         Val { r: out, t: Ty::F32 }
     }
 

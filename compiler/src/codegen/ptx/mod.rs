@@ -13,8 +13,11 @@
 //!   keepdim reductions over the last axis): one block per row, the
 //!   reductions computed cooperatively (`rows.rs`); byte-sized and wider
 //!   outputs only (a sub-byte row may share bytes with the next row);
-//! * contractions ([`Grid::Elements`]): one thread per output element (per
-//!   run), an in-order loop over `k` and the epilogue.
+//! * tensor-core contractions ([`Grid::Tiles`]): bf16/f16 operands loaded
+//!   as they are, one 128x128 output tile per block on `mma.sync` with a
+//!   `cp.async` pipeline and the epilogue fused (`mma.rs`);
+//! * other contractions ([`Grid::Elements`]): one thread per output
+//!   element (per run), an in-order loop over `k` and the epilogue.
 //!
 //! Loads decode every storage type as the reference evaluator does and
 //! stores encode with round-to-nearest-even (`dtype_io.rs`); transcendental
@@ -28,6 +31,7 @@ mod elements;
 mod expr;
 mod math;
 mod math64;
+mod mma;
 mod ops;
 mod rows;
 
@@ -96,6 +100,7 @@ fn fnv1a(s: &str) -> u64 {
 /// kernel.
 fn classify(k: &Kernel) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
     match &k.body {
+        Body::Contract { .. } if mma::plan(k, PtxArch::Sm80).is_some() => ("mma", Vec::new()),
         Body::Contract { .. } => ("contract", Vec::new()),
         Body::Map { expr } => {
             if k.output.dtype.bits() < 8 {
@@ -178,6 +183,8 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
         .map(|d| em.dim_operand(d))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let mut shared_bytes = 0;
+    let mut tiling = None;
     let (block, grid, shared) = match &k.body {
         Body::Map { expr } if kind == "row" => {
             rows::emit_rows(&mut em, expr, &reds, &units)?;
@@ -193,6 +200,20 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
             elements::identity_inputs(&em, expr, false, &mut ids);
             elements::emit_elements(&mut em, p, &units, &ids, |em| em.emit(expr))?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
+        }
+        Body::Contract {
+            extent, epilogue, ..
+        } if kind == "mma" => {
+            let plan =
+                mma::plan(k, arch).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
+            mma::emit(&mut em, &plan, extent, epilogue, &units)?;
+            shared_bytes = plan.shared_bytes();
+            tiling = Some(plan.tiling);
+            let grid = Grid::Tiles {
+                tile_m: plan.tiling.tile_m,
+                tile_n: plan.tiling.tile_n,
+            };
+            (plan.tiling.threads(), grid, false)
         }
         Body::Contract {
             k: kv,
@@ -214,6 +235,9 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
     let _ = writeln!(ptx, ".version 8.0");
     let _ = writeln!(ptx, ".target {}", arch.target());
     let _ = writeln!(ptx, ".address_size 64\n");
+    if shared_bytes > 0 {
+        let _ = writeln!(ptx, ".extern .shared .align 128 .b8 kiln_smem[];\n");
+    }
     let _ = writeln!(ptx, ".visible .entry {entry}(");
     let mut params: Vec<String> = (0..k.inputs.len())
         .map(|i| format!("\t.param .u64 p_in{i}"))
@@ -222,6 +246,13 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
     params.extend((0..k.dims.len()).map(|i| format!("\t.param .s64 p_dim{i}")));
     params.push("\t.param .s64 p_units".into());
     let _ = writeln!(ptx, "{}\n)", params.join(",\n"));
+    if let Some(t) = tiling {
+        let _ = writeln!(
+            ptx,
+            ".maxntid {block}, 1, 1\n.minnctapersm {}",
+            t.blocks_per_sm
+        );
+    }
     // No `.maxntid`: with it ptxas caps registers at 64 and spills
     // (row kernels assume exactly `block` threads, as the executor launches).
     let _ = writeln!(ptx, "{{");
@@ -236,7 +267,7 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
         arch: arch.target().to_string(),
         block,
         grid,
-        shared_bytes: 0,
+        shared_bytes,
     })
 }
 

@@ -1,0 +1,899 @@
+//! Tensor-core contractions ([`Grid::Tiles`](kiln_runtime::cuda::kernel::Grid)):
+//! `mma.sync.m16n8k16` with f32 accumulation for contractions whose
+//! operands are plain loads of bf16 (or f16) matrices.
+//!
+//! A block of 256 threads computes one 128x128 or 128x256 tile of the
+//! output ([`Tiling`]: eight warps, two along `m` by four along `n`, each a
+//! 64x32 or 64x64 sub-tile held as 64 or 128 f32 accumulators per thread),
+//! walking `k` in steps of 32:
+//!
+//! * each step's slices of `a` (128x32) and `b` (32x128) are copied to
+//!   shared memory with 16-byte `cp.async` copies, four stages deep, so the
+//!   copies of the next three steps are in flight while a step computes;
+//!   copies past the matrix's end are zero-filled (their source clamped to
+//!   the matrix's start);
+//! * shared rows are padded by 16 bytes, which makes every `ldmatrix`
+//!   (eight rows of 16 bytes) hit eight distinct groups of four banks;
+//! * fragments are read with `ldmatrix` (`.trans` for an operand stored
+//!   with its `m`/`n` axis contiguous, so both orientations of either
+//!   operand use the same tiles);
+//! * after the last step, each accumulator goes through the epilogue
+//!   (bias, activation, residual, cast: any expression of the kernel
+//!   dialect over `Acc` and the output's index) and is stored.
+//!
+//! The path applies when the kernel computes in f32, both operands are
+//! unguarded loads of bf16 (or both of f16) tensors indexed
+//! `[batch.., m, k]` or `[batch.., k, m]` (and `[batch.., k, n]` or
+//! `[batch.., n, k]`), the batch indices read only batch variables, each
+//! operand's contiguous axis is static and a multiple of 8 (so every
+//! 16-byte copy is aligned and wholly inside or outside a row), and a `k`
+//! that is contiguous has a static extent that is a multiple of 8. Other
+//! contractions take the generic path.
+
+use kiln_dialect::DType;
+use kiln_dialect::kernel::{Body, Expr, Kernel, Ty, Var};
+
+use super::asm::Class;
+use super::elements::unravel;
+use super::expr::{Em, Val, free_vars};
+use super::{PtxArch, PtxError};
+
+/// The tile shapes of one tensor-core kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Tiling {
+    /// Output rows (`m`) and columns (`n`) of one block's tile.
+    pub tile_m: u32,
+    pub tile_n: u32,
+    /// The `k` step: the depth of one stage's slices.
+    pub tile_k: u32,
+    /// Each warp's sub-tile.
+    pub warp_m: u32,
+    pub warp_n: u32,
+    /// Stages of the copy pipeline.
+    pub stages: u32,
+    /// Blocks each multiprocessor should hold (`.minnctapersm`: it bounds
+    /// the registers per thread).
+    pub blocks_per_sm: u32,
+    /// Whether the warpgroup instructions of sm_90a (`wgmma.mma_async`,
+    /// operands read from 128-byte-swizzled shared memory) compute the
+    /// tile, each warp group of four warps a 64-row slab (`warp_m` is 16:
+    /// each warp's rows of it); else `mma.sync` per warp.
+    pub wgmma: bool,
+}
+
+impl Tiling {
+    /// 128x256 tiles, `k` steps of 32, warps of 64x64, four stages, one
+    /// block per multiprocessor.
+    pub const LARGE: Tiling = Tiling {
+        tile_m: 128,
+        tile_n: 256,
+        tile_k: 32,
+        warp_m: 64,
+        warp_n: 64,
+        stages: 4,
+        blocks_per_sm: 1,
+        wgmma: false,
+    };
+    /// 128x128 tiles, `k` steps of 32, warps of 64x32, four stages, two
+    /// blocks per multiprocessor (at most 128 registers a thread).
+    pub const MEDIUM: Tiling = Tiling {
+        tile_m: 128,
+        tile_n: 128,
+        tile_k: 32,
+        warp_m: 64,
+        warp_n: 32,
+        stages: 4,
+        blocks_per_sm: 2,
+        wgmma: false,
+    };
+    /// Warpgroup tiles for sm_90a: 128x256, `k` steps of 64 (one 128-byte
+    /// swizzled row per operand row), two warp groups of `m64n256k16`
+    /// instructions, four stages (192 KiB), one block per multiprocessor.
+    pub const WIDE_WG: Tiling = Tiling {
+        tile_m: 128,
+        tile_n: 256,
+        tile_k: 64,
+        warp_m: 16,
+        warp_n: 256,
+        stages: 4,
+        blocks_per_sm: 1,
+        wgmma: true,
+    };
+    /// Warpgroup tiles of 128x128 (`m64n128k16`), four stages.
+    pub const NARROW_WG: Tiling = Tiling {
+        tile_m: 128,
+        tile_n: 128,
+        tile_k: 64,
+        warp_m: 16,
+        warp_n: 128,
+        stages: 4,
+        blocks_per_sm: 1,
+        wgmma: true,
+    };
+
+    fn warps_n(&self) -> u32 {
+        self.tile_n / self.warp_n
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> u32 {
+        32 * (self.tile_m / self.warp_m) * self.warps_n()
+    }
+
+    /// Accumulators per thread.
+    fn accs(&self) -> u32 {
+        self.warp_m * self.warp_n / 32
+    }
+
+    /// The row pitch in bytes of a slice: its rows' elements plus 16 bytes,
+    /// which puts the eight 16-byte rows of an `ldmatrix` in distinct
+    /// groups of banks.
+    fn pitch(&self, s: Storage, outer: u32) -> u32 {
+        if self.wgmma {
+            return 128;
+        }
+        match s {
+            Storage::OuterK => self.tile_k * 2 + 16,
+            Storage::KOuter => outer * 2 + 16,
+        }
+    }
+
+    /// Bytes of one stage's slice of an operand with `outer` rows or
+    /// columns.
+    fn slice_bytes(&self, s: Storage, outer: u32) -> u32 {
+        if self.wgmma {
+            // Rows of 128 bytes: 64 `k` (k contiguous) or 64 of the outer
+            // axis per row, `outer / 64` column blocks of `tile_k` rows.
+            return outer * self.tile_k * 2;
+        }
+        match s {
+            Storage::OuterK => outer * self.pitch(s, outer),
+            Storage::KOuter => self.tile_k * self.pitch(s, outer),
+        }
+    }
+}
+
+/// How an operand's tile is laid out, from which axis is contiguous in
+/// memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Storage {
+    /// `k` contiguous: rows of the outer axis (`m` for `a`, `n` for `b`).
+    OuterK,
+    /// The outer axis contiguous: rows of `k`.
+    KOuter,
+}
+
+/// One operand: the input it loads, the indices of its batch axes, and
+/// its storage.
+#[derive(Clone, Debug)]
+struct Operand {
+    input: usize,
+    lead: Vec<Expr>,
+    storage: Storage,
+}
+
+/// A contraction the tensor-core path compiles.
+#[derive(Clone, Debug)]
+pub(super) struct MmaPlan {
+    elem: DType,
+    a: Operand,
+    b: Operand,
+    pub tiling: Tiling,
+}
+
+impl MmaPlan {
+    fn a_bytes(&self) -> u32 {
+        self.tiling.slice_bytes(self.a.storage, self.tiling.tile_m)
+    }
+
+    fn stage_bytes(&self) -> u32 {
+        self.a_bytes() + self.tiling.slice_bytes(self.b.storage, self.tiling.tile_n)
+    }
+
+    /// Dynamic shared memory per block (warpgroup tiles: 1 KiB more, to
+    /// align the stages to the 1024 bytes of the swizzle pattern).
+    pub fn shared_bytes(&self) -> u32 {
+        let align = if self.tiling.wgmma { 1024 } else { 0 };
+        self.tiling.stages * self.stage_bytes() + align
+    }
+}
+
+/// The tiling for an output of `n` columns on `arch`: on sm_90a warpgroup
+/// tiles (128x256 where `n` is at least 256, else 128x128); elsewhere
+/// `mma.sync` tiles (128x256 where `n` fills them, else 128x128).
+/// `KILN_MMA_TILING` overrides the choice, for measuring one tiling
+/// against another: `medium`, `large`, `wide-wg`, `narrow-wg` (the latter
+/// two on sm_90a only), or `MxNxK,WMxWN,STAGES,BLOCKS` (an `mma.sync`
+/// tiling: tile, warp tile, stages, blocks per multiprocessor), ignored
+/// when it does not parse or does not fit.
+fn tiling_for(n: Option<u64>, arch: PtxArch) -> Tiling {
+    if let Ok(s) = std::env::var("KILN_MMA_TILING")
+        && let Some(t) = parse_tiling(&s)
+        && (!t.wgmma || arch == PtxArch::Sm90a)
+    {
+        return t;
+    }
+    match (arch, n) {
+        (PtxArch::Sm90a, Some(n)) if n >= 256 => Tiling::WIDE_WG,
+        (PtxArch::Sm90a, _) => Tiling::NARROW_WG,
+        (PtxArch::Sm80, Some(n)) if n >= 1024 => Tiling::LARGE,
+        (PtxArch::Sm80, _) => Tiling::MEDIUM,
+    }
+}
+
+fn parse_tiling(s: &str) -> Option<Tiling> {
+    match s {
+        "medium" => return Some(Tiling::MEDIUM),
+        "large" => return Some(Tiling::LARGE),
+        "wide-wg" => return Some(Tiling::WIDE_WG),
+        "narrow-wg" => return Some(Tiling::NARROW_WG),
+        _ => {}
+    }
+    let parts: Vec<&str> = s.split(',').collect();
+    let nums = |p: &str| -> Option<Vec<u32>> { p.split('x').map(|x| x.parse().ok()).collect() };
+    let (tile, warp) = (nums(parts.first()?)?, nums(parts.get(1)?)?);
+    let t = Tiling {
+        tile_m: *tile.first()?,
+        tile_n: *tile.get(1)?,
+        tile_k: *tile.get(2)?,
+        warp_m: *warp.first()?,
+        warp_n: *warp.get(1)?,
+        stages: parts.get(2)?.parse().ok()?,
+        blocks_per_sm: parts.get(3)?.parse().ok()?,
+        wgmma: false,
+    };
+    let pow2 = |x: u32| x.is_power_of_two();
+    let ok = [t.tile_m, t.tile_n, t.tile_k, t.warp_m, t.warp_n].into_iter().all(pow2)
+        && t.warp_m >= 16
+        && t.warp_n >= 16
+        && t.tile_k >= 16
+        && t.tile_m % t.warp_m == 0
+        && t.tile_n % t.warp_n == 0
+        && (64..=1024).contains(&t.threads())
+        && t.stages >= 2
+        && t.blocks_per_sm >= 1
+        // Every copy pass covers whole slice rows.
+        && t.threads() * 8 <= t.tile_k * t.tile_m.min(t.tile_n);
+    ok.then_some(t)
+}
+
+/// The tensor-core plan of `k`, when the path applies (see the module's
+/// documentation).
+pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
+    if k.float == Ty::F64 {
+        return None;
+    }
+    let Body::Contract {
+        k: kv,
+        extent,
+        a,
+        b,
+        ..
+    } = &k.body
+    else {
+        return None;
+    };
+    let r = k.output.shape.rank();
+    if r < 2 {
+        return None;
+    }
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let a = operand(k, a, mv, *kv, extent, r)?;
+    let b = operand(k, b, nv, *kv, extent, r)?;
+    let elem = k.inputs[a.input].dtype;
+    let tiling = tiling_for(k.output.shape.0[r - 1].as_static(), arch);
+    (elem == k.inputs[b.input].dtype).then_some(MmaPlan { elem, a, b, tiling })
+}
+
+fn operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr, r: usize) -> Option<Operand> {
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = e
+    else {
+        return None;
+    };
+    let buf = k.inputs.get(*input)?;
+    if !matches!(buf.dtype, DType::BF16 | DType::F16) {
+        return None;
+    }
+    let n = index.len();
+    if n < 2 || buf.shape.rank() != n {
+        return None;
+    }
+    let storage = match (&index[n - 2], &index[n - 1]) {
+        (Expr::Var(o), Expr::Var(x)) if *o == outer && *x == kv => Storage::OuterK,
+        (Expr::Var(x), Expr::Var(o)) if *o == outer && *x == kv => Storage::KOuter,
+        _ => return None,
+    };
+    let batch = |v: &Var| (v.0 as usize) < r - 2 && *v != kv;
+    if !index[..n - 2]
+        .iter()
+        .all(|i| free_vars(i).iter().all(batch))
+    {
+        return None;
+    }
+    let contiguous = buf.shape.0[n - 1].as_static()?;
+    if contiguous % 8 != 0 {
+        return None;
+    }
+    if storage == Storage::OuterK && !matches!(extent, Expr::Int(x) if *x > 0 && x % 8 == 0) {
+        return None;
+    }
+    Some(Operand {
+        input: *input,
+        lead: index[..n - 2].to_vec(),
+        storage,
+    })
+}
+
+/// The running state of one thread's 16-byte copies of one operand.
+struct Copies {
+    /// Per copy: its shared offset within a slice, its global address (at
+    /// the next step to copy), its `k` (row or column) at that step, and
+    /// whether its outer index is inside the operand.
+    shared: Vec<String>,
+    global: Vec<String>,
+    kidx: Vec<String>,
+    outer_ok: Vec<String>,
+    /// The operand's start (where a copy past the end reads from).
+    base: String,
+    /// Bytes the global address advances per step.
+    step: String,
+    /// The slice's offset within a stage.
+    slice: u32,
+}
+
+/// Emits the tile loop of a tensor-core contraction.
+pub(super) fn emit(
+    em: &mut Em,
+    plan: &MmaPlan,
+    extent: &Expr,
+    epilogue: &Expr,
+    units: &str,
+) -> Result<(), PtxError> {
+    let t = plan.tiling;
+    let r = em.k.output.shape.rank();
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let kext = em.emit(extent)?;
+    if kext.t != Ty::I64 {
+        return Err(em.type_err(extent, "the extent is not an integer"));
+    }
+    let kext = em.in_reg(&kext.r);
+    let m_dim = em.out_shape[r - 2].clone();
+    let n_dim = em.out_shape[r - 1].clone();
+    let m_dim = em.in_reg(&m_dim);
+    let n_dim = em.in_reg(&n_dim);
+    let (tiles_m, tiles_n) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("add.s64 {tiles_m}, {m_dim}, {}", t.tile_m - 1));
+    em.ins(format!(
+        "shr.s64 {tiles_m}, {tiles_m}, {}",
+        t.tile_m.trailing_zeros()
+    ));
+    em.ins(format!("add.s64 {tiles_n}, {n_dim}, {}", t.tile_n - 1));
+    em.ins(format!(
+        "shr.s64 {tiles_n}, {tiles_n}, {}",
+        t.tile_n.trailing_zeros()
+    ));
+
+    // Thread coordinates.
+    let (tid, lane, warp, wm, wn) = (
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.u32 {tid}, %tid.x"));
+    em.ins(format!("and.b32 {lane}, {tid}, 31"));
+    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
+    em.ins(format!(
+        "shr.u32 {wm}, {warp}, {}",
+        t.warps_n().trailing_zeros()
+    ));
+    em.ins(format!("and.b32 {wn}, {warp}, {}", t.warps_n() - 1));
+    let smem = em.reg(Class::R);
+    em.ins(format!("mov.u32 {smem}, kiln_smem"));
+    if t.wgmma {
+        em.ins(format!("add.u32 {smem}, {smem}, 1023"));
+        em.ins(format!("and.b32 {smem}, {smem}, -1024"));
+    }
+
+    // Each lane's `ldmatrix` row address within a slice: lane `l` gives row
+    // `l % 8` of matrix `l / 8`; `a`'s matrices are (m 0-7, k 0-7),
+    // (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15) (its fragment's
+    // registers in order), `b`'s (n 0-7, k 0-7), (n 0-7, k 8-15),
+    // (n 8-15, k 0-7), (n 8-15, k 8-15) (two n8 fragments).
+    let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {mat}, {lane}, 3"));
+    em.ins(format!("and.b32 {row}, {lane}, 7"));
+    let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("and.b32 {lo}, {mat}, 1"));
+    em.ins(format!("shr.u32 {hi}, {mat}, 1"));
+    let wm_base = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {wm_base}, {wm}, {}", t.warp_m));
+    let wn_base = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {wn_base}, {wn}, {}", t.warp_n));
+    let pa = t.pitch(plan.a.storage, t.tile_m);
+    let pb = t.pitch(plan.b.storage, t.tile_n);
+    let (a_lane, b_lane) = if t.wgmma {
+        (String::new(), String::new())
+    } else {
+        let a_lane = lane_offset(em, plan.a.storage, pa, &wm_base, &lo, &hi, &row);
+        let b_lane = lane_offset(em, plan.b.storage, pb, &wn_base, &hi, &lo, &row);
+        em.ins(format!("add.u32 {a_lane}, {a_lane}, {smem}"));
+        em.ins(format!("add.u32 {b_lane}, {b_lane}, {smem}"));
+        em.ins(format!("add.u32 {b_lane}, {b_lane}, {}", plan.a_bytes()));
+        (a_lane, b_lane)
+    };
+
+    // The accumulators.
+    let acc: Vec<String> = (0..t.accs()).map(|_| em.reg(Class::F)).collect();
+
+    // The tile loop.
+    let tile = em.reg(Class::D);
+    let cta = em.reg(Class::R);
+    em.ins(format!("mov.u32 {cta}, %ctaid.x"));
+    em.ins(format!("cvt.u64.u32 {tile}, {cta}"));
+    let (ncta, grid) = (em.reg(Class::R), em.reg(Class::D));
+    em.ins(format!("mov.u32 {ncta}, %nctaid.x"));
+    em.ins(format!("cvt.u64.u32 {grid}, {ncta}"));
+    let (top, done) = (em.a.label("tile"), em.a.label("exit"));
+    let pexit = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {pexit}, {tile}, {units}"));
+    em.ins(format!("@{pexit} bra {done}"));
+    let (tn, q, tm, bflat) = (
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+    );
+    em.ins(format!("rem.u64 {tn}, {tile}, {tiles_n}"));
+    em.ins(format!("div.u64 {q}, {tile}, {tiles_n}"));
+    em.ins(format!("rem.u64 {tm}, {q}, {tiles_m}"));
+    em.ins(format!("div.u64 {bflat}, {q}, {tiles_m}"));
+    unravel(em, &bflat, r - 2);
+    let (m0, n0) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("mul.lo.s64 {m0}, {tm}, {}", t.tile_m));
+    em.ins(format!("mul.lo.s64 {n0}, {tn}, {}", t.tile_n));
+
+    let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0)?;
+    let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0)?;
+    for a in &acc {
+        em.ins(format!("mov.f32 {a}, 0f00000000"));
+    }
+    let ktiles = em.reg(Class::D);
+    em.ins(format!("add.s64 {ktiles}, {kext}, {}", t.tile_k - 1));
+    em.ins(format!(
+        "shr.s64 {ktiles}, {ktiles}, {}",
+        t.tile_k.trailing_zeros()
+    ));
+
+    let sb = plan.stage_bytes();
+    let (ld_stage, c_stage) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("mov.u32 {ld_stage}, 0"));
+    em.ins(format!("mov.u32 {c_stage}, 0"));
+    // Steps in flight ahead of the one computed: `mma.sync` reads a stage
+    // synchronously, so the stage computed last is free at the next step's
+    // barrier; a warpgroup `mma` may still read the previous step's stage
+    // then (one group stays in flight), so copies run one step less ahead.
+    let ahead = if t.wgmma { t.stages - 2 } else { t.stages - 1 };
+    for _ in 0..ahead {
+        issue(em, &t, &ca, &ld_stage, &smem, &kext);
+        issue(em, &t, &cb, &ld_stage, &smem, &kext);
+        em.ins("cp.async.commit_group");
+        em.ins(format!("add.u32 {ld_stage}, {ld_stage}, {sb}"));
+    }
+    let kt = em.reg(Class::D);
+    em.ins(format!("mov.b64 {kt}, 0"));
+    let (ktop, kend) = (em.a.label("k"), em.a.label("k_end"));
+    let pk = em.reg(Class::P);
+    em.a.place(&ktop);
+    em.ins(format!("setp.ge.s64 {pk}, {kt}, {ktiles}"));
+    em.ins(format!("@{pk} bra {kend}"));
+    em.ins(format!("cp.async.wait_group {}", ahead - 1));
+    if t.wgmma {
+        // The copies are generic-proxy writes; the warpgroup `mma` reads
+        // through the async proxy.
+        em.ins("fence.proxy.async.shared::cta");
+    }
+    em.ins("bar.sync 0");
+    issue(em, &t, &ca, &ld_stage, &smem, &kext);
+    issue(em, &t, &cb, &ld_stage, &smem, &kext);
+    em.ins("cp.async.commit_group");
+    advance_stage(em, &t, &ld_stage, sb);
+    if t.wgmma {
+        compute_wgmma(em, plan, &acc, &warp, &smem, &c_stage);
+    } else {
+        compute(em, plan, &acc, &a_lane, &b_lane, &c_stage);
+    }
+    advance_stage(em, &t, &c_stage, sb);
+    em.ins(format!("add.s64 {kt}, {kt}, 1"));
+    em.ins(format!("bra.uni {ktop}"));
+    em.a.place(&kend);
+    if t.wgmma {
+        em.ins("wgmma.wait_group.sync.aligned 0");
+    }
+    em.ins("cp.async.wait_group 0");
+    em.ins("bar.sync 0");
+
+    // The epilogue: accumulator (mi, ni, e) holds row
+    // `wm * warp_m + mi * 16 + lane / 4 + 8 * (e / 2)` and column
+    // `wn * warp_n + ni * 8 + 2 * (lane % 4) + e % 2` of the tile.
+    let (g, t4) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {g}, {lane}, 2"));
+    em.ins(format!("and.b32 {t4}, {lane}, 3"));
+    let (mrow, ncol, t64) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("add.u32 {g}, {g}, {wm_base}"));
+    em.ins(format!("cvt.u64.u32 {t64}, {g}"));
+    em.ins(format!("add.s64 {mrow}, {m0}, {t64}"));
+    em.ins(format!("shl.b32 {t4}, {t4}, 1"));
+    em.ins(format!("add.u32 {t4}, {t4}, {wn_base}"));
+    let t64b = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {t64b}, {t4}"));
+    em.ins(format!("add.s64 {ncol}, {n0}, {t64b}"));
+    let rowbase = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {rowbase}, {bflat}, {m_dim}"));
+    let out = em.k.output.dtype;
+    let (pm, pn) = (em.reg(Class::P), em.reg(Class::P));
+    let nb = t.warp_n / 8;
+    for mi in 0..t.warp_m / 16 {
+        for half in 0..2u32 {
+            let m = em.reg(Class::D);
+            em.ins(format!("add.s64 {m}, {mrow}, {}", mi * 16 + half * 8));
+            em.ins(format!("setp.lt.s64 {pm}, {m}, {m_dim}"));
+            let skip_row = em.a.label("row");
+            em.ins(format!("@!{pm} bra {skip_row}"));
+            let flat_row = em.reg(Class::D);
+            em.ins(format!("add.s64 {flat_row}, {rowbase}, {m}"));
+            em.ins(format!("mul.lo.s64 {flat_row}, {flat_row}, {n_dim}"));
+            for ni in 0..nb {
+                for e in 0..2u32 {
+                    let a = &acc[((mi * nb + ni) * 4 + half * 2 + e) as usize];
+                    let n = em.reg(Class::D);
+                    em.ins(format!("add.s64 {n}, {ncol}, {}", ni * 8 + e));
+                    em.ins(format!("setp.lt.s64 {pn}, {n}, {n_dim}"));
+                    let skip = em.a.label("col");
+                    em.ins(format!("@!{pn} bra {skip}"));
+                    em.vars.insert(mv, m.clone());
+                    em.vars.insert(nv, n.clone());
+                    em.acc = Some(Val {
+                        r: a.clone(),
+                        t: Ty::F32,
+                    });
+                    let v = em.emit(epilogue);
+                    em.acc = None;
+                    let code = em.encode(&v?, out);
+                    let flat = em.reg(Class::D);
+                    em.ins(format!("add.s64 {flat}, {flat_row}, {n}"));
+                    em.store_code(out, &flat, &code);
+                    em.a.place(&skip);
+                }
+            }
+            em.a.place(&skip_row);
+        }
+    }
+    em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&done);
+    em.ins("ret");
+    Ok(())
+}
+
+/// A lane's `ldmatrix` row address within a slice (before the stage's and
+/// the fragment's offsets): row `row` of the matrix at outer half `oh` and
+/// `k` half `kh`, the warp's sub-tile starting at outer index `base`.
+fn lane_offset(
+    em: &mut Em,
+    s: Storage,
+    pitch: u32,
+    base: &str,
+    oh: &str,
+    kh: &str,
+    row: &str,
+) -> String {
+    let o = em.reg(Class::R);
+    let off = em.reg(Class::R);
+    match s {
+        Storage::OuterK => {
+            // (base + oh * 8 + row) * pitch + kh * 16
+            em.ins(format!("mad.lo.u32 {o}, {oh}, 8, {base}"));
+            em.ins(format!("add.u32 {o}, {o}, {row}"));
+            em.ins(format!("mul.lo.u32 {off}, {o}, {pitch}"));
+            em.ins(format!("mad.lo.u32 {off}, {kh}, 16, {off}"));
+        }
+        Storage::KOuter => {
+            // (kh * 8 + row) * pitch + (base + oh * 8) * 2
+            let k = em.reg(Class::R);
+            em.ins(format!("mad.lo.u32 {k}, {kh}, 8, {row}"));
+            em.ins(format!("mul.lo.u32 {off}, {k}, {pitch}"));
+            em.ins(format!("mad.lo.u32 {o}, {oh}, 8, {base}"));
+            em.ins(format!("mad.lo.u32 {off}, {o}, 2, {off}"));
+        }
+    }
+    off
+}
+
+/// The byte offset, within a slice of row pitch `pitch`, of the fragment
+/// at outer block `blk` (16 rows or columns) and `k` half-step `kk` (16
+/// deep).
+fn fragment_offset(s: Storage, pitch: u32, blk: u32, kk: u32) -> u32 {
+    match s {
+        Storage::OuterK => blk * 16 * pitch + kk * 32,
+        Storage::KOuter => kk * 16 * pitch + blk * 32,
+    }
+}
+
+/// Sets up a thread's copies of one operand (`outer` rows or columns per
+/// slice, the slice `slice` bytes into a stage) for the tile whose outer
+/// index starts at `o0`: each copy moves 16 bytes (8 elements along the
+/// contiguous axis), consecutive threads taking consecutive 16 bytes of a
+/// row.
+fn copies(
+    em: &mut Em,
+    t: &Tiling,
+    op: &Operand,
+    outer: u32,
+    slice: u32,
+    tid: &str,
+    o0: &str,
+) -> Result<Copies, PtxError> {
+    let i = op.input;
+    let rank = em.in_shape[i].len();
+    // The element offset of the batch indices.
+    let mut lead = "0".to_string();
+    for (a, ix) in op.lead.iter().enumerate() {
+        let v = em.emit(ix)?;
+        let stride = em.in_strides[i][a].clone();
+        let term = em.mul_op(&v.r, &stride);
+        if let (Some(x), Some(y)) = (super::expr::imm(&lead), super::expr::imm(&term)) {
+            lead = (x + y).to_string();
+            continue;
+        }
+        let s = em.reg(Class::D);
+        em.ins(format!("add.s64 {s}, {term}, {lead}"));
+        lead = s;
+    }
+    let row_stride = em.in_strides[i][rank - 2].clone();
+    let outer_size = match op.storage {
+        Storage::OuterK => em.in_shape[i][rank - 2].clone(),
+        Storage::KOuter => em.in_shape[i][rank - 1].clone(),
+    };
+    let pitch = t.pitch(op.storage, outer);
+    let base = em.in_ptr[i].clone();
+    let bytes = 2;
+    // Copies per slice row, rows per pass of the block's threads, passes.
+    let row_elems = match op.storage {
+        Storage::OuterK => t.tile_k,
+        Storage::KOuter => outer,
+    };
+    let per_row = row_elems / 8;
+    let rows = match op.storage {
+        Storage::OuterK => outer,
+        Storage::KOuter => t.tile_k,
+    };
+    let rows_per_pass = t.threads() / per_row;
+    let passes = rows / rows_per_pass;
+    let mut c = Copies {
+        shared: Vec::new(),
+        global: Vec::new(),
+        kidx: Vec::new(),
+        outer_ok: Vec::new(),
+        base: base.clone(),
+        step: String::new(),
+        slice,
+    };
+    let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
+    em.ins(format!("and.b32 {c0}, {tid}, {}", per_row - 1));
+    em.ins(format!("shl.b32 {c0}, {c0}, 3"));
+    for j in 0..passes {
+        let (rw, sh) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("add.u32 {rw}, {r0}, {}", j * rows_per_pass));
+        if t.wgmma {
+            // 128-byte rows, the 16-byte chunk `c` of row `r` at chunk
+            // `c ^ (r % 8)`; an outer axis wider than 64 (k rows) continues
+            // in column blocks of `tile_k` rows.
+            let (ch, x) = (em.reg(Class::R), em.reg(Class::R));
+            em.ins(format!("shr.u32 {ch}, {c0}, 3"));
+            em.ins(format!("and.b32 {x}, {rw}, 7"));
+            em.ins(format!("and.b32 {sh}, {ch}, 7"));
+            em.ins(format!("xor.b32 {sh}, {sh}, {x}"));
+            em.ins(format!("shl.b32 {sh}, {sh}, 4"));
+            em.ins(format!("mad.lo.u32 {sh}, {rw}, 128, {sh}"));
+            if op.storage == Storage::KOuter {
+                em.ins(format!("shr.u32 {ch}, {ch}, 3"));
+                em.ins(format!("mad.lo.u32 {sh}, {ch}, {}, {sh}", t.tile_k * 128));
+            }
+        } else {
+            em.ins(format!("mul.lo.u32 {sh}, {rw}, {pitch}"));
+            em.ins(format!("mad.lo.u32 {sh}, {c0}, 2, {sh}"));
+        }
+        // The slice row is the outer index (k contiguous) or k.
+        let (o, kx) = match op.storage {
+            Storage::OuterK => (rw, c0.clone()),
+            Storage::KOuter => (c0.clone(), rw),
+        };
+        let (og, kg) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("cvt.u64.u32 {og}, {o}"));
+        em.ins(format!("add.s64 {og}, {og}, {o0}"));
+        em.ins(format!("cvt.u64.u32 {kg}, {kx}"));
+        let po = em.reg(Class::P);
+        em.ins(format!("setp.lt.s64 {po}, {og}, {outer_size}"));
+        // Element offset: lead + row * row_stride + column.
+        let (rowi, col) = match op.storage {
+            Storage::OuterK => (og.clone(), kg.clone()),
+            Storage::KOuter => (kg.clone(), og.clone()),
+        };
+        let el = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {el}, {rowi}, {row_stride}, {col}"));
+        em.ins(format!("add.s64 {el}, {el}, {lead}"));
+        let g = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {g}, {el}, {bytes}, {base}"));
+        c.shared.push(sh);
+        c.global.push(g);
+        c.kidx.push(kg);
+        c.outer_ok.push(po);
+    }
+    c.step = match op.storage {
+        Storage::OuterK => (t.tile_k * bytes).to_string(),
+        Storage::KOuter => {
+            let s = em.mul_op(&row_stride, &(t.tile_k * bytes).to_string());
+            em.in_reg(&s)
+        }
+    };
+    Ok(c)
+}
+
+/// Issues one step's copies of one operand into the stage at `stage`
+/// (bytes from the shared base); then advances the copies to the next
+/// step.
+fn issue(em: &mut Em, t: &Tiling, c: &Copies, stage: &str, smem: &str, kext: &str) {
+    let dst0 = em.reg(Class::R);
+    em.ins(format!("add.u32 {dst0}, {smem}, {stage}"));
+    for j in 0..c.shared.len() {
+        let (pk, p) = (em.reg(Class::P), em.reg(Class::P));
+        em.ins(format!("setp.lt.s64 {pk}, {}, {kext}", c.kidx[j]));
+        em.ins(format!("and.pred {p}, {pk}, {}", c.outer_ok[j]));
+        let (size, dst, src) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
+        em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
+        em.ins(format!("selp.b64 {src}, {}, {}, {p}", c.global[j], c.base));
+        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
+        em.ins(format!(
+            "cp.async.cg.shared.global [{dst}+{}], [{src}], 16, {size}",
+            c.slice
+        ));
+        em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
+        em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
+    }
+}
+
+/// Moves a stage offset to the next stage, wrapping after the last.
+fn advance_stage(em: &mut Em, t: &Tiling, stage: &str, sb: u32) {
+    let p = em.reg(Class::P);
+    em.ins(format!("add.u32 {stage}, {stage}, {sb}"));
+    em.ins(format!("setp.ge.u32 {p}, {stage}, {}", t.stages * sb));
+    em.ins(format!("@{p} mov.u32 {stage}, 0"));
+}
+
+/// One step's `mma`s on the stage at `stage`: per 16-deep half-step, the
+/// warp's `b` fragments (its n8 blocks), then per m16 block its `a`
+/// fragment and one `mma` per n8 block.
+fn compute(em: &mut Em, plan: &MmaPlan, acc: &[String], a_lane: &str, b_lane: &str, stage: &str) {
+    let t = plan.tiling;
+    let ty = match plan.elem {
+        DType::BF16 => "bf16",
+        _ => "f16",
+    };
+    let trans = |s: Storage| match s {
+        Storage::OuterK => "",
+        Storage::KOuter => ".trans",
+    };
+    let pa = t.pitch(plan.a.storage, t.tile_m);
+    let pb = t.pitch(plan.b.storage, t.tile_n);
+    let (abase, bbase) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("add.u32 {abase}, {a_lane}, {stage}"));
+    em.ins(format!("add.u32 {bbase}, {b_lane}, {stage}"));
+    let nb = t.warp_n / 8;
+    for kk in 0..t.tile_k / 16 {
+        let mut bf = Vec::new();
+        for nj in 0..t.warp_n / 16 {
+            let regs: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            em.ins(format!(
+                "ldmatrix.sync.aligned.m8n8.x4{}.shared.b16 {{{}}}, [{bbase}+{}]",
+                trans(plan.b.storage),
+                regs.join(", "),
+                fragment_offset(plan.b.storage, pb, nj, kk)
+            ));
+            bf.push(regs);
+        }
+        for mi in 0..t.warp_m / 16 {
+            let af: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            em.ins(format!(
+                "ldmatrix.sync.aligned.m8n8.x4{}.shared.b16 {{{}}}, [{abase}+{}]",
+                trans(plan.a.storage),
+                af.join(", "),
+                fragment_offset(plan.a.storage, pa, mi, kk)
+            ));
+            for ni in 0..nb {
+                let b = &bf[(ni / 2) as usize];
+                let (b0, b1) = (&b[(ni % 2 * 2) as usize], &b[(ni % 2 * 2 + 1) as usize]);
+                let i = ((mi * nb + ni) * 4) as usize;
+                let c = acc[i..i + 4].join(", ");
+                em.ins(format!(
+                    "mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{c}}}, {{{}}}, \
+                     {{{b0}, {b1}}}, {{{c}}}",
+                    af.join(", ")
+                ));
+            }
+        }
+    }
+}
+
+/// One step's warpgroup `mma`s on the stage at `stage`: each warp group
+/// (warps `4g .. 4g+3`) multiplies its 64 rows of `a` by all of `b`, one
+/// `wgmma.mma_async` per 16 of `k`, through shared-memory descriptors of
+/// the 128-byte-swizzled slices; then commits them and waits until at most
+/// this step's group is in flight.
+fn compute_wgmma(em: &mut Em, plan: &MmaPlan, acc: &[String], warp: &str, smem: &str, stage: &str) {
+    let t = plan.tiling;
+    let ty = match plan.elem {
+        DType::BF16 => "bf16",
+        _ => "f16",
+    };
+    // Descriptor fields above the address: leading and stride byte offsets
+    // (in 16-byte units) and the 128-byte swizzle mode. A k-contiguous
+    // slice has 8-row groups 1024 bytes apart (its leading offset unused,
+    // 1); an outer-contiguous one has its 64-wide column blocks `tile_k`
+    // rows of 128 bytes apart and 8-row groups of `k` 1024 bytes apart.
+    let fields = |s: Storage| -> (u64, u32) {
+        let (lbo, step) = match s {
+            Storage::OuterK => (1u64, 32),
+            Storage::KOuter => (u64::from(t.tile_k) * 128 / 16, 16 * 128),
+        };
+        ((1u64 << 62) | ((1024 / 16) << 32) | (lbo << 16), step)
+    };
+    let (a_hi, a_step) = fields(plan.a.storage);
+    let (b_hi, b_step) = fields(plan.b.storage);
+    let desc = |em: &mut Em, addr: &str, hi: u64| {
+        let d = em.reg(Class::D);
+        em.ins(format!("cvt.u64.u32 {d}, {addr}"));
+        em.ins(format!("shr.u64 {d}, {d}, 4"));
+        em.ins(format!("or.b64 {d}, {d}, {hi}"));
+        d
+    };
+    // The warp group's 64 rows start 8 KiB into `a`'s slice in either
+    // storage (64 rows of 128 bytes, or one 64-wide column block of 64
+    // rows of `k`).
+    let (wg, a_addr, b_addr) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {wg}, {warp}, 2"));
+    em.ins(format!("add.u32 {a_addr}, {smem}, {stage}"));
+    em.ins(format!("mad.lo.u32 {a_addr}, {wg}, 8192, {a_addr}"));
+    em.ins(format!("add.u32 {b_addr}, {smem}, {stage}"));
+    em.ins(format!("add.u32 {b_addr}, {b_addr}, {}", plan.a_bytes()));
+    let da = desc(em, &a_addr, a_hi);
+    let db = desc(em, &b_addr, b_hi);
+    let trans = |s: Storage| match s {
+        Storage::OuterK => 0,
+        Storage::KOuter => 1,
+    };
+    let (ta, tb) = (trans(plan.a.storage), trans(plan.b.storage));
+    let p = em.reg(Class::P);
+    em.ins(format!("setp.eq.u32 {p}, 0, 0"));
+    em.ins("wgmma.fence.sync.aligned");
+    let regs = acc.join(", ");
+    for kk in 0..t.tile_k / 16 {
+        let (a, b) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("add.s64 {a}, {da}, {}", kk * a_step / 16));
+        em.ins(format!("add.s64 {b}, {db}, {}", kk * b_step / 16));
+        em.ins(format!(
+            "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{ty}.{ty} {{{regs}}}, {a}, {b}, {p}, 1, 1, \
+             {ta}, {tb}",
+            t.tile_n
+        ));
+    }
+    em.ins("wgmma.commit_group.sync.aligned");
+    em.ins("wgmma.wait_group.sync.aligned 1");
+}
