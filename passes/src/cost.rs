@@ -52,6 +52,12 @@ pub struct Target {
     /// `lower::igemm`), which the backend tiles; else as map kernels with
     /// reductions.
     pub implicit_gemm_conv: bool,
+    /// Whether a matmul may take a row norm (layer or RMS norm over its
+    /// first operand's last axis) as its prologue. The CPU backend hoists
+    /// the norm's row statistics out of its tiled loops; the GPU tensor-core
+    /// kernels read plain operand tiles, so on GPU targets the norm runs as
+    /// a row kernel of its own and the matmul on tensor cores.
+    pub norm_prologue: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -72,6 +78,7 @@ pub static SM90: Target = Target {
     weight_panel: None,
     direct_conv: false,
     implicit_gemm_conv: false,
+    norm_prologue: false,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -91,6 +98,7 @@ pub static SM80: Target = Target {
     weight_panel: None,
     direct_conv: false,
     implicit_gemm_conv: false,
+    norm_prologue: false,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -110,6 +118,7 @@ pub static CPU: Target = Target {
     weight_panel: Some(8),
     direct_conv: true,
     implicit_gemm_conv: true,
+    norm_prologue: true,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -578,7 +578,10 @@ fn combine(
     // which operand carries a non-elementwise kind into this node (for epilogues and special prologues)
     let carriers: Vec<Option<usize>> = if target == native {
         // a matmul may also take a row norm over its first operand as prologue
-        if native == Kind::Contract && matches!(op, Op::Matmul { .. }) {
+        if native == Kind::Contract
+            && matches!(op, Op::Matmul { .. })
+            && ctx.sizes.target.norm_prologue
+        {
             vec![None, Some(0)]
         } else {
             vec![None]

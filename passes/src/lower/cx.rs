@@ -150,7 +150,16 @@ impl<'a> Cx<'a> {
         if let Some((acc_v, acc_idx)) = &self.acc
             && *acc_v == v
         {
-            if acc_idx.as_slice() == idx {
+            // An axis of size 1 has one index, whatever its expression
+            // (broadcasting reads it as 0).
+            let shape = &self.g.value_type(v).shape.0;
+            let same = acc_idx.len() == idx.len()
+                && acc_idx
+                    .iter()
+                    .zip(idx)
+                    .zip(shape)
+                    .all(|((x, y), d)| x == y || *d == kiln_dialect::Dim::Static(1));
+            if same {
                 return Ok(Expr::Acc);
             }
             self.acc_escaped = true;

@@ -250,7 +250,8 @@ impl<'k> Em<'k> {
             return Ok(v.clone());
         }
         let v = self.emit_new(e)?;
-        let shared = self.col_var.is_some_and(|c| !free_vars(e).contains(&c));
+        // `Acc` differs per element: a value reading it is never shared.
+        let shared = self.col_var.is_some_and(|c| !free_vars(e).contains(&c)) && !reads_acc(e);
         if shared {
             self.row_memo.push((e.clone(), v.clone()));
         } else if let Some(m) = self.memo.as_mut() {

@@ -99,6 +99,19 @@ impl Tiling {
         blocks_per_sm: 1,
         wgmma: true,
     };
+    /// Warpgroup tiles of 128x128 (`m64n128k16`), three stages (97 KiB)
+    /// and two blocks per multiprocessor, so that one block's epilogue
+    /// runs while the other's tensor cores work.
+    pub const NARROW_WG2: Tiling = Tiling {
+        tile_m: 128,
+        tile_n: 128,
+        tile_k: 64,
+        warp_m: 16,
+        warp_n: 128,
+        stages: 3,
+        blocks_per_sm: 2,
+        wgmma: true,
+    };
     /// Warpgroup tiles of 128x128 (`m64n128k16`), four stages.
     pub const NARROW_WG: Tiling = Tiling {
         tile_m: 128,
@@ -110,6 +123,13 @@ impl Tiling {
         blocks_per_sm: 1,
         wgmma: true,
     };
+
+    /// Warpgroup `mma` groups left in flight at the end of a step: one
+    /// with four stages or more (copies then run a step less ahead), none
+    /// with fewer.
+    fn wgmma_in_flight(&self) -> u32 {
+        u32::from(self.wgmma && self.stages >= 4)
+    }
 
     fn warps_n(&self) -> u32 {
         self.tile_n / self.warp_n
@@ -227,6 +247,7 @@ fn parse_tiling(s: &str) -> Option<Tiling> {
         "large" => return Some(Tiling::LARGE),
         "wide-wg" => return Some(Tiling::WIDE_WG),
         "narrow-wg" => return Some(Tiling::NARROW_WG),
+        "narrow-wg2" => return Some(Tiling::NARROW_WG2),
         _ => {}
     }
     let parts: Vec<&str> = s.split(',').collect();
@@ -247,8 +268,8 @@ fn parse_tiling(s: &str) -> Option<Tiling> {
         && t.warp_m >= 16
         && t.warp_n >= 16
         && t.tile_k >= 16
-        && t.tile_m % t.warp_m == 0
-        && t.tile_n % t.warp_n == 0
+        && t.tile_m.is_multiple_of(t.warp_m)
+        && t.tile_n.is_multiple_of(t.warp_n)
         && (64..=1024).contains(&t.threads())
         && t.stages >= 2
         && t.blocks_per_sm >= 1
@@ -274,7 +295,8 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
         return None;
     };
     let r = k.output.shape.rank();
-    if r < 2 {
+    // Whole-byte outputs: each element is stored on its own.
+    if r < 2 || k.output.dtype.bits() < 8 {
         return None;
     }
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
@@ -479,7 +501,11 @@ pub(super) fn emit(
     // synchronously, so the stage computed last is free at the next step's
     // barrier; a warpgroup `mma` may still read the previous step's stage
     // then (one group stays in flight), so copies run one step less ahead.
-    let ahead = if t.wgmma { t.stages - 2 } else { t.stages - 1 };
+    let ahead = if t.wgmma_in_flight() > 0 {
+        t.stages - 2
+    } else {
+        t.stages - 1
+    };
     for _ in 0..ahead {
         issue(em, &t, &ca, &ld_stage, &smem, &kext);
         issue(em, &t, &cb, &ld_stage, &smem, &kext);
@@ -521,7 +547,11 @@ pub(super) fn emit(
 
     // The epilogue: accumulator (mi, ni, e) holds row
     // `wm * warp_m + mi * 16 + lane / 4 + 8 * (e / 2)` and column
-    // `wn * warp_n + ni * 8 + 2 * (lane % 4) + e % 2` of the tile.
+    // `wn * warp_n + ni * 8 + 2 * (lane % 4) + e % 2` of the tile. Column by
+    // column, the column's rows: what does not depend on the row (a bias,
+    // a scale) is computed once per column. Rows and columns past the
+    // output compute at the last row (every load in bounds) and are not
+    // stored; columns past it are skipped.
     let (g, t4) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {g}, {lane}, 2"));
     em.ins(format!("and.b32 {t4}, {lane}, 3"));
@@ -536,43 +566,62 @@ pub(super) fn emit(
     em.ins(format!("add.s64 {ncol}, {n0}, {t64b}"));
     let rowbase = em.reg(Class::D);
     em.ins(format!("mul.lo.s64 {rowbase}, {bflat}, {m_dim}"));
+    let (m_last, n_last) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("sub.s64 {m_last}, {m_dim}, 1"));
+    em.ins(format!("sub.s64 {n_last}, {n_dim}, 1"));
     let out = em.k.output.dtype;
-    let (pm, pn) = (em.reg(Class::P), em.reg(Class::P));
     let nb = t.warp_n / 8;
-    for mi in 0..t.warp_m / 16 {
-        for half in 0..2u32 {
-            let m = em.reg(Class::D);
-            em.ins(format!("add.s64 {m}, {mrow}, {}", mi * 16 + half * 8));
-            em.ins(format!("setp.lt.s64 {pm}, {m}, {m_dim}"));
-            let skip_row = em.a.label("row");
-            em.ins(format!("@!{pm} bra {skip_row}"));
-            let flat_row = em.reg(Class::D);
-            em.ins(format!("add.s64 {flat_row}, {rowbase}, {m}"));
-            em.ins(format!("mul.lo.s64 {flat_row}, {flat_row}, {n_dim}"));
-            for ni in 0..nb {
-                for e in 0..2u32 {
-                    let a = &acc[((mi * nb + ni) * 4 + half * 2 + e) as usize];
-                    let n = em.reg(Class::D);
-                    em.ins(format!("add.s64 {n}, {ncol}, {}", ni * 8 + e));
-                    em.ins(format!("setp.lt.s64 {pn}, {n}, {n_dim}"));
-                    let skip = em.a.label("col");
-                    em.ins(format!("@!{pn} bra {skip}"));
-                    em.vars.insert(mv, m.clone());
-                    em.vars.insert(nv, n.clone());
-                    em.acc = Some(Val {
-                        r: a.clone(),
-                        t: Ty::F32,
-                    });
-                    let v = em.emit(epilogue);
-                    em.acc = None;
-                    let code = em.encode(&v?, out);
-                    let flat = em.reg(Class::D);
-                    em.ins(format!("add.s64 {flat}, {flat_row}, {n}"));
-                    em.store_code(out, &flat, &code);
-                    em.a.place(&skip);
-                }
+    // The thread's rows: (mi, half). Each element recomputes its row (a
+    // few instructions) rather than keeping every row's registers live.
+    let rows: Vec<(u32, u32)> = (0..t.warp_m / 16)
+        .flat_map(|mi| (0..2u32).map(move |half| (mi, half)))
+        .collect();
+    let bytes = out.bits() / 8;
+    let sty = match out.bits() {
+        64 => "b64",
+        32 => "b32",
+        16 => "b16",
+        _ => "u8",
+    };
+    for ni in 0..nb {
+        for e in 0..2u32 {
+            let (n, nc, pn) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
+            em.ins(format!("add.s64 {n}, {ncol}, {}", ni * 8 + e));
+            em.ins(format!("setp.lt.s64 {pn}, {n}, {n_dim}"));
+            em.ins(format!("min.s64 {nc}, {n}, {n_last}"));
+            // A column past the output is skipped (which also keeps each
+            // column's code a region of its own for the scheduler).
+            let skip = em.a.label("col");
+            em.ins(format!("@!{pn} bra {skip}"));
+            em.vars.insert(nv, nc.clone());
+            em.row_memo.clear();
+            em.col_var = Some(mv);
+            for &(mi, half) in &rows {
+                let a = &acc[((mi * nb + ni) * 4 + half * 2 + e) as usize];
+                let (m, mc, pm) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
+                em.ins(format!("add.s64 {m}, {mrow}, {}", mi * 16 + half * 8));
+                em.ins(format!("setp.lt.s64 {pm}, {m}, {m_dim}"));
+                em.ins(format!("min.s64 {mc}, {m}, {m_last}"));
+                em.vars.insert(mv, mc.clone());
+                em.acc = Some(Val {
+                    r: a.clone(),
+                    t: Ty::F32,
+                });
+                em.memo = Some(Vec::new());
+                let v = em.emit(epilogue);
+                em.memo = None;
+                em.acc = None;
+                let code = em.encode(&v?, out);
+                let addr = em.reg(Class::D);
+                em.ins(format!("add.s64 {addr}, {rowbase}, {mc}"));
+                em.ins(format!("mad.lo.s64 {addr}, {addr}, {n_dim}, {nc}"));
+                let outp = em.out_ptr.clone();
+                em.ins(format!("mad.lo.s64 {addr}, {addr}, {bytes}, {outp}"));
+                em.ins(format!("@{pm} st.global.{sty} [{addr}], {}", code.r));
             }
-            em.a.place(&skip_row);
+            em.col_var = None;
+            em.row_memo.clear();
+            em.a.place(&skip);
         }
     }
     em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
@@ -836,7 +885,7 @@ fn compute(em: &mut Em, plan: &MmaPlan, acc: &[String], a_lane: &str, b_lane: &s
 /// (warps `4g .. 4g+3`) multiplies its 64 rows of `a` by all of `b`, one
 /// `wgmma.mma_async` per 16 of `k`, through shared-memory descriptors of
 /// the 128-byte-swizzled slices; then commits them and waits until at most
-/// this step's group is in flight.
+/// `Tiling::wgmma_in_flight` groups are in flight.
 fn compute_wgmma(em: &mut Em, plan: &MmaPlan, acc: &[String], warp: &str, smem: &str, stage: &str) {
     let t = plan.tiling;
     let ty = match plan.elem {
@@ -895,5 +944,8 @@ fn compute_wgmma(em: &mut Em, plan: &MmaPlan, acc: &[String], warp: &str, smem: 
         ));
     }
     em.ins("wgmma.commit_group.sync.aligned");
-    em.ins("wgmma.wait_group.sync.aligned 1");
+    em.ins(format!(
+        "wgmma.wait_group.sync.aligned {}",
+        t.wgmma_in_flight()
+    ));
 }
