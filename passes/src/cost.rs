@@ -74,7 +74,8 @@ pub static SM90: Target = Target {
     default_symbol: 512,
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
-    conv_block: true,
+    // No fused inverted-bottleneck kernel in the PTX backend yet.
+    conv_block: false,
     weight_panel: None,
     direct_conv: false,
     implicit_gemm_conv: false,
@@ -94,7 +95,8 @@ pub static SM80: Target = Target {
     default_symbol: 512,
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
-    conv_block: true,
+    // No fused inverted-bottleneck kernel in the PTX backend yet.
+    conv_block: false,
     weight_panel: None,
     direct_conv: false,
     implicit_gemm_conv: false,
