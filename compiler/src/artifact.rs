@@ -28,6 +28,7 @@ use crate::pipeline::{self, Options};
 
 /// What `kiln compile -o` was asked for.
 pub struct ArtifactOptions<'a> {
+    /// The target the kernels are planned and emitted for.
     pub target: Target,
     /// Sizes of symbolic dims to plan for (the artifact's shape bucket).
     pub dims: BTreeMap<String, usize>,

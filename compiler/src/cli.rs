@@ -827,15 +827,13 @@ fn run_artifact(
             )));
         }
         Device::Cpu => {
-            let mut exe = a.cpu_executable().map_err(|e| match e {
-                ArtifactError::WrongTarget { built, .. } => {
-                    KilnError::Artifact(ArtifactError::WrongTarget {
-                        built,
-                        wanted: "--device cpu".into(),
-                    })
-                }
-                e => KilnError::Artifact(e),
-            })?;
+            if !matches!(a.target, Target::Cpu) {
+                return Err(KilnError::Artifact(ArtifactError::WrongTarget {
+                    built: a.target.name(),
+                    wanted: "--device cpu".into(),
+                }));
+            }
+            let mut exe = a.cpu_executable()?;
             if let Some(w) = &external {
                 exe.bind_weights(w)?;
             }

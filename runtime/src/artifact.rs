@@ -248,8 +248,11 @@ pub enum Code {
 /// One autotuning choice: for a kernel, a key and the value chosen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AutotuneChoice {
+    /// The kernel's name.
     pub kernel: String,
+    /// What was tuned (a tile size, a block size).
     pub key: String,
+    /// The value chosen.
     pub value: String,
 }
 
@@ -258,8 +261,11 @@ pub struct AutotuneChoice {
 pub struct Artifact {
     /// The version of kiln that wrote it.
     pub kiln_version: String,
+    /// The target it was compiled for.
     pub target: Target,
+    /// The kernel program, in launch order.
     pub program: Program,
+    /// One compiled kernel per launch of the program.
     pub code: Code,
     /// The program's weights, by name, in the layouts its kernels read
     /// (bind-time results included); `None` when compiled without weights,
