@@ -1009,11 +1009,12 @@ impl<'a> Cursor<'a> {
     ) -> Result<Vec<T>, CursorError> {
         let at = self.at;
         let n = self.u32()? as usize;
-        // Every item is at least one byte: a larger count is corrupt.
+        // Every item is at least one byte: a larger count is corrupt. The
+        // vector grows as items decode rather than trusting the count.
         if n > self.left() {
             return Err(self.error(at, format!("a count of {n} exceeds the bytes left")));
         }
-        let mut v = Vec::with_capacity(n);
+        let mut v = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             v.push(f(self)?);
         }

@@ -349,11 +349,12 @@ impl Reader<'_> {
     ) -> Result<Vec<T>, DecodeError> {
         let n = self.u32(what)? as usize;
         // Every item takes at least one byte: a count beyond the bytes left
-        // is corrupt, and never allocates.
+        // is corrupt. Items are larger in memory than on disk, so the
+        // vector grows as items decode rather than trusting the count.
         if n > self.bytes.len() - self.at {
             return Err(DecodeError::UnexpectedEnd { at: self.at, what });
         }
-        let mut v = Vec::with_capacity(n);
+        let mut v = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             v.push(f(self)?);
         }
