@@ -228,6 +228,9 @@ pub fn bind_with(
     Ok(out)
 }
 
+/// Bound inputs, and the dims they were bound at.
+pub type BoundInputs = (HashMap<String, Tensor>, BTreeMap<String, usize>);
+
 /// Binds inputs of the given names and types from files or random (the
 /// input half of [`bind_with`], for artifacts, which have no graph).
 /// Returns the tensors and the dims: `inputs.dims` with the sizes the
@@ -235,7 +238,7 @@ pub fn bind_with(
 pub fn bind_inputs(
     typed: &[(String, TensorType)],
     inputs: &InputSpec,
-) -> Result<(HashMap<String, Tensor>, BTreeMap<String, usize>), KilnError> {
+) -> Result<BoundInputs, KilnError> {
     let mut out = HashMap::new();
     let input_names: Vec<String> = typed.iter().map(|(n, _)| n.clone()).collect();
     for (name, _) in inputs.files {
@@ -321,7 +324,7 @@ pub fn bind_weights(
     };
     for v in g.weights() {
         let (name, ty) = (g.value_name(v), g.value_type(v));
-        let shape = concrete_shape(ty, &dims, Role::Weight, name)?;
+        let shape = concrete_shape(ty, dims, Role::Weight, name)?;
         let own = embedded
             .get(name)
             .filter(|_| !matches!(weights, WeightSource::Random(_)));

@@ -417,7 +417,7 @@ impl Artifact {
             if table.iter().any(|t| t.0 == kind) {
                 return Err(layout(format!("two {name} sections")));
             }
-            let section_end = offset.checked_add(len).unwrap_or(u64::MAX);
+            let section_end = offset.saturating_add(len);
             if section_end > file_len {
                 return Err(truncated(&format!("the {name} section"), section_end));
             }
