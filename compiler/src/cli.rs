@@ -105,6 +105,18 @@ pub enum Command {
         /// Print the time each stage took (on stderr).
         #[arg(long)]
         timings: bool,
+        /// Write the compiled model as an artifact (.kart, docs/artifact.md)
+        /// for --target: the kernels, and the weights when they have a
+        /// source (--weights, --random-weights, or the model's own).
+        #[arg(short = 'o', long = "output", value_name = "OUT.kart")]
+        output: Option<PathBuf>,
+        /// Store weights read by name from a .safetensors file in the artifact.
+        #[arg(long, value_name = "W.safetensors", conflicts_with = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Store weights drawn from a seeded generator in the artifact (the
+        /// same seed gives the same weights as `kiln run --random-weights`).
+        #[arg(long, value_name = "SEED")]
+        random_weights: Option<u64>,
     },
     /// Show the optimizer's decisions: each kernel of the plan, the ops it
     /// fuses and their roles, what they would cost as separate kernels, the
@@ -120,10 +132,11 @@ pub enum Command {
         #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
     },
-    /// Run a model on given or random inputs and print a summary of each
-    /// output (type, sum, mean |x|, checksum).
+    /// Run a model or an artifact on given or random inputs and print a
+    /// summary of each output (type, sum, mean |x|, checksum).
     Run {
-        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
+        /// The model: model language (.kiln), graph IR text (.kir), ONNX
+        /// (.onnx), or an artifact written by `kiln compile -o` (.kart).
         model: PathBuf,
         /// An input from a .npy file, as NAME=FILE.npy (repeatable). A float
         /// file may feed any float input; it is rounded to the input's type.
@@ -146,9 +159,10 @@ pub enum Command {
         /// (repeatable); input files bind sizes by themselves.
         #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
-        /// Where to run.
-        #[arg(long, value_enum, default_value_t = Device::Interp)]
-        device: Device,
+        /// Where to run (default: interp for a model; for an artifact,
+        /// the device of the target it was compiled for).
+        #[arg(long, value_enum)]
+        device: Option<Device>,
         /// Write each output to DIR/<name>.npy (floats as f32 unless
         /// --keep-dtype; characters outside [A-Za-z0-9_.-] in names become _).
         #[arg(long, value_name = "DIR")]
@@ -286,7 +300,24 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             timings,
             target,
             dims,
+            output,
+            weights,
+            random_weights,
         } => {
+            if let Some(out) = &output {
+                let weights = match (&weights, random_weights) {
+                    (Some(p), _) => Some(WeightSource::File(p)),
+                    (None, Some(seed)) => Some(WeightSource::Random(seed)),
+                    (None, None) => None,
+                };
+                return write_artifact(&path, out, target, dims, weights, &emit, emit_dir);
+            }
+            if weights.is_some() || random_weights.is_some() {
+                return Err(KilnError::Usage(
+                    "--weights and --random-weights are stored in an artifact: give -o OUT.kart"
+                        .into(),
+                ));
+            }
             let opts = pipeline::Options {
                 target: target.target(),
                 dims: dims.into_iter().map(|(k, v)| (k, v as u64)).collect(),
@@ -350,11 +381,22 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                     fallback_seed: None,
                 },
             };
+            if is_artifact(&path) {
+                return run_artifact(
+                    &path,
+                    &spec,
+                    weights.as_deref(),
+                    random_weights,
+                    device,
+                    output_dir.as_deref(),
+                    keep_dtype,
+                );
+            }
             run(
                 &path,
                 &spec,
                 &wsrc,
-                device,
+                device.unwrap_or(Device::Interp),
                 output_dir.as_deref(),
                 keep_dtype,
             )
@@ -584,13 +626,22 @@ fn run(
                 .collect()
         }
     };
+    write_outputs(&outputs, output_dir, keep_dtype)
+}
+
+/// Prints each output's summary and writes it to `DIR/<name>.npy`.
+fn write_outputs(
+    outputs: &[(String, interp::Tensor)],
+    output_dir: Option<&Path>,
+    keep_dtype: bool,
+) -> Result<(), KilnError> {
     if let Some(dir) = output_dir {
         std::fs::create_dir_all(dir).map_err(|source| KilnError::Io {
             path: dir.display().to_string(),
             source,
         })?;
     }
-    for (name, t) in &outputs {
+    for (name, t) in outputs {
         crate::outln!("{}", data::summary(name, t));
         if let Some(dir) = output_dir {
             let t = if keep_dtype || !t.dtype.is_float() {
@@ -605,4 +656,209 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// Whether `path` names an artifact (`.kart`).
+fn is_artifact(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("kart")
+}
+
+/// `kiln compile MODEL -o OUT.kart`: writes the artifact (and prints the
+/// stages asked for with --emit first).
+fn write_artifact(
+    path: &Path,
+    out: &Path,
+    target: TargetArg,
+    dims: Vec<(String, usize)>,
+    weights: Option<WeightSource>,
+    emit: &[Stage],
+    emit_dir: Option<PathBuf>,
+) -> Result<(), KilnError> {
+    use kiln_runtime::artifact::Target;
+    let dims: BTreeMap<String, usize> = dims.into_iter().collect();
+    if !emit.is_empty() {
+        let opts = pipeline::Options {
+            target: target.target(),
+            dims: dims.iter().map(|(k, &v)| (k.clone(), v as u64)).collect(),
+            ..pipeline::Options::default()
+        };
+        let c = pipeline::compile(path, emit, &opts)?;
+        pipeline::write_emitted(&c, emit_dir.as_deref())?;
+    }
+    let target = match target {
+        TargetArg::Cpu => Target::Cpu,
+        TargetArg::Sm80 => Target::Sm80,
+        TargetArg::Sm90 => Target::Sm90,
+    };
+    let opts = crate::artifact::ArtifactOptions {
+        target,
+        dims,
+        weights,
+    };
+    let a = crate::artifact::build(path, &opts)?;
+    let bytes = a.to_bytes();
+    std::fs::write(out, &bytes).map_err(|source| KilnError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    let weights = match &a.weights {
+        Some(w) => format!(
+            "{} weight(s), {} bytes",
+            w.len(),
+            w.iter().map(|(_, t)| t.data.len()).sum::<usize>()
+        ),
+        None => "no weights".to_string(),
+    };
+    crate::outln!(
+        "{}: wrote {} for {}: {} kernel(s), {weights}; {} bytes",
+        path.display(),
+        out.display(),
+        target.name(),
+        a.program.launches.len(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// The weights an artifact compiled without them is run with: each of the
+/// program's weights from the file, by name, in the program's type.
+fn artifact_weights(
+    program: &kiln_dialect::kernel::Program,
+    file: &Path,
+) -> Result<HashMap<String, HostTensor>, KilnError> {
+    let stored = kiln_runtime::safetensors::read(file)?;
+    let mut out = HashMap::new();
+    for &b in &program.weights {
+        let buf = &program.buffers[b];
+        let weight = |message: String| KilnError::Weight {
+            name: buf.name.clone(),
+            message,
+        };
+        let st = stored.get(&buf.name).ok_or_else(|| {
+            weight(format!(
+                "{} has no tensor `{}` ({}{})",
+                file.display(),
+                buf.name,
+                buf.dtype,
+                buf.shape
+            ))
+        })?;
+        let shape: Vec<usize> = buf
+            .shape
+            .as_static()
+            .ok_or_else(|| weight(format!("has symbolic shape {}", buf.shape)))?
+            .iter()
+            .map(|&d| d as usize)
+            .collect();
+        let t = st
+            .to_host(buf.dtype, &shape)
+            .map_err(|m| weight(format!("{m} in {}", file.display())))?;
+        out.insert(buf.name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// `kiln run ARTIFACT.kart`: loads, verifies and runs an artifact.
+fn run_artifact(
+    path: &Path,
+    inputs: &InputSpec,
+    weights: Option<&Path>,
+    random_weights: Option<u64>,
+    device: Option<Device>,
+    output_dir: Option<&Path>,
+    keep_dtype: bool,
+) -> Result<(), KilnError> {
+    use kiln_runtime::artifact::{Artifact, ArtifactError, Target};
+    let a = Artifact::read(path)?;
+    let device = device.unwrap_or(match a.target {
+        Target::Cpu => Device::Cpu,
+        Target::Sm80 | Target::Sm90 => Device::Cuda,
+    });
+    let external = match (&a.weights, weights, random_weights) {
+        (Some(_), None, None) => None,
+        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => {
+            return Err(KilnError::Usage(format!(
+                "{} holds its weights; --weights and --random-weights apply to artifacts compiled without them",
+                path.display()
+            )));
+        }
+        (None, Some(file), _) => Some(artifact_weights(&a.program, file)?),
+        (None, None, Some(_)) => {
+            return Err(KilnError::Usage(format!(
+                "{} holds no weights, and random weights need the model's declarations: compile it with --random-weights SEED, or pass --weights W.safetensors",
+                path.display()
+            )));
+        }
+        (None, None, None) if a.program.weights.is_empty() => None,
+        (None, None, None) => {
+            return Err(KilnError::Usage(format!(
+                "{} was compiled without weights: pass --weights W.safetensors",
+                path.display()
+            )));
+        }
+    };
+    let p = &a.program;
+    let typed: Vec<(String, kiln_dialect::TensorType)> = p
+        .inputs
+        .iter()
+        .map(|&b| {
+            let buf = &p.buffers[b];
+            (
+                buf.name.clone(),
+                kiln_dialect::TensorType::new(buf.dtype, buf.shape.clone()),
+            )
+        })
+        .collect();
+    let (bound, _) = data::bind_inputs(&typed, inputs)?;
+    let host: HashMap<String, HostTensor> = bound
+        .iter()
+        .map(|(k, t)| (k.clone(), data::from_interp(t)))
+        .collect();
+    let outputs = match device {
+        Device::Interp => {
+            return Err(KilnError::Usage(format!(
+                "{} is compiled for {}: run it with --device {}; the reference interpreter runs source models",
+                path.display(),
+                a.target.name(),
+                match a.target {
+                    Target::Cpu => "cpu",
+                    Target::Sm80 | Target::Sm90 => "cuda",
+                }
+            )));
+        }
+        Device::Cpu => {
+            if !matches!(a.target, Target::Cpu) {
+                return Err(KilnError::Artifact(ArtifactError::WrongTarget {
+                    built: a.target.name(),
+                    wanted: "--device cpu".into(),
+                }));
+            }
+            let mut exe = a.cpu_executable()?;
+            if let Some(w) = &external {
+                exe.bind_weights(w)?;
+            }
+            exe.run(&host)?
+        }
+        Device::Cuda => {
+            if matches!(a.target, Target::Cpu) {
+                return Err(KilnError::Artifact(ArtifactError::WrongTarget {
+                    built: a.target.name(),
+                    wanted: "--device cuda".into(),
+                }));
+            }
+            let mut exe = a.cuda_executable()?;
+            if let Some(w) = &external {
+                exe.bind_weights(w)?;
+            }
+            exe.run(&host)?
+        }
+    };
+    write_outputs(
+        &outputs
+            .iter()
+            .map(|(n, t)| (n.clone(), data::to_interp(t)))
+            .collect::<Vec<_>>(),
+        output_dir,
+        keep_dtype,
+    )
 }

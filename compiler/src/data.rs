@@ -218,12 +218,29 @@ pub fn bind_with(
     weights: &WeightSource,
     embedded: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>, KilnError> {
-    let mut out = HashMap::new();
-    let input_names: Vec<String> = g
+    let typed: Vec<(String, TensorType)> = g
         .inputs()
-        .iter()
-        .map(|v| g.value_name(*v).to_string())
+        .into_iter()
+        .map(|v| (g.value_name(v).to_string(), g.value_type(v).clone()))
         .collect();
+    let (mut out, dims) = bind_inputs(&typed, inputs)?;
+    out.extend(bind_weights(g, weights, embedded, &dims)?);
+    Ok(out)
+}
+
+/// Bound inputs, and the dims they were bound at.
+pub type BoundInputs = (HashMap<String, Tensor>, BTreeMap<String, usize>);
+
+/// Binds inputs of the given names and types from files or random (the
+/// input half of [`bind_with`], for artifacts, which have no graph).
+/// Returns the tensors and the dims: `inputs.dims` with the sizes the
+/// files bound added.
+pub fn bind_inputs(
+    typed: &[(String, TensorType)],
+    inputs: &InputSpec,
+) -> Result<BoundInputs, KilnError> {
+    let mut out = HashMap::new();
+    let input_names: Vec<String> = typed.iter().map(|(n, _)| n.clone()).collect();
     for (name, _) in inputs.files {
         if !input_names.contains(name) {
             let hint = closest(name, input_names.iter().map(String::as_str))
@@ -238,8 +255,8 @@ pub fn bind_with(
     let mut dims = inputs.dims.clone();
     // File inputs first, so their shapes bind symbols for random ones.
     let mut bound_syms: HashMap<String, usize> = HashMap::new();
-    for v in g.inputs() {
-        let (name, ty) = (g.value_name(v), g.value_type(v));
+    for (name, ty) in typed {
+        let name = name.as_str();
         if let Some((_, file)) = inputs.files.iter().find(|(n, _)| n == name) {
             let t = kiln_runtime::npy::read(Path::new(file))?;
             let t = convert(t, Role::Input, name, ty.dtype)?;
@@ -259,8 +276,8 @@ pub fn bind_with(
         }
         dims.insert(k.clone(), *v);
     }
-    for v in g.inputs() {
-        let (name, ty) = (g.value_name(v), g.value_type(v));
+    for (name, ty) in typed {
+        let name = name.as_str();
         if out.contains_key(name) {
             continue;
         }
@@ -279,6 +296,19 @@ pub fn bind_with(
             to_interp(&random_tensor(seed, name, Role::Input, ty.dtype, &shape)),
         );
     }
+    Ok((out, dims))
+}
+
+/// Binds every weight of the graph from a safetensors file, random or the
+/// model's own data (the weight half of [`bind_with`]); `dims` sizes
+/// symbolic weight shapes.
+pub fn bind_weights(
+    g: &Graph,
+    weights: &WeightSource,
+    embedded: &HashMap<String, Tensor>,
+    dims: &BTreeMap<String, usize>,
+) -> Result<HashMap<String, Tensor>, KilnError> {
+    let mut out = HashMap::new();
     let stored = match weights {
         WeightSource::File(p) => Some(kiln_runtime::safetensors::read(p)?),
         WeightSource::Random(_) | WeightSource::Model { .. } => None,
@@ -294,7 +324,7 @@ pub fn bind_with(
     };
     for v in g.weights() {
         let (name, ty) = (g.value_name(v), g.value_type(v));
-        let shape = concrete_shape(ty, &dims, Role::Weight, name)?;
+        let shape = concrete_shape(ty, dims, Role::Weight, name)?;
         let own = embedded
             .get(name)
             .filter(|_| !matches!(weights, WeightSource::Random(_)));

@@ -54,6 +54,9 @@ pub enum KilnError {
     /// launch or allocation, or a model that refused its weights or inputs.
     #[error(transparent)]
     Cuda(#[from] kiln_runtime::cuda::CudaError),
+    /// An artifact that cannot be read, verified or loaded.
+    #[error(transparent)]
+    Artifact(#[from] kiln_runtime::artifact::ArtifactError),
     /// A compiler stage broke an invariant: a bug in kiln, not in the model.
     #[error(
         "internal error after {stage}: {message}\n(this is a bug in kiln, not in the model; please report it with the model)"

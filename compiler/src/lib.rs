@@ -27,6 +27,7 @@ macro_rules! outln {
     }};
 }
 
+pub mod artifact;
 pub mod cli;
 pub mod codegen;
 pub mod data;

@@ -4,6 +4,7 @@
 //! It depends on the dialect for element types and their exact encodings,
 //! never on the optimizer or the front-ends.
 
+pub mod artifact;
 mod binding;
 pub mod cpu;
 pub mod cuda;

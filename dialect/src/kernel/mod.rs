@@ -25,6 +25,7 @@
 //! each backend is tested against it and the graph interpreter.
 
 pub mod eval;
+pub mod serial;
 
 use std::fmt;
 

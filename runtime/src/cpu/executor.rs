@@ -249,6 +249,14 @@ impl CpuExecutable {
         &self.program
     }
 
+    /// A copy of what the executable holds for buffer `b`: a constant, a
+    /// bound weight or a bind-time result (`None` for inputs, run-time
+    /// results, and weights before binding). Artifacts store bind-time
+    /// results this way, so that loading one runs no bind-time launch.
+    pub fn held_tensor(&self, b: usize) -> Option<HostTensor> {
+        self.held.get(b)?.as_ref().map(Held::to_host)
+    }
+
     /// Checks every weight against the program (name, element type, shape,
     /// byte count), copies them, binds the dims their shapes name, and runs
     /// the bind-time launches. Tensors the program does not use are ignored

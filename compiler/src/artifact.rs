@@ -1,0 +1,264 @@
+//! The artifact writer: a model compiled for one target, with its weights,
+//! as a [`kiln_runtime::artifact::Artifact`] (`docs/artifact.md`).
+//!
+//! For the CPU the kernels are compiled to CLIF here and stored as text.
+//! With weights, they are bound here and the bind-time launches run once
+//! (packing contraction weights into column panels, folding scales): the
+//! artifact stores their results as weights and drops those launches, so
+//! that loading one runs no kernel. For a GPU target the kernels are PTX
+//! and the weights are stored as given; the CUDA executor runs the
+//! bind-time launches when it loads them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_dialect::kernel::Program;
+use kiln_runtime::HostTensor;
+use kiln_runtime::artifact::{Artifact, ClifKernel as StoredClif, Code, CpuCode, Target};
+use kiln_runtime::cpu::executor::{CpuExecutable, KernelFn};
+use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
+
+use crate::codegen::clif::{ClifKernel, compile_kernel};
+use crate::codegen::ptx::{self, PtxArch};
+use crate::data::{self, WeightSource};
+use crate::error::KilnError;
+use crate::model;
+use crate::pipeline::{self, Options};
+
+/// What `kiln compile -o` was asked for.
+pub struct ArtifactOptions<'a> {
+    /// The target the kernels are planned and emitted for.
+    pub target: Target,
+    /// Sizes of symbolic dims to plan for (the artifact's shape bucket).
+    pub dims: BTreeMap<String, usize>,
+    /// Where the weights come from; `None` stores none (unless the model
+    /// carries its own, as an ONNX model does).
+    pub weights: Option<WeightSource<'a>>,
+}
+
+/// Compiles the model at `path` into an artifact.
+pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError> {
+    let start = Instant::now();
+    let mut m = model::load(path)?;
+    let source = match &opts.weights {
+        Some(WeightSource::File(p)) => Some(WeightSource::File(p)),
+        Some(WeightSource::Random(seed)) => Some(WeightSource::Random(*seed)),
+        Some(WeightSource::Model { fallback_seed }) => Some(WeightSource::Model {
+            fallback_seed: *fallback_seed,
+        }),
+        None if !m.weights.is_empty() => Some(WeightSource::Model {
+            fallback_seed: None,
+        }),
+        None => None,
+    };
+    let weights: Option<HashMap<String, HostTensor>> = match &source {
+        Some(src) => Some(
+            data::bind_weights(&m.graph, src, &m.weights, &opts.dims)?
+                .iter()
+                .map(|(k, t)| (k.clone(), data::from_interp(t)))
+                .collect(),
+        ),
+        None => None,
+    };
+    m.weights.clear();
+    let target = match opts.target {
+        Target::Cpu => &kiln_passes::cost::CPU,
+        Target::Sm80 => &kiln_passes::cost::SM80,
+        Target::Sm90 => &kiln_passes::cost::SM90,
+    };
+    let popts = Options {
+        target,
+        dims: opts
+            .dims
+            .iter()
+            .map(|(k, &v)| (k.clone(), v as u64))
+            .collect(),
+        ..Options::default()
+    };
+    let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;
+    let mut program = kiln_passes::lower::lower_plan(&c.plan)?;
+    if let Some(panel) = target.weight_panel {
+        kiln_passes::lower::pack_contraction_weights(&mut program, panel);
+    }
+    let buckets = if opts.dims.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            opts.dims
+                .iter()
+                .map(|(k, &v)| (k.clone(), v as u64))
+                .collect(),
+        ]
+    };
+    let (program, code, weights) = match opts.target {
+        Target::Cpu => cpu_parts(program, weights)?,
+        Target::Sm80 | Target::Sm90 => {
+            let arch = match opts.target {
+                Target::Sm80 => PtxArch::Sm80,
+                Target::Sm90 | Target::Cpu => PtxArch::Sm90a,
+            };
+            let kernels = ptx::compile_program(&program, arch)?;
+            let weights = weights.map(|w| program_weights(&program, &w));
+            (program, Code::Ptx(kernels), weights)
+        }
+    };
+    Ok(Artifact {
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        target: opts.target,
+        program,
+        code,
+        weights,
+        buckets,
+        autotune: Vec::new(),
+    })
+}
+
+/// The program's weights from `all`, in the program's order (a weights
+/// file may hold more; [`data::bind_weights`] has checked the rest).
+fn program_weights(p: &Program, all: &HashMap<String, HostTensor>) -> Vec<(String, HostTensor)> {
+    p.weights
+        .iter()
+        .filter_map(|&b| {
+            let name = &p.buffers[b].name;
+            all.get(name).map(|t| (name.clone(), t.clone()))
+        })
+        .collect()
+}
+
+type CpuParts = (Program, Code, Option<Vec<(String, HostTensor)>>);
+
+/// The CPU artifact's program, CLIF and weights: with weights, the
+/// bind-time launches are run here and their results stored as weights.
+fn cpu_parts(
+    program: Program,
+    weights: Option<HashMap<String, HostTensor>>,
+) -> Result<CpuParts, KilnError> {
+    let isa = host_isa()?;
+    let triple = isa.triple().to_string();
+    let features = kiln_runtime::artifact::host_features(&*isa);
+    let mut clif: Vec<ClifKernel> = Vec::with_capacity(program.launches.len());
+    for l in &program.launches {
+        clif.push(compile_kernel(&l.kernel, &*isa)?);
+    }
+    let stored = |k: &ClifKernel| StoredClif {
+        name: k.name.clone(),
+        optimize: k.optimize,
+        imports: k.imports.clone(),
+        clif: k.func.display().to_string(),
+    };
+    let Some(weights) = weights else {
+        let kernels = clif.iter().map(stored).collect();
+        let code = CpuCode {
+            triple,
+            features,
+            kernels,
+        };
+        return Ok((program, Code::Cpu(code), None));
+    };
+    let funcs: Vec<JitFunction> = clif.iter().cloned().map(JitFunction::from).collect();
+    let module = JitModule::new(isa, funcs)?;
+    let mut fns: Vec<KernelFn> = Vec::with_capacity(program.launches.len());
+    for l in &program.launches {
+        fns.push(
+            module
+                .get(&l.kernel.name)
+                .ok_or_else(|| KilnError::Internal {
+                    stage: "the JIT",
+                    message: format!("kernel `{}` was compiled but not defined", l.kernel.name),
+                })?,
+        );
+    }
+    let mut exe = CpuExecutable::new(
+        program.clone(),
+        fns,
+        Box::new(std::sync::Mutex::new(module)),
+    )?;
+    exe.bind_weights(&weights)?;
+    let (frozen, keep) = freeze(&program);
+    let mut tensors = Vec::with_capacity(frozen.weights.len());
+    for &b in &frozen.weights {
+        let name = frozen.buffers[b].name.clone();
+        let t = exe.held_tensor(b).ok_or_else(|| KilnError::Internal {
+            stage: "binding the artifact's weights",
+            message: format!("`{name}` is not held after binding"),
+        })?;
+        tensors.push((name, t));
+    }
+    let kernels = clif
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(c, _)| stored(c))
+        .collect();
+    let code = CpuCode {
+        triple,
+        features,
+        kernels,
+    };
+    Ok((frozen, Code::Cpu(code), Some(tensors)))
+}
+
+/// `p` with its bind-time launches removed and their results made weights;
+/// weights only those launches read are dropped. Also returns, per launch
+/// of `p`, whether the frozen program keeps it.
+pub fn freeze(p: &Program) -> (Program, Vec<bool>) {
+    let keep: Vec<bool> = p.launches.iter().map(|l| !l.bind_time).collect();
+    let mut used = vec![false; p.buffers.len()];
+    for l in p.launches.iter().filter(|l| !l.bind_time) {
+        for &a in &l.args {
+            used[a] = true;
+        }
+    }
+    for (_, b) in &p.outputs {
+        used[*b] = true;
+    }
+    let mut weights: Vec<usize> = p.weights.iter().copied().filter(|&b| used[b]).collect();
+    for l in p.launches.iter().filter(|l| l.bind_time) {
+        if used[l.out] {
+            weights.push(l.out);
+        }
+    }
+    let frozen = Program {
+        weights,
+        launches: p
+            .launches
+            .iter()
+            .filter(|l| !l.bind_time)
+            .cloned()
+            .collect(),
+        ..p.clone()
+    };
+    (frozen, keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emitted_clif_round_trips_through_the_reader() {
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mlp.kiln"),
+        )
+        .unwrap();
+        let m = model::load_source("mlp.kiln", &src).unwrap();
+        let popts = Options {
+            target: &kiln_passes::cost::CPU,
+            dims: [("batch".to_string(), 2)].into_iter().collect(),
+            ..Options::default()
+        };
+        let c = pipeline::compile_model(m, Default::default(), &[], &popts).unwrap();
+        let mut program = kiln_passes::lower::lower_plan(&c.plan).unwrap();
+        kiln_passes::lower::pack_contraction_weights(&mut program, 8);
+        let isa = host_isa().unwrap();
+        assert!(!program.launches.is_empty());
+        for l in &program.launches {
+            let k = compile_kernel(&l.kernel, &*isa).unwrap();
+            let text = k.func.display().to_string();
+            let parsed = cranelift_reader::parse_functions(&text).unwrap();
+            assert_eq!(parsed.len(), 1);
+            assert_eq!(parsed[0].display().to_string(), text, "{}", k.name);
+        }
+    }
+}

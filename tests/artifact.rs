@@ -1,0 +1,426 @@
+//! Artifacts (`.kart`, docs/artifact.md) through the command line: a
+//! compiled artifact gives the same bits as the source model run on the
+//! CPU, and every kind of bad input is refused with exit code 1 and a
+//! message that names the problem, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_runtime::artifact::{Artifact, Code};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run kiln")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A user error: exit code 1, a message containing `want` on stderr, and
+/// no sign of a panic.
+fn user_error(out: &Output, want: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(want), "expected `{want}` in:\n{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-kart-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `examples/mlp.kiln` compiled for the CPU with random weights (seed 1)
+/// at batch 4, written to `dir/mlp.kart`.
+fn mlp_artifact(dir: &Path) -> PathBuf {
+    let a = dir.join("mlp.kart");
+    ok(&kiln(&[
+        "compile",
+        "examples/mlp.kiln",
+        "-o",
+        s(&a),
+        "--target",
+        "cpu",
+        "--random-weights",
+        "1",
+        "--dim",
+        "batch=4",
+    ]));
+    a
+}
+
+/// The section table as docs/artifact.md lays it out: (kind, offset, length).
+fn sections(bytes: &[u8]) -> Vec<(u32, usize, usize)> {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let mut at = 16;
+    at += 4 + u32_at(at) as usize; // kiln version
+    at += 4 + u32_at(at) as usize; // target
+    let n = u32_at(at) as usize;
+    at += 4;
+    (0..n)
+        .map(|i| {
+            let e = at + 32 * i;
+            (u32_at(e), u64_at(e + 8), u64_at(e + 16))
+        })
+        .collect()
+}
+
+#[test]
+fn artifact_runs_give_the_source_models_bits() {
+    let dir = scratch("same-bits");
+    for (model, dim) in [
+        ("examples/mlp.kiln", "batch=4"),
+        ("examples/ir/mlp.kir", "batch=3"),
+        ("examples/ir/inverted_bottleneck.kir", "n=1"),
+        ("examples/ir/decoder_block.kir", "seq=8"),
+    ] {
+        let name = Path::new(model).file_stem().unwrap().to_str().unwrap();
+        let a = dir.join(format!("{name}.kart"));
+        let (src_out, art_out) = (
+            dir.join(format!("{name}-src")),
+            dir.join(format!("{name}-art")),
+        );
+        let compiled = ok(&kiln(&[
+            "compile",
+            model,
+            "-o",
+            s(&a),
+            "--target",
+            "cpu",
+            "--random-weights",
+            "7",
+            "--dim",
+            dim,
+        ]));
+        assert!(compiled.contains("wrote"), "{compiled}");
+        let source = ok(&kiln(&[
+            "run",
+            model,
+            "--device",
+            "cpu",
+            "--random-inputs",
+            "3",
+            "--random-weights",
+            "7",
+            "--dim",
+            dim,
+            "--output-dir",
+            s(&src_out),
+        ]));
+        let artifact = ok(&kiln(&[
+            "run",
+            s(&a),
+            "--random-inputs",
+            "3",
+            "--dim",
+            dim,
+            "--output-dir",
+            s(&art_out),
+        ]));
+        // The summaries end with a checksum of each output's bits; the
+        // files hold floats as f32, which every float type converts to exactly.
+        assert_eq!(source, artifact, "{model}");
+        let mut files: Vec<_> = std::fs::read_dir(&src_out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty());
+        for f in files {
+            let a = std::fs::read(src_out.join(&f)).unwrap();
+            let b = std::fs::read(art_out.join(&f)).unwrap();
+            assert_eq!(a, b, "{model}: {f:?}");
+        }
+    }
+}
+
+#[test]
+fn artifact_holds_what_the_format_says() {
+    let dir = scratch("layout");
+    let a = mlp_artifact(&dir);
+    let bytes = std::fs::read(&a).unwrap();
+    assert_eq!(&bytes[..8], b"KILNART\0");
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    let table = sections(&bytes);
+    let kinds: Vec<u32> = table.iter().map(|t| t.0).collect();
+    // program, clif, weights, buckets, autotune
+    assert_eq!(kinds, [1, 2, 4, 5, 6]);
+    for &(_, offset, _) in &table {
+        assert_eq!(offset % 64, 0);
+    }
+    let last = table.last().unwrap();
+    assert_eq!(last.1 + last.2, bytes.len());
+    let art = Artifact::from_bytes(&bytes).unwrap();
+    // The bind-time packing ran at compile time: no bind-time launch is
+    // left, and the stored weights are the program's weights.
+    assert!(art.program.launches.iter().all(|l| !l.bind_time));
+    let w = art.weights.as_ref().unwrap();
+    assert_eq!(w.len(), art.program.weights.len());
+    assert_eq!(art.buckets, vec![vec![("batch".to_string(), 4)]]);
+    assert!(art.autotune.is_empty());
+    match &art.code {
+        Code::Cpu(c) => assert_eq!(c.kernels.len(), art.program.launches.len()),
+        Code::Ptx(_) => panic!("a cpu artifact holds PTX"),
+    }
+}
+
+#[test]
+fn damaged_artifacts_are_refused() {
+    let dir = scratch("damaged");
+    let a = mlp_artifact(&dir);
+    let bytes = std::fs::read(&a).unwrap();
+    let bad = dir.join("bad.kart");
+    let run = |b: &[u8]| {
+        std::fs::write(&bad, b).unwrap();
+        kiln(&["run", s(&bad), "--random-inputs", "1", "--dim", "batch=4"])
+    };
+    // Truncated: inside the header, and inside the last section.
+    user_error(&run(&bytes[..10]), "truncated artifact");
+    user_error(
+        &run(&bytes[..bytes.len() - 1]),
+        "truncated artifact: the autotune section",
+    );
+    let half = &bytes[..bytes.len() / 2];
+    user_error(&run(half), "truncated artifact");
+    // One flipped byte in each section, and in the header.
+    let names = [
+        (1, "program"),
+        (2, "clif"),
+        (4, "weights"),
+        (5, "buckets"),
+        (6, "autotune"),
+    ];
+    for (kind, offset, len) in sections(&bytes) {
+        let name = names.iter().find(|n| n.0 == kind).unwrap().1;
+        if len == 0 {
+            continue;
+        }
+        let mut b = bytes.clone();
+        b[offset + len / 2] ^= 0x10;
+        user_error(
+            &run(&b),
+            &format!("corrupt artifact: {name} section checksum"),
+        );
+    }
+    let mut b = bytes.clone();
+    b[20] ^= 0x01; // inside the kiln version string
+    user_error(&run(&b), "corrupt artifact: header checksum");
+    // Wrong magic, newer format version.
+    let mut b = bytes.clone();
+    b[..4].copy_from_slice(b"PK\x03\x04");
+    user_error(&run(&b), "not a kiln artifact");
+    let mut b = bytes.clone();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    user_error(
+        &run(&b),
+        "format version 2 is newer than this runtime reads (version 1)",
+    );
+    user_error(&run(b""), "truncated artifact");
+}
+
+#[test]
+fn artifacts_for_another_target_are_refused() {
+    let dir = scratch("target");
+    // A GPU artifact on the CPU.
+    let gpu = dir.join("mlp-sm90.kart");
+    ok(&kiln(&[
+        "compile",
+        "examples/mlp.kiln",
+        "-o",
+        s(&gpu),
+        "--target",
+        "sm_90",
+        "--random-weights",
+        "1",
+    ]));
+    let art = Artifact::read(&gpu).unwrap();
+    assert!(matches!(art.code, Code::Ptx(ref k) if k.len() == art.program.launches.len()));
+    let out = kiln(&[
+        "run",
+        s(&gpu),
+        "--device",
+        "cpu",
+        "--random-inputs",
+        "1",
+        "--dim",
+        "batch=2",
+    ]);
+    user_error(
+        &out,
+        "artifact built for target sm_90, but it was asked to run on --device cpu",
+    );
+    // A CPU artifact on the GPU.
+    let cpu = mlp_artifact(&dir);
+    let out = kiln(&[
+        "run",
+        s(&cpu),
+        "--device",
+        "cuda",
+        "--random-inputs",
+        "1",
+        "--dim",
+        "batch=4",
+    ]);
+    user_error(
+        &out,
+        "artifact built for target cpu, but it was asked to run on --device cuda",
+    );
+    // A CPU artifact whose code needs a feature this host lacks.
+    let mut art = Artifact::read(&cpu).unwrap();
+    match &mut art.code {
+        Code::Cpu(c) => c.features.push("has_feature_from_the_future".into()),
+        Code::Ptx(_) => panic!("a cpu artifact holds PTX"),
+    }
+    let other = dir.join("other-cpu.kart");
+    art.write(&other).unwrap();
+    let out = kiln(&["run", s(&other), "--random-inputs", "1", "--dim", "batch=4"]);
+    user_error(
+        &out,
+        "artifact built for another CPU: this host lacks has_feature_from_the_future",
+    );
+}
+
+/// A little-endian `.npy` file (version 1.0, header padded to 64 bytes).
+fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn bad_inputs_and_weights_are_refused() {
+    let dir = scratch("inputs");
+    let a = mlp_artifact(&dir);
+    let npy = |name: &str, descr: &str, shape: &[usize], elem: usize| {
+        let p = dir.join(name);
+        let n: usize = shape.iter().product();
+        std::fs::write(&p, npy_bytes(descr, shape, &vec![0u8; n * elem])).unwrap();
+        p
+    };
+    let good = npy("x.npy", "<f4", &[4, 64], 4);
+    let input = |p: &Path| format!("x={}", s(p));
+    // A good file runs.
+    ok(&kiln(&["run", s(&a), "--input", &input(&good)]));
+    // Missing input.
+    user_error(&kiln(&["run", s(&a)]), "input `x`: no value given");
+    // Extra input.
+    let extra = format!("y={}", s(&good));
+    user_error(
+        &kiln(&["run", s(&a), "--input", &input(&good), "--input", &extra]),
+        "the model has no input `y`",
+    );
+    // Wrong shape: 63 columns for 64.
+    let narrow = npy("narrow.npy", "<f4", &[4, 63], 4);
+    user_error(
+        &kiln(&["run", s(&a), "--input", &input(&narrow)]),
+        "input `x`",
+    );
+    let out = kiln(&["run", s(&a), "--input", &input(&narrow)]);
+    assert!(text(&out.stderr).contains("63"), "{}", text(&out.stderr));
+    // Wrong dtype: integers for a float input.
+    let ints = npy("ints.npy", "<i4", &[4, 64], 4);
+    user_error(
+        &kiln(&["run", s(&a), "--input", &input(&ints)]),
+        "input `x`",
+    );
+    // Unreadable .npy.
+    let junk = dir.join("junk.npy");
+    std::fs::write(&junk, b"not a numpy file").unwrap();
+    user_error(&kiln(&["run", s(&a), "--input", &input(&junk)]), "junk.npy");
+    // A weights file missing a tensor, for an artifact compiled without weights.
+    let bare = dir.join("bare.kart");
+    let out = ok(&kiln(&[
+        "compile",
+        "examples/mlp.kiln",
+        "-o",
+        s(&bare),
+        "--target",
+        "cpu",
+        "--dim",
+        "batch=4",
+    ]));
+    assert!(out.contains("no weights"), "{out}");
+    user_error(
+        &kiln(&["run", s(&bare), "--input", &input(&good)]),
+        "compiled without weights: pass --weights",
+    );
+    let art = Artifact::read(&bare).unwrap();
+    let first = &art.program.buffers[art.program.weights[0]];
+    let shape: Vec<usize> = first
+        .shape
+        .as_static()
+        .unwrap()
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let data = vec![0u8; shape.iter().product::<usize>() * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &data).unwrap();
+    let partial = dir.join("partial.safetensors");
+    safetensors::serialize_to_file([(first.name.as_str(), view)], None, &partial).unwrap();
+    let second = &art.program.buffers[art.program.weights[1]].name;
+    user_error(
+        &kiln(&[
+            "run",
+            s(&bare),
+            "--input",
+            &input(&good),
+            "--weights",
+            s(&partial),
+        ]),
+        &format!(
+            "weight `{second}`: {} has no tensor `{second}`",
+            s(&partial)
+        ),
+    );
+    // Weights for an artifact that holds its own.
+    user_error(
+        &kiln(&[
+            "run",
+            s(&a),
+            "--input",
+            &input(&good),
+            "--weights",
+            s(&partial),
+        ]),
+        "holds its weights",
+    );
+}
