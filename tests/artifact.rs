@@ -3,6 +3,10 @@
 //! CPU, and every kind of bad input is refused with exit code 1 and a
 //! message that names the problem, never a panic.
 
+mod common;
+
+use common::npy_bytes;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -303,27 +307,6 @@ fn artifacts_for_another_target_are_refused() {
         &out,
         "artifact built for another CPU: this host lacks has_feature_from_the_future",
     );
-}
-
-/// A little-endian `.npy` file (version 1.0, header padded to 64 bytes).
-fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_s = if shape.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The `kiln` command line, run as a user runs it: exit codes, messages,
 //! files in and out.
 
+mod common;
+
+use common::npy_bytes;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -39,28 +43,6 @@ fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
-}
-
-/// A little-endian `.npy` file written byte by byte from the format's
-/// definition (version 1.0 header padded to 64 bytes).
-fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_s = if shape.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
