@@ -422,26 +422,28 @@ pub(super) fn emit(
         em.ins(format!("and.b32 {smem}, {smem}, -1024"));
     }
 
+    let wm_base = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {wm_base}, {wm}, {}", t.warp_m));
+    let wn_base = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {wn_base}, {wn}, {}", t.warp_n));
+    // Warpgroup instructions read shared memory through descriptors
+    // (`compute_wgmma`); only `mma.sync` needs per-lane row addresses.
     // Each lane's `ldmatrix` row address within a slice: lane `l` gives row
     // `l % 8` of matrix `l / 8`; `a`'s matrices are (m 0-7, k 0-7),
     // (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15) (its fragment's
     // registers in order), `b`'s (n 0-7, k 0-7), (n 0-7, k 8-15),
     // (n 8-15, k 0-7), (n 8-15, k 8-15) (two n8 fragments).
-    let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
-    em.ins(format!("shr.u32 {mat}, {lane}, 3"));
-    em.ins(format!("and.b32 {row}, {lane}, 7"));
-    let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
-    em.ins(format!("and.b32 {lo}, {mat}, 1"));
-    em.ins(format!("shr.u32 {hi}, {mat}, 1"));
-    let wm_base = em.reg(Class::R);
-    em.ins(format!("mul.lo.u32 {wm_base}, {wm}, {}", t.warp_m));
-    let wn_base = em.reg(Class::R);
-    em.ins(format!("mul.lo.u32 {wn_base}, {wn}, {}", t.warp_n));
-    let pa = t.pitch(plan.a.storage, t.tile_m);
-    let pb = t.pitch(plan.b.storage, t.tile_n);
     let (a_lane, b_lane) = if t.wgmma {
         (String::new(), String::new())
     } else {
+        let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("shr.u32 {mat}, {lane}, 3"));
+        em.ins(format!("and.b32 {row}, {lane}, 7"));
+        let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("and.b32 {lo}, {mat}, 1"));
+        em.ins(format!("shr.u32 {hi}, {mat}, 1"));
+        let pa = t.pitch(plan.a.storage, t.tile_m);
+        let pb = t.pitch(plan.b.storage, t.tile_n);
         let a_lane = lane_offset(em, plan.a.storage, pa, &wm_base, &lo, &hi, &row);
         let b_lane = lane_offset(em, plan.b.storage, pb, &wn_base, &hi, &lo, &row);
         em.ins(format!("add.u32 {a_lane}, {a_lane}, {smem}"));
