@@ -5,12 +5,12 @@
 # from the repository root, with binaries built elsewhere (docs/gpu.md).
 #
 # Usage: bench/gpu.sh [ID ...]     (IDs: W1 W1b W2 W3 W3d W4-M1 W4-M16
-#                                   W5-int8 W5-fp8 W6 GEMM; default all)
+#                                   W5-int8 W5-fp8 W6 GEMM ATTN; default all)
 # Environment: KILN (the binary; default target/release/kiln), ITERS (timed
 # graph replays per workload, default 200; HEAVY_ITERS, default 5, for the
 # workloads whose contractions are still generic), KILN_TIMEOUT (seconds per
 # workload, default 120), TORCH=0 to skip PyTorch (TORCH=quick: only the
-# ceilings and torch.matmul at 4096^3, bench/gpu/torch_quick.py),
+# ceilings, torch.matmul at 4096^3 and causal SDPA, bench/gpu/torch_quick.py),
 # TORCH_BASELINES (path of torch_baselines.py), OUT (a folder that receives
 # a copy of the report and the raw figures).
 # Writes bench/results/<date>-<card>.md.
@@ -27,7 +27,7 @@ rm -f "$tmp"/kiln-*.json "$tmp"/kiln-*.err "$tmp/gpu_baselines.json"
 # so fewer timed replays)
 all="W1:w1:m=8192:0 W1b:w1b:m=8192:0 W2:w2:m=8192:1 W3:w3:seq=2048:1 W3d:w3d:batch=1:1 \
 W4-M1:w4:m=1:0 W4-M16:w4:m=16:0 W5-int8:w5_int8:m=4096:1 W5-fp8:w5_fp8:m=4096:1 W6:w6:n=64:1 \
-GEMM:gemm:m=4096:0"
+GEMM:gemm:m=4096:0 ATTN:attention:seq=2048:0"
 want="${*:-}"
 for spec in $all; do
     IFS=: read -r id file dim heavy <<< "$spec"

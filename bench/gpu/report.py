@@ -20,6 +20,7 @@ WORKLOADS = [
     ("W5-fp8", "w5_fp8", "m=4096", "W5"),
     ("W6", "w6", "n=64", "W6 inv-bottleneck NHWC"),
     ("GEMM", "gemm", "m=4096", "W5"),
+    ("ATTN", "attention", "seq=2048", "ATTN"),
 ]
 
 
@@ -108,6 +109,19 @@ def main():
                     f"- GEMM: 4096^3 bf16, 'eager' is torch.matmul; kiln reaches "
                     f"{eager / kmed * 100:.0f}% of its throughput "
                     f"({flops / kmed / 1e9:.0f} TFLOP/s)."
+                )
+        if wid == "ATTN":
+            flops = 4 * 2048**2 * 128 * 16 / 2
+            floor = flops / (peak * 1e12) * 1e3 if peak else None
+            eager = t.get("sdpa_ms")
+            comp = None
+            if kmed and peak:
+                notes.append(
+                    f"- ATTN: causal attention B1 H16 S2048 D128 bf16, 'eager' is "
+                    f"torch's scaled_dot_product_attention; kiln reaches "
+                    f"{flops / kmed / 1e9:.0f} TFLOP/s, {flops / kmed / 1e9 / peak * 100:.0f}% "
+                    f"of the measured bf16 peak"
+                    + (f", torch {flops / eager / 1e9:.0f} TFLOP/s." if eager else ".")
                 )
         if k is None:
             err = os.path.join(a.tmp, f"kiln-{wid}.err")

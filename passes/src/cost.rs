@@ -58,6 +58,11 @@ pub struct Target {
     /// kernels read plain operand tiles, so on GPU targets the norm runs as
     /// a row kernel of its own and the matmul on tensor cores.
     pub norm_prologue: bool,
+    /// Whether an attention kernel may compute its operands (a rotary
+    /// embedding, a transpose) as it reads them. The GPU attention kernel
+    /// copies plain rows of q, k and v to shared memory, so on GPU targets
+    /// computed operands are written by a kernel of their own.
+    pub attention_prologue: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -80,6 +85,7 @@ pub static SM90: Target = Target {
     direct_conv: false,
     implicit_gemm_conv: false,
     norm_prologue: false,
+    attention_prologue: false,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -101,6 +107,7 @@ pub static SM80: Target = Target {
     direct_conv: false,
     implicit_gemm_conv: false,
     norm_prologue: false,
+    attention_prologue: false,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -121,6 +128,7 @@ pub static CPU: Target = Target {
     direct_conv: true,
     implicit_gemm_conv: true,
     norm_prologue: true,
+    attention_prologue: true,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

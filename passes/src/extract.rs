@@ -624,6 +624,11 @@ fn combine(
                     }
                     _ => vec![],
                 }
+            } else if native == Kind::Attn
+                && target == Kind::Attn
+                && !ctx.sizes.target.attention_prologue
+            {
+                vec![]
             } else {
                 vec![Kind::Elem]
             };

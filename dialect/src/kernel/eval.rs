@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use super::{Binary, Body, Expr, Kernel, Reduction, Ty, Unary, Var};
+use super::{Attention, Binary, Body, Expr, Kernel, Reduction, Ty, Unary, Var};
 use crate::DType;
 use crate::interp::Tensor;
 use crate::interp::tensor::strides;
@@ -131,9 +131,15 @@ pub fn run(
         free: HashMap::new(),
         cache: HashMap::new(),
     };
+    let r = out_shape.len();
     match &k.body {
         Body::Map { expr } => {
             free_vars(expr, &mut cx.free);
+        }
+        Body::Attention(t) => {
+            for e in t.exprs() {
+                free_vars(e, &mut cx.free);
+            }
         }
         Body::Contract {
             extent,
@@ -147,10 +153,10 @@ pub fn run(
             }
         }
     }
-    let r = out_shape.len();
     let n: usize = out_shape.iter().product();
     let mut data = Vec::with_capacity(n);
     let mut idx = vec![0usize; r];
+    let (mut weights, mut weights_row) = (Vec::new(), None);
     for flat in 0..n {
         crate::interp::tensor::unravel(flat, &out_shape, &mut idx);
         for (a, &i) in idx.iter().enumerate() {
@@ -158,6 +164,26 @@ pub fn run(
         }
         let v = match &k.body {
             Body::Map { expr } => cx.eval(expr)?,
+            Body::Attention(t) => {
+                // The weights of the keys, once per output row (the
+                // value's columns are the fastest axis).
+                let row = flat / out_shape[r - 1].max(1);
+                if weights_row != Some(row) {
+                    weights = cx.attention_weights(t, idx[r - 2] as i64)?;
+                    weights_row = Some(row);
+                }
+                let mut acc = 0.0;
+                for (j, w) in weights.iter().enumerate() {
+                    if *w != 0.0 {
+                        cx.set(t.j, j as i64);
+                        acc += w * cx.float(&t.v)?;
+                    }
+                }
+                cx.acc = Some(cx.fr(acc));
+                let v = cx.eval(&t.epilogue)?;
+                cx.acc = None;
+                v
+            }
             Body::Contract {
                 k: kv,
                 extent,
@@ -246,6 +272,58 @@ impl Ctx<'_> {
             Ty::F32 => x as f32 as f64,
             Ty::F64 | Ty::I64 | Ty::Bool => x,
         })
+    }
+
+    fn float(&mut self, e: &Expr) -> Result<f64, EvalError> {
+        match self.eval(e)? {
+            V::F(x) => Ok(x),
+            v => Err(self.type_err(format!("expected a float, found {v:?} from {e}"))),
+        }
+    }
+
+    /// The softmax weights of every key for query `m` (the other output
+    /// variables set): `exp(s - max) / sum`, scores computed in the
+    /// kernel's float type, the softmax in f64; all zero when every score
+    /// is `-inf`.
+    fn attention_weights(&mut self, t: &Attention, m: i64) -> Result<Vec<f64>, EvalError> {
+        let keys = self.int(&t.keys)?.max(0);
+        let depth = self.int(&t.depth)?.max(0);
+        let scale = self.eval(&t.scale)?;
+        let offset = match &t.causal {
+            Some(c) => Some(self.int(c)?),
+            None => None,
+        };
+        let mut scores = Vec::with_capacity(keys as usize);
+        for j in 0..keys {
+            self.set(t.j, j);
+            if offset.is_some_and(|o| j > m + o) {
+                scores.push(f64::NEG_INFINITY);
+                continue;
+            }
+            let mut dot = self.fr(0.0);
+            for d in 0..depth {
+                self.set(t.d, d);
+                let (q, k) = (self.eval(&t.q)?, self.eval(&t.k)?);
+                let prod = self.binary(Binary::Mul, q, k)?;
+                dot = self.binary(Binary::Add, dot, prod)?;
+            }
+            let mut s = self.binary(Binary::Mul, dot, scale)?;
+            if let Some(b) = &t.bias {
+                let b = self.eval(b)?;
+                s = self.binary(Binary::Add, s, b)?;
+            }
+            match s {
+                V::F(x) => scores.push(x),
+                v => return Err(self.type_err(format!("an attention score gave {v:?}"))),
+            }
+        }
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return Ok(vec![0.0; scores.len()]);
+        }
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        Ok(e.iter().map(|x| x / sum).collect())
     }
 
     fn int(&mut self, e: &Expr) -> Result<i64, EvalError> {

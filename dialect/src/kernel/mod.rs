@@ -85,6 +85,23 @@ pub struct Kernel {
     pub body: Body,
 }
 
+impl Kernel {
+    /// The kernel with an [`Body::Attention`] body replaced by its
+    /// [`Attention::as_map`] element expression (other bodies unchanged):
+    /// for backends without a fused attention kernel.
+    pub fn attention_as_map(&self) -> Kernel {
+        match &self.body {
+            Body::Attention(t) => Kernel {
+                body: Body::Map {
+                    expr: t.as_map(self.output.shape.rank()),
+                },
+                ..self.clone()
+            },
+            Body::Map { .. } | Body::Contract { .. } => self.clone(),
+        }
+    }
+}
+
 /// A whole model as kernels: every tensor it touches, and the kernels in
 /// launch order. What a backend compiles and an executor runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +156,158 @@ pub enum Body {
         b: Expr,
         epilogue: Expr,
     },
+    /// Scaled dot-product attention with an epilogue: see [`Attention`].
+    Attention(Box<Attention>),
+}
+
+/// The attention template, `out[.., m, n] = epilogue(acc)` with
+///
+/// ```text
+/// s(j) = scale * sum(d < depth: q * k) + bias      for every key j < keys
+/// s(j) = -inf                                       where causal and j > m + offset
+/// acc  = sum_j exp(s(j) - max) * v / sum_j exp(s(j) - max)   (0 when every s(j) is -inf)
+/// ```
+///
+/// The output axes are batch axes (heads among them), then `m` = `v(r-2)`
+/// (the query) and `n` = `v(r-1)` (the value feature). `q` may use the batch
+/// variables, `m` and `d`; `k` the batch variables, `j` and `d`; `v` the
+/// batch variables, `j` and `n`; `bias` the batch variables, `m` and `j`;
+/// `scale` and the causal offset only dims; the epilogue any output
+/// variable and [`Expr::Acc`]. Backends without a fused kernel for it run
+/// [`Attention::as_map`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    /// The key variable and the number of keys.
+    pub j: Var,
+    pub keys: Expr,
+    /// The variable of the `q . k` dot product and its extent (head dim).
+    pub d: Var,
+    pub depth: Expr,
+    pub q: Expr,
+    pub k: Expr,
+    pub v: Expr,
+    pub scale: Expr,
+    /// An additive score term (a mask of `0` and `-inf`, or a bias).
+    pub bias: Option<Expr>,
+    /// Causal masking: key `j` is seen by query `m` only when
+    /// `j <= m + offset` (the offset is `keys - queries` for a KV cache).
+    pub causal: Option<Expr>,
+    pub epilogue: Expr,
+}
+
+impl Attention {
+    /// The expressions of the template, for walks over all of them.
+    pub fn exprs(&self) -> Vec<&Expr> {
+        let mut v = vec![
+            &self.keys,
+            &self.depth,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.scale,
+        ];
+        v.extend(self.bias.as_ref());
+        v.extend(self.causal.as_ref());
+        v.push(&self.epilogue);
+        v
+    }
+
+    /// The template as one element expression over the output variables
+    /// of a rank-`rank` output (a row maximum, a sum of exponentials and
+    /// the weighted sum over the keys, each recomputing the scores): what
+    /// backends without a fused attention kernel run, and the reference
+    /// the evaluator uses.
+    pub fn as_map(&self, rank: usize) -> Expr {
+        let mut next = self.exprs().iter().map(|e| max_var(e)).max().unwrap_or(0);
+        next = next.max(rank as u32).max(self.j.0 + 1).max(self.d.0 + 1);
+        let mut fresh = || {
+            next += 1;
+            Var(next)
+        };
+        let m = Var(rank.saturating_sub(2) as u32);
+        let (jm, dm) = (fresh(), fresh());
+        let max = Expr::reduce(Reduction::Max, jm, self.keys.clone(), self.score(m, jm, dm));
+        let (js, ds) = (fresh(), fresh());
+        let den = Expr::reduce(
+            Reduction::Sum,
+            js,
+            self.keys.clone(),
+            Expr::un(
+                Unary::Exp,
+                Expr::bin(Binary::Sub, self.score(m, js, ds), max.clone()),
+            ),
+        );
+        let (jo, dout) = (fresh(), fresh());
+        let weight = Expr::bin(
+            Binary::Div,
+            Expr::un(
+                Unary::Exp,
+                Expr::bin(Binary::Sub, self.score(m, jo, dout), max.clone()),
+            ),
+            den,
+        );
+        let value = self.at(&self.v, jo, dout);
+        let out = Expr::reduce(
+            Reduction::Sum,
+            jo,
+            self.keys.clone(),
+            Expr::bin(Binary::Mul, weight, value),
+        );
+        let all_masked = Expr::bin(Binary::Eq, max, Expr::Float(f64::NEG_INFINITY));
+        let acc = Expr::select(all_masked, Expr::Float(0.0), out);
+        self.epilogue.substitute(&|x| match x {
+            Expr::Acc => Some(acc.clone()),
+            _ => None,
+        })
+    }
+
+    /// `e` with the key variable renamed to `key` and the dot variable to
+    /// `dot`.
+    fn at(&self, e: &Expr, key: Var, dot: Var) -> Expr {
+        e.substitute(&|x| match x {
+            Expr::Var(v) if *v == self.j => Some(Expr::Var(key)),
+            Expr::Var(v) if *v == self.d => Some(Expr::Var(dot)),
+            _ => None,
+        })
+    }
+
+    /// The masked score of key `key` for query `m`, its dot product over
+    /// `dot`.
+    fn score(&self, m: Var, key: Var, dot: Var) -> Expr {
+        let qk = Expr::bin(
+            Binary::Mul,
+            self.at(&self.q, key, dot),
+            self.at(&self.k, key, dot),
+        );
+        let mut s = Expr::bin(
+            Binary::Mul,
+            Expr::reduce(Reduction::Sum, dot, self.depth.clone(), qk),
+            self.scale.clone(),
+        );
+        if let Some(b) = &self.bias {
+            s = Expr::bin(Binary::Add, s, self.at(b, key, dot));
+        }
+        if let Some(off) = &self.causal {
+            let limit = Expr::bin(Binary::Add, Expr::Var(m), off.clone());
+            s = Expr::select(
+                Expr::bin(Binary::Gt, Expr::Var(key), limit),
+                Expr::Float(f64::NEG_INFINITY),
+                s,
+            );
+        }
+        s
+    }
+}
+
+/// The largest variable an expression names (0 when none).
+pub fn max_var(e: &Expr) -> u32 {
+    let mut m = match e {
+        Expr::Var(v) => v.0,
+        Expr::Reduce { var, .. } => var.0,
+        _ => 0,
+    };
+    e.for_each_child(|c| m = m.max(max_var(c)));
+    m
 }
 
 /// Unary scalar operations.
@@ -445,6 +614,7 @@ impl fmt::Display for Kernel {
         let kind = match self.body {
             Body::Map { .. } => "map",
             Body::Contract { .. } => "contract",
+            Body::Attention(_) => "attention",
         };
         write!(f, "kernel {} {kind} float {} (", self.name, self.float)?;
         for (i, b) in self.inputs.iter().enumerate() {
@@ -484,6 +654,24 @@ impl fmt::Display for Kernel {
                 writeln!(f, "  a = {a}")?;
                 writeln!(f, "  b = {b}")?;
                 writeln!(f, "  out[{}] = {epilogue}", vars.join(", "))?;
+            }
+            Body::Attention(t) => {
+                writeln!(
+                    f,
+                    "  s = mul(sum({} < {}: mul(q, k)), {})",
+                    t.d, t.depth, t.scale
+                )?;
+                if let Some(b) = &t.bias {
+                    writeln!(f, "  s += {b}")?;
+                }
+                if let Some(c) = &t.causal {
+                    writeln!(f, "  s = -inf where {} > v{} + {c}", t.j, r - 2)?;
+                }
+                writeln!(f, "  acc = softmax({} < {}: s) . v", t.j, t.keys)?;
+                writeln!(f, "  q = {}", t.q)?;
+                writeln!(f, "  k = {}", t.k)?;
+                writeln!(f, "  v = {}", t.v)?;
+                writeln!(f, "  out[{}] = {}", vars.join(", "), t.epilogue)?;
             }
         }
         f.write_str("}\n")

@@ -13,7 +13,9 @@
 
 use thiserror::Error;
 
-use super::{Binary, Body, Buffer, Expr, Kernel, Launch, Program, Reduction, Ty, Unary, Var};
+use super::{
+    Attention, Binary, Body, Buffer, Expr, Kernel, Launch, Program, Reduction, Ty, Unary, Var,
+};
 use crate::{DType, Dim, Shape};
 
 /// The deepest expression tree [`decode`] accepts (the recursion bound).
@@ -190,6 +192,21 @@ impl Writer {
                 self.expr(a);
                 self.expr(b);
                 self.expr(epilogue);
+            }
+            Body::Attention(t) => {
+                self.0.push(2);
+                self.u32(t.j.0);
+                self.u32(t.d.0);
+                for e in [&t.keys, &t.depth, &t.q, &t.k, &t.v, &t.scale] {
+                    self.expr(e);
+                }
+                for o in [&t.bias, &t.causal] {
+                    self.0.push(u8::from(o.is_some()));
+                    if let Some(e) = o {
+                        self.expr(e);
+                    }
+                }
+                self.expr(&t.epilogue);
             }
         }
     }
@@ -416,6 +433,37 @@ impl Reader<'_> {
                 b: self.expr(0)?,
                 epilogue: self.expr(0)?,
             },
+            2 => {
+                let j = Var(self.u32("an attention key variable")?);
+                let d = Var(self.u32("an attention dot variable")?);
+                let keys = self.expr(0)?;
+                let depth = self.expr(0)?;
+                let q = self.expr(0)?;
+                let k = self.expr(0)?;
+                let v = self.expr(0)?;
+                let scale = self.expr(0)?;
+                let bias = match self.bool("an attention bias flag")? {
+                    true => Some(self.expr(0)?),
+                    false => None,
+                };
+                let causal = match self.bool("an attention causal flag")? {
+                    true => Some(self.expr(0)?),
+                    false => None,
+                };
+                Body::Attention(Box::new(Attention {
+                    j,
+                    keys,
+                    d,
+                    depth,
+                    q,
+                    k,
+                    v,
+                    scale,
+                    bias,
+                    causal,
+                    epilogue: self.expr(0)?,
+                }))
+            }
             tag => {
                 return Err(DecodeError::BadTag {
                     at,

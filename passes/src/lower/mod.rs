@@ -294,6 +294,10 @@ fn lower_kernel(
     } else {
         None
     };
+    let contract = match contract {
+        None if w.kind == Kind::Attn => lower_attention(g, w, &inside, in_memory, float, &idx)?,
+        c => c,
+    };
     let conv = if w.kind == Kind::Contract && contract.is_none() {
         match pointwise::lower(g, w, &inside, in_memory, float)? {
             Some(c) => Some(c),
@@ -332,6 +336,41 @@ fn lower_kernel(
 }
 
 type Lowered = (Body, Vec<Value>, Vec<String>);
+
+/// `epilogue(attention(q, k, v[, mask]))` as the attention template, when
+/// the kernel has one attention node whose result the epilogue reads only
+/// at the output's own index.
+fn lower_attention(
+    g: &Graph,
+    w: &Work,
+    inside: &HashSet<NodeId>,
+    in_memory: &HashSet<Value>,
+    float: Ty,
+    idx: &[Expr],
+) -> Result<Option<Lowered>, LowerError> {
+    let nodes: Vec<NodeId> = w
+        .nodes
+        .iter()
+        .copied()
+        .filter(|&n| matches!(g.node(n).op, Op::Attention { .. }))
+        .collect();
+    let [a] = nodes.as_slice() else {
+        return Ok(None);
+    };
+    let av = Value::of(*a);
+    if g.value_type(av).shape != g.value_type(w.output).shape || idx.len() != 4 {
+        return Ok(None);
+    }
+    let mut cx = cx::Cx::new(g, inside, in_memory, float, idx.len());
+    cx.acc = Some((av, idx.to_vec()));
+    let epilogue = cx.at(w.output, idx)?;
+    if cx.acc_escaped {
+        return Ok(None);
+    }
+    cx.acc = None;
+    let t = nn::attention_template(&mut cx, av, idx, epilogue)?;
+    Ok(Some((Body::Attention(Box::new(t)), cx.inputs, cx.dims)))
+}
 
 /// `epilogue(matmul(a, b))` as a contraction template, when the kernel has
 /// one matmul of operands of rank 2 or more, whose result the epilogue

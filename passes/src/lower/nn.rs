@@ -3,7 +3,8 @@
 //! guarded load ([`Cx::at_guarded`]); no index leaves its tensor.
 
 use kiln_dialect::graph::Value;
-use kiln_dialect::kernel::{Binary, Expr, Reduction, Ty, Unary};
+use kiln_dialect::kernel::{Attention, Binary, Expr, Reduction, Ty, Unary};
+use kiln_dialect::ops::Op;
 
 use super::LowerError;
 use super::compute::from_float;
@@ -427,27 +428,9 @@ pub fn attention(
     causal: bool,
     scale: Option<f64>,
 ) -> R<Expr> {
+    let parts = attention_parts(cx, v, ops, causal, scale)?;
     let (q, k, val) = (ops[0], ops[1], ops[2]);
-    if idx.len() != 4 || [q, k, val].iter().any(|&t| cx.shape(t).rank() != 4) {
-        return Err(LowerError::unsupported(
-            cx,
-            v,
-            "attention needs 4-D q, k, v",
-        ));
-    }
-    let qs = cx.dims_of(q);
-    let ks = cx.dims_of(k);
-    let rep = ex::div(qs[1].clone(), ks[1].clone());
-    let kh = ex::div(idx[1].clone(), rep);
-    let (d_extent, skv, sq) = (qs[3].clone(), ks[2].clone(), qs[2].clone());
-    let scale = match (scale, cx.shape(q).dims()[3].as_static()) {
-        (Some(s), _) => float(s),
-        (None, Some(d)) => float(1.0 / (d as f64).sqrt()),
-        (None, None) => ex::div(
-            float(1.0),
-            ex::un(Unary::Sqrt, ex::cast(cx.float, d_extent.clone())),
-        ),
-    };
+    let kh = ex::div(idx[1].clone(), parts.kv_group.clone());
     // the score of key `j` for this query
     let score = |cx: &mut Cx, j: Expr| -> R<Expr> {
         let t = cx.fresh();
@@ -456,19 +439,20 @@ pub fn attention(
             &[idx[0].clone(), idx[1].clone(), idx[2].clone(), ex::var(t)],
         )?;
         let kv = cx.at_float(k, &[idx[0].clone(), kh.clone(), j.clone(), ex::var(t)])?;
-        let dot = ex::reduce(Reduction::Sum, t, d_extent.clone(), ex::mul(qv, kv));
-        let mut s = ex::mul(dot, scale.clone());
+        let dot = ex::reduce(Reduction::Sum, t, parts.depth.clone(), ex::mul(qv, kv));
+        let mut s = ex::mul(dot, parts.scale.clone());
         if let Some(&mask) = ops.get(3) {
             let full = [idx[0].clone(), idx[1].clone(), idx[2].clone(), j.clone()];
             let mi = index::broadcast(&full, cx.shape(mask).dims());
             s = ex::add(s, cx.at_float(mask, &mi)?);
         }
-        if causal {
-            let limit = ex::add(idx[2].clone(), ex::sub(skv.clone(), sq.clone()));
+        if let Some(off) = &parts.causal {
+            let limit = ex::add(idx[2].clone(), off.clone());
             s = ex::select(ex::gt(j, limit), float(f64::NEG_INFINITY), s);
         }
         Ok(s)
     };
+    let skv = parts.keys.clone();
     let jm = cx.fresh();
     let sm = score(cx, ex::var(jm))?;
     let m = ex::reduce(Reduction::Max, jm, skv.clone(), sm);
@@ -491,6 +475,100 @@ pub fn attention(
     let all_masked = Expr::bin(Binary::Eq, m, float(f64::NEG_INFINITY));
     let y = ex::select(all_masked, float(0.0), out);
     Ok(from_float(cx, y, cx.dtype(v)))
+}
+
+/// What every form of attention shares: the sizes, the scale, the
+/// grouped-query factor and the causal offset.
+struct AttentionParts {
+    /// Query heads per key/value head.
+    kv_group: Expr,
+    depth: Expr,
+    keys: Expr,
+    scale: Expr,
+    /// `keys - queries` when causal: key `j` is seen by query `i` when
+    /// `j <= i + offset`.
+    causal: Option<Expr>,
+}
+
+fn attention_parts(
+    cx: &mut Cx,
+    v: Value,
+    ops: &[Value],
+    causal: bool,
+    scale: Option<f64>,
+) -> R<AttentionParts> {
+    let (q, k, val) = (ops[0], ops[1], ops[2]);
+    if [q, k, val].iter().any(|&t| cx.shape(t).rank() != 4) || cx.shape(v).rank() != 4 {
+        return Err(LowerError::unsupported(
+            cx,
+            v,
+            "attention needs 4-D q, k, v",
+        ));
+    }
+    let qs = cx.dims_of(q);
+    let ks = cx.dims_of(k);
+    let kv_group = ex::div(qs[1].clone(), ks[1].clone());
+    let (depth, keys, queries) = (qs[3].clone(), ks[2].clone(), qs[2].clone());
+    let scale = match (scale, cx.shape(q).dims()[3].as_static()) {
+        (Some(s), _) => float(s),
+        (None, Some(d)) => float(1.0 / (d as f64).sqrt()),
+        (None, None) => ex::div(
+            float(1.0),
+            ex::un(Unary::Sqrt, ex::cast(cx.float, depth.clone())),
+        ),
+    };
+    let causal = causal.then(|| ex::sub(keys.clone(), queries));
+    Ok(AttentionParts {
+        kv_group,
+        depth,
+        keys,
+        scale,
+        causal,
+    })
+}
+
+/// Attention as the kernel dialect's template ([`Attention`]), for a kernel
+/// whose tree is an epilogue over one attention node `a` read at the
+/// output's own index `idx` (the output variables): the operands' element
+/// expressions at the template's variables, the epilogue given.
+pub fn attention_template(cx: &mut Cx, a: Value, idx: &[Expr], epilogue: Expr) -> R<Attention> {
+    let ops = cx.operands(a.node);
+    let Op::Attention { causal, scale } = cx.g.node(a.node).op else {
+        return Err(LowerError::unsupported(cx, a, "not an attention node"));
+    };
+    let parts = attention_parts(cx, a, &ops, causal, scale)?;
+    let (j, d) = (cx.fresh(), cx.fresh());
+    let kh = ex::div(idx[1].clone(), parts.kv_group.clone());
+    let q = cx.at_float(
+        ops[0],
+        &[idx[0].clone(), idx[1].clone(), idx[2].clone(), ex::var(d)],
+    )?;
+    let k = cx.at_float(
+        ops[1],
+        &[idx[0].clone(), kh.clone(), ex::var(j), ex::var(d)],
+    )?;
+    let v = cx.at_float(ops[2], &[idx[0].clone(), kh, ex::var(j), idx[3].clone()])?;
+    let bias = match ops.get(3) {
+        Some(&mask) => {
+            let full = [idx[0].clone(), idx[1].clone(), idx[2].clone(), ex::var(j)];
+            let mi = index::broadcast(&full, cx.shape(mask).dims());
+            Some(cx.at_float(mask, &mi)?)
+        }
+        None => None,
+    };
+    Ok(Attention {
+        j,
+        keys: parts.keys,
+        d,
+        depth: parts.depth,
+        q,
+        k,
+        v,
+        scale: parts.scale,
+        bias,
+        causal: parts.causal,
+        epilogue,
+    })
 }
 
 /// Rotary embedding on the last axis: element `d` pairs with `d + D/2` (or

@@ -123,6 +123,8 @@ pub fn compile_kernel(k: &Kernel, isa: &dyn TargetIsa) -> Result<ClifKernel, Cod
                 b,
                 epilogue,
             } => contract::emit_contract(&mut em, *kv, extent, a, b, epilogue)?,
+            // No fused CPU attention kernel yet: the element expression.
+            Body::Attention(t) => loops::emit_map(&mut em, &t.as_map(k.output.shape.rank()))?,
         }
         imports = em.finish(isa);
     }
@@ -135,7 +137,7 @@ pub fn compile_kernel(k: &Kernel, isa: &dyn TargetIsa) -> Result<ClifKernel, Cod
         name: k.name.clone(),
         func,
         imports,
-        optimize: matches!(k.body, Body::Map { .. }),
+        optimize: matches!(k.body, Body::Map { .. } | Body::Attention(_)),
     })
 }
 

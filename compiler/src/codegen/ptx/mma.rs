@@ -176,7 +176,7 @@ impl Tiling {
 /// How an operand's tile is laid out, from which axis is contiguous in
 /// memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Storage {
+pub(super) enum Storage {
     /// `k` contiguous: rows of the outer axis (`m` for `a`, `n` for `b`).
     OuterK,
     /// The outer axis contiguous: rows of `k`.
@@ -377,7 +377,6 @@ pub(super) fn emit(
 ) -> Result<(), PtxError> {
     let t = plan.tiling;
     let r = em.k.output.shape.rank();
-    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
     let kext = em.emit(extent)?;
     if kext.t != Ty::I64 {
         return Err(em.type_err(extent, "the extent is not an integer"));
@@ -547,6 +546,59 @@ pub(super) fn emit(
     em.ins("cp.async.wait_group 0");
     em.ins("bar.sync 0");
 
+    store_tile(
+        em,
+        &TileStore {
+            acc: &acc,
+            warp_m: t.warp_m,
+            warp_n: t.warp_n,
+            lane: &lane,
+            wm_base: &wm_base,
+            wn_base: &wn_base,
+            m0: &m0,
+            n0: &n0,
+            bflat: &bflat,
+            m_dim: &m_dim,
+            n_dim: &n_dim,
+        },
+        epilogue,
+    )?;
+    em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&done);
+    em.ins("ret");
+    Ok(())
+}
+
+/// A warp's accumulators and where they lie in the output, for
+/// [`store_tile`]: accumulator `((mi * warp_n / 8 + ni) * 4 + half * 2 + e)`
+/// holds row `m0 + wm_base + mi * 16 + lane / 4 + 8 * half` and column
+/// `n0 + wn_base + ni * 8 + 2 * (lane % 4) + e` of output matrix `bflat`
+/// (the flattened batch index); the `mma` accumulator layout.
+pub(super) struct TileStore<'s> {
+    pub acc: &'s [String],
+    pub warp_m: u32,
+    pub warp_n: u32,
+    /// The lane (u32), the warp's first row and column in the tile (u32).
+    pub lane: &'s str,
+    pub wm_base: &'s str,
+    pub wn_base: &'s str,
+    /// The tile's first row and column, the batch index, the output's
+    /// rows and columns (s64).
+    pub m0: &'s str,
+    pub n0: &'s str,
+    pub bflat: &'s str,
+    pub m_dim: &'s str,
+    pub n_dim: &'s str,
+}
+
+/// Runs the epilogue on a warp's accumulators and stores the results.
+pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<(), PtxError> {
+    let r = em.k.output.shape.rank();
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let (lane, wm_base, wn_base) = (s.lane, s.wm_base, s.wn_base);
+    let (m0, n0, bflat, m_dim, n_dim) = (s.m0, s.n0, s.bflat, s.m_dim, s.n_dim);
+    let acc = s.acc;
     // The epilogue: accumulator (mi, ni, e) holds row
     // `wm * warp_m + mi * 16 + lane / 4 + 8 * (e / 2)` and column
     // `wn * warp_n + ni * 8 + 2 * (lane % 4) + e % 2` of the tile. Column by
@@ -572,10 +624,10 @@ pub(super) fn emit(
     em.ins(format!("sub.s64 {m_last}, {m_dim}, 1"));
     em.ins(format!("sub.s64 {n_last}, {n_dim}, 1"));
     let out = em.k.output.dtype;
-    let nb = t.warp_n / 8;
+    let nb = s.warp_n / 8;
     // The thread's rows: (mi, half). Each element recomputes its row (a
     // few instructions) rather than keeping every row's registers live.
-    let rows: Vec<(u32, u32)> = (0..t.warp_m / 16)
+    let rows: Vec<(u32, u32)> = (0..s.warp_m / 16)
         .flat_map(|mi| (0..2u32).map(move |half| (mi, half)))
         .collect();
     let bytes = out.bits() / 8;
@@ -626,17 +678,13 @@ pub(super) fn emit(
             em.a.place(&skip);
         }
     }
-    em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
-    em.ins(format!("bra.uni {top}"));
-    em.a.place(&done);
-    em.ins("ret");
     Ok(())
 }
 
 /// A lane's `ldmatrix` row address within a slice (before the stage's and
 /// the fragment's offsets): row `row` of the matrix at outer half `oh` and
 /// `k` half `kh`, the warp's sub-tile starting at outer index `base`.
-fn lane_offset(
+pub(super) fn lane_offset(
     em: &mut Em,
     s: Storage,
     pitch: u32,

@@ -26,6 +26,7 @@
 //! by range reduction and series (`math64.rs`).
 
 mod asm;
+mod attention;
 mod dtype_io;
 mod elements;
 mod expr;
@@ -102,6 +103,10 @@ fn classify(k: &Kernel) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
     match &k.body {
         Body::Contract { .. } if mma::plan(k, PtxArch::Sm80).is_some() => ("mma", Vec::new()),
         Body::Contract { .. } => ("contract", Vec::new()),
+        Body::Attention(_) if attention::plan(k, PtxArch::Sm80).is_some() => {
+            ("attention", Vec::new())
+        }
+        Body::Attention(_) => classify(&k.attention_as_map()),
         Body::Map { expr } => {
             if k.output.dtype.bits() < 8 {
                 return ("map", Vec::new());
@@ -129,6 +134,9 @@ fn has_reduce(e: &kiln_dialect::kernel::Expr) -> bool {
 /// The deterministic entry name of `k`: `{kind}_{dtype}_{hash}`, the hash
 /// an FNV-1a of the kernel's printed form.
 pub fn entry_name(k: &Kernel) -> String {
+    if matches!(k.body, Body::Attention(_)) && attention::plan(k, PtxArch::Sm80).is_none() {
+        return entry_name(&k.attention_as_map());
+    }
     let (kind, _) = classify(k);
     format!(
         "{kind}_{}_{:016x}",
@@ -139,6 +147,9 @@ pub fn entry_name(k: &Kernel) -> String {
 
 /// Compiles one kernel to a PTX module.
 pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> {
+    if matches!(k.body, Body::Attention(_)) && attention::plan(k, arch).is_none() {
+        return compile_kernel(&k.attention_as_map(), arch);
+    }
     let (kind, reds) = classify(k);
     let entry = format!(
         "{kind}_{}_{:016x}",
@@ -184,7 +195,8 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut shared_bytes = 0;
-    let mut tiling = None;
+    // `.maxntid` and `.minnctapersm` for the kernels that state them.
+    let mut blocks_per_sm = None;
     let (block, grid, shared) = match &k.body {
         Body::Map { expr } if kind == "row" => {
             rows::emit_rows(&mut em, expr, &reds, &units)?;
@@ -208,12 +220,20 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
                 mma::plan(k, arch).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
-            tiling = Some(plan.tiling);
+            blocks_per_sm = Some(plan.tiling.blocks_per_sm);
             let grid = Grid::Tiles {
                 tile_m: plan.tiling.tile_m,
                 tile_n: plan.tiling.tile_n,
             };
             (plan.tiling.threads(), grid, false)
+        }
+        Body::Attention(t) => {
+            let plan =
+                attention::plan(k, arch).ok_or_else(|| em.kerr("the attention plan vanished"))?;
+            attention::emit(&mut em, &plan, t, &units)?;
+            shared_bytes = plan.shared_bytes();
+            blocks_per_sm = Some(1);
+            (plan.threads(), plan.grid(), false)
         }
         Body::Contract {
             k: kv,
@@ -246,12 +266,8 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
     params.extend((0..k.dims.len()).map(|i| format!("\t.param .s64 p_dim{i}")));
     params.push("\t.param .s64 p_units".into());
     let _ = writeln!(ptx, "{}\n)", params.join(",\n"));
-    if let Some(t) = tiling {
-        let _ = writeln!(
-            ptx,
-            ".maxntid {block}, 1, 1\n.minnctapersm {}",
-            t.blocks_per_sm
-        );
+    if let Some(b) = blocks_per_sm {
+        let _ = writeln!(ptx, ".maxntid {block}, 1, 1\n.minnctapersm {b}");
     }
     // No `.maxntid`: with it ptxas caps registers at 64 and spills
     // (row kernels assume exactly `block` threads, as the executor launches).

@@ -1,0 +1,704 @@
+//! Fused attention on tensor cores ([`Body::Attention`] kernels):
+//! `mma.sync.m16n8k16` with f32 accumulation and an online softmax, so the
+//! scores never leave the multiprocessor.
+//!
+//! A block of four warps computes 64 queries of one batch entry (a head):
+//! each warp 16 queries, all of the value's features (up to 128). The block
+//! copies its query rows to shared memory once, then walks the keys in
+//! steps of 64:
+//!
+//! * each step's rows of `k` and `v` are copied with 16-byte `cp.async`
+//!   into one of two stages, the next step's copies in flight while a step
+//!   computes; rows past the keys are zero-filled;
+//! * `s = q k^T` per warp (16x64, f32 in registers), query fragments held in
+//!   registers for the whole walk, key fragments read with `ldmatrix`;
+//! * the scores are scaled (by `scale * log2(e)`, so that `ex2` computes the
+//!   exponentials), masked where the step reaches past the keys or the
+//!   causal diagonal (a branch the whole block takes or skips), and folded
+//!   into the running row maximum and sum: the output rows so far are
+//!   rescaled by `2^(old max - new max)`;
+//! * the probabilities, rounded to the operands' type, are the `a`
+//!   fragments of `o += p v` as they lie in the registers (the accumulator
+//!   layout of `m16n8` is the operand layout of `m16n8k16`); value
+//!   fragments are read with `ldmatrix.trans`.
+//!
+//! Causal blocks stop at the last step that reaches their diagonal; the
+//! blocks with the most steps run first. After
+//! the walk, the rows are divided by their sums (a row with every key
+//! masked gives 0) and go through the epilogue like a contraction's
+//! accumulators ([`store_tile`]).
+//!
+//! The path applies when the kernel computes in f32, `q`, `k` and `v` are
+//! unguarded loads of bf16 (or all f16) tensors indexed `[batch.., m, d]`,
+//! `[batch.., j, d]` and `[batch.., j, n]` whose batch indices read only
+//! batch variables and whose rows are static multiples of 8 elements, the
+//! head dim and the value width are 16, 32, 64 or 128, there is no bias
+//! term, and the scale, the key count and the causal offset depend on dims
+//! only. Other attention kernels run as map kernels
+//! ([`Attention::as_map`]).
+
+use kiln_dialect::DType;
+use kiln_dialect::kernel::{Attention, Body, Expr, Kernel, Ty, Var};
+
+use super::asm::Class;
+use super::elements::unravel;
+use super::expr::{Em, free_vars};
+use super::mma::{Storage, TileStore, lane_offset, store_tile};
+use super::{Grid, PtxArch, PtxError};
+
+/// Queries per block (16 per warp).
+const BLOCK_M: u32 = 64;
+/// Keys per step.
+const BLOCK_N: u32 = 64;
+const THREADS: u32 = 128;
+const STAGES: u32 = 2;
+/// log2(e): `exp(x) = 2^(x log2 e)`.
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+
+/// A plain operand: which input, and its batch indices.
+#[derive(Clone, Debug)]
+struct Operand {
+    input: usize,
+    lead: Vec<Expr>,
+}
+
+/// A fused attention kernel's plan.
+#[derive(Clone, Debug)]
+pub(super) struct Plan {
+    elem: DType,
+    /// The head dim (`q . k`) and the value width (output columns).
+    depth: u32,
+    width: u32,
+    q: Operand,
+    k: Operand,
+    v: Operand,
+}
+
+impl Plan {
+    /// A shared row of `cols` elements, padded by 16 bytes so that the
+    /// eight rows an `ldmatrix` reads fall in distinct bank groups.
+    fn pitch(cols: u32) -> u32 {
+        cols * 2 + 16
+    }
+
+    fn q_bytes(&self) -> u32 {
+        BLOCK_M * Self::pitch(self.depth)
+    }
+
+    fn k_bytes(&self) -> u32 {
+        BLOCK_N * Self::pitch(self.depth)
+    }
+
+    fn stage_bytes(&self) -> u32 {
+        self.k_bytes() + BLOCK_N * Self::pitch(self.width)
+    }
+
+    pub fn shared_bytes(&self) -> u32 {
+        self.q_bytes() + STAGES * self.stage_bytes()
+    }
+
+    pub fn threads(&self) -> u32 {
+        THREADS
+    }
+
+    /// One block per 64 queries of each batch entry (the value's columns
+    /// in one tile).
+    pub fn grid(&self) -> Grid {
+        Grid::Tiles {
+            tile_m: BLOCK_M,
+            tile_n: self.width,
+        }
+    }
+}
+
+/// The fused plan of `k`, when the path applies (see the module's
+/// documentation).
+pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
+    if k.float != Ty::F32 {
+        return None;
+    }
+    let Body::Attention(t) = &k.body else {
+        return None;
+    };
+    let r = k.output.shape.rank();
+    if r < 3 || k.output.dtype.bits() < 8 || t.bias.is_some() {
+        return None;
+    }
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let fits = |x: i64| matches!(x, 16 | 32 | 64 | 128);
+    let depth = match t.depth {
+        Expr::Int(d) if fits(d) => d as u32,
+        _ => return None,
+    };
+    let width = k.output.shape.0[r - 1].as_static()? as i64;
+    if !fits(width) {
+        return None;
+    }
+    let dims_only = |e: &Expr| free_vars(e).is_empty();
+    if !dims_only(&t.scale) || !dims_only(&t.keys) || !t.causal.as_ref().is_none_or(dims_only) {
+        return None;
+    }
+    let q = operand(k, &t.q, mv, t.d, r)?;
+    let kk = operand(k, &t.k, t.j, t.d, r)?;
+    let v = operand(k, &t.v, t.j, nv, r)?;
+    let elem = k.inputs[q.input].dtype;
+    if k.inputs[kk.input].dtype != elem || k.inputs[v.input].dtype != elem {
+        return None;
+    }
+    Some(Plan {
+        elem,
+        depth,
+        width: width as u32,
+        q,
+        k: kk,
+        v,
+    })
+}
+
+/// `e` as a plain operand: an unguarded load of a bf16/f16 tensor at
+/// `[batch.., row, col]`, rows a static multiple of 8 elements.
+fn operand(k: &Kernel, e: &Expr, row: Var, col: Var, r: usize) -> Option<Operand> {
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = e
+    else {
+        return None;
+    };
+    let buf = k.inputs.get(*input)?;
+    if !matches!(buf.dtype, DType::BF16 | DType::F16) {
+        return None;
+    }
+    let n = index.len();
+    if n < 2 || buf.shape.rank() != n {
+        return None;
+    }
+    if index[n - 2] != Expr::Var(row) || index[n - 1] != Expr::Var(col) {
+        return None;
+    }
+    let batch = |v: &Var| (v.0 as usize) < r - 2;
+    if !index[..n - 2]
+        .iter()
+        .all(|i| free_vars(i).iter().all(batch))
+    {
+        return None;
+    }
+    if buf.shape.0[n - 1].as_static()? % 8 != 0 {
+        return None;
+    }
+    Some(Operand {
+        input: *input,
+        lead: index[..n - 2].to_vec(),
+    })
+}
+
+/// One thread's 16-byte copies of a 64-row tile of an operand.
+struct Copies {
+    /// Per copy: its byte offset in the tile, its global address and row
+    /// (at the next tile to copy).
+    shared: Vec<String>,
+    global: Vec<String>,
+    row: Vec<String>,
+    /// Rows at or past this are zero-filled.
+    limit: String,
+    /// The operand's start (where a zero-filled copy points).
+    base: String,
+    /// Bytes the global address advances per tile (64 rows).
+    step: String,
+}
+
+/// Sets up a thread's copies of 64-row tiles of `op` (`cols` elements a
+/// row, the first tile at row `row0`), rows below `limit` read.
+fn copies(
+    em: &mut Em,
+    op: &Operand,
+    cols: u32,
+    tid: &str,
+    row0: &str,
+    limit: &str,
+) -> Result<Copies, PtxError> {
+    let i = op.input;
+    let rank = em.in_shape[i].len();
+    let mut lead = "0".to_string();
+    for (a, ix) in op.lead.iter().enumerate() {
+        let v = em.emit(ix)?;
+        let stride = em.in_strides[i][a].clone();
+        let term = em.mul_op(&v.r, &stride);
+        let s = em.reg(Class::D);
+        em.ins(format!("add.s64 {s}, {term}, {lead}"));
+        lead = s;
+    }
+    let row_stride = em.in_strides[i][rank - 2].clone();
+    let rows_in = em.in_shape[i][rank - 2].clone();
+    let lim = em.reg(Class::D);
+    em.ins(format!("min.s64 {lim}, {limit}, {rows_in}"));
+    let per_row = cols / 8;
+    let rows_per_pass = THREADS / per_row;
+    let passes = BLOCK_N / rows_per_pass;
+    let pitch = Plan::pitch(cols);
+    let base = em.in_ptr[i].clone();
+    let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
+    em.ins(format!("and.b32 {c0}, {tid}, {}", per_row - 1));
+    em.ins(format!("shl.b32 {c0}, {c0}, 3"));
+    let c64 = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {c64}, {c0}"));
+    let mut c = Copies {
+        shared: Vec::new(),
+        global: Vec::new(),
+        row: Vec::new(),
+        limit: lim,
+        base: base.clone(),
+        step: String::new(),
+    };
+    for p in 0..passes {
+        let (rw, sh) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("add.u32 {rw}, {r0}, {}", p * rows_per_pass));
+        em.ins(format!("mul.lo.u32 {sh}, {rw}, {pitch}"));
+        em.ins(format!("mad.lo.u32 {sh}, {c0}, 2, {sh}"));
+        let row = em.reg(Class::D);
+        em.ins(format!("cvt.u64.u32 {row}, {rw}"));
+        em.ins(format!("add.s64 {row}, {row}, {row0}"));
+        let el = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {el}, {row}, {row_stride}, {c64}"));
+        em.ins(format!("add.s64 {el}, {el}, {lead}"));
+        let g = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {g}, {el}, 2, {base}"));
+        c.shared.push(sh);
+        c.global.push(g);
+        c.row.push(row);
+    }
+    let step = em.mul_op(&row_stride, &(BLOCK_N * 2).to_string());
+    c.step = em.in_reg(&step);
+    Ok(c)
+}
+
+/// Issues one tile's copies into the tile at shared address `dst0`; then
+/// advances them to the next tile.
+fn issue(em: &mut Em, c: &Copies, dst0: &str) {
+    for j in 0..c.shared.len() {
+        let p = em.reg(Class::P);
+        em.ins(format!("setp.lt.s64 {p}, {}, {}", c.row[j], c.limit));
+        let (size, dst, src) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
+        em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
+        em.ins(format!("selp.b64 {src}, {}, {}, {p}", c.global[j], c.base));
+        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
+        em.ins(format!(
+            "cp.async.cg.shared.global [{dst}], [{src}], 16, {size}"
+        ));
+        em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
+        em.ins(format!("add.s64 {0}, {0}, {BLOCK_N}", c.row[j]));
+    }
+}
+
+/// Emits the block loop of a fused attention kernel.
+pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<(), PtxError> {
+    let r = em.k.output.shape.rank();
+    let ty = match p.elem {
+        DType::BF16 => "bf16",
+        _ => "f16",
+    };
+    let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32");
+    let m_dim = em.out_shape[r - 2].clone();
+    let n_dim = em.out_shape[r - 1].clone();
+    let m_dim = em.in_reg(&m_dim);
+    let n_dim = em.in_reg(&n_dim);
+    let keys = em.emit(&t.keys)?;
+    if keys.t != Ty::I64 {
+        return Err(em.type_err(&t.keys, "the key count is not an integer"));
+    }
+    let keys = em.in_reg(&keys.r);
+    let scale = em.emit(&t.scale)?;
+    if scale.t != Ty::F32 {
+        return Err(em.type_err(&t.scale, "the scale is not an f32"));
+    }
+    let scale2 = em.reg(Class::F);
+    let log2e = em.fconst(LOG2E);
+    em.ins(format!("mul.f32 {scale2}, {}, {}", scale.r, log2e.r));
+    let offset = match &t.causal {
+        Some(c) => {
+            let o = em.emit(c)?;
+            if o.t != Ty::I64 {
+                return Err(em.type_err(c, "the causal offset is not an integer"));
+            }
+            Some(em.in_reg(&o.r))
+        }
+        None => None,
+    };
+    let tiles_m = em.reg(Class::D);
+    em.ins(format!("add.s64 {tiles_m}, {m_dim}, {}", BLOCK_M - 1));
+    em.ins(format!("shr.s64 {tiles_m}, {tiles_m}, 6"));
+    let kblocks = em.reg(Class::D);
+    em.ins(format!("add.s64 {kblocks}, {keys}, {}", BLOCK_N - 1));
+    em.ins(format!("shr.s64 {kblocks}, {kblocks}, 6"));
+    em.ins(format!("max.s64 {kblocks}, {kblocks}, 0"));
+
+    // Thread coordinates and the lanes' `ldmatrix` row addresses: lane `l`
+    // gives row `l % 8` of matrix `l / 8` (see `mma::lane_offset`).
+    let (tid, lane, warp) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("mov.u32 {tid}, %tid.x"));
+    em.ins(format!("and.b32 {lane}, {tid}, 31"));
+    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
+    let smem = em.reg(Class::R);
+    em.ins(format!("mov.u32 {smem}, kiln_smem"));
+    let (wm_base, zero) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shl.b32 {wm_base}, {warp}, 4"));
+    em.ins(format!("mov.u32 {zero}, 0"));
+    let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {mat}, {lane}, 3"));
+    em.ins(format!("and.b32 {row}, {lane}, 7"));
+    let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("and.b32 {lo}, {mat}, 1"));
+    em.ins(format!("shr.u32 {hi}, {mat}, 1"));
+    let (pd, pw) = (Plan::pitch(p.depth), Plan::pitch(p.width));
+    let q_lane = lane_offset(em, Storage::OuterK, pd, &wm_base, &lo, &hi, &row);
+    em.ins(format!("add.u32 {q_lane}, {q_lane}, {smem}"));
+    let k_lane = lane_offset(em, Storage::OuterK, pd, &zero, &hi, &lo, &row);
+    em.ins(format!("add.u32 {k_lane}, {k_lane}, {smem}"));
+    em.ins(format!("add.u32 {k_lane}, {k_lane}, {}", p.q_bytes()));
+    let v_lane = lane_offset(em, Storage::KOuter, pw, &zero, &hi, &lo, &row);
+    em.ins(format!("add.u32 {v_lane}, {v_lane}, {smem}"));
+    em.ins(format!(
+        "add.u32 {v_lane}, {v_lane}, {}",
+        p.q_bytes() + p.k_bytes()
+    ));
+    // This thread's accumulator rows and columns within a warp's tiles.
+    let (g, t4) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {g}, {lane}, 2"));
+    em.ins(format!("and.b32 {t4}, {lane}, 3"));
+    let (grow, tcol) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("add.u32 {g}, {g}, {wm_base}"));
+    em.ins(format!("cvt.u64.u32 {grow}, {g}"));
+    em.ins(format!("shl.b32 {t4}, {t4}, 1"));
+    em.ins(format!("cvt.u64.u32 {tcol}, {t4}"));
+
+    let s_tiles = (BLOCK_N / 8) as usize;
+    let o_tiles = (p.width / 8) as usize;
+    let o: Vec<String> = (0..o_tiles * 4).map(|_| em.reg(Class::F)).collect();
+    let qf: Vec<Vec<String>> = (0..p.depth / 16)
+        .map(|_| (0..4).map(|_| em.reg(Class::R)).collect())
+        .collect();
+    let mrow: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
+    let lsum: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
+
+    // The block loop.
+    let tile = em.reg(Class::D);
+    let cta = em.reg(Class::R);
+    em.ins(format!("mov.u32 {cta}, %ctaid.x"));
+    em.ins(format!("cvt.u64.u32 {tile}, {cta}"));
+    let (ncta, grid) = (em.reg(Class::R), em.reg(Class::D));
+    em.ins(format!("mov.u32 {ncta}, %nctaid.x"));
+    em.ins(format!("cvt.u64.u32 {grid}, {ncta}"));
+    let (top, done) = (em.a.label("tile"), em.a.label("exit"));
+    let pexit = em.reg(Class::P);
+    em.a.place(&top);
+    em.ins(format!("setp.ge.s64 {pexit}, {tile}, {units}"));
+    em.ins(format!("@{pexit} bra {done}"));
+    let (tm, bflat) = (em.reg(Class::D), em.reg(Class::D));
+    if offset.is_some() {
+        // Causal blocks take more steps the further down they start: the
+        // query tile is the slow index, longest first (every batch entry's
+        // last tile, then the ones before), so the last wave is the
+        // shortest.
+        let nbatch = em.reg(Class::D);
+        em.ins(format!("div.u64 {nbatch}, {units}, {tiles_m}"));
+        em.ins(format!("rem.u64 {bflat}, {tile}, {nbatch}"));
+        em.ins(format!("div.u64 {tm}, {tile}, {nbatch}"));
+        em.ins(format!("sub.s64 {tm}, {tiles_m}, {tm}"));
+        em.ins(format!("sub.s64 {tm}, {tm}, 1"));
+    } else {
+        em.ins(format!("rem.u64 {tm}, {tile}, {tiles_m}"));
+        em.ins(format!("div.u64 {bflat}, {tile}, {tiles_m}"));
+    }
+    unravel(em, &bflat, r - 2);
+    let m0 = em.reg(Class::D);
+    em.ins(format!("shl.b64 {m0}, {tm}, 6"));
+    // The key steps this block takes: all of them, or (causal) up to the
+    // one holding its last query's diagonal.
+    let steps = em.reg(Class::D);
+    em.ins(format!("mov.b64 {steps}, {kblocks}"));
+    if let Some(off) = &offset {
+        let (lim, pneg) = (em.reg(Class::D), em.reg(Class::P));
+        em.ins(format!("add.s64 {lim}, {m0}, {}", BLOCK_M - 1));
+        em.ins(format!("add.s64 {lim}, {lim}, {off}"));
+        em.ins(format!("setp.lt.s64 {pneg}, {lim}, 0"));
+        em.ins(format!("shr.s64 {lim}, {lim}, 6"));
+        em.ins(format!("add.s64 {lim}, {lim}, 1"));
+        em.ins(format!("@{pneg} mov.b64 {lim}, 0"));
+        em.ins(format!("min.s64 {steps}, {steps}, {lim}"));
+    }
+    let zero64 = em.reg(Class::D);
+    em.ins(format!("mov.b64 {zero64}, 0"));
+    let cq = copies(em, &p.q, p.depth, &tid, &m0, &m_dim)?;
+    let ck = copies(em, &p.k, p.depth, &tid, &zero64, &keys)?;
+    let cv = copies(em, &p.v, p.width, &tid, &zero64, &keys)?;
+    for a in &o {
+        em.ins(format!("mov.f32 {a}, 0f00000000"));
+    }
+    for h in 0..2 {
+        em.ins(format!("mov.f32 {}, 0fFF800000", mrow[h]));
+        em.ins(format!("mov.f32 {}, 0f00000000", lsum[h]));
+    }
+    // The queries and the first step's keys and values.
+    issue(em, &cq, &smem);
+    let (ld_stage, c_stage) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("add.u32 {c_stage}, {smem}, {}", p.q_bytes()));
+    let vdst = em.reg(Class::R);
+    em.ins(format!("add.u32 {vdst}, {c_stage}, {}", p.k_bytes()));
+    issue(em, &ck, &c_stage);
+    issue(em, &cv, &vdst);
+    em.ins("cp.async.commit_group");
+    em.ins(format!(
+        "add.u32 {ld_stage}, {c_stage}, {}",
+        p.stage_bytes()
+    ));
+
+    let jb = em.reg(Class::D);
+    em.ins(format!("mov.b64 {jb}, 0"));
+    let (ktop, kend) = (em.a.label("keys"), em.a.label("keys_end"));
+    let pk = em.reg(Class::P);
+    em.a.place(&ktop);
+    em.ins(format!("setp.ge.s64 {pk}, {jb}, {steps}"));
+    em.ins(format!("@{pk} bra {kend}"));
+    // This step's copies have landed, and every warp is done with the
+    // stage the next step's copies go to.
+    em.ins("cp.async.wait_group 0");
+    em.ins("bar.sync 0");
+    {
+        let (nx, pl, skip) = (em.reg(Class::D), em.reg(Class::P), em.a.label("last"));
+        em.ins(format!("add.s64 {nx}, {jb}, 1"));
+        em.ins(format!("setp.ge.s64 {pl}, {nx}, {steps}"));
+        em.ins(format!("@{pl} bra.uni {skip}"));
+        let vdst = em.reg(Class::R);
+        em.ins(format!("add.u32 {vdst}, {ld_stage}, {}", p.k_bytes()));
+        issue(em, &ck, &ld_stage);
+        issue(em, &cv, &vdst);
+        em.a.place(&skip);
+        em.ins("cp.async.commit_group");
+    }
+    // The query fragments, once per block.
+    {
+        let (pf, skip) = (em.reg(Class::P), em.a.label("qf"));
+        em.ins(format!("setp.ne.s64 {pf}, {jb}, 0"));
+        em.ins(format!("@{pf} bra.uni {skip}"));
+        for (kk, f) in qf.iter().enumerate() {
+            em.ins(format!(
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}}}, [{q_lane}+{}]",
+                f.join(", "),
+                kk * 32
+            ));
+        }
+        em.a.place(&skip);
+    }
+    // s = q k^T.
+    let kbase = em.reg(Class::R);
+    em.ins(format!("sub.u32 {kbase}, {c_stage}, {smem}"));
+    em.ins(format!("sub.u32 {kbase}, {kbase}, {}", p.q_bytes()));
+    em.ins(format!("add.u32 {kbase}, {kbase}, {k_lane}"));
+    let s: Vec<String> = (0..s_tiles * 4).map(|_| em.reg(Class::F)).collect();
+    for x in &s {
+        em.ins(format!("mov.f32 {x}, 0f00000000"));
+    }
+    for (kk, f) in qf.iter().enumerate() {
+        for nj in 0..s_tiles / 2 {
+            let b: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            em.ins(format!(
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}}}, [{kbase}+{}]",
+                b.join(", "),
+                nj as u32 * 16 * pd + kk as u32 * 32
+            ));
+            for h in 0..2 {
+                let ni = nj * 2 + h;
+                let c = s[ni * 4..ni * 4 + 4].join(", ");
+                em.ins(format!(
+                    "{mma} {{{c}}}, {{{}}}, {{{}, {}}}, {{{c}}}",
+                    f.join(", "),
+                    b[h * 2],
+                    b[h * 2 + 1]
+                ));
+            }
+        }
+    }
+    for x in &s {
+        em.ins(format!("mul.f32 {x}, {x}, {scale2}"));
+    }
+    // Masking, on the steps that reach past the keys or the diagonal.
+    {
+        let (end, pm) = (em.reg(Class::D), em.reg(Class::P));
+        let skip = em.a.label("nomask");
+        let j0 = em.reg(Class::D);
+        em.ins(format!("shl.b64 {j0}, {jb}, 6"));
+        em.ins(format!("add.s64 {end}, {j0}, {BLOCK_N}"));
+        em.ins(format!("setp.le.s64 {pm}, {end}, {keys}"));
+        if let Some(off) = &offset {
+            // The block's first query sees every key of the step.
+            let (diag, pd2) = (em.reg(Class::D), em.reg(Class::P));
+            em.ins(format!("add.s64 {diag}, {m0}, {off}"));
+            em.ins(format!("sub.s64 {end}, {end}, 1"));
+            em.ins(format!("setp.le.s64 {pd2}, {end}, {diag}"));
+            em.ins(format!("and.pred {pm}, {pm}, {pd2}"));
+        }
+        em.ins(format!("@{pm} bra.uni {skip}"));
+        let jt = em.reg(Class::D);
+        em.ins(format!("add.s64 {jt}, {j0}, {tcol}"));
+        let lims: Vec<String> = match &offset {
+            Some(off) => (0..2)
+                .map(|h| {
+                    let l = em.reg(Class::D);
+                    em.ins(format!("add.s64 {l}, {m0}, {grow}"));
+                    em.ins(format!("add.s64 {l}, {l}, {}", h * 8));
+                    em.ins(format!("add.s64 {l}, {l}, {off}"));
+                    l
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for ni in 0..s_tiles {
+            for e in 0..4 {
+                let (j, pv) = (em.reg(Class::D), em.reg(Class::P));
+                em.ins(format!("add.s64 {j}, {jt}, {}", ni * 8 + e % 2));
+                em.ins(format!("setp.lt.s64 {pv}, {j}, {keys}"));
+                if !lims.is_empty() {
+                    let pc = em.reg(Class::P);
+                    em.ins(format!("setp.le.s64 {pc}, {j}, {}", lims[e / 2]));
+                    em.ins(format!("and.pred {pv}, {pv}, {pc}"));
+                }
+                let x = &s[ni * 4 + e];
+                em.ins(format!("selp.f32 {x}, {x}, 0fFF800000, {pv}"));
+            }
+        }
+        em.a.place(&skip);
+    }
+    // The online softmax, per row half (rows `g` and `g + 8`).
+    for h in 0..2 {
+        let mx = em.reg(Class::F);
+        em.ins(format!("mov.f32 {mx}, 0fFF800000"));
+        for ni in 0..s_tiles {
+            for e in [2 * h, 2 * h + 1] {
+                em.ins(format!("max.f32 {mx}, {mx}, {}", s[ni * 4 + e]));
+            }
+        }
+        for sh in [1, 2] {
+            let o2 = em.reg(Class::F);
+            em.ins(format!("shfl.sync.bfly.b32 {o2}, {mx}, {sh}, 31, -1"));
+            em.ins(format!("max.f32 {mx}, {mx}, {o2}"));
+        }
+        em.ins(format!("max.f32 {mx}, {mx}, {}", mrow[h]));
+        // A row with every score so far masked subtracts 0 (its
+        // exponentials are 0 either way).
+        let (base, pinf) = (em.reg(Class::F), em.reg(Class::P));
+        em.ins(format!("setp.eq.f32 {pinf}, {mx}, 0fFF800000"));
+        em.ins(format!("selp.f32 {base}, 0f00000000, {mx}, {pinf}"));
+        let alpha = em.reg(Class::F);
+        em.ins(format!("sub.f32 {alpha}, {}, {base}", mrow[h]));
+        em.ins(format!("ex2.approx.ftz.f32 {alpha}, {alpha}"));
+        em.ins(format!("mov.f32 {}, {mx}", mrow[h]));
+        let sum = em.reg(Class::F);
+        em.ins(format!("mov.f32 {sum}, 0f00000000"));
+        for ni in 0..s_tiles {
+            for e in [2 * h, 2 * h + 1] {
+                let x = &s[ni * 4 + e];
+                em.ins(format!("sub.f32 {x}, {x}, {base}"));
+                em.ins(format!("ex2.approx.ftz.f32 {x}, {x}"));
+                em.ins(format!("add.f32 {sum}, {sum}, {x}"));
+            }
+        }
+        em.ins(format!("fma.rn.f32 {0}, {0}, {alpha}, {sum}", lsum[h]));
+        for ni in 0..o_tiles {
+            for e in [2 * h, 2 * h + 1] {
+                let x = &o[ni * 4 + e];
+                em.ins(format!("mul.f32 {x}, {x}, {alpha}"));
+            }
+        }
+    }
+    // o += p v: the probabilities of 16 keys are one `a` fragment.
+    let vbase = em.reg(Class::R);
+    em.ins(format!("sub.u32 {vbase}, {c_stage}, {smem}"));
+    em.ins(format!("sub.u32 {vbase}, {vbase}, {}", p.q_bytes()));
+    em.ins(format!("add.u32 {vbase}, {vbase}, {v_lane}"));
+    for kc in 0..s_tiles / 2 {
+        let a: Vec<String> = (0..4)
+            .map(|i| {
+                let (ni, half) = (kc * 2 + i / 2, i % 2);
+                let w = em.reg(Class::R);
+                let (x0, x1) = (&s[ni * 4 + half * 2], &s[ni * 4 + half * 2 + 1]);
+                em.ins(format!("cvt.rn.{ty}x2.f32 {w}, {x1}, {x0}"));
+                w
+            })
+            .collect();
+        for nj in 0..o_tiles / 2 {
+            let b: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            em.ins(format!(
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{}}}, [{vbase}+{}]",
+                b.join(", "),
+                kc as u32 * 16 * pw + nj as u32 * 32
+            ));
+            for h in 0..2 {
+                let ni = nj * 2 + h;
+                let c = o[ni * 4..ni * 4 + 4].join(", ");
+                em.ins(format!(
+                    "{mma} {{{c}}}, {{{}}}, {{{}, {}}}, {{{c}}}",
+                    a.join(", "),
+                    b[h * 2],
+                    b[h * 2 + 1]
+                ));
+            }
+        }
+    }
+    // The next step computes the stage just filled.
+    let tmp = em.reg(Class::R);
+    em.ins(format!("mov.u32 {tmp}, {c_stage}"));
+    em.ins(format!("mov.u32 {c_stage}, {ld_stage}"));
+    em.ins(format!("mov.u32 {ld_stage}, {tmp}"));
+    em.ins(format!("add.s64 {jb}, {jb}, 1"));
+    em.ins(format!("bra.uni {ktop}"));
+    em.a.place(&kend);
+    // Every copy (the queries' when no step ran) has landed and every warp
+    // is done with shared memory before the next block's copies.
+    em.ins("cp.async.wait_group 0");
+    em.ins("bar.sync 0");
+
+    // Divide each row by its sum (the quad's four partial sums).
+    for (h, l) in lsum.iter().enumerate() {
+        for sh in [1, 2] {
+            let o2 = em.reg(Class::F);
+            em.ins(format!("shfl.sync.bfly.b32 {o2}, {l}, {sh}, 31, -1"));
+            em.ins(format!("add.f32 {l}, {l}, {o2}"));
+        }
+        let (inv, pz) = (em.reg(Class::F), em.reg(Class::P));
+        em.ins(format!("rcp.rn.f32 {inv}, {l}"));
+        em.ins(format!("setp.gt.f32 {pz}, {l}, 0f00000000"));
+        em.ins(format!("selp.f32 {inv}, {inv}, 0f00000000, {pz}"));
+        for ni in 0..o_tiles {
+            for e in [2 * h, 2 * h + 1] {
+                let x = &o[ni * 4 + e];
+                em.ins(format!("mul.f32 {x}, {x}, {inv}"));
+            }
+        }
+    }
+    let n0 = em.reg(Class::D);
+    em.ins(format!("mov.b64 {n0}, 0"));
+    store_tile(
+        em,
+        &TileStore {
+            acc: &o,
+            warp_m: 16,
+            warp_n: p.width,
+            lane: &lane,
+            wm_base: &wm_base,
+            wn_base: &zero,
+            m0: &m0,
+            n0: &n0,
+            bflat: &bflat,
+            m_dim: &m_dim,
+            n_dim: &n_dim,
+        },
+        &t.epilogue,
+    )?;
+    em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
+    em.ins(format!("bra.uni {top}"));
+    em.a.place(&done);
+    em.ins("ret");
+    Ok(())
+}
