@@ -1005,6 +1005,34 @@ fn mma_kernels() -> Vec<Kernel> {
             },
         });
     }
+    // Operands the threads evaluate themselves: `a` read through a reshape
+    // (`k` split into 17 x 8 around `m`), `b` through a transpose with a
+    // guard (`k` past 130 reads as padding), in bf16 and in f16.
+    for elem in [DType::BF16, DType::F16] {
+        let kdiv = bin(Binary::Div, kk.clone(), Expr::Int(8));
+        let krem = bin(Binary::Rem, kk.clone(), Expr::Int(8));
+        ks.push(Kernel {
+            name: format!("mma_{elem}_staged"),
+            inputs: vec![
+                buf("a", elem, vec![st(17), st(203), st(8)]),
+                buf("b", elem, vec![st(261), st(136)]),
+            ],
+            output: buf("c", DType::F32, vec![st(203), st(261)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(136),
+                a: ld(0, vec![kdiv, m.clone(), krem]),
+                b: Expr::Load {
+                    input: 1,
+                    index: vec![n.clone(), kk.clone()],
+                    guard: Some(Box::new(bin(Binary::Lt, kk.clone(), Expr::Int(130)))),
+                },
+                epilogue: Expr::Acc,
+            },
+        });
+    }
     // A symbolic `k` (rows of `b` contiguous in `n`, `a` stored [k, m]).
     ks.push(Kernel {
         name: "mma_f16_symbolic_k".into(),
@@ -1273,16 +1301,30 @@ fn tensor_core_contractions() {
             k.name
         );
         assert!(pk.ptx.contains("mma.sync.aligned.m16n8k16"), "{}", k.name);
-        assert!(pk.ptx.contains("cp.async.cg.shared.global"), "{}", k.name);
+        // Plain operands are copied with cp.async, the others evaluated and
+        // stored by the threads.
+        let staged = k.name.contains("staged");
+        assert_eq!(
+            pk.ptx.contains("cp.async.cg.shared.global"),
+            !staged,
+            "{}",
+            k.name
+        );
+        assert_eq!(pk.ptx.contains("st.shared.v4.b32"), staged, "{}", k.name);
         assert!(pk.shared_bytes > 48 * 1024, "{}", k.name);
     }
     // A contiguous `k` whose extent is not a multiple of 8 is not aligned
-    // for 16-byte copies: the generic path.
+    // for 16-byte copies: its operand is evaluated by the threads.
     let mut odd = ks[0].clone();
     if let Body::Contract { extent, .. } = &mut odd.body {
         *extent = Expr::Int(130);
     }
     let pk = compile_kernel(&odd, PtxArch::Sm90a).unwrap();
+    assert!(matches!(pk.grid, Grid::Tiles { .. }));
+    assert!(pk.ptx.contains("st.shared.v4.b32"));
+    // f32 operands: the generic path.
+    let f32_mm = contract_kernels().into_iter().next().unwrap();
+    let pk = compile_kernel(&f32_mm, PtxArch::Sm90a).unwrap();
     assert_eq!(pk.grid, Grid::Elements { per_thread: 1 });
     check_all("tensor cores", &ks);
 }

@@ -190,6 +190,10 @@ struct Operand {
     input: usize,
     lead: Vec<Expr>,
     storage: Storage,
+    /// A load the threads evaluate themselves (any index expression, a
+    /// guard) and store to shared memory, instead of copying a plain row:
+    /// the expression and the variables of its outer axis and of `k`.
+    staged: Option<(Expr, Var, Var)>,
 }
 
 /// A contraction the tensor-core path compiles.
@@ -308,6 +312,44 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
 }
 
 fn operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr, r: usize) -> Option<Operand> {
+    plain_operand(k, e, outer, kv, extent, r).or_else(|| staged_operand(k, e, outer, kv))
+}
+
+/// A load of a bf16/f16 tensor at any index (a transpose, a reshape, a
+/// slice, a guarded pad) without reductions: the threads evaluate it
+/// element by element (its values are exact in the element type) and store
+/// it `k`-contiguous.
+fn staged_operand(k: &Kernel, e: &Expr, outer: Var, kv: Var) -> Option<Operand> {
+    let Expr::Load {
+        input,
+        index,
+        guard,
+    } = e
+    else {
+        return None;
+    };
+    let buf = k.inputs.get(*input)?;
+    if !matches!(buf.dtype, DType::BF16 | DType::F16)
+        || index.iter().chain(guard.as_deref()).any(super::has_reduce)
+    {
+        return None;
+    }
+    Some(Operand {
+        input: *input,
+        lead: Vec::new(),
+        storage: Storage::OuterK,
+        staged: Some((e.clone(), outer, kv)),
+    })
+}
+
+fn plain_operand(
+    k: &Kernel,
+    e: &Expr,
+    outer: Var,
+    kv: Var,
+    extent: &Expr,
+    r: usize,
+) -> Option<Operand> {
     let Expr::Load {
         input,
         index,
@@ -347,6 +389,7 @@ fn operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr, r: usize) -
         input: *input,
         lead: index[..n - 2].to_vec(),
         storage,
+        staged: None,
     })
 }
 
@@ -365,6 +408,11 @@ struct Copies {
     step: String,
     /// The slice's offset within a stage.
     slice: u32,
+    /// Per copy: its outer index (staged operands).
+    outer: Vec<String>,
+    /// The staged load, its outer variable and `k`'s (see
+    /// [`Operand::staged`]).
+    staged: Option<(Expr, Var, Var)>,
 }
 
 /// Emits the tile loop of a tensor-core contraction.
@@ -482,8 +530,8 @@ pub(super) fn emit(
     em.ins(format!("mul.lo.s64 {m0}, {tm}, {}", t.tile_m));
     em.ins(format!("mul.lo.s64 {n0}, {tn}, {}", t.tile_n));
 
-    let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0)?;
-    let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0)?;
+    let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
+    let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
     for a in &acc {
         em.ins(format!("mov.f32 {a}, 0f00000000"));
     }
@@ -508,8 +556,8 @@ pub(super) fn emit(
         t.stages - 1
     };
     for _ in 0..ahead {
-        issue(em, &t, &ca, &ld_stage, &smem, &kext);
-        issue(em, &t, &cb, &ld_stage, &smem, &kext);
+        issue(em, &t, &ca, &ld_stage, &smem, &kext)?;
+        issue(em, &t, &cb, &ld_stage, &smem, &kext)?;
         em.ins("cp.async.commit_group");
         em.ins(format!("add.u32 {ld_stage}, {ld_stage}, {sb}"));
     }
@@ -527,8 +575,8 @@ pub(super) fn emit(
         em.ins("fence.proxy.async.shared::cta");
     }
     em.ins("bar.sync 0");
-    issue(em, &t, &ca, &ld_stage, &smem, &kext);
-    issue(em, &t, &cb, &ld_stage, &smem, &kext);
+    issue(em, &t, &ca, &ld_stage, &smem, &kext)?;
+    issue(em, &t, &cb, &ld_stage, &smem, &kext)?;
     em.ins("cp.async.commit_group");
     advance_stage(em, &t, &ld_stage, sb);
     if t.wgmma {
@@ -730,6 +778,7 @@ fn fragment_offset(s: Storage, pitch: u32, blk: u32, kk: u32) -> u32 {
 /// index starts at `o0`: each copy moves 16 bytes (8 elements along the
 /// contiguous axis), consecutive threads taking consecutive 16 bytes of a
 /// row.
+#[allow(clippy::too_many_arguments)]
 fn copies(
     em: &mut Em,
     t: &Tiling,
@@ -738,6 +787,7 @@ fn copies(
     slice: u32,
     tid: &str,
     o0: &str,
+    out_outer: &str,
 ) -> Result<Copies, PtxError> {
     let i = op.input;
     let rank = em.in_shape[i].len();
@@ -755,8 +805,17 @@ fn copies(
         em.ins(format!("add.s64 {s}, {term}, {lead}"));
         lead = s;
     }
-    let row_stride = em.in_strides[i][rank - 2].clone();
+    let row_stride = if rank >= 2 {
+        em.in_strides[i][rank - 2].clone()
+    } else {
+        "0".to_string()
+    };
+    // A staged operand's outer extent is the output's (its own index may
+    // be anything); a copied one's is its own axis (reads stay inside it).
+    // A staged operand's outer extent is the output's (its own index may
+    // be anything); a copied one's is its own axis (reads stay inside it).
     let outer_size = match op.storage {
+        _ if op.staged.is_some() || rank < 2 => out_outer.to_string(),
         Storage::OuterK => em.in_shape[i][rank - 2].clone(),
         Storage::KOuter => em.in_shape[i][rank - 1].clone(),
     };
@@ -783,6 +842,8 @@ fn copies(
         base: base.clone(),
         step: String::new(),
         slice,
+        outer: Vec::new(),
+        staged: op.staged.clone(),
     };
     let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
@@ -835,6 +896,7 @@ fn copies(
         c.global.push(g);
         c.kidx.push(kg);
         c.outer_ok.push(po);
+        c.outer.push(og);
     }
     c.step = match op.storage {
         Storage::OuterK => (t.tile_k * bytes).to_string(),
@@ -849,9 +911,66 @@ fn copies(
 /// Issues one step's copies of one operand into the stage at `stage`
 /// (bytes from the shared base); then advances the copies to the next
 /// step.
-fn issue(em: &mut Em, t: &Tiling, c: &Copies, stage: &str, smem: &str, kext: &str) {
+fn issue(
+    em: &mut Em,
+    t: &Tiling,
+    c: &Copies,
+    stage: &str,
+    smem: &str,
+    kext: &str,
+) -> Result<(), PtxError> {
     let dst0 = em.reg(Class::R);
     em.ins(format!("add.u32 {dst0}, {smem}, {stage}"));
+    if let Some((expr, ov, kv)) = &c.staged {
+        // Eight consecutive `k` of one outer row per copy, each element
+        // evaluated where it lies inside the operand (0 elsewhere), packed
+        // in pairs and stored with one 16-byte store.
+        let pack = match em.k.inputs[match expr {
+            Expr::Load { input, .. } => *input,
+            _ => 0,
+        }]
+        .dtype
+        {
+            DType::F16 => "f16x2",
+            _ => "bf16x2",
+        };
+        for j in 0..c.shared.len() {
+            let mut vals = Vec::new();
+            for e in 0..8u32 {
+                let (kk, pk, p) = (em.reg(Class::D), em.reg(Class::P), em.reg(Class::P));
+                em.ins(format!("add.s64 {kk}, {}, {e}", c.kidx[j]));
+                em.ins(format!("setp.lt.s64 {pk}, {kk}, {kext}"));
+                em.ins(format!("and.pred {p}, {pk}, {}", c.outer_ok[j]));
+                let v = em.reg(Class::F);
+                em.ins(format!("mov.f32 {v}, 0f00000000"));
+                let skip = em.a.label("stage");
+                em.ins(format!("@!{p} bra {skip}"));
+                em.vars.insert(*ov, c.outer[j].clone());
+                em.vars.insert(*kv, kk.clone());
+                let x = em.emit(expr)?;
+                em.ins(format!("mov.f32 {v}, {}", x.r));
+                em.a.place(&skip);
+                vals.push(v);
+            }
+            let words: Vec<String> = vals
+                .chunks(2)
+                .map(|p| {
+                    let w = em.reg(Class::R);
+                    em.ins(format!("cvt.rn.{pack}.f32 {w}, {}, {}", p[1], p[0]));
+                    w
+                })
+                .collect();
+            let dst = em.reg(Class::R);
+            em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
+            em.ins(format!(
+                "st.shared.v4.b32 [{dst}+{}], {{{}}}",
+                c.slice,
+                words.join(", ")
+            ));
+            em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
+        }
+        return Ok(());
+    }
     for j in 0..c.shared.len() {
         let (pk, p) = (em.reg(Class::P), em.reg(Class::P));
         em.ins(format!("setp.lt.s64 {pk}, {}, {kext}", c.kidx[j]));
@@ -867,6 +986,7 @@ fn issue(em: &mut Em, t: &Tiling, c: &Copies, stage: &str, smem: &str, kext: &st
         em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
         em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
     }
+    Ok(())
 }
 
 /// Moves a stage offset to the next stage, wrapping after the last.
