@@ -1565,8 +1565,14 @@ fn every_example_and_benchmark_assembles() {
             assert!(pk.block.is_multiple_of(32) && pk.block <= 1024);
             if matches!(pk.grid, Grid::Tiles { .. }) {
                 // Tensor-core contractions: warpgroup instructions on
-                // sm_90a, `mma.sync` on sm_80; both are assembled.
-                assert!(pk.ptx.contains("wgmma.mma_async"), "{file}: {}", k.name);
+                // sm_90a, `mma.sync` on sm_80 (fused attention: `mma.sync`
+                // on both); both are assembled.
+                let sm90 = if matches!(k.body, Body::Attention(_)) {
+                    "mma.sync.aligned"
+                } else {
+                    "wgmma.mma_async"
+                };
+                assert!(pk.ptx.contains(sm90), "{file}: {}", k.name);
                 assert!(pk80.ptx.contains("mma.sync.aligned"), "{file}: {}", k.name);
                 let body = module_body(&pk80.ptx).replace(&pk80.entry, "ENTRY");
                 let i = *index.entry(body).or_insert_with(|| {

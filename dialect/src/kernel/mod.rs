@@ -26,6 +26,7 @@
 
 pub mod eval;
 pub mod serial;
+pub mod simplify;
 
 use std::fmt;
 

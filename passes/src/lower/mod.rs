@@ -214,7 +214,7 @@ pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
                 None => kernel.output.shape = view.shape,
             }
         }
-        let kernel = with_buffer_dims(kernel);
+        let kernel = kernel::simplify::simplify(&with_buffer_dims(kernel));
         p.launches.push(Launch {
             kernel,
             args,

@@ -812,8 +812,6 @@ fn copies(
     };
     // A staged operand's outer extent is the output's (its own index may
     // be anything); a copied one's is its own axis (reads stay inside it).
-    // A staged operand's outer extent is the output's (its own index may
-    // be anything); a copied one's is its own axis (reads stay inside it).
     let outer_size = match op.storage {
         _ if op.staged.is_some() || rank < 2 => out_outer.to_string(),
         Storage::OuterK => em.in_shape[i][rank - 2].clone(),

@@ -140,6 +140,35 @@ impl Em<'_> {
                 Binary::Mul => arith(self, "mul.lo.s64"),
                 Binary::Max => arith(self, "max.s64"),
                 Binary::Min => arith(self, "min.s64"),
+                Binary::Div | Binary::Rem if positive_const(e).is_some() => {
+                    // A positive constant divisor (index arithmetic): a
+                    // power of two shifts, with the bias that truncates a
+                    // negative dividend toward zero; another constant is
+                    // left to ptxas, which multiplies by its reciprocal.
+                    let c = positive_const(e).unwrap_or(1);
+                    let r = self.reg(Class::D);
+                    if c.count_ones() == 1 {
+                        let sh = c.trailing_zeros();
+                        let (bias, q) = (self.reg(Class::D), self.reg(Class::D));
+                        if sh == 0 {
+                            self.ins(format!("mov.b64 {q}, {}", a.r));
+                        } else {
+                            self.ins(format!("shr.s64 {bias}, {}, 63", a.r));
+                            self.ins(format!("shr.u64 {bias}, {bias}, {}", 64 - sh));
+                            self.ins(format!("add.s64 {bias}, {bias}, {}", a.r));
+                            self.ins(format!("shr.s64 {q}, {bias}, {sh}"));
+                        }
+                        if op == Binary::Div {
+                            return Ok(Val { r: q, t });
+                        }
+                        self.ins(format!("shl.b64 {r}, {q}, {sh}"));
+                        self.ins(format!("sub.s64 {r}, {}, {r}", a.r));
+                    } else {
+                        let ins = if op == Binary::Div { "div" } else { "rem" };
+                        self.ins(format!("{ins}.s64 {r}, {}, {c}", a.r));
+                    }
+                    Val { r, t }
+                }
                 Binary::Div | Binary::Rem => {
                     // A zero divisor gives 0; magnitudes divide unsigned,
                     // the quotient truncates toward zero and the remainder
@@ -302,5 +331,16 @@ impl Em<'_> {
         self.ins(format!("selp.b64 {r}, {neg1}, {r}, {pm1}"));
         self.ins(format!("selp.b64 {res}, {r}, {res}, {neg}"));
         Val { r: res, t: Ty::I64 }
+    }
+}
+
+/// The divisor of a division or remainder by a positive integer constant.
+fn positive_const(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Binary(Binary::Div | Binary::Rem, _, c) => match **c {
+            Expr::Int(c) if c > 0 => Some(c),
+            _ => None,
+        },
+        _ => None,
     }
 }

@@ -1,0 +1,549 @@
+//! Index simplification with variable ranges.
+//!
+//! Lowered index expressions carry the arithmetic of every reshape and
+//! transpose between a kernel and its buffers: `o[div(div(add(mul(v1, 2048),
+//! v3), 128), 16), ...]` for a row of heads read back as one wide row.
+//! Knowing that each loop variable lies in `0 .. extent` (an output axis,
+//! a contraction's `k`, a reduction's variable), most of it cancels: the
+//! index above is `v1`. Backends then emit a few instructions per load
+//! instead of dozens, which matters most where a load sits in an inner loop
+//! (a tensor-core kernel's staged operands) and for the time the driver
+//! takes to compile the code.
+//!
+//! The rewrite works on linear forms `sum(c_i * atom_i) + c`, where atoms
+//! are variables, dims and whatever does not reduce further. With `x` known
+//! to be non-negative and `c > 0`:
+//!
+//! * `div(x, c)`: the terms whose coefficient `c` divides come out as
+//!   quotients; the rest `r` stays `div(r, c)`, or vanishes when
+//!   `0 <= r < c`; `div(div(x, a), b)` is `div(x, a * b)`;
+//! * `rem(x, c)`: the terms `c` divides vanish; the rest `r` stays
+//!   `rem(r, c)`, or is `r` when `0 <= r < c`;
+//! * `div(v, n)` is 0 and `rem(v, n)` is `v` for a variable `v` in
+//!   `0 .. n` (`n` symbolic).
+//!
+//! Only the index expressions of loads are rewritten (they are i64 by
+//! construction), and only where the ranges prove it; anything else is
+//! left as it is. Division and remainder truncate toward zero, which is
+//! floor division on the non-negative values the rules require.
+
+use std::collections::HashMap;
+
+use super::{Binary, Body, Expr, Kernel, Var};
+use crate::Dim;
+
+/// What is known of an i64 value: an inclusive lower bound and an
+/// exclusive upper bound.
+#[derive(Clone, Debug, PartialEq)]
+struct Range {
+    lo: Option<i64>,
+    hi: Hi,
+}
+
+/// An exclusive upper bound.
+#[derive(Clone, Debug, PartialEq)]
+enum Hi {
+    Const(i64),
+    /// Less than this expression (a dim).
+    Sym(Expr),
+    Unknown,
+}
+
+impl Range {
+    const UNKNOWN: Range = Range {
+        lo: None,
+        hi: Hi::Unknown,
+    };
+
+    /// `0 .. extent`.
+    fn upto(extent: &Expr) -> Range {
+        let hi = match extent {
+            Expr::Int(n) => Hi::Const(*n),
+            Expr::Dim(_) => Hi::Sym(extent.clone()),
+            _ => Hi::Unknown,
+        };
+        Range { lo: Some(0), hi }
+    }
+}
+
+/// `sum(coef * atom) + k`.
+#[derive(Clone, Debug, PartialEq)]
+struct Lin {
+    terms: Vec<(i64, Expr)>,
+    k: i64,
+}
+
+impl Lin {
+    fn konst(k: i64) -> Lin {
+        Lin {
+            terms: Vec::new(),
+            k,
+        }
+    }
+
+    fn atom(e: Expr) -> Lin {
+        Lin {
+            terms: vec![(1, e)],
+            k: 0,
+        }
+    }
+
+    fn add(mut self, other: Lin, sign: i64) -> Option<Lin> {
+        for (c, a) in other.terms {
+            let c = c.checked_mul(sign)?;
+            match self.terms.iter_mut().find(|(_, b)| *b == a) {
+                Some(t) => t.0 = t.0.checked_add(c)?,
+                None => self.terms.push((c, a)),
+            }
+        }
+        self.terms.retain(|(c, _)| *c != 0);
+        self.k = self.k.checked_add(other.k.checked_mul(sign)?)?;
+        Some(self)
+    }
+
+    fn scale(mut self, s: i64) -> Option<Lin> {
+        for t in &mut self.terms {
+            t.0 = t.0.checked_mul(s)?;
+        }
+        self.terms.retain(|(c, _)| *c != 0);
+        self.k = self.k.checked_mul(s)?;
+        Some(self)
+    }
+
+    fn as_const(&self) -> Option<i64> {
+        self.terms.is_empty().then_some(self.k)
+    }
+
+    /// The expression: terms in order, `mul(atom, coef)`, the constant last.
+    fn build(&self) -> Expr {
+        let mut out: Option<Expr> = None;
+        for (c, a) in &self.terms {
+            let term = if *c == 1 || *c == -1 {
+                a.clone()
+            } else {
+                Expr::bin(Binary::Mul, a.clone(), Expr::Int(*c))
+            };
+            out = Some(match (out, *c < 0 && *c == -1) {
+                (None, false) => term,
+                (None, true) => Expr::bin(Binary::Sub, Expr::Int(0), term),
+                (Some(e), false) => Expr::bin(Binary::Add, e, term),
+                (Some(e), true) => Expr::bin(Binary::Sub, e, term),
+            });
+        }
+        match out {
+            None => Expr::Int(self.k),
+            Some(e) if self.k == 0 => e,
+            Some(e) if self.k < 0 => Expr::bin(Binary::Sub, e, Expr::Int(-self.k)),
+            Some(e) => Expr::bin(Binary::Add, e, Expr::Int(self.k)),
+        }
+    }
+}
+
+/// The simplifier's state: the ranges of the variables in scope.
+struct Cx {
+    vars: HashMap<Var, Range>,
+}
+
+impl Cx {
+    fn range_of_atom(&self, a: &Expr) -> Range {
+        match a {
+            Expr::Int(n) => Range {
+                lo: Some(*n),
+                hi: n.checked_add(1).map_or(Hi::Unknown, Hi::Const),
+            },
+            Expr::Var(v) => self.vars.get(v).cloned().unwrap_or(Range::UNKNOWN),
+            Expr::Dim(_) => Range {
+                lo: Some(0),
+                hi: Hi::Unknown,
+            },
+            Expr::Binary(Binary::Div, x, c) => match (self.range(&self.lin(x)), &**c) {
+                (r, Expr::Int(c)) if *c > 0 && r.lo.is_some_and(|l| l >= 0) => Range {
+                    lo: r.lo.map(|l| l / c),
+                    hi: match r.hi {
+                        Hi::Const(h) => Hi::Const((h - 1).max(0) / c + 1),
+                        Hi::Sym(_) | Hi::Unknown => Hi::Unknown,
+                    },
+                },
+                _ => Range::UNKNOWN,
+            },
+            Expr::Binary(Binary::Rem, x, c) => match (self.range(&self.lin(x)), &**c) {
+                (r, Expr::Int(c)) if *c > 0 && r.lo.is_some_and(|l| l >= 0) => Range {
+                    lo: Some(0),
+                    hi: Hi::Const(match r.hi {
+                        Hi::Const(h) => h.min(*c),
+                        Hi::Sym(_) | Hi::Unknown => *c,
+                    }),
+                },
+                _ => Range::UNKNOWN,
+            },
+            _ => Range::UNKNOWN,
+        }
+    }
+
+    /// The range of a linear form (static bounds; a lone variable keeps
+    /// its symbolic bound).
+    fn range(&self, l: &Lin) -> Range {
+        if let ([(1, a)], 0) = (l.terms.as_slice(), l.k) {
+            return self.range_of_atom(a);
+        }
+        let (mut lo, mut hi) = (Some(l.k), Some(l.k));
+        for (c, a) in &l.terms {
+            let r = self.range_of_atom(a);
+            let top = match r.hi {
+                Hi::Const(h) => Some(h - 1),
+                Hi::Sym(_) | Hi::Unknown => None,
+            };
+            let (tlo, thi) = if *c > 0 {
+                (
+                    r.lo.and_then(|x| x.checked_mul(*c)),
+                    top.and_then(|x| x.checked_mul(*c)),
+                )
+            } else {
+                (
+                    top.and_then(|x| x.checked_mul(*c)),
+                    r.lo.and_then(|x| x.checked_mul(*c)),
+                )
+            };
+            lo = lo.zip(tlo).and_then(|(a, b)| a.checked_add(b));
+            hi = hi.zip(thi).and_then(|(a, b)| a.checked_add(b));
+        }
+        Range {
+            lo,
+            hi: hi
+                .and_then(|h| h.checked_add(1))
+                .map_or(Hi::Unknown, Hi::Const),
+        }
+    }
+
+    fn nonneg(&self, l: &Lin) -> bool {
+        self.range(l).lo.is_some_and(|x| x >= 0)
+    }
+
+    /// The linear form of an i64 expression.
+    fn lin(&self, e: &Expr) -> Lin {
+        self.try_lin(e).unwrap_or_else(|| Lin::atom(self.expr(e)))
+    }
+
+    fn try_lin(&self, e: &Expr) -> Option<Lin> {
+        Some(match e {
+            Expr::Int(i) => Lin::konst(*i),
+            Expr::Var(_) | Expr::Dim(_) => Lin::atom(e.clone()),
+            Expr::Binary(Binary::Add, a, b) => self.lin(a).add(self.lin(b), 1)?,
+            Expr::Binary(Binary::Sub, a, b) => self.lin(a).add(self.lin(b), -1)?,
+            Expr::Binary(Binary::Mul, a, b) => {
+                let (la, lb) = (self.lin(a), self.lin(b));
+                match (la.as_const(), lb.as_const()) {
+                    (_, Some(c)) => la.scale(c)?,
+                    (Some(c), None) => lb.scale(c)?,
+                    (None, None) => Lin::atom(Expr::bin(Binary::Mul, la.build(), lb.build())),
+                }
+            }
+            Expr::Binary(Binary::Div, a, b) => self.div(a, b)?,
+            Expr::Binary(Binary::Rem, a, b) => self.rem(a, b)?,
+            _ => return None,
+        })
+    }
+
+    fn div(&self, a: &Expr, b: &Expr) -> Option<Lin> {
+        let la = self.lin(a);
+        let lb = self.lin(b);
+        if let Some(c) = lb.as_const() {
+            if c <= 0 || !self.nonneg(&la) {
+                return Some(Lin::atom(Expr::bin(Binary::Div, la.build(), lb.build())));
+            }
+            if let Some(x) = la.as_const() {
+                return Some(Lin::konst(x / c));
+            }
+            // div(div(x, a), c) = div(x, a * c)
+            if let ([(1, Expr::Binary(Binary::Div, x, inner))], 0) = (la.terms.as_slice(), la.k)
+                && let Expr::Int(a0) = **inner
+                && a0 > 0
+                && let Some(ac) = a0.checked_mul(c)
+            {
+                return self.div(x, &Expr::Int(ac));
+            }
+            let (mut q, mut rest) = (Lin::konst(0), Lin::konst(la.k));
+            for (k, t) in &la.terms {
+                if k % c == 0 {
+                    q.terms.push((k / c, t.clone()));
+                } else {
+                    rest.terms.push((*k, t.clone()));
+                }
+            }
+            if !self.nonneg(&rest) {
+                return Some(Lin::atom(Expr::bin(Binary::Div, la.build(), Expr::Int(c))));
+            }
+            // Move whole multiples of `c` out of the constant.
+            q.k = rest.k / c;
+            rest.k %= c;
+            if !self.nonneg(&rest) {
+                return Some(Lin::atom(Expr::bin(Binary::Div, la.build(), Expr::Int(c))));
+            }
+            let r = self.range(&rest);
+            let tail = match r.hi {
+                Hi::Const(h) if h <= c => Lin::konst(0),
+                _ if rest.terms.is_empty() => Lin::konst(rest.k / c),
+                _ => Lin::atom(Expr::bin(Binary::Div, rest.build(), Expr::Int(c))),
+            };
+            return q.add(tail, 1);
+        }
+        // div(v, n) with 0 <= v < n
+        let r = self.range(&la);
+        if r.lo.is_some_and(|l| l >= 0) && r.hi == Hi::Sym(lb.build()) {
+            return Some(Lin::konst(0));
+        }
+        Some(Lin::atom(Expr::bin(Binary::Div, la.build(), lb.build())))
+    }
+
+    fn rem(&self, a: &Expr, b: &Expr) -> Option<Lin> {
+        let la = self.lin(a);
+        let lb = self.lin(b);
+        if let Some(c) = lb.as_const() {
+            if c <= 0 || !self.nonneg(&la) {
+                return Some(Lin::atom(Expr::bin(Binary::Rem, la.build(), lb.build())));
+            }
+            if let Some(x) = la.as_const() {
+                return Some(Lin::konst(x % c));
+            }
+            let mut rest = Lin::konst(la.k % c);
+            for (k, t) in &la.terms {
+                if k % c != 0 {
+                    rest.terms.push((*k, t.clone()));
+                }
+            }
+            if !self.nonneg(&rest) {
+                return Some(Lin::atom(Expr::bin(Binary::Rem, la.build(), Expr::Int(c))));
+            }
+            return Some(match self.range(&rest).hi {
+                Hi::Const(h) if h <= c => rest,
+                _ if rest.terms.is_empty() => Lin::konst(rest.k % c),
+                _ => Lin::atom(Expr::bin(Binary::Rem, rest.build(), Expr::Int(c))),
+            });
+        }
+        let r = self.range(&la);
+        if r.lo.is_some_and(|l| l >= 0) && r.hi == Hi::Sym(lb.build()) {
+            return Some(la);
+        }
+        Some(Lin::atom(Expr::bin(Binary::Rem, la.build(), lb.build())))
+    }
+
+    /// Any expression: the indices of its loads simplified, reductions'
+    /// variables in range inside their bodies.
+    fn expr(&self, e: &Expr) -> Expr {
+        match e {
+            Expr::Load {
+                input,
+                index,
+                guard,
+            } => Expr::Load {
+                input: *input,
+                index: index.iter().map(|i| self.lin(i).build()).collect(),
+                guard: guard.as_ref().map(|g| Box::new(self.expr(g))),
+            },
+            Expr::Reduce {
+                op,
+                var,
+                extent,
+                body,
+            } => {
+                let mut inner = Cx {
+                    vars: self.vars.clone(),
+                };
+                inner.vars.insert(*var, Range::upto(extent));
+                Expr::Reduce {
+                    op: *op,
+                    var: *var,
+                    extent: Box::new(self.expr(extent)),
+                    body: Box::new(inner.expr(body)),
+                }
+            }
+            Expr::Float(_)
+            | Expr::Int(_)
+            | Expr::Bool(_)
+            | Expr::Var(_)
+            | Expr::Dim(_)
+            | Expr::Acc => e.clone(),
+            Expr::Unary(op, x) => Expr::Unary(*op, Box::new(self.expr(x))),
+            Expr::Binary(op, a, b) => {
+                Expr::Binary(*op, Box::new(self.expr(a)), Box::new(self.expr(b)))
+            }
+            Expr::Select(c, a, b) => Expr::Select(
+                Box::new(self.expr(c)),
+                Box::new(self.expr(a)),
+                Box::new(self.expr(b)),
+            ),
+            Expr::Cast(t, x) => Expr::Cast(*t, Box::new(self.expr(x))),
+            Expr::Round(d, x) => Expr::Round(*d, Box::new(self.expr(x))),
+        }
+    }
+}
+
+/// `k` with the index expressions of its loads simplified, given that its
+/// output variables lie in the output's axes and its contraction and
+/// attention variables in their extents.
+pub fn simplify(k: &Kernel) -> Kernel {
+    let mut vars = HashMap::new();
+    for (i, d) in k.output.shape.0.iter().enumerate() {
+        let extent = match d {
+            Dim::Static(n) => Expr::Int(*n as i64),
+            Dim::Sym(s) => match k.dims.iter().position(|x| x == s) {
+                Some(j) => Expr::Dim(j as u32),
+                None => continue,
+            },
+        };
+        vars.insert(Var(i as u32), Range::upto(&extent));
+    }
+    let mut cx = Cx { vars };
+    let body = match &k.body {
+        Body::Map { expr } => Body::Map {
+            expr: cx.expr(expr),
+        },
+        Body::Contract {
+            k: kv,
+            extent,
+            a,
+            b,
+            epilogue,
+        } => {
+            let epilogue = cx.expr(epilogue);
+            cx.vars.insert(*kv, Range::upto(extent));
+            Body::Contract {
+                k: *kv,
+                extent: extent.clone(),
+                a: cx.expr(a),
+                b: cx.expr(b),
+                epilogue,
+            }
+        }
+        Body::Attention(t) => {
+            let mut t = (**t).clone();
+            t.epilogue = cx.expr(&t.epilogue);
+            cx.vars.insert(t.j, Range::upto(&t.keys));
+            cx.vars.insert(t.d, Range::upto(&t.depth));
+            t.q = cx.expr(&t.q);
+            t.k = cx.expr(&t.k);
+            t.v = cx.expr(&t.v);
+            t.bias = t.bias.as_ref().map(|b| cx.expr(b));
+            Body::Attention(Box::new(t))
+        }
+    };
+    Kernel { body, ..k.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Shape;
+    use crate::kernel::Buffer;
+
+    fn v(i: u32) -> Expr {
+        Expr::Var(Var(i))
+    }
+
+    fn b(op: Binary, x: Expr, y: Expr) -> Expr {
+        Expr::bin(op, x, y)
+    }
+
+    fn i(n: i64) -> Expr {
+        Expr::Int(n)
+    }
+
+    /// The index of the attention output read back as rows of heads (W3's
+    /// output projection): `o[0, h, s, d]` at row `v1`, column `v3`.
+    #[test]
+    fn head_rows_read_back() {
+        let flat = b(Binary::Add, b(Binary::Mul, v(1), i(2048)), v(3));
+        let row = b(Binary::Div, flat.clone(), i(128));
+        let index = vec![
+            b(
+                Binary::Div,
+                b(Binary::Div, row.clone(), i(16)),
+                Expr::Dim(0),
+            ),
+            b(Binary::Rem, row.clone(), i(16)),
+            b(Binary::Rem, b(Binary::Div, row, i(16)), Expr::Dim(0)),
+            b(Binary::Rem, flat, i(128)),
+        ];
+        let buf = |n: &str, shape: Vec<Dim>| Buffer {
+            name: n.into(),
+            dtype: crate::DType::BF16,
+            shape: Shape(shape),
+        };
+        let k = Kernel {
+            name: "k".into(),
+            inputs: vec![buf(
+                "o",
+                vec![
+                    Dim::Static(1),
+                    Dim::Static(16),
+                    Dim::sym("seq"),
+                    Dim::Static(128),
+                ],
+            )],
+            output: buf(
+                "y",
+                vec![Dim::Static(1), Dim::sym("seq"), Dim::Static(2048)],
+            ),
+            dims: vec!["seq".into()],
+            float: crate::kernel::Ty::F32,
+            body: Body::Contract {
+                k: Var(3),
+                extent: i(2048),
+                a: Expr::load(0, index),
+                b: Expr::Float(1.0),
+                epilogue: Expr::Acc,
+            },
+        };
+        let s = simplify(&k);
+        let Body::Contract { a, .. } = &s.body else {
+            panic!("not a contraction")
+        };
+        assert_eq!(a.to_string(), "in0[0, div(v3, 128), v1, rem(v3, 128)]");
+    }
+
+    /// Nothing is rewritten without a proof: a possibly negative dividend
+    /// (a padded convolution's input row) keeps its division, and constant
+    /// parts of a dividend leave only whole multiples.
+    #[test]
+    fn only_what_the_ranges_prove() {
+        let mut vars = HashMap::new();
+        vars.insert(Var(0), Range::upto(&i(56)));
+        vars.insert(Var(1), Range::upto(&i(3)));
+        let cx = Cx { vars };
+        // (v0 + v1 - 1) / 2: v0 + v1 - 1 may be -1
+        let e = b(
+            Binary::Div,
+            b(Binary::Sub, b(Binary::Add, v(0), v(1)), i(1)),
+            i(2),
+        );
+        assert_eq!(
+            cx.lin(&e).build().to_string(),
+            "div(sub(add(v0, v1), 1), 2)"
+        );
+        // (4 v1 + v0 + 9) / 4 = v1 + 2 + (v0 + 1) / 4
+        let e = b(
+            Binary::Div,
+            b(
+                Binary::Add,
+                b(Binary::Add, b(Binary::Mul, v(1), i(4)), v(0)),
+                i(9),
+            ),
+            i(4),
+        );
+        assert_eq!(
+            cx.lin(&e).build().to_string(),
+            "add(add(v1, div(add(v0, 1), 4)), 2)"
+        );
+        // (8 v1 + v0 % 4) % 8 = v0 % 4
+        let e = b(
+            Binary::Rem,
+            b(
+                Binary::Add,
+                b(Binary::Mul, v(1), i(8)),
+                b(Binary::Rem, v(0), i(4)),
+            ),
+            i(8),
+        );
+        assert_eq!(cx.lin(&e).build().to_string(), "rem(v0, 4)");
+    }
+}
