@@ -176,6 +176,25 @@ impl Cx {
                 },
                 _ => Range::UNKNOWN,
             },
+            // A product of non-negative factors is non-negative.
+            Expr::Binary(Binary::Mul, x, y) => {
+                let (rx, ry) = (self.range(&self.lin(x)), self.range(&self.lin(y)));
+                let nonneg = |r: &Range| r.lo.is_some_and(|l| l >= 0);
+                match (&rx.hi, &ry.hi) {
+                    (Hi::Const(a), Hi::Const(b)) if nonneg(&rx) && nonneg(&ry) => Range {
+                        lo: rx.lo.zip(ry.lo).and_then(|(a, b)| a.checked_mul(b)),
+                        hi: (a - 1)
+                            .checked_mul(b - 1)
+                            .and_then(|x| x.checked_add(1))
+                            .map_or(Hi::Unknown, Hi::Const),
+                    },
+                    _ if nonneg(&rx) && nonneg(&ry) => Range {
+                        lo: Some(0),
+                        hi: Hi::Unknown,
+                    },
+                    _ => Range::UNKNOWN,
+                }
+            }
             _ => Range::UNKNOWN,
         }
     }
@@ -227,6 +246,15 @@ impl Cx {
     fn try_lin(&self, e: &Expr) -> Option<Lin> {
         Some(match e {
             Expr::Int(i) => Lin::konst(*i),
+            // A variable over an axis of size 1 is 0.
+            Expr::Var(v)
+                if self
+                    .vars
+                    .get(v)
+                    .is_some_and(|r| r.lo == Some(0) && r.hi == Hi::Const(1)) =>
+            {
+                Lin::konst(0)
+            }
             Expr::Var(_) | Expr::Dim(_) => Lin::atom(e.clone()),
             Expr::Binary(Binary::Add, a, b) => self.lin(a).add(self.lin(b), 1)?,
             Expr::Binary(Binary::Sub, a, b) => self.lin(a).add(self.lin(b), -1)?,

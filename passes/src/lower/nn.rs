@@ -584,21 +584,19 @@ pub fn rope(cx: &mut Cx, v: Value, idx: &[Expr], ops: &[Value], interleaved: boo
     let xs = cx.dims_of(x);
     let d = idx[r - 1].clone();
     let half = ex::div(xs[r - 1].clone(), int(2));
+    // The partner index in forms whose range index simplification can
+    // bound (a select of `d + 1` and `d - 1` may look negative):
+    // `2 (d / 2) + 1 - d % 2` (interleaved), `(d + D/2) % D` (halves).
     let (first, pair, partner) = if interleaved {
         let first = ex::eq(ex::rem(d.clone(), int(2)), int(0));
-        let partner = ex::select(
-            first.clone(),
-            ex::add(d.clone(), int(1)),
-            ex::sub(d.clone(), int(1)),
+        let partner = ex::sub(
+            ex::add(ex::mul(ex::div(d.clone(), int(2)), int(2)), int(1)),
+            ex::rem(d.clone(), int(2)),
         );
         (first, ex::div(d.clone(), int(2)), partner)
     } else {
         let first = ex::lt(d.clone(), half.clone());
-        let partner = ex::select(
-            first.clone(),
-            ex::add(d.clone(), half.clone()),
-            ex::sub(d.clone(), half.clone()),
-        );
+        let partner = ex::rem(ex::add(d.clone(), half.clone()), xs[r - 1].clone());
         (first, ex::rem(d.clone(), half.clone()), partner)
     };
     let flat = ex::add(ex::mul(idx[r - 2].clone(), half.clone()), pair);
