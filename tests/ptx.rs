@@ -1302,14 +1302,10 @@ fn tensor_core_contractions() {
         );
         assert!(pk.ptx.contains("mma.sync.aligned.m16n8k16"), "{}", k.name);
         // Plain operands are copied with cp.async, the others evaluated and
-        // stored by the threads.
+        // stored by the threads, except runs of 8 consecutive `k` that are
+        // 16 aligned bytes (the staged `a`, `k` split 17 x 8), copied too.
         let staged = k.name.contains("staged");
-        assert_eq!(
-            pk.ptx.contains("cp.async.cg.shared.global"),
-            !staged,
-            "{}",
-            k.name
-        );
+        assert!(pk.ptx.contains("cp.async.cg.shared.global"), "{}", k.name);
         assert_eq!(pk.ptx.contains("st.shared.v4.b32"), staged, "{}", k.name);
         assert!(pk.shared_bytes > 48 * 1024, "{}", k.name);
     }

@@ -311,7 +311,11 @@ impl Cx {
             let tail = match r.hi {
                 Hi::Const(h) if h <= c => Lin::konst(0),
                 _ if rest.terms.is_empty() => Lin::konst(rest.k / c),
-                _ => Lin::atom(Expr::bin(Binary::Div, rest.build(), Expr::Int(c))),
+                _ => match self.split_small(&rest, c) {
+                    // div(g x + s, c) = div(x, c / g) for 0 <= s < g, g | c
+                    Some((g, big, _)) => self.div(&big.build(), &Expr::Int(c / g))?,
+                    None => Lin::atom(Expr::bin(Binary::Div, rest.build(), Expr::Int(c))),
+                },
             };
             return q.add(tail, 1);
         }
@@ -345,7 +349,14 @@ impl Cx {
             return Some(match self.range(&rest).hi {
                 Hi::Const(h) if h <= c => rest,
                 _ if rest.terms.is_empty() => Lin::konst(rest.k % c),
-                _ => Lin::atom(Expr::bin(Binary::Rem, rest.build(), Expr::Int(c))),
+                _ => match self.split_small(&rest, c) {
+                    // rem(g x + s, c) = g rem(x, c / g) + s for 0 <= s < g, g | c
+                    Some((g, big, small)) => self
+                        .rem(&big.build(), &Expr::Int(c / g))?
+                        .scale(g)?
+                        .add(small, 1)?,
+                    None => Lin::atom(Expr::bin(Binary::Rem, rest.build(), Expr::Int(c))),
+                },
             });
         }
         let r = self.range(&la);
@@ -353,6 +364,34 @@ impl Cx {
             return Some(la);
         }
         Some(Lin::atom(Expr::bin(Binary::Rem, la.build(), lb.build())))
+    }
+
+    /// `l` (non-negative) as `g * big + small` with `g > 1` dividing `c`
+    /// and `0 <= small < g`: the largest such `g` among the common factors
+    /// of `c` and `l`'s coefficients. Gives `g`, `big` and `small`.
+    fn split_small(&self, l: &Lin, c: i64) -> Option<(i64, Lin, Lin)> {
+        let mut gs: Vec<i64> = l.terms.iter().map(|(k, _)| gcd(k.abs(), c)).collect();
+        gs.sort_unstable_by(|a, b| b.cmp(a));
+        gs.dedup();
+        for g in gs.into_iter().filter(|&g| g > 1 && g < c) {
+            let (mut big, mut small) =
+                (Lin::konst(l.k.div_euclid(g)), Lin::konst(l.k.rem_euclid(g)));
+            for (k, t) in &l.terms {
+                if k % g == 0 {
+                    big.terms.push((k / g, t.clone()));
+                } else {
+                    small.terms.push((*k, t.clone()));
+                }
+            }
+            let r = self.range(&small);
+            if r.lo.is_some_and(|x| x >= 0)
+                && matches!(r.hi, Hi::Const(h) if h <= g)
+                && self.nonneg(&big)
+            {
+                return Some((g, big, small));
+            }
+        }
+        None
     }
 
     /// Any expression: the indices of its loads simplified, reductions'
@@ -406,22 +445,17 @@ impl Cx {
     }
 }
 
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// `k` with the index expressions of its loads simplified, given that its
 /// output variables lie in the output's axes and its contraction and
 /// attention variables in their extents.
 pub fn simplify(k: &Kernel) -> Kernel {
-    let mut vars = HashMap::new();
-    for (i, d) in k.output.shape.0.iter().enumerate() {
-        let extent = match d {
-            Dim::Static(n) => Expr::Int(*n as i64),
-            Dim::Sym(s) => match k.dims.iter().position(|x| x == s) {
-                Some(j) => Expr::Dim(j as u32),
-                None => continue,
-            },
-        };
-        vars.insert(Var(i as u32), Range::upto(&extent));
-    }
-    let mut cx = Cx { vars };
+    let mut cx = Cx {
+        vars: output_ranges(k),
+    };
     let body = match &k.body {
         Body::Map { expr } => Body::Map {
             expr: cx.expr(expr),
@@ -456,6 +490,91 @@ pub fn simplify(k: &Kernel) -> Kernel {
         }
     };
     Kernel { body, ..k.clone() }
+}
+
+/// The ranges of a kernel's output variables.
+fn output_ranges(k: &Kernel) -> HashMap<Var, Range> {
+    let mut vars = HashMap::new();
+    for (i, d) in k.output.shape.0.iter().enumerate() {
+        let extent = match d {
+            Dim::Static(n) => Expr::Int(*n as i64),
+            Dim::Sym(s) => match k.dims.iter().position(|x| x == s) {
+                Some(j) => Expr::Dim(j as u32),
+                None => continue,
+            },
+        };
+        vars.insert(Var(i as u32), Range::upto(&extent));
+    }
+    vars
+}
+
+/// Whether `lanes` consecutive values of `kv` from a multiple of `lanes`
+/// read consecutive elements of a load at `index` (`kv` in `0 .. extent`,
+/// `extent` a multiple of `lanes`; the other variables in the output's
+/// axes): the index of the run's first element, as an expression of
+/// `chunk` (the run's number, `kv / lanes`) whose last component is a
+/// multiple of `lanes`, or `None` when that is not proven. This is what
+/// lets a backend copy the run with one vector access.
+pub fn chunk_index(
+    k: &Kernel,
+    index: &[Expr],
+    kv: Var,
+    extent: i64,
+    lanes: i64,
+    chunk: Var,
+) -> Option<Vec<Expr>> {
+    if lanes <= 0 || extent % lanes != 0 {
+        return None;
+    }
+    let lane = Var(chunk.0 + 1);
+    let mut vars = output_ranges(k);
+    vars.insert(chunk, Range::upto(&Expr::Int(extent / lanes)));
+    vars.insert(lane, Range::upto(&Expr::Int(lanes)));
+    let cx = Cx { vars };
+    let at = Expr::bin(
+        Binary::Add,
+        Expr::bin(Binary::Mul, Expr::Var(chunk), Expr::Int(lanes)),
+        Expr::Var(lane),
+    );
+    let uses_lane = |e: &Expr| super::max_var(e) >= lane.0 && mentions(e, lane);
+    let (last, lead) = index.split_last()?;
+    let mut out = Vec::with_capacity(index.len());
+    for e in lead {
+        let s = cx
+            .lin(&e.substitute(&|x| (*x == Expr::Var(kv)).then(|| at.clone())))
+            .build();
+        if uses_lane(&s) {
+            return None;
+        }
+        out.push(s);
+    }
+    let l = cx.lin(&last.substitute(&|x| (*x == Expr::Var(kv)).then(|| at.clone())));
+    let mut rest = Lin::konst(l.k);
+    let mut one_lane = false;
+    for (c, t) in &l.terms {
+        if *t == Expr::Var(lane) && *c == 1 {
+            one_lane = true;
+        } else if uses_lane(t) || c % lanes != 0 {
+            return None;
+        } else {
+            rest.terms.push((*c, t.clone()));
+        }
+    }
+    if !one_lane || rest.k % lanes != 0 {
+        return None;
+    }
+    out.push(rest.build());
+    Some(out)
+}
+
+/// Whether `e` names variable `v`.
+fn mentions(e: &Expr, v: Var) -> bool {
+    if *e == Expr::Var(v) {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= mentions(c, v));
+    any
 }
 
 #[cfg(test)]
@@ -527,6 +646,16 @@ mod tests {
             panic!("not a contraction")
         };
         assert_eq!(a.to_string(), "in0[0, div(v3, 128), v1, rem(v3, 128)]");
+        // Eight consecutive k from a multiple of 8 are one 16-byte run;
+        // seven are not aligned runs, nor is a run along the row index.
+        let Expr::Load { index, .. } = a else {
+            panic!("not a load")
+        };
+        let chunk = chunk_index(&s, index, Var(3), 2048, 8, Var(9)).expect("a run");
+        let text: Vec<String> = chunk.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text, ["0", "div(v9, 16)", "v1", "mul(rem(v9, 16), 8)"]);
+        assert_eq!(chunk_index(&s, index, Var(3), 2044, 7, Var(9)), None);
+        assert_eq!(chunk_index(&s, index, Var(1), 64, 8, Var(9)), None);
     }
 
     /// Nothing is rewritten without a proof: a possibly negative dividend
@@ -573,5 +702,19 @@ mod tests {
             i(8),
         );
         assert_eq!(cx.lin(&e).build().to_string(), "rem(v0, 4)");
+        // 16-byte chunks: with v1 < 8, (8 v0 + v1) / 128 = v0 / 16 and
+        // (8 v0 + v1) % 128 = 8 (v0 % 16) + v1
+        let mut vars = HashMap::new();
+        vars.insert(Var(0), Range::upto(&i(256)));
+        vars.insert(Var(1), Range::upto(&i(8)));
+        let cx = Cx { vars };
+        let x = b(Binary::Add, b(Binary::Mul, v(0), i(8)), v(1));
+        let d = b(Binary::Div, x.clone(), i(128));
+        assert_eq!(cx.lin(&d).build().to_string(), "div(v0, 16)");
+        let r = b(Binary::Rem, x, i(128));
+        assert_eq!(
+            cx.lin(&r).build().to_string(),
+            "add(mul(rem(v0, 16), 8), v1)"
+        );
     }
 }

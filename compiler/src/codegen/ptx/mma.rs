@@ -194,6 +194,10 @@ struct Operand {
     /// guard) and store to shared memory, instead of copying a plain row:
     /// the expression and the variables of its outer axis and of `k`.
     staged: Option<(Expr, Var, Var)>,
+    /// For a staged load whose runs of 8 consecutive `k` are 16 aligned
+    /// bytes in memory: the index of a run's first element in terms of the
+    /// run's number (the variable), copied with one 16-byte `cp.async`.
+    chunk: Option<(Vec<Expr>, Var)>,
 }
 
 /// A contraction the tensor-core path compiles.
@@ -312,14 +316,14 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
 }
 
 fn operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr, r: usize) -> Option<Operand> {
-    plain_operand(k, e, outer, kv, extent, r).or_else(|| staged_operand(k, e, outer, kv))
+    plain_operand(k, e, outer, kv, extent, r).or_else(|| staged_operand(k, e, outer, kv, extent))
 }
 
 /// A load of a bf16/f16 tensor at any index (a transpose, a reshape, a
 /// slice, a guarded pad) without reductions: the threads evaluate it
 /// element by element (its values are exact in the element type) and store
 /// it `k`-contiguous.
-fn staged_operand(k: &Kernel, e: &Expr, outer: Var, kv: Var) -> Option<Operand> {
+fn staged_operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr) -> Option<Operand> {
     let Expr::Load {
         input,
         index,
@@ -339,6 +343,7 @@ fn staged_operand(k: &Kernel, e: &Expr, outer: Var, kv: Var) -> Option<Operand> 
         lead: Vec::new(),
         storage: Storage::OuterK,
         staged: Some((e.clone(), outer, kv)),
+        chunk: chunk_of(k, e, kv, extent),
     })
 }
 
@@ -390,6 +395,7 @@ fn plain_operand(
         lead: index[..n - 2].to_vec(),
         storage,
         staged: None,
+        chunk: None,
     })
 }
 
@@ -413,6 +419,65 @@ struct Copies {
     /// The staged load, its outer variable and `k`'s (see
     /// [`Operand::staged`]).
     staged: Option<(Expr, Var, Var)>,
+    chunk: Option<(Vec<Expr>, Var)>,
+}
+
+/// The run index of a staged load (see [`Operand::chunk`]): an unguarded
+/// load of a tensor whose rows are whole 16-byte units, `k`'s extent a
+/// static multiple of 8.
+fn chunk_of(k: &Kernel, e: &Expr, kv: Var, extent: &Expr) -> Option<(Vec<Expr>, Var)> {
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = e
+    else {
+        return None;
+    };
+    let Expr::Int(n) = extent else {
+        return None;
+    };
+    let buf = k.inputs.get(*input)?;
+    if buf.shape.0.last()?.as_static()? % 8 != 0 {
+        return None;
+    }
+    let fresh = Var(body_max_var(k) + 1);
+    let index = kiln_dialect::kernel::simplify::chunk_index(k, index, kv, *n, 8, fresh)?;
+    Some((index, fresh))
+}
+
+/// The largest variable a kernel's body names.
+fn body_max_var(k: &Kernel) -> u32 {
+    use kiln_dialect::kernel::max_var;
+    let r = k.output.shape.rank() as u32;
+    match &k.body {
+        Body::Map { expr } => max_var(expr),
+        Body::Contract {
+            k: kv,
+            extent,
+            a,
+            b,
+            epilogue,
+        } => [
+            max_var(extent),
+            max_var(a),
+            max_var(b),
+            max_var(epilogue),
+            kv.0,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0),
+        Body::Attention(t) => t
+            .exprs()
+            .into_iter()
+            .map(max_var)
+            .max()
+            .unwrap_or(0)
+            .max(t.j.0)
+            .max(t.d.0),
+    }
+    .max(r)
 }
 
 /// Emits the tile loop of a tensor-core contraction.
@@ -842,6 +907,7 @@ fn copies(
         slice,
         outer: Vec::new(),
         staged: op.staged.clone(),
+        chunk: op.chunk.clone(),
     };
     let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
@@ -919,6 +985,44 @@ fn issue(
 ) -> Result<(), PtxError> {
     let dst0 = em.reg(Class::R);
     em.ins(format!("add.u32 {dst0}, {smem}, {stage}"));
+    if let (Some((_, ov, _)), Some((index, run))) = (&c.staged, &c.chunk) {
+        // Runs of 8 consecutive `k`, 16 aligned bytes each: one copy per
+        // run, from the address of its first element (zero-filled past
+        // the operand).
+        let input = match &c.staged {
+            Some((Expr::Load { input, .. }, _, _)) => *input,
+            _ => return Err(em.kerr("a staged run that is not a load")),
+        };
+        for j in 0..c.shared.len() {
+            let (pk, p) = (em.reg(Class::P), em.reg(Class::P));
+            em.ins(format!("setp.lt.s64 {pk}, {}, {kext}", c.kidx[j]));
+            em.ins(format!("and.pred {p}, {pk}, {}", c.outer_ok[j]));
+            let rn = em.reg(Class::D);
+            em.ins(format!("shr.s64 {rn}, {}, 3", c.kidx[j]));
+            em.vars.insert(*ov, c.outer[j].clone());
+            em.vars.insert(*run, rn);
+            let mut flat = em.iconst(0);
+            for (a, ie) in index.iter().enumerate() {
+                let v = em.emit(ie)?;
+                let stride = em.in_strides[input][a].clone();
+                let term = em.mul_op(&v.r, &stride);
+                let f = em.reg(Class::D);
+                em.ins(format!("add.s64 {f}, {flat}, {term}"));
+                flat = f;
+            }
+            let (size, dst, src) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
+            em.ins(format!("mad.lo.s64 {src}, {flat}, 2, {}", c.base));
+            em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
+            em.ins(format!("selp.b64 {src}, {src}, {}, {p}", c.base));
+            em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
+            em.ins(format!(
+                "cp.async.cg.shared.global [{dst}+{}], [{src}], 16, {size}",
+                c.slice
+            ));
+            em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
+        }
+        return Ok(());
+    }
     if let Some((expr, ov, kv)) = &c.staged {
         // Eight consecutive `k` of one outer row per copy, each element
         // evaluated where it lies inside the operand (0 elsewhere), packed
