@@ -681,6 +681,111 @@ mod tests {
         }
     }
 
+    /// The attention template against its map form (`Attention::as_map`,
+    /// evaluated as a map kernel) and, for one row, against values computed
+    /// here in f64: grouped-query heads, a bias, a causal offset that
+    /// leaves the first queries without keys, an epilogue; f64 throughout.
+    #[test]
+    fn attention_as_its_map_form_and_by_hand() {
+        use crate::kernel::Attention;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
+        let (h, hkv, sq, skv, d) = (4usize, 2usize, 5usize, 3usize, 6usize);
+        let v = |i| Expr::Var(Var(i));
+        let (j, dv) = (Var(4), Var(5));
+        let kh = Expr::bin(Binary::Div, v(1), Expr::Int(2));
+        let shape = |a: usize, b: usize, c: usize| {
+            vec![
+                Dim::Static(1),
+                Dim::Static(a as u64),
+                Dim::Static(b as u64),
+                Dim::Static(c as u64),
+            ]
+        };
+        let t = Attention {
+            j,
+            keys: Expr::Int(skv as i64),
+            d: dv,
+            depth: Expr::Int(d as i64),
+            q: Expr::load(0, vec![v(0), v(1), v(2), Expr::Var(dv)]),
+            k: Expr::load(1, vec![v(0), kh.clone(), Expr::Var(j), Expr::Var(dv)]),
+            v: Expr::load(2, vec![v(0), kh, Expr::Var(j), v(3)]),
+            scale: Expr::Float(0.4),
+            bias: Some(Expr::load(3, vec![v(2), Expr::Var(j)])),
+            causal: Some(Expr::Int(skv as i64 - sq as i64)),
+            epilogue: Expr::bin(Binary::Mul, Expr::Acc, Expr::Float(2.0)),
+        };
+        let inputs = vec![
+            buf("q", DType::F64, shape(h, sq, d)),
+            buf("k", DType::F64, shape(hkv, skv, d)),
+            buf("v", DType::F64, shape(hkv, skv, d)),
+            buf(
+                "bias",
+                DType::F64,
+                vec![Dim::Static(sq as u64), Dim::Static(skv as u64)],
+            ),
+        ];
+        let kernel = Kernel {
+            name: "attention".into(),
+            inputs: inputs.clone(),
+            output: buf("o", DType::F64, shape(h, sq, d)),
+            dims: vec![],
+            float: Ty::F64,
+            body: Body::Attention(Box::new(t.clone())),
+        };
+        let map = kernel.attention_as_map();
+        let tensors: Vec<Tensor> = inputs
+            .iter()
+            .map(|b| {
+                let dims: Vec<usize> = b
+                    .shape
+                    .0
+                    .iter()
+                    .map(|x| x.as_static().unwrap() as usize)
+                    .collect();
+                let n = dims.iter().product();
+                let vals = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                Tensor::new(DType::F64, &dims, vals)
+            })
+            .collect();
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        let none = HashMap::new();
+        let got = run(&kernel, &refs, &none).unwrap();
+        let want = run(&map, &refs, &none).unwrap();
+        for (a, b) in got.data.iter().zip(&want.data) {
+            assert!((a - b).abs() < 1e-12, "template {a}, map form {b}");
+        }
+        // Query 0 sees no key (offset -2); query 4, head 3 (kv head 1), by
+        // hand.
+        let at = |t: &Tensor, ix: [usize; 4]| {
+            let s = crate::interp::tensor::strides(&t.shape);
+            t.data[ix.iter().zip(&s).map(|(i, s)| i * s).sum::<usize>()]
+        };
+        assert!(got.data[..d].iter().all(|x| *x == 0.0));
+        let scores: Vec<f64> = (0..skv)
+            .map(|jj| {
+                let dot: f64 = (0..d)
+                    .map(|x| at(&tensors[0], [0, 3, 4, x]) * at(&tensors[1], [0, 1, jj, x]))
+                    .sum();
+                dot * 0.4 + tensors[3].data[4 * skv + jj]
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for n in 0..d {
+            let o: f64 = (0..skv)
+                .map(|jj| e[jj] / sum * at(&tensors[2], [0, 1, jj, n]))
+                .sum();
+            let g = at(&got, [0, 3, 4, n]);
+            assert!(
+                (g - 2.0 * o).abs() < 1e-12,
+                "column {n}: {g} vs {}",
+                2.0 * o
+            );
+        }
+    }
+
     /// softmax over a row, written as max and sum reductions: checked
     /// against values computed by hand in f64.
     #[test]

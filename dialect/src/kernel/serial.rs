@@ -704,7 +704,7 @@ mod tests {
         }
     }
 
-    /// A program that uses every expression form, both bodies, a guard, a
+    /// A program that uses every expression form, every body, a guard, a
     /// symbolic dim, a constant with a NaN and a bind-time launch.
     fn every_form() -> Program {
         let x = buf("x", DType::BF16, vec![Dim::sym("batch"), Dim::Static(3)]);
@@ -756,9 +756,42 @@ mod tests {
                 epilogue: Expr::bin(Binary::Add, Expr::Acc, Expr::Float(-0.0)),
             },
         };
+        // Attention with and without the optional parts.
+        let q4 = buf(
+            "q",
+            DType::BF16,
+            vec![Dim::Static(1), Dim::Static(2), Dim::Static(3)],
+        );
+        let attention = |bias: bool, causal: bool| Kernel {
+            name: "k2".into(),
+            inputs: vec![q4.clone()],
+            output: q4.clone(),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Attention(Box::new(Attention {
+                j: Var(3),
+                keys: Expr::Int(2),
+                d: Var(4),
+                depth: Expr::Int(3),
+                q: Expr::load(0, vec![v(0), v(1), v(4)]),
+                k: Expr::load(0, vec![v(0), v(3), v(4)]),
+                v: Expr::load(0, vec![v(0), v(3), v(2)]),
+                scale: Expr::Float(0.5),
+                bias: bias.then(|| Expr::Float(-1.0)),
+                causal: causal.then_some(Expr::Int(0)),
+                epilogue: Expr::un(Unary::Neg, Expr::Acc),
+            })),
+        };
+        let buffers = vec![x, w, c, y, z, q4.clone(), q4.clone()];
+        let attn_launch = |bias, causal| Launch {
+            kernel: attention(bias, causal),
+            args: vec![5],
+            out: 6,
+            bind_time: false,
+        };
         Program {
             name: "every form ✓".into(),
-            buffers: vec![x, w, c, y, z],
+            buffers,
             inputs: vec![0],
             weights: vec![1],
             constants: vec![(2, vec![1.5, f64::NAN])],
@@ -777,6 +810,8 @@ mod tests {
                     out: 4,
                     bind_time: false,
                 },
+                attn_launch(true, false),
+                attn_launch(false, true),
             ],
         }
     }
