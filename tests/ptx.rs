@@ -1033,6 +1033,25 @@ fn mma_kernels() -> Vec<Kernel> {
             },
         });
     }
+    // One output row (a decode step's projection): index simplification
+    // writes `a`'s row index as 0.
+    ks.push(Kernel {
+        name: "mma_bf16_one_row".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(1), st(64)]),
+            buf("b", DType::BF16, vec![st(64), st(72)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(1), st(72)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k,
+            extent: Expr::Int(64),
+            a: ld(0, vec![Expr::Int(0), kk.clone()]),
+            b: ld(1, vec![kk.clone(), n.clone()]),
+            epilogue: Expr::Acc,
+        },
+    });
     // A symbolic `k` (rows of `b` contiguous in `n`, `a` stored [k, m]).
     ks.push(Kernel {
         name: "mma_f16_symbolic_k".into(),
@@ -1183,6 +1202,23 @@ fn attention_kernels() -> Vec<Kernel> {
             })),
         });
     }
+    // One query (a decode step), its row index written as 0, over a KV
+    // cache of 130 keys.
+    let mut one = ks[3].clone();
+    one.name = "attn_bf16_one_query".into();
+    one.dims.clear();
+    for b in one.inputs.iter_mut().chain([&mut one.output]) {
+        b.shape.0[2] = if b.name == "q" || b.name == "o" {
+            st(1)
+        } else {
+            st(130)
+        };
+    }
+    if let Body::Attention(t) = &mut one.body {
+        t.keys = Expr::Int(130);
+        t.q = ld(0, vec![v(0), v(1), Expr::Int(0), dd.clone()]);
+    }
+    ks.push(one);
     ks
 }
 

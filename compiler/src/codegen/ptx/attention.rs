@@ -174,7 +174,13 @@ fn operand(k: &Kernel, e: &Expr, row: Var, col: Var, r: usize) -> Option<Operand
     if n < 2 || buf.shape.rank() != n {
         return None;
     }
-    if index[n - 2] != Expr::Var(row) || index[n - 1] != Expr::Var(col) {
+    // A row of an axis of size 1 may be written as 0 (index
+    // simplification does).
+    let single = |v: Var| {
+        (v.0 as usize) < r && k.output.shape.0[v.0 as usize] == kiln_dialect::Dim::Static(1)
+    };
+    let at = |e: &Expr, v: Var| *e == Expr::Var(v) || (single(v) && *e == Expr::Int(0));
+    if !at(&index[n - 2], row) || index[n - 1] != Expr::Var(col) {
         return None;
     }
     let batch = |v: &Var| (v.0 as usize) < r - 2;

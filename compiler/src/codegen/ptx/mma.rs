@@ -371,9 +371,13 @@ fn plain_operand(
     if n < 2 || buf.shape.rank() != n {
         return None;
     }
+    // The outer index is its variable, or 0 when the output's axis has
+    // size 1 (index simplification writes it as 0).
+    let single = k.output.shape.0[outer.0 as usize] == kiln_dialect::Dim::Static(1);
+    let is_outer = |e: &Expr| *e == Expr::Var(outer) || (single && *e == Expr::Int(0));
     let storage = match (&index[n - 2], &index[n - 1]) {
-        (Expr::Var(o), Expr::Var(x)) if *o == outer && *x == kv => Storage::OuterK,
-        (Expr::Var(x), Expr::Var(o)) if *o == outer && *x == kv => Storage::KOuter,
+        (o, Expr::Var(x)) if is_outer(o) && *x == kv => Storage::OuterK,
+        (Expr::Var(x), o) if is_outer(o) && *x == kv => Storage::KOuter,
         _ => return None,
     };
     let batch = |v: &Var| (v.0 as usize) < r - 2 && *v != kv;
