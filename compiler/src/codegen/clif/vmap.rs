@@ -56,7 +56,7 @@ use kiln_dialect::kernel::{Binary, Body, Expr, Reduction, Unary, Var};
 use kiln_dialect::{DType, Dim};
 
 use super::CodegenError;
-use super::expr::{Emitter, T, load_type, mem};
+use super::expr::{Emitter, T, input_mem, load_type, mem};
 use super::hoist::{ACC, children, free_vars};
 use super::interior;
 use super::loops::emit_nest;
@@ -454,7 +454,7 @@ impl Emitter<'_, '_> {
         if dtype == DType::F32 {
             let off = self.b.ins().ishl_imm_s(flat, 2);
             let a = self.b.ins().iadd(base, off);
-            return Ok(self.b.ins().load(types::F32X4, mem(), a, 0));
+            return Ok(self.b.ins().load(types::F32X4, input_mem(), a, 0));
         }
         let mut v = None;
         for j in 0..4u8 {
@@ -944,6 +944,7 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
                 let i = vector_loop(em, expr, lane, lo, hi1)?;
                 let h = em.b.ins().smin(hi, h);
                 let hi2 = em.b.ins().select(ok, h, i);
+                let i = vector_loop2(em, &int.fast, lane, i, hi2)?;
                 let i = vector_loop(em, &int.fast, lane, i, hi2)?;
                 vector_loop(em, expr, lane, i, hi)?
             }
@@ -982,6 +983,35 @@ fn vector_loop(
         let off = em.b.ins().ishl_imm_s(flat, 2);
         let a = em.b.ins().iadd(em.bases[out], off);
         em.b.ins().store(mem(), v, a, 0);
+        Ok(vec![])
+    })?;
+    Ok(i)
+}
+
+/// [`vector_loop`] eight lanes (two vectors) a time: the interior of a
+/// row, whose expression has no branches, so the two vectors' work can
+/// overlap and the lane-invariant operands are read once for both.
+fn vector_loop2(
+    em: &mut Emitter,
+    e: &Expr,
+    lane: Var,
+    lo: Value,
+    hi: Value,
+) -> Result<Value, CodegenError> {
+    let out = em.k.inputs.len();
+    let (i, _) = em.for_loop(lo, hi, 8, &[], |em, i, _| {
+        let i4 = em.b.ins().iadd_imm_s(i, 4);
+        let mut vs = Vec::new();
+        for at in [i, i4] {
+            vs.push(em.vemit_at(e, lane, at)?);
+        }
+        em.vars.insert(lane, i);
+        let flat = em.out_flat();
+        em.vars.remove(&lane);
+        let off = em.b.ins().ishl_imm_s(flat, 2);
+        let a = em.b.ins().iadd(em.bases[out], off);
+        em.b.ins().store(mem(), vs[0], a, 0);
+        em.b.ins().store(mem(), vs[1], a, 16);
         Ok(vec![])
     })?;
     Ok(i)
