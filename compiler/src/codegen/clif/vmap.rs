@@ -50,7 +50,7 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
 use kiln_dialect::kernel::{Binary, Body, Expr, Reduction, Unary, Var};
 use kiln_dialect::{DType, Dim};
@@ -937,28 +937,58 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
             None => vector_loop(em, expr, lane, lo, hi)?,
             Some(int) => {
                 let (ok, l, h) = em.interior_bounds(&int.conds, lane, lo, hi)?;
-                // Border vectors (some lane below `l`), the interior
-                // (where the row's invariant conditions hold), the rest.
-                let l3 = em.b.ins().iadd_imm_s(l, 3);
-                let hi1 = em.b.ins().smin(hi, l3);
-                let i = vector_loop(em, expr, lane, lo, hi1)?;
-                let h = em.b.ins().smin(hi, h);
-                let hi2 = em.b.ins().select(ok, h, i);
-                let i = vector_loop2(em, &int.fast, lane, i, hi2)?;
-                let i = vector_loop(em, &int.fast, lane, i, hi2)?;
-                vector_loop(em, expr, lane, i, hi)?
+                // Where the row's invariant conditions hold and the lanes
+                // `[a, b)` where the others do hold a vector at least: the
+                // lanes below `a` one by one, `[a, b)` by guard-free
+                // vectors (the last one overlapping the one before where
+                // `b - a` is not a multiple of 4: it stores the same
+                // values again), the lanes from `b` one by one. Else
+                // (padding rows, short rows) vectors with the guards.
+                let a = em.b.ins().smax(l, lo);
+                let a = em.b.ins().smin(a, hi);
+                let b = em.b.ins().smin(h, hi);
+                let b = em.b.ins().smax(b, a);
+                let width = em.b.ins().isub(b, a);
+                let wide =
+                    em.b.ins()
+                        .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, width, 4);
+                let inside = em.b.ins().band(ok, wide);
+                let inner_b = em.b.create_block();
+                let border_b = em.b.create_block();
+                let merge = em.b.create_block();
+                em.b.append_block_param(merge, types::I64);
+                em.b.ins().brif(inside, inner_b, &[], border_b, &[]);
+                em.b.switch_to_block(inner_b);
+                em.push_scope();
+                let r = (|| {
+                    scalar_loop(em, expr, lane, lo, a)?;
+                    let i = vector_loop2(em, &int.fast, lane, a, b)?;
+                    let i = vector_loop(em, &int.fast, lane, i, b)?;
+                    let left = em.b.ins().icmp(IntCC::SignedLessThan, i, b);
+                    let last = em.b.create_block();
+                    let done = em.b.create_block();
+                    em.b.ins().brif(left, last, &[], done, &[]);
+                    em.b.switch_to_block(last);
+                    let at = em.b.ins().iadd_imm_s(b, -4);
+                    vector_loop(em, &int.fast, lane, at, b)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(done);
+                    Ok::<(), CodegenError>(())
+                })();
+                em.pop_scope();
+                r?;
+                em.b.ins().jump(merge, &super::expr::args(&[b]));
+                em.b.switch_to_block(border_b);
+                em.push_scope();
+                let i = vector_loop(em, expr, lane, lo, hi);
+                em.pop_scope();
+                let i = i?;
+                em.b.ins().jump(merge, &super::expr::args(&[i]));
+                em.b.switch_to_block(merge);
+                em.b.block_params(merge)[0]
             }
         };
-        em.for_loop(i, hi, 1, &[], |em, j, _| {
-            em.vars.insert(lane, j);
-            let v = em.emit(expr);
-            let r = v.and_then(|v| {
-                let flat = em.out_flat();
-                em.store_out(expr, flat, v)
-            });
-            em.vars.remove(&lane);
-            r.map(|()| vec![])
-        })?;
+        scalar_loop(em, expr, lane, i, hi)?;
         em.scratch.clear();
         em.vsplat.clear();
         Ok(())
@@ -986,6 +1016,27 @@ fn vector_loop(
         Ok(vec![])
     })?;
     Ok(i)
+}
+
+/// Stores `e` one lane at a time for `lane` in `[lo, hi)`.
+fn scalar_loop(
+    em: &mut Emitter,
+    e: &Expr,
+    lane: Var,
+    lo: Value,
+    hi: Value,
+) -> Result<(), CodegenError> {
+    em.for_loop(lo, hi, 1, &[], |em, j, _| {
+        em.vars.insert(lane, j);
+        let v = em.emit(e);
+        let r = v.and_then(|v| {
+            let flat = em.out_flat();
+            em.store_out(e, flat, v)
+        });
+        em.vars.remove(&lane);
+        r.map(|()| vec![])
+    })?;
+    Ok(())
 }
 
 /// [`vector_loop`] eight lanes (two vectors) a time: the interior of a
