@@ -448,14 +448,20 @@ impl Emitter<'_, '_> {
 
     /// Four consecutive elements of `input` from `index` (lane 0's).
     fn vload(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Value, CodegenError> {
-        let flat = self.flat_index(e, input, index)?;
         let dtype = self.k.inputs[input].dtype;
         let base = self.bases[input];
         if dtype == DType::F32 {
+            // The constant parts of the indices on axes of static stride
+            // go into the load's immediate offset: a window's taps then
+            // share one address (`x[y + 1, x - 1]` and `x[y, x]` differ
+            // only in the offset), not an address computation each.
+            let (peeled, bytes) = peel_offsets(&self.k.inputs[input].shape.0, index);
+            let flat = self.flat_index(e, input, &peeled)?;
             let off = self.b.ins().ishl_imm_s(flat, 2);
             let a = self.b.ins().iadd(base, off);
-            return Ok(self.b.ins().load(types::F32X4, input_mem(), a, 0));
+            return Ok(self.b.ins().load(types::F32X4, input_mem(), a, bytes));
         }
+        let flat = self.flat_index(e, input, index)?;
         let mut v = None;
         for j in 0..4u8 {
             let f = self.b.ins().iadd_imm_s(flat, i64::from(j));
@@ -1018,6 +1024,61 @@ fn vector_loop(
     Ok(i)
 }
 
+/// `e` as `base + c` (`c` an integer constant, 0 when there is none):
+/// `add` and `sub` of constants peeled off, `None` on overflow.
+fn split_const(e: &Expr) -> Option<(Expr, i64)> {
+    match e {
+        Expr::Int(c) => Some((Expr::Int(0), *c)),
+        Expr::Binary(Binary::Add, a, b) => match (&**a, &**b) {
+            (x, Expr::Int(c)) | (Expr::Int(c), x) => {
+                let (base, d) = split_const(x)?;
+                Some((base, d.checked_add(*c)?))
+            }
+            _ => Some((e.clone(), 0)),
+        },
+        Expr::Binary(Binary::Sub, a, b) => match &**b {
+            Expr::Int(c) => {
+                let (base, d) = split_const(a)?;
+                Some((base, d.checked_sub(*c)?))
+            }
+            _ => Some((e.clone(), 0)),
+        },
+        _ => Some((e.clone(), 0)),
+    }
+}
+
+/// `index` (into a tensor of `dims`, f32) with the constant parts of the
+/// indices on axes of static stride removed, and those parts as a byte
+/// offset (the same address: index arithmetic is exact i64, and the
+/// offset fits an `i32` or nothing is peeled).
+fn peel_offsets(dims: &[Dim], index: &[Expr]) -> (Vec<Expr>, i32) {
+    let mut out = Vec::with_capacity(index.len());
+    let mut total: Option<i64> = Some(0);
+    for (a, ie) in index.iter().enumerate() {
+        let stride = dims
+            .get(a + 1..)
+            .unwrap_or(&[])
+            .iter()
+            .try_fold(1i64, |p, d| {
+                p.checked_mul(i64::try_from(d.as_static()?).ok()?)
+            });
+        match (stride, split_const(ie)) {
+            (Some(st), Some((b, c))) if c != 0 => {
+                total = total.and_then(|t| t.checked_add(c.checked_mul(st)?));
+                out.push(b);
+            }
+            _ => out.push(ie.clone()),
+        }
+    }
+    match total
+        .and_then(|t| t.checked_mul(4))
+        .and_then(|t| i32::try_from(t).ok())
+    {
+        Some(bytes) => (out, bytes),
+        None => (index.to_vec(), 0),
+    }
+}
+
 /// Stores `e` one lane at a time for `lane` in `[lo, hi)`.
 fn scalar_loop(
     em: &mut Emitter,
@@ -1121,4 +1182,32 @@ pub(super) fn map_qualifies(em: &Emitter, expr: &Expr) -> bool {
         && em.k.output.dtype == DType::F32
         && em.fty == types::F32
         && vtype(em, expr, Var(rank as u32 - 1), true) == Some(VT::F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_index_parts_become_byte_offsets() {
+        let v = |i| Expr::Var(Var(i));
+        let dims = [Dim::Static(2), Dim::Sym("h".into()), Dim::Static(5)];
+        // x[b + 1, 1 + y, (x + 2) - 1]: 1 * 5 + 1 elements, 24 bytes.
+        let index = [
+            Expr::bin(Binary::Add, v(0), Expr::Int(1)),
+            Expr::bin(Binary::Add, Expr::Int(1), v(1)),
+            Expr::bin(
+                Binary::Sub,
+                Expr::bin(Binary::Add, v(2), Expr::Int(2)),
+                Expr::Int(1),
+            ),
+        ];
+        let (peeled, bytes) = peel_offsets(&dims, &index);
+        // Axis 0's stride (h * 5) is symbolic: its constant stays.
+        assert_eq!(peeled, vec![index[0].clone(), v(1), v(2)]);
+        assert_eq!(bytes, 24);
+        // An offset past i32 peels nothing.
+        let far = [v(0), v(1), Expr::bin(Binary::Add, v(2), Expr::Int(1 << 40))];
+        assert_eq!(peel_offsets(&dims, &far), (far.to_vec(), 0));
+    }
 }
