@@ -44,8 +44,10 @@ rm -f "$tmp"/kiln-*.json
 if [ "$kiln_ok" = 1 ]; then
     for spec in "C1 w1 m=1024" "C2 w2 m=512" "C3 w6 n=8" "G1 gemm m=512"; do
         read -r id file dim <<< "$spec"
-        src="$root/bench/$file.kiln"
-        [ -f "$src" ] || src="$here/$file.kiln"
+        # bench/cpu's own file first: bench/gemm.kiln is the GPU's 4096^3
+        # GEMM, not G1's 512x1024x4096.
+        src="$here/$file.kiln"
+        [ -f "$src" ] || src="$root/bench/$file.kiln"
         sed 's/bf16/f32/g' "$src" > "$tmp/${file}_f32.kiln"
         echo "kiln $id..."
         if ! "$kiln" bench "$tmp/${file}_f32.kiln" --device cpu --dim "$dim" --json \

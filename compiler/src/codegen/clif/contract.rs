@@ -16,7 +16,9 @@
 //! [`Body::Contract`]: kiln_dialect::kernel::Body::Contract
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
+use cranelift_codegen::ir::{
+    InstBuilder, InstructionData, Opcode, StackSlotData, StackSlotKind, Value, types,
+};
 use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Expr, Var};
 
@@ -753,16 +755,46 @@ fn tile_sums(
         }
     }
     let offs = &row_off[..rows];
-    // Two steps of `k` per iteration, each in a block of its own: Cranelift
-    // places pure arithmetic at its first use, and within one block that
-    // would keep both steps' operands live at once and spill accumulators.
-    let (k_end, acc) = em.for_loop(zero, kn, 2, &init, |em, _, c| {
-        let c = step(em, c, ak, bk, offs);
-        let c = block_edge(em, &c);
-        Ok(step(em, &c, ak, bk, offs))
+    // Contractions are compiled without Cranelift's optimizer, so the
+    // steps stay in the order emitted and one block may hold several: a
+    // short static `k` is unrolled completely (no loop-carried block
+    // parameters, whose moves the register allocator placed on every back
+    // edge), a longer one [`K_UNROLL`] steps per iteration.
+    if let Some(kc) = static_int(em, kn)
+        && (0..=K_FULL_UNROLL).contains(&kc)
+    {
+        let mut c = init;
+        for _ in 0..kc {
+            c = step(em, &c, ak, bk, offs);
+        }
+        return Ok(c[2..].to_vec());
+    }
+    let (k_end, acc) = em.for_loop(zero, kn, K_UNROLL as i64, &init, |em, _, c| {
+        let mut c = c.to_vec();
+        for _ in 0..K_UNROLL {
+            c = step(em, &c, ak, bk, offs);
+        }
+        Ok(c)
     })?;
     let (_, acc) = em.for_loop(k_end, kn, 1, &acc, |em, _, c| Ok(step(em, c, ak, bk, offs)))?;
     Ok(acc[2..].to_vec())
+}
+
+/// The longest static `k` whose steps [`tile_sums`] emits one after the
+/// other without a loop, and the steps per iteration of a longer one.
+const K_FULL_UNROLL: i64 = 48;
+const K_UNROLL: usize = 4;
+
+/// The value of `v` when it is an integer constant.
+fn static_int(em: &Emitter, v: Value) -> Option<i64> {
+    let inst = em.b.func.dfg.value_def(v).inst()?;
+    match em.b.func.dfg.insts[inst] {
+        InstructionData::UnaryImm {
+            opcode: Opcode::Iconst,
+            imm,
+        } => Some(imm.bits()),
+        _ => None,
+    }
 }
 
 /// The most `b` elements a gathered contraction packs at once (128 KiB of
@@ -896,16 +928,20 @@ fn gathered(
                         let src = em.b.ins().iadd(pb, t);
                         let t = em.b.ins().ishl_imm_s(c0, 2);
                         let src = em.b.ins().iadd(src, t);
-                        let (j, _) = em.for_loop(zero, cols, NR as i64, &[], |em, j, _| {
-                            let t = em.b.ins().ishl_imm_s(j, 2);
-                            let s0 = em.b.ins().iadd(src, t);
-                            let d = at(em, j);
-                            for h in 0..(NR / 4) as i32 {
-                                let v = em.b.ins().load(types::F32X4, input_mem(), s0, 16 * h);
-                                em.b.ins().store(mem(), v, d, 16 * h);
-                            }
-                            Ok(vec![])
-                        })?;
+                        // The source and destination pointers carried
+                        // (a panel row per NR columns): no index
+                        // arithmetic per vector.
+                        let (j, _) =
+                            em.for_loop(zero, cols, NR as i64, &[src, row], |em, _, p| {
+                                let (s0, d) = (p[0], p[1]);
+                                for h in 0..(NR / 4) as i32 {
+                                    let v = em.b.ins().load(types::F32X4, input_mem(), s0, 16 * h);
+                                    em.b.ins().store(mem(), v, d, 16 * h);
+                                }
+                                let s1 = em.b.ins().iadd_imm_s(s0, 4 * NR as i64);
+                                let d1 = em.b.ins().iadd(d, panel_bytes);
+                                Ok(vec![s1, d1])
+                            })?;
                         em.for_loop(j, cols, 1, &[], |em, j, _| {
                             let t = em.b.ins().ishl_imm_s(j, 2);
                             let s0 = em.b.ins().iadd(src, t);
@@ -1068,19 +1104,6 @@ fn lane_stores(
     em.vars.remove(&n);
     em.vars.remove(&m);
     Ok(())
-}
-
-/// Ends the current block with a jump to a new one that takes `vs` as
-/// parameters; returns the parameters.
-fn block_edge(em: &mut Emitter, vs: &[Value]) -> Vec<Value> {
-    let next = em.b.create_block();
-    for &v in vs {
-        let t = em.b.func.dfg.value_type(v);
-        em.b.append_block_param(next, t);
-    }
-    em.b.ins().jump(next, &super::expr::args(vs));
-    em.b.switch_to_block(next);
-    em.b.block_params(next).to_vec()
 }
 
 /// The row and column variables of a tiled contraction, its rows (the

@@ -1,7 +1,7 @@
 //! The expression emitter: one `match` over [`Expr`], scoped memoization
 //! (common sub-expressions are emitted once) and loop-invariant hoisting.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -64,6 +64,10 @@ pub(super) struct Emitter<'a, 'f> {
     pub fused: std::collections::HashSet<String>,
     /// The slot [`Emitter::pin`] stores to.
     pin_slot: Option<StackSlot>,
+    /// The values already pinned: a value is stored once (an invariant
+    /// that several hoisted expressions share was stored, after a reload
+    /// from its spill slot, once per sharer, in every row's preheader).
+    pinned: HashSet<Value>,
     imports: Vec<String>,
     funcs: HashMap<String, FuncRef>,
     /// The block that returns.
@@ -168,6 +172,7 @@ impl<'a, 'f> Emitter<'a, 'f> {
             vsplat: HashMap::new(),
             fused: Default::default(),
             pin_slot: None,
+            pinned: HashSet::new(),
             imports: Vec::new(),
             funcs: HashMap::new(),
             ret,
@@ -329,6 +334,9 @@ impl<'a, 'f> Emitter<'a, 'f> {
     /// are rematerialized per block, which defeats the loop-invariant
     /// hoisting), recomputing the row statistics for every element.
     fn pin(&mut self, v: Value) {
+        if !self.pinned.insert(v) {
+            return;
+        }
         let slot = match self.pin_slot {
             Some(s) => s,
             None => {

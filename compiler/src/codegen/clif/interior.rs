@@ -10,8 +10,11 @@
 //!   loop nest computes them once per channel, and each `add(chain,
 //!   mul(x, w))` of a flattened sum is emitted as one fused multiply-add
 //!   (the keys are returned). A sum then adds its terms in one chain, not
-//!   nested per axis, starting from the first term (no `0 +`): another
-//!   order and rounding than the evaluator's, within f32 sum tolerances.
+//!   nested per axis, starting from the first term (no `0 +`); a sum of
+//!   products in up to four chains of consecutive terms (three chains of
+//!   three taps for a 3x3 window) added by a balanced tree, so that the
+//!   multiply-adds do not wait for each other: another order and rounding
+//!   than the evaluator's, within f32 sum tolerances.
 //! * [`interior`]: the guards of a row's vector loads that are `and` trees
 //!   of row-invariant bools and comparisons monotone in the lane
 //!   (`lane + c < bound`, ...). Each comparison holds on an interval of
@@ -30,6 +33,10 @@ use super::hoist::{children, free_vars, key};
 
 /// The most terms a reduction is unrolled into.
 pub(super) const MAX_TERMS: usize = 32;
+/// The fewest terms per chain of an unrolled sum of products, and the
+/// most chains.
+const CHAIN: usize = 3;
+const MAX_CHAINS: usize = 4;
 
 /// Whether `e` depends on `lane`.
 fn depends(e: &Expr, lane: Var) -> bool {
@@ -151,22 +158,54 @@ fn unroll_in(e: &Expr, lane: Var, fused: &mut HashSet<String>) -> Expr {
         && matches!(op, Reduction::Sum | Reduction::Max | Reduction::Min)
         && let Some(ts) = terms(e, *op, lane, fused)
     {
-        let mut it = ts.into_iter();
-        let mut acc = it.next().expect("at least one term");
-        for t in it {
-            let is_mul = matches!(t, Expr::Binary(Binary::Mul, ..));
-            let bop = match op {
-                Reduction::Sum => Binary::Add,
-                Reduction::Prod => Binary::Mul,
-                Reduction::Max => Binary::Max,
-                Reduction::Min => Binary::Min,
-            };
-            acc = Expr::bin(bop, acc, t);
-            if *op == Reduction::Sum && is_mul {
-                fused.insert(key(&acc));
+        let bop = match op {
+            Reduction::Sum => Binary::Add,
+            Reduction::Prod => Binary::Mul,
+            Reduction::Max => Binary::Max,
+            Reduction::Min => Binary::Min,
+        };
+        // A sum of products (multiply-adds, rounded otherwise than the
+        // evaluator's sum anyway) runs as independent chains of
+        // consecutive terms added by a balanced tree, so the multiply-adds
+        // overlap instead of each waiting for the previous one: a 3x3
+        // window's nine taps are three chains of three. Other folds keep
+        // one chain in the evaluator's order (exact for `max`, `min` and
+        // sums of plain terms).
+        let products = *op == Reduction::Sum
+            && ts
+                .iter()
+                .all(|t| matches!(t, Expr::Binary(Binary::Mul, ..)));
+        let chains = if products {
+            ts.len().div_ceil(CHAIN).min(MAX_CHAINS)
+        } else {
+            1
+        };
+        let per = ts.len().div_ceil(chains);
+        let mut partial: Vec<Expr> = Vec::new();
+        for run in ts.chunks(per) {
+            let mut it = run.iter().cloned();
+            let mut acc = it.next().expect("at least one term");
+            for t in it {
+                let is_mul = matches!(t, Expr::Binary(Binary::Mul, ..));
+                acc = Expr::bin(bop, acc, t);
+                if *op == Reduction::Sum && is_mul {
+                    fused.insert(key(&acc));
+                }
             }
+            partial.push(acc);
         }
-        return acc;
+        while partial.len() > 1 {
+            let mut next = Vec::with_capacity(partial.len().div_ceil(2));
+            let mut it = partial.into_iter();
+            while let Some(x) = it.next() {
+                next.push(match it.next() {
+                    Some(y) => Expr::bin(bop, x, y),
+                    None => x,
+                });
+            }
+            partial = next;
+        }
+        return partial.pop().expect("at least one chain");
     }
     if let Expr::Load { .. } = e {
         return e.clone();

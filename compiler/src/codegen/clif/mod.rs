@@ -38,6 +38,7 @@ mod hoist;
 mod interior;
 mod loops;
 mod math;
+mod views;
 mod vmap;
 
 use cranelift_codegen::ir::{AbiParam, Function, Signature, UserFuncName, types};
@@ -102,6 +103,8 @@ pub enum CodegenError {
 
 /// Compiles `k` to a CLIF function for `isa`.
 pub fn compile_kernel(k: &Kernel, isa: &dyn TargetIsa) -> Result<ClifKernel, CodegenError> {
+    let collapsed = views::collapse_split_reads(k);
+    let k = collapsed.as_ref().unwrap_or(k);
     let ptr = isa.pointer_type();
     let mut sig = Signature::new(isa.default_call_conv());
     sig.params.push(AbiParam::new(ptr));

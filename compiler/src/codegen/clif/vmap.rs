@@ -50,13 +50,13 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value, types};
 use kiln_dialect::kernel::{Binary, Body, Expr, Reduction, Unary, Var};
 use kiln_dialect::{DType, Dim};
 
 use super::CodegenError;
-use super::expr::{Emitter, T, load_type, mem};
+use super::expr::{Emitter, T, input_mem, load_type, mem};
 use super::hoist::{ACC, children, free_vars};
 use super::interior;
 use super::loops::emit_nest;
@@ -448,14 +448,20 @@ impl Emitter<'_, '_> {
 
     /// Four consecutive elements of `input` from `index` (lane 0's).
     fn vload(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Value, CodegenError> {
-        let flat = self.flat_index(e, input, index)?;
         let dtype = self.k.inputs[input].dtype;
         let base = self.bases[input];
         if dtype == DType::F32 {
+            // The constant parts of the indices on axes of static stride
+            // go into the load's immediate offset: a window's taps then
+            // share one address (`x[y + 1, x - 1]` and `x[y, x]` differ
+            // only in the offset), not an address computation each.
+            let (peeled, bytes) = peel_offsets(&self.k.inputs[input].shape.0, index);
+            let flat = self.flat_index(e, input, &peeled)?;
             let off = self.b.ins().ishl_imm_s(flat, 2);
             let a = self.b.ins().iadd(base, off);
-            return Ok(self.b.ins().load(types::F32X4, mem(), a, 0));
+            return Ok(self.b.ins().load(types::F32X4, input_mem(), a, bytes));
         }
+        let flat = self.flat_index(e, input, index)?;
         let mut v = None;
         for j in 0..4u8 {
             let f = self.b.ins().iadd_imm_s(flat, i64::from(j));
@@ -937,27 +943,58 @@ pub(super) fn emit_map(em: &mut Emitter, expr: &Expr) -> Result<(), CodegenError
             None => vector_loop(em, expr, lane, lo, hi)?,
             Some(int) => {
                 let (ok, l, h) = em.interior_bounds(&int.conds, lane, lo, hi)?;
-                // Border vectors (some lane below `l`), the interior
-                // (where the row's invariant conditions hold), the rest.
-                let l3 = em.b.ins().iadd_imm_s(l, 3);
-                let hi1 = em.b.ins().smin(hi, l3);
-                let i = vector_loop(em, expr, lane, lo, hi1)?;
-                let h = em.b.ins().smin(hi, h);
-                let hi2 = em.b.ins().select(ok, h, i);
-                let i = vector_loop(em, &int.fast, lane, i, hi2)?;
-                vector_loop(em, expr, lane, i, hi)?
+                // Where the row's invariant conditions hold and the lanes
+                // `[a, b)` where the others do hold a vector at least: the
+                // lanes below `a` one by one, `[a, b)` by guard-free
+                // vectors (the last one overlapping the one before where
+                // `b - a` is not a multiple of 4: it stores the same
+                // values again), the lanes from `b` one by one. Else
+                // (padding rows, short rows) vectors with the guards.
+                let a = em.b.ins().smax(l, lo);
+                let a = em.b.ins().smin(a, hi);
+                let b = em.b.ins().smin(h, hi);
+                let b = em.b.ins().smax(b, a);
+                let width = em.b.ins().isub(b, a);
+                let wide =
+                    em.b.ins()
+                        .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, width, 4);
+                let inside = em.b.ins().band(ok, wide);
+                let inner_b = em.b.create_block();
+                let border_b = em.b.create_block();
+                let merge = em.b.create_block();
+                em.b.append_block_param(merge, types::I64);
+                em.b.ins().brif(inside, inner_b, &[], border_b, &[]);
+                em.b.switch_to_block(inner_b);
+                em.push_scope();
+                let r = (|| {
+                    scalar_loop(em, expr, lane, lo, a)?;
+                    let i = vector_loop2(em, &int.fast, lane, a, b)?;
+                    let i = vector_loop(em, &int.fast, lane, i, b)?;
+                    let left = em.b.ins().icmp(IntCC::SignedLessThan, i, b);
+                    let last = em.b.create_block();
+                    let done = em.b.create_block();
+                    em.b.ins().brif(left, last, &[], done, &[]);
+                    em.b.switch_to_block(last);
+                    let at = em.b.ins().iadd_imm_s(b, -4);
+                    vector_loop(em, &int.fast, lane, at, b)?;
+                    em.b.ins().jump(done, &[]);
+                    em.b.switch_to_block(done);
+                    Ok::<(), CodegenError>(())
+                })();
+                em.pop_scope();
+                r?;
+                em.b.ins().jump(merge, &super::expr::args(&[b]));
+                em.b.switch_to_block(border_b);
+                em.push_scope();
+                let i = vector_loop(em, expr, lane, lo, hi);
+                em.pop_scope();
+                let i = i?;
+                em.b.ins().jump(merge, &super::expr::args(&[i]));
+                em.b.switch_to_block(merge);
+                em.b.block_params(merge)[0]
             }
         };
-        em.for_loop(i, hi, 1, &[], |em, j, _| {
-            em.vars.insert(lane, j);
-            let v = em.emit(expr);
-            let r = v.and_then(|v| {
-                let flat = em.out_flat();
-                em.store_out(expr, flat, v)
-            });
-            em.vars.remove(&lane);
-            r.map(|()| vec![])
-        })?;
+        scalar_loop(em, expr, lane, i, hi)?;
         em.scratch.clear();
         em.vsplat.clear();
         Ok(())
@@ -982,6 +1019,111 @@ fn vector_loop(
         let off = em.b.ins().ishl_imm_s(flat, 2);
         let a = em.b.ins().iadd(em.bases[out], off);
         em.b.ins().store(mem(), v, a, 0);
+        Ok(vec![])
+    })?;
+    Ok(i)
+}
+
+/// `e` as `base + c` (`c` an integer constant, 0 when there is none):
+/// `add` and `sub` of constants peeled off, `None` on overflow.
+fn split_const(e: &Expr) -> Option<(Expr, i64)> {
+    match e {
+        Expr::Int(c) => Some((Expr::Int(0), *c)),
+        Expr::Binary(Binary::Add, a, b) => match (&**a, &**b) {
+            (x, Expr::Int(c)) | (Expr::Int(c), x) => {
+                let (base, d) = split_const(x)?;
+                Some((base, d.checked_add(*c)?))
+            }
+            _ => Some((e.clone(), 0)),
+        },
+        Expr::Binary(Binary::Sub, a, b) => match &**b {
+            Expr::Int(c) => {
+                let (base, d) = split_const(a)?;
+                Some((base, d.checked_sub(*c)?))
+            }
+            _ => Some((e.clone(), 0)),
+        },
+        _ => Some((e.clone(), 0)),
+    }
+}
+
+/// `index` (into a tensor of `dims`, f32) with the constant parts of the
+/// indices on axes of static stride removed, and those parts as a byte
+/// offset (the same address: index arithmetic is exact i64, and the
+/// offset fits an `i32` or nothing is peeled).
+fn peel_offsets(dims: &[Dim], index: &[Expr]) -> (Vec<Expr>, i32) {
+    let mut out = Vec::with_capacity(index.len());
+    let mut total: Option<i64> = Some(0);
+    for (a, ie) in index.iter().enumerate() {
+        let stride = dims
+            .get(a + 1..)
+            .unwrap_or(&[])
+            .iter()
+            .try_fold(1i64, |p, d| {
+                p.checked_mul(i64::try_from(d.as_static()?).ok()?)
+            });
+        match (stride, split_const(ie)) {
+            (Some(st), Some((b, c))) if c != 0 => {
+                total = total.and_then(|t| t.checked_add(c.checked_mul(st)?));
+                out.push(b);
+            }
+            _ => out.push(ie.clone()),
+        }
+    }
+    match total
+        .and_then(|t| t.checked_mul(4))
+        .and_then(|t| i32::try_from(t).ok())
+    {
+        Some(bytes) => (out, bytes),
+        None => (index.to_vec(), 0),
+    }
+}
+
+/// Stores `e` one lane at a time for `lane` in `[lo, hi)`.
+fn scalar_loop(
+    em: &mut Emitter,
+    e: &Expr,
+    lane: Var,
+    lo: Value,
+    hi: Value,
+) -> Result<(), CodegenError> {
+    em.for_loop(lo, hi, 1, &[], |em, j, _| {
+        em.vars.insert(lane, j);
+        let v = em.emit(e);
+        let r = v.and_then(|v| {
+            let flat = em.out_flat();
+            em.store_out(e, flat, v)
+        });
+        em.vars.remove(&lane);
+        r.map(|()| vec![])
+    })?;
+    Ok(())
+}
+
+/// [`vector_loop`] eight lanes (two vectors) a time: the interior of a
+/// row, whose expression has no branches, so the two vectors' work can
+/// overlap and the lane-invariant operands are read once for both.
+fn vector_loop2(
+    em: &mut Emitter,
+    e: &Expr,
+    lane: Var,
+    lo: Value,
+    hi: Value,
+) -> Result<Value, CodegenError> {
+    let out = em.k.inputs.len();
+    let (i, _) = em.for_loop(lo, hi, 8, &[], |em, i, _| {
+        let i4 = em.b.ins().iadd_imm_s(i, 4);
+        let mut vs = Vec::new();
+        for at in [i, i4] {
+            vs.push(em.vemit_at(e, lane, at)?);
+        }
+        em.vars.insert(lane, i);
+        let flat = em.out_flat();
+        em.vars.remove(&lane);
+        let off = em.b.ins().ishl_imm_s(flat, 2);
+        let a = em.b.ins().iadd(em.bases[out], off);
+        em.b.ins().store(mem(), vs[0], a, 0);
+        em.b.ins().store(mem(), vs[1], a, 16);
         Ok(vec![])
     })?;
     Ok(i)
@@ -1040,4 +1182,32 @@ pub(super) fn map_qualifies(em: &Emitter, expr: &Expr) -> bool {
         && em.k.output.dtype == DType::F32
         && em.fty == types::F32
         && vtype(em, expr, Var(rank as u32 - 1), true) == Some(VT::F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_index_parts_become_byte_offsets() {
+        let v = |i| Expr::Var(Var(i));
+        let dims = [Dim::Static(2), Dim::Sym("h".into()), Dim::Static(5)];
+        // x[b + 1, 1 + y, (x + 2) - 1]: 1 * 5 + 1 elements, 24 bytes.
+        let index = [
+            Expr::bin(Binary::Add, v(0), Expr::Int(1)),
+            Expr::bin(Binary::Add, Expr::Int(1), v(1)),
+            Expr::bin(
+                Binary::Sub,
+                Expr::bin(Binary::Add, v(2), Expr::Int(2)),
+                Expr::Int(1),
+            ),
+        ];
+        let (peeled, bytes) = peel_offsets(&dims, &index);
+        // Axis 0's stride (h * 5) is symbolic: its constant stays.
+        assert_eq!(peeled, vec![index[0].clone(), v(1), v(2)]);
+        assert_eq!(bytes, 24);
+        // An offset past i32 peels nothing.
+        let far = [v(0), v(1), Expr::bin(Binary::Add, v(2), Expr::Int(1 << 40))];
+        assert_eq!(peel_offsets(&dims, &far), (far.to_vec(), 0));
+    }
 }
