@@ -59,6 +59,25 @@ pub(super) fn collapse_split_reads(k: &Kernel) -> Option<Kernel> {
                 b: rewrite(b),
                 epilogue: rewrite(epilogue),
             },
+            Body::Attention(t) => {
+                let mut t = (**t).clone();
+                for e in [
+                    &mut t.keys,
+                    &mut t.depth,
+                    &mut t.q,
+                    &mut t.k,
+                    &mut t.v,
+                    &mut t.scale,
+                    &mut t.epilogue,
+                ]
+                .into_iter()
+                .chain(t.bias.as_mut())
+                .chain(t.causal.as_mut())
+                {
+                    *e = rewrite(e);
+                }
+                Body::Attention(Box::new(t))
+            }
         };
         out = Some(next);
     }
@@ -94,6 +113,7 @@ fn collapsible_axis(k: &Kernel, input: usize) -> Option<usize> {
             visit(b);
             visit(epilogue);
         }
+        Body::Attention(t) => t.exprs().into_iter().for_each(visit),
     }
     found.flatten()
 }
