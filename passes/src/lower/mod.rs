@@ -337,6 +337,29 @@ fn lower_kernel(
 
 type Lowered = (Body, Vec<Value>, Vec<String>);
 
+/// The kernel's one node whose op `is` picks, when there is exactly one.
+fn sole_node(g: &Graph, w: &Work, is: impl Fn(&Op) -> bool) -> Option<NodeId> {
+    let mut picked = w.nodes.iter().copied().filter(|&n| is(&g.node(n).op));
+    let first = picked.next()?;
+    picked.next().is_none().then_some(first)
+}
+
+/// The kernel's output at `idx` with `v` standing for the accumulator
+/// (`Expr::Acc`), or `None` when the output reads `v` anywhere but at its
+/// own index.
+fn epilogue_over(
+    cx: &mut cx::Cx,
+    w: &Work,
+    v: Value,
+    idx: &[Expr],
+) -> Result<Option<Expr>, LowerError> {
+    cx.acc = Some((v, idx.to_vec()));
+    let e = cx.at(w.output, idx)?;
+    let escaped = cx.acc_escaped;
+    cx.acc = None;
+    Ok((!escaped).then_some(e))
+}
+
 /// `epilogue(attention(q, k, v[, mask]))` as the attention template, when
 /// the kernel has one attention node whose result the epilogue reads only
 /// at the output's own index.
@@ -348,26 +371,17 @@ fn lower_attention(
     float: Ty,
     idx: &[Expr],
 ) -> Result<Option<Lowered>, LowerError> {
-    let nodes: Vec<NodeId> = w
-        .nodes
-        .iter()
-        .copied()
-        .filter(|&n| matches!(g.node(n).op, Op::Attention { .. }))
-        .collect();
-    let [a] = nodes.as_slice() else {
+    let Some(a) = sole_node(g, w, |op| matches!(op, Op::Attention { .. })) else {
         return Ok(None);
     };
-    let av = Value::of(*a);
+    let av = Value::of(a);
     if g.value_type(av).shape != g.value_type(w.output).shape || idx.len() != 4 {
         return Ok(None);
     }
     let mut cx = cx::Cx::new(g, inside, in_memory, float, idx.len());
-    cx.acc = Some((av, idx.to_vec()));
-    let epilogue = cx.at(w.output, idx)?;
-    if cx.acc_escaped {
+    let Some(epilogue) = epilogue_over(&mut cx, w, av, idx)? else {
         return Ok(None);
-    }
-    cx.acc = None;
+    };
     let t = nn::attention_template(&mut cx, av, idx, epilogue)?;
     Ok(Some((Body::Attention(Box::new(t)), cx.inputs, cx.dims)))
 }
@@ -383,24 +397,18 @@ fn lower_contract(
     float: Ty,
     idx: &[Expr],
 ) -> Result<Option<Lowered>, LowerError> {
-    let matmuls: Vec<NodeId> = w
-        .nodes
-        .iter()
-        .copied()
-        .filter(|&n| matches!(g.node(n).op, Op::Matmul { .. }))
-        .collect();
-    let [m] = matmuls.as_slice() else {
+    let Some(m) = sole_node(g, w, |op| matches!(op, Op::Matmul { .. })) else {
         return Ok(None);
     };
     let Op::Matmul {
         transpose_a,
         transpose_b,
-    } = g.node(*m).op
+    } = g.node(m).op
     else {
         return Ok(None);
     };
-    let mv = Value::of(*m);
-    let ops = g.operands(*m);
+    let mv = Value::of(m);
+    let ops = g.operands(m);
     let r = idx.len();
     if g.value_type(ops[0]).shape.rank() < 2
         || g.value_type(ops[1]).shape.rank() < 2
@@ -410,12 +418,9 @@ fn lower_contract(
         return Ok(None);
     }
     let mut cx = cx::Cx::new(g, inside, in_memory, float, r);
-    cx.acc = Some((mv, idx.to_vec()));
-    let epilogue = cx.at(w.output, idx)?;
-    if cx.acc_escaped {
+    let Some(epilogue) = epilogue_over(&mut cx, w, mv, idx)? else {
         return Ok(None);
-    }
-    cx.acc = None;
+    };
     let k = cx.fresh();
     let (ai, bi, extent) = nn::matmul_operands(
         &mut cx,

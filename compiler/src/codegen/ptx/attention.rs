@@ -43,7 +43,7 @@ use kiln_dialect::kernel::{Attention, Body, Expr, Kernel, Ty, Var};
 use super::asm::Class;
 use super::elements::unravel;
 use super::expr::{Em, free_vars};
-use super::mma::{Storage, TileStore, lane_offset, store_tile};
+use super::mma::{Storage, TileStore, is_index_of, lane_offset, plain_load, store_tile};
 use super::{Grid, PtxArch, PtxError};
 
 /// Queries per block (16 per warp).
@@ -158,43 +158,13 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
 /// `e` as a plain operand: an unguarded load of a bf16/f16 tensor at
 /// `[batch.., row, col]`, rows a static multiple of 8 elements.
 fn operand(k: &Kernel, e: &Expr, row: Var, col: Var, r: usize) -> Option<Operand> {
-    let Expr::Load {
-        input,
-        index,
-        guard: None,
-    } = e
-    else {
-        return None;
-    };
-    let buf = k.inputs.get(*input)?;
-    if !matches!(buf.dtype, DType::BF16 | DType::F16) {
-        return None;
-    }
+    let (input, index) = plain_load(k, e, r)?;
     let n = index.len();
-    if n < 2 || buf.shape.rank() != n {
-        return None;
-    }
-    // A row of an axis of size 1 may be written as 0 (index
-    // simplification does).
-    let single = |v: Var| {
-        (v.0 as usize) < r && k.output.shape.0[v.0 as usize] == kiln_dialect::Dim::Static(1)
-    };
-    let at = |e: &Expr, v: Var| *e == Expr::Var(v) || (single(v) && *e == Expr::Int(0));
-    if !at(&index[n - 2], row) || index[n - 1] != Expr::Var(col) {
-        return None;
-    }
-    let batch = |v: &Var| (v.0 as usize) < r - 2;
-    if !index[..n - 2]
-        .iter()
-        .all(|i| free_vars(i).iter().all(batch))
-    {
-        return None;
-    }
-    if buf.shape.0[n - 1].as_static()? % 8 != 0 {
+    if !is_index_of(k, &index[n - 2], row) || index[n - 1] != Expr::Var(col) {
         return None;
     }
     Some(Operand {
-        input: *input,
+        input,
         lead: index[..n - 2].to_vec(),
     })
 }

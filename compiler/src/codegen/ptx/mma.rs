@@ -355,6 +355,31 @@ fn plain_operand(
     extent: &Expr,
     r: usize,
 ) -> Option<Operand> {
+    let (input, index) = plain_load(k, e, r)?;
+    let n = index.len();
+    let is_outer = |e: &Expr| is_index_of(k, e, outer);
+    let storage = match (&index[n - 2], &index[n - 1]) {
+        (o, Expr::Var(x)) if is_outer(o) && *x == kv => Storage::OuterK,
+        (Expr::Var(x), o) if is_outer(o) && *x == kv => Storage::KOuter,
+        _ => return None,
+    };
+    if storage == Storage::OuterK && !matches!(extent, Expr::Int(x) if *x > 0 && x % 8 == 0) {
+        return None;
+    }
+    Some(Operand {
+        input,
+        lead: index[..n - 2].to_vec(),
+        storage,
+        staged: None,
+        chunk: None,
+    })
+}
+
+/// An unguarded load of a bf16/f16 tensor of rank 2 or more whose rows are
+/// a static multiple of 8 elements (16-byte aligned) and whose leading
+/// (batch) indices read only the output's batch variables (of `r` output
+/// axes): its input and index, for the fused paths to check the last two.
+pub(super) fn plain_load<'e>(k: &Kernel, e: &'e Expr, r: usize) -> Option<(usize, &'e [Expr])> {
     let Expr::Load {
         input,
         index,
@@ -368,39 +393,22 @@ fn plain_operand(
         return None;
     }
     let n = index.len();
-    if n < 2 || buf.shape.rank() != n {
+    if n < 2 || buf.shape.rank() != n || buf.shape.0[n - 1].as_static()? % 8 != 0 {
         return None;
     }
-    // The outer index is its variable, or 0 when the output's axis has
-    // size 1 (index simplification writes it as 0).
-    let single = k.output.shape.0[outer.0 as usize] == kiln_dialect::Dim::Static(1);
-    let is_outer = |e: &Expr| *e == Expr::Var(outer) || (single && *e == Expr::Int(0));
-    let storage = match (&index[n - 2], &index[n - 1]) {
-        (o, Expr::Var(x)) if is_outer(o) && *x == kv => Storage::OuterK,
-        (Expr::Var(x), o) if is_outer(o) && *x == kv => Storage::KOuter,
-        _ => return None,
-    };
-    let batch = |v: &Var| (v.0 as usize) < r - 2 && *v != kv;
-    if !index[..n - 2]
+    let batch = |v: &Var| (v.0 as usize) < r.saturating_sub(2);
+    index[..n - 2]
         .iter()
         .all(|i| free_vars(i).iter().all(batch))
-    {
-        return None;
-    }
-    let contiguous = buf.shape.0[n - 1].as_static()?;
-    if contiguous % 8 != 0 {
-        return None;
-    }
-    if storage == Storage::OuterK && !matches!(extent, Expr::Int(x) if *x > 0 && x % 8 == 0) {
-        return None;
-    }
-    Some(Operand {
-        input: *input,
-        lead: index[..n - 2].to_vec(),
-        storage,
-        staged: None,
-        chunk: None,
-    })
+        .then_some((*input, index.as_slice()))
+}
+
+/// Whether `e` indexes by variable `v`: `v` itself, or 0 when `v` is an
+/// output variable over an axis of size 1 (index simplification writes
+/// it so).
+pub(super) fn is_index_of(k: &Kernel, e: &Expr, v: Var) -> bool {
+    let single = k.output.shape.0.get(v.0 as usize) == Some(&kiln_dialect::Dim::Static(1));
+    *e == Expr::Var(v) || (single && *e == Expr::Int(0))
 }
 
 /// The running state of one thread's 16-byte copies of one operand.
