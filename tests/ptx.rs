@@ -1268,25 +1268,38 @@ fn fused_attention() {
 /// 1/128 of the output's largest magnitude.
 #[test]
 fn fused_attention_runs_as_the_evaluator_says() {
+    // The map form recomputes every row's scores per element: the CPU side
+    // skips the largest kernel.
+    let skip = |k: &Kernel, on_gpu: bool| !on_gpu && k.name == "attn_f16_d128";
+    let tol = |on_gpu: bool| if on_gpu { 1.0 / 128.0 } else { 1e-4 };
+    run_on_every_side(&attention_kernels(), skip, tol);
+}
+
+/// Runs `kernels` against the evaluator on the CPU executor and, where
+/// there is a GPU, as sm_90a and sm_80 modules, with the float tolerance
+/// `tol(on_gpu)`; `skip(kernel, on_gpu)` leaves a side out. Fails listing
+/// every mismatch.
+fn run_on_every_side(
+    kernels: &[Kernel],
+    skip: impl Fn(&Kernel, bool) -> bool,
+    tol: impl Fn(bool) -> f64,
+) {
     use rand::SeedableRng;
     let seed = common::seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let gpu = common::gpu_available();
     let mut failures = Vec::new();
-    for k in &attention_kernels() {
+    for k in kernels {
         let sides = [
             (false, PtxArch::Sm90a),
             (true, PtxArch::Sm90a),
             (true, PtxArch::Sm80),
         ];
         for (on_gpu, arch) in sides {
-            // The map form recomputes every row's scores per element: the
-            // CPU side skips the largest kernel.
-            if (on_gpu && !gpu) || (!on_gpu && k.name == "attn_f16_d128") {
+            if (on_gpu && !gpu) || skip(k, on_gpu) {
                 continue;
             }
-            let tol = if on_gpu { 1.0 / 128.0 } else { 1e-4 };
-            if let Err(e) = run_against_eval_tol(k, &mut rng, on_gpu, arch, tol) {
+            if let Err(e) = run_against_eval_tol(k, &mut rng, on_gpu, arch, tol(on_gpu)) {
                 let side = if on_gpu { arch.target() } else { "cpu" };
                 failures.push(format!("{} ({side}, seed {seed}): {e}", k.name));
             }
@@ -1366,28 +1379,7 @@ fn tensor_core_contractions() {
 /// (and on the CPU executor, a check of the kernels).
 #[test]
 fn tensor_core_contractions_run_as_the_evaluator_says() {
-    use rand::SeedableRng;
-    let seed = common::seed();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let gpu = common::gpu_available();
-    let mut failures = Vec::new();
-    for k in &mma_kernels() {
-        let sides = [
-            (false, PtxArch::Sm90a),
-            (true, PtxArch::Sm90a),
-            (true, PtxArch::Sm80),
-        ];
-        for (on_gpu, arch) in sides {
-            if on_gpu && !gpu {
-                continue;
-            }
-            if let Err(e) = run_against_eval_for(k, &mut rng, on_gpu, arch) {
-                let side = if on_gpu { arch.target() } else { "cpu" };
-                failures.push(format!("{} ({side}, seed {seed}): {e}", k.name));
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    run_on_every_side(&mma_kernels(), |_, _| false, |_| 1e-4);
 }
 
 #[test]

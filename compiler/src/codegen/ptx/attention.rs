@@ -43,7 +43,9 @@ use kiln_dialect::kernel::{Attention, Body, Expr, Kernel, Ty, Var};
 use super::asm::Class;
 use super::elements::unravel;
 use super::expr::{Em, free_vars};
-use super::mma::{Storage, TileStore, is_index_of, lane_offset, plain_load, store_tile};
+use super::mma::{
+    Storage, TileStore, copy16, is_index_of, lane_offset, lead_offset, plain_load, store_tile,
+};
 use super::{Grid, PtxArch, PtxError};
 
 /// Queries per block (16 per warp).
@@ -196,15 +198,7 @@ fn copies(
 ) -> Result<Copies, PtxError> {
     let i = op.input;
     let rank = em.in_shape[i].len();
-    let mut lead = "0".to_string();
-    for (a, ix) in op.lead.iter().enumerate() {
-        let v = em.emit(ix)?;
-        let stride = em.in_strides[i][a].clone();
-        let term = em.mul_op(&v.r, &stride);
-        let s = em.reg(Class::D);
-        em.ins(format!("add.s64 {s}, {term}, {lead}"));
-        lead = s;
-    }
+    let lead = lead_offset(em, i, &op.lead)?;
     let row_stride = em.in_strides[i][rank - 2].clone();
     let rows_in = em.in_shape[i][rank - 2].clone();
     let lim = em.reg(Class::D);
@@ -256,13 +250,7 @@ fn issue(em: &mut Em, c: &Copies, dst0: &str) {
     for j in 0..c.shared.len() {
         let p = em.reg(Class::P);
         em.ins(format!("setp.lt.s64 {p}, {}, {}", c.row[j], c.limit));
-        let (size, dst, src) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
-        em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
-        em.ins(format!("selp.b64 {src}, {}, {}, {p}", c.global[j], c.base));
-        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
-        em.ins(format!(
-            "cp.async.cg.shared.global [{dst}], [{src}], 16, {size}"
-        ));
+        copy16(em, &p, &c.global[j], &c.base, dst0, &c.shared[j], 0);
         em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
         em.ins(format!("add.s64 {0}, {0}, {BLOCK_N}", c.row[j]));
     }

@@ -869,19 +869,7 @@ fn copies(
     let i = op.input;
     let rank = em.in_shape[i].len();
     // The element offset of the batch indices.
-    let mut lead = "0".to_string();
-    for (a, ix) in op.lead.iter().enumerate() {
-        let v = em.emit(ix)?;
-        let stride = em.in_strides[i][a].clone();
-        let term = em.mul_op(&v.r, &stride);
-        if let (Some(x), Some(y)) = (super::expr::imm(&lead), super::expr::imm(&term)) {
-            lead = (x + y).to_string();
-            continue;
-        }
-        let s = em.reg(Class::D);
-        em.ins(format!("add.s64 {s}, {term}, {lead}"));
-        lead = s;
-    }
+    let lead = lead_offset(em, i, &op.lead)?;
     let row_stride = if rank >= 2 {
         em.in_strides[i][rank - 2].clone()
     } else {
@@ -1022,15 +1010,9 @@ fn issue(
                 em.ins(format!("add.s64 {f}, {flat}, {term}"));
                 flat = f;
             }
-            let (size, dst, src) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
+            let src = em.reg(Class::D);
             em.ins(format!("mad.lo.s64 {src}, {flat}, 2, {}", c.base));
-            em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
-            em.ins(format!("selp.b64 {src}, {src}, {}, {p}", c.base));
-            em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
-            em.ins(format!(
-                "cp.async.cg.shared.global [{dst}+{}], [{src}], 16, {size}",
-                c.slice
-            ));
+            copy16(em, &p, &src, &c.base, &dst0, &c.shared[j], c.slice);
             em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
         }
         return Ok(());
@@ -1089,18 +1071,51 @@ fn issue(
         let (pk, p) = (em.reg(Class::P), em.reg(Class::P));
         em.ins(format!("setp.lt.s64 {pk}, {}, {kext}", c.kidx[j]));
         em.ins(format!("and.pred {p}, {pk}, {}", c.outer_ok[j]));
-        let (size, dst, src) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
-        em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
-        em.ins(format!("selp.b64 {src}, {}, {}, {p}", c.global[j], c.base));
-        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
-        em.ins(format!(
-            "cp.async.cg.shared.global [{dst}+{}], [{src}], 16, {size}",
-            c.slice
-        ));
+        copy16(em, &p, &c.global[j], &c.base, &dst0, &c.shared[j], c.slice);
         em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
         em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
     }
     Ok(())
+}
+
+/// One 16-byte `cp.async` from global address `src` to shared address
+/// `dst0 + offset + slice` where `p` holds; where it does not, the copy
+/// reads nothing (its source pointed at `base`, in bounds) and zero-fills.
+pub(super) fn copy16(
+    em: &mut Em,
+    p: &str,
+    src: &str,
+    base: &str,
+    dst0: &str,
+    offset: &str,
+    slice: u32,
+) {
+    let (size, dst, from) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::D));
+    em.ins(format!("selp.u32 {size}, 16, 0, {p}"));
+    em.ins(format!("selp.b64 {from}, {src}, {base}, {p}"));
+    em.ins(format!("add.u32 {dst}, {dst0}, {offset}"));
+    em.ins(format!(
+        "cp.async.cg.shared.global [{dst}+{slice}], [{from}], 16, {size}"
+    ));
+}
+
+/// The element offset of an operand's batch indices `lead` in input
+/// `input` (an immediate when they are constants).
+pub(super) fn lead_offset(em: &mut Em, input: usize, lead: &[Expr]) -> Result<String, PtxError> {
+    let mut off = "0".to_string();
+    for (a, ix) in lead.iter().enumerate() {
+        let v = em.emit(ix)?;
+        let stride = em.in_strides[input][a].clone();
+        let term = em.mul_op(&v.r, &stride);
+        if let (Some(x), Some(y)) = (super::expr::imm(&off), super::expr::imm(&term)) {
+            off = (x + y).to_string();
+            continue;
+        }
+        let s = em.reg(Class::D);
+        em.ins(format!("add.s64 {s}, {term}, {off}"));
+        off = s;
+    }
+    Ok(off)
 }
 
 /// Moves a stage offset to the next stage, wrapping after the last.
