@@ -44,7 +44,8 @@ use super::asm::Class;
 use super::elements::unravel;
 use super::expr::{Em, free_vars};
 use super::mma::{
-    Storage, TileStore, copy16, is_index_of, lane_offset, lead_offset, plain_load, store_tile,
+    Storage, TileLoop, TileStore, copy16, is_index_of, lane_offset, lead_offset, plain_load,
+    store_tile,
 };
 use super::{Grid, PtxArch, PtxError};
 
@@ -347,18 +348,8 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     let lsum: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
 
     // The block loop.
-    let tile = em.reg(Class::D);
-    let cta = em.reg(Class::R);
-    em.ins(format!("mov.u32 {cta}, %ctaid.x"));
-    em.ins(format!("cvt.u64.u32 {tile}, {cta}"));
-    let (ncta, grid) = (em.reg(Class::R), em.reg(Class::D));
-    em.ins(format!("mov.u32 {ncta}, %nctaid.x"));
-    em.ins(format!("cvt.u64.u32 {grid}, {ncta}"));
-    let (top, done) = (em.a.label("tile"), em.a.label("exit"));
-    let pexit = em.reg(Class::P);
-    em.a.place(&top);
-    em.ins(format!("setp.ge.s64 {pexit}, {tile}, {units}"));
-    em.ins(format!("@{pexit} bra {done}"));
+    let lp = TileLoop::start(em, units);
+    let tile = lp.tile.clone();
     let (tm, bflat) = (em.reg(Class::D), em.reg(Class::D));
     if offset.is_some() {
         // Causal blocks take more steps the further down they start: the
@@ -660,9 +651,6 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         },
         &t.epilogue,
     )?;
-    em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
-    em.ins(format!("bra.uni {top}"));
-    em.a.place(&done);
-    em.ins("ret");
+    lp.end(em);
     Ok(())
 }

@@ -580,18 +580,8 @@ pub(super) fn emit(
     let acc: Vec<String> = (0..t.accs()).map(|_| em.reg(Class::F)).collect();
 
     // The tile loop.
-    let tile = em.reg(Class::D);
-    let cta = em.reg(Class::R);
-    em.ins(format!("mov.u32 {cta}, %ctaid.x"));
-    em.ins(format!("cvt.u64.u32 {tile}, {cta}"));
-    let (ncta, grid) = (em.reg(Class::R), em.reg(Class::D));
-    em.ins(format!("mov.u32 {ncta}, %nctaid.x"));
-    em.ins(format!("cvt.u64.u32 {grid}, {ncta}"));
-    let (top, done) = (em.a.label("tile"), em.a.label("exit"));
-    let pexit = em.reg(Class::P);
-    em.a.place(&top);
-    em.ins(format!("setp.ge.s64 {pexit}, {tile}, {units}"));
-    em.ins(format!("@{pexit} bra {done}"));
+    let lp = TileLoop::start(em, units);
+    let tile = lp.tile.clone();
     let (tn, q, tm, bflat) = (
         em.reg(Class::D),
         em.reg(Class::D),
@@ -688,11 +678,50 @@ pub(super) fn emit(
         },
         epilogue,
     )?;
-    em.ins(format!("add.s64 {tile}, {tile}, {grid}"));
-    em.ins(format!("bra.uni {top}"));
-    em.a.place(&done);
-    em.ins("ret");
+    lp.end(em);
     Ok(())
+}
+
+/// A grid-stride loop over a kernel's tiles (or blocks): each block starts
+/// at tile `%ctaid.x` and walks a grid further until `units`.
+pub(super) struct TileLoop {
+    /// The current tile (s64).
+    pub tile: String,
+    grid: String,
+    top: String,
+    done: String,
+}
+
+impl TileLoop {
+    /// Opens the loop: the body that follows computes tile `tile`.
+    pub(super) fn start(em: &mut Em, units: &str) -> TileLoop {
+        let tile = em.reg(Class::D);
+        let cta = em.reg(Class::R);
+        em.ins(format!("mov.u32 {cta}, %ctaid.x"));
+        em.ins(format!("cvt.u64.u32 {tile}, {cta}"));
+        let (ncta, grid) = (em.reg(Class::R), em.reg(Class::D));
+        em.ins(format!("mov.u32 {ncta}, %nctaid.x"));
+        em.ins(format!("cvt.u64.u32 {grid}, {ncta}"));
+        let (top, done) = (em.a.label("tile"), em.a.label("exit"));
+        let pexit = em.reg(Class::P);
+        em.a.place(&top);
+        em.ins(format!("setp.ge.s64 {pexit}, {tile}, {units}"));
+        em.ins(format!("@{pexit} bra {done}"));
+        TileLoop {
+            tile,
+            grid,
+            top,
+            done,
+        }
+    }
+
+    /// Closes the loop and the kernel.
+    pub(super) fn end(self, em: &mut Em) {
+        em.ins(format!("add.s64 {0}, {0}, {1}", self.tile, self.grid));
+        em.ins(format!("bra.uni {}", self.top));
+        em.a.place(&self.done);
+        em.ins("ret");
+    }
 }
 
 /// A warp's accumulators and where they lie in the output, for
