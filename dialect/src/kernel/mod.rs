@@ -86,6 +86,31 @@ pub struct Kernel {
     pub body: Body,
 }
 
+impl Body {
+    /// The largest variable the body names: its expressions' and its
+    /// contraction or attention variables (0 when none).
+    pub fn max_var(&self) -> u32 {
+        match self {
+            Body::Map { expr } => max_var(expr),
+            Body::Contract {
+                k,
+                extent,
+                a,
+                b,
+                epilogue,
+            } => [extent, a, b, epilogue]
+                .into_iter()
+                .map(max_var)
+                .fold(k.0, u32::max),
+            Body::Attention(t) => t
+                .exprs()
+                .into_iter()
+                .map(max_var)
+                .fold(t.j.0.max(t.d.0), u32::max),
+        }
+    }
+}
+
 impl Kernel {
     /// The kernel with an [`Body::Attention`] body replaced by its
     /// [`Attention::as_map`] element expression (other bodies unchanged):
@@ -210,6 +235,22 @@ impl Attention {
         v.extend(self.bias.as_ref());
         v.extend(self.causal.as_ref());
         v.push(&self.epilogue);
+        v
+    }
+
+    /// The template's expressions, mutably (the order of [`Attention::exprs`]).
+    pub fn exprs_mut(&mut self) -> Vec<&mut Expr> {
+        let mut v = vec![
+            &mut self.keys,
+            &mut self.depth,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.scale,
+        ];
+        v.extend(self.bias.as_mut());
+        v.extend(self.causal.as_mut());
+        v.push(&mut self.epilogue);
         v
     }
 

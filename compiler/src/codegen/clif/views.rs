@@ -61,19 +61,7 @@ pub(super) fn collapse_split_reads(k: &Kernel) -> Option<Kernel> {
             },
             Body::Attention(t) => {
                 let mut t = (**t).clone();
-                for e in [
-                    &mut t.keys,
-                    &mut t.depth,
-                    &mut t.q,
-                    &mut t.k,
-                    &mut t.v,
-                    &mut t.scale,
-                    &mut t.epilogue,
-                ]
-                .into_iter()
-                .chain(t.bias.as_mut())
-                .chain(t.causal.as_mut())
-                {
+                for e in t.exprs_mut() {
                     *e = rewrite(e);
                 }
                 Body::Attention(Box::new(t))

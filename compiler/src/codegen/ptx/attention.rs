@@ -44,8 +44,8 @@ use super::asm::Class;
 use super::elements::unravel;
 use super::expr::{Em, free_vars};
 use super::mma::{
-    Storage, TileLoop, TileStore, copy16, is_index_of, lane_offset, lead_offset, plain_load,
-    store_tile,
+    Storage, TileLoop, TileStore, copy16, is_index_of, lane_offset, ldmatrix_lane, lead_offset,
+    plain_load, store_tile,
 };
 use super::{Grid, PtxArch, PtxError};
 
@@ -310,12 +310,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     let (wm_base, zero) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shl.b32 {wm_base}, {warp}, 4"));
     em.ins(format!("mov.u32 {zero}, 0"));
-    let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
-    em.ins(format!("shr.u32 {mat}, {lane}, 3"));
-    em.ins(format!("and.b32 {row}, {lane}, 7"));
-    let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
-    em.ins(format!("and.b32 {lo}, {mat}, 1"));
-    em.ins(format!("shr.u32 {hi}, {mat}, 1"));
+    let (lo, hi, row) = ldmatrix_lane(em, &lane);
     let (pd, pw) = (Plan::pitch(p.depth), Plan::pitch(p.width));
     let q_lane = lane_offset(em, Storage::OuterK, pd, &wm_base, &lo, &hi, &row);
     em.ins(format!("add.u32 {q_lane}, {q_lane}, {smem}"));

@@ -453,43 +453,9 @@ fn chunk_of(k: &Kernel, e: &Expr, kv: Var, extent: &Expr) -> Option<(Vec<Expr>, 
     if buf.shape.0.last()?.as_static()? % 8 != 0 {
         return None;
     }
-    let fresh = Var(body_max_var(k) + 1);
+    let fresh = Var(k.body.max_var().max(k.output.shape.rank() as u32) + 1);
     let index = kiln_dialect::kernel::simplify::chunk_index(k, index, kv, *n, 8, fresh)?;
     Some((index, fresh))
-}
-
-/// The largest variable a kernel's body names.
-fn body_max_var(k: &Kernel) -> u32 {
-    use kiln_dialect::kernel::max_var;
-    let r = k.output.shape.rank() as u32;
-    match &k.body {
-        Body::Map { expr } => max_var(expr),
-        Body::Contract {
-            k: kv,
-            extent,
-            a,
-            b,
-            epilogue,
-        } => [
-            max_var(extent),
-            max_var(a),
-            max_var(b),
-            max_var(epilogue),
-            kv.0,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0),
-        Body::Attention(t) => t
-            .exprs()
-            .into_iter()
-            .map(max_var)
-            .max()
-            .unwrap_or(0)
-            .max(t.j.0)
-            .max(t.d.0),
-    }
-    .max(r)
 }
 
 /// Emits the tile loop of a tensor-core contraction.
@@ -560,12 +526,7 @@ pub(super) fn emit(
     let (a_lane, b_lane) = if t.wgmma {
         (String::new(), String::new())
     } else {
-        let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
-        em.ins(format!("shr.u32 {mat}, {lane}, 3"));
-        em.ins(format!("and.b32 {row}, {lane}, 7"));
-        let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
-        em.ins(format!("and.b32 {lo}, {mat}, 1"));
-        em.ins(format!("shr.u32 {hi}, {mat}, 1"));
+        let (lo, hi, row) = ldmatrix_lane(em, &lane);
         let pa = t.pitch(plan.a.storage, t.tile_m);
         let pb = t.pitch(plan.b.storage, t.tile_n);
         let a_lane = lane_offset(em, plan.a.storage, pa, &wm_base, &lo, &hi, &row);
@@ -833,6 +794,18 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
         }
     }
     Ok(())
+}
+
+/// A lane's part in an `ldmatrix.x4`: lane `l` gives row `l % 8` of
+/// matrix `l / 8`; the matrix's low bit, its high bit and the row (u32).
+pub(super) fn ldmatrix_lane(em: &mut Em, lane: &str) -> (String, String, String) {
+    let (mat, row) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {mat}, {lane}, 3"));
+    em.ins(format!("and.b32 {row}, {lane}, 7"));
+    let (lo, hi) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("and.b32 {lo}, {mat}, 1"));
+    em.ins(format!("shr.u32 {hi}, {mat}, 1"));
+    (lo, hi, row)
 }
 
 /// A lane's `ldmatrix` row address within a slice (before the stage's and
