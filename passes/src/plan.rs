@@ -179,6 +179,9 @@ impl Builder<'_> {
             Mem(Id),
         }
         let mut stack = vec![Step::Open(c, kind)];
+        // classes whose operands are being visited: meeting one again
+        // before it is built means the choices form a cycle
+        let mut opened = std::collections::HashSet::new();
         while let Some(step) = stack.pop() {
             match step {
                 Step::Mem(a) => {
@@ -188,6 +191,10 @@ impl Builder<'_> {
                     if self.inner.contains_key(&(c, kind, k)) {
                         continue;
                     }
+                    assert!(
+                        opened.insert((c, kind)),
+                        "internal error: the extracted choices form a cycle through class {c}"
+                    );
                     let choice = self.choice(c, kind);
                     stack.push(Step::Build(c, kind));
                     for (a, ak) in choice.node.args.iter().zip(&choice.kinds).rev() {
