@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 OUT = os.path.join("tests", "fixtures", "onnx", "ops")
 RNG = np.random.default_rng(20261204)
@@ -35,9 +36,11 @@ def rand(*shape, positive=False):
     return np.abs(x) + 0.1 if positive else x
 
 
-def case(name, opset, nodes, inputs, outputs, inits=(), dims=None):
+def case(name, opset, nodes, inputs, outputs, inits=(), dims=None, reference=False):
     """inputs: list of (name, array); outputs: list of (name, elem_type);
-    dims: declared input shapes where they differ from the arrays' (symbols)."""
+    dims: declared input shapes where they differ from the arrays' (symbols);
+    reference: run onnx's reference evaluator instead of onnxruntime (for
+    forms onnxruntime does not implement)."""
     dims = dims or {}
     graph = helper.make_graph(
         nodes,
@@ -47,10 +50,13 @@ def case(name, opset, nodes, inputs, outputs, inits=(), dims=None):
         initializer=[numpy_helper.from_array(a, n) for n, a in inits],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    # onnxruntime checks the model when it loads it
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    results = sess.run(None, {n: a for n, a in inputs})
+    model.ir_version = 8 if opset <= 21 else 10
+    if reference:
+        results = ReferenceEvaluator(model).run(None, {n: a for n, a in inputs})
+    else:
+        # onnxruntime checks the model when it loads it
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        results = sess.run(None, {n: a for n, a in inputs})
     onnx.save(model, os.path.join(OUT, f"{name}.onnx"))
     for i, (_, a) in enumerate(inputs):
         np.save(os.path.join(OUT, f"{name}.in{i}.npy"), a)
@@ -383,6 +389,60 @@ def dynamic_attention_case():
          dims={"x": ["batch", "seq", D]})
 
 
+def qlinear_cases():
+    """QLinearMatMul: per tensor (u8), per column of b (i8), batched; per row
+    of a and y (`[M, 1]`; onnxruntime does not implement them) from onnx's
+    reference."""
+    U8, I8 = TensorProto.UINT8, TensorProto.INT8
+    a = RNG.integers(0, 256, (3, 6)).astype(np.uint8)
+    b = RNG.integers(0, 256, (6, 4)).astype(np.uint8)
+    ins = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
+    case("qlinearmatmul_u8", 10, [node("QLinearMatMul", ins, ["y"])], [("a", a), ("b", b)], [("y", U8)], inits=[
+        ("as", np.array(0.02, np.float32)), ("az", np.array(120, np.uint8)), ("bs", np.array(0.03, np.float32)),
+        ("bz", np.array(130, np.uint8)), ("ys", np.array(0.05, np.float32)), ("yz", np.array(100, np.uint8))])
+    a = RNG.integers(-128, 128, (2, 3, 6)).astype(np.int8)
+    b = RNG.integers(-128, 128, (6, 5)).astype(np.int8)
+    case("qlinearmatmul_i8_per_column_batched", 21, [node("QLinearMatMul", ins, ["y"])], [("a", a), ("b", b)],
+         [("y", I8)], inits=[
+        ("as", np.array(0.05, np.float32)), ("az", np.array(3, np.int8)),
+        ("bs", np.array([0.01, 0.02, 0.03, 0.015, 0.025], np.float32)), ("bz", np.array([0, 1, -1, 2, 0], np.int8)),
+        ("ys", np.array(0.4, np.float32)), ("yz", np.array(-5, np.int8))])
+    a = RNG.integers(0, 256, (4, 6)).astype(np.uint8)
+    case("qlinearmatmul_per_row_reference", 21, [node("QLinearMatMul", ins, ["y"])], [("a", a), ("b", b.astype(np.uint8))],
+         [("y", U8)], reference=True, inits=[
+        ("as", np.array([[0.01], [0.02], [0.03], [0.04]], np.float32)), ("az", np.array([[1], [2], [3], [4]], np.uint8)),
+        ("bs", np.array([0.01, 0.02, 0.03, 0.015, 0.025], np.float32)), ("bz", np.array([5, 6, 7, 8, 9], np.uint8)),
+        ("ys", np.array([[0.5], [0.6], [0.7], [0.8]], np.float32)), ("yz", np.array([[10], [20], [30], [40]], np.uint8))])
+
+
+def opset23_cases():
+    """Attention (4-D and 3-D, grouped-query, causal with and without a KV
+    cache, boolean and additive masks, a scale) and RMSNormalization."""
+    BOOL_ = TensorProto.BOOL
+    q, k, v = rand(2, 4, 5, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 8)
+    case("attention23_gqa_causal", 23, [node("Attention", ["q", "k", "v"], ["y"], is_causal=1)],
+         [("q", q), ("k", k), ("v", v)], [("y", F)])
+    kl = rand(2, 2, 7, 8)
+    case("attention23_causal_more_keys", 23, [node("Attention", ["q", "k", "v"], ["y"], is_causal=1)],
+         [("q", q), ("k", kl), ("v", rand(2, 2, 7, 8))], [("y", F)])
+    pk, pv = rand(2, 2, 3, 8), rand(2, 2, 3, 8)
+    case("attention23_kv_cache", 23,
+         [node("Attention", ["q", "k", "v", "", "pk", "pv"], ["y", "present_k", "present_v"], is_causal=1, scale=0.2)],
+         [("q", q), ("k", k), ("v", v), ("pk", pk), ("pv", pv)], [("y", F), ("present_k", F), ("present_v", F)])
+    bmask = RNG.random((2, 1, 5, 5)) > 0.3
+    bmask[..., 0] = True
+    case("attention23_bool_mask", 23, [node("Attention", ["q", "k", "v", "m"], ["y"])],
+         [("q", q), ("k", k), ("v", v), ("m", bmask)], [("y", F)])
+    q3, k3, v3 = rand(2, 5, 32), rand(2, 5, 16), rand(2, 5, 16)
+    case("attention23_rank3_float_mask", 23,
+         [node("Attention", ["q", "k", "v", "m"], ["y"], q_num_heads=4, kv_num_heads=2)],
+         [("q", q3), ("k", k3), ("v", v3), ("m", rand(5, 5))], [("y", F)])
+    case("rmsnormalization23", 23, [node("RMSNormalization", ["x", "g"], ["y"], axis=-1, epsilon=1e-4)],
+         [("x", rand(2, 3, 8))], [("y", F)], inits=[("g", rand(8))])
+    case("rmsnormalization23_two_axes", 23, [node("RMSNormalization", ["x", "g"], ["y"], axis=1)],
+         [("x", rand(2, 3, 4))], [("y", F)], inits=[("g", rand(3, 4))])
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
@@ -395,6 +455,8 @@ def main():
     quant_cases()
     gpt2_block_case()
     dynamic_attention_case()
+    qlinear_cases()
+    opset23_cases()
     with open(os.path.join(OUT, "cases.txt"), "w") as f:
         f.write("# case inputs... -> outputs... (written by scripts/make_onnx_op_fixtures.py)\n")
         f.write("\n".join(CASES) + "\n")

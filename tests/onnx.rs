@@ -446,6 +446,61 @@ fn unsupported_and_malformed_attributes_are_errors() {
     assert!(e.contains("input shapes: f32[2, 3], f32[4, 2]"), "{e}");
 }
 
+/// What the importer refuses of opset 23's `Attention`, each with the
+/// reason; the op before opset 23 is refused too.
+#[test]
+fn attention_limits_are_named() {
+    let kv = f32_tensor("kv", &[1, 2, 3, 4], &[0.5; 24]);
+    let attention = |opset: i64, ins: &[&str], outs: &[&str], attrs, inits: Vec<_>| {
+        let b = model(
+            opset,
+            vec![node("Attention", "a", ins, outs, attrs)],
+            inits,
+            &[1, 2, 3, 4],
+        );
+        err(&b)
+    };
+    let e = attention(21, &["x", "kv", "kv"], &["y"], vec![], vec![kv.clone()]);
+    assert_eq!(
+        e,
+        "unsupported ONNX op Attention (node a, opset 21): the op exists from opset 23 on"
+    );
+    let e = attention(
+        23,
+        &["x", "kv", "kv"],
+        &["y"],
+        vec![attr_f("softcap", 30.0)],
+        vec![kv.clone()],
+    );
+    assert_eq!(
+        e,
+        "unsupported ONNX op Attention (node a, opset 23): softcap other than 0"
+    );
+    let e = attention(
+        23,
+        &["x", "kv", "kv"],
+        &["y", "", "", "qk"],
+        vec![],
+        vec![kv.clone()],
+    );
+    assert!(e.ends_with("the qk_matmul_output output"), "{e}");
+    let short = f32_tensor("m", &[3, 2], &[0.0; 6]);
+    let e = attention(
+        23,
+        &["x", "kv", "kv", "m"],
+        &["y"],
+        vec![],
+        vec![kv.clone(), short],
+    );
+    assert!(
+        e.ends_with("an attn_mask whose last axis (2) is not the 3 keys"),
+        "{e}"
+    );
+    let flat = f32_tensor("k3", &[1, 3, 8], &[0.5; 24]);
+    let e = attention(23, &["x", "k3", "k3"], &["y"], vec![], vec![flat]);
+    assert!(e.contains("Q, K and V must all be of rank 4"), "{e}");
+}
+
 #[test]
 fn missing_values_opsets_and_truncated_files_are_errors_not_panics() {
     let b = model(
@@ -459,12 +514,12 @@ fn missing_values_opsets_and_truncated_files_are_errors_not_panics() {
         "ONNX node a (Add) reads `nowhere`, which no node, graph input or initializer defines"
     );
     let b = model(
-        22,
+        24,
         vec![node("Relu", "r", &["x"], &["y"], vec![])],
         vec![],
         &[2],
     );
-    assert!(err(&b).contains("ONNX opset 22 is not supported (kiln imports opsets 7 to 21)"));
+    assert!(err(&b).contains("ONNX opset 24 is not supported (kiln imports opsets 7 to 23)"));
     // an initializer whose data does not fill its dims
     let b = model(
         13,

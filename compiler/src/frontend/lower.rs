@@ -980,12 +980,15 @@ impl<'a> Lowerer<'a> {
         match &e.kind {
             ExprKind::Name(n) => match self.lookup(n, scopes) {
                 Some(v) => v,
-                None => {
-                    if let Some(s) = self.suggest_var(n, scopes) {
-                        self.word_hints.insert((e.span.file, e.span.start), s);
+                None => match special_float(n) {
+                    Some(x) => Val::Float(x),
+                    None => {
+                        if let Some(s) = self.suggest_var(n, scopes) {
+                            self.word_hints.insert((e.span.file, e.span.start), s);
+                        }
+                        Val::Word(n.clone(), e.span)
                     }
-                    Val::Word(n.clone(), e.span)
-                }
+                },
             },
             ExprKind::Int(i) => Val::Int(*i),
             ExprKind::Float(x) => Val::Float(*x),
@@ -2037,10 +2040,13 @@ impl<'a> Lowerer<'a> {
                     );
                     Val::Poison
                 }
-                None => {
-                    self.unknown_name(n, e.span);
-                    Val::Poison
-                }
+                None => match special_float(n) {
+                    Some(x) => Val::Float(x),
+                    None => {
+                        self.unknown_name(n, e.span);
+                        Val::Poison
+                    }
+                },
             },
             ExprKind::Neg(inner) => match self.const_value(inner, scopes) {
                 Val::Int(i) => self.negate_int(i, e.span),
@@ -2152,4 +2158,13 @@ fn type_matches(want: &TensorType, found: &TensorType) -> bool {
                 Dim::Static(_) => w == f,
                 Dim::Sym(_) => true,
             })
+}
+
+/// The float an unbound `inf` or `nan` stands for (`-inf` is its negation).
+fn special_float(name: &str) -> Option<f64> {
+    match name {
+        "inf" => Some(f64::INFINITY),
+        "nan" => Some(f64::NAN),
+        _ => None,
+    }
 }

@@ -37,8 +37,11 @@ use prost::Message;
 
 pub use error::OnnxError;
 
-/// The opsets of the default domain that kiln imports.
-pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=21;
+/// The opsets of the default domain that kiln imports. Opsets 22 and 23
+/// change the other ops kiln imports only in the element types they allow
+/// (their attributes, inputs and outputs are those of opset 21), and 23
+/// adds `Attention` and `RMSNormalization`.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=23;
 
 /// An imported model: the graph and the data of its weights (the
 /// initializers it uses at run time, by name).

@@ -7,6 +7,7 @@ mod movement;
 mod nn;
 mod quant;
 mod reduce;
+mod transformer;
 
 use super::error::OnnxError;
 use super::importer::{Cx, Val};
@@ -20,6 +21,7 @@ pub const SUPPORTED: &[&str] = &[
     "And",
     "ArgMax",
     "ArgMin",
+    "Attention",
     "AveragePool",
     "BatchNormalization",
     "Cast",
@@ -29,7 +31,9 @@ pub const SUPPORTED: &[&str] = &[
     "Constant",
     "ConstantOfShape",
     "Conv",
+    "ConvTranspose",
     "Cos",
+    "DequantizeLinear",
     "Div",
     "Dropout",
     "Elu",
@@ -58,6 +62,7 @@ pub const SUPPORTED: &[&str] = &[
     "LogSoftmax",
     "LRN",
     "MatMul",
+    "MatMulInteger",
     "Max",
     "MaxPool",
     "Mean",
@@ -68,6 +73,8 @@ pub const SUPPORTED: &[&str] = &[
     "Or",
     "Pad",
     "Pow",
+    "QLinearMatMul",
+    "QuantizeLinear",
     "Range",
     "Reciprocal",
     "ReduceL2",
@@ -79,6 +86,7 @@ pub const SUPPORTED: &[&str] = &[
     "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "RMSNormalization",
     "Round",
     "Shape",
     "Sigmoid",
@@ -162,6 +170,9 @@ pub fn convert(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
         "DequantizeLinear" => one(quant::dequantize(cx, n)?),
         "QuantizeLinear" => one(quant::quantize(cx, n)?),
         "MatMulInteger" => one(quant::matmul_integer(cx, n)?),
+        "QLinearMatMul" => one(quant::qlinear_matmul(cx, n)?),
+        "Attention" => transformer::attention(cx, n),
+        "RMSNormalization" => one(transformer::rms_norm(cx, n)?),
         _ => Err(n.unsupported("")),
     }
 }

@@ -1,5 +1,5 @@
 //! Linear quantization: `DequantizeLinear`, `QuantizeLinear` (per tensor
-//! or per axis) and `MatMulInteger`, written with the dialect's elementwise
+//! or per axis), `MatMulInteger` and `QLinearMatMul`, written with the dialect's elementwise
 //! ops, casts and `matmul` (block quantization, opset 21's `block_size`, is
 //! not imported yet).
 
@@ -124,18 +124,97 @@ pub fn quantize(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
 /// in i32 (`za` per row of `a` when it is a vector).
 pub fn matmul_integer(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     n.only(&[])?;
-    let mut a = cx.value(n, 0)?;
-    let mut b = cx.value(n, 1)?;
-    a = cx.add(n, Op::Cast { dtype: DType::I32 }, &[a])?;
-    b = cx.add(n, Op::Cast { dtype: DType::I32 }, &[b])?;
-    if let Some(z) = cx.opt_value(n, 2)? {
-        let mut z = cx.add(n, Op::Cast { dtype: DType::I32 }, &[z])?;
-        if cx.ty(z).rank() == 1 && cx.ty(z).shape.numel() != Some(1) {
-            z = cx.add(n, Op::Unsqueeze { axes: vec![1] }, &[z])?;
-        }
+    let a = cx.value(n, 0)?;
+    let b = cx.value(n, 1)?;
+    let za = cx.opt_value(n, 2)?;
+    let zb = cx.opt_value(n, 3)?;
+    integer_product(cx, n, (a, za), (b, zb))
+}
+
+/// `QLinearMatMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point,
+/// y_scale, y_zero_point)`: the i32 product of [`matmul_integer`],
+/// multiplied by `a_scale * b_scale / y_scale` in f32, rounded half to even,
+/// plus `y_zero_point`, saturated to its type. Scales and zero points are
+/// per tensor, per row of `a` (and of `y`), or per column of `b`.
+pub fn qlinear_matmul(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
+    n.only(&[])?;
+    let a = cx.value(n, 0)?;
+    let a_scale = cx.value(n, 1)?;
+    let za = cx.opt_value(n, 2)?;
+    let b = cx.value(n, 3)?;
+    let b_scale = cx.value(n, 4)?;
+    let zb = cx.opt_value(n, 5)?;
+    let y_scale = cx.value(n, 6)?;
+    let zy = cx.opt_value(n, 7)?;
+    let out = match zy {
+        Some(z) => cx.ty(z).dtype,
+        None => cx.ty(a).dtype,
+    };
+    let (lo, hi) = match out {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        other => return Err(n.unsupported(format!("QLinearMatMul output of type {other}"))),
+    };
+    let product = integer_product(cx, n, (a, za), (b, zb))?;
+    let f = DType::F32;
+    // the multiplier first, as the reference computes it
+    let a_scale = per_row(cx, n, a_scale)?;
+    let y_scale = per_row(cx, n, y_scale)?;
+    let mut scales = Vec::new();
+    for s in [a_scale, b_scale, y_scale] {
+        scales.push(if cx.ty(s).dtype == f {
+            s
+        } else {
+            cx.add(n, Op::Cast { dtype: f }, &[s])?
+        });
+    }
+    let m = cx.add(n, Op::Mul, &[scales[0], scales[1]])?;
+    let m = cx.add(n, Op::Div, &[m, scales[2]])?;
+    let y = cx.add(n, Op::Cast { dtype: f }, &[product])?;
+    let y = cx.add(n, Op::Mul, &[y, m])?;
+    let mut y = cx.add(n, Op::Round, &[y])?;
+    if let Some(z) = zy {
+        let z = per_row(cx, n, z)?;
+        let z = cx.add(n, Op::Cast { dtype: f }, &[z])?;
+        y = cx.add(n, Op::Add, &[y, z])?;
+    }
+    let y = cx.add(
+        n,
+        Op::Clamp {
+            min: Some(lo),
+            max: Some(hi),
+        },
+        &[y],
+    )?;
+    cx.add(n, Op::Cast { dtype: out }, &[y])
+}
+
+/// A per-row vector (`[M]`, more than one element) as a column `[M, 1]`
+/// that broadcasts along the rows of a matrix; other shapes pass unchanged.
+fn per_row(cx: &mut Cx, n: &NodeCx, v: Value) -> Result<Value, OnnxError> {
+    let ty = cx.ty(v);
+    if ty.rank() == 1 && ty.shape.numel() != Some(1) {
+        cx.add(n, Op::Unsqueeze { axes: vec![1] }, &[v])
+    } else {
+        Ok(v)
+    }
+}
+
+/// `(a - za) @ (b - zb)` in i32, each zero point optional.
+fn integer_product(
+    cx: &mut Cx,
+    n: &NodeCx,
+    (a, za): (Value, Option<Value>),
+    (b, zb): (Value, Option<Value>),
+) -> Result<Value, OnnxError> {
+    let mut a = cx.add(n, Op::Cast { dtype: DType::I32 }, &[a])?;
+    let mut b = cx.add(n, Op::Cast { dtype: DType::I32 }, &[b])?;
+    if let Some(z) = za {
+        let z = cx.add(n, Op::Cast { dtype: DType::I32 }, &[z])?;
+        let z = per_row(cx, n, z)?;
         a = cx.add(n, Op::Sub, &[a, z])?;
     }
-    if let Some(z) = cx.opt_value(n, 3)? {
+    if let Some(z) = zb {
         let z = cx.add(n, Op::Cast { dtype: DType::I32 }, &[z])?;
         b = cx.add(n, Op::Sub, &[b, z])?;
     }
