@@ -7,7 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-tests="${*:-gpu_backend ptx cuda_exec}"
+tests="${*:-gpu_backend ptx cuda_exec onnx}"
 out="$root/gpu-bin"
 rm -rf "$out"
 mkdir -p "$out"

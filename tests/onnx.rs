@@ -33,6 +33,16 @@ fn run(
     inputs: &[(String, String)],
     cpu: bool,
 ) -> Result<Vec<(String, Tensor)>, String> {
+    run_on(path, inputs, cpu.then_some(jit::Device::Cpu))
+}
+
+/// Runs a model file on the interpreter (`None`) or a backend with inputs
+/// from `.npy` files and the model's own weights.
+fn run_on(
+    path: &Path,
+    inputs: &[(String, String)],
+    device: Option<jit::Device>,
+) -> Result<Vec<(String, Tensor)>, String> {
     let m = kiln::model::load(path).map_err(|e| e.to_string())?;
     let dims = BTreeMap::new();
     let spec = InputSpec {
@@ -49,9 +59,9 @@ fn run(
         &m.weights,
     )
     .map_err(|e| e.to_string())?;
-    if !cpu {
+    let Some(device) = device else {
         return interp::run(&m.graph, &bound).map_err(|e| e.to_string());
-    }
+    };
     let input_names: Vec<String> = m
         .graph
         .inputs()
@@ -68,7 +78,7 @@ fn run(
         }
     }
     let opts = JitOptions {
-        device: jit::Device::Cpu,
+        device,
         ..JitOptions::default()
     };
     let mut model = jit::compile_loaded(m, &opts).map_err(|e| e.to_string())?;
@@ -167,6 +177,12 @@ fn per_op_fixtures_match_onnxruntime_on_the_interpreter_and_the_cpu() {
 /// The light models of the onnx package on the CPU backend, against the
 /// outputs the package stores, with its tolerances.
 fn light(model: &str) {
+    light_on(model, jit::Device::Cpu);
+}
+
+/// A light model of the onnx package on a backend, against the outputs the
+/// package stores, with its tolerances.
+fn light_on(model: &str, device: jit::Device) {
     let dir = fixtures("light");
     let list = std::fs::read_to_string(dir.join("tolerances.txt")).expect("tolerances.txt");
     let line = list
@@ -188,14 +204,14 @@ fn light(model: &str) {
             (n.to_string(), dir.join(f).display().to_string())
         })
         .collect();
-    let results = run(&dir.join(format!("{model}.onnx")), &inputs, true)
-        .unwrap_or_else(|e| panic!("{model}: {e}"));
+    let results = run_on(&dir.join(format!("{model}.onnx")), &inputs, Some(device))
+        .unwrap_or_else(|e| panic!("{model} ({device:?}): {e}"));
     for w in &words[out_at + 1..] {
         let (name, file) = w.split_once('=').expect("NAME=FILE");
         let want = read_npy(&dir.join(file));
         let got = &results.iter().find(|(n, _)| n == name).expect("output").1;
         if let Some(m) = mismatch(got, &want, rtol, atol) {
-            panic!("{model} output `{name}`: {m}");
+            panic!("{model} ({device:?}) output `{name}`: {m}");
         }
     }
 }
@@ -251,6 +267,29 @@ fn light_zfnet512() {
 #[test]
 fn light_resnet50() {
     light("resnet50");
+}
+
+/// Every light model on the CUDA backend (`scripts/gpu-check.sh` runs it on
+/// the GPU machine, where it is required to run); without a CUDA driver it
+/// prints a notice and passes.
+#[test]
+fn light_models_on_the_gpu() {
+    if !common::gpu_available() {
+        return;
+    }
+    for model in [
+        "squeezenet",
+        "shufflenet",
+        "inception_v1",
+        "inception_v2",
+        "densenet121",
+        "bvlc_alexnet",
+        "resnet50",
+        "vgg19",
+        "zfnet512",
+    ] {
+        light_on(model, jit::Device::Cuda);
+    }
 }
 
 // ---- building small models in the test ------------------------------------
