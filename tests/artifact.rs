@@ -388,3 +388,132 @@ fn bad_inputs_and_weights_are_refused() {
         "holds its weights",
     );
 }
+
+/// The JIT's compile cache: the second compile of an unchanged model loads
+/// the stored kernels and gives the first compile's bits (and the
+/// interpreter's values within the f32 tolerance); a changed model, other
+/// dims, a damaged entry and the cache turned off all compile afresh.
+#[test]
+fn the_jit_cache_reuses_an_unchanged_models_kernels() {
+    use kiln::jit::{self, Cache, JitOptions};
+    use kiln_dialect::DType;
+    use kiln_runtime::HostTensor;
+    use std::collections::HashMap;
+
+    let dir = scratch("jit-cache");
+    let cache = dir.join("cache");
+    let opts = JitOptions {
+        cache: Cache::Dir(cache.clone()),
+        ..JitOptions::default()
+    };
+    let src = std::fs::read_to_string(common::root().join("examples/mlp.kiln")).expect("mlp");
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(common::seed());
+    let x = HostTensor::from_values(
+        DType::F32,
+        &[3, 64],
+        &common::values(&mut rng, DType::F32, 192),
+    );
+    let inputs = HashMap::from([("x".to_string(), x)]);
+    let run = |src: &str, opts: &JitOptions| {
+        let mut m = jit::compile_source("mlp.kiln", src, opts).expect("compiles");
+        m.bind_random_weights(3).expect("weights");
+        let y = m.run(&inputs).expect("runs");
+        (m.cache_hit(), y)
+    };
+    let entries = || {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "kart"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let (hit, first) = run(&src, &opts);
+    assert!(!hit, "an empty cache cannot hit");
+    assert_eq!(entries(), 1);
+    let (hit, second) = run(&src, &opts);
+    assert!(hit, "the unchanged model is not loaded from the cache");
+    assert_eq!(first, second, "the cached kernels give other bits");
+    // the interpreter on the same weights and inputs
+    let m = kiln::model::load_source("mlp.kiln", &src).expect("loads");
+    let mut bound: HashMap<String, kiln_dialect::interp::Tensor> = kiln::data::bind_weights(
+        &m.graph,
+        &kiln::data::WeightSource::Random(3),
+        &m.weights,
+        &Default::default(),
+    )
+    .expect("weights");
+    for (k, t) in &inputs {
+        bound.insert(k.clone(), kiln::data::to_interp(t));
+    }
+    let want = kiln_dialect::interp::run(&m.graph, &bound).expect("interprets");
+    for ((name, got), (_, w)) in second.iter().zip(&want) {
+        let got = kiln::data::to_interp(got);
+        let scale = w.data.iter().fold(1e-30f64, |a, v| a.max(v.abs()));
+        let err = got
+            .data
+            .iter()
+            .zip(&w.data)
+            .fold(0.0f64, |a, (g, w)| a.max((g - w).abs()));
+        assert!(
+            err <= common::tolerance(DType::F32) * scale,
+            "{name}: {err} of {scale}"
+        );
+    }
+    // a changed model and other dims are other entries
+    let changed = src.replacen("gelu(", "relu(", 1);
+    assert_ne!(changed, src, "examples/mlp.kiln has no gelu to change");
+    assert!(!run(&changed, &opts).0);
+    let other_dims = JitOptions {
+        dims: HashMap::from([("batch".to_string(), 512)]),
+        ..opts.clone()
+    };
+    assert!(!run(&src, &other_dims).0);
+    assert_eq!(entries(), 3);
+    // a damaged entry is compiled again (and replaced)
+    for e in std::fs::read_dir(&cache).expect("cache").flatten() {
+        let mut b = std::fs::read(e.path()).expect("entry");
+        let at = b.len() / 2;
+        b[at] ^= 0x55;
+        std::fs::write(e.path(), b).expect("damaged");
+    }
+    let (hit, again) = run(&src, &opts);
+    assert!(!hit, "a damaged entry was used");
+    assert_eq!(again, first);
+    assert!(run(&src, &opts).0, "the replaced entry is not used");
+    // off: nothing is read or written
+    let off = JitOptions {
+        cache: Cache::Off,
+        ..JitOptions::default()
+    };
+    assert!(!run(&src, &off).0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pruning removes the least recently used entries first.
+#[test]
+fn the_jit_cache_prunes_the_oldest_entries() {
+    let dir = scratch("jit-prune");
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let p = dir.join(format!("{name}.kart"));
+        std::fs::write(&p, vec![0u8; 100]).expect("entry");
+        let f = std::fs::File::options()
+            .append(true)
+            .open(&p)
+            .expect("open");
+        let t =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
+        f.set_modified(t).expect("mtime");
+    }
+    std::fs::write(dir.join("other.txt"), vec![0u8; 500]).expect("other");
+    kiln::cache::prune(&dir, 250);
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["b.kart", "c.kart", "other.txt"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use kiln_dialect::kernel::Program;
 use kiln_runtime::HostTensor;
-use kiln_runtime::artifact::{Artifact, ClifKernel as StoredClif, Code, CpuCode, Target};
+use kiln_runtime::artifact::{
+    Artifact, ClifKernel as StoredClif, Code, CpuCode, Target, host_features,
+};
 use kiln_runtime::cpu::executor::{CpuExecutable, KernelFn};
 use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
 
@@ -135,27 +137,15 @@ fn cpu_parts(
     weights: Option<HashMap<String, HostTensor>>,
 ) -> Result<CpuParts, KilnError> {
     let isa = host_isa()?;
-    let triple = isa.triple().to_string();
-    let features = kiln_runtime::artifact::host_features(&*isa);
     let mut clif: Vec<ClifKernel> = Vec::with_capacity(program.launches.len());
     for l in &program.launches {
         clif.push(compile_kernel(&l.kernel, &*isa)?);
     }
-    let stored = |k: &ClifKernel| StoredClif {
-        name: k.name.clone(),
-        optimize: k.optimize,
-        imports: k.imports.clone(),
-        clif: k.func.display().to_string(),
-    };
     let Some(weights) = weights else {
-        let kernels = clif.iter().map(stored).collect();
-        let code = CpuCode {
-            triple,
-            features,
-            kernels,
-        };
+        let code = cpu_code(&clif, &*isa);
         return Ok((program, Code::Cpu(code), None));
     };
+    let (triple, features) = (isa.triple().to_string(), host_features(&*isa));
     let funcs: Vec<JitFunction> = clif.iter().cloned().map(JitFunction::from).collect();
     let module = JitModule::new(isa, funcs)?;
     let mut fns: Vec<KernelFn> = Vec::with_capacity(program.launches.len());
@@ -189,7 +179,7 @@ fn cpu_parts(
         .iter()
         .zip(&keep)
         .filter(|(_, k)| **k)
-        .map(|(c, _)| stored(c))
+        .map(|(c, _)| stored_clif(c))
         .collect();
     let code = CpuCode {
         triple,
@@ -197,6 +187,25 @@ fn cpu_parts(
         kernels,
     };
     Ok((frozen, Code::Cpu(code), Some(tensors)))
+}
+
+/// CPU kernels as an artifact stores them: the host's triple and
+/// instruction-set features, and each kernel's CLIF text.
+pub fn cpu_code(clif: &[ClifKernel], isa: &dyn cranelift_codegen::isa::TargetIsa) -> CpuCode {
+    CpuCode {
+        triple: isa.triple().to_string(),
+        features: host_features(isa),
+        kernels: clif.iter().map(stored_clif).collect(),
+    }
+}
+
+fn stored_clif(k: &ClifKernel) -> StoredClif {
+    StoredClif {
+        name: k.name.clone(),
+        optimize: k.optimize,
+        imports: k.imports.clone(),
+        clif: k.func.display().to_string(),
+    }
 }
 
 /// `p` with its bind-time launches removed and their results made weights;

@@ -37,7 +37,11 @@ use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
 use kiln_runtime::cpu::pool::ThreadPool;
 use kiln_runtime::cuda::{CudaExecutable, CudaStats};
 
-use crate::codegen::clif::compile_kernel;
+use kiln_runtime::artifact::{Artifact, Code, Target};
+
+use crate::cache;
+pub use crate::cache::Cache;
+use crate::codegen::clif::{ClifKernel, compile_kernel};
 use crate::data;
 use crate::error::KilnError;
 use crate::model;
@@ -75,6 +79,9 @@ pub struct JitOptions {
     pub dims: HashMap<String, u64>,
     /// Bounds of the optimizer's saturation.
     pub limits: Limits,
+    /// Where compilations are cached ([`crate::cache`]); by default the
+    /// folder the environment names.
+    pub cache: Cache,
 }
 
 /// The executor a model runs on.
@@ -90,6 +97,7 @@ pub struct Model {
     weights: Vec<(String, TensorType)>,
     outputs: Vec<(String, TensorType)>,
     compile_time: Duration,
+    cache_hit: bool,
 }
 
 /// Compiles model-language source held in memory; `name` is how errors
@@ -123,7 +131,8 @@ pub fn compile_loaded(m: model::Model, opts: &JitOptions) -> Result<Model, KilnE
 }
 
 /// Compiles a loaded model's program to native code and builds its
-/// executor.
+/// executor; with a cache folder, a model compiled before with the same
+/// options is loaded from it instead.
 fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, KilnError> {
     let g = &m.graph;
     let typed = |vs: Vec<kiln_dialect::Value>| -> Vec<(String, TensorType)> {
@@ -138,17 +147,45 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
         .iter()
         .map(|o| (o.name.clone(), g.value_type(o.value).clone()))
         .collect();
-    let target = match opts.device {
-        Device::Cpu => &kiln_passes::cost::CPU,
+    let (target, stored_as) = match opts.device {
+        Device::Cpu => (&kiln_passes::cost::CPU, Target::Cpu),
         Device::Cuda => {
             // Before any work: a machine without the driver gets the error
             // at once.
             if !kiln_runtime::cuda::driver_present() {
                 return Err(kiln_runtime::cuda::no_driver().into());
             }
-            &kiln_passes::cost::SM90
+            (&kiln_passes::cost::SM90, Target::Sm90)
         }
     };
+    let isa = match opts.device {
+        Device::Cpu => Some(host_isa()?),
+        Device::Cuda => None,
+    };
+    let cached = opts.cache.dir().map(|dir| {
+        let key = cache_key(&m, opts, target.name, isa.as_deref());
+        (dir, key)
+    });
+    let done = |exe, cache_hit| Model {
+        exe,
+        inputs,
+        weights,
+        outputs,
+        compile_time: start.elapsed(),
+        cache_hit,
+    };
+    if let Some((dir, key)) = &cached
+        && let Some(a) = cache::load(dir, key)
+    {
+        let exe = match opts.device {
+            Device::Cpu => a.cpu_executable().map(Exec::Cpu),
+            Device::Cuda => a.cuda_executable().map(Exec::Cuda),
+        };
+        match exe {
+            Ok(exe) => return Ok(done(exe, true)),
+            Err(_) => cache::forget(dir, key),
+        }
+    }
     let popts = Options {
         target,
         dims: opts.dims.clone(),
@@ -159,17 +196,64 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
     if let Some(panel) = popts.target.weight_panel {
         kiln_passes::lower::pack_contraction_weights(&mut program, panel);
     }
-    let exe = match opts.device {
-        Device::Cpu => Exec::Cpu(native(program)?),
-        Device::Cuda => Exec::Cuda(gpu(program)?),
+    let keep = cached.as_ref().map(|_| program.clone());
+    let (exe, code) = match isa {
+        Some(isa) => {
+            let clif = clif_kernels(&program, &*isa)?;
+            let code = keep
+                .as_ref()
+                .map(|_| Code::Cpu(crate::artifact::cpu_code(&clif, &*isa)));
+            let exe = link(program, clif, isa, ThreadPool::from_env())?;
+            (Exec::Cpu(exe), code)
+        }
+        None => {
+            let kernels = crate::codegen::ptx::compile_program(
+                &program,
+                crate::codegen::ptx::PtxArch::Sm90a,
+            )?;
+            let code = keep.as_ref().map(|_| Code::Ptx(kernels.clone()));
+            (Exec::Cuda(CudaExecutable::new(program, kernels)?), code)
+        }
     };
-    Ok(Model {
-        exe,
-        inputs,
-        weights,
-        outputs,
-        compile_time: start.elapsed(),
-    })
+    if let (Some((dir, key)), Some(program), Some(code)) = (&cached, keep, code) {
+        let artifact = Artifact {
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            target: stored_as,
+            program,
+            code,
+            weights: None,
+            buckets: Vec::new(),
+            autotune: Vec::new(),
+        };
+        cache::store(dir, key, &artifact);
+    }
+    Ok(done(exe, false))
+}
+
+/// The cache key of compiling `m` with `opts` for a target: the verified
+/// graph as text, the options, and for the CPU the host's instruction set.
+fn cache_key(
+    m: &model::Model,
+    opts: &JitOptions,
+    target: &str,
+    isa: Option<&dyn cranelift_codegen::isa::TargetIsa>,
+) -> String {
+    let mut dims: Vec<String> = opts.dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    dims.sort();
+    let host = isa.map_or(String::new(), |isa| {
+        format!(
+            "{} {}",
+            isa.triple(),
+            kiln_runtime::artifact::host_features(isa).join(" ")
+        )
+    });
+    cache::key(&[
+        target,
+        &dims.join(","),
+        &format!("{:?}", opts.limits),
+        &host,
+        &m.graph.to_string(),
+    ])
 }
 
 /// Compiles every kernel of `program` with Cranelift for the host and
@@ -181,10 +265,30 @@ pub fn native(program: Program) -> Result<CpuExecutable, KilnError> {
 /// As [`native`], running on the given thread pool.
 pub fn native_on(program: Program, pool: ThreadPool) -> Result<CpuExecutable, KilnError> {
     let isa = host_isa()?;
-    let mut funcs: Vec<JitFunction> = Vec::with_capacity(program.launches.len());
-    for l in &program.launches {
-        funcs.push(compile_kernel(&l.kernel, &*isa)?.into());
-    }
+    let clif = clif_kernels(&program, &*isa)?;
+    link(program, clif, isa, pool)
+}
+
+/// Every kernel of `program` as Cranelift IR for `isa`.
+fn clif_kernels(
+    program: &Program,
+    isa: &dyn cranelift_codegen::isa::TargetIsa,
+) -> Result<Vec<ClifKernel>, KilnError> {
+    program
+        .launches
+        .iter()
+        .map(|l| Ok(compile_kernel(&l.kernel, isa)?))
+        .collect()
+}
+
+/// Compiles the kernels to machine code and builds the executor.
+fn link(
+    program: Program,
+    clif: Vec<ClifKernel>,
+    isa: std::sync::Arc<dyn cranelift_codegen::isa::TargetIsa>,
+    pool: ThreadPool,
+) -> Result<CpuExecutable, KilnError> {
+    let funcs: Vec<JitFunction> = clif.into_iter().map(JitFunction::from).collect();
     let module = JitModule::new(isa, funcs)?;
     let mut kernels: Vec<KernelFn> = Vec::with_capacity(program.launches.len());
     for l in &program.launches {
@@ -240,6 +344,12 @@ impl Model {
     /// How long compiling took, parsing to native code.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Whether the kernels came from the compile cache (the optimizer,
+    /// planner and kernel generation did not run).
+    pub fn cache_hit(&self) -> bool {
+        self.cache_hit
     }
 
     /// The kernel program the model runs.
