@@ -150,7 +150,7 @@ fn artifact_holds_what_the_format_says() {
     let a = mlp_artifact(&dir);
     let bytes = std::fs::read(&a).unwrap();
     assert_eq!(&bytes[..8], b"KILNART\0");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
     let table = sections(&bytes);
     let kinds: Vec<u32> = table.iter().map(|t| t.0).collect();
     // program, clif, weights, buckets, autotune
@@ -220,11 +220,14 @@ fn damaged_artifacts_are_refused() {
     b[..4].copy_from_slice(b"PK\x03\x04");
     user_error(&run(&b), "not a kiln artifact");
     let mut b = bytes.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     user_error(
         &run(&b),
-        "format version 2 is newer than this runtime reads (version 1)",
+        "format version 3 is newer than this runtime reads (version 2)",
     );
+    let mut b = bytes.clone();
+    b[8..12].copy_from_slice(&0u32.to_le_bytes());
+    user_error(&run(&b), "artifact format version 0 is not valid");
     user_error(&run(b""), "truncated artifact");
 }
 
@@ -516,4 +519,85 @@ fn the_jit_cache_prunes_the_oldest_entries() {
     left.sort();
     assert_eq!(left, ["b.kart", "c.kart", "other.txt"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A GPU artifact compiled where `ptxas` is found holds a cubin section:
+/// one ELF for the CUDA machine per launch, assembled for the target's
+/// architecture, the same bytes `ptxas` makes of the stored PTX; a flipped
+/// byte in it is refused; `--no-cubins` stores PTX only.
+#[test]
+fn gpu_artifacts_hold_cubins_when_ptxas_is_found() {
+    let Some(ptxas) = kiln::cubin::find_ptxas() else {
+        assert!(
+            std::env::var("KILN_REQUIRE_PTXAS").as_deref() != Ok("1"),
+            "KILN_REQUIRE_PTXAS=1 but no ptxas (set KILN_PTXAS)"
+        );
+        eprintln!("notice: no ptxas found (KILN_PTXAS, PATH): cubins are not checked");
+        return;
+    };
+    let dir = scratch("cubins");
+    for (target, arch) in [("sm_90", "sm_90a"), ("sm_80", "sm_80")] {
+        let path = dir.join(format!("mlp-{target}.kart"));
+        let out = ok(&kiln(&[
+            "compile",
+            "examples/mlp.kiln",
+            "-o",
+            s(&path),
+            "--target",
+            target,
+            "--random-weights",
+            "1",
+        ]));
+        assert!(out.contains(&format!("PTX and cubins for {arch}")), "{out}");
+        let bytes = std::fs::read(&path).unwrap();
+        let kinds: Vec<u32> = sections(&bytes).iter().map(|t| t.0).collect();
+        assert_eq!(kinds, [1, 3, 4, 5, 6, 7]);
+        let art = Artifact::from_bytes(&bytes).unwrap();
+        let cubins = art.cubins.as_ref().expect("a cubin section");
+        assert_eq!(cubins.arch, arch);
+        let Code::Ptx(kernels) = &art.code else {
+            panic!("a GPU artifact holds CLIF")
+        };
+        assert_eq!(cubins.modules.len(), art.program.launches.len());
+        for m in &cubins.modules {
+            assert_eq!(&m[..4], b"\x7fELF", "not an ELF file");
+            // e_machine: EM_CUDA
+            assert_eq!(u16::from_le_bytes([m[18], m[19]]), 190);
+        }
+        // the first kernel assembled here gives the same bytes
+        let ptx = dir.join("k0.ptx");
+        let cubin = dir.join("k0.cubin");
+        std::fs::write(&ptx, &kernels[0].ptx).unwrap();
+        let status = std::process::Command::new(&ptxas)
+            .arg(format!("-arch={arch}"))
+            .arg("-o")
+            .arg(&cubin)
+            .arg(&ptx)
+            .status()
+            .expect("ptxas runs");
+        assert!(status.success());
+        assert_eq!(std::fs::read(&cubin).unwrap(), cubins.modules[0]);
+        // a flipped byte in the cubin section
+        let (_, offset, len) = *sections(&bytes).iter().find(|t| t.0 == 7).unwrap();
+        let mut b = bytes.clone();
+        b[offset + len / 2] ^= 0x10;
+        let bad = dir.join("bad.kart");
+        std::fs::write(&bad, &b).unwrap();
+        user_error(
+            &kiln(&["run", s(&bad), "--device", "cuda", "--random-inputs", "1"]),
+            "corrupt artifact: cubin section checksum",
+        );
+    }
+    let plain = dir.join("mlp-ptx.kart");
+    let out = ok(&kiln(&[
+        "compile",
+        "examples/mlp.kiln",
+        "-o",
+        s(&plain),
+        "--target",
+        "sm_90",
+        "--no-cubins",
+    ]));
+    assert!(out.contains("kernel(s) as PTX,"), "{out}");
+    assert!(Artifact::read(&plain).unwrap().cubins.is_none());
 }

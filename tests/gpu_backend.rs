@@ -102,3 +102,91 @@ fn no_driver_is_a_clear_error() {
         .to_string();
     assert!(e.contains("CUDA driver"), "{e}");
 }
+
+/// GPU artifacts with cubins (`kiln::cubin`, when `ptxas` is found) load
+/// every module from its cubin on this GPU and give what the same artifact
+/// without cubins gives (its PTX compiled by the driver), within the f32
+/// tolerance; the PTX-only artifact loads no cubin.
+#[test]
+fn gpu_artifacts_run_from_their_cubins() {
+    use kiln::artifact::{ArtifactOptions, build};
+    use kiln::data::WeightSource;
+    use kiln_dialect::Dim;
+    use kiln_runtime::artifact::Target;
+    if !common::gpu_available() {
+        return;
+    }
+    let Some(ptxas) = kiln::cubin::find_ptxas() else {
+        assert!(
+            std::env::var("KILN_REQUIRE_PTXAS").as_deref() != Ok("1"),
+            "KILN_REQUIRE_PTXAS=1 but no ptxas (set KILN_PTXAS)"
+        );
+        eprintln!("notice: no ptxas found: cubins are not checked");
+        return;
+    };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(common::seed());
+    for (file, dims) in [
+        ("examples/mlp.kiln", vec![("batch", 5)]),
+        ("examples/llama_block.kiln", vec![("seq", 19)]),
+    ] {
+        let dims: std::collections::BTreeMap<String, usize> =
+            dims.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let artifact = |ptxas: Option<PathBuf>| {
+            build(
+                &root().join(file),
+                &ArtifactOptions {
+                    target: Target::Sm90,
+                    dims: dims.clone(),
+                    weights: Some(WeightSource::Random(1)),
+                    ptxas,
+                },
+            )
+            .expect("compiles")
+        };
+        let with = artifact(Some(ptxas.clone()));
+        let without = artifact(None);
+        assert!(with.cubins.is_some() && without.cubins.is_none());
+        let p = &with.program;
+        let mut inputs = HashMap::new();
+        for &b in &p.inputs {
+            let buf = &p.buffers[b];
+            let shape: Vec<usize> = buf
+                .shape
+                .0
+                .iter()
+                .map(|d| match d {
+                    Dim::Static(n) => *n as usize,
+                    Dim::Sym(s) => dims[s.as_str()],
+                })
+                .collect();
+            let n = shape.iter().product();
+            let values = common::values(&mut rng, buf.dtype, n);
+            inputs.insert(
+                buf.name.clone(),
+                kiln_runtime::HostTensor::from_values(buf.dtype, &shape, &values),
+            );
+        }
+        let exe = with.cuda_executable().expect("loads with cubins");
+        let s = exe.stats();
+        assert!(
+            s.modules > 0 && s.cubin_modules == s.modules,
+            "{file}: {s:?}"
+        );
+        let got = exe.run(&inputs).expect("runs");
+        let plain = without.cuda_executable().expect("loads");
+        assert_eq!(plain.stats().cubin_modules, 0);
+        let want = plain.run(&inputs).expect("runs");
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            let (g, w) = (g.to_values(), w.to_values());
+            let scale = w.iter().fold(1e-30f64, |a, v| a.max(v.abs()));
+            let err = g
+                .iter()
+                .zip(&w)
+                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                err <= common::tolerance(DType::F32) * scale,
+                "{file} output {name}: {err} of {scale}"
+            );
+        }
+    }
+}

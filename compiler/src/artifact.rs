@@ -37,6 +37,9 @@ pub struct ArtifactOptions<'a> {
     /// Where the weights come from; `None` stores none (unless the model
     /// carries its own, as an ONNX model does).
     pub weights: Option<WeightSource<'a>>,
+    /// For a GPU target, the `ptxas` that assembles the kernels into the
+    /// artifact's cubins; `None` stores PTX only.
+    pub ptxas: Option<std::path::PathBuf>,
 }
 
 /// Compiles the model at `path` into an artifact.
@@ -93,6 +96,7 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
                 .collect(),
         ]
     };
+    let mut cubins = None;
     let (program, code, weights) = match opts.target {
         Target::Cpu => cpu_parts(program, weights)?,
         Target::Sm80 | Target::Sm90 => {
@@ -101,6 +105,10 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
                 Target::Sm90 | Target::Cpu => PtxArch::Sm90a,
             };
             let kernels = ptx::compile_program(&program, arch)?;
+            cubins = match &opts.ptxas {
+                Some(p) => Some(crate::cubin::assemble(p, arch.target(), &kernels)?),
+                None => None,
+            };
             let weights = weights.map(|w| program_weights(&program, &w));
             (program, Code::Ptx(kernels), weights)
         }
@@ -113,6 +121,7 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
         weights,
         buckets,
         autotune: Vec::new(),
+        cubins,
     })
 }
 

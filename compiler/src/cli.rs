@@ -117,6 +117,12 @@ pub enum Command {
         /// same seed gives the same weights as `kiln run --random-weights`).
         #[arg(long, value_name = "SEED")]
         random_weights: Option<u64>,
+        /// For a GPU target, store PTX only: without this, when `ptxas` is
+        /// found (KILN_PTXAS, else the PATH) the artifact also holds the
+        /// kernels assembled for the target's GPU, which load without the
+        /// driver compiling PTX.
+        #[arg(long, requires = "output")]
+        no_cubins: bool,
     },
     /// Show the optimizer's decisions: each kernel of the plan, the ops it
     /// fuses and their roles, what they would cost as separate kernels, the
@@ -303,6 +309,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             output,
             weights,
             random_weights,
+            no_cubins,
         } => {
             if let Some(out) = &output {
                 let weights = match (&weights, random_weights) {
@@ -310,7 +317,18 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                     (None, Some(seed)) => Some(WeightSource::Random(seed)),
                     (None, None) => None,
                 };
-                return write_artifact(&path, out, target, dims, weights, &emit, emit_dir);
+                let ptxas = match target {
+                    TargetArg::Cpu => None,
+                    TargetArg::Sm80 | TargetArg::Sm90 if no_cubins => None,
+                    TargetArg::Sm80 | TargetArg::Sm90 => crate::cubin::find_ptxas(),
+                };
+                let parts = ArtifactParts {
+                    target,
+                    dims,
+                    weights,
+                    ptxas,
+                };
+                return write_artifact(&path, out, parts, &emit, emit_dir);
             }
             if weights.is_some() || random_weights.is_some() {
                 return Err(KilnError::Usage(
@@ -663,18 +681,30 @@ fn is_artifact(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()) == Some("kart")
 }
 
+/// What `kiln compile -o` stores.
+struct ArtifactParts<'a> {
+    target: TargetArg,
+    dims: Vec<(String, usize)>,
+    weights: Option<WeightSource<'a>>,
+    ptxas: Option<PathBuf>,
+}
+
 /// `kiln compile MODEL -o OUT.kart`: writes the artifact (and prints the
 /// stages asked for with --emit first).
 fn write_artifact(
     path: &Path,
     out: &Path,
-    target: TargetArg,
-    dims: Vec<(String, usize)>,
-    weights: Option<WeightSource>,
+    parts: ArtifactParts,
     emit: &[Stage],
     emit_dir: Option<PathBuf>,
 ) -> Result<(), KilnError> {
     use kiln_runtime::artifact::Target;
+    let ArtifactParts {
+        target,
+        dims,
+        weights,
+        ptxas,
+    } = parts;
     let dims: BTreeMap<String, usize> = dims.into_iter().collect();
     if !emit.is_empty() {
         let opts = pipeline::Options {
@@ -694,6 +724,7 @@ fn write_artifact(
         target,
         dims,
         weights,
+        ptxas,
     };
     let a = crate::artifact::build(path, &opts)?;
     let bytes = a.to_bytes();
@@ -709,8 +740,15 @@ fn write_artifact(
         ),
         None => "no weights".to_string(),
     };
+    let code = match (&a.code, &a.cubins) {
+        (kiln_runtime::artifact::Code::Cpu(_), _) => "CLIF".to_string(),
+        (kiln_runtime::artifact::Code::Ptx(_), None) => "PTX".to_string(),
+        (kiln_runtime::artifact::Code::Ptx(_), Some(c)) => {
+            format!("PTX and cubins for {} ({})", c.arch, c.assembler)
+        }
+    };
     crate::outln!(
-        "{}: wrote {} for {}: {} kernel(s), {weights}; {} bytes",
+        "{}: wrote {} for {}: {} kernel(s) as {code}, {weights}; {} bytes",
         path.display(),
         out.display(),
         target.name(),

@@ -57,6 +57,8 @@ pub enum KilnError {
     /// An artifact that cannot be read, verified or loaded.
     #[error(transparent)]
     Artifact(#[from] kiln_runtime::artifact::ArtifactError),
+    #[error(transparent)]
+    Assemble(#[from] crate::cubin::AssembleError),
     /// A compiler stage broke an invariant: a bug in kiln, not in the model.
     #[error(
         "internal error after {stage}: {message}\n(this is a bug in kiln, not in the model; please report it with the model)"

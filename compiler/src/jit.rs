@@ -224,6 +224,7 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
             weights: None,
             buckets: Vec::new(),
             autotune: Vec::new(),
+            cubins: None,
         };
         cache::store(dir, key, &artifact);
     }

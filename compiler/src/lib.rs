@@ -31,6 +31,7 @@ pub mod artifact;
 pub mod cache;
 pub mod cli;
 pub mod codegen;
+pub mod cubin;
 pub mod data;
 pub mod error;
 pub mod frontend;

@@ -25,13 +25,19 @@ use thiserror::Error;
 use crate::HostTensor;
 use crate::cpu::executor::{CpuExecutable, KernelFn, RunError};
 use crate::cpu::jit::{JitError, JitFunction, JitModule, host_isa};
+pub use crate::cuda::Cubins;
 use crate::cuda::{CudaError, CudaExecutable, Grid, PtxKernel};
 
 /// The first eight bytes of every artifact.
 pub const MAGIC: [u8; 8] = *b"KILNART\0";
 
-/// The format version this runtime writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this runtime writes (and the newest it reads):
+/// version 2 added the `cubin` section.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this runtime reads (version 1 is version 2
+/// without the `cubin` section).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Sections start at offsets that are multiples of this, and so do the
 /// weights inside the weights section (so the file can be memory-mapped).
@@ -86,17 +92,20 @@ pub enum SectionKind {
     Buckets,
     /// Autotuning choices (none are made yet: written empty).
     Autotune,
+    /// GPU kernels assembled by `ptxas` for the target's architecture.
+    Cubin,
 }
 
 impl SectionKind {
     /// Every kind, in table-number order.
-    pub const ALL: [SectionKind; 6] = [
+    pub const ALL: [SectionKind; 7] = [
         SectionKind::Program,
         SectionKind::Clif,
         SectionKind::Ptx,
         SectionKind::Weights,
         SectionKind::Buckets,
         SectionKind::Autotune,
+        SectionKind::Cubin,
     ];
 
     /// The number in the section table.
@@ -108,6 +117,7 @@ impl SectionKind {
             SectionKind::Weights => 4,
             SectionKind::Buckets => 5,
             SectionKind::Autotune => 6,
+            SectionKind::Cubin => 7,
         }
     }
 
@@ -120,6 +130,7 @@ impl SectionKind {
             SectionKind::Weights => "weights",
             SectionKind::Buckets => "buckets",
             SectionKind::Autotune => "autotune",
+            SectionKind::Cubin => "cubin",
         }
     }
 
@@ -155,9 +166,13 @@ pub enum ArtifactError {
     NewerVersion { found: u32, supported: u32 },
     /// A version that never existed.
     #[error(
-        "artifact format version {found} is not valid (this runtime reads version {supported})"
+        "artifact format version {found} is not valid (this runtime reads versions {oldest} to {supported})"
     )]
-    BadVersion { found: u32, supported: u32 },
+    BadVersion {
+        found: u32,
+        oldest: u32,
+        supported: u32,
+    },
     /// The header's bytes do not match its checksum.
     #[error("corrupt artifact: header checksum is {found:#010x}, expected {expected:#010x}")]
     HeaderChecksum { expected: u32, found: u32 },
@@ -276,6 +291,9 @@ pub struct Artifact {
     pub buckets: Vec<Vec<(String, u64)>>,
     /// Autotuning choices (empty: none are made yet).
     pub autotune: Vec<AutotuneChoice>,
+    /// For a GPU target, the kernels assembled for its architecture when
+    /// `ptxas` was found at compile time.
+    pub cubins: Option<Cubins>,
 }
 
 impl Artifact {
@@ -292,6 +310,9 @@ impl Artifact {
         }
         sections.push((SectionKind::Buckets, encode_buckets(&self.buckets)));
         sections.push((SectionKind::Autotune, encode_autotune(&self.autotune)));
+        if let Some(c) = &self.cubins {
+            sections.push((SectionKind::Cubin, encode_cubins(c)));
+        }
 
         let mut head = Vec::new();
         head.extend_from_slice(&MAGIC);
@@ -360,9 +381,10 @@ impl Artifact {
                 supported: FORMAT_VERSION,
             });
         }
-        if version != FORMAT_VERSION {
+        if version < OLDEST_FORMAT_VERSION {
             return Err(ArtifactError::BadVersion {
                 found: version,
+                oldest: OLDEST_FORMAT_VERSION,
                 supported: FORMAT_VERSION,
             });
         }
@@ -517,6 +539,26 @@ impl Artifact {
             .transpose()?;
         let buckets = decode_buckets(required(SectionKind::Buckets)?)?;
         let autotune = decode_autotune(required(SectionKind::Autotune)?)?;
+        let cubins = section(SectionKind::Cubin).map(decode_cubins).transpose()?;
+        if let Some(c) = &cubins {
+            if version < 2 {
+                return Err(layout(format!(
+                    "a cubin section in a version {version} artifact"
+                )));
+            }
+            if target == Target::Cpu {
+                return Err(layout("a cpu artifact with a cubin section".into()));
+            }
+            if c.modules.len() != launches {
+                return Err(ArtifactError::Section {
+                    section: "cubin",
+                    message: format!(
+                        "{} cubins for a program of {launches} launches",
+                        c.modules.len()
+                    ),
+                });
+            }
+        }
         Ok(Artifact {
             kiln_version,
             target,
@@ -525,6 +567,7 @@ impl Artifact {
             weights,
             buckets,
             autotune,
+            cubins,
         })
     }
 
@@ -605,7 +648,8 @@ impl Artifact {
                 });
             }
         };
-        let mut exe = CudaExecutable::new(self.program.clone(), kernels)?;
+        let mut exe =
+            CudaExecutable::with_cubins(self.program.clone(), kernels, self.cubins.as_ref())?;
         if self.weights.is_some() {
             exe.bind_weights(&self.weight_map())?;
         }
@@ -794,6 +838,36 @@ fn decode_ptx(bytes: &[u8]) -> Result<Vec<PtxKernel>, ArtifactError> {
         Ok(k)
     })();
     kernels.map_err(CursorError::into_artifact)
+}
+
+fn encode_cubins(c: &Cubins) -> Vec<u8> {
+    let mut v = Vec::new();
+    put_str(&mut v, &c.arch);
+    put_str(&mut v, &c.assembler);
+    put_list(&mut v, &c.modules, |v, m| {
+        put_u64(v, m.len() as u64);
+        v.extend_from_slice(m);
+    });
+    v
+}
+
+fn decode_cubins(bytes: &[u8]) -> Result<Cubins, ArtifactError> {
+    let mut r = Cursor::new(bytes, "cubin");
+    let cubins = (|| {
+        let arch = r.str()?;
+        let assembler = r.str()?;
+        let modules = r.list(|r| {
+            let n = r.u64()?;
+            Ok(r.take(usize::try_from(n).unwrap_or(usize::MAX))?.to_vec())
+        })?;
+        r.end()?;
+        Ok(Cubins {
+            arch,
+            assembler,
+            modules,
+        })
+    })();
+    cubins.map_err(CursorError::into_artifact)
 }
 
 fn encode_weights(weights: &[(String, HostTensor)]) -> Vec<u8> {
@@ -1105,6 +1179,11 @@ mod tests {
             )]),
             buckets: vec![vec![("n".into(), 4)]],
             autotune: vec![],
+            cubins: Some(Cubins {
+                arch: "sm_90a".into(),
+                assembler: "ptxas V13.0.88".into(),
+                modules: vec![vec![0x7f, b'E', b'L', b'F', 2, 1]],
+            }),
         }
     }
 
@@ -1130,7 +1209,7 @@ mod tests {
         let a = artifact();
         let bytes = a.to_bytes();
         assert_eq!(&bytes[..8], b"KILNART\0");
-        assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
         assert_eq!(Artifact::from_bytes(&bytes).unwrap(), a);
         // The weight's 12 bytes lie at a multiple of 64 in the file.
         let data: Vec<u8> = a.weights.as_ref().unwrap()[0].1.data.clone();
@@ -1139,6 +1218,29 @@ mod tests {
             .position(|w| w == data.as_slice())
             .unwrap();
         assert_eq!(at % ALIGN, 0);
+    }
+
+    /// `bytes` relabelled as format version `v`, the header checksum redone.
+    fn as_version(bytes: &[u8], v: u32) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        b[8..12].copy_from_slice(&v.to_le_bytes());
+        let h = le_u32(&b[12..16]) as usize;
+        let crc = crc32fast::hash(&b[..h - 4]);
+        b[h - 4..h].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn version_1_artifacts_are_read_without_cubins() {
+        let mut a = artifact();
+        let with = as_version(&a.to_bytes(), 1);
+        assert!(matches!(
+            Artifact::from_bytes(&with),
+            Err(ArtifactError::Layout(m)) if m == "a cubin section in a version 1 artifact"
+        ));
+        a.cubins = None;
+        let old = as_version(&a.to_bytes(), 1);
+        assert_eq!(Artifact::from_bytes(&old).unwrap(), a);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Loads a kiln artifact (`.kart`) and runs it on the CPU, with nothing
-//! but `kiln-runtime`: no compiler, no optimizer, no front-end.
+//! Loads a kiln artifact (`.kart`) and runs it on its target (the CPU, or
+//! the GPU for an `sm_*` artifact), with nothing but `kiln-runtime`: no
+//! compiler, no optimizer, no front-end.
 //!
 //! ```text
 //! run-artifact MODEL.kart [--input NAME=FILE.npy ...] [--random-inputs SEED] [--dim NAME=N ...]
@@ -7,7 +8,9 @@
 //!
 //! Prints one line per output, as `kiln run` does (type, sum, mean |x|,
 //! a checksum of its bits), and on stderr the time to load the artifact
-//! (read, verify, link its kernels, bind its weights) and of the first run.
+//! (read, verify, link its kernels or load its GPU modules, bind its
+//! weights) and of the first run; for a GPU artifact, how many modules came
+//! from its cubins.
 //! Seeded random inputs use this program's own generator (uniform in
 //! [-1, 1)), not `kiln run`'s. Exit code 1 and a message on bad input.
 
@@ -18,7 +21,34 @@ use std::time::Instant;
 
 use kiln_dialect::Dim;
 use kiln_runtime::HostTensor;
-use kiln_runtime::artifact::Artifact;
+use kiln_runtime::artifact::{Artifact, Target};
+use kiln_runtime::cpu::executor::CpuExecutable;
+use kiln_runtime::cuda::CudaExecutable;
+
+/// The executor of the artifact's target.
+enum Exe {
+    Cpu(CpuExecutable),
+    Cuda(CudaExecutable),
+}
+
+impl Exe {
+    fn program(&self) -> &kiln_dialect::kernel::Program {
+        match self {
+            Exe::Cpu(e) => e.program(),
+            Exe::Cuda(e) => e.program(),
+        }
+    }
+
+    fn run(
+        &self,
+        inputs: &HashMap<String, HostTensor>,
+    ) -> Result<Vec<(String, HostTensor)>, String> {
+        match self {
+            Exe::Cpu(e) => e.run(inputs).map_err(|e| e.to_string()),
+            Exe::Cuda(e) => e.run(inputs).map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// The command line, parsed.
 struct Args {
@@ -94,7 +124,12 @@ fn run() -> Result<(), String> {
     let start = Instant::now();
     let artifact = Artifact::read(&args.artifact).map_err(|e| e.to_string())?;
     let read = start.elapsed();
-    let exe = artifact.cpu_executable().map_err(|e| e.to_string())?;
+    let exe = match artifact.target {
+        Target::Cpu => Exe::Cpu(artifact.cpu_executable().map_err(|e| e.to_string())?),
+        Target::Sm80 | Target::Sm90 => {
+            Exe::Cuda(artifact.cuda_executable().map_err(|e| e.to_string())?)
+        }
+    };
     let loaded = start.elapsed();
     let p = exe.program();
     let mut inputs: HashMap<String, HostTensor> = HashMap::new();
@@ -131,7 +166,7 @@ fn run() -> Result<(), String> {
         );
     }
     let t = Instant::now();
-    let outputs = exe.run(&inputs).map_err(|e| e.to_string())?;
+    let outputs = exe.run(&inputs)?;
     let first_run = t.elapsed();
     for (name, t) in &outputs {
         let v = t.to_values();
@@ -153,6 +188,13 @@ fn run() -> Result<(), String> {
         first_run.as_secs_f64() * 1e3,
         start.elapsed().as_secs_f64() * 1e3
     );
+    if let Exe::Cuda(e) = &exe {
+        let s = e.stats();
+        eprintln!(
+            "{} GPU module(s), {} from cubins",
+            s.modules, s.cubin_modules
+        );
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ fn printed_output_is_the_source_models() {
         target: Target::Cpu,
         dims: dims.iter().cloned().collect(),
         weights: Some(WeightSource::Random(5)),
+        ptxas: None,
     };
     let kart = dir.join("mlp.kart");
     build(&model, &opts)

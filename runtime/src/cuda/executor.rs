@@ -32,7 +32,7 @@ use kiln_dialect::kernel::Program;
 
 use super::driver::{self, Device};
 use super::error::CudaError;
-use super::kernel::{PtxKernel, launch_config};
+use super::kernel::{Cubins, PtxKernel, launch_config};
 use super::memory::{DeviceBuffer, device_aligned};
 use super::modules;
 use crate::HostTensor;
@@ -59,6 +59,8 @@ pub struct CudaStats {
     pub kernels_launched: usize,
     /// PTX modules loaded (one per distinct PTX text).
     pub modules: usize,
+    /// Of those, modules loaded from cubins (no PTX compiled by the driver).
+    pub cubin_modules: usize,
     /// Shape buckets made so far (one per distinct binding of the dims).
     pub buckets: usize,
     /// CUDA graphs captured so far (one per bucket run with graphs on).
@@ -200,13 +202,23 @@ impl CudaExecutable {
     /// launches run here); others need [`CudaExecutable::bind_weights`]
     /// before [`CudaExecutable::run`].
     pub fn new(program: Program, kernels: Vec<PtxKernel>) -> Result<CudaExecutable, CudaError> {
+        CudaExecutable::with_cubins(program, kernels, None)
+    }
+
+    /// [`CudaExecutable::new`], loading each kernel from its cubin where
+    /// the device runs `cubins`' architecture.
+    pub fn with_cubins(
+        program: Program,
+        kernels: Vec<PtxKernel>,
+        cubins: Option<&Cubins>,
+    ) -> Result<CudaExecutable, CudaError> {
         if !driver::driver_present() {
             return Err(driver::no_driver());
         }
         CudaExecutable::check(&program, &kernels)?;
         let origins = check_program(&program, kernels.len())?;
         let device = driver::open()?;
-        let loaded = modules::load(&device.ctx, &kernels, &program.launches)?;
+        let loaded = modules::load(&device.ctx, &kernels, &program.launches, cubins)?;
 
         let mut held: Vec<Option<Held>> = (0..program.buffers.len()).map(|_| None).collect();
         for ((b, values), shape) in program.constants.iter().zip(constant_shapes(&program)?) {
@@ -224,6 +236,7 @@ impl CudaExecutable {
             launches: program.launches.len() - bind_time_launches,
             bind_time_launches,
             modules: loaded.modules,
+            cubin_modules: loaded.cubin_modules,
             ..CudaStats::default()
         };
         let mut exe = CudaExecutable {

@@ -58,6 +58,43 @@ pub struct PtxKernel {
     pub shared_bytes: u32,
 }
 
+/// Machine code for the kernels, assembled by `ptxas` for one GPU
+/// architecture: the executor loads a cubin instead of having the driver
+/// compile the kernel's PTX when the device can run it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cubins {
+    /// The architecture assembled for (`sm_90a`, `sm_80`).
+    pub arch: String,
+    /// The assembler, as `ptxas --version` names itself.
+    pub assembler: String,
+    /// One per kernel, in launch order; empty where there is none.
+    pub modules: Vec<Vec<u8>>,
+}
+
+impl Cubins {
+    /// Whether a device of compute capability `major.minor` runs cubins
+    /// for `arch`: `sm_XYa` only on X.Y, `sm_XY` on X.Z for Z >= Y.
+    pub fn run_on(arch: &str, major: i32, minor: i32) -> bool {
+        let Some(digits) = arch.strip_prefix("sm_") else {
+            return false;
+        };
+        let (digits, specific) = match digits.strip_suffix('a') {
+            Some(d) => (d, true),
+            None => (digits, false),
+        };
+        let Ok(n) = digits.parse::<i32>() else {
+            return false;
+        };
+        let (want_major, want_minor) = (n / 10, n % 10);
+        major == want_major
+            && if specific {
+                minor == want_minor
+            } else {
+                minor >= want_minor
+            }
+    }
+}
+
 /// The most blocks one launch uses; kernels loop over the rest.
 pub const MAX_BLOCKS: u64 = 1 << 20;
 

@@ -13,5 +13,5 @@ mod modules;
 pub use driver::{driver_present, no_driver};
 pub use error::CudaError;
 pub use executor::{CudaExecutable, CudaStats};
-pub use kernel::{Grid, PtxKernel, launch_config};
+pub use kernel::{Cubins, Grid, PtxKernel, launch_config};
 pub use memory::DEVICE_ALIGN;

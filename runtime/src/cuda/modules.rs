@@ -12,7 +12,7 @@ use cudarc::nvrtc::Ptx;
 use kiln_dialect::kernel::Launch;
 
 use super::error::CudaError;
-use super::kernel::PtxKernel;
+use super::kernel::{Cubins, PtxKernel};
 
 /// Dynamic shared memory a block may use without opting in.
 const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
@@ -24,6 +24,8 @@ pub(crate) struct LoadedKernels {
     /// the driver could not say).
     pub resident: Vec<u32>,
     pub modules: usize,
+    /// Of those, modules loaded from cubins.
+    pub cubin_modules: usize,
 }
 
 /// Whether PTX written for `arch` (`sm_XY`, or `sm_XYa` for the
@@ -116,11 +118,13 @@ pub(crate) fn check_kernel(
 
 /// Loads one module per distinct PTX text and the entry of every kernel
 /// (in launch order); opts kernels into more than 48 KiB of dynamic shared
-/// memory where they ask for it.
+/// memory where they ask for it. A kernel with a cubin the device runs is
+/// loaded from it (and from its PTX if the driver refuses the cubin).
 pub(crate) fn load(
     ctx: &Arc<CudaContext>,
     kernels: &[PtxKernel],
     launches: &[Launch],
+    cubins: Option<&Cubins>,
 ) -> Result<LoadedKernels, CudaError> {
     let cc = ctx.compute_capability().ok();
     let device = match cc {
@@ -139,13 +143,18 @@ pub(crate) fn load(
             }
         }
     }
+    let usable = cubins.filter(|c| {
+        cc.is_some_and(|(major, minor)| Cubins::run_on(&c.arch, major, minor))
+            && c.modules.len() == kernels.len()
+    });
+    let mut cubin_modules = 0;
     let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
     let mut functions = Vec::with_capacity(kernels.len());
     let mut resident = Vec::with_capacity(kernels.len());
     let sms = ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_or(0, |n| u32::try_from(n).unwrap_or(0));
-    for (kernel, launch) in kernels.iter().zip(launches) {
+    for (i, (kernel, launch)) in kernels.iter().zip(launches).enumerate() {
         let load_error = |source| CudaError::ModuleLoad {
             kernel: launch.kernel.name.clone(),
             entry: kernel.entry.clone(),
@@ -156,9 +165,19 @@ pub(crate) fn load(
         let module = match modules.get(kernel.ptx.as_str()) {
             Some(m) => Arc::clone(m),
             None => {
-                let m = ctx
-                    .load_module(Ptx::from_src(kernel.ptx.as_str()))
-                    .map_err(load_error)?;
+                let binary = usable
+                    .map(|c| &c.modules[i])
+                    .filter(|b| !b.is_empty())
+                    .and_then(|b| ctx.load_module(Ptx::from_binary(b.clone())).ok());
+                if binary.is_some() {
+                    cubin_modules += 1;
+                }
+                let m = match binary {
+                    Some(m) => m,
+                    None => ctx
+                        .load_module(Ptx::from_src(kernel.ptx.as_str()))
+                        .map_err(load_error)?,
+                };
                 modules.insert(kernel.ptx.as_str(), Arc::clone(&m));
                 m
             }
@@ -194,6 +213,7 @@ pub(crate) fn load(
         functions,
         resident,
         modules: modules.len(),
+        cubin_modules,
     })
 }
 
