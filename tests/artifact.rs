@@ -601,3 +601,48 @@ fn gpu_artifacts_hold_cubins_when_ptxas_is_found() {
     assert!(out.contains("kernel(s) as PTX,"), "{out}");
     assert!(Artifact::read(&plain).unwrap().cubins.is_none());
 }
+
+/// `kiln bench` takes artifacts: it times the stored kernels (reporting the
+/// load time instead of a compile time), and refuses what `kiln run`
+/// refuses.
+#[test]
+fn bench_takes_artifacts() {
+    let dir = scratch("bench");
+    let a = mlp_artifact(&dir);
+    let out = ok(&kiln(&[
+        "bench",
+        s(&a),
+        "--dim",
+        "batch=4",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+    ]));
+    assert!(
+        out.contains("`mlp` on cpu: median") && out.contains("over 3 runs (1 warm-up); loaded in"),
+        "{out}"
+    );
+    let json = ok(&kiln(&[
+        "bench",
+        s(&a),
+        "--dim",
+        "batch=4",
+        "--iters",
+        "2",
+        "--json",
+    ]));
+    assert!(
+        json.starts_with("{\"model\": \"mlp\", \"device\": \"cpu\", \"iters\": 2,")
+            && json.contains("\"load_ms\": "),
+        "{json}"
+    );
+    user_error(
+        &kiln(&["bench", s(&a), "--device", "cuda", "--dim", "batch=4"]),
+        "artifact built for target cpu, but it was asked to run on --device cuda",
+    );
+    user_error(
+        &kiln(&["bench", s(&a), "--random-weights", "2", "--dim", "batch=4"]),
+        "holds its weights",
+    );
+}

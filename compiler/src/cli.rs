@@ -181,11 +181,12 @@ pub enum Command {
     /// seeded random inputs and report the median, minimum and 90th
     /// percentile of the run times (after warm-up runs).
     Bench {
-        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
+        /// The model: model language (.kiln), graph IR text (.kir), ONNX
+        /// (.onnx) or an artifact (.kart).
         model: PathBuf,
-        /// Where to run.
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
+        /// Where to run (default: cpu; an artifact's own target).
+        #[arg(long, value_enum)]
+        device: Option<Device>,
         /// Timed runs.
         #[arg(long, default_value_t = 50)]
         iters: usize,
@@ -435,6 +436,18 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                 random_seed: Some(1),
                 dims: &dims,
             };
+            if is_artifact(&path) {
+                return bench_artifact(
+                    &path,
+                    &spec,
+                    weights.as_deref(),
+                    random_weights,
+                    device,
+                    iters.max(1),
+                    warmup,
+                    json,
+                );
+            }
             let wsrc = match (&weights, random_weights) {
                 (Some(p), _) => WeightSource::File(p),
                 (None, Some(seed)) => WeightSource::Random(seed),
@@ -442,6 +455,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                     fallback_seed: Some(1),
                 },
             };
+            let device = device.unwrap_or(Device::Cpu);
             bench(&path, &spec, &wsrc, device, iters.max(1), warmup, json)
         }
     }
@@ -510,60 +524,152 @@ fn bench(
                 }
             }
         }
-        Device::Cpu => {
-            let (model, host) = device_model(m, &bindings, inputs.dims, crate::jit::Device::Cpu)?;
+        Device::Cpu | Device::Cuda => {
+            let jd = match device {
+                Device::Cuda => crate::jit::Device::Cuda,
+                Device::Interp | Device::Cpu => crate::jit::Device::Cpu,
+            };
+            let (model, host) = device_model(m, &bindings, inputs.dims, jd)?;
             compile_ms = model.compile_time().as_secs_f64() * 1e3;
-            for i in 0..warmup + iters {
-                let t = Instant::now();
-                model.run(&host)?;
-                if i >= warmup {
-                    times.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-            }
+            times = time_model(&model, &host, iters, warmup)?;
             let s = model.stats();
             threads = s.threads;
             peak = s.peak_arena_bytes;
         }
-        Device::Cuda => {
-            let (model, host) = device_model(m, &bindings, inputs.dims, crate::jit::Device::Cuda)?;
-            compile_ms = model.compile_time().as_secs_f64() * 1e3;
-            // The device work alone: inputs uploaded once, the run's CUDA
-            // graph replayed. A first run checks that the model runs; then
-            // enough replays per sample to fill about a millisecond, so
-            // that the wait for the device does not dominate short plans.
-            model.run(&host)?;
-            let once = model.time_runs(&host, warmup.max(1), 1)?;
+    }
+    let figures = Figures {
+        times,
+        setup_ms: compile_ms,
+        setup: "compiled",
+        threads,
+        peak,
+    };
+    report(path, &name, device.name(), iters, warmup, figures, json);
+    Ok(())
+}
+
+/// What a benchmark measured.
+struct Figures {
+    /// Run times in milliseconds.
+    times: Vec<f64>,
+    /// Compile (or artifact load) time in milliseconds.
+    setup_ms: f64,
+    /// `compiled` or `loaded`.
+    setup: &'static str,
+    threads: usize,
+    peak: usize,
+}
+
+/// Prints a benchmark's median, minimum and 90th percentile.
+fn report(
+    path: &Path,
+    name: &str,
+    device: &str,
+    iters: usize,
+    warmup: usize,
+    f: Figures,
+    json: bool,
+) {
+    let Figures {
+        mut times,
+        setup_ms,
+        setup,
+        threads,
+        peak,
+    } = f;
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (median, min, p90) = (at(0.5), times[0], at(0.9));
+    let key = if setup == "loaded" { "load" } else { "compile" };
+    if json {
+        crate::outln!(
+            "{{\"model\": {:?}, \"device\": \"{device}\", \"iters\": {iters}, \"median_ms\": {median:.6}, \"min_ms\": {min:.6}, \"p90_ms\": {p90:.6}, \"{key}_ms\": {setup_ms:.3}, \"threads\": {threads}, \"peak_arena_bytes\": {peak}}}",
+            name
+        );
+    } else {
+        crate::outln!(
+            "{}: `{name}` on {device}: median {median:.3} ms, min {min:.3} ms, p90 {p90:.3} ms over {iters} runs ({warmup} warm-up); {setup} in {setup_ms:.1} ms; {threads} thread(s), arena {peak} bytes",
+            path.display()
+        );
+    }
+}
+
+/// `kiln bench A.kart`: the artifact loaded for its target's device (or
+/// `device`), timed as a source model is.
+fn bench_artifact(
+    path: &Path,
+    inputs: &InputSpec,
+    weights: Option<&Path>,
+    random_weights: Option<u64>,
+    device: Option<Device>,
+    iters: usize,
+    warmup: usize,
+    json: bool,
+) -> Result<(), KilnError> {
+    let start = Instant::now();
+    let (model, host) = artifact_model(path, inputs, weights, random_weights, device)?;
+    let setup_ms = start.elapsed().as_secs_f64() * 1e3;
+    let times = time_model(&model, &host, iters, warmup)?;
+    let s = model.stats();
+    let name = model.program().name.clone();
+    let figures = Figures {
+        times,
+        setup_ms,
+        setup: "loaded",
+        threads: s.threads,
+        peak: s.peak_arena_bytes,
+    };
+    report(
+        path,
+        &name,
+        model.device().name(),
+        iters,
+        warmup,
+        figures,
+        json,
+    );
+    Ok(())
+}
+
+/// Run times of a compiled model in milliseconds. On the CPU, whole runs;
+/// on the GPU the device work alone: inputs uploaded once, the run's CUDA
+/// graph replayed. A first run checks that the model runs; then enough
+/// replays per sample to fill about a millisecond, so that the wait for the
+/// device does not dominate short plans.
+fn time_model(
+    model: &crate::jit::Model,
+    host: &HashMap<String, HostTensor>,
+    iters: usize,
+    warmup: usize,
+) -> Result<Vec<f64>, KilnError> {
+    match model.device() {
+        crate::jit::Device::Cpu => {
+            let mut times = Vec::with_capacity(iters);
+            for i in 0..warmup + iters {
+                let t = Instant::now();
+                model.run(host)?;
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            Ok(times)
+        }
+        crate::jit::Device::Cuda => {
+            model.run(host)?;
+            let once = model.time_runs(host, warmup.max(1), 1)?;
             let one = once
                 .iter()
                 .min()
                 .map_or(1e-3, |d| d.as_secs_f64())
                 .max(1e-7);
             let batch = ((1e-3 / one).ceil() as usize).clamp(1, 100);
-            times = model
-                .time_runs(&host, iters, batch)?
+            Ok(model
+                .time_runs(host, iters, batch)?
                 .into_iter()
                 .map(|d| d.as_secs_f64() * 1e3)
-                .collect();
-            peak = model.stats().peak_arena_bytes;
+                .collect())
         }
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    let (median, min, p90) = (at(0.5), times[0], at(0.9));
-    if json {
-        crate::outln!(
-            "{{\"model\": {:?}, \"device\": \"{}\", \"iters\": {iters}, \"median_ms\": {median:.6}, \"min_ms\": {min:.6}, \"p90_ms\": {p90:.6}, \"compile_ms\": {compile_ms:.3}, \"threads\": {threads}, \"peak_arena_bytes\": {peak}}}",
-            name,
-            device.name()
-        );
-    } else {
-        crate::outln!(
-            "{}: `{name}` on {}: median {median:.3} ms, min {min:.3} ms, p90 {p90:.3} ms over {iters} runs ({warmup} warm-up); compiled in {compile_ms:.1} ms; {threads} thread(s), arena {peak} bytes",
-            path.display(),
-            device.name()
-        );
-    }
-    Ok(())
 }
 
 fn import(path: &Path, output: &Path, weights_out: Option<&Path>) -> Result<(), KilnError> {
@@ -796,17 +902,16 @@ fn artifact_weights(
     Ok(out)
 }
 
-/// `kiln run ARTIFACT.kart`: loads, verifies and runs an artifact.
-fn run_artifact(
+/// An artifact loaded for `device` (default: its target's), with its
+/// weights (stored, or from `weights`) and the inputs `inputs` describes.
+fn artifact_model(
     path: &Path,
     inputs: &InputSpec,
     weights: Option<&Path>,
     random_weights: Option<u64>,
     device: Option<Device>,
-    output_dir: Option<&Path>,
-    keep_dtype: bool,
-) -> Result<(), KilnError> {
-    use kiln_runtime::artifact::{Artifact, ArtifactError, Target};
+) -> Result<(crate::jit::Model, HashMap<String, HostTensor>), KilnError> {
+    use kiln_runtime::artifact::{Artifact, Target};
     let a = Artifact::read(path)?;
     let device = device.unwrap_or(match a.target {
         Target::Cpu => Device::Cpu,
@@ -835,24 +940,7 @@ fn run_artifact(
             )));
         }
     };
-    let p = &a.program;
-    let typed: Vec<(String, kiln_dialect::TensorType)> = p
-        .inputs
-        .iter()
-        .map(|&b| {
-            let buf = &p.buffers[b];
-            (
-                buf.name.clone(),
-                kiln_dialect::TensorType::new(buf.dtype, buf.shape.clone()),
-            )
-        })
-        .collect();
-    let (bound, _) = data::bind_inputs(&typed, inputs)?;
-    let host: HashMap<String, HostTensor> = bound
-        .iter()
-        .map(|(k, t)| (k.clone(), data::from_interp(t)))
-        .collect();
-    let outputs = match device {
+    let device = match device {
         Device::Interp => {
             return Err(KilnError::Usage(format!(
                 "{} is compiled for {}: run it with --device {}; the reference interpreter runs source models",
@@ -864,33 +952,33 @@ fn run_artifact(
                 }
             )));
         }
-        Device::Cpu => {
-            if !matches!(a.target, Target::Cpu) {
-                return Err(KilnError::Artifact(ArtifactError::WrongTarget {
-                    built: a.target.name(),
-                    wanted: "--device cpu".into(),
-                }));
-            }
-            let mut exe = a.cpu_executable()?;
-            if let Some(w) = &external {
-                exe.bind_weights(w)?;
-            }
-            exe.run(&host)?
-        }
-        Device::Cuda => {
-            if matches!(a.target, Target::Cpu) {
-                return Err(KilnError::Artifact(ArtifactError::WrongTarget {
-                    built: a.target.name(),
-                    wanted: "--device cuda".into(),
-                }));
-            }
-            let mut exe = a.cuda_executable()?;
-            if let Some(w) = &external {
-                exe.bind_weights(w)?;
-            }
-            exe.run(&host)?
-        }
+        Device::Cpu => crate::jit::Device::Cpu,
+        Device::Cuda => crate::jit::Device::Cuda,
     };
+    let mut model = crate::jit::load_artifact(&a, device)?;
+    if let Some(w) = &external {
+        model.bind_weights(w)?;
+    }
+    let (bound, _) = data::bind_inputs(model.inputs(), inputs)?;
+    let host = bound
+        .iter()
+        .map(|(k, t)| (k.clone(), data::from_interp(t)))
+        .collect();
+    Ok((model, host))
+}
+
+/// `kiln run ARTIFACT.kart`: loads, verifies and runs an artifact.
+fn run_artifact(
+    path: &Path,
+    inputs: &InputSpec,
+    weights: Option<&Path>,
+    random_weights: Option<u64>,
+    device: Option<Device>,
+    output_dir: Option<&Path>,
+    keep_dtype: bool,
+) -> Result<(), KilnError> {
+    let (model, host) = artifact_model(path, inputs, weights, random_weights, device)?;
+    let outputs = model.run(&host)?;
     write_outputs(
         &outputs
             .iter()

@@ -231,6 +231,55 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
     Ok(done(exe, false))
 }
 
+/// Loads an artifact (`docs/artifact.md`) as a model for `device`: its
+/// kernels are linked (CPU) or its modules loaded (GPU) and its stored
+/// weights bound; one compiled without weights takes
+/// [`Model::bind_weights`]. A device other than the artifact's target is
+/// refused.
+pub fn load_artifact(a: &Artifact, device: Device) -> Result<Model, KilnError> {
+    let start = Instant::now();
+    let wrong = |wanted: &str| {
+        KilnError::Artifact(kiln_runtime::artifact::ArtifactError::WrongTarget {
+            built: a.target.name(),
+            wanted: wanted.into(),
+        })
+    };
+    let exe = match (device, a.target) {
+        (Device::Cpu, Target::Cpu) => Exec::Cpu(a.cpu_executable()?),
+        (Device::Cuda, Target::Sm80 | Target::Sm90) => Exec::Cuda(a.cuda_executable()?),
+        (Device::Cpu, Target::Sm80 | Target::Sm90) => return Err(wrong("--device cpu")),
+        (Device::Cuda, Target::Cpu) => return Err(wrong("--device cuda")),
+    };
+    let p = &a.program;
+    let typed = |bs: &[usize]| -> Vec<(String, TensorType)> {
+        bs.iter()
+            .map(|&b| {
+                let buf = &p.buffers[b];
+                (
+                    buf.name.clone(),
+                    TensorType::new(buf.dtype, buf.shape.clone()),
+                )
+            })
+            .collect()
+    };
+    let outputs = p
+        .outputs
+        .iter()
+        .map(|(n, b)| {
+            let buf = &p.buffers[*b];
+            (n.clone(), TensorType::new(buf.dtype, buf.shape.clone()))
+        })
+        .collect();
+    Ok(Model {
+        exe,
+        inputs: typed(&p.inputs),
+        weights: typed(&p.weights),
+        outputs,
+        compile_time: start.elapsed(),
+        cache_hit: false,
+    })
+}
+
 /// The cache key of compiling `m` with `opts` for a target: the verified
 /// graph as text, the options, and for the CPU the host's instruction set.
 fn cache_key(
