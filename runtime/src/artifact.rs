@@ -350,13 +350,23 @@ impl Artifact {
         })
     }
 
-    /// Reads and verifies the artifact at `path` (see [`Artifact::from_bytes`]).
+    /// Reads and verifies the artifact at `path` (see [`Artifact::from_bytes`])
+    /// through a memory map of the file, so that its bytes are not copied
+    /// before decoding: the weights are copied once, into their tensors.
+    /// The file must not change while it is read (as for any mapped file);
+    /// where it cannot be mapped it is read into memory.
     pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+        let io = |source| ArtifactError::Io {
             path: path.display().to_string(),
             source,
-        })?;
-        Artifact::from_bytes(&bytes)
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read only and dropped before returning; the
+        // file changing meanwhile is the documented misuse above.
+        match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => Artifact::from_bytes(&map),
+            Err(_) => Artifact::from_bytes(&std::fs::read(path).map_err(io)?),
+        }
     }
 
     /// Verifies every byte of `bytes`, then decodes the sections.
