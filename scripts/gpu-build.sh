@@ -15,6 +15,8 @@ cargo build --release -p kiln --bin kiln
 cp target/release/kiln "$out/kiln"
 cargo build --release -p kiln-runtime --example cuda_launch_overhead
 cp target/release/examples/cuda_launch_overhead "$out/"
+cargo build --release -p kiln-run-artifact-example --bin run-artifact
+cp target/release/run-artifact "$out/"
 args=()
 for t in $tests; do args+=(--test "$t"); done
 cargo test --release --workspace --no-run --message-format=json "${args[@]}" 2>/dev/null \

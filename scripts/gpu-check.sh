@@ -36,7 +36,7 @@ for spec in "${specs[@]}"; do
     filter=""
     [[ "$spec" == *:* ]] && filter="${spec#*:}"
     t="$bin/$name"
-    case "$name" in kiln | cuda_launch_overhead) continue ;; esac
+    case "$name" in kiln | cuda_launch_overhead | run-artifact) continue ;; esac
     [ -x "$t" ] || { echo "no test binary $t"; status=1; continue; }
     echo "== $spec"
     start=$(date +%s.%N)

@@ -588,3 +588,55 @@ fn onnx_models_work_in_every_command() {
         "`kiln import` reads ONNX models (.onnx)",
     );
 }
+
+/// Progress is drawn on a terminal only: `kiln bench` under a pseudo
+/// terminal (util-linux `script`) shows its compile spinner and its bar of
+/// runs, and nothing of them with `KILN_PROGRESS=off` or into a pipe.
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let args = [
+        "bench",
+        "examples/mlp.kiln",
+        "--iters",
+        "30",
+        "--dim",
+        "batch=4",
+    ];
+    let piped = kiln(&args);
+    assert_eq!(piped.status.code(), Some(0));
+    let err = text(&piped.stderr);
+    assert!(!err.contains("timing runs"), "progress in a pipe: {err}");
+    let Ok(script) = which("script") else {
+        eprintln!("notice: no `script` (util-linux): the terminal case is not checked");
+        return;
+    };
+    let line = format!("{} {}", env!("CARGO_BIN_EXE_kiln"), args.join(" "));
+    let tty = |progress: &str| {
+        let out = std::process::Command::new(&script)
+            .args(["-qec", &line, "/dev/null"])
+            .env("KILN_PROGRESS", progress)
+            .current_dir(root())
+            .output()
+            .expect("script runs");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let shown = tty("on");
+    assert!(
+        shown.contains("compiling `mlp` for cpu") && shown.contains("timing runs ["),
+        "{shown}"
+    );
+    assert!(shown.contains("`mlp` on cpu: median"), "{shown}");
+    let off = tty("off");
+    assert!(!off.contains("timing runs"), "{off}");
+    assert!(off.contains("`mlp` on cpu: median"), "{off}");
+}
+
+/// The first `name` on the PATH.
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|f| f.is_file())
+        .ok_or(())
+}

@@ -1,6 +1,7 @@
 //! The `kiln` command line. Exit codes: 0 success, 1 a user error (message
 //! on stderr, no backtrace), 2 an internal error.
 
+use crate::progress::Progress;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -443,9 +444,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                     weights.as_deref(),
                     random_weights,
                     device,
-                    iters.max(1),
-                    warmup,
-                    json,
+                    (iters.max(1), warmup, json),
                 );
             }
             let wsrc = match (&weights, random_weights) {
@@ -491,7 +490,13 @@ fn device_model(
             weights.insert(name.clone(), host);
         }
     }
+    let progress = Progress::spinner(format!(
+        "compiling `{}` for {}",
+        m.graph.name,
+        device.name()
+    ));
     let mut model = crate::jit::compile_loaded(m, &opts)?;
+    progress.set_message("binding the weights");
     model.bind_weights(&weights)?;
     Ok((model, inputs))
 }
@@ -516,12 +521,14 @@ fn bench(
     match device {
         Device::Interp => {
             compile_ms = start.elapsed().as_secs_f64() * 1e3;
+            let progress = Progress::bar((warmup + iters) as u64, "timing interpreter runs");
             for i in 0..warmup + iters {
                 let t = Instant::now();
                 interp::run(&m.graph, &bindings)?;
                 if i >= warmup {
                     times.push(t.elapsed().as_secs_f64() * 1e3);
                 }
+                progress.inc();
             }
         }
         Device::Cpu | Device::Cuda => {
@@ -602,9 +609,7 @@ fn bench_artifact(
     weights: Option<&Path>,
     random_weights: Option<u64>,
     device: Option<Device>,
-    iters: usize,
-    warmup: usize,
-    json: bool,
+    (iters, warmup, json): (usize, usize, bool),
 ) -> Result<(), KilnError> {
     let start = Instant::now();
     let (model, host) = artifact_model(path, inputs, weights, random_weights, device)?;
@@ -644,6 +649,7 @@ fn time_model(
 ) -> Result<Vec<f64>, KilnError> {
     match model.device() {
         crate::jit::Device::Cpu => {
+            let progress = Progress::bar((warmup + iters) as u64, "timing runs");
             let mut times = Vec::with_capacity(iters);
             for i in 0..warmup + iters {
                 let t = Instant::now();
@@ -651,10 +657,12 @@ fn time_model(
                 if i >= warmup {
                     times.push(t.elapsed().as_secs_f64() * 1e3);
                 }
+                progress.inc();
             }
             Ok(times)
         }
         crate::jit::Device::Cuda => {
+            let _progress = Progress::spinner("timing CUDA graph replays");
             model.run(host)?;
             let once = model.time_runs(host, warmup.max(1), 1)?;
             let one = once
@@ -736,7 +744,10 @@ fn run(
     let m = model::load(path)?;
     let bindings = data::bind_with(&m.graph, inputs, weights, &m.weights)?;
     let outputs = match device {
-        Device::Interp => interp::run(&m.graph, &bindings)?,
+        Device::Interp => {
+            let _progress = Progress::spinner("running the reference interpreter");
+            interp::run(&m.graph, &bindings)?
+        }
         Device::Cpu | Device::Cuda => {
             let d = match device {
                 Device::Cuda => crate::jit::Device::Cuda,
@@ -832,7 +843,13 @@ fn write_artifact(
         weights,
         ptxas,
     };
+    let progress = Progress::spinner(format!(
+        "compiling {} for {}",
+        path.display(),
+        target.name()
+    ));
     let a = crate::artifact::build(path, &opts)?;
+    drop(progress);
     let bytes = a.to_bytes();
     std::fs::write(out, &bytes).map_err(|source| KilnError::Io {
         path: out.display().to_string(),

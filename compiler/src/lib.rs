@@ -39,5 +39,6 @@ pub mod jit;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;
+pub mod progress;
 
 pub use error::KilnError;
