@@ -75,17 +75,9 @@ impl Cubins {
     /// Whether a device of compute capability `major.minor` runs cubins
     /// for `arch`: `sm_XYa` only on X.Y, `sm_XY` on X.Z for Z >= Y.
     pub fn run_on(arch: &str, major: i32, minor: i32) -> bool {
-        let Some(digits) = arch.strip_prefix("sm_") else {
+        let Some((want_major, want_minor, specific)) = parse_arch(arch) else {
             return false;
         };
-        let (digits, specific) = match digits.strip_suffix('a') {
-            Some(d) => (d, true),
-            None => (digits, false),
-        };
-        let Ok(n) = digits.parse::<i32>() else {
-            return false;
-        };
-        let (want_major, want_minor) = (n / 10, n % 10);
         major == want_major
             && if specific {
                 minor == want_minor
@@ -93,6 +85,18 @@ impl Cubins {
                 minor >= want_minor
             }
     }
+}
+
+/// `sm_XY` as `(X, Y, false)`, `sm_XYa` as `(X, Y, true)`; `None` for
+/// other names.
+pub(crate) fn parse_arch(arch: &str) -> Option<(i32, i32, bool)> {
+    let digits = arch.strip_prefix("sm_")?;
+    let (digits, specific) = match digits.strip_suffix('a') {
+        Some(d) => (d, true),
+        None => (digits, false),
+    };
+    let n = digits.parse::<i32>().ok()?;
+    Some((n / 10, n % 10, specific))
 }
 
 /// The most blocks one launch uses; kernels loop over the rest.

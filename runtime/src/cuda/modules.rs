@@ -12,7 +12,7 @@ use cudarc::nvrtc::Ptx;
 use kiln_dialect::kernel::Launch;
 
 use super::error::CudaError;
-use super::kernel::{Cubins, PtxKernel};
+use super::kernel::{Cubins, PtxKernel, parse_arch};
 
 /// Dynamic shared memory a block may use without opting in.
 const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
@@ -33,17 +33,9 @@ pub(crate) struct LoadedKernels {
 /// compute capability `major.minor`. An unparsable `arch` is left to the
 /// driver.
 pub(crate) fn runs_on(arch: &str, major: i32, minor: i32) -> bool {
-    let Some(digits) = arch.strip_prefix("sm_") else {
+    let Some((want_major, want_minor, specific)) = parse_arch(arch) else {
         return true;
     };
-    let (digits, specific) = match digits.strip_suffix('a') {
-        Some(d) => (d, true),
-        None => (digits, false),
-    };
-    let Ok(n) = digits.parse::<i32>() else {
-        return true;
-    };
-    let (want_major, want_minor) = (n / 10, n % 10);
     if specific {
         (major, minor) == (want_major, want_minor)
     } else {
@@ -220,6 +212,20 @@ pub(crate) fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cubin_architectures_by_hand() {
+        // a cubin runs within its major version only
+        assert!(Cubins::run_on("sm_90a", 9, 0));
+        assert!(!Cubins::run_on("sm_90a", 9, 1));
+        assert!(!Cubins::run_on("sm_90a", 10, 0));
+        assert!(Cubins::run_on("sm_80", 8, 0));
+        assert!(Cubins::run_on("sm_80", 8, 9));
+        assert!(!Cubins::run_on("sm_80", 9, 0));
+        assert!(!Cubins::run_on("sm_86", 8, 0));
+        assert!(!Cubins::run_on("compute_90", 9, 0));
+        assert!(!Cubins::run_on("sm_9x", 9, 0));
+    }
 
     #[test]
     fn architectures_by_hand() {

@@ -90,11 +90,6 @@ pub fn quantize(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
             ))
         })?,
     };
-    let (lo, hi) = match out {
-        DType::U8 => (0.0, 255.0),
-        DType::I8 => (-128.0, 127.0),
-        other => return Err(n.unsupported(format!("quantizing to {other}"))),
-    };
     let dt = cx.ty(x).dtype;
     let scale = along(cx, n, scale, a, rank)?;
     let scale = if cx.ty(scale).dtype != dt {
@@ -103,9 +98,27 @@ pub fn quantize(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
         scale
     };
     let q = cx.add(n, Op::Div, &[x, scale])?;
-    let mut q = cx.add(n, Op::Round, &[q])?;
-    if let Some(z) = zp {
-        let z = along(cx, n, z, a, rank)?;
+    let zp = zp.map(|z| along(cx, n, z, a, rank)).transpose()?;
+    requantize(cx, n, q, zp, out)
+}
+
+/// `saturate(round(y) + zero)` as `out` (`uint8` or `int8`), rounding half
+/// to even; `zero` already shaped to broadcast against `y`.
+fn requantize(
+    cx: &mut Cx,
+    n: &NodeCx,
+    y: Value,
+    zero: Option<Value>,
+    out: DType,
+) -> Result<Value, OnnxError> {
+    let (lo, hi) = match out {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        other => return Err(n.unsupported(format!("quantizing to {other}"))),
+    };
+    let dt = cx.ty(y).dtype;
+    let mut q = cx.add(n, Op::Round, &[y])?;
+    if let Some(z) = zero {
         let z = cx.add(n, Op::Cast { dtype: dt }, &[z])?;
         q = cx.add(n, Op::Add, &[q, z])?;
     }
@@ -150,11 +163,6 @@ pub fn qlinear_matmul(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
         Some(z) => cx.ty(z).dtype,
         None => cx.ty(a).dtype,
     };
-    let (lo, hi) = match out {
-        DType::U8 => (0.0, 255.0),
-        DType::I8 => (-128.0, 127.0),
-        other => return Err(n.unsupported(format!("QLinearMatMul output of type {other}"))),
-    };
     let product = integer_product(cx, n, (a, za), (b, zb))?;
     let f = DType::F32;
     // the multiplier first, as the reference computes it
@@ -172,21 +180,8 @@ pub fn qlinear_matmul(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     let m = cx.add(n, Op::Div, &[m, scales[2]])?;
     let y = cx.add(n, Op::Cast { dtype: f }, &[product])?;
     let y = cx.add(n, Op::Mul, &[y, m])?;
-    let mut y = cx.add(n, Op::Round, &[y])?;
-    if let Some(z) = zy {
-        let z = per_row(cx, n, z)?;
-        let z = cx.add(n, Op::Cast { dtype: f }, &[z])?;
-        y = cx.add(n, Op::Add, &[y, z])?;
-    }
-    let y = cx.add(
-        n,
-        Op::Clamp {
-            min: Some(lo),
-            max: Some(hi),
-        },
-        &[y],
-    )?;
-    cx.add(n, Op::Cast { dtype: out }, &[y])
+    let zy = zy.map(|z| per_row(cx, n, z)).transpose()?;
+    requantize(cx, n, y, zy, out)
 }
 
 /// A per-row vector (`[M]`, more than one element) as a column `[M, 1]`
