@@ -9,8 +9,9 @@
 //! `$HOME/.cache/kiln/jit`; `KILN_CACHE=off` turns it off. Entries are
 //! written to a temporary file and renamed, so concurrent compiles never
 //! read a partial one; an entry that cannot be read or is refused is
-//! compiled again and replaced. The folder is kept under [`MAX_BYTES`] by
-//! removing the least recently used entries.
+//! compiled again and replaced. Entries over [`MAX_ENTRY_BYTES`] are not
+//! kept, and the folder is kept under [`MAX_BYTES`] by removing the least
+//! recently used entries.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,11 @@ use kiln_runtime::artifact::Artifact;
 
 /// The most bytes of entries the cache folder keeps.
 pub const MAX_BYTES: u64 = 1 << 30;
+
+/// The largest entry stored: a larger one is a program holding large
+/// constants (weights folded at compile time), cheaper to compile again
+/// than to keep.
+pub const MAX_ENTRY_BYTES: usize = 64 << 20;
 
 /// Where the JIT caches what it compiles.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,14 +102,16 @@ pub fn forget(dir: &Path, key: &str) {
     let _ = std::fs::remove_file(entry(dir, key));
 }
 
-/// Stores `artifact` under `key`. Failing to write is not an error of the
+/// Stores `artifact` under `key`, unless it is larger than
+/// [`MAX_ENTRY_BYTES`]. Failing to write is not an error of the
 /// compilation: the entry is then missing.
 pub fn store(dir: &Path, key: &str, artifact: &Artifact) {
-    if std::fs::create_dir_all(dir).is_err() {
+    let bytes = artifact.to_bytes();
+    if bytes.len() > MAX_ENTRY_BYTES || std::fs::create_dir_all(dir).is_err() {
         return;
     }
     let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, artifact.to_bytes()).is_err()
+    if std::fs::write(&tmp, bytes).is_err()
         || std::fs::rename(&tmp, entry(dir, key)).is_err()
     {
         let _ = std::fs::remove_file(&tmp);
