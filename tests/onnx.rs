@@ -1045,8 +1045,9 @@ fn instances_in_text(text: &str) -> usize {
 }
 
 /// resnet50's bottleneck units, counted from the ONNX graph itself: each
-/// joins its branches with one `Sum` (or `Add`); a unit has three convolutions, one more where its
-/// shortcut is a projection, and the stem has one. Every stage starts with
+/// joins its branches with one `Sum` (or `Add`); a unit has three
+/// convolutions, one more where its shortcut is a projection, and the stem
+/// has one. Every stage starts with
 /// a projection unit (its shapes differ from the rest of the stage), so the
 /// identity units of a stage are one block: one per projection unit, and
 /// their instances are the identity units. The written model gives the
@@ -1062,33 +1063,50 @@ fn kiln_import_recovers_resnet50_bottleneck_blocks() {
     let identities = units - projections;
     assert_eq!((units, projections, identities), (16, 4, 12));
 
-    let out = std::env::temp_dir().join(format!("kiln-import-resnet-{}", std::process::id()));
+    check_written_blocks("resnet50", projections, identities);
+}
+
+/// shufflenet's units, counted from the ONNX graph: a stride-1 unit joins
+/// its branches with a `Sum`, a stride-2 unit (the first of each stage)
+/// with a `Concat`. The stride-1 units of a stage are one block.
+#[test]
+fn kiln_import_recovers_shufflenet_unit_blocks() {
+    let path = fixtures("light").join("shufflenet.onnx");
+    let m = proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let nodes = &m.graph.as_ref().unwrap().node;
+    let count = |op: &str| nodes.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!((count("Concat"), count("Sum")), (3, 13));
+    check_written_blocks("shufflenet", count("Concat"), count("Sum"));
+}
+
+/// Imports a light model and checks the number of blocks and instances in
+/// the text, and that the written model gives exactly the `.onnx` file's
+/// outputs on the CPU backend.
+fn check_written_blocks(model: &str, blocks: usize, instances: usize) {
+    let path = fixtures("light").join(format!("{model}.onnx"));
+    let out = std::env::temp_dir().join(format!("kiln-import-{model}-{}", std::process::id()));
     let (text, kiln_path, w_path) = import_with_cli(&path, &out);
-    let blocks = text.lines().filter(|l| l.starts_with("block ")).count();
-    assert_eq!(blocks, projections, "{text}");
-    assert_eq!(instances_in_text(&text), identities, "{text}");
-    // most of this model's weights are folded constants: those left in
-    // blocks are filed under instance names of the blocks
+    let written = text.lines().filter(|l| l.starts_with("block ")).count();
+    assert_eq!(written, blocks, "{text}");
+    assert_eq!(instances_in_text(&text), instances, "{text}");
+    // each stage's units chain: one loop per block
+    assert_eq!(text.matches("    for ").count(), blocks, "{text}");
+    // weights left in blocks are filed under instance names
     for (name, n) in instances_per_block(&w_path) {
         assert!(name.starts_with("unit") && n >= 2, "{name}: {n}");
     }
-    // each stage's identity units chain: one loop per block
-    assert_eq!(text.matches("    for ").count(), projections, "{text}");
-
-    let inputs = vec![(
-        "gpu_0/data_0".to_string(),
-        fixtures("light")
-            .join("input_1x3x224x224.npy")
-            .display()
-            .to_string(),
-    )];
+    let file = fixtures("light")
+        .join("input_1x3x224x224.npy")
+        .display()
+        .to_string();
+    let inputs = vec![("gpu_0/data_0".to_string(), file.clone())];
     let want = run(&path, &inputs, true).expect("onnx on the CPU backend");
     // the written model's input is the ONNX name made into an identifier
-    let written_inputs = vec![("gpu_0_data_0".to_string(), inputs[0].1.clone())];
+    let written_inputs = vec![("gpu_0_data_0".to_string(), file)];
     let got = run_written(&kiln_path, &w_path, &written_inputs, true);
     assert_eq!(got.len(), want.len());
     for ((_, a), (_, b)) in got.iter().zip(&want) {
-        assert_eq!(a, b, "outputs differ");
+        assert_eq!(a, b, "{model}: outputs differ");
     }
 }
 
