@@ -1023,3 +1023,274 @@ fn dim_params_are_symbolic_dims() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Imports an ONNX file with the `kiln` binary into `out`, giving the
+/// written text and the paths of the `.kiln` and weights files.
+fn import_with_cli(onnx_path: &Path, out: &Path) -> (String, PathBuf, PathBuf) {
+    std::fs::create_dir_all(out).unwrap();
+    let stem = onnx_path.file_stem().unwrap().to_str().unwrap();
+    let kiln_path = out.join(format!("{stem}.kiln"));
+    let w_path = out.join(format!("{stem}.safetensors"));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "import",
+            onnx_path.to_str().unwrap(),
+            "-o",
+            kiln_path.to_str().unwrap(),
+            "--weights-out",
+            w_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{stem}: import: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let text = std::fs::read_to_string(&kiln_path).unwrap();
+    (text, kiln_path, w_path)
+}
+
+/// Runs a written `.kiln` file with its weights file on the interpreter or
+/// the CPU backend.
+fn run_written(
+    kiln_path: &Path,
+    w_path: &Path,
+    inputs: &[(String, String)],
+    cpu: bool,
+) -> Vec<(String, Tensor)> {
+    let mut m = kiln::model::load(kiln_path).expect("the written model loads");
+    let dims = BTreeMap::new();
+    let spec = InputSpec {
+        files: inputs,
+        random_seed: None,
+        dims: &dims,
+    };
+    let bound = data::bind(&m.graph, &spec, &WeightSource::File(w_path)).expect("bind");
+    if !cpu {
+        return interp::run(&m.graph, &bound).expect("run");
+    }
+    let input_names: Vec<String> = m
+        .graph
+        .inputs()
+        .into_iter()
+        .map(|v| m.graph.value_name(v).to_string())
+        .collect();
+    let (mut ins, mut ws) = (HashMap::new(), HashMap::new());
+    for (k, t) in &bound {
+        let h = data::from_interp(t);
+        if input_names.contains(k) {
+            ins.insert(k.clone(), h);
+        } else {
+            ws.insert(k.clone(), h);
+        }
+    }
+    m.weights.clear();
+    let opts = JitOptions {
+        device: jit::Device::Cpu,
+        ..JitOptions::default()
+    };
+    let mut model = jit::compile_loaded(m, &opts).expect("compile");
+    model.bind_weights(&ws).expect("weights");
+    model
+        .run(&ins)
+        .expect("run")
+        .iter()
+        .map(|(n, t)| (n.clone(), data::to_interp(t)))
+        .collect()
+}
+
+/// The weights file's instance prefixes (`unit1.0`, ...), counted per block.
+fn instances_per_block(w_path: &Path) -> BTreeMap<String, usize> {
+    let bytes = std::fs::read(w_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for name in st.names() {
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() == 3 {
+            seen.entry(parts[0].to_string())
+                .or_default()
+                .insert(parts[1].to_string());
+        }
+    }
+    seen.into_iter().map(|(k, v)| (k, v.len())).collect()
+}
+
+/// The block instances a written model calls: a call in a `for` loop
+/// counts once per iteration.
+fn instances_in_text(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut n = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if !(l.contains(" = unit") && l.contains(") as unit")) {
+            continue;
+        }
+        let range = i
+            .checked_sub(1)
+            .and_then(|p| lines[p].strip_prefix("for "))
+            .and_then(|r| r.split_whitespace().nth(2))
+            .and_then(|r| r.split_once(".."));
+        n += match range {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap(),
+            None => 1,
+        };
+    }
+    n
+}
+
+/// resnet50's bottleneck units, counted from the ONNX graph itself: each
+/// joins its branches with one `Sum` (or `Add`); a unit has three
+/// convolutions, one more where its shortcut is a projection, and the stem
+/// has one. Every stage starts with
+/// a projection unit (its shapes differ from the rest of the stage), so the
+/// identity units of a stage are one block: one per projection unit, and
+/// their instances are the identity units. The written model gives the
+/// outputs of the `.onnx` file on the CPU backend.
+#[test]
+fn kiln_import_recovers_resnet50_bottleneck_blocks() {
+    let path = fixtures("light").join("resnet50.onnx");
+    let m = proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let nodes = &m.graph.as_ref().unwrap().node;
+    let count = |op: &str| nodes.iter().filter(|n| n.op_type() == op).count();
+    let units = count("Add") + count("Sum");
+    let projections = count("Conv") - 1 - 3 * units;
+    let identities = units - projections;
+    assert_eq!((units, projections, identities), (16, 4, 12));
+
+    check_written_blocks("resnet50", projections, identities);
+}
+
+/// shufflenet's units, counted from the ONNX graph: a stride-1 unit joins
+/// its branches with a `Sum`, a stride-2 unit (the first of each stage)
+/// with a `Concat`. The stride-1 units of a stage are one block.
+#[test]
+fn kiln_import_recovers_shufflenet_unit_blocks() {
+    let path = fixtures("light").join("shufflenet.onnx");
+    let m = proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+    let nodes = &m.graph.as_ref().unwrap().node;
+    let count = |op: &str| nodes.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!((count("Concat"), count("Sum")), (3, 13));
+    check_written_blocks("shufflenet", count("Concat"), count("Sum"));
+}
+
+/// Imports a light model and checks the number of blocks and instances in
+/// the text, and that the written model gives exactly the `.onnx` file's
+/// outputs on the CPU backend.
+fn check_written_blocks(model: &str, blocks: usize, instances: usize) {
+    let path = fixtures("light").join(format!("{model}.onnx"));
+    let out = std::env::temp_dir().join(format!("kiln-import-{model}-{}", std::process::id()));
+    let (text, kiln_path, w_path) = import_with_cli(&path, &out);
+    let written = text.lines().filter(|l| l.starts_with("block ")).count();
+    assert_eq!(written, blocks, "{text}");
+    assert_eq!(instances_in_text(&text), instances, "{text}");
+    // each stage's units chain: one loop per block
+    assert_eq!(text.matches("    for ").count(), blocks, "{text}");
+    // weights left in blocks are filed under instance names
+    for (name, n) in instances_per_block(&w_path) {
+        assert!(name.starts_with("unit") && n >= 2, "{name}: {n}");
+    }
+    let file = fixtures("light")
+        .join("input_1x3x224x224.npy")
+        .display()
+        .to_string();
+    let inputs = vec![("gpu_0/data_0".to_string(), file.clone())];
+    let want = run(&path, &inputs, true).expect("onnx on the CPU backend");
+    // the written model's input is the ONNX name made into an identifier
+    let written_inputs = vec![("gpu_0_data_0".to_string(), file)];
+    let got = run_written(&kiln_path, &w_path, &written_inputs, true);
+    assert_eq!(got.len(), want.len());
+    for ((_, a), (_, b)) in got.iter().zip(&want) {
+        assert_eq!(a, b, "{model}: outputs differ");
+    }
+}
+
+/// Three residual units of the same structure (matmul, add, relu, add of
+/// the unit's input) with weights of their own, then a sigmoid: the written
+/// text holds one block, a loop of three instances and the sigmoid, and
+/// gives exactly the outputs of the `.onnx` file.
+#[test]
+fn kiln_import_writes_a_block_for_repeated_units() {
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut h = "x".to_string();
+    for k in 0..3 {
+        let p = format!("l{k}_");
+        let n = |s: &str| format!("{p}{s}");
+        nodes.push(node(
+            "MatMul",
+            &n("mm"),
+            &[&h, &n("w")],
+            &[&n("mm")],
+            vec![],
+        ));
+        nodes.push(node(
+            "Add",
+            &n("bias"),
+            &[&n("mm"), &n("b")],
+            &[&n("lin")],
+            vec![],
+        ));
+        nodes.push(node("Relu", &n("relu"), &[&n("lin")], &[&n("act")], vec![]));
+        nodes.push(node(
+            "Add",
+            &n("res"),
+            &[&n("act"), &h],
+            &[&n("out")],
+            vec![],
+        ));
+        let w: Vec<f32> = (0..16)
+            .map(|i| ((i * 7 + k * 3) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..4).map(|i| (i + k) as f32 * 0.25 - 0.5).collect();
+        inits.push(f32_tensor(&n("w"), &[4, 4], &w));
+        inits.push(f32_tensor(&n("b"), &[4], &b));
+        h = n("out");
+    }
+    nodes.push(node("Sigmoid", "sig", &[&h], &["y"], vec![]));
+    let bytes = model(13, nodes, inits, &[2, 4]);
+    let out = std::env::temp_dir().join(format!("kiln-import-units-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let onnx_path = out.join("units.onnx");
+    std::fs::write(&onnx_path, &bytes).unwrap();
+    let (text, kiln_path, w_path) = import_with_cli(&onnx_path, &out);
+    let expected = "\
+// Imported from ONNX by `kiln import`.
+block unit1(x) {
+    weight w: f32[4, 4]
+    weight b: f32[4]
+    let l0_mm = matmul(x, w)
+    let l0_lin = add(l0_mm, b)
+    let l0_act = relu(l0_lin)
+    let l0_out = add(l0_act, x)
+    return l0_out
+}
+
+model t {
+    input x: f32[2, 4]
+
+    let l2_out = x
+    for i in 0..3 {
+        l2_out = unit1(l2_out) as unit1[i]
+    }
+    let y = sigmoid(l2_out)
+    output y = y
+}
+";
+    assert_eq!(text, expected);
+    assert_eq!(
+        instances_per_block(&w_path),
+        BTreeMap::from([("unit1".to_string(), 3)])
+    );
+    let x = out.join("x.npy");
+    let xt = Tensor::new(
+        kiln_dialect::DType::F32,
+        &[2, 4],
+        (0..8).map(|i| i as f64 * 0.25 - 1.0).collect(),
+    );
+    kiln_runtime::npy::write(&x, &data::from_interp(&xt)).expect("x.npy");
+    let inputs = vec![("x".to_string(), x.display().to_string())];
+    let want = run(&onnx_path, &inputs, false).expect("onnx");
+    let got = run_written(&kiln_path, &w_path, &inputs, false);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, want[0].1);
+}
