@@ -111,9 +111,7 @@ pub fn store(dir: &Path, key: &str, artifact: &Artifact) {
         return;
     }
     let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_err()
-        || std::fs::rename(&tmp, entry(dir, key)).is_err()
-    {
+    if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, entry(dir, key)).is_err() {
         let _ = std::fs::remove_file(&tmp);
         return;
     }
