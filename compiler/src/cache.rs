@@ -82,8 +82,10 @@ fn entry(dir: &Path, key: &str) -> PathBuf {
 /// time is renewed.
 pub fn load(dir: &Path, key: &str) -> Option<Artifact> {
     let path = entry(dir, key);
-    let bytes = std::fs::read(&path).ok()?;
-    match Artifact::from_bytes(&bytes) {
+    if !path.is_file() {
+        return None;
+    }
+    match Artifact::read(&path) {
         Ok(a) if a.kiln_version == env!("CARGO_PKG_VERSION") && a.weights.is_none() => {
             if let Ok(f) = std::fs::File::options().append(true).open(&path) {
                 let _ = f.set_modified(std::time::SystemTime::now());
