@@ -15,7 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::codegen::ptx::{Grid, PtxArch, PtxKernel, compile_kernel, compile_program};
+use kiln::codegen::ptx::{
+    GemvTiling, Grid, PtxArch, PtxKernel, PtxOptions, compile_kernel, compile_kernel_with,
+    compile_program,
+};
 use kiln::pipeline::{self, Options};
 use kiln_dialect::kernel::{
     Attention, Binary, Body, Buffer, Expr, Kernel, Reduction, Ty, Unary, Var,
@@ -1033,25 +1036,6 @@ fn mma_kernels() -> Vec<Kernel> {
             },
         });
     }
-    // One output row (a decode step's projection): index simplification
-    // writes `a`'s row index as 0.
-    ks.push(Kernel {
-        name: "mma_bf16_one_row".into(),
-        inputs: vec![
-            buf("a", DType::BF16, vec![st(1), st(64)]),
-            buf("b", DType::BF16, vec![st(64), st(72)]),
-        ],
-        output: buf("c", DType::BF16, vec![st(1), st(72)]),
-        dims: vec![],
-        float: Ty::F32,
-        body: Body::Contract {
-            k,
-            extent: Expr::Int(64),
-            a: ld(0, vec![Expr::Int(0), kk.clone()]),
-            b: ld(1, vec![kk.clone(), n.clone()]),
-            epilogue: Expr::Acc,
-        },
-    });
     // A symbolic `k` (rows of `b` contiguous in `n`, `a` stored [k, m]).
     ks.push(Kernel {
         name: "mma_f16_symbolic_k".into(),
@@ -1068,6 +1052,123 @@ fn mma_kernels() -> Vec<Kernel> {
             a: ld(0, vec![kk.clone(), m.clone()]),
             b: ld(1, vec![kk.clone(), n.clone()]),
             epilogue: Expr::Acc,
+        },
+    });
+    ks
+}
+
+/// Contractions with at most 16 output rows over a bf16/f16 `b` stored
+/// `[k, n]`: the GEMV path. One row (index simplification writes its index
+/// as 0), rows that need the 4-column lanes, a `k` that is not a multiple
+/// of a block's step (the single-step tail) and a symbolic one, a fused
+/// SwiGLU prologue and a residual epilogue, a batch sharing `b` and one
+/// indexing it, an output narrower than `b`'s rows, f16 and f32 outputs.
+fn gemv_kernels() -> Vec<Kernel> {
+    let mut ks = Vec::new();
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    ks.push(Kernel {
+        name: "gemv_bf16_one_row".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(1), st(64)]),
+            buf("b", DType::BF16, vec![st(64), st(72)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(1), st(72)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k,
+            extent: Expr::Int(64),
+            a: ld(0, vec![Expr::Int(0), kk.clone()]),
+            b: ld(1, vec![kk.clone(), n.clone()]),
+            epilogue: Expr::Acc,
+        },
+    });
+    for (rows, kext, cols, elem, out) in [
+        (3u64, 1000i64, 200u64, DType::F16, DType::F32),
+        (12, 333, 136, DType::BF16, DType::BF16),
+        (16, 64, 2056, DType::BF16, DType::F32),
+        (5, 4099, 8, DType::F16, DType::F16),
+    ] {
+        ks.push(Kernel {
+            name: format!("gemv_{elem}_{rows}x{cols}_k{kext}"),
+            inputs: vec![
+                buf("a", DType::F32, vec![st(rows), st(kext as u64)]),
+                buf("b", elem, vec![st(kext as u64), st(cols)]),
+                buf("bias", DType::F32, vec![st(cols)]),
+            ],
+            output: buf("c", out, vec![st(rows), st(cols)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(kext),
+                a: ld(0, vec![m.clone(), kk.clone()]),
+                b: ld(1, vec![kk.clone(), n.clone()]),
+                epilogue: bin(Binary::Add, Expr::Acc, ld(2, vec![n.clone()])),
+            },
+        });
+    }
+    // A decode step's down projection: `silu(gate) * up` as `a`'s
+    // prologue, a symbolic batch sharing `b`, the residual in the
+    // epilogue, an output 8 columns narrower than `b`'s rows.
+    let (b0, m3, n3, k3) = (v(0), v(1), v(2), Var(3));
+    let (g, u) = (
+        ld(0, vec![b0.clone(), Expr::Int(0), Expr::Var(k3)]),
+        ld(1, vec![b0.clone(), Expr::Int(0), Expr::Var(k3)]),
+    );
+    let silu = bin(
+        Binary::Mul,
+        g.clone(),
+        bin(
+            Binary::Div,
+            Expr::Float(1.0),
+            bin(
+                Binary::Add,
+                Expr::Float(1.0),
+                un(Unary::Exp, un(Unary::Neg, g)),
+            ),
+        ),
+    );
+    ks.push(Kernel {
+        name: "gemv_bf16_swiglu_down".into(),
+        inputs: vec![
+            buf("gate", DType::BF16, vec![Dim::sym("batch"), st(1), st(520)]),
+            buf("up", DType::BF16, vec![Dim::sym("batch"), st(1), st(520)]),
+            buf("w", DType::BF16, vec![st(520), st(272)]),
+            buf("x", DType::BF16, vec![Dim::sym("batch"), st(1), st(264)]),
+        ],
+        output: buf("y", DType::BF16, vec![Dim::sym("batch"), st(1), st(264)]),
+        dims: vec!["batch".into()],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: k3,
+            extent: Expr::Int(520),
+            a: bin(Binary::Mul, silu, u),
+            b: ld(2, vec![Expr::Var(k3), n3.clone()]),
+            epilogue: bin(
+                Binary::Add,
+                ld(3, vec![b0.clone(), m3.clone(), n3.clone()]),
+                Expr::Acc,
+            ),
+        },
+    });
+    // A batch of matrices (`b` indexed by the batch), a symbolic `k`.
+    ks.push(Kernel {
+        name: "gemv_f16_batched_symbolic_k".into(),
+        inputs: vec![
+            buf("a", DType::F16, vec![st(3), st(2), Dim::sym("k")]),
+            buf("b", DType::F16, vec![st(3), Dim::sym("k"), st(96)]),
+        ],
+        output: buf("c", DType::F16, vec![st(3), st(2), st(96)]),
+        dims: vec!["k".into()],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: k3,
+            extent: Expr::Dim(0),
+            a: ld(0, vec![b0.clone(), m3.clone(), Expr::Var(k3)]),
+            b: ld(1, vec![b0, Expr::Var(k3), n3]),
+            epilogue: un(Unary::Tanh, Expr::Acc),
         },
     });
     ks
@@ -1383,6 +1484,194 @@ fn tensor_core_contractions_run_as_the_evaluator_says() {
 }
 
 #[test]
+fn gemv_contractions() {
+    let ks = gemv_kernels();
+    for k in &ks {
+        let r = k.output.shape.rank();
+        let rows = k.output.shape.0[r - 2].as_static().unwrap() as u32;
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel(k, arch).unwrap();
+            assert!(pk.entry.starts_with("gemv_"), "{}", k.name);
+            assert!(
+                matches!(pk.grid, Grid::Tiles { tile_m, tile_n }
+                    if tile_m == rows && [16, 32, 64].contains(&tile_n)),
+                "{}: {:?}",
+                k.name,
+                pk.grid
+            );
+            // 16-byte loads of 8 columns, 8-byte ones of 4 past 8 rows.
+            let width = if rows <= 8 { "v4" } else { "v2" };
+            let load = format!("ld.global.nc.L1::no_allocate.{width}.b32");
+            assert!(pk.ptx.contains(&load), "{}", k.name);
+            assert!(!pk.ptx.contains("mma"), "{}", k.name);
+        }
+    }
+    // Narrow outputs take narrow tiles (more blocks), wide ones 64 columns.
+    let tile = |k: &Kernel| match compile_kernel(k, PtxArch::Sm90a).unwrap().grid {
+        Grid::Tiles { tile_n, .. } => tile_n,
+        g => panic!("{g:?}"),
+    };
+    assert_eq!(tile(&ks[0]), 16);
+    assert_eq!(tile(&ks[3]), 16);
+    let mut wide = ks[0].clone();
+    wide.inputs[1].shape = Shape(vec![st(64), st(8192)]);
+    wide.output.shape = Shape(vec![st(1), st(8192)]);
+    assert_eq!(tile(&wide), 64);
+    // More than 16 rows, a `b` stored `[n, k]`, or f32 operands: other paths.
+    let mut tall = ks[1].clone();
+    tall.inputs[0].shape = Shape(vec![st(17), st(1000)]);
+    tall.output.shape = Shape(vec![st(17), st(200)]);
+    let mut nk = ks[0].clone();
+    if let Body::Contract { b, .. } = &mut nk.body {
+        *b = ld(1, vec![v(1), Expr::Var(Var(2))]);
+    }
+    nk.inputs[1].shape = Shape(vec![st(72), st(64)]);
+    let f32_mm = contract_kernels().into_iter().next().unwrap();
+    for k in [&tall, &nk, &f32_mm] {
+        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
+        assert!(!pk.entry.starts_with("gemv_"), "{}", k.name);
+    }
+    check_all("gemv", &ks);
+    // The tilings not yet the default: every tile width, long unrolls, `a`
+    // staged in shared memory (where `k` is static and fits: not the
+    // symbolic `k`, nor 5 x 4099 values), assembled without spills.
+    let tool = ptxas();
+    for (tile_n, unroll) in [(16, 16), (32, 32), (64, 4)] {
+        let tiling = GemvTiling {
+            tile_n,
+            unroll,
+            stage_a: true,
+        };
+        let opts = PtxOptions {
+            gemv: Some(tiling),
+            ..PtxOptions::default()
+        };
+        for k in &ks {
+            let pk = compile_kernel_with(k, PtxArch::Sm90a, &opts).unwrap();
+            let r = k.output.shape.rank();
+            let rows = k.output.shape.0[r - 2].as_static().unwrap() as u32;
+            assert_eq!(
+                pk.grid,
+                Grid::Tiles {
+                    tile_m: rows,
+                    tile_n
+                },
+                "{}",
+                k.name
+            );
+            let staged = !k.name.contains("symbolic_k") && !k.name.contains("k4099");
+            assert_eq!(pk.ptx.contains("stage_end"), staged, "{}", k.name);
+            if let Some(tool) = &tool {
+                let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+                assert_eq!(u.spill, 0, "{} spills at {tile_n},{unroll}", k.name);
+            }
+        }
+    }
+    assert_eq!(
+        GemvTiling::parse("32, 16 ,stage"),
+        Some(GemvTiling {
+            tile_n: 32,
+            unroll: 16,
+            stage_a: true
+        })
+    );
+    for bad in ["", "24,8", "32,0", "32,8,x", "32,8,stage,1"] {
+        assert_eq!(GemvTiling::parse(bad), None, "{bad}");
+    }
+}
+
+/// The GEMV kernels against the evaluator, on the GPU where there is one
+/// (both architectures' modules), and on the CPU executor.
+#[test]
+fn gemv_contractions_run_as_the_evaluator_says() {
+    run_on_every_side(&gemv_kernels(), |_, _| false, |_| 1e-4);
+}
+
+/// With `branch_selects`, a concatenation's select, whose sides read
+/// different inputs (one a rotary-style computation), branches so that
+/// only the chosen side runs; a select whose sides reuse the condition's
+/// load stays branch-free. Both kinds against the evaluator, on the GPU
+/// where there is one (with the process's options).
+#[test]
+fn selects_branch_where_the_sides_read_memory() {
+    let (r, c) = (v(0), v(1));
+    let first = ld(
+        0,
+        vec![bin(Binary::Min, r.clone(), Expr::Int(4)), c.clone()],
+    );
+    let row = bin(
+        Binary::Max,
+        bin(Binary::Sub, r.clone(), Expr::Int(5)),
+        Expr::Int(0),
+    );
+    let second = bin(
+        Binary::Add,
+        bin(
+            Binary::Mul,
+            ld(1, vec![row.clone(), c.clone()]),
+            un(Unary::Cos, ld(2, vec![c.clone()])),
+        ),
+        bin(
+            Binary::Mul,
+            ld(
+                1,
+                vec![
+                    row,
+                    bin(
+                        Binary::Rem,
+                        bin(Binary::Add, c.clone(), Expr::Int(1)),
+                        Expr::Int(7),
+                    ),
+                ],
+            ),
+            un(Unary::Sin, ld(2, vec![c.clone()])),
+        ),
+    );
+    let concat = map(
+        "concat_branch",
+        Ty::F32,
+        vec![
+            buf("a", DType::BF16, vec![st(5), st(7)]),
+            buf("b", DType::BF16, vec![st(3), st(7)]),
+            buf("t", DType::F32, vec![st(7)]),
+        ],
+        buf("y", DType::BF16, vec![st(8), st(7)]),
+        Expr::select(bin(Binary::Lt, r.clone(), Expr::Int(5)), first, second),
+    );
+    let x = ld(0, vec![r, c]);
+    let leaky = map(
+        "leaky_relu_selp",
+        Ty::F32,
+        vec![buf("x", DType::F32, vec![st(8), st(7)])],
+        buf("y", DType::F32, vec![st(8), st(7)]),
+        Expr::select(
+            bin(Binary::Gt, x.clone(), Expr::Float(0.0)),
+            x.clone(),
+            bin(Binary::Mul, x, Expr::Float(0.1)),
+        ),
+    );
+    let on = PtxOptions {
+        branch_selects: true,
+        ..PtxOptions::default()
+    };
+    let tool = ptxas();
+    let pk = compile_kernel_with(&concat, PtxArch::Sm90a, &on).unwrap();
+    assert!(pk.ptx.contains("sel_else"), "{}", pk.ptx);
+    if let Some(tool) = &tool {
+        assemble(tool, &pk).unwrap();
+    }
+    let pk = compile_kernel_with(&leaky, PtxArch::Sm90a, &on).unwrap();
+    assert!(!pk.ptx.contains("sel_else"), "{}", pk.ptx);
+    assert!(pk.ptx.contains("selp.f32"), "{}", pk.ptx);
+    // Off by default (not yet run on a GPU): both sides computed.
+    let pk = compile_kernel_with(&concat, PtxArch::Sm90a, &PtxOptions::default()).unwrap();
+    assert!(!pk.ptx.contains("sel_else"), "{}", pk.ptx);
+    let ks = [concat, leaky];
+    check_all("selects", &ks);
+    run_on_every_side(&ks, |_, _| false, |_| 1e-4);
+}
+
+#[test]
 fn every_dtype_loads_and_stores() {
     check_all("dtypes", &dtype_kernels());
 }
@@ -1587,7 +1876,10 @@ fn every_example_and_benchmark_assembles() {
             let pk = compile_kernel(&k, PtxArch::Sm90a).unwrap_or_else(|e| panic!("{file}: {e}"));
             let pk80 = compile_kernel(&k, PtxArch::Sm80).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(pk.block.is_multiple_of(32) && pk.block <= 1024);
-            if matches!(pk.grid, Grid::Tiles { .. }) {
+            if pk.entry.starts_with("gemv_") {
+                assert!(pk.ptx.contains("ld.global.nc.L1::no_allocate"));
+            }
+            if matches!(pk.grid, Grid::Tiles { .. }) && !pk.entry.starts_with("gemv_") {
                 // Tensor-core contractions: warpgroup instructions on
                 // sm_90a, `mma.sync` on sm_80 (fused attention: `mma.sync`
                 // on both); both are assembled.

@@ -94,6 +94,9 @@ pub(super) struct Em<'k> {
     /// Per divisor of the current row: its reciprocal and whether the
     /// reciprocal path holds (see `div_by_row_value`).
     pub row_recips: Vec<(Expr, String, String)>,
+    /// Selects whose sides read memory become branches
+    /// ([`super::PtxOptions::branch_selects`]).
+    pub branch_selects: bool,
 }
 
 /// An immediate integer operand, if `s` is one.
@@ -128,6 +131,7 @@ impl<'k> Em<'k> {
             col_var: None,
             row_memo: Vec::new(),
             row_recips: Vec::new(),
+            branch_selects: false,
         }
     }
 
@@ -400,6 +404,15 @@ impl<'k> Em<'k> {
                 let b = self.emit(b)?;
                 self.binary(e, *op, a, b)
             }
+            Expr::Select(cond, a, b)
+                if self.branch_selects && self.col_var.is_none() && worth_a_branch(cond, a, b) =>
+            {
+                let c = self.emit(cond)?;
+                if c.t != Ty::Bool {
+                    return Err(self.type_err(e, "select of mismatched types"));
+                }
+                self.select_branch(e, &c.r, a, b)
+            }
             Expr::Select(c, a, b) => {
                 let c = self.emit(c)?;
                 let a = self.emit(a)?;
@@ -435,6 +448,35 @@ impl<'k> Em<'k> {
     }
 
     /// `c ? a : b` for two values of one type.
+    /// `select(c, a, b)` as a branch: only the chosen side runs. Values
+    /// either side computes stay inside it (the memo is restored after
+    /// each side).
+    fn select_branch(&mut self, e: &Expr, c: &str, a: &Expr, b: &Expr) -> Result<Val, PtxError> {
+        let t = self.ty_of(a);
+        let r = self.reg(class_of(t));
+        let (other, done) = (self.a.label("sel_else"), self.a.label("sel_end"));
+        let saved = self.memo.clone();
+        self.ins(format!("@!{c} bra {other}"));
+        let va = self.emit(a);
+        self.memo = saved.clone();
+        let va = va?;
+        if va.t != t {
+            return Err(self.type_err(e, "select of mismatched types"));
+        }
+        self.ins(format!("mov.{} {r}, {}", mov_sfx(t), va.r));
+        self.ins(format!("bra {done}"));
+        self.a.place(&other);
+        let vb = self.emit(b);
+        self.memo = saved;
+        let vb = vb?;
+        if vb.t != t {
+            return Err(self.type_err(e, "select of mismatched types"));
+        }
+        self.ins(format!("mov.{} {r}, {}", mov_sfx(t), vb.r));
+        self.a.place(&done);
+        Ok(Val { r, t })
+    }
+
     pub fn select(&mut self, c: &str, a: Val, b: Val) -> Val {
         let r = self.reg(class_of(a.t));
         match a.t {
@@ -833,6 +875,35 @@ pub(super) fn mov_sfx(t: Ty) -> &'static str {
 }
 
 /// Whether `index` is `[v0, v1, .., v(r-1)]`.
+/// Whether `select(c, a, b)` is better as a branch than as both sides
+/// computed and one kept: when each side reads memory the condition does
+/// not (a concatenation's two sources, a padded read), or one side reads
+/// memory and computes much (a rotary embedding of a few rows). Sides that
+/// only reuse the condition's loads (`x > 0 ? x : 0.1 x`) stay branch-free.
+fn worth_a_branch(c: &Expr, a: &Expr, b: &Expr) -> bool {
+    fn loads(e: &Expr, out: &mut Vec<Expr>) {
+        if matches!(e, Expr::Load { .. }) {
+            out.push(e.clone());
+            return;
+        }
+        e.for_each_child(|x| loads(x, out));
+    }
+    fn size(e: &Expr) -> usize {
+        let mut n = 1;
+        e.for_each_child(|x| n += size(x));
+        n
+    }
+    let mut seen = Vec::new();
+    loads(c, &mut seen);
+    let new_loads = |e: &Expr| {
+        let mut ls = Vec::new();
+        loads(e, &mut ls);
+        ls.iter().filter(|l| !seen.contains(l)).count()
+    };
+    let (la, lb) = (new_loads(a), new_loads(b));
+    (la > 0 && lb > 0) || (la + lb > 0 && size(a) + size(b) > 24)
+}
+
 pub(super) fn is_identity(index: &[Expr]) -> bool {
     index
         .iter()

@@ -3,7 +3,7 @@
 //! `kiln_runtime::cuda::kernel` specifies (parameter order, work units,
 //! grid-stride loops, [`Grid`]).
 //!
-//! Three kinds of kernels:
+//! The kinds of kernels:
 //!
 //! * element maps ([`Grid::Elements`]): a thread computes a run of
 //!   consecutive output elements; reductions inside run sequentially in the
@@ -13,6 +13,9 @@
 //!   keepdim reductions over the last axis): one block per row, the
 //!   reductions computed cooperatively (`rows.rs`); byte-sized and wider
 //!   outputs only (a sub-byte row may share bytes with the next row);
+//! * contractions with at most 16 output rows over a bf16/f16 weight
+//!   ([`Grid::Tiles`], `gemv.rs`): a stream of the weight at the memory's
+//!   bandwidth, `k` split across the block's warps, any prologue on `a`;
 //! * tensor-core contractions ([`Grid::Tiles`]): bf16/f16 operands loaded
 //!   as they are, one 128x128 output tile per block on `mma.sync` with a
 //!   `cp.async` pipeline and the epilogue fused (`mma.rs`);
@@ -30,6 +33,7 @@ mod attention;
 mod dtype_io;
 mod elements;
 mod expr;
+mod gemv;
 mod math;
 mod math64;
 mod mma;
@@ -67,6 +71,63 @@ impl PtxArch {
     }
 }
 
+/// Choices of the backend that are not yet the default: each was written
+/// and assembled without a GPU at hand, and becomes the default once a GPU
+/// run has checked it against the evaluator and measured it. The
+/// environment sets them for the whole process ([`PtxOptions::from_env`]);
+/// tests pass them explicitly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PtxOptions {
+    /// A `select` whose sides read memory the condition does not becomes a
+    /// branch, so only the chosen side runs (`KILN_PTX_BRANCH_SELECTS=1`).
+    pub branch_selects: bool,
+    /// The GEMV path's tiling (`KILN_GEMV_TILING=TILE_N,UNROLL[,stage]`).
+    pub gemv: Option<GemvTiling>,
+}
+
+/// A GEMV tiling: columns per block (16, 32 or 64), steps of `k` per
+/// unrolled iteration (1 to 32), and whether `a` is computed once per tile
+/// into shared memory where it fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvTiling {
+    pub tile_n: u32,
+    pub unroll: u32,
+    pub stage_a: bool,
+}
+
+impl PtxOptions {
+    /// The options the environment asks for (unset or unparsable: off).
+    pub fn from_env() -> PtxOptions {
+        let branch_selects = std::env::var("KILN_PTX_BRANCH_SELECTS").is_ok_and(|v| v == "1");
+        let gemv = std::env::var("KILN_GEMV_TILING")
+            .ok()
+            .and_then(|s| GemvTiling::parse(&s));
+        PtxOptions {
+            branch_selects,
+            gemv,
+        }
+    }
+}
+
+impl GemvTiling {
+    /// `TILE_N,UNROLL` or `TILE_N,UNROLL,stage`.
+    pub fn parse(s: &str) -> Option<GemvTiling> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let (tile_n, unroll) = (parts.first()?.parse().ok()?, parts.get(1)?.parse().ok()?);
+        let stage_a = match parts.get(2) {
+            None => false,
+            Some(&"stage") => true,
+            Some(_) => return None,
+        };
+        let ok = [16, 32, 64].contains(&tile_n) && (1..=32).contains(&unroll) && parts.len() <= 3;
+        ok.then_some(GemvTiling {
+            tile_n,
+            unroll,
+            stage_a,
+        })
+    }
+}
+
 /// Why a kernel could not be compiled to PTX.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum PtxError {
@@ -101,6 +162,7 @@ fn fnv1a(s: &str) -> u64 {
 /// kernel.
 fn classify(k: &Kernel) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
     match &k.body {
+        Body::Contract { .. } if gemv::applies(k) => ("gemv", Vec::new()),
         Body::Contract { .. } if mma::plan(k, PtxArch::Sm80).is_some() => ("mma", Vec::new()),
         Body::Contract { .. } => ("contract", Vec::new()),
         Body::Attention(_) if attention::plan(k, PtxArch::Sm80).is_some() => {
@@ -145,10 +207,20 @@ pub fn entry_name(k: &Kernel) -> String {
     )
 }
 
-/// Compiles one kernel to a PTX module.
+/// Compiles one kernel to a PTX module, with the options the environment
+/// sets ([`PtxOptions::from_env`]).
 pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> {
+    compile_kernel_with(k, arch, &PtxOptions::from_env())
+}
+
+/// Compiles one kernel to a PTX module with the given options.
+pub fn compile_kernel_with(
+    k: &Kernel,
+    arch: PtxArch,
+    opts: &PtxOptions,
+) -> Result<PtxKernel, PtxError> {
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, arch).is_none() {
-        return compile_kernel(&k.attention_as_map(), arch);
+        return compile_kernel_with(&k.attention_as_map(), arch, opts);
     }
     let (kind, reds) = classify(k);
     let entry = format!(
@@ -157,6 +229,7 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
         fnv1a(&k.to_string())
     );
     let mut em = Em::new(k);
+    em.branch_selects = opts.branch_selects;
     // Parameters.
     for i in 0..k.inputs.len() {
         let (p, g) = (em.reg(Class::D), em.reg(Class::D));
@@ -212,6 +285,22 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
             elements::identity_inputs(&em, expr, false, &mut ids);
             elements::emit_elements(&mut em, p, &units, &ids, |em| em.emit(expr))?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
+        }
+        Body::Contract {
+            k: kv,
+            extent,
+            a,
+            epilogue,
+            ..
+        } if kind == "gemv" => {
+            let plan = gemv::plan(k, opts.gemv).ok_or_else(|| em.kerr("the GEMV plan vanished"))?;
+            gemv::emit(&mut em, &plan, *kv, extent, a, epilogue, &units)?;
+            shared_bytes = plan.shared_bytes();
+            let grid = Grid::Tiles {
+                tile_m: plan.rows,
+                tile_n: plan.tile_n,
+            };
+            (gemv::THREADS, grid, false)
         }
         Body::Contract {
             extent, epilogue, ..
@@ -289,8 +378,9 @@ pub fn compile_kernel(k: &Kernel, arch: PtxArch) -> Result<PtxKernel, PtxError> 
 
 /// Compiles every launch of `p`, in launch order (one module per launch).
 pub fn compile_program(p: &Program, arch: PtxArch) -> Result<Vec<PtxKernel>, PtxError> {
+    let opts = PtxOptions::from_env();
     p.launches
         .iter()
-        .map(|l| compile_kernel(&l.kernel, arch))
+        .map(|l| compile_kernel_with(&l.kernel, arch, &opts))
         .collect()
 }
