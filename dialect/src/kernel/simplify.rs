@@ -20,7 +20,13 @@
 //! * `rem(x, c)`: the terms `c` divides vanish; the rest `r` stays
 //!   `rem(r, c)`, or is `r` when `0 <= r < c`;
 //! * `div(v, n)` is 0 and `rem(v, n)` is `v` for a variable `v` in
-//!   `0 .. n` (`n` symbolic).
+//!   `0 .. n` (`n` symbolic);
+//! * `min(x, y)` and `max(x, y)`: the operand the ranges prove is the
+//!   result (a clamp that never bites goes), and a clamp whose result can
+//!   take one value only is that value (a concatenation's
+//!   `min(max(v - 2048, 0), 0)` for `v < 2049` is 0). Ranges of clamps and
+//!   of sums with constants are read from the simplified expression's
+//!   structure, so chains of clamps take linear time.
 //!
 //! Only the index expressions of loads are rewritten (they are i64 by
 //! construction), and only where the ranges prove it; anything else is
@@ -54,6 +60,14 @@ impl Range {
         lo: None,
         hi: Hi::Unknown,
     };
+
+    /// The one value of a range that holds exactly one.
+    fn single(&self) -> Option<i64> {
+        match (self.lo, &self.hi) {
+            (Some(l), Hi::Const(h)) if l.checked_add(1) == Some(*h) => Some(l),
+            _ => None,
+        }
+    }
 
     /// `0 .. extent`.
     fn upto(extent: &Expr) -> Range {
@@ -176,6 +190,31 @@ impl Cx {
                 },
                 _ => Range::UNKNOWN,
             },
+            Expr::Binary(op @ (Binary::Min | Binary::Max), x, y) => {
+                let (rx, ry) = (self.range_of(x), self.range_of(y));
+                let (lo, hi) = match op {
+                    Binary::Min => (
+                        rx.lo.zip(ry.lo).map(|(a, b)| a.min(b)),
+                        match (&rx.hi, &ry.hi) {
+                            (Hi::Const(a), Hi::Const(b)) => Hi::Const(*a.min(b)),
+                            (Hi::Const(a), _) | (_, Hi::Const(a)) => Hi::Const(*a),
+                            _ => Hi::Unknown,
+                        },
+                    ),
+                    _ => (
+                        match (rx.lo, ry.lo) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (Some(a), None) | (None, Some(a)) => Some(a),
+                            (None, None) => None,
+                        },
+                        match (&rx.hi, &ry.hi) {
+                            (Hi::Const(a), Hi::Const(b)) => Hi::Const(*a.max(b)),
+                            _ => Hi::Unknown,
+                        },
+                    ),
+                };
+                Range { lo, hi }
+            }
             // A product of non-negative factors is non-negative.
             Expr::Binary(Binary::Mul, x, y) => {
                 let (rx, ry) = (self.range(&self.lin(x)), self.range(&self.lin(y)));
@@ -196,6 +235,37 @@ impl Cx {
                 }
             }
             _ => Range::UNKNOWN,
+        }
+    }
+
+    /// The range of an expression already simplified: clamps, sums and
+    /// differences with constants by their structure (so a chain of clamps
+    /// is not simplified again at every level), anything else through its
+    /// linear form.
+    fn range_of(&self, e: &Expr) -> Range {
+        match e {
+            Expr::Int(_) | Expr::Var(_) | Expr::Dim(_) => self.range_of_atom(e),
+            Expr::Binary(Binary::Min | Binary::Max, _, _) => self.range_of_atom(e),
+            Expr::Binary(op @ (Binary::Add | Binary::Sub), x, c) if matches!(**c, Expr::Int(_)) => {
+                let Expr::Int(c) = **c else { unreachable!() };
+                let c = if *op == Binary::Sub {
+                    c.checked_neg()
+                } else {
+                    Some(c)
+                };
+                let r = self.range_of(x);
+                let Some(c) = c else {
+                    return Range::UNKNOWN;
+                };
+                Range {
+                    lo: r.lo.and_then(|l| l.checked_add(c)),
+                    hi: match r.hi {
+                        Hi::Const(h) => h.checked_add(c).map_or(Hi::Unknown, Hi::Const),
+                        Hi::Sym(_) | Hi::Unknown => Hi::Unknown,
+                    },
+                }
+            }
+            _ => self.range(&self.lin(e)),
         }
     }
 
@@ -247,13 +317,10 @@ impl Cx {
         Some(match e {
             Expr::Int(i) => Lin::konst(*i),
             // A variable over an axis of size 1 is 0.
-            Expr::Var(v)
-                if self
-                    .vars
-                    .get(v)
-                    .is_some_and(|r| r.lo == Some(0) && r.hi == Hi::Const(1)) =>
-            {
-                Lin::konst(0)
+            // A variable with one possible value (an axis of size 1, or
+            // the one row a select's condition leaves) is that value.
+            Expr::Var(v) if self.vars.get(v).and_then(Range::single).is_some() => {
+                Lin::konst(self.vars.get(v).and_then(Range::single)?)
             }
             Expr::Var(_) | Expr::Dim(_) => Lin::atom(e.clone()),
             Expr::Binary(Binary::Add, a, b) => self.lin(a).add(self.lin(b), 1)?,
@@ -268,8 +335,42 @@ impl Cx {
             }
             Expr::Binary(Binary::Div, a, b) => self.div(a, b)?,
             Expr::Binary(Binary::Rem, a, b) => self.rem(a, b)?,
+            Expr::Binary(op @ (Binary::Min | Binary::Max), a, b) => self.clamp(*op, a, b),
             _ => return None,
         })
+    }
+
+    /// `min(a, b)` or `max(a, b)`: the operand the ranges prove is the
+    /// result (a clamp that never clamps), else the operation on the
+    /// simplified operands.
+    fn clamp(&self, op: Binary, a: &Expr, b: &Expr) -> Lin {
+        let (la, lb) = (self.lin(a), self.lin(b));
+        let (ra, rb) = (self.range(&la), self.range(&lb));
+        let top = |r: &Range| match r.hi {
+            Hi::Const(h) => Some(h - 1),
+            Hi::Sym(_) | Hi::Unknown => None,
+        };
+        // `x <= y` for every value of each.
+        let below = |x: &Range, y: &Range| top(x).zip(y.lo).is_some_and(|(t, l)| t <= l);
+        let a_wins = match op {
+            Binary::Min => below(&ra, &rb),
+            _ => below(&rb, &ra),
+        };
+        let b_wins = match op {
+            Binary::Min => below(&rb, &ra),
+            _ => below(&ra, &rb),
+        };
+        if a_wins {
+            la
+        } else if b_wins {
+            lb
+        } else {
+            let e = Expr::bin(op, la.build(), lb.build());
+            match self.range_of_atom(&e).single() {
+                Some(x) => Lin::konst(x),
+                None => Lin::atom(e),
+            }
+        }
     }
 
     fn div(&self, a: &Expr, b: &Expr) -> Option<Lin> {
@@ -716,5 +817,63 @@ mod tests {
             cx.lin(&r).build().to_string(),
             "add(mul(rem(v0, 16), 8), v1)"
         );
+    }
+
+    /// A concatenation's clamps (W3d's KV cache joined with the new key,
+    /// `v2 < 2049`): a clamp the range never reaches goes, one it may reach
+    /// stays, and one whose result has a single value is that value.
+    #[test]
+    fn clamps_the_ranges_decide() {
+        let mut vars = HashMap::new();
+        vars.insert(Var(2), Range::upto(&i(2049)));
+        vars.insert(Var(3), Range::upto(&i(128)));
+        let cx = Cx { vars };
+        let clamp = |x: Expr, lo: i64, hi: i64| b(Binary::Min, b(Binary::Max, x, i(lo)), i(hi));
+        // the cache rows: the lower clamp never bites, the upper one may
+        assert_eq!(
+            cx.lin(&clamp(v(2), 0, 2047)).build().to_string(),
+            "min(v2, 2047)"
+        );
+        // the new row: v2 - 2048 <= 0, so max(., 0) is 0 and so is the clamp
+        let e = b(
+            Binary::Mul,
+            clamp(b(Binary::Sub, v(2), i(2048)), 0, 0),
+            i(2048),
+        );
+        assert_eq!(cx.lin(&e).build().to_string(), "0");
+        // neither side bites: the value itself; both may: kept
+        assert_eq!(cx.lin(&clamp(v(3), 0, 127)).build().to_string(), "v3");
+        assert_eq!(
+            cx.lin(&clamp(b(Binary::Sub, v(3), i(1)), 0, 125))
+                .build()
+                .to_string(),
+            "min(max(sub(v3, 1), 0), 125)"
+        );
+        // v3 - 1 <= 126: only the lower clamp may bite
+        assert_eq!(
+            cx.lin(&clamp(b(Binary::Sub, v(3), i(1)), 0, 126))
+                .build()
+                .to_string(),
+            "max(sub(v3, 1), 0)"
+        );
+        // min and max with each other's operands reversed
+        assert_eq!(
+            cx.lin(&b(Binary::Max, i(-1), v(3))).build().to_string(),
+            "v3"
+        );
+        assert_eq!(
+            cx.lin(&b(Binary::Min, i(500), v(3))).build().to_string(),
+            "v3"
+        );
+        // A chain of 60 clamps (a model's pads and slices in a row) takes
+        // time linear in its length, not doubling with each level.
+        let mut e = b(Binary::Sub, v(3), i(1));
+        for _ in 0..60 {
+            e = clamp(b(Binary::Add, e, i(1)), 1, 126);
+        }
+        let start = std::time::Instant::now();
+        let text = cx.lin(&e).build().to_string();
+        assert!(text.starts_with("min("), "{text}");
+        assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
     }
 }
