@@ -62,10 +62,12 @@ fn help_lists_exactly_the_working_subcommands() {
     assert_eq!(
         commands,
         [
-            "check", "compile", "explain", "run", "bench", "import", "help"
+            "check", "compile", "explain", "run", "bench", "quantize", "import", "help"
         ]
     );
-    for sub in ["check", "compile", "explain", "run", "bench", "import"] {
+    for sub in [
+        "check", "compile", "explain", "run", "bench", "quantize", "import",
+    ] {
         let out = kiln(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Usage: kiln"), "{sub}");

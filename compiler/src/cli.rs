@@ -209,6 +209,55 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Quantize a model's matmul weights (round to nearest) and write them
+    /// as the quantized declarations `weight w: int4[..] group 128 scale
+    /// bf16` read; print the declarations and the accuracy of the quantized
+    /// model against the original on the given inputs (interpreter).
+    Quantize {
+        /// The model: model language (.kiln), graph IR text (.kir) or ONNX (.onnx).
+        model: PathBuf,
+        /// The original weights (default: the model's own, as an ONNX
+        /// model carries them).
+        #[arg(long, value_name = "W.safetensors", conflicts_with = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Draw the original weights from a seeded generator (to try a
+        /// scheme on a model without weights).
+        #[arg(long, value_name = "SEED")]
+        random_weights: Option<u64>,
+        /// The scheme: w4a16 (int4, groups of 128), w8a16 (int8, per
+        /// channel), w3a16, w6a16, with options :gN (groups of N), :pc (per
+        /// channel), :pt (per tensor), :zp (unsigned codes with zero
+        /// points), e.g. w4a16:g128; mxfp4; nvfp4; fp8 (e4m3, per channel).
+        #[arg(long, value_name = "SCHEME")]
+        scheme: String,
+        /// Another scheme (or `none`, to keep the weight) for the weights
+        /// whose names match PATTERN (`*` matches any characters); the last
+        /// matching --layer wins (repeatable).
+        #[arg(long = "layer", value_name = "PATTERN=SCHEME")]
+        layers: Vec<String>,
+        /// An input for the accuracy report, as NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_pair)]
+        inputs: Vec<(String, String)>,
+        /// Seed of the inputs not given with --input (default 1).
+        #[arg(long, value_name = "SEED", default_value_t = 1)]
+        random_inputs: u64,
+        /// The size of a symbolic dimension for random inputs, as NAME=N.
+        #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
+        /// Calibrate (activation-aware scales: each scale's clipping chosen
+        /// by the error seen through the matmul's activations) on these
+        /// inputs, as NAME=FILE.npy (repeatable); inputs not given are
+        /// drawn from --calibrate-random.
+        #[arg(long = "calibrate", value_name = "NAME=FILE.npy", value_parser = parse_pair)]
+        calibrate: Vec<(String, String)>,
+        /// Calibrate on inputs drawn from this seed (a different seed from
+        /// the report's inputs keeps the report honest).
+        #[arg(long, value_name = "SEED")]
+        calibrate_random: Option<u64>,
+        /// The weights file to write: every weight of the quantized model.
+        #[arg(short = 'o', long = "output", value_name = "Q.safetensors")]
+        output: PathBuf,
+    },
     /// Import an ONNX model as an editable model-language file, with its
     /// initializers as a safetensors file (names made into identifiers).
     Import {
@@ -291,6 +340,47 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             output,
             weights_out,
         } => import(&path, &output, weights_out.as_deref()),
+        Command::Quantize {
+            model: path,
+            weights,
+            random_weights,
+            scheme,
+            layers,
+            inputs,
+            random_inputs,
+            dims,
+            calibrate,
+            calibrate_random,
+            output,
+        } => {
+            let wsrc = match (&weights, random_weights) {
+                (Some(p), _) => WeightSource::File(p),
+                (None, Some(seed)) => WeightSource::Random(seed),
+                (None, None) => WeightSource::Model {
+                    fallback_seed: None,
+                },
+            };
+            let dims: BTreeMap<String, usize> = dims.into_iter().collect();
+            let spec = InputSpec {
+                files: &inputs,
+                random_seed: Some(random_inputs),
+                dims: &dims,
+            };
+            let calib = (!calibrate.is_empty() || calibrate_random.is_some()).then(|| InputSpec {
+                files: &calibrate,
+                random_seed: calibrate_random,
+                dims: &dims,
+            });
+            quantize(
+                &path,
+                &wsrc,
+                &spec,
+                calib.as_ref(),
+                &scheme,
+                &layers,
+                &output,
+            )
+        }
         Command::Explain {
             model: path,
             target,
@@ -678,6 +768,135 @@ fn time_model(
                 .collect())
         }
     }
+}
+
+/// `kiln quantize`: see [`crate::quantize`].
+fn quantize(
+    path: &Path,
+    wsrc: &WeightSource,
+    spec: &InputSpec,
+    calib: Option<&InputSpec>,
+    scheme: &str,
+    layers: &[String],
+    output: &Path,
+) -> Result<(), KilnError> {
+    use crate::quantize::{self as q, LayerRule, Recipe};
+    let usage = |e: q::QuantizeError| KilnError::Usage(e.to_string());
+    let recipe = Recipe::parse(scheme).map_err(usage)?;
+    let rules = layers
+        .iter()
+        .map(|l| LayerRule::parse(l))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
+    let m = model::load(path)?;
+    let bindings = data::bind_with(&m.graph, spec, wsrc, &m.weights)?;
+    let mut chosen = Vec::new();
+    let mut kept = Vec::new();
+    for (name, _, axis, float) in q::candidates(&m.graph) {
+        let r = rules
+            .iter()
+            .rev()
+            .find(|r| q::glob(&r.pattern, &name))
+            .map_or(recipe.as_ref(), |r| r.recipe.as_ref());
+        match r {
+            Some(r) => chosen.push((name, axis, float, r.clone())),
+            None => kept.push(name),
+        }
+    }
+    let rtn = chosen
+        .iter()
+        .map(|(n, axis, float, r)| q::quantize_weight(n, &bindings[n], *axis, *float, r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
+    // The activations each weight's matmul reads, on the calibration inputs.
+    let calibrated = match calib {
+        None => None,
+        Some(cspec) => {
+            let names: Vec<String> = chosen.iter().map(|c| c.0.clone()).collect();
+            let g = q::with_activations(&m.graph, &names);
+            let cb = data::bind_with(&g, cspec, wsrc, &m.weights)?;
+            let acts: HashMap<String, interp::Tensor> = interp::run(&g, &cb)?.into_iter().collect();
+            let qs = chosen
+                .iter()
+                .map(|(n, axis, float, r)| match acts.get(&format!("{n}.act")) {
+                    Some(x) => q::quantize_calibrated(n, &bindings[n], *axis, *float, r, x),
+                    None => q::quantize_weight(n, &bindings[n], *axis, *float, r),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(usage)?;
+            Some(qs)
+        }
+    };
+    let original = interp::run(&m.graph, &bindings)?;
+    let run_quantized = |qs: &[q::QuantizedWeight]| -> Result<_, KilnError> {
+        let g = q::quantized_graph(&m.graph, qs).map_err(|e| KilnError::Internal {
+            stage: "kiln quantize",
+            message: e.to_string(),
+        })?;
+        let mut b = bindings.clone();
+        for qw in qs {
+            b.remove(&qw.name);
+            b.extend(qw.tensors());
+        }
+        let outs = interp::run(&g, &b)?;
+        Ok((g, b, outs))
+    };
+    let (_, _, rtn_outs) = run_quantized(&rtn)?;
+    let quantized = calibrated.as_ref().unwrap_or(&rtn);
+    let (qgraph, qbindings, after) = run_quantized(quantized)?;
+    // Every weight of the quantized model.
+    let weight_names: Vec<String> = qgraph
+        .weights()
+        .into_iter()
+        .map(|w| qgraph.value_name(w).to_string())
+        .collect();
+    let out: HashMap<String, interp::Tensor> = weight_names
+        .iter()
+        .filter_map(|n| qbindings.get(n).map(|t| (n.clone(), t.clone())))
+        .collect();
+    crate::data::write_safetensors(output, &out).map_err(|message| KilnError::Weight {
+        name: output.display().to_string(),
+        message,
+    })?;
+    crate::outln!(
+        "{}: quantized {} of {} matmul weights; declare them as",
+        path.display(),
+        quantized.len(),
+        quantized.len() + kept.len()
+    );
+    for qw in quantized {
+        crate::outln!("    {}", qw.declaration());
+    }
+    if !kept.is_empty() {
+        crate::outln!("kept as they are (--layer ...=none): {}", kept.join(", "));
+    }
+    crate::outln!("accuracy on the inputs, quantized against the original (interpreter):");
+    crate::outln!("    output: max |error| / max |original|, mean |error| / mean |original|");
+    for e in q::output_errors(&original, &rtn_outs) {
+        let label = if calibrated.is_some() {
+            " (round to nearest)"
+        } else {
+            ""
+        };
+        crate::outln!(
+            "    {}{label}: {:.3e}, {:.3e}",
+            e.name,
+            e.max_rel,
+            e.mean_rel
+        );
+    }
+    if calibrated.is_some() {
+        for e in q::output_errors(&original, &after) {
+            crate::outln!(
+                "    {} (calibrated): {:.3e}, {:.3e}",
+                e.name,
+                e.max_rel,
+                e.mean_rel
+            );
+        }
+    }
+    crate::outln!("wrote {} ({} tensors)", output.display(), out.len());
+    Ok(())
 }
 
 fn import(path: &Path, output: &Path, weights_out: Option<&Path>) -> Result<(), KilnError> {

@@ -424,6 +424,45 @@ pub fn output_file_name(name: &str) -> String {
     format!("{s}.npy")
 }
 
+/// Writes tensors as a safetensors file, in name order, each in its own
+/// element type: the types safetensors names as they are (`f8e4m3`,
+/// `f8e5m2` and `e8m0` too), sub-byte codes (`i4 u4 i3 i6 f4e2m1`) packed
+/// LSB first as `U8` bytes of shape `[bytes]` (which the weight loader reads
+/// back as packed codes of the declared type). Errors are messages.
+pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), String> {
+    use safetensors::Dtype as S;
+    let mut hosts = Vec::new();
+    for (name, t) in tensors {
+        let host = from_interp(t);
+        let (dt, shape) = match t.dtype {
+            DType::F64 => (S::F64, t.shape.clone()),
+            DType::F32 => (S::F32, t.shape.clone()),
+            DType::F16 => (S::F16, t.shape.clone()),
+            DType::BF16 => (S::BF16, t.shape.clone()),
+            DType::I64 => (S::I64, t.shape.clone()),
+            DType::I32 => (S::I32, t.shape.clone()),
+            DType::I8 => (S::I8, t.shape.clone()),
+            DType::U8 => (S::U8, t.shape.clone()),
+            DType::Bool => (S::BOOL, t.shape.clone()),
+            DType::F8E4M3 => (S::F8_E4M3, t.shape.clone()),
+            DType::F8E5M2 => (S::F8_E5M2, t.shape.clone()),
+            DType::E8M0 => (S::F8_E8M0, t.shape.clone()),
+            DType::I4 | DType::U4 | DType::I3 | DType::I6 | DType::F4E2M1 => {
+                (S::U8, vec![host.data.len()])
+            }
+        };
+        hosts.push((name.clone(), dt, shape, host.data));
+    }
+    hosts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut views = Vec::new();
+    for (name, dt, shape, bytes) in &hosts {
+        let view = safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::tensor::serialize_to_file(views, None, path).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,5 +40,6 @@ pub mod model;
 pub mod onnx;
 pub mod pipeline;
 pub mod progress;
+pub mod quantize;
 
 pub use error::KilnError;

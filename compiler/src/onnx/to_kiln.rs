@@ -27,7 +27,7 @@ use std::path::Path;
 
 use kiln_dialect::interp::Tensor;
 use kiln_dialect::ops::{AttrValue, Literal, Op, attr::format_f64};
-use kiln_dialect::{DType, Graph, NodeId, Value};
+use kiln_dialect::{Graph, NodeId, Value};
 
 /// Why the model could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +41,6 @@ pub enum WriteError {
     Weights { path: String, message: String },
     #[error("the graph has a cycle: {0}")]
     Cycle(String),
-    #[error("weight `{name}` has element type {dtype}, which safetensors files cannot hold")]
-    WeightType { name: String, dtype: DType },
 }
 
 const RESERVED: &[&str] = &[
@@ -677,56 +675,10 @@ fn write_outputs(g: &Graph, names: &Names, out: &mut String) {
     }
 }
 
-/// Writes weights as a safetensors file.
+/// Writes weights as a safetensors file ([`crate::data::write_safetensors`]).
 pub fn write_safetensors(path: &Path, weights: &HashMap<String, Tensor>) -> Result<(), WriteError> {
-    use safetensors::Dtype as S;
-    let mut hosts = Vec::new();
-    for (name, t) in weights {
-        let dt = match t.dtype {
-            DType::F64 => S::F64,
-            DType::F32 => S::F32,
-            DType::F16 => S::F16,
-            DType::BF16 => S::BF16,
-            DType::I64 => S::I64,
-            DType::I32 => S::I32,
-            DType::I8 => S::I8,
-            DType::U8 => S::U8,
-            DType::Bool => S::BOOL,
-            DType::I4
-            | DType::U4
-            | DType::I3
-            | DType::I6
-            | DType::F8E4M3
-            | DType::F8E5M2
-            | DType::F4E2M1
-            | DType::E8M0 => {
-                return Err(WriteError::WeightType {
-                    name: name.clone(),
-                    dtype: t.dtype,
-                });
-            }
-        };
-        hosts.push((
-            name.clone(),
-            dt,
-            t.shape.clone(),
-            crate::data::from_interp(t).data,
-        ));
-    }
-    hosts.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut views = Vec::new();
-    for (name, dt, shape, bytes) in &hosts {
-        let view =
-            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).map_err(|e| {
-                WriteError::Weights {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                }
-            })?;
-        views.push((name.clone(), view));
-    }
-    safetensors::tensor::serialize_to_file(views, None, path).map_err(|e| WriteError::Weights {
+    crate::data::write_safetensors(path, weights).map_err(|message| WriteError::Weights {
         path: path.display().to_string(),
-        message: e.to_string(),
+        message,
     })
 }
