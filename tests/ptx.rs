@@ -1490,7 +1490,7 @@ fn gemv_contractions() {
         let r = k.output.shape.rank();
         let rows = k.output.shape.0[r - 2].as_static().unwrap() as u32;
         for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-            let pk = compile_kernel(k, arch).unwrap();
+            let pk = compile_kernel_with(k, arch, &PtxOptions::default()).unwrap();
             assert!(pk.entry.starts_with("gemv_"), "{}", k.name);
             assert!(
                 matches!(pk.grid, Grid::Tiles { tile_m, tile_n }
@@ -1507,7 +1507,10 @@ fn gemv_contractions() {
         }
     }
     // Narrow outputs take narrow tiles (more blocks), wide ones 64 columns.
-    let tile = |k: &Kernel| match compile_kernel(k, PtxArch::Sm90a).unwrap().grid {
+    let tile = |k: &Kernel| match compile_kernel_with(k, PtxArch::Sm90a, &PtxOptions::default())
+        .unwrap()
+        .grid
+    {
         Grid::Tiles { tile_n, .. } => tile_n,
         g => panic!("{g:?}"),
     };
