@@ -7,7 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-tests="${*:-gpu_backend ptx cuda_exec onnx}"
+tests="${*:-gpu_backend ptx cuda_exec onnx quantize}"
 out="$root/gpu-bin"
 rm -rf "$out"
 mkdir -p "$out"

@@ -481,3 +481,101 @@ fn the_command_line_quantizes_tiny_llama() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A quantized tiny_llama runs: `kiln quantize`'s weights (w4a16, groups of
+/// 128, the 344-row down projections in groups of 8), read by the model with
+/// its declarations made quantized, give the quantized graph's logits in the
+/// interpreter bit for bit, and the compiled model (CPU; and GPU where there
+/// is one) gives them within bf16's tolerance.
+#[test]
+fn a_quantized_tiny_llama_runs() {
+    let src = std::fs::read_to_string(root().join("examples/tiny_llama.kiln")).unwrap();
+    let m = kiln::model::load_source("tiny_llama.kiln", &src).unwrap();
+    let dims = [("seq".to_string(), 6usize)].into_iter().collect();
+    let spec = InputSpec {
+        files: &[],
+        random_seed: Some(common::seed()),
+        dims: &dims,
+    };
+    let bindings = data::bind(&m.graph, &spec, &WeightSource::Random(3)).unwrap();
+    let (g128, g8) = (recipe("w4a16"), recipe("w4a16:g8"));
+    let qs: Vec<q::QuantizedWeight> = q::candidates(&m.graph)
+        .iter()
+        .map(|(n, _, axis, float)| {
+            let r = if n.ends_with("w_down") { &g8 } else { &g128 };
+            quantize_weight(n, &bindings[n], *axis, *float, r).unwrap()
+        })
+        .collect();
+    assert_eq!(qs.len(), 29);
+    let qg = q::quantized_graph(&m.graph, &qs).unwrap();
+    let mut qb = bindings.clone();
+    for w in &qs {
+        qb.extend(w.tensors());
+    }
+    let want = interp::run(&qg, &qb).unwrap();
+    // the file and the model that declares it
+    let dir = std::env::temp_dir().join(format!("kiln-quantize-llama-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("q.safetensors");
+    let weights: HashMap<String, Tensor> = qg
+        .weights()
+        .into_iter()
+        .map(|w| qg.value_name(w).to_string())
+        .map(|n| (n.clone(), qb[&n].clone()))
+        .collect();
+    data::write_safetensors(&file, &weights).unwrap();
+    let mut qsrc = src.clone();
+    for (from, to) in [
+        (
+            "bf16[d, heads * head_dim]",
+            "int4[d, heads * head_dim] group 128 scale bf16",
+        ),
+        (
+            "bf16[d, kv_heads * head_dim]",
+            "int4[d, kv_heads * head_dim] group 128 scale bf16",
+        ),
+        (
+            "bf16[heads * head_dim, d]",
+            "int4[heads * head_dim, d] group 128 scale bf16",
+        ),
+        ("bf16[d, ffn]", "int4[d, ffn] group 128 scale bf16"),
+        ("bf16[ffn, d]", "int4[ffn, d] group 8 scale bf16"),
+        ("bf16[d, vocab]", "int4[d, vocab] group 128 scale bf16"),
+    ] {
+        assert!(qsrc.contains(from), "{from}");
+        qsrc = qsrc.replace(from, to);
+    }
+    let qm = kiln::model::load_source("tiny_llama_w4a16.kiln", &qsrc).unwrap();
+    let mut b = data::bind(&qm.graph, &spec, &WeightSource::File(&file)).unwrap();
+    b.insert("ids".into(), bindings["ids"].clone());
+    let got = interp::run(&qm.graph, &b).unwrap();
+    assert_eq!(got[0].1.data, want[0].1.data);
+    // compiled
+    let (mut inputs, mut hw) = (HashMap::new(), HashMap::new());
+    for (n, t) in &b {
+        let host = data::from_interp(t);
+        if n == "ids" {
+            inputs.insert(n.clone(), host);
+        } else {
+            hw.insert(n.clone(), host);
+        }
+    }
+    let mut devices = vec![kiln::jit::Device::Cpu];
+    if common::gpu_available() {
+        devices.push(kiln::jit::Device::Cuda);
+    }
+    let scale = want[0].1.data.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for device in devices {
+        let opts = kiln::jit::JitOptions {
+            device,
+            ..Default::default()
+        };
+        let mut model = kiln::jit::compile_source("tiny_llama_w4a16.kiln", &qsrc, &opts).unwrap();
+        model.bind_weights(&hw).unwrap();
+        let out = model.run(&inputs).unwrap();
+        let t = data::to_interp(&out[0].1);
+        let d = t.max_abs_diff(&want[0].1) / scale;
+        assert!(d <= common::tolerance(DType::BF16), "{device:?}: {d}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
