@@ -874,7 +874,6 @@ pub(super) fn mov_sfx(t: Ty) -> &'static str {
     }
 }
 
-/// Whether `index` is `[v0, v1, .., v(r-1)]`.
 /// Whether `select(c, a, b)` is better as a branch than as both sides
 /// computed and one kept: when each side reads memory the condition does
 /// not (a concatenation's two sources, a padded read), or one side reads
@@ -904,6 +903,7 @@ fn worth_a_branch(c: &Expr, a: &Expr, b: &Expr) -> bool {
     (la > 0 && lb > 0) || (la + lb > 0 && size(a) + size(b) > 24)
 }
 
+/// Whether `index` is `[v0, v1, .., v(r-1)]`.
 pub(super) fn is_identity(index: &[Expr]) -> bool {
     index
         .iter()
