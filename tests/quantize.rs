@@ -286,6 +286,40 @@ fn calibration_lowers_the_error_the_matmul_sees() {
     assert!(e.contains("100 columns, expected 128"), "{e}");
 }
 
+/// The quantized graph of `g`, its bindings and its outputs (interpreter).
+fn run_quantized(
+    g: &Graph,
+    qs: &[q::QuantizedWeight],
+    bindings: &HashMap<String, Tensor>,
+) -> (Graph, HashMap<String, Tensor>, Vec<(String, Tensor)>) {
+    let qg = q::quantized_graph(g, qs).unwrap();
+    let qb = q::quantized_bindings(bindings, qs);
+    let outs = interp::run(&qg, &qb).unwrap();
+    (qg, qb, outs)
+}
+
+/// Writes `tensors` to a safetensors file, loads `src` (a model whose
+/// declarations read them) and runs it in the interpreter with them and
+/// the one input given: the bindings from the file and the outputs.
+fn read_back(
+    tag: &str,
+    tensors: &HashMap<String, Tensor>,
+    src: &str,
+    spec: &InputSpec,
+    input: (&str, &Tensor),
+) -> (HashMap<String, Tensor>, Vec<(String, Tensor)>) {
+    let dir = std::env::temp_dir().join(format!("kiln-quantize-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("q.safetensors");
+    data::write_safetensors(&file, tensors).unwrap();
+    let m = kiln::model::load_source(&format!("{tag}.kiln"), src).unwrap();
+    let mut b = data::bind(&m.graph, spec, &WeightSource::File(&file)).unwrap();
+    b.insert(input.0.to_string(), input.1.clone());
+    let outs = interp::run(&m.graph, &b).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (b, outs)
+}
+
 const MODEL: &str = "
 model proj {
     input x: bf16[batch, 64]
@@ -328,29 +362,17 @@ fn declarations_read_the_written_weights() {
             "weight w2: i4[32, 96] group 32 axis 1 scale bf16 to bf16",
         ]
     );
-    let qg = q::quantized_graph(&m.graph, &qs).unwrap();
-    let mut qb = bindings.clone();
-    for w in &qs {
-        qb.extend(w.tensors());
-    }
-    let expected = interp::run(&qg, &qb).unwrap();
+    let (_, _, expected) = run_quantized(&m.graph, &qs, &bindings);
     // the file, and a model that declares what it holds
-    let dir = std::env::temp_dir().join(format!("kiln-quantize-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("q.safetensors");
     let tensors: HashMap<String, Tensor> = qs
         .iter()
         .flat_map(|w| w.tensors())
         .chain(["b1", "norm"].map(|n| (n.to_string(), bindings[n].clone())))
         .collect();
-    data::write_safetensors(&file, &tensors).unwrap();
     let src = MODEL
         .replace("weight w1: bf16[64, 96]", &decls[0])
         .replace("weight w2: bf16[32, 96]", &decls[1]);
-    let qm = kiln::model::load_source("proj_q.kiln", &src).unwrap();
-    let mut qbind = data::bind(&qm.graph, &spec, &WeightSource::File(&file)).unwrap();
-    qbind.insert("x".to_string(), bindings["x"].clone());
-    let got = interp::run(&qm.graph, &qbind).unwrap();
+    let (_, got) = read_back("proj", &tensors, &src, &spec, ("x", &bindings["x"]));
     assert_eq!(got[0].1.data, expected[0].1.data);
     // and it is near the original, not equal to it
     let original = interp::run(&m.graph, &bindings).unwrap();
@@ -359,7 +381,6 @@ fn declarations_read_the_written_weights() {
         errs[0].mean_rel > 1e-4 && errs[0].mean_rel < 0.2,
         "{errs:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn kiln(args: &[&str]) -> std::process::Output {
@@ -507,23 +528,14 @@ fn a_quantized_tiny_llama_runs() {
         })
         .collect();
     assert_eq!(qs.len(), 29);
-    let qg = q::quantized_graph(&m.graph, &qs).unwrap();
-    let mut qb = bindings.clone();
-    for w in &qs {
-        qb.extend(w.tensors());
-    }
-    let want = interp::run(&qg, &qb).unwrap();
+    let (qg, qb, want) = run_quantized(&m.graph, &qs, &bindings);
     // the file and the model that declares it
-    let dir = std::env::temp_dir().join(format!("kiln-quantize-llama-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("q.safetensors");
     let weights: HashMap<String, Tensor> = qg
         .weights()
         .into_iter()
         .map(|w| qg.value_name(w).to_string())
         .map(|n| (n.clone(), qb[&n].clone()))
         .collect();
-    data::write_safetensors(&file, &weights).unwrap();
     let mut qsrc = src.clone();
     for (from, to) in [
         (
@@ -545,10 +557,7 @@ fn a_quantized_tiny_llama_runs() {
         assert!(qsrc.contains(from), "{from}");
         qsrc = qsrc.replace(from, to);
     }
-    let qm = kiln::model::load_source("tiny_llama_w4a16.kiln", &qsrc).unwrap();
-    let mut b = data::bind(&qm.graph, &spec, &WeightSource::File(&file)).unwrap();
-    b.insert("ids".into(), bindings["ids"].clone());
-    let got = interp::run(&qm.graph, &b).unwrap();
+    let (b, got) = read_back("llama", &weights, &qsrc, &spec, ("ids", &bindings["ids"]));
     assert_eq!(got[0].1.data, want[0].1.data);
     // compiled
     let (mut inputs, mut hw) = (HashMap::new(), HashMap::new());
@@ -577,5 +586,4 @@ fn a_quantized_tiny_llama_runs() {
         let d = t.max_abs_diff(&want[0].1) / scale;
         assert!(d <= common::tolerance(DType::BF16), "{device:?}: {d}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

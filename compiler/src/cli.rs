@@ -833,11 +833,7 @@ fn quantize(
             stage: "kiln quantize",
             message: e.to_string(),
         })?;
-        let mut b = bindings.clone();
-        for qw in qs {
-            b.remove(&qw.name);
-            b.extend(qw.tensors());
-        }
+        let b = q::quantized_bindings(&bindings, qs);
         let outs = interp::run(&g, &b)?;
         Ok((g, b, outs))
     };

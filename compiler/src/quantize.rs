@@ -669,6 +669,21 @@ pub fn quantized_graph(g: &Graph, qs: &[QuantizedWeight]) -> Result<Graph, Quant
     Ok(g)
 }
 
+/// `bindings` (inputs and the original weights) with each quantized
+/// weight's float tensor replaced by its codes and scales: the bindings of
+/// [`quantized_graph`].
+pub fn quantized_bindings(
+    bindings: &std::collections::HashMap<String, Tensor>,
+    qs: &[QuantizedWeight],
+) -> std::collections::HashMap<String, Tensor> {
+    let mut b = bindings.clone();
+    for q in qs {
+        b.remove(&q.name);
+        b.extend(q.tensors());
+    }
+    b
+}
+
 /// One output's error of the quantized model against the original: the
 /// largest absolute difference over the largest magnitude, and the mean
 /// absolute difference over the mean magnitude.
