@@ -29,10 +29,8 @@ fn user_error(out: &Output, want: &str) {
     );
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-kart-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch(&format!("kart-{name}"))
 }
 
 fn s(p: &Path) -> &str {

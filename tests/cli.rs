@@ -20,10 +20,8 @@ fn user_error(out: &Output, want: &str) {
     );
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch(&format!("cli-{name}"))
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

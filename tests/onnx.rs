@@ -585,8 +585,7 @@ fn missing_values_opsets_and_truncated_files_are_errors_not_panics() {
 
 #[test]
 fn the_command_line_reports_an_unsupported_op_with_exit_code_1() {
-    let dir = std::env::temp_dir().join(format!("kiln-onnx-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("onnx-cli");
     let p = dir.join("bad.onnx");
     std::fs::write(
         &p,
@@ -612,8 +611,7 @@ fn the_command_line_reports_an_unsupported_op_with_exit_code_1() {
 
 #[test]
 fn initializers_in_typed_fields_raw_bytes_and_external_files_agree() {
-    let dir = std::env::temp_dir().join(format!("kiln-onnx-ext-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("onnx-ext");
     let w: Vec<f32> = vec![0.5, -1.25, 3.0, 7.5, -0.125, 2.0];
     let raw: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
     // 8 bytes of something else first, to exercise the offset
@@ -717,8 +715,7 @@ fn the_generated_protobuf_code_is_current_with_the_vendored_schema() {
 #[test]
 fn imported_kiln_models_give_the_same_outputs_as_the_onnx_files() {
     let dir = fixtures("ops");
-    let out = std::env::temp_dir().join(format!("kiln-onnx-import-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::scratch("onnx-import");
     let list = std::fs::read_to_string(dir.join("cases.txt")).expect("cases.txt");
     let mut cases: Vec<(PathBuf, Vec<(String, String)>)> = Vec::new();
     for line in list
@@ -1178,7 +1175,7 @@ fn kiln_import_recovers_shufflenet_unit_blocks() {
 /// outputs on the CPU backend.
 fn check_written_blocks(model: &str, blocks: usize, instances: usize) {
     let path = fixtures("light").join(format!("{model}.onnx"));
-    let out = std::env::temp_dir().join(format!("kiln-import-{model}-{}", std::process::id()));
+    let out = common::scratch(&format!("import-{model}"));
     let (text, kiln_path, w_path) = import_with_cli(&path, &out);
     let written = text.lines().filter(|l| l.starts_with("block ")).count();
     assert_eq!(written, blocks, "{text}");
@@ -1248,8 +1245,7 @@ fn kiln_import_writes_a_block_for_repeated_units() {
     }
     nodes.push(node("Sigmoid", "sig", &[&h], &["y"], vec![]));
     let bytes = model(13, nodes, inits, &[2, 4]);
-    let out = std::env::temp_dir().join(format!("kiln-import-units-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::scratch("import-units");
     let onnx_path = out.join("units.onnx");
     std::fs::write(&onnx_path, &bytes).unwrap();
     let (text, kiln_path, w_path) = import_with_cli(&onnx_path, &out);

@@ -113,8 +113,8 @@ fn usage_of(text: &str) -> Usage {
 
 /// Runs ptxas on one module text for `arch`; its `-v` output, or its errors.
 fn run_ptxas(ptxas: &Path, arch: &str, name: &str, ptx: &str) -> Result<String, String> {
-    let dir = std::env::temp_dir().join(format!("kiln-ptx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // one folder per call: calls run on several threads at once
+    let dir = common::scratch(&format!("ptx-{name}-{arch}"));
     let file = dir.join(format!("{name}_{arch}.ptx"));
     let cubin = dir.join(format!("{name}_{arch}.cubin"));
     std::fs::write(&file, ptx).map_err(|e| e.to_string())?;

@@ -308,15 +308,13 @@ fn read_back(
     spec: &InputSpec,
     input: (&str, &Tensor),
 ) -> (HashMap<String, Tensor>, Vec<(String, Tensor)>) {
-    let dir = std::env::temp_dir().join(format!("kiln-quantize-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch(&format!("quantize-{tag}"));
     let file = dir.join("q.safetensors");
     data::write_safetensors(&file, tensors).unwrap();
     let m = kiln::model::load_source(&format!("{tag}.kiln"), src).unwrap();
     let mut b = data::bind(&m.graph, spec, &WeightSource::File(&file)).unwrap();
     b.insert(input.0.to_string(), input.1.clone());
     let outs = interp::run(&m.graph, &b).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     (b, outs)
 }
 
@@ -397,8 +395,7 @@ fn kiln(args: &[&str]) -> std::process::Output {
 /// usage errors (exit 1) that say what is expected.
 #[test]
 fn the_command_line_quantizes_tiny_llama() {
-    let dir = std::env::temp_dir().join(format!("kiln-quantize-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("quantize-cli");
     let out = dir.join("q.safetensors");
     let out = out.to_str().unwrap();
     let run = |scheme: &str| {
@@ -500,7 +497,6 @@ fn the_command_line_quantizes_tiny_llama() {
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains(want), "{err}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A quantized tiny_llama runs: `kiln quantize`'s weights (w4a16, groups of

@@ -246,3 +246,33 @@ pub fn kiln(args: &[&str]) -> std::process::Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A scratch folder, `kiln-TAG-PID` in the temporary directory, removed
+/// when dropped (so a test leaves nothing behind, also when it fails).
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh [`Scratch`] folder for `tag`.
+pub fn scratch(tag: &str) -> Scratch {
+    let d = std::env::temp_dir().join(format!("kiln-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    Scratch(d)
+}

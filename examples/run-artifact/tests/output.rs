@@ -74,5 +74,6 @@ fn printed_output_is_the_source_models() {
         .expect("run the example");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(stderr.contains("not a kiln artifact"), "{stderr}");
 }
