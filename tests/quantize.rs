@@ -429,6 +429,62 @@ fn the_command_line_quantizes_tiny_llama() {
         (text, mean)
     };
     let (text, e4) = run("w4a16:g128");
+    // the model that reads them, written by --emit-model, runs on the CPU
+    let model = dir.join("tq.kiln");
+    let model = model.to_str().unwrap();
+    let out2 = dir.join("tq.safetensors");
+    let out2 = out2.to_str().unwrap();
+    let o = kiln(&[
+        "quantize",
+        "examples/tiny_llama.kiln",
+        "--random-weights",
+        "3",
+        "--scheme",
+        "w4a16:g128",
+        "--layer",
+        "*w_down=w4a16:g8",
+        "--dim",
+        "seq=5",
+        "-o",
+        out2,
+        "--emit-model",
+        model,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = kiln(&[
+        "run",
+        model,
+        "--weights",
+        out2,
+        "--random-inputs",
+        "1",
+        "--dim",
+        "seq=5",
+        "--device",
+        "cpu",
+    ]);
+    let ran = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && ran.starts_with("logits: bf16[1, 5, 512]"),
+        "{ran}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = kiln(&[
+        "quantize",
+        "tests/fixtures/onnx/ops/exp_op13.onnx",
+        "--scheme",
+        "w8a16",
+        "-o",
+        out2,
+        "--emit-model",
+        model,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--emit-model rewrites model-language files"),
+        "{err}"
+    );
     assert!(text.contains("quantized 28 of 29 matmul weights"), "{text}");
     assert!(text.contains("weight layers.3.mlp.w_down: i4[344, 128] group 8 axis 0 scale bf16"));
     assert!(
@@ -532,28 +588,32 @@ fn a_quantized_tiny_llama_runs() {
         .map(|w| qg.value_name(w).to_string())
         .map(|n| (n.clone(), qb[&n].clone()))
         .collect();
-    let mut qsrc = src.clone();
-    for (from, to) in [
-        (
-            "bf16[d, heads * head_dim]",
-            "int4[d, heads * head_dim] group 128 scale bf16",
-        ),
-        (
-            "bf16[d, kv_heads * head_dim]",
-            "int4[d, kv_heads * head_dim] group 128 scale bf16",
-        ),
-        (
-            "bf16[heads * head_dim, d]",
-            "int4[heads * head_dim, d] group 128 scale bf16",
-        ),
-        ("bf16[d, ffn]", "int4[d, ffn] group 128 scale bf16"),
-        ("bf16[ffn, d]", "int4[ffn, d] group 8 scale bf16"),
-        ("bf16[d, vocab]", "int4[d, vocab] group 128 scale bf16"),
-    ] {
-        assert!(qsrc.contains(from), "{from}");
-        qsrc = qsrc.replace(from, to);
-    }
+    let qsrc = q::rewrite_source(&src, &m.graph, &qs).unwrap();
+    assert!(qsrc.contains("weight w_down: i4[ffn, d] group 8 axis 0 scale bf16 to bf16"));
+    assert!(qsrc.contains("weight lm_head: i4[d, vocab] group 128 axis 0 scale bf16 to bf16"));
+    assert!(qsrc.contains("weight embed_tokens: bf16[vocab, d]"));
     let (b, got) = read_back("llama", &weights, &qsrc, &spec, ("ids", &bindings["ids"]));
+    // one block declaration quantized two ways cannot be written
+    let mut mixed = qs.clone();
+    let first = mixed
+        .iter()
+        .position(|w| w.name == "layers.0.attn.wq")
+        .unwrap();
+    mixed[first] = quantize_weight(
+        "layers.0.attn.wq",
+        &bindings["layers.0.attn.wq"],
+        0,
+        DType::BF16,
+        &recipe("w8a16"),
+    )
+    .unwrap();
+    let e = q::rewrite_source(&src, &m.graph, &mixed)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("one declaration stands for") && e.contains("`layers.0.attn.wq` (per_channel"),
+        "{e}"
+    );
     assert_eq!(got[0].1.data, want[0].1.data);
     // compiled
     let (mut inputs, mut hw) = (HashMap::new(), HashMap::new());

@@ -257,6 +257,10 @@ pub enum Command {
         /// The weights file to write: every weight of the quantized model.
         #[arg(short = 'o', long = "output", value_name = "Q.safetensors")]
         output: PathBuf,
+        /// Also write the model file with the quantized weights' declarations
+        /// rewritten to read them (model-language models only).
+        #[arg(long, value_name = "OUT.kiln")]
+        emit_model: Option<PathBuf>,
     },
     /// Import an ONNX model as an editable model-language file, with its
     /// initializers as a safetensors file (names made into identifiers).
@@ -352,6 +356,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             calibrate,
             calibrate_random,
             output,
+            emit_model,
         } => {
             let wsrc = match (&weights, random_weights) {
                 (Some(p), _) => WeightSource::File(p),
@@ -378,7 +383,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                 calib.as_ref(),
                 &scheme,
                 &layers,
-                &output,
+                (&output, emit_model.as_deref()),
             )
         }
         Command::Explain {
@@ -778,10 +783,16 @@ fn quantize(
     calib: Option<&InputSpec>,
     scheme: &str,
     layers: &[String],
-    output: &Path,
+    (output, emit_model): (&Path, Option<&Path>),
 ) -> Result<(), KilnError> {
     use crate::quantize::{self as q, LayerRule, Recipe};
     let usage = |e: q::QuantizeError| KilnError::Usage(e.to_string());
+    if emit_model.is_some() && path.extension().and_then(|e| e.to_str()) != Some("kiln") {
+        return Err(KilnError::Usage(format!(
+            "{}: --emit-model rewrites model-language files (.kiln)",
+            path.display()
+        )));
+    }
     let recipe = Recipe::parse(scheme).map_err(usage)?;
     let rules = layers
         .iter()
@@ -892,6 +903,18 @@ fn quantize(
         }
     }
     crate::outln!("wrote {} ({} tensors)", output.display(), out.len());
+    if let Some(out_model) = emit_model {
+        let src = std::fs::read_to_string(path).map_err(|source| KilnError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let text = q::rewrite_source(&src, &m.graph, quantized).map_err(usage)?;
+        std::fs::write(out_model, text).map_err(|source| KilnError::Io {
+            path: out_model.display().to_string(),
+            source,
+        })?;
+        crate::outln!("wrote {}", out_model.display());
+    }
     Ok(())
 }
 

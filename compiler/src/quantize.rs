@@ -38,6 +38,8 @@ pub enum QuantizeError {
     },
     #[error("the quantized graph does not verify: {0}")]
     Graph(String),
+    #[error("--emit-model: {0}")]
+    Source(String),
 }
 
 /// How a weight's elements share scales.
@@ -235,6 +237,18 @@ impl QuantizedWeight {
     /// The model-language declaration that reads these tensors.
     pub fn declaration(&self) -> String {
         let dims: Vec<String> = self.codes.shape.iter().map(|d| d.to_string()).collect();
+        format!(
+            "weight {}: {}[{}] {}",
+            self.name,
+            self.codes.dtype.name(),
+            dims.join(", "),
+            self.modifiers()
+        )
+    }
+
+    /// The modifiers of [`QuantizedWeight::declaration`]:
+    /// `group 128 axis 0 scale bf16 to bf16`.
+    pub fn modifiers(&self) -> String {
         let gran = match self.recipe.granule {
             Granule::Group(n) => format!("group {n} axis {}", self.axis),
             Granule::PerChannel => format!("per_channel axis {}", 1 - self.axis),
@@ -242,12 +256,7 @@ impl QuantizedWeight {
             Granule::Mx => format!("mx axis {}", self.axis),
             Granule::Nv => format!("nv axis {}", self.axis),
         };
-        let mut d = format!(
-            "weight {}: {}[{}] {gran}",
-            self.name,
-            self.codes.dtype.name(),
-            dims.join(", ")
-        );
+        let mut d = gran;
         if matches!(
             self.recipe.granule,
             Granule::Group(_) | Granule::PerChannel | Granule::PerTensor
@@ -260,6 +269,86 @@ impl QuantizedWeight {
         d.push_str(&format!(" to {}", self.float.name()));
         d
     }
+}
+
+/// `src`, the model-language text `g` was lowered from, with the
+/// declaration of each quantized weight rewritten to read its codes and
+/// scales: `weight wq: bf16[d, d]` becomes `weight wq: i4[d, d] group 128
+/// axis 0 scale bf16 to bf16` (the shape as written, other modifiers kept).
+/// A declaration in a block stands for every instance of the block, so all
+/// its instances must be quantized alike; a weight declared in an imported
+/// file is not rewritten (an error names it).
+pub fn rewrite_source(
+    src: &str,
+    g: &Graph,
+    qs: &[QuantizedWeight],
+) -> Result<String, QuantizeError> {
+    let bad = |m: String| QuantizeError::Source(m);
+    // Per declaration (its span): the weights it declares.
+    let mut decls: Vec<(kiln_dialect::Span, Vec<String>)> = Vec::new();
+    for w in g.weights() {
+        let Some(span) = g.node(w.node).span else {
+            continue;
+        };
+        let name = g.value_name(w).to_string();
+        match decls.iter_mut().find(|(s, _)| *s == span) {
+            Some((_, names)) => names.push(name),
+            None => decls.push((span, vec![name])),
+        }
+    }
+    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    for (span, names) in &decls {
+        let mine: Vec<&QuantizedWeight> = qs.iter().filter(|q| names.contains(&q.name)).collect();
+        let Some(first) = mine.first() else {
+            continue;
+        };
+        if span.file != 0 {
+            return Err(bad(format!(
+                "weight `{}` is declared in an imported file; only the model file's own declarations are rewritten",
+                first.name
+            )));
+        }
+        if mine.len() != names.len() || mine.iter().any(|q| q.modifiers() != first.modifiers()) {
+            let how = |n: &String| {
+                qs.iter()
+                    .find(|q| &q.name == n)
+                    .map_or("kept".to_string(), |q| q.modifiers())
+            };
+            let list: Vec<String> = names
+                .iter()
+                .map(|n| format!("`{n}` ({})", how(n)))
+                .collect();
+            return Err(bad(format!(
+                "one declaration stands for {}: its instances must be quantized alike",
+                list.join(", ")
+            )));
+        }
+        let text = src.get(span.start..span.end).ok_or_else(|| {
+            bad(format!(
+                "the declaration of `{}` is not in the source",
+                first.name
+            ))
+        })?;
+        // `weight NAME: DTYPE[SHAPE] MODS`: the dtype becomes the codes', the
+        // quantization modifiers follow the ones written
+        let (Some(colon), Some(open)) = (text.find(':'), text.find('[')) else {
+            return Err(bad(format!("cannot read the declaration `{text}`")));
+        };
+        let new = format!(
+            "{} {}{} {}",
+            &text[..=colon],
+            first.codes.dtype.name(),
+            &text[open..],
+            first.modifiers()
+        );
+        edits.push((span.start, span.end, new));
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut out = src.to_string();
+    for (start, end, new) in edits {
+        out.replace_range(start..end, &new);
+    }
+    Ok(out)
 }
 
 /// The matmul weights of `g` that can be quantized: name, shape, the
