@@ -865,12 +865,19 @@ fn quantize(
         name: output.display().to_string(),
         message,
     })?;
-    crate::outln!(
-        "{}: quantized {} of {} matmul weights; declare them as",
-        path.display(),
-        quantized.len(),
-        quantized.len() + kept.len()
-    );
+    if quantized.is_empty() && kept.is_empty() {
+        crate::outln!(
+            "{}: no matmul weights to quantize (only the second operands of matmuls are; convolution weights are not yet)",
+            path.display()
+        );
+    } else {
+        crate::outln!(
+            "{}: quantized {} of {} matmul weights; declare them as",
+            path.display(),
+            quantized.len(),
+            quantized.len() + kept.len()
+        );
+    }
     for qw in quantized {
         crate::outln!("    {}", qw.declaration());
     }
