@@ -32,11 +32,13 @@ use crate::cuda::{CudaError, CudaExecutable, Grid, PtxKernel};
 pub const MAGIC: [u8; 8] = *b"KILNART\0";
 
 /// The format version this runtime writes (and the newest it reads):
-/// version 2 added the `cubin` section.
-pub const FORMAT_VERSION: u32 = 2;
+/// version 2 added the `cubin` section, version 3 stores the program's
+/// constants compactly (splats and values packed in their element type,
+/// `kernel::serial::Constants::Compact`).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format version this runtime reads (version 1 is version 2
-/// without the `cubin` section).
+/// without the `cubin` section; both store constants as `f64` values).
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Sections start at offsets that are multiples of this, and so do the
@@ -490,7 +492,12 @@ impl Artifact {
         let required = |kind: SectionKind| {
             section(kind).ok_or_else(|| layout(format!("no {} section", kind.name())))
         };
-        let program = serial::decode(required(SectionKind::Program)?).map_err(|e| {
+        let form = if version >= 3 {
+            serial::Constants::Compact
+        } else {
+            serial::Constants::F64
+        };
+        let program = serial::decode_with(required(SectionKind::Program)?, form).map_err(|e| {
             ArtifactError::Section {
                 section: "program",
                 message: e.to_string(),
@@ -1219,7 +1226,7 @@ mod tests {
         let a = artifact();
         let bytes = a.to_bytes();
         assert_eq!(&bytes[..8], b"KILNART\0");
-        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
+        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
         assert_eq!(Artifact::from_bytes(&bytes).unwrap(), a);
         // The weight's 12 bytes lie at a multiple of 64 in the file.
         let data: Vec<u8> = a.weights.as_ref().unwrap()[0].1.data.clone();

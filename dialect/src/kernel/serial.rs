@@ -16,7 +16,7 @@ use thiserror::Error;
 use super::{
     Attention, Binary, Body, Buffer, Expr, Kernel, Launch, Program, Reduction, Ty, Unary, Var,
 };
-use crate::{DType, Dim, Shape};
+use crate::{DType, Dim, Shape, numeric};
 
 /// The deepest expression tree [`decode`] accepts (the recursion bound).
 pub const MAX_DEPTH: usize = 2048;
@@ -45,8 +45,30 @@ pub enum DecodeError {
     Trailing { extra: usize },
 }
 
-/// The bytes of `p`.
+/// How constants' values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Constants {
+    /// Every value as its `f64` bits (artifact formats 1 and 2).
+    F64,
+    /// Each constant tagged (artifact format 3): `0` its values as `f64`
+    /// bits, `1` a splat (`u64` count, one value's bits), `2` codes of the
+    /// buffer's element type packed as the dialect packs them (`u64`
+    /// count, the bytes as a list), whichever is smallest and keeps every
+    /// value's bits.
+    Compact,
+}
+
+/// The most elements a splat constant may expand to when decoded (a
+/// bound on what corrupt bytes can make the reader allocate).
+pub const MAX_SPLAT: u64 = 1 << 27;
+
+/// The bytes of `p`, constants [`Constants::Compact`].
 pub fn encode(p: &Program) -> Vec<u8> {
+    encode_with(p, Constants::Compact)
+}
+
+/// The bytes of `p` with constants stored as `form` says.
+pub fn encode_with(p: &Program, form: Constants) -> Vec<u8> {
     let mut w = Writer(Vec::new());
     w.str(&p.name);
     w.list(&p.buffers, |w, b| w.buffer(b));
@@ -54,7 +76,13 @@ pub fn encode(p: &Program) -> Vec<u8> {
     w.list(&p.weights, |w, &i| w.index(i));
     w.list(&p.constants, |w, (b, values)| {
         w.index(*b);
-        w.list(values, |w, v| w.u64(v.to_bits()));
+        match form {
+            Constants::F64 => w.list(values, |w, v| w.u64(v.to_bits())),
+            Constants::Compact => {
+                let dtype = p.buffers.get(*b).map(|x| x.dtype);
+                w.constant(values, dtype);
+            }
+        }
     });
     w.list(&p.outputs, |w, (name, b)| {
         w.str(name);
@@ -70,18 +98,41 @@ pub fn encode(p: &Program) -> Vec<u8> {
     w.0
 }
 
-/// The program `bytes` hold; every byte must belong to it.
+/// The program `bytes` hold, constants [`Constants::Compact`]; every byte
+/// must belong to it.
 pub fn decode(bytes: &[u8]) -> Result<Program, DecodeError> {
+    decode_with(bytes, Constants::Compact)
+}
+
+/// The program `bytes` hold, constants stored as `form` says.
+pub fn decode_with(bytes: &[u8], form: Constants) -> Result<Program, DecodeError> {
     let mut r = Reader { bytes, at: 0 };
     let name = r.str("the program name")?;
     let buffers = r.list("the buffers", |r| r.buffer())?;
     let inputs = r.list("the inputs", |r| r.index("an input"))?;
     let weights = r.list("the weights", |r| r.index("a weight"))?;
     let constants = r.list("the constants", |r| {
+        let at = r.at;
         let b = r.index("a constant's buffer")?;
-        let values = r.list("a constant's values", |r| {
-            Ok(f64::from_bits(r.u64("a constant's value")?))
-        })?;
+        let values = match form {
+            Constants::F64 => r.list("a constant's values", |r| {
+                Ok(f64::from_bits(r.u64("a constant's value")?))
+            })?,
+            Constants::Compact => {
+                let dtype =
+                    buffers
+                        .get(b)
+                        .map(|x| x.dtype)
+                        .ok_or_else(|| DecodeError::Invalid {
+                            at,
+                            message: format!(
+                                "constant buffer {b} is not among the {} buffers",
+                                buffers.len()
+                            ),
+                        })?;
+                r.constant(dtype)?
+            }
+        };
         Ok((b, values))
     })?;
     let outputs = r.list("the outputs", |r| {
@@ -120,6 +171,33 @@ pub fn decode(bytes: &[u8]) -> Result<Program, DecodeError> {
 struct Writer(Vec<u8>);
 
 impl Writer {
+    /// One constant's values in the smallest form that keeps their bits.
+    fn constant(&mut self, values: &[f64], dtype: Option<DType>) {
+        let bits = |v: &f64| v.to_bits();
+        if values.len() > 1 && values.iter().all(|v| bits(v) == bits(&values[0])) {
+            self.0.push(1);
+            self.u64(values.len() as u64);
+            self.u64(bits(&values[0]));
+            return;
+        }
+        if let Some(d) = dtype.filter(|d| *d != DType::F64 && *d != DType::I64) {
+            let codes: Vec<u64> = values.iter().map(|&v| numeric::encode(d, v)).collect();
+            let exact = codes
+                .iter()
+                .zip(values)
+                .all(|(&c, v)| numeric::decode(d, c).to_bits() == v.to_bits());
+            if exact {
+                self.0.push(2);
+                self.u64(values.len() as u64);
+                let packed = numeric::pack(d, &codes, numeric::BitOrder::LsbFirst);
+                self.list(&packed, |w, &b| w.0.push(b));
+                return;
+            }
+        }
+        self.0.push(0);
+        self.list(values, |w, v| w.u64(v.to_bits()));
+    }
+
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
@@ -299,6 +377,54 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// One constant's values ([`Constants::Compact`]) of element type `d`.
+    fn constant(&mut self, d: DType) -> Result<Vec<f64>, DecodeError> {
+        let at = self.at;
+        match self.u8("a constant's form")? {
+            0 => self.list("a constant's values", |r| {
+                Ok(f64::from_bits(r.u64("a constant's value")?))
+            }),
+            1 => {
+                let n = self.u64("a splat's count")?;
+                let v = f64::from_bits(self.u64("a splat's value")?);
+                if n > MAX_SPLAT {
+                    return Err(DecodeError::Invalid {
+                        at,
+                        message: format!("a splat of {n} values (at most {MAX_SPLAT})"),
+                    });
+                }
+                Ok(vec![v; n as usize])
+            }
+            2 => {
+                let n = self.u64("a packed constant's count")?;
+                let bytes = self.list("a packed constant's bytes", |r| r.u8("a byte"))?;
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|&n| {
+                        n.checked_mul(d.bits() as usize)
+                            .is_some_and(|b| b.div_ceil(8) == bytes.len())
+                    })
+                    .ok_or_else(|| DecodeError::Invalid {
+                        at,
+                        message: format!("{n} packed {d} values in {} bytes", bytes.len()),
+                    })?;
+                let codes =
+                    numeric::unpack(d, &bytes, n, numeric::BitOrder::LsbFirst).map_err(|e| {
+                        DecodeError::Invalid {
+                            at,
+                            message: e.to_string(),
+                        }
+                    })?;
+                Ok(codes.into_iter().map(|c| numeric::decode(d, c)).collect())
+            }
+            tag => Err(DecodeError::BadTag {
+                at,
+                what: "constant form",
+                tag,
+            }),
+        }
+    }
+
     fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], DecodeError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
         match end {
@@ -835,6 +961,101 @@ mod tests {
         };
         assert_eq!(strip(p), strip(q.clone()));
         assert_eq!(encode(&q), bytes);
+    }
+
+    /// Constants take the smallest form that keeps their bits: a splat, codes
+    /// packed in their element type, or `f64` values; the `f64` form of
+    /// artifact formats 1 and 2 reads back too; corrupt forms are errors.
+    #[test]
+    fn constants_take_their_smallest_form() {
+        let b = |n: &str, d: DType, len: u64| buf(n, d, vec![Dim::Static(len)]);
+        let values: Vec<(Buffer, Vec<f64>)> = vec![
+            (b("splat", DType::F32, 1000), vec![0.25; 1000]),
+            (b("bf16", DType::BF16, 3), vec![1.0, -2.5, 0.00390625]),
+            (b("i4", DType::I4, 5), vec![-8.0, 7.0, 0.0, 3.0, -1.0]),
+            (b("f64", DType::F64, 2), vec![1.5, f64::NAN]),
+            // 0.1 is not an f32, -0.0 not an i8 code: kept as f64 bits
+            (b("inexact", DType::F32, 2), vec![0.1, 2.0]),
+            (b("negzero", DType::I8, 2), vec![-0.0, 1.0]),
+        ];
+        let p = Program {
+            name: "constants".into(),
+            buffers: values.iter().map(|(b, _)| b.clone()).collect(),
+            inputs: vec![],
+            weights: vec![],
+            constants: values
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v))| (i, v.clone()))
+                .collect(),
+            outputs: vec![],
+            dims: vec![],
+            launches: vec![],
+        };
+        let bits = |p: &Program| -> Vec<Vec<u64>> {
+            p.constants
+                .iter()
+                .map(|(_, v)| v.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        for form in [Constants::Compact, Constants::F64] {
+            let q = decode_with(&encode_with(&p, form), form).unwrap();
+            assert_eq!(bits(&p), bits(&q), "{form:?}");
+        }
+        // the splat is 17 bytes instead of 8004, the packed ones 6 and 3
+        let (compact, plain) = (encode(&p), encode_with(&p, Constants::F64));
+        assert!(
+            compact.len() + 7900 < plain.len(),
+            "{} vs {}",
+            compact.len(),
+            plain.len()
+        );
+        // the form tags, in order
+        let mut r = Reader {
+            bytes: &compact,
+            at: 0,
+        };
+        r.str("").unwrap();
+        let buffers = r.list("", |r| r.buffer()).unwrap();
+        r.list("", |r| r.index("")).unwrap();
+        r.list("", |r| r.index("")).unwrap();
+        assert_eq!(r.u32("").unwrap(), 6);
+        let mut tags = Vec::new();
+        for (i, b) in buffers.iter().enumerate() {
+            assert_eq!(r.index("").unwrap(), i);
+            tags.push(r.bytes[r.at]);
+            r.constant(b.dtype).unwrap();
+        }
+        assert_eq!(tags, [1, 2, 2, 0, 0, 0]);
+        // corrupt forms: an unknown tag, a splat past the bound, a count
+        // the packed bytes do not hold, a buffer that does not exist
+        // (after the constants: three empty lists, 12 bytes)
+        let mut bad = p.clone();
+        bad.constants = vec![(0, vec![0.25; 2])];
+        let bytes = encode(&bad);
+        let tag_at = bytes.len() - 12 - 8 - 8 - 1; // the splat: tag, count, value
+        assert_eq!(bytes[tag_at], 1);
+        let mut b3 = bytes.clone();
+        b3[tag_at] = 3;
+        assert!(matches!(
+            decode(&b3),
+            Err(DecodeError::BadTag { tag: 3, .. })
+        ));
+        let mut big = bytes.clone();
+        big[tag_at + 1..tag_at + 9].copy_from_slice(&(MAX_SPLAT + 1).to_le_bytes());
+        assert!(matches!(decode(&big), Err(DecodeError::Invalid { .. })));
+        bad.constants = vec![(1, vec![1.0, 2.0])];
+        let bytes = encode(&bad);
+        let count_at = bytes.len() - 12 - 4 - 4 - 8; // count, then 4 bytes of codes as a list
+        assert_eq!(bytes[count_at], 2);
+        let mut short = bytes.clone();
+        short[count_at] = 3;
+        assert!(matches!(decode(&short), Err(DecodeError::Invalid { .. })));
+        bad.constants = vec![(9, vec![1.0])];
+        assert!(matches!(
+            decode(&encode(&bad)),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 
     #[test]
