@@ -64,7 +64,7 @@ fi
 # The FMA ceilings of this CPU per vector width (Cranelift emits 128-bit
 # vectors; onnxruntime uses the widest the CPU has).
 rm -f "$tmp/fma.txt"
-if cc -O2 -mavx512f -mfma -pthread "$here/fma_peak.c" -o "$tmp/fma_peak" 2> "$tmp/fma.err"; then
+if cc -O3 -funroll-loops -mavx512f -mfma -pthread "$here/fma_peak.c" -o "$tmp/fma_peak" 2> "$tmp/fma.err"; then
     echo "FMA peaks..."
     "$tmp/fma_peak" "$threads" > "$tmp/fma.txt" || rm -f "$tmp/fma.txt"
 fi
