@@ -640,3 +640,75 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .find(|f| f.is_file())
         .ok_or(())
 }
+
+/// `--specialize` compiles for the --dim sizes: llama_block's projections
+/// at `seq = 4` take the GEMV path (none do for a symbolic `seq`), a
+/// specialized run gives the unspecialized outputs, an input of another
+/// size is refused naming it, and a dim the model lacks is named.
+#[test]
+fn specialize_fixes_the_sizes() {
+    let ptx = |extra: &[&str]| {
+        let mut args = vec![
+            "compile",
+            "examples/llama_block.kiln",
+            "--dim",
+            "seq=4",
+            "--emit",
+            "ptx",
+        ];
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    assert_eq!(ptx(&[]).matches(".entry gemv_").count(), 0);
+    assert_eq!(ptx(&["--specialize"]).matches(".entry gemv_").count(), 4);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "examples/mlp.kiln",
+            "--random-inputs",
+            "1",
+            "--random-weights",
+            "2",
+            "--dim",
+            "batch=3",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    assert_eq!(run(&["--specialize"]), run(&[]));
+    // compiled for batch 3, given batch 2
+    let mut opts = kiln::jit::JitOptions {
+        dims: [("batch".to_string(), 3u64)].into_iter().collect(),
+        specialize: true,
+        ..Default::default()
+    };
+    let mut m = kiln::jit::compile_file(&root().join("examples/mlp.kiln"), &opts).unwrap();
+    assert!(
+        m.inputs()[0].1.to_string().contains("[3, 64]"),
+        "{:?}",
+        m.inputs()
+    );
+    m.bind_random_weights(1).unwrap();
+    let two =
+        kiln_runtime::HostTensor::from_values(kiln_dialect::DType::F32, &[2, 64], &[0.5; 128]);
+    let e = m
+        .run(&[("x".to_string(), two)].into_iter().collect())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains('x') && e.contains('2') && e.contains('3'), "{e}");
+    opts.dims = [("btach".to_string(), 3u64)].into_iter().collect();
+    let e = kiln::jit::compile_file(&root().join("examples/mlp.kiln"), &opts)
+        .err()
+        .expect("a dim the model lacks")
+        .to_string();
+    assert!(
+        e.contains("no symbolic dim `btach`") && e.contains("batch"),
+        "{e}"
+    );
+}

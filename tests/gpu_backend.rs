@@ -139,6 +139,7 @@ fn gpu_artifacts_run_from_their_cubins() {
                     dims: dims.clone(),
                     weights: Some(WeightSource::Random(1)),
                     ptxas,
+                    specialize: false,
                 },
             )
             .expect("compiles")
@@ -187,6 +188,34 @@ fn gpu_artifacts_run_from_their_cubins() {
                 err <= common::tolerance(DType::F32) * scale,
                 "{file} output {name}: {err} of {scale}"
             );
+        }
+    }
+}
+
+/// Models compiled with `specialize` (their dims static, so a small `seq`
+/// or batch takes the GEMV path) against the interpreter: on the CPU
+/// always, on the GPU where there is one.
+#[test]
+fn specialized_models_run_as_the_interpreter_says() {
+    let mut devices = vec![Device::Cpu];
+    if common::gpu_available() {
+        devices.push(Device::Cuda);
+    }
+    for device in devices {
+        for (file, dim, size) in [
+            ("examples/llama_block.kiln", "seq", 4),
+            ("examples/llama_decode.kiln", "batch", 2),
+            ("examples/mlp.kiln", "batch", 3),
+        ] {
+            let opts = JitOptions {
+                device,
+                dims: HashMap::from([(dim.to_string(), size as u64)]),
+                specialize: true,
+                ..JitOptions::default()
+            };
+            let seed = common::seed();
+            common::compare(&root().join(file), size, seed, &opts)
+                .unwrap_or_else(|e| panic!("{file} on {device:?} (seed {seed}): {e}"));
         }
     }
 }

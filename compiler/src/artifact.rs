@@ -40,6 +40,9 @@ pub struct ArtifactOptions<'a> {
     /// For a GPU target, the `ptxas` that assembles the kernels into the
     /// artifact's cubins; `None` stores PTX only.
     pub ptxas: Option<std::path::PathBuf>,
+    /// Compile for exactly the sizes of `dims` (see
+    /// [`crate::pipeline::Options::specialize`]).
+    pub specialize: bool,
 }
 
 /// Compiles the model at `path` into an artifact.
@@ -79,6 +82,7 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
             .iter()
             .map(|(k, &v)| (k.clone(), v as u64))
             .collect(),
+        specialize: opts.specialize,
         ..Options::default()
     };
     let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;

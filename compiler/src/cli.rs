@@ -124,6 +124,11 @@ pub enum Command {
         /// driver compiling PTX.
         #[arg(long, requires = "output")]
         no_cubins: bool,
+        /// Compile for exactly the sizes given with --dim: they become
+        /// static in every kernel (a decode step's `m = 1` takes the GEMV
+        /// path on GPUs); inputs of other sizes are then refused.
+        #[arg(long)]
+        specialize: bool,
     },
     /// Show the optimizer's decisions: each kernel of the plan, the ops it
     /// fuses and their roles, what they would cost as separate kernels, the
@@ -177,6 +182,11 @@ pub enum Command {
         /// Write outputs in their own element type instead of f32.
         #[arg(long, requires = "output_dir")]
         keep_dtype: bool,
+        /// Compile for exactly the sizes given with --dim: they become
+        /// static in every kernel (a decode step's `m = 1` takes the GEMV
+        /// path on GPUs); inputs of other sizes are then refused.
+        #[arg(long)]
+        specialize: bool,
     },
     /// Time a model: compile it for the device, bind weights, then run it on
     /// seeded random inputs and report the median, minimum and 90th
@@ -208,6 +218,11 @@ pub enum Command {
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
+        /// Compile for exactly the sizes given with --dim: they become
+        /// static in every kernel (a decode step's `m = 1` takes the GEMV
+        /// path on GPUs); inputs of other sizes are then refused.
+        #[arg(long)]
+        specialize: bool,
     },
     /// Quantize a model's matmul weights (round to nearest) and write them
     /// as the quantized declarations `weight w: int4[..] group 128 scale
@@ -407,6 +422,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             weights,
             random_weights,
             no_cubins,
+            specialize,
         } => {
             if let Some(out) = &output {
                 let weights = match (&weights, random_weights) {
@@ -424,6 +440,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                     dims,
                     weights,
                     ptxas,
+                    specialize,
                 };
                 return write_artifact(&path, out, parts, &emit, emit_dir);
             }
@@ -436,6 +453,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             let opts = pipeline::Options {
                 target: target.target(),
                 dims: dims.into_iter().map(|(k, v)| (k, v as u64)).collect(),
+                specialize,
                 ..pipeline::Options::default()
             };
             let c = pipeline::compile(&path, &emit, &opts)?;
@@ -482,6 +500,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             device,
             output_dir,
             keep_dtype,
+            specialize,
         } => {
             let dims: BTreeMap<String, usize> = dims.into_iter().collect();
             let spec = InputSpec {
@@ -511,7 +530,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                 &path,
                 &spec,
                 &wsrc,
-                device.unwrap_or(Device::Interp),
+                (device.unwrap_or(Device::Interp), specialize),
                 output_dir.as_deref(),
                 keep_dtype,
             )
@@ -525,6 +544,7 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             weights,
             random_weights,
             json,
+            specialize,
         } => {
             let dims: BTreeMap<String, usize> = dims.into_iter().collect();
             let spec = InputSpec {
@@ -550,7 +570,13 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                 },
             };
             let device = device.unwrap_or(Device::Cpu);
-            bench(&path, &spec, &wsrc, device, iters.max(1), warmup, json)
+            bench(
+                &path,
+                &spec,
+                &wsrc,
+                (device, specialize),
+                (iters.max(1), warmup, json),
+            )
         }
     }
 }
@@ -562,7 +588,7 @@ fn device_model(
     m: model::Model,
     bindings: &HashMap<String, interp::Tensor>,
     dims: &BTreeMap<String, usize>,
-    device: crate::jit::Device,
+    (device, specialize): (crate::jit::Device, bool),
 ) -> Result<(crate::jit::Model, HashMap<String, HostTensor>), KilnError> {
     let g = &m.graph;
     let input_names: Vec<String> = g
@@ -573,6 +599,7 @@ fn device_model(
     let opts = crate::jit::JitOptions {
         device,
         dims: dims.iter().map(|(k, &v)| (k.clone(), v as u64)).collect(),
+        specialize,
         ..crate::jit::JitOptions::default()
     };
     let mut inputs = HashMap::new();
@@ -600,10 +627,8 @@ fn bench(
     path: &Path,
     inputs: &InputSpec,
     weights: &WeightSource,
-    device: Device,
-    iters: usize,
-    warmup: usize,
-    json: bool,
+    (device, specialize): (Device, bool),
+    (iters, warmup, json): (usize, usize, bool),
 ) -> Result<(), KilnError> {
     let start = Instant::now();
     let m = model::load(path)?;
@@ -631,7 +656,7 @@ fn bench(
                 Device::Cuda => crate::jit::Device::Cuda,
                 Device::Interp | Device::Cpu => crate::jit::Device::Cpu,
             };
-            let (model, host) = device_model(m, &bindings, inputs.dims, jd)?;
+            let (model, host) = device_model(m, &bindings, inputs.dims, (jd, specialize))?;
             compile_ms = model.compile_time().as_secs_f64() * 1e3;
             times = time_model(&model, &host, iters, warmup)?;
             let s = model.stats();
@@ -982,7 +1007,7 @@ fn run(
     path: &Path,
     inputs: &InputSpec,
     weights: &WeightSource,
-    device: Device,
+    (device, specialize): (Device, bool),
     output_dir: Option<&Path>,
     keep_dtype: bool,
 ) -> Result<(), KilnError> {
@@ -998,7 +1023,7 @@ fn run(
                 Device::Cuda => crate::jit::Device::Cuda,
                 Device::Interp | Device::Cpu => crate::jit::Device::Cpu,
             };
-            let (model, host) = device_model(m, &bindings, inputs.dims, d)?;
+            let (model, host) = device_model(m, &bindings, inputs.dims, (d, specialize))?;
             model
                 .run(&host)?
                 .iter()
@@ -1049,6 +1074,7 @@ struct ArtifactParts<'a> {
     dims: Vec<(String, usize)>,
     weights: Option<WeightSource<'a>>,
     ptxas: Option<PathBuf>,
+    specialize: bool,
 }
 
 /// `kiln compile MODEL -o OUT.kart`: writes the artifact (and prints the
@@ -1066,12 +1092,14 @@ fn write_artifact(
         dims,
         weights,
         ptxas,
+        specialize,
     } = parts;
     let dims: BTreeMap<String, usize> = dims.into_iter().collect();
     if !emit.is_empty() {
         let opts = pipeline::Options {
             target: target.target(),
             dims: dims.iter().map(|(k, &v)| (k.clone(), v as u64)).collect(),
+            specialize,
             ..pipeline::Options::default()
         };
         let c = pipeline::compile(path, emit, &opts)?;
@@ -1087,6 +1115,7 @@ fn write_artifact(
         dims,
         weights,
         ptxas,
+        specialize,
     };
     let progress = Progress::spinner(format!(
         "compiling {} for {}",

@@ -82,6 +82,10 @@ pub struct JitOptions {
     /// Where compilations are cached ([`crate::cache`]); by default the
     /// folder the environment names.
     pub cache: Cache,
+    /// Compile for exactly the sizes of `dims` (see
+    /// [`crate::pipeline::Options::specialize`]): inputs of other sizes
+    /// are then refused.
+    pub specialize: bool,
 }
 
 /// The executor a model runs on.
@@ -134,6 +138,7 @@ pub fn compile_loaded(m: model::Model, opts: &JitOptions) -> Result<Model, KilnE
 /// executor; with a cache folder, a model compiled before with the same
 /// options is loaded from it instead.
 fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, KilnError> {
+    let m = crate::pipeline::specialized(m, &opts.dims, opts.specialize)?;
     let g = &m.graph;
     let typed = |vs: Vec<kiln_dialect::Value>| -> Vec<(String, TensorType)> {
         vs.into_iter()
@@ -186,10 +191,12 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
             Err(_) => cache::forget(dir, key),
         }
     }
+    // (the graph is already specialized when asked)
     let popts = Options {
         target,
         dims: opts.dims.clone(),
         limits: opts.limits,
+        specialize: false,
     };
     let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;
     let mut program = kiln_passes::lower::lower_plan(&c.plan)?;

@@ -90,6 +90,10 @@ pub struct Options {
     /// Sizes of symbolic dims the plan is priced at (a shape bucket).
     pub dims: HashMap<String, u64>,
     pub limits: Limits,
+    /// Compile for exactly those sizes: the dims become static in the graph
+    /// before anything else (`kiln_dialect::specialize`), so every kernel
+    /// knows them; the compiled model then takes inputs of those sizes only.
+    pub specialize: bool,
 }
 
 impl Default for Options {
@@ -98,8 +102,23 @@ impl Default for Options {
             target: &kiln_passes::cost::SM90,
             dims: HashMap::new(),
             limits: Limits::default(),
+            specialize: false,
         }
     }
+}
+
+/// `m` specialized to `dims` when `on` (see [`Options::specialize`]); a
+/// size the model contradicts or a dim it does not have is a usage error.
+pub fn specialized(
+    mut m: model::Model,
+    dims: &HashMap<String, u64>,
+    on: bool,
+) -> Result<model::Model, KilnError> {
+    if on {
+        m.graph = kiln_dialect::specialize::specialize(&m.graph, dims)
+            .map_err(|e| KilnError::Usage(format!("--specialize: {e}")))?;
+    }
+    Ok(m)
 }
 
 /// Runs the pipeline on a model file, keeping the text of the `emit` stages.
@@ -116,6 +135,7 @@ pub fn compile_model(
     emit: &[Stage],
     opts: &Options,
 ) -> Result<Compilation, KilnError> {
+    let m = specialized(m, &opts.dims, opts.specialize)?;
     let path = m.path.clone();
     let path = path.as_path();
     let mut timings = vec![("parse + lower + verify", load_time)];

@@ -14,6 +14,7 @@ pub mod numeric;
 pub mod ops;
 pub mod quant;
 pub mod shape;
+pub mod specialize;
 pub mod suggest;
 pub mod text;
 pub mod types;

@@ -26,6 +26,7 @@ fn printed_output_is_the_source_models() {
         dims: dims.iter().cloned().collect(),
         weights: Some(WeightSource::Random(5)),
         ptxas: None,
+        specialize: false,
     };
     let kart = dir.join("mlp.kart");
     build(&model, &opts)
