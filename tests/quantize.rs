@@ -389,68 +389,73 @@ fn kiln(args: &[&str]) -> std::process::Output {
         .expect("kiln runs")
 }
 
-/// The command line on tiny_llama: its down projections (344 rows) take
-/// groups of 8 through --layer, the logits stay bf16 through `none`; the
-/// report's error shrinks with more bits; bad schemes and patterns are
-/// usage errors (exit 1) that say what is expected.
-#[test]
-fn the_command_line_quantizes_tiny_llama() {
-    let dir = common::scratch("quantize-cli");
-    let out = dir.join("q.safetensors");
-    let out = out.to_str().unwrap();
-    let run = |scheme: &str| {
-        let o = kiln(&[
-            "quantize",
-            "examples/tiny_llama.kiln",
-            "--random-weights",
-            "3",
-            "--scheme",
-            scheme,
-            "--layer",
-            "*w_down=w4a16:g8",
-            "--layer",
-            "lm_head=none",
-            "--dim",
-            "seq=5",
-            "-o",
-            out,
-        ]);
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(
-            o.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("logits:"))
-            .unwrap_or_else(|| panic!("{text}"));
-        let mean: f64 = line.rsplit(", ").next().unwrap().trim().parse().unwrap();
-        (text, mean)
-    };
-    let (text, e4) = run("w4a16:g128");
-    // the model that reads them, written by --emit-model, runs on the CPU
-    let model = dir.join("tq.kiln");
-    let model = model.to_str().unwrap();
-    let out2 = dir.join("tq.safetensors");
-    let out2 = out2.to_str().unwrap();
-    let o = kiln(&[
+/// `kiln quantize` on tiny_llama with random weights (seed 3), its down
+/// projections in groups of 8, and `extra` arguments: its standard output,
+/// after checking it succeeded.
+fn quantize_tiny_llama(scheme: &str, seq: &str, extra: &[&str]) -> String {
+    let mut args = vec![
         "quantize",
         "examples/tiny_llama.kiln",
         "--random-weights",
         "3",
         "--scheme",
-        "w4a16:g128",
+        scheme,
         "--layer",
         "*w_down=w4a16:g8",
         "--dim",
-        "seq=5",
-        "-o",
-        out2,
-        "--emit-model",
-        model,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        seq,
+    ];
+    args.extend_from_slice(extra);
+    let o = kiln(&args);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
+/// The mean error of the report's line starting with `label`.
+fn reported_mean(text: &str, label: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("{text}"));
+    line.rsplit(", ").next().unwrap().trim().parse().unwrap()
+}
+
+/// The command line on tiny_llama: its down projections (344 rows) take
+/// groups of 8 through --layer, the logits stay bf16 through `none`; the
+/// report's error shrinks with more bits; --emit-model writes a model
+/// that runs; calibration lowers the error; bad schemes are usage errors
+/// (exit 1) that say what is expected.
+#[test]
+fn the_command_line_quantizes_tiny_llama() {
+    let dir = common::scratch("quantize-cli");
+    let out = dir.join("q.safetensors");
+    let out = out.to_str().unwrap();
+    let kept = ["--layer", "lm_head=none", "-o", out];
+    let text = quantize_tiny_llama("w4a16:g128", "seq=5", &kept);
+    let e4 = reported_mean(&text, "logits:");
+    assert!(text.contains("quantized 28 of 29 matmul weights"), "{text}");
+    assert!(text.contains("weight layers.3.mlp.w_down: i4[344, 128] group 8 axis 0 scale bf16"));
+    assert!(
+        text.contains("kept as they are (--layer ...=none): lm_head"),
+        "{text}"
+    );
+    let stored = kiln_runtime::safetensors::read(std::path::Path::new(out)).unwrap();
+    assert_eq!(stored["layers.0.attn.wq"].data.len(), 128 * 128 / 2);
+    assert_eq!(stored["layers.0.attn.wq.scale"].shape, [1, 128]);
+    assert_eq!(stored["lm_head"].dtype, DType::BF16);
+    let e8 = reported_mean(&quantize_tiny_llama("w8a16", "seq=5", &kept), "logits:");
+    assert!(e8 < e4 / 4.0 && e8 > 0.0, "w8a16 {e8} vs w4a16 {e4}");
+    // the model that reads them, written by --emit-model, runs on the CPU
+    let model = dir.join("tq.kiln");
+    let model = model.to_str().unwrap();
+    let out2 = dir.join("tq.safetensors");
+    let out2 = out2.to_str().unwrap();
+    quantize_tiny_llama("w4a16:g128", "seq=5", &["-o", out2, "--emit-model", model]);
     let o = kiln(&[
         "run",
         model,
@@ -485,46 +490,15 @@ fn the_command_line_quantizes_tiny_llama() {
         err.contains("--emit-model rewrites model-language files"),
         "{err}"
     );
-    assert!(text.contains("quantized 28 of 29 matmul weights"), "{text}");
-    assert!(text.contains("weight layers.3.mlp.w_down: i4[344, 128] group 8 axis 0 scale bf16"));
-    assert!(
-        text.contains("kept as they are (--layer ...=none): lm_head"),
-        "{text}"
-    );
-    let stored = kiln_runtime::safetensors::read(std::path::Path::new(out)).unwrap();
-    assert_eq!(stored["layers.0.attn.wq"].data.len(), 128 * 128 / 2);
-    assert_eq!(stored["layers.0.attn.wq.scale"].shape, [1, 128]);
-    assert_eq!(stored["lm_head"].dtype, DType::BF16);
-    let (_, e8) = run("w8a16");
-    assert!(e8 < e4 / 4.0 && e8 > 0.0, "w8a16 {e8} vs w4a16 {e4}");
     // Calibrated on other inputs (seed 7) than the report's (seed 1), with
     // 64 rows of activations: the groups of 128 clip, and the logits' mean
     // error falls well below round to nearest's.
-    let o = kiln(&[
-        "quantize",
-        "examples/tiny_llama.kiln",
-        "--random-weights",
-        "3",
-        "--scheme",
+    let text = quantize_tiny_llama(
         "w4a16:g128",
-        "--layer",
-        "*w_down=w4a16:g8",
-        "--dim",
         "seq=64",
-        "--calibrate-random",
-        "7",
-        "-o",
-        out,
-    ]);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "{text}");
-    let mean = |label: &str| -> f64 {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .unwrap_or_else(|| panic!("{text}"));
-        line.rsplit(", ").next().unwrap().trim().parse().unwrap()
-    };
+        &["--calibrate-random", "7", "-o", out],
+    );
+    let mean = |label: &str| reported_mean(&text, label);
     let (rtn, cal) = (
         mean("logits (round to nearest):"),
         mean("logits (calibrated):"),
