@@ -19,7 +19,7 @@ use kiln_dialect::numeric;
 use kiln_dialect::numeric::BitOrder;
 use kiln_dialect::ops::Op;
 use kiln_dialect::quant::{Granularity, QuantScheme};
-use kiln_dialect::{DType, Graph, Shape, TensorType, Value};
+use kiln_dialect::{DType, Dim, Graph, Shape, TensorType, Value};
 
 /// Why a model could not be quantized as asked.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -415,12 +415,7 @@ fn quantize_clipped(
     clip: &dyn Fn(usize) -> f64,
 ) -> Result<QuantizedWeight, QuantizeError> {
     let scheme = recipe.scheme(axis, float);
-    let shape = Shape(
-        w.shape
-            .iter()
-            .map(|&d| kiln_dialect::Dim::Static(d as u64))
-            .collect(),
-    );
+    let shape = Shape(w.shape.iter().map(|&d| Dim::Static(d as u64)).collect());
     scheme
         .check(recipe.codes, &shape)
         .map_err(|e| QuantizeError::Weight {
@@ -617,9 +612,12 @@ pub fn quantize_calibrated(
         idx[1] = i1;
         scheme.scale_index(idx, &shape)
     };
-    let scales = {
-        let q = quantize_weight(name, w, axis, float, recipe)?;
-        q.scale.data.len()
+    let scales: usize = {
+        let dims = Shape(w.shape.iter().map(|&d| Dim::Static(d as u64)).collect());
+        scheme
+            .scale_shape(&dims)
+            .as_static()
+            .map_or(1, |s| s.iter().product::<u64>() as usize)
     };
     // Per scale and ratio: the error through the Gram matrix.
     let mut err = vec![vec![0.0f64; CLIP_RATIOS.len()]; scales];
@@ -723,12 +721,7 @@ pub fn quantized_graph(g: &Graph, qs: &[QuantizedWeight]) -> Result<Graph, Quant
         );
         let mut args = vec![codes];
         for (suffix, t) in q.tensors().into_iter().skip(1) {
-            let shape = Shape(
-                t.shape
-                    .iter()
-                    .map(|&d| kiln_dialect::Dim::Static(d as u64))
-                    .collect(),
-            );
+            let shape = Shape(t.shape.iter().map(|&d| Dim::Static(d as u64)).collect());
             let v = g.add_weight(
                 &suffix,
                 TensorType {
