@@ -1174,6 +1174,90 @@ fn gemv_kernels() -> Vec<Kernel> {
     ks
 }
 
+/// GEMVs over dequantized weights (`PtxOptions::gemv_dequant`): int4
+/// codes with bf16 group scales (W4's form), uint4 codes with zero points
+/// and f16 scales, int8 codes with f32 per-channel scales (a 32-bit scale
+/// is evaluated per element, not read as a column vector).
+fn dequant_gemv_kernels() -> Vec<Kernel> {
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    let cast = |e: Expr| Expr::Cast(Ty::F32, Box::new(e));
+    let group = |g: i64| bin(Binary::Div, kk.clone(), Expr::Int(g));
+    vec![
+        Kernel {
+            name: "gemv_dq_i4_g128".into(),
+            inputs: vec![
+                buf("x", DType::BF16, vec![st(1), st(256)]),
+                buf("scale", DType::BF16, vec![st(2), st(200)]),
+                buf("w", DType::I4, vec![st(256), st(200)]),
+            ],
+            output: buf("y", DType::BF16, vec![st(1), st(200)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(256),
+                a: ld(0, vec![Expr::Int(0), kk.clone()]),
+                b: bin(
+                    Binary::Mul,
+                    cast(ld(2, vec![kk.clone(), n.clone()])),
+                    ld(1, vec![group(128), n.clone()]),
+                ),
+                epilogue: Expr::Acc,
+            },
+        },
+        Kernel {
+            name: "gemv_dq_u4_zero".into(),
+            inputs: vec![
+                buf("x", DType::F32, vec![st(3), st(96)]),
+                buf("scale", DType::F16, vec![st(3), st(72)]),
+                buf("zero", DType::U4, vec![st(3), st(72)]),
+                buf("w", DType::U4, vec![st(96), st(72)]),
+            ],
+            output: buf("y", DType::F32, vec![st(3), st(72)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(96),
+                a: ld(0, vec![m.clone(), kk.clone()]),
+                b: bin(
+                    Binary::Mul,
+                    bin(
+                        Binary::Sub,
+                        cast(ld(3, vec![kk.clone(), n.clone()])),
+                        cast(ld(2, vec![group(32), n.clone()])),
+                    ),
+                    ld(1, vec![group(32), n.clone()]),
+                ),
+                epilogue: Expr::Acc,
+            },
+        },
+        Kernel {
+            name: "gemv_dq_i8_channel".into(),
+            inputs: vec![
+                buf("x", DType::BF16, vec![st(2), st(40)]),
+                buf("scale", DType::F32, vec![st(48)]),
+                buf("w", DType::I8, vec![st(40), st(48)]),
+            ],
+            output: buf("y", DType::BF16, vec![st(2), st(48)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(40),
+                a: ld(0, vec![m.clone(), kk.clone()]),
+                b: bin(
+                    Binary::Mul,
+                    cast(ld(2, vec![kk.clone(), n.clone()])),
+                    ld(1, vec![n.clone()]),
+                ),
+                epilogue: bin(Binary::Max, Expr::Acc, Expr::Float(0.0)),
+            },
+        },
+    ]
+}
+
 /// Attention kernels for the fused path: bf16 and f16, head dims 16 to
 /// 128, a value width other than the head dim, grouped-query heads, causal
 /// with and without a KV-cache offset, query and key counts that are not
@@ -1672,6 +1756,49 @@ fn selects_branch_where_the_sides_read_memory() {
     let ks = [concat, leaky];
     check_all("selects", &ks);
     run_on_every_side(&ks, |_, _| false, |_| 1e-4);
+}
+
+/// With `gemv_dequant`, contractions over dequantized 4- and 8-bit codes at
+/// up to 8 rows take the GEMV path (codes read a thread's 8 columns per
+/// load, bf16/f16 scales as column vectors); without it they do not.
+/// Assembled by ptxas; against the evaluator on the GPU where there is one
+/// (with `KILN_GEMV_DEQUANT=1` in the environment, the GPU side runs the
+/// new path).
+#[test]
+fn dequantizing_gemvs() {
+    let on = PtxOptions {
+        gemv_dequant: true,
+        ..PtxOptions::default()
+    };
+    let tool = ptxas();
+    for k in &dequant_gemv_kernels() {
+        let off = compile_kernel_with(k, PtxArch::Sm90a, &PtxOptions::default()).unwrap();
+        assert!(!off.entry.starts_with("gemv_"), "{}", k.name);
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel_with(k, arch, &on).unwrap();
+            assert!(pk.entry.starts_with("gemv_"), "{}", k.name);
+            let codes = if k.name.contains("i8") {
+                ".v2.b32"
+            } else {
+                ".b32"
+            };
+            assert!(
+                pk.ptx
+                    .contains(&format!("ld.global.nc.L1::no_allocate{codes}")),
+                "{}",
+                k.name
+            );
+            if let Some(tool) = &tool {
+                let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+                assert_eq!(u.spill, 0, "{}", k.name);
+            }
+        }
+        // 16-bit scales: one vector load per row; f32 ones per element
+        let pk = compile_kernel_with(k, PtxArch::Sm90a, &on).unwrap();
+        let vector_scales = pk.ptx.contains("ld.global.nc.v4.b32");
+        assert_eq!(vector_scales, !k.name.contains("i8"), "{}", k.name);
+    }
+    run_on_every_side(&dequant_gemv_kernels(), |_, _| false, |_| 1e-4);
 }
 
 #[test]

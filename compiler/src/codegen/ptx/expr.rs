@@ -840,6 +840,20 @@ impl<'k> Em<'k> {
     }
 
     fn load_at(&mut self, e: &Expr, input: usize, index: &[Expr]) -> Result<Val, PtxError> {
+        let flat = self.flat_index(e, input, index)?;
+        let dtype = self.k.inputs[input].dtype;
+        let base = self.in_ptr[input].clone();
+        let code = self.load_code(dtype, &base, &flat);
+        Ok(self.decode(dtype, &code))
+    }
+
+    /// The row-major element offset of `index` in `input`, in a register.
+    pub fn flat_index(
+        &mut self,
+        e: &Expr,
+        input: usize,
+        index: &[Expr],
+    ) -> Result<String, PtxError> {
         let mut flat = "0".to_string();
         for (a, ie) in index.iter().enumerate() {
             let v = self.emit(ie)?;
@@ -856,11 +870,7 @@ impl<'k> Em<'k> {
                 r
             };
         }
-        let flat = self.in_reg(&flat);
-        let dtype = self.k.inputs[input].dtype;
-        let base = self.in_ptr[input].clone();
-        let code = self.load_code(dtype, &base, &flat);
-        Ok(self.decode(dtype, &code))
+        Ok(self.in_reg(&flat))
     }
 }
 

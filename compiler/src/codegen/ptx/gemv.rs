@@ -41,6 +41,7 @@ use kiln_dialect::DType;
 use kiln_dialect::kernel::{Body, Expr, Kernel, Ty, Var};
 
 use super::asm::Class;
+use super::dtype_io::Code;
 use super::elements::unravel;
 use super::expr::{Em, Val};
 use super::mma::{TileLoop, lead_offset, plain_load};
@@ -71,10 +72,25 @@ pub(super) struct GemvPlan {
     /// `k`'s extent when `a` is computed once per tile into shared memory
     /// (a static extent whose values fit [`STAGE_BYTES`]).
     staged_k: Option<u32>,
-    /// `b`: its input, batch indices and element type.
+    /// `b`'s streamed load: its input, batch indices and element type.
     b_input: usize,
     b_lead: Vec<Expr>,
     elem: DType,
+    /// When `b` is not the streamed load itself (a dequantization).
+    dequant: Option<Dequant>,
+}
+
+/// A `b` that computes each element from the streamed load of codes and
+/// other loads at the same column (scales, zero points).
+#[derive(Clone, Debug, PartialEq)]
+struct Dequant {
+    b: Expr,
+    /// The streamed load's expression.
+    stream: Expr,
+    /// Loads whose last index is the column: read a thread's columns with
+    /// one vector load per row of `k`: the expression, its input, index
+    /// and element type.
+    columns: Vec<(Expr, usize, Vec<Expr>, DType)>,
 }
 
 impl GemvPlan {
@@ -104,15 +120,11 @@ impl GemvPlan {
     }
 }
 
-/// Whether the GEMV path applies to `k` (see the module's documentation).
-pub(super) fn applies(k: &Kernel) -> bool {
-    plan(k, None).is_some()
-}
-
 /// The GEMV plan of `k`, when the path applies; `tiling` overrides the
-/// choice of tile and unrolling (see [`GemvTiling`]). The same on every
-/// architecture.
-pub(super) fn plan(k: &Kernel, tiling: Option<GemvTiling>) -> Option<GemvPlan> {
+/// choice of tile and unrolling (see [`GemvTiling`]); `dequant` lets `b`
+/// be a dequantization (see [`super::PtxOptions::gemv_dequant`]). The same
+/// on every architecture.
+pub(super) fn plan(k: &Kernel, tiling: Option<GemvTiling>, dequant: bool) -> Option<GemvPlan> {
     if k.float != Ty::F32 {
         return None;
     }
@@ -135,9 +147,17 @@ pub(super) fn plan(k: &Kernel, tiling: Option<GemvTiling>) -> Option<GemvPlan> {
     if rows == 0 || rows > MAX_ROWS || n == 0 {
         return None;
     }
-    let (b_input, index) = plain_load(k, b, r)?;
+    let nv = Var(r as u32 - 1);
+    let (b_input, index, deq) = match plain_load(k, b, r) {
+        Some((input, index)) => (input, index.to_vec(), None),
+        None if dequant && rows <= 8 => {
+            let (d, input, index) = dequant_plan(k, b, *kv, nv, r)?;
+            (input, index, Some(d))
+        }
+        None => return None,
+    };
     let len = index.len();
-    if index[len - 2] != Expr::Var(*kv) || index[len - 1] != Expr::Var(Var(r as u32 - 1)) {
+    if index[len - 2] != Expr::Var(*kv) || index[len - 1] != Expr::Var(nv) {
         return None;
     }
     if Em::new(k).ty_of(a) != Ty::F32 {
@@ -174,7 +194,95 @@ pub(super) fn plan(k: &Kernel, tiling: Option<GemvTiling>) -> Option<GemvPlan> {
         b_input,
         b_lead: index[..len - 2].to_vec(),
         elem: k.inputs[b_input].dtype,
+        dequant: deq,
     })
+}
+
+/// The loads of `e`.
+fn loads(e: &Expr, out: &mut Vec<Expr>) {
+    if matches!(e, Expr::Load { .. }) {
+        out.push(e.clone());
+        return;
+    }
+    e.for_each_child(|c| loads(c, out));
+}
+
+/// A dequantizing `b`: exactly one unguarded load of 4- or 8-bit codes at
+/// `[batch.., k, n]` (rows a static multiple of 8), no reduction, an f32
+/// value; the other loads at column `n` with 16-bit or narrower elements
+/// become column loads.
+fn dequant_plan(
+    k: &Kernel,
+    b: &Expr,
+    kv: Var,
+    nv: Var,
+    r: usize,
+) -> Option<(Dequant, usize, Vec<Expr>)> {
+    if super::has_reduce(b) || Em::new(k).ty_of(b) != Ty::F32 {
+        return None;
+    }
+    let mut all = Vec::new();
+    loads(b, &mut all);
+    let batch = |e: &Expr| {
+        super::expr::free_vars(e)
+            .iter()
+            .all(|v| (v.0 as usize) < r.saturating_sub(2))
+    };
+    let row_of_8 = |input: usize| {
+        k.inputs[input]
+            .shape
+            .0
+            .last()
+            .and_then(|d| d.as_static())
+            .is_some_and(|n| n % 8 == 0)
+    };
+    let mut stream = None;
+    let mut columns = Vec::new();
+    for l in &all {
+        let Expr::Load {
+            input,
+            index,
+            guard: None,
+        } = l
+        else {
+            continue;
+        };
+        let (input, n) = (*input, index.len());
+        let d = k.inputs.get(input)?.dtype;
+        if n < 2 && index.last() != Some(&Expr::Var(nv)) {
+            continue;
+        }
+        let streamed = n >= 2
+            && index[n - 2] == Expr::Var(kv)
+            && index[n - 1] == Expr::Var(nv)
+            && index[..n - 2].iter().all(batch)
+            && matches!(d.bits(), 4 | 8)
+            && row_of_8(input);
+        if streamed {
+            if stream.is_some() {
+                return None;
+            }
+            stream = Some((l.clone(), input, index.clone()));
+        } else if index.last() == Some(&Expr::Var(nv))
+            && matches!(d.bits(), 8 | 16)
+            && row_of_8(input)
+            && !columns
+                .iter()
+                .any(|c: &(Expr, usize, Vec<Expr>, DType)| c.0 == *l)
+        {
+            columns.push((l.clone(), input, index.clone(), d));
+        }
+    }
+    let (s, input, index) = stream?;
+    Some((
+        Dequant {
+            b: b.clone(),
+            stream: s,
+            columns,
+        },
+        input,
+        index,
+    ))
 }
 
 /// Emits the tile loop of a GEMV.
@@ -195,12 +303,21 @@ pub(super) fn emit(
     }
     let kext = em.in_reg(&kext.r);
     let (cols, lanes, tile_n) = (plan.cols, plan.lanes_per_row(), plan.tile_n);
-    let esize = plan.elem.bits() / 8;
-    // `b`'s row stride in bytes, and its last column a load may start at.
+    let bits = plan.elem.bits();
+    // `b`'s row stride in bytes, and its last column a load may start at
+    // (rows of 4-bit codes: a multiple of 8 codes, so whole bytes).
     let b = plan.b_input;
     let bn = em.in_shape[b].last().cloned().unwrap_or_default();
-    let row_bytes = em.mul_op(&bn, &esize.to_string());
-    let row_bytes = em.in_reg(&row_bytes);
+    let row_bytes = if bits >= 8 {
+        let r = em.mul_op(&bn, &(bits / 8).to_string());
+        em.in_reg(&r)
+    } else {
+        let row_bits = em.mul_op(&bn, &bits.to_string());
+        let row_bits = em.in_reg(&row_bits);
+        let r = em.reg(Class::D);
+        em.ins(format!("shr.u64 {r}, {row_bits}, 3"));
+        r
+    };
     let bn = em.in_reg(&bn);
     let last_col = em.reg(Class::D);
     em.ins(format!("sub.s64 {last_col}, {bn}, {cols}"));
@@ -258,7 +375,14 @@ pub(super) fn emit(
     let bptr = em.reg(Class::D);
     em.ins(format!("add.s64 {bptr}, {lead}, {col}"));
     let base = em.in_ptr[b].clone();
-    em.ins(format!("mad.lo.s64 {bptr}, {bptr}, {esize}, {base}"));
+    if bits >= 8 {
+        em.ins(format!("mad.lo.s64 {bptr}, {bptr}, {}, {base}", bits / 8));
+    } else {
+        // element offsets are multiples of 8, so whole bytes
+        em.ins(format!("mul.lo.s64 {bptr}, {bptr}, {bits}"));
+        em.ins(format!("shr.u64 {bptr}, {bptr}, 3"));
+        em.ins(format!("add.s64 {bptr}, {bptr}, {base}"));
+    }
     for row in &acc {
         for x in row {
             em.ins(format!("mov.f32 {x}, 0f00000000"));
@@ -329,7 +453,14 @@ pub(super) fn emit(
         for (u, w) in words.iter().enumerate() {
             let krow = em.reg(Class::D);
             em.ins(format!("add.s64 {krow}, {kk}, {}", u as u64 * kstep));
-            let bvals = decode_b(em, plan.elem, w);
+            let bvals = match &plan.dequant {
+                None => decode_b(em, plan.elem, w),
+                Some(d) => {
+                    let krow = em.reg(Class::D);
+                    em.ins(format!("add.s64 {krow}, {kk}, {}", u as u64 * kstep));
+                    dequantize_b(em, plan, d, kv, nv, &krow, &col, w)?
+                }
+            };
             // The staged values' address at this `k`.
             let at = plan.staged_k.map(|_| {
                 let (k32, at) = (em.reg(Class::R), em.reg(Class::R));
@@ -448,12 +579,87 @@ pub(super) fn emit(
 /// that does not allocate in L1 (each byte is read once), as 32-bit words.
 fn load_b(em: &mut Em, plan: &GemvPlan, addr: &str) -> Vec<String> {
     let n = (plan.cols * plan.elem.bits() / 32) as usize;
+    vector_words(em, n, addr, "ld.global.nc.L1::no_allocate")
+}
+
+/// `n` (1, 2 or 4) 32-bit words at `addr` with one load instruction `ld`.
+fn vector_words(em: &mut Em, n: usize, addr: &str, ld: &str) -> Vec<String> {
     let words: Vec<String> = (0..n).map(|_| em.reg(Class::R)).collect();
-    em.ins(format!(
-        "ld.global.nc.L1::no_allocate.v{n}.b32 {{{}}}, [{addr}]",
-        words.join(", ")
-    ));
+    if n == 1 {
+        em.ins(format!("{ld}.b32 {}, [{addr}]", words[0]));
+    } else {
+        em.ins(format!("{ld}.v{n}.b32 {{{}}}, [{addr}]", words.join(", ")));
+    }
     words
+}
+
+/// Code `c` of `cols` consecutive `bits`-wide codes held in `words`
+/// (least significant first).
+fn code_in(em: &mut Em, words: &[String], bits: u32, c: u32) -> Code {
+    let per = 32 / bits;
+    let w = &words[(c / per) as usize];
+    if bits == 16 {
+        let (lo, hi) = (em.reg(Class::H), em.reg(Class::H));
+        em.ins(format!("mov.b32 {{{lo}, {hi}}}, {w}"));
+        return Code {
+            r: if c.is_multiple_of(2) { lo } else { hi },
+            w: 16,
+        };
+    }
+    let r = em.reg(Class::R);
+    em.ins(format!("shr.u32 {r}, {w}, {}", (c % per) * bits));
+    em.ins(format!("and.b32 {r}, {r}, {}", (1u32 << bits) - 1));
+    Code { r, w: 8 }
+}
+
+/// The f32 values of `b` at the thread's `cols` columns of row `krow`: the
+/// codes come from the streamed `words`, each column load's values from one
+/// vector load at the row, and `b` is evaluated per column with those codes
+/// in place of its loads.
+#[allow(clippy::too_many_arguments)]
+fn dequantize_b(
+    em: &mut Em,
+    plan: &GemvPlan,
+    d: &Dequant,
+    kv: Var,
+    nv: Var,
+    krow: &str,
+    col: &str,
+    words: &[String],
+) -> Result<Vec<String>, PtxError> {
+    let prev_k = em.bind(kv, krow.to_string());
+    let prev_n = em.bind(nv, col.to_string());
+    let mut column_words = Vec::new();
+    for (e, input, index, dt) in &d.columns {
+        let flat = em.flat_index(e, *input, index)?;
+        let addr = em.reg(Class::D);
+        let base = em.in_ptr[*input].clone();
+        em.ins(format!(
+            "mad.lo.s64 {addr}, {flat}, {}, {base}",
+            dt.bits() / 8
+        ));
+        let n = (plan.cols * dt.bits() / 32) as usize;
+        column_words.push(vector_words(em, n, &addr, "ld.global.nc"));
+    }
+    let mut out = Vec::new();
+    for c in 0..plan.cols {
+        let n = em.reg(Class::D);
+        em.ins(format!("add.s64 {n}, {col}, {c}"));
+        em.bind(nv, n);
+        let mut table = vec![(d.stream.clone(), code_in(em, words, plan.elem.bits(), c))];
+        for ((e, _, _, dt), w) in d.columns.iter().zip(&column_words) {
+            table.push((e.clone(), code_in(em, w, dt.bits(), c)));
+        }
+        em.col_codes = table;
+        em.memo = Some(Vec::new());
+        let v = em.emit(&d.b);
+        em.memo = None;
+        em.col_codes.clear();
+        out.push(v?.r);
+    }
+    em.unbind(nv, prev_n);
+    em.unbind(kv, prev_k);
+    Ok(out)
 }
 
 /// The f32 values of the bf16 or f16 pairs in `words`, in element order.

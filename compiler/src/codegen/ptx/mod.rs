@@ -83,6 +83,10 @@ pub struct PtxOptions {
     pub branch_selects: bool,
     /// The GEMV path's tiling (`KILN_GEMV_TILING=TILE_N,UNROLL[,stage]`).
     pub gemv: Option<GemvTiling>,
+    /// The GEMV path also takes a `b` that dequantizes 4- or 8-bit codes
+    /// stored `[k, n]`, reading the codes (and its scales) a thread's
+    /// columns at a time (`KILN_GEMV_DEQUANT=1`).
+    pub gemv_dequant: bool,
 }
 
 /// A GEMV tiling: columns per block (16, 32 or 64), steps of `k` per
@@ -102,9 +106,11 @@ impl PtxOptions {
         let gemv = std::env::var("KILN_GEMV_TILING")
             .ok()
             .and_then(|s| GemvTiling::parse(&s));
+        let gemv_dequant = std::env::var("KILN_GEMV_DEQUANT").is_ok_and(|v| v == "1");
         PtxOptions {
             branch_selects,
             gemv,
+            gemv_dequant,
         }
     }
 }
@@ -160,15 +166,17 @@ fn fnv1a(s: &str) -> u64 {
 
 /// The kind of kernel `k` compiles to, with the row reductions of a row
 /// kernel.
-fn classify(k: &Kernel) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
+fn classify(k: &Kernel, opts: &PtxOptions) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
     match &k.body {
-        Body::Contract { .. } if gemv::applies(k) => ("gemv", Vec::new()),
+        Body::Contract { .. } if gemv::plan(k, None, opts.gemv_dequant).is_some() => {
+            ("gemv", Vec::new())
+        }
         Body::Contract { .. } if mma::plan(k, PtxArch::Sm80).is_some() => ("mma", Vec::new()),
         Body::Contract { .. } => ("contract", Vec::new()),
         Body::Attention(_) if attention::plan(k, PtxArch::Sm80).is_some() => {
             ("attention", Vec::new())
         }
-        Body::Attention(_) => classify(&k.attention_as_map()),
+        Body::Attention(_) => classify(&k.attention_as_map(), opts),
         Body::Map { expr } => {
             if k.output.dtype.bits() < 8 {
                 return ("map", Vec::new());
@@ -199,7 +207,7 @@ pub fn entry_name(k: &Kernel) -> String {
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, PtxArch::Sm80).is_none() {
         return entry_name(&k.attention_as_map());
     }
-    let (kind, _) = classify(k);
+    let (kind, _) = classify(k, &PtxOptions::from_env());
     format!(
         "{kind}_{}_{:016x}",
         k.output.dtype.name(),
@@ -222,7 +230,7 @@ pub fn compile_kernel_with(
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, arch).is_none() {
         return compile_kernel_with(&k.attention_as_map(), arch, opts);
     }
-    let (kind, reds) = classify(k);
+    let (kind, reds) = classify(k, opts);
     let entry = format!(
         "{kind}_{}_{:016x}",
         k.output.dtype.name(),
@@ -293,7 +301,8 @@ pub fn compile_kernel_with(
             epilogue,
             ..
         } if kind == "gemv" => {
-            let plan = gemv::plan(k, opts.gemv).ok_or_else(|| em.kerr("the GEMV plan vanished"))?;
+            let plan = gemv::plan(k, opts.gemv, opts.gemv_dequant)
+                .ok_or_else(|| em.kerr("the GEMV plan vanished"))?;
             gemv::emit(&mut em, &plan, *kv, extent, a, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             let grid = Grid::Tiles {
