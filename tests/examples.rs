@@ -46,6 +46,7 @@ const EXPECTED: &[&str] = &[
     "examples/mobilenet_v2_block.kiln",
     "examples/resnet_block.kiln",
     "examples/llama_w4a16.kiln",
+    "examples/llama_w8a8.kiln",
     "bench/w1.kiln",
     "bench/w1b.kiln",
     "bench/w2.kiln",

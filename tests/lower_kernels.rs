@@ -166,6 +166,7 @@ lowered_large! {
     example_llama_block => "examples/llama_block.kiln",
     example_llama_decode => "examples/llama_decode.kiln",
     example_llama_w4a16 => "examples/llama_w4a16.kiln",
+    example_llama_w8a8 => "examples/llama_w8a8.kiln",
     example_resnet_block => "examples/resnet_block.kiln",
     example_tiny_llama => "examples/tiny_llama.kiln",
     ir_decoder_block => "examples/ir/decoder_block.kir",

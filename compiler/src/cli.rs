@@ -242,7 +242,7 @@ pub enum Command {
         /// The scheme: w4a16 (int4, groups of 128), w8a16 (int8, per
         /// channel), w3a16, w6a16, with options :gN (groups of N), :pc (per
         /// channel), :pt (per tensor), :zp (unsigned codes with zero
-        /// points), e.g. w4a16:g128; mxfp4; nvfp4; fp8 (e4m3, per channel).
+        /// points), e.g. w4a16:g128; mxfp4; nvfp4; fp8 (e4m3, per channel); w8a8 and fp8a8 (int8 or fp8 e4m3 weights with per-channel f32 scales, or :pt, and activations quantized per token at run time).
         #[arg(long, value_name = "SCHEME")]
         scheme: String,
         /// Another scheme (or `none`, to keep the weight) for the weights

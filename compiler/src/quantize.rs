@@ -25,7 +25,7 @@ use kiln_dialect::{DType, Dim, Graph, Shape, TensorType, Value};
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QuantizeError {
     #[error(
-        "unknown quantization scheme `{0}`: expected w4a16, w8a16, w3a16 or w6a16 (options :gN, :pc, :pt, :zp, as in w4a16:g128), mxfp4, nvfp4, fp8 or none"
+        "unknown quantization scheme `{0}`: expected w4a16, w8a16, w3a16 or w6a16 (options :gN, :pc, :pt, :zp, as in w4a16:g128), mxfp4, nvfp4, fp8, w8a8 or fp8a8 (options :pc, :pt) or none"
     )]
     Scheme(String),
     #[error("--layer `{0}`: expected PATTERN=SCHEME (a weight name with `*` wildcards)")]
@@ -67,12 +67,17 @@ pub struct Recipe {
     pub granule: Granule,
     /// Unsigned codes with a zero point of the codes' type (asymmetric).
     pub zero: bool,
+    /// W8A8: the code type the activations multiplying the weight are
+    /// quantized to at run time, one scale per token (`act` in the model).
+    pub act: Option<DType>,
 }
 
 impl Recipe {
     /// Parses a scheme: `wBa16[:gN|:pc|:pt][:zp]` for B in 3, 4, 6, 8 (default
     /// groups of 128, per channel for 8 bits), `mxfp4`, `nvfp4`, `fp8` (e4m3
-    /// codes, one scale per channel); `none` (keep the weight) is `None`.
+    /// codes, one scale per channel), `w8a8` and `fp8a8` (int8 or fp8 e4m3
+    /// weights and activations: per-channel f32 weight scales, or `:pt`, and
+    /// per-token activation scales); `none` (keep the weight) is `None`.
     pub fn parse(s: &str) -> Result<Option<Recipe>, QuantizeError> {
         let bad = || QuantizeError::Scheme(s.to_string());
         let mut parts = s.split(':');
@@ -82,12 +87,32 @@ impl Recipe {
             codes,
             granule,
             zero: false,
+            act: None,
         };
         let (bits, mut granule) = match head {
             "none" if s == "none" => return Ok(None),
             "mxfp4" if s == head => return Ok(Some(simple(DType::F4E2M1, Granule::Mx))),
             "nvfp4" if s == head => return Ok(Some(simple(DType::F4E2M1, Granule::Nv))),
             "fp8" if s == head => return Ok(Some(simple(DType::F8E4M3, Granule::PerChannel))),
+            "w8a8" | "fp8a8" => {
+                let codes = if head == "w8a8" {
+                    DType::I8
+                } else {
+                    DType::F8E4M3
+                };
+                let granule = match parts.next() {
+                    None | Some("pc") => Granule::PerChannel,
+                    Some("pt") => Granule::PerTensor,
+                    Some(_) => return Err(bad()),
+                };
+                if parts.next().is_some() {
+                    return Err(bad());
+                }
+                return Ok(Some(Recipe {
+                    act: Some(codes),
+                    ..simple(codes, granule)
+                }));
+            }
             "w3a16" => (3, Granule::Group(128)),
             "w4a16" => (4, Granule::Group(128)),
             "w6a16" => (6, Granule::Group(128)),
@@ -127,6 +152,7 @@ impl Recipe {
             codes,
             granule,
             zero,
+            act: None,
         }))
     }
 
@@ -134,6 +160,8 @@ impl Recipe {
     /// are `float` (the type it dequantizes back to).
     pub fn scheme(&self, axis: usize, float: DType) -> QuantScheme {
         let scale = match float {
+            // W8A8 keeps f32 scales, as the int8 and fp8 GEMMs' epilogues take them
+            _ if self.act.is_some() => DType::F32,
             DType::F16 | DType::BF16 | DType::F32 => float,
             _ => DType::F32,
         };
@@ -267,6 +295,9 @@ impl QuantizedWeight {
             d.push_str(&format!(" zero {}", z.name()));
         }
         d.push_str(&format!(" to {}", self.float.name()));
+        if let Some(a) = self.recipe.act {
+            d.push_str(&format!(" act {}", a.name()));
+        }
         d
     }
 }
@@ -416,6 +447,16 @@ fn quantize_clipped(
 ) -> Result<QuantizedWeight, QuantizeError> {
     let scheme = recipe.scheme(axis, float);
     let shape = Shape(w.shape.iter().map(|&d| Dim::Static(d as u64)).collect());
+    if recipe.act.is_some() && axis != 0 {
+        return Err(QuantizeError::Weight {
+            name: name.to_string(),
+            shape: w.shape.clone(),
+            message: format!(
+                "{} quantizes the activations of `x @ w` with w: [in, out]; this weight is used transposed",
+                recipe.text
+            ),
+        });
+    }
     scheme
         .check(recipe.codes, &shape)
         .map_err(|e| QuantizeError::Weight {
@@ -739,6 +780,9 @@ pub fn quantized_graph(g: &Graph, qs: &[QuantizedWeight]) -> Result<Graph, Quant
         g.node_mut(deq.node).results[0].name = format!("{}.dequantized", q.name);
         g.replace_all_uses(old, deq);
         g.remove_node(old.node);
+        if let Some(act) = q.recipe.act {
+            quantize_activations(&mut g, q, deq, act)?;
+        }
     }
     kiln_dialect::verify::verify(&g).map_err(|errs| {
         QuantizeError::Graph(
@@ -749,6 +793,53 @@ pub fn quantized_graph(g: &Graph, qs: &[QuantizedWeight]) -> Result<Graph, Quant
         )
     })?;
     Ok(g)
+}
+
+/// W8A8: each `x @ w` reading the dequantized weight `deq` becomes
+/// `x' @ w` with `x'` the per-token quantization of `x` to `act` codes
+/// (what a declaration with `act` makes the front-end insert).
+fn quantize_activations(
+    g: &mut Graph,
+    q: &QuantizedWeight,
+    deq: Value,
+    act: DType,
+) -> Result<(), QuantizeError> {
+    let shape = q.codes.shape.clone();
+    let weight_err = |message: String| QuantizeError::Weight {
+        name: q.name.clone(),
+        shape: shape.clone(),
+        message,
+    };
+    for (n, slot) in g.users(deq) {
+        let op = g.node(n).op.clone();
+        let direct = matches!(
+            op,
+            Op::Matmul {
+                transpose_a: false,
+                transpose_b: false
+            }
+        ) && slot == 1;
+        if !direct {
+            return Err(weight_err(format!(
+                "{} quantizes the activations of `x @ w` (w: [in, out]); this weight is also read by `{}`",
+                q.recipe.text,
+                op.mnemonic()
+            )));
+        }
+        let x = g.operands(n)[0];
+        let xq = kiln_dialect::activation_quant::insert(g, x, act)
+            .map_err(|e| weight_err(format!("{}: {e}", q.recipe.text)))?
+            .dequantized;
+        let name = g.node(n).results[0].name.clone();
+        let mm = g
+            .add1(op, &[xq, deq])
+            .map_err(|e| QuantizeError::Graph(format!("{}: {e}", q.name)))?;
+        g.node_mut(mm.node).span = g.node(n).span;
+        g.replace_all_uses(Value::of(n), mm);
+        g.remove_node(n);
+        g.node_mut(mm.node).results[0].name = name;
+    }
+    Ok(())
 }
 
 /// `bindings` (inputs and the original weights) with each quantized

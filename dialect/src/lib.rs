@@ -3,6 +3,7 @@
 //! the `.kir` text form, and the reference interpreter that every other path
 //! is tested against.
 
+pub mod activation_quant;
 pub mod diag;
 pub mod dtype;
 pub mod graph;

@@ -66,11 +66,41 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
+/// The tolerance of a model that quantizes activations at run time (`act`
+/// declarations: a `quantize` of a value that is not a weight), or `None`.
+/// Rounding to codes is a step function: last-bit differences of the
+/// compiled model's intermediates (fused kernels round where the
+/// interpreter does not) move some activations to the neighbouring code, a
+/// step of 1/127 of the row's largest magnitude for `i8` and up to 1/8 of
+/// the value for `f8e4m3` (1/4 for `f8e5m2`), which the output carries. The
+/// tolerances are about twice the largest difference measured over 16 seeds
+/// of `examples/llama_w8a8.kiln` on the CPU (4.2% with its fp8 MLP).
+pub fn activation_code_tolerance(g: &kiln_dialect::Graph) -> Option<f64> {
+    use kiln_dialect::ops::Op;
+    g.node_ids()
+        .filter_map(|n| {
+            let Op::Quantize { dtype, .. } = g.node(n).op else {
+                return None;
+            };
+            let x = g.operands(n)[0];
+            if matches!(g.node(x.node).op, Op::Weight) {
+                return None;
+            }
+            Some(match dtype {
+                DType::I8 | DType::U8 => 0.05,
+                DType::F8E4M3 => 0.1,
+                _ => 0.2,
+            })
+        })
+        .reduce(f64::max)
+}
+
 /// Runs `path` on the CPU and in the interpreter with every symbolic dim
 /// bound to `size` (`n` of w6 to 1); returns the worst relative difference.
 pub fn compare(path: &Path, size: usize, seed: u64, opts: &JitOptions) -> Result<f64, String> {
     let m = kiln::model::load(path).map_err(|e| e.to_string())?;
     let g = &m.graph;
+    let act_tol = activation_code_tolerance(g);
     let mut dims = BTreeMap::new();
     for v in g.inputs().into_iter().chain(g.weights()) {
         for s in g.value_type(v).shape.symbols() {
@@ -127,7 +157,7 @@ pub fn compare(path: &Path, size: usize, seed: u64, opts: &JitOptions) -> Result
             .fold(0.0f64, |m, v| m.max(v.abs()))
             .max(1e-30);
         let d = gt.max_abs_diff(wt) / scale;
-        let tol = tolerance(wt.dtype);
+        let tol = act_tol.map_or(tolerance(wt.dtype), |t| t.max(tolerance(wt.dtype)));
         if d.is_nan() || d > tol {
             return Err(format!(
                 "output {gn} ({}{:?}) differs by {d:.3e} of its largest magnitude (tolerance {tol:.1e})",

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use kiln_dialect::activation_quant;
 use kiln_dialect::diag::Diagnostic;
 use kiln_dialect::graph::{Graph, Output, Value, ValueInfo};
 use kiln_dialect::numeric::BitOrder;
@@ -91,6 +92,7 @@ pub fn lower(p: &Program) -> Result<Graph, Vec<Diagnostic>> {
         symbols: BTreeSet::new(),
         names: BTreeSet::new(),
         unrolled: 0,
+        act_quant: HashMap::new(),
     };
     for c in &p.consts {
         let v = cx.const_value(&c.value, &[]);
@@ -145,6 +147,9 @@ struct Lowerer<'a> {
     names: BTreeSet<String>,
     /// Loop iterations and block instances unrolled so far.
     unrolled: u64,
+    /// Weights declared with `act DT` (their dequantized value): the code
+    /// type a matmul's left operand is quantized to when it multiplies one.
+    act_quant: HashMap<Value, DType>,
 }
 
 /// Loops and blocks are unrolled at compile time: the most loop iterations
@@ -635,7 +640,7 @@ impl<'a> Lowerer<'a> {
             Some(q) => q,
             None => return Val::Poison,
         };
-        let Some((scheme, out_dtype)) = q else {
+        let Some((scheme, out_dtype, act)) = q else {
             if let Err(e) = t.check_well_formed() {
                 self.error(
                     te.span,
@@ -704,6 +709,9 @@ impl<'a> Lowerer<'a> {
                 self.g.node_mut(r[0].node).span = Some(span);
                 let n = self.unique_name(&format!("{full}.dequantized"));
                 self.g.node_mut(r[0].node).results[0].name = n;
+                if let Some(codes) = act {
+                    self.act_quant.insert(r[0], codes);
+                }
                 Val::Tensor(r[0])
             }
             Err(e) => {
@@ -716,19 +724,21 @@ impl<'a> Lowerer<'a> {
     /// Reads a declaration's modifiers: layout words, and a quantization
     /// scheme (`group 128 [axis 0]`, `per_channel [axis 1]`, `per_tensor`,
     /// `mx`, `nv`, `block 32`, then `scale DT`, `zero DT`, `global DT`,
-    /// `to DT`, `msb_first`). Returns the scheme with the dequantized type;
-    /// `None` after reporting an error.
+    /// `to DT`, `msb_first`, `act DT`). Returns the scheme with the
+    /// dequantized type and the activations' code type (`act`); `None` after
+    /// reporting an error.
     fn modifiers(
         &mut self,
         mods: &[Modifier],
         t: &mut TensorType,
         te: &TypeExpr,
-    ) -> Option<Option<(QuantScheme, DType)>> {
+    ) -> Option<Option<(QuantScheme, DType, Option<DType>)>> {
         let mut gran: Option<(Granularity, Span)> = None;
         let mut scale: Option<DType> = None;
         let mut zero: Option<DType> = None;
         let mut global: Option<DType> = None;
         let mut to: Option<DType> = None;
+        let mut act: Option<DType> = None;
         let mut axis: Option<usize> = None;
         let mut packing = BitOrder::LsbFirst;
         let mut i = 0;
@@ -878,6 +888,19 @@ impl<'a> Lowerer<'a> {
                     to = Some(dtype_arg(i, self)?);
                     i += 1;
                 }
+                "act" => {
+                    let codes = dtype_arg(i, self)?;
+                    if !activation_quant::codes_supported(codes) {
+                        self.error(
+                            mods[i + 1].span(),
+                            format!("`act {codes}`: activations are quantized at run time to i8, f8e4m3 or f8e5m2"),
+                            "`act int8` for W8A8, `act f8e4m3` for fp8",
+                        );
+                        return None;
+                    }
+                    act = Some(codes);
+                    i += 1;
+                }
                 other => {
                     let words = [
                         "group",
@@ -891,6 +914,7 @@ impl<'a> Lowerer<'a> {
                         "zero",
                         "global",
                         "to",
+                        "act",
                         "msb_first",
                         "nchw",
                         "nhwc",
@@ -898,7 +922,7 @@ impl<'a> Lowerer<'a> {
                     let hint = closest(other, words)
                         .map(|s| format!("did you mean `{s}`? "))
                         .unwrap_or_default();
-                    self.error(w.span, format!("unknown word `{other}` in a declaration"), format!("{hint}expected a layout (nchw, nhwc) or a quantization: group N, per_channel, per_tensor, block N, mx, nv, with scale DT, zero DT, global DT, axis N, to DT"));
+                    self.error(w.span, format!("unknown word `{other}` in a declaration"), format!("{hint}expected a layout (nchw, nhwc) or a quantization: group N, per_channel, per_tensor, block N, mx, nv, with scale DT, zero DT, global DT, axis N, to DT, act DT"));
                     return None;
                 }
             }
@@ -912,6 +936,7 @@ impl<'a> Lowerer<'a> {
                 (axis.is_some(), "axis"),
                 (packing == BitOrder::MsbFirst, "msb_first"),
                 (to.is_some(), "to"),
+                (act.is_some(), "act"),
             ] {
                 if present {
                     self.error(te.span, format!("`{word}` is given without a granularity"), "say how elements share scales: `group N`, `per_channel`, `per_tensor`, `block N`, `mx` or `nv`");
@@ -954,6 +979,7 @@ impl<'a> Lowerer<'a> {
                 packing,
             },
             out,
+            act,
         )))
     }
 
@@ -1143,6 +1169,44 @@ impl<'a> Lowerer<'a> {
             BinOp::Ge => Op::Ge,
         };
         let what = format!("`{}`", op.symbol());
+        // `x @ w` with `w` declared `act DT`: x is quantized per token first
+        let a = match (&a.0, &b.0) {
+            (Val::Tensor(x), Val::Tensor(w)) if matches!(op, BinOp::MatMul) => {
+                match self.act_quant.get(w).copied() {
+                    Some(codes) => match activation_quant::insert(&mut self.g, *x, codes) {
+                        Ok(ins) => {
+                            for v in &ins.added {
+                                self.g.node_mut(v.node).span = Some(a.1);
+                            }
+                            // named after the weight: `w.act_scale`, `w.act_codes`, `w.act`
+                            let wname = self.g.value_name(*w).to_string();
+                            let base = wname.strip_suffix(".dequantized").unwrap_or(&wname);
+                            for (v, suffix) in [
+                                (ins.scale, "act_scale"),
+                                (ins.codes, "act_codes"),
+                                (ins.dequantized, "act"),
+                            ] {
+                                let n = self.unique_name(&format!("{base}.{suffix}"));
+                                self.g.node_mut(v.node).results[0].name = n;
+                            }
+                            (Val::Tensor(ins.dequantized), a.1)
+                        }
+                        Err(e) => {
+                            let name = self.g.value_name(*w).to_string();
+                            let w = name.strip_suffix(".dequantized").unwrap_or(&name);
+                            self.error(
+                                a.1,
+                                format!("the left operand of `@` with weight `{w}` (declared `act {codes}`): {e}"),
+                                "",
+                            );
+                            return Val::Poison;
+                        }
+                    },
+                    None => a,
+                }
+            }
+            _ => a,
+        };
         self.op_on(dialect_op, &[a, b], span, &what)
     }
 

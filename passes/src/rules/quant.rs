@@ -10,9 +10,12 @@
 //!
 //! - **W8A8 int8**: with per-row (per-token) scales on the activations and
 //!   per-column scales on the weights, `(qa sa) @ (qb sb) = sa (qa @ qb) sb`
+//!   (per-token scales: one per row of a 2-D operand, or one group spanning
+//!   the whole last axis for any rank, as `act i8` declarations make)
 //!   with the codes multiplied exactly in i32 (int8 tensor cores).
-//! - **fp8 e4m3**: the same with per-tensor scales, the codes multiplied in
-//!   the activation type (fp8 tensor cores, f32 accumulation).
+//! - **fp8 e4m3**: the same with per-tensor scales, or per-token and
+//!   per-channel ones, the codes multiplied in the activation type (fp8
+//!   tensor cores, f32 accumulation).
 //! - **group scales after partial sums**: `x @ (q s)` with a scale per group
 //!   of `G` rows of `q` equals `sum_g s_g (x_g @ q_g)`: the scale is applied
 //!   once per group's partial sum instead of once per weight element.
@@ -32,16 +35,16 @@ use crate::egraph::lang::{Head, KNode};
 
 /// The quantization family.
 pub static RULES: &[Rule] = &[
-    // dq(qa, sa) @ dq(qb, sb) = cast(cast(qa, i32) @ cast(qb, i32)) * sa * sb for i8 codes, per-row sa, per-column sb
+    // dq(qa, sa) @ dq(qb, sb) = cast(cast(qa, i32) @ cast(qb, i32)) * sa * sb for i8 codes, per-row (token) sa, per-column sb
     Rule {
         name: "w8a8-int8-matmul",
         identity: "dq(qa,sa) @ dq(qb,sb) = (qa @ qb in i32) * sa * sb",
         apply: w8a8_int8,
     },
-    // dq(qa, sa) @ dq(qb, sb) = (cast(qa) @ cast(qb)) * sa * sb for fp8 codes with per-tensor scales
+    // dq(qa, sa) @ dq(qb, sb) = (cast(qa) @ cast(qb)) * sa * sb for fp8 codes, per-tensor or per-row sa and per-column sb
     Rule {
         name: "fp8-matmul",
-        identity: "dq(qa,sa) @ dq(qb,sb) = (qa @ qb) * sa * sb (fp8, per tensor)",
+        identity: "dq(qa,sa) @ dq(qb,sb) = (qa @ qb) * sa * sb (fp8)",
         apply: fp8,
     },
     // x @ dq(q, s) = sum_g s_g * (x_g @ q_g) for a symmetric group scheme along the contraction axis
@@ -92,28 +95,13 @@ fn w8a8_int8(eg: &KGraph, n: &KNode) -> Option<Rhs> {
     let (qa, sa, ska, da) = dequantized(eg, n.args[0])?;
     let (qb, sb, skb, db) = dequantized(eg, n.args[1])?;
     let (ta, tb) = (ty(eg, qa), ty(eg, qb));
-    if ta.dtype != DType::I8
-        || tb.dtype != DType::I8
-        || da != db
-        || ta.rank() != 2
-        || tb.rank() != 2
-    {
+    if ta.dtype != DType::I8 || tb.dtype != DType::I8 || da != db || tb.rank() != 2 {
         return None;
     }
-    // per-row (token) or per-tensor activation scales; per-column or per-tensor weight scales
-    let row_ok = matches!(
-        ska.granularity,
-        Granularity::PerTensor | Granularity::PerChannel { axis: 0 }
-    );
-    let col_ok = matches!(
-        skb.granularity,
-        Granularity::PerTensor | Granularity::PerChannel { axis: 1 }
-    );
     // |sum| <= K * 127 * 128 stays inside i32 for K up to 2^17
-    if !row_ok || !col_ok || k_of(eg, qa)? > 1 << 17 {
+    if !row_scales(ta, &ska) || !column_scales(&skb) || k_of(eg, qa)? > 1 << 17 {
         return None;
     }
-    let m = ta.shape.dims()[0].clone();
     let int = Rhs::Op(
         Op::Matmul {
             transpose_a: false,
@@ -125,10 +113,50 @@ fn w8a8_int8(eg: &KGraph, n: &KNode) -> Option<Rhs> {
         ],
     );
     let acc = Rhs::Op(Op::Cast { dtype: da }, vec![int]);
+    Some(scale_result(eg, acc, (sa, &ska, ta), sb, da))
+}
+
+/// Whether activation scales of `scheme` over codes `t` (rank 2 or more,
+/// contracted along the last axis) are one per row or one per tensor: the
+/// scale factors out of each row's sums.
+fn row_scales(t: &TensorType, scheme: &QuantScheme) -> bool {
+    let r = t.rank();
+    r >= 2
+        && match scheme.granularity {
+            Granularity::PerTensor => true,
+            // a 2-D tensor's rows
+            Granularity::PerChannel { axis } => r == 2 && axis == 0,
+            // the whole last axis in one group: per token for any rank
+            Granularity::Group { size, axis } => {
+                axis == r - 1 && t.shape.dims()[axis].as_static() == Some(size)
+            }
+            Granularity::Block { .. } => false,
+        }
+}
+
+/// Whether weight scales of `scheme` over 2-D codes `[k, n]` are one per
+/// column (output channel) or one per tensor.
+fn column_scales(scheme: &QuantScheme) -> bool {
+    matches!(
+        scheme.granularity,
+        Granularity::PerTensor | Granularity::PerChannel { axis: 1 }
+    )
+}
+
+/// `acc * sa * sb` in `da`: `sa` shaped to broadcast over the rows of the
+/// result (per-channel row scales `[m]` become `[m, 1]`; group scales
+/// already are `[.., m, 1]`), `sb` over its columns.
+fn scale_result(
+    eg: &KGraph,
+    acc: Rhs,
+    (sa, ska, ta): (egg::Id, &QuantScheme, &TensorType),
+    sb: egg::Id,
+    da: DType,
+) -> Rhs {
     let sa_col = match ska.granularity {
         Granularity::PerChannel { .. } => Rhs::op(
             Op::Reshape {
-                shape: vec![m, Dim::Static(1)],
+                shape: vec![ta.shape.dims()[0].clone(), Dim::Static(1)],
             },
             &[sa],
         ),
@@ -140,10 +168,10 @@ fn w8a8_int8(eg: &KGraph, n: &KNode) -> Option<Rhs> {
         Op::Mul,
         vec![acc, cast_to(sa_col, eg[sa].data.ty.dtype, da)],
     );
-    Some(Rhs::Op(
+    Rhs::Op(
         Op::Mul,
         vec![scaled, cast_to(Rhs::Class(sb), eg[sb].data.ty.dtype, da)],
-    ))
+    )
 }
 
 fn cast_to(x: Rhs, from: DType, to: DType) -> Rhs {
@@ -164,9 +192,6 @@ fn fp8(eg: &KGraph, n: &KNode) -> Option<Rhs> {
     if !fp8(ty(eg, qa).dtype) || !fp8(ty(eg, qb).dtype) || da != db || !da.is_float() {
         return None;
     }
-    if ska.granularity != Granularity::PerTensor || skb.granularity != Granularity::PerTensor {
-        return None;
-    }
     let prod = Rhs::Op(
         mm.clone(),
         vec![
@@ -174,14 +199,29 @@ fn fp8(eg: &KGraph, n: &KNode) -> Option<Rhs> {
             Rhs::op(Op::Cast { dtype: da }, &[qb]),
         ],
     );
-    let s = Rhs::Op(
-        Op::Mul,
-        vec![
-            cast_to(Rhs::Class(sa), eg[sa].data.ty.dtype, da),
-            cast_to(Rhs::Class(sb), eg[sb].data.ty.dtype, da),
-        ],
-    );
-    Some(Rhs::Op(Op::Mul, vec![prod, s]))
+    if ska.granularity == Granularity::PerTensor && skb.granularity == Granularity::PerTensor {
+        let s = Rhs::Op(
+            Op::Mul,
+            vec![
+                cast_to(Rhs::Class(sa), eg[sa].data.ty.dtype, da),
+                cast_to(Rhs::Class(sb), eg[sb].data.ty.dtype, da),
+            ],
+        );
+        return Some(Rhs::Op(Op::Mul, vec![prod, s]));
+    }
+    // per-token activation and per-channel weight scales (fp8 W8A8)
+    let Op::Matmul {
+        transpose_a: false,
+        transpose_b: false,
+    } = mm
+    else {
+        return None;
+    };
+    let ta = ty(eg, qa);
+    if ty(eg, qb).rank() != 2 || !row_scales(ta, &ska) || !column_scales(&skb) {
+        return None;
+    }
+    Some(scale_result(eg, prod, (sa, &ska, ta), sb, da))
 }
 
 fn group_scale_after_sums(eg: &KGraph, n: &KNode) -> Option<Rhs> {

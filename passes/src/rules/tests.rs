@@ -338,6 +338,40 @@ const SAMPLES: &[(&str, &str, f64)] = &[
 ",
         1e-6,
     ),
+    // per-token scales as `act i8` declarations make them: one group over
+    // the whole last axis of a rank-3 activation, bf16 values (the left side
+    // rounds every dequantized element and the product to bf16)
+    (
+        "w8a8-int8-matmul",
+        "graph t {
+  input %xq: i8[2, m, 32] quant<group(32, axis = 2), scale = f32>
+  input %sx: f32[2, m, 1]
+  weight %wq: i8[32, 8] quant<per_channel(axis = 1), scale = f32>
+  weight %sw: f32[8]
+  %x: bf16[2, m, 32] = dequantize(%xq, %sx) {dtype = bf16}
+  %w: bf16[32, 8] = dequantize(%wq, %sw) {dtype = bf16}
+  %c: bf16[2, m, 8] = matmul(%x, %w)
+  output y = %c
+}
+",
+        2e-2,
+    ),
+    // fp8 W8A8: per-token activation scales, per-channel weight scales
+    (
+        "fp8-matmul",
+        "graph t {
+  input %aq: f8e4m3[5, 16] quant<group(16, axis = 1), scale = f32>
+  input %sa: f32[5, 1]
+  weight %bq: f8e4m3[16, 4] quant<per_channel(axis = 1), scale = f32>
+  weight %sb: f32[4]
+  %a: f32[5, 16] = dequantize(%aq, %sa) {dtype = f32}
+  %b: f32[16, 4] = dequantize(%bq, %sb) {dtype = f32}
+  %c: f32[5, 4] = matmul(%a, %b)
+  output y = %c
+}
+",
+        1e-6,
+    ),
     (
         "group-scale-after-sums",
         "graph t {
