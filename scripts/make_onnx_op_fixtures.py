@@ -443,6 +443,54 @@ def opset23_cases():
          [("x", rand(2, 3, 4))], [("y", F)], inits=[("g", rand(3, 4))])
 
 
+def save_model_case(name, model, inputs, outputs):
+    """A case from a whole model (not built with `case`): run by onnxruntime
+    and written like the others."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    results = sess.run(None, {n: a for n, a in inputs})
+    onnx.save(model, os.path.join(OUT, f"{name}.onnx"))
+    for i, (_, a) in enumerate(inputs):
+        np.save(os.path.join(OUT, f"{name}.in{i}.npy"), a)
+    for i, r in enumerate(results):
+        np.save(os.path.join(OUT, f"{name}.out{i}.npy"), r)
+    CASES.append(f"{name} {' '.join(n for n, _ in inputs)} -> {' '.join(outputs)}")
+
+
+def dynamic_quant_cases():
+    """DynamicQuantizeLinear alone (mixed signs; all positive, so the zero
+    point is 0), and a linear layer as onnxruntime's dynamic quantization
+    (`quantize_dynamic`, int8 weights) rewrites it: DynamicQuantizeLinear,
+    MatMulInteger, Cast and the scales' Mul."""
+    U8 = TensorProto.UINT8
+    outs = [("y", U8), ("y_scale", F), ("y_zero_point", U8)]
+    case("dynamicquantizelinear", 11, [node("DynamicQuantizeLinear", ["x"], ["y", "y_scale", "y_zero_point"])],
+         [("x", rand(3, 7) * 2)], outs)
+    case("dynamicquantizelinear_positive", 11,
+         [node("DynamicQuantizeLinear", ["x"], ["y", "y_scale", "y_zero_point"])],
+         [("x", rand(2, 3, 2, 4, positive=True))], outs)
+    import tempfile
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    w = (rand(16, 8) / 4).astype(np.float32)
+    b = rand(8)
+    graph = helper.make_graph(
+        [node("MatMul", ["x", "w"], ["xw"]), node("Add", ["xw", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", F, ["batch", 16])],
+        [helper.make_tensor_value_info("y", F, None)],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
+        onnx.save(model, src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        quantized = onnx.load(dst)
+    ops = [n.op_type for n in quantized.graph.node]
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops, ops
+    save_model_case("ort_dynamic_quantized_linear", quantized, [("x", rand(5, 16))], ["y"])
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
@@ -457,6 +505,7 @@ def main():
     dynamic_attention_case()
     qlinear_cases()
     opset23_cases()
+    dynamic_quant_cases()
     with open(os.path.join(OUT, "cases.txt"), "w") as f:
         f.write("# case inputs... -> outputs... (written by scripts/make_onnx_op_fixtures.py)\n")
         f.write("\n".join(CASES) + "\n")

@@ -36,6 +36,7 @@ pub const SUPPORTED: &[&str] = &[
     "DequantizeLinear",
     "Div",
     "Dropout",
+    "DynamicQuantizeLinear",
     "Elu",
     "Equal",
     "Erf",
@@ -169,6 +170,10 @@ pub fn convert(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Val>, OnnxError> {
         "LRN" => one(nn::lrn(cx, n)?),
         "DequantizeLinear" => one(quant::dequantize(cx, n)?),
         "QuantizeLinear" => one(quant::quantize(cx, n)?),
+        "DynamicQuantizeLinear" => Ok(quant::dynamic_quantize(cx, n)?
+            .into_iter()
+            .map(Val::Graph)
+            .collect()),
         "MatMulInteger" => one(quant::matmul_integer(cx, n)?),
         "QLinearMatMul" => one(quant::qlinear_matmul(cx, n)?),
         "Attention" => transformer::attention(cx, n),

@@ -1,5 +1,6 @@
 //! Linear quantization: `DequantizeLinear`, `QuantizeLinear` (per tensor
-//! or per axis), `MatMulInteger` and `QLinearMatMul`, written with the dialect's elementwise
+//! or per axis), `DynamicQuantizeLinear`, `MatMulInteger` and
+//! `QLinearMatMul`, written with the dialect's reductions, elementwise
 //! ops, casts and `matmul` (block quantization, opset 21's `block_size`, is
 //! not imported yet).
 
@@ -100,6 +101,70 @@ pub fn quantize(cx: &mut Cx, n: &NodeCx) -> Result<Value, OnnxError> {
     let q = cx.add(n, Op::Div, &[x, scale])?;
     let zp = zp.map(|z| along(cx, n, z, a, rank)).transpose()?;
     requantize(cx, n, q, zp, out)
+}
+
+/// `DynamicQuantizeLinear(x)` (opset 11): uint8 codes of `x` with a scale
+/// and zero point computed from `x` itself, per tensor, as onnxruntime's
+/// dynamic quantization emits before `MatMulInteger`:
+///
+/// ```text
+/// lo = min(0, min(x)), hi = max(0, max(x))
+/// scale = (hi - lo) / 255            (1 / 255 when hi = lo)
+/// zero = round(clamp(-lo / scale, 0, 255))
+/// y = saturate(round(x / scale) + zero)
+/// ```
+///
+/// in f32, rounding half to even. Outputs `y`, `scale`, `zero`.
+pub fn dynamic_quantize(cx: &mut Cx, n: &NodeCx) -> Result<Vec<Value>, OnnxError> {
+    n.only(&[])?;
+    let x = cx.value(n, 0)?;
+    let ty = cx.ty(x).clone();
+    if ty.dtype != DType::F32 {
+        return Err(n.error(
+            format!("input 0 must be float32, found {}", ty.dtype),
+            cx.shapes(n),
+        ));
+    }
+    let axes: Vec<i64> = (0..ty.rank() as i64).collect();
+    let f = DType::F32;
+    let (zero, one, qmax) = (cx.scalar(f, 0.0), cx.scalar(f, 1.0), cx.scalar(f, 255.0));
+    let (lo, hi) = if axes.is_empty() {
+        (x, x)
+    } else {
+        let keepdim = false;
+        (
+            cx.add(
+                n,
+                Op::ReduceMin {
+                    axes: axes.clone(),
+                    keepdim,
+                },
+                &[x],
+            )?,
+            cx.add(n, Op::ReduceMax { axes, keepdim }, &[x])?,
+        )
+    };
+    let lo = cx.add(n, Op::Min, &[lo, zero])?;
+    let hi = cx.add(n, Op::Max, &[hi, zero])?;
+    let range = cx.add(n, Op::Sub, &[hi, lo])?;
+    let empty = cx.add(n, Op::Eq, &[range, zero])?;
+    let range = cx.add(n, Op::Where, &[empty, one, range])?;
+    let scale = cx.add(n, Op::Div, &[range, qmax])?;
+    let shifted = cx.add(n, Op::Div, &[lo, scale])?;
+    let zp = cx.add(n, Op::Sub, &[zero, shifted])?;
+    let zp = cx.add(
+        n,
+        Op::Clamp {
+            min: Some(0.0),
+            max: Some(255.0),
+        },
+        &[zp],
+    )?;
+    let zp = cx.add(n, Op::Round, &[zp])?;
+    let zp = cx.add(n, Op::Cast { dtype: DType::U8 }, &[zp])?;
+    let y = cx.add(n, Op::Div, &[x, scale])?;
+    let y = requantize(cx, n, y, Some(zp), DType::U8)?;
+    Ok(vec![y, scale, zp])
 }
 
 /// `saturate(round(y) + zero)` as `out` (`uint8` or `int8`), rounding half
