@@ -395,6 +395,137 @@ fn declarations_read_the_written_weights() {
     );
 }
 
+/// Where per-input-channel scales fold in tiny_llama: each layer's
+/// projections after a norm fold into that norm's weight, each down
+/// projection into its up projection's columns (its input is
+/// `silu(x @ w_gate) * (x @ w_up)`), the logits into the final norm; the
+/// attention output projection has none (its input comes out of the
+/// attention). A norm whose output also feeds something else has none.
+#[test]
+fn scale_groups_find_where_scales_fold() {
+    use q::scale_search::{Fold, ScaleGroup, scale_groups};
+    let m = kiln::model::load(&root().join("examples/tiny_llama.kiln")).unwrap();
+    let names: Vec<String> = q::candidates(&m.graph).into_iter().map(|c| c.0).collect();
+    let groups = scale_groups(&m.graph, &names);
+    assert_eq!(groups.len(), 13, "{groups:#?}");
+    let norm = |g: &str| Fold::Norm {
+        gamma: g.to_string(),
+        beta: None,
+    };
+    let ws = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(groups.contains(&ScaleGroup {
+        fold: norm("layers.2.attn_norm"),
+        weights: ws(&["layers.2.attn.wq", "layers.2.attn.wk", "layers.2.attn.wv"]),
+    }));
+    assert!(groups.contains(&ScaleGroup {
+        fold: norm("layers.0.mlp_norm"),
+        weights: ws(&["layers.0.mlp.w_gate", "layers.0.mlp.w_up"]),
+    }));
+    assert!(groups.contains(&ScaleGroup {
+        fold: Fold::Columns {
+            weight: "layers.3.mlp.w_up".into()
+        },
+        weights: ws(&["layers.3.mlp.w_down"]),
+    }));
+    assert!(groups.contains(&ScaleGroup {
+        fold: norm("norm"),
+        weights: ws(&["lm_head"]),
+    }));
+    assert!(
+        !groups
+            .iter()
+            .any(|g| g.weights.iter().any(|w| w.ends_with(".wo")))
+    );
+    // only the weights asked for
+    let some = scale_groups(&m.graph, &ws(&["lm_head", "layers.0.attn.wq"]));
+    assert_eq!(some.len(), 1, "{some:?}");
+    let shared = kiln::model::load_source(
+        "shared.kiln",
+        "model shared {
+    input x: bf16[t, 64]
+    weight g: bf16[64]
+    weight w: bf16[64, 32]
+    weight v: bf16[64, 64]
+    let h = rms_norm(x, g)
+    output y = h @ w
+    output z = (h @ v) * 2.0
+}",
+    )
+    .unwrap();
+    assert!(scale_groups(&shared.graph, &ws(&["w"])).is_empty());
+    // with both weights, `h` feeds only them
+    assert_eq!(scale_groups(&shared.graph, &ws(&["w", "v"])).len(), 1);
+}
+
+/// Folding scales leaves the float model's outputs unchanged (checked bit
+/// for bit in the interpreter, before quantization, with the chosen scales
+/// rounded to powers of two, which fold exactly in bf16: the norms' weights
+/// and the up projections' columns divided by what the next weights' rows
+/// are multiplied by); where a few
+/// input channels carry large activations, the search cuts the error the
+/// matmuls see well below round to nearest's.
+#[test]
+fn scale_search_folds_exactly_and_lowers_the_error() {
+    use q::scale_search::{apply, scale_groups, search};
+    let src = std::fs::read_to_string(root().join("examples/tiny_llama.kiln")).unwrap();
+    let m = kiln::model::load_source("tiny_llama.kiln", &src).unwrap();
+    let spec = llama_spec();
+    let mut b = data::bind(&m.graph, &spec, &WeightSource::Random(3)).unwrap();
+    // outlier channels, as norms of trained models make them
+    for (name, t) in b.iter_mut() {
+        if name.ends_with("norm") {
+            let mut data = t.data.clone();
+            for c in [5, 64, 101] {
+                data[c] *= 20.0;
+            }
+            *t = Tensor::new(t.dtype, &t.shape, data);
+        }
+    }
+    let names: Vec<String> = q::candidates(&m.graph).into_iter().map(|c| c.0).collect();
+    let acts: HashMap<String, Tensor> = interp::run(&q::with_activations(&m.graph, &names), &b)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let (g32, g8) = (recipe("w4a16:g32"), recipe("w4a16:g8"));
+    let recipes: HashMap<String, Recipe> = names
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                if n.ends_with("w_down") {
+                    g8.clone()
+                } else {
+                    g32.clone()
+                },
+            )
+        })
+        .collect();
+    let mut groups = scale_groups(&m.graph, &names);
+    groups.sort_by_key(|g| matches!(g.fold, q::scale_search::Fold::Norm { .. }));
+    let mut working = b.clone();
+    let mut lower = 0;
+    for g in &groups {
+        let x = &acts[&format!("{}.act", g.weights[0])];
+        let c = search(g, &working, &recipes, x, false).unwrap();
+        assert!(c.error <= c.error_rtn, "{c:?}");
+        assert!(c.scale.iter().all(|s| *s > 0.0 && s.is_finite()));
+        if g.weights[0].ends_with("wq") && c.error < 0.8 * c.error_rtn {
+            lower += 1;
+        }
+        // the chosen scales rounded to powers of two fold exactly in bf16
+        let mut exact = c;
+        for s in &mut exact.scale {
+            *s = s.log2().round().exp2();
+        }
+        working = apply(&working, &[exact]);
+    }
+    assert!(lower >= 3, "the outliers' layers should gain");
+    let before = interp::run(&m.graph, &b).unwrap();
+    let after = interp::run(&m.graph, &working).unwrap();
+    assert_eq!(before[0].1.data, after[0].1.data);
+    assert!(working["norm"].data != b["norm"].data);
+}
+
 fn kiln(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)

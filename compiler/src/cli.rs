@@ -259,10 +259,11 @@ pub enum Command {
         /// The size of a symbolic dimension for random inputs, as NAME=N.
         #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
         dims: Vec<(String, usize)>,
-        /// Calibrate (activation-aware scales: each scale's clipping chosen
-        /// by the error seen through the matmul's activations) on these
-        /// inputs, as NAME=FILE.npy (repeatable); inputs not given are
-        /// drawn from --calibrate-random.
+        /// Calibrate on these inputs, as NAME=FILE.npy (repeatable; inputs
+        /// not given are drawn from --calibrate-random): per-input-channel
+        /// scales folded into the norms and matmuls before the weights
+        /// (AWQ-style), then each scale's clipping, both chosen by the
+        /// error seen through the matmuls' activations.
         #[arg(long = "calibrate", value_name = "NAME=FILE.npy", value_parser = parse_pair)]
         calibrate: Vec<(String, String)>,
         /// Calibrate on inputs drawn from this seed (a different seed from
@@ -844,38 +845,76 @@ fn quantize(
         .map(|(n, axis, float, r)| q::quantize_weight(n, &bindings[n], *axis, *float, r))
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
-    // The activations each weight's matmul reads, on the calibration inputs.
+    // Calibrated: per-input-channel scales folded into norms and earlier
+    // matmuls, then each scale's clipping, both chosen by the error the
+    // matmuls see on the calibration activations.
     let calibrated = match calib {
         None => None,
         Some(cspec) => {
             let names: Vec<String> = chosen.iter().map(|c| c.0.clone()).collect();
             let g = q::with_activations(&m.graph, &names);
-            let cb = data::bind_with(&g, cspec, wsrc, &m.weights)?;
+            let mut cb = data::bind_with(&g, cspec, wsrc, &m.weights)?;
+            let acts: HashMap<String, interp::Tensor> = interp::run(&g, &cb)?.into_iter().collect();
+            // scales for weight-only recipes (W8A8 rounds the activations
+            // too, which the search's error does not see)
+            let recipes: HashMap<String, Recipe> = chosen
+                .iter()
+                .filter(|c| c.3.act.is_none())
+                .map(|c| (c.0.clone(), c.3.clone()))
+                .collect();
+            let weight_only: Vec<String> = recipes.keys().cloned().collect();
+            let mut groups = q::scale_search::scale_groups(&m.graph, &weight_only);
+            // the folds into earlier matmuls' columns first, so that the
+            // groups containing those matmuls search their final columns
+            groups.sort_by_key(|g| matches!(g.fold, q::scale_search::Fold::Norm { .. }));
+            let mut working = bindings.clone();
+            let mut scales = Vec::new();
+            for group in &groups {
+                let Some(x) = acts.get(&format!("{}.act", group.weights[0])) else {
+                    continue;
+                };
+                let c =
+                    q::scale_search::search(group, &working, &recipes, x, true).map_err(usage)?;
+                working = q::scale_search::apply(&working, std::slice::from_ref(&c));
+                scales.push(c);
+            }
+            // the activations the scaled weights read
+            for w in m.graph.weights() {
+                let n = m.graph.value_name(w);
+                if let Some(t) = working.get(n) {
+                    cb.insert(n.to_string(), t.clone());
+                }
+            }
             let acts: HashMap<String, interp::Tensor> = interp::run(&g, &cb)?.into_iter().collect();
             let qs = chosen
                 .iter()
                 .map(|(n, axis, float, r)| match acts.get(&format!("{n}.act")) {
-                    Some(x) => q::quantize_calibrated(n, &bindings[n], *axis, *float, r, x),
-                    None => q::quantize_weight(n, &bindings[n], *axis, *float, r),
+                    Some(x) => q::quantize_calibrated(n, &working[n], *axis, *float, r, x),
+                    None => q::quantize_weight(n, &working[n], *axis, *float, r),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(usage)?;
-            Some(qs)
+            Some((qs, working, scales))
         }
     };
     let original = interp::run(&m.graph, &bindings)?;
-    let run_quantized = |qs: &[q::QuantizedWeight]| -> Result<_, KilnError> {
+    let run_quantized = |qs: &[q::QuantizedWeight],
+                         floats: &HashMap<String, interp::Tensor>|
+     -> Result<_, KilnError> {
         let g = q::quantized_graph(&m.graph, qs).map_err(|e| KilnError::Internal {
             stage: "kiln quantize",
             message: e.to_string(),
         })?;
-        let b = q::quantized_bindings(&bindings, qs);
+        let b = q::quantized_bindings(floats, qs);
         let outs = interp::run(&g, &b)?;
         Ok((g, b, outs))
     };
-    let (_, _, rtn_outs) = run_quantized(&rtn)?;
-    let quantized = calibrated.as_ref().unwrap_or(&rtn);
-    let (qgraph, qbindings, after) = run_quantized(quantized)?;
+    let (_, _, rtn_outs) = run_quantized(&rtn, &bindings)?;
+    let (quantized, floats) = match &calibrated {
+        Some((qs, working, _)) => (qs, working),
+        None => (&rtn, &bindings),
+    };
+    let (qgraph, qbindings, after) = run_quantized(quantized, floats)?;
     // Every weight of the quantized model.
     let weight_names: Vec<String> = qgraph
         .weights()
@@ -908,6 +947,16 @@ fn quantize(
     }
     if !kept.is_empty() {
         crate::outln!("kept as they are (--layer ...=none): {}", kept.join(", "));
+    }
+    if let Some((_, _, scales)) = &calibrated {
+        if !scales.is_empty() {
+            crate::outln!(
+                "activation-aware input-channel scales (the weights' rows times s, folded as 1/s):"
+            );
+        }
+        for c in scales {
+            crate::outln!("    {}", q::scale_search::describe(c));
+        }
     }
     crate::outln!("accuracy on the inputs, quantized against the original (interpreter):");
     crate::outln!("    output: max |error| / max |original|, mean |error| / mean |original|");

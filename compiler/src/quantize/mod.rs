@@ -13,6 +13,8 @@
 //! `dequantize(w, w.scale[, w.zero][, w.global])`, the value a quantized
 //! declaration `weight w: int4[..] group 128 scale bf16` gives.
 
+pub mod scale_search;
+
 use kiln_dialect::interp::Tensor;
 use kiln_dialect::interp::tensor::unravel;
 use kiln_dialect::numeric;
