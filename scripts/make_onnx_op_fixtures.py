@@ -51,6 +51,12 @@ def case(name, opset, nodes, inputs, outputs, inits=(), dims=None, reference=Fal
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8 if opset <= 21 else 10
+    save_case(name, model, inputs, [n for n, _ in outputs], reference)
+
+
+def save_case(name, model, inputs, outputs, reference=False):
+    """Runs `model` (onnxruntime, or onnx's reference evaluator) on `inputs`
+    and writes the case's files; `outputs` are the output names."""
     if reference:
         results = ReferenceEvaluator(model).run(None, {n: a for n, a in inputs})
     else:
@@ -62,7 +68,7 @@ def case(name, opset, nodes, inputs, outputs, inits=(), dims=None, reference=Fal
         np.save(os.path.join(OUT, f"{name}.in{i}.npy"), a)
     for i, r in enumerate(results):
         np.save(os.path.join(OUT, f"{name}.out{i}.npy"), r)
-    CASES.append(f"{name} {' '.join(n for n, _ in inputs)} -> {' '.join(n for n, _ in outputs)}")
+    CASES.append(f"{name} {' '.join(n for n, _ in inputs)} -> {' '.join(outputs)}")
 
 
 def node(op, ins, outs, **attrs):
@@ -443,19 +449,6 @@ def opset23_cases():
          [("x", rand(2, 3, 4))], [("y", F)], inits=[("g", rand(3, 4))])
 
 
-def save_model_case(name, model, inputs, outputs):
-    """A case from a whole model (not built with `case`): run by onnxruntime
-    and written like the others."""
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    results = sess.run(None, {n: a for n, a in inputs})
-    onnx.save(model, os.path.join(OUT, f"{name}.onnx"))
-    for i, (_, a) in enumerate(inputs):
-        np.save(os.path.join(OUT, f"{name}.in{i}.npy"), a)
-    for i, r in enumerate(results):
-        np.save(os.path.join(OUT, f"{name}.out{i}.npy"), r)
-    CASES.append(f"{name} {' '.join(n for n, _ in inputs)} -> {' '.join(outputs)}")
-
-
 def dynamic_quant_cases():
     """DynamicQuantizeLinear alone (mixed signs; all positive, so the zero
     point is 0), and a linear layer as onnxruntime's dynamic quantization
@@ -488,7 +481,7 @@ def dynamic_quant_cases():
         quantized = onnx.load(dst)
     ops = [n.op_type for n in quantized.graph.node]
     assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops, ops
-    save_model_case("ort_dynamic_quantized_linear", quantized, [("x", rand(5, 16))], ["y"])
+    save_case("ort_dynamic_quantized_linear", quantized, [("x", rand(5, 16))], ["y"])
 
 
 def main():
