@@ -517,7 +517,7 @@ fn scale_search_folds_exactly_and_lowers_the_error() {
         for s in &mut exact.scale {
             *s = s.log2().round().exp2();
         }
-        working = apply(&working, &[exact]);
+        apply(&mut working, &exact);
     }
     assert!(lower >= 3, "the outliers' layers should gain");
     let before = interp::run(&m.graph, &b).unwrap();

@@ -875,7 +875,7 @@ fn quantize(
                 };
                 let c =
                     q::scale_search::search(group, &working, &recipes, x, true).map_err(usage)?;
-                working = q::scale_search::apply(&working, std::slice::from_ref(&c));
+                q::scale_search::apply(&mut working, &c);
                 scales.push(c);
             }
             // the activations the scaled weights read

@@ -237,6 +237,12 @@ pub fn search(
     // the activations the scaled weight sees, `x / s`.
     let error_of = |s: &[f64], clip: bool| -> Result<f64, QuantizeError> {
         let mut total = 0.0;
+        // the activations the scaled weights see, for the clipping search
+        let xs = clip.then(|| Tensor {
+            dtype: x.dtype,
+            shape: vec![rows, k],
+            data: (0..rows * k).map(|f| x.data[f] / s[f % k]).collect(),
+        });
         for name in &group.weights {
             let w = &weights[name];
             let n = w.shape[1];
@@ -255,15 +261,9 @@ pub fn search(
                 shape: w.shape.clone(),
                 data: scaled,
             };
-            let q = if clip {
-                let xs = Tensor {
-                    dtype: x.dtype,
-                    shape: vec![rows, k],
-                    data: (0..rows * k).map(|f| x.data[f] / s[f % k]).collect(),
-                };
-                quantize_calibrated(name, &ws, 0, w.dtype, &recipes[name], &xs)?
-            } else {
-                quantize_weight(name, &ws, 0, w.dtype, &recipes[name])?
+            let q = match &xs {
+                Some(xs) => quantize_calibrated(name, &ws, 0, w.dtype, &recipes[name], xs)?,
+                None => quantize_weight(name, &ws, 0, w.dtype, &recipes[name])?,
             };
             let deq = dequantize_values(&q);
             // D = w - deq / s, column by column: d^T G d
@@ -329,49 +329,35 @@ pub fn search(
     })
 }
 
-/// `weights` with each chosen scale folded in: the group's weights' rows
+/// Folds the chosen scale into `weights`: the group's weights' rows
 /// multiplied by `s`, the fold's norm weights (or the earlier matmul's
-/// columns) divided by it, every tensor rounded to its type.
-pub fn apply(weights: &HashMap<String, Tensor>, chosen: &[Chosen]) -> HashMap<String, Tensor> {
-    let mut out = weights.clone();
-    for c in chosen {
-        let s = &c.scale;
-        for name in &c.group.weights {
-            let w = &out[name];
-            let n = w.shape[1];
-            let data = w
-                .data
-                .iter()
-                .enumerate()
-                .map(|(f, v)| v * s[f / n])
-                .collect();
-            out.insert(name.clone(), Tensor::new(w.dtype, &w.shape, data));
-        }
-        let divide = |t: &Tensor, per: &dyn Fn(usize) -> usize| {
+/// columns) divided by it, each changed tensor rounded to its type.
+pub fn apply(weights: &mut HashMap<String, Tensor>, c: &Chosen) {
+    let s = &c.scale;
+    // each element of `name` as `f(flat index, columns, value)`, rounded to its type
+    let mut rescale = |name: &str, f: &dyn Fn(usize, usize, f64) -> f64| {
+        if let Some(t) = weights.get_mut(name) {
+            let n = t.shape.get(1).copied().unwrap_or(1);
             let data = t
                 .data
                 .iter()
                 .enumerate()
-                .map(|(f, v)| v / s[per(f)])
+                .map(|(i, &v)| f(i, n, v))
                 .collect();
-            Tensor::new(t.dtype, &t.shape, data)
-        };
-        match &c.group.fold {
-            Fold::Norm { gamma, beta } => {
-                for name in std::iter::once(gamma).chain(beta) {
-                    let t = divide(&out[name], &|f| f);
-                    out.insert(name.clone(), t);
-                }
-            }
-            Fold::Columns { weight } => {
-                let v = &out[weight];
-                let n = v.shape[1];
-                let t = divide(v, &|f| f % n);
-                out.insert(weight.clone(), t);
+            *t = Tensor::new(t.dtype, &t.shape, data);
+        }
+    };
+    for name in &c.group.weights {
+        rescale(name, &|i, n, v| v * s[i / n]);
+    }
+    match &c.group.fold {
+        Fold::Norm { gamma, beta } => {
+            for name in std::iter::once(gamma).chain(beta) {
+                rescale(name, &|i, _, v| v / s[i]);
             }
         }
+        Fold::Columns { weight } => rescale(weight, &|i, n, v| v / s[i % n]),
     }
-    out
 }
 
 /// One line saying what the search chose for a group.
