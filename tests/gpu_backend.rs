@@ -6,6 +6,8 @@
 //!
 //! Without a CUDA driver every test prints a notice and passes, unless
 //! `KILN_REQUIRE_GPU=1` (scripts/gpu-check.sh sets it on the GPU machine).
+//! The `simulated` tests run the same kernels (written for `sm_80`) on the
+//! PTX interpreter ([`Device::CudaSim`]) everywhere, CI included.
 
 mod common;
 
@@ -35,6 +37,25 @@ fn every_example_runs_on_the_gpu_as_in_the_interpreter() {
     paths.extend(files("examples/ir", "kir"));
     paths.extend(files("tests/filetests/graphs", "kir"));
     check(&paths, &[1, 3]);
+}
+
+/// Every example, graph and small benchmark through the GPU path on the
+/// PTX interpreter, which also fails any out-of-bounds or misaligned
+/// access, shared-memory race or unmatched barrier.
+#[test]
+fn every_example_runs_on_the_simulated_gpu_as_in_the_interpreter() {
+    let mut paths = files("examples", "kiln");
+    paths.extend(files("examples/ir", "kir"));
+    paths.extend(files("tests/filetests/graphs", "kir"));
+    paths.extend(files("bench", "kiln").into_iter().filter(|p| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        !LARGE.contains(&stem)
+    }));
+    let opts = JitOptions {
+        device: Device::CudaSim,
+        ..JitOptions::default()
+    };
+    common::check(&paths, &[2], &opts);
 }
 
 #[test]

@@ -59,6 +59,10 @@ pub enum Device {
     /// kernels emitted as PTX and run by the CUDA executor (CUDA graphs per
     /// input shape). Needs the CUDA driver.
     Cuda,
+    /// The GPU path without a GPU: the `sm_90` plan's kernels as PTX
+    /// (written for `sm_80`), run by the PTX interpreter, which checks every
+    /// access and barrier. Slow: for checking kernels, not for timing.
+    CudaSim,
 }
 
 impl Device {
@@ -67,6 +71,7 @@ impl Device {
             Device::Interp => "interp",
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
+            Device::CudaSim => "cuda-sim",
         }
     }
 }
@@ -652,9 +657,10 @@ fn bench(
                 progress.inc();
             }
         }
-        Device::Cpu | Device::Cuda => {
+        Device::Cpu | Device::Cuda | Device::CudaSim => {
             let jd = match device {
                 Device::Cuda => crate::jit::Device::Cuda,
+                Device::CudaSim => crate::jit::Device::CudaSim,
                 Device::Interp | Device::Cpu => crate::jit::Device::Cpu,
             };
             let (model, host) = device_model(m, &bindings, inputs.dims, (jd, specialize))?;
@@ -769,7 +775,7 @@ fn time_model(
     warmup: usize,
 ) -> Result<Vec<f64>, KilnError> {
     match model.device() {
-        crate::jit::Device::Cpu => {
+        crate::jit::Device::Cpu | crate::jit::Device::CudaSim => {
             let progress = Progress::bar((warmup + iters) as u64, "timing runs");
             let mut times = Vec::with_capacity(iters);
             for i in 0..warmup + iters {
@@ -1067,9 +1073,10 @@ fn run(
             let _progress = Progress::spinner("running the reference interpreter");
             interp::run(&m.graph, &bindings)?
         }
-        Device::Cpu | Device::Cuda => {
+        Device::Cpu | Device::Cuda | Device::CudaSim => {
             let d = match device {
                 Device::Cuda => crate::jit::Device::Cuda,
+                Device::CudaSim => crate::jit::Device::CudaSim,
                 Device::Interp | Device::Cpu => crate::jit::Device::Cpu,
             };
             let (model, host) = device_model(m, &bindings, inputs.dims, (d, specialize))?;
@@ -1294,6 +1301,7 @@ fn artifact_model(
         }
         Device::Cpu => crate::jit::Device::Cpu,
         Device::Cuda => crate::jit::Device::Cuda,
+        Device::CudaSim => crate::jit::Device::CudaSim,
     };
     let mut model = crate::jit::load_artifact(&a, device)?;
     if let Some(w) = &external {

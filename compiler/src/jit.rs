@@ -35,7 +35,7 @@ use kiln_runtime::HostTensor;
 use kiln_runtime::cpu::executor::{CpuExecutable, ExecStats, KernelFn};
 use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
 use kiln_runtime::cpu::pool::ThreadPool;
-use kiln_runtime::cuda::{CudaExecutable, CudaStats};
+use kiln_runtime::cuda::{CudaExecutable, CudaStats, SimExecutable};
 
 use kiln_runtime::artifact::{Artifact, Code, Target};
 
@@ -57,6 +57,11 @@ pub enum Device {
     /// the CUDA executor (needs the CUDA driver at run time, nothing at
     /// build time).
     Cuda,
+    /// The GPU path without a GPU: the same plan (priced for `sm_90`) and
+    /// PTX kernels, written for `sm_80` (`mma.sync` where `sm_90a` would
+    /// use `wgmma`), run by the PTX interpreter ([`SimExecutable`]). Slow;
+    /// for checking kernels on machines without a GPU.
+    CudaSim,
 }
 
 impl Device {
@@ -65,6 +70,7 @@ impl Device {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
+            Device::CudaSim => "cuda-sim",
         }
     }
 }
@@ -92,6 +98,7 @@ pub struct JitOptions {
 enum Exec {
     Cpu(CpuExecutable),
     Cuda(CudaExecutable),
+    Sim(SimExecutable),
 }
 
 /// A model compiled for a device.
@@ -162,13 +169,19 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
             }
             (&kiln_passes::cost::SM90, Target::Sm90)
         }
+        Device::CudaSim => (&kiln_passes::cost::SM90, Target::Sm80),
     };
     let isa = match opts.device {
         Device::Cpu => Some(host_isa()?),
-        Device::Cuda => None,
+        Device::Cuda | Device::CudaSim => None,
     };
     let cached = opts.cache.dir().map(|dir| {
-        let key = cache_key(&m, opts, target.name, isa.as_deref());
+        // The simulated GPU's kernels are written for another arch.
+        let name = match opts.device {
+            Device::CudaSim => "cuda-sim",
+            Device::Cpu | Device::Cuda => target.name,
+        };
+        let key = cache_key(&m, opts, name, isa.as_deref());
         (dir, key)
     });
     let done = |exe, cache_hit| Model {
@@ -185,6 +198,15 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
         let exe = match opts.device {
             Device::Cpu => a.cpu_executable().map(Exec::Cpu),
             Device::Cuda => a.cuda_executable().map(Exec::Cuda),
+            Device::CudaSim => match &a.code {
+                Code::Ptx(kernels) => SimExecutable::new(a.program.clone(), kernels.clone())
+                    .map(Exec::Sim)
+                    .map_err(Into::into),
+                Code::Cpu(_) => Err(kiln_runtime::artifact::ArtifactError::WrongTarget {
+                    built: a.target.name(),
+                    wanted: "--device cuda-sim".into(),
+                }),
+            },
         };
         match exe {
             Ok(exe) => return Ok(done(exe, true)),
@@ -212,6 +234,12 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
                 .map(|_| Code::Cpu(crate::artifact::cpu_code(&clif, &*isa)));
             let exe = link(program, clif, isa, ThreadPool::from_env())?;
             (Exec::Cpu(exe), code)
+        }
+        None if opts.device == Device::CudaSim => {
+            let kernels =
+                crate::codegen::ptx::compile_program(&program, crate::codegen::ptx::PtxArch::Sm80)?;
+            let code = keep.as_ref().map(|_| Code::Ptx(kernels.clone()));
+            (Exec::Sim(SimExecutable::new(program, kernels)?), code)
         }
         None => {
             let kernels = crate::codegen::ptx::compile_program(
@@ -256,6 +284,13 @@ pub fn load_artifact(a: &Artifact, device: Device) -> Result<Model, KilnError> {
         (Device::Cuda, Target::Sm80 | Target::Sm90) => Exec::Cuda(a.cuda_executable()?),
         (Device::Cpu, Target::Sm80 | Target::Sm90) => return Err(wrong("--device cpu")),
         (Device::Cuda, Target::Cpu) => return Err(wrong("--device cuda")),
+        (Device::CudaSim, Target::Sm80 | Target::Sm90) => match &a.code {
+            Code::Ptx(kernels) => {
+                Exec::Sim(SimExecutable::new(a.program.clone(), kernels.clone())?)
+            }
+            Code::Cpu(_) => return Err(wrong("--device cuda-sim")),
+        },
+        (Device::CudaSim, Target::Cpu) => return Err(wrong("--device cuda-sim")),
     };
     let p = &a.program;
     let typed = |bs: &[usize]| -> Vec<(String, TensorType)> {
@@ -382,6 +417,18 @@ pub fn gpu_for(
     Ok(CudaExecutable::new(program, kernels)?)
 }
 
+/// Compiles every kernel of `program` to PTX for `arch` (with the
+/// process's [`crate::codegen::ptx::PtxOptions`]) and builds an executor
+/// that runs them on the PTX interpreter: the GPU path checked on a
+/// machine without a GPU (slow; for tests).
+pub fn simulated_gpu_for(
+    program: Program,
+    arch: crate::codegen::ptx::PtxArch,
+) -> Result<SimExecutable, KilnError> {
+    let kernels = crate::codegen::ptx::compile_program(&program, arch)?;
+    Ok(SimExecutable::new(program, kernels)?)
+}
+
 impl Model {
     /// The model's inputs: names and types (symbolic dims bind at run time).
     pub fn inputs(&self) -> &[(String, TensorType)] {
@@ -414,6 +461,7 @@ impl Model {
         match &self.exe {
             Exec::Cpu(e) => e.program(),
             Exec::Cuda(e) => e.program(),
+            Exec::Sim(e) => e.program(),
         }
     }
 
@@ -422,6 +470,7 @@ impl Model {
         match &self.exe {
             Exec::Cpu(_) => Device::Cpu,
             Exec::Cuda(_) => Device::Cuda,
+            Exec::Sim(_) => Device::CudaSim,
         }
     }
 
@@ -440,6 +489,17 @@ impl Model {
                     threads: 1,
                 }
             }
+            Exec::Sim(e) => {
+                let p = e.program();
+                let bind_time_launches = p.launches.iter().filter(|l| l.bind_time).count();
+                ExecStats {
+                    peak_arena_bytes: 0,
+                    unshared_arena_bytes: 0,
+                    launches: p.launches.len() - bind_time_launches,
+                    bind_time_launches,
+                    threads: 1,
+                }
+            }
         }
     }
 
@@ -447,7 +507,7 @@ impl Model {
     /// replays), for a model compiled for [`Device::Cuda`].
     pub fn cuda_stats(&self) -> Option<CudaStats> {
         match &self.exe {
-            Exec::Cpu(_) => None,
+            Exec::Cpu(_) | Exec::Sim(_) => None,
             Exec::Cuda(e) => Some(e.stats()),
         }
     }
@@ -464,6 +524,15 @@ impl Model {
     ) -> Result<Vec<Duration>, KilnError> {
         let batch = batch.max(1);
         match &self.exe {
+            Exec::Sim(e) => {
+                let mut times = Vec::with_capacity(samples);
+                for _ in 0..samples {
+                    let t = Instant::now();
+                    e.run(inputs)?;
+                    times.push(t.elapsed());
+                }
+                Ok(times)
+            }
             Exec::Cpu(e) => {
                 let mut times = Vec::with_capacity(samples);
                 for _ in 0..samples {
@@ -489,6 +558,7 @@ impl Model {
         match &mut self.exe {
             Exec::Cpu(e) => Ok(e.bind_weights(weights)?),
             Exec::Cuda(e) => Ok(e.bind_weights(weights)?),
+            Exec::Sim(e) => Ok(e.bind_weights(weights)?),
         }
     }
 
@@ -526,6 +596,7 @@ impl Model {
         match &self.exe {
             Exec::Cpu(e) => Ok(e.run(inputs)?),
             Exec::Cuda(e) => Ok(e.run(inputs)?),
+            Exec::Sim(e) => Ok(e.run(inputs)?),
         }
     }
 }

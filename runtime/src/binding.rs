@@ -213,6 +213,24 @@ pub(crate) fn check_inputs(
     Ok(bindings)
 }
 
+/// The concrete shape launch `i`'s kernel writes, under the bindings: the
+/// shape its work units count. The output buffer may hold the same
+/// elements under another shape (a kernel writing `[n, 144, 3136]` into a
+/// buffer of `[n, 144, 56, 56]`), which would divide into other tiles or
+/// rows.
+pub(crate) fn kernel_output_shape(
+    program: &Program,
+    i: usize,
+    bindings: &Bindings,
+) -> Result<Vec<usize>, RunError> {
+    let kernel = &program.launches[i].kernel;
+    resolve(
+        &kernel.output.shape,
+        bindings,
+        &format!("the output of kernel `{}`", kernel.name),
+    )
+}
+
 /// The values of launch `i`'s `Kernel::dims` under the bindings.
 pub(crate) fn kernel_dims(
     program: &Program,

@@ -67,6 +67,16 @@ pub enum CudaError {
     /// Stream capture gave no graph.
     #[error("capturing the launches of program `{program}` into a CUDA graph failed: {message}")]
     GraphCapture { program: String, message: String },
+    /// A kernel failed on the PTX interpreter ([`super::SimExecutable`]):
+    /// its module could not be read, or a thread did something undefined.
+    #[error("kernel `{kernel}` (entry `{entry}`) on the PTX interpreter: {source}{at}")]
+    Simulated {
+        kernel: String,
+        entry: String,
+        source: Box<kiln_ptx_sim::SimError>,
+        /// The PTX line the error names, as `\n  at: TEXT`, or empty.
+        at: String,
+    },
     /// Any other driver call failed; `context` says what was being done.
     #[error("CUDA error while {context}: {source}")]
     Driver {

@@ -37,7 +37,8 @@ use super::memory::{DeviceBuffer, device_aligned};
 use super::modules;
 use crate::HostTensor;
 use crate::binding::{
-    Bindings, DimValues, byte_size, check_inputs, check_weights, dim_values, kernel_dims, resolve,
+    Bindings, DimValues, byte_size, check_inputs, check_weights, dim_values, kernel_dims,
+    kernel_output_shape, resolve,
 };
 use crate::cpu::RunError;
 use crate::cpu::arena;
@@ -379,7 +380,7 @@ impl CudaExecutable {
         if numel == 0 {
             return Ok(None);
         }
-        let units = kernel.units(shape);
+        let units = kernel.units(&kernel_output_shape(&self.program, i, bindings)?);
         let Some((blocks, block)) = launch_config(kernel, units, self.resident[i]) else {
             return Ok(None);
         };

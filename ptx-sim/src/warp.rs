@@ -1,0 +1,155 @@
+//! Instructions a warp executes together: `shfl.sync`, `ldmatrix`,
+//! `mma.sync`. Fragment layouts follow the PTX ISA's figures for
+//! `ldmatrix .m8n8 .b16` and `mma .m16n8k16` with 16-bit operands.
+
+use crate::Stats;
+use crate::exec::{Ctx, Shared, Thread, set};
+use crate::float;
+use crate::inst::{Inst, Op, Operand, Shfl, Ty};
+
+/// Runs `inst` for the 32 lanes of a warp (threads `base..base + 32`).
+pub(crate) fn collective(
+    ctx: &Ctx,
+    inst: &Inst,
+    lanes: &mut [Thread],
+    base: u32,
+    shared: &mut Shared,
+    _stats: &mut Stats,
+) -> Result<(), String> {
+    let ops = &inst.ops;
+    let get = |lanes: &[Thread], l: usize, i: usize| -> Result<u64, String> {
+        let o = ops
+            .get(i)
+            .ok_or_else(|| format!("operand {i} is missing"))?;
+        ctx.get(&lanes[l], base + l as u32, o)
+    };
+    match inst.op {
+        Op::Shfl(mode) => {
+            // d, a, b, c, membermask
+            let mut out = [0u64; 32];
+            for (l, o) in out.iter_mut().enumerate() {
+                let b = (get(lanes, l, 2)? & 31) as usize;
+                let c = get(lanes, l, 3)?;
+                let clamp = (c & 31) as usize;
+                let segmask = ((c >> 8) & 31) as usize;
+                let max_lane = (l & segmask) | (clamp & !segmask);
+                let min_lane = l & segmask;
+                let (j, ok) = match mode {
+                    Shfl::Up => {
+                        let j = l as isize - b as isize;
+                        (j, j >= max_lane as isize)
+                    }
+                    Shfl::Down => {
+                        let j = l + b;
+                        (j as isize, j <= max_lane)
+                    }
+                    Shfl::Bfly => {
+                        let j = l ^ b;
+                        (j as isize, j <= max_lane)
+                    }
+                    Shfl::Idx => {
+                        let j = min_lane | (b & !segmask);
+                        (j as isize, j <= max_lane)
+                    }
+                };
+                let src = if ok { j as usize } else { l };
+                *o = get(lanes, src, 1)?;
+            }
+            for (l, th) in lanes.iter_mut().enumerate() {
+                set(th, &ops[0], Ty::B32, out[l])?;
+            }
+        }
+        Op::Ldmatrix(num, trans) => {
+            let Some(Operand::Addr(a)) = ops.get(1) else {
+                return Err("ldmatrix without an address".into());
+            };
+            let Some(Operand::Vec(dst)) = ops.first() else {
+                return Err("ldmatrix without destination registers".into());
+            };
+            if dst.len() != usize::from(num) {
+                return Err(format!("{} registers for ldmatrix .x{num}", dst.len()));
+            }
+            // rows[m][r][c]: lane 8m + r gives the address of row r of
+            // matrix m, eight 16-bit elements.
+            let mut rows = vec![[[0u16; 8]; 8]; usize::from(num)];
+            for (m, mat) in rows.iter_mut().enumerate() {
+                for (r, row) in mat.iter_mut().enumerate() {
+                    let l = 8 * m + r;
+                    let addr = ctx.addr(&lanes[l], a);
+                    if !addr.is_multiple_of(16) {
+                        return Err(format!(
+                            "ldmatrix: lane {l} gives a row address not aligned to 16 bytes"
+                        ));
+                    }
+                    let bytes = shared.read(addr, 16, base + l as u32)?;
+                    for (c, e) in row.iter_mut().enumerate() {
+                        *e = u16::from_le_bytes([bytes[2 * c], bytes[2 * c + 1]]);
+                    }
+                }
+            }
+            for (l, th) in lanes.iter_mut().enumerate() {
+                let (g, q) = (l / 4, l % 4);
+                for (m, d) in dst.iter().enumerate() {
+                    let mat = &rows[m];
+                    let (lo, hi) = if trans {
+                        (mat[2 * q][g], mat[2 * q + 1][g])
+                    } else {
+                        (mat[g][2 * q], mat[g][2 * q + 1])
+                    };
+                    set(th, d, Ty::B32, u64::from(lo) | (u64::from(hi) << 16))?;
+                }
+            }
+        }
+        Op::Mma(t) => {
+            let vec = |i: usize, n: usize| -> Result<&Vec<Operand>, String> {
+                match ops.get(i) {
+                    Some(Operand::Vec(v)) if v.len() == n => Ok(v),
+                    _ => Err(format!("mma operand {i}: expected {n} registers")),
+                }
+            };
+            let (d, a, b, c) = (vec(0, 4)?, vec(1, 4)?, vec(2, 2)?, vec(3, 4)?);
+            let mut am = [[0f64; 16]; 16];
+            let mut bm = [[0f64; 8]; 16];
+            let mut cm = [[0f64; 8]; 16];
+            let half = |v: u64, hi: bool| float::to_f64(t, if hi { v >> 16 } else { v } & 0xffff);
+            for (l, th) in lanes.iter().enumerate() {
+                let (g, q) = (l / 4, l % 4);
+                let lane = base + l as u32;
+                // A: a0 = (g, 2q..), a1 = (g + 8, 2q..), a2 = (g, 2q + 8..),
+                // a3 = (g + 8, 2q + 8..), two elements each, low half first.
+                for (j, o) in a.iter().enumerate() {
+                    let v = ctx.get(th, lane, o)?;
+                    let row = g + 8 * (j % 2);
+                    let col = 2 * q + 8 * (j / 2);
+                    am[row][col] = half(v, false);
+                    am[row][col + 1] = half(v, true);
+                }
+                // B (k x n): b0 = (k 2q.., n g), b1 = (k 2q + 8.., n g).
+                for (j, o) in b.iter().enumerate() {
+                    let v = ctx.get(th, lane, o)?;
+                    let k = 2 * q + 8 * j;
+                    bm[k][g] = half(v, false);
+                    bm[k + 1][g] = half(v, true);
+                }
+                // C, D: c0, c1 = (g, 2q..), c2, c3 = (g + 8, 2q..).
+                for (j, o) in c.iter().enumerate() {
+                    let v = ctx.get(th, lane, o)?;
+                    cm[g + 8 * (j / 2)][2 * q + j % 2] = f64::from(f32::from_bits(v as u32));
+                }
+            }
+            for (l, th) in lanes.iter_mut().enumerate() {
+                let (g, q) = (l / 4, l % 4);
+                for (j, o) in d.iter().enumerate() {
+                    let (row, col) = (g + 8 * (j / 2), 2 * q + j % 2);
+                    let mut s = cm[row][col];
+                    for (k, brow) in bm.iter().enumerate() {
+                        s += am[row][k] * brow[col];
+                    }
+                    set(th, o, Ty::F32, u64::from((s as f32).to_bits()))?;
+                }
+            }
+        }
+        _ => unreachable!("not a warp collective: {:?}", inst.op),
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The interpreter against hand-computed results, and each of its checks
+//! against a kernel that breaks it.
+
+use kiln_ptx_sim::{Device, Launch, Module, SimError, run};
+
+/// A module of one entry `k(.u64 p_out, .u64 p_in)` with `body`.
+fn module(shared: &str, body: &str) -> Module {
+    let text = format!(
+        ".version 8.0\n.target sm_80\n.address_size 64\n{shared}\n\
+         .visible .entry k(\n\t.param .u64 p_out,\n\t.param .u64 p_in\n)\n{{\n\
+         \t.reg .b32 %r<64>;\n\t.reg .b64 %rd<64>;\n\t.reg .f32 %f<64>;\n\t.reg .pred %p<8>;\n\
+         \tld.param.u64 %rd0, [p_out];\n\tld.param.u64 %rd1, [p_in];\n\
+         \tmov.u32 %r0, %tid.x;\n\tmul.wide.u32 %rd2, %r0, 4;\n\
+         \tadd.s64 %rd3, %rd0, %rd2;\n\tadd.s64 %rd4, %rd1, %rd2;\n{body}\n\tret;\n}}\n"
+    );
+    Module::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Runs `m` with one block of `threads` over an output of `n` u32 words
+/// and an input of `input`; the output words.
+fn go(m: &Module, threads: u32, n: usize, input: &[u32]) -> Result<Vec<u32>, SimError> {
+    let mut dev = Device::new();
+    let out = dev.alloc(vec![0; n * 4]);
+    let inp = dev.alloc(input.iter().flat_map(|w| w.to_le_bytes()).collect());
+    let launch = Launch {
+        grid: 1,
+        block: threads,
+        dynamic_shared: 0,
+    };
+    run(m, "k", launch, &[out, inp], &mut dev, 1 << 24)?;
+    Ok(dev
+        .bytes(out)
+        .chunks(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect())
+}
+
+#[test]
+fn arithmetic_as_computed_by_hand() {
+    // out[t] = min(in[t] * 3 - 7, 100) as s32; f32: (x + 0.5) * 2 rounded.
+    let m = module(
+        "",
+        "\tld.global.b32 %r1, [%rd4];\n\tmad.lo.s32 %r2, %r1, 3, -7;\n\
+         \tmin.s32 %r3, %r2, 100;\n\tst.global.b32 [%rd3], %r3;",
+    );
+    let got = go(&m, 32, 32, &(0..32).collect::<Vec<u32>>()).unwrap();
+    let want: Vec<u32> = (0..32).map(|x: i32| (x * 3 - 7).min(100) as u32).collect();
+    assert_eq!(got, want);
+    let m = module(
+        "",
+        "\tld.global.f32 %f1, [%rd4];\n\tadd.rn.f32 %f2, %f1, 0f3F000000;\n\
+         \tmul.rn.f32 %f3, %f2, 0f40000000;\n\tcvt.rni.s32.f32 %r5, %f3;\n\
+         \tst.global.b32 [%rd3], %r5;",
+    );
+    let xs: Vec<u32> = (0..32).map(|i| (i as f32 * 0.25 - 3.0).to_bits()).collect();
+    let got = go(&m, 32, 32, &xs).unwrap();
+    let want: Vec<u32> = (0..32)
+        .map(|i| (((i as f32 * 0.25 - 3.0) + 0.5) * 2.0).round_ties_even() as i32 as u32)
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_butterfly_shuffle_sums_the_warp() {
+    let mut body = String::from("\tld.global.b32 %r1, [%rd4];\n");
+    for (i, d) in [16, 8, 4, 2, 1].iter().enumerate() {
+        body.push_str(&format!(
+            "\tshfl.sync.bfly.b32 %r{}, %r{}, {d}, 31, -1;\n\tadd.s32 %r{}, %r{}, %r{};\n",
+            10 + i,
+            1 + i,
+            2 + i,
+            1 + i,
+            10 + i
+        ));
+    }
+    body.push_str("\tst.global.b32 [%rd3], %r6;");
+    let m = module("", &body);
+    let input: Vec<u32> = (0..64).map(|i| i * i + 1).collect();
+    let got = go(&m, 64, 64, &input).unwrap();
+    let warp0: u32 = input[..32].iter().sum();
+    let warp1: u32 = input[32..].iter().sum();
+    assert!(got[..32].iter().all(|&x| x == warp0), "{got:?}");
+    assert!(got[32..].iter().all(|&x| x == warp1), "{got:?}");
+}
+
+/// Thread t writes its word to shared memory, the block synchronizes, and
+/// thread t reads its neighbour's: correct with the barrier, a race
+/// without it.
+#[test]
+fn shared_memory_races_are_found_and_barriers_order_them() {
+    let shared = ".shared .align 4 .b8 buf[256];";
+    let body = |bar: &str| {
+        format!(
+            "\tld.global.b32 %r1, [%rd4];\n\tmov.u32 %r2, buf;\n\tmad.lo.u32 %r3, %r0, 4, %r2;\n\
+             \tst.shared.b32 [%r3], %r1;\n{bar}\tadd.u32 %r4, %r0, 1;\n\tand.b32 %r4, %r4, 63;\n\
+             \tmad.lo.u32 %r5, %r4, 4, %r2;\n\tld.shared.b32 %r6, [%r5];\n\
+             \tst.global.b32 [%rd3], %r6;"
+        )
+    };
+    let input: Vec<u32> = (100..164).collect();
+    let got = go(&module(shared, &body("\tbar.sync 0;\n")), 64, 64, &input).unwrap();
+    let want: Vec<u32> = (0..64).map(|t| input[(t + 1) % 64]).collect();
+    assert_eq!(got, want);
+    let e = go(&module(shared, &body("")), 64, 64, &input).unwrap_err();
+    assert!(e.to_string().contains("shared-memory race"), "{e}");
+}
+
+#[test]
+fn out_of_bounds_and_misaligned_accesses_are_errors() {
+    // Thread 31 reads one word past the 31-word input.
+    let m = module(
+        "",
+        "\tld.global.b32 %r1, [%rd4];\n\tst.global.b32 [%rd3], %r1;",
+    );
+    let e = go(&m, 32, 32, &[7; 31]).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("thread 31") && s.contains("outside"), "{s}");
+    // A 16-byte load at a 4-byte aligned address.
+    let m = module(
+        "",
+        "\tld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd4+4];\n\tst.global.b32 [%rd3], %r1;",
+    );
+    let e = go(&m, 32, 32, &[1; 64]).unwrap_err();
+    assert!(e.to_string().contains("misaligned"), "{e}");
+}
+
+#[test]
+fn a_barrier_that_some_threads_skip_is_a_deadlock() {
+    // Half a warp waits at a barrier, the other half at a shuffle that
+    // the first half never reaches: stuck.
+    let m = module(
+        "",
+        "\tsetp.lt.u32 %p1, %r0, 16;\n\t@%p1 bra $L_a;\n\tbar.sync 0;\n\tbra.uni $L_b;\n\
+         $L_a:\n\tshfl.sync.bfly.b32 %r1, %r0, 1, 31, -1;\n$L_b:\n\tst.global.b32 [%rd3], %r0;",
+    );
+    let e = go(&m, 32, 32, &[0; 32]).unwrap_err();
+    assert!(matches!(e, SimError::Stuck { .. }), "{e}");
+    // Exited threads do not hold a barrier back.
+    let m = module(
+        "",
+        "\tsetp.ge.u32 %p1, %r0, 32;\n\t@%p1 ret;\n\tbar.sync 0;\n\tst.global.b32 [%rd3], %r0;",
+    );
+    let got = go(&m, 64, 64, &[0; 64]).unwrap();
+    assert_eq!(&got[..32], &(0..32).collect::<Vec<u32>>()[..]);
+    assert!(got[32..].iter().all(|&x| x == 0));
+}
+
+/// A `cp.async` lands when its group is waited for: reading before the
+/// wait reads the old bytes.
+#[test]
+fn async_copies_land_at_their_wait() {
+    let shared = ".shared .align 16 .b8 buf[1024];";
+    let body = |wait: &str| {
+        format!(
+            "\tmov.u32 %r2, buf;\n\tmul.lo.u32 %r3, %r0, 16;\n\tadd.u32 %r3, %r3, %r2;\n\
+             \tmov.u32 %r9, 0;\n\tst.shared.b32 [%r3], %r9;\n\
+             \tmul.wide.u32 %rd5, %r0, 16;\n\tadd.s64 %rd6, %rd1, %rd5;\n\
+             \tcp.async.cg.shared.global [%r3], [%rd6], 16, 16;\n\tcp.async.commit_group;\n\
+             {wait}\tld.shared.b32 %r4, [%r3];\n\tst.global.b32 [%rd3], %r4;"
+        )
+    };
+    let input: Vec<u32> = (0..128).map(|i| i + 1000).collect();
+    let got = go(
+        &module(shared, &body("\tcp.async.wait_group 0;\n")),
+        32,
+        32,
+        &input,
+    )
+    .unwrap();
+    assert_eq!(got, (0..32).map(|t| input[4 * t]).collect::<Vec<u32>>());
+    let early = go(&module(shared, &body("")), 32, 32, &input).unwrap();
+    assert!(early.iter().all(|&x| x == 0), "{early:?}");
+}
+
+/// `mma.sync.m16n8k16` with A[i][k] = i + k / 16, B[k][j] = 1 if k == j
+/// (so D = A's first eight columns plus C), fragments built as the PTX
+/// ISA lays them out.
+#[test]
+fn an_mma_by_hand() {
+    use half::bf16;
+    let a = |i: usize, k: usize| bf16::from_f32(i as f32 + k as f32 / 16.0);
+    let b = |k: usize, j: usize| bf16::from_f32(if k == j { 1.0 } else { 0.0 });
+    // Per lane: a0..a3, b0..b1, c0..c3 as input words.
+    let mut input = Vec::new();
+    for l in 0..32usize {
+        let (g, q) = (l / 4, l % 4);
+        let pack = |lo: bf16, hi: bf16| u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16);
+        for j in 0..4 {
+            let (row, col) = (g + 8 * (j % 2), 2 * q + 8 * (j / 2));
+            input.push(pack(a(row, col), a(row, col + 1)));
+        }
+        for j in 0..2 {
+            let k = 2 * q + 8 * j;
+            input.push(pack(b(k, g), b(k + 1, g)));
+        }
+        for _ in 0..4 {
+            input.push(0.5f32.to_bits());
+        }
+    }
+    let mut body = String::from("\tmul.wide.u32 %rd5, %r0, 40;\n\tadd.s64 %rd6, %rd1, %rd5;\n");
+    for j in 0..10 {
+        body.push_str(&format!(
+            "\tld.global.b32 %r{}, [%rd6+{}];\n",
+            10 + j,
+            4 * j
+        ));
+    }
+    body.push_str(
+        "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f0, %f1, %f2, %f3}, \
+         {%r10, %r11, %r12, %r13}, {%r14, %r15}, {%f4, %f5, %f6, %f7};\n",
+    );
+    body.push_str(
+        "\tmov.b32 %f4, %r16;\n\tmov.b32 %f5, %r17;\n\tmov.b32 %f6, %r18;\n\tmov.b32 %f7, %r19;\n",
+    );
+    body.push_str("\tmul.wide.u32 %rd7, %r0, 16;\n\tadd.s64 %rd8, %rd0, %rd7;\n");
+    body.push_str("\tst.global.v4.f32 [%rd8], {%f0, %f1, %f2, %f3};");
+    // (c is read from %f4..%f7 before they are set: load it first.)
+    let body = body.replace(
+        "\tmma.sync",
+        "\tmov.b32 %f4, %r16;\n\tmov.b32 %f5, %r17;\n\tmov.b32 %f6, %r18;\n\tmov.b32 %f7, %r19;\n\tmma.sync",
+    );
+    let m = module("", &body);
+    let got = go(&m, 32, 128, &input).unwrap();
+    for l in 0..32usize {
+        let (g, q) = (l / 4, l % 4);
+        for j in 0..4 {
+            let (row, col) = (g + 8 * (j / 2), 2 * q + j % 2);
+            let want = a(row, col).to_f32() + 0.5;
+            let got = f32::from_bits(got[4 * l + j]);
+            assert_eq!(got, want, "lane {l} element {j}");
+        }
+    }
+}
