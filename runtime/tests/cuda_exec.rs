@@ -425,3 +425,35 @@ fn the_test_program_and_kernels_pass_the_checks_without_a_device() {
         "{err}"
     );
 }
+
+/// The same program and hand-written kernels on the PTX interpreter
+/// ([`kiln_runtime::cuda::SimExecutable`]), everywhere: the same checks
+/// and messages as the CUDA executor, and the host's results.
+#[test]
+fn the_simulated_executor_runs_the_program_as_the_host_computes() {
+    use kiln_runtime::cuda::SimExecutable;
+    let c = random(1)[0];
+    let (program, kernels) = model(c);
+    let mut exe = SimExecutable::new(program, kernels).unwrap();
+    assert_eq!(
+        exe.run(&inputs(1, 4, &random(4), &random(4)))
+            .unwrap_err()
+            .to_string(),
+        "weights are not bound: call bind_weights before run"
+    );
+    let n = 37;
+    let w = random(n);
+    exe.bind_weights(&HashMap::from([("w".to_string(), f32s(&[n], &w))]))
+        .unwrap();
+    for m in [1usize, 3, 50] {
+        let (x, b) = (random(m * n), random(m * n));
+        let out = exe.run(&inputs(m, n, &x, &b)).unwrap();
+        check_against_host(&out, m, n, c, &w, &x, &b);
+    }
+    let s = exe.stats();
+    assert_eq!(s.launches, 4);
+    assert!(s.instructions > 0 && s.global_stored >= (3 * 50 * n * 4) as u64);
+    // A bad input: the CPU executor's message.
+    let e = exe.run(&HashMap::new()).unwrap_err().to_string();
+    assert!(e.contains("missing input"), "{e}");
+}
