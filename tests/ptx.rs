@@ -8,6 +8,11 @@
 //! assembly checks print a notice and pass, unless `KILN_REQUIRE_PTXAS=1`.
 //! Golden PTX of a few small kernels lives in `tests/filetests/ptx/`;
 //! `KILN_BLESS=1` rewrites it.
+//!
+//! The kernels run against the kernel evaluator on the CPU executor, on
+//! the PTX interpreter (`kiln-ptx-sim`, as sm_90a and sm_80 modules; a
+//! module with `wgmma` runs as sm_80 only) on every machine, and on the GPU
+//! where there is one.
 
 mod common;
 
@@ -2339,11 +2344,11 @@ fn run_against_eval_tol(
 
 /// Every hand-built kernel of the tests above (each dtype, each operation,
 /// row kernels, contractions) run against the kernel evaluator on fresh
-/// random inputs at awkward sizes: on the CPU executor here (a check of the
-/// harness and of the Cranelift backend), and on the GPU through the PTX
-/// backend and the CUDA executor where a driver is present (without one the
-/// GPU half prints a notice, unless `KILN_REQUIRE_GPU=1`, which makes it
-/// fail).
+/// random inputs at awkward sizes: on the CPU executor (a check of the
+/// harness and of the Cranelift backend), on the PTX interpreter, and on
+/// the GPU through the PTX backend and the CUDA executor where a driver is
+/// present (without one the GPU side prints a notice, unless
+/// `KILN_REQUIRE_GPU=1`, which makes it fail).
 #[test]
 fn hand_built_kernels_run_as_the_evaluator_says() {
     use rand::SeedableRng;
