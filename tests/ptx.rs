@@ -1587,6 +1587,105 @@ fn tensor_core_contractions_run_as_the_evaluator_says() {
     run_on_every_side(&mma_kernels(), |_, _| false, |_| 1e-4);
 }
 
+/// int8 contractions (`a[m, k] . b[n, k]`, both `k`-contiguous i8, integer
+/// accumulation) that take `mma.sync.m16n8k32` on s8: an i32 output at
+/// awkward sizes, a `k` tail that is not a whole step (48), a batched one
+/// with a symbolic `m` and a float epilogue scaling by row and column.
+fn int8_mma_kernels() -> Vec<Kernel> {
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    let i32_of = |e: Expr| Expr::Round(DType::I32, Box::new(e));
+    let mut ks = Vec::new();
+    for (rows, cols, depth) in [(203, 261, 96), (70, 40, 48)] {
+        ks.push(Kernel {
+            name: format!("imma_{rows}x{cols}_k{depth}"),
+            inputs: vec![
+                buf("a", DType::I8, vec![st(rows), st(depth)]),
+                buf("b", DType::I8, vec![st(cols), st(depth)]),
+            ],
+            output: buf("c", DType::I32, vec![st(rows), st(cols)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(depth as i64),
+                a: i32_of(ld(0, vec![m.clone(), kk.clone()])),
+                b: i32_of(ld(1, vec![n.clone(), kk.clone()])),
+                epilogue: Expr::Acc,
+            },
+        });
+    }
+    let (b0, m3, n3, k3) = (v(0), v(1), v(2), Var(3));
+    let kk3 = Expr::Var(k3);
+    ks.push(Kernel {
+        name: "imma_batched_scaled".into(),
+        inputs: vec![
+            buf("a", DType::I8, vec![st(2), Dim::sym("m"), st(272)]),
+            buf("b", DType::I8, vec![st(136), st(272)]),
+            buf("sa", DType::F32, vec![st(2), Dim::sym("m")]),
+            buf("sb", DType::F32, vec![st(136)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(2), Dim::sym("m"), st(136)]),
+        dims: vec!["m".into()],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: k3,
+            extent: Expr::Int(272),
+            a: i32_of(ld(0, vec![b0.clone(), m3.clone(), kk3.clone()])),
+            b: i32_of(ld(1, vec![n3.clone(), kk3])),
+            epilogue: bin(
+                Binary::Mul,
+                bin(
+                    Binary::Mul,
+                    Expr::Cast(Ty::F32, Box::new(Expr::Acc)),
+                    ld(2, vec![b0, m3]),
+                ),
+                ld(3, vec![n3]),
+            ),
+        },
+    });
+    ks
+}
+
+/// The int8 contractions take the s8 tensor-core path on both arches
+/// (`imma_` entries, `mma.sync.m16n8k32` with s32 accumulators, no
+/// `wgmma`), assemble, and give the evaluator's results exactly (i32) on
+/// the CPU executor, the PTX interpreter and the GPU where there is one.
+/// A `b` stored `[k, n]` or a `k` that is not a multiple of 16 does not.
+#[test]
+fn int8_tensor_core_contractions_run_as_the_evaluator_says() {
+    let ks = int8_mma_kernels();
+    for k in &ks {
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel(k, arch).unwrap();
+            assert!(pk.entry.starts_with("imma_"), "{}: {}", k.name, pk.entry);
+            assert_eq!(pk.entry, kiln::codegen::ptx::entry_name(k));
+            assert!(
+                pk.ptx
+                    .contains("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32")
+            );
+            assert!(!pk.ptx.contains("wgmma"), "{}", k.name);
+        }
+    }
+    let mut kn = ks[0].clone();
+    kn.inputs[1].shape = Shape(vec![st(96), st(261)]);
+    if let Body::Contract { b, .. } = &mut kn.body {
+        *b = Expr::Round(DType::I32, Box::new(ld(1, vec![Expr::Var(Var(2)), v(1)])));
+    }
+    let mut odd = ks[1].clone();
+    odd.inputs[0].shape = Shape(vec![st(70), st(40)]);
+    odd.inputs[1].shape = Shape(vec![st(40), st(40)]);
+    if let Body::Contract { extent, .. } = &mut odd.body {
+        *extent = Expr::Int(40);
+    }
+    for k in [&kn, &odd] {
+        let pk = compile_kernel(k, PtxArch::Sm80).unwrap();
+        assert!(!pk.entry.starts_with("imma_"), "{}", k.name);
+    }
+    check_all("int8 mma", &ks);
+    run_on_every_side(&ks, |_, _| false, |_| 1e-4);
+}
+
 #[test]
 fn gemv_contractions() {
     let ks = gemv_kernels();

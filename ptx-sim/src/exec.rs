@@ -879,7 +879,13 @@ fn step(
             }
         }
         Op::Fence => {}
-        Op::Bra | Op::Ret | Op::Bar | Op::Shfl(_) | Op::Ldmatrix(..) | Op::Mma(_) => {
+        Op::Bra
+        | Op::Ret
+        | Op::Bar
+        | Op::Shfl(_)
+        | Op::Ldmatrix(..)
+        | Op::Mma(_)
+        | Op::MmaI8(..) => {
             unreachable!("run_thread handles {:?}", inst.op)
         }
     }

@@ -282,12 +282,17 @@ pub enum Op {
     Ldmatrix(u8, bool),
     /// `mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32`.
     Mma(Ty),
+    /// `mma.sync.aligned.m16n8k32.row.col.s32.A.B.s32` (A, B: `s8`, `u8`).
+    MmaI8(Ty, Ty),
 }
 
 impl Op {
     /// Whether the warp executes this instruction together.
     pub(crate) fn is_warp_collective(self) -> bool {
-        matches!(self, Op::Shfl(_) | Op::Ldmatrix(..) | Op::Mma(_))
+        matches!(
+            self,
+            Op::Shfl(_) | Op::Ldmatrix(..) | Op::Mma(_) | Op::MmaI8(..)
+        )
     }
 }
 

@@ -616,6 +616,17 @@ fn decode(opcode: &str) -> Result<Op, Why> {
             };
             Op::Ldmatrix(num, has("trans"))
         }
+        "mma" if has("m16n8k32") => {
+            // mma.sync.aligned.m16n8k32.row.col.s32.ATYPE.BTYPE.s32
+            let int8 = |t: Ty| matches!(t, Ty::S8 | Ty::U8);
+            if !has("row") || !has("col") || tys.len() != 4 || has("satfinite") {
+                return Err(Why::Unsupported);
+            }
+            if tys[0] != Ty::S32 || tys[3] != Ty::S32 || !int8(tys[1]) || !int8(tys[2]) {
+                return Err(Why::Unsupported);
+            }
+            Op::MmaI8(tys[1], tys[2])
+        }
         "mma" => {
             // mma.sync.aligned.m16n8k16.row.col.DTYPE.ATYPE.BTYPE.CTYPE
             if !has("m16n8k16") || !has("row") || !has("col") || tys.len() != 4 {

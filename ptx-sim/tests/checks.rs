@@ -231,3 +231,55 @@ fn an_mma_by_hand() {
         }
     }
 }
+
+/// `mma.sync.m16n8k32` with s8 operands and s32 accumulators against the
+/// product computed by hand, fragments as the PTX ISA lays them out.
+#[test]
+fn an_int8_mma_by_hand() {
+    let a = |i: usize, k: usize| ((i * 7 + k * 3) % 23) as i32 - 11;
+    let b = |k: usize, j: usize| ((k * 5 + j) % 17) as i32 - 8;
+    let c = |i: usize, j: usize| (i * 100 + j) as i32 - 700;
+    let pack = |v: [i32; 4]| {
+        v.iter()
+            .enumerate()
+            .fold(0u32, |w, (i, &x)| w | ((x as u8 as u32) << (8 * i)))
+    };
+    let mut input = Vec::new();
+    for l in 0..32usize {
+        let (g, q) = (l / 4, l % 4);
+        for j in 0..4 {
+            let (row, k0) = (g + 8 * (j % 2), 4 * q + 16 * (j / 2));
+            input.push(pack([0, 1, 2, 3].map(|i| a(row, k0 + i))));
+        }
+        for j in 0..2 {
+            let k0 = 4 * q + 16 * j;
+            input.push(pack([0, 1, 2, 3].map(|i| b(k0 + i, g))));
+        }
+        for j in 0..4 {
+            input.push(c(g + 8 * (j / 2), 2 * q + j % 2) as u32);
+        }
+    }
+    let mut body = String::from("\tmul.wide.u32 %rd5, %r0, 40;\n\tadd.s64 %rd6, %rd1, %rd5;\n");
+    for j in 0..10 {
+        body.push_str(&format!(
+            "\tld.global.b32 %r{}, [%rd6+{}];\n",
+            10 + j,
+            4 * j
+        ));
+    }
+    body.push_str(
+        "\tmma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%r20, %r21, %r22, %r23}, \
+         {%r10, %r11, %r12, %r13}, {%r14, %r15}, {%r16, %r17, %r18, %r19};\n\
+         \tmul.wide.u32 %rd7, %r0, 16;\n\tadd.s64 %rd8, %rd0, %rd7;\n\
+         \tst.global.v4.b32 [%rd8], {%r20, %r21, %r22, %r23};",
+    );
+    let got = go(&module("", &body), 32, 128, &input).unwrap();
+    for l in 0..32usize {
+        let (g, q) = (l / 4, l % 4);
+        for j in 0..4 {
+            let (row, col) = (g + 8 * (j / 2), 2 * q + j % 2);
+            let want: i32 = c(row, col) + (0..32).map(|k| a(row, k) * b(k, col)).sum::<i32>();
+            assert_eq!(got[4 * l + j] as i32, want, "lane {l} element {j}");
+        }
+    }
+}

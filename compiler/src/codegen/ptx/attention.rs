@@ -632,6 +632,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     store_tile(
         em,
         &TileStore {
+            int_acc: false,
             acc: &o,
             warp_m: 16,
             warp_n: p.width,

@@ -207,6 +207,9 @@ pub(super) struct MmaPlan {
     a: Operand,
     b: Operand,
     pub tiling: Tiling,
+    /// The kernel is the bf16 view of an int8 contraction ([`int8_view`]):
+    /// `mma.sync.m16n8k32` on s8 pairs with s32 accumulators.
+    pub int8: bool,
 }
 
 impl MmaPlan {
@@ -312,7 +315,124 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
     let b = operand(k, b, nv, *kv, extent, r)?;
     let elem = k.inputs[a.input].dtype;
     let tiling = tiling_for(k.output.shape.0[r - 1].as_static(), arch);
-    (elem == k.inputs[b.input].dtype).then_some(MmaPlan { elem, a, b, tiling })
+    (elem == k.inputs[b.input].dtype).then_some(MmaPlan {
+        elem,
+        a,
+        b,
+        tiling,
+        int8: false,
+    })
+}
+
+/// The most `k` of an int8 contraction: `k * 127 * 128` stays within the
+/// s32 accumulators.
+const INT8_MAX_K: i64 = 131_072;
+
+/// An int8 contraction (`sum_k a[.., m, k] * b[.., n, k]`, both operands
+/// loads of `i8` tensors with `k` contiguous, integer accumulation) as the
+/// kernel the tensor-core path compiles: each operand's bytes read as a
+/// bf16-typed tensor of half the row length, `k`'s extent halved. Two
+/// consecutive s8 are one 16-bit element, so the copies, shared layout and
+/// `ldmatrix` fragments of the bf16 path are exactly those of
+/// `mma.sync.m16n8k32.s8` (its A fragment's register j holds row g (+8),
+/// `k` 4q..4q+3 (+16), which is the bf16 A fragment's 16-bit pairs; the
+/// same for B); [`MmaPlan::int8`] then selects that instruction and s32
+/// accumulators. `None` where the path does not apply: a `k` that is not a
+/// static multiple of 16 (16-byte copies) up to [`INT8_MAX_K`], an
+/// operand with `n` or `m` contiguous (a weight stored `[k, n]` is
+/// transposed at bind time first: `lower::transpose_int8_weights`), or an
+/// epilogue that reads an operand.
+pub(super) fn int8_view(k: &Kernel) -> Option<Kernel> {
+    let Body::Contract {
+        k: kv,
+        extent,
+        a,
+        b,
+        epilogue,
+    } = &k.body
+    else {
+        return None;
+    };
+    let r = k.output.shape.rank();
+    let Expr::Int(n) = extent else {
+        return None;
+    };
+    if r < 2 || k.output.dtype.bits() < 8 || *n <= 0 || n % 16 != 0 || *n > INT8_MAX_K {
+        return None;
+    }
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let (ia, xa) = int8_load(k, a, mv, *kv, r)?;
+    let (ib, xb) = int8_load(k, b, nv, *kv, r)?;
+    fn reads(e: &Expr, ins: [usize; 2]) -> bool {
+        let mut any = matches!(e, Expr::Load { input, .. } if ins.contains(input));
+        e.for_each_child(|c| any |= reads(c, ins));
+        any
+    }
+    if ia == ib || reads(epilogue, [ia, ib]) {
+        return None;
+    }
+    let mut view = k.clone();
+    for i in [ia, ib] {
+        let buf = &mut view.inputs[i];
+        let last = buf.shape.0.last_mut()?;
+        *last = kiln_dialect::Dim::Static(last.as_static()? / 2);
+        buf.dtype = DType::BF16;
+    }
+    let load = |input: usize, index: &[Expr]| Expr::Load {
+        input,
+        index: index.to_vec(),
+        guard: None,
+    };
+    view.body = Body::Contract {
+        k: *kv,
+        extent: Expr::Int(n / 2),
+        a: load(ia, xa),
+        b: load(ib, xb),
+        epilogue: epilogue.clone(),
+    };
+    Some(view)
+}
+
+/// An unguarded load of an `i8` tensor (plain, or rounded or cast to an
+/// integer type, which leaves its value unchanged) indexed `[.., outer,
+/// k]` with a last axis that is a static multiple of 16 and batch indices
+/// that read only batch variables: its input and index.
+fn int8_load<'e>(
+    k: &Kernel,
+    e: &'e Expr,
+    outer: Var,
+    kv: Var,
+    r: usize,
+) -> Option<(usize, &'e [Expr])> {
+    let inner = match e {
+        Expr::Round(d, x) if d.is_int() => x.as_ref(),
+        Expr::Cast(Ty::I64, x) => x.as_ref(),
+        e => e,
+    };
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = inner
+    else {
+        return None;
+    };
+    let buf = k.inputs.get(*input)?;
+    let n = index.len();
+    if buf.dtype != DType::I8 || n < 2 || buf.shape.rank() != n {
+        return None;
+    }
+    if buf.shape.0[n - 1].as_static()? % 16 != 0 {
+        return None;
+    }
+    if index[n - 1] != Expr::Var(kv) || !is_index_of(k, &index[n - 2], outer) {
+        return None;
+    }
+    let batch = |v: &Var| (v.0 as usize) < r.saturating_sub(2);
+    index[..n - 2]
+        .iter()
+        .all(|i| free_vars(i).iter().all(batch))
+        .then_some((*input, index.as_slice()))
 }
 
 fn operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr, r: usize) -> Option<Operand> {
@@ -537,8 +657,9 @@ pub(super) fn emit(
         (a_lane, b_lane)
     };
 
-    // The accumulators.
-    let acc: Vec<String> = (0..t.accs()).map(|_| em.reg(Class::F)).collect();
+    // The accumulators (s32 for int8).
+    let class = if plan.int8 { Class::R } else { Class::F };
+    let acc: Vec<String> = (0..t.accs()).map(|_| em.reg(class)).collect();
 
     // The tile loop.
     let lp = TileLoop::start(em, units);
@@ -561,7 +682,11 @@ pub(super) fn emit(
     let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
     let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
     for a in &acc {
-        em.ins(format!("mov.f32 {a}, 0f00000000"));
+        if plan.int8 {
+            em.ins(format!("mov.b32 {a}, 0"));
+        } else {
+            em.ins(format!("mov.f32 {a}, 0f00000000"));
+        }
     }
     let ktiles = em.reg(Class::D);
     em.ins(format!("add.s64 {ktiles}, {kext}, {}", t.tile_k - 1));
@@ -625,6 +750,7 @@ pub(super) fn emit(
     store_tile(
         em,
         &TileStore {
+            int_acc: plan.int8,
             acc: &acc,
             warp_m: t.warp_m,
             warp_n: t.warp_n,
@@ -692,6 +818,8 @@ impl TileLoop {
 /// (the flattened batch index); the `mma` accumulator layout.
 pub(super) struct TileStore<'s> {
     pub acc: &'s [String],
+    /// The accumulators are s32 (int8), else f32.
+    pub int_acc: bool,
     pub warp_m: u32,
     pub warp_n: u32,
     /// The lane (u32), the warp's first row and column in the tile (u32).
@@ -772,9 +900,18 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
                 em.ins(format!("setp.lt.s64 {pm}, {m}, {m_dim}"));
                 em.ins(format!("min.s64 {mc}, {m}, {m_last}"));
                 em.vars.insert(mv, mc.clone());
-                em.acc = Some(Val {
-                    r: a.clone(),
-                    t: Ty::F32,
+                em.acc = Some(if s.int_acc {
+                    let wide = em.reg(Class::D);
+                    em.ins(format!("cvt.s64.s32 {wide}, {a}"));
+                    Val {
+                        r: wide,
+                        t: Ty::I64,
+                    }
+                } else {
+                    Val {
+                        r: a.clone(),
+                        t: Ty::F32,
+                    }
                 });
                 em.memo = Some(Vec::new());
                 let v = em.emit(epilogue);
@@ -1172,9 +1309,13 @@ fn compute(em: &mut Em, plan: &MmaPlan, acc: &[String], a_lane: &str, b_lane: &s
                 let (b0, b1) = (&b[(ni % 2 * 2) as usize], &b[(ni % 2 * 2 + 1) as usize]);
                 let i = ((mi * nb + ni) * 4) as usize;
                 let c = acc[i..i + 4].join(", ");
+                let shape = if plan.int8 {
+                    "m16n8k32.row.col.s32.s8.s8.s32".to_string()
+                } else {
+                    format!("m16n8k16.row.col.f32.{ty}.{ty}.f32")
+                };
                 em.ins(format!(
-                    "mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32 {{{c}}}, {{{}}}, \
-                     {{{b0}, {b1}}}, {{{c}}}",
+                    "mma.sync.aligned.{shape} {{{c}}}, {{{}}}, {{{b0}, {b1}}}, {{{c}}}",
                     af.join(", ")
                 ));
             }

@@ -207,6 +207,13 @@ pub fn entry_name(k: &Kernel) -> String {
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, PtxArch::Sm80).is_none() {
         return entry_name(&k.attention_as_map());
     }
+    if let Some(view) = mma::int8_view(k) {
+        return format!(
+            "imma_{}_{:016x}",
+            view.output.dtype.name(),
+            fnv1a(&view.to_string())
+        );
+    }
     let (kind, _) = classify(k, &PtxOptions::from_env());
     format!(
         "{kind}_{}_{:016x}",
@@ -230,7 +237,13 @@ pub fn compile_kernel_with(
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, arch).is_none() {
         return compile_kernel_with(&k.attention_as_map(), arch, opts);
     }
-    let (kind, reds) = classify(k, opts);
+    // An int8 contraction compiles as its bf16 view (`mma::int8_view`).
+    let view = mma::int8_view(k);
+    let k = view.as_ref().unwrap_or(k);
+    let (kind, reds) = match view {
+        Some(_) => ("imma", Vec::new()),
+        None => classify(k, opts),
+    };
     let entry = format!(
         "{kind}_{}_{:016x}",
         k.output.dtype.name(),
@@ -313,9 +326,13 @@ pub fn compile_kernel_with(
         }
         Body::Contract {
             extent, epilogue, ..
-        } if kind == "mma" => {
-            let plan =
-                mma::plan(k, arch).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
+        } if kind == "mma" || kind == "imma" => {
+            // int8 runs `mma.sync` tiles on every arch.
+            let int8 = kind == "imma";
+            let tiles_for = if int8 { PtxArch::Sm80 } else { arch };
+            let mut plan =
+                mma::plan(k, tiles_for).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
+            plan.int8 = int8;
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.tiling.blocks_per_sm);
