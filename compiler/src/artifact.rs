@@ -87,9 +87,7 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
     };
     let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;
     let mut program = kiln_passes::lower::lower_plan(&c.plan)?;
-    if let Some(panel) = target.weight_panel {
-        kiln_passes::lower::pack_contraction_weights(&mut program, panel);
-    }
+    kiln_passes::lower::lay_out_weights(&mut program, target);
     let buckets = if opts.dims.is_empty() {
         Vec::new()
     } else {

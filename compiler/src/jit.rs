@@ -222,9 +222,7 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
     };
     let c = pipeline::compile_model(m, start.elapsed(), &[], &popts)?;
     let mut program = kiln_passes::lower::lower_plan(&c.plan)?;
-    if let Some(panel) = popts.target.weight_panel {
-        kiln_passes::lower::pack_contraction_weights(&mut program, panel);
-    }
+    kiln_passes::lower::lay_out_weights(&mut program, popts.target);
     let keep = cached.as_ref().map(|_| program.clone());
     let (exe, code) = match isa {
         Some(isa) => {

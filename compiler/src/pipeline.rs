@@ -186,9 +186,7 @@ pub fn compile_model(
     if emit.contains(&Stage::Kernels) || emit.contains(&Stage::Clif) || emit.contains(&Stage::Ptx) {
         let t = Instant::now();
         let mut program = kiln_passes::lower::lower_plan(&plan)?;
-        if let Some(panel) = opts.target.weight_panel {
-            kiln_passes::lower::pack_contraction_weights(&mut program, panel);
-        }
+        kiln_passes::lower::lay_out_weights(&mut program, opts.target);
         timings.push(("lower to kernels", t.elapsed()));
         if emit.contains(&Stage::Kernels) {
             emitted.push((Stage::Kernels, program.to_string()));

@@ -16,6 +16,19 @@ use std::collections::HashMap;
 use kiln_dialect::kernel::{Binary, Body, Buffer, Expr, Kernel, Launch, Program, Ty, Var};
 use kiln_dialect::{DType, Dim, Shape};
 
+/// Lays out the weights of `p`'s contractions as `target`'s kernels read
+/// them, with bind-time launches: column panels for the CPU
+/// ([`pack_contraction_weights`]), `k`-major int8 weights for the GPU
+/// ([`transpose_int8_weights`]).
+pub fn lay_out_weights(p: &mut Program, target: &crate::cost::Target) {
+    if let Some(panel) = target.weight_panel {
+        pack_contraction_weights(p, panel);
+    }
+    if target.int8_k_major {
+        transpose_int8_weights(p);
+    }
+}
+
 /// Rewrites every contraction of `p` whose `b` operand can be packed in
 /// panels of `panel` columns; returns how many were rewritten. A packed
 /// copy is shared by the contractions that read the same tensor (it keeps
@@ -182,4 +195,170 @@ fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+/// Rewrites every int8 contraction whose `b` operand is a tensor known
+/// at bind time stored `[.., K, N]` (`n` contiguous) to read a copy stored
+/// `[.., N, K]`, made by one more bind-time launch; returns how many were
+/// rewritten. The GPU's s8 tensor-core fragments (`mma.sync.m16n8k32`)
+/// take `k` contiguous in both operands, and unlike 16-bit elements,
+/// `ldmatrix` cannot transpose bytes. The copy is shared by the
+/// contractions that read the same tensor, and the rewrite is exact: the
+/// transposed load reads the element the plain one did.
+///
+/// A contraction qualifies when `k`'s extent is a static multiple of 16,
+/// its `a` is an `i8` load with `k` last, and its `b` an unguarded `i8`
+/// load (plain, or rounded or cast to an integer type) of a static tensor
+/// indexed `[batch.., k, n]` over its whole `k` axis.
+pub fn transpose_int8_weights(p: &mut Program) -> usize {
+    let known = bind_time_buffers(p);
+    let mut copies: HashMap<usize, usize> = HashMap::new();
+    let mut rewritten = 0;
+    let mut i = 0;
+    while i < p.launches.len() {
+        let Some(slot) = int8_k_outer(&p.launches[i], &known) else {
+            i += 1;
+            continue;
+        };
+        let src = p.launches[i].args[slot];
+        let buf = match copies.get(&src) {
+            Some(&b) => b,
+            None => {
+                let (launch, buffer) = transpose_launch(p, src);
+                p.buffers.push(buffer);
+                let b = p.buffers.len() - 1;
+                p.launches.insert(i, Launch { out: b, ..launch });
+                i += 1;
+                copies.insert(src, b);
+                b
+            }
+        };
+        let l = &mut p.launches[i];
+        l.args[slot] = buf;
+        l.kernel.inputs[slot] = p.buffers[buf].clone();
+        let Body::Contract { b, .. } = &mut l.kernel.body else {
+            unreachable!("int8_k_outer checked the body")
+        };
+        let Expr::Load { index, .. } = int8_inner_mut(b) else {
+            unreachable!("int8_k_outer checked the operand")
+        };
+        let r = index.len();
+        index.swap(r - 2, r - 1);
+        rewritten += 1;
+        i += 1;
+    }
+    rewritten
+}
+
+/// The load inside an integer rounding or cast (the operand itself
+/// otherwise).
+fn int8_inner(e: &Expr) -> &Expr {
+    match e {
+        Expr::Round(d, x) if d.is_int() => x,
+        Expr::Cast(Ty::I64, x) => x,
+        e => e,
+    }
+}
+
+fn int8_inner_mut(e: &mut Expr) -> &mut Expr {
+    let wrapped =
+        matches!(e, Expr::Round(d, _) if d.is_int()) || matches!(e, Expr::Cast(Ty::I64, _));
+    if !wrapped {
+        return e;
+    }
+    match e {
+        Expr::Round(_, x) | Expr::Cast(_, x) => x,
+        _ => unreachable!("checked above"),
+    }
+}
+
+/// The slot of an int8 contraction's `b` operand stored `[.., K, N]` (see
+/// [`transpose_int8_weights`]).
+fn int8_k_outer(l: &Launch, known: &[bool]) -> Option<usize> {
+    let k = &l.kernel;
+    let Body::Contract {
+        k: kv,
+        extent: Expr::Int(depth),
+        a,
+        b,
+        ..
+    } = &k.body
+    else {
+        return None;
+    };
+    let rank = k.output.shape.rank() as u32;
+    if rank < 2 || *depth <= 0 || depth % 16 != 0 {
+        return None;
+    }
+    // `a`: an i8 load with `k` contiguous.
+    let Expr::Load { input, index, .. } = int8_inner(a) else {
+        return None;
+    };
+    if k.inputs.get(*input)?.dtype != DType::I8 || index.last() != Some(&Expr::Var(*kv)) {
+        return None;
+    }
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = int8_inner(b)
+    else {
+        return None;
+    };
+    let buf = k.inputs.get(*input)?;
+    let arg = *l.args.get(*input)?;
+    if buf.dtype != DType::I8 || !known.get(arg).copied().unwrap_or(false) {
+        return None;
+    }
+    let dims = buf.shape.as_static()?;
+    let r = index.len();
+    if r < 2 || r != dims.len() || dims[r - 2] != *depth as u64 {
+        return None;
+    }
+    if index[r - 2] != Expr::Var(*kv) || index[r - 1] != Expr::Var(Var(rank - 1)) {
+        return None;
+    }
+    let plain = |e: &Expr| match e {
+        Expr::Int(_) => true,
+        Expr::Var(v) => v.0 < rank - 2,
+        _ => false,
+    };
+    index[..r - 2].iter().all(plain).then_some(*input)
+}
+
+/// The bind-time launch that transposes buffer `src` (`[.., K, N]`) into
+/// `[.., N, K]`, and the new buffer (its `out` is filled in by the caller).
+fn transpose_launch(p: &Program, src: usize) -> (Launch, Buffer) {
+    let s = &p.buffers[src];
+    let mut shape = s.shape.clone();
+    let r = shape.rank();
+    shape.0.swap(r - 2, r - 1);
+    let t = Buffer {
+        name: format!("{}.k_major", s.name),
+        dtype: s.dtype,
+        shape,
+    };
+    // out[.., j, kk] = src[.., kk, j]
+    let v = |i: usize| Expr::Var(Var(i as u32));
+    let mut index: Vec<Expr> = (0..r - 2).map(v).collect();
+    index.extend([v(r - 1), v(r - 2)]);
+    let kernel = Kernel {
+        name: format!("k_major{src}_{}", sanitize(&s.name)),
+        inputs: vec![s.clone()],
+        output: t.clone(),
+        dims: Vec::new(),
+        float: Ty::F32,
+        body: Body::Map {
+            expr: Expr::load(0, index),
+        },
+    };
+    (
+        Launch {
+            kernel,
+            args: vec![src],
+            out: usize::MAX,
+            bind_time: true,
+        },
+        t,
+    )
 }
