@@ -241,42 +241,49 @@ fn specialized_models_run_as_the_interpreter_says() {
     }
 }
 
-/// An int8 linear layer with its weight stored `[k, n]` takes the s8
-/// tensor-core path: the weight is transposed once at bind time
-/// (`lower::transpose_int8_weights`), the contraction is an `imma_`
-/// kernel, and the result is the interpreter's, exactly, on the PTX
-/// interpreter.
+/// int8 and fp8 linear layers with their weights stored `[k, n]` take
+/// the 8-bit tensor-core paths: the weight is transposed once at bind time
+/// (`lower::transpose_8bit_weights`), the contraction is an `imma_` (s8)
+/// or `f8mma_` (e4m3) kernel, and the result is the interpreter's on the
+/// PTX interpreter (exactly for int8).
 #[test]
-fn int8_linears_run_on_s8_tensor_cores_on_the_simulated_gpu() {
-    let dir = common::scratch("int8-linear");
-    let path = dir.join("int8_linear.kiln");
-    std::fs::write(
-        &path,
-        "model int8_linear {\n    input a: int8[m, 96]\n    weight b: int8[96, 40]\n    \
-         output c = cast(a, dtype = i32) @ cast(b, dtype = i32)\n}\n",
-    )
-    .unwrap();
+fn eight_bit_linears_run_on_tensor_cores_on_the_simulated_gpu() {
+    let dir = common::scratch("8bit-linear");
     let opts = JitOptions {
         device: Device::CudaSim,
         ..JitOptions::default()
     };
-    let model = jit::compile_file(&path, &opts).expect("compiles");
-    let p = model.program();
-    assert!(
-        p.launches
-            .iter()
-            .any(|l| l.bind_time && l.kernel.name.starts_with("k_major")),
-        "the weight is transposed at bind time"
-    );
-    let imma = p
-        .launches
-        .iter()
-        .filter(|l| kiln::codegen::ptx::entry_name(&l.kernel).starts_with("imma_"))
-        .count();
-    assert_eq!(imma, 1, "one s8 tensor-core contraction");
     let seed = common::seed();
-    for m in [1, 130] {
-        common::compare(&path, m, seed, &opts)
-            .unwrap_or_else(|e| panic!("m {m} (seed {seed}): {e}"));
+    for (name, elem, wide, entry) in [
+        ("int8_linear", "int8", "i32", "imma_"),
+        ("fp8_linear", "fp8", "bf16", "f8mma_"),
+    ] {
+        let path = dir.join(format!("{name}.kiln"));
+        std::fs::write(
+            &path,
+            format!(
+                "model {name} {{\n    input a: {elem}[m, 96]\n    weight b: {elem}[96, 40]\n    \
+                 output c = cast(a, dtype = {wide}) @ cast(b, dtype = {wide})\n}}\n"
+            ),
+        )
+        .unwrap();
+        let model = jit::compile_file(&path, &opts).expect("compiles");
+        let p = model.program();
+        assert!(
+            p.launches
+                .iter()
+                .any(|l| l.bind_time && l.kernel.name.starts_with("k_major")),
+            "{name}: the weight is transposed at bind time"
+        );
+        let fast = p
+            .launches
+            .iter()
+            .filter(|l| kiln::codegen::ptx::entry_name(&l.kernel).starts_with(entry))
+            .count();
+        assert_eq!(fast, 1, "{name}: one 8-bit tensor-core contraction");
+        for m in [1, 130] {
+            common::compare(&path, m, seed, &opts)
+                .unwrap_or_else(|e| panic!("{name}, m {m} (seed {seed}): {e}"));
+        }
     }
 }

@@ -163,7 +163,17 @@ fn assemble_batch(ptxas: &Path, ks: &[&PtxKernel]) -> Vec<Result<Usage, String>>
         return vec![assemble(ptxas, ks[0])];
     }
     let arch = &ks[0].arch;
-    let mut ptx = format!(".version 8.0\n.target {arch}\n.address_size 64\n");
+    // The newest ISA version any of them asks for (fp8 `mma` needs 8.4).
+    let version = ks
+        .iter()
+        .filter_map(|k| k.ptx.lines().find_map(|l| l.strip_prefix(".version ")))
+        .max_by(|a, b| {
+            a.parse::<f64>()
+                .unwrap_or(0.0)
+                .total_cmp(&b.parse().unwrap_or(0.0))
+        })
+        .unwrap_or("8.0");
+    let mut ptx = format!(".version {version}\n.target {arch}\n.address_size 64\n");
     for k in ks {
         assert_eq!(&k.arch, arch);
         assert!(k.ptx.contains(&format!(".target {arch}\n")));
@@ -1647,6 +1657,65 @@ fn int8_mma_kernels() -> Vec<Kernel> {
     ks
 }
 
+/// fp8 contractions (`e4m3` and `e5m2` operands widened to bf16 or f32,
+/// f32 accumulation, `k`-contiguous) that take `mma.sync.m16n8k32` on fp8
+/// in sm_90a modules.
+fn fp8_mma_kernels() -> Vec<Kernel> {
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    let mut ks = Vec::new();
+    for (elem, wide, out, rows, cols, depth) in [
+        (DType::F8E4M3, DType::BF16, DType::BF16, 203, 261, 96),
+        (DType::F8E5M2, DType::F32, DType::F32, 70, 40, 48),
+    ] {
+        let widen = |e: Expr| Expr::Round(wide, Box::new(e));
+        ks.push(Kernel {
+            name: format!("f8mma_{}_{rows}x{cols}_k{depth}", elem.name()),
+            inputs: vec![
+                buf("a", elem, vec![st(rows), st(depth)]),
+                buf("b", elem, vec![st(cols), st(depth)]),
+                buf("s", DType::F32, vec![st(cols)]),
+            ],
+            output: buf("c", out, vec![st(rows), st(cols)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(depth as i64),
+                a: widen(ld(0, vec![m.clone(), kk.clone()])),
+                b: widen(ld(1, vec![n.clone(), kk.clone()])),
+                epilogue: bin(Binary::Mul, Expr::Acc, ld(2, vec![n.clone()])),
+            },
+        });
+    }
+    ks
+}
+
+/// The fp8 contractions take the fp8 tensor-core path in sm_90a modules
+/// (`f8mma_` entries, PTX ISA 8.4) and the generic one in sm_80 modules,
+/// and give the evaluator's results on every side.
+#[test]
+fn fp8_tensor_core_contractions_run_as_the_evaluator_says() {
+    let ks = fp8_mma_kernels();
+    for k in &ks {
+        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
+        assert!(pk.entry.starts_with("f8mma_"), "{}: {}", k.name, pk.entry);
+        assert_eq!(pk.entry, kiln::codegen::ptx::entry_name(k));
+        let fp8 = if k.inputs[0].dtype == DType::F8E4M3 {
+            "e4m3"
+        } else {
+            "e5m2"
+        };
+        let want = format!("mma.sync.aligned.m16n8k32.row.col.f32.{fp8}.{fp8}.f32");
+        assert!(pk.ptx.contains(&want), "{}", k.name);
+        assert!(pk.ptx.contains(".version 8.4"), "{}", k.name);
+        let old = compile_kernel(k, PtxArch::Sm80).unwrap();
+        assert!(!old.entry.starts_with("f8mma_"), "{}", k.name);
+    }
+    check_all("fp8 mma", &ks);
+    run_on_every_side(&ks, |_, _| false, |_| 1e-4);
+}
+
 /// The int8 contractions take the s8 tensor-core path on both arches
 /// (`imma_` entries, `mma.sync.m16n8k32` with s32 accumulators, no
 /// `wgmma`), assemble, and give the evaluator's results exactly (i32) on
@@ -2329,7 +2398,20 @@ fn run_against_eval_tol(
         .inputs
         .iter()
         .zip(&shapes)
-        .map(|(b, s)| common::values(rng, b.dtype, s.iter().product()))
+        .map(|(b, s)| {
+            let n = s.iter().product();
+            // Every fp8 code (NaNs, infinities, 57344) makes most sums of
+            // a contraction NaN or huge, which compares nothing: its fp8
+            // operands take finite values in (-3, 3).
+            let fp8 = matches!(b.dtype, DType::F8E4M3 | DType::F8E5M2);
+            if fp8 && matches!(k.body, Body::Contract { .. }) {
+                (0..n)
+                    .map(|_| kiln_dialect::numeric::round_to(b.dtype, rng.random_range(-3.0..3.0)))
+                    .collect()
+            } else {
+                common::values(rng, b.dtype, n)
+            }
+        })
         .collect();
     let tensors: Vec<Tensor> = k
         .inputs

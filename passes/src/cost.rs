@@ -42,10 +42,11 @@ pub struct Target {
     /// When the backend's contraction kernels read a bind-time `b` operand
     /// packed in column panels of this width (`lower::pack_contraction_weights`).
     pub weight_panel: Option<usize>,
-    /// Whether int8 contractions read their `b` weight `k`-major (`[n, k]`),
-    /// transposed at bind time when stored `[k, n]`
-    /// (`lower::transpose_int8_weights`): the GPU's s8 tensor cores.
-    pub int8_k_major: bool,
+    /// Whether contractions of 8-bit elements (int8, fp8) read their `b`
+    /// weight `k`-major (`[n, k]`), transposed at bind time when stored
+    /// `[k, n]` (`lower::transpose_8bit_weights`): the GPU's 8-bit tensor
+    /// cores.
+    pub k_major_8bit: bool,
     /// Whether the backend runs convolutions as direct loops over the
     /// output, so that an elementwise prologue fused into the input is
     /// recomputed for every window tap that reads it (kh * kw / strides
@@ -86,7 +87,7 @@ pub static SM90: Target = Target {
     // No fused inverted-bottleneck kernel in the PTX backend yet.
     conv_block: false,
     weight_panel: None,
-    int8_k_major: true,
+    k_major_8bit: true,
     direct_conv: false,
     implicit_gemm_conv: false,
     norm_prologue: false,
@@ -109,7 +110,7 @@ pub static SM80: Target = Target {
     // No fused inverted-bottleneck kernel in the PTX backend yet.
     conv_block: false,
     weight_panel: None,
-    int8_k_major: true,
+    k_major_8bit: true,
     direct_conv: false,
     implicit_gemm_conv: false,
     norm_prologue: false,
@@ -131,7 +132,7 @@ pub static CPU: Target = Target {
     nchw_conv: 0.3,
     conv_block: false,
     weight_panel: Some(8),
-    int8_k_major: false,
+    k_major_8bit: false,
     direct_conv: true,
     implicit_gemm_conv: true,
     norm_prologue: true,

@@ -885,7 +885,8 @@ fn step(
         | Op::Shfl(_)
         | Op::Ldmatrix(..)
         | Op::Mma(_)
-        | Op::MmaI8(..) => {
+        | Op::MmaI8(..)
+        | Op::MmaF8(..) => {
             unreachable!("run_thread handles {:?}", inst.op)
         }
     }

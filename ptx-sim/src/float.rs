@@ -15,6 +15,27 @@ pub(crate) fn to_f64(t: Ty, v: u64) -> f64 {
     }
 }
 
+/// The value of an fp8 code: `e4m3` (bias 7, no infinities, S.1111.111
+/// NaN) or `e5m2` (bias 15, IEEE-like infinities and NaNs).
+pub(crate) fn fp8_value(t: Ty, code: u8) -> f64 {
+    let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (ebits, mbits, bias) = match t {
+        Ty::E4m3 => (4, 3, 7),
+        _ => (5, 2, 15),
+    };
+    let e = i32::from((code >> mbits) & ((1 << ebits) - 1));
+    let m = f64::from(code & ((1 << mbits) - 1));
+    let scale = f64::from(1u32 << mbits);
+    let emax = (1 << ebits) - 1;
+    match t {
+        Ty::E4m3 if e == emax && m == 7.0 => f64::NAN,
+        Ty::E5m2 if e == emax && m == 0.0 => sign * f64::INFINITY,
+        Ty::E5m2 if e == emax => f64::NAN,
+        _ if e == 0 => sign * m / scale * 2f64.powi(1 - bias),
+        _ => sign * (1.0 + m / scale) * 2f64.powi(e - bias),
+    }
+}
+
 /// `x` rounded to the float type `t` as `rnd` says, as bits.
 pub(crate) fn from_f64(t: Ty, x: f64, rnd: Rnd) -> Result<u64, String> {
     Ok(match (t, rnd) {
@@ -177,6 +198,20 @@ pub(crate) fn sx(v: u64, w: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fp8_codes_by_hand() {
+        assert_eq!(fp8_value(Ty::E4m3, 0x38), 1.0);
+        assert_eq!(fp8_value(Ty::E4m3, 0x7e), 448.0);
+        assert_eq!(fp8_value(Ty::E4m3, 0x01), 2f64.powi(-9));
+        assert_eq!(fp8_value(Ty::E4m3, 0xc4), -3.0);
+        assert!(fp8_value(Ty::E4m3, 0x7f).is_nan());
+        assert_eq!(fp8_value(Ty::E5m2, 0x3c), 1.0);
+        assert_eq!(fp8_value(Ty::E5m2, 0x7b), 57344.0);
+        assert_eq!(fp8_value(Ty::E5m2, 0x7c), f64::INFINITY);
+        assert!(fp8_value(Ty::E5m2, 0x7d).is_nan());
+        assert_eq!(fp8_value(Ty::E5m2, 0x01), 2f64.powi(-16));
+    }
 
     #[test]
     fn conversions_by_hand() {

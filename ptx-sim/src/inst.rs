@@ -22,6 +22,9 @@ pub enum Ty {
     F32,
     F64,
     Pred,
+    /// fp8 (`.e4m3`, `.e5m2`): `mma` operands only.
+    E4m3,
+    E5m2,
 }
 
 impl Ty {
@@ -46,6 +49,8 @@ impl Ty {
             "f32" => Ty::F32,
             "f64" => Ty::F64,
             "pred" => Ty::Pred,
+            "e4m3" => Ty::E4m3,
+            "e5m2" => Ty::E5m2,
             _ => return None,
         })
     }
@@ -54,7 +59,7 @@ impl Ty {
     pub fn bits(self) -> u32 {
         match self {
             Ty::Pred => 1,
-            Ty::B8 | Ty::U8 | Ty::S8 => 8,
+            Ty::B8 | Ty::U8 | Ty::S8 | Ty::E4m3 | Ty::E5m2 => 8,
             Ty::B16 | Ty::U16 | Ty::S16 | Ty::F16 | Ty::BF16 => 16,
             Ty::B32 | Ty::U32 | Ty::S32 | Ty::F32 | Ty::F16x2 | Ty::BF16x2 => 32,
             Ty::B64 | Ty::U64 | Ty::S64 | Ty::F64 => 64,
@@ -284,6 +289,9 @@ pub enum Op {
     Mma(Ty),
     /// `mma.sync.aligned.m16n8k32.row.col.s32.A.B.s32` (A, B: `s8`, `u8`).
     MmaI8(Ty, Ty),
+    /// `mma.sync.aligned.m16n8k32.row.col.f32.A.B.f32` (A, B: `e4m3`,
+    /// `e5m2`).
+    MmaF8(Ty, Ty),
 }
 
 impl Op {
@@ -291,7 +299,7 @@ impl Op {
     pub(crate) fn is_warp_collective(self) -> bool {
         matches!(
             self,
-            Op::Shfl(_) | Op::Ldmatrix(..) | Op::Mma(_) | Op::MmaI8(..)
+            Op::Shfl(_) | Op::Ldmatrix(..) | Op::Mma(_) | Op::MmaI8(..) | Op::MmaF8(..)
         )
     }
 }

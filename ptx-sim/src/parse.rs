@@ -619,8 +619,12 @@ fn decode(opcode: &str) -> Result<Op, Why> {
         "mma" if has("m16n8k32") => {
             // mma.sync.aligned.m16n8k32.row.col.s32.ATYPE.BTYPE.s32
             let int8 = |t: Ty| matches!(t, Ty::S8 | Ty::U8);
+            let fp8 = |t: Ty| matches!(t, Ty::E4m3 | Ty::E5m2);
             if !has("row") || !has("col") || tys.len() != 4 || has("satfinite") {
                 return Err(Why::Unsupported);
+            }
+            if tys[0] == Ty::F32 && tys[3] == Ty::F32 && fp8(tys[1]) && fp8(tys[2]) {
+                return Ok(Op::MmaF8(tys[1], tys[2]));
             }
             if tys[0] != Ty::S32 || tys[3] != Ty::S32 || !int8(tys[1]) || !int8(tys[2]) {
                 return Err(Why::Unsupported);

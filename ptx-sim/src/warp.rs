@@ -204,6 +204,52 @@ pub(crate) fn collective(
                 }
             }
         }
+        Op::MmaF8(ta, tb) => {
+            let vec = |i: usize, n: usize| -> Result<&Vec<Operand>, String> {
+                match ops.get(i) {
+                    Some(Operand::Vec(v)) if v.len() == n => Ok(v),
+                    _ => Err(format!("mma operand {i}: expected {n} registers")),
+                }
+            };
+            let (d, a, b, c) = (vec(0, 4)?, vec(1, 4)?, vec(2, 2)?, vec(3, 4)?);
+            let mut am = [[0f64; 32]; 16];
+            let mut bm = [[0f64; 8]; 32];
+            let mut cm = [[0f64; 8]; 16];
+            let code = |v: u64, i: usize| ((v >> (8 * i)) & 0xff) as u8;
+            // The fragments of the s8 shape (see `MmaI8`).
+            for (l, th) in lanes.iter().enumerate() {
+                let (g, q) = (l / 4, l % 4);
+                let lane = base + l as u32;
+                for (j, o) in a.iter().enumerate() {
+                    let v = ctx.get(th, lane, o)?;
+                    for i in 0..4 {
+                        am[g + 8 * (j % 2)][4 * q + 16 * (j / 2) + i] =
+                            float::fp8_value(ta, code(v, i));
+                    }
+                }
+                for (j, o) in b.iter().enumerate() {
+                    let v = ctx.get(th, lane, o)?;
+                    for i in 0..4 {
+                        bm[4 * q + 16 * j + i][g] = float::fp8_value(tb, code(v, i));
+                    }
+                }
+                for (j, o) in c.iter().enumerate() {
+                    let v = ctx.get(th, lane, o)?;
+                    cm[g + 8 * (j / 2)][2 * q + j % 2] = f64::from(f32::from_bits(v as u32));
+                }
+            }
+            for (l, th) in lanes.iter_mut().enumerate() {
+                let (g, q) = (l / 4, l % 4);
+                for (j, o) in d.iter().enumerate() {
+                    let (row, col) = (g + 8 * (j / 2), 2 * q + j % 2);
+                    let mut s = cm[row][col];
+                    for (k, brow) in bm.iter().enumerate() {
+                        s += am[row][k] * brow[col];
+                    }
+                    set(th, o, Ty::F32, u64::from((s as f32).to_bits()))?;
+                }
+            }
+        }
         _ => unreachable!("not a warp collective: {:?}", inst.op),
     }
     Ok(())

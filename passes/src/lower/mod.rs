@@ -40,7 +40,7 @@ use crate::extract::Kind;
 use crate::plan::Plan;
 
 pub use cx::ty_of;
-pub use pack::{lay_out_weights, pack_contraction_weights, transpose_int8_weights};
+pub use pack::{lay_out_weights, pack_contraction_weights, transpose_8bit_weights};
 pub use run::{RunError, run_program};
 
 /// Why a plan could not be lowered.

@@ -19,13 +19,13 @@ use kiln_dialect::{DType, Dim, Shape};
 /// Lays out the weights of `p`'s contractions as `target`'s kernels read
 /// them, with bind-time launches: column panels for the CPU
 /// ([`pack_contraction_weights`]), `k`-major int8 weights for the GPU
-/// ([`transpose_int8_weights`]).
+/// ([`transpose_8bit_weights`]).
 pub fn lay_out_weights(p: &mut Program, target: &crate::cost::Target) {
     if let Some(panel) = target.weight_panel {
         pack_contraction_weights(p, panel);
     }
-    if target.int8_k_major {
-        transpose_int8_weights(p);
+    if target.k_major_8bit {
+        transpose_8bit_weights(p);
     }
 }
 
@@ -197,26 +197,28 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// Rewrites every int8 contraction whose `b` operand is a tensor known
-/// at bind time stored `[.., K, N]` (`n` contiguous) to read a copy stored
-/// `[.., N, K]`, made by one more bind-time launch; returns how many were
-/// rewritten. The GPU's s8 tensor-core fragments (`mma.sync.m16n8k32`)
-/// take `k` contiguous in both operands, and unlike 16-bit elements,
-/// `ldmatrix` cannot transpose bytes. The copy is shared by the
+/// Rewrites every contraction of 8-bit elements (int8 or fp8) whose `b`
+/// operand is a tensor known at bind time stored `[.., K, N]` (`n`
+/// contiguous) to read a copy stored `[.., N, K]`, made by one more
+/// bind-time launch; returns how many were rewritten. The GPU's 8-bit
+/// tensor-core fragments (`mma.sync.m16n8k32`) take `k` contiguous in
+/// both operands, and unlike 16-bit elements, `ldmatrix` cannot transpose
+/// bytes. The copy is shared by the
 /// contractions that read the same tensor, and the rewrite is exact: the
 /// transposed load reads the element the plain one did.
 ///
 /// A contraction qualifies when `k`'s extent is a static multiple of 16,
-/// its `a` is an `i8` load with `k` last, and its `b` an unguarded `i8`
-/// load (plain, or rounded or cast to an integer type) of a static tensor
-/// indexed `[batch.., k, n]` over its whole `k` axis.
-pub fn transpose_int8_weights(p: &mut Program) -> usize {
+/// its `a` is a load of an 8-bit type with `k` last, and its `b` an
+/// unguarded load of the same type (plain, or widened exactly: rounded or
+/// cast) of a static tensor indexed `[batch.., k, n]` over its whole `k`
+/// axis.
+pub fn transpose_8bit_weights(p: &mut Program) -> usize {
     let known = bind_time_buffers(p);
     let mut copies: HashMap<usize, usize> = HashMap::new();
     let mut rewritten = 0;
     let mut i = 0;
     while i < p.launches.len() {
-        let Some(slot) = int8_k_outer(&p.launches[i], &known) else {
+        let Some(slot) = byte_k_outer(&p.launches[i], &known) else {
             i += 1;
             continue;
         };
@@ -237,10 +239,10 @@ pub fn transpose_int8_weights(p: &mut Program) -> usize {
         l.args[slot] = buf;
         l.kernel.inputs[slot] = p.buffers[buf].clone();
         let Body::Contract { b, .. } = &mut l.kernel.body else {
-            unreachable!("int8_k_outer checked the body")
+            unreachable!("byte_k_outer checked the body")
         };
-        let Expr::Load { index, .. } = int8_inner_mut(b) else {
-            unreachable!("int8_k_outer checked the operand")
+        let Expr::Load { index, .. } = byte_inner_mut(b) else {
+            unreachable!("byte_k_outer checked the operand")
         };
         let r = index.len();
         index.swap(r - 2, r - 1);
@@ -252,17 +254,15 @@ pub fn transpose_int8_weights(p: &mut Program) -> usize {
 
 /// The load inside an integer rounding or cast (the operand itself
 /// otherwise).
-fn int8_inner(e: &Expr) -> &Expr {
+fn byte_inner(e: &Expr) -> &Expr {
     match e {
-        Expr::Round(d, x) if d.is_int() => x,
-        Expr::Cast(Ty::I64, x) => x,
+        Expr::Round(_, x) | Expr::Cast(Ty::I64 | Ty::F32, x) => x,
         e => e,
     }
 }
 
-fn int8_inner_mut(e: &mut Expr) -> &mut Expr {
-    let wrapped =
-        matches!(e, Expr::Round(d, _) if d.is_int()) || matches!(e, Expr::Cast(Ty::I64, _));
+fn byte_inner_mut(e: &mut Expr) -> &mut Expr {
+    let wrapped = matches!(e, Expr::Round(..) | Expr::Cast(Ty::I64 | Ty::F32, _));
     if !wrapped {
         return e;
     }
@@ -273,8 +273,8 @@ fn int8_inner_mut(e: &mut Expr) -> &mut Expr {
 }
 
 /// The slot of an int8 contraction's `b` operand stored `[.., K, N]` (see
-/// [`transpose_int8_weights`]).
-fn int8_k_outer(l: &Launch, known: &[bool]) -> Option<usize> {
+/// [`transpose_8bit_weights`]).
+fn byte_k_outer(l: &Launch, known: &[bool]) -> Option<usize> {
     let k = &l.kernel;
     let Body::Contract {
         k: kv,
@@ -290,24 +290,26 @@ fn int8_k_outer(l: &Launch, known: &[bool]) -> Option<usize> {
     if rank < 2 || *depth <= 0 || depth % 16 != 0 {
         return None;
     }
-    // `a`: an i8 load with `k` contiguous.
-    let Expr::Load { input, index, .. } = int8_inner(a) else {
+    // `a`: a load of an 8-bit type with `k` contiguous.
+    let Expr::Load { input, index, .. } = byte_inner(a) else {
         return None;
     };
-    if k.inputs.get(*input)?.dtype != DType::I8 || index.last() != Some(&Expr::Var(*kv)) {
+    let elem = k.inputs.get(*input)?.dtype;
+    let byte = matches!(elem, DType::I8 | DType::F8E4M3 | DType::F8E5M2);
+    if !byte || index.last() != Some(&Expr::Var(*kv)) {
         return None;
     }
     let Expr::Load {
         input,
         index,
         guard: None,
-    } = int8_inner(b)
+    } = byte_inner(b)
     else {
         return None;
     };
     let buf = k.inputs.get(*input)?;
     let arg = *l.args.get(*input)?;
-    if buf.dtype != DType::I8 || !known.get(arg).copied().unwrap_or(false) {
+    if buf.dtype != elem || !known.get(arg).copied().unwrap_or(false) {
         return None;
     }
     let dims = buf.shape.as_static()?;

@@ -207,9 +207,10 @@ pub(super) struct MmaPlan {
     a: Operand,
     b: Operand,
     pub tiling: Tiling,
-    /// The kernel is the bf16 view of an int8 contraction ([`int8_view`]):
-    /// `mma.sync.m16n8k32` on s8 pairs with s32 accumulators.
-    pub int8: bool,
+    /// The kernel is the bf16 view of a contraction of 8-bit elements
+    /// ([`byte_view`]): `mma.sync.m16n8k32` on pairs of them (s32
+    /// accumulators for s8, f32 for fp8).
+    pub bytes: Option<Bytes>,
 }
 
 impl MmaPlan {
@@ -320,7 +321,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
         a,
         b,
         tiling,
-        int8: false,
+        bytes: None,
     })
 }
 
@@ -328,21 +329,55 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
 /// s32 accumulators.
 const INT8_MAX_K: i64 = 131_072;
 
-/// An int8 contraction (`sum_k a[.., m, k] * b[.., n, k]`, both operands
-/// loads of `i8` tensors with `k` contiguous, integer accumulation) as the
-/// kernel the tensor-core path compiles: each operand's bytes read as a
-/// bf16-typed tensor of half the row length, `k`'s extent halved. Two
-/// consecutive s8 are one 16-bit element, so the copies, shared layout and
+/// The 8-bit element types of the byte tensor-core path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Bytes {
+    /// `s8` codes, integer accumulation (s32).
+    S8,
+    /// fp8 `e4m3` / `e5m2`, f32 accumulation (sm_89 and later: sm_90a
+    /// modules only).
+    E4m3,
+    E5m2,
+}
+
+impl Bytes {
+    /// The `mma.sync` shape and types.
+    pub fn mma(self) -> &'static str {
+        match self {
+            Bytes::S8 => "m16n8k32.row.col.s32.s8.s8.s32",
+            Bytes::E4m3 => "m16n8k32.row.col.f32.e4m3.e4m3.f32",
+            Bytes::E5m2 => "m16n8k32.row.col.f32.e5m2.e5m2.f32",
+        }
+    }
+
+    /// The kernel kind in entry names.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Bytes::S8 => "imma",
+            Bytes::E4m3 | Bytes::E5m2 => "f8mma",
+        }
+    }
+}
+
+/// A contraction of 8-bit elements (`sum_k a[.., m, k] * b[.., n, k]`,
+/// both operands loads of `i8` tensors with integer accumulation, or both
+/// of the same fp8 type, widened exactly, with f32 accumulation; `k`
+/// contiguous in both) as the kernel the tensor-core path compiles, and
+/// its element type: each operand's bytes read as a bf16-typed tensor of
+/// half the row length, `k`'s extent halved. Two consecutive 8-bit
+/// elements are one 16-bit element, so the copies, shared layout and
 /// `ldmatrix` fragments of the bf16 path are exactly those of
-/// `mma.sync.m16n8k32.s8` (its A fragment's register j holds row g (+8),
-/// `k` 4q..4q+3 (+16), which is the bf16 A fragment's 16-bit pairs; the
-/// same for B); [`MmaPlan::int8`] then selects that instruction and s32
-/// accumulators. `None` where the path does not apply: a `k` that is not a
-/// static multiple of 16 (16-byte copies) up to [`INT8_MAX_K`], an
-/// operand with `n` or `m` contiguous (a weight stored `[k, n]` is
-/// transposed at bind time first: `lower::transpose_int8_weights`), or an
-/// epilogue that reads an operand.
-pub(super) fn int8_view(k: &Kernel) -> Option<Kernel> {
+/// `mma.sync.m16n8k32` on 8-bit types (its A fragment's register j holds
+/// row g (+8), `k` 4q..4q+3 (+16), which is the bf16 A fragment's 16-bit
+/// pairs; the same for B); [`MmaPlan::bytes`] then selects that
+/// instruction (and s32 accumulators for s8). `None` where the path does
+/// not apply: a `k` that is not a static multiple of 16 (16-byte copies)
+/// up to [`INT8_MAX_K`], an operand with `n` or `m` contiguous (a weight
+/// stored `[k, n]` is transposed at bind time first:
+/// `lower::transpose_8bit_weights`), an epilogue that reads an operand,
+/// fp8 on sm_80 (no fp8 `mma` there) or in a kernel that does not
+/// compute in f32.
+pub(super) fn byte_view(k: &Kernel, arch: PtxArch) -> Option<(Kernel, Bytes)> {
     let Body::Contract {
         k: kv,
         extent,
@@ -361,8 +396,29 @@ pub(super) fn int8_view(k: &Kernel) -> Option<Kernel> {
         return None;
     }
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
-    let (ia, xa) = int8_load(k, a, mv, *kv, r)?;
-    let (ib, xb) = int8_load(k, b, nv, *kv, r)?;
+    let (ia, xa) = byte_load(k, a, mv, *kv, r)?;
+    let (ib, xb) = byte_load(k, b, nv, *kv, r)?;
+    let bytes = match (k.inputs[ia].dtype, k.inputs[ib].dtype) {
+        (DType::I8, DType::I8) => Bytes::S8,
+        (DType::F8E4M3, DType::F8E4M3) => Bytes::E4m3,
+        (DType::F8E5M2, DType::F8E5M2) => Bytes::E5m2,
+        _ => return None,
+    };
+    // Integer codes accumulate as integers, fp8 values as f32.
+    let int_operands = |e: &Expr| {
+        !matches!(e, Expr::Round(d, _) if d.is_float()) && !matches!(e, Expr::Cast(Ty::F32, _))
+    };
+    let float_operands = |e: &Expr| {
+        !matches!(e, Expr::Round(d, _) if d.is_int()) && !matches!(e, Expr::Cast(Ty::I64, _))
+    };
+    match bytes {
+        Bytes::S8 if !(int_operands(a) && int_operands(b)) => return None,
+        Bytes::E4m3 | Bytes::E5m2 if !(float_operands(a) && float_operands(b)) => return None,
+        Bytes::E4m3 | Bytes::E5m2 if arch != PtxArch::Sm90a || k.float != Ty::F32 => {
+            return None;
+        }
+        _ => {}
+    }
     fn reads(e: &Expr, ins: [usize; 2]) -> bool {
         let mut any = matches!(e, Expr::Load { input, .. } if ins.contains(input));
         e.for_each_child(|c| any |= reads(c, ins));
@@ -390,14 +446,15 @@ pub(super) fn int8_view(k: &Kernel) -> Option<Kernel> {
         b: load(ib, xb),
         epilogue: epilogue.clone(),
     };
-    Some(view)
+    Some((view, bytes))
 }
 
-/// An unguarded load of an `i8` tensor (plain, or rounded or cast to an
-/// integer type, which leaves its value unchanged) indexed `[.., outer,
-/// k]` with a last axis that is a static multiple of 16 and batch indices
-/// that read only batch variables: its input and index.
-fn int8_load<'e>(
+/// An unguarded load of an 8-bit tensor (`i8` plain, or rounded or cast to
+/// an integer type; fp8 plain, or rounded to bf16, f16 or cast to f32:
+/// each leaves its value unchanged) indexed `[.., outer, k]` with a last
+/// axis that is a static multiple of 16 and batch indices that read only
+/// batch variables: its input and index.
+fn byte_load<'e>(
     k: &Kernel,
     e: &'e Expr,
     outer: Var,
@@ -406,7 +463,8 @@ fn int8_load<'e>(
 ) -> Option<(usize, &'e [Expr])> {
     let inner = match e {
         Expr::Round(d, x) if d.is_int() => x.as_ref(),
-        Expr::Cast(Ty::I64, x) => x.as_ref(),
+        Expr::Round(DType::BF16 | DType::F16 | DType::F32, x) => x.as_ref(),
+        Expr::Cast(Ty::I64 | Ty::F32, x) => x.as_ref(),
         e => e,
     };
     let Expr::Load {
@@ -419,7 +477,8 @@ fn int8_load<'e>(
     };
     let buf = k.inputs.get(*input)?;
     let n = index.len();
-    if buf.dtype != DType::I8 || n < 2 || buf.shape.rank() != n {
+    let byte = matches!(buf.dtype, DType::I8 | DType::F8E4M3 | DType::F8E5M2);
+    if !byte || n < 2 || buf.shape.rank() != n {
         return None;
     }
     if buf.shape.0[n - 1].as_static()? % 16 != 0 {
@@ -658,7 +717,8 @@ pub(super) fn emit(
     };
 
     // The accumulators (s32 for int8).
-    let class = if plan.int8 { Class::R } else { Class::F };
+    let int_acc = plan.bytes == Some(Bytes::S8);
+    let class = if int_acc { Class::R } else { Class::F };
     let acc: Vec<String> = (0..t.accs()).map(|_| em.reg(class)).collect();
 
     // The tile loop.
@@ -682,7 +742,7 @@ pub(super) fn emit(
     let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
     let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
     for a in &acc {
-        if plan.int8 {
+        if int_acc {
             em.ins(format!("mov.b32 {a}, 0"));
         } else {
             em.ins(format!("mov.f32 {a}, 0f00000000"));
@@ -750,7 +810,7 @@ pub(super) fn emit(
     store_tile(
         em,
         &TileStore {
-            int_acc: plan.int8,
+            int_acc,
             acc: &acc,
             warp_m: t.warp_m,
             warp_n: t.warp_n,
@@ -1309,8 +1369,8 @@ fn compute(em: &mut Em, plan: &MmaPlan, acc: &[String], a_lane: &str, b_lane: &s
                 let (b0, b1) = (&b[(ni % 2 * 2) as usize], &b[(ni % 2 * 2 + 1) as usize]);
                 let i = ((mi * nb + ni) * 4) as usize;
                 let c = acc[i..i + 4].join(", ");
-                let shape = if plan.int8 {
-                    "m16n8k32.row.col.s32.s8.s8.s32".to_string()
+                let shape = if let Some(b) = plan.bytes {
+                    b.mma().to_string()
                 } else {
                     format!("m16n8k16.row.col.f32.{ty}.{ty}.f32")
                 };

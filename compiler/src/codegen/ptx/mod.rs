@@ -207,9 +207,10 @@ pub fn entry_name(k: &Kernel) -> String {
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, PtxArch::Sm80).is_none() {
         return entry_name(&k.attention_as_map());
     }
-    if let Some(view) = mma::int8_view(k) {
+    if let Some((view, bytes)) = mma::byte_view(k, PtxArch::Sm90a) {
         return format!(
-            "imma_{}_{:016x}",
+            "{}_{}_{:016x}",
+            bytes.kind(),
             view.output.dtype.name(),
             fnv1a(&view.to_string())
         );
@@ -237,11 +238,13 @@ pub fn compile_kernel_with(
     if matches!(k.body, Body::Attention(_)) && attention::plan(k, arch).is_none() {
         return compile_kernel_with(&k.attention_as_map(), arch, opts);
     }
-    // An int8 contraction compiles as its bf16 view (`mma::int8_view`).
-    let view = mma::int8_view(k);
-    let k = view.as_ref().unwrap_or(k);
-    let (kind, reds) = match view {
-        Some(_) => ("imma", Vec::new()),
+    // A contraction of 8-bit elements compiles as its bf16 view
+    // (`mma::byte_view`).
+    let view = mma::byte_view(k, arch);
+    let bytes = view.as_ref().map(|v| v.1);
+    let k = view.as_ref().map_or(k, |v| &v.0);
+    let (kind, reds) = match bytes {
+        Some(b) => (b.kind(), Vec::new()),
         None => classify(k, opts),
     };
     let entry = format!(
@@ -326,13 +329,17 @@ pub fn compile_kernel_with(
         }
         Body::Contract {
             extent, epilogue, ..
-        } if kind == "mma" || kind == "imma" => {
-            // int8 runs `mma.sync` tiles on every arch.
-            let int8 = kind == "imma";
-            let tiles_for = if int8 { PtxArch::Sm80 } else { arch };
+        } if kind == "mma" || bytes.is_some() => {
+            // 8-bit elements run `mma.sync` tiles on every arch.
+            let tiles_for = if bytes.is_some() { PtxArch::Sm80 } else { arch };
             let mut plan =
                 mma::plan(k, tiles_for).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
-            plan.int8 = int8;
+            plan.bytes = bytes;
+            // The fp8 tiles need more registers than the 128 of two blocks
+            // per multiprocessor (ptxas 13.0 spilled 60 bytes there).
+            if matches!(bytes, Some(mma::Bytes::E4m3 | mma::Bytes::E5m2)) {
+                plan.tiling.blocks_per_sm = 1;
+            }
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.tiling.blocks_per_sm);
@@ -367,7 +374,9 @@ pub fn compile_kernel_with(
 
     let mut ptx = String::new();
     let _ = writeln!(ptx, "// kiln kernel `{}`", k.name);
-    let _ = writeln!(ptx, ".version 8.0");
+    // fp8 `mma` needs PTX ISA 8.4; everything else 8.0.
+    let fp8 = matches!(bytes, Some(mma::Bytes::E4m3 | mma::Bytes::E5m2));
+    let _ = writeln!(ptx, ".version {}", if fp8 { "8.4" } else { "8.0" });
     let _ = writeln!(ptx, ".target {}", arch.target());
     let _ = writeln!(ptx, ".address_size 64\n");
     if shared_bytes > 0 {
