@@ -2482,9 +2482,6 @@ fn run_against_eval_tol(
                 _ => PtxOptions::from_env(),
             };
             let pk = compile_kernel_with(k, arch, &opts).map_err(|e| e.to_string())?;
-            if pk.ptx.contains("wgmma") {
-                return Ok(false);
-            }
             let exe = kiln_runtime::cuda::SimExecutable::new(program, vec![pk])
                 .map_err(|e| e.to_string())?;
             exe.run(&inputs).map_err(|e| e.to_string())?

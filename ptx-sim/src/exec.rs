@@ -75,6 +75,13 @@ impl Shared {
         Ok(&self.bytes[off..off + len])
     }
 
+    /// Reads `len` bytes for an asynchronous unit (`wgmma`), outside the
+    /// race check (it reads after the barriers that order the copies).
+    pub(crate) fn read_async(&self, addr: u64, len: usize) -> Result<&[u8], String> {
+        let off = self.offset(addr, len)?;
+        Ok(&self.bytes[off..off + len])
+    }
+
     /// Writes `data` as thread `tid`.
     pub(crate) fn write(&mut self, addr: u64, data: &[u8], tid: u32) -> Result<(), String> {
         let off = self.offset(addr, data.len())?;
@@ -118,6 +125,8 @@ pub(crate) enum State {
     Run,
     /// At a warp collective.
     Warp,
+    /// At a warp-group collective (`wgmma`).
+    Group,
     /// At `bar.sync`.
     Bar,
     Done,
@@ -317,6 +326,36 @@ fn run_block(
         if progressed {
             continue;
         }
+        // Warp-group collectives: four warps, every live thread arrived.
+        for g in 0..threads.len() / 128 {
+            let group = &mut threads[g * 128..g * 128 + 128];
+            let live: Vec<usize> = (0..128)
+                .filter(|&l| group[l].state != State::Done)
+                .collect();
+            if live.is_empty() || !live.iter().all(|&l| group[l].state == State::Group) {
+                continue;
+            }
+            let pc = group[live[0]].pc;
+            let inst = &ctx.e.insts[pc];
+            if live.len() != 128 || live.iter().any(|&l| group[l].pc != pc) {
+                return Err(fault(
+                    (g * 128) as u32,
+                    inst.line,
+                    format!("the threads of warp group {g} do not all reach this `wgmma`"),
+                ));
+            }
+            crate::warp::group_collective(ctx, inst, group, (g * 128) as u32, shared)
+                .map_err(|what| fault((g * 128) as u32, inst.line, what))?;
+            for th in group.iter_mut() {
+                th.pc += 1;
+                th.state = State::Run;
+            }
+            stats.instructions += 128;
+            progressed = true;
+        }
+        if progressed {
+            continue;
+        }
         let live = threads.iter().filter(|t| t.state != State::Done).count();
         if live == 0 {
             return Ok(());
@@ -337,6 +376,7 @@ fn run_block(
         let describe = |t: &Thread| match t.state {
             State::Bar => format!("bar.sync at line {}", ctx.e.insts[t.pc].line),
             State::Warp => format!("a warp collective at line {}", ctx.e.insts[t.pc].line),
+            State::Group => format!("a warp-group collective at line {}", ctx.e.insts[t.pc].line),
             State::Done => "exited".into(),
             State::Run => "running".into(),
         };
@@ -402,6 +442,11 @@ fn run_thread(
             }
             op if op.is_warp_collective() => {
                 th.state = State::Warp;
+                stats.instructions -= 1;
+                return Ok(());
+            }
+            op if op.is_group_collective() => {
+                th.state = State::Group;
                 stats.instructions -= 1;
                 return Ok(());
             }
@@ -886,7 +931,8 @@ fn step(
         | Op::Ldmatrix(..)
         | Op::Mma(_)
         | Op::MmaI8(..)
-        | Op::MmaF8(..) => {
+        | Op::MmaF8(..)
+        | Op::Wgmma(..) => {
             unreachable!("run_thread handles {:?}", inst.op)
         }
     }

@@ -292,9 +292,19 @@ pub enum Op {
     /// `mma.sync.aligned.m16n8k32.row.col.f32.A.B.f32` (A, B: `e4m3`,
     /// `e5m2`).
     MmaF8(Ty, Ty),
+    /// `wgmma.mma_async.sync.aligned.m64nNkK.D.A.B` with both operands in
+    /// shared memory (descriptors): N, K, the accumulator type, A's and
+    /// B's types.
+    Wgmma(u32, u32, Ty, Ty, Ty),
 }
 
 impl Op {
+    /// Whether the warp group (four warps) executes this instruction
+    /// together.
+    pub(crate) fn is_group_collective(self) -> bool {
+        matches!(self, Op::Wgmma(..))
+    }
+
     /// Whether the warp executes this instruction together.
     pub(crate) fn is_warp_collective(self) -> bool {
         matches!(

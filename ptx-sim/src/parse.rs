@@ -589,6 +589,33 @@ fn decode(opcode: &str) -> Result<Op, Why> {
             Op::Bar
         }
         "fence" | "membar" => Op::Fence,
+        // The warpgroup's ordering instructions: `mma_async` runs at once
+        // here, so there is nothing to order or wait for.
+        "wgmma" if has("fence") || has("commit_group") || has("wait_group") => Op::Fence,
+        "wgmma" if has("mma_async") => {
+            let shape = mods
+                .iter()
+                .find(|m| m.starts_with("m64n"))
+                .ok_or(Why::Unsupported)?;
+            let (n, k) = shape[4..].split_once('k').ok_or(Why::Unsupported)?;
+            let (n, k): (u32, u32) = (
+                n.parse().map_err(|_| Why::Unsupported)?,
+                k.parse().map_err(|_| Why::Unsupported)?,
+            );
+            if tys.len() != 3 || has("satfinite") || n % 8 != 0 || n > 256 {
+                return Err(Why::Unsupported);
+            }
+            let ok = match (tys[0], tys[1], k) {
+                (Ty::F32, Ty::F16 | Ty::BF16, 16) => tys[2] == tys[1],
+                (Ty::F32, Ty::E4m3 | Ty::E5m2, 32) => matches!(tys[2], Ty::E4m3 | Ty::E5m2),
+                (Ty::S32, Ty::S8 | Ty::U8, 32) => matches!(tys[2], Ty::S8 | Ty::U8),
+                _ => false,
+            };
+            if !ok {
+                return Err(Why::Unsupported);
+            }
+            Op::Wgmma(n, k, tys[0], tys[1], tys[2])
+        }
         "shfl" => {
             let mode = if has("bfly") {
                 Shfl::Bfly

@@ -254,3 +254,145 @@ pub(crate) fn collective(
     }
     Ok(())
 }
+
+/// The shared-memory address of element (`row`, `k`) of a `wgmma` operand
+/// whose descriptor is `desc` (rows: `m` of A or `n` of B), elements of
+/// `bytes` bytes, `k_major` unless the operand is transposed. The layouts
+/// are the canonical ones with the 128-byte swizzle (mode 1 in bits 62-63):
+/// `k`-major, rows of 128 bytes of `k`, eight rows an atom, atoms `SBO`
+/// apart; `m`/`n`-major, rows of 128 bytes of `m`/`n` per `k`, eight `k`
+/// an atom, atoms `SBO` apart along `k` and `LBO` apart along `m`/`n`
+/// every 128 bytes. The swizzle XORs address bits 4-6 with bits 7-9.
+fn wgmma_addr(desc: u64, row: usize, k: usize, bytes: usize, k_major: bool) -> u64 {
+    let start = (desc & 0x3fff) << 4;
+    let lbo = ((desc >> 16) & 0x3fff) << 4;
+    let sbo = ((desc >> 32) & 0x3fff) << 4;
+    let per_row = 128 / bytes;
+    let logical = if k_major {
+        start + (row / 8) as u64 * sbo + (row % 8) as u64 * 128 + (k * bytes) as u64
+    } else {
+        start
+            + (row / per_row) as u64 * lbo
+            + (k / 8) as u64 * sbo
+            + (k % 8) as u64 * 128
+            + ((row % per_row) * bytes) as u64
+    };
+    logical ^ (((logical >> 7) & 7) << 4)
+}
+
+/// Runs a `wgmma.mma_async` for the 128 threads of a warp group (threads
+/// `base..base + 128`), at once: `D = A B + (scale-d ? D : 0)` for a 64 x N
+/// tile, A and B read from shared memory through their descriptors.
+/// Accumulator register `i` of lane `l` of warp `w` holds row
+/// `16 w + l / 4 (+8 when i % 4 >= 2)` and column `8 (i / 4) + 2 (l % 4) +
+/// i % 2`.
+pub(crate) fn group_collective(
+    ctx: &Ctx,
+    inst: &Inst,
+    threads: &mut [Thread],
+    base: u32,
+    shared: &mut Shared,
+) -> Result<(), String> {
+    let Op::Wgmma(n, kdepth, dt, ta, tb) = inst.op else {
+        unreachable!("not a warp-group collective: {:?}", inst.op)
+    };
+    let (n, kdepth) = (n as usize, kdepth as usize);
+    let ops = &inst.ops;
+    let Some(Operand::Vec(d)) = ops.first() else {
+        return Err("wgmma without accumulator registers".into());
+    };
+    if d.len() != n / 2 {
+        return Err(format!("{} accumulator registers for n = {n}", d.len()));
+    }
+    let get = |t: usize, i: usize| -> Result<u64, String> {
+        let o = ops
+            .get(i)
+            .ok_or_else(|| format!("operand {i} is missing"))?;
+        ctx.get(&threads[t], base + t as u32, o)
+    };
+    let (da, db) = (get(0, 1)?, get(0, 2)?);
+    for t in 1..128 {
+        if get(t, 1)? != da || get(t, 2)? != db {
+            return Err(format!(
+                "thread {} gives other descriptors than thread {base}",
+                base + t as u32
+            ));
+        }
+    }
+    for desc in [da, db] {
+        if desc >> 62 != 1 {
+            return Err(format!(
+                "a descriptor with swizzle mode {} (only the 128-byte swizzle is interpreted)",
+                desc >> 62
+            ));
+        }
+    }
+    let scale_d = get(0, 3)? & 1 == 1;
+    let imm = |i: usize, default: u64| -> Result<u64, String> {
+        if ops.len() > i {
+            get(0, i)
+        } else {
+            Ok(default)
+        }
+    };
+    let neg = |v: u64| if v as i64 == -1 { -1.0 } else { 1.0 };
+    let (sa, sb) = (neg(imm(4, 1)?), neg(imm(5, 1)?));
+    let (trans_a, trans_b) = (imm(6, 0)? == 1, imm(7, 0)? == 1);
+    let bytes = |t: Ty| {
+        if matches!(t, Ty::F16 | Ty::BF16) {
+            2
+        } else {
+            1
+        }
+    };
+    let value = |t: Ty, addr: u64, shared: &Shared| -> Result<f64, String> {
+        let b = shared.read_async(addr, bytes(t))?;
+        Ok(match t {
+            Ty::F16 | Ty::BF16 => float::to_f64(t, u64::from(u16::from_le_bytes([b[0], b[1]]))),
+            Ty::E4m3 | Ty::E5m2 => float::fp8_value(t, b[0]),
+            Ty::S8 => f64::from(b[0] as i8),
+            _ => f64::from(b[0]),
+        })
+    };
+    let mut am = vec![vec![0f64; kdepth]; 64];
+    for (r, row) in am.iter_mut().enumerate() {
+        for (k, x) in row.iter_mut().enumerate() {
+            *x = sa * value(ta, wgmma_addr(da, r, k, bytes(ta), !trans_a), shared)?;
+        }
+    }
+    let mut bm = vec![vec![0f64; kdepth]; n];
+    for (c, col) in bm.iter_mut().enumerate() {
+        for (k, x) in col.iter_mut().enumerate() {
+            *x = sb * value(tb, wgmma_addr(db, c, k, bytes(tb), !trans_b), shared)?;
+        }
+    }
+    for (t, th) in threads.iter_mut().enumerate() {
+        let (w, l) = (t / 32, t % 32);
+        for (i, o) in d.iter().enumerate() {
+            let row = 16 * w + l / 4 + if i % 4 >= 2 { 8 } else { 0 };
+            let col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
+            let dot: f64 = (0..kdepth).map(|k| am[row][k] * bm[col][k]).sum();
+            let old = ctx.get(th, base + t as u32, o)?;
+            let v = match dt {
+                Ty::S32 => {
+                    let c = if scale_d {
+                        i64::from(old as u32 as i32)
+                    } else {
+                        0
+                    };
+                    (c + dot as i64) as i32 as u32 as u64
+                }
+                _ => {
+                    let c = if scale_d {
+                        f64::from(f32::from_bits(old as u32))
+                    } else {
+                        0.0
+                    };
+                    u64::from(((c + dot) as f32).to_bits())
+                }
+            };
+            set(th, o, dt, v)?;
+        }
+    }
+    Ok(())
+}
