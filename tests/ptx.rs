@@ -10,9 +10,8 @@
 //! `KILN_BLESS=1` rewrites it.
 //!
 //! The kernels run against the kernel evaluator on the CPU executor, on
-//! the PTX interpreter (`kiln-ptx-sim`, as sm_90a and sm_80 modules; a
-//! module with `wgmma` runs as sm_80 only) on every machine, and on the GPU
-//! where there is one.
+//! the PTX interpreter (`kiln-ptx-sim`, as sm_90a and sm_80 modules) on
+//! every machine, and on the GPU where there is one.
 
 mod common;
 
@@ -1692,8 +1691,9 @@ fn fp8_mma_kernels() -> Vec<Kernel> {
 }
 
 /// The fp8 contractions take the fp8 tensor-core path in sm_90a modules
-/// (`f8mma_` entries, PTX ISA 8.4) and the generic one in sm_80 modules,
-/// and give the evaluator's results on every side.
+/// (`f8mma_` entries, warpgroup `wgmma ... k32.f32.e4m3.e4m3`, PTX ISA
+/// 8.4) and the generic one in sm_80 modules, and give the evaluator's
+/// results on every side.
 #[test]
 fn fp8_tensor_core_contractions_run_as_the_evaluator_says() {
     let ks = fp8_mma_kernels();
@@ -1706,8 +1706,8 @@ fn fp8_tensor_core_contractions_run_as_the_evaluator_says() {
         } else {
             "e5m2"
         };
-        let want = format!("mma.sync.aligned.m16n8k32.row.col.f32.{fp8}.{fp8}.f32");
-        assert!(pk.ptx.contains(&want), "{}", k.name);
+        let want = format!("k32.f32.{fp8}.{fp8} {{");
+        assert!(pk.ptx.contains(&want), "{}: warpgroup fp8", k.name);
         assert!(pk.ptx.contains(".version 8.4"), "{}", k.name);
         let old = compile_kernel(k, PtxArch::Sm80).unwrap();
         assert!(!old.entry.starts_with("f8mma_"), "{}", k.name);
@@ -1717,24 +1717,30 @@ fn fp8_tensor_core_contractions_run_as_the_evaluator_says() {
 }
 
 /// The int8 contractions take the s8 tensor-core path on both arches
-/// (`imma_` entries, `mma.sync.m16n8k32` with s32 accumulators, no
-/// `wgmma`), assemble, and give the evaluator's results exactly (i32) on
-/// the CPU executor, the PTX interpreter and the GPU where there is one.
+/// (`imma_` entries; warpgroup `wgmma ... k32.s32.s8.s8` on sm_90a,
+/// `mma.sync.m16n8k32` on sm_80; s32 accumulators), assemble, and give the
+/// evaluator's results exactly (i32) on the CPU executor, the PTX
+/// interpreter and the GPU where there is one.
 /// A `b` stored `[k, n]` or a `k` that is not a multiple of 16 does not.
 #[test]
 fn int8_tensor_core_contractions_run_as_the_evaluator_says() {
     let ks = int8_mma_kernels();
     for k in &ks {
-        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-            let pk = compile_kernel(k, arch).unwrap();
-            assert!(pk.entry.starts_with("imma_"), "{}: {}", k.name, pk.entry);
-            assert_eq!(pk.entry, kiln::codegen::ptx::entry_name(k));
-            assert!(
-                pk.ptx
-                    .contains("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32")
-            );
-            assert!(!pk.ptx.contains("wgmma"), "{}", k.name);
-        }
+        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
+        assert!(pk.entry.starts_with("imma_"), "{}: {}", k.name, pk.entry);
+        assert_eq!(pk.entry, kiln::codegen::ptx::entry_name(k));
+        assert!(
+            pk.ptx.contains("k32.s32.s8.s8 {"),
+            "{}: warpgroup s8",
+            k.name
+        );
+        let pk = compile_kernel(k, PtxArch::Sm80).unwrap();
+        assert!(pk.entry.starts_with("imma_"), "{}: {}", k.name, pk.entry);
+        assert!(
+            pk.ptx
+                .contains("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32")
+        );
+        assert!(!pk.ptx.contains("wgmma"), "{}", k.name);
     }
     let mut kn = ks[0].clone();
     kn.inputs[1].shape = Shape(vec![st(96), st(261)]);
@@ -2372,8 +2378,6 @@ impl Side {
 
 /// [`run_against_eval`] with a float tolerance of `tol` times the
 /// output's largest magnitude (plus one unit of the output type).
-/// `Ok(false)` also where the PTX interpreter cannot run the kernel
-/// (warpgroup `wgmma`, which sm_80 modules replace with `mma.sync`).
 fn run_against_eval_tol(
     k: &Kernel,
     rng: &mut impl rand::Rng,

@@ -59,10 +59,9 @@ pub enum Device {
     /// kernels emitted as PTX and run by the CUDA executor (CUDA graphs per
     /// input shape). Needs the CUDA driver.
     Cuda,
-    /// The GPU path without a GPU: the `sm_90` plan's kernels as PTX (for
-    /// `sm_90a`; those with warpgroup `wgmma` for `sm_80`), run by the PTX
-    /// interpreter, which checks every access and barrier. Slow: for
-    /// checking kernels, not for timing.
+    /// The GPU path without a GPU: the `sm_90` plan's kernels as `sm_90a`
+    /// PTX, run by the PTX interpreter, which checks every access and
+    /// barrier. Slow: for checking kernels, not for timing.
     CudaSim,
 }
 

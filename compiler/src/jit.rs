@@ -58,10 +58,9 @@ pub enum Device {
     /// build time).
     Cuda,
     /// The GPU path without a GPU: the same plan (priced for `sm_90`) and
-    /// PTX kernels, written for `sm_90a` (those that use `wgmma` there for
-    /// `sm_80`, with `mma.sync`), run by the PTX interpreter
-    /// ([`SimExecutable`]). Slow; for checking kernels on machines without
-    /// a GPU.
+    /// `sm_90a` PTX kernels as [`Device::Cuda`], run by the PTX
+    /// interpreter ([`SimExecutable`]). Slow; for checking kernels on
+    /// machines without a GPU.
     CudaSim,
 }
 
@@ -235,7 +234,10 @@ fn build(m: model::Model, start: Instant, opts: &JitOptions) -> Result<Model, Ki
             (Exec::Cpu(exe), code)
         }
         None if opts.device == Device::CudaSim => {
-            let kernels = simulated_kernels(&program)?;
+            let kernels = crate::codegen::ptx::compile_program(
+                &program,
+                crate::codegen::ptx::PtxArch::Sm90a,
+            )?;
             let code = keep.as_ref().map(|_| Code::Ptx(kernels.clone()));
             (Exec::Sim(SimExecutable::new(program, kernels)?), code)
         }
@@ -413,24 +415,6 @@ pub fn gpu_for(
 ) -> Result<CudaExecutable, KilnError> {
     let kernels = crate::codegen::ptx::compile_program(&program, arch)?;
     Ok(CudaExecutable::new(program, kernels)?)
-}
-
-/// The kernels [`Device::CudaSim`] runs: each written for `sm_90a`, except
-/// those that use warpgroup `wgmma` there, written for `sm_80` (`mma.sync`),
-/// which the PTX interpreter runs.
-fn simulated_kernels(program: &Program) -> Result<Vec<kiln_runtime::cuda::PtxKernel>, KilnError> {
-    use crate::codegen::ptx::{PtxArch, PtxOptions, compile_kernel_with};
-    let opts = PtxOptions::from_env();
-    let mut kernels = Vec::with_capacity(program.launches.len());
-    for l in &program.launches {
-        let k = compile_kernel_with(&l.kernel, PtxArch::Sm90a, &opts)?;
-        kernels.push(if k.ptx.contains("wgmma") {
-            compile_kernel_with(&l.kernel, PtxArch::Sm80, &opts)?
-        } else {
-            k
-        });
-    }
-    Ok(kernels)
 }
 
 /// Compiles every kernel of `program` to PTX for `arch` (with the

@@ -1439,11 +1439,26 @@ fn compute_wgmma(em: &mut Em, plan: &MmaPlan, acc: &[String], warp: &str, smem: 
         let (a, b) = (em.reg(Class::D), em.reg(Class::D));
         em.ins(format!("add.s64 {a}, {da}, {}", kk * a_step / 16));
         em.ins(format!("add.s64 {b}, {db}, {}", kk * b_step / 16));
-        em.ins(format!(
-            "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{ty}.{ty} {{{regs}}}, {a}, {b}, {p}, 1, 1, \
-             {ta}, {tb}",
-            t.tile_n
-        ));
+        // 8-bit types: `k` 32 per instruction (the 16-bit view's 16), both
+        // operands `k`-major, no transpose operands (no scales for s8).
+        let n = t.tile_n;
+        em.ins(match plan.bytes {
+            None => format!(
+                "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{regs}}}, {a}, {b}, {p}, \
+                 1, 1, {ta}, {tb}"
+            ),
+            Some(Bytes::S8) => format!(
+                "wgmma.mma_async.sync.aligned.m64n{n}k32.s32.s8.s8 {{{regs}}}, {a}, {b}, {p}"
+            ),
+            Some(Bytes::E4m3) => format!(
+                "wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3 {{{regs}}}, {a}, {b}, {p}, \
+                 1, 1"
+            ),
+            Some(Bytes::E5m2) => format!(
+                "wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e5m2.e5m2 {{{regs}}}, {a}, {b}, {p}, \
+                 1, 1"
+            ),
+        });
     }
     em.ins("wgmma.commit_group.sync.aligned");
     em.ins(format!(

@@ -330,14 +330,14 @@ pub fn compile_kernel_with(
         Body::Contract {
             extent, epilogue, ..
         } if kind == "mma" || bytes.is_some() => {
-            // 8-bit elements run `mma.sync` tiles on every arch.
-            let tiles_for = if bytes.is_some() { PtxArch::Sm80 } else { arch };
             let mut plan =
-                mma::plan(k, tiles_for).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
+                mma::plan(k, arch).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
             plan.bytes = bytes;
-            // The fp8 tiles need more registers than the 128 of two blocks
-            // per multiprocessor (ptxas 13.0 spilled 60 bytes there).
-            if matches!(bytes, Some(mma::Bytes::E4m3 | mma::Bytes::E5m2)) {
+            // fp8 `mma.sync` tiles (`KILN_MMA_TILING`) need more registers
+            // than the 128 of two blocks per multiprocessor (ptxas 13.0
+            // spilled 60 bytes there).
+            let fp8 = matches!(bytes, Some(mma::Bytes::E4m3 | mma::Bytes::E5m2));
+            if fp8 && !plan.tiling.wgmma {
                 plan.tiling.blocks_per_sm = 1;
             }
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
