@@ -26,7 +26,7 @@ rm -f "$tmp"/kiln-*.json "$tmp"/kiln-*.err "$tmp/gpu_baselines.json"
 # id:file:dim:heavy (heavy: the plan still has slow generic contractions,
 # so fewer timed replays)
 all="W1:w1:m=8192:0 W1b:w1b:m=8192:0 W2:w2:m=8192:1 W3:w3:seq=2048:1 W3d:w3d:batch=1:1 \
-W4-M1:w4:m=1:0 W4-M16:w4:m=16:0 W5-int8:w5_int8:m=4096:1 W5-fp8:w5_fp8:m=4096:1 W6:w6:n=64:1 \
+W4-M1:w4:m=1:0 W4-M16:w4:m=16:0 W5-int8:w5_int8:m=4096:0 W5-fp8:w5_fp8:m=4096:0 W6:w6:n=64:1 \
 GEMM:gemm:m=4096:0 ATTN:attention:seq=2048:0"
 want="${*:-}"
 for spec in $all; do
