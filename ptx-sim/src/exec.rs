@@ -152,6 +152,7 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The value of a source operand in thread `tid`.
+    #[inline]
     pub(crate) fn get(&self, th: &Thread, tid: u32, o: &Operand) -> Result<u64, String> {
         Ok(match o {
             Operand::Reg(r) => th.regs[*r as usize],
@@ -186,6 +187,7 @@ impl Ctx<'_> {
 }
 
 /// Writes `v` (masked to `t`) into a destination operand.
+#[inline]
 pub(crate) fn set(th: &mut Thread, o: &Operand, t: Ty, v: u64) -> Result<(), String> {
     match o {
         Operand::Reg(r) => {
@@ -967,10 +969,10 @@ fn global_oob(addr: u64, len: usize) -> String {
 }
 
 /// The registers of a load's or store's value operand.
-fn value_regs(o: &Operand) -> Vec<&Operand> {
+fn value_regs(o: &Operand) -> &[Operand] {
     match o {
-        Operand::Vec(v) => v.iter().collect(),
-        o => vec![o],
+        Operand::Vec(v) => v,
+        o => std::slice::from_ref(o),
     }
 }
 
@@ -997,13 +999,15 @@ fn load(
     let es = t.bytes() as usize;
     let len = es * usize::from(vec);
     let addr = ctx.addr(th, a);
-    let bytes: Vec<u8> = match space {
+    let mut buf = [0u8; 32];
+    let bytes: &[u8] = match space {
         Space::Param => {
             let v = ctx
                 .args
                 .get(addr as usize)
                 .ok_or_else(|| format!("parameter {addr} of {}", ctx.args.len()))?;
-            v.to_le_bytes()[..len.min(8)].to_vec()
+            buf[..8].copy_from_slice(&v.to_le_bytes());
+            &buf[..len.min(8)]
         }
         Space::Global => {
             if !addr.is_multiple_of(len as u64) {
@@ -1013,7 +1017,8 @@ fn load(
             }
             let (b, off) = dev.locate(addr, len).ok_or_else(|| global_oob(addr, len))?;
             stats.global_loaded += len as u64;
-            dev.buffers[b][off..off + len].to_vec()
+            buf[..len].copy_from_slice(&dev.buffers[b][off..off + len]);
+            &buf[..len]
         }
         Space::Shared => {
             if !addr.is_multiple_of(len as u64) {
@@ -1022,10 +1027,11 @@ fn load(
                     addr as i64 - SHARED_BASE as i64
                 ));
             }
-            shared.read(addr, len, tid)?.to_vec()
+            buf[..len].copy_from_slice(shared.read(addr, len, tid)?);
+            &buf[..len]
         }
     };
-    for (j, d) in dsts.into_iter().enumerate() {
+    for (j, d) in dsts.iter().enumerate() {
         let mut v = 0u64;
         for k in 0..es {
             v |= u64::from(bytes[j * es + k]) << (8 * k);
@@ -1060,11 +1066,12 @@ fn store(
     }
     let es = t.bytes() as usize;
     let len = es * usize::from(vec);
-    let mut bytes = Vec::with_capacity(len);
-    for s in srcs {
+    let mut buf = [0u8; 32];
+    for (j, s) in srcs.iter().enumerate() {
         let v = ctx.get(th, tid, s)?;
-        bytes.extend_from_slice(&v.to_le_bytes()[..es]);
+        buf[j * es..(j + 1) * es].copy_from_slice(&v.to_le_bytes()[..es]);
     }
+    let bytes = &buf[..len];
     let addr = ctx.addr(th, a);
     if !addr.is_multiple_of(len as u64) {
         return Err(format!("a store of {len} bytes at a misaligned address"));
@@ -1073,10 +1080,10 @@ fn store(
         Space::Param => return Err("a store to a parameter".into()),
         Space::Global => {
             let (b, off) = dev.locate(addr, len).ok_or_else(|| global_oob(addr, len))?;
-            dev.buffers[b][off..off + len].copy_from_slice(&bytes);
+            dev.buffers[b][off..off + len].copy_from_slice(bytes);
             stats.global_stored += len as u64;
         }
-        Space::Shared => shared.write(addr, &bytes, tid)?,
+        Space::Shared => shared.write(addr, bytes, tid)?,
     }
     Ok(())
 }

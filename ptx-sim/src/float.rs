@@ -150,6 +150,7 @@ pub(crate) fn cvt(d: Ty, s: Ty, rnd: Rnd, sat: bool, v: u64) -> Result<u64, Stri
 }
 
 /// The integer in the low bits of `v`, sign- or zero-extended by `t`.
+#[inline]
 pub(crate) fn int_value(t: Ty, v: u64) -> i128 {
     let w = t.bits();
     if t.signed() {

@@ -56,6 +56,7 @@ impl Ty {
     }
 
     /// Width in bits (a predicate is one bit).
+    #[inline]
     pub fn bits(self) -> u32 {
         match self {
             Ty::Pred => 1,
@@ -83,6 +84,7 @@ impl Ty {
     }
 
     /// The mask of the type's bits in a register.
+    #[inline]
     pub(crate) fn mask(self) -> u64 {
         match self.bits() {
             64 => u64::MAX,
