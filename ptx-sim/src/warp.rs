@@ -149,93 +149,54 @@ pub(crate) fn collective(
                 }
             }
         }
-        Op::MmaI8(ta, tb) => {
+        Op::MmaI8(ta, tb) | Op::MmaF8(ta, tb) => {
+            // m16n8k32 on 8-bit elements. Register j of A holds row g (+8
+            // for odd j) and k 4q..4q+3 (+16 for j >= 2), lowest byte
+            // first; register j of B holds k 4q..4q+3 (+16 for j = 1) of
+            // column g; C and D as for m16n8k16. Products and sums are
+            // exact in f64 (s8: |sum| < 2^53), then wrap to s32 or round
+            // to f32 once.
             let vec = |i: usize, n: usize| -> Result<&Vec<Operand>, String> {
                 match ops.get(i) {
                     Some(Operand::Vec(v)) if v.len() == n => Ok(v),
                     _ => Err(format!("mma operand {i}: expected {n} registers")),
                 }
             };
-            let (d, a, b, c) = (vec(0, 4)?, vec(1, 4)?, vec(2, 2)?, vec(3, 4)?);
-            let mut am = [[0i64; 32]; 16];
-            let mut bm = [[0i64; 8]; 32];
-            let mut cm = [[0i64; 8]; 16];
-            let byte = |t: Ty, v: u64, i: usize| -> i64 {
-                let x = (v >> (8 * i)) & 0xff;
-                if t == Ty::S8 {
-                    x as u8 as i8 as i64
-                } else {
-                    x as i64
-                }
-            };
-            for (l, th) in lanes.iter().enumerate() {
-                let (g, q) = (l / 4, l % 4);
-                let lane = base + l as u32;
-                // A: register j holds row g (+8 for odd j), k 4q..4q+3
-                // (+16 for j >= 2), lowest byte first.
-                for (j, o) in a.iter().enumerate() {
-                    let v = ctx.get(th, lane, o)?;
-                    for i in 0..4 {
-                        am[g + 8 * (j % 2)][4 * q + 16 * (j / 2) + i] = byte(ta, v, i);
-                    }
-                }
-                // B (k x n): register j holds k 4q..4q+3 (+16 for j = 1), n g.
-                for (j, o) in b.iter().enumerate() {
-                    let v = ctx.get(th, lane, o)?;
-                    for i in 0..4 {
-                        bm[4 * q + 16 * j + i][g] = byte(tb, v, i);
-                    }
-                }
-                for (j, o) in c.iter().enumerate() {
-                    let v = ctx.get(th, lane, o)?;
-                    cm[g + 8 * (j / 2)][2 * q + j % 2] = i64::from(v as u32 as i32);
-                }
-            }
-            for (l, th) in lanes.iter_mut().enumerate() {
-                let (g, q) = (l / 4, l % 4);
-                for (j, o) in d.iter().enumerate() {
-                    let (row, col) = (g + 8 * (j / 2), 2 * q + j % 2);
-                    let mut s = cm[row][col];
-                    for (k, brow) in bm.iter().enumerate() {
-                        s += am[row][k] * brow[col];
-                    }
-                    // 32-bit wrap-around, as without `.satfinite`.
-                    set(th, o, Ty::S32, s as i32 as u32 as u64)?;
-                }
-            }
-        }
-        Op::MmaF8(ta, tb) => {
-            let vec = |i: usize, n: usize| -> Result<&Vec<Operand>, String> {
-                match ops.get(i) {
-                    Some(Operand::Vec(v)) if v.len() == n => Ok(v),
-                    _ => Err(format!("mma operand {i}: expected {n} registers")),
-                }
-            };
+            let int = matches!(inst.op, Op::MmaI8(..));
             let (d, a, b, c) = (vec(0, 4)?, vec(1, 4)?, vec(2, 2)?, vec(3, 4)?);
             let mut am = [[0f64; 32]; 16];
             let mut bm = [[0f64; 8]; 32];
             let mut cm = [[0f64; 8]; 16];
-            let code = |v: u64, i: usize| ((v >> (8 * i)) & 0xff) as u8;
-            // The fragments of the s8 shape (see `MmaI8`).
+            let value = |t: Ty, v: u64, i: usize| -> f64 {
+                let code = ((v >> (8 * i)) & 0xff) as u8;
+                match t {
+                    Ty::S8 => f64::from(code as i8),
+                    Ty::U8 => f64::from(code),
+                    t => float::fp8_value(t, code),
+                }
+            };
             for (l, th) in lanes.iter().enumerate() {
                 let (g, q) = (l / 4, l % 4);
                 let lane = base + l as u32;
                 for (j, o) in a.iter().enumerate() {
                     let v = ctx.get(th, lane, o)?;
                     for i in 0..4 {
-                        am[g + 8 * (j % 2)][4 * q + 16 * (j / 2) + i] =
-                            float::fp8_value(ta, code(v, i));
+                        am[g + 8 * (j % 2)][4 * q + 16 * (j / 2) + i] = value(ta, v, i);
                     }
                 }
                 for (j, o) in b.iter().enumerate() {
                     let v = ctx.get(th, lane, o)?;
                     for i in 0..4 {
-                        bm[4 * q + 16 * j + i][g] = float::fp8_value(tb, code(v, i));
+                        bm[4 * q + 16 * j + i][g] = value(tb, v, i);
                     }
                 }
                 for (j, o) in c.iter().enumerate() {
-                    let v = ctx.get(th, lane, o)?;
-                    cm[g + 8 * (j / 2)][2 * q + j % 2] = f64::from(f32::from_bits(v as u32));
+                    let v = ctx.get(th, lane, o)? as u32;
+                    cm[g + 8 * (j / 2)][2 * q + j % 2] = if int {
+                        f64::from(v as i32)
+                    } else {
+                        f64::from(f32::from_bits(v))
+                    };
                 }
             }
             for (l, th) in lanes.iter_mut().enumerate() {
@@ -246,7 +207,13 @@ pub(crate) fn collective(
                     for (k, brow) in bm.iter().enumerate() {
                         s += am[row][k] * brow[col];
                     }
-                    set(th, o, Ty::F32, u64::from((s as f32).to_bits()))?;
+                    // s32: wraps around, as without `.satfinite`.
+                    let bits = if int {
+                        u64::from(s as i64 as i32 as u32)
+                    } else {
+                        u64::from((s as f32).to_bits())
+                    };
+                    set(th, o, Ty::B32, bits)?;
                 }
             }
         }

@@ -34,25 +34,54 @@ pub fn lay_out_weights(p: &mut Program, target: &crate::cost::Target) {
 /// copy is shared by the contractions that read the same tensor (it keeps
 /// every leading axis, so any batch index reads it as it read the tensor).
 pub fn pack_contraction_weights(p: &mut Program, panel: usize) -> usize {
+    through_bind_time_copies(
+        p,
+        packable,
+        |p, src| pack_launch(p, src, panel),
+        |index| {
+            let (k, n) = (
+                index[index.len() - 2].clone(),
+                index[index.len() - 1].clone(),
+            );
+            index.truncate(index.len() - 2);
+            let p_int = Expr::Int(panel as i64);
+            index.push(Expr::bin(Binary::Div, n.clone(), p_int.clone()));
+            index.push(k);
+            index.push(Expr::bin(Binary::Rem, n, p_int));
+        },
+    )
+}
+
+/// Points the `b` operand of every contraction `select` picks (its slot,
+/// given which buffers are known at bind time) at a copy of its tensor
+/// made by the bind-time launch `copy` gives (one per tensor, inserted
+/// before its first reader), and lets `rewrite` turn the operand's load
+/// index into the copy's; returns how many contractions were rewritten.
+fn through_bind_time_copies(
+    p: &mut Program,
+    select: impl Fn(&Launch, &[bool]) -> Option<usize>,
+    copy: impl Fn(&Program, usize) -> (Launch, Buffer),
+    rewrite: impl Fn(&mut Vec<Expr>),
+) -> usize {
     let known = bind_time_buffers(p);
-    let mut packed: HashMap<usize, usize> = HashMap::new();
+    let mut copies: HashMap<usize, usize> = HashMap::new();
     let mut rewritten = 0;
     let mut i = 0;
     while i < p.launches.len() {
-        let Some(slot) = packable(&p.launches[i], &known) else {
+        let Some(slot) = select(&p.launches[i], &known) else {
             i += 1;
             continue;
         };
         let src = p.launches[i].args[slot];
-        let buf = match packed.get(&src) {
+        let buf = match copies.get(&src) {
             Some(&b) => b,
             None => {
-                let (launch, buffer) = pack_launch(p, src, panel);
+                let (launch, buffer) = copy(p, src);
                 p.buffers.push(buffer);
                 let b = p.buffers.len() - 1;
                 p.launches.insert(i, Launch { out: b, ..launch });
                 i += 1;
-                packed.insert(src, b);
+                copies.insert(src, b);
                 b
             }
         };
@@ -60,20 +89,12 @@ pub fn pack_contraction_weights(p: &mut Program, panel: usize) -> usize {
         l.args[slot] = buf;
         l.kernel.inputs[slot] = p.buffers[buf].clone();
         let Body::Contract { b, .. } = &mut l.kernel.body else {
-            unreachable!("packable checked the body")
+            unreachable!("`select` checked the body")
         };
-        let Expr::Load { index, .. } = b else {
-            unreachable!("packable checked the operand")
+        let Expr::Load { index, .. } = byte_inner_mut(b) else {
+            unreachable!("`select` checked the operand")
         };
-        let (k, n) = (
-            index[index.len() - 2].clone(),
-            index[index.len() - 1].clone(),
-        );
-        index.truncate(index.len() - 2);
-        let p_int = Expr::Int(panel as i64);
-        index.push(Expr::bin(Binary::Div, n.clone(), p_int.clone()));
-        index.push(k);
-        index.push(Expr::bin(Binary::Rem, n, p_int));
+        rewrite(index);
         rewritten += 1;
         i += 1;
     }
@@ -213,47 +234,14 @@ fn sanitize(name: &str) -> String {
 /// cast) of a static tensor indexed `[batch.., k, n]` over its whole `k`
 /// axis.
 pub fn transpose_8bit_weights(p: &mut Program) -> usize {
-    let known = bind_time_buffers(p);
-    let mut copies: HashMap<usize, usize> = HashMap::new();
-    let mut rewritten = 0;
-    let mut i = 0;
-    while i < p.launches.len() {
-        let Some(slot) = byte_k_outer(&p.launches[i], &known) else {
-            i += 1;
-            continue;
-        };
-        let src = p.launches[i].args[slot];
-        let buf = match copies.get(&src) {
-            Some(&b) => b,
-            None => {
-                let (launch, buffer) = transpose_launch(p, src);
-                p.buffers.push(buffer);
-                let b = p.buffers.len() - 1;
-                p.launches.insert(i, Launch { out: b, ..launch });
-                i += 1;
-                copies.insert(src, b);
-                b
-            }
-        };
-        let l = &mut p.launches[i];
-        l.args[slot] = buf;
-        l.kernel.inputs[slot] = p.buffers[buf].clone();
-        let Body::Contract { b, .. } = &mut l.kernel.body else {
-            unreachable!("byte_k_outer checked the body")
-        };
-        let Expr::Load { index, .. } = byte_inner_mut(b) else {
-            unreachable!("byte_k_outer checked the operand")
-        };
+    through_bind_time_copies(p, byte_k_outer, transpose_launch, |index| {
         let r = index.len();
         index.swap(r - 2, r - 1);
-        rewritten += 1;
-        i += 1;
-    }
-    rewritten
+    })
 }
 
-/// The load inside an integer rounding or cast (the operand itself
-/// otherwise).
+/// The load inside an exact widening (an integer rounding or cast, a
+/// float rounding or cast; the operand itself otherwise).
 fn byte_inner(e: &Expr) -> &Expr {
     match e {
         Expr::Round(_, x) | Expr::Cast(Ty::I64 | Ty::F32, x) => x,
