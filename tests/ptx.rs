@@ -1753,7 +1753,15 @@ fn int8_tensor_core_contractions_run_as_the_evaluator_says() {
     if let Body::Contract { extent, .. } = &mut odd.body {
         *extent = Expr::Int(40);
     }
-    for k in [&kn, &odd] {
+    // Codes rounded to u8 (which wraps negative ones) and f64 arithmetic
+    // take other paths too.
+    let mut wrap = ks[1].clone();
+    if let Body::Contract { a, .. } = &mut wrap.body {
+        *a = Expr::Round(DType::U8, Box::new(ld(0, vec![v(0), Expr::Var(Var(2))])));
+    }
+    let mut wide = ks[1].clone();
+    wide.float = Ty::F64;
+    for k in [&kn, &odd, &wrap, &wide] {
         let pk = compile_kernel(k, PtxArch::Sm80).unwrap();
         assert!(!pk.entry.starts_with("imma_"), "{}", k.name);
     }

@@ -392,7 +392,9 @@ pub(super) fn byte_view(k: &Kernel, arch: PtxArch) -> Option<(Kernel, Bytes)> {
     let Expr::Int(n) = extent else {
         return None;
     };
-    if r < 2 || k.output.dtype.bits() < 8 || *n <= 0 || n % 16 != 0 || *n > INT8_MAX_K {
+    // (The bf16 path, which the view takes, computes in f32.)
+    let bad_k = *n <= 0 || n % 16 != 0 || *n > INT8_MAX_K;
+    if r < 2 || k.output.dtype.bits() < 8 || bad_k || k.float == Ty::F64 {
         return None;
     }
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
@@ -462,7 +464,9 @@ fn byte_load<'e>(
     r: usize,
 ) -> Option<(usize, &'e [Expr])> {
     let inner = match e {
-        Expr::Round(d, x) if d.is_int() => x.as_ref(),
+        // Integer types that hold every i8 (a narrower or unsigned one
+        // would wrap).
+        Expr::Round(DType::I8 | DType::I32 | DType::I64, x) => x.as_ref(),
         Expr::Round(DType::BF16 | DType::F16 | DType::F32, x) => x.as_ref(),
         Expr::Cast(Ty::I64 | Ty::F32, x) => x.as_ref(),
         e => e,
