@@ -7,8 +7,9 @@
 # Usage: scripts/gpu-session.sh 1|2
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
-#      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5,
-#      KILN_GEMV_DEQUANT=1 for W4, W4 M=1 with --specialize.
+#      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
+#      W4 at static m = 1 and 16 (--specialize) through the fragment-order
+#      tensor-core kernel and through the dequantizing GEMV.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -25,14 +26,23 @@ step() { # step NAME SECONDS COMMAND... : runs COMMAND with its output in $OUT/N
     shift 2
     mkdir -p "$out/$name"
     echo "== $name (limit ${secs} s, at $(($(date +%s) - start)) s)"
+    if declare -F "$1" > /dev/null; then # a function of this script: run it in a child shell
+        set -- bash -c "$(declare -f "$1"); $1"
+    fi
     OUT="$out/$name" timeout "$secs" "$@" > "$out/$name/log" 2>&1
     echo "   exit $? after $(($(date +%s) - start)) s"
     tail -n "${TAIL:-25}" "$out/$name/log"
 }
-w4_specialized() {
-    for dq in 0 1; do
-        KILN_GEMV_DEQUANT=$dq "$KILN" bench bench/w4.kiln --device cuda --dim m=1 --specialize \
-            --iters 200 --warmup 10 --json || echo "W4 M=1 specialized (dequant $dq) failed"
+w4_variants() {
+    # m static (--specialize): the fragment-order tensor-core kernel (the
+    # default), and the dequantizing GEMV on the weight as stored.
+    for m in 1 16; do
+        echo "W4 m=$m specialized, fragments"
+        "$KILN" bench bench/w4.kiln --device cuda --dim m=$m --specialize \
+            --iters 200 --warmup 10 --json || echo failed
+        echo "W4 m=$m specialized, dequantizing GEMV (KILN_INT4_FRAGMENTS=0 KILN_GEMV_DEQUANT=1)"
+        KILN_INT4_FRAGMENTS=0 KILN_GEMV_DEQUANT=1 "$KILN" bench bench/w4.kiln --device cuda \
+            --dim m=$m --specialize --iters 200 --warmup 10 --json || echo failed
     done
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
@@ -41,8 +51,7 @@ case "${1:-}" in
     step check-ptx 210 scripts/gpu-check.sh ptx
     TORCH=quick KILN_TIMEOUT=60 step bench 170 bench/gpu.sh W5-int8 W5-fp8 GEMM W4-M1 W4-M16 W6 ATTN
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
-    KILN_GEMV_DEQUANT=1 TORCH=0 KILN_TIMEOUT=40 step bench-gemv-dequant 50 bench/gpu.sh W4-M1 W4-M16
-    step w4-specialized 40 w4_specialized
+    TAIL=40 step w4-variants 80 w4_variants
     ;;
 2)
     KILN_PTX_BRANCH_SELECTS=1 KILN_GEMV_TILING=32,16,stage KILN_GEMV_DEQUANT=1 \

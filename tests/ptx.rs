@@ -1204,6 +1204,141 @@ fn gemv_kernels() -> Vec<Kernel> {
 /// codes with bf16 group scales (W4's form), uint4 codes with zero points
 /// and f16 scales, int8 codes with f32 per-channel scales (a 32-bit scale
 /// is evaluated per element, not read as a column vector).
+/// Contractions of bf16 or f16 activations with a dequantized 4-bit
+/// weight read in fragment order (`lower::order_int4_fragments`): int4
+/// with bf16 group scales at a symbolic `m` (three rows at run time),
+/// uint4 with uint4 zero points and f16 scales (f16 activations, three
+/// static rows, an f32 output), int4 with per-channel f32 scales under a
+/// batch axis with a relu epilogue, exactly 16 rows, and 20 rows (two row
+/// tiles).
+fn qmma_kernels() -> Vec<Kernel> {
+    use kiln_passes::lower::fragment_index;
+    let cast = |e: Expr| Expr::Cast(Ty::F32, Box::new(e));
+    let codes = |kk: u64, nn: u64| vec![st(nn / 64), st(kk / 32), st(32), st(64)];
+    // x[.., m, k] @ b over k = Var(r), for an output of rank r.
+    let kernel = |name: &str,
+                  x: Buffer,
+                  others: Vec<Buffer>,
+                  out: Buffer,
+                  depth: u64,
+                  b: &dyn Fn(Expr, Expr) -> Expr,
+                  epilogue: Expr| {
+        let r = out.shape.rank() as u32;
+        let kv = Var(r);
+        let mut a_index: Vec<Expr> = (0..r - 1).map(|i| v(i)).collect();
+        a_index.push(Expr::Var(kv));
+        let mut inputs = vec![x];
+        inputs.extend(others);
+        let dims = out
+            .shape
+            .symbols()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Kernel {
+            name: name.into(),
+            inputs,
+            output: out,
+            dims,
+            float: Ty::F32,
+            body: Body::Contract {
+                k: kv,
+                extent: Expr::Int(depth as i64),
+                a: ld(0, a_index),
+                b: b(Expr::Var(kv), v(r - 1)),
+                epilogue,
+            },
+        }
+    };
+    let group = |kk: &Expr, g: i64| bin(Binary::Div, kk.clone(), Expr::Int(g));
+    let grouped = |kk: Expr, n: Expr| {
+        bin(
+            Binary::Mul,
+            cast(ld(2, fragment_index(kk.clone(), n.clone()))),
+            ld(1, vec![group(&kk, 128), n]),
+        )
+    };
+    vec![
+        kernel(
+            "qmma_i4_g128",
+            buf("x", DType::BF16, vec![Dim::sym("m"), st(256)]),
+            vec![
+                buf("scale", DType::BF16, vec![st(2), st(128)]),
+                buf("w", DType::I4, codes(256, 128)),
+            ],
+            buf("y", DType::BF16, vec![Dim::sym("m"), st(128)]),
+            256,
+            &grouped,
+            Expr::Acc,
+        ),
+        kernel(
+            "qmma_u4_zero_f16",
+            buf("x", DType::F16, vec![st(3), st(96)]),
+            vec![
+                buf("scale", DType::F16, vec![st(3), st(64)]),
+                buf("zero", DType::U4, vec![st(3), st(64)]),
+                buf("w", DType::U4, codes(96, 64)),
+            ],
+            buf("y", DType::F32, vec![st(3), st(64)]),
+            96,
+            &|kk, n| {
+                bin(
+                    Binary::Mul,
+                    bin(
+                        Binary::Sub,
+                        cast(ld(3, fragment_index(kk.clone(), n.clone()))),
+                        cast(ld(2, vec![group(&kk, 32), n.clone()])),
+                    ),
+                    ld(1, vec![group(&kk, 32), n]),
+                )
+            },
+            Expr::Acc,
+        ),
+        kernel(
+            "qmma_i4_channel_batched",
+            buf("x", DType::BF16, vec![st(2), st(5), st(512)]),
+            vec![
+                buf("scale", DType::F32, vec![st(128)]),
+                buf("w", DType::I4, codes(512, 128)),
+            ],
+            buf("y", DType::F32, vec![st(2), st(5), st(128)]),
+            512,
+            &|kk, n| {
+                bin(
+                    Binary::Mul,
+                    cast(ld(2, fragment_index(kk, n.clone()))),
+                    ld(1, vec![n]),
+                )
+            },
+            bin(Binary::Max, Expr::Acc, Expr::Float(0.0)),
+        ),
+        kernel(
+            "qmma_i4_rows16",
+            buf("x", DType::BF16, vec![st(16), st(1024)]),
+            vec![
+                buf("scale", DType::BF16, vec![st(8), st(64)]),
+                buf("w", DType::I4, codes(1024, 64)),
+            ],
+            buf("y", DType::F32, vec![st(16), st(64)]),
+            1024,
+            &grouped,
+            Expr::Acc,
+        ),
+        kernel(
+            "qmma_i4_rows20",
+            buf("x", DType::BF16, vec![st(20), st(128)]),
+            vec![
+                buf("scale", DType::BF16, vec![st(1), st(192)]),
+                buf("w", DType::I4, codes(128, 192)),
+            ],
+            buf("y", DType::F32, vec![st(20), st(192)]),
+            128,
+            &grouped,
+            Expr::Acc,
+        ),
+    ]
+}
+
 fn dequant_gemv_kernels() -> Vec<Kernel> {
     let (m, n, k) = (v(0), v(1), Var(2));
     let kk = Expr::Var(k);
@@ -2065,6 +2200,44 @@ fn dequantizing_gemvs() {
         assert_eq!(vector_scales, !k.name.contains("i8"), "{}", k.name);
     }
     run_on_every_side(&dequant_gemv_kernels(), |_, _| false, |_| 1e-4);
+}
+
+/// Contractions with a 4-bit weight in fragment order compile to the
+/// dequantizing tensor-core kernel (`qmma_`, `mma.sync` on codes decoded
+/// with the magic-exponent trick) on both architectures, with or without
+/// the dequantizing GEMV switched on, assemble without spills, and match
+/// the evaluator within f32 rounding of the largest output (the kernel
+/// sums `x * code` per group and scales the group's sum: the same sum in
+/// another order).
+#[test]
+fn dequantizing_tensor_core_contractions() {
+    let tool = ptxas();
+    let gemv = PtxOptions {
+        gemv_dequant: true,
+        ..PtxOptions::default()
+    };
+    for k in &qmma_kernels() {
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            for opts in [PtxOptions::default(), gemv] {
+                let pk = compile_kernel_with(k, arch, &opts).unwrap();
+                assert!(pk.entry.starts_with("qmma_"), "{}: {}", k.name, pk.entry);
+                assert!(pk.ptx.contains("mma.sync.aligned.m16n8k16"), "{}", k.name);
+                assert_eq!(
+                    pk.grid,
+                    Grid::Tiles {
+                        tile_m: 16,
+                        tile_n: 64
+                    }
+                );
+            }
+            if let Some(tool) = &tool {
+                let pk = compile_kernel(k, arch).unwrap();
+                let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+                assert_eq!(u.spill, 0, "{}", k.name);
+            }
+        }
+    }
+    run_on_every_side(&qmma_kernels(), |_, _| false, |_| 2e-5);
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub struct Target {
     /// `[k, n]` (`lower::transpose_8bit_weights`): the GPU's 8-bit tensor
     /// cores.
     pub k_major_8bit: bool,
+    /// Whether contractions that dequantize 4-bit weights read them in the
+    /// tensor-core fragment order of the GPU's dequantizing kernel,
+    /// reordered at bind time (`lower::order_int4_fragments`).
+    pub int4_fragments: bool,
     /// Whether the backend runs convolutions as direct loops over the
     /// output, so that an elementwise prologue fused into the input is
     /// recomputed for every window tap that reads it (kh * kw / strides
@@ -88,6 +92,7 @@ pub static SM90: Target = Target {
     conv_block: false,
     weight_panel: None,
     k_major_8bit: true,
+    int4_fragments: true,
     direct_conv: false,
     implicit_gemm_conv: false,
     norm_prologue: false,
@@ -111,6 +116,7 @@ pub static SM80: Target = Target {
     conv_block: false,
     weight_panel: None,
     k_major_8bit: true,
+    int4_fragments: true,
     direct_conv: false,
     implicit_gemm_conv: false,
     norm_prologue: false,
@@ -133,6 +139,7 @@ pub static CPU: Target = Target {
     conv_block: false,
     weight_panel: Some(8),
     k_major_8bit: false,
+    int4_fragments: false,
     direct_conv: true,
     implicit_gemm_conv: true,
     norm_prologue: true,

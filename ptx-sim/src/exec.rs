@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use crate::float::{self, int_value, sx};
-use crate::inst::{Addr, Base, Cmp, Inst, Op, Operand, Space, Special, Test, Ty};
+use crate::inst::{Addr, Base, Cmp, Inst, Op, Operand, Rnd, Space, Special, Test, Ty};
 use crate::parse::Entry;
 use crate::{Device, Launch, SimError, Stats};
 
@@ -677,7 +677,25 @@ fn step(
                 Ty::F64 => f64::from_bits(a)
                     .mul_add(f64::from_bits(b), f64::from_bits(c))
                     .to_bits(),
+                // Each 16-bit half: the product and sum in f64 (exact for
+                // the halves' 11-bit significands unless the addend is far
+                // smaller), rounded once to the half's type.
+                Ty::F16x2 | Ty::BF16x2 => {
+                    let half = if t == Ty::F16x2 { Ty::F16 } else { Ty::BF16 };
+                    let mut v = 0;
+                    for shift in [0, 16] {
+                        let part = |x: u64| float::to_f64(half, (x >> shift) & 0xffff);
+                        let r = part(a).mul_add(part(b), part(c));
+                        v |= float::from_f64(half, r, Rnd::Nearest)? << shift;
+                    }
+                    v
+                }
                 _ => return Err(format!("fma of {t:?}")),
+            };
+            let t = if matches!(t, Ty::F16x2 | Ty::BF16x2) {
+                Ty::B32
+            } else {
+                t
             };
             set(th, arg(0)?, t, v)?;
         }

@@ -16,6 +16,7 @@
 mod compute;
 mod cx;
 mod ex;
+mod fragments;
 mod igemm;
 mod index;
 mod movement;
@@ -40,6 +41,7 @@ use crate::extract::Kind;
 use crate::plan::Plan;
 
 pub use cx::ty_of;
+pub use fragments::{FRAGMENT_COLS, FRAGMENT_DEPTH, fragment_index, order_int4_fragments};
 pub use pack::{lay_out_weights, pack_contraction_weights, transpose_8bit_weights};
 pub use run::{RunError, run_program};
 

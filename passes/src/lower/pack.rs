@@ -18,14 +18,21 @@ use kiln_dialect::{DType, Dim, Shape};
 
 /// Lays out the weights of `p`'s contractions as `target`'s kernels read
 /// them, with bind-time launches: column panels for the CPU
-/// ([`pack_contraction_weights`]), `k`-major int8 weights for the GPU
-/// ([`transpose_8bit_weights`]).
+/// ([`pack_contraction_weights`]), `k`-major int8 weights and 4-bit
+/// weights in tensor-core fragment order for the GPU
+/// ([`transpose_8bit_weights`], [`super::order_int4_fragments`]).
+/// `KILN_INT4_FRAGMENTS=0` in the environment leaves 4-bit weights as
+/// stored (for measuring the dequantizing GEMV against the fragment path).
 pub fn lay_out_weights(p: &mut Program, target: &crate::cost::Target) {
     if let Some(panel) = target.weight_panel {
         pack_contraction_weights(p, panel);
     }
     if target.k_major_8bit {
         transpose_8bit_weights(p);
+    }
+    let off = std::env::var("KILN_INT4_FRAGMENTS").is_ok_and(|v| v == "0");
+    if target.int4_fragments && !off {
+        super::order_int4_fragments(p);
     }
 }
 
@@ -55,9 +62,10 @@ pub fn pack_contraction_weights(p: &mut Program, panel: usize) -> usize {
 /// Points the `b` operand of every contraction `select` picks (its slot,
 /// given which buffers are known at bind time) at a copy of its tensor
 /// made by the bind-time launch `copy` gives (one per tensor, inserted
-/// before its first reader), and lets `rewrite` turn the operand's load
-/// index into the copy's; returns how many contractions were rewritten.
-fn through_bind_time_copies(
+/// before its first reader), and lets `rewrite` turn each load index of
+/// the operand in `b` into the copy's; returns how many contractions were
+/// rewritten. `select` picks only slots that no expression but `b` reads.
+pub(super) fn through_bind_time_copies(
     p: &mut Program,
     select: impl Fn(&Launch, &[bool]) -> Option<usize>,
     copy: impl Fn(&Program, usize) -> (Launch, Buffer),
@@ -68,7 +76,9 @@ fn through_bind_time_copies(
     let mut rewritten = 0;
     let mut i = 0;
     while i < p.launches.len() {
-        let Some(slot) = select(&p.launches[i], &known) else {
+        let Some(slot) =
+            select(&p.launches[i], &known).filter(|&s| only_b_reads(&p.launches[i], s))
+        else {
             i += 1;
             continue;
         };
@@ -91,18 +101,55 @@ fn through_bind_time_copies(
         let Body::Contract { b, .. } = &mut l.kernel.body else {
             unreachable!("`select` checked the body")
         };
-        let Expr::Load { index, .. } = byte_inner_mut(b) else {
-            unreachable!("`select` checked the operand")
-        };
-        rewrite(index);
+        // `select` checked that `b` is the operand's only reader.
+        *b = b.substitute(&|e| match e {
+            Expr::Load {
+                input,
+                index,
+                guard,
+            } if *input == slot => {
+                let mut index = index.clone();
+                rewrite(&mut index);
+                Some(Expr::Load {
+                    input: slot,
+                    index,
+                    guard: guard.clone(),
+                })
+            }
+            _ => None,
+        });
         rewritten += 1;
         i += 1;
     }
     rewritten
 }
 
+/// Whether the contraction of `l` reads input `slot` in its `b` operand
+/// only (a copy laid out for `b` must not be read by `a` or the epilogue).
+fn only_b_reads(l: &Launch, slot: usize) -> bool {
+    fn reads(e: &Expr, slot: usize) -> bool {
+        if let Expr::Load { input, .. } = e
+            && *input == slot
+        {
+            return true;
+        }
+        let mut any = false;
+        e.for_each_child(|c| any |= reads(c, slot));
+        any
+    }
+    match &l.kernel.body {
+        Body::Contract {
+            extent,
+            a,
+            epilogue,
+            ..
+        } => !reads(extent, slot) && !reads(a, slot) && !reads(epilogue, slot),
+        Body::Map { .. } | Body::Attention(_) => false,
+    }
+}
+
 /// Which buffers hold values known at bind time.
-fn bind_time_buffers(p: &Program) -> Vec<bool> {
+pub(super) fn bind_time_buffers(p: &Program) -> Vec<bool> {
     let mut known = vec![false; p.buffers.len()];
     for &b in &p.weights {
         known[b] = true;
@@ -212,7 +259,7 @@ fn pack_launch(p: &Program, src: usize, panel: usize) -> (Launch, Buffer) {
 }
 
 /// A buffer name as a symbol fragment.
-fn sanitize(name: &str) -> String {
+pub(super) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
@@ -246,17 +293,6 @@ fn byte_inner(e: &Expr) -> &Expr {
     match e {
         Expr::Round(_, x) | Expr::Cast(Ty::I64 | Ty::F32, x) => x,
         e => e,
-    }
-}
-
-fn byte_inner_mut(e: &mut Expr) -> &mut Expr {
-    let wrapped = matches!(e, Expr::Round(..) | Expr::Cast(Ty::I64 | Ty::F32, _));
-    if !wrapped {
-        return e;
-    }
-    match e {
-        Expr::Round(_, x) | Expr::Cast(_, x) => x,
-        _ => unreachable!("checked above"),
     }
 }
 

@@ -38,6 +38,7 @@ mod math;
 mod math64;
 mod mma;
 mod ops;
+mod qmma;
 mod rows;
 
 use std::fmt::Write;
@@ -168,6 +169,7 @@ fn fnv1a(s: &str) -> u64 {
 /// kernel.
 fn classify(k: &Kernel, opts: &PtxOptions) -> (&'static str, Vec<kiln_dialect::kernel::Expr>) {
     match &k.body {
+        Body::Contract { .. } if qmma::plan(k).is_some() => ("qmma", Vec::new()),
         Body::Contract { .. } if gemv::plan(k, None, opts.gemv_dequant).is_some() => {
             ("gemv", Vec::new())
         }
@@ -309,6 +311,19 @@ pub fn compile_kernel_with(
             elements::identity_inputs(&em, expr, false, &mut ids);
             elements::emit_elements(&mut em, p, &units, &ids, |em| em.emit(expr))?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
+        }
+        Body::Contract {
+            k: kv, epilogue, ..
+        } if kind == "qmma" => {
+            let plan = qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
+            qmma::emit(&mut em, &plan, *kv, epilogue, &units)?;
+            shared_bytes = qmma::SHARED_BYTES;
+            blocks_per_sm = Some(qmma::BLOCKS_PER_SM);
+            let grid = Grid::Tiles {
+                tile_m: qmma::TILE_M,
+                tile_n: qmma::TILE_N,
+            };
+            (qmma::THREADS, grid, false)
         }
         Body::Contract {
             k: kv,

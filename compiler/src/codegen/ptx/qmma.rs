@@ -1,0 +1,678 @@
+//! Contractions with a dequantized 4-bit weight on tensor cores: `x @
+//! dequantize(codes)` for `x` of bf16 or f16 and `i4` / `u4` codes laid out
+//! in fragment order at bind time (`kiln_passes::lower::order_int4_fragments`,
+//! whose module documents the layout). The weight is streamed once per
+//! 16 rows of `x`, so at a decode step's few rows (W4) the kernel runs at
+//! the speed of reading 4 bits per weight; the `mma` work, 16 rows however
+//! many are real, is small beside it.
+//!
+//! **The value.** `b` is any expression that is affine in the code and
+//! reads `k` only through `k / G` (a group's scale and zero point; or not
+//! at all: per-channel scales): `b(k, n) = alpha(k / G, n) * code + beta(k /
+//! G, n)`. Over a piece of `k` inside one group,
+//!
+//! `sum_k x[m, k] b(k, n) = alpha * sum_k x[m, k] code[k, n] + beta * sum_k x[m, k]`.
+//!
+//! The codes are exact in bf16 and f16, so `mma.sync.m16n8k16` (f32
+//! accumulation) computes `sum x * code` exactly up to f32 sums, and one
+//! more `mma` against a fragment of ones gives `sum x` where `beta` is not
+//! structurally zero. `alpha` and `beta` are the kernel's own `b` evaluated
+//! once per piece and column with the code replaced by 1 and 0. The result
+//! equals the evaluator's `sum_k x * b` up to the order of f32 additions.
+//!
+//! **Decoding.** A lane's 32 bytes per 32-deep step hold its fragments'
+//! codes (`order_int4_fragments`): shifting a word right by `4 q` and
+//! masking `0x000f000f` leaves two codes, one per 16-bit half; or-ing
+//! `0x43004300` (bf16 128.0) or `0x64006400` (f16 1024.0) makes each half
+//! that float plus the code, and one `fma.rn.bf16x2` (`f16x2`) by 1.0
+//! minus 128 (1024) leaves the code exactly. Signed codes are first made
+//! unsigned by flipping each nibble's top bit (`code + 8`), and 8 more is
+//! subtracted.
+//!
+//! **Work split.** A block of [`THREADS`] threads owns 16 rows and 64
+//! columns of one output matrix; its 8 warps split `k` in pieces (a piece
+//! lies inside one group: the largest multiple of 32 dividing `k` and
+//! every group size, at most `k / 8` where that is possible) taken in
+//! turn. Each warp computes all 64 columns (8 `n8` blocks) of its pieces, with
+//! every load of `UNROLL` steps issued before their arithmetic; the warps'
+//! sums meet in shared memory, and warp `w` runs the epilogue of columns
+//! `8 w .. 8 w + 7` ([`super::mma::store_tile`]).
+
+use kiln_dialect::DType;
+use kiln_dialect::kernel::{Binary, Body, Expr, Kernel, Ty, Var};
+use kiln_passes::lower::{FRAGMENT_COLS, FRAGMENT_DEPTH, fragment_index};
+
+use super::PtxError;
+use super::asm::Class;
+use super::dtype_io::Code;
+use super::elements::unravel;
+use super::expr::{Em, free_vars};
+use super::mma::{TileLoop, TileStore, is_index_of, plain_load, store_tile};
+
+/// Threads per block: 8 warps.
+pub const THREADS: u32 = 256;
+const WARPS: u32 = THREADS / 32;
+/// Rows of `x` per block.
+pub const TILE_M: u32 = 16;
+/// Columns per block (one fragment-ordered column block of the codes).
+pub const TILE_N: u32 = FRAGMENT_COLS as u32;
+/// Blocks per multiprocessor the registers are limited for (128 each):
+/// W4's 172 column tiles are then all resident on an H100's 132.
+pub const BLOCKS_PER_SM: u32 = 2;
+/// Bytes of shared memory: each warp's 16 x 64 f32 sums.
+pub const SHARED_BYTES: u32 = WARPS * TILE_M * TILE_N * 4;
+
+/// A contraction the path compiles.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct QmmaPlan {
+    /// `x`'s load: its input, element type (bf16 or f16) and index.
+    a_input: usize,
+    a_index: Vec<Expr>,
+    half: DType,
+    /// The fragment-ordered codes' input, and whether they are signed.
+    codes: usize,
+    signed: bool,
+    /// The codes' load in `b` (replaced by constants to get `alpha` and
+    /// `beta`), and `b`.
+    code_load: Expr,
+    b: Expr,
+    /// Whether `beta` can be nonzero (an addition in `b` besides the code's
+    /// term).
+    offset: bool,
+    /// `k`'s extent, a piece of it, and steps of 32 per unrolled iteration.
+    depth: u64,
+    piece: u64,
+    unroll: u64,
+    /// The output's columns, and its rows when static.
+    n: u64,
+    pub rows: Option<u64>,
+}
+
+/// The plan of `k`, when the path applies: a contraction computing in f32
+/// over a static `k` whose `a` is a plain bf16 or f16 load `[batch.., m,
+/// k]` and whose `b` reads fragment-ordered 4-bit codes once and is
+/// affine in them (see the module documentation).
+pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
+    if k.float != Ty::F32 {
+        return None;
+    }
+    let Body::Contract {
+        k: kv,
+        extent: Expr::Int(depth),
+        a,
+        b,
+        ..
+    } = &k.body
+    else {
+        return None;
+    };
+    let (kv, depth) = (*kv, u64::try_from(*depth).ok()?);
+    let r = k.output.shape.rank();
+    if r < 2 || k.output.dtype.bits() < 8 || depth == 0 || depth % FRAGMENT_DEPTH != 0 {
+        return None;
+    }
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let n = k.output.shape.0[r - 1].as_static()?;
+    if n == 0 || n % FRAGMENT_COLS != 0 {
+        return None;
+    }
+    // `a`: `[batch.., m, k]`, `k` contiguous and covered.
+    let (a_input, a_index) = plain_load(k, a, r)?;
+    let len = a_index.len();
+    let row_ok = is_index_of(k, &a_index[len - 2], mv);
+    let last = k.inputs[a_input].shape.0[len - 1].as_static()?;
+    if a_index[len - 1] != Expr::Var(kv) || !row_ok || last < depth {
+        return None;
+    }
+    // `b`: one load of fragment-ordered codes.
+    if super::has_reduce(b) || Em::new(k).ty_of(b) != Ty::F32 {
+        return None;
+    }
+    let want = fragment_index(Expr::Var(kv), Expr::Var(nv));
+    let mut code_loads = Vec::new();
+    loads_where(b, &mut code_loads, &|e| match e {
+        Expr::Load { input, index, .. } => {
+            *index == want
+                && k.inputs
+                    .get(*input)
+                    .is_some_and(|i| matches!(i.dtype, DType::I4 | DType::U4))
+        }
+        _ => false,
+    });
+    let [code_load] = code_loads.as_slice() else {
+        return None;
+    };
+    let Expr::Load {
+        input: codes,
+        guard: None,
+        ..
+    } = code_load
+    else {
+        return None;
+    };
+    let shape = [n / FRAGMENT_COLS, depth / FRAGMENT_DEPTH, 32, 64];
+    if k.inputs[*codes].shape.as_static()? != shape || reads_input(b, *codes, code_load) {
+        return None;
+    }
+    // `b` reads `k` only as `k / G`, never `m`.
+    let mut groups = Vec::new();
+    if !k_through_groups(b, kv, code_load, &mut groups) || free_vars(b).contains(&mv) {
+        return None;
+    }
+    let offset = match affine(b, code_load)? {
+        Lin::Const => return None,
+        Lin::Affine { offset } => offset,
+    };
+    let whole = groups.iter().fold(depth, |g, &x| gcd(g, x));
+    if whole % FRAGMENT_DEPTH != 0 {
+        return None;
+    }
+    let limit = (depth / u64::from(WARPS)).max(FRAGMENT_DEPTH);
+    let piece = (1..=whole / FRAGMENT_DEPTH)
+        .map(|i| i * FRAGMENT_DEPTH)
+        .filter(|p| whole % p == 0 && *p <= limit)
+        .max()?;
+    let steps = piece / FRAGMENT_DEPTH;
+    let unroll = [4, 2, 1].into_iter().find(|u| steps % u == 0)?;
+    Some(QmmaPlan {
+        a_input,
+        a_index: a_index.to_vec(),
+        half: k.inputs[a_input].dtype,
+        codes: *codes,
+        signed: k.inputs[*codes].dtype == DType::I4,
+        code_load: code_load.clone(),
+        b: b.clone(),
+        offset,
+        depth,
+        piece,
+        unroll,
+        n,
+        rows: k.output.shape.0[r - 2].as_static(),
+    })
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The sub-expressions of `e` that `pick` selects (not searched inside).
+fn loads_where(e: &Expr, out: &mut Vec<Expr>, pick: &dyn Fn(&Expr) -> bool) {
+    if pick(e) {
+        out.push(e.clone());
+        return;
+    }
+    e.for_each_child(|c| loads_where(c, out, pick));
+}
+
+/// Whether `e` reads `kv` only as `kv / G` for constants `G` (collected in
+/// `groups`), outside the codes' load `skip`.
+fn k_through_groups(e: &Expr, kv: Var, skip: &Expr, groups: &mut Vec<u64>) -> bool {
+    if e == skip {
+        return true;
+    }
+    match e {
+        Expr::Var(v) => *v != kv,
+        Expr::Binary(Binary::Div, x, g) if **x == Expr::Var(kv) => match **g {
+            Expr::Int(g) if g > 0 => {
+                groups.push(g as u64);
+                true
+            }
+            _ => false,
+        },
+        _ => {
+            let mut ok = true;
+            e.for_each_child(|c| ok &= k_through_groups(c, kv, skip, groups));
+            ok
+        }
+    }
+}
+
+/// How an expression depends on the code.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Lin {
+    /// Not at all.
+    Const,
+    /// `alpha * code + beta`; `offset`: `beta` may be nonzero.
+    Affine { offset: bool },
+}
+
+/// How `e` depends on the load `code`, when it is affine in it (sums,
+/// differences, products and quotients by code-free values, negation,
+/// casts to i64 or f32; `None` otherwise).
+fn affine(e: &Expr, code: &Expr) -> Option<Lin> {
+    use kiln_dialect::kernel::Unary;
+    if e == code {
+        return Some(Lin::Affine { offset: false });
+    }
+    let mut uses = false;
+    e.for_each_child(|c| uses |= contains(c, code));
+    if !uses {
+        return Some(Lin::Const);
+    }
+    match e {
+        Expr::Cast(Ty::F32 | Ty::I64, x) => affine(x, code),
+        Expr::Unary(Unary::Neg, x) => affine(x, code),
+        Expr::Binary(Binary::Add | Binary::Sub, x, y) => {
+            match (affine(x, code)?, affine(y, code)?) {
+                (Lin::Affine { offset: a }, Lin::Affine { offset: b }) => {
+                    Some(Lin::Affine { offset: a || b })
+                }
+                (Lin::Affine { .. }, Lin::Const) | (Lin::Const, Lin::Affine { .. }) => {
+                    Some(Lin::Affine { offset: true })
+                }
+                (Lin::Const, Lin::Const) => Some(Lin::Const),
+            }
+        }
+        Expr::Binary(Binary::Mul, x, y) => match (affine(x, code)?, affine(y, code)?) {
+            (l @ Lin::Affine { .. }, Lin::Const) | (Lin::Const, l @ Lin::Affine { .. }) => Some(l),
+            (Lin::Const, Lin::Const) => Some(Lin::Const),
+            (Lin::Affine { .. }, Lin::Affine { .. }) => None,
+        },
+        Expr::Binary(Binary::Div, x, y) => match (affine(x, code)?, affine(y, code)?) {
+            (l @ Lin::Affine { .. }, Lin::Const) => Some(l),
+            (Lin::Const, Lin::Const) => Some(Lin::Const),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether `e` loads from `input` other than by `except`.
+fn reads_input(e: &Expr, input: usize, except: &Expr) -> bool {
+    if e == except {
+        return false;
+    }
+    if let Expr::Load { input: i, .. } = e
+        && *i == input
+    {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= reads_input(c, input, except));
+    any
+}
+
+/// Whether `e` contains `x`.
+fn contains(e: &Expr, x: &Expr) -> bool {
+    if e == x {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= contains(c, x));
+    any
+}
+
+impl QmmaPlan {
+    /// Steps of 32 per piece.
+    fn steps(&self) -> u64 {
+        self.piece / FRAGMENT_DEPTH
+    }
+
+    /// Rows of the 16 the kernel reads: the second eight only where the
+    /// output may have more than 8 rows.
+    fn halves(&self) -> usize {
+        if self.rows.is_some_and(|m| m <= 8) {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The `mma` instruction.
+    fn mma(&self) -> &'static str {
+        if self.half == DType::BF16 {
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+        } else {
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+        }
+    }
+}
+
+/// Emits the tile loop.
+pub(super) fn emit(
+    em: &mut Em,
+    plan: &QmmaPlan,
+    kv: Var,
+    epilogue: &Expr,
+    units: &str,
+) -> Result<(), PtxError> {
+    let r = em.k.output.shape.rank();
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let m_dim = em.out_shape[r - 2].clone();
+    let m_dim = em.in_reg(&m_dim);
+    let n_dim = em.iconst(plan.n as i64);
+    let tiles_n = plan.n / FRAGMENT_COLS;
+    let tiles_m = em.reg(Class::D);
+    em.ins(format!("add.s64 {tiles_m}, {m_dim}, {}", TILE_M - 1));
+    em.ins(format!("shr.s64 {tiles_m}, {tiles_m}, 4"));
+    let m_last = em.reg(Class::D);
+    em.ins(format!("sub.s64 {m_last}, {m_dim}, 1"));
+
+    let (tid, lane, warp, g, t) = (
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.u32 {tid}, %tid.x"));
+    em.ins(format!("and.b32 {lane}, {tid}, 31"));
+    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
+    em.ins(format!("shr.u32 {g}, {lane}, 2"));
+    em.ins(format!("and.b32 {t}, {lane}, 3"));
+    let smem = em.reg(Class::R);
+    em.ins(format!("mov.u32 {smem}, kiln_smem"));
+    let b32 = |em: &mut Em, x: u32| {
+        let r = em.reg(Class::R);
+        em.ins(format!("mov.b32 {r}, {x:#010x}"));
+        r
+    };
+    // The decoding constants: the magic exponent, 1.0 and minus the
+    // magic value (and the signed codes' 8) in both halves.
+    let (magic, one, minus) = match (plan.half, plan.signed) {
+        (DType::BF16, false) => (0x4300_4300, 0x3f80_3f80, 0xc300_c300),
+        (DType::BF16, true) => (0x4300_4300, 0x3f80_3f80, 0xc308_c308),
+        (_, false) => (0x6400_6400, 0x3c00_3c00, 0xe400_e400),
+        (_, true) => (0x6400_6400, 0x3c00_3c00, 0xe408_e408),
+    };
+    let (magic, one, minus) = (b32(em, magic), b32(em, one), b32(em, minus));
+    let zero = b32(em, 0);
+    let halves = plan.halves();
+
+    let acc: Vec<Vec<String>> = (0..8)
+        .map(|_| (0..4).map(|_| em.reg(Class::F)).collect())
+        .collect();
+    let part: Vec<Vec<String>> = (0..8)
+        .map(|_| (0..4).map(|_| em.reg(Class::F)).collect())
+        .collect();
+    let sums: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+
+    let lp = TileLoop::start(em, units);
+    let tile = lp.tile.clone();
+    let (tn, q, tm, bflat) = (
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+    );
+    em.ins(format!("rem.u64 {tn}, {tile}, {tiles_n}"));
+    em.ins(format!("div.u64 {q}, {tile}, {tiles_n}"));
+    em.ins(format!("rem.u64 {tm}, {q}, {tiles_m}"));
+    em.ins(format!("div.u64 {bflat}, {q}, {tiles_m}"));
+    unravel(em, &bflat, r - 2);
+    let (m0, n0) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("shl.b64 {m0}, {tm}, 4"));
+    em.ins(format!("mul.lo.s64 {n0}, {tn}, {TILE_N}"));
+
+    // Each row's address at the lane's first `k` (8 t): rows past the
+    // output read the last row, whose results are not stored.
+    let k0 = em.iconst(0);
+    let (g64, t64) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("cvt.u64.u32 {g64}, {g}"));
+    em.ins(format!("cvt.u64.u32 {t64}, {t}"));
+    let a_expr = Expr::Load {
+        input: plan.a_input,
+        index: plan.a_index.clone(),
+        guard: None,
+    };
+    let mut a_rows = Vec::new();
+    for half in 0..halves {
+        let row = em.reg(Class::D);
+        em.ins(format!("add.s64 {row}, {m0}, {g64}"));
+        if half == 1 {
+            em.ins(format!("add.s64 {row}, {row}, 8"));
+        }
+        em.ins(format!("min.s64 {row}, {row}, {m_last}"));
+        let prev_m = em.bind(mv, row);
+        let prev_k = em.bind(kv, k0.clone());
+        let flat = em.flat_index(&a_expr, plan.a_input, &plan.a_index);
+        em.unbind(kv, prev_k);
+        em.unbind(mv, prev_m);
+        let flat = flat?;
+        let addr = em.reg(Class::D);
+        let base = em.in_ptr[plan.a_input].clone();
+        em.ins(format!("mad.lo.s64 {addr}, {flat}, 2, {base}"));
+        em.ins(format!("mad.lo.s64 {addr}, {t64}, 16, {addr}"));
+        a_rows.push(addr);
+    }
+    // The lane's codes: 32 bytes per step, 1 KiB per step of the warp.
+    let steps_k = plan.depth / FRAGMENT_DEPTH;
+    let cptr = em.reg(Class::D);
+    let lane64 = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {lane64}, {lane}"));
+    em.ins(format!("mul.lo.s64 {cptr}, {tn}, {}", steps_k * 1024));
+    em.ins(format!("mad.lo.s64 {cptr}, {lane64}, 32, {cptr}"));
+    let cbase = em.in_ptr[plan.codes].clone();
+    em.ins(format!("add.s64 {cptr}, {cptr}, {cbase}"));
+
+    for x in acc.iter().flatten() {
+        em.ins(format!("mov.f32 {x}, 0f00000000"));
+    }
+
+    // Pieces `warp, warp + 8, ..`.
+    let pieces = plan.depth / plan.piece;
+    let piece = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {piece}, {warp}"));
+    let (ptop, pend, pp) = (
+        em.a.label("piece"),
+        em.a.label("piece_end"),
+        em.reg(Class::P),
+    );
+    em.a.place(&ptop);
+    em.ins(format!("setp.ge.s64 {pp}, {piece}, {pieces}"));
+    em.ins(format!("@{pp} bra {pend}"));
+    for x in part.iter().flatten().chain(&sums) {
+        em.ins(format!("mov.f32 {x}, 0f00000000"));
+    }
+    // The piece's first step's offsets: `a` 64 bytes a step, codes 1 KiB.
+    let (aoff, coff) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("mul.lo.s64 {aoff}, {piece}, {}", plan.steps() * 64));
+    em.ins(format!(
+        "mul.lo.s64 {coff}, {piece}, {}",
+        plan.steps() * 1024
+    ));
+    let it = em.reg(Class::D);
+    em.ins(format!("mov.b64 {it}, 0"));
+    let (itop, pit) = (em.a.label("steps"), em.reg(Class::P));
+    em.a.place(&itop);
+    // Every load of `unroll` steps, then their arithmetic.
+    let mut loaded = Vec::new();
+    for u in 0..plan.unroll {
+        let mut rows = Vec::new();
+        for base in &a_rows {
+            let addr = em.reg(Class::D);
+            em.ins(format!("add.s64 {addr}, {base}, {aoff}"));
+            let x: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            em.ins(format!(
+                "ld.global.nc.v4.b32 {{{}}}, [{addr}+{}]",
+                x.join(", "),
+                u * 64
+            ));
+            rows.push(x);
+        }
+        let addr = em.reg(Class::D);
+        em.ins(format!("add.s64 {addr}, {cptr}, {coff}"));
+        let words: Vec<String> = (0..8).map(|_| em.reg(Class::R)).collect();
+        for h in 0..2 {
+            em.ins(format!(
+                "ld.global.nc.L1::no_allocate.v4.b32 {{{}}}, [{addr}+{}]",
+                words[h * 4..h * 4 + 4].join(", "),
+                u * 1024 + h as u64 * 16
+            ));
+        }
+        loaded.push((rows, words));
+    }
+    for (rows, words) in &loaded {
+        if plan.signed {
+            for w in words {
+                em.ins(format!("xor.b32 {w}, {w}, 0x88888888"));
+            }
+        }
+        for h in 0..2 {
+            // `a`: rows g and g + 8 at the half's k pairs.
+            let frag = |half: usize, e: usize| -> String {
+                rows.get(half)
+                    .map_or_else(|| zero.clone(), |x| x[2 * h + e].clone())
+            };
+            let a = [frag(0, 0), frag(1, 0), frag(0, 1), frag(1, 1)];
+            for (j, p) in part.iter().enumerate() {
+                let w = &words[h * 4 + j / 2];
+                let b: Vec<String> = (0..2)
+                    .map(|reg| {
+                        let q = (j % 2) * 2 + reg;
+                        let v = em.reg(Class::R);
+                        if q == 0 {
+                            em.ins(format!("and.b32 {v}, {w}, 983055"));
+                        } else {
+                            em.ins(format!("shr.u32 {v}, {w}, {}", 4 * q));
+                            em.ins(format!("and.b32 {v}, {v}, 983055"));
+                        }
+                        em.ins(format!("or.b32 {v}, {v}, {magic}"));
+                        let mn = if plan.half == DType::BF16 {
+                            "bf16x2"
+                        } else {
+                            "f16x2"
+                        };
+                        em.ins(format!("fma.rn.{mn} {v}, {v}, {one}, {minus}"));
+                        v
+                    })
+                    .collect();
+                em.ins(format!(
+                    "{} {{{p}}}, {{{a}}}, {{{b}}}, {{{p}}}",
+                    plan.mma(),
+                    p = p.join(", "),
+                    a = a.join(", "),
+                    b = b.join(", ")
+                ));
+            }
+            if plan.offset {
+                em.ins(format!(
+                    "{} {{{s}}}, {{{a}}}, {{{one}, {one}}}, {{{s}}}",
+                    plan.mma(),
+                    s = sums.join(", "),
+                    a = a.join(", ")
+                ));
+            }
+        }
+    }
+    em.ins(format!("add.s64 {aoff}, {aoff}, {}", plan.unroll * 64));
+    em.ins(format!("add.s64 {coff}, {coff}, {}", plan.unroll * 1024));
+    em.ins(format!("add.s64 {it}, {it}, 1"));
+    em.ins(format!(
+        "setp.lt.s64 {pit}, {it}, {}",
+        plan.steps() / plan.unroll
+    ));
+    em.ins(format!("@{pit} bra {itop}"));
+
+    // The piece's `alpha` (and `beta`) per column: `b` at the piece's
+    // first `k` with the code 1 (and 0).
+    let kstart = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
+    let prev_k = em.bind(kv, kstart);
+    let (c1, c0) = (b32(em, 1), b32(em, 0));
+    let col0 = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
+    let eval_at = |em: &mut Em, code: &str| -> Result<String, PtxError> {
+        em.col_codes = vec![(
+            plan.code_load.clone(),
+            Code {
+                r: code.to_string(),
+                w: 8,
+            },
+        )];
+        em.memo = Some(Vec::new());
+        let v = em.emit(&plan.b);
+        em.memo = None;
+        em.col_codes.clear();
+        Ok(v?.r)
+    };
+    let prev_n = em.vars.get(&nv).cloned();
+    for (j, p) in part.iter().enumerate() {
+        for e in 0..2 {
+            let col = em.reg(Class::D);
+            em.ins(format!("add.s64 {col}, {col0}, {}", 8 * j + e));
+            em.bind(nv, col);
+            let at1 = eval_at(em, &c1)?;
+            let (alpha, beta) = if plan.offset {
+                let beta = eval_at(em, &c0)?;
+                let alpha = em.reg(Class::F);
+                em.ins(format!("sub.f32 {alpha}, {at1}, {beta}"));
+                (alpha, Some(beta))
+            } else {
+                (at1, None)
+            };
+            for half in 0..halves {
+                let i = 2 * half + e;
+                let x = &acc[j][i];
+                em.ins(format!("fma.rn.f32 {x}, {alpha}, {}, {x}", p[i]));
+                if let Some(beta) = &beta {
+                    em.ins(format!("fma.rn.f32 {x}, {beta}, {}, {x}", sums[2 * half]));
+                }
+            }
+        }
+    }
+    em.unbind(nv, prev_n);
+    em.unbind(kv, prev_k);
+    em.ins(format!("add.s64 {piece}, {piece}, {WARPS}"));
+    em.ins(format!("bra.uni {ptop}"));
+    em.a.place(&pend);
+
+    // The warps' sums: `[warp][j][lane]` as 16-byte groups; warp `w` sums
+    // column block `w` of every warp and runs its epilogue.
+    let slot = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {slot}, {warp}, 256"));
+    em.ins(format!("add.u32 {slot}, {slot}, {lane}"));
+    em.ins(format!("mad.lo.u32 {slot}, {slot}, 16, {smem}"));
+    for (j, x) in acc.iter().enumerate() {
+        em.ins(format!(
+            "st.shared.v4.f32 [{slot}+{}], {{{}}}",
+            j * 32 * 16,
+            x.join(", ")
+        ));
+    }
+    em.ins("bar.sync 0");
+    let mine = em.reg(Class::R);
+    em.ins(format!("mad.lo.u32 {mine}, {warp}, 32, {lane}"));
+    em.ins(format!("mad.lo.u32 {mine}, {mine}, 16, {smem}"));
+    let total: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+    for w in 0..WARPS {
+        let v: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+        em.ins(format!(
+            "ld.shared.v4.f32 {{{}}}, [{mine}+{}]",
+            v.join(", "),
+            w * 8 * 32 * 16
+        ));
+        for (s, x) in total.iter().zip(&v) {
+            if w == 0 {
+                em.ins(format!("mov.f32 {s}, {x}"));
+            } else {
+                em.ins(format!("add.f32 {s}, {s}, {x}"));
+            }
+        }
+    }
+    let (wm_base, wn_base) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("mov.u32 {wm_base}, 0"));
+    em.ins(format!("shl.b32 {wn_base}, {warp}, 3"));
+    store_tile(
+        em,
+        &TileStore {
+            acc: &total,
+            int_acc: false,
+            warp_m: TILE_M,
+            warp_n: 8,
+            lane: &lane,
+            wm_base: &wm_base,
+            wn_base: &wn_base,
+            m0: &m0,
+            n0: &n0,
+            bflat: &bflat,
+            m_dim: &m_dim,
+            n_dim: &n_dim,
+        },
+        epilogue,
+    )?;
+    // The next tile's sums reuse the shared memory.
+    em.ins("bar.sync 0");
+    lp.end(em);
+    Ok(())
+}
