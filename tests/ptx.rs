@@ -619,6 +619,24 @@ fn op_kernels() -> Vec<Kernel> {
             ld(0, vec![v(0), v(1)]),
         ),
     ));
+    // NaN to integers (square roots of negative values): 0, as the
+    // evaluator says; the GPU's own conversion gives the most negative
+    // value (a stored code, a cast).
+    let sqrt_x = un(Unary::Sqrt, ld(0, vec![v(0), v(1)]));
+    ks.push(map(
+        "nan_store_i3",
+        Ty::F32,
+        vec![buf("x", DType::F32, vec![Dim::sym("n"), st(13)])],
+        buf("q", DType::I3, vec![Dim::sym("n"), st(13)]),
+        sqrt_x.clone(),
+    ));
+    ks.push(map(
+        "nan_cast_i64",
+        Ty::F32,
+        vec![buf("x", DType::F32, vec![Dim::sym("n"), st(13)])],
+        buf("q", DType::I64, vec![Dim::sym("n"), st(13)]),
+        Expr::Cast(Ty::I64, Box::new(sqrt_x)),
+    ));
     // A quantizing store of a sub-byte output from a scale.
     for d in [DType::I4, DType::U4, DType::I3, DType::I6, DType::F4E2M1] {
         ks.push(map(

@@ -170,11 +170,14 @@ fn int_range(t: Ty) -> (i128, i128) {
     }
 }
 
-/// A float already rounded to an integral value, saturated to `t` (NaN
-/// converts to 0), as bits.
+/// A float already rounded to an integral value, saturated to `t`, as
+/// bits. NaN converts to 0, except to a signed 64-bit integer, where it
+/// gives the most negative value: so the H200 converts it (measured: a
+/// quantizing store that clamped `cvt.rni.s64.f32` of a NaN wrote the
+/// clamp's lower bound).
 fn saturate_int(t: Ty, x: f64) -> u64 {
     if x.is_nan() {
-        return 0;
+        return if t == Ty::S64 { i64::MIN as u64 } else { 0 };
     }
     let (lo, hi) = int_range(t);
     let i = if x <= lo as f64 {

@@ -396,6 +396,10 @@ impl Em<'_> {
                         let r = self.reg(Class::D);
                         let s = if v.t == Ty::F32 { "f32" } else { "f64" };
                         self.ins(format!("cvt.rni.s64.{s} {r}, {}", v.r));
+                        // The GPU converts NaN to the most negative value.
+                        let nan = self.reg(Class::P);
+                        self.ins(format!("setp.nan.{s} {nan}, {0}, {0}", v.r));
+                        self.ins(format!("@{nan} mov.b64 {r}, 0"));
                         if let Some((lo, hi)) = d.int_range() {
                             self.ins(format!("max.s64 {r}, {r}, {lo}"));
                             self.ins(format!("min.s64 {r}, {r}, {hi}"));

@@ -541,6 +541,10 @@ impl<'k> Em<'k> {
             (Ty::I64, Ty::F32 | Ty::F64) => {
                 let r = self.reg(Class::D);
                 self.ins(format!("cvt.rzi.s64.{} {r}, {}", sfx(x.t), x.r));
+                // NaN gives 0 (the GPU gives the most negative value).
+                let nan = self.reg(Class::P);
+                self.ins(format!("setp.nan.{0} {nan}, {1}, {1}", sfx(x.t), x.r));
+                self.ins(format!("@{nan} mov.b64 {r}, 0"));
                 Val { r, t: Ty::I64 }
             }
             (Ty::I64, Ty::I64) | (Ty::Bool, Ty::Bool) => x,
