@@ -45,6 +45,19 @@ w4_variants() {
             --dim m=$m --specialize --iters 200 --warmup 10 --json || echo failed
     done
 }
+kernel_times() {
+    # Device time of each kernel of one replay (ncu), for W4 and W6.
+    local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread
+    run_ncu() {
+        echo "## $*"
+        ncu --graph-profiling node --metrics "$metrics" "$KILN" bench "$@" --device cuda \
+            --iters 1 --warmup 0 2>&1 | grep -E "^  [a-z_]+_[0-9a-f]{16}|gpu__time|dram__|sm__thr|launch__"
+    }
+    run_ncu bench/w4.kiln --dim m=16
+    run_ncu bench/w4.kiln --dim m=1 --specialize
+    KILN_INT4_FRAGMENTS=0 KILN_GEMV_DEQUANT=1 run_ncu bench/w4.kiln --dim m=1 --specialize
+    run_ncu bench/w6.kiln --dim n=64
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 case "${1:-}" in
 1)
@@ -55,9 +68,10 @@ case "${1:-}" in
     ;;
 2)
     KILN_PTX_BRANCH_SELECTS=1 KILN_GEMV_TILING=32,16,stage KILN_GEMV_DEQUANT=1 \
-        step check-switches 200 scripts/gpu-check.sh ptx gpu_backend:every_example gpu_backend:large_blocks
-    step w3d 60 scripts/gpu-w3d.sh 32,16,stage
-    KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 300 bench/gpu.sh
+        step check-switches 170 scripts/gpu-check.sh ptx gpu_backend:every_example gpu_backend:large_blocks
+    TAIL=60 step ncu 60 kernel_times
+    step w3d 45 scripts/gpu-w3d.sh 32,16,stage
+    KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 290 bench/gpu.sh
     ;;
 *)
     echo "usage: scripts/gpu-session.sh 1|2" >&2

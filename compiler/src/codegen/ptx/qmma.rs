@@ -377,11 +377,9 @@ pub(super) fn emit(
     };
     let (magic, one, minus) = (b32(em, magic), b32(em, one), b32(em, minus));
     let zero = b32(em, 0);
+    let (c1, c0) = (b32(em, 1), b32(em, 0));
     let halves = plan.halves();
 
-    let acc: Vec<Vec<String>> = (0..8)
-        .map(|_| (0..4).map(|_| em.reg(Class::F)).collect())
-        .collect();
     let part: Vec<Vec<String>> = (0..8)
         .map(|_| (0..4).map(|_| em.reg(Class::F)).collect())
         .collect();
@@ -445,8 +443,19 @@ pub(super) fn emit(
     let cbase = em.in_ptr[plan.codes].clone();
     em.ins(format!("add.s64 {cptr}, {cptr}, {cbase}"));
 
-    for x in acc.iter().flatten() {
-        em.ins(format!("mov.f32 {x}, 0f00000000"));
+    // The warp's sums live in shared memory, `[warp][j][lane]` as 16-byte
+    // groups (each lane its own), where the block's reduction reads them.
+    let slot = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {slot}, {warp}, 256"));
+    em.ins(format!("add.u32 {slot}, {slot}, {lane}"));
+    em.ins(format!("mad.lo.u32 {slot}, {slot}, 16, {smem}"));
+    let z = em.reg(Class::F);
+    em.ins(format!("mov.f32 {z}, 0f00000000"));
+    for j in 0..8 {
+        em.ins(format!(
+            "st.shared.v4.f32 [{slot}+{}], {{{z}, {z}, {z}, {z}}}",
+            j * 32 * 16
+        ));
     }
 
     // Pieces `warp, warp + 8, ..`.
@@ -464,6 +473,48 @@ pub(super) fn emit(
     for x in part.iter().flatten().chain(&sums) {
         em.ins(format!("mov.f32 {x}, 0f00000000"));
     }
+    // The piece's `alpha` (and `beta`) per column: `b` at the piece's
+    // first `k` with the code 1 (and 0), loaded before the codes so that
+    // their loads are in flight together.
+    let kstart = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
+    let prev_k = em.bind(kv, kstart);
+    let col0 = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
+    let eval_at = |em: &mut Em, code: &str| -> Result<String, PtxError> {
+        em.col_codes = vec![(
+            plan.code_load.clone(),
+            Code {
+                r: code.to_string(),
+                w: 8,
+            },
+        )];
+        em.memo = Some(Vec::new());
+        let v = em.emit(&plan.b);
+        em.memo = None;
+        em.col_codes.clear();
+        Ok(v?.r)
+    };
+    let prev_n = em.vars.get(&nv).cloned();
+    let mut coef = Vec::new();
+    for j in 0..8 {
+        for e in 0..2 {
+            let col = em.reg(Class::D);
+            em.ins(format!("add.s64 {col}, {col0}, {}", 8 * j + e));
+            em.bind(nv, col);
+            let at1 = eval_at(em, &c1)?;
+            coef.push(if plan.offset {
+                let beta = eval_at(em, &c0)?;
+                let alpha = em.reg(Class::F);
+                em.ins(format!("sub.f32 {alpha}, {at1}, {beta}"));
+                (alpha, Some(beta))
+            } else {
+                (at1, None)
+            });
+        }
+    }
+    em.unbind(nv, prev_n);
+    em.unbind(kv, prev_k);
     // The piece's first step's offsets: `a` 64 bytes a step, codes 1 KiB.
     let (aoff, coff) = (em.reg(Class::D), em.reg(Class::D));
     em.ins(format!("mul.lo.s64 {aoff}, {piece}, {}", plan.steps() * 64));
@@ -564,72 +615,35 @@ pub(super) fn emit(
     ));
     em.ins(format!("@{pit} bra {itop}"));
 
-    // The piece's `alpha` (and `beta`) per column: `b` at the piece's
-    // first `k` with the code 1 (and 0).
-    let kstart = em.reg(Class::D);
-    em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
-    let prev_k = em.bind(kv, kstart);
-    let (c1, c0) = (b32(em, 1), b32(em, 0));
-    let col0 = em.reg(Class::D);
-    em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
-    let eval_at = |em: &mut Em, code: &str| -> Result<String, PtxError> {
-        em.col_codes = vec![(
-            plan.code_load.clone(),
-            Code {
-                r: code.to_string(),
-                w: 8,
-            },
-        )];
-        em.memo = Some(Vec::new());
-        let v = em.emit(&plan.b);
-        em.memo = None;
-        em.col_codes.clear();
-        Ok(v?.r)
-    };
-    let prev_n = em.vars.get(&nv).cloned();
+    // The piece's sums, scaled, into the warp's sums.
     for (j, p) in part.iter().enumerate() {
+        let x: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+        let at = j * 32 * 16;
+        em.ins(format!(
+            "ld.shared.v4.f32 {{{}}}, [{slot}+{at}]",
+            x.join(", ")
+        ));
         for e in 0..2 {
-            let col = em.reg(Class::D);
-            em.ins(format!("add.s64 {col}, {col0}, {}", 8 * j + e));
-            em.bind(nv, col);
-            let at1 = eval_at(em, &c1)?;
-            let (alpha, beta) = if plan.offset {
-                let beta = eval_at(em, &c0)?;
-                let alpha = em.reg(Class::F);
-                em.ins(format!("sub.f32 {alpha}, {at1}, {beta}"));
-                (alpha, Some(beta))
-            } else {
-                (at1, None)
-            };
+            let (alpha, beta) = &coef[2 * j + e];
             for half in 0..halves {
                 let i = 2 * half + e;
-                let x = &acc[j][i];
+                let x = &x[i];
                 em.ins(format!("fma.rn.f32 {x}, {alpha}, {}, {x}", p[i]));
-                if let Some(beta) = &beta {
+                if let Some(beta) = beta {
                     em.ins(format!("fma.rn.f32 {x}, {beta}, {}, {x}", sums[2 * half]));
                 }
             }
         }
+        em.ins(format!(
+            "st.shared.v4.f32 [{slot}+{at}], {{{}}}",
+            x.join(", ")
+        ));
     }
-    em.unbind(nv, prev_n);
-    em.unbind(kv, prev_k);
     em.ins(format!("add.s64 {piece}, {piece}, {WARPS}"));
     em.ins(format!("bra.uni {ptop}"));
     em.a.place(&pend);
 
-    // The warps' sums: `[warp][j][lane]` as 16-byte groups; warp `w` sums
-    // column block `w` of every warp and runs its epilogue.
-    let slot = em.reg(Class::R);
-    em.ins(format!("mul.lo.u32 {slot}, {warp}, 256"));
-    em.ins(format!("add.u32 {slot}, {slot}, {lane}"));
-    em.ins(format!("mad.lo.u32 {slot}, {slot}, 16, {smem}"));
-    for (j, x) in acc.iter().enumerate() {
-        em.ins(format!(
-            "st.shared.v4.f32 [{slot}+{}], {{{}}}",
-            j * 32 * 16,
-            x.join(", ")
-        ));
-    }
+    // Warp `w` sums column block `w` of every warp and runs its epilogue.
     em.ins("bar.sync 0");
     let mine = em.reg(Class::R);
     em.ins(format!("mad.lo.u32 {mine}, {warp}, 32, {lane}"));
