@@ -315,7 +315,15 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
     let a = operand(k, a, mv, *kv, extent, r)?;
     let b = operand(k, b, nv, *kv, extent, r)?;
     let elem = k.inputs[a.input].dtype;
-    let tiling = tiling_for(k.output.shape.0[r - 1].as_static(), arch);
+    let mut tiling = tiling_for(k.output.shape.0[r - 1].as_static(), arch);
+    // An operand computed by the threads (a prologue) needs more than the
+    // 128 registers of two `mma.sync` blocks per multiprocessor (ptxas
+    // 13.0 spilled at sm_80).
+    let computed =
+        |o: &Operand| matches!(&o.staged, Some((e, _, _)) if !matches!(e, Expr::Load { .. }));
+    if !tiling.wgmma && (computed(&a) || computed(&b)) {
+        tiling.blocks_per_sm = 1;
+    }
     (elem == k.inputs[b.input].dtype).then_some(MmaPlan {
         elem,
         a,
@@ -503,31 +511,60 @@ fn operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr, r: usize) -
 }
 
 /// A load of a bf16/f16 tensor at any index (a transpose, a reshape, a
-/// slice, a guarded pad) without reductions: the threads evaluate it
-/// element by element (its values are exact in the element type) and store
-/// it `k`-contiguous.
+/// slice, a guarded pad), or an elementwise expression of such loads (a
+/// scale and activation fused in as a prologue), without reductions: the
+/// threads evaluate it element by element and store it `k`-contiguous,
+/// rounded to the element type of its first bf16/f16 load (exact for a
+/// load; for a computed prologue the rounding the graph's own bf16/f16
+/// intermediate has).
 fn staged_operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr) -> Option<Operand> {
-    let Expr::Load {
-        input,
-        index,
-        guard,
-    } = e
-    else {
-        return None;
-    };
-    let buf = k.inputs.get(*input)?;
-    if !matches!(buf.dtype, DType::BF16 | DType::F16)
-        || index.iter().chain(guard.as_deref()).any(super::has_reduce)
-    {
+    if super::has_reduce(e) || super::expr::Em::new(k).ty_of(e) != Ty::F32 {
         return None;
     }
+    if !matches!(e, Expr::Load { .. }) && !float_loads_only(k, e) {
+        return None;
+    }
+    let input = first_half_load(k, e)?;
     Some(Operand {
-        input: *input,
+        input,
         lead: Vec::new(),
         storage: Storage::OuterK,
         staged: Some((e.clone(), outer, kv)),
         chunk: chunk_of(k, e, kv, extent),
     })
+}
+
+/// Whether every load in `e` reads bf16, f16 or f32 elements (a computed
+/// prologue of float tensors; a dequantization of codes is not one: its
+/// values rounded to 16 bits would differ from the f32 the evaluator
+/// computes by more than f32 rounding, and it needs more registers than
+/// the copy loop has).
+fn float_loads_only(k: &Kernel, e: &Expr) -> bool {
+    if let Expr::Load { input, .. } = e {
+        return k
+            .inputs
+            .get(*input)
+            .is_some_and(|b| matches!(b.dtype, DType::BF16 | DType::F16 | DType::F32));
+    }
+    let mut ok = true;
+    e.for_each_child(|c| ok &= float_loads_only(k, c));
+    ok
+}
+
+/// The input of the first bf16 or f16 load in `e`.
+fn first_half_load(k: &Kernel, e: &Expr) -> Option<usize> {
+    if let Expr::Load { input, .. } = e
+        && matches!(k.inputs.get(*input)?.dtype, DType::BF16 | DType::F16)
+    {
+        return Some(*input);
+    }
+    let mut found = None;
+    e.for_each_child(|c| {
+        if found.is_none() {
+            found = first_half_load(k, c);
+        }
+    });
+    found
 }
 
 fn plain_operand(
@@ -615,6 +652,8 @@ struct Copies {
     /// [`Operand::staged`]).
     staged: Option<(Expr, Var, Var)>,
     chunk: Option<(Vec<Expr>, Var)>,
+    /// The operand's element type in shared memory.
+    elem: DType,
 }
 
 /// The run index of a staged load (see [`Operand::chunk`]): an unguarded
@@ -1111,6 +1150,7 @@ fn copies(
         outer: Vec::new(),
         staged: op.staged.clone(),
         chunk: op.chunk.clone(),
+        elem: em.k.inputs[i].dtype,
     };
     let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
@@ -1224,12 +1264,7 @@ fn issue(
         // Eight consecutive `k` of one outer row per copy, each element
         // evaluated where it lies inside the operand (0 elsewhere), packed
         // in pairs and stored with one 16-byte store.
-        let pack = match em.k.inputs[match expr {
-            Expr::Load { input, .. } => *input,
-            _ => 0,
-        }]
-        .dtype
-        {
+        let pack = match c.elem {
             DType::F16 => "f16x2",
             _ => "bf16x2",
         };
