@@ -317,7 +317,7 @@ pub fn compile_kernel_with(
         } if kind == "qmma" => {
             let plan = qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
             qmma::emit(&mut em, &plan, *kv, epilogue, &units)?;
-            shared_bytes = qmma::SHARED_BYTES;
+            shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(qmma::BLOCKS_PER_SM);
             let grid = Grid::Tiles {
                 tile_m: qmma::TILE_M,

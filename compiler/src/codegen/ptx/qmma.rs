@@ -33,10 +33,14 @@
 //! columns of one output matrix; its 8 warps split `k` in pieces (a piece
 //! lies inside one group: the largest multiple of 32 dividing `k` and
 //! every group size, at most `k / 8` where that is possible) taken in
-//! turn. Each warp computes all 64 columns (8 `n8` blocks) of its pieces, with
-//! every load of `UNROLL` steps issued before their arithmetic; the warps'
-//! sums meet in shared memory, and warp `w` runs the epilogue of columns
-//! `8 w .. 8 w + 7` ([`super::mma::store_tile`]).
+//! turn. Each warp computes all 64 columns (8 `n8` blocks) of its pieces.
+//! Its steps' codes and rows of `x` stream through a ring of 5 or 6 stages
+//! in shared memory with `cp.async`, issued that many steps ahead across
+//! piece boundaries; each lane copies and reads back only its own 16-byte
+//! chunks, so no barrier orders them, and the copies in flight cost no
+//! registers. A piece's scales are loaded at its first step and applied at
+//! its last. The warps' sums accumulate in shared memory, and warp `w`
+//! runs the epilogue of columns `8 w .. 8 w + 7` ([`super::mma::store_tile`]).
 
 use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Body, Expr, Kernel, Ty, Var};
@@ -59,8 +63,9 @@ pub const TILE_N: u32 = FRAGMENT_COLS as u32;
 /// Blocks per multiprocessor the registers are limited for (128 each):
 /// W4's 172 column tiles are then all resident on an H100's 132.
 pub const BLOCKS_PER_SM: u32 = 2;
-/// Bytes of shared memory: each warp's 16 x 64 f32 sums.
-pub const SHARED_BYTES: u32 = WARPS * TILE_M * TILE_N * 4;
+/// Bytes of shared memory for the warps' 16 x 64 f32 sums (then each
+/// warp's ring of copy stages, [`QmmaPlan::shared_bytes`]).
+const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
 
 /// A contraction the path compiles.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,10 +84,9 @@ pub(super) struct QmmaPlan {
     /// Whether `beta` can be nonzero (an addition in `b` besides the code's
     /// term).
     offset: bool,
-    /// `k`'s extent, a piece of it, and steps of 32 per unrolled iteration.
+    /// `k`'s extent and a piece of it.
     depth: u64,
     piece: u64,
-    unroll: u64,
     /// The output's columns, and its rows when static.
     n: u64,
     pub rows: Option<u64>,
@@ -172,8 +176,6 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
         .map(|i| i * FRAGMENT_DEPTH)
         .filter(|p| whole % p == 0 && *p <= limit)
         .max()?;
-    let steps = piece / FRAGMENT_DEPTH;
-    let unroll = [4, 2, 1].into_iter().find(|u| steps % u == 0)?;
     Some(QmmaPlan {
         a_input,
         a_index: a_index.to_vec(),
@@ -185,7 +187,6 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
         offset,
         depth,
         piece,
-        unroll,
         n,
         rows: k.output.shape.0[r - 2].as_static(),
     })
@@ -316,6 +317,19 @@ impl QmmaPlan {
         } else {
             2
         }
+    }
+
+    /// Stages of a warp's copy ring: 6 (5 steps in flight) with one row
+    /// half of `a`, 5 with two, so that two blocks fit a multiprocessor's
+    /// 228 KiB.
+    fn stages(&self) -> u64 {
+        if self.halves() == 1 { 6 } else { 5 }
+    }
+
+    /// Dynamic shared memory: the sums, then the warps' rings.
+    pub fn shared_bytes(&self) -> u32 {
+        let stage = (2 + self.halves() as u64) * 512;
+        (ACC_BYTES + u64::from(WARPS) * self.stages() * stage) as u32
     }
 
     /// The `mma` instruction.
@@ -458,164 +472,259 @@ pub(super) fn emit(
         ));
     }
 
-    // Pieces `warp, warp + 8, ..`.
+    // The warp's steps: its pieces `warp, warp + 8, ..`, each `steps`
+    // steps of 32; `total` of them.
+    let steps = plan.steps();
     let pieces = plan.depth / plan.piece;
-    let piece = em.reg(Class::D);
-    em.ins(format!("cvt.u64.u32 {piece}, {warp}"));
-    let (ptop, pend, pp) = (
-        em.a.label("piece"),
-        em.a.label("piece_end"),
-        em.reg(Class::P),
-    );
-    em.a.place(&ptop);
-    em.ins(format!("setp.ge.s64 {pp}, {piece}, {pieces}"));
-    em.ins(format!("@{pp} bra {pend}"));
-    for x in part.iter().flatten().chain(&sums) {
-        em.ins(format!("mov.f32 {x}, 0f00000000"));
+    let total = em.reg(Class::D);
+    {
+        // ceil((pieces - warp) / 8) * steps, 0 past the pieces
+        let w64 = em.reg(Class::D);
+        em.ins(format!("cvt.u64.u32 {w64}, {warp}"));
+        em.ins(format!(
+            "sub.s64 {total}, {}, {w64}",
+            pieces + u64::from(WARPS) - 1
+        ));
+        em.ins(format!("shr.s64 {total}, {total}, 3"));
+        em.ins(format!("mul.lo.s64 {total}, {total}, {steps}"));
     }
-    // The piece's `alpha` (and `beta`) per column: `b` at the piece's
-    // first `k` with the code 1 (and 0), loaded before the codes so that
-    // their loads are in flight together.
-    let kstart = em.reg(Class::D);
-    em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
-    let prev_k = em.bind(kv, kstart);
-    let col0 = em.reg(Class::D);
-    em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
-    let eval_at = |em: &mut Em, code: &str| -> Result<String, PtxError> {
-        em.col_codes = vec![(
-            plan.code_load.clone(),
-            Code {
-                r: code.to_string(),
-                w: 8,
-            },
-        )];
-        em.memo = Some(Vec::new());
-        let v = em.emit(&plan.b);
-        em.memo = None;
-        em.col_codes.clear();
-        Ok(v?.r)
-    };
-    let prev_n = em.vars.get(&nv).cloned();
-    let mut coef = Vec::new();
-    for j in 0..8 {
-        for e in 0..2 {
-            let col = em.reg(Class::D);
-            em.ins(format!("add.s64 {col}, {col0}, {}", 8 * j + e));
-            em.bind(nv, col);
-            let at1 = eval_at(em, &c1)?;
-            coef.push(if plan.offset {
-                let beta = eval_at(em, &c0)?;
-                let alpha = em.reg(Class::F);
-                em.ins(format!("sub.f32 {alpha}, {at1}, {beta}"));
-                (alpha, Some(beta))
-            } else {
-                (at1, None)
-            });
-        }
-    }
-    em.unbind(nv, prev_n);
-    em.unbind(kv, prev_k);
-    // The piece's first step's offsets: `a` 64 bytes a step, codes 1 KiB.
-    let (aoff, coff) = (em.reg(Class::D), em.reg(Class::D));
-    em.ins(format!("mul.lo.s64 {aoff}, {piece}, {}", plan.steps() * 64));
+    // The copies run `STAGES - 1` steps ahead into the warp's ring of
+    // stages in shared memory: per stage, 16-byte chunks (two of codes, one
+    // per row half of `a`), chunk `c` of lane `l` at `(c * 32 + l) * 16`.
+    let chunks = 2 + halves as u64;
+    let stages = plan.stages();
+    let stage_bytes = chunks * 512;
+    let ring = em.reg(Class::R);
     em.ins(format!(
-        "mul.lo.s64 {coff}, {piece}, {}",
-        plan.steps() * 1024
+        "mad.lo.u32 {ring}, {warp}, {}, {}",
+        stages * stage_bytes,
+        ACC_BYTES
     ));
-    let it = em.reg(Class::D);
-    em.ins(format!("mov.b64 {it}, 0"));
-    let (itop, pit) = (em.a.label("steps"), em.reg(Class::P));
-    em.a.place(&itop);
-    // Every load of `unroll` steps, then their arithmetic.
-    let mut loaded = Vec::new();
-    for u in 0..plan.unroll {
-        let mut rows = Vec::new();
-        for base in &a_rows {
-            let addr = em.reg(Class::D);
-            em.ins(format!("add.s64 {addr}, {base}, {aoff}"));
+    em.ins(format!("add.u32 {ring}, {ring}, {smem}"));
+    em.ins(format!("mad.lo.u32 {ring}, {lane}, 16, {ring}"));
+    // Issue state: steps issued, the next step's global step of `k`, its
+    // place in its piece, and its stage's offset.
+    let (issued, iss_k, iss_in, iss_stage) = (
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.b64 {issued}, 0"));
+    em.ins(format!("cvt.u64.u32 {iss_k}, {warp}"));
+    em.ins(format!("mul.lo.s64 {iss_k}, {iss_k}, {steps}"));
+    em.ins(format!("mov.b64 {iss_in}, 0"));
+    em.ins(format!("mov.u32 {iss_stage}, 0"));
+    let issue = |em: &mut Em| {
+        let (skip, p) = (em.a.label("issue"), em.reg(Class::P));
+        em.ins(format!("setp.ge.s64 {p}, {issued}, {total}"));
+        em.ins(format!("@{p} bra {skip}"));
+        let dst = em.reg(Class::R);
+        em.ins(format!("add.u32 {dst}, {ring}, {iss_stage}"));
+        let src = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {src}, {iss_k}, 1024, {cptr}"));
+        em.ins(format!("cp.async.cg.shared.global [{dst}], [{src}], 16"));
+        em.ins(format!(
+            "cp.async.cg.shared.global [{dst}+512], [{src}+16], 16"
+        ));
+        for (h, base) in a_rows.iter().enumerate() {
+            let src = em.reg(Class::D);
+            em.ins(format!("mad.lo.s64 {src}, {iss_k}, 64, {base}"));
+            em.ins(format!(
+                "cp.async.cg.shared.global [{dst}+{}], [{src}], 16",
+                1024 + 512 * h
+            ));
+        }
+        // The next step: the piece's next, or the warp's next piece.
+        let (pn, pw) = (em.reg(Class::P), em.reg(Class::P));
+        em.ins(format!("add.s64 {issued}, {issued}, 1"));
+        em.ins(format!("add.s64 {iss_in}, {iss_in}, 1"));
+        em.ins(format!("add.s64 {iss_k}, {iss_k}, 1"));
+        em.ins(format!("setp.eq.s64 {pn}, {iss_in}, {steps}"));
+        em.ins(format!("@{pn} mov.b64 {iss_in}, 0"));
+        em.ins(format!(
+            "@{pn} add.s64 {iss_k}, {iss_k}, {}",
+            (u64::from(WARPS) - 1) * steps
+        ));
+        em.ins(format!("add.u32 {iss_stage}, {iss_stage}, {stage_bytes}"));
+        em.ins(format!(
+            "setp.eq.u32 {pw}, {iss_stage}, {}",
+            stages * stage_bytes
+        ));
+        em.ins(format!("@{pw} mov.u32 {iss_stage}, 0"));
+        em.a.place(&skip);
+        em.ins("cp.async.commit_group");
+    };
+    for _ in 0..stages - 1 {
+        issue(em);
+    }
+
+    // The steps, in order.
+    let (step, in_piece, piece, use_stage) = (
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::D),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.b64 {step}, 0"));
+    em.ins(format!("mov.b64 {in_piece}, 0"));
+    em.ins(format!("cvt.u64.u32 {piece}, {warp}"));
+    em.ins(format!("mov.u32 {use_stage}, 0"));
+    let (stop, send, ps) = (em.a.label("step"), em.a.label("step_end"), em.reg(Class::P));
+    em.a.place(&stop);
+    em.ins(format!("setp.ge.s64 {ps}, {step}, {total}"));
+    em.ins(format!("@{ps} bra {send}"));
+    issue(em);
+
+    // At a piece's first step: its sums start at zero, and its `alpha`
+    // (and `beta`) per column are `b` at the piece's first `k` with the
+    // code 1 (and 0), loaded now, used at the piece's last step.
+    let coef: Vec<(String, Option<String>)> = (0..16)
+        .map(|_| {
+            let a = em.reg(Class::F);
+            let b = plan.offset.then(|| em.reg(Class::F));
+            (a, b)
+        })
+        .collect();
+    {
+        let (skip, p) = (em.a.label("piece_start"), em.reg(Class::P));
+        em.ins(format!("setp.ne.s64 {p}, {in_piece}, 0"));
+        em.ins(format!("@{p} bra {skip}"));
+        for x in part.iter().flatten().chain(&sums) {
+            em.ins(format!("mov.f32 {x}, 0f00000000"));
+        }
+        let kstart = em.reg(Class::D);
+        em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
+        let prev_k = em.bind(kv, kstart);
+        let col0 = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
+        let eval_at = |em: &mut Em, code: &str| -> Result<String, PtxError> {
+            em.col_codes = vec![(
+                plan.code_load.clone(),
+                Code {
+                    r: code.to_string(),
+                    w: 8,
+                },
+            )];
+            em.memo = Some(Vec::new());
+            let v = em.emit(&plan.b);
+            em.memo = None;
+            em.col_codes.clear();
+            Ok(v?.r)
+        };
+        let prev_n = em.vars.get(&nv).cloned();
+        for j in 0..8 {
+            for e in 0..2 {
+                let col = em.reg(Class::D);
+                em.ins(format!("add.s64 {col}, {col0}, {}", 8 * j + e));
+                em.bind(nv, col);
+                let at1 = eval_at(em, &c1)?;
+                let (alpha, beta) = &coef[2 * j + e];
+                match beta {
+                    Some(beta) => {
+                        let b0 = eval_at(em, &c0)?;
+                        em.ins(format!("mov.f32 {beta}, {b0}"));
+                        em.ins(format!("sub.f32 {alpha}, {at1}, {b0}"));
+                    }
+                    None => em.ins(format!("mov.f32 {alpha}, {at1}")),
+                }
+            }
+        }
+        em.unbind(nv, prev_n);
+        em.unbind(kv, prev_k);
+        em.a.place(&skip);
+    }
+
+    // This step's copies have landed (this lane's own: no barrier).
+    em.ins(format!("cp.async.wait_group {}", stages - 1));
+    let at = em.reg(Class::R);
+    em.ins(format!("add.u32 {at}, {ring}, {use_stage}"));
+    let words: Vec<String> = (0..8).map(|_| em.reg(Class::R)).collect();
+    for h in 0..2 {
+        em.ins(format!(
+            "ld.shared.v4.b32 {{{}}}, [{at}+{}]",
+            words[h * 4..h * 4 + 4].join(", "),
+            512 * h
+        ));
+    }
+    let rows: Vec<Vec<String>> = (0..halves)
+        .map(|h| {
             let x: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
             em.ins(format!(
-                "ld.global.nc.v4.b32 {{{}}}, [{addr}+{}]",
+                "ld.shared.v4.b32 {{{}}}, [{at}+{}]",
                 x.join(", "),
-                u * 64
+                1024 + 512 * h
             ));
-            rows.push(x);
+            x
+        })
+        .collect();
+    if plan.signed {
+        for w in &words {
+            em.ins(format!("xor.b32 {w}, {w}, 0x88888888"));
         }
-        let addr = em.reg(Class::D);
-        em.ins(format!("add.s64 {addr}, {cptr}, {coff}"));
-        let words: Vec<String> = (0..8).map(|_| em.reg(Class::R)).collect();
-        for h in 0..2 {
+    }
+    for h in 0..2 {
+        // `a`: rows g and g + 8 at the half's k pairs.
+        let frag = |half: usize, e: usize| -> String {
+            rows.get(half)
+                .map_or_else(|| zero.clone(), |x| x[2 * h + e].clone())
+        };
+        let a = [frag(0, 0), frag(1, 0), frag(0, 1), frag(1, 1)];
+        for (j, p) in part.iter().enumerate() {
+            let w = &words[h * 4 + j / 2];
+            let b: Vec<String> = (0..2)
+                .map(|reg| {
+                    let q = (j % 2) * 2 + reg;
+                    let v = em.reg(Class::R);
+                    if q == 0 {
+                        em.ins(format!("and.b32 {v}, {w}, 983055"));
+                    } else {
+                        em.ins(format!("shr.u32 {v}, {w}, {}", 4 * q));
+                        em.ins(format!("and.b32 {v}, {v}, 983055"));
+                    }
+                    em.ins(format!("or.b32 {v}, {v}, {magic}"));
+                    let mn = if plan.half == DType::BF16 {
+                        "bf16x2"
+                    } else {
+                        "f16x2"
+                    };
+                    em.ins(format!("fma.rn.{mn} {v}, {v}, {one}, {minus}"));
+                    v
+                })
+                .collect();
             em.ins(format!(
-                "ld.global.nc.L1::no_allocate.v4.b32 {{{}}}, [{addr}+{}]",
-                words[h * 4..h * 4 + 4].join(", "),
-                u * 1024 + h as u64 * 16
+                "{} {{{p}}}, {{{a}}}, {{{b}}}, {{{p}}}",
+                plan.mma(),
+                p = p.join(", "),
+                a = a.join(", "),
+                b = b.join(", ")
             ));
         }
-        loaded.push((rows, words));
-    }
-    for (rows, words) in &loaded {
-        if plan.signed {
-            for w in words {
-                em.ins(format!("xor.b32 {w}, {w}, 0x88888888"));
-            }
-        }
-        for h in 0..2 {
-            // `a`: rows g and g + 8 at the half's k pairs.
-            let frag = |half: usize, e: usize| -> String {
-                rows.get(half)
-                    .map_or_else(|| zero.clone(), |x| x[2 * h + e].clone())
-            };
-            let a = [frag(0, 0), frag(1, 0), frag(0, 1), frag(1, 1)];
-            for (j, p) in part.iter().enumerate() {
-                let w = &words[h * 4 + j / 2];
-                let b: Vec<String> = (0..2)
-                    .map(|reg| {
-                        let q = (j % 2) * 2 + reg;
-                        let v = em.reg(Class::R);
-                        if q == 0 {
-                            em.ins(format!("and.b32 {v}, {w}, 983055"));
-                        } else {
-                            em.ins(format!("shr.u32 {v}, {w}, {}", 4 * q));
-                            em.ins(format!("and.b32 {v}, {v}, 983055"));
-                        }
-                        em.ins(format!("or.b32 {v}, {v}, {magic}"));
-                        let mn = if plan.half == DType::BF16 {
-                            "bf16x2"
-                        } else {
-                            "f16x2"
-                        };
-                        em.ins(format!("fma.rn.{mn} {v}, {v}, {one}, {minus}"));
-                        v
-                    })
-                    .collect();
-                em.ins(format!(
-                    "{} {{{p}}}, {{{a}}}, {{{b}}}, {{{p}}}",
-                    plan.mma(),
-                    p = p.join(", "),
-                    a = a.join(", "),
-                    b = b.join(", ")
-                ));
-            }
-            if plan.offset {
-                em.ins(format!(
-                    "{} {{{s}}}, {{{a}}}, {{{one}, {one}}}, {{{s}}}",
-                    plan.mma(),
-                    s = sums.join(", "),
-                    a = a.join(", ")
-                ));
-            }
+        if plan.offset {
+            em.ins(format!(
+                "{} {{{s}}}, {{{a}}}, {{{one}, {one}}}, {{{s}}}",
+                plan.mma(),
+                s = sums.join(", "),
+                a = a.join(", ")
+            ));
         }
     }
-    em.ins(format!("add.s64 {aoff}, {aoff}, {}", plan.unroll * 64));
-    em.ins(format!("add.s64 {coff}, {coff}, {}", plan.unroll * 1024));
-    em.ins(format!("add.s64 {it}, {it}, 1"));
-    em.ins(format!(
-        "setp.lt.s64 {pit}, {it}, {}",
-        plan.steps() / plan.unroll
-    ));
-    em.ins(format!("@{pit} bra {itop}"));
+    {
+        let p = em.reg(Class::P);
+        em.ins(format!("add.u32 {use_stage}, {use_stage}, {stage_bytes}"));
+        em.ins(format!(
+            "setp.eq.u32 {p}, {use_stage}, {}",
+            stages * stage_bytes
+        ));
+        em.ins(format!("@{p} mov.u32 {use_stage}, 0"));
+    }
 
-    // The piece's sums, scaled, into the warp's sums.
+    // At a piece's last step: its sums, scaled, into the warp's sums.
+    em.ins(format!("add.s64 {step}, {step}, 1"));
+    em.ins(format!("add.s64 {in_piece}, {in_piece}, 1"));
+    let (next, pl) = (em.a.label("piece_end"), em.reg(Class::P));
+    em.ins(format!("setp.ne.s64 {pl}, {in_piece}, {steps}"));
+    em.ins(format!("@{pl} bra {next}"));
     for (j, p) in part.iter().enumerate() {
         let x: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         let at = j * 32 * 16;
@@ -639,9 +748,12 @@ pub(super) fn emit(
             x.join(", ")
         ));
     }
+    em.ins(format!("mov.b64 {in_piece}, 0"));
     em.ins(format!("add.s64 {piece}, {piece}, {WARPS}"));
-    em.ins(format!("bra.uni {ptop}"));
-    em.a.place(&pend);
+    em.a.place(&next);
+    em.ins(format!("bra.uni {stop}"));
+    em.a.place(&send);
+    em.ins("cp.async.wait_group 0");
 
     // Warp `w` sums column block `w` of every warp and runs its epilogue.
     em.ins("bar.sync 0");
