@@ -1243,7 +1243,7 @@ fn qmma_kernels() -> Vec<Kernel> {
                   epilogue: Expr| {
         let r = out.shape.rank() as u32;
         let kv = Var(r);
-        let mut a_index: Vec<Expr> = (0..r - 1).map(|i| v(i)).collect();
+        let mut a_index: Vec<Expr> = (0..r - 1).map(v).collect();
         a_index.push(Expr::Var(kv));
         let mut inputs = vec![x];
         inputs.extend(others);
