@@ -12,14 +12,15 @@
 # workload, default 120), TORCH=0 to skip PyTorch (TORCH=quick: only the
 # ceilings, torch.matmul at 4096^3 and causal SDPA, bench/gpu/torch_quick.py),
 # TORCH_BASELINES (path of torch_baselines.py), OUT (a folder that receives
-# a copy of the report and the raw figures).
+# a copy of the report and the raw figures), BENCH_TMP (where the raw
+# figures are written as they come; default bench/results/tmp/gpu).
 # Writes bench/results/<date>-<card>.md.
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN:-$root/target/release/kiln}"
 iters="${ITERS:-200}"
-tmp="$root/bench/results/tmp/gpu"
+tmp="${BENCH_TMP:-$root/bench/results/tmp/gpu}"
 mkdir -p "$tmp"
 rm -f "$tmp"/kiln-*.json "$tmp"/kiln-*.err "$tmp/gpu_baselines.json"
 

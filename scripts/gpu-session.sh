@@ -19,6 +19,8 @@ cd "$root"
 out="${OUT:-/tmp/gpu-session}"
 mkdir -p "$out"
 export KILN="$root/gpu-bin/kiln"
+# Every compilation fresh: variants below differ by environment switches.
+export KILN_CACHE=off
 export TEST_THREADS="${TEST_THREADS:-16}"
 start=$(date +%s)
 step() { # step NAME SECONDS COMMAND... : runs COMMAND with its output in $OUT/NAME/log
@@ -71,7 +73,10 @@ case "${1:-}" in
         step check-switches 170 scripts/gpu-check.sh ptx gpu_backend:every_example gpu_backend:large_blocks
     TAIL=60 step ncu 60 kernel_times
     step w3d 45 scripts/gpu-w3d.sh 32,16,stage
-    KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 290 bench/gpu.sh
+    # shared/bench/torch_baselines.py, carried in gpu-bin/ where the
+    # device's checkout has no shared/ beside it.
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 290 bench/gpu.sh
     ;;
 *)
     echo "usage: scripts/gpu-session.sh 1|2" >&2

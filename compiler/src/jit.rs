@@ -344,8 +344,27 @@ fn cache_key(
         &dims.join(","),
         &format!("{:?}", opts.limits),
         &host,
+        &switches(),
         &m.graph.to_string(),
     ])
+}
+
+/// The environment switches that change what is compiled (measurement
+/// choices not yet the default: `codegen::ptx::PtxOptions::from_env`,
+/// `KILN_MMA_TILING`, `KILN_INT4_FRAGMENTS`), as `NAME=value` for the cache
+/// key: a compilation under other switches is another entry.
+fn switches() -> String {
+    const VARS: [&str; 5] = [
+        "KILN_PTX_BRANCH_SELECTS",
+        "KILN_GEMV_TILING",
+        "KILN_GEMV_DEQUANT",
+        "KILN_MMA_TILING",
+        "KILN_INT4_FRAGMENTS",
+    ];
+    VARS.iter()
+        .map(|v| format!("{v}={}", std::env::var(v).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Compiles every kernel of `program` with Cranelift for the host and

@@ -96,7 +96,11 @@ fn fragment_operand(l: &Launch, known: &[bool]) -> Option<usize> {
     };
     let r = k.output.shape.rank();
     let n = k.output.shape.0.get(r.checked_sub(1)?)?.as_static()?;
-    if r < 2 || n % FRAGMENT_COLS != 0 || *depth <= 0 || !(*depth as u64).is_multiple_of(FRAGMENT_DEPTH) {
+    if r < 2
+        || n % FRAGMENT_COLS != 0
+        || *depth <= 0
+        || !(*depth as u64).is_multiple_of(FRAGMENT_DEPTH)
+    {
         return None;
     }
     let Expr::Load { input, .. } = a else {

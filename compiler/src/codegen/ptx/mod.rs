@@ -318,7 +318,7 @@ pub fn compile_kernel_with(
             let plan = qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
             qmma::emit(&mut em, &plan, *kv, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
-            blocks_per_sm = Some(qmma::BLOCKS_PER_SM);
+            blocks_per_sm = Some(plan.blocks_per_sm());
             let grid = Grid::Tiles {
                 tile_m: qmma::TILE_M,
                 tile_n: qmma::TILE_N,

@@ -60,9 +60,6 @@ const WARPS: u32 = THREADS / 32;
 pub const TILE_M: u32 = 16;
 /// Columns per block (one fragment-ordered column block of the codes).
 pub const TILE_N: u32 = FRAGMENT_COLS as u32;
-/// Blocks per multiprocessor the registers are limited for (128 each):
-/// W4's 172 column tiles are then all resident on an H100's 132.
-pub const BLOCKS_PER_SM: u32 = 2;
 /// Bytes of shared memory for the warps' 16 x 64 f32 sums (then each
 /// warp's ring of copy stages, [`QmmaPlan::shared_bytes`]).
 const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
@@ -332,6 +329,14 @@ impl QmmaPlan {
         (ACC_BYTES + u64::from(WARPS) * self.stages() * stage) as u32
     }
 
+    /// Blocks per multiprocessor the registers are limited for: two (128
+    /// registers each; W4's 172 column tiles are then all resident on an
+    /// H100's 132), one where `b` has an offset (zero points: ptxas 13.0
+    /// spilled 20 bytes at 128).
+    pub fn blocks_per_sm(&self) -> u32 {
+        if self.offset { 1 } else { 2 }
+    }
+
     /// The `mma` instruction.
     fn mma(&self) -> &'static str {
         if self.half == DType::BF16 {
@@ -576,9 +581,9 @@ pub(super) fn emit(
     em.ins(format!("@{ps} bra {send}"));
     issue(em);
 
-    // At a piece's first step: its sums start at zero, and its `alpha`
-    // (and `beta`) per column are `b` at the piece's first `k` with the
-    // code 1 (and 0), loaded now, used at the piece's last step.
+    // At a piece's first step its sums start at zero; its `alpha` (and
+    // `beta`) per column are `b` at the piece's first `k` with the code 1
+    // (and 0), loaded then and used at its last step.
     let coef: Vec<(String, Option<String>)> = (0..16)
         .map(|_| {
             let a = em.reg(Class::F);
@@ -586,13 +591,9 @@ pub(super) fn emit(
             (a, b)
         })
         .collect();
-    {
-        let (skip, p) = (em.a.label("piece_start"), em.reg(Class::P));
-        em.ins(format!("setp.ne.s64 {p}, {in_piece}, 0"));
-        em.ins(format!("@{p} bra {skip}"));
-        for x in part.iter().flatten().chain(&sums) {
-            em.ins(format!("mov.f32 {x}, 0f00000000"));
-        }
+    // The coefficients of the current piece (`piece`) for column blocks
+    // `js`, into `coef`.
+    let eval_coef = |em: &mut Em, js: std::ops::Range<usize>| -> Result<(), PtxError> {
         let kstart = em.reg(Class::D);
         em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
         let prev_k = em.bind(kv, kstart);
@@ -613,7 +614,7 @@ pub(super) fn emit(
             Ok(v?.r)
         };
         let prev_n = em.vars.get(&nv).cloned();
-        for j in 0..8 {
+        for j in js {
             for e in 0..2 {
                 let col = em.reg(Class::D);
                 em.ins(format!("add.s64 {col}, {col0}, {}", 8 * j + e));
@@ -632,6 +633,21 @@ pub(super) fn emit(
         }
         em.unbind(nv, prev_n);
         em.unbind(kv, prev_k);
+        Ok(())
+    };
+    {
+        let (skip, p) = (em.a.label("piece_start"), em.reg(Class::P));
+        em.ins(format!("setp.ne.s64 {p}, {in_piece}, 0"));
+        em.ins(format!("@{p} bra {skip}"));
+        for x in part.iter().flatten().chain(&sums) {
+            em.ins(format!("mov.f32 {x}, 0f00000000"));
+        }
+        // With an offset, `alpha` and `beta` together would hold 32
+        // registers across the piece (ptxas spilled): loaded at its end,
+        // a column block at a time.
+        if !plan.offset {
+            eval_coef(em, 0..8)?;
+        }
         em.a.place(&skip);
     }
 
@@ -726,6 +742,9 @@ pub(super) fn emit(
     em.ins(format!("setp.ne.s64 {pl}, {in_piece}, {steps}"));
     em.ins(format!("@{pl} bra {next}"));
     for (j, p) in part.iter().enumerate() {
+        if plan.offset {
+            eval_coef(em, j..j + 1)?;
+        }
         let x: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         let at = j * 32 * 16;
         em.ins(format!(
