@@ -1357,6 +1357,81 @@ fn qmma_kernels() -> Vec<Kernel> {
     ]
 }
 
+/// Dequantizing tensor-core contractions whose activations are computed:
+/// a SwiGLU of two bf16 loads (the down projection's operand) at a
+/// symbolic `m`, and a transposed read of `x` at 5 static rows. The
+/// kernel evaluates them into shared memory rounded to bf16, so they match
+/// the evaluator (which keeps them in f32) to bf16 rounding.
+fn qmma_computed_kernels() -> Vec<Kernel> {
+    use kiln_passes::lower::fragment_index;
+    let cast = |e: Expr| Expr::Cast(Ty::F32, Box::new(e));
+    let (kv, kk) = (Var(2), Expr::Var(Var(2)));
+    let b = |codes: usize, scale: usize| {
+        bin(
+            Binary::Mul,
+            cast(ld(codes, fragment_index(kk.clone(), v(1)))),
+            ld(
+                scale,
+                vec![bin(Binary::Div, kk.clone(), Expr::Int(64)), v(1)],
+            ),
+        )
+    };
+    let gate = ld(0, vec![v(0), kk.clone()]);
+    let sig = bin(
+        Binary::Div,
+        Expr::Float(1.0),
+        bin(
+            Binary::Add,
+            Expr::Float(1.0),
+            un(Unary::Exp, un(Unary::Neg, gate.clone())),
+        ),
+    );
+    let swiglu = bin(
+        Binary::Mul,
+        bin(Binary::Mul, gate, sig),
+        ld(1, vec![v(0), kk.clone()]),
+    );
+    vec![
+        Kernel {
+            name: "qmma_i4_swiglu".into(),
+            inputs: vec![
+                buf("gate", DType::BF16, vec![Dim::sym("m"), st(256)]),
+                buf("up", DType::BF16, vec![Dim::sym("m"), st(256)]),
+                buf("scale", DType::BF16, vec![st(4), st(128)]),
+                buf("w", DType::I4, vec![st(2), st(8), st(32), st(64)]),
+            ],
+            output: buf("y", DType::F32, vec![Dim::sym("m"), st(128)]),
+            dims: vec!["m".into()],
+            float: Ty::F32,
+            body: Body::Contract {
+                k: kv,
+                extent: Expr::Int(256),
+                a: swiglu,
+                b: b(3, 2),
+                epilogue: Expr::Acc,
+            },
+        },
+        Kernel {
+            name: "qmma_i4_transposed_x".into(),
+            inputs: vec![
+                buf("x", DType::BF16, vec![st(128), st(5)]),
+                buf("scale", DType::BF16, vec![st(2), st(64)]),
+                buf("w", DType::I4, vec![st(1), st(4), st(32), st(64)]),
+            ],
+            output: buf("y", DType::F32, vec![st(5), st(64)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k: kv,
+                extent: Expr::Int(128),
+                a: ld(0, vec![kk.clone(), v(0)]),
+                b: b(2, 1),
+                epilogue: Expr::Acc,
+            },
+        },
+    ]
+}
+
 fn dequant_gemv_kernels() -> Vec<Kernel> {
     let (m, n, k) = (v(0), v(1), Var(2));
     let kk = Expr::Var(k);
@@ -2256,6 +2331,23 @@ fn dequantizing_tensor_core_contractions() {
         }
     }
     run_on_every_side(&qmma_kernels(), |_, _| false, |_| 2e-5);
+    // Computed activations: the same kernel, `x` evaluated into shared
+    // memory and rounded to bf16 (2^-9 of each value).
+    for k in &qmma_computed_kernels() {
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel(k, arch).unwrap();
+            assert!(pk.entry.starts_with("qmma_"), "{}: {}", k.name, pk.entry);
+            if let Some(tool) = &tool {
+                let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+                assert_eq!(u.spill, 0, "{}", k.name);
+            }
+        }
+    }
+    run_on_every_side(
+        &qmma_computed_kernels(),
+        |_, _| false,
+        |ptx| if ptx { 1e-2 } else { 2e-5 },
+    );
 }
 
 #[test]

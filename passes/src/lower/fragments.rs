@@ -78,7 +78,7 @@ pub fn fragment_index(k: Expr, n: Expr) -> Vec<Expr> {
 
 /// The slot of a contraction's `b` weight that [`order_int4_fragments`]
 /// rewrites: `k`'s extent is static, the output's `n` axis a static
-/// multiple of 64, `a` a load of bf16 or f16 elements, and `b` reads
+/// multiple of 64, `a` reads bf16 or f16 elements, and `b` reads
 /// exactly one element of a bind-time `i4` or `u4` tensor of shape `[K,
 /// N]` (`K` a multiple of 32, the contraction's whole depth), at `[k, n]`,
 /// unguarded.
@@ -103,10 +103,7 @@ fn fragment_operand(l: &Launch, known: &[bool]) -> Option<usize> {
     {
         return None;
     }
-    let Expr::Load { input, .. } = a else {
-        return None;
-    };
-    if !matches!(k.inputs.get(*input)?.dtype, DType::BF16 | DType::F16) {
+    if !reads_16bit_floats(k, a) {
         return None;
     }
     let mut codes = Vec::new();
@@ -119,6 +116,20 @@ fn fragment_operand(l: &Launch, known: &[bool]) -> Option<usize> {
     let plain = *index == [Expr::Var(*kv), Expr::Var(Var(r as u32 - 1))];
     let whole = dims == [*depth as u64, n];
     (plain && whole && !guarded && known.get(*l.args.get(*slot)?).copied()?).then_some(*slot)
+}
+
+/// Whether `e` loads bf16 or f16 elements (the kernel's `mma` type).
+fn reads_16bit_floats(k: &Kernel, e: &Expr) -> bool {
+    if let Expr::Load { input, .. } = e
+        && k.inputs
+            .get(*input)
+            .is_some_and(|b| matches!(b.dtype, DType::BF16 | DType::F16))
+    {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= reads_16bit_floats(k, c));
+    any
 }
 
 /// The loads of `i4` or `u4` elements in `e`: input, index, guarded.

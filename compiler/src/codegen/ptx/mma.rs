@@ -539,7 +539,7 @@ fn staged_operand(k: &Kernel, e: &Expr, outer: Var, kv: Var, extent: &Expr) -> O
 /// values rounded to 16 bits would differ from the f32 the evaluator
 /// computes by more than f32 rounding, and it needs more registers than
 /// the copy loop has).
-fn float_loads_only(k: &Kernel, e: &Expr) -> bool {
+pub(super) fn float_loads_only(k: &Kernel, e: &Expr) -> bool {
     if let Expr::Load { input, .. } = e {
         return k
             .inputs
@@ -552,7 +552,7 @@ fn float_loads_only(k: &Kernel, e: &Expr) -> bool {
 }
 
 /// The input of the first bf16 or f16 load in `e`.
-fn first_half_load(k: &Kernel, e: &Expr) -> Option<usize> {
+pub(super) fn first_half_load(k: &Kernel, e: &Expr) -> Option<usize> {
     if let Expr::Load { input, .. } = e
         && matches!(k.inputs.get(*input)?.dtype, DType::BF16 | DType::F16)
     {

@@ -51,7 +51,9 @@ use super::asm::Class;
 use super::dtype_io::Code;
 use super::elements::unravel;
 use super::expr::{Em, free_vars};
-use super::mma::{TileLoop, TileStore, is_index_of, plain_load, store_tile};
+use super::mma::{
+    TileLoop, TileStore, first_half_load, float_loads_only, is_index_of, plain_load, store_tile,
+};
 
 /// Threads per block: 8 warps.
 pub const THREADS: u32 = 256;
@@ -67,9 +69,9 @@ const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
 /// A contraction the path compiles.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct QmmaPlan {
-    /// `x`'s load: its input, element type (bf16 or f16) and index.
-    a_input: usize,
-    a_index: Vec<Expr>,
+    /// `x`: rows read as they are stored, or computed.
+    a: Activations,
+    /// The element type of `x` in the `mma` (bf16 or f16).
     half: DType,
     /// The fragment-ordered codes' input, and whether they are signed.
     codes: usize,
@@ -87,6 +89,19 @@ pub(super) struct QmmaPlan {
     /// The output's columns, and its rows when static.
     n: u64,
     pub rows: Option<u64>,
+}
+
+/// How the kernel gets its rows of `x`.
+#[derive(Clone, Debug, PartialEq)]
+enum Activations {
+    /// A plain bf16/f16 load `[batch.., m, k]`, `k` contiguous: copied with
+    /// `cp.async`, 16 bytes per lane, row half and step.
+    Rows { input: usize, index: Vec<Expr> },
+    /// An elementwise expression of float loads (a fused `silu(gate) *
+    /// up`): each lane evaluates its 8 values per row half and step when it
+    /// issues the step's copies, rounded to `half` (the graph's own
+    /// intermediate is of that type), and stores them to its chunk.
+    Computed(Expr),
 }
 
 /// The plan of `k`, when the path applies: a contraction computing in f32
@@ -117,14 +132,34 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
     if n == 0 || n % FRAGMENT_COLS != 0 {
         return None;
     }
-    // `a`: `[batch.., m, k]`, `k` contiguous and covered.
-    let (a_input, a_index) = plain_load(k, a, r)?;
-    let len = a_index.len();
-    let row_ok = is_index_of(k, &a_index[len - 2], mv);
-    let last = k.inputs[a_input].shape.0[len - 1].as_static()?;
-    if a_index[len - 1] != Expr::Var(kv) || !row_ok || last < depth {
-        return None;
-    }
+    // `a`: `[batch.., m, k]`, `k` contiguous and covered; or computed.
+    let rows = plain_load(k, a, r).filter(|(input, index)| {
+        let len = index.len();
+        let last = k.inputs[*input].shape.0[len - 1].as_static();
+        index[len - 1] == Expr::Var(kv)
+            && is_index_of(k, &index[len - 2], mv)
+            && last.is_some_and(|l| l >= depth)
+    });
+    let (acts, half) = match rows {
+        Some((input, index)) => (
+            Activations::Rows {
+                input,
+                index: index.to_vec(),
+            },
+            k.inputs[input].dtype,
+        ),
+        None => {
+            let batch_or_mk = free_vars(a)
+                .iter()
+                .all(|v| v.0 < r as u32 - 2 || *v == mv || *v == kv);
+            let ok = !super::has_reduce(a)
+                && Em::new(k).ty_of(a) == Ty::F32
+                && float_loads_only(k, a)
+                && batch_or_mk;
+            let input = first_half_load(k, a).filter(|_| ok)?;
+            (Activations::Computed(a.clone()), k.inputs[input].dtype)
+        }
+    };
     // `b`: one load of fragment-ordered codes.
     if super::has_reduce(b) || Em::new(k).ty_of(b) != Ty::F32 {
         return None;
@@ -174,9 +209,8 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
         .filter(|p| whole % p == 0 && *p <= limit)
         .max()?;
     Some(QmmaPlan {
-        a_input,
-        a_index: a_index.to_vec(),
-        half: k.inputs[a_input].dtype,
+        a: acts,
+        half,
         codes: *codes,
         signed: k.inputs[*codes].dtype == DType::I4,
         code_load: code_load.clone(),
@@ -427,11 +461,8 @@ pub(super) fn emit(
     let (g64, t64) = (em.reg(Class::D), em.reg(Class::D));
     em.ins(format!("cvt.u64.u32 {g64}, {g}"));
     em.ins(format!("cvt.u64.u32 {t64}, {t}"));
-    let a_expr = Expr::Load {
-        input: plan.a_input,
-        index: plan.a_index.clone(),
-        guard: None,
-    };
+    // Per row half: the row (clamped) and, for rows read as stored, the
+    // address of the lane's first `k`.
     let mut a_rows = Vec::new();
     for half in 0..halves {
         let row = em.reg(Class::D);
@@ -440,17 +471,26 @@ pub(super) fn emit(
             em.ins(format!("add.s64 {row}, {row}, 8"));
         }
         em.ins(format!("min.s64 {row}, {row}, {m_last}"));
-        let prev_m = em.bind(mv, row);
+        let Activations::Rows { input, index } = &plan.a else {
+            a_rows.push((row, String::new()));
+            continue;
+        };
+        let a_expr = Expr::Load {
+            input: *input,
+            index: index.clone(),
+            guard: None,
+        };
+        let prev_m = em.bind(mv, row.clone());
         let prev_k = em.bind(kv, k0.clone());
-        let flat = em.flat_index(&a_expr, plan.a_input, &plan.a_index);
+        let flat = em.flat_index(&a_expr, *input, index);
         em.unbind(kv, prev_k);
         em.unbind(mv, prev_m);
         let flat = flat?;
         let addr = em.reg(Class::D);
-        let base = em.in_ptr[plan.a_input].clone();
+        let base = em.in_ptr[*input].clone();
         em.ins(format!("mad.lo.s64 {addr}, {flat}, 2, {base}"));
         em.ins(format!("mad.lo.s64 {addr}, {t64}, 16, {addr}"));
-        a_rows.push(addr);
+        a_rows.push((row, addr));
     }
     // The lane's codes: 32 bytes per step, 1 KiB per step of the warp.
     let steps_k = plan.depth / FRAGMENT_DEPTH;
@@ -520,7 +560,7 @@ pub(super) fn emit(
     em.ins(format!("mul.lo.s64 {iss_k}, {iss_k}, {steps}"));
     em.ins(format!("mov.b64 {iss_in}, 0"));
     em.ins(format!("mov.u32 {iss_stage}, 0"));
-    let issue = |em: &mut Em| {
+    let issue = |em: &mut Em| -> Result<(), PtxError> {
         let (skip, p) = (em.a.label("issue"), em.reg(Class::P));
         em.ins(format!("setp.ge.s64 {p}, {issued}, {total}"));
         em.ins(format!("@{p} bra {skip}"));
@@ -532,12 +572,50 @@ pub(super) fn emit(
         em.ins(format!(
             "cp.async.cg.shared.global [{dst}+512], [{src}+16], 16"
         ));
-        for (h, base) in a_rows.iter().enumerate() {
-            let src = em.reg(Class::D);
-            em.ins(format!("mad.lo.s64 {src}, {iss_k}, 64, {base}"));
+        for (h, (row, base)) in a_rows.iter().enumerate() {
+            let Activations::Computed(expr) = &plan.a else {
+                let src = em.reg(Class::D);
+                em.ins(format!("mad.lo.s64 {src}, {iss_k}, 64, {base}"));
+                em.ins(format!(
+                    "cp.async.cg.shared.global [{dst}+{}], [{src}], 16",
+                    1024 + 512 * h
+                ));
+                continue;
+            };
+            // The lane's 8 values at `k = 32 step + 8 t + e`.
+            let k8 = em.reg(Class::D);
+            em.ins(format!("shl.b64 {k8}, {iss_k}, 5"));
+            em.ins(format!("mad.lo.s64 {k8}, {t64}, 8, {k8}"));
+            let prev_m = em.bind(mv, row.clone());
+            let mut vals = Vec::new();
+            for e in 0..8 {
+                let kk = em.reg(Class::D);
+                em.ins(format!("add.s64 {kk}, {k8}, {e}"));
+                let prev_k = em.bind(kv, kk);
+                em.memo = Some(Vec::new());
+                let v = em.emit(expr);
+                em.memo = None;
+                em.unbind(kv, prev_k);
+                vals.push(v?.r);
+            }
+            em.unbind(mv, prev_m);
+            let pack = if plan.half == DType::BF16 {
+                "bf16x2"
+            } else {
+                "f16x2"
+            };
+            let words: Vec<String> = vals
+                .chunks(2)
+                .map(|p| {
+                    let w = em.reg(Class::R);
+                    em.ins(format!("cvt.rn.{pack}.f32 {w}, {}, {}", p[1], p[0]));
+                    w
+                })
+                .collect();
             em.ins(format!(
-                "cp.async.cg.shared.global [{dst}+{}], [{src}], 16",
-                1024 + 512 * h
+                "st.shared.v4.b32 [{dst}+{}], {{{}}}",
+                1024 + 512 * h,
+                words.join(", ")
             ));
         }
         // The next step: the piece's next, or the warp's next piece.
@@ -559,9 +637,10 @@ pub(super) fn emit(
         em.ins(format!("@{pw} mov.u32 {iss_stage}, 0"));
         em.a.place(&skip);
         em.ins("cp.async.commit_group");
+        Ok(())
     };
     for _ in 0..stages - 1 {
-        issue(em);
+        issue(em)?;
     }
 
     // The steps, in order.
@@ -579,7 +658,7 @@ pub(super) fn emit(
     em.a.place(&stop);
     em.ins(format!("setp.ge.s64 {ps}, {step}, {total}"));
     em.ins(format!("@{ps} bra {send}"));
-    issue(em);
+    issue(em)?;
 
     // At a piece's first step its sums start at zero; its `alpha` (and
     // `beta`) per column are `b` at the piece's first `k` with the code 1
