@@ -226,7 +226,8 @@ mod tests {
             cvt(Ty::BF16, Ty::F32, Rnd::Nearest, false, one_and_tie),
             Ok(0x3f80)
         );
-        // Float to integer saturates, NaN is 0, rni ties to even.
+        // Float to integer saturates, NaN is 0 (the most negative value
+        // for s64, as the H200 gives), rni ties to even.
         let f = |x: f32| u64::from(x.to_bits());
         assert_eq!(cvt(Ty::S32, Ty::F32, Rnd::IntNearest, false, f(2.5)), Ok(2));
         assert_eq!(
@@ -239,6 +240,10 @@ mod tests {
         );
         assert_eq!(
             cvt(Ty::S64, Ty::F32, Rnd::IntZero, false, f(f32::NAN)),
+            Ok(i64::MIN as u64)
+        );
+        assert_eq!(
+            cvt(Ty::S32, Ty::F32, Rnd::IntZero, false, f(f32::NAN)),
             Ok(0)
         );
         // Integer to integer: sign extension, truncation, saturation.

@@ -14,6 +14,7 @@
 //! [`Body::Contract`]; everything else is a [`Body::Map`] with reductions.
 
 mod compute;
+mod copies;
 mod cx;
 mod ex;
 mod fragments;
@@ -40,6 +41,7 @@ use thiserror::Error;
 use crate::extract::Kind;
 use crate::plan::Plan;
 
+pub use copies::forward_identity_copies;
 pub use cx::ty_of;
 pub use fragments::{FRAGMENT_COLS, FRAGMENT_DEPTH, fragment_index, order_int4_fragments};
 pub use pack::{lay_out_weights, pack_contraction_weights, transpose_8bit_weights};

@@ -17,13 +17,15 @@ use kiln_dialect::kernel::{Binary, Body, Buffer, Expr, Kernel, Launch, Program, 
 use kiln_dialect::{DType, Dim, Shape};
 
 /// Lays out the weights of `p`'s contractions as `target`'s kernels read
-/// them, with bind-time launches: column panels for the CPU
+/// them (after dropping bind-time copies that change nothing,
+/// [`super::forward_identity_copies`]), with bind-time launches: column panels for the CPU
 /// ([`pack_contraction_weights`]), `k`-major int8 weights and 4-bit
 /// weights in tensor-core fragment order for the GPU
 /// ([`transpose_8bit_weights`], [`super::order_int4_fragments`]).
 /// `KILN_INT4_FRAGMENTS=0` in the environment leaves 4-bit weights as
 /// stored (for measuring the dequantizing GEMV against the fragment path).
 pub fn lay_out_weights(p: &mut Program, target: &crate::cost::Target) {
+    super::forward_identity_copies(p);
     if let Some(panel) = target.weight_panel {
         pack_contraction_weights(p, panel);
     }

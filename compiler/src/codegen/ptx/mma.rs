@@ -766,21 +766,8 @@ pub(super) fn emit(
 
     // The tile loop.
     let lp = TileLoop::start(em, units);
-    let tile = lp.tile.clone();
-    let (tn, q, tm, bflat) = (
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
-    );
-    em.ins(format!("rem.u64 {tn}, {tile}, {tiles_n}"));
-    em.ins(format!("div.u64 {q}, {tile}, {tiles_n}"));
-    em.ins(format!("rem.u64 {tm}, {q}, {tiles_m}"));
-    em.ins(format!("div.u64 {bflat}, {q}, {tiles_m}"));
-    unravel(em, &bflat, r - 2);
-    let (m0, n0) = (em.reg(Class::D), em.reg(Class::D));
-    em.ins(format!("mul.lo.s64 {m0}, {tm}, {}", t.tile_m));
-    em.ins(format!("mul.lo.s64 {n0}, {tn}, {}", t.tile_n));
+    let TileOrigin { m0, n0, bflat, .. } =
+        lp.origin(em, &tiles_m, &tiles_n, (t.tile_m, t.tile_n), r - 2);
 
     let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
     let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
@@ -905,6 +892,36 @@ impl TileLoop {
         }
     }
 
+    /// Where the current tile lies: tiles are numbered column tile fastest,
+    /// then row tile, then the `batch_axes` leading axes (bound to their
+    /// variables here); `tiles_m` and `tiles_n` per matrix, `tile` the
+    /// tile's rows and columns.
+    pub(super) fn origin(
+        &self,
+        em: &mut Em,
+        tiles_m: &str,
+        tiles_n: &str,
+        tile: (u32, u32),
+        batch_axes: usize,
+    ) -> TileOrigin {
+        let t = &self.tile;
+        let (tn, q, tm, bflat) = (
+            em.reg(Class::D),
+            em.reg(Class::D),
+            em.reg(Class::D),
+            em.reg(Class::D),
+        );
+        em.ins(format!("rem.u64 {tn}, {t}, {tiles_n}"));
+        em.ins(format!("div.u64 {q}, {t}, {tiles_n}"));
+        em.ins(format!("rem.u64 {tm}, {q}, {tiles_m}"));
+        em.ins(format!("div.u64 {bflat}, {q}, {tiles_m}"));
+        unravel(em, &bflat, batch_axes);
+        let (m0, n0) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("mul.lo.s64 {m0}, {tm}, {}", tile.0));
+        em.ins(format!("mul.lo.s64 {n0}, {tn}, {}", tile.1));
+        TileOrigin { tn, m0, n0, bflat }
+    }
+
     /// Closes the loop and the kernel.
     pub(super) fn end(self, em: &mut Em) {
         em.ins(format!("add.s64 {0}, {0}, {1}", self.tile, self.grid));
@@ -912,6 +929,15 @@ impl TileLoop {
         em.a.place(&self.done);
         em.ins("ret");
     }
+}
+
+/// A tile's place ([`TileLoop::origin`]): its column tile, first row and
+/// column, and flattened batch index (s64 registers).
+pub(super) struct TileOrigin {
+    pub tn: String,
+    pub m0: String,
+    pub n0: String,
+    pub bflat: String,
 }
 
 /// A warp's accumulators and where they lie in the output, for

@@ -49,10 +49,10 @@ use kiln_passes::lower::{FRAGMENT_COLS, FRAGMENT_DEPTH, fragment_index};
 use super::PtxError;
 use super::asm::Class;
 use super::dtype_io::Code;
-use super::elements::unravel;
 use super::expr::{Em, free_vars};
 use super::mma::{
-    TileLoop, TileStore, first_half_load, float_loads_only, is_index_of, plain_load, store_tile,
+    TileLoop, TileOrigin, TileStore, first_half_load, float_loads_only, is_index_of, plain_load,
+    store_tile,
 };
 
 /// Threads per block: 8 warps.
@@ -439,21 +439,8 @@ pub(super) fn emit(
     let sums: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
 
     let lp = TileLoop::start(em, units);
-    let tile = lp.tile.clone();
-    let (tn, q, tm, bflat) = (
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
-    );
-    em.ins(format!("rem.u64 {tn}, {tile}, {tiles_n}"));
-    em.ins(format!("div.u64 {q}, {tile}, {tiles_n}"));
-    em.ins(format!("rem.u64 {tm}, {q}, {tiles_m}"));
-    em.ins(format!("div.u64 {bflat}, {q}, {tiles_m}"));
-    unravel(em, &bflat, r - 2);
-    let (m0, n0) = (em.reg(Class::D), em.reg(Class::D));
-    em.ins(format!("shl.b64 {m0}, {tm}, 4"));
-    em.ins(format!("mul.lo.s64 {n0}, {tn}, {TILE_N}"));
+    let TileOrigin { tn, m0, n0, bflat } =
+        lp.origin(em, &tiles_m, &tiles_n.to_string(), (TILE_M, TILE_N), r - 2);
 
     // Each row's address at the lane's first `k` (8 t): rows past the
     // output read the last row, whose results are not stored.
