@@ -354,17 +354,61 @@ fn cache_key(
 /// `KILN_MMA_TILING`, `KILN_INT4_FRAGMENTS`), as `NAME=value` for the cache
 /// key: a compilation under other switches is another entry.
 fn switches() -> String {
-    const VARS: [&str; 5] = [
-        "KILN_PTX_BRANCH_SELECTS",
-        "KILN_GEMV_TILING",
-        "KILN_GEMV_DEQUANT",
-        "KILN_MMA_TILING",
-        "KILN_INT4_FRAGMENTS",
-    ];
-    VARS.iter()
-        .map(|v| format!("{v}={}", std::env::var(v).unwrap_or_default()))
+    switches_from(|v| std::env::var(v).ok())
+}
+
+/// The compile switches' names.
+const SWITCHES: [&str; 5] = [
+    "KILN_PTX_BRANCH_SELECTS",
+    "KILN_GEMV_TILING",
+    "KILN_GEMV_DEQUANT",
+    "KILN_MMA_TILING",
+    "KILN_INT4_FRAGMENTS",
+];
+
+/// [`switches`] with the values `get` gives.
+fn switches_from(get: impl Fn(&str) -> Option<String>) -> String {
+    SWITCHES
+        .iter()
+        .map(|v| format!("{v}={}", get(v).unwrap_or_default()))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each switch's value is part of the key text (two settings of any
+    /// one give two keys), and every switch the backends read is listed:
+    /// the names are found in the sources that read them.
+    #[test]
+    fn every_compile_switch_is_in_the_cache_key() {
+        let none = switches_from(|_| None);
+        for v in SWITCHES {
+            let one = switches_from(|x| (x == v).then(|| "1".to_string()));
+            assert_ne!(one, none, "{v}");
+            assert!(one.contains(&format!("{v}=1")), "{one}");
+        }
+        let sources = [
+            include_str!("codegen/ptx/mod.rs"),
+            include_str!("codegen/ptx/mma.rs"),
+            include_str!("../../passes/src/lower/pack.rs"),
+        ]
+        .concat();
+        for v in SWITCHES {
+            assert!(sources.contains(&format!("\"{v}\"")), "{v} is read nowhere");
+        }
+        // And the other way: every `KILN_` switch those sources read is listed.
+        for part in sources.split("\"KILN_").skip(1) {
+            let name: String = part.chars().take_while(|c| *c != '"').collect();
+            let name = format!("KILN_{name}");
+            assert!(
+                SWITCHES.contains(&name.as_str()),
+                "{name} is not in the key"
+            );
+        }
+    }
 }
 
 /// Compiles every kernel of `program` with Cranelift for the host and
