@@ -375,42 +375,6 @@ fn switches_from(get: impl Fn(&str) -> Option<String>) -> String {
         .join(" ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each switch's value is part of the key text (two settings of any
-    /// one give two keys), and every switch the backends read is listed:
-    /// the names are found in the sources that read them.
-    #[test]
-    fn every_compile_switch_is_in_the_cache_key() {
-        let none = switches_from(|_| None);
-        for v in SWITCHES {
-            let one = switches_from(|x| (x == v).then(|| "1".to_string()));
-            assert_ne!(one, none, "{v}");
-            assert!(one.contains(&format!("{v}=1")), "{one}");
-        }
-        let sources = [
-            include_str!("codegen/ptx/mod.rs"),
-            include_str!("codegen/ptx/mma.rs"),
-            include_str!("../../passes/src/lower/pack.rs"),
-        ]
-        .concat();
-        for v in SWITCHES {
-            assert!(sources.contains(&format!("\"{v}\"")), "{v} is read nowhere");
-        }
-        // And the other way: every `KILN_` switch those sources read is listed.
-        for part in sources.split("\"KILN_").skip(1) {
-            let name: String = part.chars().take_while(|c| *c != '"').collect();
-            let name = format!("KILN_{name}");
-            assert!(
-                SWITCHES.contains(&name.as_str()),
-                "{name} is not in the key"
-            );
-        }
-    }
-}
-
 /// Compiles every kernel of `program` with Cranelift for the host and
 /// builds the executor that runs them.
 pub fn native(program: Program) -> Result<CpuExecutable, KilnError> {
@@ -660,6 +624,42 @@ impl Model {
             Exec::Cpu(e) => Ok(e.run(inputs)?),
             Exec::Cuda(e) => Ok(e.run(inputs)?),
             Exec::Sim(e) => Ok(e.run(inputs)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each switch's value is part of the key text (two settings of any
+    /// one give two keys), and every switch the backends read is listed:
+    /// the names are found in the sources that read them.
+    #[test]
+    fn every_compile_switch_is_in_the_cache_key() {
+        let none = switches_from(|_| None);
+        for v in SWITCHES {
+            let one = switches_from(|x| (x == v).then(|| "1".to_string()));
+            assert_ne!(one, none, "{v}");
+            assert!(one.contains(&format!("{v}=1")), "{one}");
+        }
+        let sources = [
+            include_str!("codegen/ptx/mod.rs"),
+            include_str!("codegen/ptx/mma.rs"),
+            include_str!("../../passes/src/lower/pack.rs"),
+        ]
+        .concat();
+        for v in SWITCHES {
+            assert!(sources.contains(&format!("\"{v}\"")), "{v} is read nowhere");
+        }
+        // And the other way: every `KILN_` switch those sources read is listed.
+        for part in sources.split("\"KILN_").skip(1) {
+            let name: String = part.chars().take_while(|c| *c != '"').collect();
+            let name = format!("KILN_{name}");
+            assert!(
+                SWITCHES.contains(&name.as_str()),
+                "{name} is not in the key"
+            );
         }
     }
 }

@@ -129,16 +129,7 @@ pub(super) fn through_bind_time_copies(
 /// Whether the contraction of `l` reads input `slot` in its `b` operand
 /// only (a copy laid out for `b` must not be read by `a` or the epilogue).
 fn only_b_reads(l: &Launch, slot: usize) -> bool {
-    fn reads(e: &Expr, slot: usize) -> bool {
-        if let Expr::Load { input, .. } = e
-            && *input == slot
-        {
-            return true;
-        }
-        let mut any = false;
-        e.for_each_child(|c| any |= reads(c, slot));
-        any
-    }
+    use super::pointwise::reads;
     match &l.kernel.body {
         Body::Contract {
             extent,

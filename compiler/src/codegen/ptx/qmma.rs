@@ -106,8 +106,9 @@ enum Activations {
 
 /// The plan of `k`, when the path applies: a contraction computing in f32
 /// over a static `k` whose `a` is a plain bf16 or f16 load `[batch.., m,
-/// k]` and whose `b` reads fragment-ordered 4-bit codes once and is
-/// affine in them (see the module documentation).
+/// k]` or an elementwise expression of float loads ([`Activations`]), and
+/// whose `b` reads fragment-ordered 4-bit codes once and is affine in them
+/// (see the module documentation).
 pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
     if k.float != Ty::F32 {
         return None;
@@ -187,7 +188,13 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
         return None;
     };
     let shape = [n / FRAGMENT_COLS, depth / FRAGMENT_DEPTH, 32, 64];
-    if k.inputs[*codes].shape.as_static()? != shape || reads_input(b, *codes, code_load) {
+    let mut of_codes = Vec::new();
+    loads_where(
+        b,
+        &mut of_codes,
+        &|e| matches!(e, Expr::Load { input, .. } if input == codes),
+    );
+    if k.inputs[*codes].shape.as_static()? != shape || of_codes.len() != 1 {
         return None;
     }
     // `b` reads `k` only as `k / G`, never `m`.
@@ -307,21 +314,6 @@ fn affine(e: &Expr, code: &Expr) -> Option<Lin> {
         },
         _ => None,
     }
-}
-
-/// Whether `e` loads from `input` other than by `except`.
-fn reads_input(e: &Expr, input: usize, except: &Expr) -> bool {
-    if e == except {
-        return false;
-    }
-    if let Expr::Load { input: i, .. } = e
-        && *i == input
-    {
-        return true;
-    }
-    let mut any = false;
-    e.for_each_child(|c| any |= reads_input(c, input, except));
-    any
 }
 
 /// Whether `e` contains `x`.
