@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -47,6 +47,20 @@ w4_variants() {
             --dim m=$m --specialize --iters 200 --warmup 10 --json || echo failed
     done
 }
+row_variants() {
+    for v in "" 4 "0,reload" "4,reload" "3,reload"; do
+        for w in w1 w1b; do
+            echo "$w KILN_ROW_TUNING=$v"
+            KILN_ROW_TUNING="$v" "$KILN" bench "bench/$w.kiln" --device cuda --dim m=8192 \
+                --iters 200 --warmup 10 --json || echo failed
+        done
+    done
+    for t in "" narrow-wg; do
+        echo "w6 KILN_MMA_TILING=$t"
+        KILN_MMA_TILING="$t" "$KILN" bench bench/w6.kiln --device cuda --dim n=64 \
+            --iters 50 --warmup 3 --json || echo failed
+    done
+}
 kernel_times() {
     # Device time of each kernel of one replay (ncu), for W4 and W6.
     local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread
@@ -78,8 +92,35 @@ case "${1:-}" in
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 290 bench/gpu.sh
     ;;
+bars)
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 330 bench/gpu.sh
+    step launch 30 gpu-bin/cuda_launch_overhead 2000
+    TAIL=40 step w4-variants 80 w4_variants
+    TAIL=60 step ncu 60 kernel_times
+    ;;
+exp)
+    TAIL=30 step variants 90 row_variants
+    step torch-quick 60 python3 bench/gpu/torch_quick.py
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
+    step check 230 scripts/gpu-check.sh ptx cuda_exec onnx
+    ;;
+final)
+    step check 400 scripts/gpu-check.sh gpu_backend quantize
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
+    ;;
+tests)
+    step check-ptx 200 scripts/gpu-check.sh ptx
+    step check-examples 170 scripts/gpu-check.sh gpu_backend:every_example gpu_backend:large_blocks
+    KILN_PTX_BRANCH_SELECTS=1 KILN_GEMV_TILING=32,16,stage KILN_GEMV_DEQUANT=1 \
+        step check-switches 100 scripts/gpu-check.sh gpu_backend:every_example
+    step w3d 45 scripts/gpu-w3d.sh 32,16,stage
+    KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
+    ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|final|tests" >&2
     exit 2
     ;;
 esac

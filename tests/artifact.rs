@@ -600,6 +600,53 @@ fn gpu_artifacts_hold_cubins_when_ptxas_is_found() {
     assert!(Artifact::read(&plain).unwrap().cubins.is_none());
 }
 
+/// A GPU artifact stores the weight layouts its kernels read, made at
+/// compile time: `examples/llama_w4a16.kiln`'s four int4 projections read
+/// their codes in fragment order. The artifact keeps no bind-time launch,
+/// holds the four copies `[N/64, K/32, 32, 64]`, and runs on the PTX
+/// interpreter to the same bits as the source model there, whose bind-time
+/// launches make the copies on the (simulated) GPU.
+#[test]
+fn gpu_artifacts_store_the_weight_layouts_their_kernels_read() {
+    let dir = scratch("layouts");
+    let path = dir.join("w4a16.kart");
+    ok(&kiln(&[
+        "compile",
+        "examples/llama_w4a16.kiln",
+        "-o",
+        s(&path),
+        "--target",
+        "sm_90",
+        "--random-weights",
+        "3",
+        "--dim",
+        "seq=4",
+        "--no-cubins",
+    ]));
+    let art = Artifact::read(&path).unwrap();
+    assert!(art.program.launches.iter().all(|l| !l.bind_time));
+    let weights = art.weights.as_ref().expect("stored weights");
+    assert_eq!(weights.len(), art.program.weights.len());
+    let fragments: Vec<&str> = weights
+        .iter()
+        .filter(|(_, t)| t.dtype == kiln_dialect::DType::I4 && t.shape.len() == 4)
+        .map(|(n, t)| {
+            assert_eq!(&t.shape[2..], [32, 64], "{n}");
+            n.as_str()
+        })
+        .collect();
+    assert_eq!(fragments.len(), 4, "{fragments:?}");
+    let run = |what: &str| {
+        let mut args = vec!["run", what, "--device", "cuda-sim", "--random-inputs", "5"];
+        args.extend(["--dim", "seq=4"]);
+        if what.ends_with(".kiln") {
+            args.extend(["--random-weights", "3"]);
+        }
+        ok(&kiln(&args))
+    };
+    assert_eq!(run(s(&path)), run("examples/llama_w4a16.kiln"));
+}
+
 /// `kiln bench` takes artifacts: it times the stored kernels (reporting the
 /// load time instead of a compile time), and refuses what `kiln run`
 /// refuses.

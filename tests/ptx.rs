@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln::codegen::ptx::{
-    GemvTiling, Grid, PtxArch, PtxKernel, PtxOptions, compile_kernel, compile_kernel_with,
-    compile_program,
+    GemvTiling, Grid, PtxArch, PtxKernel, PtxOptions, RowTuning, compile_kernel,
+    compile_kernel_with, compile_program,
 };
 use kiln::pipeline::{self, Options};
 use kiln_dialect::kernel::{
@@ -2095,6 +2095,17 @@ fn gemv_contractions() {
     for bad in ["", "24,8", "32,0", "32,8,x", "32,8,stage,1"] {
         assert_eq!(GemvTiling::parse(bad), None, "{bad}");
     }
+    assert_eq!(
+        RowTuning::parse("4, reload"),
+        Some(RowTuning {
+            min_blocks: 4,
+            reload_fixed: true
+        })
+    );
+    assert_eq!(RowTuning::parse("0"), Some(RowTuning::default()));
+    for bad in ["", "9", "4,x", "4,reload,1", "reload"] {
+        assert_eq!(RowTuning::parse(bad), None, "{bad}");
+    }
 }
 
 /// The GEMV kernels against the evaluator, on the GPU where there is one
@@ -2205,6 +2216,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
     let mut ks: Vec<Kernel> = select_kernels().into();
     ks.extend(gemv_kernels());
     ks.extend(dequant_gemv_kernels());
+    ks.extend(resident_row_kernels());
     let tilings = [(16, 16, true), (32, 16, true), (64, 4, false)];
     let (mut failures, mut compared) = (Vec::new(), 0);
     use rand::SeedableRng;
@@ -2219,6 +2231,12 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
                 stage_a,
             }),
             gemv_dequant: true,
+            // Row kernels reload their weights every row, two ways of
+            // stating the blocks per multiprocessor.
+            rows: RowTuning {
+                min_blocks: [4, 0, 3][j],
+                reload_fixed: true,
+            },
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a
@@ -2239,6 +2257,10 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             }
             if k.name == "concat_branch" {
                 assert!(pk.ptx.contains("sel_else"), "{}", k.name);
+            }
+            if pk.entry.starts_with("row_") {
+                let stated = pk.ptx.contains(".minnctapersm");
+                assert_eq!(stated, opts.rows.min_blocks > 0, "{}", k.name);
             }
             let side = Side::SimWith(arch, opts);
             match run_against_eval_tol(k, &mut rng, side, 1e-4) {
@@ -2859,4 +2881,37 @@ fn hand_built_kernels_run_as_the_evaluator_says() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(compared > kernels.len() / 2, "too few kernels compared");
+}
+
+/// W6's kernels (the inverted bottleneck at n = 64) keep no index
+/// arithmetic the shapes make unnecessary: the depthwise convolution's 3x3
+/// taps are unrolled (no loop left), and the projection, whose staged
+/// operand reads the expanded tensor as `[n, 144, 56, 56]` at
+/// `(p / 56, p % 56)`, adds `p` to the address instead of dividing (the
+/// mutation that keeps the division leaves hundreds). Their values are
+/// checked against the evaluator by `gpu_backend`'s every-example test
+/// (`examples/mobilenet_v2_block.kiln`) and the hand-built kernels.
+#[test]
+fn w6_kernels_keep_no_needless_index_arithmetic() {
+    let ks = model_kernels("bench/w6.kiln");
+    let divisions = |ptx: &str| {
+        ["div.u64", "rem.u64", "div.s64", "rem.s64"]
+            .iter()
+            .map(|d| ptx.matches(d).count())
+            .sum::<usize>()
+    };
+    let (mut depthwise, mut staged) = (0, 0);
+    for k in &ks {
+        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
+        if pk.entry.starts_with("map_") {
+            assert!(!pk.ptx.contains("$L_red"), "{}: a loop is left", k.name);
+            depthwise += 1;
+        }
+        if pk.entry.starts_with("mma_") && k.to_string().contains("div(") {
+            let n = divisions(&pk.ptx);
+            assert!(n <= 8, "{}: {n} 64-bit divisions", k.name);
+            staged += 1;
+        }
+    }
+    assert_eq!((depthwise, staged), (1, 1));
 }

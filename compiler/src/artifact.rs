@@ -1,13 +1,14 @@
 //! The artifact writer: a model compiled for one target, with its weights,
 //! as a [`kiln_runtime::artifact::Artifact`] (`docs/artifact.md`).
 //!
-//! For the CPU the kernels are compiled to CLIF here and stored as text.
-//! With weights, they are bound here and the bind-time launches run once
-//! (packing contraction weights into column panels, folding scales): the
-//! artifact stores their results as weights and drops those launches, so
-//! that loading one runs no kernel. For a GPU target the kernels are PTX
-//! and the weights are stored as given; the CUDA executor runs the
-//! bind-time launches when it loads them.
+//! For the CPU the kernels are compiled to CLIF here and stored as text;
+//! for a GPU target they are PTX (and cubins). With weights, for every
+//! target, the weights are bound here and the program's bind-time launches
+//! (the weight layouts its kernels read: column panels on the CPU, `k`-major
+//! 8-bit weights and fragment-order int4 codes on GPUs; folded scales) run
+//! once on the host, compiled with Cranelift: the artifact stores their
+//! results as weights and drops those launches, so that loading one runs
+//! no kernel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -106,12 +107,18 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
                 Target::Sm80 => PtxArch::Sm80,
                 Target::Sm90 | Target::Cpu => PtxArch::Sm90a,
             };
+            let (program, weights) = match weights {
+                Some(w) => {
+                    let (frozen, tensors) = fold_bind_time(&program, &w)?;
+                    (frozen, Some(tensors))
+                }
+                None => (program, None),
+            };
             let kernels = ptx::compile_program(&program, arch)?;
             cubins = match &opts.ptxas {
                 Some(p) => Some(crate::cubin::assemble(p, arch.target(), &kernels)?),
                 None => None,
             };
-            let weights = weights.map(|w| program_weights(&program, &w));
             (program, Code::Ptx(kernels), weights)
         }
     };
@@ -127,18 +134,6 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
     })
 }
 
-/// The program's weights from `all`, in the program's order (a weights
-/// file may hold more; [`data::bind_weights`] has checked the rest).
-fn program_weights(p: &Program, all: &HashMap<String, HostTensor>) -> Vec<(String, HostTensor)> {
-    p.weights
-        .iter()
-        .filter_map(|&b| {
-            let name = &p.buffers[b].name;
-            all.get(name).map(|t| (name.clone(), t.clone()))
-        })
-        .collect()
-}
-
 type CpuParts = (Program, Code, Option<Vec<(String, HostTensor)>>);
 
 /// The CPU artifact's program, CLIF and weights: with weights, the
@@ -148,19 +143,43 @@ fn cpu_parts(
     weights: Option<HashMap<String, HostTensor>>,
 ) -> Result<CpuParts, KilnError> {
     let isa = host_isa()?;
+    let (program, tensors) = match weights {
+        Some(w) => {
+            let (frozen, tensors) = fold_bind_time(&program, &w)?;
+            (frozen, Some(tensors))
+        }
+        None => (program, None),
+    };
     let mut clif: Vec<ClifKernel> = Vec::with_capacity(program.launches.len());
     for l in &program.launches {
         clif.push(compile_kernel(&l.kernel, &*isa)?);
     }
-    let Some(weights) = weights else {
-        let code = cpu_code(&clif, &*isa);
-        return Ok((program, Code::Cpu(code), None));
+    let code = cpu_code(&clif, &*isa);
+    Ok((program, Code::Cpu(code), tensors))
+}
+
+/// Binds `weights` to `p`, runs its bind-time launches on the host (their
+/// kernels compiled with Cranelift, whatever target `p` was laid out for:
+/// they are plain copies and folds) and returns [`freeze`]'s program with
+/// its weights: those the run-time launches read, as given, and the
+/// bind-time results.
+pub fn fold_bind_time(
+    p: &Program,
+    weights: &HashMap<String, HostTensor>,
+) -> Result<(Program, Vec<(String, HostTensor)>), KilnError> {
+    let binders = Program {
+        launches: p.launches.iter().filter(|l| l.bind_time).cloned().collect(),
+        outputs: Vec::new(),
+        ..p.clone()
     };
-    let (triple, features) = (isa.triple().to_string(), host_features(&*isa));
-    let funcs: Vec<JitFunction> = clif.iter().cloned().map(JitFunction::from).collect();
+    let isa = host_isa()?;
+    let mut funcs = Vec::with_capacity(binders.launches.len());
+    for l in &binders.launches {
+        funcs.push(JitFunction::from(compile_kernel(&l.kernel, &*isa)?));
+    }
     let module = JitModule::new(isa, funcs)?;
-    let mut fns: Vec<KernelFn> = Vec::with_capacity(program.launches.len());
-    for l in &program.launches {
+    let mut fns: Vec<KernelFn> = Vec::with_capacity(binders.launches.len());
+    for l in &binders.launches {
         fns.push(
             module
                 .get(&l.kernel.name)
@@ -170,13 +189,9 @@ fn cpu_parts(
                 })?,
         );
     }
-    let mut exe = CpuExecutable::new(
-        program.clone(),
-        fns,
-        Box::new(std::sync::Mutex::new(module)),
-    )?;
-    exe.bind_weights(&weights)?;
-    let (frozen, keep) = freeze(&program);
+    let mut exe = CpuExecutable::new(binders, fns, Box::new(std::sync::Mutex::new(module)))?;
+    exe.bind_weights(weights)?;
+    let (frozen, _) = freeze(p);
     let mut tensors = Vec::with_capacity(frozen.weights.len());
     for &b in &frozen.weights {
         let name = frozen.buffers[b].name.clone();
@@ -186,18 +201,7 @@ fn cpu_parts(
         })?;
         tensors.push((name, t));
     }
-    let kernels = clif
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(c, _)| stored_clif(c))
-        .collect();
-    let code = CpuCode {
-        triple,
-        features,
-        kernels,
-    };
-    Ok((frozen, Code::Cpu(code), Some(tensors)))
+    Ok((frozen, tensors))
 }
 
 /// CPU kernels as an artifact stores them: the host's triple and

@@ -286,7 +286,11 @@ pub fn load_artifact(a: &Artifact, device: Device) -> Result<Model, KilnError> {
         (Device::Cuda, Target::Cpu) => return Err(wrong("--device cuda")),
         (Device::CudaSim, Target::Sm80 | Target::Sm90) => match &a.code {
             Code::Ptx(kernels) => {
-                Exec::Sim(SimExecutable::new(a.program.clone(), kernels.clone())?)
+                let mut sim = SimExecutable::new(a.program.clone(), kernels.clone())?;
+                if a.weights.is_some() {
+                    sim.bind_weights(&a.weight_map())?;
+                }
+                Exec::Sim(sim)
             }
             Code::Cpu(_) => return Err(wrong("--device cuda-sim")),
         },
@@ -358,8 +362,9 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 5] = [
+const SWITCHES: [&str; 6] = [
     "KILN_PTX_BRANCH_SELECTS",
+    "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
     "KILN_GEMV_DEQUANT",
     "KILN_MMA_TILING",

@@ -761,6 +761,40 @@ impl<'k> Em<'k> {
             t,
         };
         self.ins(format!("mov.{} {}, {}", mov_sfx(t), acc.r, init.r));
+        if let Expr::Int(n) = *extent
+            && (0..=UNROLL_MAX).contains(&n)
+            && (n as u64).saturating_mul(unrolled_size(body)) <= UNROLL_BUDGET
+        {
+            // A short constant loop (a convolution's taps) unrolled: its
+            // index arithmetic folds and its loads are in flight together.
+            let shadow = self.is_out_var(var);
+            self.shadowed += u32::from(shadow);
+            for c in 0..n {
+                let i = self.reg(Class::D);
+                self.ins(format!("mov.b64 {i}, {c}"));
+                let prev = self.bind(var, i);
+                // Each step's shared sub-expressions computed once (not
+                // in a row kernel, whose memo keeps values across columns).
+                let memo = match self.col_var {
+                    None => self.memo.replace(Vec::new()),
+                    Some(_) => self.memo.take(),
+                };
+                let b = self.emit(body);
+                self.memo = memo;
+                self.unbind(var, prev);
+                let b = match b {
+                    Ok(b) => b,
+                    Err(err) => {
+                        self.shadowed -= u32::from(shadow);
+                        return Err(err);
+                    }
+                };
+                let r = self.binary(e, Self::fold_op(op), acc.clone(), b)?;
+                self.ins(format!("mov.{} {}, {}", mov_sfx(t), acc.r, r.r));
+            }
+            self.shadowed -= u32::from(shadow);
+            return Ok(acc);
+        }
         let i = self.reg(Class::D);
         self.ins(format!("mov.b64 {i}, 0"));
         let (top, done) = (self.a.label("red"), self.a.label("red_end"));
@@ -859,12 +893,31 @@ impl<'k> Em<'k> {
         index: &[Expr],
     ) -> Result<String, PtxError> {
         let mut flat = "0".to_string();
-        for (a, ie) in index.iter().enumerate() {
-            let v = self.emit(ie)?;
+        let mut a = 0;
+        while a < index.len() {
+            // `x / c` and `x % c` on adjacent axes whose strides differ by
+            // `c` (a flattened axis read back as two) add up to `x` times
+            // the inner stride: no division.
+            let strides = &self.in_strides[input];
+            let fused = index.get(a + 1).and_then(|next| {
+                let (x, c) = div_rem_pair(&index[a], next)?;
+                let (outer, inner) = (imm(&strides[a])?, imm(&strides[a + 1])?);
+                (outer == c.checked_mul(inner)?).then(|| (x.clone(), strides[a + 1].clone()))
+            });
+            let (ie, stride) = match fused {
+                Some((x, inner)) => {
+                    a += 2;
+                    (x, inner)
+                }
+                None => {
+                    a += 1;
+                    (index[a - 1].clone(), strides[a - 1].clone())
+                }
+            };
+            let v = self.emit(&ie)?;
             if v.t != Ty::I64 {
                 return Err(self.type_err(e, "an index is not an integer"));
             }
-            let stride = self.in_strides[input][a].clone();
             let term = self.mul_op(&v.r, &stride);
             flat = if flat == "0" {
                 term
@@ -875,6 +928,45 @@ impl<'k> Em<'k> {
             };
         }
         Ok(self.in_reg(&flat))
+    }
+}
+
+/// Constant reductions of at most this many steps are unrolled
+/// ([`Em::reduce_seq`]) ...
+const UNROLL_MAX: i64 = 8;
+/// ... when the unrolled body has at most this many nodes.
+const UNROLL_BUDGET: u64 = 4096;
+
+/// The nodes of `e` with its short constant reductions unrolled (see
+/// [`UNROLL_MAX`]).
+fn unrolled_size(e: &Expr) -> u64 {
+    match e {
+        Expr::Reduce { extent, body, .. } => {
+            let steps = match extent.as_ref() {
+                Expr::Int(n) if (0..=UNROLL_MAX).contains(n) => *n as u64,
+                _ => 1,
+            };
+            1 + unrolled_size(extent) + steps.saturating_mul(unrolled_size(body))
+        }
+        _ => {
+            let mut n = 1u64;
+            e.for_each_child(|c| n = n.saturating_add(unrolled_size(c)));
+            n
+        }
+    }
+}
+
+/// `(x, c)` when `a` is `x / c` and `b` is `x % c` for a nonzero constant
+/// `c` (truncating division: `(x / c) * c + x % c == x` for every `x`).
+fn div_rem_pair<'e>(a: &'e Expr, b: &'e Expr) -> Option<(&'e Expr, i64)> {
+    match (a, b) {
+        (Expr::Binary(Binary::Div, x, c), Expr::Binary(Binary::Rem, y, d)) if x == y && c == d => {
+            match c.as_ref() {
+                Expr::Int(c) if *c != 0 => Some((x.as_ref(), *c)),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -1294,32 +1294,41 @@ fn issue(
             DType::F16 => "f16x2",
             _ => "bf16x2",
         };
+        // A copy whose outer index is inside the operand evaluates its
+        // eight elements without branches (`k` clamped into the operand,
+        // 0 past its end), so that their loads are in flight together; one
+        // branch per copy bounds what is in flight (and the registers).
+        let klast = minus_one(em, kext);
         for j in 0..c.shared.len() {
+            let words: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            for w in &words {
+                em.ins(format!("mov.b32 {w}, 0"));
+            }
+            let skip = em.a.label("stage");
+            em.ins(format!("@!{} bra {skip}", c.outer_ok[j]));
             let mut vals = Vec::new();
             for e in 0..8u32 {
-                let (kk, pk, p) = (em.reg(Class::D), em.reg(Class::P), em.reg(Class::P));
+                let (kk, pk) = (em.reg(Class::D), em.reg(Class::P));
                 em.ins(format!("add.s64 {kk}, {}, {e}", c.kidx[j]));
                 em.ins(format!("setp.lt.s64 {pk}, {kk}, {kext}"));
-                em.ins(format!("and.pred {p}, {pk}, {}", c.outer_ok[j]));
-                let v = em.reg(Class::F);
-                em.ins(format!("mov.f32 {v}, 0f00000000"));
-                let skip = em.a.label("stage");
-                em.ins(format!("@!{p} bra {skip}"));
+                let ki = em.reg(Class::D);
+                em.ins(format!("min.s64 {ki}, {kk}, {klast}"));
                 em.vars.insert(*ov, c.outer[j].clone());
-                em.vars.insert(*kv, kk.clone());
-                let x = em.emit(expr)?;
-                em.ins(format!("mov.f32 {v}, {}", x.r));
-                em.a.place(&skip);
+                em.vars.insert(*kv, ki);
+                // One element's shared sub-expressions (`x * s` of a
+                // ReLU6) computed once.
+                let outer_memo = em.memo.replace(Vec::new());
+                let x = em.emit(expr);
+                em.memo = outer_memo;
+                let x = x?;
+                let v = em.reg(Class::F);
+                em.ins(format!("selp.f32 {v}, {}, 0f00000000, {pk}", x.r));
                 vals.push(v);
             }
-            let words: Vec<String> = vals
-                .chunks(2)
-                .map(|p| {
-                    let w = em.reg(Class::R);
-                    em.ins(format!("cvt.rn.{pack}.f32 {w}, {}, {}", p[1], p[0]));
-                    w
-                })
-                .collect();
+            for (w, p) in words.iter().zip(vals.chunks(2)) {
+                em.ins(format!("cvt.rn.{pack}.f32 {w}, {}, {}", p[1], p[0]));
+            }
+            em.a.place(&skip);
             let dst = em.reg(Class::R);
             em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[j]));
             em.ins(format!(
@@ -1340,6 +1349,18 @@ fn issue(
         em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
     }
     Ok(())
+}
+
+/// `n - 1` for an extent `n` (an immediate or a register).
+fn minus_one(em: &mut Em, n: &str) -> String {
+    match super::expr::imm(n) {
+        Some(v) => (v - 1).to_string(),
+        None => {
+            let r = em.reg(Class::D);
+            em.ins(format!("add.s64 {r}, {n}, -1"));
+            r
+        }
+    }
 }
 
 /// One 16-byte `cp.async` from global address `src` to shared address

@@ -88,6 +88,36 @@ pub struct PtxOptions {
     /// stored `[k, n]`, reading the codes (and its scales) a thread's
     /// columns at a time (`KILN_GEMV_DEQUANT=1`).
     pub gemv_dequant: bool,
+    /// How row kernels hold the row-invariant operands and how many blocks
+    /// each multiprocessor should hold (`KILN_ROW_TUNING=BLOCKS[,reload]`).
+    pub rows: RowTuning,
+}
+
+/// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
+/// registers it wants) and whether the loads that do not depend on the row
+/// (a norm's weights) are issued again for every row (L1 hits) instead of
+/// being held in registers across the block's rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowTuning {
+    pub min_blocks: u32,
+    pub reload_fixed: bool,
+}
+
+impl RowTuning {
+    /// `BLOCKS` or `BLOCKS,reload` (BLOCKS 0 to 8).
+    pub fn parse(s: &str) -> Option<RowTuning> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let min_blocks: u32 = parts.first()?.parse().ok()?;
+        let reload_fixed = match parts.get(1) {
+            None => false,
+            Some(&"reload") => true,
+            Some(_) => return None,
+        };
+        (min_blocks <= 8 && parts.len() <= 2).then_some(RowTuning {
+            min_blocks,
+            reload_fixed,
+        })
+    }
 }
 
 /// A GEMV tiling: columns per block (16, 32 or 64), steps of `k` per
@@ -108,10 +138,15 @@ impl PtxOptions {
             .ok()
             .and_then(|s| GemvTiling::parse(&s));
         let gemv_dequant = std::env::var("KILN_GEMV_DEQUANT").is_ok_and(|v| v == "1");
+        let rows = std::env::var("KILN_ROW_TUNING")
+            .ok()
+            .and_then(|s| RowTuning::parse(&s))
+            .unwrap_or_default();
         PtxOptions {
             branch_selects,
             gemv,
             gemv_dequant,
+            rows,
         }
     }
 }
@@ -298,7 +333,10 @@ pub fn compile_kernel_with(
     let mut blocks_per_sm = None;
     let (block, grid, shared) = match &k.body {
         Body::Map { expr } if kind == "row" => {
-            rows::emit_rows(&mut em, expr, &reds, &units)?;
+            rows::emit_rows(&mut em, expr, &reds, &units, opts.rows.reload_fixed)?;
+            if opts.rows.min_blocks > 0 {
+                blocks_per_sm = Some(opts.rows.min_blocks);
+            }
             (rows::ROW_BLOCK, Grid::Rows { inner_axes: 1 }, true)
         }
         Body::Map { expr } => {

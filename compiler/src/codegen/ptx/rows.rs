@@ -252,9 +252,10 @@ pub(super) fn emit_rows(
     expr: &Expr,
     reds: &[Expr],
     units: &str,
+    reload_fixed: bool,
 ) -> Result<(), PtxError> {
     if let Some(len) = resident_len(em, expr, reds) {
-        return emit_rows_resident(em, expr, reds, units, len);
+        return emit_rows_resident(em, expr, reds, units, len, reload_fixed);
     }
     let out = em.k.output.clone();
     let rank = out.shape.rank();
@@ -873,6 +874,7 @@ fn emit_rows_resident(
     reds: &[Expr],
     units: &str,
     len: u64,
+    reload_fixed: bool,
 ) -> Result<(), PtxError> {
     let out = em.k.output.clone();
     let rank = out.shape.rank();
@@ -932,7 +934,9 @@ fn emit_rows_resident(
         _ => false,
     });
     let mut fixed_codes = vec![Vec::new(); slots];
-    load_groups(em, &fixed, &starts, g, &mut fixed_codes)?;
+    if !reload_fixed {
+        load_groups(em, &fixed, &starts, g, &mut fixed_codes)?;
+    }
     // The per-row loads are pipelined: the block's first row is loaded
     // before the loop, and each iteration issues the loads of the block's
     // next row (its own row again when it has none: cache hits) before
@@ -963,6 +967,10 @@ fn emit_rows_resident(
     }
     unravel(em, &row, rank - 1);
     em.cache.clear();
+    if reload_fixed {
+        fixed_codes = vec![Vec::new(); slots];
+        load_groups(em, &fixed, &starts, g, &mut fixed_codes)?;
+    }
     let mut codes = fixed_codes.clone();
     for (c, cur) in codes.iter_mut().zip(&current) {
         c.extend(cur.iter().cloned());
