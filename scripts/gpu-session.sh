@@ -61,6 +61,14 @@ row_variants() {
             --iters 50 --warmup 3 --json || echo failed
     done
 }
+w4_stalls() {
+    # Why the fragment kernel waits: ncu's warp-state, occupancy and memory
+    # sections for W4's qmma kernel at m = 1.
+    ncu --graph-profiling node -k regex:qmma -c 1 --section SpeedOfLight --section WarpStateStats \
+        --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats \
+        "$KILN" bench bench/w4.kiln --device cuda --dim m=1 --specialize --iters 1 --warmup 0 2>&1 |
+        grep -vE "^==PROF==|^\s*$|----" | head -120
+}
 kernel_times() {
     # Device time of each kernel of one replay (ncu), for W4 and W6.
     local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread
@@ -101,13 +109,14 @@ bars)
     ;;
 exp)
     TAIL=30 step variants 90 row_variants
+    TAIL=80 step ncu-w4 45 w4_stalls
     step torch-quick 60 python3 bench/gpu/torch_quick.py
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
-    step check 230 scripts/gpu-check.sh ptx cuda_exec onnx
+    step check 200 scripts/gpu-check.sh ptx cuda_exec
     ;;
 final)
-    step check 400 scripts/gpu-check.sh gpu_backend quantize
+    step check 400 scripts/gpu-check.sh gpu_backend quantize onnx
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
     ;;
