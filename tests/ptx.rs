@@ -2426,6 +2426,53 @@ fn vector_accesses_where_the_run_is_contiguous() {
     assert!(pk.entry.starts_with("map_f32_"), "{}", pk.entry);
 }
 
+/// A concatenation along an outer axis (a KV cache and its new rows): each
+/// source's lanes are consecutive elements of its rows, so both are read
+/// with 16-byte vector loads per run of 8 bf16 outputs (the scalar loads
+/// left are the partial-run path's), and the values are the evaluator's
+/// (on the PTX interpreter, both targets, fresh inputs).
+#[test]
+fn concatenations_read_their_sources_a_run_at_a_time() {
+    let cat = |new_at: i64| {
+        map(
+            "cat_rows",
+            Ty::F32,
+            vec![
+                buf("cache", DType::BF16, vec![Dim::sym("n"), st(3), st(16)]),
+                buf("fresh", DType::BF16, vec![Dim::sym("n"), st(48)]),
+            ],
+            buf("out", DType::BF16, vec![Dim::sym("n"), st(4), st(16)]),
+            Expr::Select(
+                Box::new(bin(Binary::Lt, v(1), Expr::Int(3))),
+                Box::new(ld(
+                    0,
+                    vec![v(0), bin(Binary::Min, v(1), Expr::Int(2)), v(2)],
+                )),
+                Box::new(ld(1, vec![v(0), bin(Binary::Add, v(2), Expr::Int(new_at))])),
+            ),
+        )
+    };
+    let vectors = |ptx: &str| ptx.matches("ld.global.v4.b32").count();
+    // Rows of `fresh` read from 32 (a multiple of 8): both sources by runs.
+    let aligned = cat(32);
+    let pk = compile_kernel(&aligned, PtxArch::Sm90a).unwrap();
+    assert_eq!(pk.grid, Grid::Elements { per_thread: 8 });
+    assert_eq!(vectors(&pk.ptx), 2, "{}", pk.ptx);
+    // From 4: a run would start mid-vector; that source stays scalar.
+    let unaligned = cat(4);
+    let pk = compile_kernel(&unaligned, PtxArch::Sm90a).unwrap();
+    assert_eq!(vectors(&pk.ptx), 1, "{}", pk.ptx);
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for k in [&aligned, &unaligned] {
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let r = run_against_eval_tol(k, &mut rng, Side::Sim(arch), 0.0);
+            assert_eq!(r, Ok(true), "seed {seed}");
+        }
+    }
+}
+
 /// Golden PTX of small kernels: `tests/filetests/ptx/<name>.ptx`.
 #[test]
 fn golden_ptx() {

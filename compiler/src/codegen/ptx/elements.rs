@@ -5,12 +5,12 @@
 //! index (same shape) are loaded with vector loads for a full run. The
 //! last, partial run of the output uses scalar accesses.
 
-use kiln_dialect::kernel::{Expr, Var};
+use kiln_dialect::kernel::{Binary, Expr, Var};
 
 use super::PtxError;
 use super::asm::Class;
 use super::dtype_io::{Code, code_class, code_width};
-use super::expr::{Em, Preload, Val, is_identity};
+use super::expr::{Em, Preload, Val, free_vars, imm, is_identity};
 
 /// Elements per thread for an output of `bits` per element: 16 bytes (at
 /// most 8 elements) for byte-sized and wider types, 8 for sub-byte types
@@ -62,6 +62,99 @@ pub(super) fn identity_inputs(em: &Em, e: &Expr, shadow: bool, out: &mut Vec<usi
         | Expr::Round(..) => {}
     }
     e.for_each_child(|c| identity_inputs(em, c, shadow, out));
+}
+
+/// The loads of `e` (unguarded, not under a reduction that rebinds an
+/// output variable, not at the output's own index) whose `p` lanes of a run
+/// read `p` consecutive elements starting at a multiple of `p`: the
+/// output's last axis is a static multiple of `p` (a run stays in one row,
+/// its first lane at a multiple of `p`), the load's last index is that
+/// axis's variable plus terms that do not use it and are multiples of `p`,
+/// its other indices do not use it, and the input's last axis is a static
+/// multiple of `p` (its rows start at multiples of `p`). Such a load is
+/// read with vector loads once per run (a concatenation's sources, a
+/// slice of a row).
+pub(super) fn run_loads(em: &Em, e: &Expr, p: u32, shadow: bool, out: &mut Vec<Expr>) {
+    let rank = em.out_shape.len();
+    let row_ok = rank > 0
+        && p > 1
+        && imm(&em.out_shape[rank - 1]).is_some_and(|d| d > 0 && d % i64::from(p) == 0);
+    if !row_ok {
+        return;
+    }
+    let last = Var(rank as u32 - 1);
+    match e {
+        Expr::Load {
+            input,
+            index,
+            guard: None,
+        } if !shadow && !is_identity(index) && !out.contains(e) => {
+            let buf = &em.k.inputs[*input];
+            let n = index.len();
+            let w = code_width(buf.dtype);
+            let ok = n > 0
+                && buf.dtype.bits() >= 8
+                && vectorizable(p, w)
+                && imm(&em.in_shape[*input][n - 1]).is_some_and(|d| d > 0 && d % i64::from(p) == 0)
+                && index[..n - 1].iter().all(|i| !free_vars(i).contains(&last))
+                && runs_along(&index[n - 1], last, i64::from(p));
+            if ok {
+                out.push(e.clone());
+            }
+            return;
+        }
+        Expr::Reduce {
+            var, extent, body, ..
+        } => {
+            run_loads(em, extent, p, shadow, out);
+            let s = shadow || em.is_out_var(*var);
+            run_loads(em, body, p, s, out);
+            return;
+        }
+        Expr::Float(_)
+        | Expr::Int(_)
+        | Expr::Bool(_)
+        | Expr::Var(_)
+        | Expr::Dim(_)
+        | Expr::Acc
+        | Expr::Load { .. }
+        | Expr::Unary(..)
+        | Expr::Binary(..)
+        | Expr::Select(..)
+        | Expr::Cast(..)
+        | Expr::Round(..) => {}
+    }
+    e.for_each_child(|c| run_loads(em, c, p, shadow, out));
+}
+
+/// Whether `i` is `v` plus terms that do not use `v`, each a multiple of
+/// `p` (an integer multiple of `p`, or a product with one).
+fn runs_along(i: &Expr, v: Var, p: i64) -> bool {
+    fn terms<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+        match e {
+            Expr::Binary(Binary::Add, a, b) => {
+                terms(a, out);
+                terms(b, out);
+            }
+            _ => out.push(e),
+        }
+    }
+    fn multiple(e: &Expr, p: i64) -> bool {
+        match e {
+            Expr::Int(c) => c % p == 0,
+            Expr::Binary(Binary::Mul, a, b) => multiple(a, p) || multiple(b, p),
+            Expr::Binary(Binary::Add | Binary::Sub, a, b) => multiple(a, p) && multiple(b, p),
+            _ => false,
+        }
+    }
+    let mut ts = Vec::new();
+    terms(i, &mut ts);
+    let at_v = ts.iter().filter(|t| ***t == Expr::Var(v)).count();
+    at_v == 1
+        && ts
+            .iter()
+            .filter(|t| ***t != Expr::Var(v))
+            .all(|t| !free_vars(t).contains(&v) && multiple(t, p))
 }
 
 /// The thread's global index and the grid's thread count, as i64.
@@ -252,6 +345,7 @@ pub(super) fn emit_elements<'k>(
     p: u32,
     units: &str,
     identity: &[usize],
+    runs: &[Expr],
     mut lane_value: impl FnMut(&mut Em<'k>) -> Result<Val, PtxError>,
 ) -> Result<(), PtxError> {
     let out = em.k.output.clone();
@@ -309,7 +403,51 @@ pub(super) fn emit_elements<'k>(
             ));
         }
         em.a.place(&loaded);
-        em.preload.push(Preload { input: i, lanes });
+        em.preload.push(Preload {
+            input: i,
+            load: None,
+            lanes,
+        });
+    }
+    // Loads whose lanes are consecutive elements ([`run_loads`]): read at
+    // the run's first element, its variables bound by `unravel`.
+    for l in runs {
+        let Expr::Load { input, index, .. } = l else {
+            continue;
+        };
+        let dtype = em.k.inputs[*input].dtype;
+        let (w, bytes) = (code_width(dtype), dtype.bits() / 8);
+        let lanes: Vec<Code> = (0..p)
+            .map(|_| Code {
+                r: em.reg(code_class(w)),
+                w,
+            })
+            .collect();
+        let flat = em.flat_index(l, *input, index)?;
+        let addr = em.reg(Class::D);
+        let base = em.in_ptr[*input].clone();
+        em.ins(format!("mad.lo.s64 {addr}, {flat}, {bytes}, {base}"));
+        let (partial, loaded) = (em.a.label("ld_part"), em.a.label("ld_done"));
+        em.ins(format!("@{ppart} bra {partial}"));
+        vector_load(em, &addr, w, &lanes);
+        em.ins(format!("bra.uni {loaded}"));
+        em.a.place(&partial);
+        let pv = em.reg(Class::P);
+        for (j, c) in lanes.iter().enumerate() {
+            em.ins(format!("setp.gt.s64 {pv}, {rem}, {j}"));
+            em.ins(format!(
+                "@{pv} ld.global.{} {}, [{addr}+{}]",
+                scalar_ty(w),
+                c.r,
+                j as u32 * bytes
+            ));
+        }
+        em.a.place(&loaded);
+        em.preload.push(Preload {
+            input: *input,
+            load: Some(l.clone()),
+            lanes,
+        });
     }
 
     // The run's elements.

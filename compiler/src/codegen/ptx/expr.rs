@@ -38,10 +38,13 @@ pub(super) fn sfx(t: Ty) -> &'static str {
     }
 }
 
-/// Lanes of identity-indexed loads already read for the current run of
-/// output elements (vectorized loads).
+/// Lanes of loads already read for the current run of output elements
+/// (vectorized loads): an input read at the output's own index, or one
+/// load whose lanes read consecutive elements (`load`, see
+/// `elements::run_loads`).
 pub(super) struct Preload {
     pub input: usize,
+    pub load: Option<Expr>,
     pub lanes: Vec<Code>,
 }
 
@@ -839,9 +842,20 @@ impl<'k> Em<'k> {
             let code = code.clone();
             return Ok(self.decode(dtype, &code));
         }
+        if guard.is_none()
+            && self.shadowed == 0
+            && let Some(p) = self.preload.iter().find(|p| p.load.as_ref() == Some(e))
+        {
+            let code = p.lanes[self.lane].clone();
+            return Ok(self.decode(dtype, &code));
+        }
         if guard.is_none() && self.shadowed == 0 && is_identity(index) {
             let lane = self.lane;
-            if let Some(p) = self.preload.iter().find(|p| p.input == input) {
+            if let Some(p) = self
+                .preload
+                .iter()
+                .find(|p| p.input == input && p.load.is_none())
+            {
                 let code = p.lanes[lane].clone();
                 return Ok(self.decode(dtype, &code));
             }

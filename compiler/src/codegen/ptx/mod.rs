@@ -347,7 +347,9 @@ pub fn compile_kernel_with(
             };
             let mut ids = Vec::new();
             elements::identity_inputs(&em, expr, false, &mut ids);
-            elements::emit_elements(&mut em, p, &units, &ids, |em| em.emit(expr))?;
+            let mut runs = Vec::new();
+            elements::run_loads(&em, expr, p, false, &mut runs);
+            elements::emit_elements(&mut em, p, &units, &ids, &runs, |em| em.emit(expr))?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
         }
         Body::Contract {
@@ -418,7 +420,7 @@ pub fn compile_kernel_with(
             epilogue,
         } => {
             let p = elements::min_per_thread(k.output.dtype.bits());
-            elements::emit_elements(&mut em, p, &units, &[], |em| {
+            elements::emit_elements(&mut em, p, &units, &[], &[], |em| {
                 rows::contract_value(em, *kv, extent, a, b, epilogue)
             })?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
