@@ -108,12 +108,11 @@ bars)
     TAIL=60 step ncu 60 kernel_times
     ;;
 exp)
-    TAIL=30 step variants 90 row_variants
-    TAIL=80 step ncu-w4 45 w4_stalls
-    step torch-quick 60 python3 bench/gpu/torch_quick.py
+    TAIL=30 step variants 80 row_variants
+    TAIL=80 step ncu-w4 40 w4_stalls
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
-    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
-    step check 200 scripts/gpu-check.sh ptx cuda_exec
+    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 140 bench/gpu.sh
+    step check 300 scripts/gpu-check.sh ptx cuda_exec gpu_backend:every_example
     ;;
 final)
     step check 400 scripts/gpu-check.sh gpu_backend quantize onnx
