@@ -18,8 +18,10 @@ bin="${BIN:-$root/gpu-bin}"
 out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
 export KILN_REQUIRE_GPU=1
-# Test binaries built elsewhere find the checkout here.
+# Test binaries built elsewhere find the checkout here, and the `kiln`
+# binary their command-line tests run (not at the build machine's path).
 export KILN_ROOT="$root"
+[ -x "$bin/kiln" ] && export KILN_BIN="$bin/kiln"
 if [ -z "${KILN_PTXAS:-}" ] && command -v ptxas >/dev/null 2>&1; then
     export KILN_PTXAS="$(command -v ptxas)"
 fi

@@ -597,7 +597,7 @@ fn the_command_line_reports_an_unsupported_op_with_exit_code_1() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let out = std::process::Command::new(common::kiln_bin())
         .args(["run", p.to_str().unwrap(), "--random-inputs", "1"])
         .output()
         .unwrap();
@@ -749,7 +749,7 @@ fn imported_kiln_models_give_the_same_outputs_as_the_onnx_files() {
         let stem = onnx_path.file_stem().unwrap().to_str().unwrap();
         let kiln_path = out.join(format!("{stem}.kiln"));
         let w_path = out.join(format!("{stem}.safetensors"));
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        let status = std::process::Command::new(common::kiln_bin())
             .args([
                 "import",
                 onnx_path.to_str().unwrap(),
@@ -1028,7 +1028,7 @@ fn import_with_cli(onnx_path: &Path, out: &Path) -> (String, PathBuf, PathBuf) {
     let stem = onnx_path.file_stem().unwrap().to_str().unwrap();
     let kiln_path = out.join(format!("{stem}.kiln"));
     let w_path = out.join(format!("{stem}.safetensors"));
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let status = std::process::Command::new(common::kiln_bin())
         .args([
             "import",
             onnx_path.to_str().unwrap(),

@@ -527,7 +527,7 @@ fn scale_search_folds_exactly_and_lowers_the_error() {
 }
 
 fn kiln(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
+    Command::new(common::kiln_bin())
         .args(args)
         .current_dir(root())
         .output()

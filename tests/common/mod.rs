@@ -265,11 +265,19 @@ pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
 
 /// Runs the `kiln` command in the workspace root.
 pub fn kiln(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    std::process::Command::new(kiln_bin())
         .args(args)
         .current_dir(root())
         .output()
         .expect("run kiln")
+}
+
+/// The `kiln` binary: `KILN_BIN` where the test binaries run away from
+/// their build (scripts/gpu-check.sh on the GPU machine), else Cargo's.
+pub fn kiln_bin() -> PathBuf {
+    std::env::var_os("KILN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
 }
 
 /// Bytes (a command's output) as text.
