@@ -266,6 +266,46 @@ pub(super) fn vector_load(em: &mut Em, addr: &str, w: u32, dst: &[Code]) {
     }
 }
 
+/// The `p` codes of `dtype` at element `flat` of the buffer at `base`: with
+/// vector loads for a full run (`partial` false), else with a predicated
+/// scalar load per lane below `rem`.
+fn load_run(
+    em: &mut Em,
+    base: &str,
+    flat: &str,
+    dtype: kiln_dialect::DType,
+    p: u32,
+    partial: &str,
+    rem: &str,
+) -> Vec<Code> {
+    let (w, bytes) = (code_width(dtype), dtype.bits() / 8);
+    let lanes: Vec<Code> = (0..p)
+        .map(|_| Code {
+            r: em.reg(code_class(w)),
+            w,
+        })
+        .collect();
+    let addr = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {addr}, {flat}, {bytes}, {base}"));
+    let (scalar, loaded) = (em.a.label("ld_part"), em.a.label("ld_done"));
+    em.ins(format!("@{partial} bra {scalar}"));
+    vector_load(em, &addr, w, &lanes);
+    em.ins(format!("bra.uni {loaded}"));
+    em.a.place(&scalar);
+    let pv = em.reg(Class::P);
+    for (j, c) in lanes.iter().enumerate() {
+        em.ins(format!("setp.gt.s64 {pv}, {rem}, {j}"));
+        em.ins(format!(
+            "@{pv} ld.global.{} {}, [{addr}+{}]",
+            scalar_ty(w),
+            c.r,
+            j as u32 * bytes
+        ));
+    }
+    em.a.place(&loaded);
+    lanes
+}
+
 /// Vector stores of one full run of `w`-bit codes at `addr`.
 pub(super) fn vector_store(em: &mut Em, addr: &str, w: u32, src: &[Code]) {
     if w == 64 {
@@ -377,32 +417,8 @@ pub(super) fn emit_elements<'k>(
         if !vectorizable(p, w) {
             continue;
         }
-        let bytes = b.dtype.bits() / 8;
-        let lanes: Vec<Code> = (0..p)
-            .map(|_| Code {
-                r: em.reg(code_class(w)),
-                w,
-            })
-            .collect();
-        let addr = em.reg(Class::D);
         let base = em.in_ptr[i].clone();
-        em.ins(format!("mad.lo.s64 {addr}, {start}, {bytes}, {base}"));
-        let (partial, loaded) = (em.a.label("ld_part"), em.a.label("ld_done"));
-        em.ins(format!("@{ppart} bra {partial}"));
-        vector_load(em, &addr, w, &lanes);
-        em.ins(format!("bra.uni {loaded}"));
-        em.a.place(&partial);
-        let pv = em.reg(Class::P);
-        for (j, c) in lanes.iter().enumerate() {
-            em.ins(format!("setp.gt.s64 {pv}, {rem}, {j}"));
-            em.ins(format!(
-                "@{pv} ld.global.{} {}, [{addr}+{}]",
-                scalar_ty(w),
-                c.r,
-                j as u32 * bytes
-            ));
-        }
-        em.a.place(&loaded);
+        let lanes = load_run(em, &base, &start, b.dtype, p, &ppart, &rem);
         em.preload.push(Preload {
             input: i,
             load: None,
@@ -416,33 +432,9 @@ pub(super) fn emit_elements<'k>(
             continue;
         };
         let dtype = em.k.inputs[*input].dtype;
-        let (w, bytes) = (code_width(dtype), dtype.bits() / 8);
-        let lanes: Vec<Code> = (0..p)
-            .map(|_| Code {
-                r: em.reg(code_class(w)),
-                w,
-            })
-            .collect();
         let flat = em.flat_index(l, *input, index)?;
-        let addr = em.reg(Class::D);
         let base = em.in_ptr[*input].clone();
-        em.ins(format!("mad.lo.s64 {addr}, {flat}, {bytes}, {base}"));
-        let (partial, loaded) = (em.a.label("ld_part"), em.a.label("ld_done"));
-        em.ins(format!("@{ppart} bra {partial}"));
-        vector_load(em, &addr, w, &lanes);
-        em.ins(format!("bra.uni {loaded}"));
-        em.a.place(&partial);
-        let pv = em.reg(Class::P);
-        for (j, c) in lanes.iter().enumerate() {
-            em.ins(format!("setp.gt.s64 {pv}, {rem}, {j}"));
-            em.ins(format!(
-                "@{pv} ld.global.{} {}, [{addr}+{}]",
-                scalar_ty(w),
-                c.r,
-                j as u32 * bytes
-            ));
-        }
-        em.a.place(&loaded);
+        let lanes = load_run(em, &base, &flat, dtype, p, &ppart, &rem);
         em.preload.push(Preload {
             input: *input,
             load: Some(l.clone()),
