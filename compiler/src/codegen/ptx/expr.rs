@@ -771,31 +771,24 @@ impl<'k> Em<'k> {
             // A short constant loop (a convolution's taps) unrolled: its
             // index arithmetic folds and its loads are in flight together.
             let shadow = self.is_out_var(var);
-            self.shadowed += u32::from(shadow);
             for c in 0..n {
                 let i = self.reg(Class::D);
                 self.ins(format!("mov.b64 {i}, {c}"));
+                self.shadowed += u32::from(shadow);
                 let prev = self.bind(var, i);
-                // Each step's shared sub-expressions computed once (not
-                // in a row kernel, whose memo keeps values across columns).
-                let memo = match self.col_var {
-                    None => self.memo.replace(Vec::new()),
-                    Some(_) => self.memo.take(),
-                };
+                // Each step's shared sub-expressions computed once (not in
+                // a row kernel: its memo would keep them across columns).
+                let memo = self.memo.take();
+                if self.col_var.is_none() {
+                    self.memo = Some(Vec::new());
+                }
                 let b = self.emit(body);
                 self.memo = memo;
                 self.unbind(var, prev);
-                let b = match b {
-                    Ok(b) => b,
-                    Err(err) => {
-                        self.shadowed -= u32::from(shadow);
-                        return Err(err);
-                    }
-                };
-                let r = self.binary(e, Self::fold_op(op), acc.clone(), b)?;
+                self.shadowed -= u32::from(shadow);
+                let r = self.binary(e, Self::fold_op(op), acc.clone(), b?)?;
                 self.ins(format!("mov.{} {}, {}", mov_sfx(t), acc.r, r.r));
             }
-            self.shadowed -= u32::from(shadow);
             return Ok(acc);
         }
         let i = self.reg(Class::D);
