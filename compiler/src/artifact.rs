@@ -99,27 +99,28 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
                 .collect(),
         ]
     };
+    // With weights, the bind-time launches run here (every target).
+    let (program, weights) = match weights {
+        Some(w) => {
+            let (frozen, tensors) = fold_bind_time(&program, &w)?;
+            (frozen, Some(tensors))
+        }
+        None => (program, None),
+    };
     let mut cubins = None;
-    let (program, code, weights) = match opts.target {
-        Target::Cpu => cpu_parts(program, weights)?,
+    let code = match opts.target {
+        Target::Cpu => Code::Cpu(cpu_code_of(&program)?),
         Target::Sm80 | Target::Sm90 => {
             let arch = match opts.target {
                 Target::Sm80 => PtxArch::Sm80,
                 Target::Sm90 | Target::Cpu => PtxArch::Sm90a,
-            };
-            let (program, weights) = match weights {
-                Some(w) => {
-                    let (frozen, tensors) = fold_bind_time(&program, &w)?;
-                    (frozen, Some(tensors))
-                }
-                None => (program, None),
             };
             let kernels = ptx::compile_program(&program, arch)?;
             cubins = match &opts.ptxas {
                 Some(p) => Some(crate::cubin::assemble(p, arch.target(), &kernels)?),
                 None => None,
             };
-            (program, Code::Ptx(kernels), weights)
+            Code::Ptx(kernels)
         }
     };
     Ok(Artifact {
@@ -134,28 +135,14 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
     })
 }
 
-type CpuParts = (Program, Code, Option<Vec<(String, HostTensor)>>);
-
-/// The CPU artifact's program, CLIF and weights: with weights, the
-/// bind-time launches are run here and their results stored as weights.
-fn cpu_parts(
-    program: Program,
-    weights: Option<HashMap<String, HostTensor>>,
-) -> Result<CpuParts, KilnError> {
+/// The CPU artifact's code: each launch's kernel compiled to CLIF.
+fn cpu_code_of(program: &Program) -> Result<CpuCode, KilnError> {
     let isa = host_isa()?;
-    let (program, tensors) = match weights {
-        Some(w) => {
-            let (frozen, tensors) = fold_bind_time(&program, &w)?;
-            (frozen, Some(tensors))
-        }
-        None => (program, None),
-    };
     let mut clif: Vec<ClifKernel> = Vec::with_capacity(program.launches.len());
     for l in &program.launches {
         clif.push(compile_kernel(&l.kernel, &*isa)?);
     }
-    let code = cpu_code(&clif, &*isa);
-    Ok((program, Code::Cpu(code), tensors))
+    Ok(cpu_code(&clif, &*isa))
 }
 
 /// Binds `weights` to `p`, runs its bind-time launches on the host (their
@@ -191,7 +178,7 @@ pub fn fold_bind_time(
     }
     let mut exe = CpuExecutable::new(binders, fns, Box::new(std::sync::Mutex::new(module)))?;
     exe.bind_weights(weights)?;
-    let (frozen, _) = freeze(p);
+    let frozen = freeze(p);
     let mut tensors = Vec::with_capacity(frozen.weights.len());
     for &b in &frozen.weights {
         let name = frozen.buffers[b].name.clone();
@@ -224,10 +211,8 @@ fn stored_clif(k: &ClifKernel) -> StoredClif {
 }
 
 /// `p` with its bind-time launches removed and their results made weights;
-/// weights only those launches read are dropped. Also returns, per launch
-/// of `p`, whether the frozen program keeps it.
-pub fn freeze(p: &Program) -> (Program, Vec<bool>) {
-    let keep: Vec<bool> = p.launches.iter().map(|l| !l.bind_time).collect();
+/// weights only those launches read are dropped.
+pub fn freeze(p: &Program) -> Program {
     let mut used = vec![false; p.buffers.len()];
     for l in p.launches.iter().filter(|l| !l.bind_time) {
         for &a in &l.args {
@@ -243,7 +228,7 @@ pub fn freeze(p: &Program) -> (Program, Vec<bool>) {
             weights.push(l.out);
         }
     }
-    let frozen = Program {
+    Program {
         weights,
         launches: p
             .launches
@@ -252,8 +237,7 @@ pub fn freeze(p: &Program) -> (Program, Vec<bool>) {
             .cloned()
             .collect(),
         ..p.clone()
-    };
-    (frozen, keep)
+    }
 }
 
 #[cfg(test)]
