@@ -2962,3 +2962,47 @@ fn w6_kernels_keep_no_needless_index_arithmetic() {
     }
     assert_eq!((depthwise, staged), (1, 1));
 }
+
+/// W1's row kernel (`layer_norm(gelu(x * s + b), g, beta)`, bf16): the
+/// four weights are decoded once, before the row loop (64 values: 16
+/// columns per thread), and each row decodes only its 16 `x` values, one
+/// instruction each; the GELU's `erf(v / sqrt(2))` multiplies by
+/// `1 / sqrt(2)` (the erf is accurate in absolute terms only) and the
+/// product `0.5 v (1 + erf(..))` is one fma. Values: the every-example
+/// and row tests against the evaluator.
+#[test]
+fn w1_row_kernel_decodes_weights_once_and_evaluates_gelu_in_few_instructions() {
+    let ks = model_kernels("bench/w1.kiln");
+    assert_eq!(ks.len(), 1);
+    let pk = compile_kernel(&ks[0], PtxArch::Sm90a).unwrap();
+    let ptx = &pk.ptx;
+    let top = ptx.find("$L_row_").expect("a row loop");
+    let end = ptx
+        .rfind("bra.uni $L_row_")
+        .expect("the row loop's back edge");
+    let (before, body) = (&ptx[..top], &ptx[top..end]);
+    let decodes = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains("mov.b32 %f") && l.contains("{%h"))
+            .count()
+    };
+    assert_eq!(decodes(before), 64, "weights decoded before the loop");
+    assert_eq!(decodes(body), 16, "x decoded once per column in the loop");
+    assert!(
+        !body.contains("cvt.u32.u16"),
+        "a bf16 decode by widening and shifting"
+    );
+    // The correctly rounded quotient by sqrt(2) (mul, neg, two fmas) is
+    // not needed under the erf.
+    assert!(
+        !body.contains("0f3FB504F3"),
+        "a correction step of x / sqrt(2)"
+    );
+    // `0.5 v + 0.5 v erf(..)` as one fma: no `1 + erf` per column (its
+    // 1.0 in a register, then an add).
+    let ones = body
+        .lines()
+        .filter(|l| l.contains("mov.f32") && l.ends_with(", 0f3F800000;"))
+        .count();
+    assert!(ones <= 1, "{ones} registers of 1.0 in the loop");
+}

@@ -169,10 +169,12 @@ impl Em<'_> {
                 self.widen(r)
             }
             DType::BF16 => {
-                let (u, r) = (self.reg(Class::R), self.reg(Class::F));
-                self.ins(format!("cvt.u32.u16 {u}, {}", c.r));
-                self.ins(format!("shl.b32 {u}, {u}, 16"));
-                self.ins(format!("mov.b32 {r}, {u}"));
+                // The code as the high half of an f32 whose low half is
+                // zero: one byte permute (or mask) once assembled, where
+                // widening and shifting take two.
+                let (z, r) = (self.reg(Class::H), self.reg(Class::F));
+                self.ins(format!("mov.b16 {z}, 0"));
+                self.ins(format!("mov.b32 {r}, {{{z}, {}}}", c.r));
                 self.widen(r)
             }
             DType::I64 => Val {

@@ -102,6 +102,27 @@ pub(super) struct Em<'k> {
     pub branch_selects: bool,
 }
 
+/// `(u, minus)` when `e` is `1 + erf(u)`, `erf(u) + 1` (`minus` false) or
+/// `1 - erf(u)` (true).
+fn one_plus_erf_parts(e: &Expr) -> Option<(&Expr, bool)> {
+    let one = |x: &Expr| matches!(x, Expr::Float(v) if *v == 1.0);
+    fn erf_arg(x: &Expr) -> Option<&Expr> {
+        match x {
+            Expr::Unary(Unary::Erf, u) => Some(u),
+            _ => None,
+        }
+    }
+    let Expr::Binary(op, a, b) = e else {
+        return None;
+    };
+    match op {
+        Binary::Add if one(a) => erf_arg(b).map(|u| (u, false)),
+        Binary::Add if one(b) => erf_arg(a).map(|u| (u, false)),
+        Binary::Sub if one(a) => erf_arg(b).map(|u| (u, true)),
+        _ => None,
+    }
+}
+
 /// An immediate integer operand, if `s` is one.
 pub(super) fn imm(s: &str) -> Option<i64> {
     s.parse().ok()
@@ -268,8 +289,10 @@ impl<'k> Em<'k> {
     }
 
     /// `1 + erf(u)`, `erf(u) + 1` or `1 - erf(u)` in f32 with the erf
-    /// accurate in absolute terms only (see `erf_f32`); `None` for other
-    /// expressions.
+    /// accurate in absolute terms only (see `erf_f32`), and a product of
+    /// one of them with `h` (either side; the exact GELU's
+    /// `0.5 x (1 + erf(x / sqrt(2)))`) as `h ± h erf(u)`, one fma; `None`
+    /// for other expressions.
     fn one_plus_erf(
         &mut self,
         e: &Expr,
@@ -277,28 +300,71 @@ impl<'k> Em<'k> {
         a: &Expr,
         b: &Expr,
     ) -> Result<Option<Val>, PtxError> {
-        let one = |x: &Expr| matches!(x, Expr::Float(v) if *v == 1.0);
-        let erf_arg = |x: &Expr| match x {
-            Expr::Unary(Unary::Erf, u) => Some((**u).clone()),
-            _ => None,
-        };
-        let (u, erf_first) = match op {
-            Binary::Add if one(a) => (erf_arg(b), false),
-            Binary::Add if one(b) => (erf_arg(a), true),
-            Binary::Sub if one(a) => (erf_arg(b), false),
-            _ => (None, false),
-        };
-        let Some(u) = u else {
-            return Ok(None);
-        };
-        if self.fty != Ty::F32 || self.ty_of(&u) != Ty::F32 {
+        if self.fty != Ty::F32 {
             return Ok(None);
         }
-        let uv = self.emit(&u)?;
-        let erf = self.erf_f32(&uv.r, true);
+        if op == Binary::Mul {
+            let (h, sum) = match (one_plus_erf_parts(a), one_plus_erf_parts(b)) {
+                (_, Some(p)) => (a, p),
+                (Some(p), _) => (b, p),
+                (None, None) => return Ok(None),
+            };
+            let (u, minus) = sum;
+            if self.ty_of(h) != Ty::F32 || self.ty_of(u) != Ty::F32 {
+                return Ok(None);
+            }
+            let hv = self.emit(h)?;
+            let erf = self.erf_absolute(u)?;
+            let m = if minus {
+                let r = self.reg(Class::F);
+                self.ins(format!("neg.f32 {r}, {}", hv.r));
+                r
+            } else {
+                hv.r.clone()
+            };
+            let out = self.reg(Class::F);
+            self.ins(format!("fma.rn.f32 {out}, {m}, {}, {}", erf.r, hv.r));
+            return Ok(Some(Val { r: out, t: Ty::F32 }));
+        }
+        let Some((u, minus)) = one_plus_erf_parts(e) else {
+            return Ok(None);
+        };
+        if self.ty_of(u) != Ty::F32 {
+            return Ok(None);
+        }
+        let erf = self.erf_absolute(u)?;
         let onev = self.fconst_as(Ty::F32, 1.0);
-        let (x, y) = if erf_first { (erf, onev) } else { (onev, erf) };
+        let (op, x, y) = match (minus, a) {
+            (true, _) => (Binary::Sub, onev, erf),
+            (false, Expr::Float(_)) => (Binary::Add, onev, erf),
+            (false, _) => (Binary::Add, erf, onev),
+        };
         self.binary(e, op, x, y).map(Some)
+    }
+
+    /// `erf(u)` in f32, accurate in absolute terms only (see `erf_f32`),
+    /// for `1 ± erf(u)`: its argument `a / c` for a constant `c` is `a`
+    /// times `1 / c` (one rounding more, below the erf's own error)
+    /// rather than a correctly rounded quotient (the exact GELU's
+    /// `erf(x / sqrt(2))`).
+    fn erf_absolute(&mut self, u: &Expr) -> Result<Val, PtxError> {
+        let by_recip = match u {
+            Expr::Binary(Binary::Div, a, c) => match **c {
+                Expr::Float(c) if (1.0 / c as f32).is_normal() => Some((a, 1.0 / c as f32)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let uv = match by_recip {
+            Some((a, y)) => {
+                let av = self.emit(a)?;
+                let r = self.reg(Class::F);
+                self.ins(format!("mul.f32 {r}, {}, {}", av.r, f32_imm(f64::from(y))));
+                Val { r, t: Ty::F32 }
+            }
+            None => self.emit(u)?,
+        };
+        Ok(self.erf_f32(&uv.r, true))
     }
 
     /// `a / b` in f32 for a divisor `b` the same for every column of the

@@ -97,10 +97,15 @@ impl Em<'_> {
         match t {
             Ty::F32 | Ty::F64 => {
                 let s = sfx(t);
+                // f32 sums and products without a rounding modifier: the
+                // assembler may contract a product and a sum into one fma
+                // (nvcc's default), a rounding fewer than the evaluator's.
+                // f64 keeps `.rn` (each rounding as the evaluator's).
+                let rn = if t == Ty::F32 { "" } else { ".rn" };
                 Ok(match op {
-                    Binary::Add => arith(self, &format!("add.rn.{s}")),
-                    Binary::Sub => arith(self, &format!("sub.rn.{s}")),
-                    Binary::Mul => arith(self, &format!("mul.rn.{s}")),
+                    Binary::Add => arith(self, &format!("add{rn}.{s}")),
+                    Binary::Sub => arith(self, &format!("sub{rn}.{s}")),
+                    Binary::Mul => arith(self, &format!("mul{rn}.{s}")),
                     Binary::Div => match (t, e) {
                         (Ty::F32, Expr::Binary(Binary::Div, _, c)) => match **c {
                             Expr::Float(c) => match self.div_by_const_f32(&a.r, c) {

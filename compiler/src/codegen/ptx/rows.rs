@@ -684,6 +684,10 @@ const MAX_NODES: usize = 3000;
 /// variables this high).
 const COL: Var = Var(u32::MAX);
 
+/// The most registers of row-invariant values the row-resident path keeps
+/// decoded across its row loop (four bf16 weights over 16 columns).
+const DECODED_FIXED: usize = 64;
+
 fn nodes(e: &Expr) -> usize {
     let mut n = 1;
     e.for_each_child(|c| n += nodes(c));
@@ -934,8 +938,33 @@ fn emit_rows_resident(
         _ => false,
     });
     let mut fixed_codes = vec![Vec::new(); slots];
+    // Row-invariant float loads decoded once, before the loop, when their
+    // values fit [`DECODED_FIXED`] registers: each row then finds them in
+    // its columns' memos instead of decoding per row.
+    let mut fixed_vals: Vec<Vec<(Expr, Val)>> = vec![Vec::new(); slots];
     if !reload_fixed {
         load_groups(em, &fixed, &starts, g, &mut fixed_codes)?;
+        let float_fixed = fixed
+            .iter()
+            .filter(
+                |l| matches!(l, Expr::Load { input, .. } if em.k.inputs[*input].dtype.is_float()),
+            )
+            .count();
+        if float_fixed * slots <= DECODED_FIXED {
+            for (vals, codes) in fixed_vals.iter_mut().zip(&mut fixed_codes) {
+                codes.retain(|(l, c)| {
+                    let Expr::Load { input, .. } = l else {
+                        return true;
+                    };
+                    let d = em.k.inputs[*input].dtype;
+                    if !d.is_float() {
+                        return true;
+                    }
+                    vals.push((l.clone(), em.decode(d, c)));
+                    false
+                });
+            }
+        }
     }
     // The per-row loads are pipelined: the block's first row is loaded
     // before the loop, and each iteration issues the loads of the block's
@@ -975,7 +1004,7 @@ fn emit_rows_resident(
     for (c, cur) in codes.iter_mut().zip(&current) {
         c.extend(cur.iter().cloned());
     }
-    let mut memos: Vec<Vec<(Expr, Val)>> = vec![Vec::new(); slots];
+    let mut memos = fixed_vals.clone();
     em.row_memo.clear();
     em.row_recips.clear();
     // Evaluates `e` at column slot `i` with its memo and loaded codes.
