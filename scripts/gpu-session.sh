@@ -4,12 +4,15 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
 #      W4 at static m = 1 and 16 (--specialize) through the fragment-order
 #      tensor-core kernel and through the dequantizing GEMV.
+#   w1: W1's row tuning variants and W1b; W4 and W5 beside
+#      bench/gpu/torch_quick.py (int8 with a column-major B); W1 and W1b
+#      beside torch_baselines.py.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -60,6 +63,18 @@ row_variants() {
         KILN_MMA_TILING="$t" "$KILN" bench bench/w6.kiln --device cuda --dim n=64 \
             --iters 50 --warmup 3 --json || echo failed
     done
+}
+w1_variants() {
+    # W1's row kernel with the row tuning variants (weights decoded before
+    # the row loop at 128 registers; 3 blocks per multiprocessor at 80 with
+    # spills; weights reloaded per row at 87), and W1b.
+    for v in "" 3 "2,reload" "3,reload"; do
+        echo "w1 KILN_ROW_TUNING=$v"
+        KILN_ROW_TUNING="$v" "$KILN" bench bench/w1.kiln --device cuda --dim m=8192 \
+            --iters 200 --warmup 10 --json || echo failed
+    done
+    echo "w1b"
+    "$KILN" bench bench/w1b.kiln --device cuda --dim m=8192 --iters 200 --warmup 10 --json || echo failed
 }
 w4_stalls() {
     # Why the fragment kernel waits: ncu's warp-state, occupancy and memory
@@ -114,6 +129,12 @@ exp)
     BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 140 bench/gpu.sh
     step check 300 scripts/gpu-check.sh ptx cuda_exec gpu_backend:every_example
     ;;
+w1)
+    TAIL=30 step w1-variants 60 w1_variants
+    TORCH=quick KILN_TIMEOUT=60 step bench-quick 150 bench/gpu.sh W5-int8 W5-fp8 W4-M1 W4-M16
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench-w1/raw" KILN_TIMEOUT=40 step bench-w1 150 bench/gpu.sh W1 W1b
+    ;;
 final)
     step check 400 scripts/gpu-check.sh gpu_backend quantize onnx
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
@@ -128,7 +149,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|final|tests" >&2
     exit 2
     ;;
 esac
