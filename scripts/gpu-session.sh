@@ -76,6 +76,14 @@ w1_variants() {
     echo "w1b"
     "$KILN" bench bench/w1b.kiln --device cuda --dim m=8192 --iters 200 --warmup 10 --json || echo failed
 }
+w1_ncu() {
+    # Where W1's row kernel spends its time: ncu's throughput, warp-state,
+    # scheduler and occupancy sections.
+    ncu --graph-profiling node -k regex:row -c 1 --section SpeedOfLight --section WarpStateStats \
+        --section SchedulerStats --section Occupancy --section LaunchStats \
+        "$KILN" bench bench/w1.kiln --device cuda --dim m=8192 --iters 1 --warmup 0 2>&1 |
+        grep -vE "^==PROF==|^\s*$|----" | head -120
+}
 w4_stalls() {
     # Why the fragment kernel waits: ncu's warp-state, occupancy and memory
     # sections for W4's qmma kernel at m = 1.
@@ -131,6 +139,7 @@ exp)
     ;;
 w1)
     TAIL=30 step w1-variants 60 w1_variants
+    [ -n "${W1_ONLY:-}" ] && { TAIL=100 step w1-ncu 60 w1_ncu; exit 0; }
     TORCH=quick KILN_TIMEOUT=60 step bench-quick 150 bench/gpu.sh W5-int8 W5-fp8 W4-M1 W4-M16
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench-w1/raw" KILN_TIMEOUT=40 step bench-w1 150 bench/gpu.sh W1 W1b

@@ -19,7 +19,10 @@ use super::expr::{Em, Val, class_of, free_vars, mov_sfx, reads_acc};
 /// Threads per block of row kernels.
 pub(super) const ROW_BLOCK: u32 = 256;
 /// Bytes of the static shared array combining the warps' partial results.
-pub(super) const RED_BYTES: u32 = 8 * (ROW_BLOCK / 32);
+pub(super) const RED_BYTES: u32 = 2 * WARP_SLOTS;
+/// Bytes of one set of the warps' partial results (8 bytes per warp);
+/// the shared array holds two (see [`combine`]).
+const WARP_SLOTS: u32 = 8 * (ROW_BLOCK / 32);
 
 /// The reductions of `e` computable once per row of an output of rank
 /// `rank`: free variables among `v0 .. v(rank-2)`, none rebound by an
@@ -168,8 +171,27 @@ fn accumulator(em: &mut Em, op: kiln_dialect::kernel::Reduction, t: Ty) -> Val {
 
 /// Combines each thread's partial result `acc` of reduction `e` across
 /// the block: butterfly shuffles in each warp, then the warps' results
-/// through shared memory. Every thread gets the total.
+/// through shared memory. Every thread gets the total. A barrier before
+/// the warps' results are read, and one after (the next combine may write
+/// the same slots).
 fn combine(
+    em: &mut Em,
+    e: &Expr,
+    op: kiln_dialect::kernel::Reduction,
+    acc: Val,
+    tid: &str,
+    smem: &str,
+) -> Result<Val, PtxError> {
+    let out = combine_once(em, e, op, acc, tid, smem)?;
+    em.ins("bar.sync 0");
+    Ok(out)
+}
+
+/// [`combine`] with one barrier, through the set of warp slots at `smem`:
+/// the caller alternates between the shared array's two sets, so a set is
+/// written again only after the next combine's barrier, which every thread
+/// reaches after reading it.
+fn combine_once(
     em: &mut Em,
     e: &Expr,
     op: kiln_dialect::kernel::Reduction,
@@ -213,7 +235,6 @@ fn combine(
         let s = em.binary(e, op2, out.clone(), x)?;
         em.ins(format!("mov.{ms} {}, {}", out.r, s.r));
     }
-    em.ins("bar.sync 0");
     Ok(out)
 }
 
@@ -883,6 +904,9 @@ fn emit_rows_resident(
     let out = em.k.output.clone();
     let rank = out.shape.rank();
     let (tid, _, row, nrows, smem) = row_registers(em);
+    let (slots_off, slots_at) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("mov.b64 {slots_off}, 0"));
+    em.ins(format!("mov.b64 {slots_at}, {smem}"));
     let block = ROW_BLOCK as u64;
     let g = group_width(len);
     let groups = len / g;
@@ -1039,7 +1063,10 @@ fn emit_rows_resident(
             let s = em.binary(r, op2, acc.clone(), v)?;
             em.ins(format!("mov.{ms} {}, {}", acc.r, s.r));
         }
-        let total = combine(em, r, *op, acc, &tid, &smem)?;
+        // The two sets of warp slots in turn (one barrier per combine).
+        let total = combine_once(em, r, *op, acc, &tid, &slots_at)?;
+        em.ins(format!("xor.b64 {slots_off}, {slots_off}, {WARP_SLOTS}"));
+        em.ins(format!("add.s64 {slots_at}, {smem}, {slots_off}"));
         em.cache.push((r.clone(), total));
     }
     let base = em.reg(Class::D);
