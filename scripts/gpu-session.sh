@@ -68,13 +68,19 @@ w1_variants() {
     # W1's row kernel with the row tuning variants (weights decoded before
     # the row loop at 128 registers; 3 blocks per multiprocessor at 80 with
     # spills; weights reloaded per row at 87), and W1b.
-    for v in "" 3 "2,reload" "3,reload"; do
+    # W1_VARIANTS, W1B_VARIANTS: KILN_ROW_TUNING values ("default": unset).
+    for v in ${W1_VARIANTS:-default 3 2,reload 3,reload}; do
+        [ "$v" = default ] && v=""
         echo "w1 KILN_ROW_TUNING=$v"
         KILN_ROW_TUNING="$v" "$KILN" bench bench/w1.kiln --device cuda --dim m=8192 \
             --iters 200 --warmup 10 --json || echo failed
     done
-    echo "w1b"
-    "$KILN" bench bench/w1b.kiln --device cuda --dim m=8192 --iters 200 --warmup 10 --json || echo failed
+    for v in ${W1B_VARIANTS:-default}; do
+        [ "$v" = default ] && v=""
+        echo "w1b KILN_ROW_TUNING=$v"
+        KILN_ROW_TUNING="$v" "$KILN" bench bench/w1b.kiln --device cuda --dim m=8192 \
+            --iters 200 --warmup 10 --json || echo failed
+    done
 }
 w1_ncu() {
     # Where W1's row kernel spends its time: ncu's throughput, warp-state,

@@ -2233,10 +2233,10 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             gemv_dequant: true,
             // Row kernels reload their weights every row, two ways of
             // stating the blocks per multiprocessor.
-            rows: RowTuning {
+            rows: Some(RowTuning {
                 min_blocks: [4, 0, 3][j],
                 reload_fixed: true,
-            },
+            }),
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a
@@ -2260,7 +2260,12 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             }
             if pk.entry.starts_with("row_") {
                 let stated = pk.ptx.contains(".minnctapersm");
-                assert_eq!(stated, opts.rows.min_blocks > 0, "{}", k.name);
+                assert_eq!(
+                    stated,
+                    opts.rows.is_some_and(|r| r.min_blocks > 0),
+                    "{}",
+                    k.name
+                );
             }
             let side = Side::SimWith(arch, opts);
             match run_against_eval_tol(k, &mut rng, side, 1e-4) {
@@ -2963,10 +2968,12 @@ fn w6_kernels_keep_no_needless_index_arithmetic() {
     assert_eq!((depthwise, staged), (1, 1));
 }
 
-/// W1's row kernel (`layer_norm(gelu(x * s + b), g, beta)`, bf16): the
-/// four weights are decoded once, before the row loop (64 values: 16
-/// columns per thread), and each row decodes only its 16 `x` values, one
-/// instruction each; the GELU's `erf(v / sqrt(2))` multiplies by
+/// W1's row kernel (`layer_norm(gelu(x * s + b), g, beta)`, bf16). By
+/// default its four weights (16 columns each per thread, 128 bytes) are
+/// reloaded every row at three blocks per multiprocessor. Held across rows
+/// (`KILN_ROW_TUNING=0`), they are decoded once, before the row loop (64
+/// values), and each row decodes only its 16 `x` values, one instruction
+/// each; either way the GELU's `erf(v / sqrt(2))` multiplies by
 /// `1 / sqrt(2)` (the erf is accurate in absolute terms only) and the
 /// product `0.5 v (1 + erf(..))` is one fma. Values: the every-example
 /// and row tests against the evaluator.
@@ -2974,7 +2981,17 @@ fn w6_kernels_keep_no_needless_index_arithmetic() {
 fn w1_row_kernel_decodes_weights_once_and_evaluates_gelu_in_few_instructions() {
     let ks = model_kernels("bench/w1.kiln");
     assert_eq!(ks.len(), 1);
-    let pk = compile_kernel(&ks[0], PtxArch::Sm90a).unwrap();
+    let auto = compile_kernel(&ks[0], PtxArch::Sm90a).unwrap();
+    assert!(
+        auto.ptx.contains(".minnctapersm 3"),
+        "three blocks by default"
+    );
+    let held = PtxOptions {
+        rows: Some(RowTuning::default()),
+        ..PtxOptions::default()
+    };
+    let pk = compile_kernel_with(&ks[0], PtxArch::Sm90a, &held).unwrap();
+    assert!(!pk.ptx.contains(".minnctapersm"));
     let ptx = &pk.ptx;
     let top = ptx.find("$L_row_").expect("a row loop");
     let end = ptx

@@ -89,8 +89,9 @@ pub struct PtxOptions {
     /// columns at a time (`KILN_GEMV_DEQUANT=1`).
     pub gemv_dequant: bool,
     /// How row kernels hold the row-invariant operands and how many blocks
-    /// each multiprocessor should hold (`KILN_ROW_TUNING=BLOCKS[,reload]`).
-    pub rows: RowTuning,
+    /// each multiprocessor should hold (`KILN_ROW_TUNING=BLOCKS[,reload]`);
+    /// `None`: chosen per kernel (`rows::auto_tuning`).
+    pub rows: Option<RowTuning>,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -140,8 +141,7 @@ impl PtxOptions {
         let gemv_dequant = std::env::var("KILN_GEMV_DEQUANT").is_ok_and(|v| v == "1");
         let rows = std::env::var("KILN_ROW_TUNING")
             .ok()
-            .and_then(|s| RowTuning::parse(&s))
-            .unwrap_or_default();
+            .and_then(|s| RowTuning::parse(&s));
         PtxOptions {
             branch_selects,
             gemv,
@@ -333,9 +333,9 @@ pub fn compile_kernel_with(
     let mut blocks_per_sm = None;
     let (block, grid, shared) = match &k.body {
         Body::Map { expr } if kind == "row" => {
-            rows::emit_rows(&mut em, expr, &reds, &units, opts.rows.reload_fixed)?;
-            if opts.rows.min_blocks > 0 {
-                blocks_per_sm = Some(opts.rows.min_blocks);
+            let min_blocks = rows::emit_rows(&mut em, expr, &reds, &units, opts.rows)?;
+            if min_blocks > 0 {
+                blocks_per_sm = Some(min_blocks);
             }
             (rows::ROW_BLOCK, Grid::Rows { inner_axes: 1 }, true)
         }

@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 
 use kiln_dialect::kernel::{Binary, Expr, Reduction, Ty, Unary, Var};
 
-use super::PtxError;
 use super::asm::Class;
 use super::dtype_io::{Code, code_class, code_width};
 use super::elements::{mov_ty, unravel, vector_load, vector_store, vectorizable};
 use super::expr::{Em, Val, class_of, free_vars, mov_sfx, reads_acc};
+use super::{PtxError, RowTuning};
 
 /// Threads per block of row kernels.
 pub(super) const ROW_BLOCK: u32 = 256;
@@ -267,17 +267,20 @@ fn row_registers(em: &mut Em) -> (String, String, String, String, String) {
     (tid, ntid, row, nrows, smem)
 }
 
-/// The row-grid body for `expr` with the row reductions `reds`.
+/// The row-grid body for `expr` with the row reductions `reds`, tuned as
+/// `tuning` says (`None`: [`auto_tuning`]); the blocks per multiprocessor
+/// the kernel should state (`.minnctapersm`; 0: none).
 pub(super) fn emit_rows(
     em: &mut Em,
     expr: &Expr,
     reds: &[Expr],
     units: &str,
-    reload_fixed: bool,
-) -> Result<(), PtxError> {
+    tuning: Option<RowTuning>,
+) -> Result<u32, PtxError> {
     if let Some(len) = resident_len(em, expr, reds) {
-        return emit_rows_resident(em, expr, reds, units, len, reload_fixed);
+        return emit_rows_resident(em, expr, reds, units, len, tuning);
     }
+    let tuning = tuning.unwrap_or_default();
     let out = em.k.output.clone();
     let rank = out.shape.rank();
     let (tid, ntid, row, nrows, smem) = row_registers(em);
@@ -343,7 +346,7 @@ pub(super) fn emit_rows(
             em.ins(format!("bra.uni {top}"));
             em.a.place(&done);
             em.ins("ret");
-            return Ok(());
+            return Ok(tuning.min_blocks);
         }
     }
     let (base, c) = (em.reg(Class::D), em.reg(Class::D));
@@ -371,7 +374,7 @@ pub(super) fn emit_rows(
     em.ins(format!("bra.uni {top}"));
     em.a.place(&done);
     em.ins("ret");
-    Ok(())
+    Ok(tuning.min_blocks)
 }
 
 /// Columns per group of a long row of `n` columns (outside the
@@ -705,6 +708,10 @@ const MAX_NODES: usize = 3000;
 /// variables this high).
 const COL: Var = Var(u32::MAX);
 
+/// Bytes per thread of row-invariant operands the row-resident path holds
+/// in registers across its rows by default ([`auto_tuning`]).
+const HELD_FIXED_BYTES: u64 = 64;
+
 /// The most registers of row-invariant values the row-resident path keeps
 /// decoded across its row loop (four bf16 weights over 16 columns).
 const DECODED_FIXED: usize = 64;
@@ -899,8 +906,8 @@ fn emit_rows_resident(
     reds: &[Expr],
     units: &str,
     len: u64,
-    reload_fixed: bool,
-) -> Result<(), PtxError> {
+    tuning: Option<RowTuning>,
+) -> Result<u32, PtxError> {
     let out = em.k.output.clone();
     let rank = out.shape.rank();
     let (tid, _, row, nrows, smem) = row_registers(em);
@@ -961,6 +968,8 @@ fn emit_rows_resident(
             .all(|i| free_vars(i).is_empty()),
         _ => false,
     });
+    let tuning = tuning.unwrap_or_else(|| auto_tuning(em, &fixed, slots));
+    let reload_fixed = tuning.reload_fixed;
     let mut fixed_codes = vec![Vec::new(); slots];
     // Row-invariant float loads decoded once, before the loop, when their
     // values fit [`DECODED_FIXED`] registers: each row then finds them in
@@ -1118,5 +1127,32 @@ fn emit_rows_resident(
     em.ins(format!("bra.uni {top}"));
     em.a.place(&done);
     em.ins("ret");
-    Ok(())
+    Ok(tuning.min_blocks)
+}
+
+/// The row-resident path's tuning where none is asked for: a kernel whose
+/// row-invariant operands (`fixed`, over `slots` columns per thread) take
+/// more than [`HELD_FIXED_BYTES`] per thread reloads them every row (L1
+/// hits) and states three blocks per multiprocessor; held in registers
+/// (W1's four bf16 weights over 16 columns: 128 registers, two blocks)
+/// they cost the warps that hide the row loads' latency. Measured on an
+/// H100 (2026-12-05, W1): 0.0588 ms held, 0.0573 ms reloaded at three
+/// blocks (72 registers). Other kernels hold them, decoded while few.
+fn auto_tuning(em: &Em, fixed: &[Expr], slots: usize) -> RowTuning {
+    let bytes: u64 = fixed
+        .iter()
+        .map(|l| match l {
+            Expr::Load { input, .. } => u64::from(em.k.inputs[*input].dtype.bits() / 8),
+            _ => 0,
+        })
+        .sum::<u64>()
+        * slots as u64;
+    if bytes > HELD_FIXED_BYTES {
+        RowTuning {
+            min_blocks: 3,
+            reload_fixed: true,
+        }
+    } else {
+        RowTuning::default()
+    }
 }
