@@ -155,7 +155,7 @@ w1)
 issue6)
     TAIL=30 step w1-variants 60 w1_variants
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
-    BENCH_TMP="$out/bench-w1/raw" KILN_TIMEOUT=40 step bench-w1 120 bench/gpu.sh W1 W1b
+    BENCH_TMP="$out/bench-w1/raw" KILN_TIMEOUT=40 step bench-w1 150 bench/gpu.sh W1 W1b W4-M1 W4-M16
     step launch 30 gpu-bin/cuda_launch_overhead 2000
     step check 330 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;

@@ -672,6 +672,11 @@ pub(super) fn emit(
             Ok(v?.r)
         };
         let prev_n = em.vars.get(&nv).cloned();
+        // What does not read the column (a group's row of scales, `k / G`
+        // times the row stride) once for all the lane's columns; the
+        // code's load reads the column, so values of the code never are.
+        em.col_var = Some(nv);
+        em.row_memo.clear();
         for j in js {
             for e in 0..2 {
                 let col = em.reg(Class::D);
@@ -689,6 +694,8 @@ pub(super) fn emit(
                 }
             }
         }
+        em.col_var = None;
+        em.row_memo.clear();
         em.unbind(nv, prev_n);
         em.unbind(kv, prev_k);
         Ok(())
