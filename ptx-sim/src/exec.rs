@@ -760,6 +760,17 @@ fn step(
             };
             set(th, arg(0)?, t, v)?;
         }
+        Op::Lop3(t) => {
+            // Bit i of the result is bit (a_i b_i c_i, read as a 3-bit
+            // number) of the table.
+            let (a, b, c, lut) = (get(th, 1)?, get(th, 2)?, get(th, 3)?, get(th, 4)?);
+            let mut v = 0u64;
+            for i in 0..t.bits() {
+                let sel = ((a >> i) & 1) << 2 | ((b >> i) & 1) << 1 | ((c >> i) & 1);
+                v |= ((lut >> sel) & 1) << i;
+            }
+            set(th, arg(0)?, t, v)?;
+        }
         Op::Shl(t) | Op::Shr(t) => {
             let (a, b) = (get(th, 1)?, get(th, 2)? & 0xffff_ffff);
             let w = u64::from(t.bits());

@@ -247,6 +247,9 @@ pub enum Op {
     And(Ty),
     Or(Ty),
     Xor(Ty),
+    /// `lop3`: any bitwise function of three operands, by its truth table
+    /// (the fourth operand).
+    Lop3(Ty),
     Shl(Ty),
     Shr(Ty),
     Copysign(Ty),

@@ -468,6 +468,7 @@ fn decode(opcode: &str) -> Result<Op, Why> {
         "and" => Op::And(ty()?),
         "or" => Op::Or(ty()?),
         "xor" => Op::Xor(ty()?),
+        "lop3" => Op::Lop3(ty()?),
         "shl" => Op::Shl(ty()?),
         "shr" => Op::Shr(ty()?),
         "copysign" => Op::Copysign(ty()?),

@@ -61,6 +61,27 @@ fn arithmetic_as_computed_by_hand() {
 }
 
 #[test]
+fn lop3_applies_its_truth_table() {
+    // (a & 0x000f000f) | 0x43004300 (table 0xEA), and a ^ b ^ c (0x96)
+    // with b = 0x0ff00ff0, c = a << 7: against the same by hand.
+    let m = module(
+        "",
+        "\tld.global.b32 %r1, [%rd4];\n\tlop3.b32 %r2, %r1, 0x000f000f, 0x43004300, 0xEA;\n\
+         \tshl.b32 %r3, %r1, 7;\n\tlop3.b32 %r4, %r1, 0x0ff00ff0, %r3, 0x96;\n\
+         \tadd.u32 %r5, %r2, %r4;\n\tst.global.b32 [%rd3], %r5;",
+    );
+    let xs: Vec<u32> = (0..32u32)
+        .map(|i| i.wrapping_mul(0x9E37_79B9) ^ (i << 3))
+        .collect();
+    let got = go(&m, 32, 32, &xs).unwrap();
+    let want: Vec<u32> = xs
+        .iter()
+        .map(|&a| ((a & 0x000f_000f) | 0x4300_4300).wrapping_add(a ^ 0x0ff0_0ff0 ^ (a << 7)))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn a_butterfly_shuffle_sums_the_warp() {
     let mut body = String::from("\tld.global.b32 %r1, [%rd4];\n");
     for (i, d) in [16, 8, 4, 2, 1].iter().enumerate() {

@@ -757,13 +757,17 @@ pub(super) fn emit(
                 .map(|reg| {
                     let q = (j % 2) * 2 + reg;
                     let v = em.reg(Class::R);
-                    if q == 0 {
-                        em.ins(format!("and.b32 {v}, {w}, 983055"));
+                    let src = if q == 0 {
+                        w.clone()
                     } else {
-                        em.ins(format!("shr.u32 {v}, {w}, {}", 4 * q));
-                        em.ins(format!("and.b32 {v}, {v}, 983055"));
-                    }
-                    em.ins(format!("or.b32 {v}, {v}, {magic}"));
+                        let sh = em.reg(Class::R);
+                        em.ins(format!("shr.u32 {sh}, {w}, {}", 4 * q));
+                        sh
+                    };
+                    // `(src & 0x000f000f) | magic` in one instruction
+                    // (table 0xEA: a & b | c), which ptxas does not
+                    // always merge from an `and` and an `or`.
+                    em.ins(format!("lop3.b32 {v}, {src}, 983055, {magic}, 0xEA"));
                     let mn = if plan.half == DType::BF16 {
                         "bf16x2"
                     } else {
