@@ -500,18 +500,15 @@ pub(super) fn emit(
     // steps of 32; `total` of them.
     let steps = plan.steps();
     let pieces = plan.depth / plan.piece;
-    let total = em.reg(Class::D);
-    {
-        // ceil((pieces - warp) / 8) * steps, 0 past the pieces
-        let w64 = em.reg(Class::D);
-        em.ins(format!("cvt.u64.u32 {w64}, {warp}"));
-        em.ins(format!(
-            "sub.s64 {total}, {}, {w64}",
-            pieces + u64::from(WARPS) - 1
-        ));
-        em.ins(format!("shr.s64 {total}, {total}, 3"));
-        em.ins(format!("mul.lo.s64 {total}, {total}, {steps}"));
-    }
+    // Counters of steps are 32-bit (a step is 32 of `k`).
+    let total = em.reg(Class::R);
+    // ceil((pieces - warp) / 8) * steps, 0 past the pieces
+    em.ins(format!(
+        "sub.s32 {total}, {}, {warp}",
+        pieces + u64::from(WARPS) - 1
+    ));
+    em.ins(format!("shr.s32 {total}, {total}, 3"));
+    em.ins(format!("mul.lo.s32 {total}, {total}, {steps}"));
     // The copies run `STAGES - 1` steps ahead into the warp's ring of
     // stages in shared memory: per stage, 16-byte chunks (two of codes, one
     // per row half of `a`), chunk `c` of lane `l` at `(c * 32 + l) * 16`.
@@ -529,24 +526,23 @@ pub(super) fn emit(
     // Issue state: steps issued, the next step's global step of `k`, its
     // place in its piece, and its stage's offset.
     let (issued, iss_k, iss_in, iss_stage) = (
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
         em.reg(Class::R),
     );
-    em.ins(format!("mov.b64 {issued}, 0"));
-    em.ins(format!("cvt.u64.u32 {iss_k}, {warp}"));
-    em.ins(format!("mul.lo.s64 {iss_k}, {iss_k}, {steps}"));
-    em.ins(format!("mov.b64 {iss_in}, 0"));
+    em.ins(format!("mov.b32 {issued}, 0"));
+    em.ins(format!("mul.lo.u32 {iss_k}, {warp}, {steps}"));
+    em.ins(format!("mov.b32 {iss_in}, 0"));
     em.ins(format!("mov.u32 {iss_stage}, 0"));
     let issue = |em: &mut Em| -> Result<(), PtxError> {
         let (skip, p) = (em.a.label("issue"), em.reg(Class::P));
-        em.ins(format!("setp.ge.s64 {p}, {issued}, {total}"));
+        em.ins(format!("setp.ge.s32 {p}, {issued}, {total}"));
         em.ins(format!("@{p} bra {skip}"));
         let dst = em.reg(Class::R);
         em.ins(format!("add.u32 {dst}, {ring}, {iss_stage}"));
         let src = em.reg(Class::D);
-        em.ins(format!("mad.lo.s64 {src}, {iss_k}, 1024, {cptr}"));
+        em.ins(format!("mad.wide.u32 {src}, {iss_k}, 1024, {cptr}"));
         em.ins(format!("cp.async.cg.shared.global [{dst}], [{src}], 16"));
         em.ins(format!(
             "cp.async.cg.shared.global [{dst}+512], [{src}+16], 16"
@@ -554,7 +550,7 @@ pub(super) fn emit(
         for (h, (row, base)) in a_rows.iter().enumerate() {
             let Activations::Computed(expr) = &plan.a else {
                 let src = em.reg(Class::D);
-                em.ins(format!("mad.lo.s64 {src}, {iss_k}, 64, {base}"));
+                em.ins(format!("mad.wide.u32 {src}, {iss_k}, 64, {base}"));
                 em.ins(format!(
                     "cp.async.cg.shared.global [{dst}+{}], [{src}], 16",
                     1024 + 512 * h
@@ -563,7 +559,8 @@ pub(super) fn emit(
             };
             // The lane's 8 values at `k = 32 step + 8 t + e`.
             let k8 = em.reg(Class::D);
-            em.ins(format!("shl.b64 {k8}, {iss_k}, 5"));
+            em.ins(format!("cvt.u64.u32 {k8}, {iss_k}"));
+            em.ins(format!("shl.b64 {k8}, {k8}, 5"));
             em.ins(format!("mad.lo.s64 {k8}, {t64}, 8, {k8}"));
             let prev_m = em.bind(mv, row.clone());
             let mut vals = Vec::new();
@@ -599,13 +596,13 @@ pub(super) fn emit(
         }
         // The next step: the piece's next, or the warp's next piece.
         let (pn, pw) = (em.reg(Class::P), em.reg(Class::P));
-        em.ins(format!("add.s64 {issued}, {issued}, 1"));
-        em.ins(format!("add.s64 {iss_in}, {iss_in}, 1"));
-        em.ins(format!("add.s64 {iss_k}, {iss_k}, 1"));
-        em.ins(format!("setp.eq.s64 {pn}, {iss_in}, {steps}"));
-        em.ins(format!("@{pn} mov.b64 {iss_in}, 0"));
+        em.ins(format!("add.s32 {issued}, {issued}, 1"));
+        em.ins(format!("add.s32 {iss_in}, {iss_in}, 1"));
+        em.ins(format!("add.s32 {iss_k}, {iss_k}, 1"));
+        em.ins(format!("setp.eq.s32 {pn}, {iss_in}, {steps}"));
+        em.ins(format!("@{pn} mov.b32 {iss_in}, 0"));
         em.ins(format!(
-            "@{pn} add.s64 {iss_k}, {iss_k}, {}",
+            "@{pn} add.s32 {iss_k}, {iss_k}, {}",
             (u64::from(WARPS) - 1) * steps
         ));
         em.ins(format!("add.u32 {iss_stage}, {iss_stage}, {stage_bytes}"));
@@ -624,18 +621,18 @@ pub(super) fn emit(
 
     // The steps, in order.
     let (step, in_piece, piece, use_stage) = (
-        em.reg(Class::D),
-        em.reg(Class::D),
-        em.reg(Class::D),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
         em.reg(Class::R),
     );
-    em.ins(format!("mov.b64 {step}, 0"));
-    em.ins(format!("mov.b64 {in_piece}, 0"));
-    em.ins(format!("cvt.u64.u32 {piece}, {warp}"));
+    em.ins(format!("mov.b32 {step}, 0"));
+    em.ins(format!("mov.b32 {in_piece}, 0"));
+    em.ins(format!("mov.b32 {piece}, {warp}"));
     em.ins(format!("mov.u32 {use_stage}, 0"));
     let (stop, send, ps) = (em.a.label("step"), em.a.label("step_end"), em.reg(Class::P));
     em.a.place(&stop);
-    em.ins(format!("setp.ge.s64 {ps}, {step}, {total}"));
+    em.ins(format!("setp.ge.s32 {ps}, {step}, {total}"));
     em.ins(format!("@{ps} bra {send}"));
     issue(em)?;
 
@@ -653,7 +650,7 @@ pub(super) fn emit(
     // `js`, into `coef`.
     let eval_coef = |em: &mut Em, js: std::ops::Range<usize>| -> Result<(), PtxError> {
         let kstart = em.reg(Class::D);
-        em.ins(format!("mul.lo.s64 {kstart}, {piece}, {}", plan.piece));
+        em.ins(format!("mul.wide.u32 {kstart}, {piece}, {}", plan.piece));
         let prev_k = em.bind(kv, kstart);
         let col0 = em.reg(Class::D);
         em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
@@ -702,7 +699,7 @@ pub(super) fn emit(
     };
     {
         let (skip, p) = (em.a.label("piece_start"), em.reg(Class::P));
-        em.ins(format!("setp.ne.s64 {p}, {in_piece}, 0"));
+        em.ins(format!("setp.ne.s32 {p}, {in_piece}, 0"));
         em.ins(format!("@{p} bra {skip}"));
         for x in part.iter().flatten().chain(&sums) {
             em.ins(format!("mov.f32 {x}, 0f00000000"));
@@ -805,10 +802,10 @@ pub(super) fn emit(
     }
 
     // At a piece's last step: its sums, scaled, into the warp's sums.
-    em.ins(format!("add.s64 {step}, {step}, 1"));
-    em.ins(format!("add.s64 {in_piece}, {in_piece}, 1"));
+    em.ins(format!("add.s32 {step}, {step}, 1"));
+    em.ins(format!("add.s32 {in_piece}, {in_piece}, 1"));
     let (next, pl) = (em.a.label("piece_end"), em.reg(Class::P));
-    em.ins(format!("setp.ne.s64 {pl}, {in_piece}, {steps}"));
+    em.ins(format!("setp.ne.s32 {pl}, {in_piece}, {steps}"));
     em.ins(format!("@{pl} bra {next}"));
     for (j, p) in part.iter().enumerate() {
         if plan.offset {
@@ -836,8 +833,8 @@ pub(super) fn emit(
             x.join(", ")
         ));
     }
-    em.ins(format!("mov.b64 {in_piece}, 0"));
-    em.ins(format!("add.s64 {piece}, {piece}, {WARPS}"));
+    em.ins(format!("mov.b32 {in_piece}, 0"));
+    em.ins(format!("add.s32 {piece}, {piece}, {WARPS}"));
     em.a.place(&next);
     em.ins(format!("bra.uni {stop}"));
     em.a.place(&send);
