@@ -672,8 +672,11 @@ pub(super) fn emit(
         // What does not read the column (a group's row of scales, `k / G`
         // times the row stride) once for all the lane's columns; the
         // code's load reads the column, so values of the code never are.
+        // Both row caches start and end empty here: what they hold is
+        // computed in this call's region only.
         em.col_var = Some(nv);
         em.row_memo.clear();
+        em.row_recips.clear();
         for j in js {
             for e in 0..2 {
                 let col = em.reg(Class::D);
@@ -693,6 +696,7 @@ pub(super) fn emit(
         }
         em.col_var = None;
         em.row_memo.clear();
+        em.row_recips.clear();
         em.unbind(nv, prev_n);
         em.unbind(kv, prev_k);
         Ok(())
