@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -15,6 +15,9 @@
 #      beside torch_baselines.py.
 #   issue6: the w1 variants, W1 and W1b beside torch_baselines.py, the
 #      launch overhead and every GPU test binary (issue 6's bars in one call).
+#   issue7: W3d (split decode attention over the cache, its concatenations
+#      fused) with every kernel's ncu time; W3d, W3, ATTN and W2 beside
+#      torch_baselines.py; the PTX, executor and example tests on the card.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -159,6 +162,12 @@ issue6)
     step launch 30 gpu-bin/cuda_launch_overhead 2000
     step check 330 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;
+issue7)
+    step w3d 60 scripts/gpu-w3d.sh
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 200 bench/gpu.sh W3d W3 ATTN W2
+    step check 320 scripts/gpu-check.sh ptx cuda_exec gpu_backend:every_example
+    ;;
 final)
     step check 400 scripts/gpu-check.sh gpu_backend quantize onnx
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
@@ -173,7 +182,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|final|tests" >&2
     exit 2
     ;;
 esac

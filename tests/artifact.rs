@@ -148,7 +148,7 @@ fn artifact_holds_what_the_format_says() {
     let a = mlp_artifact(&dir);
     let bytes = std::fs::read(&a).unwrap();
     assert_eq!(&bytes[..8], b"KILNART\0");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 3);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 4);
     let table = sections(&bytes);
     let kinds: Vec<u32> = table.iter().map(|t| t.0).collect();
     // program, clif, weights, buckets, autotune
@@ -218,10 +218,10 @@ fn damaged_artifacts_are_refused() {
     b[..4].copy_from_slice(b"PK\x03\x04");
     user_error(&run(&b), "not a kiln artifact");
     let mut b = bytes.clone();
-    b[8..12].copy_from_slice(&4u32.to_le_bytes());
+    b[8..12].copy_from_slice(&5u32.to_le_bytes());
     user_error(
         &run(&b),
-        "format version 4 is newer than this runtime reads (version 3)",
+        "format version 5 is newer than this runtime reads (version 4)",
     );
     let mut b = bytes.clone();
     b[8..12].copy_from_slice(&0u32.to_le_bytes());
@@ -601,9 +601,10 @@ fn gpu_artifacts_hold_cubins_when_ptxas_is_found() {
 }
 
 /// A GPU artifact stores the weight layouts its kernels read, made at
-/// compile time: `examples/llama_w4a16.kiln`'s four int4 projections read
+/// compile time: `examples/llama_w4a16.kiln`'s five int4 projections (wq, wo and
+/// the MLP's three; wk and wv end in a rotary or transposing epilogue) read
 /// their codes in fragment order. The artifact keeps no bind-time launch,
-/// holds the four copies `[N/64, K/32, 32, 64]`, and runs on the PTX
+/// holds the five copies `[N/64, K/32, 32, 64]`, and runs on the PTX
 /// interpreter to the same bits as the source model there, whose bind-time
 /// launches make the copies on the (simulated) GPU.
 #[test]
@@ -635,7 +636,7 @@ fn gpu_artifacts_store_the_weight_layouts_their_kernels_read() {
             n.as_str()
         })
         .collect();
-    assert_eq!(fragments.len(), 4, "{fragments:?}");
+    assert_eq!(fragments.len(), 5, "{fragments:?}");
     let run = |what: &str| {
         let mut args = vec!["run", what, "--device", "cuda-sim", "--random-inputs", "5"];
         args.extend(["--dim", "seq=4"]);

@@ -662,7 +662,7 @@ fn specialize_fixes_the_sizes() {
         text(&o.stdout)
     };
     assert_eq!(ptx(&[]).matches(".entry gemv_").count(), 0);
-    assert_eq!(ptx(&["--specialize"]).matches(".entry gemv_").count(), 4);
+    assert_eq!(ptx(&["--specialize"]).matches(".entry gemv_").count(), 5);
     let run = |extra: &[&str]| {
         let mut args = vec![
             "run",

@@ -72,6 +72,12 @@ pub struct Target {
     /// copies plain rows of q, k and v to shared memory, so on GPU targets
     /// computed operands are written by a kernel of their own.
     pub attention_prologue: bool,
+    /// Where `attention_prologue` is off: whether the attention kernel
+    /// still computes its queries (a rotary embedding, once per block) and
+    /// the rows of a key or value concatenation past its first part (a KV
+    /// cache's new entries: `concat(cache, new)` along the keys, the cache
+    /// copied as it is), so that neither is written by a kernel of its own.
+    pub attention_rows: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -97,6 +103,7 @@ pub static SM90: Target = Target {
     implicit_gemm_conv: false,
     norm_prologue: false,
     attention_prologue: false,
+    attention_rows: true,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -121,6 +128,7 @@ pub static SM80: Target = Target {
     implicit_gemm_conv: false,
     norm_prologue: false,
     attention_prologue: false,
+    attention_rows: true,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -144,6 +152,7 @@ pub static CPU: Target = Target {
     implicit_gemm_conv: true,
     norm_prologue: true,
     attention_prologue: true,
+    attention_rows: false,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -236,6 +236,32 @@ fn is_conv(eg: &KGraph, c: Id, depthwise: bool) -> bool {
     })
 }
 
+/// Whether the value class is a concatenation of two values along the
+/// second-to-last axis (the keys of an attention) whose first part is a
+/// source (a KV cache input): the rows an attention kernel copies, and the
+/// new ones it computes (`Target::attention_rows`).
+fn is_cache_concat(eg: &KGraph, c: Id) -> bool {
+    let rank = eg[c].data.ty.rank() as i64;
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            if let Op::Concat { axis } = &eg.analysis.ops.get(id).op {
+                let axis = if *axis < 0 { axis + rank } else { *axis };
+                n.args.len() == 2
+                    && axis == rank - 2
+                    && eg[n.args[0]].nodes.iter().any(|m| match m.head {
+                        Head::Op(id) => {
+                            matches!(eg.analysis.ops.get(id).op.class(), OpClass::Source)
+                        }
+                        Head::Mat => false,
+                    })
+            } else {
+                false
+            }
+        }
+        Head::Mat => false,
+    })
+}
+
 /// Whether the value class computes a row norm over its last axis (the
 /// norms that may run as a matmul prologue).
 fn is_last_axis_norm(eg: &KGraph, c: Id) -> bool {
@@ -635,7 +661,9 @@ fn combine(
                 && target == Kind::Attn
                 && !ctx.sizes.target.attention_prologue
             {
-                vec![]
+                let rows = ctx.sizes.target.attention_rows
+                    && (i == 0 || (i <= 2 && is_cache_concat(eg, a)));
+                if rows { vec![Kind::Elem] } else { vec![] }
             } else {
                 vec![Kind::Elem]
             };

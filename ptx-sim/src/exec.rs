@@ -902,6 +902,26 @@ fn step(
         }
         Op::Ld(space, vec, t) => load(ctx, th, tid, inst, space, vec, t, shared, dev, stats)?,
         Op::St(space, vec, t) => store(ctx, th, tid, inst, space, vec, t, shared, dev, stats)?,
+        Op::AtomAdd(t) => {
+            let Some(Operand::Addr(a)) = inst.ops.get(1) else {
+                return Err("an atomic without an address".into());
+            };
+            let len = t.bytes() as usize;
+            let addr = ctx.addr(th, a);
+            if !addr.is_multiple_of(len as u64) {
+                return Err(format!("an atomic of {len} bytes at a misaligned address"));
+            }
+            let (b, off) = dev.locate(addr, len).ok_or_else(|| global_oob(addr, len))?;
+            let mut old = [0u8; 8];
+            old[..len].copy_from_slice(&dev.buffers[b][off..off + len]);
+            let old = u64::from_le_bytes(old);
+            let add = get(th, 2)?;
+            let new = old.wrapping_add(add).to_le_bytes();
+            dev.buffers[b][off..off + len].copy_from_slice(&new[..len]);
+            stats.global_loaded += len as u64;
+            stats.global_stored += len as u64;
+            set(th, arg(0)?, t, old)?;
+        }
         Op::CpAsync => {
             let (Operand::Addr(d), Operand::Addr(s)) = (arg(0)?, arg(1)?) else {
                 return Err("cp.async takes two addresses".into());

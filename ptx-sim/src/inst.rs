@@ -279,6 +279,8 @@ pub enum Op {
     /// Space, vector width, type.
     Ld(Space, u8, Ty),
     St(Space, u8, Ty),
+    /// `atom.global.add`: the old value into the destination.
+    AtomAdd(Ty),
     CpAsync,
     CpCommit,
     CpWait,

@@ -103,6 +103,11 @@ impl Device {
         &self.buffers[((addr - GLOBAL_BASE) >> 32) as usize]
     }
 
+    /// The bytes of the buffer at `addr`, to change.
+    pub fn bytes_mut(&mut self, addr: u64) -> &mut [u8] {
+        &mut self.buffers[((addr - GLOBAL_BASE) >> 32) as usize]
+    }
+
     /// The buffer and offset of `len` bytes at `addr`, if they lie in one.
     fn locate(&self, addr: u64, len: usize) -> Option<(usize, usize)> {
         let rel = addr.checked_sub(GLOBAL_BASE)?;

@@ -565,6 +565,12 @@ fn decode(opcode: &str) -> Result<Op, Why> {
                 Op::St(space, vec, ty()?)
             }
         }
+        // Blocks run one after another here, so an atomic is a plain
+        // read-modify-write (any ordering and scope qualifiers hold).
+        "atom" if has("global") && has("add") => match ty()? {
+            t @ (Ty::U32 | Ty::U64 | Ty::S32) => Op::AtomAdd(t),
+            _ => return Err(Why::Unsupported),
+        },
         "cp" => {
             if mods.first() != Some(&"async") {
                 return Err(Why::Unsupported);

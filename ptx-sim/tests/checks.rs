@@ -82,6 +82,30 @@ fn lop3_applies_its_truth_table() {
 }
 
 #[test]
+fn an_atomic_add_returns_the_old_value() {
+    // Each thread adds in[t] to in[0] (the input is the counter's buffer)
+    // and stores the value it saw: threads run in order here, so thread t
+    // sees in[0] plus the inputs of threads 0 .. t-1 (and thread 0 its own
+    // start value). A `.cg` load of the counter after a fence and a barrier
+    // sees the sum.
+    let m = module(
+        "",
+        "\tld.global.b32 %r1, [%rd4];\n\tmembar.gl;\n\
+         \tatom.acq_rel.gpu.global.add.u32 %r2, [%rd1], %r1;\n\
+         \tfence.acq_rel.gpu;\n\tbar.sync 0;\n\tld.global.cg.u32 %r3, [%rd1];\n\
+         \tst.global.b32 [%rd3], %r2;\n\tst.global.b32 [%rd3+128], %r3;",
+    );
+    let xs: Vec<u32> = (0..32u32).map(|i| 3 * i + 5).collect();
+    let got = go(&m, 32, 64, &xs).unwrap();
+    let mut counter = xs[0];
+    for t in 0..32 {
+        assert_eq!(got[t], counter, "thread {t}");
+        counter += xs[t];
+    }
+    assert!(got[32..].iter().all(|&x| x == counter), "{got:?}");
+}
+
+#[test]
 fn a_butterfly_shuffle_sums_the_warp() {
     let mut body = String::from("\tld.global.b32 %r1, [%rd4];\n");
     for (i, d) in [16, 8, 4, 2, 1].iter().enumerate() {

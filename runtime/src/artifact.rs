@@ -34,8 +34,9 @@ pub const MAGIC: [u8; 8] = *b"KILNART\0";
 /// The format version this runtime writes (and the newest it reads):
 /// version 2 added the `cubin` section, version 3 stores the program's
 /// constants compactly (splats and values packed in their element type,
-/// `kernel::serial::Constants::Compact`).
-pub const FORMAT_VERSION: u32 = 3;
+/// `kernel::serial::Constants::Compact`), version 4 adds grid tag 3
+/// (`Grid::SplitTiles`).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The oldest format version this runtime reads (version 1 is version 2
 /// without the `cubin` section; both store constants as `f64` values).
@@ -805,6 +806,17 @@ fn encode_grid(v: &mut Vec<u8>, g: Grid) {
             put_u32(v, tile_m);
             put_u32(v, tile_n);
         }
+        Grid::SplitTiles {
+            tile_m,
+            tile_n,
+            splits,
+            scratch,
+        } => {
+            v.push(3);
+            for x in [tile_m, tile_n, splits, scratch] {
+                put_u32(v, x);
+            }
+        }
     }
 }
 
@@ -820,6 +832,12 @@ fn decode_grid(r: &mut Cursor) -> Result<Grid, CursorError> {
         2 => Ok(Grid::Tiles {
             tile_m: r.u32()?,
             tile_n: r.u32()?,
+        }),
+        3 => Ok(Grid::SplitTiles {
+            tile_m: r.u32()?,
+            tile_n: r.u32()?,
+            splits: r.u32()?,
+            scratch: r.u32()?,
         }),
         tag => Err(r.error(at, format!("{tag} is not a grid tag"))),
     }
@@ -1213,6 +1231,12 @@ mod tests {
                 tile_m: 128,
                 tile_n: 256,
             },
+            Grid::SplitTiles {
+                tile_m: 16,
+                tile_n: 128,
+                splits: 8,
+                scratch: 8720,
+            },
         ] {
             let mut v = Vec::new();
             encode_grid(&mut v, g);
@@ -1226,7 +1250,7 @@ mod tests {
         let a = artifact();
         let bytes = a.to_bytes();
         assert_eq!(&bytes[..8], b"KILNART\0");
-        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
+        assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
         assert_eq!(Artifact::from_bytes(&bytes).unwrap(), a);
         // The weight's 12 bytes lie at a multiple of 64 in the file.
         let data: Vec<u8> = a.weights.as_ref().unwrap()[0].1.data.clone();

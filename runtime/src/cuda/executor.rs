@@ -85,6 +85,8 @@ struct Step {
     pointers: Vec<u64>,
     dims: Vec<i64>,
     units: i64,
+    /// The address of a split grid's scratch memory (`Grid::SplitTiles`).
+    scratch: Option<u64>,
     config: LaunchConfig,
 }
 
@@ -108,6 +110,11 @@ struct Bucket {
     inputs: Vec<(usize, DeviceBuffer)>,
     /// The run-time launches that have work, in order.
     steps: Vec<Step>,
+    /// The scratch memory of the steps that take it (zeroed once, kept
+    /// between runs: kernels leave it as they need it). Only held: the
+    /// steps hold its addresses.
+    #[allow(dead_code)]
+    scratch: Vec<DeviceBuffer>,
     graph: Option<Graph>,
 }
 
@@ -134,6 +141,8 @@ pub struct CudaExecutable {
     held: Vec<Option<Held>>,
     /// Dims bound by the weights' shapes, with where each came from.
     weight_dims: Bindings,
+    /// The scratch memory of bind-time launches with split grids.
+    bind_scratch: Vec<DeviceBuffer>,
     bound: bool,
     use_graphs: bool,
 }
@@ -253,6 +262,7 @@ impl CudaExecutable {
             origins,
             held,
             weight_dims: HashMap::new(),
+            bind_scratch: Vec::new(),
             bound: false,
             use_graphs: true,
         };
@@ -350,9 +360,11 @@ impl CudaExecutable {
             }
         }
         pointers.push(buffer.ptr_at(0));
-        if let Some(step) = self.step(i, pointers, dims, &shape)? {
+        let mut scratch = Vec::new();
+        if let Some(step) = self.step(i, pointers, dims, &shape, &mut scratch)? {
             self.launch(&step)?;
         }
+        self.bind_scratch.extend(scratch);
         self.held[launch.out] = Some(Held {
             dtype: out.dtype,
             shape,
@@ -362,13 +374,15 @@ impl CudaExecutable {
     }
 
     /// Launch `i` with these pointers at these dims, or `None` when its
-    /// output (of `shape`) is empty.
+    /// output (of `shape`) is empty; a split grid's zeroed scratch memory
+    /// is pushed to `scratch`.
     fn step(
         &self,
         i: usize,
         pointers: Vec<u64>,
         bindings: &Bindings,
         shape: &[usize],
+        scratch: &mut Vec<DeviceBuffer>,
     ) -> Result<Option<Step>, CudaError> {
         let kernel = &self.kernels[i];
         let out = &self.program.buffers[self.program.launches[i].out];
@@ -384,11 +398,23 @@ impl CudaExecutable {
         let Some((blocks, block)) = launch_config(kernel, units, self.resident[i]) else {
             return Ok(None);
         };
+        let scratch = match kernel.scratch_bytes(units) {
+            Some(bytes) => {
+                let bytes = usize::try_from(bytes).map_err(|_| overflow(&out.name))?;
+                let what = format!("the scratch memory of launch {i} (`{}`)", out.name);
+                let buffer = DeviceBuffer::zeroed(&self.device.stream, bytes, &what)?;
+                let ptr = buffer.ptr_at(0);
+                scratch.push(buffer);
+                Some(ptr)
+            }
+            None => None,
+        };
         Ok(Some(Step {
             launch: i,
             pointers,
             dims,
             units: i64::try_from(units).map_err(|_| overflow(&out.name))?,
+            scratch,
             config: LaunchConfig {
                 grid_dim: (blocks, 1, 1),
                 block_dim: (block, 1, 1),
@@ -410,8 +436,11 @@ impl CudaExecutable {
             builder.arg(d);
         }
         builder.arg(&step.units);
+        if let Some(scratch) = &step.scratch {
+            builder.arg(scratch);
+        }
         // SAFETY: the parameters follow the kernel contract (input pointers,
-        // output pointer, dims, units; the entry's parameter count was
+        // output pointer, dims, units, scratch; the entry's parameter count was
         // checked against it); every pointer is a live device buffer of the
         // size the program declares at these dims (held tensors, the
         // bucket's input buffers, or arena ranges no live buffer shares),
@@ -497,6 +526,7 @@ impl CudaExecutable {
             }
         };
         let mut steps = Vec::new();
+        let mut scratch = Vec::new();
         for (i, launch) in p.launches.iter().enumerate() {
             if launch.bind_time {
                 continue;
@@ -508,7 +538,7 @@ impl CudaExecutable {
                 .map(|&b| pointer(b))
                 .collect::<Result<Vec<u64>, CudaError>>()?;
             let shape = shapes[launch.out].clone().unwrap_or_default();
-            if let Some(step) = self.step(i, pointers, bindings, &shape)? {
+            if let Some(step) = self.step(i, pointers, bindings, &shape, &mut scratch)? {
                 steps.push(step);
             }
         }
@@ -520,6 +550,7 @@ impl CudaExecutable {
             arena,
             inputs,
             steps,
+            scratch,
             graph: None,
         })
     }

@@ -9,6 +9,7 @@
 //! .param .u64 out,                            // the output
 //! .param .s64 dim0, .., .param .s64 dim(d-1), // Kernel::dims, bound at run time
 //! .param .s64 units                           // work units of this launch
+//! .param .u64 scratch                         // split grids only (Grid::SplitTiles)
 //! ```
 //!
 //! Tensors are row-major in their storage types, exactly as `HostTensor`
@@ -40,6 +41,20 @@ pub enum Grid {
     /// matrix; the block computes its tile, then walks to the tile a grid
     /// further.
     Tiles { tile_m: u32, tile_n: u32 },
+    /// [`Grid::Tiles`] with each tile's work split over `splits` blocks
+    /// (attention over a long key range): `units` is the tiles' count
+    /// times `splits`, the split the fastest-varying index. The blocks of a
+    /// tile combine their partial results through scratch memory: the
+    /// entry takes one more parameter, the address of `units * scratch`
+    /// bytes that are zero when first allocated, kept between the launches
+    /// of one run state, and private to it; a kernel leaves every byte it
+    /// relies on being zero (a tile's arrival counter) zero again.
+    SplitTiles {
+        tile_m: u32,
+        tile_n: u32,
+        splits: u32,
+        scratch: u32,
+    },
 }
 
 /// One kernel of the kernel dialect compiled to PTX.
@@ -114,18 +129,42 @@ impl PtxKernel {
                 let keep = out_shape.len().saturating_sub(inner_axes as usize);
                 out_shape[..keep].iter().map(|&d| d as u64).product()
             }
-            Grid::Tiles { tile_m, tile_n } => {
-                let r = out_shape.len();
-                if r < 2 {
-                    return 0;
-                }
-                let batch: u64 = out_shape[..r - 2].iter().map(|&d| d as u64).product();
-                let tm = (out_shape[r - 2] as u64).div_ceil(u64::from(tile_m.max(1)));
-                let tn = (out_shape[r - 1] as u64).div_ceil(u64::from(tile_n.max(1)));
-                batch * tm * tn
-            }
+            Grid::Tiles { tile_m, tile_n } => tiles(out_shape, tile_m, tile_n),
+            Grid::SplitTiles {
+                tile_m,
+                tile_n,
+                splits,
+                ..
+            } => tiles(out_shape, tile_m, tile_n).saturating_mul(u64::from(splits.max(1))),
         }
     }
+
+    /// Bytes of scratch memory a launch of `units` units takes (`None`:
+    /// the kernel takes no scratch parameter).
+    pub fn scratch_bytes(&self, units: u64) -> Option<u64> {
+        match self.grid {
+            Grid::SplitTiles { scratch, .. } => Some(units.saturating_mul(u64::from(scratch))),
+            Grid::Elements { .. } | Grid::Rows { .. } | Grid::Tiles { .. } => None,
+        }
+    }
+
+    /// The number of `.param`s the entry declares for a launch with
+    /// `args` tensor arguments (inputs and output) and `dims` dims.
+    pub fn params(&self, args: usize, dims: usize) -> usize {
+        args + dims + 1 + usize::from(self.scratch_bytes(0).is_some())
+    }
+}
+
+/// Tiles of `tile_m x tile_n` over the last two axes, times the leading axes.
+fn tiles(out_shape: &[usize], tile_m: u32, tile_n: u32) -> u64 {
+    let r = out_shape.len();
+    if r < 2 {
+        return 0;
+    }
+    let batch: u64 = out_shape[..r - 2].iter().map(|&d| d as u64).product();
+    let tm = (out_shape[r - 2] as u64).div_ceil(u64::from(tile_m.max(1)));
+    let tn = (out_shape[r - 1] as u64).div_ceil(u64::from(tile_n.max(1)));
+    batch * tm * tn
 }
 
 /// Grid and block sizes (x only) for `units` units of `kernel`, or `None`
@@ -143,7 +182,7 @@ pub fn launch_config(kernel: &PtxKernel, units: u64, resident: u32) -> Option<(u
     let blocks = match kernel.grid {
         Grid::Elements { .. } => units.div_ceil(block as u64),
         Grid::Rows { .. } if resident > 0 => units.min(u64::from(resident)),
-        Grid::Rows { .. } | Grid::Tiles { .. } => units,
+        Grid::Rows { .. } | Grid::Tiles { .. } | Grid::SplitTiles { .. } => units,
     };
     Some((blocks.min(MAX_BLOCKS) as u32, block))
 }
@@ -197,5 +236,21 @@ mod tests {
         assert_eq!(t.units(&[0, 128]), 0);
         assert_eq!(t.units(&[5]), 0);
         assert_eq!(launch_config(&t, 12, 4), Some((12, 256)));
+        assert_eq!(t.scratch_bytes(12), None);
+        assert_eq!(t.params(3, 1), 5);
+        // Split tiles: the same 12 tiles, each over 5 blocks.
+        let s = k(
+            Grid::SplitTiles {
+                tile_m: 128,
+                tile_n: 128,
+                splits: 5,
+                scratch: 100,
+            },
+            128,
+        );
+        assert_eq!(s.units(&[2, 300, 129]), 60);
+        assert_eq!(launch_config(&s, 60, 4), Some((60, 128)));
+        assert_eq!(s.scratch_bytes(60), Some(6000));
+        assert_eq!(s.params(3, 1), 6);
     }
 }

@@ -92,7 +92,12 @@ pub(crate) fn check_kernel(
             kernel.block
         )));
     }
-    let expected = launch.kernel.inputs.len() + 1 + launch.kernel.dims.len() + 1;
+    let expected = kernel.params(launch.kernel.inputs.len() + 1, launch.kernel.dims.len());
+    let scratch = if kernel.scratch_bytes(0).is_some() {
+        ", scratch"
+    } else {
+        ""
+    };
     match entry_params(&kernel.ptx, &kernel.entry) {
         None => Err(fail(format!(
             "the PTX has no `.entry {}(...)`",
@@ -100,7 +105,7 @@ pub(crate) fn check_kernel(
         ))),
         Some(found) if found != expected => Err(fail(format!(
             "the entry declares {found} parameters, the launch passes {expected} \
-             ({} inputs, the output, {} dims, units)",
+             ({} inputs, the output, {} dims, units{scratch})",
             launch.kernel.inputs.len(),
             launch.kernel.dims.len()
         ))),

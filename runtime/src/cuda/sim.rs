@@ -202,27 +202,57 @@ impl SimExecutable {
         let Some((blocks, block)) = launch_config(kernel, units, SIM_RESIDENT) else {
             return Ok(());
         };
+        let out_ptr = pointers.last().copied();
         let mut args = pointers;
         args.extend(dims.iter().map(|&d| d as u64));
         args.push(units);
+        // A split grid's scratch memory, zeroed as the executor allocates
+        // it. The executor keeps it between launches, so the kernel runs
+        // twice on it here: the second launch must write what the first
+        // did (a tile's counter left non-zero would not).
+        let scratch = kernel.scratch_bytes(units);
+        if let Some(bytes) = scratch {
+            let bytes = usize::try_from(bytes).map_err(|_| overflow("scratch memory"))?;
+            args.push(device.alloc(vec![0; bytes]));
+        }
         let launch = Launch {
             grid: blocks,
             block,
             dynamic_shared: kernel.shared_bytes,
         };
-        let s = kiln_ptx_sim::run(
-            &self.modules[i],
-            &kernel.entry,
-            launch,
-            &args,
-            device,
-            SIM_LIMIT,
-        )
-        .map_err(|source| simulated(&self.program.launches[i].kernel.name, kernel, source))?;
+        let name = &self.program.launches[i].kernel.name;
+        let mut first = None;
+        for pass in 0..if scratch.is_some() { 2 } else { 1 } {
+            if pass == 1
+                && let Some(p) = out_ptr
+            {
+                // the output as a fresh run finds it
+                device.bytes_mut(p).fill(0xff);
+            }
+            let s = kiln_ptx_sim::run(
+                &self.modules[i],
+                &kernel.entry,
+                launch,
+                &args,
+                device,
+                SIM_LIMIT,
+            )
+            .map_err(|source| simulated(name, kernel, source))?;
+            stats.instructions += s.instructions;
+            stats.global_loaded += s.global_loaded;
+            stats.global_stored += s.global_stored;
+            let written = out_ptr.map(|p| device.bytes(p).to_vec());
+            if pass == 0 {
+                first = written;
+            } else if written != first {
+                return Err(invalid(format!(
+                    "kernel `{name}` (entry `{}`) wrote a different output when launched \
+                     again on the scratch memory it left: it must leave it as it needs it",
+                    kernel.entry
+                )));
+            }
+        }
         stats.launches += 1;
-        stats.instructions += s.instructions;
-        stats.global_loaded += s.global_loaded;
-        stats.global_stored += s.global_stored;
         Ok(())
     }
 

@@ -28,14 +28,26 @@
 //! masked gives 0) and go through the epilogue like a contraction's
 //! accumulators ([`store_tile`]).
 //!
-//! The path applies when the kernel computes in f32, `q`, `k` and `v` are
+//! The path applies when the kernel computes in f32; `q`, `k` and `v` are
 //! unguarded loads of bf16 (or all f16) tensors indexed `[batch.., m, d]`,
 //! `[batch.., j, d]` and `[batch.., j, n]` whose batch indices read only
-//! batch variables and whose rows are static multiples of 8 elements, the
+//! batch variables and whose rows are static multiples of 8 elements, or
+//! such a load for the rows below a constant and any expression for the
+//! others (a KV cache concatenated with the step's new keys), or any
+//! expression without reductions (rotated queries; at least one operand
+//! is copied): computed rows are evaluated by the threads and stored,
+//! rounded to the tile's type, where the copies would have put them; the
 //! head dim and the value width are 16, 32, 64 or 128, there is no bias
 //! term, and the scale, the key count and the causal offset depend on dims
 //! only. Other attention kernels run as map kernels
 //! ([`Attention::as_map`]).
+//!
+//! Decode attention (at most 16 queries of a head over a long static key
+//! range) splits each tile's keys over several blocks
+//! ([`Grid::SplitTiles`]): each walks its part, stores its partial result
+//! (unnormalized rows, maxima, sums) to the scratch memory and counts its
+//! arrival; the last block merges the parts in split order
+//! ([`combine_splits`]).
 
 use kiln_dialect::DType;
 use kiln_dialect::kernel::{Attention, Body, Expr, Kernel, Ty, Var};
@@ -58,11 +70,21 @@ const STAGES: u32 = 2;
 /// log2(e): `exp(x) = 2^(x log2 e)`.
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 
-/// A plain operand: which input, and its batch indices.
+/// An operand's rows: copied from memory (an unguarded load of a bf16/f16
+/// input indexed `[batch.., row, col]`), computed by the block's threads,
+/// or both: the rows below `until` copied and the others computed (a
+/// concatenation along the rows, as a KV cache and the step's new keys).
 #[derive(Clone, Debug)]
 struct Operand {
-    input: usize,
-    lead: Vec<Expr>,
+    /// The input and its batch indices.
+    plain: Option<(usize, Vec<Expr>)>,
+    /// Rows at or past this are computed (`None`: none are).
+    until: Option<i64>,
+    /// The element of a computed row, in the batch variables, `row` and
+    /// `col`.
+    computed: Option<Expr>,
+    row: Var,
+    col: Var,
 }
 
 /// A fused attention kernel's plan.
@@ -75,7 +97,18 @@ pub(super) struct Plan {
     q: Operand,
     k: Operand,
     v: Operand,
+    /// Blocks each query tile's keys are split over (a power of two; 1: no
+    /// split). Decode attention (at most 16 queries of a head over a long
+    /// key range) splits, so that more than one block per head streams the
+    /// keys; the blocks of a tile combine through scratch memory.
+    pub splits: u32,
 }
+
+/// Splits beyond one block per tile need at least this many key steps per
+/// split.
+const STEPS_PER_SPLIT: i64 = 2;
+/// The most blocks a tile's keys are split over.
+const MAX_SPLITS: i64 = 16;
 
 impl Plan {
     /// A shared row of `cols` elements, padded by 16 bytes so that the
@@ -97,7 +130,19 @@ impl Plan {
     }
 
     pub fn shared_bytes(&self) -> u32 {
-        self.q_bytes() + STAGES * self.stage_bytes()
+        let flag = if self.splits > 1 { 16 } else { 0 };
+        self.q_bytes() + STAGES * self.stage_bytes() + flag
+    }
+
+    /// A split block's partial result: per lane of warp 0, its output
+    /// accumulators, its two rows' maxima and sums (f32), as 16-byte
+    /// chunks, chunk `c` of lane `l` at `(c * 32 + l) * 16`.
+    fn partial_chunks(&self) -> u32 {
+        (self.width / 8 * 4 + 4) / 4
+    }
+
+    fn partial_bytes(&self) -> u32 {
+        self.partial_chunks() * 32 * 16
     }
 
     pub fn threads(&self) -> u32 {
@@ -105,11 +150,21 @@ impl Plan {
     }
 
     /// One block per 64 queries of each batch entry (the value's columns
-    /// in one tile).
+    /// in one tile), times the splits: per unit, its partial result and
+    /// (for the first `units / splits` units) a tile's arrival counter.
     pub fn grid(&self) -> Grid {
-        Grid::Tiles {
-            tile_m: BLOCK_M,
-            tile_n: self.width,
+        if self.splits > 1 {
+            Grid::SplitTiles {
+                tile_m: BLOCK_M,
+                tile_n: self.width,
+                splits: self.splits,
+                scratch: self.partial_bytes() + 4,
+            }
+        } else {
+            Grid::Tiles {
+                tile_m: BLOCK_M,
+                tile_n: self.width,
+            }
         }
     }
 }
@@ -144,8 +199,14 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
     let q = operand(k, &t.q, mv, t.d, r)?;
     let kk = operand(k, &t.k, t.j, t.d, r)?;
     let v = operand(k, &t.v, t.j, nv, r)?;
-    let elem = k.inputs[q.input].dtype;
-    if k.inputs[kk.input].dtype != elem || k.inputs[v.input].dtype != elem {
+    // The tiles' type: the copied operands' (all alike); computed rows are
+    // rounded to it.
+    let types: Vec<DType> = [&q, &kk, &v]
+        .iter()
+        .filter_map(|o| o.plain.as_ref().map(|(i, _)| k.inputs[*i].dtype))
+        .collect();
+    let elem = *types.first()?;
+    if types.iter().any(|t| *t != elem) {
         return None;
     }
     Some(Plan {
@@ -155,25 +216,98 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
         q,
         k: kk,
         v,
+        splits: splits(k.output.shape.0[r - 2].as_static(), &t.keys),
     })
+}
+
+/// The splits of a tile's keys: at most 16 queries (all in the first
+/// warp's rows) over a static key count of at least `2 * STEPS_PER_SPLIT`
+/// steps: the largest power of two that leaves each split
+/// `STEPS_PER_SPLIT` steps, at most `MAX_SPLITS`.
+fn splits(queries: Option<u64>, keys: &Expr) -> u32 {
+    let (Some(m), Expr::Int(keys)) = (queries, keys) else {
+        return 1;
+    };
+    let steps = (keys + i64::from(BLOCK_N) - 1) / i64::from(BLOCK_N);
+    if m > 16 || steps < 2 * STEPS_PER_SPLIT {
+        return 1;
+    }
+    let most = (steps / STEPS_PER_SPLIT).min(MAX_SPLITS);
+    1 << (63 - most.leading_zeros())
+}
+
+/// `e` as an operand: a plain load (see [`plain`]), `select(row < c,
+/// plain, other)` (the rows from `c` on computed), or computed, an
+/// expression of the batch variables, `row` and `col` without reductions.
+fn operand(k: &Kernel, e: &Expr, row: Var, col: Var, r: usize) -> Option<Operand> {
+    let op = |plain, until, computed| Operand {
+        plain,
+        until,
+        computed,
+        row,
+        col,
+    };
+    if let Some(p) = plain(k, e, row, col, r, None) {
+        return Some(op(Some(p), None, None));
+    }
+    let computable = |x: &Expr| {
+        !super::has_reduce(x)
+            && free_vars(x)
+                .iter()
+                .all(|v| (v.0 as usize) < r - 2 || *v == row || *v == col)
+    };
+    if let Expr::Select(c, a, b) = e
+        && let Expr::Binary(kiln_dialect::kernel::Binary::Lt, x, until) = c.as_ref()
+        && **x == Expr::Var(row)
+        && let Expr::Int(until) = until.as_ref()
+        && *until > 0
+        && let Some(p) = plain(k, a, row, col, r, Some(*until))
+        && computable(b)
+    {
+        return Some(op(Some(p), Some(*until), Some(b.as_ref().clone())));
+    }
+    computable(e).then(|| op(None, Some(0), Some(e.clone())))
 }
 
 /// `e` as a plain operand: an unguarded load of a bf16/f16 tensor at
-/// `[batch.., row, col]`, rows a static multiple of 8 elements.
-fn operand(k: &Kernel, e: &Expr, row: Var, col: Var, r: usize) -> Option<Operand> {
+/// `[batch.., row, col]` (`min(row, until - 1)` for the rows below
+/// `until`), rows a static multiple of 8 elements: the input and the
+/// batch indices.
+fn plain(
+    k: &Kernel,
+    e: &Expr,
+    row: Var,
+    col: Var,
+    r: usize,
+    until: Option<i64>,
+) -> Option<(usize, Vec<Expr>)> {
     let (input, index) = plain_load(k, e, r)?;
     let n = index.len();
-    if !is_index_of(k, &index[n - 2], row) || index[n - 1] != Expr::Var(col) {
+    let clamped = until.is_some_and(|u| {
+        index[n - 2]
+            == Expr::bin(
+                kiln_dialect::kernel::Binary::Min,
+                Expr::Var(row),
+                Expr::Int(u - 1),
+            )
+    });
+    if !(is_index_of(k, &index[n - 2], row) || clamped) || index[n - 1] != Expr::Var(col) {
         return None;
     }
-    Some(Operand {
-        input,
-        lead: index[..n - 2].to_vec(),
-    })
+    Some((input, index[..n - 2].to_vec()))
 }
 
 /// One thread's 16-byte copies of a 64-row tile of an operand.
-struct Copies {
+struct Copies<'o> {
+    op: &'o Operand,
+    /// The first element of the thread's 16 bytes in a row (s64).
+    col: String,
+    /// Rows at or past this are not copied (computed or zero-filled).
+    copied: String,
+    /// Rows at or past this (and below `limit`) are computed.
+    until: String,
+    /// Bytes between rows in the tile.
+    pitch: u32,
     /// Per copy: its byte offset in the tile, its global address and row
     /// (at the next tile to copy).
     shared: Vec<String>,
@@ -189,26 +323,40 @@ struct Copies {
 
 /// Sets up a thread's copies of 64-row tiles of `op` (`cols` elements a
 /// row, the first tile at row `row0`), rows below `limit` read.
-fn copies(
+fn copies<'o>(
     em: &mut Em,
-    op: &Operand,
+    op: &'o Operand,
     cols: u32,
     tid: &str,
     row0: &str,
     limit: &str,
-) -> Result<Copies, PtxError> {
-    let i = op.input;
-    let rank = em.in_shape[i].len();
-    let lead = lead_offset(em, i, &op.lead)?;
-    let row_stride = em.in_strides[i][rank - 2].clone();
-    let rows_in = em.in_shape[i][rank - 2].clone();
+) -> Result<Copies<'o>, PtxError> {
     let lim = em.reg(Class::D);
-    em.ins(format!("min.s64 {lim}, {limit}, {rows_in}"));
+    em.ins(format!("mov.b64 {lim}, {limit}"));
+    let copied = em.reg(Class::D);
+    let until = em.reg(Class::D);
+    em.ins(format!("mov.b64 {until}, {}", op.until.unwrap_or(i64::MAX)));
+    let (base, lead, row_stride) = match &op.plain {
+        Some((i, lead)) => {
+            let i = *i;
+            let rank = em.in_shape[i].len();
+            let lead = lead_offset(em, i, lead)?;
+            let row_stride = em.in_strides[i][rank - 2].clone();
+            let rows_in = em.in_shape[i][rank - 2].clone();
+            em.ins(format!("min.s64 {copied}, {lim}, {rows_in}"));
+            em.ins(format!("min.s64 {copied}, {copied}, {until}"));
+            (em.in_ptr[i].clone(), lead, row_stride)
+        }
+        None => {
+            // nothing copied; zero-filling copies point at the output
+            em.ins(format!("mov.b64 {copied}, 0"));
+            (em.out_ptr.clone(), "0".to_string(), "0".to_string())
+        }
+    };
     let per_row = cols / 8;
     let rows_per_pass = THREADS / per_row;
     let passes = BLOCK_N / rows_per_pass;
     let pitch = Plan::pitch(cols);
-    let base = em.in_ptr[i].clone();
     let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
     em.ins(format!("and.b32 {c0}, {tid}, {}", per_row - 1));
@@ -216,6 +364,11 @@ fn copies(
     let c64 = em.reg(Class::D);
     em.ins(format!("cvt.u64.u32 {c64}, {c0}"));
     let mut c = Copies {
+        op,
+        col: c64.clone(),
+        copied,
+        until,
+        pitch,
         shared: Vec::new(),
         global: Vec::new(),
         row: Vec::new(),
@@ -246,15 +399,106 @@ fn copies(
 }
 
 /// Issues one tile's copies into the tile at shared address `dst0`; then
-/// advances them to the next tile.
-fn issue(em: &mut Em, c: &Copies, dst0: &str) {
+/// advances them to the next tile. The rows past the limit are
+/// zero-filled; computed rows are not copied (so that no zero-fill lands on
+/// them later) but evaluated by a loop over the thread's rows after the
+/// copies, which stores them.
+fn issue(em: &mut Em, c: &Copies, dst0: &str, elem: DType) -> Result<(), PtxError> {
     for j in 0..c.shared.len() {
         let p = em.reg(Class::P);
-        em.ins(format!("setp.lt.s64 {p}, {}, {}", c.row[j], c.limit));
-        copy16(em, &p, &c.global[j], &c.base, dst0, &c.shared[j], 0);
+        em.ins(format!("setp.lt.s64 {p}, {}, {}", c.row[j], c.copied));
+        match &c.op.computed {
+            None => copy16(em, &p, &c.global[j], &c.base, dst0, &c.shared[j], 0),
+            Some(_) => {
+                let pc = computed_row(em, c, &c.row[j]);
+                let skip = em.a.label("no_copy");
+                em.ins(format!("@{pc} bra {skip}"));
+                copy16(em, &p, &c.global[j], &c.base, dst0, &c.shared[j], 0);
+                em.a.place(&skip);
+            }
+        }
+    }
+    if let Some(e) = &c.op.computed {
+        // the thread's rows are `row[0] + i * rows_per_pass`
+        let n = c.shared.len() as u32;
+        let rows_per_pass = BLOCK_N / n;
+        let (row, dst, i) = (em.reg(Class::D), em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("mov.b64 {row}, {}", c.row[0]));
+        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[0]));
+        em.ins(format!("mov.u32 {i}, 0"));
+        let (top, next) = (em.a.label("rows"), em.a.label("rows_next"));
+        em.a.place(&top);
+        let pc = computed_row(em, c, &row);
+        em.ins(format!("@!{pc} bra {next}"));
+        compute_row(em, c, &row, &dst, e, elem)?;
+        em.a.place(&next);
+        em.ins(format!("add.s64 {row}, {row}, {rows_per_pass}"));
+        em.ins(format!("add.u32 {dst}, {dst}, {}", rows_per_pass * c.pitch));
+        em.ins(format!("add.u32 {i}, {i}, 1"));
+        let pl = em.reg(Class::P);
+        em.ins(format!("setp.lt.u32 {pl}, {i}, {n}"));
+        em.ins(format!("@{pl} bra {top}"));
+    }
+    for j in 0..c.shared.len() {
         em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
         em.ins(format!("add.s64 {0}, {0}, {BLOCK_N}", c.row[j]));
     }
+    Ok(())
+}
+
+/// Whether `row` is computed: at or past `until`, below the limit.
+fn computed_row(em: &mut Em, c: &Copies, row: &str) -> String {
+    let (pc, pl) = (em.reg(Class::P), em.reg(Class::P));
+    em.ins(format!("setp.ge.s64 {pc}, {row}, {}", c.until));
+    em.ins(format!("setp.lt.s64 {pl}, {row}, {}", c.limit));
+    em.ins(format!("and.pred {pc}, {pc}, {pl}"));
+    pc
+}
+
+/// Evaluates the thread's 8 elements of computed row `row` and stores
+/// them, rounded to `elem`, at shared address `dst`.
+fn compute_row(
+    em: &mut Em,
+    c: &Copies,
+    row: &str,
+    dst: &str,
+    e: &Expr,
+    elem: DType,
+) -> Result<(), PtxError> {
+    em.bind(c.op.row, row.to_string());
+    let mut vals = Vec::with_capacity(8);
+    for x in 0..8 {
+        let col = em.reg(Class::D);
+        em.ins(format!("add.s64 {col}, {}, {x}", c.col));
+        em.bind(c.op.col, col);
+        // one element's values shared within it (a select's two sides
+        // read the same operands), none across elements or the branch
+        em.memo = Some(Vec::new());
+        let v = em.emit(e);
+        em.memo = None;
+        let v = v?;
+        if v.t != Ty::F32 {
+            return Err(em.type_err(e, "a computed attention operand is not an f32"));
+        }
+        vals.push(v.r);
+    }
+    let ty = match elem {
+        DType::BF16 => "bf16",
+        _ => "f16",
+    };
+    let words: Vec<String> = vals
+        .chunks(2)
+        .map(|pair| {
+            let w = em.reg(Class::R);
+            em.ins(format!("cvt.rn.{ty}x2.f32 {w}, {}, {}", pair[1], pair[0]));
+            w
+        })
+        .collect();
+    em.ins(format!(
+        "st.shared.v4.b32 [{dst}], {{{}}}",
+        words.join(", ")
+    ));
+    Ok(())
 }
 
 /// Emits the block loop of a fused attention kernel.
@@ -343,8 +587,31 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     let lsum: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
 
     // The block loop.
+    let split = p.splits > 1;
+    let s_log = p.splits.trailing_zeros();
+    let scratch = if split {
+        let (sp, sg) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("ld.param.u64 {sp}, [p_scratch]"));
+        em.ins(format!("cvta.to.global.u64 {sg}, {sp}"));
+        sg
+    } else {
+        String::new()
+    };
+    let pwarp = em.reg(Class::P);
+    em.ins(format!("setp.ne.u32 {pwarp}, {warp}, 0"));
     let lp = TileLoop::start(em, units);
-    let tile = lp.tile.clone();
+    // A split block's unit: its tile (`tile / splits`) and its part of
+    // the tile's keys (`tile % splits`).
+    let (tile, units_t, part) = if split {
+        let (t, u, s) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("shr.u64 {t}, {}, {s_log}", lp.tile));
+        em.ins(format!("shr.u64 {u}, {units}, {s_log}"));
+        em.ins(format!("and.b64 {s}, {}, {}", lp.tile, p.splits - 1));
+        (t, u, s)
+    } else {
+        (lp.tile.clone(), units.to_string(), String::new())
+    };
+    let units = units_t.as_str();
     let (tm, bflat) = (em.reg(Class::D), em.reg(Class::D));
     if offset.is_some() {
         // Causal blocks take more steps the further down they start: the
@@ -378,11 +645,23 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         em.ins(format!("@{pneg} mov.b64 {lim}, 0"));
         em.ins(format!("min.s64 {steps}, {steps}, {lim}"));
     }
-    let zero64 = em.reg(Class::D);
-    em.ins(format!("mov.b64 {zero64}, 0"));
+    // This block's steps: [first, steps), its part of them when split.
+    let first = em.reg(Class::D);
+    if split {
+        let hi = em.reg(Class::D);
+        em.ins(format!("mul.lo.s64 {first}, {part}, {steps}"));
+        em.ins(format!("shr.s64 {first}, {first}, {s_log}"));
+        em.ins(format!("add.s64 {hi}, {part}, 1"));
+        em.ins(format!("mul.lo.s64 {hi}, {hi}, {steps}"));
+        em.ins(format!("shr.s64 {steps}, {hi}, {s_log}"));
+    } else {
+        em.ins(format!("mov.b64 {first}, 0"));
+    }
+    let row0 = em.reg(Class::D);
+    em.ins(format!("shl.b64 {row0}, {first}, 6"));
     let cq = copies(em, &p.q, p.depth, &tid, &m0, &m_dim)?;
-    let ck = copies(em, &p.k, p.depth, &tid, &zero64, &keys)?;
-    let cv = copies(em, &p.v, p.width, &tid, &zero64, &keys)?;
+    let ck = copies(em, &p.k, p.depth, &tid, &row0, &keys)?;
+    let cv = copies(em, &p.v, p.width, &tid, &row0, &keys)?;
     for a in &o {
         em.ins(format!("mov.f32 {a}, 0f00000000"));
     }
@@ -391,13 +670,13 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         em.ins(format!("mov.f32 {}, 0f00000000", lsum[h]));
     }
     // The queries and the first step's keys and values.
-    issue(em, &cq, &smem);
+    issue(em, &cq, &smem, p.elem)?;
     let (ld_stage, c_stage) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("add.u32 {c_stage}, {smem}, {}", p.q_bytes()));
     let vdst = em.reg(Class::R);
     em.ins(format!("add.u32 {vdst}, {c_stage}, {}", p.k_bytes()));
-    issue(em, &ck, &c_stage);
-    issue(em, &cv, &vdst);
+    issue(em, &ck, &c_stage, p.elem)?;
+    issue(em, &cv, &vdst, p.elem)?;
     em.ins("cp.async.commit_group");
     em.ins(format!(
         "add.u32 {ld_stage}, {c_stage}, {}",
@@ -405,7 +684,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     ));
 
     let jb = em.reg(Class::D);
-    em.ins(format!("mov.b64 {jb}, 0"));
+    em.ins(format!("mov.b64 {jb}, {first}"));
     let (ktop, kend) = (em.a.label("keys"), em.a.label("keys_end"));
     let pk = em.reg(Class::P);
     em.a.place(&ktop);
@@ -422,15 +701,21 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         em.ins(format!("@{pl} bra.uni {skip}"));
         let vdst = em.reg(Class::R);
         em.ins(format!("add.u32 {vdst}, {ld_stage}, {}", p.k_bytes()));
-        issue(em, &ck, &ld_stage);
-        issue(em, &cv, &vdst);
+        issue(em, &ck, &ld_stage, p.elem)?;
+        issue(em, &cv, &vdst, p.elem)?;
         em.a.place(&skip);
         em.ins("cp.async.commit_group");
+    }
+    // A split block's queries are all in the first warp's rows: the other
+    // warps only copy.
+    let computed = em.a.label("computed");
+    if split {
+        em.ins(format!("@{pwarp} bra.uni {computed}"));
     }
     // The query fragments, once per block.
     {
         let (pf, skip) = (em.reg(Class::P), em.a.label("qf"));
-        em.ins(format!("setp.ne.s64 {pf}, {jb}, 0"));
+        em.ins(format!("setp.ne.s64 {pf}, {jb}, {first}"));
         em.ins(format!("@{pf} bra.uni {skip}"));
         for (kk, f) in qf.iter().enumerate() {
             em.ins(format!(
@@ -596,6 +881,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
             }
         }
     }
+    em.a.place(&computed);
     // The next step computes the stage just filled.
     let tmp = em.reg(Class::R);
     em.ins(format!("mov.u32 {tmp}, {c_stage}"));
@@ -608,6 +894,27 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     // is done with shared memory before the next block's copies.
     em.ins("cp.async.wait_group 0");
     em.ins("bar.sync 0");
+    let unit_end = em.a.label("unit_end");
+    if split {
+        combine_splits(
+            em,
+            p,
+            &Split {
+                scratch: &scratch,
+                tile: &lp.tile,
+                group: &tile,
+                units: &units_t,
+                tid: &tid,
+                lane: &lane,
+                pwarp: &pwarp,
+                smem: &smem,
+                unit_end: &unit_end,
+                o: &o,
+                mrow: &mrow,
+                lsum: &lsum,
+            },
+        );
+    }
 
     // Divide each row by its sum (the quad's four partial sums).
     for (h, l) in lsum.iter().enumerate() {
@@ -647,6 +954,175 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         },
         &t.epilogue,
     )?;
+    em.a.place(&unit_end);
     lp.end(em);
     Ok(())
+}
+
+/// What [`combine_splits`] works with.
+struct Split<'s> {
+    /// The scratch memory (global address), the unit, its tile (the group
+    /// of `splits` units) and the tiles' count (u64).
+    scratch: &'s str,
+    tile: &'s str,
+    group: &'s str,
+    units: &'s str,
+    tid: &'s str,
+    lane: &'s str,
+    /// Set in warps other than the first.
+    pwarp: &'s str,
+    smem: &'s str,
+    unit_end: &'s str,
+    o: &'s [String],
+    mrow: &'s [String],
+    lsum: &'s [String],
+}
+
+/// The end of a split block's walk: the first warp stores its partial
+/// result (unnormalized output rows, row maxima, partial sums), the block
+/// counts its arrival on the tile's counter, and the block that arrives
+/// last merges every split's partial, in split order (the result does not
+/// depend on which block is last), into the first warp's registers, sets
+/// the counter back to zero and goes on to the division and the
+/// epilogue; the other blocks end their unit.
+fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
+    let chunks = p.partial_chunks();
+    let pb = p.partial_bytes();
+    // The lane's values in chunk order: the accumulators, then the maxima
+    // and the sums of its two rows.
+    let values: Vec<&String> = s.o.iter().chain(s.mrow).chain(s.lsum).collect();
+    let lane_off = em.reg(Class::D);
+    em.ins(format!("mul.wide.u32 {lane_off}, {}, 16", s.lane));
+    let (own, wrote) = (em.reg(Class::D), em.a.label("wrote"));
+    em.ins(format!("@{} bra.uni {wrote}", s.pwarp));
+    em.ins(format!("mad.lo.s64 {own}, {}, {pb}, {}", s.tile, s.scratch));
+    em.ins(format!("add.s64 {own}, {own}, {lane_off}"));
+    for c in 0..chunks as usize {
+        em.ins(format!(
+            "st.global.v4.f32 [{own}+{}], {{{}}}",
+            c * 512,
+            values[c * 4..c * 4 + 4]
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    em.ins("fence.acq_rel.gpu");
+    em.a.place(&wrote);
+    em.ins("bar.sync 0");
+    // The tile's counter, after every unit's partial.
+    let ctr = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {ctr}, {}, {pb}", s.units));
+    em.ins(format!(
+        "shl.b64 {ctr}, {ctr}, {}",
+        p.splits.trailing_zeros()
+    ));
+    em.ins(format!("add.s64 {ctr}, {ctr}, {}", s.scratch));
+    let g4 = em.reg(Class::D);
+    em.ins(format!("shl.b64 {g4}, {}, 2", s.group));
+    em.ins(format!("add.s64 {ctr}, {ctr}, {g4}"));
+    let flag = em.reg(Class::R);
+    em.ins(format!(
+        "add.u32 {flag}, {}, {}",
+        s.smem,
+        p.shared_bytes() - 16
+    ));
+    let (p0, counted) = (em.reg(Class::P), em.a.label("counted"));
+    em.ins(format!("setp.ne.u32 {p0}, {}, 0", s.tid));
+    em.ins(format!("@{p0} bra {counted}"));
+    {
+        let (old, last) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("atom.acq_rel.gpu.global.add.u32 {old}, [{ctr}], 1"));
+        let pl = em.reg(Class::P);
+        em.ins(format!("setp.eq.u32 {pl}, {old}, {}", p.splits - 1));
+        em.ins(format!("selp.u32 {last}, 1, 0, {pl}"));
+        em.ins(format!("st.shared.u32 [{flag}], {last}"));
+    }
+    em.a.place(&counted);
+    em.ins("bar.sync 0");
+    let (last, pnot) = (em.reg(Class::R), em.reg(Class::P));
+    em.ins(format!("ld.shared.u32 {last}, [{flag}]"));
+    em.ins(format!("setp.eq.u32 {pnot}, {last}, 0"));
+    em.ins(format!("@{pnot} bra.uni {}", s.unit_end));
+    em.ins(format!("@{} bra.uni {}", s.pwarp, s.unit_end));
+    // The last block's first warp: every split's partial, in order.
+    em.ins("fence.acq_rel.gpu");
+    let base = em.reg(Class::D);
+    em.ins(format!(
+        "shl.b64 {base}, {}, {}",
+        s.group,
+        p.splits.trailing_zeros()
+    ));
+    em.ins(format!("mad.lo.s64 {base}, {base}, {pb}, {}", s.scratch));
+    em.ins(format!("add.s64 {base}, {base}, {lane_off}"));
+    let tail = (chunks as usize - 1) * 512;
+    // Per row half: the largest maximum (0 where every split's is -inf).
+    let top: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
+    for t in &top {
+        em.ins(format!("mov.f32 {t}, 0fFF800000"));
+    }
+    for sp in 0..p.splits {
+        let (m0, m1) = (em.reg(Class::F), em.reg(Class::F));
+        em.ins(format!(
+            "ld.global.cg.v2.f32 {{{m0}, {m1}}}, [{base}+{}]",
+            sp * pb + tail as u32
+        ));
+        em.ins(format!("max.f32 {0}, {0}, {m0}", top[0]));
+        em.ins(format!("max.f32 {0}, {0}, {m1}", top[1]));
+    }
+    for t in &top {
+        let pinf = em.reg(Class::P);
+        em.ins(format!("setp.eq.f32 {pinf}, {t}, 0fFF800000"));
+        em.ins(format!("selp.f32 {t}, 0f00000000, {t}, {pinf}"));
+    }
+    for h in 0..2 {
+        em.ins(format!("mov.f32 {}, 0f00000000", s.lsum[h]));
+    }
+    for a in s.o {
+        em.ins(format!("mov.f32 {a}, 0f00000000"));
+    }
+    // Each split weighted by 2^(its maximum - the largest).
+    for sp in 0..p.splits {
+        let st: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+        em.ins(format!(
+            "ld.global.cg.v4.f32 {{{}}}, [{base}+{}]",
+            st.join(", "),
+            sp * pb + tail as u32
+        ));
+        let w: Vec<String> = (0..2)
+            .map(|h| {
+                let w = em.reg(Class::F);
+                em.ins(format!("sub.f32 {w}, {}, {}", st[h], top[h]));
+                em.ins(format!("ex2.approx.ftz.f32 {w}, {w}"));
+                em.ins(format!(
+                    "fma.rn.f32 {0}, {w}, {1}, {0}",
+                    s.lsum[h],
+                    st[2 + h]
+                ));
+                w
+            })
+            .collect();
+        for c in 0..chunks as usize - 1 {
+            let r: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+            em.ins(format!(
+                "ld.global.cg.v4.f32 {{{}}}, [{base}+{}]",
+                r.join(", "),
+                sp * pb + c as u32 * 512
+            ));
+            for (e, x) in r.iter().enumerate() {
+                let i = c * 4 + e;
+                // accumulator `i` is row half `(i % 4) / 2`
+                em.ins(format!(
+                    "fma.rn.f32 {0}, {1}, {x}, {0}",
+                    s.o[i],
+                    w[(i % 4) / 2]
+                ));
+            }
+        }
+    }
+    // The counter back at zero for the next launch.
+    let pz = em.reg(Class::P);
+    em.ins(format!("setp.eq.u32 {pz}, {}, 0", s.lane));
+    em.ins(format!("@{pz} st.global.u32 [{ctr}], 0"));
 }

@@ -229,7 +229,7 @@ fn classify(k: &Kernel, opts: &PtxOptions) -> (&'static str, Vec<kiln_dialect::k
 }
 
 /// Whether `e` contains a reduction.
-fn has_reduce(e: &kiln_dialect::kernel::Expr) -> bool {
+pub(super) fn has_reduce(e: &kiln_dialect::kernel::Expr) -> bool {
     if matches!(e, kiln_dialect::kernel::Expr::Reduce { .. }) {
         return true;
     }
@@ -444,6 +444,9 @@ pub fn compile_kernel_with(
     params.push("\t.param .u64 p_out".into());
     params.extend((0..k.dims.len()).map(|i| format!("\t.param .s64 p_dim{i}")));
     params.push("\t.param .s64 p_units".into());
+    if matches!(grid, Grid::SplitTiles { .. }) {
+        params.push("\t.param .u64 p_scratch".into());
+    }
     let _ = writeln!(ptx, "{}\n)", params.join(",\n"));
     if let Some(b) = blocks_per_sm {
         let _ = writeln!(ptx, ".maxntid {block}, 1, 1\n.minnctapersm {b}");
