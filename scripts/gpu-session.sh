@@ -17,7 +17,7 @@
 #      launch overhead and every GPU test binary (issue 6's bars in one call).
 #   issue7: W3d (split decode attention over the cache, its concatenations
 #      fused) with every kernel's ncu time; W3d, W3, ATTN and W2 beside
-#      torch_baselines.py; the PTX, executor and example tests on the card.
+#      torch_baselines.py; every GPU test binary on the card.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -166,7 +166,7 @@ issue7)
     step w3d 60 scripts/gpu-w3d.sh
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 200 bench/gpu.sh W3d W3 ATTN W2
-    step check 320 scripts/gpu-check.sh ptx cuda_exec gpu_backend:every_example
+    step check 420 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;
 final)
     step check 400 scripts/gpu-check.sh gpu_backend quantize onnx

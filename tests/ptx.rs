@@ -2123,7 +2123,11 @@ fn fp8_tensor_core_contractions_run_as_the_evaluator_says() {
         assert!(!old.entry.starts_with("f8mma_"), "{}", k.name);
     }
     check_all("fp8 mma", &ks);
-    run_on_every_side(&ks, |_, _| false, |_| 1e-4);
+    // On the GPU, 1e-3 of the largest output: Hopper's fp8 tensor cores add
+    // into their f32 accumulators with fewer mantissa bits kept than an f32
+    // addition (a 70x40 product over k 48 was 1.1e-4 of its value off on an
+    // H100, 2026-12-05); the interpreter's f32 sums meet the same bound.
+    run_on_every_side(&ks, |_, _| false, |ptx| if ptx { 1e-3 } else { 1e-4 });
 }
 
 /// The int8 contractions take the s8 tensor-core path on both arches

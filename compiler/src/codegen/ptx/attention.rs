@@ -308,11 +308,17 @@ struct Copies<'o> {
     until: String,
     /// Bytes between rows in the tile.
     pitch: u32,
-    /// Per copy: its byte offset in the tile, its global address and row
-    /// (at the next tile to copy).
-    shared: Vec<String>,
-    global: Vec<String>,
-    row: Vec<String>,
+    /// The thread's copies: `passes`, each `rows_per_pass` rows after the
+    /// last; the first one's byte offset in the tile, global address and
+    /// row (at the next tile to copy). The others' follow from them (a
+    /// register or two per operand live across the walk, not one per copy).
+    passes: u32,
+    rows_per_pass: u32,
+    shared: String,
+    global: String,
+    row: String,
+    /// Bytes between the global addresses of consecutive passes.
+    pass_bytes: String,
     /// Rows at or past this are zero-filled.
     limit: String,
     /// The operand's start (where a zero-filled copy points).
@@ -363,39 +369,62 @@ fn copies<'o>(
     em.ins(format!("shl.b32 {c0}, {c0}, 3"));
     let c64 = em.reg(Class::D);
     em.ins(format!("cvt.u64.u32 {c64}, {c0}"));
-    let mut c = Copies {
+    let sh = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {sh}, {r0}, {pitch}"));
+    em.ins(format!("mad.lo.u32 {sh}, {c0}, 2, {sh}"));
+    let row = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {row}, {r0}"));
+    em.ins(format!("add.s64 {row}, {row}, {row0}"));
+    let el = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {el}, {row}, {row_stride}, {c64}"));
+    em.ins(format!("add.s64 {el}, {el}, {lead}"));
+    let g = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {g}, {el}, 2, {base}"));
+    let pass_bytes = em.mul_op(&row_stride, &(rows_per_pass * 2).to_string());
+    let step = em.mul_op(&row_stride, &(BLOCK_N * 2).to_string());
+    Ok(Copies {
         op,
-        col: c64.clone(),
+        col: c64,
         copied,
         until,
         pitch,
-        shared: Vec::new(),
-        global: Vec::new(),
-        row: Vec::new(),
+        passes,
+        rows_per_pass,
+        shared: sh,
+        global: g,
+        row,
+        pass_bytes,
         limit: lim,
-        base: base.clone(),
-        step: String::new(),
-    };
-    for p in 0..passes {
-        let (rw, sh) = (em.reg(Class::R), em.reg(Class::R));
-        em.ins(format!("add.u32 {rw}, {r0}, {}", p * rows_per_pass));
-        em.ins(format!("mul.lo.u32 {sh}, {rw}, {pitch}"));
-        em.ins(format!("mad.lo.u32 {sh}, {c0}, 2, {sh}"));
-        let row = em.reg(Class::D);
-        em.ins(format!("cvt.u64.u32 {row}, {rw}"));
-        em.ins(format!("add.s64 {row}, {row}, {row0}"));
-        let el = em.reg(Class::D);
-        em.ins(format!("mad.lo.s64 {el}, {row}, {row_stride}, {c64}"));
-        em.ins(format!("add.s64 {el}, {el}, {lead}"));
-        let g = em.reg(Class::D);
-        em.ins(format!("mad.lo.s64 {g}, {el}, 2, {base}"));
-        c.shared.push(sh);
-        c.global.push(g);
-        c.row.push(row);
+        base,
+        step: em.in_reg(&step),
+    })
+}
+
+impl Copies<'_> {
+    /// Copy `j`'s row and global address (fresh registers).
+    fn at(&self, em: &mut Em, j: u32) -> (String, String) {
+        if j == 0 {
+            return (self.row.clone(), self.global.clone());
+        }
+        let (row, g) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!(
+            "add.s64 {row}, {}, {}",
+            self.row,
+            j * self.rows_per_pass
+        ));
+        match super::expr::imm(&self.pass_bytes) {
+            Some(b) => em.ins(format!(
+                "add.s64 {g}, {}, {}",
+                self.global,
+                b * i64::from(j)
+            )),
+            None => em.ins(format!(
+                "mad.lo.s64 {g}, {}, {j}, {}",
+                self.pass_bytes, self.global
+            )),
+        }
+        (row, g)
     }
-    let step = em.mul_op(&row_stride, &(BLOCK_N * 2).to_string());
-    c.step = em.in_reg(&step);
-    Ok(c)
 }
 
 /// Issues one tile's copies into the tile at shared address `dst0`; then
@@ -404,27 +433,27 @@ fn copies<'o>(
 /// them later) but evaluated by a loop over the thread's rows after the
 /// copies, which stores them.
 fn issue(em: &mut Em, c: &Copies, dst0: &str, elem: DType) -> Result<(), PtxError> {
-    for j in 0..c.shared.len() {
+    for j in 0..c.passes {
+        let (row, g) = c.at(em, j);
+        let slice = j * c.rows_per_pass * c.pitch;
         let p = em.reg(Class::P);
-        em.ins(format!("setp.lt.s64 {p}, {}, {}", c.row[j], c.copied));
+        em.ins(format!("setp.lt.s64 {p}, {row}, {}", c.copied));
         match &c.op.computed {
-            None => copy16(em, &p, &c.global[j], &c.base, dst0, &c.shared[j], 0),
+            None => copy16(em, &p, &g, &c.base, dst0, &c.shared, slice),
             Some(_) => {
-                let pc = computed_row(em, c, &c.row[j]);
+                let pc = computed_row(em, c, &row);
                 let skip = em.a.label("no_copy");
                 em.ins(format!("@{pc} bra {skip}"));
-                copy16(em, &p, &c.global[j], &c.base, dst0, &c.shared[j], 0);
+                copy16(em, &p, &g, &c.base, dst0, &c.shared, slice);
                 em.a.place(&skip);
             }
         }
     }
     if let Some(e) = &c.op.computed {
-        // the thread's rows are `row[0] + i * rows_per_pass`
-        let n = c.shared.len() as u32;
-        let rows_per_pass = BLOCK_N / n;
+        // the thread's rows are `row + i * rows_per_pass`
         let (row, dst, i) = (em.reg(Class::D), em.reg(Class::R), em.reg(Class::R));
-        em.ins(format!("mov.b64 {row}, {}", c.row[0]));
-        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared[0]));
+        em.ins(format!("mov.b64 {row}, {}", c.row));
+        em.ins(format!("add.u32 {dst}, {dst0}, {}", c.shared));
         em.ins(format!("mov.u32 {i}, 0"));
         let (top, next) = (em.a.label("rows"), em.a.label("rows_next"));
         em.a.place(&top);
@@ -432,17 +461,18 @@ fn issue(em: &mut Em, c: &Copies, dst0: &str, elem: DType) -> Result<(), PtxErro
         em.ins(format!("@!{pc} bra {next}"));
         compute_row(em, c, &row, &dst, e, elem)?;
         em.a.place(&next);
-        em.ins(format!("add.s64 {row}, {row}, {rows_per_pass}"));
-        em.ins(format!("add.u32 {dst}, {dst}, {}", rows_per_pass * c.pitch));
+        em.ins(format!("add.s64 {row}, {row}, {}", c.rows_per_pass));
+        em.ins(format!(
+            "add.u32 {dst}, {dst}, {}",
+            c.rows_per_pass * c.pitch
+        ));
         em.ins(format!("add.u32 {i}, {i}, 1"));
         let pl = em.reg(Class::P);
-        em.ins(format!("setp.lt.u32 {pl}, {i}, {n}"));
+        em.ins(format!("setp.lt.u32 {pl}, {i}, {}", c.passes));
         em.ins(format!("@{pl} bra {top}"));
     }
-    for j in 0..c.shared.len() {
-        em.ins(format!("add.s64 {0}, {0}, {1}", c.global[j], c.step));
-        em.ins(format!("add.s64 {0}, {0}, {BLOCK_N}", c.row[j]));
-    }
+    em.ins(format!("add.s64 {0}, {0}, {1}", c.global, c.step));
+    em.ins(format!("add.s64 {0}, {0}, {BLOCK_N}", c.row));
     Ok(())
 }
 
@@ -1057,20 +1087,32 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
     em.ins(format!("mad.lo.s64 {base}, {base}, {pb}, {}", s.scratch));
     em.ins(format!("add.s64 {base}, {base}, {lane_off}"));
     let tail = (chunks as usize - 1) * 512;
-    // Per row half: the largest maximum (0 where every split's is -inf).
+    // Loops over the splits (not unrolled: the accumulators stay the only
+    // large live set). First the largest maximum per row half (0 where
+    // every split's is -inf).
     let top: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
     for t in &top {
         em.ins(format!("mov.f32 {t}, 0fFF800000"));
     }
-    for sp in 0..p.splits {
+    let (at, sp) = (em.reg(Class::D), em.reg(Class::R));
+    let splits_loop = |em: &mut Em, body: &mut dyn FnMut(&mut Em)| {
+        em.ins(format!("mov.b64 {at}, {base}"));
+        em.ins(format!("mov.u32 {sp}, 0"));
+        let top = em.a.label("splits");
+        em.a.place(&top);
+        body(em);
+        em.ins(format!("add.s64 {at}, {at}, {pb}"));
+        em.ins(format!("add.u32 {sp}, {sp}, 1"));
+        let pl = em.reg(Class::P);
+        em.ins(format!("setp.lt.u32 {pl}, {sp}, {}", p.splits));
+        em.ins(format!("@{pl} bra {top}"));
+    };
+    splits_loop(em, &mut |em: &mut Em| {
         let (m0, m1) = (em.reg(Class::F), em.reg(Class::F));
-        em.ins(format!(
-            "ld.global.cg.v2.f32 {{{m0}, {m1}}}, [{base}+{}]",
-            sp * pb + tail as u32
-        ));
+        em.ins(format!("ld.global.cg.v2.f32 {{{m0}, {m1}}}, [{at}+{tail}]"));
         em.ins(format!("max.f32 {0}, {0}, {m0}", top[0]));
         em.ins(format!("max.f32 {0}, {0}, {m1}", top[1]));
-    }
+    });
     for t in &top {
         let pinf = em.reg(Class::P);
         em.ins(format!("setp.eq.f32 {pinf}, {t}, 0fFF800000"));
@@ -1083,12 +1125,11 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
         em.ins(format!("mov.f32 {a}, 0f00000000"));
     }
     // Each split weighted by 2^(its maximum - the largest).
-    for sp in 0..p.splits {
+    splits_loop(em, &mut |em: &mut Em| {
         let st: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         em.ins(format!(
-            "ld.global.cg.v4.f32 {{{}}}, [{base}+{}]",
-            st.join(", "),
-            sp * pb + tail as u32
+            "ld.global.cg.v4.f32 {{{}}}, [{at}+{tail}]",
+            st.join(", ")
         ));
         let w: Vec<String> = (0..2)
             .map(|h| {
@@ -1106,9 +1147,9 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
         for c in 0..chunks as usize - 1 {
             let r: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
             em.ins(format!(
-                "ld.global.cg.v4.f32 {{{}}}, [{base}+{}]",
+                "ld.global.cg.v4.f32 {{{}}}, [{at}+{}]",
                 r.join(", "),
-                sp * pb + c as u32 * 512
+                c * 512
             ));
             for (e, x) in r.iter().enumerate() {
                 let i = c * 4 + e;
@@ -1120,7 +1161,7 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
                 ));
             }
         }
-    }
+    });
     // The counter back at zero for the next launch.
     let pz = em.reg(Class::P);
     em.ins(format!("setp.eq.u32 {pz}, {}, 0", s.lane));
