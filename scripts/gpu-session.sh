@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4split|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -18,6 +18,9 @@
 #   issue7: W3d (split decode attention over the cache, its concatenations
 #      fused) with every kernel's ncu time; W3d, W3, ATTN and W2 beside
 #      torch_baselines.py; every GPU test binary on the card.
+#   w4split: W4 at m = 1 and 16 with the int4 kernel's k dealt to 1, 2
+#      and 4 blocks per tile (KILN_QMMA_SPLITS), W4 beside torch_quick.py,
+#      the PTX and quantize tests on the card.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -103,6 +106,15 @@ w4_stalls() {
         "$KILN" bench bench/w4.kiln --device cuda --dim m=1 --specialize --iters 1 --warmup 0 2>&1 |
         grep -vE "^==PROF==|^\s*$|----" | head -120
 }
+w4_splits() {
+    for m in 1 16; do
+        for s in 1 2 4; do
+            echo "W4 m=$m KILN_QMMA_SPLITS=$s"
+            KILN_QMMA_SPLITS=$s "$KILN" bench bench/w4.kiln --device cuda --dim m=$m \
+                --iters 200 --warmup 10 --json || echo failed
+        done
+    done
+}
 kernel_times() {
     # Device time of each kernel of one replay (ncu), for W4 and W6.
     local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread
@@ -168,6 +180,11 @@ issue7)
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 200 bench/gpu.sh W3d W3 ATTN W2
     step check 420 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;
+w4split)
+    TAIL=40 step w4-splits 90 w4_splits
+    TORCH=quick KILN_TIMEOUT=60 step bench-quick 120 bench/gpu.sh W4-M1 W4-M16
+    step check 300 scripts/gpu-check.sh ptx quantize
+    ;;
 final)
     step check 400 scripts/gpu-check.sh gpu_backend quantize onnx
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
@@ -182,7 +199,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4split|final|tests" >&2
     exit 2
     ;;
 esac

@@ -1348,6 +1348,26 @@ fn qmma_kernels() -> Vec<Kernel> {
             &grouped,
             Expr::Acc,
         ),
+        // groups of 32 over k = 1024: 32 pieces, four rounds of the eight
+        // warps; two column tiles deal their rounds to four blocks each
+        kernel(
+            "qmma_i4_g32_split",
+            buf("x", DType::BF16, vec![Dim::sym("m"), st(1024)]),
+            vec![
+                buf("scale", DType::BF16, vec![st(32), st(128)]),
+                buf("w", DType::I4, codes(1024, 128)),
+            ],
+            buf("y", DType::BF16, vec![Dim::sym("m"), st(128)]),
+            1024,
+            &|kk: Expr, n: Expr| {
+                bin(
+                    Binary::Mul,
+                    cast(ld(2, fragment_index(kk.clone(), n.clone()))),
+                    ld(1, vec![group(&kk, 32), n]),
+                )
+            },
+            bin(Binary::Add, Expr::Acc, Expr::Float(0.5)),
+        ),
         kernel(
             "qmma_i4_rows20",
             buf("x", DType::BF16, vec![st(20), st(128)]),
@@ -2423,6 +2443,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
                 min_blocks: [4, 0, 3][j],
                 reload_fixed: true,
             }),
+            qmma_splits: None,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a
@@ -2528,13 +2549,24 @@ fn dequantizing_tensor_core_contractions() {
                 let pk = compile_kernel_with(k, arch, &opts).unwrap();
                 assert!(pk.entry.starts_with("qmma_"), "{}: {}", k.name, pk.entry);
                 assert!(pk.ptx.contains("mma.sync.aligned.m16n8k16"), "{}", k.name);
-                assert_eq!(
-                    pk.grid,
+                // Only the kernel with rounds to spare splits (two column
+                // tiles, far fewer than the 264 blocks a split aims for):
+                // its four rounds over four blocks, each storing 256
+                // threads' four sums.
+                let want = if k.name == "qmma_i4_g32_split" {
+                    Grid::SplitTiles {
+                        tile_m: 16,
+                        tile_n: 64,
+                        splits: 4,
+                        scratch: 256 * 16 + 4,
+                    }
+                } else {
                     Grid::Tiles {
                         tile_m: 16,
-                        tile_n: 64
+                        tile_n: 64,
                     }
-                );
+                };
+                assert_eq!(pk.grid, want, "{}", k.name);
             }
             if let Some(tool) = &tool {
                 let pk = compile_kernel(k, arch).unwrap();
@@ -2544,6 +2576,33 @@ fn dequantizing_tensor_core_contractions() {
         }
     }
     run_on_every_side(&qmma_kernels(), |_, _| false, |_| 2e-5);
+    // The split kernel at two splits and at none, on the interpreter (and
+    // the GPU's own default above).
+    {
+        use rand::SeedableRng;
+        let seed = common::seed();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let k = qmma_kernels()
+            .into_iter()
+            .find(|k| k.name == "qmma_i4_g32_split")
+            .unwrap();
+        for (splits, grid_splits) in [(2, Some(2)), (1, None)] {
+            let opts = PtxOptions {
+                qmma_splits: Some(splits),
+                ..PtxOptions::default()
+            };
+            let pk = compile_kernel_with(&k, PtxArch::Sm90a, &opts).unwrap();
+            let got = match pk.grid {
+                Grid::SplitTiles { splits, .. } => Some(splits),
+                _ => None,
+            };
+            assert_eq!(got, grid_splits);
+            for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+                let r = run_against_eval_tol(&k, &mut rng, Side::SimWith(arch, opts), 2e-5);
+                assert_eq!(r, Ok(true), "{} at {splits} splits (seed {seed})", k.name);
+            }
+        }
+    }
     // Computed activations: the same kernel, `x` evaluated into shared
     // memory and rounded to bf16 (2^-9 of each value).
     for k in &qmma_computed_kernels() {

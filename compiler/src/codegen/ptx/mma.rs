@@ -904,7 +904,21 @@ impl TileLoop {
         tile: (u32, u32),
         batch_axes: usize,
     ) -> TileOrigin {
-        let t = &self.tile;
+        let t = self.tile.clone();
+        self.origin_at(em, &t, tiles_m, tiles_n, tile, batch_axes)
+    }
+
+    /// [`TileLoop::origin`] of tile number `t` (a split grid's tile, not
+    /// its unit).
+    pub(super) fn origin_at(
+        &self,
+        em: &mut Em,
+        t: &str,
+        tiles_m: &str,
+        tiles_n: &str,
+        tile: (u32, u32),
+        batch_axes: usize,
+    ) -> TileOrigin {
         let (tn, q, tm, bflat) = (
             em.reg(Class::D),
             em.reg(Class::D),

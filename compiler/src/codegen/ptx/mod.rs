@@ -92,6 +92,10 @@ pub struct PtxOptions {
     /// each multiprocessor should hold (`KILN_ROW_TUNING=BLOCKS[,reload]`);
     /// `None`: chosen per kernel (`rows::auto_tuning`).
     pub rows: Option<RowTuning>,
+    /// Blocks the int4 fragment kernel deals each tile's `k` to
+    /// (`KILN_QMMA_SPLITS=S`, a power of two; 1: none); `None`: chosen per
+    /// kernel (`QmmaPlan::default_splits`).
+    pub qmma_splits: Option<u32>,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -142,11 +146,16 @@ impl PtxOptions {
         let rows = std::env::var("KILN_ROW_TUNING")
             .ok()
             .and_then(|s| RowTuning::parse(&s));
+        let qmma_splits = std::env::var("KILN_QMMA_SPLITS")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|s| s.is_power_of_two() && *s <= 64);
         PtxOptions {
             branch_selects,
             gemv,
             gemv_dequant,
             rows,
+            qmma_splits,
         }
     }
 }
@@ -355,13 +364,27 @@ pub fn compile_kernel_with(
         Body::Contract {
             k: kv, epilogue, ..
         } if kind == "qmma" => {
-            let plan = qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
+            let mut plan =
+                qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
+            plan.splits = match opts.qmma_splits {
+                Some(s) => s.min(plan.rounds().next_power_of_two() as u32).max(1),
+                None => plan.default_splits(),
+            };
             qmma::emit(&mut em, &plan, *kv, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.blocks_per_sm());
-            let grid = Grid::Tiles {
-                tile_m: qmma::TILE_M,
-                tile_n: qmma::TILE_N,
+            let grid = if plan.splits > 1 {
+                Grid::SplitTiles {
+                    tile_m: qmma::TILE_M,
+                    tile_n: qmma::TILE_N,
+                    splits: plan.splits,
+                    scratch: plan.scratch_per_unit(),
+                }
+            } else {
+                Grid::Tiles {
+                    tile_m: qmma::TILE_M,
+                    tile_n: qmma::TILE_N,
+                }
             };
             (qmma::THREADS, grid, false)
         }

@@ -65,6 +65,9 @@ pub const TILE_N: u32 = FRAGMENT_COLS as u32;
 /// Bytes of shared memory for the warps' 16 x 64 f32 sums (then each
 /// warp's ring of copy stages, [`QmmaPlan::shared_bytes`]).
 const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
+/// The fewest blocks a split grid aims for: two per multiprocessor of an
+/// H100 (132), as the registers allow.
+const SPLIT_BLOCKS: u64 = 264;
 
 /// A contraction the path compiles.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +92,12 @@ pub(super) struct QmmaPlan {
     /// The output's columns, and its rows when static.
     n: u64,
     pub rows: Option<u64>,
+    /// Blocks each tile's pieces are dealt to (a power of two; 1: one
+    /// block per tile): block `s` of a tile takes the pieces of rounds
+    /// `s, s + splits, ..` (a round: one piece per warp), stores its block
+    /// sums to the scratch memory, and the last to arrive adds them all in
+    /// split order before the epilogue.
+    pub splits: u32,
 }
 
 /// How the kernel gets its rows of `x`.
@@ -227,6 +236,7 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
         piece,
         n,
         rows: k.output.shape.0[r - 2].as_static(),
+        splits: 1,
     })
 }
 
@@ -327,6 +337,31 @@ fn contains(e: &Expr, x: &Expr) -> bool {
 }
 
 impl QmmaPlan {
+    /// Rounds of pieces (one piece per warp each).
+    pub fn rounds(&self) -> u64 {
+        (self.depth / self.piece).div_ceil(u64::from(WARPS))
+    }
+
+    /// The splits a tile's rounds are dealt to by default: the fewest
+    /// (a power of two, at most the rounds) that give at least
+    /// `SPLIT_BLOCKS` blocks for the output's column tiles (the rows a
+    /// tile each when `m` is not static), so that a narrow output keeps
+    /// every multiprocessor busy.
+    pub fn default_splits(&self) -> u32 {
+        let tiles = (self.n / TILE_N as u64) * self.rows.map_or(1, |m| m.div_ceil(TILE_M as u64));
+        let mut s = 1u64;
+        while tiles * s < SPLIT_BLOCKS && s * 2 <= self.rounds() {
+            s *= 2;
+        }
+        s as u32
+    }
+
+    /// Scratch bytes per unit of a split grid: the block's sums (16 bytes
+    /// per thread), then room for a tile's counter.
+    pub fn scratch_per_unit(&self) -> u32 {
+        THREADS * 16 + 4
+    }
+
     /// Steps of 32 per piece.
     fn steps(&self) -> u64 {
         self.piece / FRAGMENT_DEPTH
@@ -352,7 +387,8 @@ impl QmmaPlan {
     /// Dynamic shared memory: the sums, then the warps' rings.
     pub fn shared_bytes(&self) -> u32 {
         let stage = (2 + self.halves() as u64) * 512;
-        (ACC_BYTES + u64::from(WARPS) * self.stages() * stage) as u32
+        let flag = if self.splits > 1 { 16 } else { 0 };
+        (ACC_BYTES + u64::from(WARPS) * self.stages() * stage + flag) as u32
     }
 
     /// Blocks per multiprocessor the registers are limited for: two (128
@@ -430,9 +466,43 @@ pub(super) fn emit(
         .collect();
     let sums: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
 
+    let split = plan.splits > 1;
+    let s_log = plan.splits.trailing_zeros();
+    let scratch = if split {
+        let (sp, sg) = (em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("ld.param.u64 {sp}, [p_scratch]"));
+        em.ins(format!("cvta.to.global.u64 {sg}, {sp}"));
+        sg
+    } else {
+        String::new()
+    };
     let lp = TileLoop::start(em, units);
-    let TileOrigin { tn, m0, n0, bflat } =
-        lp.origin(em, &tiles_m, &tiles_n.to_string(), (TILE_M, TILE_N), r - 2);
+    // A split block's unit: its tile (`unit / splits`) and its part.
+    let (tile, split_ix) = if split {
+        let (t, p) = (em.reg(Class::D), em.reg(Class::R));
+        em.ins(format!("shr.u64 {t}, {}, {s_log}", lp.tile));
+        em.ins(format!("cvt.u32.u64 {p}, {}", lp.tile));
+        em.ins(format!("and.b32 {p}, {p}, {}", plan.splits - 1));
+        (t, p)
+    } else {
+        (lp.tile.clone(), String::new())
+    };
+    let TileOrigin { tn, m0, n0, bflat } = lp.origin_at(
+        em,
+        &tile,
+        &tiles_m,
+        &tiles_n.to_string(),
+        (TILE_M, TILE_N),
+        r - 2,
+    );
+    // The warp's first piece, and the pieces between its pieces.
+    let first = em.reg(Class::R);
+    let stride = WARPS * plan.splits;
+    if split {
+        em.ins(format!("mad.lo.u32 {first}, {split_ix}, {WARPS}, {warp}"));
+    } else {
+        em.ins(format!("mov.b32 {first}, {warp}"));
+    }
 
     // Each row's address at the lane's first `k` (8 t): rows past the
     // output read the last row, whose results are not stored.
@@ -502,12 +572,15 @@ pub(super) fn emit(
     let pieces = plan.depth / plan.piece;
     // Counters of steps are 32-bit (a step is 32 of `k`).
     let total = em.reg(Class::R);
-    // ceil((pieces - warp) / 8) * steps, 0 past the pieces
+    // ceil((pieces - first) / stride) * steps, 0 past the pieces
     em.ins(format!(
-        "sub.s32 {total}, {}, {warp}",
-        pieces + u64::from(WARPS) - 1
+        "sub.s32 {total}, {}, {first}",
+        pieces + u64::from(stride) - 1
     ));
-    em.ins(format!("shr.s32 {total}, {total}, 3"));
+    em.ins(format!(
+        "shr.s32 {total}, {total}, {}",
+        stride.trailing_zeros()
+    ));
     em.ins(format!("mul.lo.s32 {total}, {total}, {steps}"));
     // The copies run `STAGES - 1` steps ahead into the warp's ring of
     // stages in shared memory: per stage, 16-byte chunks (two of codes, one
@@ -532,7 +605,7 @@ pub(super) fn emit(
         em.reg(Class::R),
     );
     em.ins(format!("mov.b32 {issued}, 0"));
-    em.ins(format!("mul.lo.u32 {iss_k}, {warp}, {steps}"));
+    em.ins(format!("mul.lo.u32 {iss_k}, {first}, {steps}"));
     em.ins(format!("mov.b32 {iss_in}, 0"));
     em.ins(format!("mov.u32 {iss_stage}, 0"));
     let issue = |em: &mut Em| -> Result<(), PtxError> {
@@ -603,7 +676,7 @@ pub(super) fn emit(
         em.ins(format!("@{pn} mov.b32 {iss_in}, 0"));
         em.ins(format!(
             "@{pn} add.s32 {iss_k}, {iss_k}, {}",
-            (u64::from(WARPS) - 1) * steps
+            (u64::from(stride) - 1) * steps
         ));
         em.ins(format!("add.u32 {iss_stage}, {iss_stage}, {stage_bytes}"));
         em.ins(format!(
@@ -628,7 +701,7 @@ pub(super) fn emit(
     );
     em.ins(format!("mov.b32 {step}, 0"));
     em.ins(format!("mov.b32 {in_piece}, 0"));
-    em.ins(format!("mov.b32 {piece}, {warp}"));
+    em.ins(format!("mov.b32 {piece}, {first}"));
     em.ins(format!("mov.u32 {use_stage}, 0"));
     let (stop, send, ps) = (em.a.label("step"), em.a.label("step_end"), em.reg(Class::P));
     em.a.place(&stop);
@@ -838,7 +911,7 @@ pub(super) fn emit(
         ));
     }
     em.ins(format!("mov.b32 {in_piece}, 0"));
-    em.ins(format!("add.s32 {piece}, {piece}, {WARPS}"));
+    em.ins(format!("add.s32 {piece}, {piece}, {stride}"));
     em.a.place(&next);
     em.ins(format!("bra.uni {stop}"));
     em.a.place(&send);
@@ -865,6 +938,23 @@ pub(super) fn emit(
             }
         }
     }
+    let stored = em.a.label("stored");
+    if split {
+        merge_splits(
+            em,
+            plan,
+            &Merge {
+                scratch: &scratch,
+                unit: &lp.tile,
+                tile: &tile,
+                units,
+                tid: &tid,
+                smem: &smem,
+                stored: &stored,
+                total: &total,
+            },
+        );
+    }
     let (wm_base, wn_base) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("mov.u32 {wm_base}, 0"));
     em.ins(format!("shl.b32 {wn_base}, {warp}, 3"));
@@ -886,8 +976,104 @@ pub(super) fn emit(
         },
         epilogue,
     )?;
+    em.a.place(&stored);
     // The next tile's sums reuse the shared memory.
     em.ins("bar.sync 0");
     lp.end(em);
     Ok(())
+}
+
+/// What [`merge_splits`] works with.
+struct Merge<'s> {
+    /// The scratch memory (global address), the unit, its tile and the
+    /// units' count (u64), the thread (u32), the shared memory's start.
+    scratch: &'s str,
+    unit: &'s str,
+    tile: &'s str,
+    units: &'s str,
+    tid: &'s str,
+    smem: &'s str,
+    /// Where a block that is not the last goes (past the epilogue).
+    stored: &'s str,
+    /// The thread's four block sums.
+    total: &'s [String],
+}
+
+/// A split block's sums: each thread stores its four to the scratch
+/// memory (unit `u`'s at `u * THREADS * 16`, the thread's 16 bytes at
+/// `tid * 16`), the block counts its arrival on its tile's counter (after
+/// every unit's sums), and the block that arrives last adds every split's
+/// sums in split order (the result does not depend on which block is
+/// last), sets the counter back to zero and goes on to the epilogue; the
+/// others skip it.
+fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
+    let pb = THREADS * 16;
+    let off = em.reg(Class::D);
+    em.ins(format!("mul.wide.u32 {off}, {}, 16", m.tid));
+    let own = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {own}, {}, {pb}, {}", m.unit, m.scratch));
+    em.ins(format!("add.s64 {own}, {own}, {off}"));
+    em.ins(format!(
+        "st.global.v4.f32 [{own}], {{{}}}",
+        m.total.join(", ")
+    ));
+    em.ins("fence.acq_rel.gpu");
+    em.ins("bar.sync 0");
+    let ctr = em.reg(Class::D);
+    em.ins(format!(
+        "mad.lo.s64 {ctr}, {}, {pb}, {}",
+        m.units, m.scratch
+    ));
+    let t4 = em.reg(Class::D);
+    em.ins(format!("shl.b64 {t4}, {}, 2", m.tile));
+    em.ins(format!("add.s64 {ctr}, {ctr}, {t4}"));
+    let flag = em.reg(Class::R);
+    em.ins(format!(
+        "add.u32 {flag}, {}, {}",
+        m.smem,
+        plan.shared_bytes() - 16
+    ));
+    let (p0, counted) = (em.reg(Class::P), em.a.label("counted"));
+    em.ins(format!("setp.ne.u32 {p0}, {}, 0", m.tid));
+    em.ins(format!("@{p0} bra {counted}"));
+    {
+        let (old, last, pl) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::P));
+        em.ins(format!("atom.acq_rel.gpu.global.add.u32 {old}, [{ctr}], 1"));
+        em.ins(format!("setp.eq.u32 {pl}, {old}, {}", plan.splits - 1));
+        em.ins(format!("selp.u32 {last}, 1, 0, {pl}"));
+        em.ins(format!("st.shared.u32 [{flag}], {last}"));
+    }
+    em.a.place(&counted);
+    em.ins("bar.sync 0");
+    let (last, pnot) = (em.reg(Class::R), em.reg(Class::P));
+    em.ins(format!("ld.shared.u32 {last}, [{flag}]"));
+    em.ins(format!("setp.eq.u32 {pnot}, {last}, 0"));
+    em.ins(format!("@{pnot} bra.uni {}", m.stored));
+    em.ins("fence.acq_rel.gpu");
+    let base = em.reg(Class::D);
+    em.ins(format!(
+        "shl.b64 {base}, {}, {}",
+        m.tile,
+        plan.splits.trailing_zeros()
+    ));
+    em.ins(format!("mad.lo.s64 {base}, {base}, {pb}, {}", m.scratch));
+    em.ins(format!("add.s64 {base}, {base}, {off}"));
+    for sp in 0..plan.splits {
+        let v: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+        em.ins(format!(
+            "ld.global.cg.v4.f32 {{{}}}, [{base}+{}]",
+            v.join(", "),
+            sp * pb
+        ));
+        for (s, x) in m.total.iter().zip(&v) {
+            if sp == 0 {
+                em.ins(format!("mov.f32 {s}, {x}"));
+            } else {
+                em.ins(format!("add.f32 {s}, {s}, {x}"));
+            }
+        }
+    }
+    let pz = em.reg(Class::P);
+    em.ins(format!("setp.eq.u32 {pz}, {}, 0", m.tid));
+    em.ins(format!("@{pz} st.global.u32 [{ctr}], 0"));
 }
