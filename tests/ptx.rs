@@ -1349,7 +1349,7 @@ fn qmma_kernels() -> Vec<Kernel> {
             Expr::Acc,
         ),
         // groups of 32 over k = 1024: 32 pieces, four rounds of the eight
-        // warps; two column tiles deal their rounds to four blocks each
+        // warps (what a split deals to blocks; see below)
         kernel(
             "qmma_i4_g32_split",
             buf("x", DType::BF16, vec![Dim::sym("m"), st(1024)]),
@@ -2549,22 +2549,10 @@ fn dequantizing_tensor_core_contractions() {
                 let pk = compile_kernel_with(k, arch, &opts).unwrap();
                 assert!(pk.entry.starts_with("qmma_"), "{}: {}", k.name, pk.entry);
                 assert!(pk.ptx.contains("mma.sync.aligned.m16n8k16"), "{}", k.name);
-                // Only the kernel with rounds to spare splits (two column
-                // tiles, far fewer than the 264 blocks a split aims for):
-                // its four rounds over four blocks, each storing 256
-                // threads' four sums.
-                let want = if k.name == "qmma_i4_g32_split" {
-                    Grid::SplitTiles {
-                        tile_m: 16,
-                        tile_n: 64,
-                        splits: 4,
-                        scratch: 256 * 16 + 4,
-                    }
-                } else {
-                    Grid::Tiles {
-                        tile_m: 16,
-                        tile_n: 64,
-                    }
+                // no split unless asked for (`QmmaPlan::splits`)
+                let want = Grid::Tiles {
+                    tile_m: 16,
+                    tile_n: 64,
                 };
                 assert_eq!(pk.grid, want, "{}", k.name);
             }
@@ -2576,8 +2564,10 @@ fn dequantizing_tensor_core_contractions() {
         }
     }
     run_on_every_side(&qmma_kernels(), |_, _| false, |_| 2e-5);
-    // The split kernel at two splits and at none, on the interpreter (and
-    // the GPU's own default above).
+    // `k` dealt to several blocks per tile, on request: the kernel with
+    // four rounds at four splits (each block storing 256 threads' four
+    // sums), at two, and at one (no split grid); a request beyond the
+    // rounds is cut to them.
     {
         use rand::SeedableRng;
         let seed = common::seed();
@@ -2586,14 +2576,19 @@ fn dequantizing_tensor_core_contractions() {
             .into_iter()
             .find(|k| k.name == "qmma_i4_g32_split")
             .unwrap();
-        for (splits, grid_splits) in [(2, Some(2)), (1, None)] {
+        for (splits, grid_splits) in [(4, Some(4)), (2, Some(2)), (1, None), (16, Some(4))] {
             let opts = PtxOptions {
                 qmma_splits: Some(splits),
                 ..PtxOptions::default()
             };
             let pk = compile_kernel_with(&k, PtxArch::Sm90a, &opts).unwrap();
             let got = match pk.grid {
-                Grid::SplitTiles { splits, .. } => Some(splits),
+                Grid::SplitTiles {
+                    splits, scratch, ..
+                } => {
+                    assert_eq!(scratch, 256 * 16 + 4);
+                    Some(splits)
+                }
                 _ => None,
             };
             assert_eq!(got, grid_splits);

@@ -93,8 +93,8 @@ pub struct PtxOptions {
     /// `None`: chosen per kernel (`rows::auto_tuning`).
     pub rows: Option<RowTuning>,
     /// Blocks the int4 fragment kernel deals each tile's `k` to
-    /// (`KILN_QMMA_SPLITS=S`, a power of two; 1: none); `None`: chosen per
-    /// kernel (`QmmaPlan::default_splits`).
+    /// (`KILN_QMMA_SPLITS=S`, a power of two); `None`: one (see
+    /// `QmmaPlan::splits` for why).
     pub qmma_splits: Option<u32>,
 }
 
@@ -366,10 +366,11 @@ pub fn compile_kernel_with(
         } if kind == "qmma" => {
             let mut plan =
                 qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
-            plan.splits = match opts.qmma_splits {
-                Some(s) => s.min(plan.rounds().next_power_of_two() as u32).max(1),
-                None => plan.default_splits(),
-            };
+            // dealing `k` to several blocks per tile measured slower on
+            // W4 (`QmmaPlan::splits`): only on request
+            plan.splits = opts.qmma_splits.map_or(1, |s| {
+                s.min(plan.rounds().next_power_of_two() as u32).max(1)
+            });
             qmma::emit(&mut em, &plan, *kv, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.blocks_per_sm());

@@ -65,9 +65,6 @@ pub const TILE_N: u32 = FRAGMENT_COLS as u32;
 /// Bytes of shared memory for the warps' 16 x 64 f32 sums (then each
 /// warp's ring of copy stages, [`QmmaPlan::shared_bytes`]).
 const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
-/// The fewest blocks a split grid aims for: two per multiprocessor of an
-/// H100 (132), as the registers allow.
-const SPLIT_BLOCKS: u64 = 264;
 
 /// A contraction the path compiles.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,10 +90,13 @@ pub(super) struct QmmaPlan {
     n: u64,
     pub rows: Option<u64>,
     /// Blocks each tile's pieces are dealt to (a power of two; 1: one
-    /// block per tile): block `s` of a tile takes the pieces of rounds
-    /// `s, s + splits, ..` (a round: one piece per warp), stores its block
-    /// sums to the scratch memory, and the last to arrive adds them all in
-    /// split order before the epilogue.
+    /// block per tile, the default): block `s` of a tile takes the pieces
+    /// of rounds `s, s + splits, ..` (a round: one piece per warp), stores
+    /// its block sums to the scratch memory, and the last to arrive adds
+    /// them all in split order before the epilogue. Measured on W4 (H100,
+    /// 2026-12-05): m = 1 0.0329 / 0.0333 / 0.0318 ms at 1 / 2 / 4
+    /// splits, m = 16 0.0241 / 0.0291 / 0.0292 ms: no gain, so only
+    /// `KILN_QMMA_SPLITS` asks for it.
     pub splits: u32,
 }
 
@@ -340,20 +340,6 @@ impl QmmaPlan {
     /// Rounds of pieces (one piece per warp each).
     pub fn rounds(&self) -> u64 {
         (self.depth / self.piece).div_ceil(u64::from(WARPS))
-    }
-
-    /// The splits a tile's rounds are dealt to by default: the fewest
-    /// (a power of two, at most the rounds) that give at least
-    /// `SPLIT_BLOCKS` blocks for the output's column tiles (the rows a
-    /// tile each when `m` is not static), so that a narrow output keeps
-    /// every multiprocessor busy.
-    pub fn default_splits(&self) -> u32 {
-        let tiles = (self.n / TILE_N as u64) * self.rows.map_or(1, |m| m.div_ceil(TILE_M as u64));
-        let mut s = 1u64;
-        while tiles * s < SPLIT_BLOCKS && s * 2 <= self.rounds() {
-            s *= 2;
-        }
-        s as u32
     }
 
     /// Scratch bytes per unit of a split grid: the block's sums (16 bytes
