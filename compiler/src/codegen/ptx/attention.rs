@@ -620,10 +620,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     let split = p.splits > 1;
     let s_log = p.splits.trailing_zeros();
     let scratch = if split {
-        let (sp, sg) = (em.reg(Class::D), em.reg(Class::D));
-        em.ins(format!("ld.param.u64 {sp}, [p_scratch]"));
-        em.ins(format!("cvta.to.global.u64 {sg}, {sp}"));
-        sg
+        super::splits::scratch(em)
     } else {
         String::new()
     };
@@ -633,14 +630,15 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     // A split block's unit: its tile (`tile / splits`) and its part of
     // the tile's keys (`tile % splits`).
     let (tile, units_t, part) = if split {
-        let (t, u, s) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
-        em.ins(format!("shr.u64 {t}, {}, {s_log}", lp.tile));
+        let (t, s32) = super::splits::unit_parts(em, &lp.tile, p.splits);
+        let (u, s) = (em.reg(Class::D), em.reg(Class::D));
         em.ins(format!("shr.u64 {u}, {units}, {s_log}"));
-        em.ins(format!("and.b64 {s}, {}, {}", lp.tile, p.splits - 1));
+        em.ins(format!("cvt.u64.u32 {s}, {s32}"));
         (t, u, s)
     } else {
         (lp.tile.clone(), units.to_string(), String::new())
     };
+    let units_all = units.to_string();
     let units = units_t.as_str();
     let (tm, bflat) = (em.reg(Class::D), em.reg(Class::D));
     if offset.is_some() {
@@ -933,7 +931,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
                 scratch: &scratch,
                 tile: &lp.tile,
                 group: &tile,
-                units: &units_t,
+                units: &units_all,
                 tid: &tid,
                 lane: &lane,
                 pwarp: &pwarp,
@@ -992,7 +990,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
 /// What [`combine_splits`] works with.
 struct Split<'s> {
     /// The scratch memory (global address), the unit, its tile (the group
-    /// of `splits` units) and the tiles' count (u64).
+    /// of `splits` units) and the units' count (u64).
     scratch: &'s str,
     tile: &'s str,
     group: &'s str,
@@ -1040,44 +1038,25 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
     }
     em.ins("fence.acq_rel.gpu");
     em.a.place(&wrote);
-    em.ins("bar.sync 0");
-    // The tile's counter, after every unit's partial.
-    let ctr = em.reg(Class::D);
-    em.ins(format!("mul.lo.s64 {ctr}, {}, {pb}", s.units));
-    em.ins(format!(
-        "shl.b64 {ctr}, {ctr}, {}",
-        p.splits.trailing_zeros()
-    ));
-    em.ins(format!("add.s64 {ctr}, {ctr}, {}", s.scratch));
-    let g4 = em.reg(Class::D);
-    em.ins(format!("shl.b64 {g4}, {}, 2", s.group));
-    em.ins(format!("add.s64 {ctr}, {ctr}, {g4}"));
     let flag = em.reg(Class::R);
     em.ins(format!(
         "add.u32 {flag}, {}, {}",
         s.smem,
         p.shared_bytes() - 16
     ));
-    let (p0, counted) = (em.reg(Class::P), em.a.label("counted"));
-    em.ins(format!("setp.ne.u32 {p0}, {}, 0", s.tid));
-    em.ins(format!("@{p0} bra {counted}"));
-    {
-        let (old, last) = (em.reg(Class::R), em.reg(Class::R));
-        em.ins(format!("atom.acq_rel.gpu.global.add.u32 {old}, [{ctr}], 1"));
-        let pl = em.reg(Class::P);
-        em.ins(format!("setp.eq.u32 {pl}, {old}, {}", p.splits - 1));
-        em.ins(format!("selp.u32 {last}, 1, 0, {pl}"));
-        em.ins(format!("st.shared.u32 [{flag}], {last}"));
+    let ctr = super::splits::Arrival {
+        scratch: s.scratch,
+        units: s.units,
+        per_unit: pb,
+        tile: s.group,
+        tid: s.tid,
+        flag: &flag,
+        splits: p.splits,
+        not_last: s.unit_end,
     }
-    em.a.place(&counted);
-    em.ins("bar.sync 0");
-    let (last, pnot) = (em.reg(Class::R), em.reg(Class::P));
-    em.ins(format!("ld.shared.u32 {last}, [{flag}]"));
-    em.ins(format!("setp.eq.u32 {pnot}, {last}, 0"));
-    em.ins(format!("@{pnot} bra.uni {}", s.unit_end));
-    em.ins(format!("@{} bra.uni {}", s.pwarp, s.unit_end));
+    .emit(em);
     // The last block's first warp: every split's partial, in order.
-    em.ins("fence.acq_rel.gpu");
+    em.ins(format!("@{} bra.uni {}", s.pwarp, s.unit_end));
     let base = em.reg(Class::D);
     em.ins(format!(
         "shl.b64 {base}, {}, {}",
@@ -1162,8 +1141,7 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
             }
         }
     });
-    // The counter back at zero for the next launch.
-    let pz = em.reg(Class::P);
-    em.ins(format!("setp.eq.u32 {pz}, {}, 0", s.lane));
-    em.ins(format!("@{pz} st.global.u32 [{ctr}], 0"));
+    // The counter back at zero for the next launch (lane 0 of the first
+    // warp is thread 0).
+    super::splits::Arrival::reset(em, &ctr, s.lane);
 }

@@ -40,6 +40,7 @@ mod mma;
 mod ops;
 mod qmma;
 mod rows;
+mod splits;
 
 use std::fmt::Write;
 

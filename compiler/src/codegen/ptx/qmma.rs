@@ -453,23 +453,15 @@ pub(super) fn emit(
     let sums: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
 
     let split = plan.splits > 1;
-    let s_log = plan.splits.trailing_zeros();
     let scratch = if split {
-        let (sp, sg) = (em.reg(Class::D), em.reg(Class::D));
-        em.ins(format!("ld.param.u64 {sp}, [p_scratch]"));
-        em.ins(format!("cvta.to.global.u64 {sg}, {sp}"));
-        sg
+        super::splits::scratch(em)
     } else {
         String::new()
     };
     let lp = TileLoop::start(em, units);
     // A split block's unit: its tile (`unit / splits`) and its part.
     let (tile, split_ix) = if split {
-        let (t, p) = (em.reg(Class::D), em.reg(Class::R));
-        em.ins(format!("shr.u64 {t}, {}, {s_log}", lp.tile));
-        em.ins(format!("cvt.u32.u64 {p}, {}", lp.tile));
-        em.ins(format!("and.b32 {p}, {p}, {}", plan.splits - 1));
-        (t, p)
+        super::splits::unit_parts(em, &lp.tile, plan.splits)
     } else {
         (lp.tile.clone(), String::new())
     };
@@ -1004,38 +996,23 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         m.total.join(", ")
     ));
     em.ins("fence.acq_rel.gpu");
-    em.ins("bar.sync 0");
-    let ctr = em.reg(Class::D);
-    em.ins(format!(
-        "mad.lo.s64 {ctr}, {}, {pb}, {}",
-        m.units, m.scratch
-    ));
-    let t4 = em.reg(Class::D);
-    em.ins(format!("shl.b64 {t4}, {}, 2", m.tile));
-    em.ins(format!("add.s64 {ctr}, {ctr}, {t4}"));
     let flag = em.reg(Class::R);
     em.ins(format!(
         "add.u32 {flag}, {}, {}",
         m.smem,
         plan.shared_bytes() - 16
     ));
-    let (p0, counted) = (em.reg(Class::P), em.a.label("counted"));
-    em.ins(format!("setp.ne.u32 {p0}, {}, 0", m.tid));
-    em.ins(format!("@{p0} bra {counted}"));
-    {
-        let (old, last, pl) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::P));
-        em.ins(format!("atom.acq_rel.gpu.global.add.u32 {old}, [{ctr}], 1"));
-        em.ins(format!("setp.eq.u32 {pl}, {old}, {}", plan.splits - 1));
-        em.ins(format!("selp.u32 {last}, 1, 0, {pl}"));
-        em.ins(format!("st.shared.u32 [{flag}], {last}"));
+    let ctr = super::splits::Arrival {
+        scratch: m.scratch,
+        units: m.units,
+        per_unit: pb,
+        tile: m.tile,
+        tid: m.tid,
+        flag: &flag,
+        splits: plan.splits,
+        not_last: m.stored,
     }
-    em.a.place(&counted);
-    em.ins("bar.sync 0");
-    let (last, pnot) = (em.reg(Class::R), em.reg(Class::P));
-    em.ins(format!("ld.shared.u32 {last}, [{flag}]"));
-    em.ins(format!("setp.eq.u32 {pnot}, {last}, 0"));
-    em.ins(format!("@{pnot} bra.uni {}", m.stored));
-    em.ins("fence.acq_rel.gpu");
+    .emit(em);
     let base = em.reg(Class::D);
     em.ins(format!(
         "shl.b64 {base}, {}, {}",
@@ -1059,7 +1036,5 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
             }
         }
     }
-    let pz = em.reg(Class::P);
-    em.ins(format!("setp.eq.u32 {pz}, {}, 0", m.tid));
-    em.ins(format!("@{pz} st.global.u32 [{ctr}], 0"));
+    super::splits::Arrival::reset(em, &ctr, m.tid);
 }
