@@ -57,7 +57,7 @@ use super::elements::unravel;
 use super::expr::{Em, free_vars};
 use super::mma::{
     Storage, TileLoop, TileStore, copy16, is_index_of, lane_offset, ldmatrix_lane, lead_offset,
-    plain_load, store_tile,
+    plain_load, store_rounded16, store_tile,
 };
 use super::{Grid, PtxArch, PtxError};
 
@@ -512,22 +512,7 @@ fn compute_row(
         }
         vals.push(v.r);
     }
-    let ty = match elem {
-        DType::BF16 => "bf16",
-        _ => "f16",
-    };
-    let words: Vec<String> = vals
-        .chunks(2)
-        .map(|pair| {
-            let w = em.reg(Class::R);
-            em.ins(format!("cvt.rn.{ty}x2.f32 {w}, {}, {}", pair[1], pair[0]));
-            w
-        })
-        .collect();
-    em.ins(format!(
-        "st.shared.v4.b32 [{dst}], {{{}}}",
-        words.join(", ")
-    ));
+    store_rounded16(em, &vals, elem, dst);
     Ok(())
 }
 

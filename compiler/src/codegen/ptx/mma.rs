@@ -1398,6 +1398,29 @@ pub(super) fn copy16(
     ));
 }
 
+/// Stores 8 f32 values, rounded to `half` (bf16, else f16) in pairs, as
+/// 16 bytes at shared address `addr` (`[reg]` or `[reg+offset]` text
+/// inside the brackets): a thread's chunk of a computed operand tile.
+pub(super) fn store_rounded16(em: &mut Em, vals: &[String], half: DType, addr: &str) {
+    let pack = if half == DType::BF16 {
+        "bf16x2"
+    } else {
+        "f16x2"
+    };
+    let words: Vec<String> = vals
+        .chunks(2)
+        .map(|p| {
+            let w = em.reg(Class::R);
+            em.ins(format!("cvt.rn.{pack}.f32 {w}, {}, {}", p[1], p[0]));
+            w
+        })
+        .collect();
+    em.ins(format!(
+        "st.shared.v4.b32 [{addr}], {{{}}}",
+        words.join(", ")
+    ));
+}
+
 /// The element offset of an operand's batch indices `lead` in input
 /// `input` (an immediate when they are constants).
 pub(super) fn lead_offset(em: &mut Em, input: usize, lead: &[Expr]) -> Result<String, PtxError> {

@@ -52,7 +52,7 @@ use super::dtype_io::Code;
 use super::expr::{Em, free_vars};
 use super::mma::{
     TileLoop, TileOrigin, TileStore, first_half_load, float_loads_only, is_index_of, plain_load,
-    store_tile,
+    store_rounded16, store_tile,
 };
 
 /// Threads per block: 8 warps.
@@ -626,24 +626,7 @@ pub(super) fn emit(
                 vals.push(v?.r);
             }
             em.unbind(mv, prev_m);
-            let pack = if plan.half == DType::BF16 {
-                "bf16x2"
-            } else {
-                "f16x2"
-            };
-            let words: Vec<String> = vals
-                .chunks(2)
-                .map(|p| {
-                    let w = em.reg(Class::R);
-                    em.ins(format!("cvt.rn.{pack}.f32 {w}, {}, {}", p[1], p[0]));
-                    w
-                })
-                .collect();
-            em.ins(format!(
-                "st.shared.v4.b32 [{dst}+{}], {{{}}}",
-                1024 + 512 * h,
-                words.join(", ")
-            ));
+            store_rounded16(em, &vals, plan.half, &format!("{dst}+{}", 1024 + 512 * h));
         }
         // The next step: the piece's next, or the warp's next piece.
         let (pn, pw) = (em.reg(Class::P), em.reg(Class::P));
