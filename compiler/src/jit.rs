@@ -362,11 +362,12 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 6] = [
+const SWITCHES: [&str; 7] = [
     "KILN_PTX_BRANCH_SELECTS",
     "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
     "KILN_GEMV_DEQUANT",
+    "KILN_QMMA_SPLITS",
     "KILN_MMA_TILING",
     "KILN_INT4_FRAGMENTS",
 ];
