@@ -1029,7 +1029,7 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
         s.smem,
         p.shared_bytes() - 16
     ));
-    let ctr = super::splits::Arrival {
+    let arrival = super::splits::Arrival {
         scratch: s.scratch,
         units: s.units,
         per_unit: pb,
@@ -1038,18 +1038,11 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
         flag: &flag,
         splits: p.splits,
         not_last: s.unit_end,
-    }
-    .emit(em);
+    };
+    let ctr = arrival.emit(em);
     // The last block's first warp: every split's partial, in order.
     em.ins(format!("@{} bra.uni {}", s.pwarp, s.unit_end));
-    let base = em.reg(Class::D);
-    em.ins(format!(
-        "shl.b64 {base}, {}, {}",
-        s.group,
-        p.splits.trailing_zeros()
-    ));
-    em.ins(format!("mad.lo.s64 {base}, {base}, {pb}, {}", s.scratch));
-    em.ins(format!("add.s64 {base}, {base}, {lane_off}"));
+    let base = arrival.first_partial(em, &lane_off);
     let tail = (chunks as usize - 1) * 512;
     // Loops over the splits (not unrolled: the accumulators stay the only
     // large live set). First the largest maximum per row half (0 where

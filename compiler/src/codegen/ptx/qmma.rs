@@ -985,7 +985,7 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         m.smem,
         plan.shared_bytes() - 16
     ));
-    let ctr = super::splits::Arrival {
+    let arrival = super::splits::Arrival {
         scratch: m.scratch,
         units: m.units,
         per_unit: pb,
@@ -994,16 +994,9 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         flag: &flag,
         splits: plan.splits,
         not_last: m.stored,
-    }
-    .emit(em);
-    let base = em.reg(Class::D);
-    em.ins(format!(
-        "shl.b64 {base}, {}, {}",
-        m.tile,
-        plan.splits.trailing_zeros()
-    ));
-    em.ins(format!("mad.lo.s64 {base}, {base}, {pb}, {}", m.scratch));
-    em.ins(format!("add.s64 {base}, {base}, {off}"));
+    };
+    let ctr = arrival.emit(em);
+    let base = arrival.first_partial(em, &off);
     for sp in 0..plan.splits {
         let v: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         em.ins(format!(

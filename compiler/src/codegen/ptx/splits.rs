@@ -82,6 +82,24 @@ impl Arrival<'_> {
         ctr
     }
 
+    /// The address of the tile's first split's partial, plus the
+    /// thread's byte offset `off` in a partial (s64): split `s`'s lies
+    /// `s * per_unit` bytes on.
+    pub(super) fn first_partial(&self, em: &mut Em, off: &str) -> String {
+        let base = em.reg(Class::D);
+        em.ins(format!(
+            "shl.b64 {base}, {}, {}",
+            self.tile,
+            self.splits.trailing_zeros()
+        ));
+        em.ins(format!(
+            "mad.lo.s64 {base}, {base}, {}, {}",
+            self.per_unit, self.scratch
+        ));
+        em.ins(format!("add.s64 {base}, {base}, {off}"));
+        base
+    }
+
     /// The last block sets the tile's counter back to zero (thread
     /// `tid == 0`, after it has read every partial).
     pub(super) fn reset(em: &mut Em, ctr: &str, tid: &str) {
