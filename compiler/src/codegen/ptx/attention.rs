@@ -1023,19 +1023,14 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
     }
     em.ins("fence.acq_rel.gpu");
     em.a.place(&wrote);
-    let flag = em.reg(Class::R);
-    em.ins(format!(
-        "add.u32 {flag}, {}, {}",
-        s.smem,
-        p.shared_bytes() - 16
-    ));
     let arrival = super::splits::Arrival {
         scratch: s.scratch,
         units: s.units,
         per_unit: pb,
         tile: s.group,
         tid: s.tid,
-        flag: &flag,
+        smem: s.smem,
+        flag_at: p.shared_bytes() - 16,
         splits: p.splits,
         not_last: s.unit_end,
     };

@@ -979,19 +979,14 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         m.total.join(", ")
     ));
     em.ins("fence.acq_rel.gpu");
-    let flag = em.reg(Class::R);
-    em.ins(format!(
-        "add.u32 {flag}, {}, {}",
-        m.smem,
-        plan.shared_bytes() - 16
-    ));
     let arrival = super::splits::Arrival {
         scratch: m.scratch,
         units: m.units,
         per_unit: pb,
         tile: m.tile,
         tid: m.tid,
-        flag: &flag,
+        smem: m.smem,
+        flag_at: plan.shared_bytes() - 16,
         splits: plan.splits,
         not_last: m.stored,
     };

@@ -36,18 +36,21 @@ pub(super) fn unit_parts(em: &mut Em, unit: &str, splits: u32) -> (String, Strin
 /// A block's arrival at its tile's counter, once every thread that stored
 /// part of the block's partial has fenced (`fence.acq_rel.gpu`): a block
 /// barrier, thread 0 counts the arrival and tells the block through a word
-/// of shared memory at `flag`, and blocks other than the last branch to
-/// `not_last`. The last one fences (acquiring the other blocks' partials)
-/// and goes on.
+/// of shared memory (the last 16 bytes of the kernel's dynamic shared
+/// memory, `flag_at` bytes after `smem`), and blocks other than the last
+/// branch to `not_last`. The last one fences (acquiring the other blocks'
+/// partials) and goes on.
 pub(super) struct Arrival<'s> {
     pub scratch: &'s str,
     /// Every unit of the launch (u64), the bytes of a unit's partial.
     pub units: &'s str,
     pub per_unit: u32,
-    /// The tile (s64), the thread (u32), the flag's shared address (u32).
+    /// The tile (s64), the thread (u32), the dynamic shared memory's
+    /// address (u32) and the flag's offset in it.
     pub tile: &'s str,
     pub tid: &'s str,
-    pub flag: &'s str,
+    pub smem: &'s str,
+    pub flag_at: u32,
     pub splits: u32,
     pub not_last: &'s str,
 }
@@ -64,6 +67,8 @@ impl Arrival<'_> {
         let t4 = em.reg(Class::D);
         em.ins(format!("shl.b64 {t4}, {}, 2", self.tile));
         em.ins(format!("add.s64 {ctr}, {ctr}, {t4}"));
+        let flag = em.reg(Class::R);
+        em.ins(format!("add.u32 {flag}, {}, {}", self.smem, self.flag_at));
         let (p0, counted) = (em.reg(Class::P), em.a.label("counted"));
         em.ins(format!("setp.ne.u32 {p0}, {}, 0", self.tid));
         em.ins(format!("@{p0} bra {counted}"));
@@ -71,11 +76,11 @@ impl Arrival<'_> {
         em.ins(format!("atom.acq_rel.gpu.global.add.u32 {old}, [{ctr}], 1"));
         em.ins(format!("setp.eq.u32 {pl}, {old}, {}", self.splits - 1));
         em.ins(format!("selp.u32 {last}, 1, 0, {pl}"));
-        em.ins(format!("st.shared.u32 [{}], {last}", self.flag));
+        em.ins(format!("st.shared.u32 [{flag}], {last}"));
         em.a.place(&counted);
         em.ins("bar.sync 0");
         let (seen, pnot) = (em.reg(Class::R), em.reg(Class::P));
-        em.ins(format!("ld.shared.u32 {seen}, [{}]", self.flag));
+        em.ins(format!("ld.shared.u32 {seen}, [{flag}]"));
         em.ins(format!("setp.eq.u32 {pnot}, {seen}, 0"));
         em.ins(format!("@{pnot} bra.uni {}", self.not_last));
         em.ins("fence.acq_rel.gpu");
