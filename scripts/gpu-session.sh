@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4split|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4ncu|w4split|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -18,6 +18,9 @@
 #   issue7: W3d (split decode attention over the cache, its concatenations
 #      fused) with every kernel's ncu time; W3d, W3, ATTN and W2 beside
 #      torch_baselines.py; every GPU test binary on the card.
+#   w4ncu: W4 at m = 1 and 16 beside torch_quick.py, then ncu's warp
+#      states and per-instruction stall samples of its int4 kernel (SASS
+#      as csv), and the int4 kernels' PTX tests on the card.
 #   w4split: W4 at m = 1 and 16 with the int4 kernel's k dealt to 1, 2
 #      and 4 blocks per tile (KILN_QMMA_SPLITS), W4 beside torch_quick.py,
 #      the PTX and quantize tests on the card.
@@ -115,6 +118,23 @@ w4_splits() {
         done
     done
 }
+w4_sass() {
+    # Where W4's fragment kernel spends its cycles: ncu's warp states and
+    # instruction mix, and its SASS with the stall samples per instruction
+    # (sass-m*.csv), at m = 1 and 16.
+    for m in 1 16; do
+        echo "## W4 m=$m"
+        ncu --graph-profiling node -k regex:qmma -c 1 --section SpeedOfLight \
+            --section WarpStateStats --section InstructionStats --section SourceCounters \
+            --section Occupancy --section LaunchStats -o "$OUT/w4-m$m" -f \
+            "$KILN" bench bench/w4.kiln --device cuda --dim m=$m --iters 1 --warmup 0 \
+            > /dev/null 2>&1
+        ncu -i "$OUT/w4-m$m.ncu-rep" --page details 2>&1 | grep -vE "^\s*$|----" | head -150
+        ncu -i "$OUT/w4-m$m.ncu-rep" --page source --print-source sass --csv \
+            > "$OUT/sass-m$m.csv" 2>&1
+        rm -f "$OUT/w4-m$m.ncu-rep"
+    done
+}
 kernel_times() {
     # Device time of each kernel of one replay (ncu), for W4 and W6.
     local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread
@@ -180,6 +200,11 @@ issue7)
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 200 bench/gpu.sh W3d W3 ATTN W2
     step check 420 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;
+w4ncu)
+    TORCH=quick KILN_TIMEOUT=60 step bench-quick 120 bench/gpu.sh W4-M1 W4-M16
+    TAIL=300 step w4-sass 120 w4_sass
+    step check 150 scripts/gpu-check.sh ptx:dequantizing
+    ;;
 w4split)
     TAIL=40 step w4-splits 90 w4_splits
     TORCH=quick KILN_TIMEOUT=60 step bench-quick 120 bench/gpu.sh W4-M1 W4-M16
@@ -199,7 +224,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4split|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4ncu|w4split|final|tests" >&2
     exit 2
     ;;
 esac

@@ -604,7 +604,7 @@ fn gpu_artifacts_hold_cubins_when_ptxas_is_found() {
 /// compile time: `examples/llama_w4a16.kiln`'s five int4 projections (wq, wo and
 /// the MLP's three; wk and wv end in a rotary or transposing epilogue) read
 /// their codes in fragment order. The artifact keeps no bind-time launch,
-/// holds the five copies `[N/64, K/32, 32, 64]`, and runs on the PTX
+/// holds the five copies `[N/64, K/32, 2, 32, 32]`, and runs on the PTX
 /// interpreter to the same bits as the source model there, whose bind-time
 /// launches make the copies on the (simulated) GPU.
 #[test]
@@ -630,9 +630,9 @@ fn gpu_artifacts_store_the_weight_layouts_their_kernels_read() {
     assert_eq!(weights.len(), art.program.weights.len());
     let fragments: Vec<&str> = weights
         .iter()
-        .filter(|(_, t)| t.dtype == kiln_dialect::DType::I4 && t.shape.len() == 4)
+        .filter(|(_, t)| t.dtype == kiln_dialect::DType::I4 && t.shape.len() == 5)
         .map(|(n, t)| {
-            assert_eq!(&t.shape[2..], [32, 64], "{n}");
+            assert_eq!(&t.shape[2..], [2, 32, 32], "{n}");
             n.as_str()
         })
         .collect();

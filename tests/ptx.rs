@@ -1238,7 +1238,7 @@ fn gemv_kernels() -> Vec<Kernel> {
 fn qmma_kernels() -> Vec<Kernel> {
     use kiln_passes::lower::fragment_index;
     let cast = |e: Expr| Expr::Cast(Ty::F32, Box::new(e));
-    let codes = |kk: u64, nn: u64| vec![st(nn / 64), st(kk / 32), st(32), st(64)];
+    let codes = |kk: u64, nn: u64| vec![st(nn / 64), st(kk / 32), st(2), st(32), st(32)];
     // x[.., m, k] @ b over k = Var(r), for an output of rank r.
     let kernel = |name: &str,
                   x: Buffer,
@@ -1424,7 +1424,7 @@ fn qmma_computed_kernels() -> Vec<Kernel> {
                 buf("gate", DType::BF16, vec![Dim::sym("m"), st(256)]),
                 buf("up", DType::BF16, vec![Dim::sym("m"), st(256)]),
                 buf("scale", DType::BF16, vec![st(4), st(128)]),
-                buf("w", DType::I4, vec![st(2), st(8), st(32), st(64)]),
+                buf("w", DType::I4, vec![st(2), st(8), st(2), st(32), st(32)]),
             ],
             output: buf("y", DType::F32, vec![Dim::sym("m"), st(128)]),
             dims: vec!["m".into()],
@@ -1442,7 +1442,7 @@ fn qmma_computed_kernels() -> Vec<Kernel> {
             inputs: vec![
                 buf("x", DType::BF16, vec![st(128), st(5)]),
                 buf("scale", DType::BF16, vec![st(2), st(64)]),
-                buf("w", DType::I4, vec![st(1), st(4), st(32), st(64)]),
+                buf("w", DType::I4, vec![st(1), st(4), st(2), st(32), st(32)]),
             ],
             output: buf("y", DType::F32, vec![st(5), st(64)]),
             dims: vec![],

@@ -922,6 +922,13 @@ fn step(
             stats.global_stored += len as u64;
             set(th, arg(0)?, t, old)?;
         }
+        Op::Prefetch => {
+            let Operand::Addr(a) = arg(0)? else {
+                return Err("a prefetch without an address".into());
+            };
+            let addr = ctx.addr(th, a);
+            dev.locate(addr, 1).ok_or_else(|| global_oob(addr, 1))?;
+        }
         Op::CpAsync => {
             let (Operand::Addr(d), Operand::Addr(s)) = (arg(0)?, arg(1)?) else {
                 return Err("cp.async takes two addresses".into());

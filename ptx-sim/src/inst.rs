@@ -289,6 +289,10 @@ pub enum Op {
     Ret,
     Bar,
     Fence,
+    /// `prefetch.global.L1` / `.L2`: no effect on values; the address must
+    /// lie inside an allocation (a kernel that prefetches past its
+    /// buffers has an address bug).
+    Prefetch,
     Shfl(Shfl),
     /// Matrices (1, 2, 4), `.trans`.
     Ldmatrix(u8, bool),

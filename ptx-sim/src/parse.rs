@@ -596,6 +596,7 @@ fn decode(opcode: &str) -> Result<Op, Why> {
             Op::Bar
         }
         "fence" | "membar" => Op::Fence,
+        "prefetch" if has("global") && (has("L1") || has("L2")) => Op::Prefetch,
         // The warpgroup's ordering instructions: `mma_async` runs at once
         // here, so there is nothing to order or wait for.
         "wgmma" if has("fence") || has("commit_group") || has("wait_group") => Op::Fence,

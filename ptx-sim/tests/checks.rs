@@ -105,6 +105,24 @@ fn an_atomic_add_returns_the_old_value() {
     assert!(got[32..].iter().all(|&x| x == counter), "{got:?}");
 }
 
+/// A prefetch changes no value; one past every allocation is reported
+/// (the address a kernel prefetches is one it will load).
+#[test]
+fn prefetches_change_nothing_and_stray_ones_are_reported() {
+    let body = |off: u32| {
+        format!(
+            "\tprefetch.global.L1 [%rd4+{off}];\n\tprefetch.global.L2 [%rd4];\n\
+             \tld.global.b32 %r1, [%rd4];\n\tadd.s32 %r1, %r1, 1;\n\tst.global.b32 [%rd3], %r1;"
+        )
+    };
+    let xs: Vec<u32> = (0..32u32).map(|i| 7 * i + 2).collect();
+    let got = go(&module("", &body(0)), 32, 32, &xs).unwrap();
+    assert_eq!(got, xs.iter().map(|x| x + 1).collect::<Vec<_>>());
+    // Thread 0 prefetches byte 4096 of a 128-byte input.
+    let err = go(&module("", &body(4096)), 32, 32, &xs).unwrap_err();
+    assert!(err.to_string().contains("byte 4096 of buffer 1, outside it"), "{err}");
+}
+
 #[test]
 fn a_butterfly_shuffle_sums_the_warp() {
     let mut body = String::from("\tld.global.b32 %r1, [%rd4];\n");

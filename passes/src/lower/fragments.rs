@@ -7,22 +7,24 @@
 //! The kernel gives each warp 64 columns and walks `k` 32 at a time; lane
 //! `l` of the warp needs, per 32-deep step, the 64 codes of its `mma.sync
 //! .m16n8k16` `b` fragments over the 8 column blocks of 8 and the step's
-//! two 16-deep halves. The copy stores exactly those 64 codes (32 bytes)
-//! contiguously per lane, so a warp's step is one contiguous 1 KiB read
-//! and a lane's two 16-byte loads; the 32 bytes of a lane are ordered so
-//! that shifting a 32-bit word right by 0, 4, 8 or 12 and masking
-//! `0x000f000f` leaves one fragment register's two codes, one per 16-bit
-//! half.
+//! two 16-deep halves: 16 bytes per half. The copy stores a step's codes
+//! as two 512-byte halves, lane `l`'s 16 bytes of a half at `16 l`, so a
+//! warp's step is one contiguous 1 KiB read and each of the lanes' two
+//! 16-byte copies reads 512 contiguous bytes (coalesced: a lane's 32
+//! bytes side by side made each copy touch every 32-byte sector half
+//! used). The 16 bytes of a lane's half are ordered so that shifting a
+//! 32-bit word right by 0, 4, 8 or 12 and masking `0x000f000f` leaves one
+//! fragment register's two codes, one per 16-bit half.
 //!
-//! Copy layout `[N / 64, K / 32, 32 lanes, 64 codes]`. Within a step, `k`
-//! is renamed so that each lane's `a` elements are 8 consecutive values
-//! (one 16-byte load per row): lane `l = 4 g + t` (`g`, `t` as in the
-//! PTX ISA's fragment layouts) covers `k = 8 t .. 8 t + 7` of the step,
-//! `k = 8 t + 4 h + 2 r + e` being element `e` of fragment register `r` in
-//! the step's half `h`. Column `n = 8 j + g` of the warp's 64 lies in column
-//! block `j`. The code for `(h, r, e, j)` is code `(4 h + j / 2) * 8 + 4 e +
-//! 2 (j % 2) + r` of the lane's 64: 32-bit word `4 h + j / 2`, bits
-//! `16 e + 4 (2 (j % 2) + r)`.
+//! Copy layout `[N / 64, K / 32, 2 halves, 32 lanes, 32 codes]`. Within a
+//! step, `k` is renamed so that each lane's `a` elements are 8 consecutive
+//! values (one 16-byte load per row): lane `l = 4 g + t` (`g`, `t` as in
+//! the PTX ISA's fragment layouts) covers `k = 8 t .. 8 t + 7` of the
+//! step, `k = 8 t + 4 h + 2 r + e` being element `e` of fragment register
+//! `r` in the step's half `h`. Column `n = 8 j + g` of the warp's 64 lies
+//! in column block `j`. The code for `(h, r, e, j)` is code `(j / 2) * 8 +
+//! 4 e + 2 (j % 2) + r` of the lane's 32 in half `h`: 32-bit word `j / 2`,
+//! bits `16 e + 4 (2 (j % 2) + r)`.
 //!
 //! The rewrite is exact: the rewritten load reads the element the plain
 //! one did, so the reference evaluator checks the program unchanged.
@@ -65,12 +67,13 @@ pub fn fragment_index(k: Expr, n: Expr) -> Vec<Expr> {
     let j = div(nn.clone(), 8);
     let g = rem(nn, 8);
     let lane = add(mul(g, 4), t);
-    // ((4 h + j / 2) * 8 + 4 e + 2 (j % 2) + r
-    let word = add(mul(h, 4), div(j.clone(), 2));
+    // (j / 2) * 8 + 4 e + 2 (j % 2) + r, in half h
+    let word = div(j.clone(), 2);
     let code = add(add(mul(word, 8), mul(e, 4)), add(mul(rem(j, 2), 2), r));
     vec![
         div(n, FRAGMENT_COLS as i64),
         div(k, FRAGMENT_DEPTH as i64),
+        h,
         lane,
         code,
     ]
@@ -154,25 +157,25 @@ fn fragment_launch(p: &Program, src: usize) -> (Launch, Buffer) {
     let s = &p.buffers[src];
     let dims = s.shape.as_static().expect("checked a static shape");
     let (kk, nn) = (dims[0], dims[1]);
-    let shape = [nn / FRAGMENT_COLS, kk / FRAGMENT_DEPTH, 32, 64];
+    let shape = [nn / FRAGMENT_COLS, kk / FRAGMENT_DEPTH, 2, 32, 32];
     let copy = Buffer {
         name: format!("{}.fragments", s.name),
         dtype: s.dtype,
         shape: Shape(shape.iter().map(|&d| Dim::Static(d)).collect()),
     };
-    // out[nb, ks, lane, c] = src[k, n], inverting `fragment_index`.
+    // out[nb, ks, h, lane, c] = src[k, n], inverting `fragment_index`.
     let int = Expr::Int;
     let v = |i: u32| Expr::Var(Var(i));
     let div = |a: Expr, b: i64| Expr::bin(Binary::Div, a, int(b));
     let rem = |a: Expr, b: i64| Expr::bin(Binary::Rem, a, int(b));
     let mul = |a: Expr, b: i64| Expr::bin(Binary::Mul, a, int(b));
     let add = |a: Expr, b: Expr| Expr::bin(Binary::Add, a, b);
-    let (g, t) = (div(v(2), 4), rem(v(2), 4));
-    let word = div(v(3), 8);
-    let within = rem(v(3), 8);
+    let h = v(2);
+    let (g, t) = (div(v(3), 4), rem(v(3), 4));
+    let word = div(v(4), 8);
+    let within = rem(v(4), 8);
     let (e, q) = (div(within.clone(), 4), rem(within, 4));
-    let h = div(word.clone(), 4);
-    let j = add(mul(rem(word, 4), 2), div(q.clone(), 2));
+    let j = add(mul(word, 2), div(q.clone(), 2));
     let r = rem(q, 2);
     let k = add(
         add(mul(v(1), FRAGMENT_DEPTH as i64), mul(t, 8)),
@@ -229,8 +232,8 @@ mod tests {
     /// `fragment_index` and the copy's kernel are inverse maps: every
     /// element of a 64 x 128 weight lands at a distinct position inside
     /// the copy, and the copy reads it back from there; and the positions
-    /// are those the module documents (lane `4 g + t`, code `(4 h + j / 2)
-    /// * 8 + 4 e + 2 (j % 2) + r`).
+    /// are those the module documents (half `h`, lane `4 g + t`, code `(j /
+    /// 2) * 8 + 4 e + 2 (j % 2) + r`).
     #[test]
     fn the_copy_inverts_the_fragment_index() {
         let (kk, nn) = (64i64, 128i64);
@@ -250,7 +253,7 @@ mod tests {
             launches: vec![],
         };
         let (launch, copy) = fragment_launch(&p, 0);
-        assert_eq!(copy.shape.as_static().unwrap(), vec![2, 2, 32, 64]);
+        assert_eq!(copy.shape.as_static().unwrap(), vec![2, 2, 2, 32, 32]);
         let Body::Map {
             expr: Expr::Load { index: back, .. },
         } = &launch.kernel.body
@@ -264,7 +267,10 @@ mod tests {
                     .iter()
                     .map(|e| value(e, &[]))
                     .collect();
-                assert!(at[0] < 2 && at[1] < 2 && at[2] < 32 && at[3] < 64, "{at:?}");
+                assert!(
+                    at[0] < 2 && at[1] < 2 && at[2] < 2 && at[3] < 32 && at[4] < 32,
+                    "{at:?}"
+                );
                 assert!(seen.insert(at.clone(), (k, n)).is_none(), "{at:?} twice");
                 let from: Vec<i64> = back.iter().map(|e| value(e, &at)).collect();
                 assert_eq!(from, vec![k, n], "position {at:?}");
@@ -275,8 +281,9 @@ mod tests {
                 let want = vec![
                     n / 64,
                     k / 32,
+                    h,
                     4 * g + t,
-                    (4 * h + j / 2) * 8 + 4 * e + 2 * (j % 2) + r,
+                    (j / 2) * 8 + 4 * e + 2 * (j % 2) + r,
                 ];
                 assert_eq!(at, want, "k {k}, n {n}");
             }

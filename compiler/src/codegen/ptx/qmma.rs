@@ -20,8 +20,9 @@
 //! once per piece and column with the code replaced by 1 and 0. The result
 //! equals the evaluator's `sum_k x * b` up to the order of f32 additions.
 //!
-//! **Decoding.** A lane's 32 bytes per 32-deep step hold its fragments'
-//! codes (`order_int4_fragments`): shifting a word right by `4 q` and
+//! **Decoding.** A lane's 32 bytes per 32-deep step (16 per 16-deep
+//! half, each half's 512 bytes for the warp contiguous) hold its
+//! fragments' codes (`order_int4_fragments`): shifting a word right by `4 q` and
 //! masking `0x000f000f` leaves two codes, one per 16-bit half; or-ing
 //! `0x43004300` (bf16 128.0) or `0x64006400` (f16 1024.0) makes each half
 //! that float plus the code, and one `fma.rn.bf16x2` (`f16x2`) by 1.0
@@ -196,7 +197,7 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
     else {
         return None;
     };
-    let shape = [n / FRAGMENT_COLS, depth / FRAGMENT_DEPTH, 32, 64];
+    let shape = [n / FRAGMENT_COLS, depth / FRAGMENT_DEPTH, 2, 32, 32];
     let mut of_codes = Vec::new();
     loads_where(
         b,
@@ -519,13 +520,14 @@ pub(super) fn emit(
         em.ins(format!("mad.lo.s64 {addr}, {t64}, 16, {addr}"));
         a_rows.push((row, addr));
     }
-    // The lane's codes: 32 bytes per step, 1 KiB per step of the warp.
+    // The lane's codes: 16 bytes per half step at `16 lane` of the half's
+    // 512, 1 KiB per step of the warp.
     let steps_k = plan.depth / FRAGMENT_DEPTH;
     let cptr = em.reg(Class::D);
     let lane64 = em.reg(Class::D);
     em.ins(format!("cvt.u64.u32 {lane64}, {lane}"));
     em.ins(format!("mul.lo.s64 {cptr}, {tn}, {}", steps_k * 1024));
-    em.ins(format!("mad.lo.s64 {cptr}, {lane64}, 32, {cptr}"));
+    em.ins(format!("mad.lo.s64 {cptr}, {lane64}, 16, {cptr}"));
     let cbase = em.in_ptr[plan.codes].clone();
     em.ins(format!("add.s64 {cptr}, {cptr}, {cbase}"));
 
@@ -596,7 +598,7 @@ pub(super) fn emit(
         em.ins(format!("mad.wide.u32 {src}, {iss_k}, 1024, {cptr}"));
         em.ins(format!("cp.async.cg.shared.global [{dst}], [{src}], 16"));
         em.ins(format!(
-            "cp.async.cg.shared.global [{dst}+512], [{src}+16], 16"
+            "cp.async.cg.shared.global [{dst}+512], [{src}+512], 16"
         ));
         for (h, (row, base)) in a_rows.iter().enumerate() {
             let Activations::Computed(expr) = &plan.a else {
@@ -652,6 +654,7 @@ pub(super) fn emit(
     for _ in 0..stages - 1 {
         issue(em)?;
     }
+    prefetch_coefficients(em, plan, (kv, nv), (&first, stride), (&n0, &lane))?;
 
     // The steps, in order.
     let (step, in_piece, piece, use_stage) = (
@@ -941,6 +944,71 @@ pub(super) fn emit(
     // The next tile's sums reuse the shared memory.
     em.ins("bar.sync 0");
     lp.end(em);
+    Ok(())
+}
+
+/// The most pieces per warp whose coefficients are prefetched.
+const PREFETCH_PIECES: u64 = 16;
+
+/// Prefetches into L1 what the warp's pieces' coefficients read (every
+/// load of `b` but the codes': a group's row of scales, zero points),
+/// before the first step. A piece's `alpha` is computed at its first step;
+/// loaded only then, each piece waited there for memory (on the H100, a
+/// sixth of W4's stall samples). The lanes cover the tile's 64 columns,
+/// two each. Only unguarded loads of whole bytes outside any `select` are
+/// prefetched, so every address prefetched is one the piece loads.
+fn prefetch_coefficients(
+    em: &mut Em,
+    plan: &QmmaPlan,
+    (kv, nv): (Var, Var),
+    (first, stride): (&str, u32),
+    (n0, lane): (&str, &str),
+) -> Result<(), PtxError> {
+    let mut selects = Vec::new();
+    loads_where(&plan.b, &mut selects, &|e| matches!(e, Expr::Select(..)));
+    let mut loads = Vec::new();
+    loads_where(&plan.b, &mut loads, &|e| {
+        matches!(e, Expr::Load { guard: None, .. }) && *e != plan.code_load
+    });
+    loads.dedup();
+    let inputs = &em.k.inputs;
+    loads.retain(|l| {
+        matches!(l, Expr::Load { input, .. } if inputs[*input].dtype.bits().is_multiple_of(8))
+    });
+    let per_warp = (plan.depth / plan.piece).div_ceil(u64::from(stride));
+    if !selects.is_empty() || loads.is_empty() || per_warp > PREFETCH_PIECES {
+        return Ok(());
+    }
+    let col = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {col}, {lane}"));
+    em.ins(format!("mad.lo.s64 {col}, {col}, 2, {n0}"));
+    let prev_n = em.bind(nv, col);
+    for i in 0..per_warp {
+        let (skip, p, piece) = (em.a.label("prefetch"), em.reg(Class::P), em.reg(Class::R));
+        em.ins(format!("add.u32 {piece}, {first}, {}", i * u64::from(stride)));
+        em.ins(format!(
+            "setp.ge.u32 {p}, {piece}, {}",
+            plan.depth / plan.piece
+        ));
+        em.ins(format!("@{p} bra {skip}"));
+        let kstart = em.reg(Class::D);
+        em.ins(format!("mul.wide.u32 {kstart}, {piece}, {}", plan.piece));
+        let prev_k = em.bind(kv, kstart);
+        for l in &loads {
+            let Expr::Load { input, index, .. } = l else {
+                continue;
+            };
+            let flat = em.flat_index(l, *input, index)?;
+            let addr = em.reg(Class::D);
+            let bytes = em.k.inputs[*input].dtype.bits() / 8;
+            let base = em.in_ptr[*input].clone();
+            em.ins(format!("mad.lo.s64 {addr}, {flat}, {bytes}, {base}"));
+            em.ins(format!("prefetch.global.L1 [{addr}]"));
+        }
+        em.unbind(kv, prev_k);
+        em.a.place(&skip);
+    }
+    em.unbind(nv, prev_n);
     Ok(())
 }
 
