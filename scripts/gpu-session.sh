@@ -109,6 +109,11 @@ w4_stalls() {
         "$KILN" bench bench/w4.kiln --device cuda --dim m=1 --specialize --iters 1 --warmup 0 2>&1 |
         grep -vE "^==PROF==|^\s*$|----" | head -120
 }
+w4_quick() {
+    # W4 beside torch_quick.py: the table's W4 rows and the ceilings.
+    OUT='' BENCH_TMP=/tmp/w4-quick TORCH=quick KILN_TIMEOUT=60 bench/gpu.sh W4-M1 W4-M16 2>&1 |
+        grep -E "W4|copy|Ceilings"
+}
 w4_splits() {
     for m in 1 16; do
         for s in 1 2 4; do
@@ -201,7 +206,7 @@ issue7)
     step check 420 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;
 w4ncu)
-    TORCH=quick KILN_TIMEOUT=60 step bench-quick 120 bench/gpu.sh W4-M1 W4-M16
+    step bench-quick 120 w4_quick
     TAIL=300 step w4-sass 120 w4_sass
     step check 150 scripts/gpu-check.sh ptx:dequantizing
     ;;

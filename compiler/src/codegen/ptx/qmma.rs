@@ -489,15 +489,23 @@ pub(super) fn emit(
     let (g64, t64) = (em.reg(Class::D), em.reg(Class::D));
     em.ins(format!("cvt.u64.u32 {g64}, {g}"));
     em.ins(format!("cvt.u64.u32 {t64}, {t}"));
-    // Per row half: the row (clamped) and, for rows read as stored, the
-    // address of the lane's first `k`.
+    // Per row half: the row (clamped), for rows read as stored the
+    // address of the lane's first `k`, and the bytes the copy reads: 16,
+    // or 0 past the rows (zeros filled in; every block reading the same
+    // last row at a decode step's few rows made that row's cache lines a
+    // hot spot of the L2).
     let mut a_rows = Vec::new();
+    let mut a_bytes = Vec::new();
     for half in 0..halves {
         let row = em.reg(Class::D);
         em.ins(format!("add.s64 {row}, {m0}, {g64}"));
         if half == 1 {
             em.ins(format!("add.s64 {row}, {row}, 8"));
         }
+        let (inside, bytes) = (em.reg(Class::P), em.reg(Class::R));
+        em.ins(format!("setp.lt.s64 {inside}, {row}, {m_dim}"));
+        em.ins(format!("selp.u32 {bytes}, 16, 0, {inside}"));
+        a_bytes.push(bytes);
         em.ins(format!("min.s64 {row}, {row}, {m_last}"));
         let Activations::Rows { input, index } = &plan.a else {
             a_rows.push((row, String::new()));
@@ -561,6 +569,18 @@ pub(super) fn emit(
         "shr.s32 {total}, {total}, {}",
         stride.trailing_zeros()
     ));
+    // The warp takes its pieces from the `tn % count`-th on, wrapping
+    // around: blocks side by side start at different pieces, so that at
+    // any time they read different parts of `a` (the same rows for every
+    // block: at a decode step's few rows, blocks in step made a hot spot
+    // of the L2 slices holding them).
+    let (count, start) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("max.s32 {count}, {total}, 1"));
+    em.ins(format!("cvt.u32.u64 {start}, {tn}"));
+    em.ins(format!("rem.u32 {start}, {start}, {count}"));
+    em.ins(format!("mad.lo.u32 {start}, {start}, {stride}, {first}"));
+    let first_k = em.reg(Class::R);
+    em.ins(format!("mul.lo.u32 {first_k}, {first}, {steps}"));
     em.ins(format!("mul.lo.s32 {total}, {total}, {steps}"));
     // The copies run `STAGES - 1` steps ahead into the warp's ring of
     // stages in shared memory: per stage, 16-byte chunks (two of codes, one
@@ -585,7 +605,7 @@ pub(super) fn emit(
         em.reg(Class::R),
     );
     em.ins(format!("mov.b32 {issued}, 0"));
-    em.ins(format!("mul.lo.u32 {iss_k}, {first}, {steps}"));
+    em.ins(format!("mul.lo.u32 {iss_k}, {start}, {steps}"));
     em.ins(format!("mov.b32 {iss_in}, 0"));
     em.ins(format!("mov.u32 {iss_stage}, 0"));
     let issue = |em: &mut Em| -> Result<(), PtxError> {
@@ -605,8 +625,9 @@ pub(super) fn emit(
                 let src = em.reg(Class::D);
                 em.ins(format!("mad.wide.u32 {src}, {iss_k}, 64, {base}"));
                 em.ins(format!(
-                    "cp.async.cg.shared.global [{dst}+{}], [{src}], 16",
-                    1024 + 512 * h
+                    "cp.async.cg.shared.global [{dst}+{}], [{src}], 16, {}",
+                    1024 + 512 * h,
+                    a_bytes[h]
                 ));
                 continue;
             };
@@ -641,6 +662,9 @@ pub(super) fn emit(
             "@{pn} add.s32 {iss_k}, {iss_k}, {}",
             (u64::from(stride) - 1) * steps
         ));
+        let past = em.reg(Class::P);
+        em.ins(format!("setp.ge.u32 {past}, {iss_k}, {}", pieces * steps));
+        em.ins(format!("@{past} mov.b32 {iss_k}, {first_k}"));
         em.ins(format!("add.u32 {iss_stage}, {iss_stage}, {stage_bytes}"));
         em.ins(format!(
             "setp.eq.u32 {pw}, {iss_stage}, {}",
@@ -665,7 +689,7 @@ pub(super) fn emit(
     );
     em.ins(format!("mov.b32 {step}, 0"));
     em.ins(format!("mov.b32 {in_piece}, 0"));
-    em.ins(format!("mov.b32 {piece}, {first}"));
+    em.ins(format!("mov.b32 {piece}, {start}"));
     em.ins(format!("mov.u32 {use_stage}, 0"));
     let (stop, send, ps) = (em.a.label("step"), em.a.label("step_end"), em.reg(Class::P));
     em.a.place(&stop);
@@ -876,6 +900,11 @@ pub(super) fn emit(
     }
     em.ins(format!("mov.b32 {in_piece}, 0"));
     em.ins(format!("add.s32 {piece}, {piece}, {stride}"));
+    {
+        let past = em.reg(Class::P);
+        em.ins(format!("setp.ge.u32 {past}, {piece}, {pieces}"));
+        em.ins(format!("@{past} mov.b32 {piece}, {first}"));
+    }
     em.a.place(&next);
     em.ins(format!("bra.uni {stop}"));
     em.a.place(&send);
