@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4ncu|w4split|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -18,6 +18,9 @@
 #   issue7: W3d (split decode attention over the cache, its concatenations
 #      fused) with every kernel's ncu time; W3d, W3, ATTN and W2 beside
 #      torch_baselines.py; every GPU test binary on the card.
+#   w6: W6 (the fused inverted bottleneck) and W4 beside
+#      torch_baselines.py, the block kernel under ncu, its PTX test and the
+#      int4 kernels' on the card.
 #   w4ncu: W4 at m = 1 and 16 beside torch_quick.py, then ncu's warp
 #      states and per-instruction stall samples of its int4 kernel (SASS
 #      as csv), and the int4 kernels' PTX tests on the card.
@@ -114,6 +117,25 @@ w4_quick() {
     OUT='' BENCH_TMP=/tmp/w4-quick TORCH=quick KILN_TIMEOUT=60 bench/gpu.sh W4-M1 W4-M16 2>&1 |
         grep -E "W4|copy|Ceilings"
 }
+w6_bench() {
+    # W6 (the fused inverted-bottleneck kernel) and W4 beside
+    # torch_baselines.py (torch.compile's W6, the bf16 linear and tinygemm):
+    # the table's rows and the ceilings.
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$PWD/gpu-bin/torch_baselines.py"
+    OUT='' BENCH_TMP=/tmp/w6-bench KILN_TIMEOUT=60 bench/gpu.sh W6 W4-M1 W4-M16 2>&1 |
+        grep -E "^\| (W|id|-)|copy|Ceilings|W4 M|failed"
+}
+w6_ncu() {
+    # The block kernel under ncu: throughput, warp states, instruction mix,
+    # and its SASS with stall samples (sass-w6.csv).
+    ncu --graph-profiling node -k regex:block -c 1 --section SpeedOfLight \
+        --section WarpStateStats --section InstructionStats --section SourceCounters \
+        --section Occupancy --section LaunchStats -o "$OUT/w6" -f \
+        "$KILN" bench bench/w6.kiln --device cuda --dim n=64 --iters 1 --warmup 0 > /dev/null 2>&1
+    ncu -i "$OUT/w6.ncu-rep" --page details 2>&1 | grep -vE "^\s*$|----" | head -150
+    ncu -i "$OUT/w6.ncu-rep" --page source --print-source sass --csv > "$OUT/sass-w6.csv" 2>&1
+    rm -f "$OUT/w6.ncu-rep"
+}
 w4_splits() {
     for m in 1 16; do
         for s in 1 2 4; do
@@ -205,6 +227,11 @@ issue7)
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 200 bench/gpu.sh W3d W3 ATTN W2
     step check 420 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     ;;
+w6)
+    TAIL=30 step bench 150 w6_bench
+    TAIL=60 step w6-ncu 90 w6_ncu
+    step check 200 scripts/gpu-check.sh ptx:fused_inverted ptx:dequantizing
+    ;;
 w4ncu)
     step bench-quick 120 w4_quick
     TAIL=300 step w4-sass 120 w4_sass
@@ -229,7 +256,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w4ncu|w4split|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|final|tests" >&2
     exit 2
     ;;
 esac

@@ -272,6 +272,7 @@ fn grid_kind(pk: &PtxKernel) -> String {
             splits,
             scratch,
         } => format!("tiles/{tile_m}x{tile_n}/split{splits}/{scratch}"),
+        Grid::Images { tile_h, tile_w } => format!("images/{tile_h}x{tile_w}"),
     }
 }
 
@@ -3173,6 +3174,71 @@ fn hand_built_kernels_run_as_the_evaluator_says() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(compared > kernels.len() / 2, "too few kernels compared");
+}
+
+/// Two inverted bottlenecks as models, each compiled for sm_90 to one
+/// fused block kernel (`block.rs`): W6's form at a small size (bf16, a 3x3
+/// window, scales, ReLU6, the residual; one image of 5 x 11 pixels, so
+/// that the tiles are partial at the bottom and the right), and a linear
+/// one (f16, a 5x5 window, biases, no activation, 8 channels in and 24
+/// out, 32 hidden: values no clamp hides; 4 x 9 pixels, `n` images). Small: the evaluator recomputes the expansion
+/// for every tap of every output (and a ReLU6 three times).
+const BLOCK_MODELS: [(&str, &str); 2] = [
+    (
+        "block_a.kiln",
+        "model block_a {
+    input x: bf16[1, 8, 5, 11] nhwc
+    weight w_expand: bf16[32, 8, 1, 1]
+    weight s_expand: bf16[32, 1, 1]
+    weight w_dw: bf16[32, 1, 3, 3]
+    weight s_dw: bf16[32, 1, 1]
+    weight w_project: bf16[8, 32, 1, 1]
+    weight s_project: bf16[8, 1, 1]
+    let h = relu6(conv2d(x, w_expand) * s_expand)
+    h = relu6(conv2d(h, w_dw, padding = [1, 1, 1, 1], groups = 32) * s_dw)
+    output y = x + conv2d(h, w_project) * s_project
+}",
+    ),
+    (
+        "block_b.kiln",
+        "model block_b {
+    input x: f16[n, 8, 4, 9] nhwc
+    weight w_expand: f16[32, 8, 1, 1]
+    weight b_expand: f16[32]
+    weight w_dw: f16[32, 1, 5, 5]
+    weight s_dw: f16[32, 1, 1]
+    weight w_project: f16[24, 32, 1, 1]
+    weight b_project: f16[24]
+    let h = conv2d(x, w_expand, b_expand) * 0.25
+    h = conv2d(h, w_dw, padding = [2, 2, 2, 2], groups = 32) * s_dw
+    output y = conv2d(h, w_project, b_project)
+}",
+    ),
+];
+
+/// The fused inverted bottlenecks of [`BLOCK_MODELS`] run as the evaluator
+/// says (n = 3 images for the second) on the PTX interpreter and the GPU
+/// where there is one (the CPU side, the map form on Cranelift, is left
+/// out: the evaluator's run per side is most of the test's time, and
+/// `cpu_conv.rs` checks the CPU's blocks). The kernel keeps the expanded and the
+/// depthwise tensors in bf16/f16 (the tensor cores' `a`), the evaluator
+/// in f32: the PTX sides compare within 1/32 of the largest output (a
+/// value rounded to 8 bits twice, then summed over the hidden channels).
+#[test]
+fn fused_inverted_bottlenecks_run_as_the_evaluator_says() {
+    let dir = common::scratch("blocks");
+    let mut ks = Vec::new();
+    for (name, text) in BLOCK_MODELS {
+        let path = dir.as_ref().join(name);
+        std::fs::write(&path, text).unwrap();
+        let model = model_kernels(path.to_str().unwrap());
+        assert_eq!(model.len(), 1, "{name}: one fused kernel");
+        let pk = compile_kernel(&model[0], PtxArch::Sm90a).unwrap();
+        assert!(pk.entry.starts_with("block_"), "{name}: {}", pk.entry);
+        assert!(matches!(pk.grid, Grid::Images { .. }), "{name}");
+        ks.extend(model);
+    }
+    run_on_every_side(&ks, |_, ptx| !ptx, |_| 1.0 / 32.0);
 }
 
 /// W6's kernels (the inverted bottleneck at n = 64) keep no index

@@ -35,9 +35,10 @@ pub struct Target {
     /// activations in NCHW instead of channels-last.
     pub nchw_conv: f64,
     /// Whether the target's backend has a tiled kernel for a fused
-    /// inverted bottleneck (`Kind::Block`). Without one, a block kernel
-    /// would recompute the expansion for every output element, so
-    /// extraction does not offer it.
+    /// inverted bottleneck (`Kind::Block`; the PTX backend's `block.rs`:
+    /// bf16/f16, a depthwise stage of stride 1 with "same" padding, which
+    /// extraction checks). Without one, a block kernel would recompute the
+    /// expansion for every output element, so extraction does not offer it.
     pub conv_block: bool,
     /// When the backend's contraction kernels read a bind-time `b` operand
     /// packed in column panels of this width (`lower::pack_contraction_weights`).
@@ -94,8 +95,7 @@ pub static SM90: Target = Target {
     default_symbol: 512,
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
-    // No fused inverted-bottleneck kernel in the PTX backend yet.
-    conv_block: false,
+    conv_block: true,
     weight_panel: None,
     k_major_8bit: true,
     int4_fragments: true,
@@ -119,8 +119,7 @@ pub static SM80: Target = Target {
     default_symbol: 512,
     unpacked_weight: 0.25,
     nchw_conv: 0.5,
-    // No fused inverted-bottleneck kernel in the PTX backend yet.
-    conv_block: false,
+    conv_block: true,
     weight_panel: None,
     k_major_8bit: true,
     int4_fragments: true,

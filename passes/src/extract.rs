@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
 use egg::Id;
+use kiln_dialect::DType;
 use kiln_dialect::ops::{Op, OpClass};
 
 use crate::cost::{Sizes, compute_seconds, kernel_seconds, matmul_rate};
@@ -231,6 +232,38 @@ fn is_conv(eg: &KGraph, c: Id, depthwise: bool) -> bool {
             } else {
                 false
             }
+        }
+        Head::Mat => false,
+    })
+}
+
+/// Whether depthwise convolution class `c` can be the middle of a fused
+/// inverted-bottleneck kernel (`Target::conv_block`): bf16 or f16, an odd
+/// window with "same" padding, stride and dilation 1 (the form the GPU's
+/// block kernel tiles; other blocks stay separate kernels).
+fn tileable_depthwise(eg: &KGraph, c: Id) -> bool {
+    let half = matches!(eg[c].data.ty.dtype, DType::BF16 | DType::F16);
+    half && eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            let Op::Conv2d {
+                stride,
+                padding,
+                dilation,
+                ..
+            } = &eg.analysis.ops.get(id).op
+            else {
+                return false;
+            };
+            let w = eg[n.args[1]].data.ty.shape.dims();
+            let (Some(kh), Some(kw)) = (w[2].as_static(), w[3].as_static()) else {
+                return false;
+            };
+            let (ph, pw) = ((kh / 2) as i64, (kw / 2) as i64);
+            kh % 2 == 1
+                && kw % 2 == 1
+                && stride[..] == [1, 1]
+                && dilation[..] == [1, 1]
+                && padding[..] == [ph, pw, ph, pw]
         }
         Head::Mat => false,
     })
@@ -647,7 +680,10 @@ fn combine(
                     }
                     (Kind::Contract, Kind::Block) if i == 0 => {
                         // depthwise over a 1x1 expansion, or a 1x1 projection over the depthwise stage
-                        if is_conv(eg, c, true) && !is_conv(eg, a, true) {
+                        if is_conv(eg, c, true)
+                            && !is_conv(eg, a, true)
+                            && tileable_depthwise(eg, c)
+                        {
                             vec![Kind::Contract]
                         } else if is_conv(eg, c, false) {
                             vec![Kind::Block]

@@ -120,7 +120,11 @@ fn prefetches_change_nothing_and_stray_ones_are_reported() {
     assert_eq!(got, xs.iter().map(|x| x + 1).collect::<Vec<_>>());
     // Thread 0 prefetches byte 4096 of a 128-byte input.
     let err = go(&module("", &body(4096)), 32, 32, &xs).unwrap_err();
-    assert!(err.to_string().contains("byte 4096 of buffer 1, outside it"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("byte 4096 of buffer 1, outside it"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -35,8 +35,11 @@ pub const MAGIC: [u8; 8] = *b"KILNART\0";
 /// version 2 added the `cubin` section, version 3 stores the program's
 /// constants compactly (splats and values packed in their element type,
 /// `kernel::serial::Constants::Compact`), version 4 adds grid tag 3
-/// (`Grid::SplitTiles`).
-pub const FORMAT_VERSION: u32 = 4;
+/// (`Grid::SplitTiles`), version 5 adds grid tag 4 (`Grid::Images`).
+pub const FORMAT_VERSION: u32 = 5;
+
+/// The first format version with grid tag 4 (`Grid::Images`).
+const IMAGES_VERSION: u32 = 5;
 
 /// The oldest format version this runtime reads (version 1 is version 2
 /// without the `cubin` section; both store constants as `f64` values).
@@ -518,7 +521,7 @@ impl Artifact {
                         target.name()
                     )));
                 }
-                Code::Ptx(decode_ptx(required(SectionKind::Ptx)?)?)
+                Code::Ptx(decode_ptx(required(SectionKind::Ptx)?, version)?)
             }
         };
         let launches = program.launches.len();
@@ -817,10 +820,17 @@ fn encode_grid(v: &mut Vec<u8>, g: Grid) {
                 put_u32(v, x);
             }
         }
+        Grid::Images { tile_h, tile_w } => {
+            v.push(4);
+            put_u32(v, tile_h);
+            put_u32(v, tile_w);
+        }
     }
 }
 
-fn decode_grid(r: &mut Cursor) -> Result<Grid, CursorError> {
+/// The grid at the cursor, in an artifact of format `version` (which
+/// decides the tags it may hold).
+fn decode_grid(r: &mut Cursor, version: u32) -> Result<Grid, CursorError> {
     let at = r.at;
     match r.u8()? {
         0 => Ok(Grid::Elements {
@@ -839,6 +849,17 @@ fn decode_grid(r: &mut Cursor) -> Result<Grid, CursorError> {
             splits: r.u32()?,
             scratch: r.u32()?,
         }),
+        4 if version >= IMAGES_VERSION => Ok(Grid::Images {
+            tile_h: r.u32()?,
+            tile_w: r.u32()?,
+        }),
+        4 => Err(r.error(
+            at,
+            format!(
+                "4 is not a grid tag in a version {version} artifact \
+                 (grid tag 4 is new in format version {IMAGES_VERSION})"
+            ),
+        )),
         tag => Err(r.error(at, format!("{tag} is not a grid tag"))),
     }
 }
@@ -856,7 +877,7 @@ fn encode_ptx(kernels: &[PtxKernel]) -> Vec<u8> {
     v
 }
 
-fn decode_ptx(bytes: &[u8]) -> Result<Vec<PtxKernel>, ArtifactError> {
+fn decode_ptx(bytes: &[u8], version: u32) -> Result<Vec<PtxKernel>, ArtifactError> {
     let mut r = Cursor::new(bytes, "ptx");
     let kernels = (|| {
         let k = r.list(|r| {
@@ -864,7 +885,7 @@ fn decode_ptx(bytes: &[u8]) -> Result<Vec<PtxKernel>, ArtifactError> {
                 entry: r.str()?,
                 arch: r.str()?,
                 block: r.u32()?,
-                grid: decode_grid(r)?,
+                grid: decode_grid(r, version)?,
                 shared_bytes: r.u32()?,
                 ptx: r.str()?,
             })
@@ -1237,12 +1258,56 @@ mod tests {
                 splits: 8,
                 scratch: 8720,
             },
+            Grid::Images {
+                tile_h: 14,
+                tile_w: 8,
+            },
         ] {
             let mut v = Vec::new();
             encode_grid(&mut v, g);
             let mut r = Cursor::new(&v, "ptx");
-            assert_eq!(decode_grid(&mut r).ok(), Some(g));
+            assert_eq!(decode_grid(&mut r, FORMAT_VERSION).ok(), Some(g));
+            assert_eq!(r.left(), 0);
         }
+    }
+
+    #[test]
+    fn image_grids_are_refused_before_their_version() {
+        let g = Grid::Images {
+            tile_h: 4,
+            tile_w: 4,
+        };
+        let mut v = Vec::new();
+        encode_grid(&mut v, g);
+        assert_eq!(v[0], 4);
+        for version in OLDEST_FORMAT_VERSION..IMAGES_VERSION {
+            let mut r = Cursor::new(&v, "ptx");
+            let e = decode_grid(&mut r, version).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!(
+                    "at offset 0: 4 is not a grid tag in a version {version} artifact \
+                     (grid tag 4 is new in format version 5)"
+                )
+            );
+        }
+        // A whole artifact relabelled as version 4.
+        let mut a = artifact();
+        if let Code::Ptx(k) = &mut a.code {
+            k[0].grid = g;
+        }
+        assert_eq!(Artifact::from_bytes(&a.to_bytes()).unwrap(), a);
+        let old = as_version(&a.to_bytes(), 4);
+        let e = Artifact::from_bytes(&old).unwrap_err();
+        assert!(
+            matches!(&e, ArtifactError::Section { section: "ptx", message }
+                if message.contains("4 is not a grid tag in a version 4 artifact")),
+            "{e}"
+        );
+        // Earlier tags read as before in a version 4 artifact.
+        a = artifact();
+        let old = as_version(&a.to_bytes(), 4);
+        assert_eq!(Artifact::from_bytes(&old).unwrap(), a);
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub enum Grid {
         splits: u32,
         scratch: u32,
     },
+    /// One block per `tile_h x tile_w` spatial tile of an image output
+    /// whose logical shape is `[.., C, H, W]` (rank at least 3; the layout
+    /// in memory may be channels-last): `units` is the product of the axes
+    /// before the channel axis (the batch) times
+    /// `ceil(H / tile_h) * ceil(W / tile_w)`; the channel axis is not cut
+    /// (the block computes every channel of its pixels). The block computes
+    /// its tile, then walks to the tile a grid further. An output of rank
+    /// below 3 has no units.
+    Images { tile_h: u32, tile_w: u32 },
 }
 
 /// One kernel of the kernel dialect compiled to PTX.
@@ -136,6 +145,7 @@ impl PtxKernel {
                 splits,
                 ..
             } => tiles(out_shape, tile_m, tile_n).saturating_mul(u64::from(splits.max(1))),
+            Grid::Images { tile_h, tile_w } => images(out_shape, tile_h, tile_w),
         }
     }
 
@@ -144,7 +154,10 @@ impl PtxKernel {
     pub fn scratch_bytes(&self, units: u64) -> Option<u64> {
         match self.grid {
             Grid::SplitTiles { scratch, .. } => Some(units.saturating_mul(u64::from(scratch))),
-            Grid::Elements { .. } | Grid::Rows { .. } | Grid::Tiles { .. } => None,
+            Grid::Elements { .. }
+            | Grid::Rows { .. }
+            | Grid::Tiles { .. }
+            | Grid::Images { .. } => None,
         }
     }
 
@@ -167,6 +180,20 @@ fn tiles(out_shape: &[usize], tile_m: u32, tile_n: u32) -> u64 {
     batch * tm * tn
 }
 
+/// Tiles of `tile_h x tile_w` over the last two (spatial) axes of a
+/// `[.., C, H, W]` shape, times the axes before the channel axis; 0 below
+/// rank 3.
+fn images(out_shape: &[usize], tile_h: u32, tile_w: u32) -> u64 {
+    let r = out_shape.len();
+    if r < 3 {
+        return 0;
+    }
+    let batch: u64 = out_shape[..r - 3].iter().map(|&d| d as u64).product();
+    let th = (out_shape[r - 2] as u64).div_ceil(u64::from(tile_h.max(1)));
+    let tw = (out_shape[r - 1] as u64).div_ceil(u64::from(tile_w.max(1)));
+    batch * th * tw
+}
+
 /// Grid and block sizes (x only) for `units` units of `kernel`, or `None`
 /// when there is no work (an empty output: the launch is skipped).
 /// `resident` is how many blocks of this kernel the device runs at once
@@ -182,7 +209,8 @@ pub fn launch_config(kernel: &PtxKernel, units: u64, resident: u32) -> Option<(u
     let blocks = match kernel.grid {
         Grid::Elements { .. } => units.div_ceil(block as u64),
         Grid::Rows { .. } if resident > 0 => units.min(u64::from(resident)),
-        Grid::Rows { .. } | Grid::Tiles { .. } | Grid::SplitTiles { .. } => units,
+        Grid::Rows { .. } => units,
+        Grid::Tiles { .. } | Grid::SplitTiles { .. } | Grid::Images { .. } => units,
     };
     Some((blocks.min(MAX_BLOCKS) as u32, block))
 }
@@ -252,5 +280,35 @@ mod tests {
         assert_eq!(launch_config(&s, 60, 4), Some((60, 128)));
         assert_eq!(s.scratch_bytes(60), Some(6000));
         assert_eq!(s.params(3, 1), 6);
+        // Images: batch 2, 24 channels (not cut), H = 56 in 4 tiles of 14,
+        // W = 56 in 7 tiles of 8.
+        let i = k(
+            Grid::Images {
+                tile_h: 14,
+                tile_w: 8,
+            },
+            128,
+        );
+        assert_eq!(i.units(&[2, 24, 56, 56]), 2 * 4 * 7);
+        // Batch 3, H = 9 and W = 10 in 3 tiles of 4 each.
+        let i4 = k(
+            Grid::Images {
+                tile_h: 4,
+                tile_w: 4,
+            },
+            256,
+        );
+        assert_eq!(i4.units(&[3, 5, 9, 10]), 27);
+        // Rank 3 is one image; the channels do not count.
+        assert_eq!(i4.units(&[5, 9, 10]), 9);
+        assert_eq!(i4.units(&[0, 5, 9, 10]), 0);
+        // Below rank 3 there is no image.
+        assert_eq!(i4.units(&[9, 10]), 0);
+        assert_eq!(i4.units(&[]), 0);
+        assert_eq!(launch_config(&i, 56, 4), Some((56, 128)));
+        assert_eq!(launch_config(&i4, 27, 0), Some((27, 256)));
+        assert_eq!(launch_config(&i4, 0, 0), None);
+        assert_eq!(i.scratch_bytes(56), None);
+        assert_eq!(i.params(3, 1), 5);
     }
 }

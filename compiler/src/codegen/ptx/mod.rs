@@ -20,7 +20,11 @@
 //!   as they are, one 128x128 output tile per block on `mma.sync` with a
 //!   `cp.async` pipeline and the epilogue fused (`mma.rs`);
 //! * other contractions ([`Grid::Elements`]): one thread per output
-//!   element (per run), an in-order loop over `k` and the epilogue.
+//!   element (per run), an in-order loop over `k` and the epilogue;
+//! * fused inverted bottlenecks ([`Grid::Images`], `block.rs`): a 1x1
+//!   expansion, a depthwise convolution and a 1x1 projection per tile of
+//!   pixels, the expanded tensor kept in shared memory, both 1x1 stages on
+//!   tensor cores.
 //!
 //! Loads decode every storage type as the reference evaluator does and
 //! stores encode with round-to-nearest-even (`dtype_io.rs`); transcendental
@@ -30,6 +34,7 @@
 
 mod asm;
 mod attention;
+mod block;
 mod dtype_io;
 mod elements;
 mod expr;
@@ -224,6 +229,7 @@ fn classify(k: &Kernel, opts: &PtxOptions) -> (&'static str, Vec<kiln_dialect::k
             ("attention", Vec::new())
         }
         Body::Attention(_) => classify(&k.attention_as_map(), opts),
+        Body::Map { .. } if block::plan(k).is_some() => ("block", Vec::new()),
         Body::Map { expr } => {
             if k.output.dtype.bits() < 8 {
                 return ("map", Vec::new());
@@ -342,6 +348,13 @@ pub fn compile_kernel_with(
     // `.maxntid` and `.minnctapersm` for the kernels that state them.
     let mut blocks_per_sm = None;
     let (block, grid, shared) = match &k.body {
+        Body::Map { .. } if kind == "block" => {
+            let plan = block::plan(k).ok_or_else(|| em.kerr("the block plan vanished"))?;
+            block::emit(&mut em, &plan, &units)?;
+            shared_bytes = plan.shared_bytes();
+            blocks_per_sm = Some(2);
+            (block::THREADS, plan.grid(), false)
+        }
         Body::Map { expr } if kind == "row" => {
             let min_blocks = rows::emit_rows(&mut em, expr, &reds, &units, opts.rows)?;
             if min_blocks > 0 {

@@ -1001,9 +1001,9 @@ fn prefetch_coefficients(
     });
     loads.dedup();
     let inputs = &em.k.inputs;
-    loads.retain(|l| {
-        matches!(l, Expr::Load { input, .. } if inputs[*input].dtype.bits().is_multiple_of(8))
-    });
+    loads.retain(
+        |l| matches!(l, Expr::Load { input, .. } if inputs[*input].dtype.bits().is_multiple_of(8)),
+    );
     let per_warp = (plan.depth / plan.piece).div_ceil(u64::from(stride));
     if !selects.is_empty() || loads.is_empty() || per_warp > PREFETCH_PIECES {
         return Ok(());
@@ -1014,7 +1014,10 @@ fn prefetch_coefficients(
     let prev_n = em.bind(nv, col);
     for i in 0..per_warp {
         let (skip, p, piece) = (em.a.label("prefetch"), em.reg(Class::P), em.reg(Class::R));
-        em.ins(format!("add.u32 {piece}, {first}, {}", i * u64::from(stride)));
+        em.ins(format!(
+            "add.u32 {piece}, {first}, {}",
+            i * u64::from(stride)
+        ));
         em.ins(format!(
             "setp.ge.u32 {p}, {piece}, {}",
             plan.depth / plan.piece
