@@ -3241,37 +3241,37 @@ fn fused_inverted_bottlenecks_run_as_the_evaluator_says() {
     run_on_every_side(&ks, |_, ptx| !ptx, |_| 1.0 / 32.0);
 }
 
-/// W6's kernels (the inverted bottleneck at n = 64) keep no index
-/// arithmetic the shapes make unnecessary: the depthwise convolution's 3x3
-/// taps are unrolled (no loop left), and the projection, whose staged
-/// operand reads the expanded tensor as `[n, 144, 56, 56]` at
-/// `(p / 56, p % 56)`, adds `p` to the address instead of dividing (the
-/// mutation that keeps the division leaves hundreds). Their values are
-/// checked against the evaluator by `gpu_backend`'s every-example test
-/// (`examples/mobilenet_v2_block.kiln`) and the hand-built kernels.
+/// W6 (the inverted bottleneck at n = 64, bf16) compiles to one fused
+/// block kernel (`block.rs`: the extraction's `conv-block`) that keeps no
+/// index arithmetic the shapes make unnecessary: no 64-bit division (the
+/// tile's and the halo's coordinates are 32-bit divisions by constants)
+/// and no reduction loop (the depthwise window is unrolled), 3 blocks per
+/// multiprocessor. Its values: `fused_inverted_bottlenecks_run_as_the_
+/// evaluator_says` on the same form at small sizes.
 #[test]
-fn w6_kernels_keep_no_needless_index_arithmetic() {
+fn w6_is_one_block_kernel_without_needless_index_arithmetic() {
     let ks = model_kernels("bench/w6.kiln");
-    let divisions = |ptx: &str| {
-        ["div.u64", "rem.u64", "div.s64", "rem.s64"]
-            .iter()
-            .map(|d| ptx.matches(d).count())
-            .sum::<usize>()
-    };
-    let (mut depthwise, mut staged) = (0, 0);
-    for k in &ks {
-        let pk = compile_kernel(k, PtxArch::Sm90a).unwrap();
-        if pk.entry.starts_with("map_") {
-            assert!(!pk.ptx.contains("$L_red"), "{}: a loop is left", k.name);
-            depthwise += 1;
+    assert_eq!(ks.len(), 1, "one kernel");
+    let pk = compile_kernel(&ks[0], PtxArch::Sm90a).unwrap();
+    assert!(pk.entry.starts_with("block_bf16_"), "{}", pk.entry);
+    assert_eq!(
+        pk.grid,
+        Grid::Images {
+            tile_h: 8,
+            tile_w: 8
         }
-        if pk.entry.starts_with("mma_") && k.to_string().contains("div(") {
-            let n = divisions(&pk.ptx);
-            assert!(n <= 8, "{}: {n} 64-bit divisions", k.name);
-            staged += 1;
-        }
-    }
-    assert_eq!((depthwise, staged), (1, 1));
+    );
+    assert!(pk.ptx.contains(".minnctapersm 3"), "three blocks");
+    let divisions: usize = ["div.u64", "rem.u64", "div.s64", "rem.s64"]
+        .iter()
+        .map(|d| pk.ptx.matches(d).count())
+        .sum();
+    assert_eq!(divisions, 0, "64-bit divisions");
+    assert!(!pk.ptx.contains("$L_red"), "a loop is left");
+    // Both 1x1 stages on tensor cores: the expansion's 6 column blocks of
+    // a unit times 2 steps of 16 input channels, the projection's 9 steps
+    // of 16 hidden channels.
+    assert_eq!(pk.ptx.matches("mma.sync").count(), 6 * 2 + 9);
 }
 
 /// W1's row kernel (`layer_norm(gelu(x * s + b), g, beta)`, bf16). By

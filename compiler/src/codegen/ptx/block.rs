@@ -368,6 +368,12 @@ impl BlockPlan {
         self.layout().2
     }
 
+    /// Blocks per multiprocessor the kernel asks registers for: as many
+    /// as the shared memory allows, at most 3 (80 registers a thread).
+    pub fn blocks_per_sm(&self) -> u32 {
+        (200 * 1024 / self.shared_bytes().max(1)).clamp(1, 3)
+    }
+
     /// The launch grid: one block per tile of one image.
     pub fn grid(&self) -> Grid {
         Grid::Images {
@@ -516,110 +522,125 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     // 1. The input at the halo, pixel-major; channels past the input's
     // are zeros. Halo pixel (r, c) is image pixel (h0 - ph + r, w0 - pw +
     // c): the input's load at output pixel (h0 + r, w0 + c), taps 0.
+    // Thread `t` copies pixel `t % PM` (the first `PM * groups` threads),
+    // every `groups`-th channel from `t / PM`: its loads are issued
+    // together, then stored.
     {
-        let total = p.c_pad() * halo_pm;
-        let (top, done, item) = (em.a.label("stage"), em.a.label("staged"), em.reg(Class::R));
-        em.ins(format!("mov.u32 {item}, {tid}"));
-        em.a.place(&top);
-        let pe = em.reg(Class::P);
-        em.ins(format!("setp.ge.u32 {pe}, {item}, {total}"));
-        em.ins(format!("@{pe} bra {done}"));
-        let (c, px) = divmod(em, &item, halo_pm);
+        let groups = THREADS / halo_pm;
+        let (skip, pt) = (em.a.label("staged"), em.reg(Class::P));
+        em.ins(format!("setp.ge.u32 {pt}, {tid}, {}", halo_pm * groups));
+        em.ins(format!("@{pt} bra {skip}"));
+        let (cg, px) = divmod(em, &tid, halo_pm);
         let pxc = em.reg(Class::R);
         em.ins(format!("min.u32 {pxc}, {px}, {}", halo_px - 1));
         let (r, col) = divmod(em, &pxc, hw);
-        let code = em.reg(Class::H);
-        em.ins(format!("mov.b16 {code}, 0"));
-        let (skip, pc) = (em.a.label("pad"), em.reg(Class::P));
-        em.ins(format!("setp.ge.u32 {pc}, {c}, {}", p.c_in));
-        em.ins(format!("@{pc} bra {skip}"));
         let hr = add64(em, &h0, &r);
         let wc = add64(em, &w0, &col);
         em.vars.insert(vh, hr);
         em.vars.insert(vw, wc);
-        let cw = wide(em, &c);
+        let cw = wide(em, &cg);
         em.vars.insert(p.ci, cw);
         let addr = address(em, &p.x)?;
-        em.ins(format!("ld.global.nc.b16 {code}, [{addr}]"));
-        em.a.place(&skip);
+        // The channel stride (elements) of the input.
+        let Expr::Load { input: xi, .. } = &p.x else {
+            return Err(em.kerr("the block's input is not a load"));
+        };
+        let stride = em.in_strides[*xi][1].clone();
+        let step = em.reg(Class::D);
+        em.ins(format!("mul.lo.s64 {step}, {stride}, {}", 2 * groups));
         let at = em.reg(Class::R);
-        em.ins(format!("mad.lo.u32 {at}, {px}, {xp}, {xs}", xs = smem));
-        em.ins(format!("mad.lo.u32 {at}, {c}, 2, {at}"));
-        em.ins(format!("st.shared.b16 [{at}], {code}"));
-        em.ins(format!("add.u32 {item}, {item}, {THREADS}"));
-        em.ins(format!("bra.uni {top}"));
-        em.a.place(&done);
+        em.ins(format!("mad.lo.u32 {at}, {px}, {xp}, {smem}"));
+        em.ins(format!("mad.lo.u32 {at}, {cg}, 2, {at}"));
+        let mut codes = Vec::new();
+        let mut ptr = addr;
+        for k in 0..p.c_pad().div_ceil(groups) {
+            // Channel cg + groups k: past the input for every thread, for
+            // some (the last group), or for none.
+            let (lo, hi) = (k * groups, k * groups + groups - 1);
+            let code = em.reg(Class::H);
+            if lo >= p.c_in {
+                em.ins(format!("mov.b16 {code}, 0"));
+            } else if hi >= p.c_in {
+                let pc = em.reg(Class::P);
+                em.ins(format!("mov.b16 {code}, 0"));
+                em.ins(format!("setp.lt.u32 {pc}, {cg}, {}", p.c_in - lo));
+                em.ins(format!("@{pc} ld.global.nc.b16 {code}, [{ptr}]"));
+            } else {
+                em.ins(format!("ld.global.nc.b16 {code}, [{ptr}]"));
+            }
+            if lo < p.c_in {
+                let next = em.reg(Class::D);
+                em.ins(format!("add.s64 {next}, {ptr}, {step}"));
+                ptr = next;
+            }
+            codes.push(code);
+        }
+        for (k, code) in codes.iter().enumerate() {
+            let pc = em.reg(Class::P);
+            em.ins(format!(
+                "setp.lt.u32 {pc}, {cg}, {}",
+                p.c_pad() - k as u32 * groups
+            ));
+            em.ins(format!(
+                "@{pc} st.shared.b16 [{at}+{}], {code}",
+                k as u32 * groups * 2
+            ));
+        }
+        em.a.place(&skip);
         em.ins("bar.sync 0");
     }
 
     // 2. The expansion on tensor cores, `M1` applied: units of one 16-row
-    // block of halo pixels and one 8-column block of hidden channels,
-    // dealt to the warps in turn.
+    // block of halo pixels and a group of 8-column blocks of hidden
+    // channels, dealt to the warps in turn; a unit's blocks unrolled (the
+    // weight's addresses constant offsets from the lane's).
     {
         let blocks_n = p.hidden / 8;
-        let total = (halo_pm / 16) * blocks_n;
+        let per_unit = (1..=6).rev().find(|d| blocks_n % d == 0).unwrap_or(1);
+        let groups_n = blocks_n / per_unit;
+        let total = (halo_pm / 16) * groups_n;
         let (top, done, u) = (
             em.a.label("expand"),
             em.a.label("expanded"),
             em.reg(Class::R),
         );
+        // The lane's `b` address at j = g, ci = 2 t.
+        let (gw, tw2) = (wide(em, &g), em.reg(Class::R));
+        em.ins(format!("shl.b32 {tw2}, {t}, 1"));
+        let tw2w = wide(em, &tw2);
+        em.vars.insert(p.j, gw);
+        em.vars.insert(p.ci, tw2w);
+        let wlane = address(em, &p.w1)?;
         em.ins(format!("mov.u32 {u}, {warp}"));
         em.a.place(&top);
         let pe = em.reg(Class::P);
         em.ins(format!("setp.ge.u32 {pe}, {u}, {total}"));
         em.ins(format!("@{pe} bra {done}"));
-        let (mt, nb) = divmod(em, &u, blocks_n);
-        let acc: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
-        for a in &acc {
-            em.ins(format!("mov.f32 {a}, 0f00000000"));
-        }
-        // `a`: the halo rows of the block from `xs`.
+        let (mt, ng) = divmod(em, &u, groups_n);
+        // `a`: the halo rows of the block from `xs`, every `k` step.
         let arow = em.reg(Class::R);
         em.ins(format!("mad.lo.u32 {arow}, {mt}, 16, {lrow}"));
         let abase = em.reg(Class::R);
         em.ins(format!("mad.lo.u32 {abase}, {arow}, {xp}, {smem}"));
         em.ins(format!("mad.lo.u32 {abase}, {lcol}, 2, {abase}"));
-        // `b`: w1[j, ci] at j = 8 nb + g, ci = 16 kk + 2 t (+ 8).
-        let jb = em.reg(Class::R);
-        em.ins(format!("mad.lo.u32 {jb}, {nb}, 8, {g}"));
-        let jw = wide(em, &jb);
-        em.vars.insert(p.j, jw);
-        for kk in 0..p.c_pad() / 16 {
-            let a: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
-            em.ins(format!(
-                "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}}}, [{abase}+{}]",
-                a.join(", "),
-                kk * 32
-            ));
-            let mut b = Vec::new();
-            for half in 0..2u32 {
-                let ci = em.reg(Class::R);
-                em.ins(format!("mad.lo.u32 {ci}, {t}, 2, {}", kk * 16 + half * 8));
-                let word = em.reg(Class::R);
-                em.ins(format!("mov.b32 {word}, 0"));
-                let (skip, pc) = (em.a.label("wpad"), em.reg(Class::P));
-                em.ins(format!("setp.ge.u32 {pc}, {ci}, {}", p.c_in));
-                em.ins(format!("@{pc} bra {skip}"));
-                let cw = wide(em, &ci);
-                em.vars.insert(p.ci, cw);
-                let addr = address(em, &p.w1)?;
-                em.ins(format!("ld.global.nc.b32 {word}, [{addr}]"));
-                em.a.place(&skip);
-                b.push(word);
-            }
-            em.ins(format!(
-                "{} {{{acc}}}, {{{a}}}, {{{b}}}, {{{acc}}}",
-                p.mma(),
-                acc = acc.join(", "),
-                a = a.join(", "),
-                b = b.join(", ")
-            ));
-        }
-        // `M1` of each accumulator: halo pixel 16 mt + g (+ 8), hidden
-        // channel 8 nb + 2 t (+ 1); a pair of channels per store.
-        let j0 = em.reg(Class::R);
-        em.ins(format!("mad.lo.u32 {j0}, {nb}, 8, {t}"));
-        em.ins(format!("add.u32 {j0}, {j0}, {t}"));
+        let steps = p.c_pad() / 16;
+        let afr: Vec<Vec<String>> = (0..steps)
+            .map(|kk| {
+                let a: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+                em.ins(format!(
+                    "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}}}, [{abase}+{}]",
+                    a.join(", "),
+                    kk * 32
+                ));
+                a
+            })
+            .collect();
+        // The group's first hidden channel, and the weight's rows there.
+        let (jg, wg) = (em.reg(Class::R), em.reg(Class::D));
+        em.ins(format!("mul.lo.u32 {jg}, {ng}, {}", per_unit * 8));
+        em.ins(format!("mad.wide.u32 {wg}, {jg}, {}, {wlane}", p.c_in * 2));
+        // The halo pixels of the lane's two rows.
+        let mut rows = Vec::new();
         for half in 0..2u32 {
             let px = em.reg(Class::R);
             em.ins(format!("mad.lo.u32 {px}, {mt}, 16, {g}"));
@@ -631,30 +652,76 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
             let (r, col) = divmod(em, &pxc, hw);
             let hr = add64(em, &h0, &r);
             let wc = add64(em, &w0, &col);
-            em.vars.insert(vh, hr);
-            em.vars.insert(vw, wc);
-            let mut vals = Vec::new();
-            for e in 0..2u32 {
-                let jj = em.reg(Class::R);
-                em.ins(format!("add.u32 {jj}, {j0}, {e}"));
-                let jw = wide(em, &jj);
-                em.vars.insert(p.j, jw);
-                let v = eval_with(em, &p.m1, &p.e, &acc[(half * 2 + e) as usize])?;
-                vals.push(v);
-            }
-            let word = em.reg(Class::R);
-            em.ins(format!(
-                "cvt.rn.{}.f32 {word}, {}, {}",
-                p.pack(),
-                vals[1],
-                vals[0]
-            ));
             let (at, pin) = (em.reg(Class::R), em.reg(Class::P));
             em.ins(format!("setp.lt.u32 {pin}, {px}, {halo_px}"));
             em.ins(format!("mad.lo.u32 {at}, {px}, {ep}, {es}"));
-            em.ins(format!("mad.lo.u32 {at}, {j0}, 2, {at}"));
-            em.ins(format!("@{pin} st.shared.b32 [{at}], {word}"));
+            em.ins(format!("mad.lo.u32 {at}, {jg}, 2, {at}"));
+            em.ins(format!("mad.lo.u32 {at}, {t}, 4, {at}"));
+            rows.push((hr, wc, at, pin));
         }
+        let mut accs = Vec::new();
+        for nb in 0..per_unit {
+            let acc: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
+            for a in &acc {
+                em.ins(format!("mov.f32 {a}, 0f00000000"));
+            }
+            for (kk, a) in afr.iter().enumerate() {
+                let mut b = Vec::new();
+                for h in 0..2u32 {
+                    let ci0 = kk as u32 * 16 + h * 8;
+                    let word = em.reg(Class::R);
+                    if ci0 < p.c_in {
+                        em.ins(format!(
+                            "ld.global.nc.b32 {word}, [{wg}+{}]",
+                            (nb * 8 * p.c_in + ci0) * 2
+                        ));
+                    } else {
+                        em.ins(format!("mov.b32 {word}, 0"));
+                    }
+                    b.push(word);
+                }
+                em.ins(format!(
+                    "{} {{{acc}}}, {{{a}}}, {{{b}}}, {{{acc}}}",
+                    p.mma(),
+                    acc = acc.join(", "),
+                    a = a.join(", "),
+                    b = b.join(", ")
+                ));
+            }
+            accs.push(acc);
+        }
+        // `M1` of each accumulator: halo pixel 16 mt + g (+ 8), hidden
+        // channel jg + 8 nb + 2 t (+ 1); what does not read the channel
+        // (the padding's select) once per pixel; a pair of channels per
+        // store.
+        let j0 = em.reg(Class::R);
+        em.ins(format!("mad.lo.u32 {j0}, {t}, 2, {jg}"));
+        em.col_var = Some(p.j);
+        for (half, (hr, wc, at, pin)) in rows.iter().enumerate() {
+            em.vars.insert(vh, hr.clone());
+            em.vars.insert(vw, wc.clone());
+            em.row_memo.clear();
+            for (nb, acc) in accs.iter().enumerate() {
+                let mut vals = Vec::new();
+                for e in 0..2u32 {
+                    let jj = em.reg(Class::R);
+                    em.ins(format!("add.u32 {jj}, {j0}, {}", nb as u32 * 8 + e));
+                    let jw = wide(em, &jj);
+                    em.vars.insert(p.j, jw);
+                    vals.push(eval_with(em, &p.m1, &p.e, &acc[half * 2 + e as usize])?);
+                }
+                let word = em.reg(Class::R);
+                em.ins(format!(
+                    "cvt.rn.{}.f32 {word}, {}, {}",
+                    p.pack(),
+                    vals[1],
+                    vals[0]
+                ));
+                em.ins(format!("@{pin} st.shared.b32 [{at}+{}], {word}", nb * 16));
+            }
+        }
+        em.col_var = None;
+        em.row_memo.clear();
         em.ins(format!("add.u32 {u}, {u}, {WARPS}"));
         em.ins(format!("bra.uni {top}"));
         em.a.place(&done);
@@ -738,30 +805,43 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
                 }
             }
         }
+        // `P2` of each sum, channel by channel: what does not read the row
+        // (the channel's scale) once per channel.
         let wc = add64(em, &w0, &ox);
         em.vars.insert(vw, wc);
-        for (o, sums) in acc.iter().enumerate() {
-            let hr = em.reg(Class::D);
-            em.ins(format!("add.s64 {hr}, {h0}, {o}"));
-            em.vars.insert(vh, hr);
-            let mut vals = Vec::new();
-            for (e, s) in sums.iter().enumerate() {
-                let jj = em.reg(Class::R);
-                em.ins(format!("add.u32 {jj}, {j0}, {e}"));
-                let jw = wide(em, &jj);
-                em.vars.insert(p.j, jw);
-                vals.push(eval_with(em, &p.p2, &p.d, s)?);
+        let rows: Vec<String> = (0..TILE_H)
+            .map(|o| {
+                let hr = em.reg(Class::D);
+                em.ins(format!("add.s64 {hr}, {h0}, {o}"));
+                hr
+            })
+            .collect();
+        let mut vals = vec![vec![String::new(); 2]; TILE_H as usize];
+        em.col_var = Some(vh);
+        for e in 0..2 {
+            let jj = em.reg(Class::R);
+            em.ins(format!("add.u32 {jj}, {j0}, {e}"));
+            let jw = wide(em, &jj);
+            em.vars.insert(p.j, jw);
+            em.row_memo.clear();
+            for (o, hr) in rows.iter().enumerate() {
+                em.vars.insert(vh, hr.clone());
+                vals[o][e] = eval_with(em, &p.p2, &p.d, &acc[o][e])?;
             }
+        }
+        em.col_var = None;
+        em.row_memo.clear();
+        let at = em.reg(Class::R);
+        em.ins(format!("mad.lo.u32 {at}, {ox}, {ep}, {ps}"));
+        em.ins(format!("mad.lo.u32 {at}, {cp}, 4, {at}"));
+        for (o, v) in vals.iter().enumerate() {
             let word = em.reg(Class::R);
             em.ins(format!(
                 "cvt.rn.{}.f32 {word}, {}, {}",
                 p.pack(),
-                vals[1],
-                vals[0]
+                v[1],
+                v[0]
             ));
-            let at = em.reg(Class::R);
-            em.ins(format!("mad.lo.u32 {at}, {ox}, {ep}, {ps}"));
-            em.ins(format!("mad.lo.u32 {at}, {cp}, 4, {at}"));
             em.ins(format!(
                 "st.shared.b32 [{at}+{}], {word}",
                 o as u32 * TILE_W * ep

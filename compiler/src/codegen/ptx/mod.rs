@@ -352,7 +352,7 @@ pub fn compile_kernel_with(
             let plan = block::plan(k).ok_or_else(|| em.kerr("the block plan vanished"))?;
             block::emit(&mut em, &plan, &units)?;
             shared_bytes = plan.shared_bytes();
-            blocks_per_sm = Some(2);
+            blocks_per_sm = Some(plan.blocks_per_sm());
             (block::THREADS, plan.grid(), false)
         }
         Body::Map { expr } if kind == "row" => {
