@@ -360,7 +360,19 @@ impl BlockPlan {
         let (xp, ep) = self.pitches();
         let es = pm * xp;
         let ps = es + pm * ep;
-        (es, ps, ps + TILE_H * TILE_W * ep)
+        (
+            es,
+            ps,
+            self.weights_at() + self.hidden * self.window.0 * self.window.1 * 4,
+        )
+    }
+
+    /// Offset of the depthwise weights in shared memory (f32, `[tap][j]`,
+    /// computed once per block).
+    fn weights_at(&self) -> u32 {
+        let (_, _, _, pm) = self.halo();
+        let (xp, ep) = self.pitches();
+        pm * xp + pm * ep + TILE_H * TILE_W * ep
     }
 
     /// Dynamic shared memory per block (bytes).
@@ -504,6 +516,43 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         em.vars.insert(*v, zero.clone());
     }
     let (tiles_h, tiles_w) = (p.height.div_ceil(TILE_H), p.width.div_ceil(TILE_W));
+
+    // The depthwise weights, evaluated once per block as f32 into shared
+    // memory, `[tap][j]` (read after the first tile's barriers).
+    let ws = em.reg(Class::R);
+    em.ins(format!("add.u32 {ws}, {smem}, {}", p.weights_at()));
+    {
+        let total = p.hidden * kh * kw;
+        let (top, done, item) = (
+            em.a.label("weights"),
+            em.a.label("weighted"),
+            em.reg(Class::R),
+        );
+        em.ins(format!("mov.u32 {item}, {tid}"));
+        em.a.place(&top);
+        let pe = em.reg(Class::P);
+        em.ins(format!("setp.ge.u32 {pe}, {item}, {total}"));
+        em.ins(format!("@{pe} bra {done}"));
+        let (tap, jj) = divmod(em, &item, p.hidden);
+        let (a, b) = divmod(em, &tap, kw);
+        for (v, r) in [(p.j, &jj), (p.taps.0, &a), (p.taps.1, &b)] {
+            let w = wide(em, r);
+            em.vars.insert(v, w);
+        }
+        em.memo = Some(Vec::new());
+        let v = em.emit(&p.wdw);
+        em.memo = None;
+        let v = v?;
+        if v.t != Ty::F32 {
+            return Err(em.kerr("a depthwise weight is not f32"));
+        }
+        let at = em.reg(Class::R);
+        em.ins(format!("mad.lo.u32 {at}, {item}, 4, {ws}"));
+        em.ins(format!("st.shared.f32 [{at}], {}", v.r));
+        em.ins(format!("add.u32 {item}, {item}, {THREADS}"));
+        em.ins(format!("bra.uni {top}"));
+        em.a.place(&done);
+    }
 
     let lp = TileLoop::start(em, units);
     // The tile: image `n`, rows `h0 ..`, columns `w0 ..`.
@@ -747,29 +796,18 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         let (ox, cp) = divmod(em, &item, pairs);
         let j0 = em.reg(Class::R);
         em.ins(format!("shl.b32 {j0}, {cp}, 1"));
-        // The window's weights of both channels.
+        // The window's weights of both channels, from shared memory.
         let mut wts = vec![vec![String::new(); (kh * kw) as usize]; 2];
-        for (e, we) in wts.iter_mut().enumerate() {
-            let jj = em.reg(Class::R);
-            em.ins(format!("add.u32 {jj}, {j0}, {e}"));
-            let jw = wide(em, &jj);
-            em.vars.insert(p.j, jw);
-            for a in 0..kh {
-                for b in 0..kw {
-                    let (ra, rb) = (em.iconst(i64::from(a)), em.iconst(i64::from(b)));
-                    let (ra, rb) = (em.in_reg(&ra), em.in_reg(&rb));
-                    em.vars.insert(p.taps.0, ra);
-                    em.vars.insert(p.taps.1, rb);
-                    em.memo = Some(Vec::new());
-                    let v = em.emit(&p.wdw);
-                    em.memo = None;
-                    let v = v?;
-                    if v.t != Ty::F32 {
-                        return Err(em.kerr("a depthwise weight is not f32"));
-                    }
-                    we[(a * kw + b) as usize] = v.r;
-                }
-            }
+        let wat = em.reg(Class::R);
+        em.ins(format!("mad.lo.u32 {wat}, {j0}, 4, {ws}"));
+        for tap in 0..kh * kw {
+            let (w0r, w1r) = (em.reg(Class::F), em.reg(Class::F));
+            em.ins(format!(
+                "ld.shared.v2.f32 {{{w0r}, {w1r}}}, [{wat}+{}]",
+                tap * p.hidden * 4
+            ));
+            wts[0][tap as usize] = w0r;
+            wts[1][tap as usize] = w1r;
         }
         em.vars.insert(p.taps.0, zero.clone());
         em.vars.insert(p.taps.1, zero.clone());

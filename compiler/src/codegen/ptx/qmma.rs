@@ -39,8 +39,11 @@
 //! in shared memory with `cp.async`, issued that many steps ahead across
 //! piece boundaries; each lane copies and reads back only its own 16-byte
 //! chunks, so no barrier orders them, and the copies in flight cost no
-//! registers. A piece's scales are loaded at its first step and applied at
-//! its last. The warps' sums accumulate in shared memory, and warp `w`
+//! registers. The scales of the warp's pieces are prefetched into L1
+//! before its first step and loaded and applied at each piece's last. Each
+//! column tile starts its warps at a different piece (blocks in step would
+//! all read the same part of `x`), and rows past `m` are zero-filled, not
+//! copied. The warps' sums accumulate in shared memory, and warp `w`
 //! runs the epilogue of columns `8 w .. 8 w + 7` ([`super::mma::store_tile`]).
 
 use kiln_dialect::DType;
@@ -699,7 +702,7 @@ pub(super) fn emit(
 
     // At a piece's first step its sums start at zero; its `alpha` (and
     // `beta`) per column are `b` at the piece's first `k` with the code 1
-    // (and 0), loaded then and used at its last step.
+    // (and 0), computed at its last step.
     let coef: Vec<(String, Option<String>)> = (0..16)
         .map(|_| {
             let a = em.reg(Class::F);
@@ -768,12 +771,6 @@ pub(super) fn emit(
         em.ins(format!("@{p} bra {skip}"));
         for x in part.iter().flatten().chain(&sums) {
             em.ins(format!("mov.f32 {x}, 0f00000000"));
-        }
-        // With an offset, `alpha` and `beta` together would hold 32
-        // registers across the piece (ptxas spilled): loaded at its end,
-        // a column block at a time.
-        if !plan.offset {
-            eval_coef(em, 0..8)?;
         }
         em.a.place(&skip);
     }
@@ -872,10 +869,13 @@ pub(super) fn emit(
     let (next, pl) = (em.a.label("piece_end"), em.reg(Class::P));
     em.ins(format!("setp.ne.s32 {pl}, {in_piece}, {steps}"));
     em.ins(format!("@{pl} bra {next}"));
+    // The coefficients are computed here, a column block at a time, from
+    // what `prefetch_coefficients` brought into L1 before the first step
+    // (computed at the piece's first step, the first piece waited there
+    // for memory; `alpha` and `beta` held across a piece also cost 32
+    // registers).
     for (j, p) in part.iter().enumerate() {
-        if plan.offset {
-            eval_coef(em, j..j + 1)?;
-        }
+        eval_coef(em, j..j + 1)?;
         let x: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         let at = j * 32 * 16;
         em.ins(format!(
