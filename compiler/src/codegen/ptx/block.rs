@@ -295,7 +295,7 @@ pub(super) fn plan(k: &Kernel) -> Option<BlockPlan> {
     let mut outer = vec![vn, vh, vw, j, th, tw];
     outer.extend(zeros.iter().copied());
     let only = |e: &Expr, inner: &Expr, allowed: &[Var]| {
-        let outside = e.substitute(&|x| (x == inner).then(|| Expr::Float(0.0)));
+        let outside = e.substitute(&|x| (x == inner).then_some(Expr::Float(0.0)));
         free_vars(&outside).iter().all(|v| allowed.contains(v)) && !super::has_reduce(&outside)
     };
     let ok = only(expr, &s2, &[vn, vc, vh, vw])
@@ -645,7 +645,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     // weight's addresses constant offsets from the lane's).
     {
         let blocks_n = p.hidden / 8;
-        let per_unit = (1..=6).rev().find(|d| blocks_n % d == 0).unwrap_or(1);
+        let per_unit = (1..=6).rev().find(|d| blocks_n.is_multiple_of(*d)).unwrap_or(1);
         let groups_n = blocks_n / per_unit;
         let total = (halo_pm / 16) * groups_n;
         let (top, done, u) = (
