@@ -645,7 +645,10 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     // weight's addresses constant offsets from the lane's).
     {
         let blocks_n = p.hidden / 8;
-        let per_unit = (1..=6).rev().find(|d| blocks_n.is_multiple_of(*d)).unwrap_or(1);
+        let per_unit = (1..=6)
+            .rev()
+            .find(|d| blocks_n.is_multiple_of(*d))
+            .unwrap_or(1);
         let groups_n = blocks_n / per_unit;
         let total = (halo_pm / 16) * groups_n;
         let (top, done, u) = (
