@@ -411,6 +411,40 @@ impl BlockPlan {
     }
 }
 
+/// A loop over `start, start + step, ..` below `total` (u32): a thread's
+/// or a warp's share of a phase's items.
+struct Strided {
+    top: String,
+    done: String,
+    step: u32,
+    /// The current item (u32).
+    i: String,
+}
+
+impl Strided {
+    /// Opens the loop: the body that follows handles item `i`.
+    fn open(em: &mut Em, name: &str, start: &str, total: u32, step: u32) -> Strided {
+        let (top, done, i) = (
+            em.a.label(name),
+            em.a.label(&format!("{name}_done")),
+            em.reg(Class::R),
+        );
+        em.ins(format!("mov.u32 {i}, {start}"));
+        em.a.place(&top);
+        let p = em.reg(Class::P);
+        em.ins(format!("setp.ge.u32 {p}, {i}, {total}"));
+        em.ins(format!("@{p} bra {done}"));
+        Strided { top, done, step, i }
+    }
+
+    /// Closes the loop.
+    fn close(self, em: &mut Em) {
+        em.ins(format!("add.u32 {0}, {0}, {1}", self.i, self.step));
+        em.ins(format!("bra.uni {}", self.top));
+        em.a.place(&self.done);
+    }
+}
+
 /// A u32 register holding `x / d` and one holding `x % d` (`d` constant).
 fn divmod(em: &mut Em, x: &str, d: u32) -> (String, String) {
     let (q, r) = (em.reg(Class::R), em.reg(Class::R));
@@ -522,17 +556,8 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     let ws = em.reg(Class::R);
     em.ins(format!("add.u32 {ws}, {smem}, {}", p.weights_at()));
     {
-        let total = p.hidden * kh * kw;
-        let (top, done, item) = (
-            em.a.label("weights"),
-            em.a.label("weighted"),
-            em.reg(Class::R),
-        );
-        em.ins(format!("mov.u32 {item}, {tid}"));
-        em.a.place(&top);
-        let pe = em.reg(Class::P);
-        em.ins(format!("setp.ge.u32 {pe}, {item}, {total}"));
-        em.ins(format!("@{pe} bra {done}"));
+        let items = Strided::open(em, "weights", &tid, p.hidden * kh * kw, THREADS);
+        let item = items.i.clone();
         let (tap, jj) = divmod(em, &item, p.hidden);
         let (a, b) = divmod(em, &tap, kw);
         for (v, r) in [(p.j, &jj), (p.taps.0, &a), (p.taps.1, &b)] {
@@ -549,9 +574,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         let at = em.reg(Class::R);
         em.ins(format!("mad.lo.u32 {at}, {item}, 4, {ws}"));
         em.ins(format!("st.shared.f32 [{at}], {}", v.r));
-        em.ins(format!("add.u32 {item}, {item}, {THREADS}"));
-        em.ins(format!("bra.uni {top}"));
-        em.a.place(&done);
+        items.close(em);
     }
 
     let lp = TileLoop::start(em, units);
@@ -650,12 +673,6 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
             .find(|d| blocks_n.is_multiple_of(*d))
             .unwrap_or(1);
         let groups_n = blocks_n / per_unit;
-        let total = (halo_pm / 16) * groups_n;
-        let (top, done, u) = (
-            em.a.label("expand"),
-            em.a.label("expanded"),
-            em.reg(Class::R),
-        );
         // The lane's `b` address at j = g, ci = 2 t.
         let (gw, tw2) = (wide(em, &g), em.reg(Class::R));
         em.ins(format!("shl.b32 {tw2}, {t}, 1"));
@@ -663,12 +680,8 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         em.vars.insert(p.j, gw);
         em.vars.insert(p.ci, tw2w);
         let wlane = address(em, &p.w1)?;
-        em.ins(format!("mov.u32 {u}, {warp}"));
-        em.a.place(&top);
-        let pe = em.reg(Class::P);
-        em.ins(format!("setp.ge.u32 {pe}, {u}, {total}"));
-        em.ins(format!("@{pe} bra {done}"));
-        let (mt, ng) = divmod(em, &u, groups_n);
+        let items = Strided::open(em, "expand", &warp, (halo_pm / 16) * groups_n, WARPS);
+        let (mt, ng) = divmod(em, &items.i, groups_n);
         // `a`: the halo rows of the block from `xs`, every `k` step.
         let arow = em.reg(Class::R);
         em.ins(format!("mad.lo.u32 {arow}, {mt}, 16, {lrow}"));
@@ -774,9 +787,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         }
         em.col_var = None;
         em.row_memo.clear();
-        em.ins(format!("add.u32 {u}, {u}, {WARPS}"));
-        em.ins(format!("bra.uni {top}"));
-        em.a.place(&done);
+        items.close(em);
         em.ins("bar.sync 0");
     }
 
@@ -785,18 +796,8 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     // pairs of the same pixels).
     {
         let pairs = p.hidden / 2;
-        let total = pairs * TILE_W;
-        let (top, done, item) = (
-            em.a.label("depthwise"),
-            em.a.label("dw_done"),
-            em.reg(Class::R),
-        );
-        em.ins(format!("mov.u32 {item}, {tid}"));
-        em.a.place(&top);
-        let pe = em.reg(Class::P);
-        em.ins(format!("setp.ge.u32 {pe}, {item}, {total}"));
-        em.ins(format!("@{pe} bra {done}"));
-        let (ox, cp) = divmod(em, &item, pairs);
+        let items = Strided::open(em, "depthwise", &tid, pairs * TILE_W, THREADS);
+        let (ox, cp) = divmod(em, &items.i, pairs);
         let j0 = em.reg(Class::R);
         em.ins(format!("shl.b32 {j0}, {cp}, 1"));
         // The window's weights of both channels, from shared memory.
@@ -888,9 +889,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
                 o as u32 * TILE_W * ep
             ));
         }
-        em.ins(format!("add.u32 {item}, {item}, {THREADS}"));
-        em.ins(format!("bra.uni {top}"));
-        em.a.place(&done);
+        items.close(em);
         em.ins("bar.sync 0");
     }
 
@@ -900,17 +899,8 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     {
         let blocks_n = p.c_out / 8;
         let total = (TILE_H * TILE_W / 16) * blocks_n;
-        let (top, done, u) = (
-            em.a.label("project"),
-            em.a.label("projected"),
-            em.reg(Class::R),
-        );
-        em.ins(format!("mov.u32 {u}, {warp}"));
-        em.a.place(&top);
-        let pe = em.reg(Class::P);
-        em.ins(format!("setp.ge.u32 {pe}, {u}, {total}"));
-        em.ins(format!("@{pe} bra {done}"));
-        let (mt, nb) = divmod(em, &u, blocks_n);
+        let items = Strided::open(em, "project", &warp, total, WARPS);
+        let (mt, nb) = divmod(em, &items.i, blocks_n);
         let acc: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         for a in &acc {
             em.ins(format!("mov.f32 {a}, 0f00000000"));
@@ -1000,9 +990,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
                 em.ins(format!("@{pin} st.global.{sty} [{addr}], {}", code.r));
             }
         }
-        em.ins(format!("add.u32 {u}, {u}, {WARPS}"));
-        em.ins(format!("bra.uni {top}"));
-        em.a.place(&done);
+        items.close(em);
         // The next tile reuses the shared memory.
         em.ins("bar.sync 0");
     }
