@@ -445,6 +445,25 @@ impl Strided {
     }
 }
 
+/// `acc += a * b` on the tensor cores (`mma.sync.m16n8k16`, f32 sums).
+fn mma(em: &mut Em, p: &BlockPlan, acc: &[String], a: &[String], b: &[String]) {
+    em.ins(format!(
+        "{} {{{acc}}}, {{{a}}}, {{{b}}}, {{{acc}}}",
+        p.mma(),
+        acc = acc.join(", "),
+        a = a.join(", "),
+        b = b.join(", ")
+    ));
+}
+
+/// Two f32 values rounded to the plan's 16-bit type, packed (`lo` in the
+/// low half) into a new register.
+fn pack2(em: &mut Em, p: &BlockPlan, lo: &str, hi: &str) -> String {
+    let word = em.reg(Class::R);
+    em.ins(format!("cvt.rn.{}.f32 {word}, {hi}, {lo}", p.pack()));
+    word
+}
+
 /// A u32 register holding `x / d` and one holding `x % d` (`d` constant).
 fn divmod(em: &mut Em, x: &str, d: u32) -> (String, String) {
     let (q, r) = (em.reg(Class::R), em.reg(Class::R));
@@ -745,13 +764,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
                     }
                     b.push(word);
                 }
-                em.ins(format!(
-                    "{} {{{acc}}}, {{{a}}}, {{{b}}}, {{{acc}}}",
-                    p.mma(),
-                    acc = acc.join(", "),
-                    a = a.join(", "),
-                    b = b.join(", ")
-                ));
+                mma(em, p, &acc, a, &b);
             }
             accs.push(acc);
         }
@@ -775,13 +788,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
                     em.vars.insert(p.j, jw);
                     vals.push(eval_with(em, &p.m1, &p.e, &acc[half * 2 + e as usize])?);
                 }
-                let word = em.reg(Class::R);
-                em.ins(format!(
-                    "cvt.rn.{}.f32 {word}, {}, {}",
-                    p.pack(),
-                    vals[1],
-                    vals[0]
-                ));
+                let word = pack2(em, p, &vals[0], &vals[1]);
                 em.ins(format!("@{pin} st.shared.b32 [{at}+{}], {word}", nb * 16));
             }
         }
@@ -877,13 +884,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         em.ins(format!("mad.lo.u32 {at}, {ox}, {ep}, {ps}"));
         em.ins(format!("mad.lo.u32 {at}, {cp}, 4, {at}"));
         for (o, v) in vals.iter().enumerate() {
-            let word = em.reg(Class::R);
-            em.ins(format!(
-                "cvt.rn.{}.f32 {word}, {}, {}",
-                p.pack(),
-                v[1],
-                v[0]
-            ));
+            let word = pack2(em, p, &v[0], &v[1]);
             em.ins(format!(
                 "st.shared.b32 [{at}+{}], {word}",
                 o as u32 * TILE_W * ep
@@ -934,13 +935,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
                     (kk * 16 + h as u32 * 8) * 2
                 ));
             }
-            em.ins(format!(
-                "{} {{{acc}}}, {{{a}}}, {{{b}}}, {{{acc}}}",
-                p.mma(),
-                acc = acc.join(", "),
-                a = a.join(", "),
-                b = b.join(", ")
-            ));
+            mma(em, p, &acc, &a, &b);
         }
         // The epilogue: pixel 16 mt + g (+ 8) of the tile, output channel
         // 8 nb + 2 t (+ 1); pixels past the image are not stored.
