@@ -656,7 +656,7 @@ fn matmul(
 /// Matrix products through the register tiles (`b` copied into panels
 /// where all of `a` is at most 32 KiB, column order without the copy for
 /// `k` = 5000, row tiles first at 64 x 200), partial tiles, transposes and
-/// batches, against the evaluator (1e-5).
+/// batches, against the evaluator (1e-5; 2e-3 at `k` = 5000).
 #[test]
 fn contractions() {
     let f = DType::F32;
@@ -669,8 +669,13 @@ fn contractions() {
         (64, 96, 200),
         (1, 9, 5000),
     ] {
+        // The evaluator's f32 sums and the tiles' differ in order; at
+        // k = 5000 (products of values in (-3, 3), partial sums of some
+        // hundreds) the difference reaches 1e-4 while an output that
+        // cancels can be near 1, the scale tolerances are taken against.
+        let tol = if k > 1000 { 2e-3 } else { 1e-5 };
         for (ta, tb) in [(false, false), (true, false), (false, true)] {
-            check(&matmul(None, m, n, k, ta, tb, f), 1e-5);
+            check(&matmul(None, m, n, k, ta, tb, f), tol);
         }
     }
     for batch in [1, 3] {
