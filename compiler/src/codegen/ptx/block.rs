@@ -47,7 +47,7 @@ use kiln_dialect::kernel::{Binary, Body, Expr, Kernel, Reduction, Ty, Var};
 
 use super::asm::Class;
 use super::expr::{Em, Val, free_vars};
-use super::mma::TileLoop;
+use super::mma::{Lanes, TileLoop, lanes};
 use super::{Grid, PtxError};
 
 /// Threads per block.
@@ -541,18 +541,13 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
     let (es_at, ps_at, _) = p.layout();
     let (kh, kw) = p.window;
     let (vn, vc, vh, vw) = (Var(0), Var(1), Var(2), Var(3));
-    let (tid, lane, warp, g, t) = (
-        em.reg(Class::R),
-        em.reg(Class::R),
-        em.reg(Class::R),
-        em.reg(Class::R),
-        em.reg(Class::R),
-    );
-    em.ins(format!("mov.u32 {tid}, %tid.x"));
-    em.ins(format!("and.b32 {lane}, {tid}, 31"));
-    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
-    em.ins(format!("shr.u32 {g}, {lane}, 2"));
-    em.ins(format!("and.b32 {t}, {lane}, 3"));
+    let Lanes {
+        tid,
+        lane,
+        warp,
+        g,
+        t,
+    } = lanes(em);
     let smem = em.reg(Class::R);
     em.ins(format!("mov.u32 {smem}, kiln_smem"));
     let (es, ps) = (em.reg(Class::R), em.reg(Class::R));

@@ -859,6 +859,40 @@ pub(super) fn emit(
     Ok(())
 }
 
+/// A thread's place in its block and in the `mma.sync` fragment layouts
+/// (u32 registers): the thread, its lane, its warp, the lane's group `g =
+/// lane / 4` and its index in the group `t = lane % 4`.
+pub(super) struct Lanes {
+    pub tid: String,
+    pub lane: String,
+    pub warp: String,
+    pub g: String,
+    pub t: String,
+}
+
+/// Computes [`Lanes`] from `%tid.x`.
+pub(super) fn lanes(em: &mut Em) -> Lanes {
+    let (tid, lane, warp, g, t) = (
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.u32 {tid}, %tid.x"));
+    em.ins(format!("and.b32 {lane}, {tid}, 31"));
+    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
+    em.ins(format!("shr.u32 {g}, {lane}, 2"));
+    em.ins(format!("and.b32 {t}, {lane}, 3"));
+    Lanes {
+        tid,
+        lane,
+        warp,
+        g,
+        t,
+    }
+}
+
 /// A grid-stride loop over a kernel's tiles (or blocks): each block starts
 /// at tile `%ctaid.x` and walks a grid further until `units`.
 pub(super) struct TileLoop {

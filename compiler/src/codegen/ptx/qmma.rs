@@ -55,8 +55,8 @@ use super::asm::Class;
 use super::dtype_io::Code;
 use super::expr::{Em, free_vars};
 use super::mma::{
-    TileLoop, TileOrigin, TileStore, first_half_load, float_loads_only, is_index_of, plain_load,
-    store_rounded16, store_tile,
+    Lanes, TileLoop, TileOrigin, TileStore, first_half_load, float_loads_only, is_index_of, lanes,
+    plain_load, store_rounded16, store_tile,
 };
 
 /// Threads per block: 8 warps.
@@ -419,18 +419,13 @@ pub(super) fn emit(
     let m_last = em.reg(Class::D);
     em.ins(format!("sub.s64 {m_last}, {m_dim}, 1"));
 
-    let (tid, lane, warp, g, t) = (
-        em.reg(Class::R),
-        em.reg(Class::R),
-        em.reg(Class::R),
-        em.reg(Class::R),
-        em.reg(Class::R),
-    );
-    em.ins(format!("mov.u32 {tid}, %tid.x"));
-    em.ins(format!("and.b32 {lane}, {tid}, 31"));
-    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
-    em.ins(format!("shr.u32 {g}, {lane}, 2"));
-    em.ins(format!("and.b32 {t}, {lane}, 3"));
+    let Lanes {
+        tid,
+        lane,
+        warp,
+        g,
+        t,
+    } = lanes(em);
     let smem = em.reg(Class::R);
     em.ins(format!("mov.u32 {smem}, kiln_smem"));
     let b32 = |em: &mut Em, x: u32| {
