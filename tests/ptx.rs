@@ -1835,6 +1835,44 @@ fn attention_kernels() -> Vec<Kernel> {
         }
         ks.push(c);
     }
+    // Additive score terms (`bias`): a float bias read per query and key
+    // (the grouped causal heads), a mask of 0 and -inf per batch entry and
+    // key over a split decode step, and (d128, f16) a mask that hides
+    // every key from the first three queries and about one in six from
+    // the others, where the others see a bias.
+    let neg_inf = Expr::Float(f64::NEG_INFINITY);
+    let biased = [
+        (0, "attn_bf16_bias_causal_gqa", vec![st(77), st(77)]),
+        (5, "attn_bf16_mask_split_one", vec![st(2), st(600)]),
+        (1, "attn_f16_mask_rows", vec![st(2), st(130), st(131)]),
+    ];
+    for (base, name, shape) in biased {
+        let mut c = ks[base].clone();
+        c.name = name.into();
+        let n = c.inputs.len();
+        c.inputs.push(buf("bias", DType::BF16, shape));
+        if let Body::Attention(t) = &mut c.body {
+            let x = |index: Vec<Expr>| ld(n, index);
+            t.bias = Some(match base {
+                0 => bin(Binary::Mul, x(vec![v(2), jj.clone()]), Expr::Float(2.0)),
+                5 => Expr::select(
+                    bin(Binary::Gt, x(vec![v(0), jj.clone()]), Expr::Float(0.8)),
+                    neg_inf.clone(),
+                    Expr::Float(0.0),
+                ),
+                _ => {
+                    let b = x(vec![v(0), v(2), jj.clone()]);
+                    let hidden = bin(
+                        Binary::Or,
+                        bin(Binary::Lt, v(2), Expr::Int(3)),
+                        bin(Binary::Gt, b.clone(), Expr::Float(1.0)),
+                    );
+                    Expr::select(hidden, neg_inf.clone(), b)
+                }
+            });
+        }
+        ks.push(c);
+    }
     ks
 }
 
@@ -1851,6 +1889,7 @@ fn fused_attention() {
             "attn_bf16_split_sixteen" => Some((2, 32 * (32 + 4) * 4 + 4)),
             "attn_bf16_split_cache" => Some((4, 32 * (64 + 4) * 4 + 4)),
             "attn_bf16_split_cache_sixteen" => Some((2, 32 * (32 + 4) * 4 + 4)),
+            "attn_bf16_mask_split_one" => Some((4, 32 * (64 + 4) * 4 + 4)),
             _ => None,
         };
         for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
@@ -1884,15 +1923,16 @@ fn fused_attention() {
             }
         }
     }
-    // A bias term (a mask) takes the map path.
-    let mut biased = ks[0].clone();
-    if let Body::Attention(t) = &mut biased.body {
-        t.bias = Some(Expr::Float(0.5));
+    // A bias that reads the value's column (outside the template) takes
+    // the map path.
+    let mut odd = ks[0].clone();
+    if let Body::Attention(t) = &mut odd.body {
+        t.bias = Some(ld(0, vec![v(0), v(1), v(2), v(3)]));
     }
-    let pk = compile_kernel(&biased, PtxArch::Sm90a).unwrap();
+    let pk = compile_kernel(&odd, PtxArch::Sm90a).unwrap();
     assert!(
         !pk.ptx.contains("mma.sync"),
-        "a biased attention took the fused path"
+        "a bias reading the value's column took the fused path"
     );
     check_all("attention", &ks);
 }

@@ -13,7 +13,8 @@
 //! * `s = q k^T` per warp (16x64, f32 in registers), query fragments held in
 //!   registers for the whole walk, key fragments read with `ldmatrix`;
 //! * the scores are scaled (by `scale * log2(e)`, so that `ex2` computes the
-//!   exponentials), masked where the step reaches past the keys or the
+//!   exponentials), a bias term (a mask) added where there is one, masked
+//!   where the step reaches past the keys or the
 //!   causal diagonal (a branch the whole block takes or skips), and folded
 //!   into the running row maximum and sum: the output rows so far are
 //!   rescaled by `2^(old max - new max)`;
@@ -37,8 +38,8 @@
 //! expression without reductions (rotated queries; at least one operand
 //! is copied): computed rows are evaluated by the threads and stored,
 //! rounded to the tile's type, where the copies would have put them; the
-//! head dim and the value width are 16, 32, 64 or 128, there is no bias
-//! term, and the scale, the key count and the causal offset depend on dims
+//! head dim and the value width are 16, 32, 64 or 128, a bias term reads
+//! only the batch variables, the query and the key, and the scale, the key count and the causal offset depend on dims
 //! only. Other attention kernels run as map kernels
 //! ([`Attention::as_map`]).
 //!
@@ -97,6 +98,8 @@ pub(super) struct Plan {
     q: Operand,
     k: Operand,
     v: Operand,
+    /// Whether the scores have a bias term.
+    biased: bool,
     /// Blocks each query tile's keys are split over (a power of two; 1: no
     /// split). Decode attention (at most 16 queries of a head over a long
     /// key range) splits, so that more than one block per head streams the
@@ -132,6 +135,15 @@ impl Plan {
     pub fn shared_bytes(&self) -> u32 {
         let flag = if self.splits > 1 { 16 } else { 0 };
         self.q_bytes() + STAGES * self.stage_bytes() + flag
+    }
+
+    /// Whether each warp holds its query fragments in registers for the
+    /// whole walk. A bias's evaluation at every score (its indices and
+    /// loads) does not fit beside a head dim of 128's fragments (ptxas
+    /// spilled at 255 registers): such kernels read them from shared
+    /// memory every step (a quarter more `ldmatrix` traffic than the keys').
+    fn hold_queries(&self) -> bool {
+        !(self.biased && self.depth > 64)
     }
 
     /// A split block's partial result: per lane of warp 0, its output
@@ -179,10 +191,20 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
         return None;
     };
     let r = k.output.shape.rank();
-    if r < 3 || k.output.dtype.bits() < 8 || t.bias.is_some() {
+    if r < 3 || k.output.dtype.bits() < 8 {
         return None;
     }
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    // A bias reads the batch variables, the query and the key (the
+    // template's contract; anything else runs the map form).
+    if let Some(b) = &t.bias {
+        if free_vars(b)
+            .iter()
+            .any(|x| x.0 >= mv.0 && *x != mv && *x != t.j)
+        {
+            return None;
+        }
+    }
     let fits = |x: i64| matches!(x, 16 | 32 | 64 | 128);
     let depth = match t.depth {
         Expr::Int(d) if fits(d) => d as u32,
@@ -216,6 +238,7 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
         q,
         k: kk,
         v,
+        biased: t.bias.is_some(),
         splits: splits(k.output.shape.0[r - 2].as_static(), &t.keys),
     })
 }
@@ -725,11 +748,14 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     if split {
         em.ins(format!("@{pwarp} bra.uni {computed}"));
     }
-    // The query fragments, once per block.
+    // The query fragments, once per block (every step when they are not
+    // held).
     {
         let (pf, skip) = (em.reg(Class::P), em.a.label("qf"));
-        em.ins(format!("setp.ne.s64 {pf}, {jb}, {first}"));
-        em.ins(format!("@{pf} bra.uni {skip}"));
+        if p.hold_queries() {
+            em.ins(format!("setp.ne.s64 {pf}, {jb}, {first}"));
+            em.ins(format!("@{pf} bra.uni {skip}"));
+        }
         for (kk, f) in qf.iter().enumerate() {
             em.ins(format!(
                 "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}}}, [{q_lane}+{}]",
@@ -770,6 +796,24 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     }
     for x in &s {
         em.ins(format!("mul.f32 {x}, {x}, {scale2}"));
+    }
+    if let Some(b) = &t.bias {
+        add_bias(
+            em,
+            b,
+            &Scores {
+                s: &s,
+                jb: &jb,
+                tcol: &tcol,
+                keys: &keys,
+                m0: &m0,
+                grow: &grow,
+                m_dim: &m_dim,
+                log2e: &log2e.r,
+                j: t.j,
+                m: Var(r as u32 - 2),
+            },
+        )?;
     }
     // Masking, on the steps that reach past the keys or the diagonal.
     {
@@ -969,6 +1013,67 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     )?;
     em.a.place(&unit_end);
     lp.end(em);
+    Ok(())
+}
+
+/// A step's scores in a lane's registers and where they lie.
+struct Scores<'s> {
+    /// 8 column blocks of 4 (rows `g` and `g + 8`, two keys each).
+    s: &'s [String],
+    /// The step, the lane's first column in a block (`2 (lane % 4)`), the
+    /// key count, the block's first query, the lane's row in the block
+    /// (`g`) and the query count (all s64).
+    jb: &'s str,
+    tcol: &'s str,
+    keys: &'s str,
+    m0: &'s str,
+    grow: &'s str,
+    m_dim: &'s str,
+    log2e: &'s str,
+    /// The template's key and query variables.
+    j: Var,
+    m: Var,
+}
+
+/// Adds the bias term, evaluated as written at each of the lane's scores
+/// (each element with its own memo) and scaled by `log2 e` as the scores
+/// are. Queries and keys past the end are evaluated at the last one, so
+/// that the bias's loads stay in bounds (their scores are not used: the
+/// keys are masked after this, the rows not stored).
+fn add_bias(em: &mut Em, b: &Expr, sc: &Scores) -> Result<(), PtxError> {
+    let (last_key, last_row, jt) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("sub.s64 {last_key}, {}, 1", sc.keys));
+    em.ins(format!("sub.s64 {last_row}, {}, 1", sc.m_dim));
+    em.ins(format!("shl.b64 {jt}, {}, 6", sc.jb));
+    em.ins(format!("add.s64 {jt}, {jt}, {}", sc.tcol));
+    let prev_m = em.vars.get(&sc.m).cloned();
+    let prev_j = em.vars.get(&sc.j).cloned();
+    for h in 0..2usize {
+        let row = em.reg(Class::D);
+        em.ins(format!("add.s64 {row}, {}, {}", sc.m0, sc.grow));
+        em.ins(format!("add.s64 {row}, {row}, {}", h * 8));
+        em.ins(format!("min.s64 {row}, {row}, {last_row}"));
+        em.bind(sc.m, row);
+        for ni in 0..sc.s.len() / 4 {
+            for e in [2 * h, 2 * h + 1] {
+                let j = em.reg(Class::D);
+                em.ins(format!("add.s64 {j}, {jt}, {}", ni * 8 + e % 2));
+                em.ins(format!("min.s64 {j}, {j}, {last_key}"));
+                em.bind(sc.j, j);
+                em.memo = Some(Vec::new());
+                let v = em.emit(b);
+                em.memo = None;
+                let v = v?;
+                if v.t != Ty::F32 {
+                    return Err(em.type_err(b, "the attention bias is not an f32"));
+                }
+                let x = &sc.s[ni * 4 + e];
+                em.ins(format!("fma.rn.f32 {x}, {}, {}, {x}", v.r, sc.log2e));
+            }
+        }
+    }
+    em.unbind(sc.m, prev_m);
+    em.unbind(sc.j, prev_j);
     Ok(())
 }
 
