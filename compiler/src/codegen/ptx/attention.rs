@@ -197,13 +197,12 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
     // A bias reads the batch variables, the query and the key (the
     // template's contract; anything else runs the map form).
-    if let Some(b) = &t.bias {
-        if free_vars(b)
+    if let Some(b) = &t.bias
+        && free_vars(b)
             .iter()
             .any(|x| x.0 >= mv.0 && *x != mv && *x != t.j)
-        {
-            return None;
-        }
+    {
+        return None;
     }
     let fits = |x: i64| matches!(x, 16 | 32 | 64 | 128);
     let depth = match t.depth {
