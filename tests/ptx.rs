@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln::codegen::ptx::{
-    GemvTiling, Grid, PtxArch, PtxKernel, PtxOptions, RowTuning, compile_kernel,
+    GemvTiling, Grid, MmaSplits, PtxArch, PtxKernel, PtxOptions, RowTuning, compile_kernel,
     compile_kernel_with, compile_program,
 };
 use kiln::pipeline::{self, Options};
@@ -2067,6 +2067,170 @@ fn tensor_core_contractions_run_as_the_evaluator_says() {
     run_on_every_side(&mma_kernels(), |_, _| false, |_| 1e-4);
 }
 
+/// Skinny contractions for split-K: few output tiles over a long `k`.
+/// A bf16 `[96, 2048] x [2048, 72]` with a bias (one tile), an f16 batch
+/// of two `[k, m] x [n, k]` over 1000 (a partial last step; two column
+/// tiles, an f32 output with a residual) and an int8 `[40, 8192] x [72,
+/// 8192]` (s32 accumulators).
+fn skinny_mma_kernels() -> Vec<Kernel> {
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    let i32_of = |e: Expr| Expr::Round(DType::I32, Box::new(e));
+    let (b0, m3, n3, k3) = (v(0), v(1), v(2), Var(3));
+    vec![
+        Kernel {
+            name: "mma_bf16_skinny".into(),
+            inputs: vec![
+                buf("a", DType::BF16, vec![st(96), st(2048)]),
+                buf("b", DType::BF16, vec![st(2048), st(72)]),
+                buf("bias", DType::F32, vec![st(72)]),
+            ],
+            output: buf("c", DType::BF16, vec![st(96), st(72)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(2048),
+                a: ld(0, vec![m.clone(), kk.clone()]),
+                b: ld(1, vec![kk.clone(), n.clone()]),
+                epilogue: bin(Binary::Add, Expr::Acc, ld(2, vec![n.clone()])),
+            },
+        },
+        Kernel {
+            name: "mma_f16_skinny_batched".into(),
+            inputs: vec![
+                buf("a", DType::F16, vec![st(2), st(1000), st(40)]),
+                buf("b", DType::F16, vec![st(136), st(1000)]),
+                buf("r", DType::F32, vec![st(2), st(40), st(136)]),
+            ],
+            output: buf("c", DType::F32, vec![st(2), st(40), st(136)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k: k3,
+                extent: Expr::Int(1000),
+                a: ld(0, vec![b0.clone(), Expr::Var(k3), m3.clone()]),
+                b: ld(1, vec![n3.clone(), Expr::Var(k3)]),
+                epilogue: bin(Binary::Add, Expr::Acc, ld(2, vec![b0, m3, n3])),
+            },
+        },
+        Kernel {
+            name: "imma_skinny".into(),
+            inputs: vec![
+                buf("a", DType::I8, vec![st(40), st(8192)]),
+                buf("b", DType::I8, vec![st(72), st(8192)]),
+            ],
+            output: buf("c", DType::I32, vec![st(40), st(72)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(8192),
+                a: i32_of(ld(0, vec![m, kk.clone()])),
+                b: i32_of(ld(1, vec![n, kk])),
+                epilogue: Expr::Acc,
+            },
+        },
+    ]
+}
+
+/// Split-K (`KILN_MMA_SPLITS`): with `auto`, skinny contractions deal
+/// each tile's `k` to several blocks (as many as the steps and the
+/// multiprocessors allow; the expected counts are worked out in the
+/// comments), store their accumulators and the last block adds them in
+/// split order; large outputs and symbolic shapes stay one block per
+/// tile. With a fixed count every contraction splits, even into splits
+/// without a step (the batched kernel's one step of 64 over four blocks).
+/// Against the evaluator on the PTX interpreter (both arches) and the GPU
+/// where there is one; assembled without spills.
+#[test]
+fn split_k_contractions() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let auto = PtxOptions {
+        mma_splits: Some(MmaSplits::Auto),
+        ..PtxOptions::default()
+    };
+    let tool = ptxas();
+    let gpu = common::gpu_available();
+    let mut failures = Vec::new();
+    // (kernel, splits on sm_90a, on sm_80): sm_90a tiles take 64 of `k` a
+    // step and fill 132 blocks, sm_80's 32 and 264 (two per SM); each
+    // split keeps at least 4 steps.
+    let expect = [
+        // one tile: 2048 / 64 = 32 steps (8 splits), 64 (16, the most)
+        ("mma_bf16_skinny", 8, 16),
+        // four tiles: 15 whole steps (2 splits), 31 (4)
+        ("mma_f16_skinny_batched", 2, 4),
+        // the bf16 view's `k` is 4096: 64 and 128 steps (16 each)
+        ("imma_skinny", 16, 16),
+    ];
+    for k in &skinny_mma_kernels() {
+        let (_, s90, s80) = expect.iter().find(|e| e.0 == k.name).unwrap();
+        for (arch, want) in [(PtxArch::Sm90a, *s90), (PtxArch::Sm80, *s80)] {
+            let off = compile_kernel_with(k, arch, &PtxOptions::default()).unwrap();
+            assert!(matches!(off.grid, Grid::Tiles { .. }), "{}", k.name);
+            let pk = compile_kernel_with(k, arch, &auto).unwrap();
+            match pk.grid {
+                Grid::SplitTiles { splits, .. } => {
+                    assert_eq!(splits, want, "{} ({arch:?})", k.name)
+                }
+                g => panic!("{} ({arch:?}) not split: {g:?}", k.name),
+            }
+            if let Some(tool) = &tool {
+                let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+                assert_eq!(u.spill, 0, "{} ({arch:?})", k.name);
+            }
+            let mut sides = vec![Side::SimWith(arch, auto)];
+            if gpu {
+                sides.push(Side::GpuWith(arch, auto));
+            }
+            for side in sides {
+                match run_against_eval_tol(k, &mut rng, side, 1e-4) {
+                    Ok(true) => {}
+                    r => failures.push(format!("{} ({}, seed {seed}): {r:?}", k.name, side.name())),
+                }
+            }
+        }
+    }
+    // Enough tiles (or a symbolic `m`): no split.
+    for k in mma_kernels() {
+        let pk = compile_kernel_with(&k, PtxArch::Sm90a, &auto).unwrap();
+        let many = k.name.contains("wide") || k.name.contains("batched");
+        if many {
+            assert!(matches!(pk.grid, Grid::Tiles { .. }), "{}", k.name);
+        }
+    }
+    // Four splits of one step: three blocks add nothing.
+    let fixed = PtxOptions {
+        mma_splits: Some(MmaSplits::Fixed(4)),
+        ..PtxOptions::default()
+    };
+    let batched = mma_kernels()
+        .into_iter()
+        .find(|k| k.name == "mma_bf16_batched")
+        .unwrap();
+    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+        let pk = compile_kernel_with(&batched, arch, &fixed).unwrap();
+        assert!(matches!(pk.grid, Grid::SplitTiles { splits: 4, .. }));
+        let side = Side::SimWith(arch, fixed);
+        match run_against_eval_tol(&batched, &mut rng, side, 1e-4) {
+            Ok(true) => {}
+            r => failures.push(format!(
+                "{} ({}, seed {seed}): {r:?}",
+                batched.name,
+                side.name()
+            )),
+        }
+    }
+    assert_eq!(MmaSplits::parse(" auto"), Some(MmaSplits::Auto));
+    assert_eq!(MmaSplits::parse("8"), Some(MmaSplits::Fixed(8)));
+    assert_eq!(MmaSplits::parse("6"), None);
+    assert_eq!(MmaSplits::parse("128"), None);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// int8 contractions (`a[m, k] . b[n, k]`, both `k`-contiguous i8, integer
 /// accumulation) that take `mma.sync.m16n8k32` on s8: an i32 output at
 /// awkward sizes, a `k` tail that is not a whole step (48), a batched one
@@ -2485,6 +2649,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
                 reload_fixed: true,
             }),
             qmma_splits: None,
+            mma_splits: None,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a
@@ -3009,6 +3174,8 @@ enum Side {
     Sim(PtxArch),
     /// The PTX interpreter, the kernel compiled with these options.
     SimWith(PtxArch, PtxOptions),
+    /// The GPU, the kernel compiled with these options.
+    GpuWith(PtxArch, PtxOptions),
 }
 
 impl Side {
@@ -3018,6 +3185,7 @@ impl Side {
             Side::Gpu(a) => a.target().into(),
             Side::Sim(a) => format!("{} on the PTX interpreter", a.target()),
             Side::SimWith(a, o) => format!("{} on the PTX interpreter with {o:?}", a.target()),
+            Side::GpuWith(a, o) => format!("{} with {o:?}", a.target()),
         }
     }
 }
@@ -3124,6 +3292,12 @@ fn run_against_eval_tol(
     let got = match side {
         Side::Gpu(arch) => {
             let exe = kiln::jit::gpu_for(program, arch).map_err(|e| e.to_string())?;
+            exe.run(&inputs).map_err(|e| e.to_string())?
+        }
+        Side::GpuWith(arch, opts) => {
+            let pk = compile_kernel_with(k, arch, &opts).map_err(|e| e.to_string())?;
+            let exe = kiln_runtime::cuda::CudaExecutable::new(program, vec![pk])
+                .map_err(|e| e.to_string())?;
             exe.run(&inputs).map_err(|e| e.to_string())?
         }
         Side::Sim(arch) | Side::SimWith(arch, _) => {

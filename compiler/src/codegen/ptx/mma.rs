@@ -211,6 +211,76 @@ pub(super) struct MmaPlan {
     /// ([`byte_view`]): `mma.sync.m16n8k32` on pairs of them (s32
     /// accumulators for s8, f32 for fp8).
     pub bytes: Option<Bytes>,
+    /// Blocks each output tile's `k` steps are dealt to (a power of two;
+    /// 1: none). Each block sums its part of `k`, stores its accumulators
+    /// to the scratch memory and counts its arrival; the last adds every
+    /// split's accumulators in split order and runs the epilogue
+    /// ([`Grid::SplitTiles`](kiln_runtime::cuda::kernel::Grid)). Chosen
+    /// by [`auto_splits`] or `KILN_MMA_SPLITS`.
+    pub splits: u32,
+}
+
+/// Split-K: how many blocks a skinny contraction's tiles are dealt to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Splits {
+    /// [`auto_splits`]: enough splits to occupy the multiprocessors when
+    /// the output has too few tiles, each split at least
+    /// [`MIN_SPLIT_STEPS`] steps of `k`.
+    Auto,
+    /// This many (a power of two, at most 64) for every tensor-core
+    /// contraction, fewer where `k` has fewer steps.
+    Fixed(u32),
+}
+
+impl Splits {
+    /// `auto` or a power of two up to 64.
+    pub fn parse(s: &str) -> Option<Splits> {
+        match s.trim() {
+            "auto" => Some(Splits::Auto),
+            x => x
+                .parse::<u32>()
+                .ok()
+                .filter(|n| n.is_power_of_two() && *n <= 64)
+                .map(Splits::Fixed),
+        }
+    }
+}
+
+/// The multiprocessors [`auto_splits`] fills: the H100 SXM's 132 (an
+/// A100's 108 are fewer: its tiles then run in a little more than one
+/// wave).
+const MULTIPROCESSORS: u64 = 132;
+/// The fewest `k` steps a split of [`auto_splits`] takes (the copy
+/// pipeline fills three steps ahead).
+pub const MIN_SPLIT_STEPS: u64 = 4;
+/// The most splits of a tile.
+const MAX_SPLITS: u64 = 16;
+
+/// The splits of a contraction whose output tiles fill fewer than half of
+/// the block slots of [`MULTIPROCESSORS`]: the largest power of two that
+/// keeps the units within the slots and gives each split at least
+/// [`MIN_SPLIT_STEPS`] steps, at most [`MAX_SPLITS`]. Shapes that are not
+/// static (the tile count is unknown at compile time) get 1.
+pub(super) fn auto_splits(k: &Kernel, t: &Tiling, extent: &Expr) -> u32 {
+    let dims: Option<Vec<u64>> = k.output.shape.0.iter().map(|d| d.as_static()).collect();
+    let (Some(dims), Expr::Int(depth)) = (dims, extent) else {
+        return 1;
+    };
+    let r = dims.len();
+    let batch: u64 = dims[..r - 2].iter().product();
+    let tiles = batch
+        * dims[r - 2].div_ceil(u64::from(t.tile_m))
+        * dims[r - 1].div_ceil(u64::from(t.tile_n));
+    let slots = MULTIPROCESSORS * u64::from(t.blocks_per_sm);
+    let steps = (*depth).max(0) as u64 / u64::from(t.tile_k);
+    if tiles == 0 || tiles * 2 > slots {
+        return 1;
+    }
+    let mut s = 1u64;
+    while s * 2 <= MAX_SPLITS && tiles * s * 2 <= slots && steps / (s * 2) >= MIN_SPLIT_STEPS {
+        s *= 2;
+    }
+    s as u32
 }
 
 impl MmaPlan {
@@ -226,7 +296,21 @@ impl MmaPlan {
     /// align the stages to the 1024 bytes of the swizzle pattern).
     pub fn shared_bytes(&self) -> u32 {
         let align = if self.tiling.wgmma { 1024 } else { 0 };
-        self.tiling.stages * self.stage_bytes() + align
+        let flag = if self.splits > 1 { 16 } else { 0 };
+        self.tiling.stages * self.stage_bytes() + align + flag
+    }
+
+    /// A split block's accumulators in the scratch memory: every thread's
+    /// 4-byte accumulators, accumulator `c` of thread `t` at `(c *
+    /// threads + t) * 4`.
+    fn partial_bytes(&self) -> u32 {
+        self.tiling.accs() * self.tiling.threads() * 4
+    }
+
+    /// Scratch bytes per unit of a split grid: its partial, then room for
+    /// a tile's counter.
+    pub fn scratch_per_unit(&self) -> u32 {
+        self.partial_bytes() + 4
     }
 }
 
@@ -330,6 +414,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
         b,
         tiling,
         bytes: None,
+        splits: 1,
     })
 }
 
@@ -764,10 +849,22 @@ pub(super) fn emit(
     let class = if int_acc { Class::R } else { Class::F };
     let acc: Vec<String> = (0..t.accs()).map(|_| em.reg(class)).collect();
 
-    // The tile loop.
+    // The tile loop: a split grid's unit is a tile (`unit / splits`) and
+    // its part of `k` (`unit % splits`).
+    let split = plan.splits > 1;
+    let scratch = if split {
+        super::splits::scratch(em)
+    } else {
+        String::new()
+    };
     let lp = TileLoop::start(em, units);
+    let (tile, part) = if split {
+        super::splits::unit_parts(em, &lp.tile, plan.splits)
+    } else {
+        (lp.tile.clone(), String::new())
+    };
     let TileOrigin { m0, n0, bflat, .. } =
-        lp.origin(em, &tiles_m, &tiles_n, (t.tile_m, t.tile_n), r - 2);
+        lp.origin_at(em, &tile, &tiles_m, &tiles_n, (t.tile_m, t.tile_n), r - 2);
 
     let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
     let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
@@ -784,6 +881,25 @@ pub(super) fn emit(
         "shr.s64 {ktiles}, {ktiles}, {}",
         t.tile_k.trailing_zeros()
     ));
+    // This block's steps of `k`: [first, ktiles), a split's part of them
+    // (`part * ktiles / splits` on); the copies start at `first`.
+    let first = if split {
+        em.reg(Class::D)
+    } else {
+        "0".to_string()
+    };
+    if split {
+        let (p64, hi) = (em.reg(Class::D), em.reg(Class::D));
+        let log = plan.splits.trailing_zeros();
+        em.ins(format!("cvt.u64.u32 {p64}, {part}"));
+        em.ins(format!("mul.lo.s64 {first}, {p64}, {ktiles}"));
+        em.ins(format!("shr.s64 {first}, {first}, {log}"));
+        em.ins(format!("add.s64 {hi}, {p64}, 1"));
+        em.ins(format!("mul.lo.s64 {hi}, {hi}, {ktiles}"));
+        em.ins(format!("shr.s64 {ktiles}, {hi}, {log}"));
+        skip_steps(em, &t, &ca, &first);
+        skip_steps(em, &t, &cb, &first);
+    }
 
     let sb = plan.stage_bytes();
     let (ld_stage, c_stage) = (em.reg(Class::R), em.reg(Class::R));
@@ -805,7 +921,7 @@ pub(super) fn emit(
         em.ins(format!("add.u32 {ld_stage}, {ld_stage}, {sb}"));
     }
     let kt = em.reg(Class::D);
-    em.ins(format!("mov.b64 {kt}, 0"));
+    em.ins(format!("mov.b64 {kt}, {first}"));
     let (ktop, kend) = (em.a.label("k"), em.a.label("k_end"));
     let pk = em.reg(Class::P);
     em.a.place(&ktop);
@@ -836,6 +952,24 @@ pub(super) fn emit(
     }
     em.ins("cp.async.wait_group 0");
     em.ins("bar.sync 0");
+    let unit_end = em.a.label("unit_end");
+    if split {
+        merge_splits(
+            em,
+            plan,
+            &Merge {
+                scratch: &scratch,
+                unit: &lp.tile,
+                tile: &tile,
+                units,
+                tid: &tid,
+                smem: &smem,
+                not_last: &unit_end,
+                acc: &acc,
+                int_acc,
+            },
+        );
+    }
 
     store_tile(
         em,
@@ -855,8 +989,101 @@ pub(super) fn emit(
         },
         epilogue,
     )?;
+    em.a.place(&unit_end);
     lp.end(em);
     Ok(())
+}
+
+/// Advances copies made for step 0 by `steps` steps of `k` (s64).
+fn skip_steps(em: &mut Em, t: &Tiling, c: &Copies, steps: &str) {
+    for j in 0..c.shared.len() {
+        em.ins(format!(
+            "mad.lo.s64 {0}, {steps}, {1}, {0}",
+            c.kidx[j], t.tile_k
+        ));
+        em.ins(format!(
+            "mad.lo.s64 {0}, {steps}, {1}, {0}",
+            c.global[j], c.step
+        ));
+    }
+}
+
+/// What [`merge_splits`] works with.
+struct Merge<'s> {
+    /// The scratch memory (global address), the unit, its tile and the
+    /// units' count (u64), the thread (u32), the shared memory's start
+    /// (aligned, u32).
+    scratch: &'s str,
+    unit: &'s str,
+    tile: &'s str,
+    units: &'s str,
+    tid: &'s str,
+    smem: &'s str,
+    /// Where a block that is not the last goes (past the epilogue).
+    not_last: &'s str,
+    /// The thread's accumulators, s32 or f32.
+    acc: &'s [String],
+    int_acc: bool,
+}
+
+/// A split block's accumulators: each thread stores them to the scratch
+/// memory (see [`MmaPlan::partial_bytes`]), the block counts its arrival
+/// on its tile's counter, and the block that arrives last sets its
+/// accumulators to the sum of every split's, added in split order from
+/// zero (the result does not depend on which block is last), sets the
+/// counter back to zero and goes on to the epilogue; the others skip it.
+fn merge_splits(em: &mut Em, plan: &MmaPlan, m: &Merge) {
+    let t = plan.tiling;
+    let pb = plan.partial_bytes();
+    let stride = t.threads() * 4;
+    let off = em.reg(Class::D);
+    em.ins(format!("mul.wide.u32 {off}, {}, 4", m.tid));
+    let own = em.reg(Class::D);
+    em.ins(format!("mad.lo.s64 {own}, {}, {pb}, {}", m.unit, m.scratch));
+    em.ins(format!("add.s64 {own}, {own}, {off}"));
+    for (c, a) in m.acc.iter().enumerate() {
+        em.ins(format!("st.global.b32 [{own}+{}], {a}", c as u32 * stride));
+    }
+    em.ins("fence.acq_rel.gpu");
+    let arrival = super::splits::Arrival {
+        scratch: m.scratch,
+        units: m.units,
+        per_unit: pb,
+        tile: m.tile,
+        tid: m.tid,
+        smem: m.smem,
+        flag_at: t.stages * plan.stage_bytes(),
+        splits: plan.splits,
+        not_last: m.not_last,
+    };
+    let ctr = arrival.emit(em);
+    let base = arrival.first_partial(em, &off);
+    let (ty, zero, class) = if m.int_acc {
+        ("s32", "0", Class::R)
+    } else {
+        ("f32", "0f00000000", Class::F)
+    };
+    for a in m.acc {
+        em.ins(format!("mov.{ty} {a}, {zero}"));
+    }
+    // Split by split, in order (a loop: the accumulators' loads of one
+    // split are unrolled).
+    let (sp, top, pl) = (em.reg(Class::R), em.a.label("merge"), em.reg(Class::P));
+    em.ins(format!("mov.u32 {sp}, 0"));
+    em.a.place(&top);
+    for (c, a) in m.acc.iter().enumerate() {
+        let x = em.reg(class);
+        em.ins(format!(
+            "ld.global.cg.{ty} {x}, [{base}+{}]",
+            c as u32 * stride
+        ));
+        em.ins(format!("add.{ty} {a}, {a}, {x}"));
+    }
+    em.ins(format!("add.s64 {base}, {base}, {pb}"));
+    em.ins(format!("add.u32 {sp}, {sp}, 1"));
+    em.ins(format!("setp.lt.u32 {pl}, {sp}, {}", plan.splits));
+    em.ins(format!("@{pl} bra.uni {top}"));
+    super::splits::Arrival::reset(em, &ctr, m.tid);
 }
 
 /// A thread's place in its block and in the `mma.sync` fragment layouts
@@ -926,24 +1153,11 @@ impl TileLoop {
         }
     }
 
-    /// Where the current tile lies: tiles are numbered column tile fastest,
-    /// then row tile, then the `batch_axes` leading axes (bound to their
-    /// variables here); `tiles_m` and `tiles_n` per matrix, `tile` the
-    /// tile's rows and columns.
-    pub(super) fn origin(
-        &self,
-        em: &mut Em,
-        tiles_m: &str,
-        tiles_n: &str,
-        tile: (u32, u32),
-        batch_axes: usize,
-    ) -> TileOrigin {
-        let t = self.tile.clone();
-        self.origin_at(em, &t, tiles_m, tiles_n, tile, batch_axes)
-    }
-
-    /// [`TileLoop::origin`] of tile number `t` (a split grid's tile, not
-    /// its unit).
+    /// Where tile number `t` lies (a split grid's tile, not its unit):
+    /// tiles are numbered column tile fastest, then row tile, then the
+    /// `batch_axes` leading axes (bound to their variables here);
+    /// `tiles_m` and `tiles_n` per matrix, `tile` the tile's rows and
+    /// columns.
     pub(super) fn origin_at(
         &self,
         em: &mut Em,

@@ -51,6 +51,7 @@ use std::fmt::Write;
 
 use kiln_dialect::kernel::{Body, Kernel, Program};
 pub use kiln_runtime::cuda::kernel::{Grid, PtxKernel};
+pub use mma::Splits as MmaSplits;
 use thiserror::Error;
 
 use asm::Class;
@@ -102,6 +103,9 @@ pub struct PtxOptions {
     /// (`KILN_QMMA_SPLITS=S`, a power of two); `None`: one (see
     /// `QmmaPlan::splits` for why).
     pub qmma_splits: Option<u32>,
+    /// Split-K for the tensor-core contractions (`KILN_MMA_SPLITS=auto`
+    /// or `=S`); `None`: one block per tile.
+    pub mma_splits: Option<MmaSplits>,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -156,12 +160,16 @@ impl PtxOptions {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .filter(|s| s.is_power_of_two() && *s <= 64);
+        let mma_splits = std::env::var("KILN_MMA_SPLITS")
+            .ok()
+            .and_then(|s| mma::Splits::parse(&s));
         PtxOptions {
             branch_selects,
             gemv,
             gemv_dequant,
             rows,
             qmma_splits,
+            mma_splits,
         }
     }
 }
@@ -433,12 +441,26 @@ pub fn compile_kernel_with(
             if fp8 && !plan.tiling.wgmma {
                 plan.tiling.blocks_per_sm = 1;
             }
+            plan.splits = match opts.mma_splits {
+                None => 1,
+                Some(mma::Splits::Auto) => mma::auto_splits(k, &plan.tiling, extent),
+                Some(mma::Splits::Fixed(s)) => s,
+            };
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.tiling.blocks_per_sm);
-            let grid = Grid::Tiles {
-                tile_m: plan.tiling.tile_m,
-                tile_n: plan.tiling.tile_n,
+            let grid = if plan.splits > 1 {
+                Grid::SplitTiles {
+                    tile_m: plan.tiling.tile_m,
+                    tile_n: plan.tiling.tile_n,
+                    splits: plan.splits,
+                    scratch: plan.scratch_per_unit(),
+                }
+            } else {
+                Grid::Tiles {
+                    tile_m: plan.tiling.tile_m,
+                    tile_n: plan.tiling.tile_n,
+                }
             };
             (plan.tiling.threads(), grid, false)
         }
