@@ -3455,6 +3455,36 @@ fn fused_inverted_bottlenecks_run_as_the_evaluator_says() {
     run_on_every_side(&ks, |_, ptx| !ptx, |_| 1.0 / 32.0);
 }
 
+/// bf16/f16 convolutions (`tests/filetests/graphs/half_convs.kir`: 3x3
+/// with a bias, a strided grouped 3x3 with a ReLU prologue, a dilated 5x5
+/// on three channels whose `k` of 75 is no multiple of 8) lower as
+/// implicit GEMMs (`lower::igemm`: weight rows as `a`, the im2col gather
+/// of the input as `b`, evaluated by the threads into shared memory) and
+/// take the tensor-core path on both arches; against the evaluator on
+/// every side.
+#[test]
+fn implicit_gemm_convolutions_run_on_tensor_cores() {
+    let ks = model_kernels("tests/filetests/graphs/half_convs.kir");
+    assert_eq!(ks.len(), 3);
+    for k in &ks {
+        assert!(
+            matches!(k.body, Body::Contract { .. }),
+            "{}: not an implicit GEMM",
+            k.name
+        );
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel(k, arch).unwrap();
+            assert!(
+                pk.entry.starts_with("mma_"),
+                "{} ({arch:?}): {}",
+                k.name,
+                pk.entry
+            );
+        }
+    }
+    run_on_every_side(&ks, |_, _| false, |_| 1e-4);
+}
+
 /// W6 (the inverted bottleneck at n = 64, bf16) compiles to one fused
 /// block kernel (`block.rs`: the extraction's `conv-block`) that keeps no
 /// index arithmetic the shapes make unnecessary: no 64-bit division (the

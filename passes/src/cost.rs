@@ -57,11 +57,12 @@ pub struct Target {
     /// recomputed for every window tap that reads it (kh * kw / strides
     /// times); tiled backends stage input tiles once.
     pub direct_conv: bool,
-    /// Whether convolutions other than pointwise and depthwise ones are
-    /// lowered as implicit GEMMs (`Body::Contract` over an im2col gather,
-    /// `lower::igemm`), which the backend tiles; else as map kernels with
-    /// reductions.
-    pub implicit_gemm_conv: bool,
+    /// The weight types whose convolutions other than pointwise and
+    /// depthwise ones are lowered as implicit GEMMs (`Body::Contract` over
+    /// an im2col gather, `lower::igemm`), which the backend tiles; others
+    /// as map kernels with reductions. The CPU tiles f32; the GPU targets
+    /// take bf16/f16 (input and weight alike) on tensor cores.
+    pub implicit_gemm_conv: &'static [DType],
     /// Whether a matmul may take a row norm (layer or RMS norm over its
     /// first operand's last axis) as its prologue. The CPU backend hoists
     /// the norm's row statistics out of its tiled loops; the GPU tensor-core
@@ -100,7 +101,7 @@ pub static SM90: Target = Target {
     k_major_8bit: true,
     int4_fragments: true,
     direct_conv: false,
-    implicit_gemm_conv: false,
+    implicit_gemm_conv: &[DType::BF16, DType::F16],
     norm_prologue: false,
     attention_prologue: false,
     attention_rows: true,
@@ -124,7 +125,7 @@ pub static SM80: Target = Target {
     k_major_8bit: true,
     int4_fragments: true,
     direct_conv: false,
-    implicit_gemm_conv: false,
+    implicit_gemm_conv: &[DType::BF16, DType::F16],
     norm_prologue: false,
     attention_prologue: false,
     attention_rows: true,
@@ -148,7 +149,7 @@ pub static CPU: Target = Target {
     k_major_8bit: false,
     int4_fragments: false,
     direct_conv: true,
-    implicit_gemm_conv: true,
+    implicit_gemm_conv: &[DType::F32],
     norm_prologue: true,
     attention_prologue: true,
     attention_rows: false,

@@ -18,9 +18,13 @@
 //! group, `n` = output pixel). The epilogue reads other tensors at `[b,
 //! g*Cout/G + m, p / OW, p % OW]`.
 //!
-//! Taken for the targets whose cost table sets `implicit_gemm_conv`, for
-//! convolutions with at least 4 output channels per group (a depthwise
-//! convolution stays a map kernel: one row per group is no GEMM) whose f32
+//! Taken for convolutions whose weight type is in the target's
+//! `implicit_gemm_conv` list (the CPU's f32; the GPU targets' bf16 and
+//! f16, with an input of the same type, for the tensor-core contraction
+//! path: the weight's rows are its `a`, copied where `Cg*KH*KW` is a
+//! multiple of 8, and the gather its `b`, evaluated by the threads into
+//! shared memory), with at least 4 output channels per group (a depthwise
+//! convolution stays a map kernel: one row per group is no GEMM), whose
 //! weight the kernel reads from memory as it is (else the map form).
 
 use std::collections::HashSet;
@@ -45,6 +49,7 @@ pub fn lower(
     inside: &HashSet<NodeId>,
     in_memory: &HashSet<Value>,
     float: Ty,
+    weights: &[DType],
 ) -> Result<Option<Lowered>, LowerError> {
     let Some((c, stride, padding, dilation, groups)) = super::pointwise::single_conv(g, w) else {
         return Ok(None);
@@ -57,8 +62,11 @@ pub fn lower(
     let Some(ws) = g.value_type(wt).shape.as_static() else {
         return Ok(None);
     };
-    // The tiled path reads f32 weights rows directly.
-    if g.value_type(wt).dtype != DType::F32 {
+    // The target's tiled types: f32 weights whose rows the CPU reads
+    // directly; bf16/f16 ones (and an input of the same type) for tensor
+    // cores.
+    let wdt = g.value_type(wt).dtype;
+    if !weights.contains(&wdt) || (wdt != DType::F32 && g.value_type(x).dtype != wdt) {
         return Ok(None);
     }
     if g.value_type(cv).shape != *out_shape

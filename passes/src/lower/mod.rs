@@ -101,7 +101,7 @@ struct Work<'a> {
 /// symbolic dim.
 pub fn lower_plan(plan: &Plan) -> Result<Program, LowerError> {
     let g = &plan.graph;
-    let igemm = crate::cost::target(plan.target).is_some_and(|t| t.implicit_gemm_conv);
+    let igemm: &[DType] = crate::cost::target(plan.target).map_or(&[], |t| t.implicit_gemm_conv);
     let order = g.topo_order().map_err(|e| LowerError::Plan {
         kernel: 0,
         value: String::new(),
@@ -287,7 +287,7 @@ fn lower_kernel(
     w: &Work,
     name: &str,
     in_memory: &HashSet<Value>,
-    igemm: bool,
+    igemm: &[DType],
 ) -> Result<(kernel::Kernel, Vec<Value>, Vec<pointwise::View>), LowerError> {
     let inside: HashSet<NodeId> = w.nodes.iter().copied().collect();
     let float = float_type(g, w);
@@ -305,7 +305,7 @@ fn lower_kernel(
     let conv = if w.kind == Kind::Contract && contract.is_none() {
         match pointwise::lower(g, w, &inside, in_memory, float)? {
             Some(c) => Some(c),
-            None if igemm => igemm::lower(g, w, &inside, in_memory, float)?,
+            None if !igemm.is_empty() => igemm::lower(g, w, &inside, in_memory, float, igemm)?,
             None => None,
         }
     } else {
