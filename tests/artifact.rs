@@ -692,3 +692,89 @@ fn bench_takes_artifacts() {
         "holds its weights",
     );
 }
+
+/// `kiln compile --autotune` (here on the PTX interpreter, which checks
+/// the mechanism; its times say nothing about a GPU): every run-time
+/// kernel with choices is timed under each distinct candidate, the
+/// artifact records one `ptx-options` choice per tuned kernel, holds that
+/// candidate's module for it, and runs as the source model does; a CPU
+/// target is refused.
+#[test]
+fn autotuned_artifacts_record_and_hold_their_choices() {
+    use kiln::autotune::{DEFAULT, candidates};
+    use kiln::codegen::ptx::{PtxArch, PtxOptions, compile_kernel_with};
+    let dir = scratch("autotune");
+    let model = dir.join("t.kiln");
+    std::fs::write(
+        &model,
+        "model t {\n    input x: bf16[m, 64]\n    weight w: bf16[64, 72]\n    \
+         output y = softmax(x @ w)\n}\n",
+    )
+    .unwrap();
+    let path = dir.join("t.kart");
+    let args = |target: &'static str| {
+        vec![
+            "compile".to_string(),
+            s(&model).to_string(),
+            "-o".into(),
+            s(&path).to_string(),
+            "--target".into(),
+            target.into(),
+            "--random-weights".into(),
+            "2".into(),
+            "--dim".into(),
+            "m=40".into(),
+            "--no-cubins".into(),
+            "--autotune=cuda-sim".into(),
+        ]
+    };
+    let argv = args("sm_90");
+    let out = ok(&kiln(&argv.iter().map(String::as_str).collect::<Vec<_>>()));
+    let art = Artifact::read(&path).unwrap();
+    // The matmul and the softmax rows both have choices.
+    assert_eq!(art.autotune.len(), 2, "{:?}\n{out}", art.autotune);
+    assert_eq!(out.matches("autotune launch").count(), 2, "{out}");
+    let Code::Ptx(kernels) = &art.code else {
+        panic!("PTX code")
+    };
+    let base = PtxOptions::from_env();
+    for c in &art.autotune {
+        assert_eq!(c.key, "ptx-options");
+        let (i, launch) = art
+            .program
+            .launches
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.kernel.name == c.kernel)
+            .expect("a tuned kernel of the program");
+        let default = compile_kernel_with(&launch.kernel, PtxArch::Sm90a, &base).unwrap();
+        let cands = candidates(&default.entry, PtxArch::Sm90a, &base);
+        let (_, opts) = cands
+            .iter()
+            .find(|(label, _)| *label == c.value)
+            .unwrap_or_else(|| panic!("{} is no candidate of {}", c.value, default.entry));
+        let want = compile_kernel_with(&launch.kernel, PtxArch::Sm90a, opts).unwrap();
+        assert_eq!(
+            kernels[i].ptx, want.ptx,
+            "{}: not the chosen module",
+            c.kernel
+        );
+        if c.value != DEFAULT {
+            assert_ne!(want.ptx, default.ptx, "{}", c.value);
+        }
+    }
+    let run = |what: &str| {
+        let mut args = vec!["run", what, "--device", "cuda-sim", "--random-inputs", "5"];
+        args.extend(["--dim", "m=40"]);
+        if what.ends_with(".kiln") {
+            args.extend(["--random-weights", "2"]);
+        }
+        ok(&kiln(&args))
+    };
+    assert_eq!(run(s(&path)), run(s(&model)));
+    let argv = args("cpu");
+    user_error(
+        &kiln(&argv.iter().map(String::as_str).collect::<Vec<_>>()),
+        "--autotune tunes GPU kernels",
+    );
+}

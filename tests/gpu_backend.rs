@@ -161,6 +161,7 @@ fn gpu_artifacts_run_from_their_cubins() {
                     weights: Some(WeightSource::Random(1)),
                     ptxas,
                     specialize: false,
+                    autotune: None,
                 },
             )
             .expect("compiles")

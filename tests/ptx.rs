@@ -2650,6 +2650,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             }),
             qmma_splits: None,
             mma_splits: None,
+            mma_tiling: None,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

@@ -22,6 +22,7 @@ use kiln_runtime::artifact::{
 use kiln_runtime::cpu::executor::{CpuExecutable, KernelFn};
 use kiln_runtime::cpu::jit::{JitFunction, JitModule, host_isa};
 
+use crate::autotune::{KernelTuning, TuneOn};
 use crate::codegen::clif::{ClifKernel, compile_kernel};
 use crate::codegen::ptx::{self, PtxArch};
 use crate::data::{self, WeightSource};
@@ -44,10 +45,21 @@ pub struct ArtifactOptions<'a> {
     /// Compile for exactly the sizes of `dims` (see
     /// [`crate::pipeline::Options::specialize`]).
     pub specialize: bool,
+    /// For a GPU target, tune each kernel's PTX options by timing the
+    /// candidates there ([`crate::autotune`]) at the sizes of `dims`.
+    pub autotune: Option<TuneOn>,
 }
 
 /// Compiles the model at `path` into an artifact.
 pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError> {
+    build_with_report(path, opts).map(|(a, _)| a)
+}
+
+/// [`build`], with what autotuning measured (empty without it).
+pub fn build_with_report(
+    path: &Path,
+    opts: &ArtifactOptions,
+) -> Result<(Artifact, Vec<KernelTuning>), KilnError> {
     let start = Instant::now();
     let mut m = model::load(path)?;
     let source = match &opts.weights {
@@ -108,6 +120,7 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
         None => (program, None),
     };
     let mut cubins = None;
+    let (mut choices, mut report) = (Vec::new(), Vec::new());
     let code = match opts.target {
         Target::Cpu => Code::Cpu(cpu_code_of(&program)?),
         Target::Sm80 | Target::Sm90 => {
@@ -115,7 +128,16 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
                 Target::Sm80 => PtxArch::Sm80,
                 Target::Sm90 | Target::Cpu => PtxArch::Sm90a,
             };
-            let kernels = ptx::compile_program(&program, arch)?;
+            let kernels = match opts.autotune {
+                Some(on) => {
+                    let base = ptx::PtxOptions::from_env();
+                    let tuned = crate::autotune::tune(&program, arch, &base, &opts.dims, on)?;
+                    choices = tuned.choices;
+                    report = tuned.report;
+                    tuned.kernels
+                }
+                None => ptx::compile_program(&program, arch)?,
+            };
             cubins = match &opts.ptxas {
                 Some(p) => Some(crate::cubin::assemble(p, arch.target(), &kernels)?),
                 None => None,
@@ -123,16 +145,17 @@ pub fn build(path: &Path, opts: &ArtifactOptions) -> Result<Artifact, KilnError>
             Code::Ptx(kernels)
         }
     };
-    Ok(Artifact {
+    let artifact = Artifact {
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         target: opts.target,
         program,
         code,
         weights,
         buckets,
-        autotune: Vec::new(),
+        autotune: choices,
         cubins,
-    })
+    };
+    Ok((artifact, report))
 }
 
 /// The CPU artifact's code: each launch's kernel compiled to CLIF.

@@ -24,6 +24,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where `kiln compile --autotune` times its candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TuneArg {
+    /// The machine's first NVIDIA GPU.
+    Cuda,
+    /// The PTX interpreter: checks the mechanism (its times say nothing
+    /// about a GPU).
+    #[value(name = "cuda-sim")]
+    CudaSim,
+}
+
 /// The targets `kiln compile` plans for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
@@ -134,6 +145,13 @@ pub enum Command {
         /// path on GPUs); inputs of other sizes are then refused.
         #[arg(long)]
         specialize: bool,
+        /// For a GPU target, time each kernel's candidate tilings and
+        /// tunings on the GPU (or, `=cuda-sim`, on the PTX interpreter) at
+        /// the --dim sizes and keep the fastest; the artifact records the
+        /// choices (docs/gpu.md, "Autotuning").
+        #[arg(long, value_enum, value_name = "DEVICE", num_args = 0..=1,
+              default_missing_value = "cuda", requires = "output")]
+        autotune: Option<TuneArg>,
     },
     /// Show the optimizer's decisions: each kernel of the plan, the ops it
     /// fuses and their roles, what they would cost as separate kernels, the
@@ -429,7 +447,13 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
             random_weights,
             no_cubins,
             specialize,
+            autotune,
         } => {
+            if autotune.is_some() && target == TargetArg::Cpu {
+                return Err(KilnError::Usage(
+                    "--autotune tunes GPU kernels: give --target sm_90 or sm_80".into(),
+                ));
+            }
             if let Some(out) = &output {
                 let weights = match (&weights, random_weights) {
                     (Some(p), _) => Some(WeightSource::File(p)),
@@ -447,6 +471,10 @@ fn execute(cmd: Command) -> Result<(), KilnError> {
                     weights,
                     ptxas,
                     specialize,
+                    autotune: autotune.map(|a| match a {
+                        TuneArg::Cuda => crate::autotune::TuneOn::Cuda,
+                        TuneArg::CudaSim => crate::autotune::TuneOn::Sim,
+                    }),
                 };
                 return write_artifact(&path, out, parts, &emit, emit_dir);
             }
@@ -1131,6 +1159,7 @@ struct ArtifactParts<'a> {
     weights: Option<WeightSource<'a>>,
     ptxas: Option<PathBuf>,
     specialize: bool,
+    autotune: Option<crate::autotune::TuneOn>,
 }
 
 /// `kiln compile MODEL -o OUT.kart`: writes the artifact (and prints the
@@ -1149,6 +1178,7 @@ fn write_artifact(
         weights,
         ptxas,
         specialize,
+        autotune,
     } = parts;
     let dims: BTreeMap<String, usize> = dims.into_iter().collect();
     if !emit.is_empty() {
@@ -1172,13 +1202,19 @@ fn write_artifact(
         weights,
         ptxas,
         specialize,
+        autotune,
     };
     let progress = Progress::spinner(format!(
-        "compiling {} for {}",
+        "compiling {} for {}{}",
         path.display(),
-        target.name()
+        target.name(),
+        if autotune.is_some() {
+            " (autotuning)"
+        } else {
+            ""
+        }
     ));
-    let a = crate::artifact::build(path, &opts)?;
+    let (a, report) = crate::artifact::build_with_report(path, &opts)?;
     drop(progress);
     let bytes = a.to_bytes();
     std::fs::write(out, &bytes).map_err(|source| KilnError::Io {
@@ -1208,6 +1244,22 @@ fn write_artifact(
         a.program.launches.len(),
         bytes.len()
     );
+    for t in &report {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let default = t.trials.first().map_or(0.0, |d| ms(d.time));
+        let best = t
+            .trials
+            .iter()
+            .find(|x| x.label == t.chosen)
+            .map_or(0.0, |d| ms(d.time));
+        crate::outln!(
+            "autotune launch {} (`{}`): {} {best:.4} ms (default {default:.4} ms; {} candidates)",
+            t.launch,
+            t.kernel,
+            t.chosen,
+            t.trials.len()
+        );
+    }
     Ok(())
 }
 

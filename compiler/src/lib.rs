@@ -28,6 +28,7 @@ macro_rules! outln {
 }
 
 pub mod artifact;
+pub mod autotune;
 pub mod cache;
 pub mod cli;
 pub mod codegen;

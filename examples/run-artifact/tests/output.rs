@@ -27,6 +27,7 @@ fn printed_output_is_the_source_models() {
         weights: Some(WeightSource::Random(5)),
         ptxas: None,
         specialize: false,
+        autotune: None,
     };
     let kart = dir.join("mlp.kart");
     build(&model, &opts)

@@ -40,7 +40,7 @@ use super::{PtxArch, PtxError};
 
 /// The tile shapes of one tensor-core kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Tiling {
+pub struct Tiling {
     /// Output rows (`m`) and columns (`n`) of one block's tile.
     pub tile_m: u32,
     pub tile_n: u32,
@@ -317,14 +317,11 @@ impl MmaPlan {
 /// The tiling for an output of `n` columns on `arch`: on sm_90a warpgroup
 /// tiles (128x256 where `n` is at least 256, else 128x128); elsewhere
 /// `mma.sync` tiles (128x256 where `n` fills them, else 128x128).
-/// `KILN_MMA_TILING` overrides the choice, for measuring one tiling
-/// against another: `medium`, `large`, `wide-wg`, `narrow-wg` (the latter
-/// two on sm_90a only), or `MxNxK,WMxWN,STAGES,BLOCKS` (an `mma.sync`
-/// tiling: tile, warp tile, stages, blocks per multiprocessor), ignored
-/// when it does not parse or does not fit.
-fn tiling_for(n: Option<u64>, arch: PtxArch) -> Tiling {
-    if let Ok(s) = std::env::var("KILN_MMA_TILING")
-        && let Some(t) = parse_tiling(&s)
+/// `chosen` (`PtxOptions::mma_tiling`: `KILN_MMA_TILING` or the
+/// autotuner) overrides the choice where it applies (warpgroup tilings on
+/// sm_90a only).
+fn tiling_for(n: Option<u64>, arch: PtxArch, chosen: Option<Tiling>) -> Tiling {
+    if let Some(t) = chosen
         && (!t.wgmma || arch == PtxArch::Sm90a)
     {
         return t;
@@ -337,7 +334,11 @@ fn tiling_for(n: Option<u64>, arch: PtxArch) -> Tiling {
     }
 }
 
-fn parse_tiling(s: &str) -> Option<Tiling> {
+/// A tiling by name (`medium`, `large`, `wide-wg`, `narrow-wg`,
+/// `narrow-wg2`) or as `MxNxK,WMxWN,STAGES,BLOCKS` (an `mma.sync` tiling:
+/// tile, warp tile, stages, blocks per multiprocessor); `None` when it
+/// does not parse or does not fit.
+pub fn parse_tiling(s: &str) -> Option<Tiling> {
     match s {
         "medium" => return Some(Tiling::MEDIUM),
         "large" => return Some(Tiling::LARGE),
@@ -376,7 +377,7 @@ fn parse_tiling(s: &str) -> Option<Tiling> {
 
 /// The tensor-core plan of `k`, when the path applies (see the module's
 /// documentation).
-pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
+pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<MmaPlan> {
     if k.float == Ty::F64 {
         return None;
     }
@@ -399,7 +400,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch) -> Option<MmaPlan> {
     let a = operand(k, a, mv, *kv, extent, r)?;
     let b = operand(k, b, nv, *kv, extent, r)?;
     let elem = k.inputs[a.input].dtype;
-    let mut tiling = tiling_for(k.output.shape.0[r - 1].as_static(), arch);
+    let mut tiling = tiling_for(k.output.shape.0[r - 1].as_static(), arch, chosen);
     // An operand computed by the threads (a prologue) needs more than the
     // 128 registers of two `mma.sync` blocks per multiprocessor (ptxas
     // 13.0 spilled at sm_80).

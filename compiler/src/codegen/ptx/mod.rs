@@ -51,7 +51,7 @@ use std::fmt::Write;
 
 use kiln_dialect::kernel::{Body, Kernel, Program};
 pub use kiln_runtime::cuda::kernel::{Grid, PtxKernel};
-pub use mma::Splits as MmaSplits;
+pub use mma::{Splits as MmaSplits, Tiling as MmaTiling, parse_tiling as parse_mma_tiling};
 use thiserror::Error;
 
 use asm::Class;
@@ -106,6 +106,10 @@ pub struct PtxOptions {
     /// Split-K for the tensor-core contractions (`KILN_MMA_SPLITS=auto`
     /// or `=S`); `None`: one block per tile.
     pub mma_splits: Option<MmaSplits>,
+    /// The tensor-core contractions' tiling (`KILN_MMA_TILING`: a name or
+    /// `MxNxK,WMxWN,STAGES,BLOCKS`, see [`parse_mma_tiling`]), in place of
+    /// the per-shape default.
+    pub mma_tiling: Option<MmaTiling>,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -163,6 +167,9 @@ impl PtxOptions {
         let mma_splits = std::env::var("KILN_MMA_SPLITS")
             .ok()
             .and_then(|s| mma::Splits::parse(&s));
+        let mma_tiling = std::env::var("KILN_MMA_TILING")
+            .ok()
+            .and_then(|s| parse_mma_tiling(&s));
         PtxOptions {
             branch_selects,
             gemv,
@@ -170,6 +177,7 @@ impl PtxOptions {
             rows,
             qmma_splits,
             mma_splits,
+            mma_tiling,
         }
     }
 }
@@ -231,7 +239,7 @@ fn classify(k: &Kernel, opts: &PtxOptions) -> (&'static str, Vec<kiln_dialect::k
         Body::Contract { .. } if gemv::plan(k, None, opts.gemv_dequant).is_some() => {
             ("gemv", Vec::new())
         }
-        Body::Contract { .. } if mma::plan(k, PtxArch::Sm80).is_some() => ("mma", Vec::new()),
+        Body::Contract { .. } if mma::plan(k, PtxArch::Sm80, None).is_some() => ("mma", Vec::new()),
         Body::Contract { .. } => ("contract", Vec::new()),
         Body::Attention(_) if attention::plan(k, PtxArch::Sm80).is_some() => {
             ("attention", Vec::new())
@@ -431,8 +439,8 @@ pub fn compile_kernel_with(
         Body::Contract {
             extent, epilogue, ..
         } if kind == "mma" || bytes.is_some() => {
-            let mut plan =
-                mma::plan(k, arch).ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
+            let mut plan = mma::plan(k, arch, opts.mma_tiling)
+                .ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
             plan.bytes = bytes;
             // fp8 `mma.sync` tiles (`KILN_MMA_TILING`) need more registers
             // than the 128 of two blocks per multiprocessor (ptxas 13.0
