@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -27,6 +27,11 @@
 #   w4split: W4 at m = 1 and 16 with the int4 kernel's k dealt to 1, 2
 #      and 4 blocks per tile (KILN_QMMA_SPLITS), W4 beside torch_quick.py,
 #      the PTX and quantize tests on the card.
+#   next: every GPU test binary on the card; the skinny GEMM with split-K
+#      off, auto, 4, 8 and 16 beside torch.matmul.
+#   tuned: W1, W2, GEMM, W3 and W6 compiled with --autotune and
+#      benchmarked from their artifacts beside the default; every workload
+#      beside torch_baselines.py.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -175,6 +180,43 @@ kernel_times() {
     KILN_INT4_FRAGMENTS=0 KILN_GEMV_DEQUANT=1 run_ncu bench/w4.kiln --dim m=1 --specialize
     run_ncu bench/w6.kiln --dim n=64
 }
+splitk() {
+    # The skinny GEMM (bench/gemm_skinny.kiln, 256 x 8192 x 1024, 8 tiles)
+    # with split-K off, auto and fixed, then torch.matmul at that shape.
+    for s in "" auto 4 8 16; do
+        echo "gemm_skinny KILN_MMA_SPLITS=$s"
+        KILN_MMA_SPLITS="$s" "$KILN" bench bench/gemm_skinny.kiln --device cuda --dim m=256 \
+            --specialize --iters 200 --warmup 10 --json || echo failed
+    done
+    python3 - <<'PY'
+import torch
+a = torch.randn(256, 8192, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(8192, 1024, device="cuda", dtype=torch.bfloat16)
+ts = []
+for i in range(60):
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record(); a @ b; e.record(); torch.cuda.synchronize()
+    if i >= 10:
+        ts.append(s.elapsed_time(e))
+ts.sort()
+print(f"torch.matmul 256x8192x1024 bf16: {ts[len(ts) // 2]:.4f} ms (median of 50)")
+PY
+}
+autotuned() {
+    # Each workload compiled with --autotune (candidates timed on this
+    # card), then benchmarked from its artifact; the default for comparison.
+    local spec id file dim
+    for spec in W1:w1:m=8192 W2:w2:m=8192 GEMM:gemm:m=4096 W3:w3:seq=2048 W6:w6:n=64; do
+        IFS=: read -r id file dim <<< "$spec"
+        echo "## $id"
+        "$KILN" compile "bench/$file.kiln" --target sm_90 --dim "$dim" --random-weights 1 \
+            -o "/tmp/$file-tuned.kart" --autotune || { echo "autotune failed"; continue; }
+        "$KILN" bench "/tmp/$file-tuned.kart" --device cuda --dim "$dim" --iters 50 --warmup 5 \
+            --json || echo failed
+        "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" --random-weights 1 \
+            --iters 50 --warmup 5 --json || echo failed
+    done
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 case "${1:-}" in
 1)
@@ -247,6 +289,21 @@ final)
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
     ;;
+next)
+    # This session's work (2026-12-05 night): every GPU test (the masked
+    # attention, split-K and the half-precision implicit GEMMs among them),
+    # split-K on the skinny GEMM, the autotuned workloads, then every
+    # workload beside torch_baselines.py.
+    # split-K on the skinny GEMM (two calls: each must end within 600 s).
+    step check 330 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
+    TAIL=40 step splitk 60 splitk
+    ;;
+tuned)
+    # The autotuned workloads, then every workload beside torch_baselines.py.
+    TAIL=80 step autotune 240 autotuned
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
+    ;;
 tests)
     step check-ptx 200 scripts/gpu-check.sh ptx
     step check-examples 170 scripts/gpu-check.sh gpu_backend:every_example gpu_backend:large_blocks
@@ -256,7 +313,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|final|tests" >&2
     exit 2
     ;;
 esac
