@@ -114,6 +114,64 @@ impl Shared {
     }
 }
 
+/// An mbarrier as the interpreter keeps it in its 8 bytes of shared
+/// memory: arrivals per phase (12 bits), arrivals still pending (12 bits),
+/// the current phase's parity (1 bit), the transaction bytes still
+/// expected (signed 32 bits: a copy may complete before its arrival
+/// expects it).
+struct Mbarrier {
+    count: u16,
+    pending: u16,
+    phase: u8,
+    tx: i64,
+}
+
+impl Mbarrier {
+    fn read(shared: &Shared, addr: u64) -> Result<Mbarrier, String> {
+        if !addr.is_multiple_of(8) {
+            return Err("an mbarrier at an address that is not 8-byte aligned".into());
+        }
+        let off = shared.offset(addr, 8)?;
+        let w = u32::from_le_bytes(shared.bytes[off..off + 4].try_into().unwrap_or_default());
+        let tx = i32::from_le_bytes(
+            shared.bytes[off + 4..off + 8]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let count = (w & 0xfff) as u16;
+        if count == 0 {
+            return Err("an mbarrier used before mbarrier.init".into());
+        }
+        Ok(Mbarrier {
+            count,
+            pending: ((w >> 12) & 0xfff) as u16,
+            phase: ((w >> 24) & 1) as u8,
+            tx: i64::from(tx),
+        })
+    }
+
+    fn write(&self, shared: &mut Shared, addr: u64) -> Result<(), String> {
+        if !addr.is_multiple_of(8) {
+            return Err("an mbarrier at an address that is not 8-byte aligned".into());
+        }
+        let off = shared.offset(addr, 8)?;
+        let w =
+            u32::from(self.count) | (u32::from(self.pending) << 12) | (u32::from(self.phase) << 24);
+        shared.bytes[off..off + 4].copy_from_slice(&w.to_le_bytes());
+        let tx = i32::try_from(self.tx).map_err(|_| "mbarrier transaction count overflow")?;
+        shared.bytes[off + 4..off + 8].copy_from_slice(&tx.to_le_bytes());
+        Ok(())
+    }
+
+    /// Completes the phase when every arrival and byte is in.
+    fn settle(&mut self) {
+        if self.pending == 0 && self.tx == 0 {
+            self.phase ^= 1;
+            self.pending = self.count;
+        }
+    }
+}
+
 /// A `cp.async` copy waiting for its group.
 struct Pending {
     dst: u64,
@@ -129,6 +187,8 @@ pub(crate) enum State {
     Group,
     /// At `bar.sync`.
     Bar,
+    /// At an `mbarrier.try_wait` whose phase has not completed.
+    Spin,
     Done,
 }
 
@@ -279,11 +339,14 @@ fn run_block(
         what,
     };
     loop {
+        let before = stats.instructions;
         for (tid, th) in threads.iter_mut().enumerate() {
-            if th.state == State::Run {
+            if matches!(th.state, State::Run | State::Spin) {
+                th.state = State::Run;
                 run_thread(ctx, th, tid as u32, shared, dev, stats, limit)?;
             }
         }
+        let moved = stats.instructions != before;
         // Warp collectives whose live lanes have all arrived.
         let mut progressed = false;
         for w in 0..threads.len() / 32 {
@@ -374,9 +437,14 @@ fn run_block(
             }
             continue;
         }
+        // Threads waiting on an mbarrier try again while others move.
+        if moved && threads.iter().any(|t| t.state == State::Spin) {
+            continue;
+        }
         // Nobody can move.
         let describe = |t: &Thread| match t.state {
             State::Bar => format!("bar.sync at line {}", ctx.e.insts[t.pc].line),
+            State::Spin => format!("an mbarrier wait at line {}", ctx.e.insts[t.pc].line),
             State::Warp => format!("a warp collective at line {}", ctx.e.insts[t.pc].line),
             State::Group => format!("a warp-group collective at line {}", ctx.e.insts[t.pc].line),
             State::Done => "exited".into(),
@@ -451,6 +519,31 @@ fn run_thread(
                 th.state = State::Group;
                 stats.instructions -= 1;
                 return Ok(());
+            }
+            Op::MbarTryWait => {
+                let fault = |what: String| SimError::Fault {
+                    entry: ctx.e.name.clone(),
+                    block: ctx.block,
+                    thread: tid,
+                    line: inst.line,
+                    what,
+                };
+                let (Some(d), Some(Operand::Addr(a)), Some(p)) =
+                    (inst.ops.first(), inst.ops.get(1), inst.ops.get(2))
+                else {
+                    return Err(fault("mbarrier.try_wait takes p, [bar], parity".into()));
+                };
+                let parity = ctx.get(th, tid, p).map_err(fault)? & 1;
+                let bar = Mbarrier::read(shared, ctx.addr(th, a)).map_err(fault)?;
+                if u64::from(bar.phase) == parity {
+                    // the phase of this parity has not completed
+                    th.state = State::Spin;
+                    stats.instructions -= 1;
+                    return Ok(());
+                }
+                set(th, d, Ty::Pred, 1).map_err(fault)?;
+                th.pc += 1;
+                continue;
             }
             _ => {}
         }
@@ -922,6 +1015,92 @@ fn step(
             stats.global_stored += len as u64;
             set(th, arg(0)?, t, old)?;
         }
+        Op::MbarInit => {
+            let Operand::Addr(a) = arg(0)? else {
+                return Err("mbarrier.init takes [bar], count".into());
+            };
+            let count = get(th, 1)?;
+            if count == 0 || count > 0xfff {
+                return Err(format!("an mbarrier of {count} arrivals"));
+            }
+            let bar = Mbarrier {
+                count: count as u16,
+                pending: count as u16,
+                phase: 0,
+                tx: 0,
+            };
+            bar.write(shared, ctx.addr(th, a))?;
+        }
+        Op::MbarArriveTx => {
+            let Operand::Addr(a) = arg(1)? else {
+                return Err("mbarrier.arrive.expect_tx takes state, [bar], bytes".into());
+            };
+            let addr = ctx.addr(th, a);
+            let mut bar = Mbarrier::read(shared, addr)?;
+            let state = u64::from(bar.phase);
+            bar.tx += get(th, 2)? as i64;
+            if bar.pending == 0 {
+                return Err("an arrival at an mbarrier whose phase has no arrival left".into());
+            }
+            bar.pending -= 1;
+            bar.settle();
+            bar.write(shared, addr)?;
+            if !matches!(arg(0)?, Operand::Sink) {
+                set(th, arg(0)?, Ty::B64, state)?;
+            }
+        }
+        Op::Tma(rank) => {
+            let (Operand::Addr(d), Operand::Vec(m), Operand::Addr(b)) = (arg(0)?, arg(1)?, arg(2)?)
+            else {
+                return Err("cp.async.bulk.tensor takes [dst], [map, {coords}], [bar]".into());
+            };
+            let (Some(map), Some(Operand::Vec(coords))) = (m.first(), m.get(1)) else {
+                return Err("cp.async.bulk.tensor takes [dst], [map, {coords}], [bar]".into());
+            };
+            let at = ctx.get(th, tid, map)?;
+            if !at.is_multiple_of(64) {
+                return Err(format!("a tensor map at {at:#x}, not 64-byte aligned"));
+            }
+            let (mb, mo) = dev.locate(at, 128).ok_or_else(|| global_oob(at, 128))?;
+            let tm = crate::tensor_map::TensorMap::decode(&dev.buffers[mb][mo..mo + 128])?;
+            if tm.dims.len() != rank as usize || coords.len() != rank as usize {
+                return Err(format!(
+                    "a {rank}d copy with {} coordinates of a rank-{} tensor map",
+                    coords.len(),
+                    tm.dims.len()
+                ));
+            }
+            let c: Vec<i64> = coords
+                .iter()
+                .map(|o| ctx.get(th, tid, o).map(|v| v as u32 as i32 as i64))
+                .collect::<Result<_, _>>()?;
+            let dst = ctx.addr(th, d);
+            if tm.swizzle == 128 && !(dst - SHARED_BASE).is_multiple_of(1024) {
+                return Err(format!(
+                    "a 128-byte-swizzled copy to shared offset {}, not 1024-byte aligned",
+                    dst - SHARED_BASE
+                ));
+            }
+            let e = tm.elem_bytes as usize;
+            let total = tm.box_bytes();
+            shared.offset(dst, total as usize)?;
+            for (j, src) in tm.box_addresses(&c).into_iter().enumerate() {
+                let mut data = vec![0u8; e];
+                if let Some(src) = src {
+                    let (sb, so) = dev.locate(src, e).ok_or_else(|| global_oob(src, e))?;
+                    data.copy_from_slice(&dev.buffers[sb][so..so + e]);
+                    stats.global_loaded += e as u64;
+                }
+                let off = shared.offset(dst + tm.smem_offset((j * e) as u64), e)?;
+                shared.bytes[off..off + e].copy_from_slice(&data);
+            }
+            let addr = ctx.addr(th, b);
+            let mut bar = Mbarrier::read(shared, addr)?;
+            bar.tx -= total as i64;
+            bar.settle();
+            bar.write(shared, addr)?;
+        }
+        Op::MbarTryWait => unreachable!("run_thread waits at mbarriers"),
         Op::Prefetch => {
             let Operand::Addr(a) = arg(0)? else {
                 return Err("a prefetch without an address".into());

@@ -303,6 +303,19 @@ pub enum Op {
     /// `mma.sync.aligned.m16n8k32.row.col.f32.A.B.f32` (A, B: `e4m3`,
     /// `e5m2`).
     MmaF8(Ty, Ty),
+    /// `mbarrier.init.shared::cta.b64 [bar], count`.
+    MbarInit,
+    /// `mbarrier.arrive.expect_tx.shared::cta.b64 state, [bar], bytes`.
+    MbarArriveTx,
+    /// `mbarrier.try_wait.parity.shared::cta.b64 p, [bar], parity`: a
+    /// thread whose phase has not completed waits here (the block runs
+    /// the others) instead of spinning.
+    MbarTryWait,
+    /// `cp.async.bulk.tensor.Nd.shared::cluster.global.tile.mbarrier::
+    /// complete_tx::bytes [dst], [map, {c0, ..}], [bar]`: a box of a
+    /// tensor map copied at once (see [`crate::tensor_map`]), its bytes
+    /// completed on the barrier.
+    Tma(u8),
     /// `wgmma.mma_async.sync.aligned.m64nNkK.D.A.B` with both operands in
     /// shared memory (descriptors): N, K, the accumulator type, A's and
     /// B's types.

@@ -17,7 +17,12 @@
 //! - barriers and warp collectives that not every live thread reaches
 //!   (a deadlock on the GPU), and warp collectives with an exited lane;
 //! - `cp.async` copies land in shared memory only when the issuing thread
-//!   waits for their group, so reading too early reads the old bytes.
+//!   waits for their group, so reading too early reads the old bytes;
+//! - tensor copies (`cp.async.bulk.tensor`, from a tensor map in the
+//!   interpreter's encoding, [`tensor_map`]) land at once and complete
+//!   their bytes on an mbarrier (`mbarrier.init`, `.arrive.expect_tx`,
+//!   `.try_wait.parity`); a thread whose phase has not completed waits
+//!   while the others run, and threads that wait forever are reported.
 //!
 //! Arithmetic follows the PTX ISA: integer operations wrap, shifts clamp,
 //! float operations round to nearest even (`fma` once), conversions round
@@ -28,13 +33,15 @@
 //! `mma` products are summed in f64 and rounded to f32 once. Tests of
 //! float kernels keep their tolerances.
 //!
-//! Not interpreted: `wgmma` (an error names it; kiln's sm_80 modules run
-//! the same contractions with `mma.sync`), and anything kiln does not emit.
+//! `wgmma.mma_async` runs at once (with its operands read from shared
+//! memory through their descriptors). Not interpreted: anything kiln does
+//! not emit (an error names the instruction and its line).
 
 mod exec;
 mod float;
 mod inst;
 mod parse;
+pub mod tensor_map;
 mod warp;
 
 pub use inst::Ty;

@@ -311,6 +311,15 @@ impl BodyReader {
             }
             return Ok(Operand::Vec(v));
         }
+        if let Some(inner) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']'))
+            && let Some((map, coords)) = inner.split_once(',')
+        {
+            // A tensor map and its coordinates: `[map, {c0, c1, ..}]`.
+            return Ok(Operand::Vec(vec![
+                self.operand(map, line, params)?,
+                self.operand(coords, line, params)?,
+            ]));
+        }
         if let Some(inner) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
             let (base, off) = match inner.find('+') {
                 Some(p) => (inner[..p].trim(), inner[p + 1..].trim()),
@@ -575,6 +584,21 @@ fn decode(opcode: &str) -> Result<Op, Why> {
             if mods.first() != Some(&"async") {
                 return Err(Why::Unsupported);
             }
+            if has("bulk") && has("tensor") {
+                let rank = mods
+                    .iter()
+                    .find_map(|m| m.strip_suffix('d').and_then(|r| r.parse::<u8>().ok()))
+                    .filter(|r| (1..=5).contains(r))
+                    .ok_or(Why::Unsupported)?;
+                let ok = has("global")
+                    && has("tile")
+                    && (has("shared::cluster") || has("shared::cta"))
+                    && has("mbarrier::complete_tx::bytes");
+                if !ok {
+                    return Err(Why::Unsupported);
+                }
+                return Ok(Op::Tma(rank));
+            }
             if has("commit_group") {
                 Op::CpCommit
             } else if has("wait_group") {
@@ -596,6 +620,12 @@ fn decode(opcode: &str) -> Result<Op, Why> {
             Op::Bar
         }
         "fence" | "membar" => Op::Fence,
+        "mbarrier" if !(has("shared::cta") || has("shared")) || !has("b64") => {
+            return Err(Why::Unsupported);
+        }
+        "mbarrier" if has("init") => Op::MbarInit,
+        "mbarrier" if has("arrive") && has("expect_tx") => Op::MbarArriveTx,
+        "mbarrier" if has("try_wait") && has("parity") => Op::MbarTryWait,
         "prefetch" if has("global") && (has("L1") || has("L2")) => Op::Prefetch,
         // The warpgroup's ordering instructions: `mma_async` runs at once
         // here, so there is nothing to order or wait for.

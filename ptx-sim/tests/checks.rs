@@ -350,3 +350,82 @@ fn an_int8_mma_by_hand() {
         }
     }
 }
+
+/// A tensor copy (`cp.async.bulk.tensor`) of a 64 x 8 box of a bf16
+/// tensor of 5 rows, at row 1: the last four rows of the box lie outside
+/// and read as zeros; the box lands with the 128-byte swizzle. The copy's
+/// bytes complete an mbarrier the threads wait on; the producer is the
+/// last thread, so the others wait first (and run again once it has
+/// copied). Without a producer the wait never ends, which is reported.
+#[test]
+fn tensor_copies_land_swizzled_and_complete_their_barrier() {
+    use kiln_ptx_sim::tensor_map::TensorMap;
+    let text = |producer: bool| {
+        let issue = if producer {
+            "\t@%p1 mbarrier.arrive.expect_tx.shared::cta.b64 %rd10, [%r10], 1024;\n\
+             \tmov.u32 %r12, 0;\n\tmov.u32 %r13, 1;\n\
+             \t@%p1 cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes \
+             [%r11], [%rd5, {%r12, %r13}], [%r10];\n"
+        } else {
+            ""
+        };
+        format!(
+            ".version 8.0\n.target sm_90a\n.address_size 64\n\
+             .shared .align 1024 .b8 buf[1024];\n.shared .align 8 .b8 bar[8];\n\
+             .visible .entry k(\n\t.param .u64 p_out,\n\t.param .u64 p_map\n)\n{{\n\
+             \t.reg .b32 %r<64>;\n\t.reg .b64 %rd<64>;\n\t.reg .pred %p<8>;\n\
+             \tld.param.u64 %rd0, [p_out];\n\tld.param.u64 %rd5, [p_map];\n\
+             \tmov.u32 %r0, %tid.x;\n\tmul.wide.u32 %rd2, %r0, 4;\n\tadd.s64 %rd3, %rd0, %rd2;\n\
+             \tmov.u32 %r10, bar;\n\tmov.u32 %r11, buf;\n\tsetp.eq.u32 %p1, %r0, 63;\n\
+             \t@%p1 mbarrier.init.shared::cta.b64 [%r10], 1;\n\
+             \tfence.mbarrier_init.release.cluster;\n\tbar.sync 0;\n{issue}\
+             $L_wait:\n\tmbarrier.try_wait.parity.shared::cta.b64 %p2, [%r10], 0;\n\
+             \t@!%p2 bra $L_wait;\n\
+             \tmad.lo.u32 %r20, %r0, 16, %r11;\n\tld.shared.b32 %r21, [%r20];\n\
+             \tst.global.b32 [%rd3], %r21;\n\tret;\n}}\n"
+        )
+    };
+    let input: Vec<u16> = (0..5 * 64).map(|i| (i * 7 + 3) as u16).collect();
+    let run_it = |producer: bool| {
+        let m = Module::parse(&text(producer)).unwrap_or_else(|e| panic!("{e}"));
+        let mut dev = Device::new();
+        let out = dev.alloc(vec![0; 64 * 4]);
+        let data = dev.alloc(input.iter().flat_map(|w| w.to_le_bytes()).collect());
+        let map = TensorMap {
+            base: data,
+            dims: vec![64, 5],
+            strides: vec![128],
+            box_dims: vec![64, 8],
+            elem_bytes: 2,
+            swizzle: 128,
+        };
+        let map = dev.alloc(map.encode().to_vec());
+        let launch = Launch {
+            grid: 1,
+            block: 64,
+            dynamic_shared: 0,
+        };
+        run(&m, "k", launch, &[out, map], &mut dev, 1 << 20).map(|_| {
+            dev.bytes(out)
+                .chunks(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<u32>>()
+        })
+    };
+    let got = run_it(true).unwrap();
+    for (t, &g) in got.iter().enumerate() {
+        // thread t reads shared bytes 16 t..: row r, stored chunk c, which
+        // holds the box's chunk c ^ (r % 8)
+        let (r, c) = (t / 8, (t % 8) ^ (t / 8 % 8));
+        let row = 1 + r;
+        let want = if row < 5 {
+            let e = row * 64 + c * 8;
+            u32::from(input[e]) | (u32::from(input[e + 1]) << 16)
+        } else {
+            0
+        };
+        assert_eq!(g, want, "thread {t}");
+    }
+    let e = run_it(false).unwrap_err();
+    assert!(e.to_string().contains("an mbarrier wait"), "{e}");
+}
