@@ -106,14 +106,13 @@ impl TensorMap {
     /// The box at `coords` (innermost first): for each element in dense
     /// box order, its global address, or `None` outside the tensor.
     pub fn box_addresses(&self, coords: &[i64]) -> Vec<Option<u64>> {
-        let rank = self.dims.len();
         let total: usize = self.box_dims.iter().map(|&x| x as usize).product();
         let mut out = Vec::with_capacity(total);
-        let mut idx = vec![0u32; rank];
+        let mut idx = vec![0u32; self.dims.len()];
         for _ in 0..total {
             let mut addr = Some(self.base);
-            for d in 0..rank {
-                let c = coords.get(d).copied().unwrap_or(0) + i64::from(idx[d]);
+            for (d, &i) in idx.iter().enumerate() {
+                let c = coords.get(d).copied().unwrap_or(0) + i64::from(i);
                 if c < 0 || c as u64 >= self.dims[d] {
                     addr = None;
                     break;
@@ -126,12 +125,12 @@ impl TensorMap {
                 addr = addr.map(|a| a + c as u64 * stride);
             }
             out.push(addr);
-            for d in 0..rank {
-                idx[d] += 1;
-                if idx[d] < self.box_dims[d] {
+            for (i, &b) in idx.iter_mut().zip(&self.box_dims) {
+                *i += 1;
+                if *i < b {
                     break;
                 }
-                idx[d] = 0;
+                *i = 0;
             }
         }
         out
