@@ -28,7 +28,8 @@
 #      and 4 blocks per tile (KILN_QMMA_SPLITS), W4 beside torch_quick.py,
 #      the PTX and quantize tests on the card.
 #   next: every GPU test binary on the card; the skinny GEMM with split-K
-#      off, auto, 4, 8 and 16 beside torch.matmul.
+#      off, auto, 4, 8 and 16 beside torch.matmul; GEMM, W2 and W3 with and
+#      without tensor copies (KILN_MMA_TMA=1).
 #   tuned: W1, W2, GEMM, W3 and W6 compiled with --autotune and
 #      benchmarked from their artifacts beside the default; every workload
 #      beside torch_baselines.py.
@@ -202,6 +203,19 @@ ts.sort()
 print(f"torch.matmul 256x8192x1024 bf16: {ts[len(ts) // 2]:.4f} ms (median of 50)")
 PY
 }
+tma_variants() {
+    # Tensor copies (KILN_MMA_TMA=1) against the threads' cp.async on the
+    # warpgroup contractions: GEMM, W2, W3 and W5's fp8 (not taken: 8-bit).
+    local spec id file dim v
+    for spec in GEMM:gemm:m=4096 W2:w2:m=8192 W3:w3:seq=2048; do
+        IFS=: read -r id file dim <<< "$spec"
+        for v in 0 1; do
+            echo "$id KILN_MMA_TMA=$v"
+            KILN_MMA_TMA=$v "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
+                --iters 50 --warmup 5 --json || echo failed
+        done
+    done
+}
 autotuned() {
     # Each workload compiled with --autotune (candidates timed on this
     # card), then benchmarked from its artifact; the default for comparison.
@@ -297,6 +311,7 @@ next)
     # split-K on the skinny GEMM (two calls: each must end within 600 s).
     step check 330 scripts/gpu-check.sh ptx cuda_exec gpu_backend quantize onnx
     TAIL=40 step splitk 60 splitk
+    TAIL=40 step tma 90 tma_variants
     ;;
 tuned)
     # The autotuned workloads, then every workload beside torch_baselines.py.

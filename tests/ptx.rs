@@ -2231,6 +2231,72 @@ fn split_k_contractions() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Tensor copies (`KILN_MMA_TMA`): the warpgroup contractions of plain
+/// bf16/f16 operands (every orientation, partial tiles on every axis, a
+/// batch with a shared `b`, wide tiles, and split-K's skinny ones) take
+/// their slices by `cp.async.bulk.tensor` from two tensor maps, one
+/// thread issuing per stage and an mbarrier per stage; against the
+/// evaluator on the PTX interpreter (sm_90a; sm_80 keeps `cp.async`) and
+/// the GPU where there is one, assembled without spills. Staged operands
+/// keep the threads' copies.
+#[test]
+fn tensor_copies_feed_warpgroup_contractions() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let tma = PtxOptions {
+        mma_tma: true,
+        ..PtxOptions::default()
+    };
+    let split = PtxOptions {
+        mma_splits: Some(MmaSplits::Auto),
+        ..tma
+    };
+    let tool = ptxas();
+    let gpu = common::gpu_available();
+    let mut failures = Vec::new();
+    let mut fed = 0;
+    let skinny: Vec<(Kernel, PtxOptions)> = skinny_mma_kernels()
+        .into_iter()
+        .filter(|k| !k.name.starts_with("imma"))
+        .map(|k| (k, split))
+        .collect();
+    let all = mma_kernels().into_iter().map(|k| (k, tma)).chain(skinny);
+    for (k, opts) in all {
+        let pk = compile_kernel_with(&k, PtxArch::Sm90a, &opts).unwrap();
+        let staged = k.name.contains("staged");
+        assert_eq!(pk.tensor_maps.is_empty(), staged, "{}", k.name);
+        assert_eq!(
+            pk.ptx.contains("cp.async.bulk.tensor.3d"),
+            !staged,
+            "{}",
+            k.name
+        );
+        if staged {
+            continue;
+        }
+        fed += 1;
+        let sm80 = compile_kernel_with(&k, PtxArch::Sm80, &opts).unwrap();
+        assert!(sm80.tensor_maps.is_empty(), "{}", k.name);
+        if let Some(tool) = &tool {
+            let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            assert_eq!(u.spill, 0, "{}", k.name);
+        }
+        let mut sides = vec![Side::SimWith(PtxArch::Sm90a, opts)];
+        if gpu {
+            sides.push(Side::GpuWith(PtxArch::Sm90a, opts));
+        }
+        for side in sides {
+            match run_against_eval_tol(&k, &mut rng, side, 1e-4) {
+                Ok(true) => {}
+                r => failures.push(format!("{} ({}, seed {seed}): {r:?}", k.name, side.name())),
+            }
+        }
+    }
+    assert!(fed >= 10, "{fed} kernels took tensor copies");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// int8 contractions (`a[m, k] . b[n, k]`, both `k`-contiguous i8, integer
 /// accumulation) that take `mma.sync.m16n8k32` on s8: an i32 output at
 /// awkward sizes, a `k` tail that is not a whole step (48), a batched one
@@ -2651,6 +2717,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             qmma_splits: None,
             mma_splits: None,
             mma_tiling: None,
+            mma_tma: false,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

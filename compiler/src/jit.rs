@@ -362,13 +362,14 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 8] = [
+const SWITCHES: [&str; 9] = [
     "KILN_PTX_BRANCH_SELECTS",
     "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
     "KILN_GEMV_DEQUANT",
     "KILN_QMMA_SPLITS",
     "KILN_MMA_SPLITS",
+    "KILN_MMA_TMA",
     "KILN_MMA_TILING",
     "KILN_INT4_FRAGMENTS",
 ];

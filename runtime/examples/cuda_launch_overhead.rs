@@ -58,6 +58,7 @@ fn chain() -> (Program, Vec<PtxKernel>) {
         block: 256,
         grid: Grid::Elements { per_thread: 1 },
         shared_bytes: 0,
+        tensor_maps: Vec::new(),
     };
     let program = Program {
         name: "launch_chain".into(),

@@ -26,7 +26,7 @@ use crate::HostTensor;
 use crate::cpu::executor::{CpuExecutable, KernelFn, RunError};
 use crate::cpu::jit::{JitError, JitFunction, JitModule, host_isa};
 pub use crate::cuda::Cubins;
-use crate::cuda::{CudaError, CudaExecutable, Grid, PtxKernel};
+use crate::cuda::{CudaError, CudaExecutable, Grid, PtxKernel, TensorMapSpec};
 
 /// The first eight bytes of every artifact.
 pub const MAGIC: [u8; 8] = *b"KILNART\0";
@@ -35,11 +35,15 @@ pub const MAGIC: [u8; 8] = *b"KILNART\0";
 /// version 2 added the `cubin` section, version 3 stores the program's
 /// constants compactly (splats and values packed in their element type,
 /// `kernel::serial::Constants::Compact`), version 4 adds grid tag 3
-/// (`Grid::SplitTiles`), version 5 adds grid tag 4 (`Grid::Images`).
-pub const FORMAT_VERSION: u32 = 5;
+/// (`Grid::SplitTiles`), version 5 adds grid tag 4 (`Grid::Images`),
+/// version 6 the `tensor_maps` section.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The first format version with grid tag 4 (`Grid::Images`).
 const IMAGES_VERSION: u32 = 5;
+
+/// The first format version with the `tensor_maps` section.
+const TENSOR_MAPS_VERSION: u32 = 6;
 
 /// The oldest format version this runtime reads (version 1 is version 2
 /// without the `cubin` section; both store constants as `f64` values).
@@ -100,11 +104,13 @@ pub enum SectionKind {
     Autotune,
     /// GPU kernels assembled by `ptxas` for the target's architecture.
     Cubin,
+    /// The tensor maps of the PTX kernels that read through them.
+    TensorMaps,
 }
 
 impl SectionKind {
     /// Every kind, in table-number order.
-    pub const ALL: [SectionKind; 7] = [
+    pub const ALL: [SectionKind; 8] = [
         SectionKind::Program,
         SectionKind::Clif,
         SectionKind::Ptx,
@@ -112,6 +118,7 @@ impl SectionKind {
         SectionKind::Buckets,
         SectionKind::Autotune,
         SectionKind::Cubin,
+        SectionKind::TensorMaps,
     ];
 
     /// The number in the section table.
@@ -124,6 +131,7 @@ impl SectionKind {
             SectionKind::Buckets => 5,
             SectionKind::Autotune => 6,
             SectionKind::Cubin => 7,
+            SectionKind::TensorMaps => 8,
         }
     }
 
@@ -137,6 +145,7 @@ impl SectionKind {
             SectionKind::Buckets => "buckets",
             SectionKind::Autotune => "autotune",
             SectionKind::Cubin => "cubin",
+            SectionKind::TensorMaps => "tensor_maps",
         }
     }
 
@@ -318,6 +327,11 @@ impl Artifact {
         sections.push((SectionKind::Autotune, encode_autotune(&self.autotune)));
         if let Some(c) = &self.cubins {
             sections.push((SectionKind::Cubin, encode_cubins(c)));
+        }
+        if let Code::Ptx(k) = &self.code
+            && k.iter().any(|k| !k.tensor_maps.is_empty())
+        {
+            sections.push((SectionKind::TensorMaps, encode_tensor_maps(k)));
         }
 
         let mut head = Vec::new();
@@ -578,6 +592,30 @@ impl Artifact {
                         c.modules.len()
                     ),
                 });
+            }
+        }
+        let mut code = code;
+        if let Some(b) = section(SectionKind::TensorMaps) {
+            if version < TENSOR_MAPS_VERSION {
+                return Err(layout(format!(
+                    "a tensor_maps section in a version {version} artifact"
+                )));
+            }
+            let Code::Ptx(kernels) = &mut code else {
+                return Err(layout("a cpu artifact with a tensor_maps section".into()));
+            };
+            let maps = decode_tensor_maps(b)?;
+            if maps.len() != launches {
+                return Err(ArtifactError::Section {
+                    section: "tensor_maps",
+                    message: format!(
+                        "tensor maps for {} kernels in a program of {launches} launches",
+                        maps.len()
+                    ),
+                });
+            }
+            for (k, m) in kernels.iter_mut().zip(maps) {
+                k.tensor_maps = m;
             }
         }
         Ok(Artifact {
@@ -888,12 +926,46 @@ fn decode_ptx(bytes: &[u8], version: u32) -> Result<Vec<PtxKernel>, ArtifactErro
                 grid: decode_grid(r, version)?,
                 shared_bytes: r.u32()?,
                 ptx: r.str()?,
+                tensor_maps: Vec::new(),
             })
         })?;
         r.end()?;
         Ok(k)
     })();
     kernels.map_err(CursorError::into_artifact)
+}
+
+/// Per kernel, in launch order, its tensor maps: argument, box (inner
+/// elements, rows) and element bytes, four `u32` each.
+fn encode_tensor_maps(kernels: &[PtxKernel]) -> Vec<u8> {
+    let mut v = Vec::new();
+    put_list(&mut v, kernels, |v, k| {
+        put_list(v, &k.tensor_maps, |v, t| {
+            for x in [t.arg, t.box_inner, t.box_rows, t.elem_bytes] {
+                put_u32(v, x);
+            }
+        });
+    });
+    v
+}
+
+fn decode_tensor_maps(bytes: &[u8]) -> Result<Vec<Vec<TensorMapSpec>>, ArtifactError> {
+    let mut r = Cursor::new(bytes, "tensor_maps");
+    let maps = (|| {
+        let m = r.list(|r| {
+            r.list(|r| {
+                Ok(TensorMapSpec {
+                    arg: r.u32()?,
+                    box_inner: r.u32()?,
+                    box_rows: r.u32()?,
+                    elem_bytes: r.u32()?,
+                })
+            })
+        })?;
+        r.end()?;
+        Ok(m)
+    })();
+    maps.map_err(CursorError::into_artifact)
 }
 
 fn encode_cubins(c: &Cubins) -> Vec<u8> {
@@ -1228,6 +1300,12 @@ mod tests {
                 block: 256,
                 grid: Grid::Rows { inner_axes: 1 },
                 shared_bytes: 16,
+                tensor_maps: vec![TensorMapSpec {
+                    arg: 1,
+                    box_inner: 64,
+                    box_rows: 128,
+                    elem_bytes: 2,
+                }],
             }]),
             weights: Some(vec![(
                 "w".into(),
@@ -1305,7 +1383,7 @@ mod tests {
             "{e}"
         );
         // Earlier tags read as before in a version 4 artifact.
-        a = artifact();
+        a = without_tensor_maps(artifact());
         let old = as_version(&a.to_bytes(), 4);
         assert_eq!(Artifact::from_bytes(&old).unwrap(), a);
     }
@@ -1336,9 +1414,33 @@ mod tests {
         b
     }
 
+    /// Without the tensor maps the kernels have no such list.
+    fn without_tensor_maps(mut a: Artifact) -> Artifact {
+        if let Code::Ptx(ks) = &mut a.code {
+            for k in ks {
+                k.tensor_maps.clear();
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn tensor_maps_are_refused_before_their_version() {
+        let a = artifact();
+        assert!(matches!(
+            Artifact::from_bytes(&as_version(&a.to_bytes(), 5)),
+            Err(ArtifactError::Layout(m)) if m == "a tensor_maps section in a version 5 artifact"
+        ));
+        let a = without_tensor_maps(a);
+        assert_eq!(
+            Artifact::from_bytes(&as_version(&a.to_bytes(), 5)).unwrap(),
+            a
+        );
+    }
+
     #[test]
     fn version_1_artifacts_are_read_without_cubins() {
-        let mut a = artifact();
+        let mut a = without_tensor_maps(artifact());
         let with = as_version(&a.to_bytes(), 1);
         assert!(matches!(
             Artifact::from_bytes(&with),

@@ -231,6 +231,28 @@ pub(crate) fn kernel_output_shape(
     )
 }
 
+/// The shape of launch `i`'s kernel input `input` (as the kernel
+/// declares it: a view of the argument's elements) under the bindings.
+pub(crate) fn kernel_input_shape(
+    program: &Program,
+    i: usize,
+    input: usize,
+    bindings: &Bindings,
+) -> Result<Vec<usize>, RunError> {
+    let kernel = &program.launches[i].kernel;
+    let Some(b) = kernel.inputs.get(input) else {
+        return Err(RunError::InvalidProgram(format!(
+            "kernel `{}` has no input {input} (a tensor map names it)",
+            kernel.name
+        )));
+    };
+    resolve(
+        &b.shape,
+        bindings,
+        &format!("input {input} of kernel `{}`", kernel.name),
+    )
+}
+
 /// The values of launch `i`'s `Kernel::dims` under the bindings.
 pub(crate) fn kernel_dims(
     program: &Program,

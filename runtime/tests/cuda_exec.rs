@@ -84,6 +84,7 @@ fn ptx(text: &str, entry: &str, block: u32, grid: Grid) -> PtxKernel {
         block,
         grid,
         shared_bytes: 0,
+        tensor_maps: Vec::new(),
     }
 }
 

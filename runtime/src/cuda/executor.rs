@@ -38,7 +38,7 @@ use super::modules;
 use crate::HostTensor;
 use crate::binding::{
     Bindings, DimValues, byte_size, check_inputs, check_weights, dim_values, kernel_dims,
-    kernel_output_shape, resolve,
+    kernel_input_shape, kernel_output_shape, resolve,
 };
 use crate::cpu::RunError;
 use crate::cpu::arena;
@@ -87,6 +87,8 @@ struct Step {
     units: i64,
     /// The address of a split grid's scratch memory (`Grid::SplitTiles`).
     scratch: Option<u64>,
+    /// The address of the launch's tensor maps (`PtxKernel::tensor_maps`).
+    tensor_maps: Option<u64>,
     config: LaunchConfig,
 }
 
@@ -160,6 +162,58 @@ impl std::fmt::Debug for CudaExecutable {
 
 fn invalid(message: String) -> CudaError {
     CudaError::Run(RunError::InvalidProgram(message))
+}
+
+/// The driver's tensor map for `spec` over the argument at `base` of
+/// `shape` (`cuTensorMapEncodeTiled`: three dimensions, the 128-byte
+/// swizzle, zeros out of bounds).
+fn encode_tensor_map(
+    spec: &crate::cuda::TensorMapSpec,
+    base: u64,
+    shape: &[usize],
+    what: &str,
+) -> Result<[u8; 128], CudaError> {
+    use cudarc::driver::sys;
+    let (dims, strides) = spec.view(shape);
+    let dtype = match spec.elem_bytes {
+        1 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        2 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+        4 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+        e => return Err(invalid(format!("{what}: elements of {e} bytes"))),
+    };
+    let boxes = [spec.box_inner, spec.box_rows, 1u32];
+    let elem_strides = [1u32; 3];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: every pointer names a live array of the rank's length (3
+    // extents, 2 strides, 3 box extents, 3 element strides) or the map
+    // the driver fills; the base is a device address the map only records.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            dtype,
+            3,
+            base as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    r.result().map_err(|e| {
+        CudaError::driver(
+            format!("encoding {what} (extents {dims:?}, strides {strides:?}, box {boxes:?})"),
+            e,
+        )
+    })?;
+    let mut out = [0u8; 128];
+    for (chunk, w) in out.chunks_mut(8).zip(map.opaque) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    Ok(out)
 }
 
 fn overflow(name: &str) -> CudaError {
@@ -398,6 +452,25 @@ impl CudaExecutable {
         let Some((blocks, block)) = launch_config(kernel, units, self.resident[i]) else {
             return Ok(None);
         };
+        let tensor_maps = if kernel.tensor_maps.is_empty() {
+            None
+        } else {
+            let what = format!("the tensor maps of launch {i} (`{}`)", out.name);
+            let mut bytes = Vec::with_capacity(128 * kernel.tensor_maps.len());
+            for spec in &kernel.tensor_maps {
+                let a = spec.arg as usize;
+                let shape = kernel_input_shape(&self.program, i, a, bindings)?;
+                let base = *pointers.get(a).ok_or_else(|| {
+                    invalid(format!("launch {i} has no argument {a} for its tensor map"))
+                })?;
+                bytes.extend_from_slice(&encode_tensor_map(spec, base, &shape, &what)?);
+            }
+            let mut buffer = DeviceBuffer::zeroed(&self.device.stream, bytes.len(), &what)?;
+            buffer.upload(&self.device.stream, 0, &bytes, &what)?;
+            let ptr = buffer.ptr_at(0);
+            scratch.push(buffer);
+            Some(ptr)
+        };
         let scratch = match kernel.scratch_bytes(units) {
             Some(bytes) => {
                 let bytes = usize::try_from(bytes).map_err(|_| overflow(&out.name))?;
@@ -415,6 +488,7 @@ impl CudaExecutable {
             dims,
             units: i64::try_from(units).map_err(|_| overflow(&out.name))?,
             scratch,
+            tensor_maps,
             config: LaunchConfig {
                 grid_dim: (blocks, 1, 1),
                 block_dim: (block, 1, 1),
@@ -438,6 +512,9 @@ impl CudaExecutable {
         builder.arg(&step.units);
         if let Some(scratch) = &step.scratch {
             builder.arg(scratch);
+        }
+        if let Some(maps) = &step.tensor_maps {
+            builder.arg(maps);
         }
         // SAFETY: the parameters follow the kernel contract (input pointers,
         // output pointer, dims, units, scratch; the entry's parameter count was
@@ -798,6 +875,7 @@ mod tests {
             block: 256,
             grid: Grid::Elements { per_thread: 1 },
             shared_bytes: 0,
+            tensor_maps: Vec::new(),
         }
     }
 

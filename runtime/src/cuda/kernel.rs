@@ -80,6 +80,42 @@ pub struct PtxKernel {
     pub grid: Grid,
     /// Dynamic shared memory per block, in bytes.
     pub shared_bytes: u32,
+    /// The tensor maps its `cp.async.bulk.tensor` copies read (empty: the
+    /// entry takes no `p_tmaps` parameter).
+    pub tensor_maps: Vec<TensorMapSpec>,
+}
+
+/// A tensor map a kernel reads, made by the executor for each launch
+/// (the map holds the argument's address): kernel input `arg`, of shape
+/// `[.., R, C]` at the launch's dims, seen as three dimensions `[C, R, L]`
+/// (innermost first; `L` the product of the leading axes, 1 without
+/// any), a box of `box_inner` x `box_rows` x 1 elements of `elem_bytes`
+/// bytes, with the 128-byte swizzle (`box_inner * elem_bytes` is 128),
+/// out-of-bounds elements read as zeros. The maps of a launch lie 128
+/// bytes apart in device memory passed as the entry's last parameter,
+/// `p_tmaps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorMapSpec {
+    pub arg: u32,
+    pub box_inner: u32,
+    pub box_rows: u32,
+    pub elem_bytes: u32,
+}
+
+impl TensorMapSpec {
+    /// Extents `[C, R, L]` and byte strides of dimensions 1 and 2, for
+    /// the argument's shape.
+    pub fn view(&self, shape: &[usize]) -> ([u64; 3], [u64; 2]) {
+        let r = shape.len();
+        let c = shape.last().copied().unwrap_or(1) as u64;
+        let rows = if r >= 2 { shape[r - 2] as u64 } else { 1 };
+        let lead: u64 = shape[..r.saturating_sub(2)]
+            .iter()
+            .map(|&d| d as u64)
+            .product();
+        let e = u64::from(self.elem_bytes);
+        ([c, rows, lead], [c * e, c * rows * e])
+    }
 }
 
 /// Machine code for the kernels, assembled by `ptxas` for one GPU
@@ -164,7 +200,10 @@ impl PtxKernel {
     /// The number of `.param`s the entry declares for a launch with
     /// `args` tensor arguments (inputs and output) and `dims` dims.
     pub fn params(&self, args: usize, dims: usize) -> usize {
-        args + dims + 1 + usize::from(self.scratch_bytes(0).is_some())
+        args + dims
+            + 1
+            + usize::from(self.scratch_bytes(0).is_some())
+            + usize::from(!self.tensor_maps.is_empty())
     }
 }
 
@@ -227,6 +266,7 @@ mod tests {
             block,
             grid,
             shared_bytes: 0,
+            tensor_maps: Vec::new(),
         }
     }
 

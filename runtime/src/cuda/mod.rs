@@ -14,6 +14,6 @@ pub mod sim;
 pub use driver::{driver_present, no_driver};
 pub use error::CudaError;
 pub use executor::{CudaExecutable, CudaStats};
-pub use kernel::{Cubins, Grid, PtxKernel, launch_config};
+pub use kernel::{Cubins, Grid, PtxKernel, TensorMapSpec, launch_config};
 pub use memory::DEVICE_ALIGN;
 pub use sim::{SimExecutable, SimStats};

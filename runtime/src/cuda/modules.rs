@@ -289,6 +289,7 @@ mod tests {
             block,
             grid: Grid::Elements { per_thread: 1 },
             shared_bytes: 0,
+            tensor_maps: Vec::new(),
         }
     }
 

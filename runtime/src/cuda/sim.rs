@@ -24,7 +24,8 @@ use super::executor::CudaExecutable;
 use super::kernel::{PtxKernel, launch_config};
 use crate::HostTensor;
 use crate::binding::{
-    Bindings, byte_size, check_inputs, check_weights, kernel_dims, kernel_output_shape, resolve,
+    Bindings, byte_size, check_inputs, check_weights, kernel_dims, kernel_input_shape,
+    kernel_output_shape, resolve,
 };
 use crate::cpu::RunError;
 use crate::cpu::program_check::{Origin, check_program};
@@ -214,6 +215,28 @@ impl SimExecutable {
         if let Some(bytes) = scratch {
             let bytes = usize::try_from(bytes).map_err(|_| overflow("scratch memory"))?;
             args.push(device.alloc(vec![0; bytes]));
+        }
+        // The tensor maps, in the interpreter's encoding, 128 bytes apart.
+        if !kernel.tensor_maps.is_empty() {
+            let mut bytes = Vec::with_capacity(128 * kernel.tensor_maps.len());
+            for spec in &kernel.tensor_maps {
+                let a = spec.arg as usize;
+                let shape = kernel_input_shape(&self.program, i, a, bindings)?;
+                let base = *args.get(a).ok_or_else(|| {
+                    invalid(format!("launch {i} has no argument {a} for its tensor map"))
+                })?;
+                let (dims, strides) = spec.view(&shape);
+                let map = kiln_ptx_sim::tensor_map::TensorMap {
+                    base,
+                    dims: dims.to_vec(),
+                    strides: strides.to_vec(),
+                    box_dims: vec![spec.box_inner, spec.box_rows, 1],
+                    elem_bytes: spec.elem_bytes,
+                    swizzle: 128,
+                };
+                bytes.extend_from_slice(&map.encode());
+            }
+            args.push(device.alloc(bytes));
         }
         let launch = Launch {
             grid: blocks,

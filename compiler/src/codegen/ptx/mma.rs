@@ -218,6 +218,10 @@ pub(super) struct MmaPlan {
     /// ([`Grid::SplitTiles`](kiln_runtime::cuda::kernel::Grid)). Chosen
     /// by [`auto_splits`] or `KILN_MMA_SPLITS`.
     pub splits: u32,
+    /// Whether the slices come by tensor copies (`cp.async.bulk.tensor`
+    /// issued by one thread, completing on an mbarrier per stage) instead
+    /// of every thread's `cp.async` ([`MmaPlan::can_tma`]).
+    pub tma: bool,
 }
 
 /// Split-K: how many blocks a skinny contraction's tiles are dealt to.
@@ -296,8 +300,47 @@ impl MmaPlan {
     /// align the stages to the 1024 bytes of the swizzle pattern).
     pub fn shared_bytes(&self) -> u32 {
         let align = if self.tiling.wgmma { 1024 } else { 0 };
+        let bars = if self.tma { 8 * self.tiling.stages } else { 0 };
+        self.bars_at() + bars + align
+    }
+
+    /// Where the stages' mbarriers lie (tensor copies): past the stages
+    /// and a split grid's 16-byte flag.
+    fn bars_at(&self) -> u32 {
         let flag = if self.splits > 1 { 16 } else { 0 };
-        self.tiling.stages * self.stage_bytes() + align + flag
+        self.tiling.stages * self.stage_bytes() + flag
+    }
+
+    /// Whether tensor copies can feed this plan: warpgroup tiles (the
+    /// 128-byte swizzled slices a tensor map's box lands as), both
+    /// operands plain 16-bit loads (not staged, not an 8-bit view).
+    pub fn can_tma(&self) -> bool {
+        self.tiling.wgmma
+            && self.tiling.tile_k * 2 == 128
+            && self.a.staged.is_none()
+            && self.b.staged.is_none()
+            && self.bytes.is_none()
+    }
+
+    /// The tensor maps the kernel reads (`a`'s, then `b`'s), when
+    /// [`MmaPlan::tma`]: boxes of 64 elements (128 bytes) by the tile's
+    /// rows (`k`-contiguous operands) or by `tile_k` rows of `k`
+    /// (outer-contiguous ones, one box per 64 columns).
+    pub fn tensor_maps(&self) -> Vec<kiln_runtime::cuda::TensorMapSpec> {
+        if !self.tma {
+            return Vec::new();
+        }
+        let t = self.tiling;
+        let spec = |o: &Operand, outer: u32| kiln_runtime::cuda::TensorMapSpec {
+            arg: o.input as u32,
+            box_inner: 64,
+            box_rows: match o.storage {
+                Storage::OuterK => outer,
+                Storage::KOuter => t.tile_k,
+            },
+            elem_bytes: 2,
+        };
+        vec![spec(&self.a, t.tile_m), spec(&self.b, t.tile_n)]
     }
 
     /// A split block's accumulators in the scratch memory: every thread's
@@ -416,6 +459,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
         tiling,
         bytes: None,
         splits: 1,
+        tma: false,
     })
 }
 
@@ -858,6 +902,14 @@ pub(super) fn emit(
     } else {
         String::new()
     };
+    // Tensor copies: the maps' address, the stages' mbarriers (set up
+    // once; the counts of steps issued and consumed run on across tiles,
+    // so each barrier's phase parity is `(consumed / stages) & 1`).
+    let tma = if plan.tma {
+        Some(TmaState::start(em, plan, &tid, &smem))
+    } else {
+        None
+    };
     let lp = TileLoop::start(em, units);
     let (tile, part) = if split {
         super::splits::unit_parts(em, &lp.tile, plan.splits)
@@ -867,8 +919,15 @@ pub(super) fn emit(
     let TileOrigin { m0, n0, bflat, .. } =
         lp.origin_at(em, &tile, &tiles_m, &tiles_n, (t.tile_m, t.tile_n), r - 2);
 
-    let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
-    let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
+    let copies_of = |em: &mut Em| -> Result<Option<(Copies, Copies)>, PtxError> {
+        if plan.tma {
+            return Ok(None);
+        }
+        let ca = copies(em, &t, &plan.a, t.tile_m, 0, &tid, &m0, &m_dim)?;
+        let cb = copies(em, &t, &plan.b, t.tile_n, plan.a_bytes(), &tid, &n0, &n_dim)?;
+        Ok(Some((ca, cb)))
+    };
+    let threads_copy = copies_of(em)?;
     for a in &acc {
         if int_acc {
             em.ins(format!("mov.b32 {a}, 0"));
@@ -898,14 +957,13 @@ pub(super) fn emit(
         em.ins(format!("add.s64 {hi}, {p64}, 1"));
         em.ins(format!("mul.lo.s64 {hi}, {hi}, {ktiles}"));
         em.ins(format!("shr.s64 {ktiles}, {hi}, {log}"));
-        skip_steps(em, &t, &ca, &first);
-        skip_steps(em, &t, &cb, &first);
+        if let Some((ca, cb)) = &threads_copy {
+            skip_steps(em, &t, ca, &first);
+            skip_steps(em, &t, cb, &first);
+        }
     }
 
     let sb = plan.stage_bytes();
-    let (ld_stage, c_stage) = (em.reg(Class::R), em.reg(Class::R));
-    em.ins(format!("mov.u32 {ld_stage}, 0"));
-    em.ins(format!("mov.u32 {c_stage}, 0"));
     // Steps in flight ahead of the one computed: `mma.sync` reads a stage
     // synchronously, so the stage computed last is free at the next step's
     // barrier; a warpgroup `mma` may still read the previous step's stage
@@ -915,6 +973,40 @@ pub(super) fn emit(
     } else {
         t.stages - 1
     };
+    let (ca, cb) = match (threads_copy, &tma) {
+        (Some(c), _) => c,
+        (None, Some(tm)) => {
+            let at = TileAt {
+                m0: &m0,
+                n0: &n0,
+                first: &first,
+                end: &ktiles,
+            };
+            tm.steps(em, plan, &at, ahead, &acc, &warp, &smem)?;
+            let end = TileEnd {
+                tile: &tile,
+                scratch: &scratch,
+                units,
+                acc: &acc,
+                int_acc,
+                lane: &lane,
+                wm_base: &wm_base,
+                wn_base: &wn_base,
+                m0: &m0,
+                n0: &n0,
+                bflat: &bflat,
+                m_dim: &m_dim,
+                n_dim: &n_dim,
+                tid: &tid,
+                smem: &smem,
+            };
+            return finish_tile(em, plan, lp, &end, epilogue);
+        }
+        (None, None) => return Err(em.kerr("a tensor-core plan without copies")),
+    };
+    let (ld_stage, c_stage) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("mov.u32 {ld_stage}, 0"));
+    em.ins(format!("mov.u32 {c_stage}, 0"));
     for _ in 0..ahead {
         issue(em, &t, &ca, &ld_stage, &smem, &kext)?;
         issue(em, &t, &cb, &ld_stage, &smem, &kext)?;
@@ -953,46 +1045,293 @@ pub(super) fn emit(
     }
     em.ins("cp.async.wait_group 0");
     em.ins("bar.sync 0");
+    let end = TileEnd {
+        tile: &tile,
+        scratch: &scratch,
+        units,
+        acc: &acc,
+        int_acc,
+        lane: &lane,
+        wm_base: &wm_base,
+        wn_base: &wn_base,
+        m0: &m0,
+        n0: &n0,
+        bflat: &bflat,
+        m_dim: &m_dim,
+        n_dim: &n_dim,
+        tid: &tid,
+        smem: &smem,
+    };
+    finish_tile(em, plan, lp, &end, epilogue)
+}
+
+/// What the end of a tile works with: the tile and the split grid's
+/// scratch, the accumulators, the thread's and the tile's coordinates.
+struct TileEnd<'s> {
+    tile: &'s str,
+    scratch: &'s str,
+    units: &'s str,
+    acc: &'s [String],
+    int_acc: bool,
+    lane: &'s str,
+    wm_base: &'s str,
+    wn_base: &'s str,
+    m0: &'s str,
+    n0: &'s str,
+    bflat: &'s str,
+    m_dim: &'s str,
+    n_dim: &'s str,
+    tid: &'s str,
+    smem: &'s str,
+}
+
+/// A tile's end, after its steps: a split block's merge, the epilogue and
+/// the stores, and the tile loop's end.
+fn finish_tile(
+    em: &mut Em,
+    plan: &MmaPlan,
+    lp: TileLoop,
+    e: &TileEnd,
+    epilogue: &Expr,
+) -> Result<(), PtxError> {
+    let t = plan.tiling;
     let unit_end = em.a.label("unit_end");
-    if split {
+    if plan.splits > 1 {
         merge_splits(
             em,
             plan,
             &Merge {
-                scratch: &scratch,
+                scratch: e.scratch,
                 unit: &lp.tile,
-                tile: &tile,
-                units,
-                tid: &tid,
-                smem: &smem,
+                tile: e.tile,
+                units: e.units,
+                tid: e.tid,
+                smem: e.smem,
                 not_last: &unit_end,
-                acc: &acc,
-                int_acc,
+                acc: e.acc,
+                int_acc: e.int_acc,
             },
         );
     }
-
     store_tile(
         em,
         &TileStore {
-            int_acc,
-            acc: &acc,
+            int_acc: e.int_acc,
+            acc: e.acc,
             warp_m: t.warp_m,
             warp_n: t.warp_n,
-            lane: &lane,
-            wm_base: &wm_base,
-            wn_base: &wn_base,
-            m0: &m0,
-            n0: &n0,
-            bflat: &bflat,
-            m_dim: &m_dim,
-            n_dim: &n_dim,
+            lane: e.lane,
+            wm_base: e.wm_base,
+            wn_base: e.wn_base,
+            m0: e.m0,
+            n0: e.n0,
+            bflat: e.bflat,
+            m_dim: e.m_dim,
+            n_dim: e.n_dim,
         },
         epilogue,
     )?;
     em.a.place(&unit_end);
     lp.end(em);
     Ok(())
+}
+
+/// A tile's place for its tensor copies: its first row and column and
+/// its steps `[first, end)` (s64; `first` may be an immediate).
+struct TileAt<'s> {
+    m0: &'s str,
+    n0: &'s str,
+    first: &'s str,
+    end: &'s str,
+}
+
+/// The registers of a kernel fed by tensor copies ([`MmaPlan::tma`]).
+struct TmaState {
+    /// The tensor maps (`a`'s, then `b`'s 128 bytes on; a generic
+    /// address), the first mbarrier (shared), thread 0's predicate, and
+    /// the steps issued and consumed so far (u32, across tiles).
+    maps: String,
+    bars: String,
+    first_thread: String,
+    issued: String,
+    consumed: String,
+}
+
+impl TmaState {
+    /// Sets up the mbarriers (thread 0 initializes one per stage, for one
+    /// arrival: its own, with the stage's bytes) before the tile loop.
+    fn start(em: &mut Em, plan: &MmaPlan, tid: &str, smem: &str) -> TmaState {
+        let maps = em.reg(Class::D);
+        em.ins(format!("ld.param.u64 {maps}, [p_tmaps]"));
+        let bars = em.reg(Class::R);
+        em.ins(format!("add.u32 {bars}, {smem}, {}", plan.bars_at()));
+        let first_thread = em.reg(Class::P);
+        em.ins(format!("setp.eq.u32 {first_thread}, {tid}, 0"));
+        for s in 0..plan.tiling.stages {
+            em.ins(format!(
+                "@{first_thread} mbarrier.init.shared::cta.b64 [{bars}+{}], 1",
+                s * 8
+            ));
+        }
+        em.ins("fence.mbarrier_init.release.cluster");
+        em.ins("bar.sync 0");
+        let (issued, consumed) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("mov.u32 {issued}, 0"));
+        em.ins(format!("mov.u32 {consumed}, 0"));
+        TmaState {
+            maps,
+            bars,
+            first_thread,
+            issued,
+            consumed,
+        }
+    }
+
+    /// `reg % stages` (u32).
+    fn stage_of(em: &mut Em, plan: &MmaPlan, reg: &str) -> String {
+        let s = em.reg(Class::R);
+        let n = plan.tiling.stages;
+        if n.is_power_of_two() {
+            em.ins(format!("and.b32 {s}, {reg}, {}", n - 1));
+        } else {
+            em.ins(format!("rem.u32 {s}, {reg}, {n}"));
+        }
+        s
+    }
+
+    /// Issues step `j`'s copies (when `j < end`) into the next stage: thread
+    /// 0 arrives expecting the stage's bytes and copies each box; every
+    /// thread counts the step.
+    fn issue(&self, em: &mut Em, plan: &MmaPlan, at: &TileAt, lead: &[String; 2], j: &str) {
+        let t = plan.tiling;
+        let (pj, skip) = (em.reg(Class::P), em.a.label("tma_skip"));
+        em.ins(format!("setp.ge.s64 {pj}, {j}, {}", at.end));
+        em.ins(format!("@{pj} bra.uni {skip}"));
+        let s = Self::stage_of(em, plan, &self.issued);
+        let (dst, bar) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("mad.lo.u32 {bar}, {s}, 8, {}", self.bars));
+        let smem = em.reg(Class::R);
+        em.ins(format!("sub.u32 {smem}, {}, {}", self.bars, plan.bars_at()));
+        em.ins(format!(
+            "mad.lo.u32 {dst}, {s}, {}, {smem}",
+            plan.stage_bytes()
+        ));
+        let p0 = &self.first_thread;
+        let state = em.reg(Class::D);
+        em.ins(format!(
+            "@{p0} mbarrier.arrive.expect_tx.shared::cta.b64 {state}, [{bar}], {}",
+            plan.stage_bytes()
+        ));
+        let k0 = em.reg(Class::R);
+        em.ins(format!("cvt.u32.u64 {k0}, {j}"));
+        em.ins(format!("mul.lo.u32 {k0}, {k0}, {}", t.tile_k));
+        let copy = |em: &mut Em,
+                    o: &Operand,
+                    map_off: u32,
+                    o0: &str,
+                    outer: u32,
+                    slice: u32,
+                    lead: &str| {
+            let (map, base) = (em.reg(Class::D), em.reg(Class::R));
+            em.ins(format!("add.s64 {map}, {}, {map_off}", self.maps));
+            let o32 = em.reg(Class::R);
+            em.ins(format!("cvt.u32.u64 {o32}, {o0}"));
+            em.ins(format!("add.u32 {base}, {dst}, {slice}"));
+            let boxes: Vec<(u32, String, String)> = match o.storage {
+                Storage::OuterK => vec![(0, k0.clone(), o32.clone())],
+                Storage::KOuter => (0..outer / 64)
+                    .map(|b| {
+                        let c = em.reg(Class::R);
+                        em.ins(format!("add.u32 {c}, {o32}, {}", b * 64));
+                        (b * t.tile_k * 128, c, k0.clone())
+                    })
+                    .collect(),
+            };
+            for (off, c0, c1) in boxes {
+                em.ins(format!(
+                    "@{p0} cp.async.bulk.tensor.3d.shared::cluster.global.tile.\
+                     mbarrier::complete_tx::bytes [{base}+{off}], [{map}, {{{c0}, {c1}, {lead}}}], \
+                     [{bar}]"
+                ));
+            }
+        };
+        copy(em, &plan.a, 0, at.m0, t.tile_m, 0, &lead[0]);
+        copy(em, &plan.b, 128, at.n0, t.tile_n, plan.a_bytes(), &lead[1]);
+        em.ins(format!("add.u32 {0}, {0}, 1", self.issued));
+        em.a.place(&skip);
+    }
+
+    /// A tile's steps: the lead (batch) index of each operand's tensor
+    /// map, `ahead` steps issued, then per step: wait for its stage's
+    /// barrier, a block barrier (every warp group is done with the stage
+    /// the next copy overwrites), the copies `ahead` steps on, the `mma`s.
+    #[allow(clippy::too_many_arguments)]
+    fn steps(
+        &self,
+        em: &mut Em,
+        plan: &MmaPlan,
+        at: &TileAt,
+        ahead: u32,
+        acc: &[String],
+        warp: &str,
+        smem: &str,
+    ) -> Result<(), PtxError> {
+        let mut lead = [String::new(), String::new()];
+        for (l, o) in lead.iter_mut().zip([&plan.a, &plan.b]) {
+            let rank = em.in_shape[o.input].len();
+            let r = em.reg(Class::R);
+            if rank >= 3 {
+                let off = lead_offset(em, o.input, &o.lead)?;
+                let per = em.in_strides[o.input][rank - 3].clone();
+                let q = em.reg(Class::D);
+                em.ins(format!("div.u64 {q}, {off}, {per}"));
+                em.ins(format!("cvt.u32.u64 {r}, {q}"));
+            } else {
+                em.ins(format!("mov.u32 {r}, 0"));
+            }
+            *l = r;
+        }
+        for x in 0..ahead {
+            let j = em.reg(Class::D);
+            em.ins(format!("add.s64 {j}, {}, {x}", at.first));
+            self.issue(em, plan, at, &lead, &j);
+        }
+        let kt = em.reg(Class::D);
+        em.ins(format!("mov.b64 {kt}, {}", at.first));
+        let (top, end, wait) = (em.a.label("k"), em.a.label("k_end"), em.a.label("wait"));
+        let pk = em.reg(Class::P);
+        em.a.place(&top);
+        em.ins(format!("setp.ge.s64 {pk}, {kt}, {}", at.end));
+        em.ins(format!("@{pk} bra {end}"));
+        let s = Self::stage_of(em, plan, &self.consumed);
+        let (bar, parity) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("mad.lo.u32 {bar}, {s}, 8, {}", self.bars));
+        em.ins(format!(
+            "div.u32 {parity}, {}, {}",
+            self.consumed, plan.tiling.stages
+        ));
+        em.ins(format!("and.b32 {parity}, {parity}, 1"));
+        let done = em.reg(Class::P);
+        em.a.place(&wait);
+        em.ins(format!(
+            "mbarrier.try_wait.parity.shared::cta.b64 {done}, [{bar}], {parity}"
+        ));
+        em.ins(format!("@!{done} bra {wait}"));
+        em.ins("bar.sync 0");
+        let j = em.reg(Class::D);
+        em.ins(format!("add.s64 {j}, {kt}, {ahead}"));
+        self.issue(em, plan, at, &lead, &j);
+        let stage = em.reg(Class::R);
+        em.ins(format!("mul.lo.u32 {stage}, {s}, {}", plan.stage_bytes()));
+        compute_wgmma(em, plan, acc, warp, smem, &stage);
+        em.ins(format!("add.u32 {0}, {0}, 1", self.consumed));
+        em.ins(format!("add.s64 {kt}, {kt}, 1"));
+        em.ins(format!("bra.uni {top}"));
+        em.a.place(&end);
+        em.ins("wgmma.wait_group.sync.aligned 0");
+        em.ins("bar.sync 0");
+        Ok(())
+    }
 }
 
 /// Advances copies made for step 0 by `steps` steps of `k` (s64).

@@ -110,6 +110,11 @@ pub struct PtxOptions {
     /// `MxNxK,WMxWN,STAGES,BLOCKS`, see [`parse_mma_tiling`]), in place of
     /// the per-shape default.
     pub mma_tiling: Option<MmaTiling>,
+    /// Warpgroup contractions of plain 16-bit operands take their slices
+    /// by tensor copies (`cp.async.bulk.tensor` from a tensor map per
+    /// operand, an mbarrier per stage) instead of every thread's
+    /// `cp.async` (`KILN_MMA_TMA=1`).
+    pub mma_tma: bool,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -170,6 +175,7 @@ impl PtxOptions {
         let mma_tiling = std::env::var("KILN_MMA_TILING")
             .ok()
             .and_then(|s| parse_mma_tiling(&s));
+        let mma_tma = std::env::var("KILN_MMA_TMA").is_ok_and(|v| v == "1");
         PtxOptions {
             branch_selects,
             gemv,
@@ -178,6 +184,7 @@ impl PtxOptions {
             qmma_splits,
             mma_splits,
             mma_tiling,
+            mma_tma,
         }
     }
 }
@@ -361,6 +368,7 @@ pub fn compile_kernel_with(
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut shared_bytes = 0;
+    let mut tensor_maps = Vec::new();
     // `.maxntid` and `.minnctapersm` for the kernels that state them.
     let mut blocks_per_sm = None;
     let (block, grid, shared) = match &k.body {
@@ -454,6 +462,8 @@ pub fn compile_kernel_with(
                 Some(mma::Splits::Auto) => mma::auto_splits(k, &plan.tiling, extent),
                 Some(mma::Splits::Fixed(s)) => s,
             };
+            plan.tma = opts.mma_tma && plan.can_tma();
+            tensor_maps = plan.tensor_maps();
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.tiling.blocks_per_sm);
@@ -515,6 +525,9 @@ pub fn compile_kernel_with(
     if matches!(grid, Grid::SplitTiles { .. }) {
         params.push("\t.param .u64 p_scratch".into());
     }
+    if !tensor_maps.is_empty() {
+        params.push("\t.param .u64 p_tmaps".into());
+    }
     let _ = writeln!(ptx, "{}\n)", params.join(",\n"));
     if let Some(b) = blocks_per_sm {
         let _ = writeln!(ptx, ".maxntid {block}, 1, 1\n.minnctapersm {b}");
@@ -534,6 +547,7 @@ pub fn compile_kernel_with(
         block,
         grid,
         shared_bytes,
+        tensor_maps,
     })
 }
 
