@@ -1,7 +1,7 @@
 //! `kiln compile --autotune`: each run-time kernel of a GPU program whose
 //! kind has tuning choices is compiled under every candidate
-//! [`PtxOptions`] of its kind (the tensor-core tilings and split-K, the
-//! row kernels' occupancy and weight handling, the GEMV's tiling, the int4
+//! [`PtxOptions`] of its kind (the tensor-core tilings, split-K and
+//! tensor copies, the row kernels' occupancy and weight handling, the GEMV's tiling, the int4
 //! kernel's splits), each distinct module is timed alone on the device at
 //! the sizes given with `--dim`, and the fastest is kept. The artifact
 //! holds the chosen modules (and their cubins) and records each choice in
@@ -93,16 +93,27 @@ pub fn candidates(entry: &str, arch: PtxArch, base: &PtxOptions) -> Vec<(String,
                 PtxArch::Sm90a => &["wide-wg", "narrow-wg", "narrow-wg2", "medium", "large"],
                 PtxArch::Sm80 => &["medium", "large"],
             };
+            // Tensor copies feed warpgroup tiles only (sm_90a).
+            let tmas: &[bool] = match arch {
+                PtxArch::Sm90a => &[false, true],
+                PtxArch::Sm80 => &[false],
+            };
             for split in [None, Some(MmaSplits::Auto)] {
-                for &name in names {
-                    let mut o = *base;
-                    o.mma_tiling = parse_mma_tiling(name);
-                    o.mma_splits = split;
-                    let label = match split {
-                        None => format!("tiling={name}"),
-                        Some(_) => format!("tiling={name},splits=auto"),
-                    };
-                    out.push((label, o));
+                for &tma in tmas {
+                    for &name in names {
+                        let mut o = *base;
+                        o.mma_tiling = parse_mma_tiling(name);
+                        o.mma_splits = split;
+                        o.mma_tma = tma;
+                        let mut label = format!("tiling={name}");
+                        if split.is_some() {
+                            label.push_str(",splits=auto");
+                        }
+                        if tma {
+                            label.push_str(",tma");
+                        }
+                        out.push((label, o));
+                    }
                 }
             }
         }
