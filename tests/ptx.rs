@@ -2182,7 +2182,9 @@ fn split_k_contractions() {
                 let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
                 assert_eq!(u.spill, 0, "{} ({arch:?})", k.name);
             }
-            let mut sides = vec![Side::SimWith(arch, auto)];
+            // Also with three blocks walking every unit (the splits of a
+            // tile then meet in one block's loop too).
+            let mut sides = vec![Side::SimWith(arch, auto), Side::SimCapped(arch, auto, 3)];
             if gpu {
                 sides.push(Side::GpuWith(arch, auto));
             }
@@ -2236,8 +2238,9 @@ fn split_k_contractions() {
 /// batch with a shared `b`, wide tiles, and split-K's skinny ones) take
 /// their slices by `cp.async.bulk.tensor` from two tensor maps, one
 /// thread issuing per stage and an mbarrier per stage; against the
-/// evaluator on the PTX interpreter (sm_90a; sm_80 keeps `cp.async`) and
-/// the GPU where there is one, assembled without spills. Staged operands
+/// evaluator on the PTX interpreter (sm_90a; sm_80 keeps `cp.async`; also
+/// with two blocks walking all the tiles) and the GPU where there is one,
+/// assembled without spills. Staged operands
 /// keep the threads' copies.
 #[test]
 fn tensor_copies_feed_warpgroup_contractions() {
@@ -2282,7 +2285,12 @@ fn tensor_copies_feed_warpgroup_contractions() {
             let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
             assert_eq!(u.spill, 0, "{}", k.name);
         }
-        let mut sides = vec![Side::SimWith(PtxArch::Sm90a, opts)];
+        // Also with two blocks walking every tile: the steps issued and
+        // consumed (and so each barrier's phase) carry across tiles.
+        let mut sides = vec![
+            Side::SimWith(PtxArch::Sm90a, opts),
+            Side::SimCapped(PtxArch::Sm90a, opts, 2),
+        ];
         if gpu {
             sides.push(Side::GpuWith(PtxArch::Sm90a, opts));
         }
@@ -3244,6 +3252,9 @@ enum Side {
     SimWith(PtxArch, PtxOptions),
     /// The GPU, the kernel compiled with these options.
     GpuWith(PtxArch, PtxOptions),
+    /// The PTX interpreter with these options, tile grids launched with
+    /// at most this many blocks (each block walks several tiles).
+    SimCapped(PtxArch, PtxOptions, u32),
 }
 
 impl Side {
@@ -3254,6 +3265,10 @@ impl Side {
             Side::Sim(a) => format!("{} on the PTX interpreter", a.target()),
             Side::SimWith(a, o) => format!("{} on the PTX interpreter with {o:?}", a.target()),
             Side::GpuWith(a, o) => format!("{} with {o:?}", a.target()),
+            Side::SimCapped(a, o, b) => format!(
+                "{} on the PTX interpreter with {o:?}, at most {b} blocks",
+                a.target()
+            ),
         }
     }
 }
@@ -3368,14 +3383,17 @@ fn run_against_eval_tol(
                 .map_err(|e| e.to_string())?;
             exe.run(&inputs).map_err(|e| e.to_string())?
         }
-        Side::Sim(arch) | Side::SimWith(arch, _) => {
+        Side::Sim(arch) | Side::SimWith(arch, _) | Side::SimCapped(arch, _, _) => {
             let opts = match side {
-                Side::SimWith(_, o) => o,
+                Side::SimWith(_, o) | Side::SimCapped(_, o, _) => o,
                 _ => PtxOptions::from_env(),
             };
             let pk = compile_kernel_with(k, arch, &opts).map_err(|e| e.to_string())?;
-            let exe = kiln_runtime::cuda::SimExecutable::new(program, vec![pk])
+            let mut exe = kiln_runtime::cuda::SimExecutable::new(program, vec![pk])
                 .map_err(|e| e.to_string())?;
+            if let Side::SimCapped(_, _, blocks) = side {
+                exe.cap_tile_blocks(blocks);
+            }
             exe.run(&inputs).map_err(|e| e.to_string())?
         }
         Side::Cpu => {

@@ -21,7 +21,7 @@ use kiln_ptx_sim::{Device, Launch, Module};
 
 use super::error::CudaError;
 use super::executor::CudaExecutable;
-use super::kernel::{PtxKernel, launch_config};
+use super::kernel::{Grid, PtxKernel, launch_config};
 use crate::HostTensor;
 use crate::binding::{
     Bindings, byte_size, check_inputs, check_weights, kernel_dims, kernel_input_shape,
@@ -56,6 +56,8 @@ pub struct SimExecutable {
     weight_dims: Bindings,
     bound: bool,
     stats: Mutex<SimStats>,
+    /// At most this many blocks for tile grids ([`SimExecutable::cap_tile_blocks`]).
+    tile_blocks: Option<u32>,
 }
 
 /// A [`CudaError::Simulated`], with the text of the PTX line it names.
@@ -122,11 +124,21 @@ impl SimExecutable {
             weight_dims: HashMap::new(),
             bound: false,
             stats: Mutex::new(SimStats::default()),
+            tile_blocks: None,
         };
         if exe.program.weights.is_empty() {
             exe.bind_weights(&HashMap::new())?;
         }
         Ok(exe)
+    }
+
+    /// Launches tile grids (`Grid::Tiles`, `Grid::SplitTiles`) with at
+    /// most `blocks` blocks, so that each block walks several tiles (the
+    /// tile kernels loop over their tiles a grid apart; on the GPU they
+    /// get one block per tile up to a million tiles): what a kernel keeps
+    /// from one tile to the next is then checked.
+    pub fn cap_tile_blocks(&mut self, blocks: u32) {
+        self.tile_blocks = Some(blocks.max(1));
     }
 
     /// The program this executable runs.
@@ -202,6 +214,10 @@ impl SimExecutable {
         let units = kernel.units(&kernel_output_shape(&self.program, i, bindings)?);
         let Some((blocks, block)) = launch_config(kernel, units, SIM_RESIDENT) else {
             return Ok(());
+        };
+        let blocks = match (kernel.grid, self.tile_blocks) {
+            (Grid::Tiles { .. } | Grid::SplitTiles { .. }, Some(cap)) => blocks.min(cap),
+            _ => blocks,
         };
         let out_ptr = pointers.last().copied();
         let mut args = pointers;
