@@ -3282,7 +3282,7 @@ fn run_against_eval_tol(
     tol: f64,
 ) -> Result<bool, String> {
     use kiln_dialect::interp::Tensor;
-    use kiln_dialect::kernel::{Launch, Program};
+    use kiln_dialect::kernel::Program;
     use kiln_runtime::HostTensor;
     let dims: HashMap<String, usize> = k
         .dims
@@ -3335,36 +3335,8 @@ fn run_against_eval_tol(
     if !k.dims.iter().all(bound) {
         return Ok(false);
     }
-    // Buffers: the kernel's inputs (renamed apart), then its output.
-    let mut buffers: Vec<Buffer> = k
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Buffer {
-            name: format!("in{i}"),
-            ..b.clone()
-        })
-        .collect();
-    buffers.push(Buffer {
-        name: "out".into(),
-        ..k.output.clone()
-    });
-    let n = k.inputs.len();
-    let program = Program {
-        name: k.name.clone(),
-        buffers,
-        inputs: (0..n).collect(),
-        weights: vec![],
-        constants: vec![],
-        outputs: vec![("out".into(), n)],
-        dims: k.dims.clone(),
-        launches: vec![Launch {
-            kernel: k.clone(),
-            args: (0..n).collect(),
-            out: n,
-            bind_time: false,
-        }],
-    };
+    // The kernel's inputs (renamed apart), then its output.
+    let program = Program::of_kernel(k);
     let inputs: HashMap<String, HostTensor> = vals
         .iter()
         .zip(&shapes)

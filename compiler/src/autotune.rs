@@ -8,8 +8,8 @@
 //! its `autotune` section (`key` `ptx-options`, `value` the candidate's
 //! label), so loading it never tunes again.
 //!
-//! A candidate is timed as a program of that one launch (its inputs and
-//! output as buffers, random values at the bound sizes), with the
+//! A candidate is timed as a program of that one launch
+//! ([`Program::of_kernel`], random values at the bound sizes), with the
 //! executor's timed replays ([`CudaExecutable::time_launches`]): the
 //! median of [`REPEATS`] repeats of [`BATCH`] launches. Kernels whose
 //! sizes are not all bound, bind-time launches and kernels with one
@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use kiln_dialect::DType;
-use kiln_dialect::kernel::{Buffer, Launch, Program};
+use kiln_dialect::kernel::{Launch, Program};
 use kiln_runtime::HostTensor;
 use kiln_runtime::artifact::AutotuneChoice;
 use kiln_runtime::cuda::{CudaExecutable, SimExecutable};
@@ -218,41 +218,6 @@ pub fn tune(
     })
 }
 
-/// The one-launch program of `launch`: its kernel's inputs as the
-/// program's inputs (`in0`, `in1`, ..), its output as `out`.
-fn one_launch(launch: &Launch) -> Program {
-    let k = &launch.kernel;
-    let mut buffers: Vec<Buffer> = k
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Buffer {
-            name: format!("in{i}"),
-            ..b.clone()
-        })
-        .collect();
-    buffers.push(Buffer {
-        name: "out".into(),
-        ..k.output.clone()
-    });
-    let n = k.inputs.len();
-    Program {
-        name: format!("autotune_{}", k.name),
-        buffers,
-        inputs: (0..n).collect(),
-        weights: vec![],
-        constants: vec![],
-        outputs: vec![("out".into(), n)],
-        dims: k.dims.clone(),
-        launches: vec![Launch {
-            kernel: k.clone(),
-            args: (0..n).collect(),
-            out: n,
-            bind_time: false,
-        }],
-    }
-}
-
 /// Random inputs for `launch`'s kernel at `bindings` (seeded per launch):
 /// floats uniform in [-1, 1), 8-bit floats in [-3, 3), integers in
 /// [-8, 8) (codes of any width in range), booleans either way.
@@ -291,7 +256,7 @@ fn time_one(
     inputs: &HashMap<String, HostTensor>,
     on: TuneOn,
 ) -> Result<Duration, KilnError> {
-    let program = one_launch(launch);
+    let program = Program::of_kernel(&launch.kernel);
     match on {
         TuneOn::Cuda => {
             let exe = CudaExecutable::new(program, vec![pk.clone()])?;

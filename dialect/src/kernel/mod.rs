@@ -153,6 +153,43 @@ pub struct Program {
     pub launches: Vec<Launch>,
 }
 
+impl Program {
+    /// The program of one launch of `kernel`: its inputs are the
+    /// program's inputs, named `in0`, `in1`, .., and its output is the
+    /// output `out` (for running or timing one kernel alone).
+    pub fn of_kernel(kernel: &Kernel) -> Program {
+        let mut buffers: Vec<Buffer> = kernel
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Buffer {
+                name: format!("in{i}"),
+                ..b.clone()
+            })
+            .collect();
+        buffers.push(Buffer {
+            name: "out".into(),
+            ..kernel.output.clone()
+        });
+        let n = kernel.inputs.len();
+        Program {
+            name: kernel.name.clone(),
+            buffers,
+            inputs: (0..n).collect(),
+            weights: vec![],
+            constants: vec![],
+            outputs: vec![("out".into(), n)],
+            dims: kernel.dims.clone(),
+            launches: vec![Launch {
+                kernel: kernel.clone(),
+                args: (0..n).collect(),
+                out: n,
+                bind_time: false,
+            }],
+        }
+    }
+}
+
 /// One kernel launch: its argument buffers, one per [`Kernel::inputs`],
 /// and the buffer it writes.
 #[derive(Clone, Debug, PartialEq)]

@@ -1108,12 +1108,22 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
     // The lane's values in chunk order: the accumulators, then the maxima
     // and the sums of its two rows.
     let values: Vec<&String> = s.o.iter().chain(s.mrow).chain(s.lsum).collect();
+    let arrival = super::splits::Arrival {
+        scratch: s.scratch,
+        units: s.units,
+        per_unit: pb,
+        tile: s.group,
+        tid: s.tid,
+        smem: s.smem,
+        flag_at: p.shared_bytes() - 16,
+        splits: p.splits,
+        not_last: s.unit_end,
+    };
     let lane_off = em.reg(Class::D);
     em.ins(format!("mul.wide.u32 {lane_off}, {}, 16", s.lane));
-    let (own, wrote) = (em.reg(Class::D), em.a.label("wrote"));
+    let wrote = em.a.label("wrote");
     em.ins(format!("@{} bra.uni {wrote}", s.pwarp));
-    em.ins(format!("mad.lo.s64 {own}, {}, {pb}, {}", s.tile, s.scratch));
-    em.ins(format!("add.s64 {own}, {own}, {lane_off}"));
+    let own = arrival.own_partial(em, s.tile, &lane_off);
     for c in 0..chunks as usize {
         em.ins(format!(
             "st.global.v4.f32 [{own}+{}], {{{}}}",
@@ -1127,17 +1137,6 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
     }
     em.ins("fence.acq_rel.gpu");
     em.a.place(&wrote);
-    let arrival = super::splits::Arrival {
-        scratch: s.scratch,
-        units: s.units,
-        per_unit: pb,
-        tile: s.group,
-        tid: s.tid,
-        smem: s.smem,
-        flag_at: p.shared_bytes() - 16,
-        splits: p.splits,
-        not_last: s.unit_end,
-    };
     let ctr = arrival.emit(em);
     // The last block's first warp: every split's partial, in order.
     em.ins(format!("@{} bra.uni {}", s.pwarp, s.unit_end));

@@ -973,6 +973,23 @@ pub(super) fn emit(
     } else {
         t.stages - 1
     };
+    let end = TileEnd {
+        tile: &tile,
+        scratch: &scratch,
+        units,
+        acc: &acc,
+        int_acc,
+        lane: &lane,
+        wm_base: &wm_base,
+        wn_base: &wn_base,
+        m0: &m0,
+        n0: &n0,
+        bflat: &bflat,
+        m_dim: &m_dim,
+        n_dim: &n_dim,
+        tid: &tid,
+        smem: &smem,
+    };
     let (ca, cb) = match (threads_copy, &tma) {
         (Some(c), _) => c,
         (None, Some(tm)) => {
@@ -983,23 +1000,6 @@ pub(super) fn emit(
                 end: &ktiles,
             };
             tm.steps(em, plan, &at, ahead, &acc, &warp, &smem)?;
-            let end = TileEnd {
-                tile: &tile,
-                scratch: &scratch,
-                units,
-                acc: &acc,
-                int_acc,
-                lane: &lane,
-                wm_base: &wm_base,
-                wn_base: &wn_base,
-                m0: &m0,
-                n0: &n0,
-                bflat: &bflat,
-                m_dim: &m_dim,
-                n_dim: &n_dim,
-                tid: &tid,
-                smem: &smem,
-            };
             return finish_tile(em, plan, lp, &end, epilogue);
         }
         (None, None) => return Err(em.kerr("a tensor-core plan without copies")),
@@ -1045,23 +1045,6 @@ pub(super) fn emit(
     }
     em.ins("cp.async.wait_group 0");
     em.ins("bar.sync 0");
-    let end = TileEnd {
-        tile: &tile,
-        scratch: &scratch,
-        units,
-        acc: &acc,
-        int_acc,
-        lane: &lane,
-        wm_base: &wm_base,
-        wn_base: &wn_base,
-        m0: &m0,
-        n0: &n0,
-        bflat: &bflat,
-        m_dim: &m_dim,
-        n_dim: &n_dim,
-        tid: &tid,
-        smem: &smem,
-    };
     finish_tile(em, plan, lp, &end, epilogue)
 }
 
@@ -1376,15 +1359,6 @@ fn merge_splits(em: &mut Em, plan: &MmaPlan, m: &Merge) {
     let t = plan.tiling;
     let pb = plan.partial_bytes();
     let stride = t.threads() * 4;
-    let off = em.reg(Class::D);
-    em.ins(format!("mul.wide.u32 {off}, {}, 4", m.tid));
-    let own = em.reg(Class::D);
-    em.ins(format!("mad.lo.s64 {own}, {}, {pb}, {}", m.unit, m.scratch));
-    em.ins(format!("add.s64 {own}, {own}, {off}"));
-    for (c, a) in m.acc.iter().enumerate() {
-        em.ins(format!("st.global.b32 [{own}+{}], {a}", c as u32 * stride));
-    }
-    em.ins("fence.acq_rel.gpu");
     let arrival = super::splits::Arrival {
         scratch: m.scratch,
         units: m.units,
@@ -1396,6 +1370,13 @@ fn merge_splits(em: &mut Em, plan: &MmaPlan, m: &Merge) {
         splits: plan.splits,
         not_last: m.not_last,
     };
+    let off = em.reg(Class::D);
+    em.ins(format!("mul.wide.u32 {off}, {}, 4", m.tid));
+    let own = arrival.own_partial(em, m.unit, &off);
+    for (c, a) in m.acc.iter().enumerate() {
+        em.ins(format!("st.global.b32 [{own}+{}], {a}", c as u32 * stride));
+    }
+    em.ins("fence.acq_rel.gpu");
     let ctr = arrival.emit(em);
     let base = arrival.first_partial(em, &off);
     let (ty, zero, class) = if m.int_acc {

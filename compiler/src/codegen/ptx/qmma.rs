@@ -1064,16 +1064,6 @@ struct Merge<'s> {
 /// others skip it.
 fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
     let pb = THREADS * 16;
-    let off = em.reg(Class::D);
-    em.ins(format!("mul.wide.u32 {off}, {}, 16", m.tid));
-    let own = em.reg(Class::D);
-    em.ins(format!("mad.lo.s64 {own}, {}, {pb}, {}", m.unit, m.scratch));
-    em.ins(format!("add.s64 {own}, {own}, {off}"));
-    em.ins(format!(
-        "st.global.v4.f32 [{own}], {{{}}}",
-        m.total.join(", ")
-    ));
-    em.ins("fence.acq_rel.gpu");
     let arrival = super::splits::Arrival {
         scratch: m.scratch,
         units: m.units,
@@ -1085,6 +1075,14 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         splits: plan.splits,
         not_last: m.stored,
     };
+    let off = em.reg(Class::D);
+    em.ins(format!("mul.wide.u32 {off}, {}, 16", m.tid));
+    let own = arrival.own_partial(em, m.unit, &off);
+    em.ins(format!(
+        "st.global.v4.f32 [{own}], {{{}}}",
+        m.total.join(", ")
+    ));
+    em.ins("fence.acq_rel.gpu");
     let ctr = arrival.emit(em);
     let base = arrival.first_partial(em, &off);
     for sp in 0..plan.splits {

@@ -87,6 +87,18 @@ impl Arrival<'_> {
         ctr
     }
 
+    /// The address of unit `unit`'s own partial (u64), plus the thread's
+    /// byte offset `off` in it (s64).
+    pub(super) fn own_partial(&self, em: &mut Em, unit: &str, off: &str) -> String {
+        let own = em.reg(Class::D);
+        em.ins(format!(
+            "mad.lo.s64 {own}, {unit}, {}, {}",
+            self.per_unit, self.scratch
+        ));
+        em.ins(format!("add.s64 {own}, {own}, {off}"));
+        own
+    }
+
     /// The address of the tile's first split's partial, plus the
     /// thread's byte offset `off` in a partial (s64): split `s`'s lies
     /// `s * per_unit` bytes on.
