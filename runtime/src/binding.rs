@@ -253,6 +253,30 @@ pub(crate) fn kernel_input_shape(
     )
 }
 
+/// Each tensor map of launch `i` (`maps`, its PTX kernel's) with the
+/// address of the argument it describes (from `pointers`, the launch's
+/// arguments) and that argument's shape under the bindings.
+pub(crate) fn tensor_map_args(
+    program: &Program,
+    i: usize,
+    maps: &[crate::cuda::TensorMapSpec],
+    pointers: &[u64],
+    bindings: &Bindings,
+) -> Result<Vec<(crate::cuda::TensorMapSpec, u64, Vec<usize>)>, RunError> {
+    maps.iter()
+        .map(|spec| {
+            let a = spec.arg as usize;
+            let shape = kernel_input_shape(program, i, a, bindings)?;
+            let base = *pointers.get(a).ok_or_else(|| {
+                RunError::InvalidProgram(format!(
+                    "launch {i} has no argument {a} for its tensor map"
+                ))
+            })?;
+            Ok((*spec, base, shape))
+        })
+        .collect()
+}
+
 /// The values of launch `i`'s `Kernel::dims` under the bindings.
 pub(crate) fn kernel_dims(
     program: &Program,

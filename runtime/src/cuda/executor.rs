@@ -38,7 +38,7 @@ use super::modules;
 use crate::HostTensor;
 use crate::binding::{
     Bindings, DimValues, byte_size, check_inputs, check_weights, dim_values, kernel_dims,
-    kernel_input_shape, kernel_output_shape, resolve,
+    kernel_output_shape, resolve, tensor_map_args,
 };
 use crate::cpu::RunError;
 use crate::cpu::arena;
@@ -457,13 +457,10 @@ impl CudaExecutable {
         } else {
             let what = format!("the tensor maps of launch {i} (`{}`)", out.name);
             let mut bytes = Vec::with_capacity(128 * kernel.tensor_maps.len());
-            for spec in &kernel.tensor_maps {
-                let a = spec.arg as usize;
-                let shape = kernel_input_shape(&self.program, i, a, bindings)?;
-                let base = *pointers.get(a).ok_or_else(|| {
-                    invalid(format!("launch {i} has no argument {a} for its tensor map"))
-                })?;
-                bytes.extend_from_slice(&encode_tensor_map(spec, base, &shape, &what)?);
+            let maps = &kernel.tensor_maps;
+            for (spec, base, shape) in tensor_map_args(&self.program, i, maps, &pointers, bindings)?
+            {
+                bytes.extend_from_slice(&encode_tensor_map(&spec, base, &shape, &what)?);
             }
             let mut buffer = DeviceBuffer::zeroed(&self.device.stream, bytes.len(), &what)?;
             buffer.upload(&self.device.stream, 0, &bytes, &what)?;

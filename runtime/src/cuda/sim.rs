@@ -24,8 +24,8 @@ use super::executor::CudaExecutable;
 use super::kernel::{Grid, PtxKernel, launch_config};
 use crate::HostTensor;
 use crate::binding::{
-    Bindings, byte_size, check_inputs, check_weights, kernel_dims, kernel_input_shape,
-    kernel_output_shape, resolve,
+    Bindings, byte_size, check_inputs, check_weights, kernel_dims, kernel_output_shape, resolve,
+    tensor_map_args,
 };
 use crate::cpu::RunError;
 use crate::cpu::program_check::{Origin, check_program};
@@ -235,12 +235,8 @@ impl SimExecutable {
         // The tensor maps, in the interpreter's encoding, 128 bytes apart.
         if !kernel.tensor_maps.is_empty() {
             let mut bytes = Vec::with_capacity(128 * kernel.tensor_maps.len());
-            for spec in &kernel.tensor_maps {
-                let a = spec.arg as usize;
-                let shape = kernel_input_shape(&self.program, i, a, bindings)?;
-                let base = *args.get(a).ok_or_else(|| {
-                    invalid(format!("launch {i} has no argument {a} for its tensor map"))
-                })?;
+            let maps = &kernel.tensor_maps;
+            for (spec, base, shape) in tensor_map_args(&self.program, i, maps, &args, bindings)? {
                 let (dims, strides) = spec.view(&shape);
                 let map = kiln_ptx_sim::tensor_map::TensorMap {
                     base,
