@@ -11,7 +11,9 @@
 //! A candidate is timed as a program of that one launch
 //! ([`Program::of_kernel`], random values at the bound sizes), with the
 //! executor's timed replays ([`CudaExecutable::time_launches`]): the
-//! median of [`REPEATS`] repeats of [`BATCH`] launches. Kernels whose
+//! median of [`REPEATS`] repeats of [`BATCH`] launches. A candidate that
+//! fails to compile or run is left out and reported (the default's
+//! failure is an error). Kernels whose
 //! sizes are not all bound, bind-time launches and kernels with one
 //! candidate keep the default options. On the PTX interpreter
 //! ([`TuneOn::Sim`], for tests) a candidate's time is the interpreter's
@@ -67,6 +69,9 @@ pub struct KernelTuning {
     pub trials: Vec<Trial>,
     /// The label of the fastest.
     pub chosen: String,
+    /// Candidates left out: their labels and why (a compile or launch
+    /// error; the default is never left out).
+    pub failed: Vec<(String, String)>,
 }
 
 /// A tuned program's modules (one per launch, as
@@ -172,8 +177,17 @@ pub fn tune(
         // Each distinct module once (a candidate that does not apply to
         // this kernel compiles to the default's PTX).
         let mut distinct: Vec<(String, PtxKernel)> = vec![(DEFAULT.to_string(), default)];
+        let mut failed = Vec::new();
         for (label, opts) in cands.into_iter().skip(1) {
-            let pk = compile_kernel_with(&launch.kernel, arch, &opts)?;
+            // A candidate that cannot be compiled (or below, run) is left
+            // out and reported; the default must work.
+            let pk = match compile_kernel_with(&launch.kernel, arch, &opts) {
+                Ok(pk) => pk,
+                Err(e) => {
+                    failed.push((label, e.to_string()));
+                    continue;
+                }
+            };
             if distinct
                 .iter()
                 .all(|(_, d)| d.ptx != pk.ptx || d.grid != pk.grid)
@@ -187,17 +201,25 @@ pub fn tune(
         }
         let inputs = random_inputs(launch, &bindings, i as u64)?;
         let mut trials = Vec::with_capacity(distinct.len());
-        for (label, pk) in &distinct {
-            let time = time_one(launch, pk, &inputs, on)?;
-            trials.push(Trial {
-                label: label.clone(),
-                time,
-            });
+        let mut ran = Vec::with_capacity(distinct.len());
+        for (j, (label, pk)) in distinct.iter().enumerate() {
+            match time_one(launch, pk, &inputs, on) {
+                Ok(time) => {
+                    trials.push(Trial {
+                        label: label.clone(),
+                        time,
+                    });
+                    ran.push(j);
+                }
+                Err(e) if j > 0 => failed.push((label.clone(), e.to_string())),
+                Err(e) => return Err(e),
+            }
         }
         let best = (0..trials.len())
             .min_by_key(|&j| trials[j].time)
             .unwrap_or_default();
         let chosen = trials[best].label.clone();
+        let best = ran[best];
         choices.push(AutotuneChoice {
             kernel: launch.kernel.name.clone(),
             key: "ptx-options".into(),
@@ -208,6 +230,7 @@ pub fn tune(
             kernel: launch.kernel.name.clone(),
             trials,
             chosen,
+            failed,
         });
         kernels.push(distinct.swap_remove(best).1);
     }

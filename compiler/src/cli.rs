@@ -1259,6 +1259,9 @@ fn write_artifact(
             t.chosen,
             t.trials.len()
         );
+        for (label, why) in &t.failed {
+            crate::outln!("  left out {label}: {why}");
+        }
     }
     Ok(())
 }
