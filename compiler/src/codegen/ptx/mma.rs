@@ -232,7 +232,7 @@ pub enum Splits {
     /// [`MIN_SPLIT_STEPS`] steps of `k`.
     Auto,
     /// This many (a power of two, at most 64) for every tensor-core
-    /// contraction, fewer where `k` has fewer steps.
+    /// contraction (splits past `k`'s steps add zeros).
     Fixed(u32),
 }
 
@@ -1135,6 +1135,8 @@ struct TmaState {
     /// the steps issued and consumed so far (u32, across tiles).
     maps: String,
     bars: String,
+    /// The (aligned) shared memory's start, where the stages lie.
+    smem: String,
     first_thread: String,
     issued: String,
     consumed: String,
@@ -1164,6 +1166,7 @@ impl TmaState {
         TmaState {
             maps,
             bars,
+            smem: smem.to_string(),
             first_thread,
             issued,
             consumed,
@@ -1193,11 +1196,10 @@ impl TmaState {
         let s = Self::stage_of(em, plan, &self.issued);
         let (dst, bar) = (em.reg(Class::R), em.reg(Class::R));
         em.ins(format!("mad.lo.u32 {bar}, {s}, 8, {}", self.bars));
-        let smem = em.reg(Class::R);
-        em.ins(format!("sub.u32 {smem}, {}, {}", self.bars, plan.bars_at()));
         em.ins(format!(
-            "mad.lo.u32 {dst}, {s}, {}, {smem}",
-            plan.stage_bytes()
+            "mad.lo.u32 {dst}, {s}, {}, {}",
+            plan.stage_bytes(),
+            self.smem
         ));
         let p0 = &self.first_thread;
         let state = em.reg(Class::D);
