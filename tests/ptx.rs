@@ -117,8 +117,12 @@ fn usage_of(text: &str) -> Usage {
 
 /// Runs ptxas on one module text for `arch`; its `-v` output, or its errors.
 fn run_ptxas(ptxas: &Path, arch: &str, name: &str, ptx: &str) -> Result<String, String> {
-    // one folder per call: calls run on several threads at once
-    let dir = common::scratch(&format!("ptx-{name}-{arch}"));
+    // one folder per call: calls run on several threads at once, and
+    // tests running side by side assemble the same entries (the same
+    // kernel under other options)
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = common::scratch(&format!("ptx-{name}-{arch}-{call}"));
     let file = dir.join(format!("{name}_{arch}.ptx"));
     let cubin = dir.join(format!("{name}_{arch}.cubin"));
     std::fs::write(&file, ptx).map_err(|e| e.to_string())?;
