@@ -184,8 +184,8 @@ kernel_times() {
 }
 splitk() {
     # The skinny GEMM (bench/gemm_skinny.kiln, 256 x 8192 x 1024, 8 tiles)
-    # with split-K off, auto and fixed, then torch.matmul at that shape.
-    for s in "" auto 4 8 16; do
+    # with split-K off (1), auto (the default) and fixed, then torch.matmul.
+    for s in 1 auto 4 8 16; do
         echo "gemm_skinny KILN_MMA_SPLITS=$s"
         KILN_MMA_SPLITS="$s" "$KILN" bench bench/gemm_skinny.kiln --device cuda --dim m=256 \
             --specialize --iters 200 --warmup 10 --json || echo failed

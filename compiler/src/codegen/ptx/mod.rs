@@ -103,8 +103,10 @@ pub struct PtxOptions {
     /// (`KILN_QMMA_SPLITS=S`, a power of two); `None`: one (see
     /// `QmmaPlan::splits` for why).
     pub qmma_splits: Option<u32>,
-    /// Split-K for the tensor-core contractions (`KILN_MMA_SPLITS=auto`
-    /// or `=S`); `None`: one block per tile.
+    /// Split-K for the tensor-core contractions: `auto` from the
+    /// environment unless `KILN_MMA_SPLITS` says `S` (1: off; checked and
+    /// timed on the H100, 2026-12-05); `None` (the `Default`, which tests
+    /// use for the unsplit kernels): one block per tile.
     pub mma_splits: Option<MmaSplits>,
     /// The tensor-core contractions' tiling (`KILN_MMA_TILING`: a name or
     /// `MxNxK,WMxWN,STAGES,BLOCKS`, see [`parse_mma_tiling`]), in place of
@@ -169,9 +171,12 @@ impl PtxOptions {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .filter(|s| s.is_power_of_two() && *s <= 64);
-        let mma_splits = std::env::var("KILN_MMA_SPLITS")
-            .ok()
-            .and_then(|s| mma::Splits::parse(&s));
+        // Split-K is on (`auto`) unless the environment says otherwise
+        // (`KILN_MMA_SPLITS=1` turns it off).
+        let mma_splits = match std::env::var("KILN_MMA_SPLITS") {
+            Ok(s) => mma::Splits::parse(&s),
+            Err(_) => Some(mma::Splits::Auto),
+        };
         let mma_tiling = std::env::var("KILN_MMA_TILING")
             .ok()
             .and_then(|s| parse_mma_tiling(&s));
