@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -34,6 +34,10 @@
 #   tuned: W1, W2, GEMM, W3 and W6 compiled with --autotune and
 #      benchmarked from their artifacts beside the default; every workload
 #      beside torch_baselines.py.
+#   epilogue: the ptx and gpu_backend tests on the card; W2, W3, GEMM
+#      and W5's int8 with their default tilings and with narrow-wg2; W3's
+#      and W2's kernels under ncu; the contraction workloads beside
+#      torch_baselines.py.
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -217,6 +221,31 @@ tma_variants() {
         done
     done
 }
+epilogue_variants() {
+    # The contractions whose epilogues read memory (W2's bias, W3's gate
+    # and residuals, W5's scales) with their default tilings and with
+    # narrow-wg2 (two blocks per multiprocessor) everywhere.
+    local spec id file dim t
+    for spec in W2:w2:m=8192 W3:w3:seq=2048 GEMM:gemm:m=4096 W5-int8:w5_int8:m=4096; do
+        IFS=: read -r id file dim <<< "$spec"
+        for t in "" narrow-wg2; do
+            echo "$id KILN_MMA_TILING=$t"
+            KILN_MMA_TILING="$t" "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
+                --iters 50 --warmup 5 --json || echo failed
+        done
+    done
+}
+w3_kernel_times() {
+    # Device time of each of W3's and W2's kernels in one replay (ncu).
+    local metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread
+    for spec in w3:seq=2048 w2:m=8192; do
+        IFS=: read -r file dim <<< "$spec"
+        echo "## $file"
+        ncu --graph-profiling node --metrics "$metrics" "$KILN" bench "bench/$file.kiln" \
+            --device cuda --dim "$dim" --iters 1 --warmup 0 2>&1 |
+            grep -E "^  [a-z_]+_[0-9a-f]{16}|gpu__time|dram__|sm__thr|launch__"
+    done
+}
 autotuned() {
     # Each workload compiled with --autotune (candidates timed on this
     # card), then benchmarked from its artifact; the default for comparison.
@@ -321,6 +350,17 @@ tuned)
     TAIL=80 step autotune 240 autotuned
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench-all/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench-all 150 bench/gpu.sh
+    ;;
+epilogue)
+    # Epilogues that read memory, staged in shared memory (2026-12-06):
+    # the tensor-core tests on the card, W2/W3/GEMM/W5-int8 with and
+    # without narrow-wg2, W3's and W2's kernels under ncu, then the
+    # contraction workloads beside torch_baselines.py.
+    step check 200 scripts/gpu-check.sh ptx gpu_backend
+    TAIL=40 step variants 100 epilogue_variants
+    TAIL=80 step ncu 80 w3_kernel_times
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 150 bench/gpu.sh W2 W3 GEMM ATTN W5-int8 W3d
     ;;
 tests)
     step check-ptx 200 scripts/gpu-check.sh ptx

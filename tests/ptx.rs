@@ -1997,6 +1997,67 @@ fn run_on_every_side(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// An epilogue that reads memory (here a gated product: `silu(gate) *
+/// acc`, W3's up projection) runs on the tile staged in shared memory:
+/// the accumulators are written there with 8-byte stores, then each
+/// thread issues a group of 16 loads (one per element of its column)
+/// before the first of their stores. From registers, each element's load
+/// waited for the previous element's store (ptxas keeps a load below a
+/// store it may alias): on the H100 W3's up projection took 0.2547 ms,
+/// its gate alone about 0.09. A plain product keeps the register path.
+/// Values: the tensor-core tests' bias and residual epilogues against the
+/// evaluator.
+#[test]
+fn epilogues_that_read_memory_issue_their_loads_together() {
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    let gated = |epilogue: Expr| Kernel {
+        name: "mma_gated".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(512), st(256)]),
+            buf("b", DType::BF16, vec![st(256), st(512)]),
+            buf("gate", DType::BF16, vec![st(512), st(512)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(512), st(512)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k,
+            extent: Expr::Int(256),
+            a: ld(0, vec![m.clone(), kk.clone()]),
+            b: ld(1, vec![kk.clone(), n.clone()]),
+            epilogue,
+        },
+    };
+    let g = ld(2, vec![m.clone(), n.clone()]);
+    let silu = bin(
+        Binary::Div,
+        g.clone(),
+        bin(
+            Binary::Add,
+            Expr::Float(1.0),
+            un(Unary::Exp, un(Unary::Neg, g)),
+        ),
+    );
+    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+        let pk = compile_kernel(&gated(bin(Binary::Mul, silu.clone(), Expr::Acc)), arch).unwrap();
+        let ptx = &pk.ptx;
+        assert!(
+            ptx.contains("st.shared.v2.f32"),
+            "{arch:?}: the tile is not staged"
+        );
+        let epilogue = &ptx[ptx.rfind("st.shared.v2.f32").unwrap()..];
+        let first_store = epilogue.find("st.global").expect("stores");
+        let loads = epilogue[..first_store].matches("ld.global").count();
+        assert_eq!(loads, 16, "{arch:?}: loads before the first store");
+        let plain = compile_kernel(&gated(Expr::Acc), arch).unwrap();
+        assert!(
+            !plain.ptx.contains("st.shared.v2.f32"),
+            "{arch:?}: a plain product staged"
+        );
+    }
+}
+
 #[test]
 fn tensor_core_contractions() {
     let ks = mma_kernels();

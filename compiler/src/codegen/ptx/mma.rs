@@ -35,7 +35,7 @@ use kiln_dialect::kernel::{Body, Expr, Kernel, Ty, Var};
 
 use super::asm::Class;
 use super::elements::unravel;
-use super::expr::{Em, Val, free_vars};
+use super::expr::{Em, Val, free_vars, reads_acc};
 use super::{PtxArch, PtxError};
 
 /// The tile shapes of one tensor-core kernel.
@@ -145,6 +145,19 @@ impl Tiling {
         self.warp_m * self.warp_n / 32
     }
 
+    /// The row pitch, in 4-byte words, of the output tile staged in
+    /// shared memory ([`store_staged`]): 8 words more than a row, so that
+    /// the four rows a half-warp's 8-byte stores reach lie in distinct
+    /// banks.
+    fn out_pitch(&self) -> u32 {
+        self.tile_n + 8
+    }
+
+    /// Bytes of the staged output tile.
+    fn out_tile_bytes(&self) -> u32 {
+        self.tile_m * self.out_pitch() * 4
+    }
+
     /// The row pitch in bytes of a slice: its rows' elements plus 16 bytes,
     /// which puts the eight 16-byte rows of an `ldmatrix` in distinct
     /// groups of banks.
@@ -222,6 +235,9 @@ pub(super) struct MmaPlan {
     /// issued by one thread, completing on an mbarrier per stage) instead
     /// of every thread's `cp.async` ([`MmaPlan::can_tma`]).
     pub tma: bool,
+    /// Whether the epilogue runs on the tile staged in shared memory
+    /// ([`store_staged`]): where it reads memory and the staged tile fits.
+    pub stage_out: bool,
 }
 
 /// Split-K: how many blocks a skinny contraction's tiles are dealt to.
@@ -299,6 +315,18 @@ impl MmaPlan {
         self.a_bytes() + self.tiling.slice_bytes(self.b.storage, self.tiling.tile_n)
     }
 
+    /// The shared memory the stages take, or the staged output tile
+    /// where it is larger ([`MmaPlan::stage_out`]); a split grid's flag
+    /// and the mbarriers lie past it.
+    fn stages_end(&self) -> u32 {
+        let stages = self.tiling.stages * self.stage_bytes();
+        if self.stage_out {
+            stages.max(self.tiling.out_tile_bytes())
+        } else {
+            stages
+        }
+    }
+
     /// Dynamic shared memory per block (warpgroup tiles: 1 KiB more, to
     /// align the stages to the 1024 bytes of the swizzle pattern).
     pub fn shared_bytes(&self) -> u32 {
@@ -311,7 +339,7 @@ impl MmaPlan {
     /// and a split grid's 16-byte flag.
     fn bars_at(&self) -> u32 {
         let flag = if self.splits > 1 { 16 } else { 0 };
-        self.tiling.stages * self.stage_bytes() + flag
+        self.stages_end() + flag
     }
 
     /// Whether tensor copies can feed this plan: warpgroup tiles (the
@@ -432,7 +460,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
         extent,
         a,
         b,
-        ..
+        epilogue,
     } = &k.body
     else {
         return None;
@@ -455,6 +483,9 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
     if !tiling.wgmma && (computed(&a) || computed(&b)) {
         tiling.blocks_per_sm = 1;
     }
+    let stage_bytes =
+        tiling.slice_bytes(a.storage, tiling.tile_m) + tiling.slice_bytes(b.storage, tiling.tile_n);
+    let stage_out = !epilogue_loads(epilogue).is_empty() && stage_fits(&tiling, stage_bytes, arch);
     (elem == k.inputs[b.input].dtype).then_some(MmaPlan {
         elem,
         a,
@@ -463,7 +494,25 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
         bytes: None,
         splits: 1,
         tma: false,
+        stage_out,
     })
+}
+
+/// Shared memory per multiprocessor a kernel's blocks may take: an
+/// H100's 227 KiB, an A100's 163 KiB.
+fn shared_per_sm(arch: PtxArch) -> u32 {
+    match arch {
+        PtxArch::Sm90a => 227 * 1024,
+        PtxArch::Sm80 => 163 * 1024,
+    }
+}
+
+/// Whether `t`'s blocks still fit a multiprocessor with their output
+/// tiles staged in shared memory ([`store_staged`]; 2 KiB left for a
+/// split grid's flag, the mbarriers and the alignment).
+fn stage_fits(t: &Tiling, stage_bytes: u32, arch: PtxArch) -> bool {
+    let per_block = t.out_tile_bytes().max(t.stages * stage_bytes) + 2048;
+    t.threads().is_power_of_two() && per_block * t.blocks_per_sm <= shared_per_sm(arch)
 }
 
 /// The most `k` of an int8 contraction: `k * 127 * 128` stays within the
@@ -1099,6 +1148,12 @@ fn finish_tile(
             },
         );
     }
+    if plan.stage_out {
+        store_staged(em, plan, e, epilogue)?;
+        em.a.place(&unit_end);
+        lp.end(em);
+        return Ok(());
+    }
     store_tile(
         em,
         &TileStore {
@@ -1371,7 +1426,7 @@ fn merge_splits(em: &mut Em, plan: &MmaPlan, m: &Merge) {
         tile: m.tile,
         tid: m.tid,
         smem: m.smem,
-        flag_at: t.stages * plan.stage_bytes(),
+        flag_at: plan.stages_end(),
         splits: plan.splits,
         not_last: m.not_last,
     };
@@ -1647,6 +1702,215 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
             em.a.place(&skip);
         }
     }
+    Ok(())
+}
+
+/// Epilogue loads per thread that [`store_staged`] issues together,
+/// before it computes and stores any of their elements (a group of
+/// elements is at least 4).
+const STAGED_LOADS: u32 = 16;
+
+/// The loads of an epilogue that [`store_staged`] issues ahead of the
+/// arithmetic: unguarded loads outside selects and reductions, without
+/// repeats. Their indices are the output's variables, clamped into the
+/// output, so each is in bounds wherever it is issued. An epilogue with
+/// none (a plain product, a scale, a cast) stores from the registers.
+fn epilogue_loads(e: &Expr) -> Vec<Expr> {
+    fn walk(e: &Expr, out: &mut Vec<Expr>) {
+        match e {
+            Expr::Load { guard: None, .. } => {
+                if !reads_acc(e) && !out.contains(e) {
+                    out.push(e.clone());
+                }
+            }
+            Expr::Unary(_, x) | Expr::Cast(_, x) | Expr::Round(_, x) => walk(x, out),
+            Expr::Binary(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            Expr::Load { guard: Some(_), .. }
+            | Expr::Select(..)
+            | Expr::Reduce { .. }
+            | Expr::Float(_)
+            | Expr::Int(_)
+            | Expr::Bool(_)
+            | Expr::Var(_)
+            | Expr::Dim(_)
+            | Expr::Acc => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
+}
+
+/// The epilogue of a tile whose epilogue reads memory (a residual, the
+/// other half of a gated product, a bias), through shared memory: every
+/// thread writes its accumulators into the tile staged in the (now idle)
+/// stages, then walks the tile by output columns: consecutive threads
+/// take consecutive columns (a warp's loads and stores are contiguous),
+/// each thread its column's rows, a group at a time ([`STAGED_LOADS`]) with the
+/// group's loads issued before any of its arithmetic and stores. From
+/// registers, each element's loads waited for the previous element's
+/// store (ptxas cannot move a load above a store it may alias), so a tile
+/// waited for memory once per accumulator. Rows and columns past the
+/// output compute at the last ones and are not stored.
+fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Result<(), PtxError> {
+    let t = plan.tiling;
+    let r = em.k.output.shape.rank();
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let pitch = t.out_pitch();
+    let (ty, class) = if e.int_acc {
+        ("b32", Class::R)
+    } else {
+        ("f32", Class::F)
+    };
+    // Each accumulator pair (columns `2 (lane % 4) + {0, 1}` of an `n8`
+    // block) to its place: row `wm_base + mi * 16 + lane / 4 + 8 half`,
+    // column `wn_base + ni * 8 + 2 (lane % 4)`.
+    // The thread's coordinates are read again here rather than kept in
+    // registers through the main loop.
+    let (tid, warp, wm, wn) = (
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+        em.reg(Class::R),
+    );
+    em.ins(format!("mov.u32 {tid}, %tid.x"));
+    em.ins(format!("shr.u32 {warp}, {tid}, 5"));
+    em.ins(format!(
+        "shr.u32 {wm}, {warp}, {}",
+        t.warps_n().trailing_zeros()
+    ));
+    em.ins(format!("and.b32 {wn}, {warp}, {}", t.warps_n() - 1));
+    let (g, t4, at) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("bfe.u32 {g}, {tid}, 2, 3"));
+    em.ins(format!("and.b32 {t4}, {tid}, 3"));
+    em.ins(format!("mad.lo.u32 {g}, {wm}, {}, {g}", t.warp_m));
+    em.ins(format!("shl.b32 {t4}, {t4}, 1"));
+    em.ins(format!("mad.lo.u32 {t4}, {wn}, {}, {t4}", t.warp_n));
+    em.ins(format!("mad.lo.u32 {at}, {g}, {pitch}, {t4}"));
+    em.ins(format!("shl.b32 {at}, {at}, 2"));
+    em.ins(format!("add.u32 {at}, {at}, {}", e.smem));
+    let nb = t.warp_n / 8;
+    for mi in 0..t.warp_m / 16 {
+        for half in 0..2 {
+            for ni in 0..nb {
+                let c = ((mi * nb + ni) * 4 + half * 2) as usize;
+                let off = ((mi * 16 + half * 8) * pitch + ni * 8) * 4;
+                em.ins(format!(
+                    "st.shared.v2.{ty} [{at}+{off}], {{{}, {}}}",
+                    e.acc[c],
+                    e.acc[c + 1]
+                ));
+            }
+        }
+    }
+    em.ins("bar.sync 0");
+    // The thread's columns `tid % min(threads, tile_n) + j threads` and
+    // rows `tid / tile_n + i step`.
+    let threads = t.threads();
+    let lanes_n = threads.min(t.tile_n);
+    let step = (threads / t.tile_n).max(1);
+    let (col, row) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("and.b32 {col}, {tid}, {}", lanes_n - 1));
+    em.ins(format!(
+        "shr.u32 {row}, {tid}, {}",
+        t.tile_n.trailing_zeros()
+    ));
+    if threads <= t.tile_n {
+        em.ins(format!("mov.u32 {row}, 0"));
+    }
+    let from = em.reg(Class::R);
+    em.ins(format!("mad.lo.u32 {from}, {row}, {pitch}, {col}"));
+    em.ins(format!("shl.b32 {from}, {from}, 2"));
+    em.ins(format!("add.u32 {from}, {from}, {}", e.smem));
+    let (mrow, ncol, t64) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("cvt.u64.u32 {t64}, {row}"));
+    em.ins(format!("add.s64 {mrow}, {}, {t64}", e.m0));
+    em.ins(format!("cvt.u64.u32 {t64}, {col}"));
+    em.ins(format!("add.s64 {ncol}, {}, {t64}", e.n0));
+    let rowbase = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {rowbase}, {}, {}", e.bflat, e.m_dim));
+    let (m_last, n_last) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("sub.s64 {m_last}, {}, 1", e.m_dim));
+    em.ins(format!("sub.s64 {n_last}, {}, 1", e.n_dim));
+    let out = em.k.output.dtype;
+    let bytes = out.bits() / 8;
+    let sty = match out.bits() {
+        64 => "b64",
+        32 => "b32",
+        16 => "b16",
+        _ => "u8",
+    };
+    let loads = epilogue_loads(epilogue);
+    let rows_per_thread = t.tile_m / step;
+    let group_rows = (STAGED_LOADS / loads.len().max(1) as u32).max(4);
+    for j in 0..(t.tile_n / lanes_n) {
+        let (n, nc, pn) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
+        em.ins(format!("add.s64 {n}, {ncol}, {}", j * lanes_n));
+        em.ins(format!("setp.lt.s64 {pn}, {n}, {}", e.n_dim));
+        em.ins(format!("min.s64 {nc}, {n}, {n_last}"));
+        em.vars.insert(nv, nc.clone());
+        em.row_memo.clear();
+        em.col_var = Some(mv);
+        let mut i0 = 0;
+        while i0 < rows_per_thread {
+            let group: Vec<u32> = (i0..(i0 + group_rows).min(rows_per_thread)).collect();
+            i0 += group_rows;
+            // The group's rows, accumulators and loads.
+            let mut elems = Vec::new();
+            for &i in &group {
+                let (m, mc, pm) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
+                em.ins(format!("add.s64 {m}, {mrow}, {}", i * step));
+                em.ins(format!("setp.lt.s64 {pm}, {m}, {}", e.m_dim));
+                em.ins(format!("min.s64 {mc}, {m}, {m_last}"));
+                let a = em.reg(class);
+                let off = (i * step * pitch + j * lanes_n) * 4;
+                em.ins(format!("ld.shared.{ty} {a}, [{from}+{off}]"));
+                em.vars.insert(mv, mc.clone());
+                em.memo = Some(Vec::new());
+                for l in &loads {
+                    em.emit(l)?;
+                }
+                elems.push((mc, pm, a, em.memo.take().unwrap_or_default()));
+            }
+            for (mc, pm, a, memo) in elems {
+                em.vars.insert(mv, mc.clone());
+                em.acc = Some(if e.int_acc {
+                    let wide = em.reg(Class::D);
+                    em.ins(format!("cvt.s64.s32 {wide}, {a}"));
+                    Val {
+                        r: wide,
+                        t: Ty::I64,
+                    }
+                } else {
+                    Val { r: a, t: Ty::F32 }
+                });
+                em.memo = Some(memo);
+                let v = em.emit(epilogue);
+                em.memo = None;
+                em.acc = None;
+                let code = em.encode(&v?, out);
+                let (addr, ok) = (em.reg(Class::D), em.reg(Class::P));
+                em.ins(format!("add.s64 {addr}, {rowbase}, {mc}"));
+                em.ins(format!("mad.lo.s64 {addr}, {addr}, {}, {nc}", e.n_dim));
+                let outp = em.out_ptr.clone();
+                em.ins(format!("mad.lo.s64 {addr}, {addr}, {bytes}, {outp}"));
+                em.ins(format!("and.pred {ok}, {pm}, {pn}"));
+                em.ins(format!("@{ok} st.global.{sty} [{addr}], {}", code.r));
+            }
+        }
+        em.col_var = None;
+        em.row_memo.clear();
+    }
+    // The next tile's copies write where this one was staged: after
+    // every thread has read it (through the async proxy, for tensor
+    // copies and warpgroup reads, after this proxy's accesses).
+    if t.wgmma {
+        em.ins("fence.proxy.async.shared::cta");
+    }
+    em.ins("bar.sync 0");
     Ok(())
 }
 
