@@ -246,6 +246,21 @@ w3_kernel_times() {
             grep -E "^  [a-z_]+_[0-9a-f]{16}|gpu__time|dram__|sm__thr|launch__"
     done
 }
+kernel_table() {
+    # Each kernel of one replay of W3 (default, then narrow-wg2 tiles) and
+    # W2: its name, device time (us) and grid (ncu, csv).
+    local spec file dim t
+    for spec in w3:seq=2048 w2:m=8192; do
+        IFS=: read -r file dim <<< "$spec"
+        for t in "" narrow-wg2; do
+            echo "## $file KILN_MMA_TILING=$t"
+            KILN_MMA_TILING="$t" ncu --graph-profiling node --csv --print-units base \
+                --metrics gpu__time_duration.sum,launch__grid_size "$KILN" bench \
+                "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 2>/dev/null |
+                python3 scripts/ncu_kernel_table.py
+        done
+    done
+}
 autotuned() {
     # Each workload compiled with --autotune (candidates timed on this
     # card), then benchmarked from its artifact; the default for comparison.
@@ -361,6 +376,12 @@ epilogue)
     TAIL=80 step ncu 80 w3_kernel_times
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 150 bench/gpu.sh W2 W3 GEMM ATTN W5-int8 W3d
+    ;;
+diag)
+    # The split-K and tensor-copy PTX tests on the card with their
+    # failures in full; W3's and W2's kernels under ncu.
+    TAIL=150 step check 150 scripts/gpu-check.sh ptx:split_k ptx:tensor_copies
+    TAIL=60 step kernels 120 kernel_table
     ;;
 tests)
     step check-ptx 200 scripts/gpu-check.sh ptx

@@ -1709,6 +1709,8 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
 /// before it computes and stores any of their elements (a group of
 /// elements is at least 4).
 const STAGED_LOADS: u32 = 16;
+/// [`STAGED_LOADS`] for a split tile ([`MmaPlan::splits`]).
+const SPLIT_STAGED_LOADS: u32 = 4;
 
 /// The loads of an epilogue that [`store_staged`] issues ahead of the
 /// arithmetic: unguarded loads outside selects and reductions, without
@@ -1845,7 +1847,15 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     };
     let loads = epilogue_loads(epilogue);
     let rows_per_thread = t.tile_m / step;
-    let group_rows = (STAGED_LOADS / loads.len().max(1) as u32).max(4);
+    // A split tile's merge holds its accumulators and the loaded partials
+    // just before: fewer loads in flight there (ptxas 13.0 spilled at
+    // 8 and 16 on the split-K tests' 128x128 tiles).
+    let in_flight = if plan.splits > 1 {
+        SPLIT_STAGED_LOADS
+    } else {
+        STAGED_LOADS
+    };
+    let group_rows = (in_flight / loads.len().max(1) as u32).max(4);
     for j in 0..(t.tile_n / lanes_n) {
         let (n, nc, pn) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
         em.ins(format!("add.s64 {n}, {ncol}, {}", j * lanes_n));
