@@ -1709,8 +1709,9 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
 /// before it computes and stores any of their elements (a group of
 /// elements is at least 4).
 const STAGED_LOADS: u32 = 16;
-/// [`STAGED_LOADS`] for a split tile ([`MmaPlan::splits`]).
-const SPLIT_STAGED_LOADS: u32 = 4;
+/// [`STAGED_LOADS`] for a split tile ([`MmaPlan::splits`]) or a block
+/// with at most 128 registers a thread.
+const FEW_STAGED_LOADS: u32 = 4;
 
 /// The loads of an epilogue that [`store_staged`] issues ahead of the
 /// arithmetic: unguarded loads outside selects and reductions, without
@@ -1848,10 +1849,13 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     let loads = epilogue_loads(epilogue);
     let rows_per_thread = t.tile_m / step;
     // A split tile's merge holds its accumulators and the loaded partials
-    // just before: fewer loads in flight there (ptxas 13.0 spilled at
-    // 8 and 16 on the split-K tests' 128x128 tiles).
-    let in_flight = if plan.splits > 1 {
-        SPLIT_STAGED_LOADS
+    // just before, and blocks held to 128 registers a thread (two per
+    // multiprocessor) have few to spare: fewer loads in flight there
+    // (ptxas 13.0 spilled at 8 and 16 on the split-K tests' 128x128
+    // tiles, 736 bytes at 32 on sm_80's).
+    let regs = 65536 / (t.threads() * t.blocks_per_sm);
+    let in_flight = if plan.splits > 1 || regs <= 128 {
+        FEW_STAGED_LOADS
     } else {
         STAGED_LOADS
     };

@@ -1,5 +1,6 @@
 //! Unary and binary operations on computed values.
 
+use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Expr, Ty, Unary};
 
 use super::PtxError;
@@ -107,6 +108,19 @@ impl Em<'_> {
                     Binary::Sub => arith(self, &format!("sub{rn}.{s}")),
                     Binary::Mul => arith(self, &format!("mul{rn}.{s}")),
                     Binary::Div => match (t, e) {
+                        // `1 / d` rounded to a 16-bit output: the
+                        // reciprocal's 1 ulp (2^-23) vanishes in the
+                        // output's 2^-9 (2^-12); a division is about 15
+                        // instructions and a branch (SiLU's `x / (1 +
+                        // exp(-x))` in a SwiGLU epilogue).
+                        (Ty::F32, Expr::Binary(Binary::Div, n, _))
+                            if matches!(**n, Expr::Float(v) if v == 1.0)
+                                && matches!(self.k.output.dtype, DType::BF16 | DType::F16) =>
+                        {
+                            let r = self.reg(Class::F);
+                            self.ins(format!("rcp.approx.f32 {r}, {}", b.r));
+                            Val { r, t }
+                        }
                         (Ty::F32, Expr::Binary(Binary::Div, _, c)) => match **c {
                             Expr::Float(c) => match self.div_by_const_f32(&a.r, c) {
                                 Some(q) => q,
