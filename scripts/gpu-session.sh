@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -374,6 +374,16 @@ epilogue)
     step check 200 scripts/gpu-check.sh ptx gpu_backend
     TAIL=40 step variants 100 epilogue_variants
     TAIL=80 step ncu 80 w3_kernel_times
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 150 bench/gpu.sh W2 W3 GEMM ATTN W5-int8 W3d
+    ;;
+staged)
+    # The staged epilogues' second form (16 loads in flight, rcp for 1/d
+    # at 16-bit outputs): the ptx and gpu_backend tests on the card,
+    # W3's and W2's kernels under ncu, the contraction workloads beside
+    # torch_baselines.py.
+    step check 220 scripts/gpu-check.sh ptx gpu_backend
+    TAIL=60 step kernels 100 kernel_table
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 150 bench/gpu.sh W2 W3 GEMM ATTN W5-int8 W3d
     ;;
