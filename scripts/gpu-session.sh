@@ -246,6 +246,19 @@ w3_kernel_times() {
             grep -E "^  [a-z_]+_[0-9a-f]{16}|gpu__time|dram__|sm__thr|launch__"
     done
 }
+raster_variants() {
+    # The grouped tile order (KILN_MMA_GROUP: groups of G row tiles, row
+    # tile fastest) against the default (column tile fastest).
+    local spec id file dim g
+    for spec in W3:w3:seq=2048 W2:w2:m=8192 GEMM:gemm:m=4096; do
+        IFS=: read -r id file dim <<< "$spec"
+        for g in 0 4 8 16; do
+            echo "$id KILN_MMA_GROUP=$g"
+            KILN_MMA_GROUP=$g "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
+                --iters 50 --warmup 5 --json || echo failed
+        done
+    done
+}
 kernel_table() {
     # Each kernel of one replay of W3 (default, then narrow-wg2 tiles) and
     # W2: its name, device time (us) and grid (ncu, csv).
@@ -379,10 +392,12 @@ epilogue)
     ;;
 staged)
     # The staged epilogues' second form (16 loads in flight, rcp for 1/d
-    # at 16-bit outputs): the ptx and gpu_backend tests on the card,
-    # W3's and W2's kernels under ncu, the contraction workloads beside
+    # at 16-bit outputs): the ptx and gpu_backend tests on the card, the
+    # grouped tile order against the default, W3's and W2's kernels under
+    # ncu, the contraction workloads beside
     # torch_baselines.py.
     step check 220 scripts/gpu-check.sh ptx gpu_backend
+    TAIL=40 step raster 100 raster_variants
     TAIL=60 step kernels 100 kernel_table
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 150 bench/gpu.sh W2 W3 GEMM ATTN W5-int8 W3d

@@ -2761,6 +2761,71 @@ fn selects_branch_where_the_sides_read_memory() {
     run_on_every_side(&ks, |_, _| false, |_| 1e-4);
 }
 
+/// The grouped tile order (`KILN_MMA_GROUP`, not yet the default): groups
+/// of 3 row tiles (so the last group of a 7-tile-tall output is short) on
+/// the tensor-core tests' batched, partial and wide kernels, also with
+/// three blocks walking every tile, against the evaluator. A tile visited
+/// twice or left out fails it.
+#[test]
+fn grouped_tile_orders_run_as_the_evaluator_says() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let grouped = PtxOptions {
+        mma_group: 3,
+        ..PtxOptions::default()
+    };
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    // 7 x 3 tiles of 128 x 128 (sm_90a: 7 x 2 of 128 x 256).
+    let tall = Kernel {
+        name: "mma_bf16_tall".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(840), st(64)]),
+            buf("b", DType::BF16, vec![st(64), st(300)]),
+            buf("r", DType::BF16, vec![st(840), st(300)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(840), st(300)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k,
+            extent: Expr::Int(64),
+            a: ld(0, vec![m.clone(), kk.clone()]),
+            b: ld(1, vec![kk, n.clone()]),
+            epilogue: bin(Binary::Add, Expr::Acc, ld(2, vec![m, n])),
+        },
+    };
+    let mut ks = vec![tall];
+    ks.extend(mma_kernels().into_iter().filter(|k| {
+        ["mma_bf16_batched", "mma_bf16_mk_kn", "mma_bf16_wide_nk"].contains(&&*k.name)
+    }));
+    assert_eq!(ks.len(), 4);
+    let gpu = common::gpu_available();
+    let mut failures = Vec::new();
+    for k in &ks {
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel_with(k, arch, &grouped).unwrap();
+            let plain = compile_kernel_with(k, arch, &PtxOptions::default()).unwrap();
+            assert_ne!(pk.ptx, plain.ptx, "{}: not grouped", k.name);
+            let mut sides = vec![
+                Side::SimWith(arch, grouped),
+                Side::SimCapped(arch, grouped, 3),
+            ];
+            if gpu {
+                sides.push(Side::GpuWith(arch, grouped));
+            }
+            for side in sides {
+                match run_against_eval_tol(k, &mut rng, side, 1e-4) {
+                    Ok(true) => {}
+                    r => failures.push(format!("{} ({}, seed {seed}): {r:?}", k.name, side.name())),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The code paths not yet the default ([`PtxOptions`]: branching selects,
 /// every GEMV tiling with `a` staged in shared memory, the dequantizing
 /// GEMV) against the evaluator on the PTX interpreter, as sm_90a and sm_80
@@ -2795,6 +2860,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_splits: None,
             mma_tiling: None,
             mma_tma: false,
+            mma_group: 0,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

@@ -238,6 +238,9 @@ pub(super) struct MmaPlan {
     /// Whether the epilogue runs on the tile staged in shared memory
     /// ([`store_staged`]): where it reads memory and the staged tile fits.
     pub stage_out: bool,
+    /// Row tiles per group of the tile order (`PtxOptions::mma_group`;
+    /// 0 or 1: column tile fastest).
+    pub group: u32,
 }
 
 /// Split-K: how many blocks a skinny contraction's tiles are dealt to.
@@ -495,6 +498,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
         splits: 1,
         tma: false,
         stage_out,
+        group: 0,
     })
 }
 
@@ -968,8 +972,11 @@ pub(super) fn emit(
     } else {
         (lp.tile.clone(), String::new())
     };
-    let TileOrigin { m0, n0, bflat, .. } =
-        lp.origin_at(em, &tile, &tiles_m, &tiles_n, (t.tile_m, t.tile_n), r - 2);
+    let TileOrigin { m0, n0, bflat, .. } = if plan.group > 1 {
+        grouped_origin(em, &tile, &tiles_m, &tiles_n, (t, plan.group), r - 2)
+    } else {
+        lp.origin_at(em, &tile, &tiles_m, &tiles_n, (t.tile_m, t.tile_n), r - 2)
+    };
 
     let copies_of = |em: &mut Em| -> Result<Option<(Copies, Copies)>, PtxError> {
         if plan.tma {
@@ -1572,6 +1579,42 @@ impl TileLoop {
         em.a.place(&self.done);
         em.ins("ret");
     }
+}
+
+/// Where tile number `t` lies in the grouped order ([`MmaPlan::group`]):
+/// per matrix of the batch, groups of `g` row tiles (the last group the
+/// rest), each group's tiles row tile fastest, then column tile; the
+/// batch's `batch_axes` leading axes bound as in [`TileLoop::origin_at`].
+fn grouped_origin(
+    em: &mut Em,
+    t: &str,
+    tiles_m: &str,
+    tiles_n: &str,
+    (tiling, g): (Tiling, u32),
+    batch_axes: usize,
+) -> TileOrigin {
+    let r = |em: &mut Em| em.reg(Class::D);
+    let (per, w, bflat) = (r(em), r(em), r(em));
+    em.ins(format!("mul.lo.s64 {per}, {tiles_m}, {tiles_n}"));
+    em.ins(format!("div.u64 {bflat}, {t}, {per}"));
+    em.ins(format!("rem.u64 {w}, {t}, {per}"));
+    unravel(em, &bflat, batch_axes);
+    // The group, its first row tile and its row tiles.
+    let (in_group, gid, first, size, left, rest) = (r(em), r(em), r(em), r(em), r(em), r(em));
+    em.ins(format!("mul.lo.s64 {in_group}, {tiles_n}, {g}"));
+    em.ins(format!("div.u64 {gid}, {w}, {in_group}"));
+    em.ins(format!("mul.lo.s64 {first}, {gid}, {g}"));
+    em.ins(format!("sub.s64 {left}, {tiles_m}, {first}"));
+    em.ins(format!("min.s64 {size}, {left}, {g}"));
+    em.ins(format!("rem.u64 {rest}, {w}, {in_group}"));
+    let (tm, tn) = (r(em), r(em));
+    em.ins(format!("rem.u64 {tm}, {rest}, {size}"));
+    em.ins(format!("add.s64 {tm}, {tm}, {first}"));
+    em.ins(format!("div.u64 {tn}, {rest}, {size}"));
+    let (m0, n0) = (r(em), r(em));
+    em.ins(format!("mul.lo.s64 {m0}, {tm}, {}", tiling.tile_m));
+    em.ins(format!("mul.lo.s64 {n0}, {tn}, {}", tiling.tile_n));
+    TileOrigin { tn, m0, n0, bflat }
 }
 
 /// A tile's place ([`TileLoop::origin`]): its column tile, first row and

@@ -117,6 +117,12 @@ pub struct PtxOptions {
     /// operand, an mbarrier per stage) instead of every thread's
     /// `cp.async` (`KILN_MMA_TMA=1`).
     pub mma_tma: bool,
+    /// The order of the tensor-core contractions' tiles
+    /// (`KILN_MMA_GROUP=G`): 0 or 1, column tile fastest (a wave of
+    /// blocks reads a few row bands of `a` and all of `b`); `G`, groups of
+    /// `G` row tiles taken row tile fastest, column by column (a wave
+    /// reads `G` row bands and a few column bands of `b`).
+    pub mma_group: u32,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -181,6 +187,11 @@ impl PtxOptions {
             .ok()
             .and_then(|s| parse_mma_tiling(&s));
         let mma_tma = std::env::var("KILN_MMA_TMA").is_ok_and(|v| v == "1");
+        let mma_group = std::env::var("KILN_MMA_GROUP")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|g| *g <= 64)
+            .unwrap_or(0);
         PtxOptions {
             branch_selects,
             gemv,
@@ -190,6 +201,7 @@ impl PtxOptions {
             mma_splits,
             mma_tiling,
             mma_tma,
+            mma_group,
         }
     }
 }
@@ -468,6 +480,7 @@ pub fn compile_kernel_with(
                 Some(mma::Splits::Fixed(s)) => s,
             };
             plan.tma = opts.mma_tma && plan.can_tma();
+            plan.group = opts.mma_group;
             tensor_maps = plan.tensor_maps();
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
