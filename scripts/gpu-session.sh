@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -250,9 +250,9 @@ raster_variants() {
     # The grouped tile order (KILN_MMA_GROUP: groups of G row tiles, row
     # tile fastest) against the default (column tile fastest).
     local spec id file dim g
-    for spec in W3:w3:seq=2048 W2:w2:m=8192 GEMM:gemm:m=4096; do
+    for spec in ${RASTER_SPECS:-W3:w3:seq=2048 W2:w2:m=8192 GEMM:gemm:m=4096}; do
         IFS=: read -r id file dim <<< "$spec"
-        for g in 0 4 8 16; do
+        for g in ${RASTER_GROUPS:-0 4 8 16}; do
             echo "$id KILN_MMA_GROUP=$g"
             KILN_MMA_GROUP=$g "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
                 --iters 50 --warmup 5 --json || echo failed
@@ -401,6 +401,15 @@ staged)
     TAIL=60 step kernels 100 kernel_table
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 150 bench/gpu.sh W2 W3 GEMM ATTN W5-int8 W3d
+    ;;
+last)
+    # The session's last call (little device time left): the PTX tests on
+    # the card, W3 and GEMM with the grouped tile order (8) against the
+    # default, then W2, W3, GEMM and ATTN beside torch_baselines.py.
+    step check 150 scripts/gpu-check.sh ptx
+    RASTER_SPECS="W3:w3:seq=2048 GEMM:gemm:m=4096" RASTER_GROUPS="0 8" TAIL=20 step raster 50 raster_variants
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 110 bench/gpu.sh W2 W3 GEMM ATTN
     ;;
 diag)
     # The split-K and tensor-copy PTX tests on the card with their
