@@ -1650,6 +1650,45 @@ pub(super) struct TileStore<'s> {
     pub n_dim: &'s str,
 }
 
+/// `base + off` (s64), clamped to `last`, and whether it is below `dim`:
+/// an output row or column the epilogue computes at and may store.
+fn clamped(em: &mut Em, base: &str, off: u32, dim: &str, last: &str) -> (String, String) {
+    let (x, xc, p) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
+    em.ins(format!("add.s64 {x}, {base}, {off}"));
+    em.ins(format!("setp.lt.s64 {p}, {x}, {dim}"));
+    em.ins(format!("min.s64 {xc}, {x}, {last}"));
+    (xc, p)
+}
+
+/// An accumulator as the epilogue's `Acc`: s32 widened to i64 (int8), or
+/// the f32 register.
+fn acc_value(em: &mut Em, a: &str, int_acc: bool) -> Val {
+    if int_acc {
+        let wide = em.reg(Class::D);
+        em.ins(format!("cvt.s64.s32 {wide}, {a}"));
+        Val {
+            r: wide,
+            t: Ty::I64,
+        }
+    } else {
+        Val {
+            r: a.to_string(),
+            t: Ty::F32,
+        }
+    }
+}
+
+/// The output's address of row `mc` (within matrix row `rowbase`) and
+/// column `nc` of an output `n_dim` wide with `bytes`-byte elements.
+fn out_address(em: &mut Em, rowbase: &str, mc: &str, n_dim: &str, nc: &str, bytes: u32) -> String {
+    let addr = em.reg(Class::D);
+    em.ins(format!("add.s64 {addr}, {rowbase}, {mc}"));
+    em.ins(format!("mad.lo.s64 {addr}, {addr}, {n_dim}, {nc}"));
+    let outp = em.out_ptr.clone();
+    em.ins(format!("mad.lo.s64 {addr}, {addr}, {bytes}, {outp}"));
+    addr
+}
+
 /// Runs the epilogue on a warp's accumulators and stores the results.
 pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<(), PtxError> {
     let r = em.k.output.shape.rank();
@@ -1697,10 +1736,7 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
     };
     for ni in 0..nb {
         for e in 0..2u32 {
-            let (n, nc, pn) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
-            em.ins(format!("add.s64 {n}, {ncol}, {}", ni * 8 + e));
-            em.ins(format!("setp.lt.s64 {pn}, {n}, {n_dim}"));
-            em.ins(format!("min.s64 {nc}, {n}, {n_last}"));
+            let (nc, pn) = clamped(em, &ncol, ni * 8 + e, n_dim, &n_last);
             // A column past the output is skipped (which also keeps each
             // column's code a region of its own for the scheduler).
             let skip = em.a.label("col");
@@ -1710,34 +1746,15 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
             em.col_var = Some(mv);
             for &(mi, half) in &rows {
                 let a = &acc[((mi * nb + ni) * 4 + half * 2 + e) as usize];
-                let (m, mc, pm) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
-                em.ins(format!("add.s64 {m}, {mrow}, {}", mi * 16 + half * 8));
-                em.ins(format!("setp.lt.s64 {pm}, {m}, {m_dim}"));
-                em.ins(format!("min.s64 {mc}, {m}, {m_last}"));
+                let (mc, pm) = clamped(em, &mrow, mi * 16 + half * 8, m_dim, &m_last);
                 em.vars.insert(mv, mc.clone());
-                em.acc = Some(if s.int_acc {
-                    let wide = em.reg(Class::D);
-                    em.ins(format!("cvt.s64.s32 {wide}, {a}"));
-                    Val {
-                        r: wide,
-                        t: Ty::I64,
-                    }
-                } else {
-                    Val {
-                        r: a.clone(),
-                        t: Ty::F32,
-                    }
-                });
+                em.acc = Some(acc_value(em, a, s.int_acc));
                 em.memo = Some(Vec::new());
                 let v = em.emit(epilogue);
                 em.memo = None;
                 em.acc = None;
                 let code = em.encode(&v?, out);
-                let addr = em.reg(Class::D);
-                em.ins(format!("add.s64 {addr}, {rowbase}, {mc}"));
-                em.ins(format!("mad.lo.s64 {addr}, {addr}, {n_dim}, {nc}"));
-                let outp = em.out_ptr.clone();
-                em.ins(format!("mad.lo.s64 {addr}, {addr}, {bytes}, {outp}"));
+                let addr = out_address(em, &rowbase, &mc, n_dim, &nc, bytes);
                 em.ins(format!("@{pm} st.global.{sty} [{addr}], {}", code.r));
             }
             em.col_var = None;
@@ -1904,10 +1921,7 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     };
     let group_rows = (in_flight / loads.len().max(1) as u32).max(4);
     for j in 0..(t.tile_n / lanes_n) {
-        let (n, nc, pn) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
-        em.ins(format!("add.s64 {n}, {ncol}, {}", j * lanes_n));
-        em.ins(format!("setp.lt.s64 {pn}, {n}, {}", e.n_dim));
-        em.ins(format!("min.s64 {nc}, {n}, {n_last}"));
+        let (nc, pn) = clamped(em, &ncol, j * lanes_n, e.n_dim, &n_last);
         em.vars.insert(nv, nc.clone());
         em.row_memo.clear();
         em.col_var = Some(mv);
@@ -1918,10 +1932,7 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
             // The group's rows, accumulators and loads.
             let mut elems = Vec::new();
             for &i in &group {
-                let (m, mc, pm) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::P));
-                em.ins(format!("add.s64 {m}, {mrow}, {}", i * step));
-                em.ins(format!("setp.lt.s64 {pm}, {m}, {}", e.m_dim));
-                em.ins(format!("min.s64 {mc}, {m}, {m_last}"));
+                let (mc, pm) = clamped(em, &mrow, i * step, e.m_dim, &m_last);
                 let a = em.reg(class);
                 let off = (i * step * pitch + j * lanes_n) * 4;
                 em.ins(format!("ld.shared.{ty} {a}, [{from}+{off}]"));
@@ -1934,26 +1945,14 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
             }
             for (mc, pm, a, memo) in elems {
                 em.vars.insert(mv, mc.clone());
-                em.acc = Some(if e.int_acc {
-                    let wide = em.reg(Class::D);
-                    em.ins(format!("cvt.s64.s32 {wide}, {a}"));
-                    Val {
-                        r: wide,
-                        t: Ty::I64,
-                    }
-                } else {
-                    Val { r: a, t: Ty::F32 }
-                });
+                em.acc = Some(acc_value(em, &a, e.int_acc));
                 em.memo = Some(memo);
                 let v = em.emit(epilogue);
                 em.memo = None;
                 em.acc = None;
                 let code = em.encode(&v?, out);
-                let (addr, ok) = (em.reg(Class::D), em.reg(Class::P));
-                em.ins(format!("add.s64 {addr}, {rowbase}, {mc}"));
-                em.ins(format!("mad.lo.s64 {addr}, {addr}, {}, {nc}", e.n_dim));
-                let outp = em.out_ptr.clone();
-                em.ins(format!("mad.lo.s64 {addr}, {addr}, {bytes}, {outp}"));
+                let addr = out_address(em, &rowbase, &mc, e.n_dim, &nc, bytes);
+                let ok = em.reg(Class::P);
                 em.ins(format!("and.pred {ok}, {pm}, {pn}"));
                 em.ins(format!("@{ok} st.global.{sty} [{addr}], {}", code.r));
             }
