@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -410,6 +410,15 @@ last)
     RASTER_SPECS="W3:w3:seq=2048 GEMM:gemm:m=4096" RASTER_GROUPS="0 8" TAIL=20 step raster 50 raster_variants
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 110 bench/gpu.sh W2 W3 GEMM ATTN
+    ;;
+short)
+    # The least device time: the tensor-core and every-operation PTX
+    # tests on the card, W3 and GEMM with the grouped tile order (8),
+    # W2, W3 and GEMM beside torch_baselines.py.
+    TAIL=12 step check 70 scripts/gpu-check.sh ptx:tensor_core_contractions_run ptx:grouped ptx:every_operation
+    RASTER_SPECS="W3:w3:seq=2048 GEMM:gemm:m=4096" RASTER_GROUPS="0 8" TAIL=20 step raster 40 raster_variants
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 90 bench/gpu.sh W2 W3 GEMM
     ;;
 diag)
     # The split-K and tensor-copy PTX tests on the card with their
