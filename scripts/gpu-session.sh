@@ -259,6 +259,25 @@ raster_variants() {
         done
     done
 }
+attn_variants() {
+    # Fused attention with mma.sync (the default) and with warp groups
+    # (KILN_ATTN_WGMMA=1), alone (ATTN) and in W3; W2 with the grouped
+    # tile order.
+    local spec id file dim v
+    for spec in ATTN:attention:seq=2048 W3:w3:seq=2048; do
+        IFS=: read -r id file dim <<< "$spec"
+        for v in 0 1 0 1; do
+            echo "$id KILN_ATTN_WGMMA=$v"
+            KILN_ATTN_WGMMA=$v "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
+                --iters 50 --warmup 5 --json || echo failed
+        done
+    done
+    for g in 0 8; do
+        echo "W2 KILN_MMA_GROUP=$g"
+        KILN_MMA_GROUP=$g "$KILN" bench bench/w2.kiln --device cuda --dim m=8192 \
+            --iters 50 --warmup 5 --json || echo failed
+    done
+}
 kernel_table() {
     # Each kernel of one replay of W3 (default, then narrow-wg2 tiles) and
     # W2: its name, device time (us) and grid (ncu, csv).
@@ -272,6 +291,46 @@ kernel_table() {
                 "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 2>/dev/null |
                 python3 scripts/ncu_kernel_table.py
         done
+    done
+}
+mma_counters() {
+    # ncu's sections (speed of light, memory, warp states, scheduler) and
+    # the stall reasons per issued instruction for the tensor-core
+    # contractions of W3 and of the 4096^3 GEMM; raw csv under $OUT.
+    local spec file dim count
+    for spec in w3:seq=2048:5 gemm:m=4096:1; do
+        IFS=: read -r file dim count <<< "$spec"
+        echo "## $file sections"
+        ncu --graph-profiling node --csv --page details -k regex:mma_ -c "$count" \
+            --section SpeedOfLight --section MemoryWorkloadAnalysis \
+            --section WarpStateStats --section SchedulerStats --section LaunchStats \
+            "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 \
+            > "$OUT/$file-sections.csv" 2>&1
+        python3 scripts/ncu_details.py duration throughput "hit rate" "mem busy" \
+            "max bandwidth" "cycles per issued" "issue slot" "eligible" "registers" \
+            < "$OUT/$file-sections.csv"
+        echo "## $file stalls"
+        ncu --graph-profiling node --csv -k regex:mma_ -c "$count" \
+            --metrics "regex:^smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio$" \
+            "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 \
+            > "$OUT/$file-stalls.csv" 2>&1
+        python3 scripts/ncu_details.py < "$OUT/$file-stalls.csv" | awk '$2 + 0 >= 0.05 || /^##/'
+        tail -3 "$OUT/$file-stalls.csv"
+        rm -f "$OUT/$file-sections.csv" "$OUT/$file-stalls.csv"
+    done
+    # The SASS with stall samples per instruction of W3's gate projection
+    # (plain epilogue, k = 2048) and W2's first layer (bias + GELU, k = 1024).
+    local spec2 name
+    for spec2 in w3:seq=2048:mma_bf16_789a61b8c32760a1 w2:m=8192:mma_bf16_7805c1fbc8421e2e; do
+        IFS=: read -r file dim name <<< "$spec2"
+        ncu --graph-profiling node -k "$name" -c 1 --section SourceCounters \
+            --section WarpStateStats -o "$OUT/$file-src" -f \
+            "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 \
+            > /dev/null 2>&1
+        ncu -i "$OUT/$file-src.ncu-rep" --page source --print-source sass --csv \
+            > "$OUT/sass-$file.csv" 2>&1
+        rm -f "$OUT/$file-src.ncu-rep"
+        echo "## $file sass: $(wc -l < "$OUT/sass-$file.csv") lines"
     done
 }
 autotuned() {
@@ -419,6 +478,18 @@ short)
     RASTER_SPECS="W3:w3:seq=2048 GEMM:gemm:m=4096" RASTER_GROUPS="0 8" TAIL=20 step raster 40 raster_variants
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 step bench 90 bench/gpu.sh W2 W3 GEMM
+    ;;
+attn)
+    # The warpgroup attention's tests on the card, then ATTN and W3 with
+    # and without it, W2 with the grouped order; then ncu on the
+    # contractions (mma_counters).
+    TAIL=40 step check 150 scripts/gpu-check.sh ptx:warpgroup_attention ptx:fused_attention_runs
+    TAIL=40 step attn 90 attn_variants
+    TAIL=400 step counters 200 mma_counters
+    ;;
+counters)
+    # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
+    TAIL=400 step counters 200 mma_counters
     ;;
 diag)
     # The split-K and tensor-copy PTX tests on the card with their

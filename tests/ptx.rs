@@ -1553,7 +1553,7 @@ fn attention_kernels() -> Vec<Kernel> {
     let (jj, dd) = (Expr::Var(j), Expr::Var(d));
     let mut ks = Vec::new();
     // (name, elem, out, heads, kv heads, queries, keys, depth, width, causal)
-    let cases: [(&str, DType, DType, u64, u64, Dim, Dim, u64, u64, bool); 8] = [
+    let cases: [(&str, DType, DType, u64, u64, Dim, Dim, u64, u64, bool); 9] = [
         (
             "attn_bf16_causal_gqa",
             DType::BF16,
@@ -1655,6 +1655,20 @@ fn attention_kernels() -> Vec<Kernel> {
             st(300),
             32,
             64,
+            true,
+        ),
+        // causal prefill at a head dim of 128 over two query tiles of the
+        // warpgroup kernel (128 queries each, the second partial)
+        (
+            "attn_bf16_causal_d128",
+            DType::BF16,
+            DType::BF16,
+            2,
+            1,
+            st(200),
+            st(200),
+            128,
+            128,
             true,
         ),
     ];
@@ -1950,9 +1964,70 @@ fn fused_attention() {
 fn fused_attention_runs_as_the_evaluator_says() {
     // The map form recomputes every row's scores per element: the CPU side
     // skips the largest kernel.
-    let skip = |k: &Kernel, on_gpu: bool| !on_gpu && k.name == "attn_f16_d128";
+    let skip = |k: &Kernel, on_gpu: bool| {
+        !on_gpu && ["attn_f16_d128", "attn_bf16_causal_d128"].contains(&k.name.as_str())
+    };
     let tol = |on_gpu: bool| if on_gpu { 1.0 / 128.0 } else { 1e-4 };
     run_on_every_side(&attention_kernels(), skip, tol);
+}
+
+/// Fused attention with warp groups (`KILN_ATTN_WGMMA=1`, sm_90a: 128
+/// queries a block, `wgmma` for both products, the probabilities as
+/// register operands) against the evaluator on the PTX interpreter (also
+/// with three blocks walking every tile) and on the GPU where there is
+/// one: the kernels it applies to (head dims and widths of 64 and 128, no
+/// split, no bias; grouped heads, causal, a partial query tile, computed
+/// queries, an f32 output with a residual). The others keep `mma.sync`.
+#[test]
+fn warpgroup_attention_runs_as_the_evaluator_says() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let wg = PtxOptions {
+        attention_wgmma: true,
+        ..PtxOptions::default()
+    };
+    let expected = [
+        "attn_bf16_causal_gqa",
+        "attn_f16_d128",
+        "attn_bf16_causal_d128",
+        "attn_bf16_computed_q",
+    ];
+    let gpu = common::gpu_available();
+    let mut failures = Vec::new();
+    let mut taken = Vec::new();
+    for k in &attention_kernels() {
+        let pk = compile_kernel_with(k, PtxArch::Sm90a, &wg).unwrap();
+        let sm80 = compile_kernel_with(k, PtxArch::Sm80, &wg).unwrap();
+        assert!(!sm80.ptx.contains("wgmma"), "{}: wgmma on sm_80", k.name);
+        if !pk.ptx.contains("wgmma.mma_async") {
+            assert!(pk.ptx.contains("mma.sync"), "{}: no tensor cores", k.name);
+            continue;
+        }
+        taken.push(k.name.clone());
+        assert_eq!(pk.block, 256, "{}", k.name);
+        assert!(
+            matches!(pk.grid, Grid::Tiles { tile_m: 128, .. }),
+            "{}: {:?}",
+            k.name,
+            pk.grid
+        );
+        let mut sides = vec![
+            Side::SimWith(PtxArch::Sm90a, wg),
+            Side::SimCapped(PtxArch::Sm90a, wg, 3),
+        ];
+        if gpu {
+            sides.push(Side::GpuWith(PtxArch::Sm90a, wg));
+        }
+        for side in sides {
+            match run_against_eval_tol(k, &mut rng, side, 1.0 / 128.0) {
+                Ok(true) => {}
+                r => failures.push(format!("{} ({}, seed {seed}): {r:?}", k.name, side.name())),
+            }
+        }
+    }
+    assert_eq!(taken, expected, "the kernels the warpgroup engine takes");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Runs `kernels` against the evaluator on the CPU executor, as sm_90a
@@ -2861,6 +2936,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_tiling: None,
             mma_tma: false,
             mma_group: 0,
+            attention_wgmma: false,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

@@ -362,7 +362,7 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 10] = [
+const SWITCHES: [&str; 11] = [
     "KILN_PTX_BRANCH_SELECTS",
     "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
@@ -373,6 +373,7 @@ const SWITCHES: [&str; 10] = [
     "KILN_MMA_GROUP",
     "KILN_MMA_TILING",
     "KILN_INT4_FRAGMENTS",
+    "KILN_ATTN_WGMMA",
 ];
 
 /// [`switches`] with the values `get` gives.

@@ -316,9 +316,9 @@ pub enum Op {
     /// tensor map copied at once (see [`crate::tensor_map`]), its bytes
     /// completed on the barrier.
     Tma(u8),
-    /// `wgmma.mma_async.sync.aligned.m64nNkK.D.A.B` with both operands in
-    /// shared memory (descriptors): N, K, the accumulator type, A's and
-    /// B's types.
+    /// `wgmma.mma_async.sync.aligned.m64nNkK.D.A.B` with B in shared
+    /// memory (a descriptor) and A in shared memory or (16-bit types) in
+    /// registers: N, K, the accumulator type, A's and B's types.
     Wgmma(u32, u32, Ty, Ty, Ty),
 }
 

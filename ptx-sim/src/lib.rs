@@ -33,8 +33,8 @@
 //! `mma` products are summed in f64 and rounded to f32 once. Tests of
 //! float kernels keep their tolerances.
 //!
-//! `wgmma.mma_async` runs at once (with its operands read from shared
-//! memory through their descriptors). Not interpreted: anything kiln does
+//! `wgmma.mma_async` runs at once (its operands read from shared memory
+//! through their descriptors, or A from the threads' registers). Not interpreted: anything kiln does
 //! not emit (an error names the instruction and its line).
 
 mod exec;

@@ -249,10 +249,13 @@ fn wgmma_addr(desc: u64, row: usize, k: usize, bytes: usize, k_major: bool) -> u
 
 /// Runs a `wgmma.mma_async` for the 128 threads of a warp group (threads
 /// `base..base + 128`), at once: `D = A B + (scale-d ? D : 0)` for a 64 x N
-/// tile, A and B read from shared memory through their descriptors.
+/// tile, B read from shared memory through its descriptor and A through
+/// its descriptor or (16-bit types) from four registers per thread.
 /// Accumulator register `i` of lane `l` of warp `w` holds row
 /// `16 w + l / 4 (+8 when i % 4 >= 2)` and column `8 (i / 4) + 2 (l % 4) +
-/// i % 2`.
+/// i % 2`; A register `j` holds row `16 w + l / 4 (+8 for odd j)` and `k`
+/// `2 (l % 4) (+8 for j >= 2)` in its low half, the next `k` in its high
+/// half (the fragment of `mma.m16n8k16` per warp).
 pub(crate) fn group_collective(
     ctx: &Ctx,
     inst: &Inst,
@@ -277,16 +280,36 @@ pub(crate) fn group_collective(
             .ok_or_else(|| format!("operand {i} is missing"))?;
         ctx.get(&threads[t], base + t as u32, o)
     };
-    let (da, db) = (get(0, 1)?, get(0, 2)?);
+    // A from registers: four 32-bit registers per thread, no transpose
+    // operand (the immediates after B's descriptor shift by one).
+    let a_regs = match ops.get(1) {
+        Some(Operand::Vec(a)) => {
+            if a.len() != 4 || kdepth != 16 || !matches!(ta, Ty::F16 | Ty::BF16) {
+                return Err(format!(
+                    "a register A operand of {} registers for k = {kdepth} and {ta:?} \
+                     (interpreted: four registers of 16-bit pairs, k = 16)",
+                    a.len()
+                ));
+            }
+            Some(a.clone())
+        }
+        _ => None,
+    };
+    let da = if a_regs.is_some() {
+        None
+    } else {
+        Some(get(0, 1)?)
+    };
+    let db = get(0, 2)?;
     for t in 1..128 {
-        if get(t, 1)? != da || get(t, 2)? != db {
+        if da.is_some() && get(t, 1)? != da.unwrap_or(0) || get(t, 2)? != db {
             return Err(format!(
                 "thread {} gives other descriptors than thread {base}",
                 base + t as u32
             ));
         }
     }
-    for desc in [da, db] {
+    for desc in da.into_iter().chain([db]) {
         if desc >> 62 != 1 {
             return Err(format!(
                 "a descriptor with swizzle mode {} (only the 128-byte swizzle is interpreted)",
@@ -304,7 +327,10 @@ pub(crate) fn group_collective(
     };
     let neg = |v: u64| if v as i64 == -1 { -1.0 } else { 1.0 };
     let (sa, sb) = (neg(imm(4, 1)?), neg(imm(5, 1)?));
-    let (trans_a, trans_b) = (imm(6, 0)? == 1, imm(7, 0)? == 1);
+    let (trans_a, trans_b) = match a_regs {
+        Some(_) => (false, imm(6, 0)? == 1),
+        None => (imm(6, 0)? == 1, imm(7, 0)? == 1),
+    };
     let bytes = |t: Ty| {
         if matches!(t, Ty::F16 | Ty::BF16) {
             2
@@ -322,10 +348,29 @@ pub(crate) fn group_collective(
         })
     };
     let mut am = vec![vec![0f64; kdepth]; 64];
-    for (r, row) in am.iter_mut().enumerate() {
-        for (k, x) in row.iter_mut().enumerate() {
-            *x = sa * value(ta, wgmma_addr(da, r, k, bytes(ta), !trans_a), shared)?;
+    match (&a_regs, da) {
+        (Some(regs), _) => {
+            for (t, th) in threads.iter().enumerate() {
+                let (w, l) = (t / 32, t % 32);
+                for (j, o) in regs.iter().enumerate() {
+                    let bits = ctx.get(th, base + t as u32, o)?;
+                    let row = 16 * w + l / 4 + 8 * (j % 2);
+                    let k = 2 * (l % 4) + 8 * (j / 2);
+                    for (h, x) in am[row][k..k + 2].iter_mut().enumerate() {
+                        let half = (bits >> (16 * h)) & 0xffff;
+                        *x = sa * float::to_f64(ta, half);
+                    }
+                }
+            }
         }
+        (None, Some(da)) => {
+            for (r, row) in am.iter_mut().enumerate() {
+                for (k, x) in row.iter_mut().enumerate() {
+                    *x = sa * value(ta, wgmma_addr(da, r, k, bytes(ta), !trans_a), shared)?;
+                }
+            }
+        }
+        (None, None) => unreachable!("A is in registers or behind a descriptor"),
     }
     let mut bm = vec![vec![0f64; kdepth]; n];
     for (c, col) in bm.iter_mut().enumerate() {

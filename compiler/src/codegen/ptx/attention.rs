@@ -43,6 +43,17 @@
 //! only. Other attention kernels run as map kernels
 //! ([`Attention::as_map`]).
 //!
+//! On sm_90a, with `KILN_ATTN_WGMMA=1` ([`Plan::use_warpgroups`]: no split,
+//! no bias, head dim and value width 64 or 128), a block is two warp groups
+//! over 128 queries instead ([`Engine::Warpgroup`]): the tiles lie in the
+//! 128-byte swizzle (each 64 columns a block of 128-byte rows), `s = q k^T`
+//! is a `wgmma.mma_async.m64n64k16` per 16 of the head dim reading the
+//! queries and the keys from shared memory, and `o += p v` a
+//! `m64nWk16` per 16 keys with the probabilities as register operands
+//! (the `a` fragment of a warp group is `mma.sync`'s per warp, so the
+//! scores, the softmax and the epilogue are the same code); each product is
+//! waited for before its results are read or its stage is refilled.
+//!
 //! Decode attention (at most 16 queries of a head over a long static key
 //! range) splits each tile's keys over several blocks
 //! ([`Grid::SplitTiles`]): each walks its part, stores its partial result
@@ -62,12 +73,26 @@ use super::mma::{
 };
 use super::{Grid, PtxArch, PtxError};
 
-/// Queries per block (16 per warp).
-const BLOCK_M: u32 = 64;
 /// Keys per step.
 const BLOCK_N: u32 = 64;
-const THREADS: u32 = 128;
 const STAGES: u32 = 2;
+/// The 1024-byte alignment of the 128-byte swizzle's pattern: warpgroup
+/// blocks align their shared memory up to it.
+const SWIZZLE_ALIGN: u32 = 1024;
+
+/// How a block multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Engine {
+    /// Four warps of `mma.sync.m16n8k16`, 64 queries a block, operand
+    /// fragments through `ldmatrix` from rows padded by 16 bytes (sm_80 and
+    /// later).
+    Sync,
+    /// Two warp groups of `wgmma.mma_async` (sm_90a), 128 queries a block,
+    /// tiles in the 128-byte swizzle: the scores' product reads the queries
+    /// and the keys from shared memory, the values' product the
+    /// probabilities from registers.
+    Warpgroup,
+}
 /// log2(e): `exp(x) = 2^(x log2 e)`.
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 
@@ -105,6 +130,7 @@ pub(super) struct Plan {
     /// key range) splits, so that more than one block per head streams the
     /// keys; the blocks of a tile combine through scratch memory.
     pub splits: u32,
+    pub engine: Engine,
 }
 
 /// Splits beyond one block per tile need at least this many key steps per
@@ -115,26 +141,73 @@ const MAX_SPLITS: i64 = 16;
 
 impl Plan {
     /// A shared row of `cols` elements, padded by 16 bytes so that the
-    /// eight rows an `ldmatrix` reads fall in distinct bank groups.
+    /// eight rows an `ldmatrix` reads fall in distinct bank groups
+    /// ([`Engine::Sync`]).
     fn pitch(cols: u32) -> u32 {
         cols * 2 + 16
     }
 
+    /// Queries per block (16 per warp).
+    fn block_m(&self) -> u32 {
+        match self.engine {
+            Engine::Sync => 64,
+            Engine::Warpgroup => 128,
+        }
+    }
+
+    /// Bytes between consecutive rows of a tile of `cols` columns: padded
+    /// rows, or (warp groups) the 128-byte rows of a 64-column block.
+    fn row_bytes(&self, cols: u32) -> u32 {
+        match self.engine {
+            Engine::Sync => Self::pitch(cols),
+            Engine::Warpgroup => 128,
+        }
+    }
+
+    /// A tile of `rows` rows of `cols` columns: padded rows, or (warp
+    /// groups) `cols / 64` blocks of `rows` rows of 128 bytes, each 1024
+    /// bytes aligned.
+    fn tile_bytes(&self, rows: u32, cols: u32) -> u32 {
+        match self.engine {
+            Engine::Sync => rows * Self::pitch(cols),
+            Engine::Warpgroup => rows * cols * 2,
+        }
+    }
+
     fn q_bytes(&self) -> u32 {
-        BLOCK_M * Self::pitch(self.depth)
+        self.tile_bytes(self.block_m(), self.depth)
     }
 
     fn k_bytes(&self) -> u32 {
-        BLOCK_N * Self::pitch(self.depth)
+        self.tile_bytes(BLOCK_N, self.depth)
     }
 
     fn stage_bytes(&self) -> u32 {
-        self.k_bytes() + BLOCK_N * Self::pitch(self.width)
+        self.k_bytes() + self.tile_bytes(BLOCK_N, self.width)
     }
 
     pub fn shared_bytes(&self) -> u32 {
         let flag = if self.splits > 1 { 16 } else { 0 };
-        self.q_bytes() + STAGES * self.stage_bytes() + flag
+        let align = match self.engine {
+            Engine::Sync => 0,
+            Engine::Warpgroup => SWIZZLE_ALIGN,
+        };
+        self.q_bytes() + STAGES * self.stage_bytes() + flag + align
+    }
+
+    /// Takes the warpgroup engine where it applies: on sm_90a, one block
+    /// per tile (no split), no bias term, and a head dim and value width of
+    /// 64 or 128 (rows of whole 128-byte swizzle rows).
+    pub fn use_warpgroups(&mut self, arch: PtxArch) {
+        let wide = |x: u32| matches!(x, 64 | 128);
+        if arch == PtxArch::Sm90a
+            && self.splits == 1
+            && !self.biased
+            && wide(self.depth)
+            && wide(self.width)
+        {
+            self.engine = Engine::Warpgroup;
+        }
     }
 
     /// Whether each warp holds its query fragments in registers for the
@@ -158,23 +231,27 @@ impl Plan {
     }
 
     pub fn threads(&self) -> u32 {
-        THREADS
+        match self.engine {
+            Engine::Sync => 128,
+            Engine::Warpgroup => 256,
+        }
     }
 
-    /// One block per 64 queries of each batch entry (the value's columns
-    /// in one tile), times the splits: per unit, its partial result and
-    /// (for the first `units / splits` units) a tile's arrival counter.
+    /// One block per 64 (warp groups: 128) queries of each batch entry
+    /// (the value's columns in one tile), times the splits: per unit, its
+    /// partial result and (for the first `units / splits` units) a tile's
+    /// arrival counter.
     pub fn grid(&self) -> Grid {
         if self.splits > 1 {
             Grid::SplitTiles {
-                tile_m: BLOCK_M,
+                tile_m: self.block_m(),
                 tile_n: self.width,
                 splits: self.splits,
                 scratch: self.partial_bytes() + 4,
             }
         } else {
             Grid::Tiles {
-                tile_m: BLOCK_M,
+                tile_m: self.block_m(),
                 tile_n: self.width,
             }
         }
@@ -239,6 +316,7 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
         v,
         biased: t.bias.is_some(),
         splits: splits(k.output.shape.0[r - 2].as_static(), &t.keys),
+        engine: Engine::Sync,
     })
 }
 
@@ -328,7 +406,8 @@ struct Copies<'o> {
     copied: String,
     /// Rows at or past this (and below `limit`) are computed.
     until: String,
-    /// Bytes between rows in the tile.
+    /// Bytes between rows in the tile (within a 64-column block of a
+    /// swizzled one).
     pitch: u32,
     /// The thread's copies: `passes`, each `rows_per_pass` rows after the
     /// last; the first one's byte offset in the tile, global address and
@@ -349,12 +428,19 @@ struct Copies<'o> {
     step: String,
 }
 
-/// Sets up a thread's copies of 64-row tiles of `op` (`cols` elements a
-/// row, the first tile at row `row0`), rows below `limit` read.
+/// Sets up a thread's copies of `rows`-row tiles of `op` (`cols` elements
+/// a row, the first tile at row `row0`, later tiles `BLOCK_N` rows on),
+/// rows below `limit` read, into the plan's tile layout: padded rows, or
+/// the 128-byte swizzle (16-byte chunk `c` of a 64-column block's row `r`
+/// at `c ^ r % 8`; a thread's rows are 8 apart, so its chunk's place in
+/// the row is the same in every pass).
+#[allow(clippy::too_many_arguments)]
 fn copies<'o>(
     em: &mut Em,
+    p: &Plan,
     op: &'o Operand,
     cols: u32,
+    rows: u32,
     tid: &str,
     row0: &str,
     limit: &str,
@@ -382,18 +468,30 @@ fn copies<'o>(
         }
     };
     let per_row = cols / 8;
-    let rows_per_pass = THREADS / per_row;
-    let passes = BLOCK_N / rows_per_pass;
-    let pitch = Plan::pitch(cols);
+    let rows_per_pass = p.threads() / per_row;
+    let passes = rows / rows_per_pass;
+    let pitch = p.row_bytes(cols);
     let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
     em.ins(format!("and.b32 {c0}, {tid}, {}", per_row - 1));
+    let sh = em.reg(Class::R);
+    if p.engine == Engine::Warpgroup {
+        // block c0 / 8, row r0, chunk (c0 % 8) ^ (r0 % 8)
+        let (blk, x) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("shr.u32 {blk}, {c0}, 3"));
+        em.ins(format!("mul.lo.u32 {sh}, {blk}, {}", rows * 128));
+        em.ins(format!("mad.lo.u32 {sh}, {r0}, 128, {sh}"));
+        em.ins(format!("xor.b32 {x}, {c0}, {r0}"));
+        em.ins(format!("and.b32 {x}, {x}, 7"));
+        em.ins(format!("mad.lo.u32 {sh}, {x}, 16, {sh}"));
+    }
     em.ins(format!("shl.b32 {c0}, {c0}, 3"));
     let c64 = em.reg(Class::D);
     em.ins(format!("cvt.u64.u32 {c64}, {c0}"));
-    let sh = em.reg(Class::R);
-    em.ins(format!("mul.lo.u32 {sh}, {r0}, {pitch}"));
-    em.ins(format!("mad.lo.u32 {sh}, {c0}, 2, {sh}"));
+    if p.engine == Engine::Sync {
+        em.ins(format!("mul.lo.u32 {sh}, {r0}, {pitch}"));
+        em.ins(format!("mad.lo.u32 {sh}, {c0}, 2, {sh}"));
+    }
     let row = em.reg(Class::D);
     em.ins(format!("cvt.u64.u32 {row}, {r0}"));
     em.ins(format!("add.s64 {row}, {row}, {row0}"));
@@ -572,9 +670,12 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         }
         None => None,
     };
+    let block_m = p.block_m();
+    let bm_log = block_m.trailing_zeros();
+    let wg = p.engine == Engine::Warpgroup;
     let tiles_m = em.reg(Class::D);
-    em.ins(format!("add.s64 {tiles_m}, {m_dim}, {}", BLOCK_M - 1));
-    em.ins(format!("shr.s64 {tiles_m}, {tiles_m}, 6"));
+    em.ins(format!("add.s64 {tiles_m}, {m_dim}, {}", block_m - 1));
+    em.ins(format!("shr.s64 {tiles_m}, {tiles_m}, {bm_log}"));
     let kblocks = em.reg(Class::D);
     em.ins(format!("add.s64 {kblocks}, {keys}, {}", BLOCK_N - 1));
     em.ins(format!("shr.s64 {kblocks}, {kblocks}, 6"));
@@ -588,22 +689,33 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     em.ins(format!("shr.u32 {warp}, {tid}, 5"));
     let smem = em.reg(Class::R);
     em.ins(format!("mov.u32 {smem}, kiln_smem"));
+    if wg {
+        em.ins(format!("add.u32 {smem}, {smem}, {}", SWIZZLE_ALIGN - 1));
+        em.ins(format!("and.b32 {smem}, {smem}, -{SWIZZLE_ALIGN}"));
+    }
     let (wm_base, zero) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shl.b32 {wm_base}, {warp}, 4"));
     em.ins(format!("mov.u32 {zero}, 0"));
-    let (lo, hi, row) = ldmatrix_lane(em, &lane);
+    // `mma.sync` reads its fragments with `ldmatrix` from per-lane row
+    // addresses; warp groups read shared memory through descriptors.
     let (pd, pw) = (Plan::pitch(p.depth), Plan::pitch(p.width));
-    let q_lane = lane_offset(em, Storage::OuterK, pd, &wm_base, &lo, &hi, &row);
-    em.ins(format!("add.u32 {q_lane}, {q_lane}, {smem}"));
-    let k_lane = lane_offset(em, Storage::OuterK, pd, &zero, &hi, &lo, &row);
-    em.ins(format!("add.u32 {k_lane}, {k_lane}, {smem}"));
-    em.ins(format!("add.u32 {k_lane}, {k_lane}, {}", p.q_bytes()));
-    let v_lane = lane_offset(em, Storage::KOuter, pw, &zero, &hi, &lo, &row);
-    em.ins(format!("add.u32 {v_lane}, {v_lane}, {smem}"));
-    em.ins(format!(
-        "add.u32 {v_lane}, {v_lane}, {}",
-        p.q_bytes() + p.k_bytes()
-    ));
+    let (q_lane, k_lane, v_lane) = if wg {
+        (String::new(), String::new(), String::new())
+    } else {
+        let (lo, hi, row) = ldmatrix_lane(em, &lane);
+        let q_lane = lane_offset(em, Storage::OuterK, pd, &wm_base, &lo, &hi, &row);
+        em.ins(format!("add.u32 {q_lane}, {q_lane}, {smem}"));
+        let k_lane = lane_offset(em, Storage::OuterK, pd, &zero, &hi, &lo, &row);
+        em.ins(format!("add.u32 {k_lane}, {k_lane}, {smem}"));
+        em.ins(format!("add.u32 {k_lane}, {k_lane}, {}", p.q_bytes()));
+        let v_lane = lane_offset(em, Storage::KOuter, pw, &zero, &hi, &lo, &row);
+        em.ins(format!("add.u32 {v_lane}, {v_lane}, {smem}"));
+        em.ins(format!(
+            "add.u32 {v_lane}, {v_lane}, {}",
+            p.q_bytes() + p.k_bytes()
+        ));
+        (q_lane, k_lane, v_lane)
+    };
     // This thread's accumulator rows and columns within a warp's tiles.
     let (g, t4) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {g}, {lane}, 2"));
@@ -617,9 +729,13 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     let s_tiles = (BLOCK_N / 8) as usize;
     let o_tiles = (p.width / 8) as usize;
     let o: Vec<String> = (0..o_tiles * 4).map(|_| em.reg(Class::F)).collect();
-    let qf: Vec<Vec<String>> = (0..p.depth / 16)
-        .map(|_| (0..4).map(|_| em.reg(Class::R)).collect())
-        .collect();
+    let qf: Vec<Vec<String>> = if wg {
+        Vec::new()
+    } else {
+        (0..p.depth / 16)
+            .map(|_| (0..4).map(|_| em.reg(Class::R)).collect())
+            .collect()
+    };
     let mrow: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
     let lsum: Vec<String> = (0..2).map(|_| em.reg(Class::F)).collect();
 
@@ -665,14 +781,14 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     }
     unravel(em, &bflat, r - 2);
     let m0 = em.reg(Class::D);
-    em.ins(format!("shl.b64 {m0}, {tm}, 6"));
+    em.ins(format!("shl.b64 {m0}, {tm}, {bm_log}"));
     // The key steps this block takes: all of them, or (causal) up to the
     // one holding its last query's diagonal.
     let steps = em.reg(Class::D);
     em.ins(format!("mov.b64 {steps}, {kblocks}"));
     if let Some(off) = &offset {
         let (lim, pneg) = (em.reg(Class::D), em.reg(Class::P));
-        em.ins(format!("add.s64 {lim}, {m0}, {}", BLOCK_M - 1));
+        em.ins(format!("add.s64 {lim}, {m0}, {}", block_m - 1));
         em.ins(format!("add.s64 {lim}, {lim}, {off}"));
         em.ins(format!("setp.lt.s64 {pneg}, {lim}, 0"));
         em.ins(format!("shr.s64 {lim}, {lim}, 6"));
@@ -694,9 +810,9 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     }
     let row0 = em.reg(Class::D);
     em.ins(format!("shl.b64 {row0}, {first}, 6"));
-    let cq = copies(em, &p.q, p.depth, &tid, &m0, &m_dim)?;
-    let ck = copies(em, &p.k, p.depth, &tid, &row0, &keys)?;
-    let cv = copies(em, &p.v, p.width, &tid, &row0, &keys)?;
+    let cq = copies(em, p, &p.q, p.depth, block_m, &tid, &m0, &m_dim)?;
+    let ck = copies(em, p, &p.k, p.depth, BLOCK_N, &tid, &row0, &keys)?;
+    let cv = copies(em, p, &p.v, p.width, BLOCK_N, &tid, &row0, &keys)?;
     for a in &o {
         em.ins(format!("mov.f32 {a}, 0f00000000"));
     }
@@ -728,6 +844,11 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     // This step's copies have landed, and every warp is done with the
     // stage the next step's copies go to.
     em.ins("cp.async.wait_group 0");
+    if wg {
+        // The copies and computed rows are generic-proxy writes; `wgmma`
+        // reads through the async proxy.
+        em.ins("fence.proxy.async.shared::cta");
+    }
     em.ins("bar.sync 0");
     {
         let (nx, pl, skip) = (em.reg(Class::D), em.reg(Class::P), em.a.label("last"));
@@ -749,7 +870,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     }
     // The query fragments, once per block (every step when they are not
     // held).
-    {
+    if !wg {
         let (pf, skip) = (em.reg(Class::P), em.a.label("qf"));
         if p.hold_queries() {
             em.ins(format!("setp.ne.s64 {pf}, {jb}, {first}"));
@@ -765,13 +886,22 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         em.a.place(&skip);
     }
     // s = q k^T.
-    let kbase = em.reg(Class::R);
-    em.ins(format!("sub.u32 {kbase}, {c_stage}, {smem}"));
-    em.ins(format!("sub.u32 {kbase}, {kbase}, {}", p.q_bytes()));
-    em.ins(format!("add.u32 {kbase}, {kbase}, {k_lane}"));
     let s: Vec<String> = (0..s_tiles * 4).map(|_| em.reg(Class::F)).collect();
     for x in &s {
         em.ins(format!("mov.f32 {x}, 0f00000000"));
+    }
+    let wgd = if wg {
+        let d = Descriptors::start(em, p, &warp, &smem, &c_stage);
+        d.scores(em, p, &s, ty);
+        Some(d)
+    } else {
+        None
+    };
+    let kbase = em.reg(Class::R);
+    if !wg {
+        em.ins(format!("sub.u32 {kbase}, {c_stage}, {smem}"));
+        em.ins(format!("sub.u32 {kbase}, {kbase}, {}", p.q_bytes()));
+        em.ins(format!("add.u32 {kbase}, {kbase}, {k_lane}"));
     }
     for (kk, f) in qf.iter().enumerate() {
         for nj in 0..s_tiles / 2 {
@@ -905,19 +1035,28 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     }
     // o += p v: the probabilities of 16 keys are one `a` fragment.
     let vbase = em.reg(Class::R);
-    em.ins(format!("sub.u32 {vbase}, {c_stage}, {smem}"));
-    em.ins(format!("sub.u32 {vbase}, {vbase}, {}", p.q_bytes()));
-    em.ins(format!("add.u32 {vbase}, {vbase}, {v_lane}"));
-    for kc in 0..s_tiles / 2 {
-        let a: Vec<String> = (0..4)
-            .map(|i| {
-                let (ni, half) = (kc * 2 + i / 2, i % 2);
-                let w = em.reg(Class::R);
-                let (x0, x1) = (&s[ni * 4 + half * 2], &s[ni * 4 + half * 2 + 1]);
-                em.ins(format!("cvt.rn.{ty}x2.f32 {w}, {x1}, {x0}"));
-                w
-            })
-            .collect();
+    if !wg {
+        em.ins(format!("sub.u32 {vbase}, {c_stage}, {smem}"));
+        em.ins(format!("sub.u32 {vbase}, {vbase}, {}", p.q_bytes()));
+        em.ins(format!("add.u32 {vbase}, {vbase}, {v_lane}"));
+    }
+    let a_frags: Vec<Vec<String>> = (0..s_tiles / 2)
+        .map(|kc| {
+            (0..4)
+                .map(|i| {
+                    let (ni, half) = (kc * 2 + i / 2, i % 2);
+                    let w = em.reg(Class::R);
+                    let (x0, x1) = (&s[ni * 4 + half * 2], &s[ni * 4 + half * 2 + 1]);
+                    em.ins(format!("cvt.rn.{ty}x2.f32 {w}, {x1}, {x0}"));
+                    w
+                })
+                .collect()
+        })
+        .collect();
+    if let Some(d) = &wgd {
+        d.values(em, p, &o, &a_frags, ty);
+    }
+    for (kc, a) in a_frags.iter().enumerate().filter(|_| !wg) {
         for nj in 0..o_tiles / 2 {
             let b: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
             em.ins(format!(
@@ -1013,6 +1152,100 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     em.a.place(&unit_end);
     lp.end(em);
     Ok(())
+}
+
+/// The warp group's shared-memory descriptors of a step (the 128-byte
+/// swizzle, mode 1 in bits 62-63; byte offsets in 16-byte units): the
+/// queries and keys `k`-major (rows of 128 bytes of the head dim, 8-row
+/// groups 1024 bytes apart, each 64 columns a block of its own), the
+/// values `n`-major (rows of 128 bytes of the value's columns per key,
+/// 8-key groups 1024 bytes apart, 64-column blocks 64 keys of 128 bytes
+/// apart), as `mma::compute_wgmma` reads a contraction's operands.
+struct Descriptors {
+    q: String,
+    k: String,
+    v: String,
+    /// The `scale-d` predicate (true: accumulate).
+    acc: String,
+}
+
+impl Descriptors {
+    /// The descriptors of the warp group's 64 queries and of the stage at
+    /// `stage` (an absolute shared address).
+    fn start(em: &mut Em, p: &Plan, warp: &str, smem: &str, stage: &str) -> Descriptors {
+        let k_major = (1u64 << 62) | ((1024 / 16) << 32) | (1 << 16);
+        let n_major = (1u64 << 62) | ((1024 / 16) << 32) | (u64::from(BLOCK_N * 128 / 16) << 16);
+        let desc = |em: &mut Em, addr: &str, hi: u64| {
+            let d = em.reg(Class::D);
+            em.ins(format!("cvt.u64.u32 {d}, {addr}"));
+            em.ins(format!("shr.u64 {d}, {d}, 4"));
+            em.ins(format!("or.b64 {d}, {d}, {hi}"));
+            d
+        };
+        // The warp group's 64 queries start 64 rows of 128 bytes into each
+        // block of the queries' tile.
+        let (g, qa, va) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("shr.u32 {g}, {warp}, 2"));
+        em.ins(format!("mad.lo.u32 {qa}, {g}, {}, {smem}", 64 * 128));
+        em.ins(format!("add.u32 {va}, {stage}, {}", p.k_bytes()));
+        let q = desc(em, &qa, k_major);
+        let k = desc(em, stage, k_major);
+        let v = desc(em, &va, n_major);
+        let acc = em.reg(Class::P);
+        em.ins(format!("setp.eq.u32 {acc}, 0, 0"));
+        Descriptors { q, k, v, acc }
+    }
+
+    /// `s += q k^T` (the scores, zeroed before): a `m64n64k16` per 16 of
+    /// the head dim, waited for.
+    fn scores(&self, em: &mut Em, p: &Plan, s: &[String], ty: &str) {
+        let regs = s.join(", ");
+        let q_block = p.block_m() * 128 / 16;
+        let k_block = BLOCK_N * 128 / 16;
+        em.ins("wgmma.fence.sync.aligned");
+        for kk in 0..p.depth / 16 {
+            let (a, b) = (em.reg(Class::D), em.reg(Class::D));
+            let within = (kk % 4) * 2;
+            em.ins(format!(
+                "add.s64 {a}, {}, {}",
+                self.q,
+                (kk / 4) * q_block + within
+            ));
+            em.ins(format!(
+                "add.s64 {b}, {}, {}",
+                self.k,
+                (kk / 4) * k_block + within
+            ));
+            em.ins(format!(
+                "wgmma.mma_async.sync.aligned.m64n{BLOCK_N}k16.f32.{ty}.{ty} {{{regs}}}, {a}, {b}, \
+                 {}, 1, 1, 0, 0",
+                self.acc
+            ));
+        }
+        em.ins("wgmma.commit_group.sync.aligned");
+        em.ins("wgmma.wait_group.sync.aligned 0");
+    }
+
+    /// `o += p v`: a `m64nWk16` per 16 keys, the probabilities' fragments
+    /// `a` (four registers each) from registers, waited for (the next
+    /// step's copies overwrite this stage).
+    fn values(&self, em: &mut Em, p: &Plan, o: &[String], a: &[Vec<String>], ty: &str) {
+        let regs = o.join(", ");
+        em.ins("wgmma.fence.sync.aligned");
+        for (kc, f) in a.iter().enumerate() {
+            let b = em.reg(Class::D);
+            em.ins(format!("add.s64 {b}, {}, {}", self.v, kc * 16 * 128 / 16));
+            em.ins(format!(
+                "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{ty}.{ty} {{{regs}}}, {{{}}}, {b}, \
+                 {}, 1, 1, 1",
+                p.width,
+                f.join(", "),
+                self.acc
+            ));
+        }
+        em.ins("wgmma.commit_group.sync.aligned");
+        em.ins("wgmma.wait_group.sync.aligned 0");
+    }
 }
 
 /// A step's scores in a lane's registers and where they lie.

@@ -123,6 +123,10 @@ pub struct PtxOptions {
     /// `G` row tiles taken row tile fastest, column by column (a wave
     /// reads `G` row bands and a few column bands of `b`).
     pub mma_group: u32,
+    /// Fused attention on sm_90a with warp groups (`wgmma`, 128 queries a
+    /// block) where it applies (`KILN_ATTN_WGMMA=1`; see
+    /// `attention::Plan::use_warpgroups`) instead of `mma.sync`.
+    pub attention_wgmma: bool,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -192,6 +196,7 @@ impl PtxOptions {
             .and_then(|s| s.trim().parse::<u32>().ok())
             .filter(|g| *g <= 64)
             .unwrap_or(0);
+        let attention_wgmma = std::env::var("KILN_ATTN_WGMMA").is_ok_and(|v| v == "1");
         PtxOptions {
             branch_selects,
             gemv,
@@ -202,6 +207,7 @@ impl PtxOptions {
             mma_tiling,
             mma_tma,
             mma_group,
+            attention_wgmma,
         }
     }
 }
@@ -501,8 +507,11 @@ pub fn compile_kernel_with(
             (plan.tiling.threads(), grid, false)
         }
         Body::Attention(t) => {
-            let plan =
+            let mut plan =
                 attention::plan(k, arch).ok_or_else(|| em.kerr("the attention plan vanished"))?;
+            if opts.attention_wgmma {
+                plan.use_warpgroups(arch);
+            }
             attention::emit(&mut em, &plan, t, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(1);
