@@ -261,12 +261,12 @@ raster_variants() {
 }
 attn_variants() {
     # Fused attention with mma.sync (the default) and with warp groups
-    # (KILN_ATTN_WGMMA=1), alone (ATTN) and in W3; W2 with the grouped
-    # tile order.
+    # (KILN_ATTN_WGMMA=1: 64 keys a step, 128: 128), alone (ATTN) and in
+    # W3; W2 with the grouped tile order.
     local spec id file dim v
     for spec in ATTN:attention:seq=2048 W3:w3:seq=2048; do
         IFS=: read -r id file dim <<< "$spec"
-        for v in 0 1 0 1; do
+        for v in 0 1 128; do
             echo "$id KILN_ATTN_WGMMA=$v"
             KILN_ATTN_WGMMA=$v "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
                 --iters 50 --warmup 5 --json || echo failed
@@ -484,7 +484,7 @@ attn)
     # and without it, W2 with the grouped order; then ncu on the
     # contractions (mma_counters).
     TAIL=40 step check 150 scripts/gpu-check.sh ptx:warpgroup_attention ptx:fused_attention_runs
-    TAIL=40 step attn 90 attn_variants
+    TAIL=40 step attn 120 attn_variants
     TAIL=400 step counters 200 mma_counters
     ;;
 counters)

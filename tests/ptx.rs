@@ -1971,20 +1971,26 @@ fn fused_attention_runs_as_the_evaluator_says() {
     run_on_every_side(&attention_kernels(), skip, tol);
 }
 
-/// Fused attention with warp groups (`KILN_ATTN_WGMMA=1`, sm_90a: 128
-/// queries a block, `wgmma` for both products, the probabilities as
-/// register operands) against the evaluator on the PTX interpreter (also
+/// Fused attention with warp groups (`KILN_ATTN_WGMMA=1` and `=128`,
+/// sm_90a: 128 queries a block, 64 or 128 keys a step, `wgmma` for both
+/// products, the probabilities as register operands) against the evaluator on the PTX interpreter (also
 /// with three blocks walking every tile) and on the GPU where there is
 /// one: the kernels it applies to (head dims and widths of 64 and 128, no
 /// split, no bias; grouped heads, causal, a partial query tile, computed
 /// queries, an f32 output with a residual). The others keep `mma.sync`.
 #[test]
 fn warpgroup_attention_runs_as_the_evaluator_says() {
+    for keys in [64, 128] {
+        warpgroup_attention_with(keys);
+    }
+}
+
+fn warpgroup_attention_with(keys: u32) {
     use rand::SeedableRng;
     let seed = common::seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let wg = PtxOptions {
-        attention_wgmma: true,
+        attention_wgmma: keys,
         ..PtxOptions::default()
     };
     let expected = [
@@ -2022,7 +2028,12 @@ fn warpgroup_attention_runs_as_the_evaluator_says() {
         for side in sides {
             match run_against_eval_tol(k, &mut rng, side, 1.0 / 128.0) {
                 Ok(true) => {}
-                r => failures.push(format!("{} ({}, seed {seed}): {r:?}", k.name, side.name())),
+                r => failures.push(format!(
+                    "{} ({} keys a step, {}, seed {seed}): {r:?}",
+                    k.name,
+                    keys,
+                    side.name()
+                )),
             }
         }
     }
@@ -2936,7 +2947,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_tiling: None,
             mma_tma: false,
             mma_group: 0,
-            attention_wgmma: false,
+            attention_wgmma: 0,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

@@ -73,7 +73,8 @@ use super::mma::{
 };
 use super::{Grid, PtxArch, PtxError};
 
-/// Keys per step.
+/// Keys per step of the `mma.sync` engine (and of warp groups unless
+/// asked for 128).
 const BLOCK_N: u32 = 64;
 const STAGES: u32 = 2;
 /// The 1024-byte alignment of the 128-byte swizzle's pattern: warpgroup
@@ -131,6 +132,8 @@ pub(super) struct Plan {
     /// keys; the blocks of a tile combine through scratch memory.
     pub splits: u32,
     pub engine: Engine,
+    /// Keys per step: 64, or (warp groups) 128.
+    block_n: u32,
 }
 
 /// Splits beyond one block per tile need at least this many key steps per
@@ -179,11 +182,11 @@ impl Plan {
     }
 
     fn k_bytes(&self) -> u32 {
-        self.tile_bytes(BLOCK_N, self.depth)
+        self.tile_bytes(self.block_n, self.depth)
     }
 
     fn stage_bytes(&self) -> u32 {
-        self.k_bytes() + self.tile_bytes(BLOCK_N, self.width)
+        self.k_bytes() + self.tile_bytes(self.block_n, self.width)
     }
 
     pub fn shared_bytes(&self) -> u32 {
@@ -195,10 +198,11 @@ impl Plan {
         self.q_bytes() + STAGES * self.stage_bytes() + flag + align
     }
 
-    /// Takes the warpgroup engine where it applies: on sm_90a, one block
-    /// per tile (no split), no bias term, and a head dim and value width of
-    /// 64 or 128 (rows of whole 128-byte swizzle rows).
-    pub fn use_warpgroups(&mut self, arch: PtxArch) {
+    /// Takes the warpgroup engine where it applies, `keys` (64 or 128) a
+    /// step: on sm_90a, one block per tile (no split), no bias term, and a
+    /// head dim and value width of 64 or 128 (rows of whole 128-byte
+    /// swizzle rows).
+    pub fn use_warpgroups(&mut self, arch: PtxArch, keys: u32) {
         let wide = |x: u32| matches!(x, 64 | 128);
         if arch == PtxArch::Sm90a
             && self.splits == 1
@@ -207,6 +211,7 @@ impl Plan {
             && wide(self.width)
         {
             self.engine = Engine::Warpgroup;
+            self.block_n = if keys == 128 { 128 } else { BLOCK_N };
         }
     }
 
@@ -317,6 +322,7 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
         biased: t.bias.is_some(),
         splits: splits(k.output.shape.0[r - 2].as_static(), &t.keys),
         engine: Engine::Sync,
+        block_n: BLOCK_N,
     })
 }
 
@@ -400,6 +406,8 @@ fn plain(
 /// One thread's 16-byte copies of a 64-row tile of an operand.
 struct Copies<'o> {
     op: &'o Operand,
+    /// Rows per tile (the row advances by this per tile).
+    tile_rows: u32,
     /// The first element of the thread's 16 bytes in a row (s64).
     col: String,
     /// Rows at or past this are not copied (computed or zero-filled).
@@ -429,7 +437,7 @@ struct Copies<'o> {
 }
 
 /// Sets up a thread's copies of `rows`-row tiles of `op` (`cols` elements
-/// a row, the first tile at row `row0`, later tiles `BLOCK_N` rows on),
+/// a row, the first tile at row `row0`, later tiles `rows` rows on),
 /// rows below `limit` read, into the plan's tile layout: padded rows, or
 /// the 128-byte swizzle (16-byte chunk `c` of a 64-column block's row `r`
 /// at `c ^ r % 8`; a thread's rows are 8 apart, so its chunk's place in
@@ -501,9 +509,10 @@ fn copies<'o>(
     let g = em.reg(Class::D);
     em.ins(format!("mad.lo.s64 {g}, {el}, 2, {base}"));
     let pass_bytes = em.mul_op(&row_stride, &(rows_per_pass * 2).to_string());
-    let step = em.mul_op(&row_stride, &(BLOCK_N * 2).to_string());
+    let step = em.mul_op(&row_stride, &(rows * 2).to_string());
     Ok(Copies {
         op,
+        tile_rows: rows,
         col: c64,
         copied,
         until,
@@ -592,7 +601,7 @@ fn issue(em: &mut Em, c: &Copies, dst0: &str, elem: DType) -> Result<(), PtxErro
         em.ins(format!("@{pl} bra {top}"));
     }
     em.ins(format!("add.s64 {0}, {0}, {1}", c.global, c.step));
-    em.ins(format!("add.s64 {0}, {0}, {BLOCK_N}", c.row));
+    em.ins(format!("add.s64 {0}, {0}, {1}", c.row, c.tile_rows));
     Ok(())
 }
 
@@ -677,8 +686,10 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     em.ins(format!("add.s64 {tiles_m}, {m_dim}, {}", block_m - 1));
     em.ins(format!("shr.s64 {tiles_m}, {tiles_m}, {bm_log}"));
     let kblocks = em.reg(Class::D);
-    em.ins(format!("add.s64 {kblocks}, {keys}, {}", BLOCK_N - 1));
-    em.ins(format!("shr.s64 {kblocks}, {kblocks}, 6"));
+    let block_n = p.block_n;
+    let bn_log = block_n.trailing_zeros();
+    em.ins(format!("add.s64 {kblocks}, {keys}, {}", block_n - 1));
+    em.ins(format!("shr.s64 {kblocks}, {kblocks}, {bn_log}"));
     em.ins(format!("max.s64 {kblocks}, {kblocks}, 0"));
 
     // Thread coordinates and the lanes' `ldmatrix` row addresses: lane `l`
@@ -726,7 +737,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
     em.ins(format!("shl.b32 {t4}, {t4}, 1"));
     em.ins(format!("cvt.u64.u32 {tcol}, {t4}"));
 
-    let s_tiles = (BLOCK_N / 8) as usize;
+    let s_tiles = (block_n / 8) as usize;
     let o_tiles = (p.width / 8) as usize;
     let o: Vec<String> = (0..o_tiles * 4).map(|_| em.reg(Class::F)).collect();
     let qf: Vec<Vec<String>> = if wg {
@@ -791,7 +802,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         em.ins(format!("add.s64 {lim}, {m0}, {}", block_m - 1));
         em.ins(format!("add.s64 {lim}, {lim}, {off}"));
         em.ins(format!("setp.lt.s64 {pneg}, {lim}, 0"));
-        em.ins(format!("shr.s64 {lim}, {lim}, 6"));
+        em.ins(format!("shr.s64 {lim}, {lim}, {bn_log}"));
         em.ins(format!("add.s64 {lim}, {lim}, 1"));
         em.ins(format!("@{pneg} mov.b64 {lim}, 0"));
         em.ins(format!("min.s64 {steps}, {steps}, {lim}"));
@@ -809,10 +820,10 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         em.ins(format!("mov.b64 {first}, 0"));
     }
     let row0 = em.reg(Class::D);
-    em.ins(format!("shl.b64 {row0}, {first}, 6"));
+    em.ins(format!("shl.b64 {row0}, {first}, {bn_log}"));
     let cq = copies(em, p, &p.q, p.depth, block_m, &tid, &m0, &m_dim)?;
-    let ck = copies(em, p, &p.k, p.depth, BLOCK_N, &tid, &row0, &keys)?;
-    let cv = copies(em, p, &p.v, p.width, BLOCK_N, &tid, &row0, &keys)?;
+    let ck = copies(em, p, &p.k, p.depth, block_n, &tid, &row0, &keys)?;
+    let cv = copies(em, p, &p.v, p.width, block_n, &tid, &row0, &keys)?;
     for a in &o {
         em.ins(format!("mov.f32 {a}, 0f00000000"));
     }
@@ -949,8 +960,8 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
         let (end, pm) = (em.reg(Class::D), em.reg(Class::P));
         let skip = em.a.label("nomask");
         let j0 = em.reg(Class::D);
-        em.ins(format!("shl.b64 {j0}, {jb}, 6"));
-        em.ins(format!("add.s64 {end}, {j0}, {BLOCK_N}"));
+        em.ins(format!("shl.b64 {j0}, {jb}, {bn_log}"));
+        em.ins(format!("add.s64 {end}, {j0}, {block_n}"));
         em.ins(format!("setp.le.s64 {pm}, {end}, {keys}"));
         if let Some(off) = &offset {
             // The block's first query sees every key of the step.
@@ -1174,7 +1185,7 @@ impl Descriptors {
     /// `stage` (an absolute shared address).
     fn start(em: &mut Em, p: &Plan, warp: &str, smem: &str, stage: &str) -> Descriptors {
         let k_major = (1u64 << 62) | ((1024 / 16) << 32) | (1 << 16);
-        let n_major = (1u64 << 62) | ((1024 / 16) << 32) | (u64::from(BLOCK_N * 128 / 16) << 16);
+        let n_major = (1u64 << 62) | ((1024 / 16) << 32) | (u64::from(p.block_n * 128 / 16) << 16);
         let desc = |em: &mut Em, addr: &str, hi: u64| {
             let d = em.reg(Class::D);
             em.ins(format!("cvt.u64.u32 {d}, {addr}"));
@@ -1201,7 +1212,7 @@ impl Descriptors {
     fn scores(&self, em: &mut Em, p: &Plan, s: &[String], ty: &str) {
         let regs = s.join(", ");
         let q_block = p.block_m() * 128 / 16;
-        let k_block = BLOCK_N * 128 / 16;
+        let k_block = p.block_n * 128 / 16;
         em.ins("wgmma.fence.sync.aligned");
         for kk in 0..p.depth / 16 {
             let (a, b) = (em.reg(Class::D), em.reg(Class::D));
@@ -1217,9 +1228,9 @@ impl Descriptors {
                 (kk / 4) * k_block + within
             ));
             em.ins(format!(
-                "wgmma.mma_async.sync.aligned.m64n{BLOCK_N}k16.f32.{ty}.{ty} {{{regs}}}, {a}, {b}, \
+                "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{ty}.{ty} {{{regs}}}, {a}, {b}, \
                  {}, 1, 1, 0, 0",
-                self.acc
+                p.block_n, self.acc
             ));
         }
         em.ins("wgmma.commit_group.sync.aligned");
@@ -1276,6 +1287,7 @@ fn add_bias(em: &mut Em, b: &Expr, sc: &Scores) -> Result<(), PtxError> {
     let (last_key, last_row, jt) = (em.reg(Class::D), em.reg(Class::D), em.reg(Class::D));
     em.ins(format!("sub.s64 {last_key}, {}, 1", sc.keys));
     em.ins(format!("sub.s64 {last_row}, {}, 1", sc.m_dim));
+    // (a bias runs on the `mma.sync` engine only: 64 keys a step)
     em.ins(format!("shl.b64 {jt}, {}, 6", sc.jb));
     em.ins(format!("add.s64 {jt}, {jt}, {}", sc.tcol));
     let prev_m = em.vars.get(&sc.m).cloned();

@@ -124,9 +124,10 @@ pub struct PtxOptions {
     /// reads `G` row bands and a few column bands of `b`).
     pub mma_group: u32,
     /// Fused attention on sm_90a with warp groups (`wgmma`, 128 queries a
-    /// block) where it applies (`KILN_ATTN_WGMMA=1`; see
-    /// `attention::Plan::use_warpgroups`) instead of `mma.sync`.
-    pub attention_wgmma: bool,
+    /// block) where it applies (see `attention::Plan::use_warpgroups`)
+    /// instead of `mma.sync`: 0, off; otherwise the keys a step, 64 or 128
+    /// (`KILN_ATTN_WGMMA=1` or `64`: 64; `128`: 128).
+    pub attention_wgmma: u32,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -196,7 +197,11 @@ impl PtxOptions {
             .and_then(|s| s.trim().parse::<u32>().ok())
             .filter(|g| *g <= 64)
             .unwrap_or(0);
-        let attention_wgmma = std::env::var("KILN_ATTN_WGMMA").is_ok_and(|v| v == "1");
+        let attention_wgmma = match std::env::var("KILN_ATTN_WGMMA").as_deref().map(str::trim) {
+            Ok("1" | "64") => 64,
+            Ok("128") => 128,
+            _ => 0,
+        };
         PtxOptions {
             branch_selects,
             gemv,
@@ -509,8 +514,8 @@ pub fn compile_kernel_with(
         Body::Attention(t) => {
             let mut plan =
                 attention::plan(k, arch).ok_or_else(|| em.kerr("the attention plan vanished"))?;
-            if opts.attention_wgmma {
-                plan.use_warpgroups(arch);
+            if opts.attention_wgmma > 0 {
+                plan.use_warpgroups(arch, opts.attention_wgmma);
             }
             attention::emit(&mut em, &plan, t, &units)?;
             shared_bytes = plan.shared_bytes();
