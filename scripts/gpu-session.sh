@@ -485,7 +485,7 @@ attn)
     # contractions (mma_counters).
     TAIL=40 step check 150 scripts/gpu-check.sh ptx:warpgroup_attention ptx:fused_attention_runs
     TAIL=40 step attn 120 attn_variants
-    TAIL=400 step counters 200 mma_counters
+    TAIL=400 step counters 150 mma_counters
     ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
