@@ -481,11 +481,11 @@ short)
     ;;
 attn)
     # The warpgroup attention's tests on the card, then ATTN and W3 with
-    # and without it, W2 with the grouped order; then ncu on the
-    # contractions (mma_counters).
-    TAIL=40 step check 150 scripts/gpu-check.sh ptx:warpgroup_attention ptx:fused_attention_runs
-    TAIL=40 step attn 120 attn_variants
-    TAIL=400 step counters 150 mma_counters
+    # and without it, W2 with the grouped order; with COUNTERS=1 then ncu
+    # on the contractions (mma_counters).
+    TAIL=40 step check 130 scripts/gpu-check.sh ptx:warpgroup_attention ptx:fused_attention_runs
+    TAIL=40 step attn 100 attn_variants
+    [ -n "${COUNTERS:-}" ] && TAIL=400 step counters 150 mma_counters
     ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).

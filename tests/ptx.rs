@@ -1789,6 +1789,26 @@ fn attention_kernels() -> Vec<Kernel> {
         t.q = mix(t.q.clone());
     }
     ks.push(rope);
+    // Values read where they lie in a wider tensor: each key/value head's
+    // 64 columns at 128 + 64 h of a [2, 77, 256] tensor (as W3's values
+    // are each head's columns of the fused QKV projection's output).
+    let mut strided = ks[0].clone();
+    strided.name = "attn_bf16_strided_v".into();
+    strided.inputs[2] = buf("kv", DType::BF16, vec![st(2), st(77), st(256)]);
+    if let Body::Attention(t) = &mut strided.body {
+        let head = bin(Binary::Div, v(1), Expr::Int(2));
+        let col = bin(
+            Binary::Add,
+            bin(
+                Binary::Add,
+                Expr::Int(128),
+                bin(Binary::Mul, head, Expr::Int(64)),
+            ),
+            v(3),
+        );
+        t.v = ld(2, vec![v(0), jj.clone(), col]);
+    }
+    ks.push(strided);
     for (base, name, cached) in [
         (5, "attn_bf16_split_cache", 599),
         (7, "attn_bf16_split_cache_sixteen", 290),
@@ -1941,6 +1961,23 @@ fn fused_attention() {
             }
         }
     }
+    // Values at a column offset in a wider tensor are copied, not
+    // computed row by row (no computed-row loop), as plain values are.
+    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+        let strided = ks.iter().find(|k| k.name == "attn_bf16_strided_v").unwrap();
+        let pk = compile_kernel(strided, arch).unwrap();
+        assert!(!pk.ptx.contains("$L_rows"), "strided values computed");
+        let computed = ks
+            .iter()
+            .find(|k| k.name == "attn_bf16_computed_q")
+            .unwrap();
+        assert!(
+            compile_kernel(computed, arch)
+                .unwrap()
+                .ptx
+                .contains("$L_rows")
+        );
+    }
     // A bias that reads the value's column (outside the template) takes
     // the map path.
     let mut odd = ks[0].clone();
@@ -1998,6 +2035,7 @@ fn warpgroup_attention_with(keys: u32) {
         "attn_f16_d128",
         "attn_bf16_causal_d128",
         "attn_bf16_computed_q",
+        "attn_bf16_strided_v",
     ];
     let gpu = common::gpu_available();
     let mut failures = Vec::new();

@@ -295,6 +295,45 @@ fn is_cache_concat(eg: &KGraph, c: Id) -> bool {
     })
 }
 
+/// Whether the value class is a view of another value that keeps rows of
+/// its last axis contiguous: reshapes, slices (step 1 on the last axis),
+/// transposes that keep the last axis last and added or removed unit axes,
+/// at most `depth + 1` deep, over a value that is not such a view (one in
+/// memory). An attention kernel reads such keys or values where they lie,
+/// as rows at a pitch (W3's values: each head's columns of the fused QKV
+/// projection's output), instead of a kernel of their own rearranging them
+/// first.
+fn is_row_view(eg: &KGraph, c: Id, depth: u32) -> bool {
+    let rank = eg[c].data.ty.rank() as i64;
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            let keeps_rows = match &eg.analysis.ops.get(id).op {
+                Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => true,
+                Op::Transpose { perm } => perm.last().is_some_and(|p| *p == rank - 1 || *p == -1),
+                Op::Slice { axes, steps, .. } => axes.iter().enumerate().all(|(i, a)| {
+                    let a = if *a < 0 { a + rank } else { *a };
+                    a != rank - 1 || steps.get(i).is_none_or(|s| *s == 1)
+                }),
+                _ => false,
+            };
+            keeps_rows
+                && n.args.len() == 1
+                && (!is_view_only(eg, n.args[0])
+                    || (depth > 0 && is_row_view(eg, n.args[0], depth - 1)))
+        }
+        Head::Mat => false,
+    })
+}
+
+/// Whether every node of the class is a movement op (not a value in
+/// memory of its own).
+fn is_view_only(eg: &KGraph, c: Id) -> bool {
+    eg[c].nodes.iter().all(|n| match n.head {
+        Head::Op(id) => matches!(eg.analysis.ops.get(id).op.class(), OpClass::Movement),
+        Head::Mat => false,
+    })
+}
+
 /// Whether the value class computes a row norm over its last axis (the
 /// norms that may run as a matmul prologue).
 fn is_last_axis_norm(eg: &KGraph, c: Id) -> bool {
@@ -698,7 +737,7 @@ fn combine(
                 && !ctx.sizes.target.attention_prologue
             {
                 let rows = ctx.sizes.target.attention_rows
-                    && (i == 0 || (i <= 2 && is_cache_concat(eg, a)));
+                    && (i == 0 || (i <= 2 && (is_cache_concat(eg, a) || is_row_view(eg, a, 3))));
                 if rows { vec![Kind::Elem] } else { vec![] }
             } else {
                 vec![Kind::Elem]

@@ -41,6 +41,12 @@ pub static RULES: &[Rule] = &[
         identity: "matmul(mat(norm(x)), w) = matmul(norm(x), w)",
         apply: fuse_norm_prologue,
     },
+    // attention(q, mat(view(x)), ..) = attention(q, view(x), ..) for keys or values that are views: read where they lie
+    Rule {
+        name: "fuse-attention-view",
+        identity: "attention(q, mat(view(x)), v) = attention(q, view(x), v), view a reshape/transpose/slice",
+        apply: fuse_attention_view,
+    },
     // conv(mat(conv(x))) = conv(conv(x)): the inverted bottleneck's 1x1 -> depthwise -> 1x1 chain kept on chip
     Rule {
         name: "fuse-conv-chain",
@@ -146,6 +152,32 @@ fn fuse_prologue(eg: &KGraph, n: &KNode) -> Option<Rhs> {
         return None;
     }
     unmat_operand(eg, n, |_| true, |eg, v| class_has(eg, v, elementwise_like))
+}
+
+/// The keys' or values' operand of an attention (`fuse-prologue` unmats
+/// only the first `mat` operand, so keys computed by a kernel of their own
+/// would keep the values behind their `mat` too).
+fn fuse_attention_view(eg: &KGraph, n: &KNode) -> Option<Rhs> {
+    let Op::Attention { .. } = op(eg, n)? else {
+        return None;
+    };
+    unmat_operand(
+        eg,
+        n,
+        |i| i == 1 || i == 2,
+        |eg, v| {
+            class_has(eg, v, |o| {
+                matches!(
+                    o,
+                    Op::Reshape { .. }
+                        | Op::Transpose { .. }
+                        | Op::Slice { .. }
+                        | Op::Squeeze { .. }
+                        | Op::Unsqueeze { .. }
+                )
+            })
+        },
+    )
 }
 
 fn fuse_norm_prologue(eg: &KGraph, n: &KNode) -> Option<Rhs> {

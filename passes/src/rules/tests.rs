@@ -456,6 +456,22 @@ const FUSION_SAMPLES: &[(&str, &str)] = &[
 ",
     ),
     (
+        "fuse-attention-view",
+        "graph t {
+  input %q: f32[1, 2, 8, 16]
+  input %kv: f32[1, 8, 64]
+  %k: f32[1, 8, 32] = slice(%kv) {axes = [2], starts = [0], ends = [32]}
+  %v: f32[1, 8, 32] = slice(%kv) {axes = [2], starts = [32], ends = [64]}
+  %kr: f32[1, 8, 2, 16] = reshape(%k) {shape = [1, 8, 2, 16]}
+  %vr: f32[1, 8, 2, 16] = reshape(%v) {shape = [1, 8, 2, 16]}
+  %kt: f32[1, 2, 8, 16] = transpose(%kr) {perm = [0, 2, 1, 3]}
+  %vt: f32[1, 2, 8, 16] = transpose(%vr) {perm = [0, 2, 1, 3]}
+  %o: f32[1, 2, 8, 16] = attention(%q, %kt, %vt) {causal = true}
+  output y = %o
+}
+",
+    ),
+    (
         "fuse-conv-chain",
         "graph t {
   input %x: f32[1, 4, 6, 6]

@@ -103,8 +103,9 @@ const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// concatenation along the rows, as a KV cache and the step's new keys).
 #[derive(Clone, Debug)]
 struct Operand {
-    /// The input and its batch indices.
-    plain: Option<(usize, Vec<Expr>)>,
+    /// The input, its batch indices and the row's first column (an
+    /// expression of the batch variables, a multiple of 8; `None`: 0).
+    plain: Option<(usize, Vec<Expr>, Option<Expr>)>,
     /// Rows at or past this are computed (`None`: none are).
     until: Option<i64>,
     /// The element of a computed row, in the batch variables, `row` and
@@ -306,7 +307,7 @@ pub(super) fn plan(k: &Kernel, _arch: PtxArch) -> Option<Plan> {
     // rounded to it.
     let types: Vec<DType> = [&q, &kk, &v]
         .iter()
-        .filter_map(|o| o.plain.as_ref().map(|(i, _)| k.inputs[*i].dtype))
+        .filter_map(|o| o.plain.as_ref().map(|(i, _, _)| k.inputs[*i].dtype))
         .collect();
     let elem = *types.first()?;
     if types.iter().any(|t| *t != elem) {
@@ -376,9 +377,12 @@ fn operand(k: &Kernel, e: &Expr, row: Var, col: Var, r: usize) -> Option<Operand
 }
 
 /// `e` as a plain operand: an unguarded load of a bf16/f16 tensor at
-/// `[batch.., row, col]` (`min(row, until - 1)` for the rows below
-/// `until`), rows a static multiple of 8 elements: the input and the
-/// batch indices.
+/// `[batch.., row, off + col]` (`min(row, until - 1)` for the rows below
+/// `until`), rows a static multiple of 8 elements, `off` an expression of
+/// the batch variables that is a multiple of 8 (a view's columns, as W3's
+/// values are each head's columns of the QKV projection's output; checked
+/// by `simplify::chunk_index` over runs of 8 columns): the input, the batch
+/// indices and `off` (`None` for 0).
 fn plain(
     k: &Kernel,
     e: &Expr,
@@ -386,7 +390,7 @@ fn plain(
     col: Var,
     r: usize,
     until: Option<i64>,
-) -> Option<(usize, Vec<Expr>)> {
+) -> Option<(usize, Vec<Expr>, Option<Expr>)> {
     let (input, index) = plain_load(k, e, r)?;
     let n = index.len();
     let clamped = until.is_some_and(|u| {
@@ -397,10 +401,29 @@ fn plain(
                 Expr::Int(u - 1),
             )
     });
-    if !(is_index_of(k, &index[n - 2], row) || clamped) || index[n - 1] != Expr::Var(col) {
+    if !(is_index_of(k, &index[n - 2], row) || clamped) {
         return None;
     }
-    Some((input, index[..n - 2].to_vec()))
+    let last = &index[n - 1];
+    if *last == Expr::Var(col) {
+        return Some((input, index[..n - 2].to_vec(), None));
+    }
+    // `off + col`: runs of 8 columns are 8 consecutive, aligned elements,
+    // and the rest reads only batch variables.
+    let cols = match &k.body {
+        Body::Attention(t) if col == t.d => match t.depth {
+            Expr::Int(d) => d,
+            _ => return None,
+        },
+        _ => k.output.shape.0[r - 1].as_static()? as i64,
+    };
+    let chunk = Var(k.body.max_var() + 1);
+    kiln_dialect::kernel::simplify::chunk_index(k, index, col, cols, 8, chunk)?;
+    let off = last.substitute(&|x| (*x == Expr::Var(col)).then_some(Expr::Int(0)));
+    free_vars(&off)
+        .iter()
+        .all(|v| (v.0 as usize) < r - 2)
+        .then(|| (input, index[..n - 2].to_vec(), Some(off)))
 }
 
 /// One thread's 16-byte copies of a 64-row tile of an operand.
@@ -459,10 +482,19 @@ fn copies<'o>(
     let until = em.reg(Class::D);
     em.ins(format!("mov.b64 {until}, {}", op.until.unwrap_or(i64::MAX)));
     let (base, lead, row_stride) = match &op.plain {
-        Some((i, lead)) => {
+        Some((i, lead, off)) => {
             let i = *i;
             let rank = em.in_shape[i].len();
-            let lead = lead_offset(em, i, lead)?;
+            let mut lead = lead_offset(em, i, lead)?;
+            if let Some(off) = off {
+                let o = em.emit(off)?;
+                if o.t != Ty::I64 {
+                    return Err(em.type_err(off, "a column offset is not an integer"));
+                }
+                let sum = em.reg(Class::D);
+                em.ins(format!("add.s64 {sum}, {lead}, {}", o.r));
+                lead = sum;
+            }
             let row_stride = em.in_strides[i][rank - 2].clone();
             let rows_in = em.in_shape[i][rank - 2].clone();
             em.ins(format!("min.s64 {copied}, {lim}, {rows_in}"));
