@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -38,6 +38,12 @@
 #      and W5's int8 with their default tilings and with narrow-wg2; W3's
 #      and W2's kernels under ncu; the contraction workloads beside
 #      torch_baselines.py.
+#   attn: the warpgroup attention's tests on the card; ATTN and W3 with
+#      KILN_ATTN_WGMMA 0, 1 and 128; W2 with the grouped tile order;
+#      COUNTERS=1 adds `counters`.
+#   counters: ncu's sections and stall reasons of W3's and GEMM's
+#      tensor-core contractions, SASS stall samples of W3's gate projection
+#      and W2's first layer (scripts/ncu_details.py).
 #   2: the switches not yet the default on the card (PTX tests, every
 #      example, large blocks); W3d with the GEMV tilings; then every
 #      workload beside shared/bench/torch_baselines.py (torch.compile).
@@ -506,7 +512,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|counters|final|tests" >&2
     exit 2
     ;;
 esac
