@@ -68,8 +68,8 @@ use super::asm::Class;
 use super::elements::unravel;
 use super::expr::{Em, free_vars};
 use super::mma::{
-    Storage, TileLoop, TileStore, copy16, is_index_of, lane_offset, ldmatrix_lane, lead_offset,
-    plain_load, store_rounded16, store_tile,
+    Storage, TileLoop, TileStore, copy16, descriptor, is_index_of, lane_offset, ldmatrix_lane,
+    lead_offset, plain_load, store_rounded16, store_tile, swizzle_fields,
 };
 use super::{Grid, PtxArch, PtxError};
 
@@ -1216,15 +1216,9 @@ impl Descriptors {
     /// The descriptors of the warp group's 64 queries and of the stage at
     /// `stage` (an absolute shared address).
     fn start(em: &mut Em, p: &Plan, warp: &str, smem: &str, stage: &str) -> Descriptors {
-        let k_major = (1u64 << 62) | ((1024 / 16) << 32) | (1 << 16);
-        let n_major = (1u64 << 62) | ((1024 / 16) << 32) | (u64::from(p.block_n * 128 / 16) << 16);
-        let desc = |em: &mut Em, addr: &str, hi: u64| {
-            let d = em.reg(Class::D);
-            em.ins(format!("cvt.u64.u32 {d}, {addr}"));
-            em.ins(format!("shr.u64 {d}, {d}, 4"));
-            em.ins(format!("or.b64 {d}, {d}, {hi}"));
-            d
-        };
+        let k_major = swizzle_fields(1);
+        let n_major = swizzle_fields(u64::from(p.block_n * 128 / 16));
+        let desc = descriptor;
         // The warp group's 64 queries start 64 rows of 128 bytes into each
         // block of the queries' tile.
         let (g, qa, va) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));

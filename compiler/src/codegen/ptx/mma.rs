@@ -2405,6 +2405,24 @@ fn compute(em: &mut Em, plan: &MmaPlan, acc: &[String], a_lane: &str, b_lane: &s
 /// `wgmma.mma_async` per 16 of `k`, through shared-memory descriptors of
 /// the 128-byte-swizzled slices; then commits them and waits until at most
 /// `Tiling::wgmma_in_flight` groups are in flight.
+/// The fields above the address of a `wgmma` shared-memory descriptor in
+/// the 128-byte swizzle (mode 1, bits 62-63): 8-row groups 1024 bytes apart
+/// (the stride byte offset, bits 32-45) and the leading byte offset `lbo`
+/// (bits 16-29), both in 16-byte units.
+pub(super) fn swizzle_fields(lbo: u64) -> u64 {
+    (1u64 << 62) | ((1024 / 16) << 32) | (lbo << 16)
+}
+
+/// The descriptor of the matrix at shared address `addr` (a u32) with the
+/// fields `hi` ([`swizzle_fields`]): the address in 16-byte units below.
+pub(super) fn descriptor(em: &mut Em, addr: &str, hi: u64) -> String {
+    let d = em.reg(Class::D);
+    em.ins(format!("cvt.u64.u32 {d}, {addr}"));
+    em.ins(format!("shr.u64 {d}, {d}, 4"));
+    em.ins(format!("or.b64 {d}, {d}, {hi}"));
+    d
+}
+
 fn compute_wgmma(em: &mut Em, plan: &MmaPlan, acc: &[String], warp: &str, smem: &str, stage: &str) {
     let t = plan.tiling;
     let ty = match plan.elem {
@@ -2421,17 +2439,11 @@ fn compute_wgmma(em: &mut Em, plan: &MmaPlan, acc: &[String], warp: &str, smem: 
             Storage::OuterK => (1u64, 32),
             Storage::KOuter => (u64::from(t.tile_k) * 128 / 16, 16 * 128),
         };
-        ((1u64 << 62) | ((1024 / 16) << 32) | (lbo << 16), step)
+        (swizzle_fields(lbo), step)
     };
     let (a_hi, a_step) = fields(plan.a.storage);
     let (b_hi, b_step) = fields(plan.b.storage);
-    let desc = |em: &mut Em, addr: &str, hi: u64| {
-        let d = em.reg(Class::D);
-        em.ins(format!("cvt.u64.u32 {d}, {addr}"));
-        em.ins(format!("shr.u64 {d}, {d}, 4"));
-        em.ins(format!("or.b64 {d}, {d}, {hi}"));
-        d
-    };
+    let desc = descriptor;
     // The warp group's 64 rows start 8 KiB into `a`'s slice in either
     // storage (64 rows of 128 bytes, or one 64-wide column block of 64
     // rows of `k`).
