@@ -157,6 +157,20 @@ pub fn tune(
     dims: &BTreeMap<String, usize>,
     on: TuneOn,
 ) -> Result<Tuned, KilnError> {
+    tune_among(program, arch, base, dims, on, candidates)
+}
+
+/// [`tune`] with the candidates of each kernel from `cands` (called as
+/// [`candidates`] is: the entry, the arch and the base options; the default
+/// first).
+pub fn tune_among(
+    program: &Program,
+    arch: PtxArch,
+    base: &PtxOptions,
+    dims: &BTreeMap<String, usize>,
+    on: TuneOn,
+    cands: impl Fn(&str, PtxArch, &PtxOptions) -> Vec<(String, PtxOptions)>,
+) -> Result<Tuned, KilnError> {
     let bindings: HashMap<String, usize> = dims.iter().map(|(k, &v)| (k.clone(), v)).collect();
     let mut kernels = Vec::with_capacity(program.launches.len());
     let mut choices = Vec::new();
@@ -169,7 +183,7 @@ pub fn tune(
             .iter()
             .chain([&launch.kernel.output])
             .all(|b| b.shape.resolve(&bindings).is_ok());
-        let cands = candidates(&default.entry, arch, base);
+        let cands = cands(&default.entry, arch, base);
         if launch.bind_time || !sized || cands.len() < 2 {
             kernels.push(default);
             continue;
@@ -293,5 +307,80 @@ fn time_one(
             exe.run(inputs)?;
             Ok(start.elapsed())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_dialect::kernel::{Body, Buffer, Expr, Kernel, Ty, Var};
+    use kiln_dialect::{DType, Dim, Shape};
+
+    use super::*;
+
+    /// A candidate that cannot run (here a tiling of sixteen stages that
+    /// asks for more shared memory than a block may have, which the
+    /// interpreter refuses as the driver does) is left out and reported
+    /// with why; the others are timed, and the kept module is the chosen
+    /// one's.
+    #[test]
+    fn failing_candidates_are_left_out_and_reported() {
+        let buf = |name: &str, dims: [u64; 2]| Buffer {
+            name: name.into(),
+            dtype: DType::BF16,
+            shape: Shape(dims.iter().map(|&d| Dim::Static(d)).collect()),
+        };
+        let (m, n, k) = (Var(0), Var(1), Var(2));
+        let load = |input: usize, index: Vec<Expr>| Expr::Load {
+            input,
+            index,
+            guard: None,
+        };
+        let kernel = Kernel {
+            name: "k0".into(),
+            inputs: vec![buf("a", [40, 64]), buf("b", [64, 72])],
+            output: buf("c", [40, 72]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(64),
+                a: load(0, vec![Expr::Var(m), Expr::Var(k)]),
+                b: load(1, vec![Expr::Var(k), Expr::Var(n)]),
+                epilogue: Expr::Acc,
+            },
+        };
+        let program = Program::of_kernel(&kernel);
+        let base = PtxOptions::default();
+        let with = |tiling: &str| PtxOptions {
+            mma_tiling: parse_mma_tiling(tiling),
+            ..base
+        };
+        let cands = |_: &str, _: PtxArch, b: &PtxOptions| {
+            vec![
+                (DEFAULT.to_string(), *b),
+                ("too-deep".to_string(), with("128x128x64,64x32,16,1")),
+                ("tiling=medium".to_string(), with("medium")),
+            ]
+        };
+        let deep =
+            compile_kernel_with(&kernel, PtxArch::Sm90a, &with("128x128x64,64x32,16,1")).unwrap();
+        assert!(deep.shared_bytes > 227 * 1024, "{}", deep.shared_bytes);
+        let dims = BTreeMap::new();
+        let tuned = tune_among(&program, PtxArch::Sm90a, &base, &dims, TuneOn::Sim, cands).unwrap();
+        let r = &tuned.report[0];
+        assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
+        assert_eq!(r.failed[0].0, "too-deep");
+        assert!(r.failed[0].1.contains("shared memory"), "{}", r.failed[0].1);
+        let timed: Vec<&str> = r.trials.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(timed, [DEFAULT, "tiling=medium"]);
+        assert_eq!(tuned.choices.len(), 1);
+        assert_eq!(tuned.choices[0].value, r.chosen);
+        let opts = if r.chosen == DEFAULT {
+            base
+        } else {
+            with("medium")
+        };
+        let want = compile_kernel_with(&kernel, PtxArch::Sm90a, &opts).unwrap();
+        assert_eq!(tuned.kernels[0].ptx, want.ptx, "not the chosen module");
     }
 }

@@ -250,6 +250,24 @@ impl SimExecutable {
             }
             args.push(device.alloc(bytes));
         }
+        // The driver refuses a block more shared memory than the
+        // multiprocessor gives one (227 KiB on sm_90, 163 KiB on sm_80).
+        let most = if kernel.arch.starts_with("sm_8") {
+            163 * 1024
+        } else {
+            227 * 1024
+        };
+        if kernel.shared_bytes > most {
+            return Err(CudaError::InvalidKernel {
+                kernel: self.program.launches[i].kernel.name.clone(),
+                entry: kernel.entry.clone(),
+                message: format!(
+                    "asks for {} bytes of shared memory a block; a block of {} may have at most \
+                     {most}",
+                    kernel.shared_bytes, kernel.arch
+                ),
+            });
+        }
         let launch = Launch {
             grid: blocks,
             block,
