@@ -425,16 +425,7 @@ fn run_block(
         if live == 0 {
             return Ok(());
         }
-        if threads
-            .iter()
-            .all(|t| matches!(t.state, State::Done | State::Bar))
-        {
-            shared.epoch += 1;
-            stats.barriers += 1;
-            for th in threads.iter_mut().filter(|t| t.state == State::Bar) {
-                th.pc += 1;
-                th.state = State::Run;
-            }
+        if release_barriers(ctx, threads, shared, stats)? {
             continue;
         }
         // Threads waiting on an mbarrier try again while others move.
@@ -463,6 +454,82 @@ fn run_block(
             what: format!("threads wait for each other forever ({})", seen.join("; ")),
         });
     }
+}
+
+/// Releases the threads waiting at a barrier that every thread it waits
+/// for has reached: `bar.sync id` waits for every thread that has not
+/// exited, `bar.sync id, count` for `count` threads (a named barrier
+/// that part of the block uses, e.g. the threads computing while another
+/// warp copies). Whether any barrier was released.
+fn release_barriers(
+    ctx: &Ctx,
+    threads: &mut [Thread],
+    shared: &mut Shared,
+    stats: &mut Stats,
+) -> Result<bool, SimError> {
+    let live = threads.iter().filter(|t| t.state != State::Done).count() as u64;
+    // Per barrier: its waiting threads and the count they wait for.
+    let mut waits: Vec<(u64, u64, Vec<usize>)> = Vec::new();
+    for (tid, th) in threads.iter().enumerate() {
+        if th.state != State::Bar {
+            continue;
+        }
+        let inst = &ctx.e.insts[th.pc];
+        let fault = |what: String| SimError::Fault {
+            entry: ctx.e.name.clone(),
+            block: ctx.block,
+            thread: tid as u32,
+            line: inst.line,
+            what,
+        };
+        let id = match inst.ops.first() {
+            Some(o) => ctx.get(th, tid as u32, o).map_err(fault)?,
+            None => 0,
+        };
+        let count = match inst.ops.get(1) {
+            Some(o) => ctx.get(th, tid as u32, o).map_err(fault)?,
+            None => live,
+        };
+        if id >= 16 {
+            return Err(fault(format!("barrier {id} (there are 16, 0 to 15)")));
+        }
+        match waits.iter_mut().find(|w| w.0 == id) {
+            Some(w) if w.1 != count => {
+                return Err(fault(format!(
+                    "threads wait at barrier {id} for {} and for {count} threads",
+                    w.1
+                )));
+            }
+            Some(w) => w.2.push(tid),
+            None => waits.push((id, count, vec![tid])),
+        }
+    }
+    let mut released = false;
+    for (id, count, tids) in waits {
+        if tids.len() as u64 > count {
+            let line = ctx.e.insts[threads[tids[0]].pc].line;
+            return Err(SimError::Fault {
+                entry: ctx.e.name.clone(),
+                block: ctx.block,
+                thread: tids[0] as u32,
+                line,
+                what: format!(
+                    "{} threads wait at barrier {id}, which counts {count}",
+                    tids.len()
+                ),
+            });
+        }
+        if tids.len() as u64 == count {
+            shared.epoch += 1;
+            stats.barriers += 1;
+            for t in tids {
+                threads[t].pc += 1;
+                threads[t].state = State::Run;
+            }
+            released = true;
+        }
+    }
+    Ok(released)
 }
 
 /// Runs one thread until it waits, exits or runs off the end.
@@ -1031,14 +1098,16 @@ fn step(
             };
             bar.write(shared, ctx.addr(th, a))?;
         }
-        Op::MbarArriveTx => {
+        Op::MbarArriveTx | Op::MbarArrive => {
             let Operand::Addr(a) = arg(1)? else {
-                return Err("mbarrier.arrive.expect_tx takes state, [bar], bytes".into());
+                return Err("mbarrier.arrive takes state, [bar] (and bytes with expect_tx)".into());
             };
             let addr = ctx.addr(th, a);
             let mut bar = Mbarrier::read(shared, addr)?;
             let state = u64::from(bar.phase);
-            bar.tx += get(th, 2)? as i64;
+            if inst.op == Op::MbarArriveTx {
+                bar.tx += get(th, 2)? as i64;
+            }
             if bar.pending == 0 {
                 return Err("an arrival at an mbarrier whose phase has no arrival left".into());
             }

@@ -307,6 +307,8 @@ pub enum Op {
     MbarInit,
     /// `mbarrier.arrive.expect_tx.shared::cta.b64 state, [bar], bytes`.
     MbarArriveTx,
+    /// `mbarrier.arrive.shared::cta.b64 state, [bar]`: one arrival.
+    MbarArrive,
     /// `mbarrier.try_wait.parity.shared::cta.b64 p, [bar], parity`: a
     /// thread whose phase has not completed waits here (the block runs
     /// the others) instead of spinning.

@@ -625,6 +625,7 @@ fn decode(opcode: &str) -> Result<Op, Why> {
         }
         "mbarrier" if has("init") => Op::MbarInit,
         "mbarrier" if has("arrive") && has("expect_tx") => Op::MbarArriveTx,
+        "mbarrier" if has("arrive") && !has("noComplete") => Op::MbarArrive,
         "mbarrier" if has("try_wait") && has("parity") => Op::MbarTryWait,
         "prefetch" if has("global") && (has("L1") || has("L2")) => Op::Prefetch,
         // The warpgroup's ordering instructions: `mma_async` runs at once

@@ -429,3 +429,65 @@ fn tensor_copies_land_swizzled_and_complete_their_barrier() {
     let e = run_it(false).unwrap_err();
     assert!(e.to_string().contains("an mbarrier wait"), "{e}");
 }
+
+/// A named barrier holds only the threads it counts (`bar.sync 1, 64`
+/// while a third warp works on), and `mbarrier.arrive` hands work from
+/// that warp to the others and back: against the values by hand; a
+/// barrier counting fewer threads than wait at it, or a hand-over without
+/// its arrival, is reported.
+#[test]
+fn named_barriers_and_mbarrier_arrivals_order_part_of_a_block() {
+    let text = |count: u32, arrive: bool| {
+        let arrival = if arrive {
+            "\tmbarrier.arrive.shared::cta.b64 %rd10, [%r10];\n"
+        } else {
+            ""
+        };
+        format!(
+            ".version 8.0\n.target sm_90a\n.address_size 64\n\
+             .shared .align 8 .b8 bars[16];\n.shared .align 4 .b8 buf[256];\n\
+             .visible .entry k(\n\t.param .u64 p_out,\n\t.param .u64 p_in\n)\n{{\n\
+             \t.reg .b32 %r<64>;\n\t.reg .b64 %rd<64>;\n\t.reg .pred %p<8>;\n\
+             \tld.param.u64 %rd0, [p_out];\n\tld.param.u64 %rd1, [p_in];\n\
+             \tmov.u32 %r0, %tid.x;\n\tmov.u32 %r10, bars;\n\tadd.u32 %r11, %r10, 8;\n\
+             \tsetp.eq.u32 %p1, %r0, 0;\n\
+             \t@%p1 mbarrier.init.shared::cta.b64 [%r10], 1;\n\
+             \t@%p1 mbarrier.init.shared::cta.b64 [%r11], 64;\n\
+             \tfence.mbarrier_init.release.cluster;\n\tbar.sync 0;\n\
+             \tsetp.lt.u32 %p2, %r0, 64;\n\t@%p2 bra $L_consumer;\n\
+             \tsetp.ne.u32 %p3, %r0, 64;\n\t@%p3 ret;\n\
+             // the producer: in[0] * 3 to out[64], handed over, then out[65]\n\
+             // once every consumer has arrived\n\
+             \tld.global.b32 %r1, [%rd1];\n\tmul.lo.u32 %r1, %r1, 3;\n\
+             \tst.global.b32 [%rd0+256], %r1;\n{arrival}\
+             $L_empty:\n\tmbarrier.try_wait.parity.shared::cta.b64 %p4, [%r11], 0;\n\
+             \t@!%p4 bra $L_empty;\n\tld.global.b32 %r2, [%rd0];\n\tadd.u32 %r2, %r2, 1;\n\
+             \tst.global.b32 [%rd0+260], %r2;\n\tret;\n\
+             $L_consumer:\n\
+             $L_full:\n\tmbarrier.try_wait.parity.shared::cta.b64 %p4, [%r10], 0;\n\
+             \t@!%p4 bra $L_full;\n\
+             \tld.global.b32 %r1, [%rd0+256];\n\tadd.u32 %r1, %r1, %r0;\n\
+             \tmov.u32 %r3, buf;\n\tmad.lo.u32 %r4, %r0, 4, %r3;\n\tst.shared.b32 [%r4], %r1;\n\
+             \tbar.sync 1, {count};\n\
+             \txor.b32 %r5, %r0, 1;\n\tmad.lo.u32 %r5, %r5, 4, %r3;\n\tld.shared.b32 %r6, [%r5];\n\
+             \tmul.wide.u32 %rd2, %r0, 4;\n\tadd.s64 %rd3, %rd0, %rd2;\n\
+             \tst.global.b32 [%rd3], %r6;\n\
+             \tmbarrier.arrive.shared::cta.b64 %rd11, [%r11];\n\tret;\n}}\n"
+        )
+    };
+    let go_with = |count: u32, arrive: bool| {
+        let m = Module::parse(&text(count, arrive)).unwrap_or_else(|e| panic!("{e}"));
+        go(&m, 96, 66, &[41])
+    };
+    let got = go_with(64, true).unwrap();
+    // consumer t: 123 + (t ^ 1); the producer's 123, then out[0] + 1
+    let want: Vec<u32> = (0..64)
+        .map(|t| 123 + (t ^ 1))
+        .chain([123, 123 + 1 + 1])
+        .collect();
+    assert_eq!(got, want);
+    let e = go_with(32, true).unwrap_err();
+    assert!(e.to_string().contains("which counts 32"), "{e}");
+    let e = go_with(64, false).unwrap_err();
+    assert!(matches!(e, SimError::Stuck { .. }), "{e}");
+}
