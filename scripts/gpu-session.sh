@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|counters|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -41,6 +41,9 @@
 #   attn: the warpgroup attention's tests on the card; ATTN and W3 with
 #      KILN_ATTN_WGMMA 0, 1 and 128; W2 with the grouped tile order;
 #      COUNTERS=1 adds `counters`.
+#   ws: the warp-specialized contractions' tests on the card; GEMM, W2
+#      and W3 with KILN_MMA_WS 0 and 1 (kiln bench and ncu per kernel);
+#      ATTN, W2, W3 and GEMM beside torch_baselines.py with it.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
 #      and W2's first layer (scripts/ncu_details.py).
@@ -284,6 +287,34 @@ attn_variants() {
             --iters 50 --warmup 5 --json || echo failed
     done
 }
+ws_variants() {
+    # The tensor-core contractions with and without a copying warp
+    # (KILN_MMA_WS): GEMM, W2 and W3.
+    local spec id file dim v
+    for spec in GEMM:gemm:m=4096 W2:w2:m=8192 W3:w3:seq=2048; do
+        IFS=: read -r id file dim <<< "$spec"
+        for v in 0 1; do
+            echo "$id KILN_MMA_WS=$v"
+            KILN_MMA_WS=$v "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" \
+                --iters 50 --warmup 5 --json || echo failed
+        done
+    done
+}
+ws_kernels() {
+    # Each kernel of one replay of W3 and W2 without and with the copying
+    # warp: its name, device time (us) and grid (ncu, csv).
+    local spec file dim v
+    for spec in w3:seq=2048 w2:m=8192; do
+        IFS=: read -r file dim <<< "$spec"
+        for v in 0 1; do
+            echo "## $file KILN_MMA_WS=$v"
+            KILN_MMA_WS=$v ncu --graph-profiling node --csv --print-units base \
+                --metrics gpu__time_duration.sum,launch__grid_size "$KILN" bench \
+                "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 2>/dev/null |
+                python3 scripts/ncu_kernel_table.py
+        done
+    done
+}
 kernel_table() {
     # Each kernel of one replay of W3 (default, then narrow-wg2 tiles) and
     # W2: its name, device time (us) and grid (ncu, csv).
@@ -327,7 +358,7 @@ mma_counters() {
     # The SASS with stall samples per instruction of W3's gate projection
     # (plain epilogue, k = 2048) and W2's first layer (bias + GELU, k = 1024).
     local spec2 name
-    for spec2 in w3:seq=2048:mma_bf16_789a61b8c32760a1 w2:m=8192:mma_bf16_7805c1fbc8421e2e; do
+    for spec2 in w3:seq=2048:mma_bf16_d797d1c82d7dbe82 w2:m=8192:mma_bf16_7805c1fbc8421e2e; do
         IFS=: read -r file dim name <<< "$spec2"
         ncu --graph-profiling node -k "$name" -c 1 --section SourceCounters \
             --section WarpStateStats -o "$OUT/$file-src" -f \
@@ -493,6 +524,20 @@ attn)
     TAIL=40 step attn 100 attn_variants
     [ -n "${COUNTERS:-}" ] && TAIL=400 step counters 150 mma_counters
     ;;
+ws)
+    # Warp specialization: its tests (and the tensor copies') on the card,
+    # GEMM, W2 and W3 with KILN_MMA_WS 0 and 1, their kernels under ncu,
+    # then ATTN, W2, W3 and GEMM beside torch_baselines.py with the copying
+    # warp (WS_BENCH, default 1; 0 where its tests failed).
+    TAIL=20 step check 170 scripts/gpu-check.sh ptx:warp_specialized ptx:tensor_copies
+    ws_bench="${WS_BENCH:-1}"
+    grep -qE "^\| ptx:warp_specialized \| [1-9][0-9]* \| 0 \| 0 \|" "$out/check/log" || ws_bench=0
+    TAIL=30 step ws 110 ws_variants
+    TAIL=60 step kernels 70 ws_kernels
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    KILN_MMA_WS=$ws_bench BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 \
+        step bench 130 bench/gpu.sh ATTN W2 W3 GEMM
+    ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
     TAIL=400 step counters 200 mma_counters
@@ -512,7 +557,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|counters|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|counters|final|tests" >&2
     exit 2
     ;;
 esac

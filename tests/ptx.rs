@@ -1930,8 +1930,14 @@ fn fused_attention() {
             "attn_bf16_mask_split_one" => Some((4, 32 * (64 + 4) * 4 + 4)),
             _ => None,
         };
+        // The `mma.sync` engine (on sm_90a the warpgroup one is the
+        // default where it applies; `warpgroup_attention_*` checks it).
+        let sync = PtxOptions {
+            attention_wgmma: 0,
+            ..PtxOptions::from_env()
+        };
         for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-            let pk = compile_kernel(k, arch).unwrap();
+            let pk = compile_kernel_with(k, arch, &sync).unwrap();
             let grid = match split {
                 Some((splits, scratch)) => Grid::SplitTiles {
                     tile_m: 64,
@@ -2498,6 +2504,81 @@ fn tensor_copies_feed_warpgroup_contractions() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Warp specialization (`KILN_MMA_WS`): the warpgroup contractions fed
+/// by tensor copies take a ninth warp whose first lane issues every
+/// step's copies once the stage is released, while the two warp groups
+/// wait for each stage's bytes, compute and release it (an mbarrier each
+/// way per stage, a named barrier among the 256 computing threads only);
+/// with a staged epilogue (bias, residual) the copies of the next tile
+/// wait for it. Against the evaluator on the PTX interpreter (whose
+/// copying thread runs as far ahead as the barriers let it: a missing
+/// wait overwrites a stage before its `mma`s read it), also with two
+/// blocks walking every tile (the phases carry across tiles) and split-K,
+/// and on the GPU where there is one; assembled without spills at the
+/// 224 registers 288 threads leave.
+#[test]
+fn warp_specialized_contractions_run_as_the_evaluator_says() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let ws = PtxOptions {
+        mma_specialize: true,
+        ..PtxOptions::default()
+    };
+    let split = PtxOptions {
+        mma_splits: Some(MmaSplits::Auto),
+        ..ws
+    };
+    let tool = ptxas();
+    let gpu = common::gpu_available();
+    let mut failures = Vec::new();
+    let (mut fed, mut staged_out) = (0, 0);
+    let skinny: Vec<(Kernel, PtxOptions)> = skinny_mma_kernels()
+        .into_iter()
+        .filter(|k| !k.name.starts_with("imma"))
+        .map(|k| (k, split))
+        .collect();
+    let all = mma_kernels().into_iter().map(|k| (k, ws)).chain(skinny);
+    for (k, opts) in all {
+        let pk = compile_kernel_with(&k, PtxArch::Sm90a, &opts).unwrap();
+        if k.name.contains("staged") {
+            assert_eq!(pk.block, 256, "{}", k.name);
+            continue;
+        }
+        assert_eq!(pk.block, 288, "{}", k.name);
+        assert!(
+            pk.ptx.contains("mbarrier.arrive.shared::cta.b64"),
+            "{}",
+            k.name
+        );
+        fed += 1;
+        if pk.ptx.contains("bar.sync 1, 256") {
+            staged_out += 1;
+        }
+        if let Some(tool) = &tool {
+            let u = assemble(tool, &pk).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            assert_eq!(u.spill, 0, "{}", k.name);
+            assert!(u.regs <= 224, "{}: {} registers", k.name, u.regs);
+        }
+        let mut sides = vec![
+            Side::SimWith(PtxArch::Sm90a, opts),
+            Side::SimCapped(PtxArch::Sm90a, opts, 2),
+        ];
+        if gpu {
+            sides.push(Side::GpuWith(PtxArch::Sm90a, opts));
+        }
+        for side in sides {
+            match run_against_eval_tol(&k, &mut rng, side, 1e-4) {
+                Ok(true) => {}
+                r => failures.push(format!("{} ({}, seed {seed}): {r:?}", k.name, side.name())),
+            }
+        }
+    }
+    assert!(fed >= 10, "{fed} kernels were warp-specialized");
+    assert!(staged_out >= 1, "no staged epilogue among them");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// int8 contractions (`a[m, k] . b[n, k]`, both `k`-contiguous i8, integer
 /// accumulation) that take `mma.sync.m16n8k32` on s8: an i32 output at
 /// awkward sizes, a `k` tail that is not a whole step (48), a batched one
@@ -2984,6 +3065,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_splits: None,
             mma_tiling: None,
             mma_tma: false,
+            mma_specialize: false,
             mma_group: 0,
             attention_wgmma: 0,
         };
@@ -3416,14 +3498,16 @@ fn every_example_and_benchmark_assembles() {
             }
             if matches!(pk.grid, Grid::Tiles { .. }) && !pk.entry.starts_with("gemv_") {
                 // Tensor-core contractions: warpgroup instructions on
-                // sm_90a, `mma.sync` on sm_80 (fused attention: `mma.sync`
-                // on both); both are assembled.
-                let sm90 = if matches!(k.body, Body::Attention(_)) {
-                    "mma.sync.aligned"
-                } else {
-                    "wgmma.mma_async"
-                };
-                assert!(pk.ptx.contains(sm90), "{file}: {}", k.name);
+                // sm_90a, `mma.sync` on sm_80 (fused attention: warp
+                // groups where its engine applies, else `mma.sync`); both
+                // are assembled.
+                let attention = matches!(k.body, Body::Attention(_));
+                assert!(
+                    pk.ptx.contains("wgmma.mma_async")
+                        || (attention && pk.ptx.contains("mma.sync.aligned")),
+                    "{file}: {}",
+                    k.name
+                );
                 assert!(pk80.ptx.contains("mma.sync.aligned"), "{file}: {}", k.name);
                 let body = module_body(&pk80.ptx).replace(&pk80.entry, "ENTRY");
                 let i = *index.entry(body).or_insert_with(|| {

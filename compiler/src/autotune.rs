@@ -98,25 +98,29 @@ pub fn candidates(entry: &str, arch: PtxArch, base: &PtxOptions) -> Vec<(String,
                 PtxArch::Sm90a => &["wide-wg", "narrow-wg", "narrow-wg2", "medium", "large"],
                 PtxArch::Sm80 => &["medium", "large"],
             };
-            // Tensor copies feed warpgroup tiles only (sm_90a).
-            let tmas: &[bool] = match arch {
-                PtxArch::Sm90a => &[false, true],
-                PtxArch::Sm80 => &[false],
+            // Tensor copies, and a copying warp beside the warp groups,
+            // feed warpgroup tiles only (sm_90a): (label, tma, specialized).
+            let feeds: &[(&str, bool, bool)] = match arch {
+                PtxArch::Sm90a => &[
+                    ("", false, false),
+                    (",tma", true, false),
+                    (",ws", true, true),
+                ],
+                PtxArch::Sm80 => &[("", false, false)],
             };
             for split in [None, Some(MmaSplits::Auto)] {
-                for &tma in tmas {
+                for &(feed, tma, ws) in feeds {
                     for &name in names {
                         let mut o = *base;
                         o.mma_tiling = parse_mma_tiling(name);
                         o.mma_splits = split;
                         o.mma_tma = tma;
+                        o.mma_specialize = ws;
                         let mut label = format!("tiling={name}");
                         if split.is_some() {
                             label.push_str(",splits=auto");
                         }
-                        if tma {
-                            label.push_str(",tma");
-                        }
+                        label.push_str(feed);
                         out.push((label, o));
                     }
                 }

@@ -43,11 +43,12 @@
 //! only. Other attention kernels run as map kernels
 //! ([`Attention::as_map`]).
 //!
-//! On sm_90a, with `KILN_ATTN_WGMMA=1` ([`Plan::use_warpgroups`]: no split,
-//! no bias, head dim and value width 64 or 128), a block is two warp groups
-//! over 128 queries instead ([`Engine::Warpgroup`]): the tiles lie in the
-//! 128-byte swizzle (each 64 columns a block of 128-byte rows), `s = q k^T`
-//! is a `wgmma.mma_async.m64n64k16` per 16 of the head dim reading the
+//! On sm_90a (the default; `KILN_ATTN_WGMMA=0` keeps `mma.sync`;
+//! [`Plan::use_warpgroups`]: no split, no bias, head dim and value width 64
+//! or 128), a block is two warp groups over 128 queries instead
+//! ([`Engine::Warpgroup`]): the tiles lie in the 128-byte swizzle (each 64
+//! columns a block of 128-byte rows), `s = q k^T` is a
+//! `wgmma.mma_async.m64nKk16` (K keys a step, 128 or 64) per 16 of the head dim reading the
 //! queries and the keys from shared memory, and `o += p v` a
 //! `m64nWk16` per 16 keys with the probabilities as register operands
 //! (the `a` fragment of a warp group is `mma.sync`'s per warp, so the
@@ -1389,6 +1390,7 @@ fn combine_splits(em: &mut Em, p: &Plan, s: &Split) {
         flag_at: p.shared_bytes() - 16,
         splits: p.splits,
         not_last: s.unit_end,
+        sync: "bar.sync 0".to_string(),
     };
     let lane_off = em.reg(Class::D);
     em.ins(format!("mul.wide.u32 {lane_off}, {}, 16", s.lane));

@@ -1074,6 +1074,7 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         flag_at: plan.shared_bytes() - 16,
         splits: plan.splits,
         not_last: m.stored,
+        sync: "bar.sync 0".to_string(),
     };
     let off = em.reg(Class::D);
     em.ins(format!("mul.wide.u32 {off}, {}, 16", m.tid));

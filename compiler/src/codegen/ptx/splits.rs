@@ -53,12 +53,14 @@ pub(super) struct Arrival<'s> {
     pub flag_at: u32,
     pub splits: u32,
     pub not_last: &'s str,
+    /// The barrier the block's computing threads pass together.
+    pub sync: String,
 }
 
 impl Arrival<'_> {
     /// Emits the arrival; the counter's address, for [`Arrival::reset`].
     pub(super) fn emit(&self, em: &mut Em) -> String {
-        em.ins("bar.sync 0");
+        em.ins(self.sync.clone());
         let ctr = em.reg(Class::D);
         em.ins(format!(
             "mad.lo.s64 {ctr}, {}, {}, {}",
@@ -78,7 +80,7 @@ impl Arrival<'_> {
         em.ins(format!("selp.u32 {last}, 1, 0, {pl}"));
         em.ins(format!("st.shared.u32 [{flag}], {last}"));
         em.a.place(&counted);
-        em.ins("bar.sync 0");
+        em.ins(self.sync.clone());
         let (seen, pnot) = (em.reg(Class::R), em.reg(Class::P));
         em.ins(format!("ld.shared.u32 {seen}, [{flag}]"));
         em.ins(format!("setp.eq.u32 {pnot}, {seen}, 0"));
