@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|counters|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -41,9 +41,12 @@
 #   attn: the warpgroup attention's tests on the card; ATTN and W3 with
 #      KILN_ATTN_WGMMA 0, 1 and 128; W2 with the grouped tile order;
 #      COUNTERS=1 adds `counters`.
-#   ws: the warp-specialized contractions' tests on the card; GEMM, W2
+#   ws: the warp-specialized and tensor-core contractions' tests on the card; GEMM, W2
 #      and W3 with KILN_MMA_WS 0 and 1 (kiln bench and ncu per kernel);
 #      ATTN, W2, W3 and GEMM beside torch_baselines.py with it.
+#   heavy: the tensor-core and heavy-epilogue tests on the card; W2 and
+#      W3 with KILN_MMA_HEAVY 1/0 and KILN_MMA_WS 0/1; W3's and W2's
+#      kernels under ncu; ATTN, W2, W3 and GEMM beside torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
 #      and W2's first layer (scripts/ncu_details.py).
@@ -300,6 +303,21 @@ ws_variants() {
         done
     done
 }
+heavy_variants() {
+    # W2 and W3 with the heavy-epilogue tiling rule (the default) and
+    # without it (KILN_MMA_HEAVY=0), each also with the copying warp.
+    local spec id file dim h w
+    for spec in W2:w2:m=8192 W3:w3:seq=2048; do
+        IFS=: read -r id file dim <<< "$spec"
+        for h in 1 0; do
+            for w in 0 1; do
+                echo "$id KILN_MMA_HEAVY=$h KILN_MMA_WS=$w"
+                KILN_MMA_HEAVY=$h KILN_MMA_WS=$w "$KILN" bench "bench/$file.kiln" --device cuda \
+                    --dim "$dim" --iters 50 --warmup 5 --json || echo failed
+            done
+        done
+    done
+}
 ws_kernels() {
     # Each kernel of one replay of W3 and W2 without and with the copying
     # warp: its name, device time (us) and grid (ncu, csv).
@@ -313,6 +331,18 @@ ws_kernels() {
                 "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 2>/dev/null |
                 python3 scripts/ncu_kernel_table.py
         done
+    done
+}
+kernel_table_default() {
+    # Each kernel of one replay of W3 and W2 as compiled by default.
+    local spec file dim
+    for spec in w3:seq=2048 w2:m=8192; do
+        IFS=: read -r file dim <<< "$spec"
+        echo "## $file"
+        ncu --graph-profiling node --csv --print-units base \
+            --metrics gpu__time_duration.sum,launch__grid_size "$KILN" bench \
+            "bench/$file.kiln" --device cuda --dim "$dim" --iters 1 --warmup 0 2>/dev/null |
+            python3 scripts/ncu_kernel_table.py
     done
 }
 kernel_table() {
@@ -529,13 +559,25 @@ ws)
     # GEMM, W2 and W3 with KILN_MMA_WS 0 and 1, their kernels under ncu,
     # then ATTN, W2, W3 and GEMM beside torch_baselines.py with the copying
     # warp (WS_BENCH, default 1; 0 where its tests failed).
-    TAIL=20 step check 170 scripts/gpu-check.sh ptx:warp_specialized ptx:tensor_copies
+    TAIL=20 step check 170 scripts/gpu-check.sh ptx:warp_specialized ptx:tensor_core_contractions_run
     ws_bench="${WS_BENCH:-1}"
     grep -qE "^\| ptx:warp_specialized \| [1-9][0-9]* \| 0 \| 0 \|" "$out/check/log" || ws_bench=0
     TAIL=30 step ws 110 ws_variants
     TAIL=60 step kernels 70 ws_kernels
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     KILN_MMA_WS=$ws_bench BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 \
+        step bench 130 bench/gpu.sh ATTN W2 W3 GEMM
+    ;;
+heavy)
+    # The tensor-core and heavy-epilogue tests on the card; W2 and W3 with
+    # and without the heavy-epilogue rule and the copying warp; the
+    # defaults' kernels under ncu; ATTN, W2, W3 and GEMM beside
+    # torch_baselines.py.
+    TEST_THREADS=16 TAIL=20 step check 210 scripts/gpu-check.sh ptx:tensor_core_contractions_run ptx:heavy_epilogues
+    TAIL=30 step heavy 90 heavy_variants
+    TAIL=40 step kernels 50 kernel_table_default
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 \
         step bench 130 bench/gpu.sh ATTN W2 W3 GEMM
     ;;
 counters)
@@ -557,7 +599,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|counters|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|counters|final|tests" >&2
     exit 2
     ;;
 esac

@@ -2170,8 +2170,15 @@ fn epilogues_that_read_memory_issue_their_loads_together() {
             un(Unary::Exp, un(Unary::Neg, g)),
         ),
     );
+    // The wide tiles (the heavy-epilogue rule would take two blocks of
+    // 128 registers, 4 loads a group: `heavy_epilogues_*` runs those).
+    let wide = PtxOptions {
+        mma_heavy_tiling: false,
+        ..PtxOptions::from_env()
+    };
     for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-        let pk = compile_kernel(&gated(bin(Binary::Mul, silu.clone(), Expr::Acc)), arch).unwrap();
+        let epilogue = bin(Binary::Mul, silu.clone(), Expr::Acc);
+        let pk = compile_kernel_with(&gated(epilogue), arch, &wide).unwrap();
         let ptx = &pk.ptx;
         assert!(
             ptx.contains("st.shared.v2.f32"),
@@ -2576,6 +2583,134 @@ fn warp_specialized_contractions_run_as_the_evaluator_says() {
     }
     assert!(fed >= 10, "{fed} kernels were warp-specialized");
     assert!(staged_out >= 1, "no staged epilogue among them");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The tiling rule for heavy staged epilogues (`KILN_MMA_HEAVY`): a
+/// SwiGLU product (`silu(acc) * gate[m, n]`) and a bias with GELU (`erf`)
+/// take 128x128 warpgroup tiles of two blocks per multiprocessor on
+/// sm_90a, a residual sum (no transcendental) and register epilogues keep
+/// 128x256; without the rule all keep 128x256. Every kernel against the
+/// evaluator on the interpreter (and the GPU where there is one), the
+/// heavy ones assembled at two blocks' 128 registers without spills;
+/// among them divisors that read the accumulator or the column, whose
+/// reciprocal must not be shared along a row or column.
+#[test]
+fn heavy_epilogues_take_two_blocks_per_multiprocessor() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (m, n, k) = (v(0), v(1), Var(2));
+    let kk = Expr::Var(k);
+    let silu = |x: Expr| {
+        let e = un(Unary::Exp, un(Unary::Neg, x.clone()));
+        bin(Binary::Div, x, bin(Binary::Add, Expr::Float(1.0), e))
+    };
+    let gelu = |x: Expr| {
+        let half = bin(Binary::Mul, Expr::Float(0.5), x.clone());
+        let erf = un(
+            Unary::Erf,
+            bin(Binary::Mul, x, Expr::Float(std::f64::consts::FRAC_1_SQRT_2)),
+        );
+        bin(Binary::Mul, half, bin(Binary::Add, Expr::Float(1.0), erf))
+    };
+    let (rows, cols, depth) = (200u64, 520u64, 192i64);
+    let cases: Vec<(&str, Expr, bool)> = vec![
+        (
+            "swiglu",
+            bin(
+                Binary::Mul,
+                silu(Expr::Acc),
+                ld(2, vec![m.clone(), n.clone()]),
+            ),
+            true,
+        ),
+        (
+            "bias_gelu",
+            gelu(bin(Binary::Add, Expr::Acc, ld(3, vec![n.clone()]))),
+            true,
+        ),
+        (
+            "residual",
+            bin(Binary::Add, Expr::Acc, ld(2, vec![m.clone(), n.clone()])),
+            false,
+        ),
+        ("plain_silu", silu(Expr::Acc), false),
+        // Divisors that read the accumulator, or the column: each
+        // element's own (a reciprocal shared along a row or column
+        // would be wrong).
+        (
+            "recip",
+            bin(Binary::Div, Expr::Float(1.0), Expr::Acc),
+            false,
+        ),
+        (
+            "per_column",
+            bin(Binary::Div, Expr::Acc, ld(3, vec![n.clone()])),
+            false,
+        ),
+    ];
+    let gpu = common::gpu_available();
+    let tool = ptxas();
+    let mut failures = Vec::new();
+    for (name, epilogue, heavy) in cases {
+        let kernel = Kernel {
+            name: format!("mma_heavy_{name}"),
+            inputs: vec![
+                buf("a", DType::BF16, vec![st(rows), st(depth as u64)]),
+                buf("b", DType::BF16, vec![st(depth as u64), st(cols)]),
+                buf("g", DType::BF16, vec![st(rows), st(cols)]),
+                buf("bias", DType::F32, vec![st(cols)]),
+            ],
+            output: buf("c", DType::BF16, vec![st(rows), st(cols)]),
+            dims: vec![],
+            float: Ty::F32,
+            body: Body::Contract {
+                k,
+                extent: Expr::Int(depth),
+                a: ld(0, vec![m.clone(), kk.clone()]),
+                b: ld(1, vec![kk.clone(), n.clone()]),
+                epilogue,
+            },
+        };
+        let rule = PtxOptions {
+            mma_heavy_tiling: true,
+            ..PtxOptions::default()
+        };
+        let tiles = |o: &PtxOptions| compile_kernel_with(&kernel, PtxArch::Sm90a, o).unwrap();
+        let (with, without) = (tiles(&rule), tiles(&PtxOptions::default()));
+        let wide = Grid::Tiles {
+            tile_m: 128,
+            tile_n: 256,
+        };
+        let narrow = Grid::Tiles {
+            tile_m: 128,
+            tile_n: 128,
+        };
+        assert_eq!(without.grid, wide, "{name}");
+        assert_eq!(with.grid, if heavy { narrow } else { wide }, "{name}");
+        assert_eq!(with.ptx.contains(".minnctapersm 2"), heavy, "{name}");
+        // sm_80 keeps its own tiles.
+        let sm80 = compile_kernel_with(&kernel, PtxArch::Sm80, &rule).unwrap();
+        assert!(!sm80.ptx.contains("wgmma"), "{name}");
+        if let Some(tool) = &tool
+            && heavy
+        {
+            let u = assemble(tool, &with).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(u.spill, 0, "{name}");
+            assert!(u.regs <= 128, "{name}: {} registers", u.regs);
+        }
+        let mut sides = vec![Side::SimWith(PtxArch::Sm90a, rule)];
+        if gpu {
+            sides.push(Side::GpuWith(PtxArch::Sm90a, rule));
+        }
+        for side in sides {
+            match run_against_eval_tol(&kernel, &mut rng, side, 1e-3) {
+                Ok(true) => {}
+                r => failures.push(format!("{name} ({}, seed {seed}): {r:?}", side.name())),
+            }
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -3067,6 +3202,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_tma: false,
             mma_specialize: false,
             mma_group: 0,
+            mma_heavy_tiling: false,
             attention_wgmma: 0,
         };
         let arch = if j % 2 == 0 {

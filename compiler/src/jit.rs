@@ -362,7 +362,7 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 12] = [
+const SWITCHES: [&str; 13] = [
     "KILN_PTX_BRANCH_SELECTS",
     "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
@@ -371,6 +371,7 @@ const SWITCHES: [&str; 12] = [
     "KILN_MMA_SPLITS",
     "KILN_MMA_TMA",
     "KILN_MMA_WS",
+    "KILN_MMA_HEAVY",
     "KILN_MMA_GROUP",
     "KILN_MMA_TILING",
     "KILN_INT4_FRAGMENTS",

@@ -773,7 +773,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
         for (half, (hr, wc, at, pin)) in rows.iter().enumerate() {
             em.vars.insert(vh, hr.clone());
             em.vars.insert(vw, wc.clone());
-            em.row_memo.clear();
+            em.forget_row();
             for (nb, acc) in accs.iter().enumerate() {
                 let mut vals = Vec::new();
                 for e in 0..2u32 {
@@ -788,7 +788,7 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
             }
         }
         em.col_var = None;
-        em.row_memo.clear();
+        em.forget_row();
         items.close(em);
         em.ins("bar.sync 0");
     }
@@ -867,14 +867,14 @@ pub(super) fn emit(em: &mut Em, p: &BlockPlan, units: &str) -> Result<(), PtxErr
             em.ins(format!("add.u32 {jj}, {j0}, {e}"));
             let jw = wide(em, &jj);
             em.vars.insert(p.j, jw);
-            em.row_memo.clear();
+            em.forget_row();
             for (o, hr) in rows.iter().enumerate() {
                 em.vars.insert(vh, hr.clone());
                 vals[o][e] = eval_with(em, &p.p2, &p.d, &acc[o][e])?;
             }
         }
         em.col_var = None;
-        em.row_memo.clear();
+        em.forget_row();
         let at = em.reg(Class::R);
         em.ins(format!("mad.lo.u32 {at}, {ox}, {ep}, {ps}"));
         em.ins(format!("mad.lo.u32 {at}, {cp}, 4, {at}"));

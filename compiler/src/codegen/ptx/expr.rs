@@ -178,6 +178,14 @@ impl<'k> Em<'k> {
         self.a.reg(c)
     }
 
+    /// Forgets the values shared along the current row or column
+    /// ([`Em::row_memo`], [`Em::row_recips`]): the next element starts
+    /// another.
+    pub fn forget_row(&mut self) {
+        self.row_memo.clear();
+        self.row_recips.clear();
+    }
+
     pub fn ins(&mut self, s: impl AsRef<str>) {
         self.a.ins(s)
     }
@@ -379,7 +387,9 @@ impl<'k> Em<'k> {
         let Some(col) = self.col_var else {
             return Ok(None);
         };
-        if self.fty != Ty::F32 || self.memo.is_none() || free_vars(b).contains(&col) {
+        // A divisor that reads the accumulator differs per element.
+        if self.fty != Ty::F32 || self.memo.is_none() || free_vars(b).contains(&col) || reads_acc(b)
+        {
             return Ok(None);
         }
         if matches!(b, Expr::Float(_)) || self.ty_of(b) != Ty::F32 {

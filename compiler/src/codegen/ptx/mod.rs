@@ -127,6 +127,11 @@ pub struct PtxOptions {
     /// `G` row tiles taken row tile fastest, column by column (a wave
     /// reads `G` row bands and a few column bands of `b`).
     pub mma_group: u32,
+    /// Contractions whose staged epilogue evaluates a transcendental
+    /// function take 128x128 warpgroup tiles, two blocks per
+    /// multiprocessor, on sm_90a (`mma::heavy_epilogue`; from the
+    /// environment: on unless `KILN_MMA_HEAVY=0`; the `Default` is off).
+    pub mma_heavy_tiling: bool,
     /// Fused attention on sm_90a with warp groups (`wgmma`, 128 queries a
     /// block) where it applies (see `attention::Plan::use_warpgroups`)
     /// instead of `mma.sync`: 0, off; otherwise the keys a step, 64 or 128
@@ -198,6 +203,7 @@ impl PtxOptions {
             .and_then(|s| parse_mma_tiling(&s));
         let mma_tma = std::env::var("KILN_MMA_TMA").is_ok_and(|v| v == "1");
         let mma_specialize = std::env::var("KILN_MMA_WS").is_ok_and(|v| v == "1");
+        let mma_heavy_tiling = std::env::var("KILN_MMA_HEAVY").map_or(true, |v| v.trim() != "0");
         let mma_group = std::env::var("KILN_MMA_GROUP")
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
@@ -222,6 +228,7 @@ impl PtxOptions {
             mma_tma,
             mma_specialize,
             mma_group,
+            mma_heavy_tiling,
             attention_wgmma,
         }
     }
@@ -487,6 +494,17 @@ pub fn compile_kernel_with(
         } if kind == "mma" || bytes.is_some() => {
             let mut plan = mma::plan(k, arch, opts.mma_tiling)
                 .ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
+            // A staged epilogue with a transcendental function takes
+            // 128x128 warpgroup tiles, two blocks per multiprocessor.
+            if opts.mma_heavy_tiling
+                && opts.mma_tiling.is_none()
+                && plan.stage_out
+                && arch == PtxArch::Sm90a
+                && mma::heavy_epilogue(epilogue)
+                && let Some(p) = mma::plan(k, arch, Some(mma::Tiling::NARROW_WG2))
+            {
+                plan = p;
+            }
             plan.bytes = bytes;
             // fp8 `mma.sync` tiles (`KILN_MMA_TILING`) need more registers
             // than the 128 of two blocks per multiprocessor (ptxas 13.0

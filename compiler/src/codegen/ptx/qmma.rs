@@ -734,8 +734,7 @@ pub(super) fn emit(
         // Both row caches start and end empty here: what they hold is
         // computed in this call's region only.
         em.col_var = Some(nv);
-        em.row_memo.clear();
-        em.row_recips.clear();
+        em.forget_row();
         for j in js {
             for e in 0..2 {
                 let col = em.reg(Class::D);
@@ -754,8 +753,7 @@ pub(super) fn emit(
             }
         }
         em.col_var = None;
-        em.row_memo.clear();
-        em.row_recips.clear();
+        em.forget_row();
         em.unbind(nv, prev_n);
         em.unbind(kv, prev_k);
         Ok(())

@@ -1038,8 +1038,7 @@ fn emit_rows_resident(
         c.extend(cur.iter().cloned());
     }
     let mut memos = fixed_vals.clone();
-    em.row_memo.clear();
-    em.row_recips.clear();
+    em.forget_row();
     // Evaluates `e` at column slot `i` with its memo and loaded codes.
     let at = |em: &mut Em,
               e: &Expr,
@@ -1115,8 +1114,7 @@ fn emit_rows_resident(
     }
     em.memo = None;
     em.col_codes.clear();
-    em.row_memo.clear();
-    em.row_recips.clear();
+    em.forget_row();
     em.cache.clear();
     for (cur, next) in current.iter().zip(&next_codes) {
         for ((_, c), (_, n)) in cur.iter().zip(next) {
