@@ -2586,11 +2586,11 @@ fn warp_specialized_contractions_run_as_the_evaluator_says() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The tiling rule for heavy staged epilogues (`KILN_MMA_HEAVY`): a
-/// SwiGLU product (`silu(acc) * gate[m, n]`) and a bias with GELU (`erf`)
-/// take 128x128 warpgroup tiles of two blocks per multiprocessor on
-/// sm_90a, a residual sum (no transcendental) and register epilogues keep
-/// 128x256; without the rule all keep 128x256. Every kernel against the
+/// The tiling rule for gated staged epilogues (`KILN_MMA_HEAVY`): a
+/// SwiGLU product (`silu(acc) * gate[m, n]`) and a GeGLU one take 128x128
+/// warpgroup tiles of two blocks per multiprocessor on sm_90a; a bias
+/// with GELU (no matrix read), a residual sum (no transcendental) and
+/// register epilogues keep 128x256; without the rule all keep 128x256. Every kernel against the
 /// evaluator on the interpreter (and the GPU where there is one), the
 /// heavy ones assembled at two blocks' 128 registers without spills;
 /// among them divisors that read the accumulator or the column, whose
@@ -2628,6 +2628,15 @@ fn heavy_epilogues_take_two_blocks_per_multiprocessor() {
         (
             "bias_gelu",
             gelu(bin(Binary::Add, Expr::Acc, ld(3, vec![n.clone()]))),
+            false,
+        ),
+        (
+            "geglu",
+            bin(
+                Binary::Mul,
+                gelu(Expr::Acc),
+                ld(2, vec![m.clone(), n.clone()]),
+            ),
             true,
         ),
         (

@@ -2105,14 +2105,31 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
     Ok(())
 }
 
+/// Whether the epilogue of `k` is a gated product: it reads a matrix of
+/// the output's rows and columns (the gate) and evaluates a
+/// transcendental function ([`heavy_epilogue`]): SwiGLU, GeGLU. Staged,
+/// such an epilogue keeps the tensor cores idle long enough that two
+/// blocks per multiprocessor (one's epilogue beside the other's main
+/// loop) pay. On the H100 (2026-12-06 06:33 UTC) W3's SwiGLU product on
+/// 128x128 tiles of two blocks took W3 0.5891 -> 0.5429 ms, while W2's
+/// bias + GELU layer (a per-column load) went 0.2978 -> 0.3132 ms, so a
+/// transcendental alone does not qualify.
+pub(super) fn gated_epilogue(k: &Kernel, e: &Expr) -> bool {
+    let r = k.output.shape.rank();
+    if r < 2 {
+        return false;
+    }
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let gate = epilogue_loads(e).iter().any(|l| {
+        let vars = free_vars(l);
+        vars.contains(&mv) && vars.contains(&nv)
+    });
+    gate && heavy_epilogue(e)
+}
+
 /// Whether an epilogue evaluates a transcendental function (an
 /// exponential, logarithm, tanh, erf, sine or cosine, or a power) per
-/// element: SiLU, GELU, a softplus. Staged with its loads, such an
-/// epilogue keeps the tensor cores idle long enough that two blocks per
-/// multiprocessor (one's epilogue beside the other's main loop) pay: on
-/// the H100 (2026-12-05, the autotuner), W2's bias + GELU layer 0.2547 ->
-/// 0.2296 ms and W3's SwiGLU product 0.2547 -> 0.1603 ms on 128x128
-/// tiles of two blocks.
+/// element: SiLU, GELU, a softplus.
 pub(super) fn heavy_epilogue(e: &Expr) -> bool {
     let here = match e {
         Expr::Unary(u, _) => match u {

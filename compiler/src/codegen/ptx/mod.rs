@@ -127,10 +127,11 @@ pub struct PtxOptions {
     /// `G` row tiles taken row tile fastest, column by column (a wave
     /// reads `G` row bands and a few column bands of `b`).
     pub mma_group: u32,
-    /// Contractions whose staged epilogue evaluates a transcendental
-    /// function take 128x128 warpgroup tiles, two blocks per
-    /// multiprocessor, on sm_90a (`mma::heavy_epilogue`; from the
-    /// environment: on unless `KILN_MMA_HEAVY=0`; the `Default` is off).
+    /// Contractions whose staged epilogue is a gated product (a matrix
+    /// load and a transcendental function: SwiGLU) take 128x128
+    /// warpgroup tiles, two blocks per multiprocessor, on sm_90a
+    /// (`mma::gated_epilogue`; from the environment: on unless
+    /// `KILN_MMA_HEAVY=0`; the `Default` is off).
     pub mma_heavy_tiling: bool,
     /// Fused attention on sm_90a with warp groups (`wgmma`, 128 queries a
     /// block) where it applies (see `attention::Plan::use_warpgroups`)
@@ -494,13 +495,13 @@ pub fn compile_kernel_with(
         } if kind == "mma" || bytes.is_some() => {
             let mut plan = mma::plan(k, arch, opts.mma_tiling)
                 .ok_or_else(|| em.kerr("the tensor-core plan vanished"))?;
-            // A staged epilogue with a transcendental function takes
-            // 128x128 warpgroup tiles, two blocks per multiprocessor.
+            // A gated product's staged epilogue (SwiGLU) takes 128x128
+            // warpgroup tiles, two blocks per multiprocessor.
             if opts.mma_heavy_tiling
                 && opts.mma_tiling.is_none()
                 && plan.stage_out
                 && arch == PtxArch::Sm90a
-                && mma::heavy_epilogue(epilogue)
+                && mma::gated_epilogue(k, epilogue)
                 && let Some(p) = mma::plan(k, arch, Some(mma::Tiling::NARROW_WG2))
             {
                 plan = p;
