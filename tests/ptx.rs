@@ -2648,9 +2648,20 @@ fn heavy_epilogues_take_two_blocks_per_multiprocessor() {
         // Divisors that read the accumulator, or the column: each
         // element's own (a reciprocal shared along a row or column
         // would be wrong).
+        // `1 / (1 + acc^2)`: the divisor reads the accumulator but stays
+        // at least 1, so rounding in a different summation order cannot
+        // blow up (a bare `1 / acc` near zero is ill-conditioned).
         (
             "recip",
-            bin(Binary::Div, Expr::Float(1.0), Expr::Acc),
+            bin(
+                Binary::Div,
+                Expr::Float(1.0),
+                bin(
+                    Binary::Add,
+                    Expr::Float(1.0),
+                    bin(Binary::Mul, Expr::Acc, Expr::Acc),
+                ),
+            ),
             false,
         ),
         (
