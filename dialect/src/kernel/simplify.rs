@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 
-use super::{Binary, Body, Expr, Kernel, Var};
+use super::{Binary, Body, Expr, Kernel, Unary, Var};
 use crate::Dim;
 
 /// What is known of an i64 value: an inclusive lower bound and an
@@ -156,6 +156,11 @@ impl Lin {
 /// The simplifier's state: the ranges of the variables in scope.
 struct Cx {
     vars: HashMap<Var, Range>,
+    /// Also simplify integer expressions outside load indices (compared,
+    /// selected on, cast), fold comparisons and selects the ranges
+    /// decide, and write linear forms with their terms sorted (see
+    /// [`at_lane`]).
+    fold: bool,
 }
 
 impl Cx {
@@ -505,7 +510,7 @@ impl Cx {
                 guard,
             } => Expr::Load {
                 input: *input,
-                index: index.iter().map(|i| self.lin(i).build()).collect(),
+                index: index.iter().map(|i| self.canon(self.lin(i))).collect(),
                 guard: guard.as_ref().map(|g| Box::new(self.expr(g))),
             },
             Expr::Reduce {
@@ -516,6 +521,7 @@ impl Cx {
             } => {
                 let mut inner = Cx {
                     vars: self.vars.clone(),
+                    fold: self.fold,
                 };
                 inner.vars.insert(*var, Range::upto(extent));
                 Expr::Reduce {
@@ -531,19 +537,135 @@ impl Cx {
             | Expr::Var(_)
             | Expr::Dim(_)
             | Expr::Acc => e.clone(),
-            Expr::Unary(op, x) => Expr::Unary(*op, Box::new(self.expr(x))),
+            Expr::Unary(op, x) => match (op, self.expr(x)) {
+                (Unary::Not, Expr::Bool(b)) if self.fold => Expr::Bool(!b),
+                (_, x) => Expr::Unary(*op, Box::new(x)),
+            },
+            Expr::Binary(..) if self.fold && integer_arithmetic(e) => self.canon(self.lin(e)),
             Expr::Binary(op, a, b) => {
-                Expr::Binary(*op, Box::new(self.expr(a)), Box::new(self.expr(b)))
+                let (a, b) = (self.expr(a), self.expr(b));
+                match (op, &a, &b) {
+                    (_, Expr::Int(x), Expr::Int(y)) if self.fold => match compare(*op, *x, *y) {
+                        Some(t) => Expr::Bool(t),
+                        None => Expr::Binary(*op, Box::new(a), Box::new(b)),
+                    },
+                    (Binary::And, Expr::Bool(x), _) | (Binary::And, _, Expr::Bool(x))
+                        if self.fold && !x =>
+                    {
+                        Expr::Bool(false)
+                    }
+                    (Binary::Or, Expr::Bool(x), _) | (Binary::Or, _, Expr::Bool(x))
+                        if self.fold && *x =>
+                    {
+                        Expr::Bool(true)
+                    }
+                    _ => Expr::Binary(*op, Box::new(a), Box::new(b)),
+                }
             }
-            Expr::Select(c, a, b) => Expr::Select(
-                Box::new(self.expr(c)),
-                Box::new(self.expr(a)),
-                Box::new(self.expr(b)),
-            ),
+            Expr::Select(c, a, b) => match self.expr(c) {
+                Expr::Bool(t) if self.fold => self.expr(if t { a } else { b }),
+                c => Expr::Select(Box::new(c), Box::new(self.expr(a)), Box::new(self.expr(b))),
+            },
             Expr::Cast(t, x) => Expr::Cast(*t, Box::new(self.expr(x))),
             Expr::Round(d, x) => Expr::Round(*d, Box::new(self.expr(x))),
         }
     }
+}
+
+impl Cx {
+    /// A linear form as an expression: with [`Cx::fold`], its terms sorted
+    /// (so that equal forms reached in different orders are equal
+    /// expressions).
+    fn canon(&self, mut l: Lin) -> Expr {
+        if self.fold {
+            l.terms.sort_by_cached_key(|(c, a)| (format!("{a:?}"), *c));
+        }
+        l.build()
+    }
+}
+
+/// Whether `e` is integer arithmetic on variables, dims and constants
+/// only (an i64 whatever the kernel: no loads, floats or casts).
+fn integer_arithmetic(e: &Expr) -> bool {
+    match e {
+        Expr::Int(_) | Expr::Var(_) | Expr::Dim(_) => true,
+        Expr::Binary(
+            Binary::Add
+            | Binary::Sub
+            | Binary::Mul
+            | Binary::Div
+            | Binary::Rem
+            | Binary::Min
+            | Binary::Max,
+            a,
+            b,
+        ) => integer_arithmetic(a) && integer_arithmetic(b),
+        Expr::Float(_)
+        | Expr::Bool(_)
+        | Expr::Load { .. }
+        | Expr::Unary(..)
+        | Expr::Binary(..)
+        | Expr::Select(..)
+        | Expr::Cast(..)
+        | Expr::Round(..)
+        | Expr::Reduce { .. }
+        | Expr::Acc => false,
+    }
+}
+
+/// `op` on two integer constants, where it is a comparison or a logical
+/// operation the evaluator defines on them.
+fn compare(op: Binary, x: i64, y: i64) -> Option<bool> {
+    Some(match op {
+        Binary::Eq => x == y,
+        Binary::Ne => x != y,
+        Binary::Lt => x < y,
+        Binary::Le => x <= y,
+        Binary::Gt => x > y,
+        Binary::Ge => x >= y,
+        Binary::Add
+        | Binary::Sub
+        | Binary::Mul
+        | Binary::Div
+        | Binary::Rem
+        | Binary::Pow
+        | Binary::Max
+        | Binary::Min
+        | Binary::And
+        | Binary::Or => return None,
+    })
+}
+
+/// A map kernel's expression `e` at one lane of a run: output variable
+/// `v` (the last axis, of static extent a multiple of `lanes`) replaced by
+/// `chunk * lanes + lane`, where `chunk` (a fresh variable, in `0 ..
+/// extent / lanes`) numbers the runs along the axis. Every integer
+/// expression is simplified with the ranges (load indices, guards, and
+/// integer arithmetic that is compared, selected on or cast), comparisons
+/// of constants and selects on constants are folded, and linear forms
+/// are written with sorted terms, so that two lanes reading the same
+/// element read it through equal expressions. A backend that computes a
+/// run's lanes in straight-line code emits each lane's expression: the
+/// parities and halves of a rotary embedding (`rem(v, 2)`, `div(v, 2)`)
+/// become constants and shared values. `None` where `v`'s axis is not a
+/// static multiple of `lanes`.
+pub fn at_lane(k: &Kernel, e: &Expr, v: Var, lanes: i64, chunk: Var, lane: i64) -> Option<Expr> {
+    let extent = match k.output.shape.0.get(v.0 as usize)? {
+        Dim::Static(n) => i64::try_from(*n).ok()?,
+        Dim::Sym(_) => return None,
+    };
+    if lanes <= 0 || extent % lanes != 0 || !(0..lanes).contains(&lane) || rebinds(e, v) {
+        return None;
+    }
+    let mut vars = output_ranges(k);
+    vars.insert(chunk, Range::upto(&Expr::Int(extent / lanes)));
+    let cx = Cx { vars, fold: true };
+    let at = Expr::bin(
+        Binary::Add,
+        Expr::bin(Binary::Mul, Expr::Var(chunk), Expr::Int(lanes)),
+        Expr::Int(lane),
+    );
+    Some(cx.expr(&e.substitute(&|x| (*x == Expr::Var(v)).then(|| at.clone()))))
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -556,6 +678,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 pub fn simplify(k: &Kernel) -> Kernel {
     let mut cx = Cx {
         vars: output_ranges(k),
+        fold: false,
     };
     let body = match &k.body {
         Body::Map { expr } => Body::Map {
@@ -631,7 +754,7 @@ pub fn chunk_index(
     let mut vars = output_ranges(k);
     vars.insert(chunk, Range::upto(&Expr::Int(extent / lanes)));
     vars.insert(lane, Range::upto(&Expr::Int(lanes)));
-    let cx = Cx { vars };
+    let cx = Cx { vars, fold: false };
     let at = Expr::bin(
         Binary::Add,
         Expr::bin(Binary::Mul, Expr::Var(chunk), Expr::Int(lanes)),
@@ -666,6 +789,18 @@ pub fn chunk_index(
     }
     out.push(rest.build());
     Some(out)
+}
+
+/// Whether a reduction inside `e` binds `v`.
+fn rebinds(e: &Expr, v: Var) -> bool {
+    if let Expr::Reduce { var, .. } = e
+        && *var == v
+    {
+        return true;
+    }
+    let mut any = false;
+    e.for_each_child(|c| any |= rebinds(c, v));
+    any
 }
 
 /// Whether `e` names variable `v`.
@@ -767,7 +902,7 @@ mod tests {
         let mut vars = HashMap::new();
         vars.insert(Var(0), Range::upto(&i(56)));
         vars.insert(Var(1), Range::upto(&i(3)));
-        let cx = Cx { vars };
+        let cx = Cx { vars, fold: false };
         // (v0 + v1 - 1) / 2: v0 + v1 - 1 may be -1
         let e = b(
             Binary::Div,
@@ -808,7 +943,7 @@ mod tests {
         let mut vars = HashMap::new();
         vars.insert(Var(0), Range::upto(&i(256)));
         vars.insert(Var(1), Range::upto(&i(8)));
-        let cx = Cx { vars };
+        let cx = Cx { vars, fold: false };
         let x = b(Binary::Add, b(Binary::Mul, v(0), i(8)), v(1));
         let d = b(Binary::Div, x.clone(), i(128));
         assert_eq!(cx.lin(&d).build().to_string(), "div(v0, 16)");
@@ -827,7 +962,7 @@ mod tests {
         let mut vars = HashMap::new();
         vars.insert(Var(2), Range::upto(&i(2049)));
         vars.insert(Var(3), Range::upto(&i(128)));
-        let cx = Cx { vars };
+        let cx = Cx { vars, fold: false };
         let clamp = |x: Expr, lo: i64, hi: i64| b(Binary::Min, b(Binary::Max, x, i(lo)), i(hi));
         // the cache rows: the lower clamp never bites, the upper one may
         assert_eq!(
@@ -875,5 +1010,131 @@ mod tests {
         let text = cx.lin(&e).build().to_string();
         assert!(text.starts_with("min("), "{text}");
         assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    }
+
+    /// Each lane of an 8-element run of W3's rotary embedding of the keys
+    /// (adjacent pairs): the parity select is decided, the pair's other
+    /// element and the cosine are read through sorted linear forms, and
+    /// every lane's expression (the run variable put back as `v3 / 8`)
+    /// evaluates bit for bit as the original on random inputs at the
+    /// elements of its lane.
+    #[test]
+    fn lanes_of_a_rotary_embedding() {
+        use rand::{Rng, SeedableRng};
+        let seq = 6;
+        let buf = |n: &str, shape: Vec<Dim>| Buffer {
+            name: n.into(),
+            dtype: crate::DType::BF16,
+            shape: Shape(shape),
+        };
+        let half = b(Binary::Div, v(3), i(2));
+        let parity = b(Binary::Rem, v(3), i(2));
+        let x = |off: Expr| {
+            Expr::load(
+                2,
+                vec![
+                    i(0),
+                    v(2),
+                    b(Binary::Add, b(Binary::Mul, v(1), i(128)), off),
+                ],
+            )
+        };
+        let own = x(b(Binary::Add, v(3), i(2048)));
+        let other = x(b(
+            Binary::Add,
+            b(
+                Binary::Sub,
+                b(Binary::Mul, half.clone(), i(2)),
+                parity.clone(),
+            ),
+            i(2049),
+        ));
+        let (cos, sin) = (
+            Expr::load(0, vec![v(2), half.clone()]),
+            Expr::load(1, vec![v(2), half]),
+        );
+        let expr = Expr::Select(
+            Box::new(b(Binary::Eq, parity, i(0))),
+            Box::new(b(
+                Binary::Sub,
+                b(Binary::Mul, own.clone(), cos.clone()),
+                b(Binary::Mul, other.clone(), sin.clone()),
+            )),
+            Box::new(b(
+                Binary::Add,
+                b(Binary::Mul, own, sin),
+                b(Binary::Mul, other, cos),
+            )),
+        );
+        let k = Kernel {
+            name: "rope".into(),
+            inputs: vec![
+                buf("cos", vec![Dim::sym("seq"), Dim::Static(64)]),
+                buf("sin", vec![Dim::sym("seq"), Dim::Static(64)]),
+                buf(
+                    "qkv",
+                    vec![Dim::Static(1), Dim::sym("seq"), Dim::Static(6144)],
+                ),
+            ],
+            output: buf(
+                "k",
+                vec![
+                    Dim::Static(1),
+                    Dim::Static(16),
+                    Dim::sym("seq"),
+                    Dim::Static(128),
+                ],
+            ),
+            dims: vec!["seq".into()],
+            float: crate::kernel::Ty::F32,
+            body: Body::Map { expr: expr.clone() },
+        };
+        let chunk = Var(4);
+        let lanes: Vec<Expr> = (0..8)
+            .map(|j| at_lane(&k, &expr, Var(3), 8, chunk, j).expect("a static axis"))
+            .collect();
+        assert_eq!(
+            lanes[1].to_string(),
+            "add(mul(in2[0, v2, add(add(mul(v1, 128), mul(v4, 8)), 2049)], in1[v2, mul(v4, 4)]), \
+             mul(in2[0, v2, add(add(mul(v1, 128), mul(v4, 8)), 2048)], in0[v2, mul(v4, 4)]))"
+        );
+        assert_eq!(
+            lanes[6].to_string(),
+            "sub(mul(in2[0, v2, add(add(mul(v1, 128), mul(v4, 8)), 2054)], in0[v2, add(mul(v4, 4), 3)]), \
+             mul(in2[0, v2, add(add(mul(v1, 128), mul(v4, 8)), 2055)], in1[v2, add(mul(v4, 4), 3)]))"
+        );
+        // No runs along a symbolic axis, nor of a length that does not
+        // divide the axis.
+        assert_eq!(at_lane(&k, &expr, Var(2), 8, chunk, 0), None);
+        assert_eq!(at_lane(&k, &expr, Var(3), 3, chunk, 0), None);
+
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rand::random());
+        let mut random = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| crate::numeric::round_to(crate::DType::BF16, rng.random_range(-2.0..2.0)))
+                .collect()
+        };
+        let inputs = [
+            crate::interp::Tensor::new(crate::DType::BF16, &[seq, 64], random(seq * 64)),
+            crate::interp::Tensor::new(crate::DType::BF16, &[seq, 64], random(seq * 64)),
+            crate::interp::Tensor::new(crate::DType::BF16, &[1, seq, 6144], random(seq * 6144)),
+        ];
+        let refs: Vec<&crate::interp::Tensor> = inputs.iter().collect();
+        let dims = HashMap::from([("seq".to_string(), seq)]);
+        let want = super::super::eval::run(&k, &refs, &dims).expect("the original runs");
+        for (j, lane) in lanes.iter().enumerate() {
+            let back = b(Binary::Div, v(3), i(8));
+            let e = lane.substitute(&|x| (*x == Expr::Var(chunk)).then(|| back.clone()));
+            let kj = Kernel {
+                body: Body::Map { expr: e },
+                ..k.clone()
+            };
+            let got = super::super::eval::run(&kj, &refs, &dims).expect("the lane runs");
+            for (n, (g, w)) in got.data.iter().zip(&want.data).enumerate() {
+                if n % 8 == j {
+                    assert_eq!(g.to_bits(), w.to_bits(), "lane {j}, element {n}");
+                }
+            }
+        }
     }
 }

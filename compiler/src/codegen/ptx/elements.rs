@@ -5,7 +5,8 @@
 //! index (same shape) are loaded with vector loads for a full run. The
 //! last, partial run of the output uses scalar accesses.
 
-use kiln_dialect::kernel::{Binary, Expr, Var};
+use kiln_dialect::kernel::simplify::at_lane;
+use kiln_dialect::kernel::{Binary, Expr, Var, max_var};
 
 use super::PtxError;
 use super::asm::Class;
@@ -378,14 +379,39 @@ pub(super) fn vectorizable(p: u32, w: u32) -> bool {
     }
 }
 
+/// A map's expression at each lane of a full run ([`at_lane`]), and the
+/// variable numbering the runs along the last axis: `None` where the
+/// lanes cannot be written apart (one lane, or a last axis that is not a
+/// static multiple of `p`).
+fn lane_exprs(em: &Em, e: &Expr, p: u32) -> Option<(Var, Vec<Expr>)> {
+    let rank = em.out_shape.len();
+    if p < 2 || rank == 0 {
+        return None;
+    }
+    let last = Var(rank as u32 - 1);
+    let chunk = Var(max_var(e).max(last.0) + 1);
+    let exprs = (0..p)
+        .map(|j| at_lane(em.k, e, last, i64::from(p), chunk, i64::from(j)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((chunk, exprs))
+}
+
 /// The element-grid body: `lane_value` computes the current element (its
-/// output variables bound).
+/// output variables bound). With `body` (a map's expression), a full run
+/// whose last axis is a static multiple of `p` evaluates each lane's own
+/// expression ([`at_lane`]) in straight-line code with shared values
+/// (the memo): index arithmetic that only the lane changes is done once,
+/// selects on a lane's parity are decided at compile time, and a load of
+/// another lane's element of a preloaded run (a rotary embedding's
+/// partner) takes that lane's register. Partial runs step the variables
+/// lane by lane.
 pub(super) fn emit_elements<'k>(
     em: &mut Em<'k>,
     p: u32,
     units: &str,
     identity: &[usize],
     runs: &[Expr],
+    body: Option<&Expr>,
     mut lane_value: impl FnMut(&mut Em<'k>) -> Result<Val, PtxError>,
 ) -> Result<(), PtxError> {
     let out = em.k.output.clone();
@@ -450,6 +476,53 @@ pub(super) fn emit_elements<'k>(
             w,
         })
         .collect();
+    let fast = body.and_then(|e| lane_exprs(em, e, p));
+    let mut joined = None;
+    if let Some((chunk, exprs)) = &fast {
+        let (slow, join) = (em.a.label("lanes_part"), em.a.label("lanes_done"));
+        em.ins(format!("@{ppart} bra {slow}"));
+        let last = Var(rank as u32 - 1);
+        let c = em.reg(Class::D);
+        em.ins(format!("div.u64 {c}, {}, {p}", vars[rank - 1]));
+        let prev = em.bind(*chunk, c);
+        // Each preloaded lane under the expression its lane reads it by.
+        let mut codes_of = Vec::new();
+        for pre in &em.preload {
+            let load = pre.load.clone().unwrap_or_else(|| Expr::Load {
+                input: pre.input,
+                index: (0..rank as u32).map(|a| Expr::Var(Var(a))).collect(),
+                guard: None,
+            });
+            for (j, code) in pre.lanes.iter().enumerate() {
+                if let Some(at) = at_lane(em.k, &load, last, i64::from(p), *chunk, j as i64) {
+                    codes_of.push((at, code.clone()));
+                }
+            }
+        }
+        let saved = std::mem::replace(&mut em.col_codes, codes_of);
+        em.memo = Some(Vec::new());
+        let mut lanes = Ok(());
+        for (j, (c, e)) in codes.iter().zip(exprs).enumerate() {
+            em.lane = j;
+            match em.emit(e) {
+                Ok(v) => {
+                    let code = em.encode(&v, out.dtype);
+                    em.ins(format!("mov.{} {}, {}", mov_ty(w), c.r, code.r));
+                }
+                Err(err) => {
+                    lanes = Err(err);
+                    break;
+                }
+            }
+        }
+        em.memo = None;
+        em.col_codes = saved;
+        em.unbind(*chunk, prev);
+        lanes?;
+        em.ins(format!("bra.uni {join}"));
+        em.a.place(&slow);
+        joined = Some(join);
+    }
     let pinv = em.reg(Class::P);
     for (j, c) in codes.iter().enumerate() {
         if j > 0 && rank > 0 {
@@ -474,6 +547,9 @@ pub(super) fn emit_elements<'k>(
         let code = em.encode(&v, out.dtype);
         em.ins(format!("mov.{} {}, {}", mov_ty(w), c.r, code.r));
         em.a.place(&skip);
+    }
+    if let Some(join) = &joined {
+        em.a.place(join);
     }
     em.preload.clear();
 

@@ -442,7 +442,9 @@ pub fn compile_kernel_with(
             elements::identity_inputs(&em, expr, false, &mut ids);
             let mut runs = Vec::new();
             elements::run_loads(&em, expr, p, false, &mut runs);
-            elements::emit_elements(&mut em, p, &units, &ids, &runs, |em| em.emit(expr))?;
+            elements::emit_elements(&mut em, p, &units, &ids, &runs, Some(expr), |em| {
+                em.emit(expr)
+            })?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
         }
         Body::Contract {
@@ -560,7 +562,7 @@ pub fn compile_kernel_with(
             epilogue,
         } => {
             let p = elements::min_per_thread(k.output.dtype.bits());
-            elements::emit_elements(&mut em, p, &units, &[], &[], |em| {
+            elements::emit_elements(&mut em, p, &units, &[], &[], None, |em| {
                 rows::contract_value(em, *kv, extent, a, b, epilogue)
             })?;
             (ELEMENT_BLOCK, Grid::Elements { per_thread: p }, false)
