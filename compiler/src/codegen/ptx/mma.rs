@@ -34,6 +34,7 @@ use kiln_dialect::DType;
 use kiln_dialect::kernel::{Binary, Body, Expr, Kernel, Ty, Unary, Var};
 
 use super::asm::Class;
+use super::dtype_io::{Code, code_class, code_width};
 use super::elements::unravel;
 use super::expr::{Em, Val, free_vars, reads_acc};
 use super::{PtxArch, PtxError};
@@ -1955,6 +1956,32 @@ fn out_address(em: &mut Em, rowbase: &str, mc: &str, n_dim: &str, nc: &str, byte
     addr
 }
 
+/// The input and type of an epilogue load that reads an input shaped as
+/// the output at the element's own place (each index the output's
+/// variable, or 0 on an axis of extent 1): its address is the output
+/// element's offset in the input.
+fn output_aligned(em: &Em, l: &Expr) -> Option<(usize, DType)> {
+    let Expr::Load {
+        input,
+        index,
+        guard: None,
+    } = l
+    else {
+        return None;
+    };
+    let buf = em.k.inputs.get(*input)?;
+    let out = &em.k.output.shape;
+    let same = buf.shape == *out
+        && buf.dtype.bits() >= 8
+        && index.len() == out.rank()
+        && index.iter().enumerate().all(|(a, i)| match i {
+            Expr::Var(v) => v.0 as usize == a,
+            Expr::Int(0) => out.0[a] == kiln_dialect::Dim::Static(1),
+            _ => false,
+        });
+    same.then_some((*input, buf.dtype))
+}
+
 /// Runs the epilogue on a warp's accumulators and stores the results.
 pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<(), PtxError> {
     let r = em.k.output.shape.rank();
@@ -2343,9 +2370,36 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
             e.n_dim,
             step * bytes
         ));
+        // Loads of an input shaped as the output at the element's own
+        // place (a residual, a gated product's other half) walk the rows
+        // with running addresses too: their first row's address and step.
+        let aligned: Vec<(Expr, DType, String, String)> = loads
+            .iter()
+            .filter_map(|l| output_aligned(em, l).map(|(i, d)| (l.clone(), i, d)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(l, input, d)| {
+                let b = d.bits() / 8;
+                let (first, stepb) = (em.reg(Class::D), em.reg(Class::D));
+                em.ins(format!("add.s64 {first}, {rowbase}, {mrow}"));
+                em.ins(format!("mad.lo.s64 {first}, {first}, {}, {ncol}", e.n_dim));
+                let base = em.in_ptr[input].clone();
+                em.ins(format!("mad.lo.s64 {first}, {first}, {b}, {base}"));
+                em.ins(format!("mul.lo.s64 {stepb}, {}, {}", e.n_dim, step * b));
+                (l, d, first, stepb)
+            })
+            .collect();
         for j in 0..(t.tile_n / lanes_n) {
             let ptr = em.reg(Class::D);
             em.ins(format!("mov.b64 {ptr}, {ptr0}"));
+            let running: Vec<String> = aligned
+                .iter()
+                .map(|(_, _, first, _)| {
+                    let r = em.reg(Class::D);
+                    em.ins(format!("mov.b64 {r}, {first}"));
+                    r
+                })
+                .collect();
             let nc = em.reg(Class::D);
             em.ins(format!("add.s64 {nc}, {ncol}, {}", j * lanes_n));
             em.vars.insert(nv, nc);
@@ -2363,10 +2417,29 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
                     let off = (i * step * pitch + j * lanes_n) * 4;
                     em.ins(format!("ld.shared.{ty} {a}, [{from}+{off}]"));
                     em.vars.insert(mv, mc.clone());
-                    em.memo = Some(Vec::new());
-                    for l in &loads {
-                        em.emit(l)?;
+                    let mut codes = Vec::new();
+                    for ((l, d, _, stepb), r) in aligned.iter().zip(&running) {
+                        let w = code_width(*d);
+                        let code = Code {
+                            r: em.reg(code_class(w)),
+                            w,
+                        };
+                        let sty = match w {
+                            64 => "b64",
+                            32 => "b32",
+                            16 => "b16",
+                            _ => "u8",
+                        };
+                        let off = j * lanes_n * (d.bits() / 8);
+                        em.ins(format!("ld.global.{sty} {}, [{r}+{off}]", code.r));
+                        em.ins(format!("add.s64 {r}, {r}, {stepb}"));
+                        codes.push((l.clone(), code));
                     }
+                    let saved = std::mem::replace(&mut em.col_codes, codes);
+                    em.memo = Some(Vec::new());
+                    let loaded = loads.iter().try_for_each(|l| em.emit(l).map(|_| ()));
+                    em.col_codes = saved;
+                    loaded?;
                     elems.push((mc, a, em.memo.take().unwrap_or_default()));
                 }
                 for (mc, a, memo) in elems {
