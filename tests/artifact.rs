@@ -601,10 +601,10 @@ fn gpu_artifacts_hold_cubins_when_ptxas_is_found() {
 }
 
 /// A GPU artifact stores the weight layouts its kernels read, made at
-/// compile time: `examples/llama_w4a16.kiln`'s six int4 projections (wq, wv,
-/// wo and the MLP's three; wk ends in a rotary epilogue, and attention reads
-/// the values through their view) read their codes in fragment order. The
-/// artifact keeps no bind-time launch, holds the six copies
+/// compile time: `examples/llama_w4a16.kiln`'s seven int4 projections (on
+/// GPU targets a product's rotary embedding and views are fused into its
+/// readers, not into the product) read their codes in fragment order. The
+/// artifact keeps no bind-time launch, holds the seven copies
 /// `[N/64, K/32, 2, 32, 32]`, and runs on the PTX
 /// interpreter to the same bits as the source model there, whose bind-time
 /// launches make the copies on the (simulated) GPU.
@@ -637,7 +637,7 @@ fn gpu_artifacts_store_the_weight_layouts_their_kernels_read() {
             n.as_str()
         })
         .collect();
-    assert_eq!(fragments.len(), 6, "{fragments:?}");
+    assert_eq!(fragments.len(), 7, "{fragments:?}");
     let run = |what: &str| {
         let mut args = vec!["run", what, "--device", "cuda-sim", "--random-inputs", "5"];
         args.extend(["--dim", "seq=4"]);

@@ -288,3 +288,34 @@ fn eight_bit_linears_run_on_tensor_cores_on_the_simulated_gpu() {
         }
     }
 }
+
+/// A W8A8 model's projections run on the 8-bit tensor cores:
+/// `examples/llama_w8a8.kiln` (int8 attention projections, fp8 MLP)
+/// compiles to at least four `imma_` and three `f8mma_` contractions (the
+/// plan may compute the gate product twice, once for the row scale of the
+/// down projection's activations) that read activation codes written by
+/// a kernel of their own (a quantization fused into the contraction would
+/// make it the generic path), none to the generic path, and runs on the
+/// PTX interpreter as the reference interpreter says.
+#[test]
+fn w8a8_projections_run_on_tensor_cores_on_the_simulated_gpu() {
+    let opts = JitOptions {
+        device: Device::CudaSim,
+        ..JitOptions::default()
+    };
+    let path = root().join("examples/llama_w8a8.kiln");
+    let model = jit::compile_file(&path, &opts).expect("compiles");
+    let count = |entry: &str| {
+        model
+            .program()
+            .launches
+            .iter()
+            .filter(|l| kiln::codegen::ptx::entry_name(&l.kernel).starts_with(entry))
+            .count()
+    };
+    assert!(count("imma_") >= 4 && count("f8mma_") >= 3);
+    assert_eq!(count("contract_"), 0, "no generic contraction");
+    let seed = common::seed();
+    common::compare(&path, 19, seed, &opts)
+        .unwrap_or_else(|e| panic!("llama_w8a8 (seed {seed}): {e}"));
+}

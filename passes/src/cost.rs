@@ -80,6 +80,20 @@ pub struct Target {
     /// cache's new entries: `concat(cache, new)` along the keys, the cache
     /// copied as it is), so that neither is written by a kernel of its own.
     pub attention_rows: bool,
+    /// Whether an 8-bit or narrower `quantize` (W8A8's activations) may be
+    /// fused into the kernel that reads its codes. The GPU's byte
+    /// tensor-core contractions copy plain `i8` / fp8 rows, so on GPU
+    /// targets the codes are written by a kernel of their own (one byte an
+    /// element) and the contraction reads them.
+    pub quantize_prologue: bool,
+    /// Whether a contraction may take an epilogue that moves its elements
+    /// (a transpose or reshape of its output, a rotary embedding that
+    /// reads another column). The GPU's tensor-core kernels store tiles of
+    /// the output's last two axes, and a contraction with such an
+    /// epilogue would lower to a map with a sum in every element, so on
+    /// GPU targets the contraction writes its plain result and the
+    /// movement is fused into its reader.
+    pub view_epilogue: bool,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -105,6 +119,8 @@ pub static SM90: Target = Target {
     norm_prologue: false,
     attention_prologue: false,
     attention_rows: true,
+    quantize_prologue: false,
+    view_epilogue: false,
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -129,6 +145,8 @@ pub static SM80: Target = Target {
     norm_prologue: false,
     attention_prologue: false,
     attention_rows: true,
+    quantize_prologue: false,
+    view_epilogue: false,
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -153,6 +171,8 @@ pub static CPU: Target = Target {
     norm_prologue: true,
     attention_prologue: true,
     attention_rows: false,
+    quantize_prologue: true,
+    view_epilogue: true,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -351,6 +351,22 @@ fn is_last_axis_norm(eg: &KGraph, c: Id) -> bool {
     })
 }
 
+/// Whether `op` as an epilogue moves its operand's elements (a view) or
+/// reads others than the one at its own index (a rotary embedding).
+fn moves_elements(op: &Op) -> bool {
+    matches!(op.class(), OpClass::Movement) || matches!(op, Op::Rope { .. })
+}
+
+/// Whether class `c` quantizes to codes of 8 bits or fewer.
+fn is_narrow_quantize(eg: &KGraph, c: Id) -> bool {
+    eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            matches!(&eg.analysis.ops.get(id).op, Op::Quantize { dtype, .. } if dtype.bits() <= 8)
+        }
+        Head::Mat => false,
+    })
+}
+
 /// How many times a direct-loop convolution reads each input element: once
 /// per window tap (the window's size over the strides' product) for each
 /// output channel of its group (at least 1).
@@ -712,7 +728,11 @@ fn combine(
                         // epilogue: the carried kernel's output must be this node's iteration space
                         let same = ctx.sizes.numel(&eg[a].data.ty.shape)
                             == ctx.sizes.numel(&eg[c].data.ty.shape);
-                        if same { vec![t] } else { vec![] }
+                        // (and a contraction's, where the target says so, in place)
+                        let moves = t == Kind::Contract
+                            && !ctx.sizes.target.view_epilogue
+                            && moves_elements(op);
+                        if same && !moves { vec![t] } else { vec![] }
                     }
                     (Kind::Contract, Kind::Contract) if i == 0 && is_last_axis_norm(eg, a) => {
                         vec![Kind::Row]
@@ -749,7 +769,10 @@ fn combine(
             }
             let factor = recompute_factor(ctx, op, node, i, c);
             // a sealed value (a block instance's output) is only read from memory
-            let allowed = if ctx.sealed.contains(&a) {
+            // (nor, where the target says so, a quantization's codes)
+            let allowed = if ctx.sealed.contains(&a)
+                || (!ctx.sizes.target.quantize_prologue && is_narrow_quantize(eg, a))
+            {
                 Vec::new()
             } else {
                 allowed
