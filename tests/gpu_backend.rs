@@ -319,3 +319,59 @@ fn w8a8_projections_run_on_tensor_cores_on_the_simulated_gpu() {
     common::compare(&path, 19, seed, &opts)
         .unwrap_or_else(|e| panic!("llama_w8a8 (seed {seed}): {e}"));
 }
+
+/// Weight-only formats without a dequantizing main loop on the GPU (int8,
+/// int3, int6, fp8, MXFP4, NVFP4) are dequantized once when the weights
+/// are bound (a bind-time launch), and their products run on the bf16
+/// tensor cores instead of the generic path (one thread per output
+/// element); int4 keeps its fragment-order kernel. On the PTX interpreter
+/// every output is the reference interpreter's.
+#[test]
+fn weight_only_formats_dequantize_at_bind_time_on_the_gpu() {
+    let dir = common::scratch("weight-only");
+    let path = dir.join("weight_only.kiln");
+    std::fs::write(
+        &path,
+        "model weight_only {
+    input x: bf16[m, 256]
+    weight w8: i8[256, 64] per_channel scale f32 to bf16
+    weight w3: i3[256, 64] group 32 scale bf16
+    weight w6: i6[256, 64] group 64 scale bf16
+    weight wf: fp8[256, 64] per_tensor scale bf16
+    weight wmx: f4e2m1[256, 64] mx
+    weight wnv: f4e2m1[256, 64] nv
+    weight w4: int4[256, 64] group 128 scale bf16
+    output a = x @ w8
+    output b = x @ w3
+    output c = x @ w6
+    output d = x @ wf
+    output e = x @ wmx
+    output f = x @ wnv
+    output g = x @ w4
+}
+",
+    )
+    .unwrap();
+    let opts = JitOptions {
+        device: Device::CudaSim,
+        ..JitOptions::default()
+    };
+    let model = jit::compile_file(&path, &opts).expect("compiles");
+    let p = model.program();
+    let entries: Vec<String> = p
+        .launches
+        .iter()
+        .filter(|l| !l.bind_time)
+        .map(|l| kiln::codegen::ptx::entry_name(&l.kernel))
+        .collect();
+    let count = |prefix: &str| entries.iter().filter(|e| e.starts_with(prefix)).count();
+    assert_eq!(count("contract_"), 0, "{entries:?}");
+    assert_eq!((count("mma_"), count("qmma_")), (6, 1), "{entries:?}");
+    let bind = p.launches.iter().filter(|l| l.bind_time).count();
+    assert!(bind >= 6, "{bind} bind-time launches");
+    let seed = common::seed();
+    for m in [3, 70] {
+        common::compare(&path, m, seed, &opts)
+            .unwrap_or_else(|e| panic!("m {m} (seed {seed}): {e}"));
+    }
+}

@@ -94,6 +94,14 @@ pub struct Target {
     /// GPU targets the contraction writes its plain result and the
     /// movement is fused into its reader.
     pub view_epilogue: bool,
+    /// The code types whose dequantization a contraction may evaluate in
+    /// its main loop (`None`: any). The GPU targets have main loops for
+    /// 4-bit codes only (the fragment-order int4 kernel); a weight of
+    /// other codes (int8, int3/int6, fp8, MXFP4/NVFP4 weight-only) is
+    /// dequantized once when the weights are bound and the contraction
+    /// runs on the 16-bit tensor cores, rather than on the generic path
+    /// (one thread per output element).
+    pub dequantize_prologue: Option<&'static [DType]>,
 }
 
 /// The H100 (SXM, 80 GB HBM3): 2.91 TB/s measured copy bandwidth, 770
@@ -121,6 +129,7 @@ pub static SM90: Target = Target {
     attention_rows: true,
     quantize_prologue: false,
     view_epilogue: false,
+    dequantize_prologue: Some(&[DType::I4, DType::U4]),
 };
 
 /// An A100-class GPU (sm_80): mma.sync only.
@@ -147,6 +156,7 @@ pub static SM80: Target = Target {
     attention_rows: true,
     quantize_prologue: false,
     view_epilogue: false,
+    dequantize_prologue: Some(&[DType::I4, DType::U4]),
 };
 
 /// The 2-core x86-64 machine of CI and development, 128-bit SIMD code.
@@ -173,6 +183,7 @@ pub static CPU: Target = Target {
     attention_rows: false,
     quantize_prologue: true,
     view_epilogue: true,
+    dequantize_prologue: None,
 };
 
 /// The target named `name` (`sm_90`, `sm_80`, `cpu`).

@@ -357,6 +357,23 @@ fn moves_elements(op: &Op) -> bool {
     matches!(op.class(), OpClass::Movement) || matches!(op, Op::Rope { .. })
 }
 
+/// Whether a contraction may evaluate class `c` in its main loop: unless
+/// `c` dequantizes codes of a type outside `allowed` (`None`: any).
+fn dequantize_in_loop(eg: &KGraph, c: Id, allowed: Option<&[DType]>) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    !eg[c].nodes.iter().any(|n| match n.head {
+        Head::Op(id) => {
+            matches!(&eg.analysis.ops.get(id).op, Op::Dequantize { .. })
+                && n.args
+                    .first()
+                    .is_some_and(|q| !allowed.contains(&eg[*q].data.ty.dtype))
+        }
+        Head::Mat => false,
+    })
+}
+
 /// Whether class `c` quantizes to codes of 8 bits or fewer.
 fn is_narrow_quantize(eg: &KGraph, c: Id) -> bool {
     eg[c].nodes.iter().any(|n| match n.head {
@@ -770,8 +787,13 @@ fn combine(
             let factor = recompute_factor(ctx, op, node, i, c);
             // a sealed value (a block instance's output) is only read from memory
             // (nor, where the target says so, a quantization's codes)
+            // nor a dequantization of codes the target's contraction
+            // loops do not read)
             let allowed = if ctx.sealed.contains(&a)
                 || (!ctx.sizes.target.quantize_prologue && is_narrow_quantize(eg, a))
+                || (native == Kind::Contract
+                    && target == Kind::Contract
+                    && !dequantize_in_loop(eg, a, ctx.sizes.target.dequantize_prologue))
             {
                 Vec::new()
             } else {
