@@ -47,8 +47,9 @@
 #   heavy: the tensor-core and heavy-epilogue tests on the card; W2 and
 #      W3 with KILN_MMA_HEAVY 1/0 and KILN_MMA_WS 0/1; W3's and W2's
 #      kernels under ncu; ATTN, W2, W3 and GEMM beside torch_baselines.py.
-#   lanes: the tensor-core and heavy-epilogue tests and every example on
-#      the card; W3's and W2's kernels under ncu; every workload beside
+#   lanes: the tensor-core, heavy-epilogue, W8A8 and weight-only tests and
+#      every example on the card; W3's and W2's kernels under ncu; a W8A8
+#      block and a W8A16 linear at prefill sizes; every workload beside
 #      torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
@@ -336,6 +337,16 @@ ws_kernels() {
         done
     done
 }
+quantized_models() {
+    # A W8A8 block (8-bit tensor-core projections) and a W8A16 linear (its
+    # weight dequantized at bind time) at prefill sizes.
+    printf 'model w8a16 {\n    input x: bf16[m, 4096]\n    weight w: i8[4096, 4096] per_channel scale bf16 to bf16\n    output y = x @ w\n}\n' \
+        > /tmp/w8a16.kiln
+    "$KILN" bench examples/llama_w8a8.kiln --device cuda --dim seq=2048 --random-weights 1 \
+        --iters 50 --warmup 5 --json || echo failed
+    "$KILN" bench /tmp/w8a16.kiln --device cuda --dim m=2048 --random-weights 1 \
+        --iters 50 --warmup 5 --json || echo failed
+}
 kernel_table_default() {
     # Each kernel of one replay of W3 and W2 as compiled by default.
     local spec file dim
@@ -589,8 +600,10 @@ lanes)
     # evening): the tensor-core tests and every example on the card; W3's
     # and W2's kernels under ncu; every workload beside torch_baselines.py.
     TEST_THREADS=16 TAIL=20 step check 200 scripts/gpu-check.sh ptx:tensor_core_contractions_run \
-        ptx:heavy_epilogues gpu_backend:every_example gpu_backend:small_benchmarks
+        ptx:heavy_epilogues gpu_backend:every_example gpu_backend:small_benchmarks \
+        gpu_backend:w8a8 gpu_backend:weight_only
     TAIL=40 step kernels 50 kernel_table_default
+    TAIL=20 step quantized 40 quantized_models
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 190 bench/gpu.sh
     ;;
