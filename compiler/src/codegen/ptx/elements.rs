@@ -350,7 +350,7 @@ pub(super) fn vector_store(em: &mut Em, addr: &str, w: u32, src: &[Code]) {
 }
 
 /// The memory type of a scalar access to a `w`-bit code.
-fn scalar_ty(w: u32) -> &'static str {
+pub(super) fn scalar_ty(w: u32) -> &'static str {
     match w {
         64 => "b64",
         32 => "b32",

@@ -35,7 +35,7 @@ use kiln_dialect::kernel::{Binary, Body, Expr, Kernel, Ty, Unary, Var};
 
 use super::asm::Class;
 use super::dtype_io::{Code, code_class, code_width};
-use super::elements::unravel;
+use super::elements::{scalar_ty, unravel};
 use super::expr::{Em, Val, free_vars, reads_acc};
 use super::{PtxArch, PtxError};
 
@@ -2424,14 +2424,12 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
                             r: em.reg(code_class(w)),
                             w,
                         };
-                        let sty = match w {
-                            64 => "b64",
-                            32 => "b32",
-                            16 => "b16",
-                            _ => "u8",
-                        };
                         let off = j * lanes_n * (d.bits() / 8);
-                        em.ins(format!("ld.global.{sty} {}, [{r}+{off}]", code.r));
+                        em.ins(format!(
+                            "ld.global.{} {}, [{r}+{off}]",
+                            scalar_ty(w),
+                            code.r
+                        ));
                         em.ins(format!("add.s64 {r}, {r}, {stepb}"));
                         codes.push((l.clone(), code));
                     }
