@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|counters|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -50,6 +50,10 @@
 #   lanes: the tensor-core, heavy-epilogue, W8A8 and weight-only tests and
 #      every example on the card; W3's and W2's kernels under ncu; a W8A8
 #      block and a W8A16 linear at prefill sizes; every workload beside
+#      torch_baselines.py.
+#   w3fast: every example and the tensor-core tests on the card; W3's
+#      and W2's kernels under ncu; W3 with KILN_MMA_HEAVY 1 and 0 (kiln
+#      bench, ncu per kernel); W3, W3d, W2, GEMM and ATTN beside
 #      torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
@@ -347,6 +351,21 @@ quantized_models() {
     "$KILN" bench /tmp/w8a16.kiln --device cuda --dim m=2048 --random-weights 1 \
         --iters 50 --warmup 5 --json || echo failed
 }
+w3_heavy_variants() {
+    # W3 with the gated (SwiGLU) product on two-block 128x128 tiles (the
+    # default) and on the default tiles (KILN_MMA_HEAVY=0): kiln bench,
+    # then each kernel under ncu.
+    local h
+    for h in 1 0; do
+        echo "## w3 KILN_MMA_HEAVY=$h"
+        KILN_MMA_HEAVY=$h "$KILN" bench bench/w3.kiln --device cuda --dim seq=2048 --json || echo failed
+    done
+    echo "## w3 kernels, KILN_MMA_HEAVY=0"
+    KILN_MMA_HEAVY=0 ncu --graph-profiling node --csv --print-units base \
+        --metrics gpu__time_duration.sum,launch__grid_size "$KILN" bench \
+        bench/w3.kiln --device cuda --dim seq=2048 --iters 1 --warmup 0 2>/dev/null |
+        python3 scripts/ncu_kernel_table.py
+}
 kernel_table_default() {
     # Each kernel of one replay of W3 and W2 as compiled by default.
     local spec file dim
@@ -607,6 +626,21 @@ lanes)
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 190 bench/gpu.sh
     ;;
+w3fast)
+    # Staged operands' run-only index terms once per step (W3's output
+    # projection reading the attention output through its transpose) and
+    # the approximate logistic in 16-bit outputs (SwiGLU's SiLU): the
+    # tensor-core tests and every example on the card; W3's and W2's
+    # kernels under ncu; the contraction workloads beside torch_baselines.py.
+    TEST_THREADS=16 TAIL=20 step check 150 scripts/gpu-check.sh \
+        gpu_backend:every_example_runs_on_the_gpu ptx:tensor_core_contractions_run \
+        ptx:heavy_epilogues
+    TAIL=40 step kernels 50 kernel_table_default
+    TAIL=30 step heavy 40 w3_heavy_variants
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 \
+        bench/gpu.sh W3 W3d W2 GEMM ATTN
+    ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
     TAIL=400 step counters 200 mma_counters
@@ -626,7 +660,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|counters|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|counters|final|tests" >&2
     exit 2
     ;;
 esac

@@ -205,10 +205,14 @@ pub fn compile_model(
         }
         if emit.contains(&Stage::Ptx) {
             let t = Instant::now();
-            let kernels = crate::codegen::ptx::compile_program(
-                &program,
-                crate::codegen::ptx::PtxArch::Sm90a,
-            )?;
+            // The target's architecture: `mma.sync` tiles for sm_80,
+            // warpgroup instructions for sm_90 (and a CPU target's plan
+            // shown as sm_90a PTX).
+            let arch = match opts.target.name {
+                "sm_80" => crate::codegen::ptx::PtxArch::Sm80,
+                _ => crate::codegen::ptx::PtxArch::Sm90a,
+            };
+            let kernels = crate::codegen::ptx::compile_program(&program, arch)?;
             let mut text = String::new();
             for k in &kernels {
                 text.push_str(&format!(

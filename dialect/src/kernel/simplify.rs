@@ -654,10 +654,27 @@ pub fn at_lane(k: &Kernel, e: &Expr, v: Var, lanes: i64, chunk: Var, lane: i64) 
         Dim::Static(n) => i64::try_from(*n).ok()?,
         Dim::Sym(_) => return None,
     };
+    at_run_lane(k, e, v, extent, lanes, chunk, lane)
+}
+
+/// [`at_lane`] for any variable `v` of static extent `extent` (an
+/// attention's depth variable in an operand computed from its inputs: a
+/// rotary embedding of the queries), the other variables in the output's
+/// axes.
+pub fn at_run_lane(
+    k: &Kernel,
+    e: &Expr,
+    v: Var,
+    extent: i64,
+    lanes: i64,
+    chunk: Var,
+    lane: i64,
+) -> Option<Expr> {
     if lanes <= 0 || extent % lanes != 0 || !(0..lanes).contains(&lane) || rebinds(e, v) {
         return None;
     }
     let mut vars = output_ranges(k);
+    vars.remove(&v);
     vars.insert(chunk, Range::upto(&Expr::Int(extent / lanes)));
     let cx = Cx { vars, fold: true };
     let at = Expr::bin(

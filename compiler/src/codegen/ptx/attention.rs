@@ -63,7 +63,7 @@
 //! ([`combine_splits`]).
 
 use kiln_dialect::DType;
-use kiln_dialect::kernel::{Attention, Body, Expr, Kernel, Ty, Var};
+use kiln_dialect::kernel::{Attention, Body, Expr, Kernel, Ty, Var, max_var, simplify};
 
 use super::asm::Class;
 use super::elements::unravel;
@@ -647,6 +647,25 @@ fn computed_row(em: &mut Em, c: &Copies, row: &str) -> String {
     pc
 }
 
+/// A computed operand's expression at each of a run's 8 columns
+/// ([`simplify::at_run_lane`]) and the variable numbering the runs: `None`
+/// where the columns are not a static multiple of 8.
+fn lane_exprs(k: &Kernel, e: &Expr, col: Var) -> Option<(Var, Vec<Expr>)> {
+    let cols = match &k.body {
+        Body::Attention(t) if col == t.d => match t.depth {
+            Expr::Int(d) => d,
+            _ => return None,
+        },
+        _ => k.output.shape.0.last()?.as_static()? as i64,
+    };
+    let chunk = Var(k.body.max_var().max(max_var(e)) + 1);
+    let chunk = Var(chunk.0.max(k.output.shape.rank() as u32));
+    (0..8)
+        .map(|x| simplify::at_run_lane(k, e, col, cols, 8, chunk, x))
+        .collect::<Option<Vec<_>>>()
+        .map(|lanes| (chunk, lanes))
+}
+
 /// Evaluates the thread's 8 elements of computed row `row` and stores
 /// them, rounded to `elem`, at shared address `dst`.
 fn compute_row(
@@ -659,6 +678,33 @@ fn compute_row(
 ) -> Result<(), PtxError> {
     em.bind(c.op.row, row.to_string());
     let mut vals = Vec::with_capacity(8);
+    if let Some((chunk, lanes)) = lane_exprs(em.k, e, c.op.col) {
+        // The 8 columns' own expressions (a rotary embedding's parity
+        // decided, its partner shared), values shared across them.
+        let ch = em.reg(Class::D);
+        em.ins(format!("shr.s64 {ch}, {}, 3", c.col));
+        let prev = em.bind(chunk, ch);
+        em.memo = Some(Vec::new());
+        let mut out = Ok(());
+        for x in &lanes {
+            match em.emit(x) {
+                Ok(v) if v.t == Ty::F32 => vals.push(v.r),
+                Ok(_) => {
+                    out = Err(em.type_err(e, "a computed attention operand is not an f32"));
+                    break;
+                }
+                Err(err) => {
+                    out = Err(err);
+                    break;
+                }
+            }
+        }
+        em.memo = None;
+        em.unbind(chunk, prev);
+        out?;
+        store_rounded16(em, &vals, elem, dst);
+        return Ok(());
+    }
     for x in 0..8 {
         let col = em.reg(Class::D);
         em.ins(format!("add.s64 {col}, {}, {x}", c.col));

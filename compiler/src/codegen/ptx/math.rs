@@ -86,6 +86,18 @@ impl Em<'_> {
         Val { r: out, t: Ty::F32 }
     }
 
+    /// `1 / (1 + exp(y))` from the approximate instructions (see
+    /// `Em::logistic` for where it is precise enough): `exp(y)` overflowing
+    /// to infinity gives 0, underflowing gives 1.
+    pub(super) fn logistic_f32(&mut self, y: &str) -> Val {
+        let (t, e, d, r) = (self.f(), self.f(), self.f(), self.f());
+        self.ins(format!("mul.f32 {t}, {y}, {}", f32_imm(LOG2_E)));
+        self.ins(format!("ex2.approx.ftz.f32 {e}, {t}"));
+        self.ins(format!("add.f32 {d}, {e}, 0f3F800000"));
+        self.ins(format!("rcp.approx.ftz.f32 {r}, {d}"));
+        Val { r, t: Ty::F32 }
+    }
+
     pub(super) fn log_f32(&mut self, x: &str) -> Val {
         let (l, r) = (self.f(), self.f());
         self.ins(format!("lg2.approx.f32 {l}, {x}"));

@@ -884,6 +884,9 @@ struct Copies {
     chunk: Option<(Vec<Expr>, Var)>,
     /// The operand's element type in shared memory.
     elem: DType,
+    /// Whether every copy reads the same `k` at each step (rows of an
+    /// operand stored outer-major, one 16-byte column per thread).
+    same_k: bool,
 }
 
 /// The run index of a staged load (see [`Operand::chunk`]): an unguarded
@@ -2340,7 +2343,11 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     // across the tile loop: fewer there too (W3's output projection, its
     // `a` a transposed view, spilled at 16 beside the tile-inside path).
     let own_copies = plan.a.staged.is_some() || plan.b.staged.is_some();
-    let in_flight = if plan.splits > 1 || regs <= 128 || own_copies {
+    // `mma.sync` tiles keep 128 accumulators a thread in registers through
+    // the epilogue: a gated one (SwiGLU's up projection on sm_80, 128x256)
+    // spilled 4 bytes at 16 once its logistic took four instructions.
+    let gated_sync = !t.wgmma && gated_epilogue(em.k, epilogue);
+    let in_flight = if plan.splits > 1 || regs <= 128 || own_copies || gated_sync {
         FEW_STAGED_LOADS
     } else {
         STAGED_LOADS
@@ -2629,6 +2636,7 @@ fn copies(
         staged: op.staged.clone(),
         chunk: op.chunk.clone(),
         elem: em.k.inputs[i].dtype,
+        same_k: op.storage == Storage::OuterK,
     };
     let (r0, c0) = (em.reg(Class::R), em.reg(Class::R));
     em.ins(format!("shr.u32 {r0}, {tid}, {}", per_row.trailing_zeros()));
@@ -2714,6 +2722,32 @@ fn issue(
             Some((Expr::Load { input, .. }, _, _)) => *input,
             _ => return Err(em.kerr("a staged run that is not a load")),
         };
+        // Axes indexed by the run alone (a head's `k / 128`, `k % 128` of
+        // a transposed attention output) are the same for every copy when
+        // the copies share `k`: computed once per step.
+        let by_outer: Vec<bool> = index
+            .iter()
+            .map(|ie| super::expr::free_vars(ie).contains(ov))
+            .collect();
+        let mut run_part = None;
+        if c.same_k && by_outer.iter().any(|o| !o) {
+            let rn = em.reg(Class::D);
+            em.ins(format!("shr.s64 {rn}, {}, 3", c.kidx[0]));
+            em.vars.insert(*run, rn);
+            let mut flat = em.iconst(0);
+            for (a, ie) in index.iter().enumerate() {
+                if by_outer[a] {
+                    continue;
+                }
+                let v = em.emit(ie)?;
+                let stride = em.in_strides[input][a].clone();
+                let term = em.mul_op(&v.r, &stride);
+                let f = em.reg(Class::D);
+                em.ins(format!("add.s64 {f}, {flat}, {term}"));
+                flat = f;
+            }
+            run_part = Some(flat);
+        }
         for j in 0..c.shared.len() {
             let (pk, p) = (em.reg(Class::P), em.reg(Class::P));
             em.ins(format!("setp.lt.s64 {pk}, {}, {kext}", c.kidx[j]));
@@ -2722,8 +2756,11 @@ fn issue(
             em.ins(format!("shr.s64 {rn}, {}, 3", c.kidx[j]));
             em.vars.insert(*ov, c.outer[j].clone());
             em.vars.insert(*run, rn);
-            let mut flat = em.iconst(0);
+            let mut flat = run_part.clone().unwrap_or_else(|| em.iconst(0));
             for (a, ie) in index.iter().enumerate() {
+                if run_part.is_some() && !by_outer[a] {
+                    continue;
+                }
                 let v = em.emit(ie)?;
                 let stride = em.in_strides[input][a].clone();
                 let term = em.mul_op(&v.r, &stride);
