@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|counters|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -54,6 +54,10 @@
 #   w3fast: every example and the tensor-core tests on the card; W3's
 #      and W2's kernels under ncu; W3 with KILN_MMA_HEAVY 1 and 0 (kiln
 #      bench, ncu per kernel); W3, W3d, W2, GEMM and ATTN beside
+#      torch_baselines.py.
+#   logistic: the tensor-core, heavy-epilogue and large-block tests on
+#      the card; W3 with KILN_MMA_GROUP=8, KILN_MMA_TMA=1, KILN_MMA_WS=1;
+#      W3's and W2's kernels under ncu; every workload beside
 #      torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
@@ -366,6 +370,15 @@ w3_heavy_variants() {
         bench/w3.kiln --device cuda --dim seq=2048 --iters 1 --warmup 0 2>/dev/null |
         python3 scripts/ncu_kernel_table.py
 }
+w3_switch_variants() {
+    # W3 as compiled by default, with the grouped tile order, with tensor
+    # copies and warp-specialized: kiln bench medians of 50 each.
+    local v
+    for v in "" KILN_MMA_GROUP=8 KILN_MMA_TMA=1 KILN_MMA_WS=1; do
+        echo "## w3 ${v:-default}"
+        env $v "$KILN" bench bench/w3.kiln --device cuda --dim seq=2048 --json || echo failed
+    done
+}
 kernel_table_default() {
     # Each kernel of one replay of W3 and W2 as compiled by default.
     local spec file dim
@@ -641,6 +654,18 @@ w3fast)
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 \
         bench/gpu.sh W3 W3d W2 GEMM ATTN
     ;;
+logistic)
+    # The logistic's approximate instructions and SwiGLU on the default
+    # tiles: the tensor-core, heavy-epilogue and large-block tests on the
+    # card; W3 with the tile-order and copy switches; W3's and W2's kernels
+    # under ncu; every workload beside torch_baselines.py.
+    TEST_THREADS=16 TAIL=20 step check 150 scripts/gpu-check.sh \
+        ptx:heavy_epilogues ptx:tensor_core_contractions_run gpu_backend:large_blocks
+    TAIL=30 step variants 60 w3_switch_variants
+    TAIL=40 step kernels 50 kernel_table_default
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 190 bench/gpu.sh
+    ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
     TAIL=400 step counters 200 mma_counters
@@ -660,7 +685,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|counters|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|counters|final|tests" >&2
     exit 2
     ;;
 esac

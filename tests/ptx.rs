@@ -2586,11 +2586,13 @@ fn warp_specialized_contractions_run_as_the_evaluator_says() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The tiling rule for gated staged epilogues (`KILN_MMA_HEAVY`): a
-/// SwiGLU product (`silu(acc) * gate[m, n]`) and a GeGLU one take 128x128
-/// warpgroup tiles of two blocks per multiprocessor on sm_90a; a bias
-/// with GELU (no matrix read), a residual sum (no transcendental) and
-/// register epilogues keep 128x256; without the rule all keep 128x256. Every kernel against the
+/// The tiling rule for gated staged epilogues (`KILN_MMA_HEAVY`): a GeGLU
+/// product (`gelu(acc) * gate[m, n]`) and a softplus-gated one take
+/// 128x128 warpgroup tiles of two blocks per multiprocessor on sm_90a; a
+/// SwiGLU or sigmoid-gated product into bf16 (the logistic's four
+/// approximate instructions), a bias with GELU (no matrix read), a
+/// residual sum (no transcendental) and register epilogues keep 128x256;
+/// without the rule all keep 128x256. Every kernel against the
 /// evaluator on the interpreter (and the GPU where there is one), the
 /// heavy ones assembled at two blocks' 128 registers without spills;
 /// among them divisors that read the accumulator or the column, whose
@@ -2615,12 +2617,40 @@ fn heavy_epilogues_take_two_blocks_per_multiprocessor() {
         bin(Binary::Mul, half, bin(Binary::Add, Expr::Float(1.0), erf))
     };
     let (rows, cols, depth) = (200u64, 520u64, 192i64);
+    let sigmoid = |x: Expr| {
+        let e = un(Unary::Exp, un(Unary::Neg, x));
+        bin(Binary::Div, Expr::Float(1.0), bin(Binary::Add, e, Expr::Float(1.0)))
+    };
     let cases: Vec<(&str, Expr, bool)> = vec![
+        // SiLU into bf16 takes four approximate instructions (the
+        // logistic): light enough for the default tiles.
         (
             "swiglu",
             bin(
                 Binary::Mul,
                 silu(Expr::Acc),
+                ld(2, vec![m.clone(), n.clone()]),
+            ),
+            false,
+        ),
+        (
+            "sigmoid_gated",
+            bin(
+                Binary::Mul,
+                sigmoid(Expr::Acc),
+                ld(2, vec![m.clone(), n.clone()]),
+            ),
+            false,
+        ),
+        // softplus(acc) * g: a logarithm stays heavy.
+        (
+            "softplus_gated",
+            bin(
+                Binary::Mul,
+                un(
+                    Unary::Log,
+                    bin(Binary::Add, Expr::Float(1.0), un(Unary::Exp, Expr::Acc)),
+                ),
                 ld(2, vec![m.clone(), n.clone()]),
             ),
             true,
@@ -2710,6 +2740,12 @@ fn heavy_epilogues_take_two_blocks_per_multiprocessor() {
         assert_eq!(without.grid, wide, "{name}");
         assert_eq!(with.grid, if heavy { narrow } else { wide }, "{name}");
         assert_eq!(with.ptx.contains(".minnctapersm 2"), heavy, "{name}");
+        // The logistic's approximate reciprocal (the precise `exp` tests
+        // for infinities; the fast one does not).
+        if matches!(name, "swiglu" | "sigmoid_gated" | "plain_silu") {
+            assert!(with.ptx.contains("rcp.approx.ftz.f32"), "{name}");
+            assert!(!with.ptx.contains("testp.infinite"), "{name}");
+        }
         // sm_80 keeps its own tiles.
         let sm80 = compile_kernel_with(&kernel, PtxArch::Sm80, &rule).unwrap();
         assert!(!sm80.ptx.contains("wgmma"), "{name}");

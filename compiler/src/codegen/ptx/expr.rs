@@ -123,23 +123,33 @@ fn one_plus_erf_parts(e: &Expr) -> Option<(&Expr, bool)> {
     }
 }
 
-/// `y` when `n / d` is `1 / (1 + exp(y))` or `1 / (exp(y) + 1)`: the
-/// logistic function of `-y` (SiLU's and the sigmoid's denominator).
-fn logistic_arg<'e>(n: &Expr, d: &'e Expr) -> Option<&'e Expr> {
+/// `y` when `d` is `1 + exp(y)` or `exp(y) + 1`: the denominator of the
+/// logistic function of `-y` (the sigmoid's, and SiLU's `x / (1 +
+/// exp(-x))`).
+pub(super) fn logistic_arg(d: &Expr) -> Option<&Expr> {
     let one = |x: &Expr| matches!(x, Expr::Float(v) if *v == 1.0);
     let Expr::Binary(Binary::Add, p, q) = d else {
         return None;
     };
-    let exp_arg = |x: &'e Expr| match x {
-        Expr::Unary(Unary::Exp, y) => Some(&**y),
-        _ => None,
+    let exp_arg = |x: &Expr| match x {
+        Expr::Unary(Unary::Exp, _) => true,
+        _ => false,
     };
-    match () {
-        _ if !one(n) => None,
-        _ if one(p) => exp_arg(q),
-        _ if one(q) => exp_arg(p),
+    let e = match () {
+        _ if one(p) && exp_arg(q) => q,
+        _ if one(q) && exp_arg(p) => p,
+        _ => return None,
+    };
+    match &**e {
+        Expr::Unary(Unary::Exp, y) => Some(y),
         _ => None,
     }
+}
+
+/// Whether a kernel writing `out` evaluates `n / d` with
+/// [`Em::logistic`]'s approximate instructions.
+pub(super) fn fast_logistic(out: DType, d: &Expr) -> bool {
+    matches!(out, DType::BF16 | DType::F16) && logistic_arg(d).is_some()
 }
 
 /// An immediate integer operand, if `s` is one.
@@ -315,24 +325,37 @@ impl<'k> Em<'k> {
         Ok(v)
     }
 
-    /// `1 / (1 + exp(y))` in f32 for a 16-bit output: `exp` from one
+    /// `n / (1 + exp(y))` in f32 for a 16-bit output: `exp` from one
     /// `ex2.approx` of `y log2 e` (relative error below 2^-17 where the
     /// result is finite and not zero) and the reciprocal from `rcp.approx`;
     /// `1 + exp(y)` cannot cancel, so the quotient keeps that error, far
-    /// below a bf16 (2^-9) or f16 (2^-12) half-ulp. Four instructions
-    /// instead of about 25. `None` for other expressions or outputs.
+    /// below a bf16 (2^-9) or f16 (2^-12) half-ulp. Four instructions and
+    /// a product instead of about 25. `None` for other expressions or
+    /// outputs.
     fn logistic(&mut self, n: &Expr, d: &Expr) -> Result<Option<Val>, PtxError> {
-        if self.fty != Ty::F32 || !matches!(self.k.output.dtype, DType::BF16 | DType::F16) {
+        if self.fty != Ty::F32 || !fast_logistic(self.k.output.dtype, d) {
             return Ok(None);
         }
-        let Some(y) = logistic_arg(n, d) else {
+        let Some(y) = logistic_arg(d) else {
             return Ok(None);
         };
+        let num = match n {
+            Expr::Float(v) if *v == 1.0 => None,
+            _ => Some(self.emit(n)?),
+        };
         let y = self.emit(y)?;
-        if y.t != Ty::F32 {
-            return Err(self.type_err(d, "exp of a non-float"));
+        if y.t != Ty::F32 || num.as_ref().is_some_and(|x| x.t != Ty::F32) {
+            return Err(self.type_err(d, "a logistic of a non-float"));
         }
-        Ok(Some(self.logistic_f32(&y.r)))
+        let r = self.logistic_f32(&y.r);
+        Ok(Some(match num {
+            None => r,
+            Some(x) => {
+                let q = self.reg(Class::F);
+                self.ins(format!("mul.f32 {q}, {}, {}", x.r, r.r));
+                Val { r: q, t: Ty::F32 }
+            }
+        }))
     }
 
     /// `1 + erf(u)`, `erf(u) + 1` or `1 - erf(u)` in f32 with the erf

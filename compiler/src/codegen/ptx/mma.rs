@@ -2154,13 +2154,24 @@ pub(super) fn gated_epilogue(k: &Kernel, e: &Expr) -> bool {
         let vars = free_vars(l);
         vars.contains(&mv) && vars.contains(&nv)
     });
-    gate && heavy_epilogue(e)
+    gate && heavy_epilogue(e, k.output.dtype)
 }
 
 /// Whether an epilogue evaluates a transcendental function (an
 /// exponential, logarithm, tanh, erf, sine or cosine, or a power) per
-/// element: SiLU, GELU, a softplus.
-pub(super) fn heavy_epilogue(e: &Expr) -> bool {
+/// element: SiLU, GELU, a softplus. A logistic that takes four
+/// approximate instructions into the output's type (SiLU's `x / (1 +
+/// exp(-x))` into bf16, see `Em::logistic`) is not: on the H100
+/// (2026-12-06 11:28 UTC) W3's SwiGLU product took 140 us at ncu's clocks
+/// on two-block 128x128 tiles and 118 us on the default 128x256 ones (W3
+/// 0.5164 -> 0.5036 ms, kiln bench medians of 50).
+pub(super) fn heavy_epilogue(e: &Expr, out: DType) -> bool {
+    if let Expr::Binary(Binary::Div, n, d) = e
+        && super::expr::fast_logistic(out, d)
+        && let Some(y) = super::expr::logistic_arg(d)
+    {
+        return heavy_epilogue(n, out) || heavy_epilogue(y, out);
+    }
     let here = match e {
         Expr::Unary(u, _) => match u {
             Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sin | Unary::Cos => true,
@@ -2186,7 +2197,7 @@ pub(super) fn heavy_epilogue(e: &Expr) -> bool {
         | Expr::Acc => false,
     };
     let mut below = false;
-    e.for_each_child(|c| below |= heavy_epilogue(c));
+    e.for_each_child(|c| below |= heavy_epilogue(c, out));
     here || below
 }
 
