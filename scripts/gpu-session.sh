@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|counters|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -59,6 +59,9 @@
 #      the card; W3 with KILN_MMA_GROUP=8, KILN_MMA_TMA=1, KILN_MMA_WS=1;
 #      W3's and W2's kernels under ncu; every workload beside
 #      torch_baselines.py.
+#   loads8: W3 and W3d on the card against the interpreter; W3, W2 and
+#      GEMM with KILN_MMA_GROUP 0 and 8; W3's and W2's kernels under ncu;
+#      every workload beside torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
 #      and W2's first layer (scripts/ncu_details.py).
@@ -379,6 +382,19 @@ w3_switch_variants() {
         env $v "$KILN" bench bench/w3.kiln --device cuda --dim seq=2048 --json || echo failed
     done
 }
+group_variants() {
+    # W3, W2 and GEMM in the default tile order and in groups of 8 row
+    # tiles (KILN_MMA_GROUP=8): kiln bench medians of 50 each.
+    local spec file dim g
+    for spec in w3:seq=2048 w2:m=8192 gemm:m=4096; do
+        IFS=: read -r file dim <<< "$spec"
+        for g in 0 8; do
+            echo "## $file KILN_MMA_GROUP=$g"
+            KILN_MMA_GROUP=$g "$KILN" bench "bench/$file.kiln" --device cuda --dim "$dim" --json ||
+                echo failed
+        done
+    done
+}
 kernel_table_default() {
     # Each kernel of one replay of W3 and W2 as compiled by default.
     local spec file dim
@@ -666,6 +682,17 @@ logistic)
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 190 bench/gpu.sh
     ;;
+loads8)
+    # Staged epilogues of self-copied operands with 8 loads in flight (W3's
+    # output projection): W3 and W3d on the card against the interpreter;
+    # W3, W2 and GEMM in both tile orders; W3's kernels under ncu; every
+    # workload beside torch_baselines.py.
+    TEST_THREADS=16 TAIL=20 step check 120 scripts/gpu-check.sh gpu_backend:large_blocks
+    TAIL=30 step variants 90 group_variants
+    TAIL=40 step kernels 50 kernel_table_default
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 190 bench/gpu.sh
+    ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
     TAIL=400 step counters 200 mma_counters
@@ -685,7 +712,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|counters|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|counters|final|tests" >&2
     exit 2
     ;;
 esac

@@ -2619,7 +2619,11 @@ fn heavy_epilogues_take_two_blocks_per_multiprocessor() {
     let (rows, cols, depth) = (200u64, 520u64, 192i64);
     let sigmoid = |x: Expr| {
         let e = un(Unary::Exp, un(Unary::Neg, x));
-        bin(Binary::Div, Expr::Float(1.0), bin(Binary::Add, e, Expr::Float(1.0)))
+        bin(
+            Binary::Div,
+            Expr::Float(1.0),
+            bin(Binary::Add, e, Expr::Float(1.0)),
+        )
     };
     let cases: Vec<(&str, Expr, bool)> = vec![
         // SiLU into bf16 takes four approximate instructions (the

@@ -2145,29 +2145,34 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
 /// bias + GELU layer (a per-column load) went 0.2978 -> 0.3132 ms, so a
 /// transcendental alone does not qualify.
 pub(super) fn gated_epilogue(k: &Kernel, e: &Expr) -> bool {
+    reads_a_gate(k, e) && heavy_epilogue(e, Some(k.output.dtype))
+}
+
+/// Whether an epilogue loads a matrix of the output's rows and columns
+/// (a gate, a residual).
+fn reads_a_gate(k: &Kernel, e: &Expr) -> bool {
     let r = k.output.shape.rank();
     if r < 2 {
         return false;
     }
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
-    let gate = epilogue_loads(e).iter().any(|l| {
+    epilogue_loads(e).iter().any(|l| {
         let vars = free_vars(l);
         vars.contains(&mv) && vars.contains(&nv)
-    });
-    gate && heavy_epilogue(e, k.output.dtype)
+    })
 }
 
 /// Whether an epilogue evaluates a transcendental function (an
 /// exponential, logarithm, tanh, erf, sine or cosine, or a power) per
-/// element: SiLU, GELU, a softplus. A logistic that takes four
-/// approximate instructions into the output's type (SiLU's `x / (1 +
+/// element: SiLU, GELU, a softplus. With the output's type, a logistic
+/// that takes four approximate instructions into it (SiLU's `x / (1 +
 /// exp(-x))` into bf16, see `Em::logistic`) is not: on the H100
 /// (2026-12-06 11:28 UTC) W3's SwiGLU product took 140 us at ncu's clocks
 /// on two-block 128x128 tiles and 118 us on the default 128x256 ones (W3
 /// 0.5164 -> 0.5036 ms, kiln bench medians of 50).
-pub(super) fn heavy_epilogue(e: &Expr, out: DType) -> bool {
-    if let Expr::Binary(Binary::Div, n, d) = e
-        && super::expr::fast_logistic(out, d)
+pub(super) fn heavy_epilogue(e: &Expr, out: Option<DType>) -> bool {
+    if let (Some(o), Expr::Binary(Binary::Div, n, d)) = (out, e)
+        && super::expr::fast_logistic(o, d)
         && let Some(y) = super::expr::logistic_arg(d)
     {
         return heavy_epilogue(n, out) || heavy_epilogue(y, out);
@@ -2208,6 +2213,12 @@ const STAGED_LOADS: u32 = 16;
 /// [`STAGED_LOADS`] for a split tile ([`MmaPlan::splits`]) or a block
 /// with at most 128 registers a thread.
 const FEW_STAGED_LOADS: u32 = 4;
+/// [`STAGED_LOADS`] where the threads copy an operand themselves: W3's
+/// output projection (its `a` the attention output through a transpose)
+/// spilled 4 bytes at 16 and assembles without spills at 8 and 12 since a
+/// staged run's index terms of `k` alone are computed once per step
+/// (ptxas 13.0.88, 255 registers).
+const OWN_COPIES_STAGED_LOADS: u32 = 8;
 
 /// The loads of an epilogue that [`store_staged`] issues ahead of the
 /// arithmetic: unguarded loads outside selects and reductions, without
@@ -2352,14 +2363,17 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     let regs = 65536 / (t.threads() * t.blocks_per_sm);
     // An operand the threads copy themselves holds its copies' addresses
     // across the tile loop: fewer there too (W3's output projection, its
-    // `a` a transposed view, spilled at 16 beside the tile-inside path).
+    // `a` a transposed view, spilled at 16 beside the tile-inside path;
+    // see [`OWN_COPIES_STAGED_LOADS`]).
     let own_copies = plan.a.staged.is_some() || plan.b.staged.is_some();
     // `mma.sync` tiles keep 128 accumulators a thread in registers through
     // the epilogue: a gated one (SwiGLU's up projection on sm_80, 128x256)
     // spilled 4 bytes at 16 once its logistic took four instructions.
-    let gated_sync = !t.wgmma && gated_epilogue(em.k, epilogue);
-    let in_flight = if plan.splits > 1 || regs <= 128 || own_copies || gated_sync {
+    let gated_sync = !t.wgmma && reads_a_gate(em.k, epilogue) && heavy_epilogue(epilogue, None);
+    let in_flight = if plan.splits > 1 || regs <= 128 || gated_sync {
         FEW_STAGED_LOADS
+    } else if own_copies {
+        OWN_COPIES_STAGED_LOADS
     } else {
         STAGED_LOADS
     };
