@@ -131,16 +131,12 @@ pub(super) fn logistic_arg(d: &Expr) -> Option<&Expr> {
     let Expr::Binary(Binary::Add, p, q) = d else {
         return None;
     };
-    let exp_arg = |x: &Expr| match x {
-        Expr::Unary(Unary::Exp, _) => true,
-        _ => false,
-    };
-    let e = match () {
-        _ if one(p) && exp_arg(q) => q,
-        _ if one(q) && exp_arg(p) => p,
+    let other = match () {
+        _ if one(p) => q,
+        _ if one(q) => p,
         _ => return None,
     };
-    match &**e {
+    match &**other {
         Expr::Unary(Unary::Exp, y) => Some(y),
         _ => None,
     }
