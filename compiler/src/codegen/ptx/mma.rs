@@ -2759,19 +2759,8 @@ fn issue(
             let rn = em.reg(Class::D);
             em.ins(format!("shr.s64 {rn}, {}, 3", c.kidx[0]));
             em.vars.insert(*run, rn);
-            let mut flat = em.iconst(0);
-            for (a, ie) in index.iter().enumerate() {
-                if by_outer[a] {
-                    continue;
-                }
-                let v = em.emit(ie)?;
-                let stride = em.in_strides[input][a].clone();
-                let term = em.mul_op(&v.r, &stride);
-                let f = em.reg(Class::D);
-                em.ins(format!("add.s64 {f}, {flat}, {term}"));
-                flat = f;
-            }
-            run_part = Some(flat);
+            let zero = em.iconst(0);
+            run_part = Some(index_terms(em, index, input, zero, |a| !by_outer[a])?);
         }
         for j in 0..c.shared.len() {
             let (pk, p) = (em.reg(Class::P), em.reg(Class::P));
@@ -2781,18 +2770,10 @@ fn issue(
             em.ins(format!("shr.s64 {rn}, {}, 3", c.kidx[j]));
             em.vars.insert(*ov, c.outer[j].clone());
             em.vars.insert(*run, rn);
-            let mut flat = run_part.clone().unwrap_or_else(|| em.iconst(0));
-            for (a, ie) in index.iter().enumerate() {
-                if run_part.is_some() && !by_outer[a] {
-                    continue;
-                }
-                let v = em.emit(ie)?;
-                let stride = em.in_strides[input][a].clone();
-                let term = em.mul_op(&v.r, &stride);
-                let f = em.reg(Class::D);
-                em.ins(format!("add.s64 {f}, {flat}, {term}"));
-                flat = f;
-            }
+            let start = run_part.clone().unwrap_or_else(|| em.iconst(0));
+            let flat = index_terms(em, index, input, start, |a| {
+                run_part.is_none() || by_outer[a]
+            })?;
             let src = em.reg(Class::D);
             em.ins(format!("mad.lo.s64 {src}, {flat}, 2, {}", c.base));
             copy16(em, &p, &src, &c.base, &dst0, &c.shared[j], c.slice);
@@ -2863,6 +2844,30 @@ fn issue(
         em.ins(format!("add.s64 {0}, {0}, {1}", c.kidx[j], t.tile_k));
     }
     Ok(())
+}
+
+/// `start` plus `index[a]` times input `input`'s stride of axis `a`, for
+/// the axes `a` that `axes` selects: an element offset.
+fn index_terms(
+    em: &mut Em,
+    index: &[Expr],
+    input: usize,
+    start: String,
+    axes: impl Fn(usize) -> bool,
+) -> Result<String, PtxError> {
+    let mut flat = start;
+    for (a, ie) in index.iter().enumerate() {
+        if !axes(a) {
+            continue;
+        }
+        let v = em.emit(ie)?;
+        let stride = em.in_strides[input][a].clone();
+        let term = em.mul_op(&v.r, &stride);
+        let f = em.reg(Class::D);
+        em.ins(format!("add.s64 {f}, {flat}, {term}"));
+        flat = f;
+    }
+    Ok(flat)
 }
 
 /// `n - 1` for an extent `n` (an immediate or a register).
