@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|grouped|counters|final|tests
+# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|grouped|walk|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -64,6 +64,8 @@
 #      every workload beside torch_baselines.py.
 #   grouped: the grouped-order and large-block tests on the card; every
 #      workload beside torch_baselines.py; W3's and W2's kernels under ncu.
+#   walk: the walk-order test and W3 on the card; W3's and W2's kernels
+#      under ncu; every workload beside torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
 #      and W2's first layer (scripts/ncu_details.py).
@@ -705,6 +707,16 @@ grouped)
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 190 bench/gpu.sh
     TAIL=40 step kernels 50 kernel_table_default
     ;;
+walk)
+    # Maps walking their largest input's order (W3's key rotation): that
+    # test and W3 on the card against the interpreter; W3's kernels under
+    # ncu; every workload beside torch_baselines.py.
+    TEST_THREADS=16 TAIL=20 step check 60 scripts/gpu-check.sh \
+        ptx:maps_walk gpu_backend:large_blocks
+    TAIL=40 step kernels 40 kernel_table_default
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 bench/gpu.sh
+    ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
     TAIL=400 step counters 200 mma_counters
@@ -724,7 +736,7 @@ tests)
     KILN_MMA_TILING=medium TORCH=0 KILN_TIMEOUT=40 step bench-mma-sync 60 bench/gpu.sh W5-int8 W5-fp8 GEMM
     ;;
 *)
-    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|grouped|counters|final|tests" >&2
+    echo "usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|grouped|walk|counters|final|tests" >&2
     exit 2
     ;;
 esac

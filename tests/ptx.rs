@@ -4171,3 +4171,96 @@ fn w1_row_kernel_decodes_weights_once_and_evaluates_gelu_in_few_instructions() {
         .count();
     assert!(ones <= 1, "{ones} registers of 1.0 in the loop");
 }
+
+/// A map whose largest input is read through a strided view (W3's key
+/// rotation: each head's 128 columns of a QKV row) walks that input's
+/// order, the output's last axis innermost: the symbolic sequence axis is
+/// then the outermost and no run divides by it. Against the evaluator on
+/// the interpreter (and the GPU where there is one) at awkward sizes, a
+/// rotation partner and a half-index load among the reads.
+#[test]
+fn maps_walk_their_largest_input_in_its_order() {
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (h, s, d) = (v(1), v(2), v(3));
+    let col = |off: Expr| {
+        ld(
+            0,
+            vec![
+                Expr::Int(0),
+                s.clone(),
+                bin(Binary::Add, bin(Binary::Mul, h.clone(), Expr::Int(64)), off),
+            ],
+        )
+    };
+    let half = bin(Binary::Div, d.clone(), Expr::Int(2));
+    let parity = bin(Binary::Rem, d.clone(), Expr::Int(2));
+    // x[d] * c[s, d / 2] + x[d ^ 1] * (d odd ? 1 : -1) (a rotation's shape)
+    let partner = col(bin(
+        Binary::Sub,
+        bin(
+            Binary::Add,
+            bin(Binary::Mul, half.clone(), Expr::Int(2)),
+            Expr::Int(1),
+        ),
+        parity.clone(),
+    ));
+    let sign = Expr::Select(
+        Box::new(bin(Binary::Eq, parity, Expr::Int(0))),
+        Box::new(Expr::Float(-1.0)),
+        Box::new(Expr::Float(1.0)),
+    );
+    let expr = bin(
+        Binary::Add,
+        bin(Binary::Mul, col(d.clone()), ld(1, vec![s.clone(), half])),
+        bin(Binary::Mul, partner, sign),
+    );
+    let k = map(
+        "walk_heads",
+        Ty::F32,
+        vec![
+            buf("x", DType::BF16, vec![st(1), Dim::sym("seq"), st(4 * 64)]),
+            buf("c", DType::BF16, vec![Dim::sym("seq"), st(32)]),
+        ],
+        buf(
+            "y",
+            DType::BF16,
+            vec![st(1), st(4), Dim::sym("seq"), st(64)],
+        ),
+        expr,
+    );
+    let pk = compile_kernel(&k, PtxArch::Sm90a).unwrap();
+    assert!(
+        !pk.ptx.contains("div.u32"),
+        "a run divides by seq:\n{}",
+        pk.ptx
+    );
+    // The output's order (the same map with the sequence axis read
+    // contiguously) does divide.
+    let plain = map(
+        "walk_plain",
+        Ty::F32,
+        vec![buf("x", DType::BF16, vec![st(4), Dim::sym("seq"), st(64)])],
+        buf("y", DType::BF16, vec![st(4), Dim::sym("seq"), st(64)]),
+        bin(Binary::Mul, ld(0, vec![v(0), v(1), v(2)]), Expr::Float(2.0)),
+    );
+    assert!(
+        compile_kernel(&plain, PtxArch::Sm90a)
+            .unwrap()
+            .ptx
+            .contains("div.u32")
+    );
+    let mut sides = vec![Side::Sim(PtxArch::Sm90a), Side::Sim(PtxArch::Sm80)];
+    if common::gpu_available() {
+        sides.push(Side::Gpu(PtxArch::Sm90a));
+    }
+    for side in sides {
+        for _ in 0..2 {
+            match run_against_eval_tol(&k, &mut rng, side, 1e-6) {
+                Ok(true) => {}
+                r => panic!("{} (seed {seed}): {r:?}", side.name()),
+            }
+        }
+    }
+}

@@ -689,6 +689,43 @@ fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// The stride of output variable `v` in a load of `k`'s input `input` at
+/// `index`: the coefficient of `v` in the element offset (a symbolic
+/// extent counted as `sym`), where every index is linear in `v`; `None`
+/// where `v` lies inside a division, a remainder, a product of variables
+/// or a clamp. A backend walks an element kernel's output in the order
+/// of its largest input with it.
+pub fn stride_of(k: &Kernel, input: usize, index: &[Expr], v: Var, sym: i64) -> Option<i64> {
+    let shape = &k.inputs.get(input)?.shape.0;
+    if shape.len() != index.len() {
+        return None;
+    }
+    let cx = Cx {
+        vars: output_ranges(k),
+        fold: false,
+    };
+    let mut stride = 0i64;
+    let mut below = 1i64;
+    for (d, ie) in shape.iter().zip(index).rev() {
+        let l = cx.lin(ie);
+        let mut c = 0i64;
+        for (coef, atom) in &l.terms {
+            if *atom == Expr::Var(v) {
+                c = c.checked_add(*coef)?;
+            } else if mentions(atom, v) {
+                return None;
+            }
+        }
+        stride = stride.checked_add(c.checked_mul(below)?)?;
+        let extent = match d {
+            Dim::Static(n) => i64::try_from(*n).ok()?,
+            Dim::Sym(_) => sym,
+        };
+        below = below.checked_mul(extent)?;
+    }
+    Some(stride)
+}
+
 /// `k` with the index expressions of its loads simplified, given that its
 /// output variables lie in the output's axes and its contraction and
 /// attention variables in their extents.
@@ -1057,6 +1094,7 @@ mod tests {
             )
         };
         let own = x(b(Binary::Add, v(3), i(2048)));
+        let own_load = own.clone();
         let other = x(b(
             Binary::Add,
             b(
@@ -1066,6 +1104,7 @@ mod tests {
             ),
             i(2049),
         ));
+        let other_load = other.clone();
         let (cos, sin) = (
             Expr::load(0, vec![v(2), half.clone()]),
             Expr::load(1, vec![v(2), half]),
@@ -1124,6 +1163,28 @@ mod tests {
         // divide the axis.
         assert_eq!(at_lane(&k, &expr, Var(2), 8, chunk, 0), None);
         assert_eq!(at_lane(&k, &expr, Var(3), 3, chunk, 0), None);
+
+        // The strides of the output's variables in the keys' own load
+        // (`qkv[0, s, 2048 + 128 h + d]`, `seq` counted as 1000): s 6144,
+        // h 128, d 1, the batch 0; none in the partner's (d inside a
+        // division) for d.
+        let Expr::Load { index, .. } = own_load else {
+            unreachable!()
+        };
+        let strides: Vec<Option<i64>> = (0..4)
+            .map(|a| stride_of(&k, 2, &index, Var(a), 1000))
+            .collect();
+        assert_eq!(strides, [Some(0), Some(128), Some(6144), Some(1)]);
+        let Expr::Load { index, .. } = other_load else {
+            unreachable!()
+        };
+        assert_eq!(stride_of(&k, 2, &index, Var(3), 1000), None);
+        assert_eq!(stride_of(&k, 2, &index, Var(1), 1000), Some(128));
+        // cos[s, d / 2]: s's stride is the row of 64.
+        assert_eq!(
+            stride_of(&k, 0, &[v(2), b(Binary::Div, v(3), i(2))], Var(2), 1000),
+            Some(64)
+        );
 
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rand::random());
         let mut random = |n: usize| -> Vec<f64> {

@@ -5,7 +5,7 @@
 //! index (same shape) are loaded with vector loads for a full run. The
 //! last, partial run of the output uses scalar accesses.
 
-use kiln_dialect::kernel::simplify::at_lane;
+use kiln_dialect::kernel::simplify::{self, at_lane};
 use kiln_dialect::kernel::{Binary, Expr, Var, max_var};
 
 use super::PtxError;
@@ -181,12 +181,19 @@ pub(super) fn thread_index(em: &mut Em) -> (String, String) {
 /// Binds `v0 .. v(n-1)` to the row-major index of `flat` over the first
 /// `n` output axes; returns their registers.
 pub(super) fn unravel(em: &mut Em, flat: &str, n: usize) -> Vec<String> {
+    unravel_in(em, flat, &(0..n).collect::<Vec<_>>())
+}
+
+/// [`unravel`] over the output's axes taken in `order` (outermost first):
+/// the registers of the output variables, in the output's order.
+fn unravel_in(em: &mut Em, flat: &str, order: &[usize]) -> Vec<String> {
+    let n = order.len();
     let mut regs = vec![String::new(); n];
     let mut t = flat.to_string();
-    for a in (0..n).rev() {
+    for (i, &a) in order.iter().enumerate().rev() {
         let d = em.out_shape[a].clone();
         let v = em.reg(Class::D);
-        if a == 0 {
+        if i == 0 {
             em.ins(format!("mov.b64 {v}, {t}"));
         } else {
             let q = if let Some(c) = super::expr::imm(&d) {
@@ -205,6 +212,50 @@ pub(super) fn unravel(em: &mut Em, flat: &str, n: usize) -> Vec<String> {
         regs[a] = v;
     }
     regs
+}
+
+/// The order in which a map's runs walk the output's axes (outermost
+/// first, the last axis innermost) when it differs from the output's own:
+/// the order of the largest input read in runs (a strided view, as W3's
+/// key rotation reads each head's 128 columns of a QKV row), its axes by
+/// decreasing stride, so that consecutive runs read consecutive memory
+/// and the stores scatter instead (into L2, which merges them). Only for
+/// a last axis that is a static multiple of `p` (every run full, its
+/// lanes in one row) and an input contiguous along it.
+fn walk_order(em: &Em, runs: &[Expr], p: u32) -> Option<Vec<usize>> {
+    let rank = em.out_shape.len();
+    let last = imm(&em.out_shape[rank.checked_sub(1)?])?;
+    if rank < 2 || p < 2 || last % i64::from(p) != 0 {
+        return None;
+    }
+    // Symbolic extents count as this many elements.
+    const SYM: i64 = 1024;
+    let size = |i: usize| -> i64 {
+        em.k.inputs[i]
+            .shape
+            .0
+            .iter()
+            .map(|d| d.as_static().map_or(SYM, |n| n as i64))
+            .product::<i64>()
+            * i64::from(em.k.inputs[i].dtype.bits())
+    };
+    let (input, index) = runs
+        .iter()
+        .filter_map(|l| match l {
+            Expr::Load { input, index, .. } => Some((*input, index)),
+            _ => None,
+        })
+        .max_by_key(|(i, _)| size(*i))?;
+    let stride = |a: usize| simplify::stride_of(em.k, input, index, Var(a as u32), SYM);
+    if stride(rank - 1)? != 1 {
+        return None;
+    }
+    let strides: Vec<i64> = (0..rank - 1).map(stride).collect::<Option<_>>()?;
+    let mut order: Vec<usize> = (0..rank - 1).collect();
+    order.sort_by_key(|&a| std::cmp::Reverse(strides[a]));
+    order.push(rank - 1);
+    let identity = order.iter().enumerate().all(|(i, &a)| i == a);
+    (!identity).then_some(order)
 }
 
 /// 32-bit words in accesses of 4, 2 or 1 words, in order: each access's
@@ -427,8 +478,22 @@ pub(super) fn emit_elements<'k>(
     em.ins(format!("@{pexit} bra {done}"));
     let (start, rem) = (em.reg(Class::D), em.reg(Class::D));
     em.ins(format!("mul.lo.s64 {start}, {unit}, {p}"));
+    let (vars, start) = match body.and_then(|_| walk_order(em, runs, p)) {
+        // The run's place in the walk, then its first element's offset
+        // in the output.
+        Some(order) => {
+            let vars = unravel_in(em, &start, &order);
+            let flat = em.reg(Class::D);
+            em.ins(format!("mov.b64 {flat}, {}", vars[0]));
+            for (v, d) in vars.iter().zip(em.out_shape.clone()).skip(1) {
+                em.ins(format!("mul.lo.s64 {flat}, {flat}, {d}"));
+                em.ins(format!("add.s64 {flat}, {flat}, {v}"));
+            }
+            (vars, flat)
+        }
+        None => (unravel(em, &start, rank), start),
+    };
     em.ins(format!("sub.s64 {rem}, {n}, {start}"));
-    let vars = unravel(em, &start, rank);
     let ppart = em.reg(Class::P);
     em.ins(format!("setp.lt.s64 {ppart}, {rem}, {p}"));
 
