@@ -64,8 +64,9 @@
 #      every workload beside torch_baselines.py.
 #   grouped: the grouped-order and large-block tests on the card; every
 #      workload beside torch_baselines.py; W3's and W2's kernels under ncu.
-#   walk: the walk-order test and W3 on the card; W3's and W2's kernels
-#      under ncu; every workload beside torch_baselines.py.
+#   walk: the walk-order test and W3 on the card; W3 with KILN_PTX_WALK
+#      0 and 1; W3's and W2's kernels under ncu with it; every workload
+#      beside torch_baselines.py.
 #   counters: ncu's sections and stall reasons of W3's and GEMM's
 #      tensor-core contractions, SASS stall samples of W3's gate projection
 #      and W2's first layer (scripts/ncu_details.py).
@@ -708,12 +709,15 @@ grouped)
     TAIL=40 step kernels 50 kernel_table_default
     ;;
 walk)
-    # Maps walking their largest input's order (W3's key rotation): that
-    # test and W3 on the card against the interpreter; W3's kernels under
-    # ncu; every workload beside torch_baselines.py.
-    TEST_THREADS=16 TAIL=20 step check 60 scripts/gpu-check.sh \
+    # Maps walking their largest input's order (KILN_PTX_WALK=1, W3's key
+    # rotation): that test and W3 on the card against the interpreter
+    # (with it); W3 with KILN_PTX_WALK 0 and 1, its kernels under ncu with
+    # it; every workload beside torch_baselines.py.
+    KILN_PTX_WALK=1 TEST_THREADS=16 TAIL=20 step check 60 scripts/gpu-check.sh \
         ptx:maps_walk gpu_backend:large_blocks
-    TAIL=40 step kernels 40 kernel_table_default
+    TAIL=20 step variants 30 bash -c 'for w in 0 1; do echo "## w3 KILN_PTX_WALK=$w";
+        KILN_PTX_WALK=$w "$KILN" bench bench/w3.kiln --device cuda --dim seq=2048 --json; done'
+    KILN_PTX_WALK=1 TAIL=40 step kernels 40 kernel_table_default
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 bench/gpu.sh
     ;;

@@ -3244,6 +3244,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
     for (j, (tile_n, unroll, stage_a)) in tilings.into_iter().enumerate() {
         let opts = PtxOptions {
             branch_selects: true,
+            walk_inputs: true,
             gemv: Some(GemvTiling {
                 tile_n,
                 unroll,
@@ -4172,9 +4173,9 @@ fn w1_row_kernel_decodes_weights_once_and_evaluates_gelu_in_few_instructions() {
     assert!(ones <= 1, "{ones} registers of 1.0 in the loop");
 }
 
-/// A map whose largest input is read through a strided view (W3's key
-/// rotation: each head's 128 columns of a QKV row) walks that input's
-/// order, the output's last axis innermost: the symbolic sequence axis is
+/// With `PtxOptions::walk_inputs`, a map whose largest input is read
+/// through a strided view (W3's key rotation: each head's 128 columns of
+/// a QKV row) walks that input's order, the output's last axis innermost: the symbolic sequence axis is
 /// then the outermost and no run divides by it. Against the evaluator on
 /// the interpreter (and the GPU where there is one) at awkward sizes, a
 /// rotation partner and a half-index load among the reads.
@@ -4230,14 +4231,20 @@ fn maps_walk_their_largest_input_in_its_order() {
         ),
         expr,
     );
-    let pk = compile_kernel(&k, PtxArch::Sm90a).unwrap();
+    let walk = PtxOptions {
+        walk_inputs: true,
+        ..PtxOptions::default()
+    };
+    let with = |k: &Kernel, o: &PtxOptions| compile_kernel_with(k, PtxArch::Sm90a, o).unwrap();
+    let pk = with(&k, &walk);
     assert!(
         !pk.ptx.contains("div.u32"),
         "a run divides by seq:\n{}",
         pk.ptx
     );
-    // The output's order (the same map with the sequence axis read
-    // contiguously) does divide.
+    // Without the option the output's order, which divides by seq; so
+    // does the same map with the sequence axis read contiguously.
+    assert!(with(&k, &PtxOptions::default()).ptx.contains("div.u32"));
     let plain = map(
         "walk_plain",
         Ty::F32,
@@ -4245,15 +4252,13 @@ fn maps_walk_their_largest_input_in_its_order() {
         buf("y", DType::BF16, vec![st(4), Dim::sym("seq"), st(64)]),
         bin(Binary::Mul, ld(0, vec![v(0), v(1), v(2)]), Expr::Float(2.0)),
     );
-    assert!(
-        compile_kernel(&plain, PtxArch::Sm90a)
-            .unwrap()
-            .ptx
-            .contains("div.u32")
-    );
-    let mut sides = vec![Side::Sim(PtxArch::Sm90a), Side::Sim(PtxArch::Sm80)];
+    assert!(with(&plain, &walk).ptx.contains("div.u32"));
+    let mut sides = vec![
+        Side::SimWith(PtxArch::Sm90a, walk),
+        Side::SimWith(PtxArch::Sm80, walk),
+    ];
     if common::gpu_available() {
-        sides.push(Side::Gpu(PtxArch::Sm90a));
+        sides.push(Side::GpuWith(PtxArch::Sm90a, walk));
     }
     for side in sides {
         for _ in 0..2 {

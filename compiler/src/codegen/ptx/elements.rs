@@ -478,7 +478,10 @@ pub(super) fn emit_elements<'k>(
     em.ins(format!("@{pexit} bra {done}"));
     let (start, rem) = (em.reg(Class::D), em.reg(Class::D));
     em.ins(format!("mul.lo.s64 {start}, {unit}, {p}"));
-    let (vars, start) = match body.and_then(|_| walk_order(em, runs, p)) {
+    let walk = body
+        .filter(|_| em.walk_inputs)
+        .and_then(|_| walk_order(em, runs, p));
+    let (vars, start) = match walk {
         // The run's place in the walk, then its first element's offset
         // in the output.
         Some(order) => {

@@ -100,6 +100,9 @@ pub(super) struct Em<'k> {
     /// Selects whose sides read memory become branches
     /// ([`super::PtxOptions::branch_selects`]).
     pub branch_selects: bool,
+    /// Element maps walk their largest strided input's order
+    /// ([`super::PtxOptions::walk_inputs`]).
+    pub walk_inputs: bool,
 }
 
 /// `(u, minus)` when `e` is `1 + erf(u)`, `erf(u) + 1` (`minus` false) or
@@ -181,6 +184,7 @@ impl<'k> Em<'k> {
             row_memo: Vec::new(),
             row_recips: Vec::new(),
             branch_selects: false,
+            walk_inputs: false,
         }
     }
 

@@ -95,6 +95,11 @@ pub struct PtxOptions {
     /// A `select` whose sides read memory the condition does not becomes a
     /// branch, so only the chosen side runs (`KILN_PTX_BRANCH_SELECTS=1`).
     pub branch_selects: bool,
+    /// Element maps walk their largest input read in runs in its own
+    /// order when it is laid out otherwise than the output
+    /// (`elements::walk_order`; `KILN_PTX_WALK=1`): written 2026-12-06
+    /// for W3's key rotation, checked on the interpreter, not yet timed.
+    pub walk_inputs: bool,
     /// The GEMV path's tiling (`KILN_GEMV_TILING=TILE_N,UNROLL[,stage]`).
     pub gemv: Option<GemvTiling>,
     /// The GEMV path also takes a `b` that dequantizes 4- or 8-bit codes
@@ -190,6 +195,7 @@ impl PtxOptions {
     /// The options the environment asks for (unset or unparsable: off).
     pub fn from_env() -> PtxOptions {
         let branch_selects = std::env::var("KILN_PTX_BRANCH_SELECTS").is_ok_and(|v| v == "1");
+        let walk_inputs = std::env::var("KILN_PTX_WALK").is_ok_and(|v| v == "1");
         let gemv = std::env::var("KILN_GEMV_TILING")
             .ok()
             .and_then(|s| GemvTiling::parse(&s));
@@ -228,6 +234,7 @@ impl PtxOptions {
         };
         PtxOptions {
             branch_selects,
+            walk_inputs,
             gemv,
             gemv_dequant,
             rows,
@@ -384,6 +391,7 @@ pub fn compile_kernel_with(
     );
     let mut em = Em::new(k);
     em.branch_selects = opts.branch_selects;
+    em.walk_inputs = opts.walk_inputs;
     // Parameters.
     for i in 0..k.inputs.len() {
         let (p, g) = (em.reg(Class::D), em.reg(Class::D));
