@@ -362,8 +362,9 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 13] = [
+const SWITCHES: [&str; 14] = [
     "KILN_PTX_BRANCH_SELECTS",
+    "KILN_PTX_WALK",
     "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
     "KILN_GEMV_DEQUANT",
