@@ -192,7 +192,7 @@ w4_sass() {
     # Where W4's fragment kernel spends its cycles: ncu's warp states and
     # instruction mix, and its SASS with the stall samples per instruction
     # (sass-m*.csv), at m = 1 and 16.
-    for m in 1 16; do
+    for m in ${W4_ROWS:-1 16}; do
         echo "## W4 m=$m"
         ncu --graph-profiling node -k regex:qmma -c 1 --section SpeedOfLight \
             --section WarpStateStats --section InstructionStats --section SourceCounters \
@@ -718,6 +718,23 @@ walk)
     TAIL=20 step variants 30 bash -c 'for w in 0 1; do echo "## w3 KILN_PTX_WALK=$w";
         KILN_PTX_WALK=$w "$KILN" bench bench/w3.kiln --device cuda --dim seq=2048 --json; done'
     KILN_PTX_WALK=1 TAIL=40 step kernels 40 kernel_table_default
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 bench/gpu.sh
+    ;;
+start)
+    # The walk (above), then W4's fragment kernel at m = 1 under ncu
+    # (warp states, instruction mix, SASS with stall samples: sass-m1.csv).
+    KILN_PTX_WALK=1 TEST_THREADS=16 TAIL=20 step check 60 scripts/gpu-check.sh \
+        ptx:maps_walk gpu_backend:large_blocks
+    TAIL=40 step variants 150 bash -c 'for v in KILN_PTX_WALK=0 KILN_PTX_WALK=1 \
+        KILN_TILE_BLOCKS=resident KILN_MMA_WS=1 "KILN_MMA_WS=1 KILN_TILE_BLOCKS=resident"; do
+        for f in w3:seq=2048 gemm:m=4096 w2:m=8192; do echo "## $f $v";
+        env $v "$KILN" bench bench/${f%%:*}.kiln --device cuda --dim ${f#*:} --json; done; done'
+    KILN_PTX_WALK=1 TAIL=40 step kernels 40 kernel_table_default
+    KILN_MMA_WS=1 KILN_TILE_BLOCKS=resident TAIL=40 step kernels-ws 40 kernel_table_default
+    KILN_MMA_WS=1 KILN_TILE_BLOCKS=resident TEST_THREADS=16 TAIL=20 step check-ws 60 \
+        scripts/gpu-check.sh gpu_backend:large_blocks
+    W4_ROWS=1 TAIL=200 step w4-sass 60 w4_sass
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 bench/gpu.sh
     ;;

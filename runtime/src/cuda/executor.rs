@@ -32,7 +32,7 @@ use kiln_dialect::kernel::Program;
 
 use super::driver::{self, Device};
 use super::error::CudaError;
-use super::kernel::{Cubins, PtxKernel, launch_config};
+use super::kernel::{Cubins, Grid, PtxKernel, launch_config};
 use super::memory::{DeviceBuffer, device_aligned};
 use super::modules;
 use crate::HostTensor;
@@ -137,6 +137,10 @@ pub struct CudaExecutable {
     functions: Vec<CudaFunction>,
     /// Per launch: blocks of its kernel resident at once on the device.
     resident: Vec<u32>,
+    /// Tile grids launch at most the resident blocks, each walking several
+    /// tiles (`KILN_TILE_BLOCKS=resident`; measured before it becomes a
+    /// kernel's own choice, docs/gpu.md).
+    resident_tiles: bool,
     device: Device,
     origins: Vec<Origin>,
     /// Constants, weights and bind-time results, by buffer.
@@ -312,6 +316,7 @@ impl CudaExecutable {
             kernels,
             functions: loaded.functions,
             resident: loaded.resident,
+            resident_tiles: std::env::var("KILN_TILE_BLOCKS").is_ok_and(|v| v == "resident"),
             device,
             origins,
             held,
@@ -451,6 +456,12 @@ impl CudaExecutable {
         let units = kernel.units(&kernel_output_shape(&self.program, i, bindings)?);
         let Some((blocks, block)) = launch_config(kernel, units, self.resident[i]) else {
             return Ok(None);
+        };
+        let blocks = match kernel.grid {
+            Grid::Tiles { .. } if self.resident_tiles && self.resident[i] > 0 => {
+                blocks.min(self.resident[i])
+            }
+            _ => blocks,
         };
         let tensor_maps = if kernel.tensor_maps.is_empty() {
             None
