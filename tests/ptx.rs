@@ -1063,6 +1063,27 @@ fn mma_kernels() -> Vec<Kernel> {
             },
         });
     }
+    // A register epilogue into bf16 over a batch: whole tiles store
+    // through shared memory in 16-byte chunks, the last row tile and the
+    // last 8 columns (a partial tile) from registers.
+    let (b0, m3, n3, k3) = (v(0), v(1), v(2), Var(3));
+    ks.push(Kernel {
+        name: "mma_bf16_whole_tiles".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(2), st(136), st(64)]),
+            buf("b", DType::BF16, vec![st(64), st(520)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(2), st(136), st(520)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k: k3,
+            extent: Expr::Int(64),
+            a: ld(0, vec![b0, m3, Expr::Var(k3)]),
+            b: ld(1, vec![Expr::Var(k3), n3]),
+            epilogue: un(Unary::Tanh, Expr::Acc),
+        },
+    });
     // Operands the threads evaluate themselves: `a` read through a reshape
     // (`k` split into 17 x 8 around `m`), `b` through a transpose with a
     // guard (`k` past 130 reads as padding), in bf16 and in f16.
@@ -2249,6 +2270,22 @@ fn tensor_core_contractions() {
         assert_eq!(pk.ptx.contains("st.shared.v4.b32"), staged, "{}", k.name);
         assert!(pk.shared_bytes > 48 * 1024, "{}", k.name);
     }
+    // Whole tiles of a register epilogue into bf16 go out in 16-byte
+    // chunks through shared memory (`PtxOptions::mma_coalesced_stores`).
+    let whole = ks
+        .iter()
+        .find(|k| k.name == "mma_bf16_whole_tiles")
+        .unwrap();
+    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+        let on = PtxOptions {
+            mma_coalesced_stores: true,
+            ..PtxOptions::default()
+        };
+        let pk = compile_kernel_with(whole, arch, &on).unwrap();
+        assert!(pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
+        let pk = compile_kernel_with(whole, arch, &PtxOptions::default()).unwrap();
+        assert!(!pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
+    }
     // A contiguous `k` whose extent is not a multiple of 8 is not aligned
     // for 16-byte copies: its operand is evaluated by the threads.
     let mut odd = ks[0].clone();
@@ -3265,6 +3302,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_group: 0,
             mma_heavy_tiling: false,
             attention_wgmma: 0,
+            mma_coalesced_stores: false,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

@@ -1238,6 +1238,7 @@ pub(super) fn emit(em: &mut Em, p: &Plan, t: &Attention, units: &str) -> Result<
             n_dim: &n_dim,
         },
         &t.epilogue,
+        None,
     )?;
     em.a.place(&unit_end);
     lp.end(em);

@@ -250,6 +250,11 @@ pub(super) struct MmaPlan {
     /// Row tiles per group of the tile order (`PtxOptions::mma_group`;
     /// 0 or 1: column tile fastest).
     pub group: u32,
+    /// A register epilogue into a 16-bit output writes a tile that lies
+    /// wholly inside the output through shared memory, then stores it in
+    /// 16-byte chunks, a warp's row contiguous ([`store_tile_coalesced`];
+    /// `PtxOptions::mma_coalesced_stores`, [`MmaPlan::can_coalesce`]).
+    pub coalesce_out: bool,
 }
 
 /// Split-K: how many blocks a skinny contraction's tiles are dealt to.
@@ -372,6 +377,29 @@ impl MmaPlan {
         } else {
             "bar.sync 0".to_string()
         }
+    }
+
+    /// Row pitch in bytes of the 16-bit tile [`store_tile_coalesced`]
+    /// stages: its elements plus 16 bytes (a warp's pair stores, eight
+    /// rows of four lanes, then fall in distinct banks).
+    fn coalesce_pitch(&self) -> u32 {
+        self.tiling.tile_n * 2 + 16
+    }
+
+    /// Whether [`store_tile_coalesced`] can end this plan's tiles: a
+    /// register epilogue ([`MmaPlan::stage_out`] off) into a 16-bit output,
+    /// no copying warp (it refills the stages during the epilogue), the
+    /// staged tile within the stages, and whole 16-byte rows of chunks
+    /// shared evenly by the threads.
+    pub fn can_coalesce(&self, out: DType) -> bool {
+        let t = &self.tiling;
+        let per_row = t.tile_n / 8;
+        out.bits() == 16
+            && !self.stage_out
+            && !self.specialized
+            && t.tile_m * self.coalesce_pitch() <= t.stages * self.stage_bytes()
+            && t.threads() % per_row == 0
+            && t.tile_m % (t.threads() / per_row) == 0
     }
 
     /// Whether a copying warp can feed this plan: tensor copies and one
@@ -543,6 +571,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
         stage_out,
         group: 0,
         specialized: false,
+        coalesce_out: false,
     })
 }
 
@@ -1249,24 +1278,25 @@ fn finish_tile(
         lp.end(em);
         return Ok(());
     }
-    store_tile(
-        em,
-        &TileStore {
-            int_acc: e.int_acc,
-            acc: e.acc,
-            warp_m: t.warp_m,
-            warp_n: t.warp_n,
-            lane: e.lane,
-            wm_base: e.wm_base,
-            wn_base: e.wn_base,
-            m0: e.m0,
-            n0: e.n0,
-            bflat: e.bflat,
-            m_dim: e.m_dim,
-            n_dim: e.n_dim,
-        },
-        epilogue,
-    )?;
+    let store = TileStore {
+        int_acc: e.int_acc,
+        acc: e.acc,
+        warp_m: t.warp_m,
+        warp_n: t.warp_n,
+        lane: e.lane,
+        wm_base: e.wm_base,
+        wn_base: e.wn_base,
+        m0: e.m0,
+        n0: e.n0,
+        bflat: e.bflat,
+        m_dim: e.m_dim,
+        n_dim: e.n_dim,
+    };
+    if plan.coalesce_out {
+        store_tile_coalesced(em, plan, &store, (e.tid, e.smem), epilogue)?;
+    } else {
+        store_tile(em, &store, epilogue, None)?;
+    }
     em.a.place(&unit_end);
     lp.end(em);
     Ok(())
@@ -1985,8 +2015,16 @@ fn output_aligned(em: &Em, l: &Expr) -> Option<(usize, DType)> {
     same.then_some((*input, buf.dtype))
 }
 
-/// Runs the epilogue on a warp's accumulators and stores the results.
-pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<(), PtxError> {
+/// Runs the epilogue on a warp's accumulators and stores the results: to
+/// the output, or (`to_shared`: the shared address of the thread's first
+/// element and the row pitch in bytes; 16-bit outputs of a tile wholly
+/// inside the output) as pairs to a tile in shared memory.
+pub(super) fn store_tile(
+    em: &mut Em,
+    s: &TileStore,
+    epilogue: &Expr,
+    to_shared: Option<(&str, u32)>,
+) -> Result<(), PtxError> {
     let r = em.k.output.shape.rank();
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
     let (lane, wm_base, wn_base) = (s.lane, s.wm_base, s.wn_base);
@@ -2030,6 +2068,18 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
         16 => "b16",
         _ => "u8",
     };
+    if let Some((sbase, pitch)) = to_shared {
+        for ni in 0..nb {
+            let codes = pair_codes(em, s, epilogue, &rows, (&mrow, &ncol), ni)?;
+            for (i, &(mi, half)) in rows.iter().enumerate() {
+                let w = em.reg(Class::R);
+                em.ins(format!("mov.b32 {w}, {{{}, {}}}", codes[0][i], codes[1][i]));
+                let off = (mi * 16 + half * 8) * pitch + ni * 16;
+                em.ins(format!("st.shared.b32 [{sbase}+{off}], {w}"));
+            }
+        }
+        return Ok(());
+    }
     let done = em.a.label("stored");
     if matches!(bytes, 2 | 4) {
         // A warp whose rows and columns all lie in the output, of an even
@@ -2057,32 +2107,7 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
         let step = em.reg(Class::D);
         em.ins(format!("mul.lo.s64 {step}, {n_dim}, {}", 8 * bytes));
         for ni in 0..nb {
-            // Both columns of the pair, each with its rows (a column's
-            // row-invariant terms computed once).
-            let mut codes: Vec<Vec<String>> = Vec::new();
-            for e in 0..2u32 {
-                let nc = em.reg(Class::D);
-                em.ins(format!("add.s64 {nc}, {ncol}, {}", ni * 8 + e));
-                em.vars.insert(nv, nc);
-                em.forget_row();
-                em.col_var = Some(mv);
-                let mut col = Vec::new();
-                for &(mi, half) in &rows {
-                    let a = &acc[((mi * nb + ni) * 4 + half * 2 + e) as usize];
-                    let mc = em.reg(Class::D);
-                    em.ins(format!("add.s64 {mc}, {mrow}, {}", mi * 16 + half * 8));
-                    em.vars.insert(mv, mc);
-                    em.acc = Some(acc_value(em, a, s.int_acc));
-                    em.memo = Some(Vec::new());
-                    let v = em.emit(epilogue);
-                    em.memo = None;
-                    em.acc = None;
-                    col.push(em.encode(&v?, out).r);
-                }
-                em.col_var = None;
-                em.forget_row();
-                codes.push(col);
-            }
+            let codes = pair_codes(em, s, epilogue, &rows, (&mrow, &ncol), ni)?;
             for (i, &(mi, half)) in rows.iter().enumerate() {
                 let ptr = em.reg(Class::D);
                 em.ins(format!(
@@ -2131,6 +2156,151 @@ pub(super) fn store_tile(em: &mut Em, s: &TileStore, epilogue: &Expr) -> Result<
             em.a.place(&skip);
         }
     }
+    em.a.place(&done);
+    Ok(())
+}
+
+/// The encoded epilogue values of column pair `ni` of a warp's
+/// accumulators: both columns, each with the thread's `rows` (a column's
+/// row-invariant terms computed once). `first` is the thread's first row
+/// and column in the output (s64).
+fn pair_codes(
+    em: &mut Em,
+    s: &TileStore,
+    epilogue: &Expr,
+    rows: &[(u32, u32)],
+    (mrow, ncol): (&str, &str),
+    ni: u32,
+) -> Result<Vec<Vec<String>>, PtxError> {
+    let r = em.k.output.shape.rank();
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let (nb, out) = (s.warp_n / 8, em.k.output.dtype);
+    let mut codes: Vec<Vec<String>> = Vec::new();
+    for e in 0..2u32 {
+        let nc = em.reg(Class::D);
+        em.ins(format!("add.s64 {nc}, {ncol}, {}", ni * 8 + e));
+        em.vars.insert(nv, nc);
+        em.forget_row();
+        em.col_var = Some(mv);
+        let mut col = Vec::new();
+        for &(mi, half) in rows {
+            let a = &s.acc[((mi * nb + ni) * 4 + half * 2 + e) as usize];
+            let mc = em.reg(Class::D);
+            em.ins(format!("add.s64 {mc}, {mrow}, {}", mi * 16 + half * 8));
+            em.vars.insert(mv, mc);
+            em.acc = Some(acc_value(em, a, s.int_acc));
+            em.memo = Some(Vec::new());
+            let v = em.emit(epilogue);
+            em.memo = None;
+            em.acc = None;
+            col.push(em.encode(&v?, out).r);
+        }
+        em.col_var = None;
+        em.forget_row();
+        codes.push(col);
+    }
+    Ok(codes)
+}
+
+/// A register epilogue into a 16-bit output through shared memory
+/// ([`MmaPlan::coalesce_out`]). A tile wholly inside an output whose width
+/// is a multiple of 8 (every 16-byte chunk of a row aligned): each warp
+/// runs the epilogue on its accumulators and stores the pairs to the
+/// tile staged in the idle stages (rows [`MmaPlan::coalesce_pitch`]
+/// apart); after a barrier, consecutive threads take consecutive 16-byte
+/// chunks of a row, loaded 8 at a time, and store them (a warp's 512
+/// bytes contiguous), and a second barrier keeps the next tile's copies
+/// off the staged tile. Register pair stores reach 16 bytes of a row per
+/// 4 lanes: on the H100 (2026-12-06) a fifth of W3's gate projection's
+/// stall samples waited on the memory pipe's queue there (`lg_throttle`).
+/// Other tiles take [`store_tile`].
+fn store_tile_coalesced(
+    em: &mut Em,
+    plan: &MmaPlan,
+    s: &TileStore,
+    (tid, smem): (&str, &str),
+    epilogue: &Expr,
+) -> Result<(), PtxError> {
+    let t = plan.tiling;
+    let pitch = plan.coalesce_pitch();
+    let (slow, done) = (em.a.label("tile_part"), em.a.label("tile_stored"));
+    // Block-uniform: the tile's rows and columns lie in the output.
+    let (end, pf, q) = (em.reg(Class::D), em.reg(Class::P), em.reg(Class::P));
+    em.ins(format!("add.s64 {end}, {}, {}", s.m0, t.tile_m));
+    em.ins(format!("setp.gt.s64 {pf}, {end}, {}", s.m_dim));
+    em.ins(format!("add.s64 {end}, {}, {}", s.n0, t.tile_n));
+    em.ins(format!("setp.gt.s64 {q}, {end}, {}", s.n_dim));
+    em.ins(format!("or.pred {pf}, {pf}, {q}"));
+    em.ins(format!("and.b64 {end}, {}, 7", s.n_dim));
+    em.ins(format!("setp.ne.s64 {q}, {end}, 0"));
+    em.ins(format!("or.pred {pf}, {pf}, {q}"));
+    em.ins(format!("@{pf} bra.uni {slow}"));
+    // The thread's first element in the staged tile: row `wm_base + lane
+    // / 4`, column `wn_base + 2 (lane % 4)`.
+    let (row, col, sbase) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("shr.u32 {row}, {}, 2", s.lane));
+    em.ins(format!("add.u32 {row}, {row}, {}", s.wm_base));
+    em.ins(format!("and.b32 {col}, {}, 3", s.lane));
+    em.ins(format!("shl.b32 {col}, {col}, 2"));
+    em.ins(format!("mad.lo.u32 {sbase}, {row}, {pitch}, {col}"));
+    em.ins(format!("mad.lo.u32 {sbase}, {}, 2, {sbase}", s.wn_base));
+    em.ins(format!("add.u32 {sbase}, {sbase}, {smem}"));
+    store_tile(em, s, epilogue, Some((&sbase, pitch)))?;
+    em.ins(plan.sync());
+    // Chunk `tid % per_row` of rows `tid / per_row + pass * rows_per_pass`.
+    let per_row = t.tile_n / 8;
+    let rows_per_pass = t.threads() / per_row;
+    let passes = t.tile_m / rows_per_pass;
+    let (chunk, r0) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("rem.u32 {chunk}, {tid}, {per_row}"));
+    em.ins(format!("div.u32 {r0}, {tid}, {per_row}"));
+    let src = em.reg(Class::R);
+    em.ins(format!("mad.lo.u32 {src}, {r0}, {pitch}, {smem}"));
+    em.ins(format!("mad.lo.u32 {src}, {chunk}, 16, {src}"));
+    let (mc, nc) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("cvt.u64.u32 {mc}, {r0}"));
+    em.ins(format!("add.s64 {mc}, {mc}, {}", s.m0));
+    em.ins(format!("cvt.u64.u32 {nc}, {chunk}"));
+    em.ins(format!("mad.lo.s64 {nc}, {nc}, 8, {}", s.n0));
+    let rowbase = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {rowbase}, {}, {}", s.bflat, s.m_dim));
+    let dst = out_address(em, &rowbase, &mc, s.n_dim, &nc, 2);
+    let step = em.reg(Class::D);
+    em.ins(format!(
+        "mul.lo.s64 {step}, {}, {}",
+        s.n_dim,
+        2 * rows_per_pass
+    ));
+    const IN_FLIGHT: u32 = 8;
+    for first in (0..passes).step_by(IN_FLIGHT as usize) {
+        let n = IN_FLIGHT.min(passes - first);
+        let vals: Vec<[String; 4]> = (0..n)
+            .map(|i| {
+                let v = [0; 4].map(|_| em.reg(Class::R));
+                em.ins(format!(
+                    "ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{src}+{}]",
+                    v[0],
+                    v[1],
+                    v[2],
+                    v[3],
+                    (first + i) * rows_per_pass * pitch
+                ));
+                v
+            })
+            .collect();
+        for v in vals {
+            em.ins(format!(
+                "st.global.v4.b32 [{dst}], {{{}, {}, {}, {}}}",
+                v[0], v[1], v[2], v[3]
+            ));
+            em.ins(format!("add.s64 {dst}, {dst}, {step}"));
+        }
+    }
+    // The next tile's copies overwrite the stages.
+    em.ins(plan.sync());
+    em.ins(format!("bra.uni {done}"));
+    em.a.place(&slow);
+    store_tile(em, s, epilogue, None)?;
     em.a.place(&done);
     Ok(())
 }

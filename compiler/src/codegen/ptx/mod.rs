@@ -152,6 +152,11 @@ pub struct PtxOptions {
     /// (from the environment: 128 unless `KILN_ATTN_WGMMA` is `0` (off),
     /// `1` or `64` (64); the `Default` is off).
     pub attention_wgmma: u32,
+    /// Register epilogues of tensor-core contractions into 16-bit outputs
+    /// store whole tiles through shared memory in 16-byte chunks
+    /// (`mma::store_tile_coalesced`; from the environment: on unless
+    /// `KILN_MMA_COALESCED=0`; the `Default` is off).
+    pub mma_coalesced_stores: bool,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -232,6 +237,8 @@ impl PtxOptions {
             Ok("1" | "64") => 64,
             _ => 128,
         };
+        let mma_coalesced_stores =
+            std::env::var("KILN_MMA_COALESCED").map_or(true, |v| v.trim() != "0");
         PtxOptions {
             branch_selects,
             walk_inputs,
@@ -246,6 +253,7 @@ impl PtxOptions {
             mma_group,
             mma_heavy_tiling,
             attention_wgmma,
+            mma_coalesced_stores,
         }
     }
 }
@@ -540,6 +548,7 @@ pub fn compile_kernel_with(
             plan.specialized = opts.mma_specialize && plan.can_specialize();
             plan.tma = (opts.mma_tma || plan.specialized) && plan.can_tma();
             plan.group = opts.mma_group;
+            plan.coalesce_out = opts.mma_coalesced_stores && plan.can_coalesce(k.output.dtype);
             tensor_maps = plan.tensor_maps();
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();

@@ -961,6 +961,7 @@ pub(super) fn emit(
             n_dim: &n_dim,
         },
         epilogue,
+        None,
     )?;
     em.a.place(&stored);
     // The next tile's sums reuse the shared memory.
