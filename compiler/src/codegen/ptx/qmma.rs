@@ -26,9 +26,10 @@
 //! masking `0x000f000f` leaves two codes, one per 16-bit half; or-ing
 //! `0x43004300` (bf16 128.0) or `0x64006400` (f16 1024.0) makes each half
 //! that float plus the code, and one `fma.rn.bf16x2` (`f16x2`) by 1.0
-//! minus 128 (1024) leaves the code exactly. Signed codes are first made
-//! unsigned by flipping each nibble's top bit (`code + 8`), and 8 more is
-//! subtracted.
+//! minus 128 (1024) leaves the code exactly. Signed codes are made
+//! unsigned by flipping each nibble's top bit (`code + 8`) in the same
+//! `lop3` (an exclusive or with the magic value, whose bit 3 of each half
+//! is set), and 8 more is subtracted.
 //!
 //! **Work split.** A block of [`THREADS`] threads owns 16 rows and 64
 //! columns of one output matrix; its 8 warps split `k` in pieces (a piece
@@ -434,13 +435,17 @@ pub(super) fn emit(
         r
     };
     // The decoding constants: the magic exponent, 1.0 and minus the
-    // magic value (and the signed codes' 8) in both halves.
+    // magic value (and the signed codes' 8) in both halves. A signed
+    // code's top bit is flipped by the same `lop3` that masks the pair
+    // and puts in the exponent (`(w & 0x000f000f) ^ c`, `c` the magic with
+    // bit 3 of each half set: table 0x6A), which makes it `code + 8`.
     let (magic, one, minus) = match (plan.half, plan.signed) {
         (DType::BF16, false) => (0x4300_4300, 0x3f80_3f80, 0xc300_c300),
-        (DType::BF16, true) => (0x4300_4300, 0x3f80_3f80, 0xc308_c308),
+        (DType::BF16, true) => (0x4308_4308, 0x3f80_3f80, 0xc308_c308),
         (_, false) => (0x6400_6400, 0x3c00_3c00, 0xe400_e400),
-        (_, true) => (0x6400_6400, 0x3c00_3c00, 0xe408_e408),
+        (_, true) => (0x6408_6408, 0x3c00_3c00, 0xe408_e408),
     };
+    let table = if plan.signed { "0x6A" } else { "0xEA" };
     let (magic, one, minus) = (b32(em, magic), b32(em, one), b32(em, minus));
     let zero = b32(em, 0);
     let (c1, c0) = (b32(em, 1), b32(em, 0));
@@ -791,11 +796,6 @@ pub(super) fn emit(
             x
         })
         .collect();
-    if plan.signed {
-        for w in &words {
-            em.ins(format!("xor.b32 {w}, {w}, 0x88888888"));
-        }
-    }
     for h in 0..2 {
         // `a`: rows g and g + 8 at the half's k pairs.
         let frag = |half: usize, e: usize| -> String {
@@ -817,9 +817,10 @@ pub(super) fn emit(
                         sh
                     };
                     // `(src & 0x000f000f) | magic` in one instruction
-                    // (table 0xEA: a & b | c), which ptxas does not
-                    // always merge from an `and` and an `or`.
-                    em.ins(format!("lop3.b32 {v}, {src}, 983055, {magic}, 0xEA"));
+                    // (table 0xEA: a & b | c; signed, 0x6A: a & b ^ c),
+                    // which ptxas does not always merge from an `and`
+                    // and an `or`.
+                    em.ins(format!("lop3.b32 {v}, {src}, 983055, {magic}, {table}"));
                     let mn = if plan.half == DType::BF16 {
                         "bf16x2"
                     } else {
