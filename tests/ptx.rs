@@ -4291,12 +4291,19 @@ fn maps_walk_their_largest_input_in_its_order() {
         bin(Binary::Mul, ld(0, vec![v(0), v(1), v(2)]), Expr::Float(2.0)),
     );
     assert!(with(&plain, &walk).ptx.contains("div.u32"));
+    // The half-index load `c[s, d / 2]` is one 8-byte load per run of 8
+    // (`elements::shared_run_loads`), in either order.
+    for o in [&walk, &PtxOptions::default()] {
+        assert!(with(&k, o).ptx.contains("ld.global.v2.b32"), "{o:?}");
+    }
     let mut sides = vec![
         Side::SimWith(PtxArch::Sm90a, walk),
         Side::SimWith(PtxArch::Sm80, walk),
+        Side::SimWith(PtxArch::Sm90a, PtxOptions::default()),
     ];
     if common::gpu_available() {
         sides.push(Side::GpuWith(PtxArch::Sm90a, walk));
+        sides.push(Side::GpuWith(PtxArch::Sm90a, PtxOptions::default()));
     }
     for side in sides {
         for _ in 0..2 {

@@ -128,34 +128,114 @@ pub(super) fn run_loads(em: &Em, e: &Expr, p: u32, shadow: bool, out: &mut Vec<E
     e.for_each_child(|c| run_loads(em, c, p, shadow, out));
 }
 
+/// The loads of `e` (unguarded, outside reductions) whose `p` lanes of a
+/// full run read `p / d` consecutive elements, each twice or more: the
+/// last index is `v / d` plus terms that do not use `v` (the output's
+/// last axis, a static multiple of `p`) and are multiples of `p / d`, the
+/// other indices do not use `v`, and the input's last axis is a static
+/// multiple of `p / d`. A rotary embedding's `cos[s, v / 2]`: one vector
+/// load per run instead of a load per element pair, each with its own
+/// address. With `d`.
+pub(super) fn shared_run_loads(em: &Em, e: &Expr, p: u32, out: &mut Vec<(Expr, u32)>) {
+    let rank = em.out_shape.len();
+    if rank == 0
+        || p < 2
+        || !imm(&em.out_shape[rank - 1]).is_some_and(|d| d > 0 && d % i64::from(p) == 0)
+    {
+        return;
+    }
+    let last = Var(rank as u32 - 1);
+    match e {
+        Expr::Load {
+            input,
+            index,
+            guard: None,
+        } => {
+            let buf = &em.k.inputs[*input];
+            let n = index.len();
+            let (w, found) = (code_width(buf.dtype), out.iter().any(|(l, _)| l == e));
+            if n == 0 || buf.dtype.bits() < 8 || found {
+                return;
+            }
+            let d = [2u32, 4, 8].into_iter().find(|&d| {
+                let per = p / d;
+                p % d == 0
+                    && per >= 1
+                    && vectorizable(per, w)
+                    && imm(&em.in_shape[*input][n - 1])
+                        .is_some_and(|x| x > 0 && x % i64::from(per) == 0)
+                    && index[..n - 1].iter().all(|i| !free_vars(i).contains(&last))
+                    && halves_along(&index[n - 1], last, i64::from(d), i64::from(per))
+            });
+            if let Some(d) = d {
+                out.push((e.clone(), d));
+            }
+        }
+        Expr::Reduce { .. } => {}
+        Expr::Float(_)
+        | Expr::Int(_)
+        | Expr::Bool(_)
+        | Expr::Var(_)
+        | Expr::Dim(_)
+        | Expr::Acc
+        | Expr::Load { .. }
+        | Expr::Unary(..)
+        | Expr::Binary(..)
+        | Expr::Select(..)
+        | Expr::Cast(..)
+        | Expr::Round(..) => e.for_each_child(|c| shared_run_loads(em, c, p, out)),
+    }
+}
+
+/// Whether `i` is `v / d` plus terms that do not use `v`, each a multiple
+/// of `per`.
+fn halves_along(i: &Expr, v: Var, d: i64, per: i64) -> bool {
+    let mut ts = Vec::new();
+    add_terms(i, &mut ts);
+    let quotient = |t: &Expr| {
+        matches!(t, Expr::Binary(Binary::Div, a, b)
+            if **a == Expr::Var(v) && **b == Expr::Int(d))
+    };
+    ts.iter().filter(|t| quotient(t)).count() == 1
+        && ts
+            .iter()
+            .filter(|t| !quotient(t))
+            .all(|t| !free_vars(t).contains(&v) && multiple_of(t, per))
+}
+
+/// The terms of a sum.
+fn add_terms<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match e {
+        Expr::Binary(Binary::Add, a, b) => {
+            add_terms(a, out);
+            add_terms(b, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+/// Whether `e` is a multiple of `p` by its form (an integer multiple, or
+/// a product with one).
+fn multiple_of(e: &Expr, p: i64) -> bool {
+    match e {
+        Expr::Int(c) => c % p == 0,
+        Expr::Binary(Binary::Mul, a, b) => multiple_of(a, p) || multiple_of(b, p),
+        Expr::Binary(Binary::Add | Binary::Sub, a, b) => multiple_of(a, p) && multiple_of(b, p),
+        _ => false,
+    }
+}
+
 /// Whether `i` is `v` plus terms that do not use `v`, each a multiple of
 /// `p` (an integer multiple of `p`, or a product with one).
 fn runs_along(i: &Expr, v: Var, p: i64) -> bool {
-    fn terms<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
-        match e {
-            Expr::Binary(Binary::Add, a, b) => {
-                terms(a, out);
-                terms(b, out);
-            }
-            _ => out.push(e),
-        }
-    }
-    fn multiple(e: &Expr, p: i64) -> bool {
-        match e {
-            Expr::Int(c) => c % p == 0,
-            Expr::Binary(Binary::Mul, a, b) => multiple(a, p) || multiple(b, p),
-            Expr::Binary(Binary::Add | Binary::Sub, a, b) => multiple(a, p) && multiple(b, p),
-            _ => false,
-        }
-    }
     let mut ts = Vec::new();
-    terms(i, &mut ts);
+    add_terms(i, &mut ts);
     let at_v = ts.iter().filter(|t| ***t == Expr::Var(v)).count();
     at_v == 1
         && ts
             .iter()
             .filter(|t| ***t != Expr::Var(v))
-            .all(|t| !free_vars(t).contains(&v) && multiple(t, p))
+            .all(|t| !free_vars(t).contains(&v) && multiple_of(t, p))
 }
 
 /// The thread's global index and the grid's thread count, as i64.
@@ -564,6 +644,42 @@ pub(super) fn emit_elements<'k>(
             for (j, code) in pre.lanes.iter().enumerate() {
                 if let Some(at) = at_lane(em.k, &load, last, i64::from(p), *chunk, j as i64) {
                     codes_of.push((at, code.clone()));
+                }
+            }
+        }
+        // Loads whose lanes share elements ([`shared_run_loads`]): one
+        // vector load of the run's `p / d` elements, in bounds for a full
+        // run; lane `j` reads element `j / d`.
+        if let Some(e) = body {
+            let mut shared = Vec::new();
+            shared_run_loads(em, e, p, &mut shared);
+            for (l, d) in shared {
+                let Some(at0) = at_lane(em.k, &l, last, i64::from(p), *chunk, 0) else {
+                    continue;
+                };
+                let Expr::Load { input, index, .. } = &at0 else {
+                    continue;
+                };
+                let (input, dtype) = (*input, em.k.inputs[*input].dtype);
+                let flat = em.flat_index(&at0, input, index)?;
+                let w = code_width(dtype);
+                let elems: Vec<Code> = (0..p / d)
+                    .map(|_| Code {
+                        r: em.reg(code_class(w)),
+                        w,
+                    })
+                    .collect();
+                let addr = em.reg(Class::D);
+                let base = em.in_ptr[input].clone();
+                em.ins(format!(
+                    "mad.lo.s64 {addr}, {flat}, {}, {base}",
+                    dtype.bits() / 8
+                ));
+                vector_load(em, &addr, w, &elems);
+                for j in 0..p {
+                    if let Some(at) = at_lane(em.k, &l, last, i64::from(p), *chunk, i64::from(j)) {
+                        codes_of.push((at, elems[(j / d) as usize].clone()));
+                    }
                 }
             }
         }
