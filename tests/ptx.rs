@@ -1084,6 +1084,31 @@ fn mma_kernels() -> Vec<Kernel> {
             epilogue: un(Unary::Tanh, Expr::Acc),
         },
     });
+    // A staged epilogue reading a bf16 residual at each element: whole
+    // tiles go out in 16-byte chunks, the residual one vector load a chunk
+    // (`mma::store_staged_chunks`), the edges element by element.
+    ks.push(Kernel {
+        name: "mma_bf16_whole_tiles_residual".into(),
+        inputs: vec![
+            buf("a", DType::BF16, vec![st(136), st(64)]),
+            buf("b", DType::BF16, vec![st(64), st(520)]),
+            buf("r", DType::BF16, vec![st(136), st(520)]),
+        ],
+        output: buf("c", DType::BF16, vec![st(136), st(520)]),
+        dims: vec![],
+        float: Ty::F32,
+        body: Body::Contract {
+            k,
+            extent: Expr::Int(64),
+            a: ld(0, vec![m.clone(), kk.clone()]),
+            b: ld(1, vec![kk.clone(), n.clone()]),
+            epilogue: bin(
+                Binary::Add,
+                ld(2, vec![m.clone(), n.clone()]),
+                bin(Binary::Mul, Expr::Acc, Expr::Float(0.5)),
+            ),
+        },
+    });
     // Operands the threads evaluate themselves: `a` read through a reshape
     // (`k` split into 17 x 8 around `m`), `b` through a transpose with a
     // guard (`k` past 130 reads as padding), in bf16 and in f16.
@@ -2205,10 +2230,30 @@ fn epilogues_that_read_memory_issue_their_loads_together() {
             ptx.contains("st.shared.v2.f32"),
             "{arch:?}: the tile is not staged"
         );
-        let epilogue = &ptx[ptx.rfind("st.shared.v2.f32").unwrap()..];
-        let first_store = epilogue.find("st.global").expect("stores");
+        // Whole tiles of an output whose width is a multiple of 8 take
+        // 16-byte chunks: the gate's vector loads of 16 elements (two
+        // chunks) before the first store.
+        let chunks = &ptx[ptx.rfind("st.shared.v2.f32").unwrap()..];
+        let first_store = chunks.find("st.global").expect("stores");
         // sm_80's 128x128 tiles run two blocks of 128 registers a thread:
-        // 4 loads a group there.
+        // 4 loads a group there (one chunk).
+        let want = if arch == PtxArch::Sm90a { 2 } else { 1 };
+        let loads = chunks[..first_store].matches("ld.global.v4.b32").count();
+        assert_eq!(loads, want, "{arch:?}: chunk loads before the first store");
+        // At the edges, element by element: 16 loads (4 on sm_80) before
+        // the first store.
+        let at = ptx
+            .match_indices("$L_staged_edge")
+            .map(|(i, _)| i)
+            .find(|&i| {
+                ptx[i..]
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|l| l.ends_with(':'))
+            })
+            .expect("edge path");
+        let epilogue = &ptx[at..];
+        let first_store = epilogue.find("st.global").expect("stores");
         let want = if arch == PtxArch::Sm90a { 16 } else { 4 };
         let loads = epilogue[..first_store].matches("ld.global").count();
         assert_eq!(loads, want, "{arch:?}: loads before the first store");
@@ -2284,6 +2329,22 @@ fn tensor_core_contractions() {
         let pk = compile_kernel_with(whole, arch, &on).unwrap();
         assert!(pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
         let pk = compile_kernel_with(whole, arch, &PtxOptions::default()).unwrap();
+        assert!(!pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
+    }
+    // So do staged tiles whose load reads at the element's own place.
+    let staged = ks
+        .iter()
+        .find(|k| k.name == "mma_bf16_whole_tiles_residual")
+        .unwrap();
+    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+        let on = PtxOptions {
+            mma_coalesced_stores: true,
+            ..PtxOptions::default()
+        };
+        let pk = compile_kernel_with(staged, arch, &on).unwrap();
+        assert!(pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
+        assert!(pk.ptx.contains("ld.global.v4.b32"), "{arch:?}");
+        let pk = compile_kernel_with(staged, arch, &PtxOptions::default()).unwrap();
         assert!(!pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
     }
     // A contiguous `k` whose extent is not a multiple of 8 is not aligned

@@ -255,6 +255,10 @@ pub(super) struct MmaPlan {
     /// 16-byte chunks, a warp's row contiguous ([`store_tile_coalesced`];
     /// `PtxOptions::mma_coalesced_stores`, [`MmaPlan::can_coalesce`]).
     pub coalesce_out: bool,
+    /// A staged epilogue with one load at the element's own place writes
+    /// whole tiles in 16-byte chunks ([`store_staged_chunks`]; the same
+    /// option).
+    pub chunk_staged: bool,
 }
 
 /// Split-K: how many blocks a skinny contraction's tiles are dealt to.
@@ -572,6 +576,7 @@ pub(super) fn plan(k: &Kernel, arch: PtxArch, chosen: Option<Tiling>) -> Option<
         group: 0,
         specialized: false,
         coalesce_out: false,
+        chunk_staged: false,
     })
 }
 
@@ -2557,6 +2562,7 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     // projection spills 4 bytes).
     let done = em.a.label("staged_done");
     let slow = em.a.label("staged_edge");
+    let chunked;
     {
         let (end, pf, q) = (em.reg(Class::D), em.reg(Class::P), em.reg(Class::P));
         em.ins(format!("add.s64 {end}, {}, {}", e.m0, t.tile_m));
@@ -2565,6 +2571,19 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
         em.ins(format!("setp.gt.s64 {q}, {end}, {}", e.n_dim));
         em.ins(format!("or.pred {pf}, {pf}, {q}"));
         em.ins(format!("@{pf} bra {slow}"));
+        chunked = chunk_loads(em, plan, &loads);
+        if let Some(aligned) = &chunked {
+            // Widths that are not a multiple of 8 take the edge path
+            // (with the element-by-element path below beside this one
+            // ptxas 13.0 spilled 36 bytes on a 128x256 tile).
+            em.ins(format!("and.b64 {end}, {}, 7", e.n_dim));
+            em.ins(format!("setp.ne.s64 {q}, {end}, 0"));
+            em.ins(format!("@{q} bra {slow}"));
+            store_staged_chunks(em, plan, e, epilogue, aligned, in_flight)?;
+            em.ins(format!("bra.uni {done}"));
+        }
+    }
+    if chunked.is_none() {
         let ptr0 = out_address(em, &rowbase, &mrow, e.n_dim, &ncol, bytes);
         let rowstep = em.reg(Class::D);
         em.ins(format!(
@@ -2713,6 +2732,172 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
         em.ins("fence.proxy.async.shared::cta");
     }
     em.ins(plan.sync());
+    Ok(())
+}
+
+/// The epilogue's load when [`store_staged_chunks`] can end a tile: a
+/// 16-bit output, one load, of a 16-bit input shaped as the output at the
+/// element's own place ([`output_aligned`]: a residual, a gate), and
+/// rows of 16-byte chunks the threads share evenly. With the load's input
+/// and type.
+fn chunk_loads(em: &Em, plan: &MmaPlan, loads: &[Expr]) -> Option<Vec<(Expr, usize, DType)>> {
+    let t = plan.tiling;
+    let per_row = t.tile_n / 8;
+    let shape_ok = plan.chunk_staged
+        && em.k.output.dtype.bits() == 16
+        && t.threads() % per_row == 0
+        && t.tile_m % (t.threads() / per_row) == 0;
+    if !shape_ok {
+        return None;
+    }
+    // One load (a residual, a gate): what W3 and W2 need.
+    if loads.len() != 1 {
+        return None;
+    }
+    loads
+        .iter()
+        .map(|l| {
+            output_aligned(em, l)
+                .filter(|(_, d)| d.bits() == 16)
+                .map(|(i, d)| (l.clone(), i, d))
+        })
+        .collect()
+}
+
+/// A staged tile wholly inside a 16-bit output whose width is a multiple
+/// of 8, its epilogue's loads output-aligned ([`chunk_loads`]): consecutive
+/// threads take consecutive 8-column chunks of a row (a warp's 512 bytes
+/// contiguous), each chunk's accumulators two 16-byte shared loads, the
+/// load one 16-byte vector load, its 8 values one 16-byte store;
+/// the loads of `in_flight` elements (at least one chunk's) are issued
+/// before their stores. The
+/// element-by-element path stores 2 bytes at a time and loads each gate
+/// or residual element by itself.
+fn store_staged_chunks(
+    em: &mut Em,
+    plan: &MmaPlan,
+    e: &TileEnd,
+    epilogue: &Expr,
+    aligned: &[(Expr, usize, DType)],
+    in_flight: u32,
+) -> Result<(), PtxError> {
+    use super::elements::{vector_load, vector_store};
+    let t = plan.tiling;
+    let r = em.k.output.shape.rank();
+    let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
+    let pitch = t.out_pitch();
+    let (ty, class) = if e.int_acc {
+        ("b32", Class::R)
+    } else {
+        ("f32", Class::F)
+    };
+    let per_row = t.tile_n / 8;
+    let rows_per_pass = t.threads() / per_row;
+    let passes = t.tile_m / rows_per_pass;
+    let group = (in_flight / (8 * aligned.len().max(1) as u32)).max(1);
+    let (chunk, r0) = (em.reg(Class::R), em.reg(Class::R));
+    em.ins(format!("rem.u32 {chunk}, {}, {per_row}", e.tid));
+    em.ins(format!("div.u32 {r0}, {}, {per_row}", e.tid));
+    let from = em.reg(Class::R);
+    em.ins(format!("mad.lo.u32 {from}, {r0}, {pitch}, 0"));
+    em.ins(format!("mad.lo.u32 {from}, {chunk}, 8, {from}"));
+    em.ins(format!("shl.b32 {from}, {from}, 2"));
+    em.ins(format!("add.u32 {from}, {from}, {}", e.smem));
+    let (mrow, ncol) = (em.reg(Class::D), em.reg(Class::D));
+    em.ins(format!("cvt.u64.u32 {mrow}, {r0}"));
+    em.ins(format!("add.s64 {mrow}, {mrow}, {}", e.m0));
+    em.ins(format!("cvt.u64.u32 {ncol}, {chunk}"));
+    em.ins(format!("mad.lo.s64 {ncol}, {ncol}, 8, {}", e.n0));
+    // The chunk's element offset in the output and in every aligned
+    // input (shaped as the output), and the step of a pass.
+    let at = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {at}, {}, {}", e.bflat, e.m_dim));
+    em.ins(format!("add.s64 {at}, {at}, {mrow}"));
+    em.ins(format!("mad.lo.s64 {at}, {at}, {}, {ncol}", e.n_dim));
+    let step = em.reg(Class::D);
+    em.ins(format!("mul.lo.s64 {step}, {}, {rows_per_pass}", e.n_dim));
+    let running = |em: &mut Em, base: &str, bytes: u32| {
+        let p = em.reg(Class::D);
+        em.ins(format!("mad.lo.s64 {p}, {at}, {bytes}, {base}"));
+        let s = em.reg(Class::D);
+        em.ins(format!("mul.lo.s64 {s}, {step}, {bytes}"));
+        (p, s)
+    };
+    let outp = em.out_ptr.clone();
+    let (dst, dstep) = running(em, &outp, 2);
+    let srcs: Vec<(String, String)> = aligned
+        .iter()
+        .map(|(_, input, d)| {
+            let base = em.in_ptr[*input].clone();
+            running(em, &base, d.bits() / 8)
+        })
+        .collect();
+    let out = em.k.output.dtype;
+    let mut i0 = 0;
+    while i0 < passes {
+        let batch: Vec<u32> = (i0..(i0 + group).min(passes)).collect();
+        i0 += group;
+        // The batch's accumulators and loads.
+        let mut loaded = Vec::new();
+        for &i in &batch {
+            let acc: Vec<String> = (0..8).map(|_| em.reg(class)).collect();
+            for h in 0..2 {
+                em.ins(format!(
+                    "ld.shared.v4.{ty} {{{}}}, [{from}+{}]",
+                    acc[4 * h..4 * h + 4].join(", "),
+                    (i * rows_per_pass * pitch + 4 * h as u32) * 4
+                ));
+            }
+            let mut pre = Vec::new();
+            for ((l, input, d), (src, sstep)) in aligned.iter().zip(&srcs) {
+                let w = code_width(*d);
+                let lanes: Vec<Code> = (0..8)
+                    .map(|_| Code {
+                        r: em.reg(code_class(w)),
+                        w,
+                    })
+                    .collect();
+                vector_load(em, src, w, &lanes);
+                em.ins(format!("add.s64 {src}, {src}, {sstep}"));
+                pre.push(super::expr::Preload {
+                    input: *input,
+                    load: Some(l.clone()),
+                    lanes,
+                });
+            }
+            loaded.push((i, acc, pre));
+        }
+        for (i, acc, pre) in loaded {
+            let mc = em.reg(Class::D);
+            em.ins(format!("add.s64 {mc}, {mrow}, {}", i * rows_per_pass));
+            em.vars.insert(mv, mc);
+            let saved = std::mem::replace(&mut em.preload, pre);
+            let mut codes = Vec::new();
+            for (j, a) in acc.iter().enumerate() {
+                let nc = em.reg(Class::D);
+                em.ins(format!("add.s64 {nc}, {ncol}, {j}"));
+                em.vars.insert(nv, nc);
+                em.lane = j;
+                em.acc = Some(acc_value(em, a, e.int_acc));
+                em.memo = Some(Vec::new());
+                let v = em.emit(epilogue);
+                em.memo = None;
+                em.acc = None;
+                match v {
+                    Ok(v) => codes.push(em.encode(&v, out)),
+                    Err(err) => {
+                        em.preload = saved;
+                        em.lane = 0;
+                        return Err(err);
+                    }
+                }
+            }
+            em.preload = saved;
+            em.lane = 0;
+            vector_store(em, &dst, 16, &codes);
+            em.ins(format!("add.s64 {dst}, {dst}, {dstep}"));
+        }
+    }
     Ok(())
 }
 

@@ -152,10 +152,12 @@ pub struct PtxOptions {
     /// (from the environment: 128 unless `KILN_ATTN_WGMMA` is `0` (off),
     /// `1` or `64` (64); the `Default` is off).
     pub attention_wgmma: u32,
-    /// Register epilogues of tensor-core contractions into 16-bit outputs
-    /// store whole tiles through shared memory in 16-byte chunks
-    /// (`mma::store_tile_coalesced`; from the environment: on unless
-    /// `KILN_MMA_COALESCED=0`; the `Default` is off).
+    /// Tensor-core contractions into 16-bit outputs store whole tiles in
+    /// 16-byte chunks: register epilogues through shared memory
+    /// (`mma::store_tile_coalesced`), staged epilogues with one load at
+    /// the element's own place chunk by chunk (`mma::store_staged_chunks`)
+    /// (from the environment: on unless `KILN_MMA_COALESCED=0`; the
+    /// `Default` is off).
     pub mma_coalesced_stores: bool,
 }
 
@@ -549,6 +551,7 @@ pub fn compile_kernel_with(
             plan.tma = (opts.mma_tma || plan.specialized) && plan.can_tma();
             plan.group = opts.mma_group;
             plan.coalesce_out = opts.mma_coalesced_stores && plan.can_coalesce(k.output.dtype);
+            plan.chunk_staged = opts.mma_coalesced_stores;
             tensor_maps = plan.tensor_maps();
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
