@@ -159,7 +159,7 @@ pub(super) fn shared_run_loads(em: &Em, e: &Expr, p: u32, out: &mut Vec<(Expr, u
             }
             let d = [2u32, 4, 8].into_iter().find(|&d| {
                 let per = p / d;
-                p % d == 0
+                p.is_multiple_of(d)
                     && per >= 1
                     && vectorizable(per, w)
                     && imm(&em.in_shape[*input][n - 1])

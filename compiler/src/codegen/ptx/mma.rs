@@ -402,8 +402,8 @@ impl MmaPlan {
             && !self.stage_out
             && !self.specialized
             && t.tile_m * self.coalesce_pitch() <= t.stages * self.stage_bytes()
-            && t.threads() % per_row == 0
-            && t.tile_m % (t.threads() / per_row) == 0
+            && t.threads().is_multiple_of(per_row)
+            && t.tile_m.is_multiple_of(t.threads() / per_row)
     }
 
     /// Whether a copying warp can feed this plan: tensor copies and one
@@ -2745,8 +2745,8 @@ fn chunk_loads(em: &Em, plan: &MmaPlan, loads: &[Expr]) -> Option<Vec<(Expr, usi
     let per_row = t.tile_n / 8;
     let shape_ok = plan.chunk_staged
         && em.k.output.dtype.bits() == 16
-        && t.threads() % per_row == 0
-        && t.tile_m % (t.threads() / per_row) == 0;
+        && t.threads().is_multiple_of(per_row)
+        && t.tile_m.is_multiple_of(t.threads() / per_row);
     if !shape_ok {
         return None;
     }
