@@ -760,7 +760,7 @@ chunks)
     # with the option off and on; W3's kernels; every workload beside
     # torch_baselines.py.
     TEST_THREADS=16 TAIL=20 step check 260 scripts/gpu-check.sh \
-        ptx:tensor_core_contractions_run gpu_backend:large_blocks ${CHUNKS_EXTRA:-}
+        ${CHUNKS_CHECK-ptx:tensor_core_contractions_run} gpu_backend:large_blocks ${CHUNKS_EXTRA:-}
     TAIL=40 step variants 120 bash -c 'for v in 0 1; do
         for f in w3:seq=2048 gemm:m=4096 w2:m=8192; do echo "## $f KILN_MMA_COALESCED=$v";
         KILN_MMA_COALESCED=$v "$KILN" bench bench/${f%%:*}.kiln --device cuda --dim ${f#*:} --json; done; done'

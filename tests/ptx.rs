@@ -2220,6 +2220,7 @@ fn epilogues_that_read_memory_issue_their_loads_together() {
     // 128 registers, 4 loads a group: `heavy_epilogues_*` runs those).
     let wide = PtxOptions {
         mma_heavy_tiling: false,
+        mma_staged_chunks: true,
         ..PtxOptions::from_env()
     };
     for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
@@ -2338,7 +2339,7 @@ fn tensor_core_contractions() {
         .unwrap();
     for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
         let on = PtxOptions {
-            mma_coalesced_stores: true,
+            mma_staged_chunks: true,
             ..PtxOptions::default()
         };
         let pk = compile_kernel_with(staged, arch, &on).unwrap();
@@ -2369,6 +2370,36 @@ fn tensor_core_contractions() {
 #[test]
 fn tensor_core_contractions_run_as_the_evaluator_says() {
     run_on_every_side(&mma_kernels(), |_, _| false, |_| 1e-4);
+    // The staged epilogues' 16-byte chunks (`KILN_MMA_CHUNKS=1`, not yet
+    // the default) on the staged kernels.
+    use rand::SeedableRng;
+    let seed = common::seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let chunks = PtxOptions {
+        mma_staged_chunks: true,
+        ..PtxOptions::from_env()
+    };
+    let mut sides = vec![
+        Side::SimWith(PtxArch::Sm90a, chunks),
+        Side::SimWith(PtxArch::Sm80, chunks),
+    ];
+    if common::gpu_available() {
+        sides.push(Side::GpuWith(PtxArch::Sm90a, chunks));
+        sides.push(Side::GpuWith(PtxArch::Sm80, chunks));
+    }
+    for k in mma_kernels().iter().filter(|k| {
+        matches!(
+            &*k.name,
+            "mma_bf16_whole_tiles_residual" | "mma_bf16_batched"
+        )
+    }) {
+        for side in sides.clone() {
+            match run_against_eval_tol(k, &mut rng, side, 1e-4) {
+                Ok(true) => {}
+                r => panic!("{} ({}, seed {seed}): {r:?}", k.name, side.name()),
+            }
+        }
+    }
 }
 
 /// Skinny contractions for split-K: few output tiles over a long `k`.
@@ -3364,6 +3395,7 @@ fn options_not_yet_the_default_run_as_the_evaluator_says() {
             mma_heavy_tiling: false,
             attention_wgmma: 0,
             mma_coalesced_stores: false,
+            mma_staged_chunks: true,
         };
         let arch = if j % 2 == 0 {
             PtxArch::Sm90a

@@ -362,12 +362,13 @@ fn switches() -> String {
 }
 
 /// The compile switches' names.
-const SWITCHES: [&str; 15] = [
+const SWITCHES: [&str; 16] = [
     "KILN_PTX_BRANCH_SELECTS",
     "KILN_PTX_WALK",
     "KILN_ROW_TUNING",
     "KILN_GEMV_TILING",
     "KILN_MMA_COALESCED",
+    "KILN_MMA_CHUNKS",
     "KILN_GEMV_DEQUANT",
     "KILN_QMMA_SPLITS",
     "KILN_MMA_SPLITS",

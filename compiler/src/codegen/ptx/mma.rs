@@ -256,8 +256,8 @@ pub(super) struct MmaPlan {
     /// `PtxOptions::mma_coalesced_stores`, [`MmaPlan::can_coalesce`]).
     pub coalesce_out: bool,
     /// A staged epilogue with one load at the element's own place writes
-    /// whole tiles in 16-byte chunks ([`store_staged_chunks`]; the same
-    /// option).
+    /// whole tiles in 16-byte chunks ([`store_staged_chunks`];
+    /// `PtxOptions::mma_staged_chunks`).
     pub chunk_staged: bool,
 }
 

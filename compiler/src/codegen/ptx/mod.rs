@@ -152,13 +152,16 @@ pub struct PtxOptions {
     /// (from the environment: 128 unless `KILN_ATTN_WGMMA` is `0` (off),
     /// `1` or `64` (64); the `Default` is off).
     pub attention_wgmma: u32,
-    /// Tensor-core contractions into 16-bit outputs store whole tiles in
-    /// 16-byte chunks: register epilogues through shared memory
-    /// (`mma::store_tile_coalesced`), staged epilogues with one load at
-    /// the element's own place chunk by chunk (`mma::store_staged_chunks`)
-    /// (from the environment: on unless `KILN_MMA_COALESCED=0`; the
-    /// `Default` is off).
+    /// Register epilogues of tensor-core contractions into 16-bit outputs
+    /// store whole tiles through shared memory in 16-byte chunks
+    /// (`mma::store_tile_coalesced`; from the environment: on unless
+    /// `KILN_MMA_COALESCED=0`; the `Default` is off).
     pub mma_coalesced_stores: bool,
+    /// Staged epilogues with one load at the element's own place (a
+    /// residual, a gate) store whole tiles of 16-bit outputs chunk by chunk
+    /// (`mma::store_staged_chunks`, `KILN_MMA_CHUNKS=1`): checked on the
+    /// interpreter, not yet run on a GPU.
+    pub mma_staged_chunks: bool,
 }
 
 /// A row kernel's tuning: `.minnctapersm` (0: unstated, ptxas takes the
@@ -241,6 +244,7 @@ impl PtxOptions {
         };
         let mma_coalesced_stores =
             std::env::var("KILN_MMA_COALESCED").map_or(true, |v| v.trim() != "0");
+        let mma_staged_chunks = std::env::var("KILN_MMA_CHUNKS").is_ok_and(|v| v == "1");
         PtxOptions {
             branch_selects,
             walk_inputs,
@@ -256,6 +260,7 @@ impl PtxOptions {
             mma_heavy_tiling,
             attention_wgmma,
             mma_coalesced_stores,
+            mma_staged_chunks,
         }
     }
 }
@@ -551,7 +556,7 @@ pub fn compile_kernel_with(
             plan.tma = (opts.mma_tma || plan.specialized) && plan.can_tma();
             plan.group = opts.mma_group;
             plan.coalesce_out = opts.mma_coalesced_stores && plan.can_coalesce(k.output.dtype);
-            plan.chunk_staged = opts.mma_coalesced_stores;
+            plan.chunk_staged = opts.mma_staged_chunks;
             tensor_maps = plan.tensor_maps();
             mma::emit(&mut em, &plan, extent, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
