@@ -755,18 +755,19 @@ coalesced)
     ;;
 chunks)
     # Staged epilogues with one load at the element's own place in 16-byte
-    # chunks (with KILN_MMA_COALESCED): the tensor-core tests, W3/W3d and
-    # every example on the card against the interpreter; W3, GEMM and W2
-    # with the option off and on; W3's kernels; every workload beside
-    # torch_baselines.py.
-    TEST_THREADS=16 TAIL=20 step check 260 scripts/gpu-check.sh \
+    # chunks (KILN_MMA_CHUNKS=1): the tensor-core tests, W3/W3d (and
+    # CHUNKS_EXTRA) on the card against the interpreter with it; W3, GEMM
+    # and W2 with it off and on; W3's kernels with it; every workload
+    # beside torch_baselines.py.
+    KILN_MMA_CHUNKS=1 TEST_THREADS=16 TAIL=20 step check 260 scripts/gpu-check.sh \
         ${CHUNKS_CHECK-ptx:tensor_core_contractions_run} gpu_backend:large_blocks ${CHUNKS_EXTRA:-}
     TAIL=40 step variants 120 bash -c 'for v in 0 1; do
-        for f in w3:seq=2048 gemm:m=4096 w2:m=8192; do echo "## $f KILN_MMA_COALESCED=$v";
-        KILN_MMA_COALESCED=$v "$KILN" bench bench/${f%%:*}.kiln --device cuda --dim ${f#*:} --json; done; done'
-    TAIL=40 step kernels 40 kernel_table_default
+        for f in w3:seq=2048 gemm:m=4096 w2:m=8192; do echo "## $f KILN_MMA_CHUNKS=$v";
+        KILN_MMA_CHUNKS=$v "$KILN" bench bench/${f%%:*}.kiln --device cuda --dim ${f#*:} --json; done; done'
+    KILN_MMA_CHUNKS=1 TAIL=40 step kernels 40 kernel_table_default
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
-    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 bench/gpu.sh
+    KILN_MMA_CHUNKS=1 BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 \
+        step bench 150 bench/gpu.sh
     ;;
 counters)
     # ncu on the tensor-core contractions of W3 and GEMM (mma_counters).
