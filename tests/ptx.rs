@@ -2317,36 +2317,29 @@ fn tensor_core_contractions() {
         assert!(pk.shared_bytes > 48 * 1024, "{}", k.name);
     }
     // Whole tiles of a register epilogue into bf16 go out in 16-byte
-    // chunks through shared memory (`PtxOptions::mma_coalesced_stores`).
-    let whole = ks
-        .iter()
-        .find(|k| k.name == "mma_bf16_whole_tiles")
-        .unwrap();
-    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-        let on = PtxOptions {
-            mma_coalesced_stores: true,
-            ..PtxOptions::default()
-        };
-        let pk = compile_kernel_with(whole, arch, &on).unwrap();
-        assert!(pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
-        let pk = compile_kernel_with(whole, arch, &PtxOptions::default()).unwrap();
-        assert!(!pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
-    }
-    // So do staged tiles whose load reads at the element's own place.
-    let staged = ks
-        .iter()
-        .find(|k| k.name == "mma_bf16_whole_tiles_residual")
-        .unwrap();
-    for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-        let on = PtxOptions {
-            mma_staged_chunks: true,
-            ..PtxOptions::default()
-        };
-        let pk = compile_kernel_with(staged, arch, &on).unwrap();
-        assert!(pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
-        assert!(pk.ptx.contains("ld.global.v4.b32"), "{arch:?}");
-        let pk = compile_kernel_with(staged, arch, &PtxOptions::default()).unwrap();
-        assert!(!pk.ptx.contains("st.global.v4.b32"), "{arch:?}");
+    // chunks through shared memory (`PtxOptions::mma_coalesced_stores`);
+    // so do staged tiles whose load reads at the element's own place
+    // (`PtxOptions::mma_staged_chunks`), the load one 16-byte load a chunk.
+    let coalesced = PtxOptions {
+        mma_coalesced_stores: true,
+        ..PtxOptions::default()
+    };
+    let chunks = PtxOptions {
+        mma_staged_chunks: true,
+        ..PtxOptions::default()
+    };
+    for (name, on, load) in [
+        ("mma_bf16_whole_tiles", coalesced, false),
+        ("mma_bf16_whole_tiles_residual", chunks, true),
+    ] {
+        let k = ks.iter().find(|k| k.name == name).unwrap();
+        for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
+            let pk = compile_kernel_with(k, arch, &on).unwrap();
+            assert!(pk.ptx.contains("st.global.v4.b32"), "{name} {arch:?}");
+            assert_eq!(pk.ptx.contains("ld.global.v4.b32"), load, "{name} {arch:?}");
+            let pk = compile_kernel_with(k, arch, &PtxOptions::default()).unwrap();
+            assert!(!pk.ptx.contains("st.global.v4.b32"), "{name} {arch:?}");
+        }
     }
     // A contiguous `k` whose extent is not a multiple of 8 is not aligned
     // for 16-byte copies: its operand is evaluated by the threads.

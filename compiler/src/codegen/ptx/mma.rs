@@ -2445,11 +2445,7 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     let r = em.k.output.shape.rank();
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
     let pitch = t.out_pitch();
-    let (ty, class) = if e.int_acc {
-        ("b32", Class::R)
-    } else {
-        ("f32", Class::F)
-    };
+    let (ty, class) = staged_acc_type(e.int_acc);
     // Each accumulator pair (columns `2 (lane % 4) + {0, 1}` of an `n8`
     // block) to its place: row `wm_base + mi * 16 + lane / 4 + 8 half`,
     // column `wn_base + ni * 8 + 2 (lane % 4)`.
@@ -2735,6 +2731,16 @@ fn store_staged(em: &mut Em, plan: &MmaPlan, e: &TileEnd, epilogue: &Expr) -> Re
     Ok(())
 }
 
+/// The type and register class of the staged tile's accumulators: s32
+/// (int8), else f32.
+fn staged_acc_type(int_acc: bool) -> (&'static str, Class) {
+    if int_acc {
+        ("b32", Class::R)
+    } else {
+        ("f32", Class::F)
+    }
+}
+
 /// The epilogue's load when [`store_staged_chunks`] can end a tile: a
 /// 16-bit output, one load, of a 16-bit input shaped as the output at the
 /// element's own place ([`output_aligned`]: a residual, a gate), and
@@ -2786,11 +2792,7 @@ fn store_staged_chunks(
     let r = em.k.output.shape.rank();
     let (mv, nv) = (Var(r as u32 - 2), Var(r as u32 - 1));
     let pitch = t.out_pitch();
-    let (ty, class) = if e.int_acc {
-        ("b32", Class::R)
-    } else {
-        ("f32", Class::F)
-    };
+    let (ty, class) = staged_acc_type(e.int_acc);
     let per_row = t.tile_n / 8;
     let rows_per_pass = t.threads() / per_row;
     let passes = t.tile_m / rows_per_pass;
