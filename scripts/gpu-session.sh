@@ -4,7 +4,7 @@
 # own time limit so that the call returns within the device's 600 s, every
 # log and figure written under $OUT/<step>/.
 #
-# Usage: scripts/gpu-session.sh 1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|grouped|walk|counters|final|tests
+# Usage: scripts/gpu-session.sh pieceend|balance|chunks|1|2|bars|exp|w1|issue6|issue7|w6|w4ncu|w4split|next|tuned|epilogue|diag|staged|last|short|attn|ws|heavy|lanes|w3fast|logistic|loads8|grouped|walk|counters|final|tests
 #   1: every PTX test on the card; W5 (int8, fp8), GEMM, W4 (M 1 and 16),
 #      W6 and ATTN beside bench/gpu/torch_quick.py (the W4/W5 torch kernels,
 #      no torch.compile); then the variants: KILN_MMA_TILING=medium for W5;
@@ -549,6 +549,43 @@ w4split)
     TORCH=quick KILN_TIMEOUT=60 step bench-quick 120 bench/gpu.sh W4-M1 W4-M16
     step check 300 scripts/gpu-check.sh ptx quantize
     ;;
+balance)
+    # The int4 kernel's balanced grid (KILN_QMMA_SPLITS=auto): its PTX
+    # test (the balanced cases on the card against the interpreter) and
+    # every example on the card with it; W4 at m = 1 and 16 with 1, 2, 3
+    # and auto; W4's kernel under ncu with 1 and auto; every workload
+    # beside torch_baselines.py with it.
+    KILN_QMMA_SPLITS=auto TEST_THREADS=16 TAIL=20 step check 260 scripts/gpu-check.sh \
+        ptx:dequantizing_tensor_core_contractions gpu_backend:every_example ${BALANCE_EXTRA:-}
+    TAIL=40 step w4splits 60 bash -c 'for s in 1 2 3 auto; do for m in 1 16; do
+        echo "## W4 m=$m KILN_QMMA_SPLITS=$s"; KILN_QMMA_SPLITS=$s "$KILN" bench bench/w4.kiln \
+        --device cuda --dim m=$m --iters 200 --json; done; done'
+    TAIL=40 step w4ncu 60 bash -c 'for s in 1 auto; do echo "## W4 m=1 KILN_QMMA_SPLITS=$s";
+        KILN_QMMA_SPLITS=$s ncu --graph-profiling node --csv --print-units base --metrics \
+        gpu__time_duration.sum,launch__grid_size,sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_elapsed.max \
+        "$KILN" bench bench/w4.kiln --device cuda --dim m=1 --iters 1 --warmup 0 2>/dev/null |
+        python3 -c "import csv,sys
+for r in csv.reader(l for l in sys.stdin if not l.startswith(\"==\")):
+    print(r[4][:32], r[-3], r[-1]) if len(r) > 5 else None"; done'
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    KILN_QMMA_SPLITS=auto BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 \
+        step bench 150 bench/gpu.sh
+    ;;
+pieceend)
+    # The int4 kernel's piece end with its scales' row computed once
+    # (gpu-bin/kiln) against the build before it (gpu-bin/kiln-before,
+    # when carried): its PTX test and every example on the card; W4 at m
+    # = 1 and 16 with each binary, three rounds; every workload beside
+    # torch_baselines.py.
+    TEST_THREADS=16 TAIL=20 step check 200 scripts/gpu-check.sh \
+        ptx:dequantizing_tensor_core_contractions gpu_backend:every_example ${PIECE_EXTRA:-}
+    TAIL=60 step w4 90 bash -c 'for r in 1 2 3; do for b in kiln-before kiln; do
+        [ -x gpu-bin/$b ] || continue; for m in 1 16; do echo "## W4 m=$m $b round $r";
+        KILN_QMMA_SPLITS=auto gpu-bin/$b bench bench/w4.kiln --device cuda --dim m=$m \
+        --iters 200 --json; done; done; done'
+    [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
+    BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 step bench 150 bench/gpu.sh
+    ;;
 final)
     step check 400 scripts/gpu-check.sh gpu_backend quantize onnx
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
@@ -765,6 +802,9 @@ chunks)
         for f in w3:seq=2048 gemm:m=4096 w2:m=8192; do echo "## $f KILN_MMA_CHUNKS=$v";
         KILN_MMA_CHUNKS=$v "$KILN" bench bench/${f%%:*}.kiln --device cuda --dim ${f#*:} --json; done; done'
     KILN_MMA_CHUNKS=1 TAIL=40 step kernels 40 kernel_table_default
+    TAIL=30 step w4splits 60 bash -c 'for s in 1 2 3 4 auto; do for m in 1 16; do
+        echo "## W4 m=$m KILN_QMMA_SPLITS=$s"; KILN_QMMA_SPLITS=$s "$KILN" bench bench/w4.kiln \
+        --device cuda --dim m=$m --iters 200 --json; done; done'
     [ -f gpu-bin/torch_baselines.py ] && export TORCH_BASELINES="$root/gpu-bin/torch_baselines.py"
     KILN_MMA_CHUNKS=1 BENCH_TMP="$out/bench/raw" KILN_TIMEOUT=40 HEAVY_ITERS=20 TAIL=30 \
         step bench 150 bench/gpu.sh

@@ -148,7 +148,7 @@ fn artifact_holds_what_the_format_says() {
     let a = mlp_artifact(&dir);
     let bytes = std::fs::read(&a).unwrap();
     assert_eq!(&bytes[..8], b"KILNART\0");
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 6);
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 7);
     let table = sections(&bytes);
     let kinds: Vec<u32> = table.iter().map(|t| t.0).collect();
     // program, clif, weights, buckets, autotune
@@ -218,10 +218,10 @@ fn damaged_artifacts_are_refused() {
     b[..4].copy_from_slice(b"PK\x03\x04");
     user_error(&run(&b), "not a kiln artifact");
     let mut b = bytes.clone();
-    b[8..12].copy_from_slice(&7u32.to_le_bytes());
+    b[8..12].copy_from_slice(&8u32.to_le_bytes());
     user_error(
         &run(&b),
-        "format version 7 is newer than this runtime reads (version 6)",
+        "format version 8 is newer than this runtime reads (version 7)",
     );
     let mut b = bytes.clone();
     b[8..12].copy_from_slice(&0u32.to_le_bytes());

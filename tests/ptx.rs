@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln::codegen::ptx::{
-    GemvTiling, Grid, MmaSplits, PtxArch, PtxKernel, PtxOptions, RowTuning, compile_kernel,
-    compile_kernel_with, compile_program,
+    GemvTiling, Grid, MmaSplits, PtxArch, PtxKernel, PtxOptions, QmmaBalance, RowTuning,
+    compile_kernel, compile_kernel_with, compile_program,
 };
 use kiln::pipeline::{self, Options};
 use kiln_dialect::kernel::{
@@ -276,6 +276,13 @@ fn grid_kind(pk: &PtxKernel) -> String {
             splits,
             scratch,
         } => format!("tiles/{tile_m}x{tile_n}/split{splits}/{scratch}"),
+        Grid::BalancedTiles {
+            tile_m,
+            tile_n,
+            splits,
+            scratch,
+            sms,
+        } => format!("tiles/{tile_m}x{tile_n}/balanced{splits}on{sms}/{scratch}"),
         Grid::Images { tile_h, tile_w } => format!("images/{tile_h}x{tile_w}"),
     }
 }
@@ -1400,15 +1407,16 @@ fn qmma_kernels() -> Vec<Kernel> {
             Expr::Acc,
         ),
         // groups of 32 over k = 1024: 32 pieces, four rounds of the eight
-        // warps (what a split deals to blocks; see below)
+        // warps, five column tiles (what a balanced grid splits; see
+        // below)
         kernel(
             "qmma_i4_g32_split",
             buf("x", DType::BF16, vec![Dim::sym("m"), st(1024)]),
             vec![
-                buf("scale", DType::BF16, vec![st(32), st(128)]),
-                buf("w", DType::I4, codes(1024, 128)),
+                buf("scale", DType::BF16, vec![st(32), st(320)]),
+                buf("w", DType::I4, codes(1024, 320)),
             ],
-            buf("y", DType::BF16, vec![Dim::sym("m"), st(128)]),
+            buf("y", DType::BF16, vec![Dim::sym("m"), st(320)]),
             1024,
             &|kk: Expr, n: Expr| {
                 bin(
@@ -2363,8 +2371,8 @@ fn tensor_core_contractions() {
 #[test]
 fn tensor_core_contractions_run_as_the_evaluator_says() {
     run_on_every_side(&mma_kernels(), |_, _| false, |_| 1e-4);
-    // The staged epilogues' 16-byte chunks (`KILN_MMA_CHUNKS=1`, not yet
-    // the default) on the staged kernels.
+    // The staged epilogues' 16-byte chunks (`KILN_MMA_CHUNKS`, on unless
+    // 0; the `Default` is off) on the staged kernels.
     use rand::SeedableRng;
     let seed = common::seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -3509,10 +3517,14 @@ fn dequantizing_tensor_core_contractions() {
         }
     }
     run_on_every_side(&qmma_kernels(), |_, _| false, |_| 2e-5);
-    // `k` dealt to several blocks per tile, on request: the kernel with
-    // four rounds at four splits (each block storing 256 threads' four
-    // sums), at two, and at one (no split grid); a request beyond the
-    // rounds is cut to them.
+    // Tiles past the whole waves dealt to several blocks
+    // (`Grid::BalancedTiles`): five column tiles (three rows) with four
+    // rounds of pieces, on 4 multiprocessors four whole tiles and the
+    // fifth in 3, 2 or 4 parts (each part's block storing 256 threads'
+    // four sums); on 8 none split (10 blocks do not fit), on 32 all five
+    // in fourths; 1 is no balanced grid, and a request beyond the rounds
+    // is cut to them. Every one also with three blocks walking the units
+    // (whole and split units then meet in one block's loop).
     {
         use rand::SeedableRng;
         let seed = common::seed();
@@ -3521,27 +3533,84 @@ fn dequantizing_tensor_core_contractions() {
             .into_iter()
             .find(|k| k.name == "qmma_i4_g32_split")
             .unwrap();
-        for (splits, grid_splits) in [(4, Some(4)), (2, Some(2)), (1, None), (16, Some(4))] {
+        assert_eq!(k.output.shape.0[1].as_static(), Some(320));
+        let cases = [
+            ((3, 4), Some(3), 7),
+            ((2, 4), Some(2), 6),
+            ((4, 4), Some(4), 8),
+            ((2, 8), Some(2), 5),
+            ((4, 32), Some(4), 20),
+            ((1, 4), None, 5),
+            ((8, 4), Some(4), 8),
+        ];
+        for ((splits, sms), grid_splits, units) in cases {
             let opts = PtxOptions {
-                qmma_splits: Some(splits),
+                qmma_splits: Some(QmmaBalance::Fixed { splits, sms }),
                 ..PtxOptions::default()
             };
             let pk = compile_kernel_with(&k, PtxArch::Sm90a, &opts).unwrap();
             let got = match pk.grid {
-                Grid::SplitTiles {
-                    splits, scratch, ..
+                Grid::BalancedTiles {
+                    splits,
+                    scratch,
+                    sms: on,
+                    ..
                 } => {
-                    assert_eq!(scratch, 256 * 16 + 4);
+                    assert_eq!((scratch, on), (256 * 16 + 4, sms));
                     Some(splits)
                 }
                 _ => None,
             };
-            assert_eq!(got, grid_splits);
-            for arch in [PtxArch::Sm90a, PtxArch::Sm80] {
-                let r = run_against_eval_tol(&k, &mut rng, Side::SimWith(arch, opts), 2e-5);
-                assert_eq!(r, Ok(true), "{} at {splits} splits (seed {seed})", k.name);
+            assert_eq!(got, grid_splits, "{splits} on {sms}");
+            assert_eq!(pk.units(&[3, 320]), units, "{splits} on {sms}");
+            let mut sides = vec![
+                Side::SimWith(PtxArch::Sm90a, opts),
+                Side::SimWith(PtxArch::Sm80, opts),
+                Side::SimCapped(PtxArch::Sm90a, opts, 3),
+            ];
+            if common::gpu_available() {
+                sides.push(Side::GpuWith(PtxArch::Sm90a, opts));
+            }
+            for side in sides {
+                let r = run_against_eval_tol(&k, &mut rng, side, 2e-5);
+                assert_eq!(
+                    r,
+                    Ok(true),
+                    "{} at {splits} splits on {sms} ({}, seed {seed})",
+                    k.name,
+                    side.name()
+                );
             }
         }
+        // `auto`: the tiles past 132 multiprocessors' whole waves, in as
+        // many parts as fit (5 tiles: 4, the rounds' most).
+        let auto = PtxOptions {
+            qmma_splits: Some(QmmaBalance::Auto),
+            ..PtxOptions::default()
+        };
+        let pk = compile_kernel_with(&k, PtxArch::Sm90a, &auto).unwrap();
+        assert!(
+            matches!(
+                pk.grid,
+                Grid::BalancedTiles {
+                    splits: 4,
+                    sms: 132,
+                    ..
+                }
+            ),
+            "{:?}",
+            pk.grid
+        );
+        assert_eq!(QmmaBalance::parse(" auto"), Some(QmmaBalance::Auto));
+        assert_eq!(
+            QmmaBalance::parse("3"),
+            Some(QmmaBalance::Fixed {
+                splits: 3,
+                sms: 132
+            })
+        );
+        assert_eq!(QmmaBalance::parse("9"), None);
+        assert_eq!(QmmaBalance::parse("0"), None);
     }
     // Computed activations: the same kernel, `x` evaluated into shared
     // memory and rounded to bf16 (2^-9 of each value).

@@ -31,8 +31,8 @@ use kiln_runtime::cuda::{CudaExecutable, SimExecutable};
 use rand::{Rng, SeedableRng};
 
 use crate::codegen::ptx::{
-    GemvTiling, MmaSplits, PtxArch, PtxKernel, PtxOptions, RowTuning, compile_kernel_with,
-    parse_mma_tiling,
+    GemvTiling, MmaSplits, PtxArch, PtxKernel, PtxOptions, QmmaBalance, RowTuning,
+    compile_kernel_with, parse_mma_tiling,
 };
 use crate::error::KilnError;
 
@@ -141,9 +141,9 @@ pub fn candidates(entry: &str, arch: PtxArch, base: &PtxOptions) -> Vec<(String,
             }
         }
         "qmma" => {
-            for s in [2, 4] {
+            for s in ["1", "auto"] {
                 let mut o = *base;
-                o.qmma_splits = Some(s);
+                o.qmma_splits = QmmaBalance::parse(s);
                 out.push((format!("qmma-splits={s}"), o));
             }
         }

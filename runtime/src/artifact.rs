@@ -36,11 +36,15 @@ pub const MAGIC: [u8; 8] = *b"KILNART\0";
 /// constants compactly (splats and values packed in their element type,
 /// `kernel::serial::Constants::Compact`), version 4 adds grid tag 3
 /// (`Grid::SplitTiles`), version 5 adds grid tag 4 (`Grid::Images`),
-/// version 6 the `tensor_maps` section.
-pub const FORMAT_VERSION: u32 = 6;
+/// version 6 the `tensor_maps` section, version 7 grid tag 5
+/// (`Grid::BalancedTiles`).
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The first format version with grid tag 4 (`Grid::Images`).
 const IMAGES_VERSION: u32 = 5;
+
+/// The first format version with grid tag 5 (`Grid::BalancedTiles`).
+const BALANCED_VERSION: u32 = 7;
 
 /// The first format version with the `tensor_maps` section.
 const TENSOR_MAPS_VERSION: u32 = 6;
@@ -858,6 +862,18 @@ fn encode_grid(v: &mut Vec<u8>, g: Grid) {
                 put_u32(v, x);
             }
         }
+        Grid::BalancedTiles {
+            tile_m,
+            tile_n,
+            splits,
+            scratch,
+            sms,
+        } => {
+            v.push(5);
+            for x in [tile_m, tile_n, splits, scratch, sms] {
+                put_u32(v, x);
+            }
+        }
         Grid::Images { tile_h, tile_w } => {
             v.push(4);
             put_u32(v, tile_h);
@@ -896,6 +912,20 @@ fn decode_grid(r: &mut Cursor, version: u32) -> Result<Grid, CursorError> {
             format!(
                 "4 is not a grid tag in a version {version} artifact \
                  (grid tag 4 is new in format version {IMAGES_VERSION})"
+            ),
+        )),
+        5 if version >= BALANCED_VERSION => Ok(Grid::BalancedTiles {
+            tile_m: r.u32()?,
+            tile_n: r.u32()?,
+            splits: r.u32()?,
+            scratch: r.u32()?,
+            sms: r.u32()?,
+        }),
+        5 => Err(r.error(
+            at,
+            format!(
+                "5 is not a grid tag in a version {version} artifact \
+                 (grid tag 5 is new in format version {BALANCED_VERSION})"
             ),
         )),
         tag => Err(r.error(at, format!("{tag} is not a grid tag"))),
@@ -1336,6 +1366,13 @@ mod tests {
                 splits: 8,
                 scratch: 8720,
             },
+            Grid::BalancedTiles {
+                tile_m: 16,
+                tile_n: 64,
+                splits: 3,
+                scratch: 4100,
+                sms: 132,
+            },
             Grid::Images {
                 tile_h: 14,
                 tile_w: 8,
@@ -1347,6 +1384,33 @@ mod tests {
             assert_eq!(decode_grid(&mut r, FORMAT_VERSION).ok(), Some(g));
             assert_eq!(r.left(), 0);
         }
+    }
+
+    #[test]
+    fn balanced_grids_are_refused_before_their_version() {
+        let g = Grid::BalancedTiles {
+            tile_m: 16,
+            tile_n: 64,
+            splits: 3,
+            scratch: 4100,
+            sms: 132,
+        };
+        let mut v = Vec::new();
+        encode_grid(&mut v, g);
+        assert_eq!(v[0], 5);
+        for version in OLDEST_FORMAT_VERSION..BALANCED_VERSION {
+            let mut r = Cursor::new(&v, "ptx");
+            let e = decode_grid(&mut r, version).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!(
+                    "at offset 0: 5 is not a grid tag in a version {version} artifact \
+                     (grid tag 5 is new in format version 7)"
+                )
+            );
+        }
+        let mut r = Cursor::new(&v, "ptx");
+        assert_eq!(decode_grid(&mut r, BALANCED_VERSION).ok(), Some(g));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! .param .u64 out,                            // the output
 //! .param .s64 dim0, .., .param .s64 dim(d-1), // Kernel::dims, bound at run time
 //! .param .s64 units                           // work units of this launch
-//! .param .u64 scratch                         // split grids only (Grid::SplitTiles)
+//! .param .u64 scratch                         // split grids only (Grid::SplitTiles, BalancedTiles)
 //! ```
 //!
 //! Tensors are row-major in their storage types, exactly as `HostTensor`
@@ -55,6 +55,25 @@ pub enum Grid {
         splits: u32,
         scratch: u32,
     },
+    /// [`Grid::Tiles`] balanced over `sms` multiprocessors: the tiles of
+    /// the last, partial wave (`tiles % sms` of them, when `splits` times
+    /// as many blocks fit in `sms`) are each split over `splits` blocks,
+    /// so that every multiprocessor gets about the same work in one wave
+    /// (W4's 172 tiles on 132: 132 whole tiles and 40 in thirds, 252
+    /// blocks, rather than 40 multiprocessors computing two tiles while
+    /// 92 compute one). Units `0 .. whole` are the whole tiles `0 ..
+    /// whole`; unit `whole + s * r + p` is part `p` of tile `whole + r`
+    /// ([`Grid::balanced_units`]). The kernel recovers `whole` from
+    /// `units`: `whole = (tiles * splits - units) / (splits - 1)`. The
+    /// entry takes the scratch parameter of [`Grid::SplitTiles`], `units *
+    /// scratch` bytes with the same rules.
+    BalancedTiles {
+        tile_m: u32,
+        tile_n: u32,
+        splits: u32,
+        scratch: u32,
+        sms: u32,
+    },
     /// One block per `tile_h x tile_w` spatial tile of an image output
     /// whose logical shape is `[.., C, H, W]` (rank at least 3; the layout
     /// in memory may be channels-last): `units` is the product of the axes
@@ -64,6 +83,22 @@ pub enum Grid {
     /// its tile, then walks to the tile a grid further. An output of rank
     /// below 3 has no units.
     Images { tile_h: u32, tile_w: u32 },
+}
+
+impl Grid {
+    /// The units of a [`Grid::BalancedTiles`] launch of `tiles` tiles: the
+    /// `tiles % sms` tiles past the whole waves are split `splits` ways
+    /// when that many blocks fit in `sms` (and `splits > 1`); otherwise
+    /// every tile is one unit.
+    pub fn balanced_units(tiles: u64, splits: u32, sms: u32) -> u64 {
+        let (s, sms) = (u64::from(splits), u64::from(sms.max(1)));
+        let rest = tiles % sms;
+        if s > 1 && rest > 0 && rest.saturating_mul(s) <= sms {
+            tiles - rest + rest * s
+        } else {
+            tiles
+        }
+    }
 }
 
 /// One kernel of the kernel dialect compiled to PTX.
@@ -181,6 +216,13 @@ impl PtxKernel {
                 splits,
                 ..
             } => tiles(out_shape, tile_m, tile_n).saturating_mul(u64::from(splits.max(1))),
+            Grid::BalancedTiles {
+                tile_m,
+                tile_n,
+                splits,
+                sms,
+                ..
+            } => Grid::balanced_units(tiles(out_shape, tile_m, tile_n), splits, sms),
             Grid::Images { tile_h, tile_w } => images(out_shape, tile_h, tile_w),
         }
     }
@@ -189,7 +231,9 @@ impl PtxKernel {
     /// the kernel takes no scratch parameter).
     pub fn scratch_bytes(&self, units: u64) -> Option<u64> {
         match self.grid {
-            Grid::SplitTiles { scratch, .. } => Some(units.saturating_mul(u64::from(scratch))),
+            Grid::SplitTiles { scratch, .. } | Grid::BalancedTiles { scratch, .. } => {
+                Some(units.saturating_mul(u64::from(scratch)))
+            }
             Grid::Elements { .. }
             | Grid::Rows { .. }
             | Grid::Tiles { .. }
@@ -249,7 +293,10 @@ pub fn launch_config(kernel: &PtxKernel, units: u64, resident: u32) -> Option<(u
         Grid::Elements { .. } => units.div_ceil(block as u64),
         Grid::Rows { .. } if resident > 0 => units.min(u64::from(resident)),
         Grid::Rows { .. } => units,
-        Grid::Tiles { .. } | Grid::SplitTiles { .. } | Grid::Images { .. } => units,
+        Grid::Tiles { .. }
+        | Grid::SplitTiles { .. }
+        | Grid::BalancedTiles { .. }
+        | Grid::Images { .. } => units,
     };
     Some((blocks.min(MAX_BLOCKS) as u32, block))
 }
@@ -320,6 +367,32 @@ mod tests {
         assert_eq!(launch_config(&s, 60, 4), Some((60, 128)));
         assert_eq!(s.scratch_bytes(60), Some(6000));
         assert_eq!(s.params(3, 1), 6);
+        // Balanced tiles: W4's 172 column tiles (one row tile of 16 by
+        // 64) on 132 multiprocessors: 132 whole tiles, the other 40 in
+        // thirds.
+        let b = k(
+            Grid::BalancedTiles {
+                tile_m: 16,
+                tile_n: 64,
+                splits: 3,
+                scratch: 4100,
+                sms: 132,
+            },
+            256,
+        );
+        assert_eq!(b.units(&[1, 11008]), 132 + 40 * 3);
+        assert_eq!(b.units(&[16, 11008]), 252);
+        // 17 rows: 344 tiles, 80 past the whole waves, 240 blocks do not
+        // fit in 132: no split.
+        assert_eq!(b.units(&[17, 11008]), 344);
+        // Fewer tiles than multiprocessors: all split (2 tiles, 6 units).
+        assert_eq!(b.units(&[3, 128]), 6);
+        // A whole number of waves: no split.
+        assert_eq!(b.units(&[1, 64 * 264]), 264);
+        assert_eq!(b.units(&[0, 128]), 0);
+        assert_eq!(launch_config(&b, 252, 2), Some((252, 256)));
+        assert_eq!(b.scratch_bytes(252), Some(252 * 4100));
+        assert_eq!(b.params(3, 1), 6);
         // Images: batch 2, 24 channels (not cut), H = 56 in 4 tiles of 14,
         // W = 56 in 7 tiles of 8.
         let i = k(

@@ -216,7 +216,10 @@ impl SimExecutable {
             return Ok(());
         };
         let blocks = match (kernel.grid, self.tile_blocks) {
-            (Grid::Tiles { .. } | Grid::SplitTiles { .. }, Some(cap)) => blocks.min(cap),
+            (
+                Grid::Tiles { .. } | Grid::SplitTiles { .. } | Grid::BalancedTiles { .. },
+                Some(cap),
+            ) => blocks.min(cap),
             _ => blocks,
         };
         let out_ptr = pointers.last().copied();

@@ -52,6 +52,7 @@ use std::fmt::Write;
 use kiln_dialect::kernel::{Body, Kernel, Program};
 pub use kiln_runtime::cuda::kernel::{Grid, PtxKernel};
 pub use mma::{Splits as MmaSplits, Tiling as MmaTiling, parse_tiling as parse_mma_tiling};
+pub use qmma::Balance as QmmaBalance;
 use thiserror::Error;
 
 use asm::Class;
@@ -110,10 +111,11 @@ pub struct PtxOptions {
     /// each multiprocessor should hold (`KILN_ROW_TUNING=BLOCKS[,reload]`);
     /// `None`: chosen per kernel (`rows::auto_tuning`).
     pub rows: Option<RowTuning>,
-    /// Blocks the int4 fragment kernel deals each tile's `k` to
-    /// (`KILN_QMMA_SPLITS=S`, a power of two); `None`: one (see
-    /// `QmmaPlan::splits` for why).
-    pub qmma_splits: Option<u32>,
+    /// How the int4 fragment kernel evens its tiles out over the
+    /// multiprocessors ([`QmmaBalance`]; from the environment: `auto`
+    /// unless `KILN_QMMA_SPLITS=S`; `1` or `None`, the `Default`, which
+    /// tests use for the unbalanced kernels: one block per tile).
+    pub qmma_splits: Option<QmmaBalance>,
     /// Split-K for the tensor-core contractions: `auto` from the
     /// environment unless `KILN_MMA_SPLITS` says `S` (1: off; checked and
     /// timed on the H100, 2026-12-05); `None` (the `Default`, which tests
@@ -159,8 +161,9 @@ pub struct PtxOptions {
     pub mma_coalesced_stores: bool,
     /// Staged epilogues with one load at the element's own place (a
     /// residual, a gate) store whole tiles of 16-bit outputs chunk by chunk
-    /// (`mma::store_staged_chunks`, `KILN_MMA_CHUNKS=1`): checked on the
-    /// interpreter, not yet run on a GPU.
+    /// (`mma::store_staged_chunks`; from the environment: on unless
+    /// `KILN_MMA_CHUNKS=0`, checked and timed on the H100 2026-12-06
+    /// 17:18; the `Default` is off).
     pub mma_staged_chunks: bool,
 }
 
@@ -213,10 +216,13 @@ impl PtxOptions {
         let rows = std::env::var("KILN_ROW_TUNING")
             .ok()
             .and_then(|s| RowTuning::parse(&s));
-        let qmma_splits = std::env::var("KILN_QMMA_SPLITS")
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|s| s.is_power_of_two() && *s <= 64);
+        // Balanced int4 grids are on (`auto`, timed on the H100,
+        // 2026-12-06 17:32: W4 at m = 1 0.0178 -> 0.0146 ms) unless
+        // `KILN_QMMA_SPLITS` says `S` (1: off).
+        let qmma_splits = match std::env::var("KILN_QMMA_SPLITS") {
+            Ok(s) => QmmaBalance::parse(&s),
+            Err(_) => Some(QmmaBalance::Auto),
+        };
         // Split-K is on (`auto`) unless the environment says otherwise
         // (`KILN_MMA_SPLITS=1` turns it off).
         let mma_splits = match std::env::var("KILN_MMA_SPLITS") {
@@ -244,7 +250,7 @@ impl PtxOptions {
         };
         let mma_coalesced_stores =
             std::env::var("KILN_MMA_COALESCED").map_or(true, |v| v.trim() != "0");
-        let mma_staged_chunks = std::env::var("KILN_MMA_CHUNKS").is_ok_and(|v| v == "1");
+        let mma_staged_chunks = std::env::var("KILN_MMA_CHUNKS").map_or(true, |v| v.trim() != "0");
         PtxOptions {
             branch_selects,
             walk_inputs,
@@ -483,20 +489,25 @@ pub fn compile_kernel_with(
         } if kind == "qmma" => {
             let mut plan =
                 qmma::plan(k).ok_or_else(|| em.kerr("the dequantizing plan vanished"))?;
-            // dealing `k` to several blocks per tile measured slower on
-            // W4 (`QmmaPlan::splits`): only on request
-            plan.splits = opts.qmma_splits.map_or(1, |s| {
-                s.min(plan.rounds().next_power_of_two() as u32).max(1)
-            });
+            // the tiles past the whole waves split (`QmmaPlan::splits`)
+            match opts.qmma_splits {
+                None => {}
+                Some(QmmaBalance::Auto) => plan.splits = qmma::auto_splits(k, &plan),
+                Some(QmmaBalance::Fixed { splits, sms }) => {
+                    plan.splits = splits.clamp(1, plan.max_splits());
+                    plan.sms = sms.max(1);
+                }
+            }
             qmma::emit(&mut em, &plan, *kv, epilogue, &units)?;
             shared_bytes = plan.shared_bytes();
             blocks_per_sm = Some(plan.blocks_per_sm());
             let grid = if plan.splits > 1 {
-                Grid::SplitTiles {
+                Grid::BalancedTiles {
                     tile_m: qmma::TILE_M,
                     tile_n: qmma::TILE_N,
                     splits: plan.splits,
                     scratch: plan.scratch_per_unit(),
+                    sms: plan.sms,
                 }
             } else {
                 Grid::Tiles {
@@ -619,7 +630,7 @@ pub fn compile_kernel_with(
     params.push("\t.param .u64 p_out".into());
     params.extend((0..k.dims.len()).map(|i| format!("\t.param .s64 p_dim{i}")));
     params.push("\t.param .s64 p_units".into());
-    if matches!(grid, Grid::SplitTiles { .. }) {
+    if matches!(grid, Grid::SplitTiles { .. } | Grid::BalancedTiles { .. }) {
         params.push("\t.param .u64 p_scratch".into());
     }
     if !tensor_maps.is_empty() {

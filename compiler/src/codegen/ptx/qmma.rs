@@ -94,15 +94,74 @@ pub(super) struct QmmaPlan {
     /// The output's columns, and its rows when static.
     n: u64,
     pub rows: Option<u64>,
-    /// Blocks each tile's pieces are dealt to (a power of two; 1: one
-    /// block per tile, the default): block `s` of a tile takes the pieces
-    /// of rounds `s, s + splits, ..` (a round: one piece per warp), stores
-    /// its block sums to the scratch memory, and the last to arrive adds
-    /// them all in split order before the epilogue. Measured on W4 (H100,
-    /// 2026-12-05): m = 1 0.0329 / 0.0333 / 0.0318 ms at 1 / 2 / 4
-    /// splits, m = 16 0.0241 / 0.0291 / 0.0292 ms: no gain, so only
-    /// `KILN_QMMA_SPLITS` asks for it.
+    /// Blocks each tile past the whole waves over `sms` multiprocessors
+    /// is dealt to ([`Grid::BalancedTiles`](kiln_runtime::cuda::kernel::Grid);
+    /// 1: one block per tile): part `p` takes the tile's pieces `p,
+    /// p + splits, ..`, stores its block sums to the scratch memory, and
+    /// the last to arrive adds them all in part order before the
+    /// epilogue. Splitting every tile (the `SplitTiles` grid) was measured
+    /// slower on W4 (H100, 2026-12-06 17:18: m = 1 0.0178 / 0.0199 /
+    /// 0.0228 ms at 1 / 2 / 4 splits): a second wave of blocks pays the
+    /// blocks' fixed cost (the ring's first copies, the sums' reduction)
+    /// twice. See [`Balance`].
     pub splits: u32,
+    pub sms: u32,
+}
+
+/// How the int4 fragment kernel evens its tiles out over the
+/// multiprocessors (`KILN_QMMA_SPLITS`; [`QmmaPlan::splits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// [`auto_splits`] for [`MULTIPROCESSORS`].
+    Auto,
+    /// `splits` ways (cut to [`QmmaPlan::max_splits`]) past the whole
+    /// waves over `sms` multiprocessors.
+    Fixed { splits: u32, sms: u32 },
+}
+
+impl Balance {
+    /// `auto`, or a number of splits from 1 to 8 (on [`MULTIPROCESSORS`]).
+    pub fn parse(s: &str) -> Option<Balance> {
+        match s.trim() {
+            "auto" => Some(Balance::Auto),
+            x => x
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=8).contains(n))
+                .map(|splits| Balance::Fixed {
+                    splits,
+                    sms: MULTIPROCESSORS,
+                }),
+        }
+    }
+}
+
+/// The multiprocessors a balanced grid is laid out for: the H100 SXM's
+/// (and H200's) 132. On a card with other counts the kernel is as correct
+/// and its tiles less even.
+pub const MULTIPROCESSORS: u32 = 132;
+
+/// The splits that even out a launch of one row tile (a decode step's
+/// rows; the output's other axes static): the tiles past the whole waves
+/// over [`MULTIPROCESSORS`], `rest` of them, are split as many ways as
+/// fit in one wave (`MULTIPROCESSORS / rest`), at most
+/// [`QmmaPlan::max_splits`]; 1 when there is no such rest or it would
+/// not split. W4 (172 column tiles): 40 tiles past 132, in thirds.
+pub(super) fn auto_splits(k: &Kernel, plan: &QmmaPlan) -> u32 {
+    let r = k.output.shape.rank();
+    let batch: Option<u64> = k.output.shape.0[..r - 2]
+        .iter()
+        .map(|d| d.as_static())
+        .product();
+    let Some(batch) = batch else {
+        return 1;
+    };
+    let tiles = batch * (plan.n / FRAGMENT_COLS);
+    let rest = tiles % u64::from(MULTIPROCESSORS);
+    if rest == 0 {
+        return 1;
+    }
+    (u64::from(MULTIPROCESSORS) / rest).min(u64::from(plan.max_splits())) as u32
 }
 
 /// How the kernel gets its rows of `x`.
@@ -242,6 +301,7 @@ pub(super) fn plan(k: &Kernel) -> Option<QmmaPlan> {
         n,
         rows: k.output.shape.0[r - 2].as_static(),
         splits: 1,
+        sms: MULTIPROCESSORS,
     })
 }
 
@@ -331,6 +391,36 @@ fn affine(e: &Expr, code: &Expr) -> Option<Lin> {
     }
 }
 
+/// `b` with its code's float value replaced by 1.0 and products by 1.0
+/// folded: `cast<f32>(code) * s` becomes `s`, exactly the value `b` has
+/// at the code 1 (`x * 1.0 == x` for every float but a signaling NaN,
+/// which no load of a bf16/f16 scale yields quieted differently).
+fn at_code_one(b: &Expr, code: &Expr) -> Expr {
+    let one = b.substitute(&|e| match e {
+        Expr::Cast(Ty::F32, x) if **x == *code => Some(Expr::Float(1.0)),
+        _ => None,
+    });
+    fold_ones(&one)
+}
+
+/// `e` with `1.0 * x` and `x * 1.0` replaced by `x`, innermost first.
+fn fold_ones(e: &Expr) -> Expr {
+    match e {
+        Expr::Binary(Binary::Mul, x, y) => {
+            let (x, y) = (fold_ones(x), fold_ones(y));
+            match (&x, &y) {
+                (Expr::Float(f), _) if *f == 1.0 => y,
+                (_, Expr::Float(f)) if *f == 1.0 => x,
+                _ => Expr::Binary(Binary::Mul, Box::new(x), Box::new(y)),
+            }
+        }
+        _ => e.substitute(&|c| match c {
+            Expr::Binary(Binary::Mul, ..) if c != e => Some(fold_ones(c)),
+            _ => None,
+        }),
+    }
+}
+
 /// Whether `e` contains `x`.
 fn contains(e: &Expr, x: &Expr) -> bool {
     if e == x {
@@ -342,9 +432,9 @@ fn contains(e: &Expr, x: &Expr) -> bool {
 }
 
 impl QmmaPlan {
-    /// Rounds of pieces (one piece per warp each).
-    pub fn rounds(&self) -> u64 {
-        (self.depth / self.piece).div_ceil(u64::from(WARPS))
+    /// The most splits of a tile: every warp of a part has a piece.
+    pub fn max_splits(&self) -> u32 {
+        ((self.depth / self.piece) / u64::from(WARPS)).clamp(1, 8) as u32
     }
 
     /// Scratch bytes per unit of a split grid: the block's sums (16 bytes
@@ -456,18 +546,44 @@ pub(super) fn emit(
         .collect();
     let sums: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
 
+    // A balanced grid ([`Grid::BalancedTiles`]): its whole tiles come
+    // first, `whole = (tiles * splits - units) / (splits - 1)` of them.
     let split = plan.splits > 1;
-    let scratch = if split {
-        super::splits::scratch(em)
+    let (scratch, whole) = if split {
+        let scratch = super::splits::scratch(em);
+        let count = em.reg(Class::D);
+        em.ins(format!("mul.lo.s64 {count}, {tiles_m}, {tiles_n}"));
+        for d in em.out_shape[..r - 2].to_vec() {
+            let d = em.in_reg(&d);
+            em.ins(format!("mul.lo.s64 {count}, {count}, {d}"));
+        }
+        let whole = em.reg(Class::D);
+        em.ins(format!("mul.lo.s64 {whole}, {count}, {}", plan.splits));
+        em.ins(format!("sub.s64 {whole}, {whole}, {units}"));
+        em.ins(format!("div.u64 {whole}, {whole}, {}", plan.splits - 1));
+        (scratch, whole)
     } else {
-        String::new()
+        (String::new(), String::new())
     };
     let lp = TileLoop::start(em, units);
-    // A split block's unit: its tile (`unit / splits`) and its part.
-    let (tile, split_ix) = if split {
-        super::splits::unit_parts(em, &lp.tile, plan.splits)
+    // A unit's tile, its part of the tile's pieces and the parts of its
+    // tile (`ways`: 1 for a whole tile).
+    let (tile, my_part, ways) = if split {
+        let (past, v, q) = (em.reg(Class::P), em.reg(Class::D), em.reg(Class::D));
+        em.ins(format!("setp.ge.s64 {past}, {}, {whole}", lp.tile));
+        em.ins(format!("sub.s64 {v}, {}, {whole}", lp.tile));
+        em.ins(format!("div.u64 {q}, {v}, {}", plan.splits));
+        let (tile, part, ways) = (em.reg(Class::D), em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("add.s64 {tile}, {whole}, {q}"));
+        em.ins(format!("selp.b64 {tile}, {tile}, {}, {past}", lp.tile));
+        em.ins(format!("mul.lo.s64 {q}, {q}, {}", plan.splits));
+        em.ins(format!("sub.s64 {v}, {v}, {q}"));
+        em.ins(format!("cvt.u32.u64 {part}, {v}"));
+        em.ins(format!("selp.u32 {part}, {part}, 0, {past}"));
+        em.ins(format!("selp.u32 {ways}, {}, 1, {past}", plan.splits));
+        (tile, part, ways)
     } else {
-        (lp.tile.clone(), String::new())
+        (lp.tile.clone(), String::new(), String::new())
     };
     let TileOrigin { tn, m0, n0, bflat } = lp.origin_at(
         em,
@@ -477,14 +593,19 @@ pub(super) fn emit(
         (TILE_M, TILE_N),
         r - 2,
     );
-    // The warp's first piece, and the pieces between its pieces.
+    // The warp's first piece, and the pieces between its pieces (part
+    // `p` of `ways` takes the tile's pieces `p + ways * i`, dealt to the
+    // warps in turn: `p + ways * warp + 8 ways * j`).
     let first = em.reg(Class::R);
-    let stride = WARPS * plan.splits;
-    if split {
-        em.ins(format!("mad.lo.u32 {first}, {split_ix}, {WARPS}, {warp}"));
+    let stride = if split {
+        em.ins(format!("mad.lo.u32 {first}, {ways}, {warp}, {my_part}"));
+        let s = em.reg(Class::R);
+        em.ins(format!("shl.b32 {s}, {ways}, {}", WARPS.trailing_zeros()));
+        s
     } else {
         em.ins(format!("mov.b32 {first}, {warp}"));
-    }
+        WARPS.to_string()
+    };
 
     // Each row's address at the lane's first `k` (8 t): rows past the
     // output read the last row, whose results are not stored.
@@ -564,14 +685,20 @@ pub(super) fn emit(
     // Counters of steps are 32-bit (a step is 32 of `k`).
     let total = em.reg(Class::R);
     // ceil((pieces - first) / stride) * steps, 0 past the pieces
-    em.ins(format!(
-        "sub.s32 {total}, {}, {first}",
-        pieces + u64::from(stride) - 1
-    ));
-    em.ins(format!(
-        "shr.s32 {total}, {total}, {}",
-        stride.trailing_zeros()
-    ));
+    if split {
+        em.ins(format!("add.s32 {total}, {stride}, {}", pieces - 1));
+        em.ins(format!("sub.s32 {total}, {total}, {first}"));
+        em.ins(format!("div.u32 {total}, {total}, {stride}"));
+    } else {
+        em.ins(format!(
+            "sub.s32 {total}, {}, {first}",
+            pieces + u64::from(WARPS) - 1
+        ));
+        em.ins(format!(
+            "shr.s32 {total}, {total}, {}",
+            WARPS.trailing_zeros()
+        ));
+    }
     // The warp takes its pieces from the `tn % count`-th on, wrapping
     // around: blocks side by side start at different pieces, so that at
     // any time they read different parts of `a` (the same rows for every
@@ -611,6 +738,15 @@ pub(super) fn emit(
     em.ins(format!("mul.lo.u32 {iss_k}, {start}, {steps}"));
     em.ins(format!("mov.b32 {iss_in}, 0"));
     em.ins(format!("mov.u32 {iss_stage}, 0"));
+    // Steps from a piece's end to the warp's next piece's start.
+    let jump = if split {
+        let j = em.reg(Class::R);
+        em.ins(format!("sub.s32 {j}, {stride}, 1"));
+        em.ins(format!("mul.lo.s32 {j}, {j}, {steps}"));
+        j
+    } else {
+        ((u64::from(WARPS) - 1) * steps).to_string()
+    };
     let issue = |em: &mut Em| -> Result<(), PtxError> {
         let (skip, p) = (em.a.label("issue"), em.reg(Class::P));
         em.ins(format!("setp.ge.s32 {p}, {issued}, {total}"));
@@ -661,10 +797,7 @@ pub(super) fn emit(
         em.ins(format!("add.s32 {iss_k}, {iss_k}, 1"));
         em.ins(format!("setp.eq.s32 {pn}, {iss_in}, {steps}"));
         em.ins(format!("@{pn} mov.b32 {iss_in}, 0"));
-        em.ins(format!(
-            "@{pn} add.s32 {iss_k}, {iss_k}, {}",
-            (u64::from(stride) - 1) * steps
-        ));
+        em.ins(format!("@{pn} add.s32 {iss_k}, {iss_k}, {jump}"));
         let past = em.reg(Class::P);
         em.ins(format!("setp.ge.u32 {past}, {iss_k}, {}", pieces * steps));
         em.ins(format!("@{past} mov.b32 {iss_k}, {first_k}"));
@@ -681,7 +814,7 @@ pub(super) fn emit(
     for _ in 0..stages - 1 {
         issue(em)?;
     }
-    prefetch_coefficients(em, plan, (kv, nv), (&first, stride), (&n0, &lane))?;
+    prefetch_coefficients(em, plan, (kv, nv), (&first, &stride), (&n0, &lane))?;
 
     // The steps, in order.
     let (step, in_piece, piece, use_stage) = (
@@ -718,6 +851,9 @@ pub(super) fn emit(
         let prev_k = em.bind(kv, kstart);
         let col0 = em.reg(Class::D);
         em.ins(format!("mad.lo.s64 {col0}, {t64}, 2, {n0}"));
+        // `b` at the code 1 with `cast(1) * s` folded to `s` (ptxas kept
+        // W4's 16 multiplications by 1.0 a piece).
+        let b_at_one = at_code_one(&plan.b, &plan.code_load);
         let eval_at = |em: &mut Em, code: &str| -> Result<String, PtxError> {
             em.col_codes = vec![(
                 plan.code_load.clone(),
@@ -727,7 +863,8 @@ pub(super) fn emit(
                 },
             )];
             em.memo = Some(Vec::new());
-            let v = em.emit(&plan.b);
+            let b = if code == c1 { &b_at_one } else { &plan.b };
+            let v = em.emit(b);
             em.memo = None;
             em.col_codes.clear();
             Ok(v?.r)
@@ -863,13 +1000,16 @@ pub(super) fn emit(
     let (next, pl) = (em.a.label("piece_end"), em.reg(Class::P));
     em.ins(format!("setp.ne.s32 {pl}, {in_piece}, {steps}"));
     em.ins(format!("@{pl} bra {next}"));
-    // The coefficients are computed here, a column block at a time, from
-    // what `prefetch_coefficients` brought into L1 before the first step
+    // The coefficients are computed here, all the lane's columns at once
+    // (what does not read the column, a group's row of scales, once; a
+    // column block at a time, W4's SASS computed each block's 64-bit row
+    // address anew, 8 instructions a block), from what
+    // `prefetch_coefficients` brought into L1 before the first step
     // (computed at the piece's first step, the first piece waited there
     // for memory; `alpha` and `beta` held across a piece also cost 32
     // registers).
+    eval_coef(em, 0..part.len())?;
     for (j, p) in part.iter().enumerate() {
-        eval_coef(em, j..j + 1)?;
         let x: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         let at = j * 32 * 16;
         em.ins(format!(
@@ -934,6 +1074,7 @@ pub(super) fn emit(
                 scratch: &scratch,
                 unit: &lp.tile,
                 tile: &tile,
+                whole: &whole,
                 units,
                 tid: &tid,
                 smem: &smem,
@@ -985,9 +1126,11 @@ fn prefetch_coefficients(
     em: &mut Em,
     plan: &QmmaPlan,
     (kv, nv): (Var, Var),
-    (first, stride): (&str, u32),
+    (first, stride): (&str, &str),
     (n0, lane): (&str, &str),
 ) -> Result<(), PtxError> {
+    // `stride` is the warps' count or a multiple of it held in a register.
+    let fixed = stride.parse::<u32>().ok();
     let mut selects = Vec::new();
     loads_where(&plan.b, &mut selects, &|e| matches!(e, Expr::Select(..)));
     let mut loads = Vec::new();
@@ -999,7 +1142,7 @@ fn prefetch_coefficients(
     loads.retain(
         |l| matches!(l, Expr::Load { input, .. } if inputs[*input].dtype.bits().is_multiple_of(8)),
     );
-    let per_warp = (plan.depth / plan.piece).div_ceil(u64::from(stride));
+    let per_warp = (plan.depth / plan.piece).div_ceil(u64::from(fixed.unwrap_or(WARPS)));
     if !selects.is_empty() || loads.is_empty() || per_warp > PREFETCH_PIECES {
         return Ok(());
     }
@@ -1009,10 +1152,10 @@ fn prefetch_coefficients(
     let prev_n = em.bind(nv, col);
     for i in 0..per_warp {
         let (skip, p, piece) = (em.a.label("prefetch"), em.reg(Class::P), em.reg(Class::R));
-        em.ins(format!(
-            "add.u32 {piece}, {first}, {}",
-            i * u64::from(stride)
-        ));
+        match fixed {
+            Some(f) => em.ins(format!("add.u32 {piece}, {first}, {}", i * u64::from(f))),
+            None => em.ins(format!("mad.lo.u32 {piece}, {stride}, {i}, {first}")),
+        }
         em.ins(format!(
             "setp.ge.u32 {p}, {piece}, {}",
             plan.depth / plan.piece
@@ -1041,11 +1184,13 @@ fn prefetch_coefficients(
 
 /// What [`merge_splits`] works with.
 struct Merge<'s> {
-    /// The scratch memory (global address), the unit, its tile and the
-    /// units' count (u64), the thread (u32), the shared memory's start.
+    /// The scratch memory (global address), the unit, its tile, the
+    /// whole tiles' count and the units' count (u64), the thread (u32),
+    /// the shared memory's start.
     scratch: &'s str,
     unit: &'s str,
     tile: &'s str,
+    whole: &'s str,
     units: &'s str,
     tid: &'s str,
     smem: &'s str,
@@ -1055,15 +1200,19 @@ struct Merge<'s> {
     total: &'s [String],
 }
 
-/// A split block's sums: each thread stores its four to the scratch
+/// A split unit's sums (a unit past the whole tiles; a whole tile's go
+/// on to the epilogue): each thread stores its four to the scratch
 /// memory (unit `u`'s at `u * THREADS * 16`, the thread's 16 bytes at
 /// `tid * 16`), the block counts its arrival on its tile's counter (after
-/// every unit's sums), and the block that arrives last adds every split's
-/// sums in split order (the result does not depend on which block is
+/// every unit's sums), and the block that arrives last adds every part's
+/// sums in part order (the result does not depend on which block is
 /// last), sets the counter back to zero and goes on to the epilogue; the
 /// others skip it.
 fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
     let pb = THREADS * 16;
+    let (whole_tile, merged) = (em.reg(Class::P), em.a.label("merged"));
+    em.ins(format!("setp.lt.s64 {whole_tile}, {}, {}", m.unit, m.whole));
+    em.ins(format!("@{whole_tile} bra.uni {merged}"));
     let arrival = super::splits::Arrival {
         scratch: m.scratch,
         units: m.units,
@@ -1085,7 +1234,14 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
     ));
     em.ins("fence.acq_rel.gpu");
     let ctr = arrival.emit(em);
-    let base = arrival.first_partial(em, &off);
+    // The tile's first unit: `whole + (tile - whole) * splits`.
+    let base = em.reg(Class::D);
+    em.ins(format!("sub.s64 {base}, {}, {}", m.tile, m.whole));
+    em.ins(format!(
+        "mad.lo.s64 {base}, {base}, {}, {}",
+        plan.splits, m.whole
+    ));
+    let base = arrival.own_partial(em, &base, &off);
     for sp in 0..plan.splits {
         let v: Vec<String> = (0..4).map(|_| em.reg(Class::F)).collect();
         em.ins(format!(
@@ -1102,4 +1258,5 @@ fn merge_splits(em: &mut Em, plan: &QmmaPlan, m: &Merge) {
         }
     }
     super::splits::Arrival::reset(em, &ctr, m.tid);
+    em.a.place(&merged);
 }
