@@ -16,13 +16,19 @@ pub(crate) const SHARED_BASE: u64 = 1024;
 /// every buffer as an address.
 const POISON: u64 = 0x7ff4_dead_7fa0_dead;
 
-/// Who last wrote and read one shared byte, in which barrier epoch.
+/// Who last wrote and read one shared byte, in which barrier epoch, and
+/// the epoch of the accessing warp's own barriers (`bar.warp.sync`) then.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Meta {
     w_epoch: u32,
     w_tid: u16,
+    w_wepoch: u32,
     r_epoch: u32,
     r_tid: u16,
+    /// The readers' warp ([`MANY`] when several warps read), and the
+    /// latest reader's warp barrier epoch.
+    r_warp: u16,
+    r_wepoch: u32,
 }
 
 /// Several threads read the byte in this epoch.
@@ -34,9 +40,39 @@ pub(crate) struct Shared {
     meta: Vec<Meta>,
     /// Barriers passed, plus one.
     epoch: u32,
+    /// Each warp's own barriers passed (`bar.warp.sync`): they order the
+    /// accesses of the warp's lanes.
+    warp_epochs: Vec<u32>,
+}
+
+/// The warp of thread `tid`.
+fn warp_of(tid: u16) -> u16 {
+    tid / 32
 }
 
 impl Shared {
+    /// Warp `w` passed its barrier.
+    pub(crate) fn warp_barrier(&mut self, w: usize) {
+        if self.warp_epochs.len() <= w {
+            self.warp_epochs.resize(w + 1, 0);
+        }
+        self.warp_epochs[w] += 1;
+    }
+
+    fn warp_epoch(&self, tid: u16) -> u32 {
+        self.warp_epochs
+            .get(warp_of(tid) as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether thread `t`'s access is ordered after one by thread `other`
+    /// in this epoch at the warp barrier epoch `then`: the same thread, or
+    /// a thread of the same warp with a warp barrier between.
+    fn ordered(&self, t: u16, other: u16, then: u32) -> bool {
+        other == t || (warp_of(other) == warp_of(t) && self.warp_epoch(t) > then)
+    }
+
     fn offset(&self, addr: u64, len: usize) -> Result<usize, String> {
         let off = addr
             .checked_sub(SHARED_BASE)
@@ -56,21 +92,30 @@ impl Shared {
     pub(crate) fn read(&mut self, addr: u64, len: usize, tid: u32) -> Result<&[u8], String> {
         let off = self.offset(addr, len)?;
         let t = tid as u16;
-        for (i, m) in self.meta[off..off + len].iter_mut().enumerate() {
-            if m.w_epoch == self.epoch && m.w_tid != t {
+        let now = self.warp_epoch(t);
+        for i in off..off + len {
+            let m = self.meta[i];
+            if m.w_epoch == self.epoch && !self.ordered(t, m.w_tid, m.w_wepoch) {
                 return Err(format!(
                     "a shared-memory race: reads byte {} that thread {} wrote since the last \
                      barrier",
-                    off + i,
-                    m.w_tid
+                    i, m.w_tid
                 ));
             }
+            let m = &mut self.meta[i];
             if m.r_epoch != self.epoch {
                 m.r_epoch = self.epoch;
                 m.r_tid = t;
-            } else if m.r_tid != t {
-                m.r_tid = MANY;
+                m.r_warp = warp_of(t);
+            } else {
+                if m.r_tid != t {
+                    m.r_tid = MANY;
+                }
+                if m.r_warp != warp_of(t) {
+                    m.r_warp = MANY;
+                }
             }
+            m.r_wepoch = now;
         }
         Ok(&self.bytes[off..off + len])
     }
@@ -86,28 +131,34 @@ impl Shared {
     pub(crate) fn write(&mut self, addr: u64, data: &[u8], tid: u32) -> Result<(), String> {
         let off = self.offset(addr, data.len())?;
         let t = tid as u16;
-        for (i, m) in self.meta[off..off + data.len()].iter_mut().enumerate() {
-            if m.w_epoch == self.epoch && m.w_tid != t {
+        let now = self.warp_epoch(t);
+        for i in off..off + data.len() {
+            let m = self.meta[i];
+            if m.w_epoch == self.epoch && !self.ordered(t, m.w_tid, m.w_wepoch) {
                 return Err(format!(
                     "a shared-memory race: writes byte {} that thread {} wrote since the last \
                      barrier",
-                    off + i,
-                    m.w_tid
+                    i, m.w_tid
                 ));
             }
-            if m.r_epoch == self.epoch && m.r_tid != t {
+            // Reads by other threads: ordered only by a warp barrier of the
+            // one warp that read (after its latest read).
+            let read_ordered =
+                m.r_tid == t || (m.r_warp == warp_of(t) && m.r_warp != MANY && now > m.r_wepoch);
+            if m.r_epoch == self.epoch && !read_ordered {
                 let who = if m.r_tid == MANY {
                     "other threads".to_string()
                 } else {
                     format!("thread {}", m.r_tid)
                 };
                 return Err(format!(
-                    "a shared-memory race: writes byte {} that {who} read since the last barrier",
-                    off + i
+                    "a shared-memory race: writes byte {i} that {who} read since the last barrier"
                 ));
             }
+            let m = &mut self.meta[i];
             m.w_epoch = self.epoch;
             m.w_tid = t;
+            m.w_wepoch = now;
         }
         self.bytes[off..off + data.len()].copy_from_slice(data);
         Ok(())
@@ -294,6 +345,7 @@ pub(crate) fn run(
         bytes: vec![0; size],
         meta: vec![Meta::default(); size],
         epoch: 1,
+        warp_epochs: Vec::new(),
     };
     let nregs = e.registers.len();
     for block in 0..launch.grid {
@@ -302,6 +354,7 @@ pub(crate) fn run(
         shared.bytes.iter_mut().for_each(|b| *b = 0xa5);
         shared.meta.iter_mut().for_each(|m| *m = Meta::default());
         shared.epoch = 1;
+        shared.warp_epochs.clear();
         let ctx = Ctx {
             e,
             launch,
@@ -1234,6 +1287,7 @@ fn step(
         | Op::Ret
         | Op::Bar
         | Op::Shfl(_)
+        | Op::WarpSync
         | Op::Ldmatrix(..)
         | Op::Mma(_)
         | Op::MmaI8(..)

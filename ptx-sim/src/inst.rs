@@ -296,6 +296,9 @@ pub enum Op {
     Shfl(Shfl),
     /// Matrices (1, 2, 4), `.trans`.
     Ldmatrix(u8, bool),
+    /// `bar.warp.sync`: the warp's lanes meet; orders their shared
+    /// accesses.
+    WarpSync,
     /// `mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32`.
     Mma(Ty),
     /// `mma.sync.aligned.m16n8k32.row.col.s32.A.B.s32` (A, B: `s8`, `u8`).
@@ -335,7 +338,12 @@ impl Op {
     pub(crate) fn is_warp_collective(self) -> bool {
         matches!(
             self,
-            Op::Shfl(_) | Op::Ldmatrix(..) | Op::Mma(_) | Op::MmaI8(..) | Op::MmaF8(..)
+            Op::Shfl(_)
+                | Op::WarpSync
+                | Op::Ldmatrix(..)
+                | Op::Mma(_)
+                | Op::MmaI8(..)
+                | Op::MmaF8(..)
         )
     }
 }

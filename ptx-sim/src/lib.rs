@@ -4,7 +4,7 @@
 //! The interpreter runs one launch (a 1-D grid of 1-D blocks) over a
 //! [`Device`] of buffers. Each thread has its own registers and runs until
 //! it reaches an instruction its warp or block executes together
-//! (`shfl.sync`, `ldmatrix`, `mma.sync`, `bar.sync`); the collective runs
+//! (`shfl.sync`, `ldmatrix`, `mma.sync`, `bar.warp.sync`, `bar.sync`); the collective runs
 //! when every live thread it involves has arrived. It checks what a GPU
 //! would leave undefined or silently wrong, and reports it as a
 //! [`SimError`] naming the entry, block, thread and source line:
@@ -13,7 +13,8 @@
 //!   size (a vector load of 16 bytes at an address that is not a multiple
 //!   of 16 is an error, as on the GPU);
 //! - shared-memory races: a thread reading or writing bytes another thread
-//!   of the block wrote (or read, for a write) since the last barrier;
+//!   of the block wrote (or read, for a write) since the last barrier (a
+//!   warp's own barrier, `bar.warp.sync`, orders its lanes' accesses);
 //! - barriers and warp collectives that not every live thread reaches
 //!   (a deadlock on the GPU), and warp collectives with an exited lane;
 //! - `cp.async` copies land in shared memory only when the issuing thread

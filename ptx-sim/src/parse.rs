@@ -613,6 +613,7 @@ fn decode(opcode: &str) -> Result<Op, Why> {
         }
         "bra" => Op::Bra,
         "ret" | "exit" => Op::Ret,
+        "bar" if has("warp") && has("sync") => Op::WarpSync,
         "bar" | "barrier" => {
             if !(has("sync") || mods.is_empty()) {
                 return Err(Why::Unsupported);

@@ -24,6 +24,9 @@ pub(crate) fn collective(
         ctx.get(&lanes[l], base + l as u32, o)
     };
     match inst.op {
+        Op::WarpSync => {
+            shared.warp_barrier(base as usize / 32);
+        }
         Op::Shfl(mode) => {
             // d, a, b, c, membermask
             let mut out = [0u64; 32];

@@ -172,6 +172,36 @@ fn shared_memory_races_are_found_and_barriers_order_them() {
     assert!(e.to_string().contains("shared-memory race"), "{e}");
 }
 
+/// The same exchange within each warp (thread t reads lane t + 1 of its
+/// own warp): ordered by the warp's own barrier (`bar.warp.sync`), a race
+/// without it; a warp's barrier does not order another warp's threads
+/// (thread t reads thread t + 32's word).
+#[test]
+fn a_warp_barrier_orders_the_warps_own_lanes_only() {
+    let shared = ".shared .align 4 .b8 buf[256];";
+    let body = |bar: &str, other: &str| {
+        format!(
+            "\tld.global.b32 %r1, [%rd4];\n\tmov.u32 %r2, buf;\n\tmad.lo.u32 %r3, %r0, 4, %r2;\n\
+             \tst.shared.b32 [%r3], %r1;\n{bar}\t{other}\n\
+             \tmad.lo.u32 %r5, %r4, 4, %r2;\n\tld.shared.b32 %r6, [%r5];\n\
+             \tst.global.b32 [%rd3], %r6;"
+        )
+    };
+    // lane + 1 within the warp: (t & ~31) | ((t + 1) & 31)
+    let same = "add.u32 %r4, %r0, 1;\n\tand.b32 %r4, %r4, 31;\n\tand.b32 %r7, %r0, 32;\n\
+                \tor.b32 %r4, %r4, %r7;";
+    let input: Vec<u32> = (100..164).collect();
+    let bar = "\tbar.warp.sync -1;\n";
+    let got = go(&module(shared, &body(bar, same)), 64, 64, &input).unwrap();
+    let want: Vec<u32> = (0..64).map(|t| input[(t & !31) | ((t + 1) & 31)]).collect();
+    assert_eq!(got, want);
+    let e = go(&module(shared, &body("", same)), 64, 64, &input).unwrap_err();
+    assert!(e.to_string().contains("shared-memory race"), "{e}");
+    let across = "xor.b32 %r4, %r0, 32;";
+    let e = go(&module(shared, &body(bar, across)), 64, 64, &input).unwrap_err();
+    assert!(e.to_string().contains("shared-memory race"), "{e}");
+}
+
 #[test]
 fn out_of_bounds_and_misaligned_accesses_are_errors() {
     // Thread 31 reads one word past the 31-word input.

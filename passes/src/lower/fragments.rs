@@ -17,11 +17,11 @@
 //! fragment register's two codes, one per 16-bit half.
 //!
 //! Copy layout `[N / 64, K / 32, 2 halves, 32 lanes, 32 codes]`. Within a
-//! step, `k` is renamed so that each lane's `a` elements are 8 consecutive
-//! values (one 16-byte load per row): lane `l = 4 g + t` (`g`, `t` as in
-//! the PTX ISA's fragment layouts) covers `k = 8 t .. 8 t + 7` of the
-//! step, `k = 8 t + 4 h + 2 r + e` being element `e` of fragment register
-//! `r` in the step's half `h`. Column `n = 8 j + g` of the warp's 64 lies
+//! step, `k` follows the PTX ISA's `m16n8k16` fragment layout: lane `l =
+//! 4 g + t` (`g`, `t` as in the ISA) holds `k = 16 h + 8 r + 2 t + e` of
+//! the step in element `e` of its `b` fragment register `r` of half `h`
+//! (so `ldmatrix` gives its `a` fragments from rows of `x` as they are
+//! stored). Column `n = 8 j + g` of the warp's 64 lies
 //! in column block `j`. The code for `(h, r, e, j)` is code `(j / 2) * 8 +
 //! 4 e + 2 (j % 2) + r` of the lane's 32 in half `h`: 32-bit word `j / 2`,
 //! bits `16 e + 4 (2 (j % 2) + r)`.
@@ -60,9 +60,9 @@ pub fn fragment_index(k: Expr, n: Expr) -> Vec<Expr> {
     let add = |a: Expr, b: Expr| Expr::bin(Binary::Add, a, b);
     let kk = rem(k.clone(), FRAGMENT_DEPTH as i64);
     let nn = rem(n.clone(), FRAGMENT_COLS as i64);
-    let t = div(kk.clone(), 8);
-    let h = rem(div(kk.clone(), 4), 2);
-    let r = rem(div(kk.clone(), 2), 2);
+    let t = rem(div(kk.clone(), 2), 4);
+    let h = div(kk.clone(), 16);
+    let r = rem(div(kk.clone(), 8), 2);
     let e = rem(kk, 2);
     let j = div(nn.clone(), 8);
     let g = rem(nn, 8);
@@ -178,8 +178,8 @@ fn fragment_launch(p: &Program, src: usize) -> (Launch, Buffer) {
     let j = add(mul(word, 2), div(q.clone(), 2));
     let r = rem(q, 2);
     let k = add(
-        add(mul(v(1), FRAGMENT_DEPTH as i64), mul(t, 8)),
-        add(add(mul(h, 4), mul(r, 2)), e),
+        add(mul(v(1), FRAGMENT_DEPTH as i64), mul(h, 16)),
+        add(add(mul(r, 8), mul(t, 2)), e),
     );
     let n = add(add(mul(v(0), FRAGMENT_COLS as i64), mul(j, 8)), g);
     let kernel = Kernel {
@@ -276,7 +276,7 @@ mod tests {
                 assert_eq!(from, vec![k, n], "position {at:?}");
                 // The documented layout, computed directly.
                 let (ks, nc) = (k % 32, n % 64);
-                let (t, h, r, e) = (ks / 8, (ks / 4) % 2, (ks / 2) % 2, ks % 2);
+                let (t, h, r, e) = ((ks / 2) % 4, ks / 16, (ks / 8) % 2, ks % 2);
                 let (j, g) = (nc / 8, nc % 8);
                 let want = vec![
                     n / 64,

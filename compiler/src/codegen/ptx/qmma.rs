@@ -70,6 +70,9 @@ pub const TILE_N: u32 = FRAGMENT_COLS as u32;
 /// Bytes of shared memory for the warps' 16 x 64 f32 sums (then each
 /// warp's ring of copy stages, [`QmmaPlan::shared_bytes`]).
 const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
+/// Bytes of a copy stage: a step's codes (1 KiB), then its 16 rows of `x`
+/// (64 bytes each).
+const STAGE_BYTES: u64 = 2048;
 
 /// A contraction the path compiles.
 #[derive(Clone, Debug, PartialEq)]
@@ -458,16 +461,16 @@ impl QmmaPlan {
         }
     }
 
-    /// Stages of a warp's copy ring: 6 (5 steps in flight) with one row
-    /// half of `a`, 5 with two, so that two blocks fit a multiprocessor's
-    /// 228 KiB.
+    /// Stages of a warp's copy ring: 5 (4 steps in flight), so that two
+    /// blocks fit a multiprocessor's 228 KiB.
     fn stages(&self) -> u64 {
-        if self.halves() == 1 { 6 } else { 5 }
+        5
     }
 
-    /// Dynamic shared memory: the sums, then the warps' rings.
+    /// Dynamic shared memory: the sums, then the warps' rings (a stage:
+    /// the codes' two halves, then the 16 rows of `x`, 2 KiB).
     pub fn shared_bytes(&self) -> u32 {
-        let stage = (2 + self.halves() as u64) * 512;
+        let stage = STAGE_BYTES;
         let flag = if self.splits > 1 { 16 } else { 0 };
         (ACC_BYTES + u64::from(WARPS) * self.stages() * stage + flag) as u32
     }
@@ -713,11 +716,15 @@ pub(super) fn emit(
     em.ins(format!("mul.lo.u32 {first_k}, {first}, {steps}"));
     em.ins(format!("mul.lo.s32 {total}, {total}, {steps}"));
     // The copies run `STAGES - 1` steps ahead into the warp's ring of
-    // stages in shared memory: per stage, 16-byte chunks (two of codes, one
-    // per row half of `a`), chunk `c` of lane `l` at `(c * 32 + l) * 16`.
-    let chunks = 2 + halves as u64;
+    // stages in shared memory. A stage: the codes' two halves (the lane's
+    // 16 bytes of each at `o` and `512 + o`), then the 16 rows of `x`, 64
+    // bytes each, its 16-byte chunk `c` of row `r` at `64 r + 16 (c ^ (r
+    // / 2 % 4))` (the 8 rows an `ldmatrix` reads at once fall in distinct
+    // banks). Lane `4 g + t` copies chunk `t` of rows `g` and `g + 8`, at
+    // `1024 + o` and `1536 + o`, `o = 64 g + 16 (t ^ (g / 2 % 4))`; its
+    // codes sit at the same `o`.
     let stages = plan.stages();
-    let stage_bytes = chunks * 512;
+    let stage_bytes = STAGE_BYTES;
     let ring = em.reg(Class::R);
     em.ins(format!(
         "mad.lo.u32 {ring}, {warp}, {}, {}",
@@ -725,7 +732,42 @@ pub(super) fn emit(
         ACC_BYTES
     ));
     em.ins(format!("add.u32 {ring}, {ring}, {smem}"));
-    em.ins(format!("mad.lo.u32 {ring}, {lane}, 16, {ring}"));
+    let swz = |em: &mut Em, row: &str, chunk: &str| -> String {
+        // 64 row + 16 (chunk ^ (row / 2 % 4))
+        let (s, o) = (em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("shr.u32 {s}, {row}, 1"));
+        em.ins(format!("and.b32 {s}, {s}, 3"));
+        em.ins(format!("xor.b32 {s}, {s}, {chunk}"));
+        em.ins(format!("shl.b32 {s}, {s}, 4"));
+        em.ins(format!("mad.lo.u32 {o}, {row}, 64, {s}"));
+        o
+    };
+    let own = swz(em, &g, &t);
+    em.ins(format!("add.u32 {ring}, {ring}, {own}"));
+    // What lane `l` gives `ldmatrix` for the step's first half: row `l %
+    // 8 + 8 (l / 8 % 2)` of `x`, chunk `l / 16` (the second half's chunks
+    // are those plus 2: the address's bit 5 flipped); as an offset from
+    // the lane's own `o`.
+    let lm = em.reg(Class::R);
+    {
+        let (row, chunk, t8) = (em.reg(Class::R), em.reg(Class::R), em.reg(Class::R));
+        em.ins(format!("and.b32 {row}, {lane}, 7"));
+        em.ins(format!("and.b32 {t8}, {lane}, 8"));
+        em.ins(format!("or.b32 {row}, {row}, {t8}"));
+        em.ins(format!("shr.u32 {chunk}, {lane}, 4"));
+        let at = swz(em, &row, &chunk);
+        em.ins(format!("add.u32 {lm}, {at}, 1024"));
+        em.ins(format!("sub.u32 {lm}, {lm}, {own}"));
+    }
+    if halves == 1 {
+        // Rows 8 .. 15 are never copied: zeros, once.
+        for st in 0..stages {
+            em.ins(format!(
+                "st.shared.v4.b32 [{ring}+{}], {{{zero}, {zero}, {zero}, {zero}}}",
+                st * stage_bytes + 1536
+            ));
+        }
+    }
     // Issue state: steps issued, the next step's global step of `k`, its
     // place in its piece, and its stage's offset.
     let (issued, iss_k, iss_in, iss_stage) = (
@@ -910,8 +952,11 @@ pub(super) fn emit(
         em.a.place(&skip);
     }
 
-    // This step's copies have landed (this lane's own: no barrier).
+    // This step's copies have landed: the lane's own, and after the
+    // warp's barrier every lane's (`ldmatrix` reads rows other lanes
+    // copied).
     em.ins(format!("cp.async.wait_group {}", stages - 1));
+    em.ins("bar.warp.sync -1");
     let at = em.reg(Class::R);
     em.ins(format!("add.u32 {at}, {ring}, {use_stage}"));
     let words: Vec<String> = (0..8).map(|_| em.reg(Class::R)).collect();
@@ -922,24 +967,29 @@ pub(super) fn emit(
             512 * h
         ));
     }
-    let rows: Vec<Vec<String>> = (0..halves)
+    // `a` of each half in fragment order: rows g and g + 8 at `k = 16 h
+    // + 2 t` and `16 h + 8 + 2 t` (`lower::fragment_index`).
+    let lm0 = em.reg(Class::R);
+    em.ins(format!("add.u32 {lm0}, {at}, {lm}"));
+    let quads: Vec<Vec<String>> = (0..2)
         .map(|h| {
-            let x: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
+            let addr = if h == 0 {
+                lm0.clone()
+            } else {
+                let x = em.reg(Class::R);
+                em.ins(format!("xor.b32 {x}, {lm0}, 32"));
+                x
+            };
+            let q: Vec<String> = (0..4).map(|_| em.reg(Class::R)).collect();
             em.ins(format!(
-                "ld.shared.v4.b32 {{{}}}, [{at}+{}]",
-                x.join(", "),
-                1024 + 512 * h
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}}}, [{addr}]",
+                q.join(", ")
             ));
-            x
+            q
         })
         .collect();
     for h in 0..2 {
-        // `a`: rows g and g + 8 at the half's k pairs.
-        let frag = |half: usize, e: usize| -> String {
-            rows.get(half)
-                .map_or_else(|| zero.clone(), |x| x[2 * h + e].clone())
-        };
-        let a = [frag(0, 0), frag(1, 0), frag(0, 1), frag(1, 1)];
+        let a = &quads[h];
         for (j, p) in part.iter().enumerate() {
             let w = &words[h * 4 + j / 2];
             let b: Vec<String> = (0..2)
