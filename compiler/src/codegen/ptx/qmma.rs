@@ -36,11 +36,13 @@
 //! lies inside one group: the largest multiple of 32 dividing `k` and
 //! every group size, at most `k / 8` where that is possible) taken in
 //! turn. Each warp computes all 64 columns (8 `n8` blocks) of its pieces.
-//! Its steps' codes and rows of `x` stream through a ring of 5 or 6 stages
-//! in shared memory with `cp.async`, issued that many steps ahead across
-//! piece boundaries; each lane copies and reads back only its own 16-byte
-//! chunks, so no barrier orders them, and the copies in flight cost no
-//! registers. The scales of the warp's pieces are prefetched into L1
+//! Its steps' codes and rows of `x` stream through a ring of 5 stages in
+//! shared memory with `cp.async`, issued that many steps ahead across
+//! piece boundaries (the copies in flight cost no registers); each lane
+//! reads back its own codes, and the `x` fragments of a 16-deep half come
+//! from one `ldmatrix` over the 16 rows the warp copied, after a warp
+//! barrier. Tiles past the whole waves over the multiprocessors may be
+//! split over several blocks ([`QmmaPlan::splits`]). The scales of the warp's pieces are prefetched into L1
 //! before its first step and loaded and applied at each piece's last. Each
 //! column tile starts its warps at a different piece (blocks in step would
 //! all read the same part of `x`), and rows past `m` are zero-filled, not
@@ -556,8 +558,9 @@ pub(super) fn emit(
         let scratch = super::splits::scratch(em);
         let count = em.reg(Class::D);
         em.ins(format!("mul.lo.s64 {count}, {tiles_m}, {tiles_n}"));
-        for d in em.out_shape[..r - 2].to_vec() {
-            let d = em.in_reg(&d);
+        let batch = em.out_shape[..r - 2].to_vec();
+        for d in &batch {
+            let d = em.in_reg(d);
             em.ins(format!("mul.lo.s64 {count}, {count}, {d}"));
         }
         let whole = em.reg(Class::D);
