@@ -1427,6 +1427,26 @@ fn qmma_kernels() -> Vec<Kernel> {
             },
             bin(Binary::Add, Expr::Acc, Expr::Float(0.5)),
         ),
+        // the same under a batch of 2 (three column tiles each: a
+        // balanced grid's split tiles in the second matrix; see below)
+        kernel(
+            "qmma_i4_g32_split_batched",
+            buf("x", DType::BF16, vec![st(2), Dim::sym("m"), st(1024)]),
+            vec![
+                buf("scale", DType::BF16, vec![st(32), st(192)]),
+                buf("w", DType::I4, codes(1024, 192)),
+            ],
+            buf("y", DType::BF16, vec![st(2), Dim::sym("m"), st(192)]),
+            1024,
+            &|kk: Expr, n: Expr| {
+                bin(
+                    Binary::Mul,
+                    cast(ld(2, fragment_index(kk.clone(), n.clone()))),
+                    ld(1, vec![group(&kk, 32), n]),
+                )
+            },
+            bin(Binary::Add, Expr::Acc, Expr::Float(0.5)),
+        ),
         kernel(
             "qmma_i4_rows20",
             buf("x", DType::BF16, vec![st(20), st(128)]),
@@ -3581,6 +3601,32 @@ fn dequantizing_tensor_core_contractions() {
                     side.name()
                 );
             }
+        }
+        // Under a batch: six tiles (two matrices of three) on 4
+        // multiprocessors in halves: four whole tiles, the second
+        // matrix's last two split (the kernel counts the batch's tiles).
+        let batched = qmma_kernels()
+            .into_iter()
+            .find(|k| k.name == "qmma_i4_g32_split_batched")
+            .unwrap();
+        let opts = PtxOptions {
+            qmma_splits: Some(QmmaBalance::Fixed { splits: 2, sms: 4 }),
+            ..PtxOptions::default()
+        };
+        let pk = compile_kernel_with(&batched, PtxArch::Sm90a, &opts).unwrap();
+        assert_eq!(pk.units(&[2, 3, 192]), 4 + 2 * 2);
+        for side in [
+            Side::SimWith(PtxArch::Sm90a, opts),
+            Side::SimCapped(PtxArch::Sm80, opts, 3),
+        ] {
+            let r = run_against_eval_tol(&batched, &mut rng, side, 2e-5);
+            assert_eq!(
+                r,
+                Ok(true),
+                "{} ({}, seed {seed})",
+                batched.name,
+                side.name()
+            );
         }
         // `auto`: the tiles past 132 multiprocessors' whole waves, in as
         // many parts as fit (5 tiles: 4, the rounds' most).
