@@ -1333,6 +1333,38 @@ fn qmma_kernels() -> Vec<Kernel> {
         }
     };
     let group = |kk: &Expr, g: i64| bin(Binary::Div, kk.clone(), Expr::Int(g));
+    // `x @ dequantize(w)` over k = 1024 in groups of 32 (bf16 scales),
+    // `nn` columns, under the batch axes `lead`, plus 0.5.
+    let g32 = |lead: &[u64], nn: u64| {
+        let name = if lead.is_empty() {
+            "qmma_i4_g32_split"
+        } else {
+            "qmma_i4_g32_split_batched"
+        };
+        let rows = |last: u64| {
+            let mut d: Vec<Dim> = lead.iter().map(|&b| st(b)).collect();
+            d.extend([Dim::sym("m"), st(last)]);
+            d
+        };
+        kernel(
+            name,
+            buf("x", DType::BF16, rows(1024)),
+            vec![
+                buf("scale", DType::BF16, vec![st(32), st(nn)]),
+                buf("w", DType::I4, codes(1024, nn)),
+            ],
+            buf("y", DType::BF16, rows(nn)),
+            1024,
+            &|kk: Expr, n: Expr| {
+                bin(
+                    Binary::Mul,
+                    cast(ld(2, fragment_index(kk.clone(), n.clone()))),
+                    ld(1, vec![group(&kk, 32), n]),
+                )
+            },
+            bin(Binary::Add, Expr::Acc, Expr::Float(0.5)),
+        )
+    };
     let grouped = |kk: Expr, n: Expr| {
         bin(
             Binary::Mul,
@@ -1409,44 +1441,10 @@ fn qmma_kernels() -> Vec<Kernel> {
         // groups of 32 over k = 1024: 32 pieces, four rounds of the eight
         // warps, five column tiles (what a balanced grid splits; see
         // below)
-        kernel(
-            "qmma_i4_g32_split",
-            buf("x", DType::BF16, vec![Dim::sym("m"), st(1024)]),
-            vec![
-                buf("scale", DType::BF16, vec![st(32), st(320)]),
-                buf("w", DType::I4, codes(1024, 320)),
-            ],
-            buf("y", DType::BF16, vec![Dim::sym("m"), st(320)]),
-            1024,
-            &|kk: Expr, n: Expr| {
-                bin(
-                    Binary::Mul,
-                    cast(ld(2, fragment_index(kk.clone(), n.clone()))),
-                    ld(1, vec![group(&kk, 32), n]),
-                )
-            },
-            bin(Binary::Add, Expr::Acc, Expr::Float(0.5)),
-        ),
+        g32(&[], 320),
         // the same under a batch of 2 (three column tiles each: a
         // balanced grid's split tiles in the second matrix; see below)
-        kernel(
-            "qmma_i4_g32_split_batched",
-            buf("x", DType::BF16, vec![st(2), Dim::sym("m"), st(1024)]),
-            vec![
-                buf("scale", DType::BF16, vec![st(32), st(192)]),
-                buf("w", DType::I4, codes(1024, 192)),
-            ],
-            buf("y", DType::BF16, vec![st(2), Dim::sym("m"), st(192)]),
-            1024,
-            &|kk: Expr, n: Expr| {
-                bin(
-                    Binary::Mul,
-                    cast(ld(2, fragment_index(kk.clone(), n.clone()))),
-                    ld(1, vec![group(&kk, 32), n]),
-                )
-            },
-            bin(Binary::Add, Expr::Acc, Expr::Float(0.5)),
-        ),
+        g32(&[2], 192),
         kernel(
             "qmma_i4_rows20",
             buf("x", DType::BF16, vec![st(20), st(128)]),

@@ -75,6 +75,9 @@ const ACC_BYTES: u64 = (WARPS * TILE_M * TILE_N * 4) as u64;
 /// Bytes of a copy stage: a step's codes (1 KiB), then its 16 rows of `x`
 /// (64 bytes each).
 const STAGE_BYTES: u64 = 2048;
+/// Stages of a warp's copy ring: 5 (4 steps in flight), so that two
+/// blocks fit a multiprocessor's 228 KiB.
+const STAGES: u64 = 5;
 
 /// A contraction the path compiles.
 #[derive(Clone, Debug, PartialEq)]
@@ -463,18 +466,12 @@ impl QmmaPlan {
         }
     }
 
-    /// Stages of a warp's copy ring: 5 (4 steps in flight), so that two
-    /// blocks fit a multiprocessor's 228 KiB.
-    fn stages(&self) -> u64 {
-        5
-    }
-
     /// Dynamic shared memory: the sums, then the warps' rings (a stage:
     /// the codes' two halves, then the 16 rows of `x`, 2 KiB).
     pub fn shared_bytes(&self) -> u32 {
         let stage = STAGE_BYTES;
         let flag = if self.splits > 1 { 16 } else { 0 };
-        (ACC_BYTES + u64::from(WARPS) * self.stages() * stage + flag) as u32
+        (ACC_BYTES + u64::from(WARPS) * STAGES * stage + flag) as u32
     }
 
     /// Blocks per multiprocessor the registers are limited for: two (128
@@ -726,7 +723,7 @@ pub(super) fn emit(
     // banks). Lane `4 g + t` copies chunk `t` of rows `g` and `g + 8`, at
     // `1024 + o` and `1536 + o`, `o = 64 g + 16 (t ^ (g / 2 % 4))`; its
     // codes sit at the same `o`.
-    let stages = plan.stages();
+    let stages = STAGES;
     let stage_bytes = STAGE_BYTES;
     let ring = em.reg(Class::R);
     em.ins(format!(
