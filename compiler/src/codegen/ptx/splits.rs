@@ -7,7 +7,10 @@
 //! last reads every split's partial in split order (so the result does not
 //! depend on which block it is), sets the counter back to zero for the next
 //! launch and finishes the tile. Used by the decode attention
-//! (`attention.rs`) and, on request, the int4 fragment kernel (`qmma.rs`).
+//! (`attention.rs`), split-K tensor-core contractions (`mma.rs`) and the
+//! split tiles of the int4 fragment kernel's balanced grids
+//! ([`super::Grid::BalancedTiles`], `qmma.rs`: the units past the whole
+//! tiles, its own addressing of a tile's first part).
 
 use super::asm::Class;
 use super::expr::Em;
